@@ -1,0 +1,14 @@
+# The two commands of the README: `make demo` and `make test`. Both set everything up first.
+.PHONY: setup demo test bench lint
+
+setup:
+	scripts/setup.sh
+
+demo: setup
+	.venv/bin/parcours demo
+
+test:
+	scripts/test.sh
+
+lint: setup
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy parcours ingest streams forecasting dashboard bench

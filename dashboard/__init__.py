@@ -1,0 +1,1 @@
+"""Streamlit dashboard: bed board, pathways, alert worklist, forecasts, feed health."""

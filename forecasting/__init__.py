@@ -1,0 +1,1 @@
+"""Bed-demand forecasting (Prophet) on the hourly census, with rolling-origin backtests."""

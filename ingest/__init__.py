@@ -1,0 +1,1 @@
+"""FHIR R4 ingest gateway: validation, OperationOutcome errors, idempotent publishing to Kafka."""

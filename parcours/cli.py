@@ -1,0 +1,155 @@
+"""The `parcours` command line: one console script, one subcommand per component."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from parcours.settings import Settings
+
+app = typer.Typer(
+    help="Parcours: real-time analytics for the city-hospital care pathway.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+streams_app = typer.Typer(help="Stream processors (Faust).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(streams_app, name="streams")
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr; the Kafka clients only speak up for warnings."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("kafka", "aiokafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def load_settings() -> Settings:
+    """Read the settings once for this process and configure logging from them."""
+    settings = Settings()
+    setup_logging(settings.log_level)
+    return settings
+
+
+@app.command()
+def broker(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu, memory storage) until Ctrl-C."""
+    from parcours.broker import BrokerError, EmbeddedBroker
+
+    settings = load_settings()
+    embedded = EmbeddedBroker(host or settings.broker_host, port or settings.broker_port)
+    stop = False
+
+    def _handler(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGTERM, _handler)
+    try:
+        embedded.start()
+    except BrokerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"broker listening on {embedded.bootstrap} (Ctrl-C to stop)", err=True)
+    try:
+        while not stop and embedded.process is not None and embedded.process.poll() is None:
+            time.sleep(0.2)
+    finally:
+        embedded.stop()
+    if not stop:
+        typer.echo("error: the broker process exited on its own", err=True)
+        raise typer.Exit(1)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "heads",
+) -> None:
+    """Apply the SQL migrations to DATABASE_URL (SQLite file in the data folder if unset)."""
+    from parcours.db import upgrade
+
+    settings = load_settings()
+    upgrade(settings.db_url, revision)
+    typer.echo(f"database at {redact(settings.db_url)} is up to date", err=True)
+
+
+@streams_app.command("worker")
+def streams_worker() -> None:
+    """Run a Faust stream worker: raw FHIR topic → canonical events → SQL."""
+    from streams.app import run_worker
+
+    settings = load_settings()
+    # Faust parses sys.argv itself; give it only its own name.
+    sys.argv = [sys.argv[0], "worker"]
+    run_worker(settings)
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path | None, typer.Option(help="Where the demo keeps its files.")] = None,
+) -> None:
+    """Start everything on this machine: broker (unless KAFKA_BOOTSTRAP_SERVERS is set), migrations,
+    stream worker. Ctrl-C stops every child process."""
+    from parcours.broker import BrokerError, free_port, wait_for_metadata
+    from parcours.db import upgrade
+    from parcours.supervise import Supervisor
+
+    settings = load_settings()
+    if data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": data_dir})
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["PARCOURS_DATA_DIR"] = str(settings.data_dir.resolve())
+    env["DATABASE_URL"] = settings.db_url
+    exe = [sys.executable, "-m", "parcours"]
+    sup = Supervisor()
+    sup.install_signal_handlers()
+    code = 0
+    try:
+        if not settings.kafka_bootstrap_servers:
+            port = settings.broker_port
+            sup.start("broker", [*exe, "broker", "--port", str(port)], env)
+            env["KAFKA_BOOTSTRAP_SERVERS"] = f"{settings.broker_host}:{port}"
+        bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS") or settings.bootstrap
+        wait_for_metadata(bootstrap, timeout_s=60)
+        upgrade(settings.db_url)
+        if settings.worker_web_port:
+            env.setdefault("PARCOURS_WORKER_WEB_PORT", str(free_port()))
+        sup.start("streams worker", [*exe, "streams", "worker"], env)
+        typer.echo(
+            f"Parcours demo is up: Kafka at {bootstrap}, database {redact(settings.db_url)}.\n"
+            "Press Ctrl-C to stop.",
+            err=True,
+        )
+        code = sup.wait()
+    except BrokerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        code = 1
+    finally:
+        sup.stop_all()
+        typer.echo("Parcours demo stopped.", err=True)
+    raise typer.Exit(code)
+
+
+def redact(url: str) -> str:
+    """A database URL without its password, for logs."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

@@ -11,7 +11,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 
 from parcours.db import make_engine, upgrade, upsert
-from parcours.db.models import Base, EncounterRow
+from parcours.db.models import EncounterRow
+from parcours.db.tables import Base
 
 pytestmark = pytest.mark.integration
 

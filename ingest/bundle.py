@@ -1,0 +1,71 @@
+"""Pure helpers for FHIR Bundles: resolve `urn:uuid` references and find each resource's patient.
+
+Synthea and many integrators send transaction Bundles whose entries reference each other by
+`fullUrl: urn:uuid:…`. Downstream, every resource must carry `Type/id` references and a patient
+key, so references are rewritten here, once, at the edge.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+PATIENT_FIELDS = ("subject", "patient", "beneficiary")
+
+
+def _walk_references(node: Any) -> Iterator[dict[str, Any]]:
+    """Every dict with a string `reference` inside `node` (contained resources included)."""
+    if isinstance(node, dict):
+        if isinstance(node.get("reference"), str):
+            yield node
+        for value in node.values():
+            yield from _walk_references(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk_references(item)
+
+
+def resolve_entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Bundle's resources, each with an id and with `urn:uuid` references rewritten.
+
+    An entry without `resource.id` gets the uuid of its `urn:uuid:` fullUrl, or a new uuid.
+    References to a fullUrl of the same Bundle become `Type/id`; others are left as they are.
+    The input is not modified.
+    """
+    resources: list[dict[str, Any]] = []
+    by_full_url: dict[str, str] = {}
+    for entry in bundle.get("entry") or []:
+        resource = copy.deepcopy(entry.get("resource") or {})
+        full_url = entry.get("fullUrl")
+        if not resource.get("id"):
+            if isinstance(full_url, str) and full_url.startswith("urn:uuid:"):
+                resource["id"] = full_url.removeprefix("urn:uuid:")
+            else:
+                resource["id"] = str(uuid.uuid4())
+        if isinstance(full_url, str) and "resourceType" in resource:
+            by_full_url[full_url] = f"{resource['resourceType']}/{resource['id']}"
+        resources.append(resource)
+    for resource in resources:
+        for ref in _walk_references(resource):
+            target = by_full_url.get(ref["reference"])
+            if target is not None:
+                ref["reference"] = target
+    return resources
+
+
+def patient_key(resource: dict[str, Any]) -> str | None:
+    """The patient id a resource belongs to: its own id for a Patient, else subject/patient/
+    beneficiary when they reference a Patient. None for resources of no single patient."""
+    if resource.get("resourceType") == "Patient":
+        return str(resource["id"]) if resource.get("id") else None
+    for name in PATIENT_FIELDS:
+        ref = resource.get(name)
+        if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+            text: str = ref["reference"]
+            if text.startswith("Patient/"):
+                return text.removeprefix("Patient/").split("/", 1)[0]
+            if text.startswith("urn:uuid:"):
+                return text.removeprefix("urn:uuid:")
+    return None

@@ -1,0 +1,67 @@
+"""urn:uuid resolution and patient keys, on a hand-made Bundle and on the real Synthea files."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from ingest.bundle import patient_key, resolve_entries
+
+
+def test_urn_uuid_references_become_type_and_id() -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": "urn:uuid:p1", "resource": {"resourceType": "Patient"}},
+            {
+                "fullUrl": "urn:uuid:e1",
+                "resource": {
+                    "resourceType": "Encounter",
+                    "subject": {"reference": "urn:uuid:p1"},
+                    "serviceProvider": {"reference": "Organization/known"},
+                },
+            },
+        ],
+    }
+    patient, encounter = resolve_entries(bundle)
+    assert patient["id"] == "p1"
+    assert encounter["id"] == "e1"
+    assert encounter["subject"]["reference"] == "Patient/p1"
+    assert encounter["serviceProvider"]["reference"] == "Organization/known"
+    assert bundle["entry"][1]["resource"]["subject"]["reference"] == "urn:uuid:p1"
+    assert [patient_key(r) for r in (patient, encounter)] == ["p1", "p1"]
+
+
+def test_organisations_have_no_patient_key() -> None:
+    assert patient_key({"resourceType": "Organization", "id": "o"}) is None
+    assert patient_key({"resourceType": "Claim", "patient": {"reference": "Patient/x"}}) == "x"
+    assert (
+        patient_key({"resourceType": "ExplanationOfBenefit", "patient": {"reference": "#c"}})
+        is None
+    )
+
+
+def test_every_synthea_entry_of_a_patient_is_keyed_to_that_patient(shared_data: Path) -> None:
+    for path in sorted((shared_data / "fhir" / "synthea-r4-2019").glob("*.json")):
+        bundle = json.loads(path.read_text())
+        resources = resolve_entries(bundle)
+        patients = [r["id"] for r in resources if r["resourceType"] == "Patient"]
+        assert len(patients) == 1, path.name
+        keys = Counter(patient_key(r) for r in resources)
+        unkeyed = {r["resourceType"] for r in resources if patient_key(r) is None}
+        assert set(keys) - {None} == {patients[0]}, path.name
+        assert unkeyed <= {"Organization", "Practitioner"}, (path.name, unkeyed)
+        assert not any(ref.startswith("urn:uuid:") for r in resources for ref in _refs(r)), (
+            path.name
+        )
+
+
+def _refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["reference"]] if isinstance(node.get("reference"), str) else []
+        return own + [x for v in node.values() for x in _refs(v)]
+    if isinstance(node, list):
+        return [x for v in node for x in _refs(v)]
+    return []

@@ -1,8 +1,13 @@
-"""Canonical pathway events: small, frozen, past tense; shared by producers and consumers."""
+"""Canonical pathway events: small, frozen, past tense; shared by producers and consumers.
+
+`streams/fhir_map.py` is the only place that makes them from FHIR. Every patient event carries the
+patient key, its event time `at` (from FHIR, timezone-aware) and the resource version it came from,
+which makes every transition idempotent.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +19,161 @@ class SourceRef:
     resource_type: str
     resource_id: str
     version: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatientEvent:
+    """Base of every event about one patient."""
+
+    patient_id: str
+    at: datetime
+    source: SourceRef
+
+    @property
+    def kind(self) -> str:
+        """The event's name, e.g. `PatientAdmitted`."""
+        return type(self).__name__
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-data form, for logs and JSON."""
+        return {"kind": self.kind, **asdict(self)}
+
+
+# --- Community side -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReferralSent(PatientEvent):
+    """A community practitioner referred the patient to a hospital (ServiceRequest)."""
+
+    referral_id: str
+    requester: str | None = None
+    performer: str | None = None
+    status: str = "active"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppointmentBooked(PatientEvent):
+    """An appointment was booked (scheduled admission, consultation or follow-up)."""
+
+    appointment_id: str
+    start: datetime | None = None
+    status: str = "booked"
+    based_on: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommunityVisited(PatientEvent):
+    """A community contact took place (AMB, HH or VR Encounter); `at` is its start."""
+
+    encounter_id: str
+    class_code: str
+    end: datetime | None = None
+    provider: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class HomeCareStarted(PatientEvent):
+    """Home care began (EpisodeOfCare)."""
+
+    episode_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class HomeCareEnded(PatientEvent):
+    """Home care ended (EpisodeOfCare finished)."""
+
+    episode_id: str
+
+
+# --- Emergency department -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class EdArrived(PatientEvent):
+    """The patient arrived in an ED (EMER Encounter start)."""
+
+    encounter_id: str
+    hospital: str | None = None
+    ward: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EdDeparted(PatientEvent):
+    """The patient left the ED; `admitted` when an inpatient stay followed."""
+
+    encounter_id: str
+    admitted: bool = False
+    disposition: str | None = None
+
+
+# --- Inpatient stay -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatientAdmitted(PatientEvent):
+    """An inpatient stay began (IMP Encounter start). `stay_id` is the Encounter id."""
+
+    stay_id: str
+    hospital: str | None = None
+    ward: str | None = None
+    bed: str | None = None
+    admit_source: str | None = None
+    from_ed_encounter: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatientTransferred(PatientEvent):
+    """The patient moved to another ward or bed during a stay (an `Encounter.location` entry).
+
+    `at` is the move time; `until` the end of that location period when known.
+    """
+
+    stay_id: str
+    location: str
+    ward: str | None = None
+    bed: str | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatientDischarged(PatientEvent):
+    """An inpatient stay ended (IMP Encounter finished)."""
+
+    stay_id: str
+    disposition: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatientDied(PatientEvent):
+    """The patient died (Patient.deceased or disposition `exp`)."""
+
+
+# --- Places -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocationRecorded:
+    """A hospital, ward or bed Location was created or changed. Keyed by `Location/<id>`."""
+
+    location_id: str
+    name: str | None
+    physical_type: str | None
+    part_of: str | None
+    status: str
+    service_code: str | None
+    service_name: str | None
+    organization: str | None
+    source: SourceRef
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def kind(self) -> str:
+        """The event's name."""
+        return type(self).__name__
+
+
+# --- Walking skeleton: a plain record of every Encounter version ---------------------------------
 
 
 @dataclass(frozen=True)
@@ -34,4 +194,4 @@ class EncounterRecorded:
         return asdict(self)
 
 
-CanonicalEvent = EncounterRecorded
+CanonicalEvent = PatientEvent | LocationRecorded | EncounterRecorded

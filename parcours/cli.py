@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from bench.cli import bench_app
 from parcours.settings import Settings
 
 app = typer.Typer(
@@ -24,6 +25,8 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 streams_app = typer.Typer(help="Stream processors (Faust).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(streams_app, name="streams")
+app.add_typer(bench_app, name="bench")
+# Each area registers its command group here, one line each.
 
 
 def setup_logging(level: str) -> None:

@@ -27,12 +27,13 @@ echo "test: mypy"
 "$VENV/bin/mypy" parcours ingest streams forecasting dashboard bench
 echo "test: pytest"
 set +e
-"$VENV/bin/python" -m pytest -p no:cacheprovider "${@:-tests}"
+if [ "$#" -eq 0 ]; then set -- tests/unit tests/integration tests/e2e; fi
+"$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
 code=$?
 set -e
 if [ "$code" -eq 5 ]; then
   # pytest's exit code 5: nothing was collected for these arguments. Say so plainly.
-  echo "test: pytest collected no test for: ${*:-tests}" >&2
+  echo "test: pytest collected no test for: $*" >&2
   exit 0
 fi
 exit "$code"

@@ -7,7 +7,7 @@ which makes every transition idempotent.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +28,10 @@ class PatientEvent:
     patient_id: str
     at: datetime
     source: SourceRef
+    # One resource version maps to `parts` patient events; the pathway applies them together, so
+    # a new version replaces what the previous one said without a half-applied state in between.
+    part: int = 1
+    parts: int = 1
 
     @property
     def kind(self) -> str:
@@ -70,6 +74,7 @@ class CommunityVisited(PatientEvent):
     class_code: str
     end: datetime | None = None
     provider: str | None = None
+    based_on: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +82,7 @@ class HomeCareStarted(PatientEvent):
     """Home care began (EpisodeOfCare)."""
 
     episode_id: str
+    care_type: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +102,7 @@ class EdArrived(PatientEvent):
     encounter_id: str
     hospital: str | None = None
     ward: str | None = None
+    based_on: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,6 +127,8 @@ class PatientAdmitted(PatientEvent):
     bed: str | None = None
     admit_source: str | None = None
     from_ed_encounter: str | None = None
+    service: str | None = None
+    based_on: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,6 +143,7 @@ class PatientTransferred(PatientEvent):
     ward: str | None = None
     bed: str | None = None
     until: datetime | None = None
+    service: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,6 +157,17 @@ class PatientDischarged(PatientEvent):
 @dataclass(frozen=True, kw_only=True)
 class PatientDied(PatientEvent):
     """The patient died (Patient.deceased or disposition `exp`)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResourceRetracted(PatientEvent):
+    """The source resource no longer stands for anything on the pathway.
+
+    A cancelled or entered-in-error Encounter, a revoked ServiceRequest, a cancelled Appointment:
+    whatever earlier versions of `source` said is withdrawn. `reason` is the status that says so.
+    """
+
+    reason: str
 
 
 # --- Places -------------------------------------------------------------------------------------
@@ -189,9 +210,67 @@ class EncounterRecorded:
     service_provider: str | None
     source: SourceRef
 
+    @property
+    def kind(self) -> str:
+        """The event's name."""
+        return type(self).__name__
+
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form, for logs and JSON."""
         return asdict(self)
 
 
 CanonicalEvent = PatientEvent | LocationRecorded | EncounterRecorded
+
+
+# --- JSON round trip of patient events (the pathway state stores its event log) ------------------
+
+PATIENT_EVENT_TYPES: dict[str, type[PatientEvent]] = {
+    cls.__name__: cls
+    for cls in (
+        ReferralSent,
+        AppointmentBooked,
+        CommunityVisited,
+        HomeCareStarted,
+        HomeCareEnded,
+        EdArrived,
+        EdDeparted,
+        PatientAdmitted,
+        PatientTransferred,
+        PatientDischarged,
+        PatientDied,
+        ResourceRetracted,
+    )
+}
+
+
+def patient_event_to_json(event: PatientEvent) -> dict[str, Any]:
+    """A JSON-able dict (times as ISO 8601 strings with their offset); see `patient_event_from_json`."""
+    out: dict[str, Any] = {"kind": event.kind}
+    for f in fields(event):
+        value = getattr(event, f.name)
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, SourceRef):
+            value = asdict(value)
+        out[f.name] = value
+    return out
+
+
+def patient_event_from_json(data: dict[str, Any]) -> PatientEvent:
+    """The event `patient_event_to_json` wrote. Raises KeyError/ValueError on foreign input."""
+    cls = PATIENT_EVENT_TYPES[data["kind"]]
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if f.name == "source":
+            value = SourceRef(**value)
+        elif isinstance(value, str) and f.name in _TIME_FIELDS:
+            value = datetime.fromisoformat(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+_TIME_FIELDS = frozenset({"at", "start", "end", "until"})

@@ -44,8 +44,7 @@ def test_normalise_leaves_sqlite_alone() -> None:
 
 def test_encounter_maps_to_an_aware_event() -> None:
     resource = json.loads((FIXTURES / "encounter_emer.json").read_text())
-    [event] = map_resource(resource)
-    assert isinstance(event, EncounterRecorded)
+    [event] = [ev for ev in map_resource(resource) if isinstance(ev, EncounterRecorded)]
     assert event.patient_id == "pat-1"
     assert event.start == datetime(2026, 1, 12, 7, 15, tzinfo=UTC)
     assert event.source.version == "1"
@@ -70,6 +69,6 @@ def test_bad_encounters_are_refused_with_the_element(
 def test_decode_batch_splits_good_from_bad() -> None:
     good = (FIXTURES / "encounter_emer.json").read_bytes()
     events, rejects = decode_batch([(b"pat-1", good), (b"k", b"[1,"), (b"k", b'{"a":1}')])
-    assert len(events) == 1
+    assert len([ev for ev in events if isinstance(ev, EncounterRecorded)]) == 1
     assert [r[0] for r in rejects] == [b"k", b"k"]
     assert "resourceType" in rejects[1][2]

@@ -1,1 +1,5 @@
-"""Bed-demand forecasting (Prophet) on the hourly census, with rolling-origin backtests."""
+"""Bed-demand forecasting (Prophet) on the census history, with rolling-origin backtests."""
+
+
+class ForecastingError(Exception):
+    """Base exception of the forecasting package."""

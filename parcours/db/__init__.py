@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import DeclarativeBase
 
 from parcours.settings import normalise_db_url
 
@@ -52,18 +53,21 @@ def upgrade(url: str, revision: str = "heads") -> None:
 
 def upsert(
     conn: Connection,
-    table: Table,
+    table: Table | type[DeclarativeBase],
     rows: Sequence[Mapping[str, Any]],
     key: Iterable[str],
     update: Iterable[str] | None = None,
 ) -> None:
-    """Insert `rows`, or update the existing rows that share `key` (PostgreSQL and SQLite).
+    """Insert `rows` into `table` (a Table or a model class), or update the existing rows that
+    share `key` (PostgreSQL and SQLite).
 
     `update` names the columns to overwrite on conflict; by default every non-key column.
     Replaying the same rows leaves the table unchanged, which is what makes sinks idempotent.
     """
     if not rows:
         return
+    if not isinstance(table, Table):
+        table = cast(Table, table.__table__)
     key_cols = list(key)
     dialect = conn.dialect.name
     insert_fn: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert

@@ -1,0 +1,155 @@
+"""`parcours forecast …`: backtest and forecast bed demand, writing both to SQL."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+
+forecast_app = typer.Typer(
+    help="Bed-demand forecasts (Prophet) and their backtests.", no_args_is_help=True
+)
+
+SpfOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--spf-csv",
+        help="Use the Santé publique France daily census file instead of the live census.",
+        exists=True,
+        dir_okay=False,
+    ),
+]
+DepOption = Annotated[
+    list[str], typer.Option("--dep", help="Département(s) of --spf-csv, e.g. 21.")
+]
+
+
+def _spf_series(path: Path, deps: list[str], metric: str) -> dict[str, pd.DataFrame]:
+    from forecasting.spf import department_series, load_spf
+
+    frame = load_spf(path)
+    chosen = deps or sorted(frame["dep"].unique())
+    return {f"spf:{dep}": department_series(frame, dep, metric) for dep in chosen}
+
+
+def _execute(
+    *,
+    do_backtest: bool,
+    do_forecast: bool,
+    spf_csv: Path | None,
+    deps: list[str],
+    metric: str,
+    horizon: int,
+    folds: int,
+    as_json: bool,
+) -> None:
+    from forecasting import ForecastingError
+    from forecasting.job import run
+    from forecasting.models import default_models
+    from parcours.cli import load_settings
+    from parcours.db import make_engine
+
+    settings = load_settings()
+    if spf_csv is None:
+        typer.echo(
+            "error: no census series source; pass --spf-csv FILE (the live census source comes "
+            "with the census tables)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    try:
+        series = _spf_series(spf_csv, deps, metric)
+    except (ForecastingError, KeyError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    freq = "D"
+    results = run(
+        make_engine(settings.db_url),
+        series,
+        metric=metric,
+        models=default_models(freq),
+        horizon=horizon,
+        freq=freq,
+        folds=folds,
+        now=datetime.now(UTC),
+        do_backtest=do_backtest,
+        do_forecast=do_forecast,
+    )
+    if as_json:
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "unit_id": r.unit_id,
+                        "points": r.points,
+                        "forecast_rows": r.forecasts,
+                        "error": r.error,
+                        "accuracy": [a.as_dict() for a in r.accuracy],
+                    }
+                    for r in results
+                ],
+                indent=2,
+            )
+        )
+        return
+    for r in results:
+        if r.error:
+            typer.echo(f"{r.unit_id}: skipped: {r.error}")
+            continue
+        typer.echo(f"{r.unit_id}: {r.points} points, {r.forecasts} forecast rows written")
+        if r.accuracy:
+            best = min(r.accuracy, key=lambda a: a.mae)
+            typer.echo(f"  {'model':<20} {'MAE':>9} {'RMSE':>9} {'MAPE':>7} {'coverage':>9}")
+            for a in sorted(r.accuracy, key=lambda a: a.mae):
+                mark = " <- best" if a is best else ""
+                typer.echo(
+                    f"  {a.model:<20} {a.mae:9.2f} {a.rmse:9.2f} {a.mape:7.1%} {a.coverage:9.0%}{mark}"
+                )
+
+
+@forecast_app.command("backtest")
+def backtest_cmd(
+    spf_csv: SpfOption = None,
+    dep: DepOption = [],  # noqa: B006 - Typer reads the default
+    metric: Annotated[str, typer.Option(help="Series column (hosp, rea for --spf-csv).")] = "hosp",
+    horizon: Annotated[int, typer.Option(help="Steps ahead to score.")] = 7,
+    folds: Annotated[int, typer.Option(help="Rolling origins.")] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Score Prophet against naive baselines on history it did not see; write the scores to SQL."""
+    _execute(
+        do_backtest=True,
+        do_forecast=False,
+        spf_csv=spf_csv,
+        deps=dep,
+        metric=metric,
+        horizon=horizon,
+        folds=folds,
+        as_json=as_json,
+    )
+
+
+@forecast_app.command("run")
+def run_cmd(
+    spf_csv: SpfOption = None,
+    dep: DepOption = [],  # noqa: B006 - Typer reads the default
+    metric: Annotated[str, typer.Option(help="Series column (hosp, rea for --spf-csv).")] = "hosp",
+    horizon: Annotated[int, typer.Option(help="Steps ahead to forecast.")] = 7,
+    folds: Annotated[int, typer.Option(help="Rolling origins of the accompanying backtest.")] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Backtest, then forecast every unit with every model; write forecasts and scores to SQL."""
+    _execute(
+        do_backtest=True,
+        do_forecast=True,
+        spf_csv=spf_csv,
+        deps=dep,
+        metric=metric,
+        horizon=horizon,
+        folds=folds,
+        as_json=as_json,
+    )

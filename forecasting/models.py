@@ -1,0 +1,151 @@
+"""Forecasting models behind one small interface: Prophet and the naive baselines it must beat.
+
+Every model takes a history frame with columns `ds` (timezone-naive UTC timestamps, regular
+frequency) and `y`, and returns a frame `ds, yhat, yhat_lower, yhat_upper` for the next
+`horizon` steps. Intervals are central `interval_width` prediction intervals, so a manager reads
+the forecast with its uncertainty and a backtest can measure their coverage.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from forecasting import ForecastingError
+
+FORECAST_COLUMNS = ["ds", "yhat", "yhat_lower", "yhat_upper"]
+
+
+class Model(Protocol):
+    """What the backtest and the job need from a model."""
+
+    @property
+    def name(self) -> str:
+        """A short, stable name stored beside each forecast and score."""
+        ...
+
+    def forecast(self, history: pd.DataFrame, horizon: int, freq: str) -> pd.DataFrame:
+        """Forecast `horizon` steps of frequency `freq` after the end of `history`."""
+        ...
+
+
+def step_of(freq: str) -> pd.Timedelta:
+    """The length of one step of a fixed frequency such as `h` or `D`."""
+    return pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
+
+
+def _future_index(history: pd.DataFrame, horizon: int, freq: str) -> pd.DatetimeIndex:
+    last = pd.Timestamp(history["ds"].iloc[-1])
+    return pd.date_range(last, periods=horizon + 1, freq=freq)[1:]
+
+
+def _check(history: pd.DataFrame, minimum: int) -> None:
+    if len(history) < minimum:
+        raise ForecastingError(
+            f"need at least {minimum} points of history, got {len(history)}; "
+            "let the census accumulate or backfill with `parcours simulate --days N`"
+        )
+
+
+def _z(interval_width: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(0.5 + interval_width / 2)
+
+
+@dataclass(frozen=True)
+class SeasonalNaive:
+    """Repeat the value one season ago (`season=1`: the last value). Intervals from the spread of
+    the in-sample seasonal differences, widening with the number of seasons ahead."""
+
+    season: int = 1
+    interval_width: float = 0.8
+
+    @property
+    def name(self) -> str:
+        """`naive` or `seasonal_naive_<season>`."""
+        return "naive" if self.season == 1 else f"seasonal_naive_{self.season}"
+
+    def forecast(self, history: pd.DataFrame, horizon: int, freq: str) -> pd.DataFrame:
+        """Forecast by repeating the last season."""
+        _check(history, self.season + 2)
+        y = history["y"].to_numpy(dtype=float)
+        last_season = y[-self.season :]
+        steps = np.arange(horizon)
+        yhat = last_season[steps % self.season]
+        residuals = y[self.season :] - y[: -self.season]
+        sigma = float(np.std(residuals, ddof=1)) if len(residuals) > 1 else 0.0
+        seasons_ahead = steps // self.season + 1
+        half = _z(self.interval_width) * sigma * np.sqrt(seasons_ahead)
+        return pd.DataFrame(
+            {
+                "ds": _future_index(history, horizon, freq),
+                "yhat": yhat,
+                "yhat_lower": np.maximum(yhat - half, 0.0),
+                "yhat_upper": yhat + half,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class ProphetModel:
+    """Prophet with daily and weekly seasonality (as the data allow) and French public holidays."""
+
+    interval_width: float = 0.8
+    holidays_country: str | None = "FR"
+    # Bed stocks turn quickly (epidemic waves, winter surges): allow changepoints up to near the
+    # end of the history and a more flexible trend than Prophet's default (0.05), as measured by
+    # the backtest on the French daily census in tests/integration/test_forecasting.py.
+    changepoint_range: float = 0.95
+    changepoint_prior_scale: float = 0.5
+
+    @property
+    def name(self) -> str:
+        """`prophet`."""
+        return "prophet"
+
+    def forecast(self, history: pd.DataFrame, horizon: int, freq: str) -> pd.DataFrame:
+        """Fit on `history` and forecast `horizon` steps."""
+        # Prophet logs an error when plotly is missing; Parcours plots with Streamlit instead.
+        logging.getLogger("prophet.plot").disabled = True
+        from prophet import Prophet
+
+        _check(history, 10)
+        logging.getLogger("cmdstanpy").setLevel(logging.WARNING)
+        logging.getLogger("prophet").setLevel(logging.WARNING)
+        span = pd.Timestamp(history["ds"].iloc[-1]) - pd.Timestamp(history["ds"].iloc[0])
+        model = Prophet(
+            interval_width=self.interval_width,
+            daily_seasonality=span >= pd.Timedelta(days=2) and step_of(freq) < pd.Timedelta(days=1),
+            weekly_seasonality=span >= pd.Timedelta(days=14),
+            yearly_seasonality=span >= pd.Timedelta(days=730),
+            changepoint_range=self.changepoint_range,
+            changepoint_prior_scale=self.changepoint_prior_scale,
+        )
+        if self.holidays_country:
+            model.add_country_holidays(country_name=self.holidays_country)
+        model.fit(history[["ds", "y"]])
+        future = pd.DataFrame({"ds": _future_index(history, horizon, freq)})
+        out = model.predict(future)[FORECAST_COLUMNS].copy()
+        # Bed counts are never negative, whatever the trend extrapolates.
+        for col in ("yhat", "yhat_lower", "yhat_upper"):
+            out[col] = out[col].clip(lower=0.0)
+        return out.reset_index(drop=True)
+
+
+def default_models(freq: str, interval_width: float = 0.8) -> list[Model]:
+    """Prophet and the baselines it is judged against, for a series of frequency `freq`."""
+    step = step_of(freq)
+    models: list[Model] = [
+        ProphetModel(interval_width=interval_width),
+        SeasonalNaive(1, interval_width),
+    ]
+    if step < pd.Timedelta(days=1):
+        models.append(SeasonalNaive(int(pd.Timedelta(days=1) / step), interval_width))
+    elif step == pd.Timedelta(days=1):
+        models.append(SeasonalNaive(7, interval_width))
+    return models

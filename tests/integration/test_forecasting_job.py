@@ -1,0 +1,75 @@
+"""`parcours forecast run` on the real French census file, writing to the session's PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from parcours.db import make_engine
+from tests.support import parcours_env
+
+pytestmark = pytest.mark.integration
+
+
+def forecast(args: list[str], pg_url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "parcours", "forecast", *args],
+        env=parcours_env(DATABASE_URL=pg_url),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def test_forecast_run_writes_forecasts_and_scores_and_reruns_idempotently(
+    pg_url: str, shared_data: Path
+) -> None:
+    csv = str(shared_data / "timeseries" / "spf_covid_hospit_2020H1.csv")
+    args = ["run", "--spf-csv", csv, "--dep", "21", "--horizon", "7", "--folds", "3", "--json"]
+    first = forecast(args, pg_url)
+    assert first.returncode == 0, first.stderr[-2000:]
+    [report] = json.loads(first.stdout)
+    assert report["unit_id"] == "spf:21"
+    assert report["points"] == 105
+    assert {a["model"] for a in report["accuracy"]} == {"prophet", "naive", "seasonal_naive_7"}
+
+    engine = make_engine(pg_url)
+    query = text(
+        "SELECT model, count(*) AS n, min(ds) AS first, max(ds) AS last, "
+        "bool_and(yhat_lower <= yhat AND yhat <= yhat_upper) AS ordered "
+        "FROM forecasts WHERE unit_id = 'spf:21' GROUP BY model ORDER BY model"
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).mappings().all()
+        scores = conn.execute(
+            text("SELECT model, folds, coverage FROM forecast_accuracy WHERE unit_id = 'spf:21'")
+        ).all()
+    assert [r["model"] for r in rows] == ["naive", "prophet", "seasonal_naive_7"]
+    for r in rows:
+        assert r["n"] == 7
+        assert r["first"].isoformat() == "2020-07-01T00:00:00+00:00"
+        assert r["ordered"]
+    assert len(scores) == 3
+    assert all(s.folds == 3 and 0.0 <= s.coverage <= 1.0 for s in scores)
+
+    again = forecast(args, pg_url)
+    assert again.returncode == 0, again.stderr[-2000:]
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM forecasts WHERE unit_id = 'spf:21'")) == 21
+        assert (
+            conn.scalar(text("SELECT count(*) FROM forecast_accuracy WHERE unit_id = 'spf:21'"))
+            == 3
+        )
+
+
+def test_unknown_department_is_a_clear_error(pg_url: str, shared_data: Path) -> None:
+    csv = str(shared_data / "timeseries" / "spf_covid_hospit_2020H1.csv")
+    result = forecast(["backtest", "--spf-csv", csv, "--dep", "99"], pg_url)
+    assert result.returncode == 2
+    assert "error: no rows for département '99'" in result.stderr
+    assert "Traceback" not in result.stderr

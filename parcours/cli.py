@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from bench.cli import bench_app
+from forecasting.cli import forecast_app
 from parcours.settings import Settings
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(streams_app, name="streams")
 app.add_typer(bench_app, name="bench")
 # Each area registers its command group here, one line each.
+app.add_typer(forecast_app, name="forecast")
 
 
 def setup_logging(level: str) -> None:

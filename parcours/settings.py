@@ -39,6 +39,34 @@ class Settings(BaseSettings):
     worker_web_port: int = Field(default=6066, description="Faust worker web port; 0 disables.")
     worker_session_timeout_s: float = 10.0
     log_level: str = "INFO"
+    # --- Stream worker and pathway rules (streams/) ---
+    worker_batch_size: int = Field(
+        default=2000, description="Most raw messages the worker folds into one SQL transaction."
+    )
+    worker_batch_within_s: float = Field(
+        default=0.25, description="Longest wait (seconds) to fill a batch before processing it."
+    )
+    alert_ed_boarding_hours: float = Field(
+        default=4.0, description="ED stay (hours) after which an ED-boarding alert is raised."
+    )
+    alert_referral_days: float = Field(
+        default=14.0, description="Days a community referral may wait for a hospital contact."
+    )
+    alert_followup_days: float = Field(
+        default=7.0, description="Days after discharge within which a follow-up is expected."
+    )
+    alert_readmission_days: float = Field(
+        default=30.0, description="An admission this many days after a discharge is a readmission."
+    )
+    pathway_timer_interval_s: float = Field(
+        default=60.0,
+        description="Wall-clock period of the pathway timer checks (no-follow-up, boarding); 0 disables.",
+    )
+    census_capacity: dict[str, int] = Field(
+        default_factory=dict,
+        description="Territory config: capacity per ward/service/hospital id, overriding the count "
+        'of active beds (JSON, e.g. {"ward-cardio": 24}).',
+    )
 
     @property
     def bootstrap(self) -> str:

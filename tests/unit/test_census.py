@@ -1,0 +1,278 @@
+"""The census rules: hierarchy, hourly counts, live occupancy and over-capacity episodes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from streams.census import (
+    EdArrival,
+    Hierarchy,
+    Period,
+    Place,
+    Unit,
+    floor_hour,
+    hierarchy_units,
+    hourly_census,
+    live_occupancy,
+    occupancy_at,
+    over_capacity_episodes,
+)
+
+T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+
+def t(hours: float) -> datetime:
+    return T0 + timedelta(hours=hours)
+
+
+TREE = Hierarchy(
+    places={
+        "chu": Place("chu", "si", None, organization="org-chu", name="CHU"),
+        "w-card": Place("w-card", "wa", "chu", service_code="cardio", service_name="Cardiologie"),
+        "w-card2": Place("w-card2", "wa", "chu", service_code="cardio", service_name="Cardiologie"),
+        "w-ed": Place("w-ed", "wa", "chu", service_code="urgences", service_name="Urgences"),
+        "b1": Place("b1", "bd", "w-card"),
+        "b2": Place("b2", "bd", "w-card"),
+        "b3": Place("b3", "bd", "w-card", status="inactive"),
+        "b4": Place("b4", "bd", "w-card2"),
+    },
+    capacity_overrides={"w-ed": 10},
+)
+NO_PLACES = Hierarchy()
+
+HOSP = Unit("hospital", "org-chu", "org-chu")
+CARD = Unit("ward", "w-card", "org-chu")
+CARD2 = Unit("ward", "w-card2", "org-chu")
+CARDIO = Unit("service", "org-chu/cardio", "org-chu")
+
+
+def rows_for(unit: Unit, rows: list) -> dict[int, dict[str, int]]:
+    """Hour offset from T0 → non-zero counts, for one unit."""
+    out: dict[int, dict[str, int]] = {}
+    for r in rows:
+        if r.unit == unit:
+            offset = int((r.hour - T0).total_seconds() // 3600)
+            values = {
+                k: getattr(r, k)
+                for k in (
+                    "occupancy",
+                    "admissions",
+                    "discharges",
+                    "transfers_in",
+                    "transfers_out",
+                    "ed_arrivals",
+                )
+                if getattr(r, k)
+            }
+            out[offset] = values
+    return out
+
+
+@pytest.mark.parametrize(
+    ("location", "ward", "bed", "hospital"),
+    [
+        ("b1", "w-card", "b1", "org-chu"),
+        ("w-card", "w-card", None, "org-chu"),
+        ("unknown-ward", "unknown-ward", None, None),
+        (None, None, None, None),
+        ("chu", None, None, "org-chu"),
+    ],
+)
+def test_hierarchy_resolves_beds_to_wards_and_hospitals(
+    location: str | None, ward: str | None, bed: str | None, hospital: str | None
+) -> None:
+    assert TREE.ward_of(location) == ward
+    assert TREE.bed_of(location) == bed
+    assert TREE.hospital_of(location) == hospital
+
+
+@pytest.mark.parametrize(
+    ("unit", "capacity"),
+    [
+        (CARD, 2),  # two active beds, the inactive one does not count
+        (CARD2, 1),
+        (Unit("ward", "w-ed", "org-chu"), 10),  # territory config
+        (CARDIO, 3),
+        (HOSP, 13),
+        (Unit("hospital", "elsewhere", "elsewhere"), None),
+    ],
+)
+def test_capacity_counts_active_beds_unless_configured(unit: Unit, capacity: int | None) -> None:
+    assert TREE.capacity(unit) == capacity
+
+
+CASES = [
+    pytest.param(
+        # Synthea: no Location, the stay is at hospital level.
+        [Period("s1", 0, "org-a", None, t(0.5), t(26.25), True)],
+        [],
+        NO_PLACES,
+        Unit("hospital", "org-a", "org-a"),
+        {
+            0: {"admissions": 1},
+            **{h: {"occupancy": 1} for h in range(1, 26)},
+            26: {"occupancy": 1, "discharges": 1},
+        },
+        id="hospital-level stay",
+    ),
+    pytest.param(
+        [Period("s1", 0, "org-a", None, t(0), t(0.5), True)],
+        [],
+        NO_PLACES,
+        Unit("hospital", "org-a", "org-a"),
+        {0: {"occupancy": 1, "admissions": 1, "discharges": 1}},
+        id="short stay in one hour",
+    ),
+    pytest.param(
+        [
+            Period("s1", 0, "org-chu", "b1", t(0), t(2)),
+            Period("s1", 1, "org-chu", "b4", t(2), t(3), True),
+        ],
+        [],
+        TREE,
+        CARD,
+        {0: {"occupancy": 1, "admissions": 1}, 1: {"occupancy": 1}, 2: {"transfers_out": 1}},
+        id="transfer out of a ward",
+    ),
+    pytest.param(
+        [
+            Period("s1", 0, "org-chu", "b1", t(0), t(2)),
+            Period("s1", 1, "org-chu", "b4", t(2), t(3), True),
+        ],
+        [],
+        TREE,
+        CARDIO,
+        {
+            0: {"occupancy": 1, "admissions": 1},
+            1: {"occupancy": 1},
+            2: {"occupancy": 1},
+            3: {"discharges": 1},
+        },
+        id="a move inside a service is no service transfer",
+    ),
+    pytest.param(
+        [
+            Period("s1", 0, "org-chu", "b1", t(0), t(1)),
+            Period("s1", 1, "org-chu", "b2", t(1), None),
+        ],
+        [],
+        TREE,
+        CARD,
+        {0: {"occupancy": 1, "admissions": 1}, 1: {"occupancy": 1}, 2: {"occupancy": 1}},
+        id="bed move inside a ward; open stay counted to the watermark",
+    ),
+    pytest.param(
+        [],
+        [EdArrival("org-chu", "w-ed", t(1.2)), EdArrival("org-chu", None, t(1.9))],
+        TREE,
+        HOSP,
+        {1: {"ed_arrivals": 2}},
+        id="ED arrivals per hospital",
+    ),
+]
+
+
+@pytest.mark.parametrize(("periods", "arrivals", "tree", "unit", "expected"), CASES)
+def test_hourly_census(
+    periods: list[Period],
+    arrivals: list[EdArrival],
+    tree: Hierarchy,
+    unit: Unit,
+    expected: dict[int, dict[str, int]],
+) -> None:
+    rows = hourly_census(periods, arrivals, tree, t(0), t(48), watermark=t(2.5))
+    assert rows_for(unit, rows) == expected
+
+
+def test_hourly_census_only_writes_the_window() -> None:
+    periods = [Period("s1", 0, "org-a", None, t(0.5), t(10.5), True)]
+    rows = hourly_census(periods, [], NO_PLACES, t(3), t(5))
+    assert [r.hour for r in rows] == [t(3), t(4), t(5)]
+
+
+def test_hourly_census_does_not_depend_on_period_order() -> None:
+    periods = [
+        Period("s2", 0, "org-chu", "b2", t(1), t(5), True),
+        Period("s1", 1, "org-chu", "b4", t(2), t(3), True),
+        Period("s1", 0, "org-chu", "b1", t(0), t(2)),
+    ]
+    a = hourly_census(periods, [], TREE, t(0), t(9))
+    b = hourly_census(list(reversed(periods)), [], TREE, t(0), t(9))
+    assert a == b
+
+
+def test_live_occupancy_per_bed_ward_service_hospital() -> None:
+    periods = [
+        Period("s1", 0, "org-chu", "b1", t(0), None),
+        Period("s2", 0, "org-chu", "b2", t(0), t(1), True),
+        Period("s3", 0, "org-chu", "b4", t(0), None),
+    ]
+    occ = {
+        (o.unit.unit_type, o.unit.unit_id): (o.occupied, o.capacity)
+        for o in live_occupancy(periods, TREE, hierarchy_units(TREE))
+    }
+    assert occ[("bed", "b1")] == (1, 1)
+    assert occ[("bed", "b2")] == (0, 1)
+    assert occ[("ward", "w-card")] == (1, 2)
+    assert occ[("service", "org-chu/cardio")] == (2, 3)
+    assert occ[("hospital", "org-chu")] == (2, 13)
+    assert occ[("ward", "w-ed")] == (0, 10)
+
+
+def test_occupancy_at_a_past_instant() -> None:
+    periods = [
+        Period("s1", 0, "org-chu", "b1", t(0), t(5), True),
+        Period("s2", 0, "org-chu", "b2", t(3), None),
+    ]
+    occ = {
+        (o.unit.unit_type, o.unit.unit_id): o.occupied for o in occupancy_at(periods, TREE, t(4))
+    }
+    assert occ[("ward", "w-card")] == 2
+    occ = {
+        (o.unit.unit_type, o.unit.unit_id): o.occupied for o in occupancy_at(periods, TREE, t(5))
+    }
+    assert occ[("ward", "w-card")] == 1
+
+
+EPISODES = [
+    pytest.param([(0, 5), (1, 3)], 2, None, [], False, id="never above"),
+    pytest.param([(0, 5), (1, 3), (2, 4)], 2, None, [(2, 3, 3)], False, id="one episode"),
+    pytest.param(
+        [(0, 5), (1, 3), (3, None), (4, None)], 1, None, [(1, None, 3)], False, id="still above: open"
+    ),
+    pytest.param(
+        [(0, 2), (2, 4), (1, 3)], 1, None, [(1, 3, 2)], False, id="leave and arrive at once"
+    ),
+    pytest.param(
+        [(0, 5), (1, 6), (4, 8)], 1, 3, [(3, 6, 3)], True, id="carried over from before since"
+    ),
+]
+
+
+@pytest.mark.parametrize(("spans", "capacity", "since", "expected", "carried"), EPISODES)
+def test_over_capacity_episodes(
+    spans: list[tuple[float, float | None]],
+    capacity: int,
+    since: float | None,
+    expected: list[tuple[float, float | None, int]],
+    carried: bool,
+) -> None:
+    periods = [
+        Period(f"s{i}", 0, "h", "w", t(a), t(b) if b is not None else None)
+        for i, (a, b) in enumerate(spans)
+    ]
+    episodes, was_carried = over_capacity_episodes(
+        "w", periods, capacity, t(since) if since is not None else None
+    )
+    got = [(e.start, e.end, e.peak) for e in episodes]
+    assert got == [(t(a), t(b) if b is not None else None, p) for a, b, p in expected]
+    assert was_carried is carried
+
+
+def test_floor_hour_is_utc() -> None:
+    from zoneinfo import ZoneInfo
+
+    local = datetime(2026, 3, 2, 9, 45, tzinfo=ZoneInfo("Europe/Paris"))
+    assert floor_hour(local) == datetime(2026, 3, 2, 8, 0, tzinfo=UTC)

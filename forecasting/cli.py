@@ -28,6 +28,15 @@ SpfOption = Annotated[
 DepOption = Annotated[
     list[str], typer.Option("--dep", help="Département(s) of --spf-csv, e.g. 21.")
 ]
+MetricOption = Annotated[
+    str,
+    typer.Option(
+        help="Series: occupancy, admissions, discharges, ed_arrivals (census); hosp, rea (--spf-csv)."
+    ),
+]
+UnitOption = Annotated[
+    str, typer.Option("--unit-type", help="Census level: ward, service or hospital.")
+]
 
 
 def _spf_series(path: Path, deps: list[str], metric: str) -> dict[str, pd.DataFrame]:
@@ -45,32 +54,36 @@ def _execute(
     spf_csv: Path | None,
     deps: list[str],
     metric: str,
+    unit_type: str,
     horizon: int,
     folds: int,
     as_json: bool,
 ) -> None:
     from forecasting import ForecastingError
-    from forecasting.job import run
+    from forecasting.job import census_series, run
     from forecasting.models import default_models
     from parcours.cli import load_settings
     from parcours.db import make_engine
 
     settings = load_settings()
-    if spf_csv is None:
-        typer.echo(
-            "error: no census series source; pass --spf-csv FILE (the live census source comes "
-            "with the census tables)",
-            err=True,
-        )
-        raise typer.Exit(2)
+    engine = make_engine(settings.db_url)
     try:
-        series = _spf_series(spf_csv, deps, metric)
+        if spf_csv is not None:
+            series, freq = _spf_series(spf_csv, deps, metric), "D"
+        else:
+            series, freq = census_series(engine, metric, unit_type, min_points=3 * horizon), "h"
     except (ForecastingError, KeyError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    freq = "D"
+    if not series:
+        typer.echo(
+            f"error: no {unit_type} has {3 * horizon} hours of census yet; let the stream worker "
+            "run, or backfill history with `parcours simulate --days N --kafka`",
+            err=True,
+        )
+        raise typer.Exit(2)
     results = run(
-        make_engine(settings.db_url),
+        engine,
         series,
         metric=metric,
         models=default_models(freq),
@@ -117,8 +130,11 @@ def _execute(
 def backtest_cmd(
     spf_csv: SpfOption = None,
     dep: DepOption = [],  # noqa: B006 - Typer reads the default
-    metric: Annotated[str, typer.Option(help="Series column (hosp, rea for --spf-csv).")] = "hosp",
-    horizon: Annotated[int, typer.Option(help="Steps ahead to score.")] = 7,
+    metric: MetricOption = "occupancy",
+    unit_type: UnitOption = "ward",
+    horizon: Annotated[
+        int, typer.Option(help="Steps ahead to score (hours; days for --spf-csv).")
+    ] = 24,
     folds: Annotated[int, typer.Option(help="Rolling origins.")] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
@@ -129,6 +145,7 @@ def backtest_cmd(
         spf_csv=spf_csv,
         deps=dep,
         metric=metric,
+        unit_type=unit_type,
         horizon=horizon,
         folds=folds,
         as_json=as_json,
@@ -139,8 +156,9 @@ def backtest_cmd(
 def run_cmd(
     spf_csv: SpfOption = None,
     dep: DepOption = [],  # noqa: B006 - Typer reads the default
-    metric: Annotated[str, typer.Option(help="Series column (hosp, rea for --spf-csv).")] = "hosp",
-    horizon: Annotated[int, typer.Option(help="Steps ahead to forecast.")] = 7,
+    metric: MetricOption = "occupancy",
+    unit_type: UnitOption = "ward",
+    horizon: Annotated[int, typer.Option(help="Steps ahead (hours; days for --spf-csv).")] = 72,
     folds: Annotated[int, typer.Option(help="Rolling origins of the accompanying backtest.")] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
@@ -151,6 +169,7 @@ def run_cmd(
         spf_csv=spf_csv,
         deps=dep,
         metric=metric,
+        unit_type=unit_type,
         horizon=horizon,
         folds=folds,
         as_json=as_json,

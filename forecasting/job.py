@@ -141,3 +141,38 @@ def run(
         except ForecastingError as exc:
             results.append(UnitResult(unit_id, len(history), [], 0, str(exc)))
     return results
+
+
+CENSUS_METRICS = ("occupancy", "admissions", "discharges", "ed_arrivals")
+
+
+def census_series(
+    engine: Engine, metric: str = "occupancy", unit_type: str = "ward", min_points: int = 1
+) -> dict[str, pd.DataFrame]:
+    """Hourly `metric` of every unit of `unit_type` from `census_hourly`, as `ds, y` frames.
+
+    The census writes no row for an hour with nothing to count, so missing hours inside a unit's
+    span are zeros.
+    """
+    from sqlalchemy import select
+
+    from parcours.db.pathway_models import CensusHourlyRow
+
+    if metric not in CENSUS_METRICS:
+        raise ForecastingError(f"unknown census metric {metric!r}; choose one of {CENSUS_METRICS}")
+    column = getattr(CensusHourlyRow, metric)
+    query = (
+        select(CensusHourlyRow.unit_id, CensusHourlyRow.hour, column)
+        .where(CensusHourlyRow.unit_type == unit_type)
+        .order_by(CensusHourlyRow.unit_id, CensusHourlyRow.hour)
+    )
+    with engine.connect() as conn:
+        frame = pd.DataFrame(conn.execute(query).all(), columns=["unit_id", "ds", "y"])
+    out: dict[str, pd.DataFrame] = {}
+    for unit_id, rows in frame.groupby("unit_id", sort=True):
+        ds = pd.to_datetime(rows["ds"], utc=True)
+        full = pd.date_range(ds.min(), ds.max(), freq="h")
+        y = pd.Series(rows["y"].to_numpy(dtype=float), index=ds).reindex(full, fill_value=0.0)
+        if len(y) >= min_points:
+            out[str(unit_id)] = pd.DataFrame({"ds": full, "y": y.to_numpy()})
+    return out

@@ -7,10 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from sqlalchemy import text
 
-from parcours.db import make_engine
+from forecasting.job import census_series
+from parcours.db import make_engine, upsert
+from parcours.db.pathway_models import CensusHourlyRow
 from tests.support import parcours_env
 
 pytestmark = pytest.mark.integration
@@ -30,7 +34,20 @@ def test_forecast_run_writes_forecasts_and_scores_and_reruns_idempotently(
     pg_url: str, shared_data: Path
 ) -> None:
     csv = str(shared_data / "timeseries" / "spf_covid_hospit_2020H1.csv")
-    args = ["run", "--spf-csv", csv, "--dep", "21", "--horizon", "7", "--folds", "3", "--json"]
+    args = [
+        "run",
+        "--spf-csv",
+        csv,
+        "--dep",
+        "21",
+        "--metric",
+        "hosp",
+        "--horizon",
+        "7",
+        "--folds",
+        "3",
+        "--json",
+    ]
     first = forecast(args, pg_url)
     assert first.returncode == 0, first.stderr[-2000:]
     [report] = json.loads(first.stdout)
@@ -69,7 +86,55 @@ def test_forecast_run_writes_forecasts_and_scores_and_reruns_idempotently(
 
 def test_unknown_department_is_a_clear_error(pg_url: str, shared_data: Path) -> None:
     csv = str(shared_data / "timeseries" / "spf_covid_hospit_2020H1.csv")
-    result = forecast(["backtest", "--spf-csv", csv, "--dep", "99"], pg_url)
+    result = forecast(["backtest", "--spf-csv", csv, "--dep", "99", "--metric", "hosp"], pg_url)
     assert result.returncode == 2
     assert "error: no rows for département '99'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_forecast_run_reads_the_live_hourly_census(pg_url: str) -> None:
+    """Hourly ward occupancy from `census_hourly` (hours with no row count as zero)."""
+    engine = make_engine(pg_url)
+    ward = "Location/fc-test-ward"
+    start = pd.Timestamp("2026-03-02T00:00:00Z")
+    hours = pd.date_range(start, periods=24 * 6, freq="h")
+    rows = [
+        {
+            "unit_type": "ward",
+            "unit_id": ward,
+            "hour": h.to_pydatetime(),
+            "hospital_id": "Organization/fc-test",
+            "occupancy": int(20 + 6 * np.sin(2 * np.pi * h.hour / 24)),
+            "admissions": 1,
+            "discharges": 1,
+            "transfers_in": 0,
+            "transfers_out": 0,
+            "ed_arrivals": 0,
+        }
+        for h in hours
+        if h.hour != 3  # a gap: read as zero, not skipped
+    ]
+    with engine.begin() as conn:
+        upsert(conn, CensusHourlyRow, rows, key=["unit_type", "unit_id", "hour"])
+    series = census_series(engine, "occupancy", "ward")
+    assert len(series[ward]) == 24 * 6
+    assert (series[ward].set_index("ds").loc[start + pd.Timedelta(hours=3), "y"]) == 0.0
+
+    result = forecast(["run", "--horizon", "24", "--folds", "2", "--json"], pg_url)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = {r["unit_id"]: r for r in json.loads(result.stdout)}
+    assert report[ward]["points"] == 24 * 6
+    with engine.connect() as conn:
+        got = conn.execute(
+            text(
+                "SELECT model, count(*) AS n, min(ds) AS first FROM forecasts "
+                "WHERE unit_id = :u AND metric = 'occupancy' GROUP BY model ORDER BY model"
+            ),
+            {"u": ward},
+        ).all()
+    assert [(g.model, g.n) for g in got] == [
+        ("naive", 24),
+        ("prophet", 24),
+        ("seasonal_naive_24", 24),
+    ]
+    assert all(g.first == hours[-1] + pd.Timedelta(hours=1) for g in got)

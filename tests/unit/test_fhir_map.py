@@ -1,0 +1,408 @@
+"""FHIR R4 → canonical events: golden hand-made fixtures, refusals, and the real Synthea bundles."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ingest.bundle import resolve_entries
+from streams.events import (
+    AppointmentBooked,
+    CommunityVisited,
+    EdArrived,
+    EdDeparted,
+    EncounterRecorded,
+    HomeCareEnded,
+    HomeCareStarted,
+    LocationRecorded,
+    PatientAdmitted,
+    PatientDied,
+    PatientDischarged,
+    PatientEvent,
+    PatientTransferred,
+    ReferralSent,
+    ResourceRetracted,
+    patient_event_from_json,
+    patient_event_to_json,
+)
+from streams.fhir_map import (
+    MappingError,
+    discharge_disposition,
+    map_resource,
+    parse_time,
+    patient_events,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fhir"
+SYNTHEA = "fhir/synthea-r4-2019"
+
+
+def load(name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def kinds(events: list[Any]) -> list[str]:
+    return [type(ev).__name__ for ev in events]
+
+
+# --- Golden fixtures -----------------------------------------------------------------------------
+
+
+def test_emer_encounter_gives_arrival_and_departure() -> None:
+    events = map_resource(load("encounter_emer"))
+    assert kinds(events) == ["EncounterRecorded", "EdArrived", "EdDeparted"]
+    _, arrived, departed = events
+    assert isinstance(arrived, EdArrived) and isinstance(departed, EdDeparted)
+    assert arrived.at == utc("2026-01-12T07:15:00+00:00")
+    assert arrived.hospital == "chu-dijon"
+    assert departed.at == utc("2026-01-12T10:40:00+00:00")
+    assert departed.admitted is False
+    assert (arrived.part, arrived.parts, departed.part, departed.parts) == (1, 2, 2, 2)
+    assert arrived.source == departed.source
+    assert (arrived.source.resource_type, arrived.source.resource_id) == ("Encounter", "enc-emer-1")
+
+
+def test_imp_encounter_gives_admission_moves_and_discharge() -> None:
+    events = map_resource(load("encounter_imp_transfers"))
+    assert kinds(events) == [
+        "EncounterRecorded",
+        "PatientAdmitted",
+        "PatientTransferred",
+        "PatientDischarged",
+    ]
+    _, admitted, moved, discharged = events
+    assert isinstance(admitted, PatientAdmitted)
+    assert admitted.stay_id == "enc-imp-1"
+    assert admitted.at == utc("2026-01-12T10:40:00+00:00")
+    # The ward entry and the bed entry that start together are one place.
+    assert (admitted.ward, admitted.bed) == ("ward-cardio", "bed-cardio-12")
+    assert admitted.admit_source == "emd"
+    assert admitted.from_ed_encounter == "enc-emer-1"
+    assert admitted.service == "cardio"
+    assert admitted.hospital == "chu-dijon"
+    assert isinstance(moved, PatientTransferred)
+    assert moved.at == utc("2026-01-14T08:00:00+00:00")
+    assert (moved.location, moved.ward, moved.bed) == ("bed-usic-3", "ward-usic", "bed-usic-3")
+    assert moved.until == utc("2026-01-16T09:00:00+00:00")
+    # The planned bed of a later day is not a move.
+    assert isinstance(discharged, PatientDischarged)
+    assert discharged.at == utc("2026-01-16T09:00:00+00:00")
+    assert discharged.disposition == "home"
+    assert {ev.source.version for ev in events} == {"3"}
+
+
+def test_amb_encounter_is_a_community_visit_answering_its_referral() -> None:
+    [recorded, visit] = map_resource(load("encounter_amb"))
+    assert isinstance(recorded, EncounterRecorded)
+    assert isinstance(visit, CommunityVisited)
+    assert visit.class_code == "AMB"
+    assert visit.based_on == "sr-1"
+    assert visit.end == utc("2026-01-20T08:20:00+00:00")
+    assert visit.provider == "cabinet-talant"
+
+
+@pytest.mark.parametrize("code", ["HH", "VR"])
+def test_home_and_virtual_encounters_are_community_visits(code: str) -> None:
+    resource = load("encounter_amb") | {"class": {"code": code}}
+    visits = [ev for ev in map_resource(resource) if isinstance(ev, CommunityVisited)]
+    assert [v.class_code for v in visits] == [code]
+
+
+@pytest.mark.parametrize("status", ["cancelled", "entered-in-error", "planned"])
+def test_encounters_that_did_not_happen_retract(status: str) -> None:
+    resource = load("encounter_cancelled") | {"status": status}
+    events = map_resource(resource)
+    assert kinds(events) == ["EncounterRecorded", "ResourceRetracted"]
+    retracted = events[1]
+    assert isinstance(retracted, ResourceRetracted)
+    assert retracted.reason == f"Encounter.status {status}"
+    assert retracted.source.resource_id == "enc-imp-2"
+    # The walking skeleton's row still records what the source said.
+    assert isinstance(events[0], EncounterRecorded) and events[0].status == status
+
+
+def test_in_progress_stay_has_no_discharge_and_active_location() -> None:
+    resource = load("encounter_imp_transfers")
+    resource["status"] = "in-progress"
+    del resource["period"]["end"]
+    resource["location"] = resource["location"][:2]
+    resource["location"][0]["status"] = resource["location"][1]["status"] = "active"
+    del resource["location"][0]["period"]["end"]
+    del resource["location"][1]["period"]["end"]
+    assert kinds(patient_events(map_resource(resource))) == ["PatientAdmitted"]
+
+
+def test_location_without_physical_type_is_taken_as_the_bed() -> None:
+    resource = load("encounter_imp_transfers")
+    resource["location"] = [
+        {"location": {"reference": "Location/x1"}, "status": "completed"},
+        {
+            "location": {"reference": "Location/x2"},
+            "status": "active",
+            "period": {"start": "2026-01-13T10:00:00+01:00"},
+        },
+    ]
+    admitted, moved = patient_events(map_resource(resource))[:2]
+    assert isinstance(admitted, PatientAdmitted) and isinstance(moved, PatientTransferred)
+    assert (admitted.ward, admitted.bed) == (None, "x1")
+    assert (moved.location, moved.bed) == ("x2", "x2")
+
+
+def test_died_disposition_gives_death() -> None:
+    resource = load("encounter_imp_transfers")
+    resource["hospitalization"]["dischargeDisposition"] = {
+        "coding": [{"system": "http://www.nubc.org/patient-discharge", "code": "20"}]
+    }
+    events = patient_events(map_resource(resource))
+    assert kinds(events)[-2:] == ["PatientDischarged", "PatientDied"]
+    assert events[-1].at == events[-2].at
+    assert isinstance(events[-2], PatientDischarged) and events[-2].disposition == "exp"
+
+
+@pytest.mark.parametrize(
+    ("system", "code", "expected"),
+    [
+        ("http://www.nubc.org/patient-discharge", "01", "home"),
+        ("http://www.nubc.org/patient-discharge", "99", "nubc:99"),
+        ("http://terminology.hl7.org/CodeSystem/discharge-disposition", "other-hcf", "other-hcf"),
+        ("urn:local", "x", "x"),
+    ],
+)
+def test_dispositions_read_one_vocabulary(system: str, code: str, expected: str) -> None:
+    hosp = {"dischargeDisposition": {"coding": [{"system": system, "code": code}]}}
+    assert discharge_disposition(hosp) == expected
+
+
+def test_referral_from_a_community_practitioner() -> None:
+    [referral] = map_resource(load("service_request_referral"))
+    assert isinstance(referral, ReferralSent)
+    assert referral.referral_id == "sr-1"
+    assert referral.at == utc("2026-01-05T15:45:00+00:00")
+    assert (referral.requester, referral.performer) == ("gp-martin", "chu-dijon")
+
+
+def test_service_request_without_a_practitioner_requester_is_no_referral() -> None:
+    resource = load("service_request_referral")
+    resource["requester"] = {"reference": "Organization/labo"}
+    assert map_resource(resource) == []
+
+
+@pytest.mark.parametrize("status", ["revoked", "entered-in-error", "draft"])
+def test_withdrawn_referral_retracts(status: str) -> None:
+    [ev] = map_resource(load("service_request_referral") | {"status": status})
+    assert isinstance(ev, ResourceRetracted)
+
+
+def test_appointment_booked_at_creation_for_its_start() -> None:
+    [appt] = map_resource(load("appointment_booked"))
+    assert isinstance(appt, AppointmentBooked)
+    assert appt.patient_id == "pat-1"
+    assert appt.at == utc("2026-01-06T08:55:00+00:00")
+    assert appt.start == utc("2026-01-19T13:00:00+00:00")
+    assert appt.based_on == "sr-1"
+
+
+@pytest.mark.parametrize("status", ["cancelled", "noshow", "entered-in-error", "proposed"])
+def test_appointment_not_kept_retracts(status: str) -> None:
+    [ev] = map_resource(load("appointment_booked") | {"status": status})
+    assert isinstance(ev, ResourceRetracted)
+
+
+def test_finished_episode_of_care_starts_and_ends_home_care() -> None:
+    started, ended = map_resource(load("episode_of_care_home"))
+    assert isinstance(started, HomeCareStarted) and isinstance(ended, HomeCareEnded)
+    assert started.care_type == "hacc"
+    assert ended.at == utc("2026-02-20T16:00:00+00:00")
+
+
+def test_active_episode_of_care_only_starts() -> None:
+    resource = load("episode_of_care_home") | {"status": "active"}
+    del resource["period"]["end"]
+    assert kinds(map_resource(resource)) == ["HomeCareStarted"]
+
+
+def test_deceased_patient_dies_at_the_recorded_time() -> None:
+    [died] = map_resource(load("patient_deceased"))
+    assert isinstance(died, PatientDied)
+    assert died.patient_id == "pat-2"
+    assert died.at == utc("2026-03-01T22:10:00+00:00")
+
+
+def test_deceased_boolean_uses_last_updated_and_alive_patient_gives_nothing() -> None:
+    resource = load("patient_deceased")
+    del resource["deceasedDateTime"]
+    resource["deceasedBoolean"] = True
+    [died] = map_resource(resource)
+    assert died.at == utc("2026-03-02T07:00:00+00:00")
+    assert map_resource(resource | {"deceasedBoolean": False}) == []
+    del resource["meta"]
+    with pytest.raises(MappingError, match="deceasedBoolean"):
+        map_resource(resource)
+
+
+def test_locations_are_recorded_with_their_service_and_parent() -> None:
+    [ward] = map_resource(load("location_ward"))
+    [bed] = map_resource(load("location_bed"))
+    assert isinstance(ward, LocationRecorded) and isinstance(bed, LocationRecorded)
+    assert (ward.physical_type, ward.service_code, ward.service_name) == (
+        "wa",
+        "cardio",
+        "Cardiologie",
+    )
+    assert (ward.part_of, ward.organization) == ("chu-dijon-site", "chu-dijon")
+    assert (bed.physical_type, bed.part_of, bed.status) == ("bd", "ward-cardio", "active")
+
+
+def test_types_without_pathway_meaning_map_to_nothing() -> None:
+    assert map_resource({"resourceType": "Observation", "id": "o"}) == []
+
+
+def test_patient_event_json_round_trip() -> None:
+    for name in ("encounter_imp_transfers", "appointment_booked", "episode_of_care_home"):
+        for ev in patient_events(map_resource(load(name))):
+            data = json.loads(json.dumps(patient_event_to_json(ev)))
+            assert patient_event_from_json(data) == ev
+
+
+def test_version_falls_back_to_last_updated_then_a_content_hash() -> None:
+    resource = load("encounter_amb")
+    resource["meta"] = {"lastUpdated": "2026-01-20T09:30:00+01:00"}
+    assert map_resource(resource)[0].source.version == "2026-01-20T09:30:00+01:00"
+    del resource["meta"]
+    first = map_resource(resource)[0].source.version
+    assert first.startswith("sha256:")
+    assert map_resource(copy.deepcopy(resource))[0].source.version == first
+    resource["period"]["end"] = "2026-01-20T09:40:00+01:00"
+    assert map_resource(resource)[0].source.version != first
+
+
+def test_dates_without_a_time_are_midnight_utc() -> None:
+    assert parse_time("2026-01-12") == datetime(2026, 1, 12, tzinfo=UTC)
+    assert parse_time("2026") == datetime(2026, 1, 1, tzinfo=UTC)
+    assert parse_time("2026-01-12T08:15:00Z") == datetime(2026, 1, 12, 8, 15, tzinfo=UTC)
+
+
+# --- Refusals: each names the element, so the dead letter says what to fix -----------------------
+
+
+def _patched(name: str, path: list[str | int], value: Any) -> dict[str, Any]:
+    resource = load(name)
+    node: Any = resource
+    for key in path[:-1]:
+        node = node[key]
+    if value is ...:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return resource
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "value", "message"),
+    [
+        ("encounter_emer", ["period", "start"], ..., "period.start is missing"),
+        ("encounter_emer", ["period", "end"], ..., "period.end is missing"),
+        ("encounter_emer", ["period", "end"], "2026-01-11T00:00:00Z", "before period.start"),
+        ("encounter_emer", ["period", "start"], "yesterday", "Encounter.period.start"),
+        ("encounter_emer", ["subject"], {"reference": "Group/g1"}, "Encounter.subject"),
+        ("encounter_emer", ["id"], ..., "Encounter.id"),
+        ("encounter_imp_transfers", ["location", 0, "status"], "busy", "location[0].status"),
+        (
+            "encounter_imp_transfers",
+            ["location", 0, "location"],
+            {"reference": "Organization/o"},
+            "location[0].location",
+        ),
+        ("encounter_imp_transfers", ["location", 0], "ward", "location[0]"),
+        ("service_request_referral", ["status"], "sent", "ServiceRequest.status"),
+        ("service_request_referral", ["subject"], ..., "ServiceRequest.subject"),
+        ("appointment_booked", ["participant"], [], "Patient actor"),
+        ("appointment_booked", ["status"], "ok", "Appointment.status"),
+        ("episode_of_care_home", ["period", "end"], ..., "period.end is missing"),
+        ("episode_of_care_home", ["status"], "done", "EpisodeOfCare.status"),
+        ("location_ward", ["status"], "closed", "Location.status"),
+        ("encounter_emer", ["class"], "EMER", "malformed Encounter"),
+    ],
+)
+def test_unmappable_resources_are_refused_with_a_reason(
+    name: str, path: list[str | int], value: Any, message: str
+) -> None:
+    with pytest.raises(MappingError, match=re.escape(message)):
+        map_resource(_patched(name, path, value))
+
+
+@pytest.mark.parametrize("payload", [[], "Encounter", {"id": "x"}, None])
+def test_non_resources_are_refused(payload: Any) -> None:
+    with pytest.raises(MappingError, match="resourceType"):
+        map_resource(payload)
+
+
+# --- The real Synthea bundles --------------------------------------------------------------------
+
+
+def _synthea_resources(shared_data: Path) -> list[dict[str, Any]]:
+    resources: list[dict[str, Any]] = []
+    for path in sorted((shared_data / SYNTHEA).glob("*.json")):
+        resources.extend(resolve_entries(json.loads(path.read_text())))
+    return resources
+
+
+def test_every_synthea_entry_maps_and_the_counts_match_the_files(shared_data: Path) -> None:
+    resources = _synthea_resources(shared_data)
+    encounters = [r for r in resources if r["resourceType"] == "Encounter"]
+    by_class = Counter(r["class"]["code"] for r in encounters)
+    finished_by_class = Counter(r["class"]["code"] for r in encounters if r["status"] == "finished")
+    deceased = [
+        r for r in resources if r["resourceType"] == "Patient" and r.get("deceasedDateTime")
+    ]
+    died_dispositions = sum(
+        1
+        for r in encounters
+        if discharge_disposition(r.get("hospitalization")) == "exp" and r["status"] == "finished"
+    )
+
+    events: list[Any] = []
+    for resource in resources:
+        events.extend(map_resource(resource))
+    got = Counter(type(ev).__name__ for ev in events)
+
+    assert got["EncounterRecorded"] == len(encounters)
+    assert got["CommunityVisited"] == by_class["AMB"] + by_class["HH"] + by_class["VR"]
+    assert got["EdArrived"] == by_class["EMER"]
+    assert got["EdDeparted"] == finished_by_class["EMER"]
+    assert got["PatientAdmitted"] == by_class["IMP"]
+    assert got["PatientDischarged"] == finished_by_class["IMP"]
+    assert got["PatientDied"] == len(deceased) + died_dispositions
+    # The README's figures, as a cross-check of the test's own counting.
+    assert (len(encounters), by_class["AMB"], by_class["EMER"], by_class["IMP"]) == (
+        868,
+        665,
+        77,
+        126,
+    )
+
+    # Each stay's times are the Encounter's period; the patient key is the subject.
+    periods = {r["id"]: r["period"] for r in encounters}
+    subjects = {r["id"]: r["subject"]["reference"].removeprefix("Patient/") for r in encounters}
+    for ev in events:
+        if isinstance(ev, PatientAdmitted):
+            assert ev.at == parse_time(periods[ev.stay_id]["start"])
+            assert ev.patient_id == subjects[ev.stay_id]
+        elif isinstance(ev, PatientDischarged):
+            assert ev.at == parse_time(periods[ev.stay_id]["end"])
+            assert ev.at - parse_time(periods[ev.stay_id]["start"]) > timedelta(0)  # type: ignore[operator]
+    for ev in events:
+        if isinstance(ev, PatientEvent):
+            assert ev.at.tzinfo is not None
+            assert 1 <= ev.part <= ev.parts

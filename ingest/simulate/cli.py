@@ -1,0 +1,148 @@
+"""`parcours simulate`: the territory simulator on the command line."""
+
+from __future__ import annotations
+
+import json
+import signal
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+import typer
+
+from ingest.simulate import SimulationError
+
+
+def simulate(
+    seed: Annotated[
+        int, typer.Option(help="Random seed: the same seed gives the same output.")
+    ] = 1,
+    days: Annotated[
+        float | None,
+        typer.Option(help="Simulated days to run. Backfill needs it; real time runs until Ctrl-C."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Backfill to DIR/fhir.ndjson (truth in DIR/truth).")
+    ] = None,
+    kafka: Annotated[
+        bool, typer.Option("--kafka", help="Produce straight to the raw topic (acks=all).")
+    ] = False,
+    gateway: Annotated[
+        str | None,
+        typer.Option(help="Push batch Bundles to this gateway, e.g. http://127.0.0.1:8000"),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="PARCOURS_GATEWAY_TOKEN", help="Bearer token for the gateway."),
+    ] = None,
+    speed: Annotated[
+        float | None,
+        typer.Option(
+            help="Real time × SPEED (60 = one simulated hour per minute); unset: as fast as possible."
+        ),
+    ] = None,
+    territory: Annotated[
+        Path | None, typer.Option(help="Territory file (.yaml/.toml); default: Dijon-like.")
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            help="Simulated start (ISO date or datetime). Default: now in real time, else "
+            "local midnight DAYS days ago."
+        ),
+    ] = None,
+    truth: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the ground truth (default DIR/truth with --out)."),
+    ] = None,
+    warmup_days: Annotated[
+        int | None, typer.Option(help="Days simulated before the start, not emitted.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Resources per gateway Bundle.")] = 200,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Simulate a territory's FHIR traffic: backfill N days to NDJSON or Kafka, or push to the
+    gateway in real time (--speed) or as fast as possible. Ends with a summary (JSON)."""
+    from ingest.simulate.run import run_simulation
+    from ingest.simulate.sinks import GatewaySink, KafkaSink, NdjsonSink, Sink
+    from ingest.simulate.territory import load_territory
+    from parcours.cli import load_settings
+    from parcours.topics import Topics, ensure_topics
+
+    settings = load_settings()
+    chosen = [x for x in (out is not None, kafka, gateway is not None) if x]
+    if len(chosen) != 1:
+        raise typer.BadParameter("choose exactly one of --out DIR, --kafka, --gateway URL")
+    if days is None and speed is None:
+        raise typer.BadParameter("as-fast-as-possible runs need --days")
+    if days is not None and days <= 0:
+        raise typer.BadParameter("--days must be positive")
+    try:
+        terr = load_territory(territory)
+    except (SimulationError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    begin = _start(start, days, speed, ZoneInfo(terr.timezone))
+
+    sink: Sink
+    if out is not None:
+        sink = NdjsonSink(out)
+        truth = truth or out / "truth"
+    elif kafka:
+        topics = Topics.from_settings(settings)
+        ensure_topics(settings.bootstrap, topics.all(), settings.topic_partitions)
+        sink = KafkaSink(settings.bootstrap, topics.raw)
+    else:
+        if not token:
+            raise typer.BadParameter("--gateway needs --token (or PARCOURS_GATEWAY_TOKEN)")
+        assert gateway is not None
+        sink = GatewaySink(gateway, token, batch_size=batch_size)
+
+    stopping = False
+
+    def _handler(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGTERM, _handler)
+    typer.echo(
+        f"simulating {terr.name} from {begin.isoformat()} "
+        f"({'until Ctrl-C' if days is None else f'{days:g} days'}"
+        f"{f', {speed:g}x real time' if speed else ', as fast as possible'})",
+        err=True,
+    )
+    try:
+        summary = run_simulation(
+            terr,
+            seed,
+            begin,
+            days,
+            sink,
+            speed=speed,
+            truth_dir=truth,
+            warmup_days=warmup_days,
+            progress=progress,
+            stop=lambda: stopping,
+        )
+    except SimulationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False))
+
+
+def _start(text: str | None, days: float | None, speed: float | None, tz: ZoneInfo) -> datetime:
+    """The simulated start: given, else now (real time), else local midnight `days` ago."""
+    if text:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=tz)
+        return parsed.astimezone(UTC)
+    now = datetime.now(UTC)
+    if speed:
+        return now.replace(second=0, microsecond=0)
+    today: date = now.astimezone(tz).date()
+    first = today - timedelta(days=int(days or 0))
+    return datetime.combine(first, time(0, 0), tzinfo=tz).astimezone(UTC)

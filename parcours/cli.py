@@ -15,6 +15,7 @@ import typer
 
 from bench.cli import bench_app
 from forecasting.cli import forecast_app
+from ingest.cli import ingest_app
 from parcours.settings import Settings
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(streams_app, name="streams")
 app.add_typer(bench_app, name="bench")
 # Each area registers its command group here, one line each.
+app.add_typer(ingest_app, name="ingest")
 app.add_typer(forecast_app, name="forecast")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +39,25 @@ class Settings(BaseSettings):
     worker_web_port: int = Field(default=6066, description="Faust worker web port; 0 disables.")
     worker_session_timeout_s: float = 10.0
     log_level: str = "INFO"
+    # Ingest gateway (issue 3).
+    ingest_host: str = Field(
+        default="127.0.0.1", description="Address the FHIR gateway listens on."
+    )
+    ingest_port: int = Field(default=8080, description="Port of the FHIR gateway.")
+    ingest_max_body_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        description="Largest request body the gateway accepts (413 above).",
+    )
+    ingest_publish_timeout_s: float = Field(
+        default=10.0, description="How long the gateway waits for Kafka acks before answering 503."
+    )
+    ingest_url: str = Field(
+        default="http://127.0.0.1:8080",
+        description="Gateway base URL used by `parcours ingest push`.",
+    )
+    ingest_token: SecretStr | None = Field(
+        default=None, description="Bearer token `parcours ingest push` sends to the gateway."
+    )
     # --- Stream worker and pathway rules (streams/) ---
     worker_batch_size: int = Field(
         default=2000, description="Most raw messages the worker folds into one SQL transaction."

@@ -1,0 +1,386 @@
+"""The FHIR R4 ingest gateway over HTTP (FastAPI). `create_app(settings)` connects nothing at import.
+
+Order of checks for a write: bearer token (401) → resource type (404) → media type (415) → size
+(413) → JSON (400) → FHIR validation (400/422) → dedupe → publish with acks=all (503 if Kafka
+does not acknowledge) → 201/200. Every error body is an OperationOutcome.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import parcours
+from ingest.auth import Authenticator
+from ingest.entries import Item, parse_ndjson, prepare_bundle, prepare_resource
+from ingest.metrics import IngestMetrics
+from ingest.outcome import BrokerUnavailable, Issue, Rejection, http_issue, operation_outcome
+from ingest.publish import Publisher
+from ingest.responses import capability_statement, location, message_response, response_bundle
+from ingest.service import IngestService
+from ingest.validate import is_resource_type
+from parcours.db import make_engine
+from parcours.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+JSON_TYPES = frozenset({"application/fhir+json", "application/json"})
+NDJSON_TYPES = frozenset({"application/fhir+ndjson", "application/x-ndjson", "application/ndjson"})
+RETRY_AFTER_S = 5
+
+
+class FhirResponse(Response):
+    """A JSON response with the FHIR media type."""
+
+    media_type = "application/fhir+json; charset=utf-8"
+
+    def render(self, content: Any) -> bytes:
+        if isinstance(content, bytes):
+            return content
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def media_type(request: Request) -> str:
+    """The request's media type without parameters, lower case."""
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the gateway. Kafka and SQL are reached lazily, so it starts with the broker down."""
+    engine = make_engine(settings.db_url)
+    metrics = IngestMetrics()
+    publisher = Publisher(settings)
+    service = IngestService(engine, publisher, metrics)
+    auth = Authenticator(engine)
+    limit = settings.ingest_max_body_bytes
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Connect in the background of startup: a broker that is down gives 503s, not a crash.
+        try:
+            await run_in_threadpool(publisher.producer)
+        except BrokerUnavailable as exc:
+            log.warning("starting without Kafka: %s", exc)
+        yield
+        await run_in_threadpool(publisher.close)
+        engine.dispose()
+
+    app = FastAPI(
+        title="Parcours FHIR R4 ingest gateway",
+        version=parcours.__version__,
+        description=(
+            "Push FHIR R4 JSON (resources, Bundles, NDJSON). Errors are OperationOutcomes. "
+            "A 2xx means Kafka acknowledged every record of the request."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.service = service
+
+    # ---- errors -------------------------------------------------------------------------
+
+    @app.exception_handler(Rejection)
+    async def on_rejection(request: Request, exc: Rejection) -> Response:
+        source = getattr(request.state, "source", None)
+        received_at = getattr(request.state, "received_at", datetime.now(UTC))
+        payload = getattr(request.state, "body", b"")
+        await run_in_threadpool(service.reject, source, received_at, exc, payload)
+        metrics.requests.labels(source or "unknown", endpoint_of(request), str(exc.status)).inc()
+        return FhirResponse(exc.outcome(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(BrokerUnavailable)
+    async def on_broker(request: Request, exc: BrokerUnavailable) -> Response:
+        source = getattr(request.state, "source", None)
+        metrics.requests.labels(source or "unknown", endpoint_of(request), "503").inc()
+        issue = Issue(
+            "transient",
+            f"{exc}. Nothing of this request was accepted; retry later.",
+            ("http.Retry-After",),
+        )
+        return FhirResponse(
+            operation_outcome([issue], "broker-unavailable"),
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
+        issue = Issue(
+            "not-found" if exc.status_code == 404 else "not-supported",
+            f"{request.method} {request.url.path}: {exc.detail}",
+            ("http.url",),
+        )
+        return FhirResponse(
+            operation_outcome([issue]),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(_request: Request, exc: RequestValidationError) -> Response:
+        issues = [
+            Issue("invalid", str(e.get("msg")), (".".join(str(p) for p in e.get("loc", ())),))
+            for e in exc.errors()
+        ]
+        return FhirResponse(operation_outcome(issues), status_code=400)
+
+    # ---- request helpers ----------------------------------------------------------------
+
+    async def authenticate(request: Request) -> str:
+        request.state.received_at = datetime.now(UTC)
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        source = None
+        if scheme.lower() == "bearer" and token.strip():
+            source = await run_in_threadpool(auth.source_for, token.strip())
+        if source is None:
+            raise Rejection(
+                401,
+                "unauthorized",
+                [
+                    http_issue(
+                        "Authorization",
+                        "login",
+                        "A valid bearer token is required (Authorization: Bearer <token>)"
+                        if header
+                        else "Missing Authorization header (Authorization: Bearer <token>)",
+                    )
+                ],
+                headers={"WWW-Authenticate": 'Bearer realm="parcours"'},
+            )
+        request.state.source = source
+        return source
+
+    async def read_body(request: Request, accepted: frozenset[str], expected: str) -> bytes:
+        mt = media_type(request)
+        if mt not in accepted:
+            raise Rejection(
+                415,
+                "media-type",
+                [
+                    http_issue(
+                        "Content-Type",
+                        "not-supported",
+                        f"Content-Type {mt or '(none)'!r} is not accepted; use "
+                        + " or ".join(sorted(accepted)),
+                    )
+                ],
+                resource_type=expected,
+            )
+        declared = request.headers.get("content-length")
+        too_large = Rejection(
+            413,
+            "too-large",
+            [
+                http_issue(
+                    "Content-Length",
+                    "too-costly",
+                    f"The body is larger than the {limit} bytes this gateway accepts; "
+                    "split it (smaller Bundles, or NDJSON files via $import)",
+                )
+            ],
+            resource_type=expected,
+        )
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        request.state.body = body
+        return body
+
+    def parse_json(body: bytes, expected: str) -> Any:
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            where = (
+                f" at line {exc.lineno} column {exc.colno}"
+                if isinstance(exc, json.JSONDecodeError)
+                else ""
+            )
+            raise Rejection(
+                400,
+                "invalid-json",
+                [Issue("structure", f"The body is not valid JSON{where}: {exc}", (expected,))],
+                resource_type=expected,
+            ) from exc
+
+    def check_type(type_name: str) -> None:
+        if not is_resource_type(type_name):
+            raise Rejection(
+                404,
+                "unknown-type",
+                [
+                    Issue(
+                        "not-supported",
+                        f"{type_name!r} is not an R4 resource type",
+                        ("resourceType",),
+                        location=("http.url",),
+                    )
+                ],
+                resource_type=type_name[:64],
+            )
+
+    def single(source: str, received_at: datetime, item: Item) -> Response:
+        result = service.ingest(source, received_at, [item], atomic=True).entries[0]
+        headers = {"Location": f"/fhir/{location(item)}"}
+        if item.version.startswith("v:"):
+            headers["ETag"] = f'W/"{item.version[2:]}"'
+        return FhirResponse(item.value, status_code=result.status, headers=headers)
+
+    def timed(endpoint: str) -> Callable[[], None]:
+        started = time.perf_counter()
+
+        def done() -> None:
+            metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
+
+        return done
+
+    # ---- endpoints ----------------------------------------------------------------------
+
+    @app.get("/fhir/metadata", tags=["FHIR"], summary="CapabilityStatement")
+    def metadata() -> Response:
+        """What the gateway accepts (no token needed, as FHIR asks)."""
+        return FhirResponse(capability_statement(parcours.__version__, limit))
+
+    @app.post("/fhir", tags=["FHIR"], summary="Bundle: transaction, batch, message or collection")
+    async def post_bundle(request: Request) -> Response:
+        """A transaction or message is all or nothing; a batch or collection gets a status per
+        entry in a batch-response Bundle."""
+        done = timed("bundle")
+        source = await authenticate(request)
+        body = await read_body(request, JSON_TYPES, "Bundle")
+        received_at: datetime = request.state.received_at
+
+        def work() -> Response:
+            prepared = prepare_bundle(parse_json(body, "Bundle"))
+            result = service.ingest(source, received_at, prepared.items, prepared.atomic)
+            if prepared.bundle_type == "message" and prepared.message_header is not None:
+                answer = message_response(prepared.message_header, result.entries, received_at)
+            else:
+                answer = response_bundle(prepared.bundle_type, result.entries)
+            return FhirResponse(answer, status_code=200)
+
+        response = await run_in_threadpool(work)
+        metrics.requests.labels(source, "bundle", str(response.status_code)).inc()
+        done()
+        return response
+
+    @app.post("/fhir/$import", tags=["FHIR"], summary="NDJSON, one resource a line")
+    async def post_import(request: Request) -> Response:
+        """Each line is processed on its own; the answer is a batch-response Bundle with one
+        entry per non-blank line, in order."""
+        done = timed("import")
+        source = await authenticate(request)
+        body = await read_body(request, NDJSON_TYPES, "Resource")
+        received_at: datetime = request.state.received_at
+
+        def work() -> Response:
+            items = parse_ndjson(body)
+            result = service.ingest(source, received_at, items, atomic=False)
+            return FhirResponse(response_bundle("batch", result.entries), status_code=200)
+
+        response = await run_in_threadpool(work)
+        metrics.requests.labels(source, "import", str(response.status_code)).inc()
+        done()
+        return response
+
+    @app.post("/fhir/{type_name}", tags=["FHIR"], summary="Create a resource")
+    async def post_resource(type_name: str, request: Request) -> Response:
+        """201 with the resource as published (real id, `Type/id` references), or 200 if this
+        version was already received."""
+        done = timed("create")
+        source = await authenticate(request)
+        check_type(type_name)
+        body = await read_body(request, JSON_TYPES, type_name)
+        received_at: datetime = request.state.received_at
+
+        def work() -> Response:
+            item = prepare_resource(parse_json(body, type_name), type_name)
+            return single(source, received_at, item)
+
+        response = await run_in_threadpool(work)
+        metrics.requests.labels(source, "create", str(response.status_code)).inc()
+        done()
+        return response
+
+    @app.put("/fhir/{type_name}/{resource_id}", tags=["FHIR"], summary="Create or update")
+    async def put_resource(type_name: str, resource_id: str, request: Request) -> Response:
+        """The body's id must equal the URL id."""
+        done = timed("update")
+        source = await authenticate(request)
+        check_type(type_name)
+        body = await read_body(request, JSON_TYPES, type_name)
+        received_at: datetime = request.state.received_at
+
+        def work() -> Response:
+            item = prepare_resource(parse_json(body, type_name), type_name, url_id=resource_id)
+            return single(source, received_at, item)
+
+        response = await run_in_threadpool(work)
+        metrics.requests.labels(source, "update", str(response.status_code)).inc()
+        done()
+        return response
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness and dependencies")
+    def healthz() -> Response:
+        """200 when Kafka and SQL answer, else 503; the body says which one failed."""
+        checks: dict[str, str] = {}
+        try:
+            publisher.check()
+            checks["kafka"] = "ok"
+            metrics.broker_up.set(1)
+        except BrokerUnavailable as exc:
+            checks["kafka"] = f"down: {exc}"
+            metrics.broker_up.set(0)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # any driver error means "down" here
+            checks["database"] = f"down: {type(exc).__name__}"
+        ok = all(v == "ok" for v in checks.values())
+        return Response(
+            json.dumps({"status": "ok" if ok else "degraded", **checks}),
+            status_code=200 if ok else 503,
+            media_type="application/json",
+        )
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+    def prometheus() -> Response:
+        """Counters per source: requests, resources by outcome, rejections by reason."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def endpoint_of(request: Request) -> str:
+    """A low-cardinality endpoint label for metrics."""
+    path = request.url.path
+    if path == "/fhir":
+        return "bundle"
+    if path.endswith("$import"):
+        return "import"
+    return "update" if request.method == "PUT" else "create"
+
+
+def app_from_env() -> FastAPI:
+    """Uvicorn factory: settings from the environment (used with several workers)."""
+    return create_app(Settings())

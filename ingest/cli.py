@@ -1,0 +1,138 @@
+"""`parcours ingest …`: run the gateway, push files, manage integrator tokens."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ingest_app = typer.Typer(help="FHIR R4 ingest gateway.", no_args_is_help=True)
+token_app = typer.Typer(help="Integrator bearer tokens.", no_args_is_help=True)
+ingest_app.add_typer(token_app, name="token")
+
+
+@ingest_app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default PARCOURS_INGEST_PORT, 8080).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Uvicorn worker processes.")] = 1,
+) -> None:
+    """Run the FHIR gateway (HTTP) until Ctrl-C. OpenAPI at /docs, CapabilityStatement at
+    /fhir/metadata."""
+    import os
+
+    import uvicorn
+
+    from parcours.cli import load_settings
+
+    settings = load_settings()
+    if settings.database_url is None:
+        # The demo's SQLite file must exist with its tables before the first request.
+        from parcours.db import upgrade
+
+        upgrade(settings.db_url)
+    # Workers re-read the settings from the environment (uvicorn factory); pass overrides down.
+    os.environ["PARCOURS_INGEST_HOST"] = host or settings.ingest_host
+    os.environ["PARCOURS_INGEST_PORT"] = str(port or settings.ingest_port)
+    uvicorn.run(
+        "ingest.app:app_from_env",
+        factory=True,
+        host=host or settings.ingest_host,
+        port=port or settings.ingest_port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+        access_log=settings.log_level.upper() == "DEBUG",
+    )
+
+
+@ingest_app.command("push")
+def push(
+    files: Annotated[
+        list[Path], typer.Argument(help="Bundle JSON, resource JSON or NDJSON files.")
+    ],
+    url: Annotated[str | None, typer.Option(help="Gateway base URL (PARCOURS_INGEST_URL).")] = None,
+    token: Annotated[str | None, typer.Option(help="Bearer token (PARCOURS_INGEST_TOKEN).")] = None,
+    direct: Annotated[
+        bool, typer.Option("--direct", help="Validate here and write to Kafka, no gateway.")
+    ] = False,
+    source: Annotated[str, typer.Option(help="Source name recorded with --direct.")] = "direct",
+) -> None:
+    """Send files to the gateway with a progress bar; end with accepted, duplicates and
+    rejected by reason. Exit code 1 if anything was rejected."""
+    from tqdm import tqdm
+
+    from ingest.bulk import plan_file, push_direct, push_http
+    from parcours.cli import load_settings
+
+    settings = load_settings()
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        typer.echo(f"error: no such file: {', '.join(missing)}", err=True)
+        raise typer.Exit(2)
+    requests = [r for f in files for r in plan_file(f, settings.ingest_max_body_bytes)]
+    total = sum(r.count for r in requests)
+    bar = tqdm(total=total, unit="res", desc="push", file=sys.stderr)
+    try:
+        if direct:
+            from ingest.metrics import IngestMetrics
+            from ingest.publish import Publisher
+            from ingest.service import IngestService
+            from parcours.db import make_engine
+
+            engine = make_engine(settings.db_url)
+            publisher = Publisher(settings)
+            try:
+                service = IngestService(engine, publisher, IngestMetrics())
+                summary = push_direct(requests, service, source, bar.update)
+            finally:
+                publisher.close()
+                engine.dispose()
+        else:
+            secret = token or (
+                settings.ingest_token.get_secret_value() if settings.ingest_token else None
+            )
+            if not secret:
+                typer.echo(
+                    "error: no token; pass --token or set PARCOURS_INGEST_TOKEN "
+                    "(create one with `parcours ingest token create NAME`)",
+                    err=True,
+                )
+                raise typer.Exit(2)
+            summary = push_http(requests, url or settings.ingest_url, secret, bar.update)
+    finally:
+        bar.close()
+    for line in summary.lines():
+        typer.echo(line)
+    if summary.rejected_total:
+        raise typer.Exit(1)
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="Integrator name, e.g. samu-21 or lab-cerballiance.")],
+    rotate: Annotated[
+        bool, typer.Option(help="Replace the token of an existing integrator.")
+    ] = False,
+) -> None:
+    """Create an integrator and print its bearer token (shown once; only its hash is stored)."""
+    from ingest.auth import create_token
+    from ingest.outcome import IngestError
+    from parcours.cli import load_settings
+    from parcours.db import make_engine, upgrade
+
+    settings = load_settings()
+    if settings.database_url is None:
+        upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    try:
+        token = create_token(engine, name, rotate=rotate)
+    except IngestError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+    typer.echo(token)

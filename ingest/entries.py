@@ -1,0 +1,317 @@
+"""Pure: turn a request (Bundle, single resource, NDJSON) into validated items ready to publish.
+
+Each item carries what publishing needs: the resource with real ids and `Type/id` references,
+its Kafka key (the patient id, else `Type/id`), its idempotency version and the exact bytes to
+publish. Invalid entries carry their issues instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingest.bundle import patient_key, resolve_entries
+from ingest.outcome import Issue, Rejection
+from ingest.validate import validate_resource
+
+BUNDLE_TYPES = ("transaction", "batch", "message", "collection")
+# A transaction and a message are one unit: one bad entry rejects the whole Bundle.
+ATOMIC_TYPES = ("transaction", "message")
+ALLOWED_METHODS = ("POST", "PUT")
+# Stable namespace for ids the gateway gives to resources that arrive without one, so that the
+# same content pushed twice gets the same id (and is recognised as a duplicate).
+ID_NAMESPACE = uuid.UUID("6f1c2d1e-93a4-4f8e-9b0e-7d1f0c1a5e11")
+
+
+@dataclass
+class Item:
+    """One resource of a request: valid (issues empty) or not."""
+
+    index: int
+    resource: dict[str, Any] | None
+    raw: Any
+    status: int = 0
+    reason: str = ""
+    issues: list[Issue] = field(default_factory=list)
+    resource_type: str | None = None
+    resource_id: str | None = None
+    key: str = ""
+    version: str = ""
+    value: bytes = b""
+
+    @property
+    def valid(self) -> bool:
+        """True when the item can be published."""
+        return not self.issues
+
+    @property
+    def dedupe_key(self) -> tuple[str, str, str]:
+        """(type, id, version): the idempotency key."""
+        return (self.resource_type or "", self.resource_id or "", self.version)
+
+    def reject(self, status: int, reason: str, issues: list[Issue]) -> None:
+        """Mark the item invalid."""
+        self.status, self.reason, self.issues = status, reason, issues
+
+
+def canonical_bytes(resource: dict[str, Any]) -> bytes:
+    """Compact JSON with sorted keys: equal content gives equal bytes (and hash)."""
+    return json.dumps(resource, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def content_id(resource: dict[str, Any]) -> str:
+    """A deterministic id for a resource that arrived without one."""
+    return str(uuid.uuid5(ID_NAMESPACE, hashlib.sha256(canonical_bytes(resource)).hexdigest()))
+
+
+def finalise(item: Item, resource: dict[str, Any]) -> None:
+    """Fill key, version and bytes of a valid item.
+
+    The version is `meta.versionId` when the feed gives one (`v:…`), else the content hash
+    (`h:…`), so a re-sent identical resource is a duplicate and a changed one is new.
+    """
+    value = canonical_bytes(resource)
+    meta = resource.get("meta")
+    version_id = meta.get("versionId") if isinstance(meta, dict) else None
+    item.resource = resource
+    item.resource_type = str(resource["resourceType"])
+    item.resource_id = str(resource["id"])
+    item.key = patient_key(resource) or f"{item.resource_type}/{item.resource_id}"
+    item.version = (
+        f"v:{version_id}" if version_id else f"h:{hashlib.sha256(value).hexdigest()[:40]}"
+    )
+    item.value = value
+
+
+def prepare_resource(
+    body: Any, expected_type: str | None, url_id: str | None = None, index: int = 0
+) -> Item:
+    """One resource from `POST /fhir/{type}`, `PUT /fhir/{type}/{id}` or an NDJSON line."""
+    item = Item(index=index, resource=None, raw=body)
+    status, reason, issues = validate_resource(body, expected_type)
+    if issues:
+        item.reject(status, reason, issues)
+        if isinstance(body, dict):
+            item.resource_type = body.get("resourceType") or expected_type
+            item.resource_id = body.get("id") if isinstance(body.get("id"), str) else None
+        return item
+    resource = dict(body)
+    rtype = resource["resourceType"]
+    if url_id is not None:
+        if resource.get("id") != url_id:
+            item.resource_type = rtype
+            item.reject(
+                400,
+                "id-mismatch",
+                [
+                    Issue(
+                        "invalid",
+                        f"id {resource.get('id')!r} does not match the URL id {url_id!r}",
+                        (f"{rtype}.id",),
+                    )
+                ],
+            )
+            return item
+    elif not resource.get("id"):
+        resource["id"] = content_id(resource)
+    finalise(item, resource)
+    return item
+
+
+def _entry_request_issues(entry: dict[str, Any], index: int, rtype: str | None) -> list[Issue]:
+    """bdl-3: transaction and batch entries need a request; Parcours takes POST and PUT."""
+    where = f"Bundle.entry[{index}].request"
+    request = entry.get("request")
+    if not isinstance(request, dict):
+        return [Issue("required", "A transaction or batch entry needs a request", (where,))]
+    method = request.get("method")
+    if method not in ALLOWED_METHODS:
+        return [
+            Issue(
+                "not-supported",
+                f"Method {method!r} is not supported; the gateway accepts POST and PUT",
+                (f"{where}.method",),
+            )
+        ]
+    url = request.get("url")
+    if not isinstance(url, str) or not url:
+        return [Issue("required", "request.url is missing", (f"{where}.url",))]
+    url_type = url.split("?", 1)[0].split("/", 1)[0]
+    if rtype and url_type != rtype:
+        return [Issue("invalid", f"request.url {url!r} does not name a {rtype}", (f"{where}.url",))]
+    return []
+
+
+def _put_id(entry: dict[str, Any]) -> str | None:
+    request = entry.get("request")
+    if isinstance(request, dict) and request.get("method") == "PUT":
+        parts = str(request.get("url", "")).split("?", 1)[0].split("/")
+        if len(parts) >= 2 and parts[1]:
+            return parts[1]
+    return None
+
+
+@dataclass
+class PreparedBundle:
+    """A Bundle's items, with its type and (for messages) its MessageHeader."""
+
+    bundle_type: str
+    items: list[Item]
+    message_header: dict[str, Any] | None = None
+
+    @property
+    def atomic(self) -> bool:
+        """True when one bad entry rejects the whole Bundle."""
+        return self.bundle_type in ATOMIC_TYPES
+
+    def invalid(self) -> list[Item]:
+        """The items with issues."""
+        return [i for i in self.items if not i.valid]
+
+
+def prepare_bundle(body: Any) -> PreparedBundle:
+    """Validate a Bundle's envelope and each entry; resolve `urn:uuid` references.
+
+    Raises Rejection for an envelope that cannot be processed at all. Invalid entries are
+    returned as items with issues: the caller decides (atomic Bundle → reject all).
+    """
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+        got = body.get("resourceType") if isinstance(body, dict) else type(body).__name__
+        raise Rejection(
+            400,
+            "not-a-bundle",
+            [
+                Issue(
+                    "invalid",
+                    f"POST /fhir takes a Bundle; got {got!r}. Post single resources to /fhir/{{type}}",
+                    ("Bundle.resourceType",),
+                )
+            ],
+        )
+    btype = body.get("type")
+    if btype not in BUNDLE_TYPES:
+        raise Rejection(
+            422,
+            "bundle-type",
+            [
+                Issue(
+                    "not-supported",
+                    f"Bundle.type {btype!r} is not accepted; use one of {', '.join(BUNDLE_TYPES)}",
+                    ("Bundle.type",),
+                )
+            ],
+            resource_type="Bundle",
+        )
+    entries = body.get("entry") or []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise Rejection(
+            400,
+            "invalid-resource",
+            [Issue("structure", "Bundle.entry must be an array of objects", ("Bundle.entry",))],
+            resource_type="Bundle",
+        )
+    envelope = {k: v for k, v in body.items() if k != "entry"}
+    status, reason, issues = validate_resource(envelope, "Bundle")
+    if issues:
+        raise Rejection(status, reason, issues, resource_type="Bundle")
+    header: dict[str, Any] | None = None
+    if btype == "message":
+        first = entries[0].get("resource") if entries else None
+        if not isinstance(first, dict) or first.get("resourceType") != "MessageHeader":
+            raise Rejection(
+                422,
+                "message-header",
+                [
+                    Issue(
+                        "required",
+                        "The first entry of a message Bundle must be a MessageHeader",
+                        ("Bundle.entry[0].resource",),
+                    )
+                ],
+                resource_type="Bundle",
+            )
+        header = first
+
+    # Ids must exist before references are resolved; an entry with neither id nor urn:uuid
+    # fullUrl gets a content-derived id, so a re-sent Bundle is recognised as a duplicate.
+    with_ids = dict(body)
+    with_ids["entry"] = []
+    for entry in entries:
+        resource = entry.get("resource")
+        full_url = entry.get("fullUrl")
+        if (
+            isinstance(resource, dict)
+            and not resource.get("id")
+            and not (isinstance(full_url, str) and full_url.startswith("urn:uuid:"))
+        ):
+            entry = {**entry, "resource": {**resource, "id": content_id(resource)}}
+        with_ids["entry"].append(entry)
+    resolved = resolve_entries(with_ids)
+
+    items: list[Item] = []
+    for index, entry in enumerate(with_ids["entry"]):
+        root = f"Bundle.entry[{index}].resource"
+        item = Item(index=index, resource=None, raw=entry.get("resource"))
+        raw = entry.get("resource")
+        rtype = raw.get("resourceType") if isinstance(raw, dict) else None
+        if isinstance(raw, dict):
+            item.resource_type = rtype if isinstance(rtype, str) else None
+            item.resource_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+        if raw is None:
+            item.reject(
+                400,
+                "invalid-resource",
+                [Issue("required", "Entry has no resource", (f"Bundle.entry[{index}].resource",))],
+            )
+            items.append(item)
+            continue
+        status, reason, issues = validate_resource(resolved[index], None, root)
+        if not issues and btype in ("transaction", "batch"):
+            issues = _entry_request_issues(entry, index, item.resource_type)
+            status, reason = (400, "invalid-request") if issues else (0, "")
+        put_id = _put_id(entry)
+        if not issues and put_id is not None and put_id != resolved[index].get("id"):
+            status, reason = 400, "id-mismatch"
+            issues = [
+                Issue(
+                    "invalid",
+                    f"PUT url id {put_id!r} differs from the resource id",
+                    (f"{root}.id",),
+                )
+            ]
+        if issues:
+            item.reject(status, reason, issues)
+        else:
+            finalise(item, resolved[index])
+        items.append(item)
+    return PreparedBundle(btype, items, header)
+
+
+def parse_ndjson(data: bytes) -> list[Item]:
+    """One item per non-blank NDJSON line; `index` is the 1-based line number."""
+    items: list[Item] = []
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            body = json.loads(line)
+        except ValueError as exc:
+            item = Item(index=number, resource=None, raw=line.decode("utf-8", "replace"))
+            item.reject(
+                400,
+                "invalid-json",
+                [Issue("structure", f"line {number}: {exc}", (f"line[{number}]",))],
+            )
+            items.append(item)
+            continue
+        item = prepare_resource(body, None, index=number)
+        if item.issues:
+            item.issues = [
+                Issue(i.code, f"line {number}: {i.diagnostics}", i.expression, i.severity)
+                for i in item.issues
+            ]
+        items.append(item)
+    return items

@@ -1,0 +1,224 @@
+"""Publishing to Kafka with kafka-python: acks=all, retries, and an answer only after the acks.
+
+The producer is created lazily (its constructor contacts the broker), so the gateway starts and
+answers 503 while the broker is down. After any failed delivery the producer is thrown away and
+rebuilt on the next request: an idempotent producer whose batch expired can be left in a state
+where later sends fail, and a fresh one is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.errors import KafkaError
+
+from ingest.outcome import BrokerUnavailable
+from parcours.settings import Settings
+from parcours.topics import Topics, ensure_topics
+
+log = logging.getLogger(__name__)
+
+# A broker that acknowledged within this window is taken as up without a probe.
+RECENT_ACK_S = 1.0
+# After a failed connection, requests get 503 at once for this long instead of each waiting.
+RECONNECT_BACKOFF_S = 1.0
+# Dead-letter payloads are cut to stay under Kafka's default 1 MiB message size.
+MAX_DEADLETTER_BYTES = 900_000
+
+
+@dataclass(frozen=True)
+class Message:
+    """One record for the raw topic."""
+
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Where the broker stored a record."""
+
+    partition: int
+    offset: int
+
+
+class Publisher:
+    """A thread-safe, lazily connected producer for the raw and dead-letter topics."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = Topics.from_settings(settings)
+        self.timeout_s = settings.ingest_publish_timeout_s
+        self._producer: KafkaProducer | None = None
+        self._admin: KafkaAdminClient | None = None
+        self._lock = threading.Lock()
+        self._last_failure = 0.0
+        self._last_ack = 0.0
+
+    @property
+    def connected(self) -> bool:
+        """True while a producer exists and the broker acknowledged recently."""
+        return self._producer is not None and time.monotonic() - self._last_ack < 30
+
+    def _connect(self) -> KafkaProducer:
+        timeout_ms = int(self.timeout_s * 1000)
+        producer = KafkaProducer(
+            bootstrap_servers=self.settings.bootstrap,
+            client_id="parcours-ingest",
+            acks="all",
+            retries=2**31 - 1,
+            enable_idempotence=True,
+            linger_ms=2,
+            delivery_timeout_ms=timeout_ms,
+            request_timeout_ms=max(500, timeout_ms - 100),
+            max_block_ms=timeout_ms,
+            bootstrap_timeout_ms=timeout_ms,
+            max_request_size=4 * 1024 * 1024,
+        )
+        try:
+            ensure_topics(
+                self.settings.bootstrap,
+                [self.topics.raw, self.topics.deadletter],
+                self.settings.topic_partitions,
+            )
+        except Exception:
+            producer.close(timeout=0)
+            raise
+        return producer
+
+    def producer(self) -> KafkaProducer:
+        """The producer, connecting first if needed; BrokerUnavailable if that fails."""
+        with self._lock:
+            if self._producer is not None:
+                return self._producer
+            if time.monotonic() - self._last_failure < RECONNECT_BACKOFF_S:
+                raise BrokerUnavailable("Kafka is unreachable (retrying shortly)")
+            try:
+                self._producer = self._connect()
+            except (KafkaError, OSError, ValueError) as exc:
+                self._last_failure = time.monotonic()
+                log.warning("Kafka at %s is unreachable: %s", self.settings.bootstrap, exc)
+                raise BrokerUnavailable(f"Kafka is unreachable: {exc}") from exc
+            log.info("connected to Kafka at %s", self.settings.bootstrap)
+            return self._producer
+
+    def _discard(self) -> None:
+        with self._lock:
+            producer, self._producer = self._producer, None
+            admin, self._admin = self._admin, None
+            self._last_failure = time.monotonic()
+        if producer is not None:
+            try:
+                producer.close(timeout=0)
+            except Exception:  # closing a broken client must not hide the real error
+                log.debug("closing the producer failed", exc_info=True)
+        if admin is not None:
+            try:
+                admin.close()
+            except Exception:
+                log.debug("closing the admin client failed", exc_info=True)
+
+    def check(self) -> None:
+        """Raise BrokerUnavailable unless the broker answers now.
+
+        Called before a request publishes anything, so that a transaction meets a dead or
+        frozen broker before its first record is sent rather than halfway through.
+        """
+        self.producer()
+        if time.monotonic() - self._last_ack < RECENT_ACK_S:
+            return
+        try:
+            with self._lock:
+                if self._admin is None:
+                    self._admin = KafkaAdminClient(
+                        bootstrap_servers=self.settings.bootstrap,
+                        client_id="parcours-ingest-probe",
+                        request_timeout_ms=int(self.timeout_s * 1000),
+                    )
+                admin = self._admin
+            admin.describe_cluster()
+        except (KafkaError, OSError, ValueError) as exc:
+            self._discard()
+            raise BrokerUnavailable(f"Kafka did not answer: {exc}") from exc
+
+    def publish(self, messages: Sequence[Message]) -> list[Ack | Exception]:
+        """Send every message to the raw topic and wait for each ack (acks=all).
+
+        Returns, per message, its Ack or the exception that stopped it. Waits at most the
+        configured publish timeout in total.
+        """
+        producer = self.producer()
+        deadline = time.monotonic() + self.timeout_s + 1.0
+        futures: list[Any] = []
+        for m in messages:
+            try:
+                futures.append(
+                    producer.send(self.topics.raw, value=m.value, key=m.key, headers=m.headers)
+                )
+            except (KafkaError, OSError, ValueError) as exc:
+                futures.append(exc)
+        # Each future below reports its own failure.
+        with contextlib.suppress(KafkaError):
+            producer.flush(timeout=max(0.0, deadline - time.monotonic()))
+        results: list[Ack | Exception] = []
+        for fut in futures:
+            if isinstance(fut, Exception):
+                results.append(fut)
+                continue
+            try:
+                meta = fut.get(timeout=max(0.01, deadline - time.monotonic()))
+                results.append(Ack(partition=meta.partition, offset=meta.offset))
+            except (KafkaError, OSError, ValueError) as exc:
+                results.append(exc)
+        if any(isinstance(r, Exception) for r in results):
+            self._discard()
+        elif results:
+            self._last_ack = time.monotonic()
+        return results
+
+    def dead_letter(self, key: bytes | None, payload: bytes, headers: dict[str, str]) -> None:
+        """Send a refused payload to the dead-letter topic with its reason; never raises.
+
+        Dead letters are best effort: the rejection is also stored in SQL, and a refused request
+        must get its 4xx even when Kafka is down.
+        """
+        producer = self._producer
+        if producer is None:
+            log.warning("dead letter dropped (Kafka unreachable): %s", headers.get("reason"))
+            return
+        hdrs = [(k, v.encode()) for k, v in headers.items()]
+        if len(payload) > MAX_DEADLETTER_BYTES:
+            payload = payload[:MAX_DEADLETTER_BYTES]
+            hdrs.append(("truncated", b"true"))
+        try:
+            producer.send(self.topics.deadletter, value=payload, key=key, headers=hdrs)
+        except (KafkaError, OSError, ValueError) as exc:
+            log.warning("dead letter dropped: %s", exc)
+
+    def flush(self, timeout_s: float = 5.0) -> None:
+        """Wait for pending dead letters (used at shutdown and by tests)."""
+        producer = self._producer
+        if producer is not None:
+            try:
+                producer.flush(timeout=timeout_s)
+            except KafkaError as exc:
+                log.warning("flush failed: %s", exc)
+
+    def close(self) -> None:
+        """Flush and close the clients."""
+        self.flush()
+        with self._lock:
+            producer, self._producer = self._producer, None
+            admin, self._admin = self._admin, None
+        if producer is not None:
+            producer.close(timeout=5)
+        if admin is not None:
+            admin.close()

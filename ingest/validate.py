@@ -1,0 +1,266 @@
+"""Pure validation: JSON → a valid FHIR R4 resource, or issues naming the failing elements.
+
+Feeds speak R4; Parcours validates with the `fhir.resources.R4B` models (R4B is R4 plus errata for
+the resources Parcours reads). fhir.resources checks structure and datatypes but not code values,
+so the statuses and classes that the stream processors branch on are checked here too: a feed
+that sends `status: "done"` gets a clear 422 rather than a pathway that never closes.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any
+
+from fhir.resources.R4B import fhirtypes, get_fhir_model_class
+from fhir.resources.R4B.resource import Resource
+from pydantic import ValidationError
+
+from ingest.outcome import Issue
+
+# Mapped downstream by streams/ (docs/FHIR_PROFILE.md); every other R4 type is published raw.
+MAPPED_TYPES: tuple[str, ...] = (
+    "Patient",
+    "Encounter",
+    "Location",
+    "Organization",
+    "Practitioner",
+    "ServiceRequest",
+    "Appointment",
+    "EpisodeOfCare",
+    "Observation",
+    "Condition",
+)
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+ENCOUNTER_CLASSES = frozenset(
+    {"AMB", "EMER", "FLD", "HH", "IMP", "ACUTE", "NONAC", "OBSENC", "PRENC", "SS", "VR"}
+)
+
+# Required code elements of the mapped types, with their R4 value sets.
+CODES: dict[tuple[str, str], frozenset[str]] = {
+    ("Encounter", "status"): frozenset(
+        {
+            "planned",
+            "arrived",
+            "triaged",
+            "in-progress",
+            "onleave",
+            "finished",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
+        }
+    ),
+    ("Appointment", "status"): frozenset(
+        {
+            "proposed",
+            "pending",
+            "booked",
+            "arrived",
+            "fulfilled",
+            "cancelled",
+            "noshow",
+            "entered-in-error",
+            "checked-in",
+            "waitlist",
+        }
+    ),
+    ("EpisodeOfCare", "status"): frozenset(
+        {"planned", "waitlist", "active", "onhold", "finished", "cancelled", "entered-in-error"}
+    ),
+    ("ServiceRequest", "status"): frozenset(
+        {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"}
+    ),
+    ("ServiceRequest", "intent"): frozenset(
+        {
+            "proposal",
+            "plan",
+            "directive",
+            "order",
+            "original-order",
+            "reflex-order",
+            "filler-order",
+            "instance-order",
+            "option",
+        }
+    ),
+    ("Observation", "status"): frozenset(
+        {
+            "registered",
+            "preliminary",
+            "final",
+            "amended",
+            "corrected",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
+        }
+    ),
+    ("Location", "status"): frozenset({"active", "suspended", "inactive"}),
+    ("Patient", "gender"): frozenset({"male", "female", "other", "unknown"}),
+}
+
+
+@cache
+def resource_types() -> frozenset[str]:
+    """Every concrete resource type the R4B models know (Patient, Encounter, Bundle, …)."""
+    names: set[str] = set()
+    for attr in dir(fhirtypes):
+        if not attr.endswith("Type"):
+            continue
+        name = attr.removesuffix("Type")
+        if name in ("Resource", "DomainResource") or not name[:1].isupper():
+            continue
+        try:
+            cls = get_fhir_model_class(name)
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(cls, type) and issubclass(cls, Resource):
+            names.add(name)
+    return frozenset(names)
+
+
+def is_resource_type(name: str) -> bool:
+    """True for a concrete R4 resource type name."""
+    return name in resource_types()
+
+
+def fhirpath(root: str, loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as a FHIRPath expression: `Encounter.location[0].period`."""
+    path = root
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part == "resource_type":
+            path += ".resourceType"
+        elif part.startswith("function-") or part.startswith("__"):
+            # pydantic adds validator names to union locations; they are no FHIR element.
+            continue
+        else:
+            path += f".{part}"
+    return path
+
+
+PYDANTIC_TO_FHIR_CODE = {
+    "missing": "required",
+    "extra_forbidden": "structure",
+    "value_error": "value",
+}
+
+
+def issues_from_validation_error(exc: ValidationError, root: str) -> list[Issue]:
+    """One issue per pydantic error, each with the element's FHIRPath."""
+    issues = []
+    for err in exc.errors(include_url=False):
+        msg = str(err.get("msg", "invalid"))
+        if err.get("type") == "extra_forbidden":
+            msg = "Unknown element (not part of the R4 definition)"
+        elif err.get("type") == "missing":
+            msg = "Required element is missing"
+        issues.append(
+            Issue(
+                code=PYDANTIC_TO_FHIR_CODE.get(str(err.get("type")), "invalid"),
+                diagnostics=msg.replace("\n", " ").replace("  ", " "),
+                expression=(fhirpath(root, tuple(err.get("loc", ()))),),
+            )
+        )
+    return issues
+
+
+def check_codes(resource: dict[str, Any], root: str) -> list[Issue]:
+    """Code values that fhir.resources does not check and that Parcours relies on."""
+    rtype = resource.get("resourceType")
+    issues = []
+    for (type_name, element), allowed in CODES.items():
+        if type_name != rtype or element not in resource:
+            continue
+        value = resource[element]
+        if value not in allowed:
+            issues.append(
+                Issue(
+                    code="code-invalid",
+                    diagnostics=f"{value!r} is not in the R4 value set ({', '.join(sorted(allowed))})",
+                    expression=(f"{root}.{element}",),
+                )
+            )
+    klass = resource.get("class")
+    if rtype == "Encounter" and isinstance(klass, dict) and klass.get("system") == V3_ACT_CODE:
+        code = klass.get("code")
+        if code not in ENCOUNTER_CLASSES:
+            issues.append(
+                Issue(
+                    code="code-invalid",
+                    diagnostics=f"{code!r} is not a v3 ActEncounterCode",
+                    expression=(f"{root}.class.code",),
+                )
+            )
+    return issues
+
+
+def validate_resource(
+    resource: Any, expected_type: str | None = None, root: str | None = None
+) -> tuple[int, str, list[Issue]]:
+    """Check one resource. Returns (status, reason, issues); no issue means valid (status 0).
+
+    `expected_type` is the type the URL or Bundle request names; `root` prefixes expressions
+    (e.g. `Bundle.entry[3].resource`), else the resource type is the root.
+    400 means the JSON is not a resource of the expected type; 422 means it is one but breaks
+    the R4 definition.
+    """
+    if not isinstance(resource, dict):
+        where = root or expected_type or "Resource"
+        return (
+            400,
+            "not-a-resource",
+            [Issue("structure", "Expected a JSON object (a FHIR resource)", (where,))],
+        )
+    rtype = resource.get("resourceType")
+    base = root or (rtype if isinstance(rtype, str) and rtype else expected_type or "Resource")
+    if not isinstance(rtype, str) or not rtype:
+        return (
+            400,
+            "not-a-resource",
+            [Issue("required", "resourceType is missing", (f"{base}.resourceType",))],
+        )
+    if not is_resource_type(rtype):
+        return (
+            400,
+            "unknown-type",
+            [
+                Issue(
+                    "not-supported",
+                    f"{rtype!r} is not an R4 resource type",
+                    (f"{base}.resourceType",),
+                )
+            ],
+        )
+    if expected_type is not None and rtype != expected_type:
+        return (
+            400,
+            "type-mismatch",
+            [
+                Issue(
+                    "invalid",
+                    f"resourceType is {rtype!r} but the request is for {expected_type!r}",
+                    (f"{base}.resourceType",),
+                )
+            ],
+        )
+    rid = resource.get("id")
+    if rid is not None and (not isinstance(rid, str) or not ID_PATTERN.match(rid)):
+        return (
+            422,
+            "invalid-resource",
+            [Issue("value", "id must be 1-64 of A-Z a-z 0-9 - .", (f"{base}.id",))],
+        )
+    try:
+        get_fhir_model_class(rtype).model_validate(resource)
+    except ValidationError as exc:
+        return 422, "invalid-resource", issues_from_validation_error(exc, base)
+    issues = check_codes(resource, base)
+    if issues:
+        return 422, "invalid-code", issues
+    return 0, "", []

@@ -1,0 +1,380 @@
+"""The gateway as integrators see it: a real `parcours ingest serve` process, real broker, real
+PostgreSQL. Every endpoint, every error code, Bundle semantics, headers and dead letters."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from ingest.auth import create_token
+from parcours.db import make_engine
+from parcours.settings import Settings
+from parcours.topics import Topics
+from tests.integration.ingest_helpers import (
+    FHIR,
+    Gateway,
+    encounter,
+    gateway_env,
+    read_topic,
+    run_gateway,
+    unique,
+)
+from tests.support import parcours_env
+
+pytestmark = pytest.mark.integration
+MAX_BODY = 200_000
+
+
+@dataclass
+class Env:
+    gw: Gateway
+    token: str
+    source: str
+    topics: Topics
+    broker: str
+    pg_url: str
+
+
+@pytest.fixture(scope="module")
+def env(broker: str, pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    source = unique("lab")
+    engine = make_engine(pg_url)
+    token = create_token(engine, source)
+    engine.dispose()
+    log = tmp_path_factory.mktemp("gw") / "gateway.log"
+    environ = gateway_env(broker, pg_url, prefix, PARCOURS_INGEST_MAX_BODY_BYTES=str(MAX_BODY))
+    with run_gateway(environ, log) as gw:
+        yield Env(
+            gw, token, source, Topics.from_settings(Settings(topic_prefix=prefix)), broker, pg_url
+        )
+
+
+def raw_by_id(env: Env, *ids: str) -> list[object]:
+    wanted = set(ids)
+    return [
+        m for m in read_topic(env.broker, env.topics.raw) if json.loads(m.value).get("id") in wanted
+    ]
+
+
+def post(env: Env, path: str, body: object, ctype: str = FHIR, token: str | None = "ok") -> object:
+    with env.gw.client(env.token if token == "ok" else token) as client:
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return client.post(path, content=content, headers={"Content-Type": ctype})
+
+
+def issue_expressions(resp: object) -> list[str]:
+    body = resp.json()  # type: ignore[attr-defined]
+    assert body["resourceType"] == "OperationOutcome", body
+    return [e for i in body["issue"] for e in i.get("expression", [])]
+
+
+def test_metadata_openapi_healthz_and_metrics(env: Env) -> None:
+    with env.gw.client(None) as client:
+        cs = client.get("/fhir/metadata")
+        assert cs.status_code == 200
+        assert cs.headers["content-type"].startswith("application/fhir+json")
+        doc = cs.json()
+        assert doc["resourceType"] == "CapabilityStatement"
+        types = {r["type"]: r for r in doc["rest"][0]["resource"]}
+        for name in ("Patient", "Encounter", "Location", "EpisodeOfCare", "Condition"):
+            assert {i["code"] for i in types[name]["interaction"]} == {"create", "update"}
+        assert doc["rest"][0]["operation"][0]["name"] == "import"
+
+        openapi = client.get("/openapi.json").json()
+        assert {
+            "/fhir",
+            "/fhir/{type_name}",
+            "/fhir/{type_name}/{resource_id}",
+            "/fhir/$import",
+        } <= set(openapi["paths"])
+        health = client.get("/healthz")
+        assert health.status_code == 200 and health.json()["kafka"] == "ok"
+
+    assert post(env, "/fhir/Encounter", encounter(unique("e"), "p")).status_code == 201
+    with env.gw.client(None) as client:
+        metrics = client.get("/metrics").text
+    assert (
+        f'parcours_ingest_resources_total{{outcome="accepted",resource_type="Encounter",source="{env.source}"}}'
+        in metrics
+    )
+
+
+def test_missing_or_bad_token_gets_401(env: Env) -> None:
+    for token in (None, "prc_not-a-real-token"):
+        resp = post(env, "/fhir/Encounter", encounter(unique("e"), "p"), token=token)
+        assert resp.status_code == 401
+        assert resp.headers["www-authenticate"].startswith("Bearer")
+        assert issue_expressions(resp) == ["http.Authorization"]
+
+
+def test_create_then_resend_is_a_duplicate_published_once_with_headers(env: Env) -> None:
+    eid, pid = unique("e"), unique("p")
+    first = post(env, "/fhir/Encounter", encounter(eid, pid))
+    assert first.status_code == 201, first.text
+    assert first.headers["location"] == f"/fhir/Encounter/{eid}"
+    assert first.json()["id"] == eid
+    again = post(env, "/fhir/Encounter", encounter(eid, pid))
+    assert again.status_code == 200
+
+    # A new versionId of the same resource is new; the same versionId again is a duplicate.
+    v2 = encounter(eid, pid, status="finished", meta={"versionId": "2"})
+    with env.gw.client(env.token) as client:
+        put = client.put(
+            f"/fhir/Encounter/{eid}",
+            content=json.dumps(v2),
+            headers={"Content-Type": "application/json"},
+        )
+        assert put.status_code == 201, put.text
+        assert put.headers["etag"] == 'W/"2"'
+        v2_changed = {**v2, "status": "cancelled"}
+        put_again = client.put(
+            f"/fhir/Encounter/{eid}", content=json.dumps(v2_changed), headers={"Content-Type": FHIR}
+        )
+        assert put_again.status_code == 200
+
+    messages = raw_by_id(env, eid)
+    assert len(messages) == 2
+    for m in messages:
+        assert m.key == pid.encode()
+        headers = dict(m.headers)
+        assert headers["source"] == env.source.encode()
+        assert headers["resource-type"] == b"Encounter"
+        assert headers["received-at"].decode().endswith("+00:00")
+    versions = sorted(dict(m.headers)["version"] for m in messages)
+    assert versions[0].startswith(b"h:") and versions[1] == b"v:2"
+
+
+def test_error_codes_name_the_failing_element_and_are_recorded(env: Env) -> None:
+    bad_id = unique("bad")
+    cases = [
+        (post(env, "/fhir/Frobnicator", {"resourceType": "Frobnicator"}), 404, "resourceType"),
+        (
+            post(env, "/fhir/Encounter", encounter(unique("e"), "p"), ctype="text/plain"),
+            415,
+            "http.Content-Type",
+        ),
+        (
+            post(
+                env, "/fhir/Encounter", b'{"resourceType": "Encounter", ' + b" " * MAX_BODY + b"}"
+            ),
+            413,
+            "http.Content-Length",
+        ),
+        (post(env, "/fhir/Encounter", b'{"resourceType": "Enc'), 400, "Encounter"),
+        (
+            post(env, "/fhir/Encounter", encounter(unique("e"), "p", resourceType="Patient")),
+            400,
+            "Patient.resourceType",
+        ),
+        (
+            post(env, "/fhir/Encounter", encounter(bad_id, "p", period={"start": "tomorrow"})),
+            422,
+            "Encounter.period.start",
+        ),
+        (
+            post(env, "/fhir/Encounter", encounter(unique("e"), "p", status="done")),
+            422,
+            "Encounter.status",
+        ),
+    ]
+    for resp, status, expression in cases:
+        assert resp.status_code == status, (status, resp.text)
+        assert expression in issue_expressions(resp), (status, resp.text)
+    with env.gw.client(env.token) as client:
+        mismatch = client.put(
+            "/fhir/Encounter/other-id",
+            content=json.dumps(encounter(unique("e"), "p")),
+            headers={"Content-Type": FHIR},
+        )
+    assert mismatch.status_code == 400 and issue_expressions(mismatch) == ["Encounter.id"]
+
+    assert raw_by_id(env, bad_id) == []
+    engine = make_engine(env.pg_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT http_status, reason, expression, operation_outcome FROM ingest_rejections WHERE source = :s"
+            ),
+            {"s": env.source},
+        ).all()
+        totals = conn.execute(
+            text("SELECT rejected_total FROM integrators WHERE name = :s"), {"s": env.source}
+        ).scalar_one()
+    engine.dispose()
+    by_status = {r[0]: r for r in rows}
+    assert {404, 415, 413, 400, 422} <= set(by_status)
+    assert by_status[422][3]["resourceType"] == "OperationOutcome"
+    assert totals >= 8
+
+    dead = [
+        m
+        for m in read_topic(env.broker, env.topics.deadletter)
+        if dict(m.headers).get("source") == env.source.encode()
+    ]
+    invalid_period = [m for m in dead if bad_id.encode() in m.value]
+    assert len(invalid_period) == 1
+    headers = dict(invalid_period[0].headers)
+    assert b"Encounter.period.start" in headers["reason"]
+    assert headers["reason-code"] == b"invalid-resource"
+
+
+def transaction(entries: list[dict[str, object]], btype: str = "transaction") -> dict[str, object]:
+    return {
+        "resourceType": "Bundle",
+        "type": btype,
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{r['id']}",
+                "resource": r,
+                "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
+            }
+            for r in entries
+        ],
+    }
+
+
+def test_transaction_is_all_or_nothing(env: Env) -> None:
+    pid = unique("p")
+    patient = {"resourceType": "Patient", "id": pid, "gender": "female"}
+    good = [encounter(unique("e"), pid) for _ in range(3)]
+    bad = encounter(unique("e"), pid, period={"start": "not-a-date"})
+    refused = post(env, "/fhir", transaction([patient, *good, bad]))
+    assert refused.status_code == 422, refused.text
+    assert issue_expressions(refused) == ["Bundle.entry[4].resource.period.start"]
+    ids = [pid, *(str(e["id"]) for e in good), str(bad["id"])]
+    assert raw_by_id(env, *ids) == []
+
+    accepted = post(env, "/fhir", transaction([patient, *good]))
+    assert accepted.status_code == 200, accepted.text
+    body = accepted.json()
+    assert body["type"] == "transaction-response"
+    assert [e["response"]["status"] for e in body["entry"]] == ["201 Created"] * 4
+    messages = raw_by_id(env, *ids)
+    assert len(messages) == 4 and {m.key for m in messages} == {pid.encode()}
+
+
+def test_transaction_resolves_urn_uuid_references(env: Env) -> None:
+    pid, eid = str(uuid.uuid4()), str(uuid.uuid4())
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{pid}",
+                "resource": {"resourceType": "Patient"},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "fullUrl": f"urn:uuid:{eid}",
+                "resource": {
+                    k: v
+                    for k, v in encounter(
+                        "x", "x", subject={"reference": f"urn:uuid:{pid}"}
+                    ).items()
+                    if k != "id"
+                },
+                "request": {"method": "POST", "url": "Encounter"},
+            },
+        ],
+    }
+    resp = post(env, "/fhir", bundle)
+    assert resp.status_code == 200, resp.text
+    assert [e["response"]["location"] for e in resp.json()["entry"]] == [
+        f"Patient/{pid}",
+        f"Encounter/{eid}",
+    ]
+    (enc,) = raw_by_id(env, eid)
+    assert json.loads(enc.value)["subject"] == {"reference": f"Patient/{pid}"}
+    assert enc.key == pid.encode()
+
+
+def test_batch_answers_per_entry(env: Env) -> None:
+    pid = unique("p")
+    dup = encounter(unique("e"), pid)
+    assert post(env, "/fhir/Encounter", dup).status_code == 201
+    fresh, bad = encounter(unique("e"), pid), encounter(unique("e"), pid, status="done")
+    resp = post(env, "/fhir", transaction([fresh, bad, dup], btype="batch"))
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["type"] == "batch-response"
+    statuses = [e["response"]["status"] for e in body["entry"]]
+    assert statuses == ["201 Created", "422 Unprocessable Entity", "200 OK"]
+    outcome = body["entry"][1]["response"]["outcome"]
+    assert outcome["issue"][0]["expression"] == ["Bundle.entry[1].resource.status"]
+    assert len(raw_by_id(env, str(fresh["id"]), str(bad["id"]), str(dup["id"]))) == 2
+
+
+def test_collection_and_message_bundles(env: Env) -> None:
+    pid = unique("p")
+    e1, e2 = encounter(unique("e"), pid), encounter(unique("e"), pid)
+    collection = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": e1}]}
+    resp = post(env, "/fhir", collection)
+    assert resp.status_code == 200 and resp.json()["type"] == "batch-response"
+
+    header = {
+        "resourceType": "MessageHeader",
+        "id": unique("mh"),
+        "eventCoding": {"system": "http://terminology.hl7.org/CodeSystem/v2-0003", "code": "A01"},
+        "source": {"endpoint": "urn:samu-21"},
+    }
+    message = {
+        "resourceType": "Bundle",
+        "type": "message",
+        "entry": [{"resource": header}, {"resource": e2}],
+    }
+    resp = post(env, "/fhir", message)
+    assert resp.status_code == 200, resp.text
+    reply = resp.json()
+    assert reply["type"] == "message"
+    assert reply["entry"][0]["resource"]["response"] == {"identifier": header["id"], "code": "ok"}
+    no_header = post(env, "/fhir", {**message, "entry": [{"resource": e2}]})
+    assert no_header.status_code == 422 and issue_expressions(no_header) == [
+        "Bundle.entry[0].resource"
+    ]
+    assert len(raw_by_id(env, str(e1["id"]), str(e2["id"]), str(header["id"]))) == 3
+
+
+def test_ndjson_import(env: Env) -> None:
+    pid = unique("p")
+    good = [encounter(unique("e"), pid) for _ in range(3)]
+    lines = [json.dumps(r) for r in good] + ["", "{not json", json.dumps(good[0])]
+    resp = post(env, "/fhir/$import", "\n".join(lines).encode(), ctype="application/fhir+ndjson")
+    assert resp.status_code == 200, resp.text
+    statuses = [e["response"]["status"] for e in resp.json()["entry"]]
+    assert statuses == ["201 Created"] * 3 + ["400 Bad Request", "200 OK"]
+    assert len(raw_by_id(env, *(str(r["id"]) for r in good))) == 3
+    wrong_type = post(env, "/fhir/$import", b"{}", ctype=FHIR)
+    assert wrong_type.status_code == 415
+
+
+def test_push_cli_summary(env: Env, tmp_path: Path) -> None:
+    pid = unique("p")
+    ndjson = tmp_path / "feed.ndjson"
+    ndjson.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [encounter(unique("e"), pid), encounter(unique("e"), pid, status="done")]
+        )
+    )
+    bundle = tmp_path / "bundle.json"
+    bundle.write_text(json.dumps(transaction([encounter(unique("e"), pid)])))
+    run = subprocess.run(
+        [sys.executable, "-m", "parcours", "ingest", "push", str(ndjson), str(bundle), str(bundle)],
+        env=parcours_env(PARCOURS_INGEST_URL=env.gw.url, PARCOURS_INGEST_TOKEN=env.token),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1, run.stderr
+    out = run.stdout.splitlines()
+    assert "accepted: 2" in out and "duplicates: 1" in out and "rejected: 1" in out
+    assert "  invalid-code: 1" in out

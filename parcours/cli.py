@@ -14,8 +14,10 @@ from typing import Annotated
 import typer
 
 from bench.cli import bench_app
+from dashboard.cli import dashboard
 from forecasting.cli import forecast_app
 from ingest.cli import ingest_app
+from ingest.simulate.cli import simulate
 from parcours.settings import Settings
 
 app = typer.Typer(
@@ -31,6 +33,8 @@ app.add_typer(bench_app, name="bench")
 # Each area registers its command group here, one line each.
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(forecast_app, name="forecast")
+app.command("dashboard")(dashboard)
+app.command("simulate")(simulate)
 
 
 def setup_logging(level: str) -> None:

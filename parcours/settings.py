@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     worker_web_port: int = Field(default=6066, description="Faust worker web port; 0 disables.")
     worker_session_timeout_s: float = 10.0
     log_level: str = "INFO"
+    timezone: str = Field(
+        default="Europe/Paris", description="Time zone in which people read times (dashboard)."
+    )
+    dashboard_host: str = Field(default="127.0.0.1", description="Address the dashboard serves on.")
+    dashboard_port: int = Field(default=8501, description="Port of the Streamlit dashboard.")
     # Ingest gateway (issue 3).
     ingest_host: str = Field(
         default="127.0.0.1", description="Address the FHIR gateway listens on."

@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
-# Debian packages the tests need (a browser for the dashboard checks comes with the dashboard).
-DEBIAN_PACKAGES=(${PARCOURS_DEBIAN_PACKAGES:-})
+# Debian packages: chromium for the dashboard's browser tests (Playwright drives this one; it
+# downloads no browser of its own).
+DEBIAN_PACKAGES=(${PARCOURS_DEBIAN_PACKAGES:-chromium})
 
 apt_install() {
   local missing=()

@@ -1,0 +1,359 @@
+"""Every SQL query the dashboard runs. Parameterised, no Streamlit import, testable on its own.
+
+Each function takes an Engine and returns plain data (DataFrames, dicts). The one write, the
+acknowledgement of an alert, records who did it and when in `alert_audit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+from sqlalchemy import Engine, Executable, and_, func, insert, select, update
+
+from parcours.db.forecast_models import ForecastAccuracyRow, ForecastRow
+from parcours.db.ingest_models import IngestRejectionRow, IntegratorRow
+from parcours.db.pathway_models import (
+    AlertAuditRow,
+    AlertRow,
+    CensusHourlyRow,
+    CommunityVisitRow,
+    EdVisitRow,
+    LocationOccupancyRow,
+    PathwayStateRow,
+    ReferralRow,
+    StayLocationRow,
+    StayRow,
+)
+
+
+def _frame(engine: Engine, query: Executable) -> pd.DataFrame:
+    with engine.connect() as conn:
+        result = conn.execute(query)
+        return pd.DataFrame(result.mappings().all(), columns=list(result.keys()))
+
+
+# --- Bed board ----------------------------------------------------------------------------------
+
+
+def bed_board(engine: Engine, unit_type: str = "ward") -> pd.DataFrame:
+    """Live occupancy and capacity of every unit of `unit_type`, fullest first."""
+    occ = LocationOccupancyRow
+    frame = _frame(
+        engine,
+        select(occ.unit_id, occ.name, occ.hospital_id, occ.occupied, occ.capacity, occ.as_of).where(
+            occ.unit_type == unit_type
+        ),
+    )
+    frame["free"] = frame["capacity"] - frame["occupied"]
+    frame["occupancy_rate"] = frame["occupied"] / frame["capacity"].where(frame["capacity"] > 0)
+    return frame.sort_values(["occupancy_rate", "occupied"], ascending=False, na_position="last")
+
+
+def census_history(
+    engine: Engine, unit_type: str, unit_id: str, since: datetime | None = None
+) -> pd.DataFrame:
+    """Hourly counts of one unit (hours with no row are absent: read them as zero)."""
+    c = CensusHourlyRow
+    query = (
+        select(
+            c.hour,
+            c.occupancy,
+            c.admissions,
+            c.discharges,
+            c.transfers_in,
+            c.transfers_out,
+            c.ed_arrivals,
+        )
+        .where(c.unit_type == unit_type, c.unit_id == unit_id)
+        .order_by(c.hour)
+    )
+    if since is not None:
+        query = query.where(c.hour >= since)
+    return _frame(engine, query)
+
+
+# --- Alerts -------------------------------------------------------------------------------------
+
+
+def alerts(
+    engine: Engine,
+    status: str | None = "open",
+    alert_type: str | None = None,
+    unacknowledged_only: bool = False,
+) -> pd.DataFrame:
+    """The alert worklist, newest first."""
+    a = AlertRow
+    query = select(
+        a.alert_id,
+        a.alert_type,
+        a.patient_id,
+        a.unit_id,
+        a.status,
+        a.raised_at,
+        a.resolved_at,
+        a.message,
+        a.acknowledged_by,
+        a.acknowledged_at,
+    ).order_by(a.raised_at.desc())
+    if status:
+        query = query.where(a.status == status)
+    if alert_type:
+        query = query.where(a.alert_type == alert_type)
+    if unacknowledged_only:
+        query = query.where(a.acknowledged_at.is_(None))
+    return _frame(engine, query)
+
+
+def acknowledge_alert(
+    engine: Engine, alert_id: str, actor: str, at: datetime, note: str | None = None
+) -> bool:
+    """Record that `actor` acknowledged the alert; False if it is unknown or already acknowledged.
+
+    The alert row keeps the first acknowledgement; the audit trail keeps every action.
+    """
+    if not actor.strip():
+        raise ValueError("an acknowledgement needs the name of the person who makes it")
+    with engine.begin() as conn:
+        changed = conn.execute(
+            update(AlertRow)
+            .where(AlertRow.alert_id == alert_id, AlertRow.acknowledged_at.is_(None))
+            .values(acknowledged_by=actor.strip(), acknowledged_at=at)
+        ).rowcount
+        if changed:
+            conn.execute(
+                insert(AlertAuditRow).values(
+                    alert_id=alert_id, action="acknowledge", actor=actor.strip(), at=at, note=note
+                )
+            )
+    return bool(changed)
+
+
+def alert_audit(engine: Engine, alert_id: str) -> pd.DataFrame:
+    """Who did what to an alert, oldest first."""
+    t = AlertAuditRow
+    return _frame(
+        engine,
+        select(t.at, t.action, t.actor, t.note).where(t.alert_id == alert_id).order_by(t.at),
+    )
+
+
+# --- Pathways -----------------------------------------------------------------------------------
+
+
+def find_patients(engine: Engine, text: str = "", limit: int = 50) -> list[str]:
+    """Patient ids that contain `text`, most recently active first."""
+    p = PathwayStateRow
+    query = select(p.patient_id).order_by(p.last_event_at.desc().nulls_last()).limit(limit)
+    if text:
+        query = query.where(p.patient_id.contains(text, autoescape=True))
+    with engine.connect() as conn:
+        return [row[0] for row in conn.execute(query)]
+
+
+@dataclass(frozen=True)
+class Pathway:
+    """Everything known about one patient's pathway."""
+
+    patient_id: str
+    stage: str | None
+    stays: pd.DataFrame
+    locations: pd.DataFrame
+    ed_visits: pd.DataFrame
+    community_visits: pd.DataFrame
+    referrals: pd.DataFrame
+    alerts: pd.DataFrame
+
+
+def patient_pathway(engine: Engine, patient_id: str) -> Pathway:
+    """Stays (with ward and bed periods), ED visits, community visits, referrals and alerts."""
+    with engine.connect() as conn:
+        state = conn.execute(
+            select(PathwayStateRow.state).where(PathwayStateRow.patient_id == patient_id)
+        ).scalar()
+    stage = state.get("stage") if isinstance(state, dict) else None
+    s, loc = StayRow, StayLocationRow
+    return Pathway(
+        patient_id=patient_id,
+        stage=str(stage) if stage is not None else None,
+        stays=_frame(
+            engine,
+            select(
+                s.stay_id,
+                s.hospital_id,
+                s.admitted_at,
+                s.discharged_at,
+                s.los_hours,
+                s.disposition,
+                s.admit_source,
+            )
+            .where(s.patient_id == patient_id)
+            .order_by(s.admitted_at),
+        ),
+        locations=_frame(
+            engine,
+            select(loc.stay_id, loc.seq, loc.ward_id, loc.bed_id, loc.start_at, loc.end_at)
+            .where(loc.patient_id == patient_id)
+            .order_by(loc.start_at, loc.seq),
+        ),
+        ed_visits=_frame(
+            engine,
+            select(
+                EdVisitRow.encounter_id,
+                EdVisitRow.hospital_id,
+                EdVisitRow.arrived_at,
+                EdVisitRow.departed_at,
+                EdVisitRow.admitted,
+            )
+            .where(EdVisitRow.patient_id == patient_id)
+            .order_by(EdVisitRow.arrived_at),
+        ),
+        community_visits=_frame(
+            engine,
+            select(
+                CommunityVisitRow.encounter_id,
+                CommunityVisitRow.class_code,
+                CommunityVisitRow.provider,
+                CommunityVisitRow.start_at,
+            )
+            .where(CommunityVisitRow.patient_id == patient_id)
+            .order_by(CommunityVisitRow.start_at),
+        ),
+        referrals=_frame(
+            engine,
+            select(
+                ReferralRow.referral_id,
+                ReferralRow.requester,
+                ReferralRow.performer,
+                ReferralRow.authored_at,
+                ReferralRow.status,
+            )
+            .where(ReferralRow.patient_id == patient_id)
+            .order_by(ReferralRow.authored_at),
+        ),
+        alerts=_frame(
+            engine,
+            select(
+                AlertRow.alert_type,
+                AlertRow.status,
+                AlertRow.raised_at,
+                AlertRow.resolved_at,
+                AlertRow.message,
+                AlertRow.acknowledged_by,
+            )
+            .where(AlertRow.patient_id == patient_id)
+            .order_by(AlertRow.raised_at),
+        ),
+    )
+
+
+def pathway_totals(engine: Engine) -> dict[str, float | int | None]:
+    """Headline counts: patients, stays, patients in hospital now, ED visits, open alerts."""
+    with engine.connect() as conn:
+        return {
+            "patients": conn.scalar(select(func.count()).select_from(PathwayStateRow)),
+            "stays": conn.scalar(select(func.count()).select_from(StayRow)),
+            "in_hospital": conn.scalar(
+                select(func.count()).select_from(StayRow).where(StayRow.discharged_at.is_(None))
+            ),
+            "ed_visits": conn.scalar(select(func.count()).select_from(EdVisitRow)),
+            "open_alerts": conn.scalar(
+                select(func.count()).select_from(AlertRow).where(AlertRow.status == "open")
+            ),
+            "mean_los_hours": conn.scalar(select(func.avg(StayRow.los_hours))),
+        }
+
+
+# --- Forecasts ----------------------------------------------------------------------------------
+
+
+def forecast_units(engine: Engine, metric: str = "occupancy") -> list[str]:
+    """Units that have a forecast for `metric`."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(ForecastRow.unit_id)
+            .where(ForecastRow.metric == metric)
+            .distinct()
+            .order_by(ForecastRow.unit_id)
+        )
+        return [r[0] for r in rows]
+
+
+def forecast(engine: Engine, unit_id: str, metric: str = "occupancy") -> pd.DataFrame:
+    """Every model's latest forecast of one unit, with its interval."""
+    f = ForecastRow
+    return _frame(
+        engine,
+        select(
+            f.model,
+            f.ds,
+            f.yhat,
+            f.yhat_lower,
+            f.yhat_upper,
+            f.interval_width,
+            f.run_at,
+            f.history_end,
+        )
+        .where(f.unit_id == unit_id, f.metric == metric)
+        .order_by(f.model, f.ds),
+    )
+
+
+def forecast_accuracy(engine: Engine, unit_id: str, metric: str = "occupancy") -> pd.DataFrame:
+    """Backtest scores of every model on one unit, best (lowest MAE) first."""
+    a = ForecastAccuracyRow
+    return _frame(
+        engine,
+        select(a.model, a.horizon, a.folds, a.mae, a.rmse, a.mape, a.coverage, a.computed_at)
+        .where(a.unit_id == unit_id, a.metric == metric)
+        .order_by(a.horizon, a.mae),
+    )
+
+
+# --- Feed health --------------------------------------------------------------------------------
+
+
+def feeds(engine: Engine) -> pd.DataFrame:
+    """Every integrator with its counters and last contact."""
+    i = IntegratorRow
+    return _frame(
+        engine,
+        select(
+            i.name,
+            i.active,
+            i.last_seen_at,
+            i.accepted_total,
+            i.duplicate_total,
+            i.rejected_total,
+        ).order_by(i.name),
+    )
+
+
+def recent_rejections(
+    engine: Engine, since: datetime | None = None, source: str | None = None, limit: int = 200
+) -> pd.DataFrame:
+    """The latest refused requests or entries, with the element at fault."""
+    r = IngestRejectionRow
+    query = (
+        select(
+            r.received_at,
+            r.source,
+            r.http_status,
+            r.reason,
+            r.resource_type,
+            r.resource_id,
+            r.expression,
+            r.diagnostics,
+        )
+        .order_by(r.received_at.desc())
+        .limit(limit)
+    )
+    conditions = []
+    if since is not None:
+        conditions.append(r.received_at >= since)
+    if source:
+        conditions.append(r.source == source)
+    if conditions:
+        query = query.where(and_(*conditions))
+    return _frame(engine, query)

@@ -1,0 +1,58 @@
+"""Bed board: live occupancy and capacity per ward, service and hospital."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import queries
+from dashboard.common import REFRESH, engine, local_time
+
+st.title("Bed board")
+level = st.segmented_control(
+    "Level", ["ward", "service", "hospital"], default="ward", key="bed_board_level"
+)
+
+
+@st.fragment(run_every=REFRESH)
+def board(level: str) -> None:
+    """The live table; it refreshes itself."""
+    totals = queries.pathway_totals(engine())
+    frame = queries.bed_board(engine(), level)
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("In hospital now", totals["in_hospital"] or 0)
+    c2.metric("Beds occupied", int(frame["occupied"].sum()) if not frame.empty else 0)
+    capacity = frame["capacity"].sum() if not frame.empty else 0
+    c3.metric("Beds in service", int(capacity) if capacity == capacity else "—")
+    c4.metric("Open alerts", totals["open_alerts"] or 0)
+    if frame.empty:
+        st.info(
+            "No occupancy yet. Start the stream worker (`parcours streams worker`) and push "
+            "Location and Encounter resources, or run `parcours demo`."
+        )
+        return
+    full = frame[frame["occupancy_rate"] >= 1.0]
+    if not full.empty:
+        st.warning(
+            f"{len(full)} {level}(s) at or above capacity: "
+            + ", ".join(full["name"].fillna(full["unit_id"]))
+        )
+    st.dataframe(
+        local_time(frame, "as_of"),
+        hide_index=True,
+        use_container_width=True,
+        column_config={
+            "unit_id": st.column_config.TextColumn("Unit"),
+            "name": st.column_config.TextColumn("Name"),
+            "hospital_id": st.column_config.TextColumn("Hospital"),
+            "occupied": st.column_config.NumberColumn("Occupied"),
+            "capacity": st.column_config.NumberColumn("Capacity"),
+            "free": st.column_config.NumberColumn("Free"),
+            "occupancy_rate": st.column_config.ProgressColumn(
+                "Occupancy", format="percent", min_value=0.0, max_value=1.0
+            ),
+            "as_of": st.column_config.DatetimeColumn("As of"),
+        },
+    )
+
+
+board(level or "ward")

@@ -1,0 +1,100 @@
+"""The dashboard served by `parcours dashboard`, driven in a real headless Chromium.
+
+Screenshots go to tests/e2e/screenshots/ for people to look at.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from sqlalchemy import text
+
+from parcours.broker import free_port
+from parcours.db import make_engine
+from tests.seed import Seeded, seed
+from tests.support import parcours_env, parcours_process, wait_until
+
+pytestmark = pytest.mark.e2e
+SHOTS = Path(__file__).resolve().parent / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium is missing: scripts/setup.sh installs it"
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=chromium,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def served(pg_url: str, tmp_path: Path) -> Iterator[tuple[str, Seeded]]:
+    seeded = seed(make_engine(pg_url), f"b{uuid.uuid4().hex[:6]}-")
+    port = free_port()
+    env = parcours_env(DATABASE_URL=pg_url)
+    with parcours_process(["dashboard", "--port", str(port)], env, tmp_path / "dash.log"):
+        url = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, 60, what="the Streamlit server")
+        yield url, seeded
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(exist_ok=True)
+    # Tables and charts paint on canvases after the text shows; let them finish for the picture.
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_manager_and_coordinator_use_the_dashboard(
+    served: tuple[str, Seeded], browser: Browser, pg_url: str
+) -> None:
+    url, s = served
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    expect(page.get_by_role("heading", name="Bed board")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text(f"{s.prefix}Cardiologie").first).to_be_visible(timeout=30_000)
+    shot(page, "bed_board")
+
+    page.get_by_role("link", name="Forecasts").click()
+    expect(page.get_by_role("heading", name="Forecasts")).to_be_visible(timeout=30_000)
+    page.get_by_label("Unit").click()
+    page.get_by_role("option", name=s.ward_full).click()
+    expect(page.get_by_text("80% prediction interval")).to_be_visible(timeout=30_000)
+    shot(page, "forecasts")
+
+    page.get_by_role("link", name="Alerts").click()
+    expect(page.get_by_role("heading", name="Alerts")).to_be_visible(timeout=30_000)
+    page.get_by_label("Alert", exact=True).click()
+    page.get_by_role("option").filter(has_text=f"{s.prefix}pat-1").click()
+    page.get_by_label("Your name").fill("Dr Lefèvre")
+    page.get_by_role("button", name="Acknowledge").click()
+    expect(page.get_by_text("Acknowledged by Dr Lefèvre")).to_be_visible(timeout=30_000)
+    shot(page, "alerts_acknowledged")
+    with make_engine(pg_url).connect() as conn:
+        who = conn.scalar(
+            text("SELECT acknowledged_by FROM alerts WHERE alert_id = :a"), {"a": s.alert}
+        )
+    assert who == "Dr Lefèvre"
+
+    page.get_by_role("link", name="Feed health").click()
+    expect(page.get_by_role("heading", name="Feed health")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("Rejections (").first).to_be_visible(timeout=30_000)
+    shot(page, "feed_health")
+    page.close()

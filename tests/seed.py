@@ -1,0 +1,262 @@
+"""A small, synthetic hospital state written straight to SQL, for dashboard tests.
+
+Ids carry a per-call prefix so several tests can share the session database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine
+
+from parcours.db import upsert
+from parcours.db.forecast_models import ForecastAccuracyRow, ForecastRow
+from parcours.db.ingest_models import IngestRejectionRow, IntegratorRow
+from parcours.db.pathway_models import (
+    AlertRow,
+    CensusHourlyRow,
+    EdVisitRow,
+    LocationOccupancyRow,
+    PathwayStateRow,
+    StayLocationRow,
+    StayRow,
+)
+
+T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """The ids a test looks for."""
+
+    prefix: str
+    hospital: str
+    ward_full: str
+    ward_quiet: str
+    patient: str
+    alert: str
+    integrator: str
+
+
+def seed(engine: Engine, prefix: str) -> Seeded:
+    """Write two wards (one full), a patient with an ED visit and a stay, an open alert,
+    a forecast with its backtest, and an integrator with one rejection."""
+    s = Seeded(
+        prefix=prefix,
+        hospital=f"Organization/{prefix}chu",
+        ward_full=f"Location/{prefix}cardio",
+        ward_quiet=f"Location/{prefix}ortho",
+        patient=f"{prefix}pat-1",
+        alert=f"no_followup:{prefix}pat-1:{prefix}stay-1",
+        integrator=f"{prefix}gp-software",
+    )
+    with engine.begin() as conn:
+        upsert(
+            conn,
+            LocationOccupancyRow,
+            [
+                {
+                    "unit_type": "ward",
+                    "unit_id": s.ward_full,
+                    "hospital_id": s.hospital,
+                    "name": f"{prefix}Cardiologie",
+                    "occupied": 24,
+                    "capacity": 24,
+                    "as_of": T0,
+                },
+                {
+                    "unit_type": "ward",
+                    "unit_id": s.ward_quiet,
+                    "hospital_id": s.hospital,
+                    "name": f"{prefix}Orthopédie",
+                    "occupied": 5,
+                    "capacity": 20,
+                    "as_of": T0,
+                },
+            ],
+            key=["unit_type", "unit_id"],
+        )
+        upsert(
+            conn,
+            CensusHourlyRow,
+            [
+                {
+                    "unit_type": "ward",
+                    "unit_id": s.ward_full,
+                    "hour": T0 - timedelta(hours=h),
+                    "hospital_id": s.hospital,
+                    "occupancy": 20 + h % 5,
+                    "admissions": 1,
+                    "discharges": 1,
+                    "transfers_in": 0,
+                    "transfers_out": 0,
+                    "ed_arrivals": 0,
+                }
+                for h in range(48)
+            ],
+            key=["unit_type", "unit_id", "hour"],
+        )
+        upsert(
+            conn,
+            PathwayStateRow,
+            [{"patient_id": s.patient, "state": {"stage": "discharged"}, "last_event_at": T0}],
+            key=["patient_id"],
+        )
+        upsert(
+            conn,
+            EdVisitRow,
+            [
+                {
+                    "encounter_id": f"{prefix}ed-1",
+                    "patient_id": s.patient,
+                    "hospital_id": s.hospital,
+                    "ward_id": None,
+                    "arrived_at": T0 - timedelta(days=5),
+                    "departed_at": T0 - timedelta(days=5) + timedelta(hours=3),
+                    "admitted": True,
+                    "disposition": None,
+                }
+            ],
+            key=["encounter_id"],
+        )
+        upsert(
+            conn,
+            StayRow,
+            [
+                {
+                    "stay_id": f"{prefix}stay-1",
+                    "patient_id": s.patient,
+                    "hospital_id": s.hospital,
+                    "admitted_at": T0 - timedelta(days=5) + timedelta(hours=3),
+                    "discharged_at": T0 - timedelta(days=1),
+                    "disposition": "home",
+                    "admit_source": "emd",
+                    "from_ed_encounter": f"{prefix}ed-1",
+                    "los_hours": 93.0,
+                }
+            ],
+            key=["stay_id"],
+        )
+        upsert(
+            conn,
+            StayLocationRow,
+            [
+                {
+                    "stay_id": f"{prefix}stay-1",
+                    "seq": 0,
+                    "patient_id": s.patient,
+                    "hospital_id": s.hospital,
+                    "location_id": s.ward_full,
+                    "ward_id": s.ward_full,
+                    "bed_id": None,
+                    "start_at": T0 - timedelta(days=5) + timedelta(hours=3),
+                    "end_at": T0 - timedelta(days=1),
+                    "discharged": True,
+                }
+            ],
+            key=["stay_id", "seq"],
+        )
+        upsert(
+            conn,
+            AlertRow,
+            [
+                {
+                    "alert_id": s.alert,
+                    "alert_type": "no_followup",
+                    "patient_id": s.patient,
+                    "unit_id": None,
+                    "status": "open",
+                    "raised_at": T0,
+                    "resolved_at": None,
+                    "message": f"{prefix}pat-1: no community follow-up 7 days after discharge",
+                    "details": {},
+                    "acknowledged_by": None,
+                    "acknowledged_at": None,
+                }
+            ],
+            key=["alert_id"],
+        )
+        upsert(
+            conn,
+            ForecastRow,
+            [
+                {
+                    "unit_id": s.ward_full,
+                    "metric": "occupancy",
+                    "model": model,
+                    "ds": T0 + timedelta(hours=h),
+                    "yhat": 22.0 + shift,
+                    "yhat_lower": 19.0 + shift,
+                    "yhat_upper": 25.0 + shift,
+                    "interval_width": 0.8,
+                    "run_at": T0,
+                    "history_end": T0,
+                }
+                for h in range(1, 25)
+                for model, shift in (("prophet", 0.0), ("naive", 1.0))
+            ],
+            key=["unit_id", "metric", "model", "ds"],
+        )
+        upsert(
+            conn,
+            ForecastAccuracyRow,
+            [
+                {
+                    "unit_id": s.ward_full,
+                    "metric": "occupancy",
+                    "model": "prophet",
+                    "horizon": 24,
+                    "folds": 3,
+                    "mae": 1.2,
+                    "rmse": 1.5,
+                    "mape": 0.05,
+                    "coverage": 0.81,
+                    "computed_at": T0,
+                },
+                {
+                    "unit_id": s.ward_full,
+                    "metric": "occupancy",
+                    "model": "naive",
+                    "horizon": 24,
+                    "folds": 3,
+                    "mae": 2.4,
+                    "rmse": 3.0,
+                    "mape": 0.1,
+                    "coverage": 0.9,
+                    "computed_at": T0,
+                },
+            ],
+            key=["unit_id", "metric", "model", "horizon"],
+        )
+        upsert(
+            conn,
+            IntegratorRow,
+            [
+                {
+                    "name": s.integrator,
+                    "token_hash": f"{prefix}hash".ljust(64, "0"),
+                    "active": True,
+                    "created_at": T0,
+                    "last_seen_at": datetime.now(UTC),
+                    "accepted_total": 120,
+                    "duplicate_total": 3,
+                    "rejected_total": 1,
+                }
+            ],
+            key=["name"],
+        )
+        conn.execute(
+            IngestRejectionRow.__table__.insert().values(
+                source=s.integrator,
+                received_at=datetime.now(UTC),
+                http_status=422,
+                reason="invalid",
+                resource_type="Encounter",
+                resource_id=f"{prefix}bad",
+                expression="Encounter.status",
+                diagnostics="value is not a valid status",
+                operation_outcome={"resourceType": "OperationOutcome"},
+            )
+        )
+    return s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -161,16 +162,30 @@ def run_cmd(
     horizon: Annotated[int, typer.Option(help="Steps ahead (hours; days for --spf-csv).")] = 72,
     folds: Annotated[int, typer.Option(help="Rolling origins of the accompanying backtest.")] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    every: Annotated[
+        float | None,
+        typer.Option(help="Run again every SECONDS until stopped (a long-running forecaster)."),
+    ] = None,
 ) -> None:
     """Backtest, then forecast every unit with every model; write forecasts and scores to SQL."""
-    _execute(
-        do_backtest=True,
-        do_forecast=True,
-        spf_csv=spf_csv,
-        deps=dep,
-        metric=metric,
-        unit_type=unit_type,
-        horizon=horizon,
-        folds=folds,
-        as_json=as_json,
-    )
+    while True:
+        try:
+            _execute(
+                do_backtest=True,
+                do_forecast=True,
+                spf_csv=spf_csv,
+                deps=dep,
+                metric=metric,
+                unit_type=unit_type,
+                horizon=horizon,
+                folds=folds,
+                as_json=as_json,
+            )
+        except typer.Exit as exc:
+            # With --every, too little history yet is a reason to wait, not to stop.
+            if every is None or exc.exit_code != 2:
+                raise
+        if every is None:
+            return
+        typer.echo(f"next forecast run in {every:.0f} s", err=True)
+        time.sleep(every)

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from forecasting.job import census_series
 from parcours.db import make_engine, upsert
 from parcours.db.pathway_models import CensusHourlyRow
-from tests.support import parcours_env
+from tests.support import parcours_env, parcours_process, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +138,18 @@ def test_forecast_run_reads_the_live_hourly_census(pg_url: str) -> None:
         ("seasonal_naive_24", 24),
     ]
     assert all(g.first == hours[-1] + pd.Timedelta(hours=1) for g in got)
+
+
+def test_the_long_running_forecaster_waits_for_history_instead_of_dying(tmp_path: Path) -> None:
+    from parcours.db import upgrade
+
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    upgrade(empty)
+    log = tmp_path / "forecaster.log"
+    env = parcours_env(DATABASE_URL=empty)
+    with parcours_process(["forecast", "run", "--every", "0.5"], env, log) as proc:
+        wait_until(lambda: log.read_text().count("next forecast run") >= 2, 60, what="two rounds")
+        assert proc.poll() is None
+    text_ = log.read_text()
+    assert "no ward has 216 hours of census yet" in text_
+    assert "Traceback" not in text_

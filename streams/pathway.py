@@ -26,7 +26,6 @@ timer tick the active set is recomputed and the difference comes out as `AlertRa
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import types
 import typing
@@ -826,12 +825,37 @@ def _trim(facts: Facts, rules: PathwayRules) -> None:
             setattr(facts, attr, [r for r in items if id(r) not in drop])
 
 
+def _clone(obj: T) -> T:
+    """A shallow copy of a record (much cheaper than copy.copy on a dataclass)."""
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__)
+    return new
+
+
+def copy_facts(facts: Facts) -> Facts:
+    """A copy of `facts` that folding can change without touching the original."""
+    stays = []
+    for stay in facts.stays:
+        clone = _clone(stay)
+        clone.locations = [_clone(spell) for spell in stay.locations]
+        stays.append(clone)
+    return Facts(
+        stays=stays,
+        ed_visits=[_clone(v) for v in facts.ed_visits],
+        community_visits=[_clone(v) for v in facts.community_visits],
+        referrals=[_clone(r) for r in facts.referrals],
+        appointments=[_clone(a) for a in facts.appointments],
+        home_care=[_clone(e) for e in facts.home_care],
+        died_at=facts.died_at,
+    )
+
+
 def replay(
     base: Facts, log: Iterable[PatientEvent], rules: PathwayRules = DEFAULT_RULES
 ) -> tuple[Facts, list[PatientEvent]]:
     """The facts that `log` (sorted) folds to over a copy of `base`, and the events that did
     not apply."""
-    facts = copy.deepcopy(base)
+    facts = copy_facts(base)
     rejected = [ev for ev in log if not fold(facts, ev, rules)]
     _trim(facts, rules)
     return facts, rejected
@@ -1151,14 +1175,27 @@ def transition(
 
     new_events = [ev for ev in parts if not isinstance(ev, ResourceRetracted)]
     retracted = len(new_events) < len(parts)
-    log = sorted(
-        [ev for ev in state.log if _resource_key(ev.source) != key]
-        + (parts if retracted else new_events),
-        key=event_order,
+    new_events.sort(key=event_order)
+    appends = (
+        not retracted
+        and current is None
+        and (not state.log or event_order(new_events[0]) > event_order(state.log[-1]))
     )
     times = [ev.at for ev in new_events]
     clock = max([*times, *([state.clock] if state.clock else [])], default=None)
-    facts, rejected = replay(state.base, log, rules)
+    if appends:
+        # In order and new: folding onto the current facts is what a replay would give.
+        log = [*state.log, *new_events]
+        facts = copy_facts(state.facts)
+        rejected = [ev for ev in new_events if not fold(facts, ev, rules)]
+        _trim(facts, rules)
+    else:
+        log = sorted(
+            [ev for ev in state.log if _resource_key(ev.source) != key]
+            + (parts if retracted else new_events),
+            key=event_order,
+        )
+        facts, rejected = replay(state.base, log, rules)
     new = _derive(
         dataclasses.replace(
             state, log=log, versions={**state.versions, key: version}, pending=pending, clock=clock

@@ -1,0 +1,860 @@
+"""The pathway state machine: table-driven event sequences for every transition and alert."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ingest.bundle import resolve_entries
+from streams.events import (
+    AppointmentBooked,
+    CommunityVisited,
+    EdArrived,
+    EdDeparted,
+    HomeCareEnded,
+    HomeCareStarted,
+    PatientAdmitted,
+    PatientDied,
+    PatientDischarged,
+    PatientEvent,
+    PatientTransferred,
+    ReferralSent,
+    ResourceRetracted,
+    SourceRef,
+)
+from streams.fhir_map import map_resource, patient_events
+from streams.pathway import (
+    AlertRaised,
+    AlertResolved,
+    EventIgnored,
+    OccupancyChanged,
+    Output,
+    PathwayRules,
+    PatientState,
+    RecordChanged,
+    RecordRemoved,
+    Stage,
+    StageChanged,
+    alert_id,
+    check_timers,
+    invariant_violations,
+    output_to_json,
+    transition,
+)
+
+P = "pat-1"
+T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fhir"
+
+
+def h(hours: float) -> datetime:
+    return T0 + timedelta(hours=hours)
+
+
+def d(days: float) -> datetime:
+    return T0 + timedelta(days=days)
+
+
+def src(rtype: str, rid: str, version: str = "1") -> SourceRef:
+    return SourceRef(rtype, rid, version)
+
+
+# Each helper builds the events one resource version maps to (stamped part/parts like fhir_map).
+
+
+def _parts(events: list[PatientEvent]) -> list[PatientEvent]:
+    return [replace(ev, part=i, parts=len(events)) for i, ev in enumerate(events, start=1)]
+
+
+def referral(rid: str, at: datetime, status: str = "active", v: str = "1") -> list[PatientEvent]:
+    return [
+        ReferralSent(
+            patient_id=P,
+            at=at,
+            source=src("ServiceRequest", rid, v),
+            referral_id=rid,
+            requester="gp",
+            status=status,
+        )
+    ]
+
+
+def appointment(
+    aid: str, at: datetime, start: datetime, based_on: str | None = None, status: str = "booked"
+) -> list[PatientEvent]:
+    return [
+        AppointmentBooked(
+            patient_id=P,
+            at=at,
+            source=src("Appointment", aid),
+            appointment_id=aid,
+            start=start,
+            status=status,
+            based_on=based_on,
+        )
+    ]
+
+
+def visit(eid: str, at: datetime, based_on: str | None = None, v: str = "1") -> list[PatientEvent]:
+    return [
+        CommunityVisited(
+            patient_id=P,
+            at=at,
+            source=src("Encounter", eid, v),
+            encounter_id=eid,
+            class_code="AMB",
+            end=at + timedelta(minutes=20),
+            based_on=based_on,
+        )
+    ]
+
+
+def ed(eid: str, start: datetime, end: datetime | None = None, v: str = "1") -> list[PatientEvent]:
+    s = src("Encounter", eid, v)
+    events: list[PatientEvent] = [
+        EdArrived(patient_id=P, at=start, source=s, encounter_id=eid, hospital="chu")
+    ]
+    if end is not None:
+        events.append(EdDeparted(patient_id=P, at=end, source=s, encounter_id=eid))
+    return _parts(events)
+
+
+Move = tuple[datetime, str, str]  # (at, ward, bed)
+
+
+def stay(
+    sid: str,
+    start: datetime,
+    end: datetime | None = None,
+    moves: Sequence[Move] = (),
+    v: str = "1",
+    disposition: str | None = None,
+    ward: str | None = "ward-a",
+    bed: str | None = "bed-a1",
+    service: str | None = None,
+    from_ed: str | None = None,
+) -> list[PatientEvent]:
+    s = src("Encounter", sid, v)
+    events: list[PatientEvent] = [
+        PatientAdmitted(
+            patient_id=P,
+            at=start,
+            source=s,
+            stay_id=sid,
+            hospital="chu",
+            ward=ward,
+            bed=bed,
+            service=service,
+            from_ed_encounter=from_ed,
+        )
+    ]
+    for at, w, b in moves:
+        events.append(
+            PatientTransferred(
+                patient_id=P, at=at, source=s, stay_id=sid, location=b, ward=w, bed=b
+            )
+        )
+    if end is not None:
+        events.append(
+            PatientDischarged(patient_id=P, at=end, source=s, stay_id=sid, disposition=disposition)
+        )
+    return _parts(events)
+
+
+def home_care(eid: str, start: datetime, end: datetime | None = None) -> list[PatientEvent]:
+    s = src("EpisodeOfCare", eid)
+    events: list[PatientEvent] = [HomeCareStarted(patient_id=P, at=start, source=s, episode_id=eid)]
+    if end is not None:
+        events.append(HomeCareEnded(patient_id=P, at=end, source=s, episode_id=eid))
+    return _parts(events)
+
+
+def died(at: datetime, v: str = "1") -> list[PatientEvent]:
+    return [PatientDied(patient_id=P, at=at, source=src("Patient", P, v))]
+
+
+def retract(rtype: str, rid: str, v: str) -> list[PatientEvent]:
+    return [ResourceRetracted(patient_id=P, at=T0, source=src(rtype, rid, v), reason="cancelled")]
+
+
+def run(
+    events: Iterable[PatientEvent],
+    state: PatientState | None = None,
+    rules: PathwayRules = PathwayRules(),
+) -> tuple[PatientState, list[Output]]:
+    outputs: list[Output] = []
+    for ev in events:
+        state, out = transition(state, ev, rules)
+        assert invariant_violations(state) == [], (ev, invariant_violations(state))
+        outputs.extend(out)
+    assert state is not None
+    return state, outputs
+
+
+def seq(*groups: list[PatientEvent]) -> list[PatientEvent]:
+    return [ev for group in groups for ev in group]
+
+
+def raised(outputs: Iterable[Output]) -> list[str]:
+    return [o.kind for o in outputs if isinstance(o, AlertRaised)]
+
+
+def resolved(outputs: Iterable[Output]) -> list[str]:
+    return [o.kind for o in outputs if isinstance(o, AlertResolved)]
+
+
+def tick(state: PatientState, now: datetime, rules: PathwayRules = PathwayRules()) -> list[Output]:
+    _, out = check_timers(state, now, rules)
+    return out
+
+
+# --- Stages --------------------------------------------------------------------------------------
+
+STAGE_CASES: list[tuple[str, list[PatientEvent], Stage]] = [
+    ("a community visit", visit("v1", h(0)), Stage.COMMUNITY),
+    ("a referral", referral("r1", h(0)), Stage.REFERRED),
+    ("a completed referral", referral("r1", h(0), status="completed"), Stage.COMMUNITY),
+    ("referral then ED arrival", seq(referral("r1", h(0)), ed("e1", d(2))), Stage.IN_ED),
+    ("ED visit over", ed("e1", h(0), h(3)), Stage.COMMUNITY),
+    (
+        "referral answered by the ED",
+        seq(referral("r1", h(0)), ed("e1", d(2), d(2.1))),
+        Stage.COMMUNITY,
+    ),
+    ("admitted", stay("s1", h(0)), Stage.ADMITTED),
+    ("ED then admitted, still in ED", seq(ed("e1", h(0)), stay("s1", h(1))), Stage.IN_ED),
+    ("ED then admitted, left ED", seq(ed("e1", h(0), h(2)), stay("s1", h(1))), Stage.ADMITTED),
+    ("discharged", stay("s1", h(0), d(3)), Stage.DISCHARGED),
+    ("followed up", seq(stay("s1", h(0), d(3)), visit("v1", d(5))), Stage.FOLLOWED_UP),
+    (
+        "visit before the discharge is no follow-up",
+        seq(visit("v1", h(1)), stay("s1", h(0), d(3))),
+        Stage.DISCHARGED,
+    ),
+    (
+        "home care after discharge",
+        seq(stay("s1", h(0), d(3)), home_care("hc", d(4))),
+        Stage.HOME_CARE,
+    ),
+    (
+        "home care ended",
+        seq(stay("s1", h(0), d(3)), home_care("hc", d(4), d(20))),
+        Stage.FOLLOWED_UP,
+    ),
+    (
+        "referral after follow-up",
+        seq(stay("s1", h(0), d(3)), visit("v1", d(5)), referral("r1", d(9))),
+        Stage.REFERRED,
+    ),
+    ("death", seq(stay("s1", h(0)), died(d(1))), Stage.DECEASED),
+    (
+        "discharged to another hospital",
+        stay("s1", h(0), d(3), disposition="other-hcf"),
+        Stage.DISCHARGED,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("events", "stage"), [c[1:] for c in STAGE_CASES], ids=[c[0] for c in STAGE_CASES]
+)
+def test_stage_after_a_sequence(events: list[PatientEvent], stage: Stage) -> None:
+    state, _ = run(events)
+    assert state.stage is stage
+
+
+def test_a_whole_pathway_step_by_step() -> None:
+    steps: list[tuple[list[PatientEvent], Stage, str | None]] = [
+        (referral("r1", d(0)), Stage.REFERRED, None),
+        (ed("e1", d(3)), Stage.IN_ED, None),
+        (stay("s1", d(3) + timedelta(hours=2), ward="ward-a", bed="bed-a1"), Stage.IN_ED, "bed-a1"),
+        (ed("e1", d(3), d(3) + timedelta(hours=3), v="2"), Stage.ADMITTED, "bed-a1"),
+        (
+            stay(
+                "s1",
+                d(3) + timedelta(hours=2),
+                moves=[(d(4), "ward-b", "bed-b7")],
+                v="2",
+            ),
+            Stage.ADMITTED,
+            "bed-b7",
+        ),
+        (
+            stay(
+                "s1",
+                d(3) + timedelta(hours=2),
+                d(6),
+                moves=[(d(4), "ward-b", "bed-b7")],
+                v="3",
+                disposition="home",
+            ),
+            Stage.DISCHARGED,
+            None,
+        ),
+        (visit("v1", d(9)), Stage.FOLLOWED_UP, None),
+    ]
+    state: PatientState | None = None
+    for events, stage, bed in steps:
+        state, _ = run(events, state)
+        assert (state.stage, state.bed) == (stage, bed)
+    assert state is not None
+    [s1] = state.stays
+    assert s1.admitted_at == d(3) + timedelta(hours=2)
+    assert s1.discharged_at == d(6)
+    assert [(sp.ward, sp.bed, sp.start, sp.end) for sp in s1.locations] == [
+        ("ward-a", "bed-a1", d(3) + timedelta(hours=2), d(4)),
+        ("ward-b", "bed-b7", d(4), d(6)),
+    ]
+    assert s1.followed_up_at == d(9)
+    [visit_ed] = state.facts.ed_visits
+    assert (visit_ed.admitted, visit_ed.stay_id) == (True, "s1")
+    [ref] = state.facts.referrals
+    assert (ref.contact_at, ref.contact_id) == (d(3), "e1")
+
+
+def test_outputs_carry_records_occupancy_and_stage() -> None:
+    state, out = run(stay("s1", h(0)))
+    assert [type(o).__name__ for o in out] == ["RecordChanged", "OccupancyChanged", "StageChanged"]
+    occ = out[1]
+    assert isinstance(occ, OccupancyChanged)
+    assert (occ.stay_id, occ.ward, occ.bed, occ.previous_bed, occ.at) == (
+        "s1",
+        "ward-a",
+        "bed-a1",
+        None,
+        h(0),
+    )
+    _, out = run(stay("s1", h(0), d(2), v="2"), state)
+    occ = next(o for o in out if isinstance(o, OccupancyChanged))
+    assert (occ.bed, occ.previous_bed, occ.at) == (None, "bed-a1", d(2))
+    stage = next(o for o in out if isinstance(o, StageChanged))
+    assert (stage.previous, stage.stage, stage.at) == ("admitted", "discharged", d(2))
+    for o in out:
+        json.dumps(output_to_json(o))
+
+
+# --- Idempotency, versions and late events -------------------------------------------------------
+
+
+def test_the_same_version_twice_is_a_no_op() -> None:
+    events = seq(referral("r1", h(0)), stay("s1", d(1), d(3)), visit("v1", d(4)))
+    state, _ = run(events)
+    again, out = run(events, state)
+    assert out == []
+    assert again.to_dict() == state.to_dict()
+
+
+def test_a_new_version_that_says_the_same_makes_no_second_stay() -> None:
+    state, _ = run(stay("s1", h(0), d(2)))
+    state, out = run(stay("s1", h(0), d(2), v="2"), state)
+    assert len(state.stays) == 1
+    assert [o for o in out if not isinstance(o, EventIgnored)] == []
+
+
+def test_a_new_version_with_a_location_entry_makes_the_transfer() -> None:
+    state, _ = run(stay("s1", h(0)))
+    state, out = run(stay("s1", h(0), moves=[(h(5), "ward-b", "bed-b2")], v="2"), state)
+    assert len(state.stays) == 1
+    assert (state.ward, state.bed) == ("ward-b", "bed-b2")
+    assert [sp.bed for sp in state.stays[0].locations] == ["bed-a1", "bed-b2"]
+    occ = next(o for o in out if isinstance(o, OccupancyChanged))
+    assert (occ.previous_bed, occ.bed, occ.at) == ("bed-a1", "bed-b2", h(5))
+
+
+def test_a_transfer_that_arrives_after_the_discharge_lands_inside_the_stay() -> None:
+    s = src("Encounter", "s1")
+    admitted = PatientAdmitted(patient_id=P, at=h(0), source=s, stay_id="s1", ward="wa", bed="b1")
+    discharged = PatientDischarged(
+        patient_id=P, at=d(3), source=src("Encounter", "s1", "2"), stay_id="s1"
+    )
+    late = PatientTransferred(
+        patient_id=P,
+        at=d(1),
+        source=src("Encounter", "s1-move", "1"),
+        stay_id="s1",
+        location="b2",
+        ward="wb",
+        bed="b2",
+    )
+    # The discharge comes as a new version of the Encounter; it replaces version 1's admission,
+    # so it must say the admission again (as fhir_map does).
+    v2 = _parts([replace(admitted, source=discharged.source), discharged])
+    state, _ = run([admitted, *v2, late])
+    [s1] = state.stays
+    assert [(sp.bed, sp.start, sp.end) for sp in s1.locations] == [
+        ("b1", h(0), d(1)),
+        ("b2", d(1), d(3)),
+    ]
+    assert (state.bed, s1.bed, s1.discharged_at) == (None, None, d(3))
+
+
+def test_late_events_give_the_state_of_event_time_order() -> None:
+    events = seq(
+        referral("r1", d(0)),
+        ed("e1", d(2), d(2.2)),
+        stay("s1", d(2.1), d(5), moves=[(d(3), "ward-b", "bed-b1")]),
+        visit("v1", d(8)),
+        stay("s2", d(20), d(22)),
+        died(d(40)),
+    )
+    in_order, _ = run(events)
+    reverse, _ = run(list(reversed(events)))
+    assert reverse.facts == in_order.facts
+    assert (reverse.stage, reverse.bed) == (in_order.stage, in_order.bed)
+    assert reverse.stays[1].readmission_of == "s1"
+
+
+def test_an_older_version_after_a_newer_one_is_ignored() -> None:
+    state, _ = run(stay("s1", h(0), d(2), v="2"))
+    state, out = run(stay("s1", h(0), v="1"), state)
+    assert state.stays[0].discharged_at == d(2)
+    assert all(isinstance(o, EventIgnored) and "older" in o.reason for o in out)
+
+
+def test_a_cancelled_encounter_withdraws_its_stay() -> None:
+    state, _ = run(seq(stay("s0", d(-40), d(-38)), stay("s1", h(0))))
+    assert state.stage is Stage.ADMITTED
+    state, out = run(retract("Encounter", "s1", "2"), state)
+    assert [s.stay_id for s in state.stays] == ["s0"]
+    assert state.bed is None
+    assert RecordRemoved(P, "stay", "s1") in out
+    # The withdrawn version again changes nothing.
+    again, out = run(stay("s1", h(0), v="1"), state)
+    assert [s.stay_id for s in again.stays] == ["s0"]
+
+
+def test_a_cancelled_referral_clears_its_alert() -> None:
+    state, _ = run(referral("r1", h(0)))
+    out = tick(state, d(15))
+    assert raised(out) == ["referral_no_contact"]
+    state, _ = check_timers(state, d(15))
+    state, out = run(retract("ServiceRequest", "r1", "2"), state)
+    assert resolved(out) == ["referral_no_contact"]
+    assert state.stage is Stage.COMMUNITY
+
+
+def test_parts_of_one_version_apply_together() -> None:
+    admitted, moved, discharged = stay("s1", h(0), d(2), moves=[(h(6), "wb", "b2")])
+    state, out = run([admitted])
+    assert out == [] and state.stays == []
+    state, out = run([discharged, admitted], state)
+    assert out == [] and state.stays == []
+    state, out = run([moved], state)
+    assert len(state.stays) == 1 and state.stays[0].discharged_at == d(2)
+
+
+def test_a_transfer_after_its_stay_ended_is_ignored_with_a_reason() -> None:
+    state, _ = run(stay("s1", h(0), d(2)))
+    late = PatientTransferred(
+        patient_id=P, at=d(3), source=src("Encounter", "x"), stay_id="s1", location="b9", bed="b9"
+    )
+    state, out = run([late], state)
+    assert [o.reason for o in out if isinstance(o, EventIgnored)] == [
+        "PatientTransferred does not apply here"
+    ]
+    assert [sp.bed for sp in state.stays[0].locations] == ["bed-a1"]
+
+
+def test_an_event_of_another_patient_is_ignored() -> None:
+    state, _ = run(visit("v1", h(0)))
+    other = replace(visit("v2", h(1))[0], patient_id="someone-else")
+    new, out = transition(state, other)
+    assert new is state
+    assert isinstance(out[0], EventIgnored)
+
+
+def test_two_overlapping_stays_hold_one_bed() -> None:
+    state, _ = run(seq(stay("s1", h(0), bed="b1"), stay("s2", h(10), bed="b2")))
+    assert state.bed == "b2"
+    s1, s2 = state.stays
+    assert (s1.discharged_at, s1.ended_by, s1.bed) == (h(10), "next_admission", None)
+    assert s2.is_open
+
+
+def test_synthea_ed_visit_is_linked_to_the_stay_that_starts_with_it() -> None:
+    state, _ = run(seq(ed("e1", h(0), h(1)), stay("s1", h(0), d(1))))
+    [visit_ed] = state.facts.ed_visits
+    assert (visit_ed.admitted, visit_ed.stay_id) == (True, "s1")
+    state, _ = run(seq(ed("e2", d(10), d(10.1)), stay("s2", d(12), d(13))), state)
+    assert state.facts.ed_visits[1].admitted is False
+
+
+# --- Alerts --------------------------------------------------------------------------------------
+
+
+def test_ed_boarding_fires_on_the_timer_and_resolves_at_departure() -> None:
+    state, out = run(ed("e1", h(0)))
+    assert raised(out) == []
+    assert tick(state, h(3.9)) == []
+    state, out = check_timers(state, h(4.5))
+    [alert] = out
+    assert isinstance(alert, AlertRaised)
+    assert alert.alert_id == alert_id("ed_boarding", P, "e1") == f"ed_boarding:{P}:e1"
+    assert alert.at == h(4)
+    assert alert.details["admission_decided"] is False
+    state, out = run(ed("e1", h(0), h(6), v="2"), state)
+    assert resolved(out) == ["ed_boarding"]
+    assert state.alerts == {}
+
+
+def test_ed_boarding_threshold_comes_from_the_rules() -> None:
+    state, _ = run(ed("e1", h(0)))
+    assert raised(tick(state, h(2.5), PathwayRules(ed_boarding=timedelta(hours=2)))) == [
+        "ed_boarding"
+    ]
+
+
+def test_ed_boarding_with_an_admission_decision() -> None:
+    state, _ = run(seq(ed("e1", h(0)), stay("s1", h(1))))
+    [alert] = tick(state, h(5))
+    assert isinstance(alert, AlertRaised) and alert.details["admission_decided"] is True
+
+
+REFERRAL_CASES: list[tuple[str, list[PatientEvent], datetime, list[str]]] = [
+    ("no contact after 15 days", referral("r1", h(0)), d(15), ["referral_no_contact"]),
+    ("13 days is not late yet", referral("r1", h(0)), d(13), []),
+    ("an ED visit answers it", seq(referral("r1", h(0)), ed("e1", d(10), d(10.1))), d(15), []),
+    ("an admission answers it", seq(referral("r1", h(0)), stay("s1", d(10), d(11))), d(15), []),
+    (
+        "a hospital visit based on it answers it",
+        seq(referral("r1", h(0)), visit("v1", d(10), based_on="r1")),
+        d(15),
+        [],
+    ),
+    (
+        "a GP visit does not answer it",
+        seq(referral("r1", h(0)), visit("v1", d(10))),
+        d(15),
+        ["referral_no_contact"],
+    ),
+    (
+        "a booked appointment holds it",
+        seq(referral("r1", h(0)), appointment("a1", d(1), d(20), based_on="r1")),
+        d(15),
+        [],
+    ),
+    (
+        "until the appointment is past",
+        seq(referral("r1", h(0)), appointment("a1", d(1), d(20), based_on="r1")),
+        d(21.5),
+        ["referral_no_contact"],
+    ),
+    (
+        "a contact before the referral does not count",
+        seq(ed("e1", h(-5), h(-4)), referral("r1", h(0))),
+        d(15),
+        ["referral_no_contact"],
+    ),
+    ("a completed referral", referral("r1", h(0), status="completed"), d(15), []),
+    ("a deceased patient", seq(referral("r1", h(0)), died(d(3))), d(15), []),
+]
+
+
+@pytest.mark.parametrize(
+    ("events", "now", "expected"),
+    [c[1:] for c in REFERRAL_CASES],
+    ids=[c[0] for c in REFERRAL_CASES],
+)
+def test_referral_without_hospital_contact(
+    events: list[PatientEvent], now: datetime, expected: list[str]
+) -> None:
+    state, _ = run(events)
+    assert raised(tick(state, now)) == expected
+
+
+def test_referral_alert_resolves_when_the_patient_reaches_the_hospital() -> None:
+    state, _ = run(referral("r1", h(0)))
+    state, out = check_timers(state, d(16))
+    assert raised(out) == ["referral_no_contact"]
+    state, out = run(ed("e1", d(17), d(17.2)), state)
+    assert resolved(out) == ["referral_no_contact"]
+
+
+FOLLOW_UP_CASES: list[tuple[str, list[PatientEvent], datetime, list[str]]] = [
+    ("none after 8 days", stay("s1", h(0), d(2)), d(10), ["no_follow_up"]),
+    ("6 days is not late yet", stay("s1", h(0), d(2)), d(8), []),
+    ("a GP visit within 7 days", seq(stay("s1", h(0), d(2)), visit("v1", d(5))), d(10), []),
+    ("home care started", seq(stay("s1", h(0), d(2)), home_care("hc", d(3))), d(10), []),
+    ("a referral written by the GP", seq(stay("s1", h(0), d(2)), referral("r1", d(4))), d(10), []),
+    (
+        "a follow-up appointment booked",
+        seq(stay("s1", h(0), d(2)), appointment("a1", d(3), d(12))),
+        d(10),
+        [],
+    ),
+    (
+        "the appointment is past",
+        seq(stay("s1", h(0), d(2)), appointment("a1", d(3), d(12))),
+        d(13.5),
+        ["no_follow_up"],
+    ),
+    (
+        "a fulfilled appointment",
+        seq(stay("s1", h(0), d(2)), appointment("a1", d(3), d(5), status="fulfilled")),
+        d(13.5),
+        [],
+    ),
+    ("discharged to another hospital", stay("s1", h(0), d(2), disposition="other-hcf"), d(10), []),
+    ("died in hospital", stay("s1", h(0), d(2), disposition="exp"), d(10), []),
+    ("died after discharge", seq(stay("s1", h(0), d(2)), died(d(5))), d(10), []),
+    ("readmitted", seq(stay("s1", h(0), d(2)), stay("s2", d(4))), d(10), ["readmission"]),
+    ("still in hospital", stay("s1", h(0)), d(10), []),
+]
+
+
+@pytest.mark.parametrize(
+    ("events", "now", "expected"),
+    [c[1:] for c in FOLLOW_UP_CASES],
+    ids=[c[0] for c in FOLLOW_UP_CASES],
+)
+def test_discharge_without_community_follow_up(
+    events: list[PatientEvent], now: datetime, expected: list[str]
+) -> None:
+    state, out = run(events)
+    state, more = check_timers(state, now)
+    assert sorted(raised([*out, *more])) == expected
+
+
+def test_no_follow_up_fires_without_a_new_event_and_resolves_with_the_visit() -> None:
+    state, _ = run(stay("s1", h(0), d(2)))
+    state, out = check_timers(state, d(9.5))
+    [alert] = out
+    assert isinstance(alert, AlertRaised)
+    assert (alert.kind, alert.subject_id, alert.at) == ("no_follow_up", "s1", d(9))
+    # A second tick changes nothing.
+    assert tick(state, d(9.7)) == []
+    state, out = run(visit("v1", d(11)), state)
+    assert resolved(out) == ["no_follow_up"]
+    assert state.stage is Stage.FOLLOWED_UP
+
+
+def test_readmission_within_30_days_is_raised_and_resolves_after_follow_up() -> None:
+    state, out = run(seq(stay("s1", h(0), d(2)), visit("v1", d(4)), stay("s2", d(20))))
+    [alert] = [o for o in out if isinstance(o, AlertRaised)]
+    assert (alert.kind, alert.subject_id, alert.at) == ("readmission", "s2", d(20))
+    assert alert.details["previous_stay"] == "s1"
+    assert alert.details["days_since_discharge"] == 18.0
+    state, out = run(stay("s2", d(20), d(23), v="2"), state)
+    assert resolved(out) == []
+    state, out = run(visit("v2", d(25)), state)
+    assert resolved(out) == ["readmission"]
+
+
+def test_readmission_after_31_days_is_not_one() -> None:
+    state, out = run(seq(stay("s1", h(0), d(2)), visit("v1", d(4)), stay("s2", d(33))))
+    assert raised(out) == []
+    assert state.stays[1].readmission_of is None
+
+
+def test_readmission_window_follows_the_rules() -> None:
+    rules = PathwayRules(readmission=timedelta(days=45))
+    _, out = run(seq(stay("s1", h(0), d(2)), visit("v1", d(4)), stay("s2", d(33))), rules=rules)
+    assert raised(out) == ["readmission"]
+
+
+def test_readmission_of_a_finished_stay_shows_until_follow_up_then_expires() -> None:
+    state, out = run(seq(stay("s1", h(0), d(2)), stay("s2", d(10), d(12))))
+    assert raised(out) == ["readmission"]
+    state, out = check_timers(state, d(43))
+    assert set(resolved(out)) == {"readmission"}
+    assert raised(out) == ["no_follow_up"]
+
+
+LOS_RULES = PathwayRules(
+    los_p90={"cardio": timedelta(days=5), "ward-geria": timedelta(days=20)},
+    los_p90_default=timedelta(days=10),
+)
+LOS_CASES: list[tuple[str, list[PatientEvent], datetime, list[str]]] = [
+    ("cardio beyond 5 days", stay("s1", h(0), service="cardio"), d(6), ["long_stay"]),
+    ("cardio at 4 days", stay("s1", h(0), service="cardio"), d(4), []),
+    ("unknown service uses the default", stay("s1", h(0)), d(9), []),
+    ("unknown service beyond the default", stay("s1", h(0)), d(11), ["long_stay"]),
+    ("a ward's own p90", stay("s1", h(0), ward="ward-geria"), d(15), []),
+    (
+        "discharged stays do not count",
+        stay("s1", h(0), d(8), service="cardio"),
+        d(8.5),
+        [],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("events", "now", "expected"), [c[1:] for c in LOS_CASES], ids=[c[0] for c in LOS_CASES]
+)
+def test_length_of_stay_above_the_service_p90(
+    events: list[PatientEvent], now: datetime, expected: list[str]
+) -> None:
+    state, _ = run(events, rules=LOS_RULES)
+    assert raised(tick(state, now, LOS_RULES)) == expected
+
+
+def test_long_stay_resolves_at_discharge() -> None:
+    state, _ = run(stay("s1", h(0), service="cardio"), rules=LOS_RULES)
+    state, out = check_timers(state, d(6), LOS_RULES)
+    [alert] = out
+    assert isinstance(alert, AlertRaised)
+    assert (alert.at, alert.details["p90_hours"]) == (d(5), 120.0)
+    state, out = run(stay("s1", h(0), d(7), service="cardio", v="2"), state, LOS_RULES)
+    assert resolved(out) == ["long_stay"]
+
+
+def test_death_resolves_every_alert_and_frees_the_bed() -> None:
+    state, out = run(seq(stay("s0", d(-25), d(-22)), ed("e1", h(0)), stay("s1", h(1))))
+    assert raised(out) == ["no_follow_up", "readmission"]
+    state, out = check_timers(state, d(1))
+    assert raised(out) == ["ed_boarding"]
+    state, out = run(died(d(1.5)), state)
+    assert sorted(resolved(out)) == ["ed_boarding", "readmission"]
+    assert (state.stage, state.bed, state.alerts) == (Stage.DECEASED, None, {})
+    s1 = state.stays[-1]
+    assert (s1.discharged_at, s1.disposition, s1.ended_by) == (d(1.5), "exp", "death")
+
+
+def test_alert_ids_are_the_same_whatever_the_arrival_order() -> None:
+    events = seq(stay("s1", h(0), d(2)), stay("s2", d(10)), referral("r1", d(3)))
+    a, _ = run(events)
+    b, _ = run(list(reversed(events)))
+    assert a.alerts.keys() == b.alerts.keys() == {f"readmission:{P}:s2"}
+
+
+def test_check_timers_needs_an_aware_time_and_never_goes_back() -> None:
+    state, _ = run(ed("e1", h(0)))
+    with pytest.raises(ValueError):
+        check_timers(state, datetime(2026, 1, 5, 20))
+    later, _ = check_timers(state, h(5))
+    back, out = check_timers(later, h(1))
+    assert (back.clock, out) == (h(5), [])
+
+
+def test_check_timers_does_not_change_its_input() -> None:
+    state, _ = run(stay("s1", h(0), d(2)))
+    before = state.to_dict()
+    check_timers(state, d(20))
+    assert state.to_dict() == before
+
+
+# --- History, compaction and serialisation -------------------------------------------------------
+
+
+def test_old_history_is_compacted_but_stays_are_kept() -> None:
+    rules = PathwayRules(history_horizon=timedelta(days=60))
+    events: list[PatientEvent] = []
+    for i in range(12):
+        start = d(100 * i)
+        events += stay(f"s{i}", start, start + timedelta(days=2))
+        events += visit(f"v{i}", start + timedelta(days=5))
+    state, _ = run(events, rules=rules)
+    assert len(state.stays) == 12
+    assert len(state.log) <= 4
+    assert state.base_until is not None
+    assert state.stage is Stage.FOLLOWED_UP
+    # A repeat of an old, compacted version updates its stay in place: no second stay.
+    state, _ = run(stay("s0", d(0), d(2), v="1"), state, rules)
+    assert len(state.stays) == 12
+
+
+def test_an_open_stay_is_never_compacted() -> None:
+    rules = PathwayRules(history_horizon=timedelta(days=10))
+    state, _ = run(seq(stay("s1", h(0)), visit("v1", d(50))), rules=rules)
+    assert [ev.kind for ev in state.log] == ["PatientAdmitted", "CommunityVisited"]
+    state, _ = run(stay("s1", h(0), d(60), v="2"), state, rules)
+    assert len(state.stays) == 1 and state.stays[0].discharged_at == d(60)
+
+
+def test_records_are_bounded() -> None:
+    rules = PathwayRules(max_records=5)
+    state, _ = run([ev for i in range(9) for ev in visit(f"v{i}", d(i))], rules=rules)
+    assert [v.encounter_id for v in state.facts.community_visits] == [f"v{i}" for i in range(4, 9)]
+
+
+def test_state_round_trips_through_json() -> None:
+    events = seq(
+        referral("r1", d(-3)),
+        appointment("a1", d(-2), d(4), based_on="r1"),
+        ed("e1", h(0), h(3)),
+        stay("s1", h(2), d(3), moves=[(d(1), "wb", "b2")], service="cardio"),
+        home_care("hc", d(4), d(30)),
+        visit("v1", d(5)),
+        stay("s2", d(20)),
+    )
+    state, _ = run(events)
+    partial, _ = run(stay("s3", d(25), d(27))[:1], state)  # a pending part
+    for s in (state, partial):
+        state, _ = check_timers(s, d(26))
+        data = json.loads(json.dumps(state.to_dict()))
+        back = PatientState.from_dict(data)
+        assert back == state
+        assert back.to_dict() == data
+    nxt, _ = transition(PatientState.from_dict(partial.to_dict()), stay("s3", d(25), d(27))[1])
+    assert [s.stay_id for s in nxt.stays] == ["s1", "s2", "s3"]
+
+
+def test_changes_come_out_as_records_for_the_sink() -> None:
+    _, out = run(seq(stay("s1", h(0)), visit("v1", d(5))))
+    kinds = {(o.record_kind, o.record_id) for o in out if isinstance(o, RecordChanged)}
+    assert kinds == {("stay", "s1"), ("community_visit", "v1")}
+
+
+# --- Real data -----------------------------------------------------------------------------------
+
+
+def test_synthea_bundles_give_one_stay_per_inpatient_encounter(shared_data: Path) -> None:
+    for path in sorted((shared_data / "fhir" / "synthea-r4-2019").glob("*.json")):
+        resources = resolve_entries(json.loads(path.read_text()))
+        imp = {
+            r["id"]: r["period"]
+            for r in resources
+            if r["resourceType"] == "Encounter" and r["class"]["code"] == "IMP"
+        }
+        emer = sum(
+            1
+            for r in resources
+            if r["resourceType"] == "Encounter" and r["class"]["code"] == "EMER"
+        )
+        amb = sum(
+            1 for r in resources if r["resourceType"] == "Encounter" and r["class"]["code"] == "AMB"
+        )
+        state: PatientState | None = None
+        for resource in resources:
+            for ev in patient_events(map_resource(resource)):
+                state, _ = transition(state, ev)
+                assert invariant_violations(state) == []
+        assert state is not None
+        assert {s.stay_id for s in state.stays} == set(imp)
+        for s in state.stays:
+            hours = (
+                datetime.fromisoformat(imp[s.stay_id]["end"])
+                - datetime.fromisoformat(imp[s.stay_id]["start"])
+            ).total_seconds() / 3600
+            assert s.los_hours == pytest.approx(hours)
+        assert len(state.facts.ed_visits) == emer
+        assert len(state.facts.community_visits) == amb
+        assert state.bed is None
+        assert PatientState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
+
+
+def test_fixture_pathway_from_fhir() -> None:
+    names = [
+        "service_request_referral",
+        "appointment_booked",
+        "encounter_emer",
+        "encounter_imp_transfers",
+        "encounter_amb",
+    ]
+    events = [
+        ev
+        for n in names
+        for ev in patient_events(map_resource(json.loads((FIXTURES / f"{n}.json").read_text())))
+    ]
+    state, _ = run(events)
+    assert state.stage is Stage.FOLLOWED_UP
+    [s1] = state.stays
+    assert [sp.bed for sp in s1.locations] == ["bed-cardio-12", "bed-usic-3"]
+    assert state.facts.ed_visits[0].stay_id == "enc-imp-1"
+    assert state.facts.referrals[0].contact_id == "enc-emer-1"

@@ -1,28 +1,93 @@
-"""Thin Faust adapters: decode, map (pure), hand events to the sink, dead-letter the rest."""
+"""Thin Faust adapters around the pure rules: decode, fold, write SQL, then the table and topics.
+
+One agent reads the raw topic in batches (`take_events`). For each batch:
+
+1. decode every message and map it to canonical events (`fhir_map`); failures are dead-lettered;
+2. group the patient events by patient (the raw topic is keyed by patient, so the state table is
+   co-partitioned with it and no re-keying is needed), read each patient's state from the table
+   once, fold its events with `pathway.transition` in offset order, and derive its SQL rows;
+3. write the whole batch to SQL in one transaction (`SqlSink`: pathway rows, locations, census);
+4. only then write each changed patient's new state to the table (one changelog record per patient
+   per batch) and send the alerts; the offsets of the batch are committed after the loop body,
+   once the changelog is flushed.
+
+A crash anywhere replays the batch from the last committed offset. Transitions are idempotent on
+the resource version and the SQL rows are whole derived state, so the replay converges to the same
+rows. Location messages (keyed `Location/<id>`) carry no patient and go to the sink as they are.
+
+Timers: `check_timers` needs a time. A live feed wants the wall clock (a discharge with no
+follow-up after 7 days raises an alert even though no event arrives), so the worker's timer passes
+the wall time; it is off when `pathway_timer_interval_s` is 0, which replays of old data want.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
+from kafka.partitioner import murmur2
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from parcours.settings import Settings
 from parcours.topics import Topics
-from streams.events import CanonicalEvent
+from streams.events import CanonicalEvent, EncounterRecorded, LocationRecorded, PatientEvent
 from streams.fhir_map import MappingError, map_resource
-from streams.sink import SqlSink
+from streams.pathway import (
+    AlertRaised,
+    AlertResolved,
+    PathwayRules,
+    PatientState,
+    check_timers,
+    to_jsonable,
+    transition,
+)
+from streams.projection import patient_rows
+from streams.sink import SinkBatch, SinkResult, SqlSink
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 1000
-BATCH_WITHIN_S = 0.5
+RETRY_S = 2.0
+
+
+def rules_from_settings(settings: Settings) -> PathwayRules:
+    """The pathway thresholds from the settings."""
+    return PathwayRules(
+        ed_boarding=timedelta(hours=settings.alert_ed_boarding_hours),
+        referral_contact=timedelta(days=settings.alert_referral_days),
+        follow_up=timedelta(days=settings.alert_followup_days),
+        readmission=timedelta(days=settings.alert_readmission_days),
+    )
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """One raw-topic message: key, payload and the partition it came from."""
+
+    key: bytes | None
+    value: bytes
+    partition: int = 0
+
+
+@dataclass
+class BatchOutcome:
+    """What the agent does after SQL committed: table writes, alerts, dead letters."""
+
+    states: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    alerts: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
+    rejects: list[tuple[bytes | None, bytes, str]] = field(default_factory=list)
+    events: int = 0
+    rows: int = 0
 
 
 def decode_batch(
-    messages: list[tuple[bytes | None, bytes]],
+    messages: Iterable[tuple[bytes | None, bytes]],
 ) -> tuple[list[CanonicalEvent], list[tuple[bytes | None, bytes, str]]]:
     """Map raw (key, payload) messages to events; failures come back with their reason."""
     events: list[CanonicalEvent] = []
@@ -35,21 +100,198 @@ def decode_batch(
     return events, rejects
 
 
-def register_agents(app: faust.App, topics: Topics, sink: SqlSink) -> None:
-    """Declare the topics and agents of `app`."""
+def alert_message(out: AlertRaised | AlertResolved) -> dict[str, Any]:
+    """The alerts-topic value of a pathway alert output."""
+    raised = isinstance(out, AlertRaised)
+    return {
+        "alert_id": out.alert_id,
+        "alert_type": out.kind,
+        "patient_id": out.patient_id,
+        "status": "open" if raised else "resolved",
+        "at": out.at.isoformat(),
+        "subject_id": out.subject_id,
+        "details": to_jsonable(out.details) if isinstance(out, AlertRaised) else {},
+    }
+
+
+def census_alert_message(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The alerts-topic value of a census alert row."""
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+
+
+class BatchProcessor:
+    """The body of the agent, without Faust: it runs in a worker thread, one batch at a time."""
+
+    def __init__(self, sink: SqlSink, rules: PathwayRules) -> None:
+        self.sink = sink
+        self.rules = rules
+
+    def process(
+        self,
+        messages: list[RawMessage],
+        get_state: Callable[[str], Mapping[str, Any] | None],
+    ) -> BatchOutcome:
+        """Fold a batch into the patients' states and write it to SQL in one transaction."""
+        outcome = BatchOutcome()
+        per_patient: dict[str, list[PatientEvent]] = {}
+        partition_of: dict[str, int] = {}
+        raw_of: dict[str, list[RawMessage]] = {}
+        batch = SinkBatch()
+        for msg in messages:
+            events, rejects = decode_batch([(msg.key, msg.value)])
+            outcome.rejects.extend(rejects)
+            outcome.events += len(events)
+            for ev in events:
+                if isinstance(ev, PatientEvent):
+                    per_patient.setdefault(ev.patient_id, []).append(ev)
+                    partition_of.setdefault(ev.patient_id, msg.partition)
+                    raw_of.setdefault(ev.patient_id, [])
+                    if not raw_of[ev.patient_id] or raw_of[ev.patient_id][-1] is not msg:
+                        raw_of[ev.patient_id].append(msg)
+                elif isinstance(ev, LocationRecorded):
+                    batch.locations.append(ev)
+                elif isinstance(ev, EncounterRecorded):
+                    batch.encounters.append(ev)
+        for pid, patient_events in per_patient.items():
+            stored = get_state(pid)
+            before = PatientState.from_dict(stored) if stored else None
+            state = before
+            alert_outs: list[AlertRaised | AlertResolved] = []
+            for pev in patient_events:
+                state, outputs = transition(state, pev, self.rules)
+                alert_outs.extend(o for o in outputs if isinstance(o, AlertRaised | AlertResolved))
+            if state is None or state is before:
+                continue
+            rows = patient_rows(state, alert_outs)
+            batch.patients.append(rows)
+            outcome.states[pid] = (partition_of[pid], rows.state)
+            outcome.alerts.extend((pid.encode(), alert_message(o)) for o in alert_outs)
+        result = self._write(batch, raw_of, outcome)
+        outcome.rows = result.rows
+        outcome.alerts.extend(
+            (str(a["unit_id"]).encode(), census_alert_message(a)) for a in result.alerts
+        )
+        return outcome
+
+    def tick(
+        self, states: Iterable[tuple[str, Mapping[str, Any]]], now: datetime, partitions: int
+    ) -> BatchOutcome:
+        """Move every patient's clock to `now` and write the alerts that changed."""
+        outcome = BatchOutcome()
+        batch = SinkBatch()
+        for pid, stored in states:
+            state = PatientState.from_dict(stored)
+            new, outputs = check_timers(state, now, self.rules)
+            alert_outs = [o for o in outputs if isinstance(o, AlertRaised | AlertResolved)]
+            if not alert_outs:
+                continue
+            rows = patient_rows(new, alert_outs)
+            batch.patients.append(rows)
+            outcome.states[pid] = (partition_for(pid, partitions), rows.state)
+            outcome.alerts.extend((pid.encode(), alert_message(o)) for o in alert_outs)
+        if batch.patients:
+            outcome.rows = self._write(batch, {}, outcome).rows
+        return outcome
+
+    def _write(
+        self, batch: SinkBatch, raw_of: Mapping[str, list[RawMessage]], outcome: BatchOutcome
+    ) -> SinkResult:
+        """One transaction; transient database errors are retried until they pass. Rows the
+        database refuses (a value too long…) send their patient's messages to the dead letters
+        and the rest of the batch is written."""
+        while True:
+            try:
+                return self.sink.write(batch)
+            except (OperationalError, InterfaceError) as exc:
+                log.warning("database unavailable, retrying in %ss: %s", RETRY_S, exc)
+                time.sleep(RETRY_S)
+            except DBAPIError as exc:
+                if len(batch.patients) <= 1 and not batch.locations and not batch.encounters:
+                    raise
+                log.warning("batch refused by the database, writing patient by patient: %s", exc)
+                return self._write_one_by_one(batch, raw_of, outcome)
+
+    def _write_one_by_one(
+        self, batch: SinkBatch, raw_of: Mapping[str, list[RawMessage]], outcome: BatchOutcome
+    ) -> SinkResult:
+        total = SinkResult()
+        parts: list[SinkBatch] = [SinkBatch(locations=batch.locations, encounters=batch.encounters)]
+        parts += [SinkBatch(patients=[p]) for p in batch.patients]
+        for part in parts:
+            try:
+                result = self.sink.write(part)
+            except DBAPIError as exc:
+                reason = f"sql: {str(exc).splitlines()[0]}"
+                for p in part.patients:
+                    outcome.states.pop(p.patient_id, None)
+                    outcome.rejects.extend(
+                        (m.key, m.value, reason) for m in raw_of.get(p.patient_id, [])
+                    )
+                if not part.patients:
+                    log.error("locations/encounters of a batch refused: %s", reason)
+                continue
+            total.rows += result.rows
+            total.alerts.extend(result.alerts)
+        return total
+
+
+def partition_for(patient_id: str, partitions: int) -> int:
+    """The partition a producer with the default partitioner sends `patient_id` to."""
+    return (murmur2(patient_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+def register_agents(app: faust.App, topics: Topics, sink: SqlSink, settings: Settings) -> None:
+    """Declare the topics, the pathway state table, the agent and the timer of `app`."""
     raw = app.topic(topics.raw, key_type=bytes, value_type=bytes, value_serializer="raw")
     dead = app.topic(topics.deadletter, key_type=bytes, value_type=bytes, value_serializer="raw")
+    alerts = app.topic(topics.alerts, key_type=bytes, value_type=bytes, value_serializer="raw")
+    states = app.Table("pathway-state", default=None, partitions=settings.topic_partitions)
+    processor = BatchProcessor(sink, rules_from_settings(settings))
+    lock = asyncio.Lock()
+    known_partition: dict[str, int] = {}
+
+    def get_state(pid: str) -> Mapping[str, Any] | None:
+        value: Mapping[str, Any] | None = states.data.get(pid)
+        return value
+
+    async def apply(outcome: BatchOutcome) -> None:
+        for pid, (partition, value) in outcome.states.items():
+            partition = known_partition.setdefault(pid, partition)
+            # One changelog record per patient per batch, on the partition of its events: the
+            # table's own setter would take the partition of whichever event came last.
+            states.data[pid] = value
+            states.send_changelog(partition, pid, value)
+        for alert_key, alert in outcome.alerts:
+            await alerts.send(key=alert_key, value=json.dumps(alert).encode())
+        for raw_key, payload, reason in outcome.rejects:
+            log.warning("dead-lettered a raw message: %s", reason)
+            await dead.send(
+                key=raw_key,
+                value=payload,
+                headers={"reason": reason.encode(), "stage": b"pathway"},
+            )
 
     @app.agent(raw)
-    async def normalise(stream: Any) -> AsyncIterator[int]:
-        async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
-            events, rejects = decode_batch([(ev.key, ev.value) for ev in batch])
-            written = await asyncio.to_thread(sink.write, events)
-            for key, payload, reason in rejects:
-                log.warning("dead-lettered a raw message: %s", reason)
-                await dead.send(
-                    key=key,
-                    value=payload,
-                    headers={"reason": reason.encode(), "stage": b"normalise"},
+    async def pathway(stream: Any) -> None:
+        async for batch in stream.take_events(
+            settings.worker_batch_size, within=settings.worker_batch_within_s
+        ):
+            messages = [
+                RawMessage(ev.key, ev.value, ev.message.partition)
+                for ev in batch
+                if ev.value is not None
+            ]
+            async with lock:
+                outcome = await asyncio.to_thread(processor.process, messages, get_state)
+                await apply(outcome)
+
+    if settings.pathway_timer_interval_s > 0:
+
+        @app.timer(settings.pathway_timer_interval_s)
+        async def pathway_timers() -> None:
+            async with lock:
+                snapshot = [(k, v) for k, v in states.data.items() if v]
+                outcome = await asyncio.to_thread(
+                    processor.tick, snapshot, datetime.now(UTC), settings.topic_partitions
                 )
-            yield written
+                await apply(outcome)

@@ -1,6 +1,8 @@
 """The Faust application: built from settings, agents registered in `streams.agents`.
 
-Nothing connects at import time; `create_app` builds the app and `run_worker` runs it.
+Nothing connects at import time; `create_app` builds the app and `run_worker` runs it. The app
+holds one table, `pathway-state` (patient id → `PatientState.to_dict()`), co-partitioned with the
+raw topic, which is keyed by patient; SQL is written by `streams.sink` in one transaction per batch.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=max(1.0, settings.worker_session_timeout_s / 5),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        table_standby_replicas=0,
     )
-    register_agents(app, topics, SqlSink(make_engine(settings.db_url)))
+    sink = SqlSink(make_engine(settings.db_url), settings.census_capacity)
+    register_agents(app, topics, sink, settings)
     return app
 
 

@@ -30,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 
 HOUR = timedelta(hours=1)
 HOSPITAL, SERVICE, WARD, BED = "hospital", "service", "ward", "bed"
@@ -75,6 +76,8 @@ class Period:
     start: datetime
     end: datetime | None = None
     discharged: bool = False
+    # The ward the feed named, used while the Location of `location_id` is unknown.
+    ward_hint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -178,8 +181,13 @@ class Hierarchy:
             return None
         return place.service_code, place.service_name
 
-    def units_of(self, hospital_id: str, location_id: str | None) -> dict[str, Unit | None]:
-        """The unit of a place at each level (None where it is unknown)."""
+    def units_of(
+        self, hospital_id: str, location_id: str | None, ward_hint: str | None = None
+    ) -> dict[str, Unit | None]:
+        """The unit of a place at each level (None where it is unknown). `ward_hint`, the ward
+        the feed named, stands in while the Location itself is unknown."""
+        if ward_hint and (location_id is None or location_id not in self.places):
+            location_id = ward_hint
         ward = self.ward_of(location_id)
         service = self.service_of(ward)
         return {
@@ -199,42 +207,37 @@ class Hierarchy:
         found = self.places.get(unit.unit_id)
         return found.name if found else None
 
+    @cached_property
+    def _index(self) -> tuple[dict[str, int], dict[str, list[str]]]:
+        """(active beds per ward, wards per hospital), built once: capacity is asked per unit."""
+        beds: dict[str, int] = defaultdict(int)
+        wards: dict[str, list[str]] = defaultdict(list)
+        for p in self.places.values():
+            if p.physical_type == "bd" and p.status == "active" and p.part_of:
+                beds[p.part_of] += 1
+            elif p.physical_type == "wa":
+                wards[self.hospital_of(p.location_id) or UNKNOWN_HOSPITAL].append(p.location_id)
+        return dict(beds), dict(wards)
+
     def capacity(self, unit: Unit) -> int | None:
-        """Capacity of a unit: config override, else its active beds (None if it has none)."""
+        """Capacity of a unit: config override, else its active beds (None if none is known)."""
         if unit.unit_id in self.capacity_overrides:
             return self.capacity_overrides[unit.unit_id]
         if unit.unit_type == BED:
             return 1
-        wards = [p for p in self.places.values() if p.physical_type == "wa"]
         if unit.unit_type == WARD:
-            wards = [p for p in wards if p.location_id == unit.unit_id]
-        elif unit.unit_type == SERVICE:
+            return self._ward_capacity(unit.unit_id)
+        wards = self._index[1].get(unit.hospital_id, [])
+        if unit.unit_type == SERVICE:
             code = unit.unit_id.rsplit("/", 1)[-1]
-            wards = [
-                p
-                for p in wards
-                if p.service_code == code and self.hospital_of(p.location_id) == unit.hospital_id
-            ]
-        else:
-            wards = [p for p in wards if self.hospital_of(p.location_id) == unit.unit_id]
-        total = 0
-        known = False
-        for ward in wards:
-            cap = self._ward_capacity(ward.location_id)
-            if cap is not None:
-                total += cap
-                known = True
-        return total if known else None
+            wards = [w for w in wards if self.places[w].service_code == code]
+        caps = [c for c in (self._ward_capacity(w) for w in wards) if c is not None]
+        return sum(caps) if caps else None
 
     def _ward_capacity(self, ward_id: str) -> int | None:
         if ward_id in self.capacity_overrides:
             return self.capacity_overrides[ward_id]
-        beds = [
-            p
-            for p in self.places.values()
-            if p.physical_type == "bd" and p.part_of == ward_id and p.status == "active"
-        ]
-        return len(beds) or None
+        return self._index[0].get(ward_id) or None
 
 
 def floor_hour(at: datetime) -> datetime:
@@ -248,7 +251,7 @@ def _segments(
     """One stay's periods merged per unit at `level`: (unit, start, end, is_first, discharged)."""
     out: list[tuple[Unit | None, datetime, datetime | None, bool, bool]] = []
     for i, p in enumerate(periods):
-        unit = hierarchy.units_of(p.hospital_id, p.location_id)[level]
+        unit = hierarchy.units_of(p.hospital_id, p.location_id, p.ward_hint)[level]
         if out and out[-1][0] == unit:
             first = out[-1][3]
             out[-1] = (unit, out[-1][1], p.end, first, p.discharged)
@@ -338,7 +341,7 @@ def live_occupancy(
     for p in periods:
         if p.end is not None:
             continue
-        for at_level in hierarchy.units_of(p.hospital_id, p.location_id).values():
+        for at_level in hierarchy.units_of(p.hospital_id, p.location_id, p.ward_hint).values():
             if at_level is not None:
                 occupied[at_level] += 1
         bed = hierarchy.bed_of(p.location_id)
@@ -367,7 +370,7 @@ def hierarchy_units(hierarchy: Hierarchy) -> list[Unit]:
 def occupancy_at(periods: Iterable[Period], hierarchy: Hierarchy, at: datetime) -> list[Occupancy]:
     """Occupancy per unit at a past instant: periods with start <= at < end count."""
     present = [
-        Period(p.stay_id, p.seq, p.hospital_id, p.location_id, p.start, None, False)
+        Period(p.stay_id, p.seq, p.hospital_id, p.location_id, p.start, None, False, p.ward_hint)
         for p in periods
         if p.start <= at and (p.end is None or at < p.end)
     ]
@@ -378,9 +381,9 @@ def ward_periods(periods: Iterable[Period], hierarchy: Hierarchy) -> dict[str, l
     """Periods grouped by the ward they are in (periods without a ward are left out)."""
     out: dict[str, list[Period]] = defaultdict(list)
     for p in periods:
-        ward = hierarchy.ward_of(p.location_id)
+        ward = hierarchy.units_of(p.hospital_id, p.location_id, p.ward_hint)[WARD]
         if ward:
-            out[ward].append(p)
+            out[ward.unit_id].append(p)
     return dict(out)
 
 

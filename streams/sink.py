@@ -1,19 +1,127 @@
-"""Batched, idempotent upserts of canonical events into SQL."""
+"""Batched, idempotent SQL writes: one transaction per batch, whole derived state, no increments.
+
+What one `SqlSink.write` does, in one transaction:
+
+1. `locations`: upsert the Locations of the batch; the in-memory hierarchy follows them. A change
+   of the tree (a bed moved to another ward…) re-resolves the stored periods that point there and
+   marks their hours for recomputation.
+2. Per patient touched by the batch: replace its rows in `stays`, `stay_locations`, `ed_visits`,
+   `community_visits`, `referrals` (delete, then insert the rows derived from its new state) and
+   upsert `pathway_states` and its alerts (never touching `acknowledged_by/at`).
+3. Census: per hospital whose periods changed, recompute `census_hourly` for the hours from the
+   earliest changed period to the hospital's latest known time, from the periods now in SQL, and
+   replace those rows; recompute `location_occupancy` of the hospital; recompute the
+   "ward above capacity" alerts from the same periods.
+
+Every step rewrites rows as a function of the stored state, so a replayed, duplicated or restarted
+batch leaves the tables as a clean run does. Offsets are committed by the agent after this returns.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Table, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy.engine import Connection
 
 from parcours.db import upsert
 from parcours.db.models import EncounterRow
-from streams.events import CanonicalEvent, EncounterRecorded
+from parcours.db.pathway_models import (
+    AlertRow,
+    CensusHourlyRow,
+    CommunityVisitRow,
+    EdVisitRow,
+    LocationOccupancyRow,
+    LocationRow,
+    PathwayStateRow,
+    ReferralRow,
+    StayLocationRow,
+    StayRow,
+)
+from streams.census import (
+    HOSPITAL,
+    HOUR,
+    UNKNOWN_HOSPITAL,
+    WARD,
+    EdArrival,
+    Hierarchy,
+    Period,
+    Place,
+    Unit,
+    floor_hour,
+    hierarchy_units,
+    hourly_census,
+    live_occupancy,
+    over_capacity_episodes,
+    ward_periods,
+)
+from streams.events import CanonicalEvent, EncounterRecorded, LocationRecorded
+
+log = logging.getLogger(__name__)
+
+WARD_OVER_CAPACITY = "ward_over_capacity"
+ALERT_MUTABLE = ("alert_type", "patient_id", "unit_id", "status", "raised_at", "resolved_at")
+ALERT_COLUMNS = (*ALERT_MUTABLE, "message", "details")
+# An empty window: only the hospital's live occupancy is rewritten.
+NEVER_LO = datetime.max.replace(tzinfo=UTC)
+NEVER_HI = datetime.min.replace(tzinfo=UTC)
+
+
+def _t(table: Any) -> Table:
+    return table.__table__  # type: ignore[no-any-return]
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+@dataclass
+class PatientRows:
+    """Everything the SQL tables hold about one patient, derived from its pathway state.
+
+    `periods` are `stay_locations` rows without `hospital_id/ward_id/bed_id`, which the sink
+    resolves from the Location hierarchy (`hospital_hint` is the Encounter's serviceProvider).
+    """
+
+    patient_id: str
+    state: dict[str, Any]
+    last_event_at: datetime | None = None
+    stays: list[dict[str, Any]] = field(default_factory=list)
+    periods: list[dict[str, Any]] = field(default_factory=list)
+    ed_visits: list[dict[str, Any]] = field(default_factory=list)
+    community_visits: list[dict[str, Any]] = field(default_factory=list)
+    referrals: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    # Alerts raised in an earlier batch and resolved in this one: alert id → resolution time.
+    resolutions: dict[str, datetime] = field(default_factory=dict)
+
+
+@dataclass
+class SinkBatch:
+    """What one batch asks the sink to write."""
+
+    patients: list[PatientRows] = field(default_factory=list)
+    locations: list[LocationRecorded] = field(default_factory=list)
+    encounters: list[EncounterRecorded] = field(default_factory=list)
+
+
+@dataclass
+class SinkResult:
+    """How many rows were written, and the census alerts that changed (for the alerts topic)."""
+
+    rows: int = 0
+    alerts: list[dict[str, Any]] = field(default_factory=list)
 
 
 def encounter_rows(events: Sequence[CanonicalEvent]) -> list[dict[str, Any]]:
-    """One row per encounter; within a batch the last event of an encounter wins."""
+    """One `encounters` row per encounter; within a batch the last version wins."""
     rows: dict[str, dict[str, Any]] = {}
     for ev in events:
         if isinstance(ev, EncounterRecorded):
@@ -30,16 +138,483 @@ def encounter_rows(events: Sequence[CanonicalEvent]) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
+def place_of(row: Mapping[str, Any]) -> Place:
+    """A `locations` row (or LocationRecorded fields) as a census Place."""
+    return Place(
+        location_id=row["location_id"],
+        physical_type=row.get("physical_type"),
+        part_of=row.get("part_of"),
+        status=row.get("status") or "active",
+        name=row.get("name"),
+        service_code=row.get("service_code"),
+        service_name=row.get("service_name"),
+        organization=row.get("organization"),
+    )
+
+
+def location_row(ev: LocationRecorded) -> dict[str, Any]:
+    """The `locations` row of a LocationRecorded event."""
+    return {
+        "location_id": ev.location_id,
+        "name": ev.name,
+        "physical_type": ev.physical_type,
+        "part_of": ev.part_of,
+        "status": ev.status,
+        "service_code": ev.service_code,
+        "service_name": ev.service_name,
+        "organization": ev.organization,
+        "source_version": ev.source.version,
+    }
+
+
+@dataclass
+class _Window:
+    """Hours of one hospital a batch may have changed."""
+
+    lo: datetime
+    hi: datetime
+
+    def widen(self, lo: datetime | None, hi: datetime | None = None) -> None:
+        if lo is not None and lo < self.lo:
+            self.lo = lo
+        if hi is not None and hi > self.hi:
+            self.hi = hi
+
+
+def _widen(
+    windows: dict[str, _Window], hospital: str, lo: datetime | None, hi: datetime | None
+) -> None:
+    lo, hi = as_utc(lo), as_utc(hi)
+    if lo is None:
+        return
+    hi = hi or lo
+    if hospital in windows:
+        windows[hospital].widen(lo, hi)
+    else:
+        windows[hospital] = _Window(lo, max(lo, hi))
+
+
 class SqlSink:
-    """Writes batches of events in one transaction; replaying a batch changes nothing."""
+    """Writes batches in one transaction each; replaying a batch changes nothing."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, capacity: Mapping[str, int] | None = None) -> None:
         self.engine = engine
+        self.capacity = dict(capacity or {})
+        self.hierarchy = Hierarchy({}, self.capacity)
+        self._loaded = False
 
-    def write(self, events: Sequence[CanonicalEvent]) -> int:
-        """Upsert the rows derived from `events`; returns how many rows were written."""
-        rows = encounter_rows(events)
-        if rows:
+    # --- Location hierarchy -------------------------------------------------------------------
+
+    def load_hierarchy(self) -> Hierarchy:
+        """(Re)read the Location tree from SQL."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(_t(LocationRow))).mappings().all()
+        self.hierarchy = Hierarchy(
+            {r["location_id"]: place_of(dict(r)) for r in rows}, self.capacity
+        )
+        self._loaded = True
+        return self.hierarchy
+
+    def _resolve(
+        self, hierarchy: Hierarchy, hint: str | None, location: str | None, ward_ref: str | None
+    ) -> tuple[str, str | None, str | None]:
+        """(hospital, ward, bed) of a period: the Encounter's hospital first, else the tree's."""
+        hospital = hint or hierarchy.hospital_of(location or ward_ref) or UNKNOWN_HOSPITAL
+        ward = hierarchy.units_of(hospital, location, ward_ref)[WARD]
+        return hospital, ward.unit_id if ward else None, hierarchy.bed_of(location)
+
+    # --- The batch ----------------------------------------------------------------------------
+
+    def write(self, batch: SinkBatch | Sequence[CanonicalEvent]) -> SinkResult:
+        """Write one batch in one transaction; returns rows written and changed census alerts."""
+        if not isinstance(batch, SinkBatch):
+            events = list(batch)
+            batch = SinkBatch(
+                locations=[e for e in events if isinstance(e, LocationRecorded)],
+                encounters=[e for e in events if isinstance(e, EncounterRecorded)],
+            )
+        if not self._loaded:
+            self.load_hierarchy()
+        try:
             with self.engine.begin() as conn:
-                upsert(conn, EncounterRow.__table__, rows, key=["encounter_id"])  # type: ignore[arg-type]
+                return self._write(conn, batch)
+        except Exception:
+            # The in-memory tree may be ahead of what was rolled back: read it again next time.
+            self._loaded = False
+            raise
+
+    def _write(self, conn: Connection, batch: SinkBatch) -> SinkResult:
+        result = SinkResult()
+        windows: dict[str, _Window] = {}
+        hierarchy = self._apply_locations(conn, batch.locations, windows, result)
+
+        enc = encounter_rows(batch.encounters)
+        if enc:
+            upsert(conn, _t(EncounterRow), enc, key=["encounter_id"])
+            result.rows += len(enc)
+
+        patients = {p.patient_id: p for p in batch.patients}
+        if patients:
+            ids = sorted(patients)
+            self._old_windows(conn, ids, windows)
+            result.rows += self._replace_patients(conn, hierarchy, list(patients.values()), ids)
+            for p in patients.values():
+                for row in p.periods:
+                    _widen(windows, row["hospital_id"], row["start_at"], row.get("end_at"))
+                for row in p.ed_visits:
+                    _widen(
+                        windows,
+                        row["hospital_id"] or UNKNOWN_HOSPITAL,
+                        row["arrived_at"],
+                        row["arrived_at"],
+                    )
+        for hospital in sorted(windows):
+            result.rows += self._recompute_hospital(
+                conn, hierarchy, hospital, windows[hospital], result
+            )
+        return result
+
+    def _apply_locations(
+        self,
+        conn: Connection,
+        locations: Sequence[LocationRecorded],
+        windows: dict[str, _Window],
+        result: SinkResult,
+    ) -> Hierarchy:
+        if not locations:
+            return self.hierarchy
+        rows = {ev.location_id: location_row(ev) for ev in locations}
+        old = self.hierarchy
+        changed = [lid for lid, row in rows.items() if old.places.get(lid) != place_of(row)]
+        upsert(conn, _t(LocationRow), list(rows.values()), key=["location_id"])
+        result.rows += len(rows)
+        if not changed:
+            return old
+        places = dict(old.places)
+        places.update({lid: place_of(rows[lid]) for lid in changed})
+        new = Hierarchy(places, self.capacity)
+        self.hierarchy = new
+        # Periods pointing at a changed place (or at a bed of a changed ward) resolve anew.
+        touched = set(changed) | {p.location_id for p in places.values() if p.part_of in changed}
+        sl = _t(StayLocationRow)
+        found = conn.execute(
+            select(
+                sl.c.stay_id,
+                sl.c.seq,
+                sl.c.hospital_id,
+                sl.c.location_id,
+                sl.c.ward_ref,
+            ).where(or_(sl.c.location_id.in_(sorted(touched)), sl.c.ward_ref.in_(sorted(touched))))
+        ).all()
+        stays = {r.stay_id for r in found}
+        for r in found:
+            _, ward, bed = self._resolve(new, r.hospital_id, r.location_id, r.ward_ref)
+            conn.execute(
+                update(sl)
+                .where(and_(sl.c.stay_id == r.stay_id, sl.c.seq == r.seq))
+                .values(ward_id=ward, bed_id=bed)
+            )
+        if stays:
+            spans = conn.execute(
+                select(sl.c.hospital_id, func.min(sl.c.start_at), func.max(sl.c.start_at))
+                .where(sl.c.stay_id.in_(sorted(stays)))
+                .group_by(sl.c.hospital_id)
+            ).all()
+            for hospital, lo, hi in spans:
+                _widen(windows, hospital, lo, hi)
+        for place in places.values():
+            if place.location_id in touched:
+                hospital = new.hospital_of(place.location_id)
+                if hospital:
+                    # Occupancy rows of a hospital list its wards even when they are empty.
+                    windows.setdefault(hospital, _Window(NEVER_LO, NEVER_HI))
+        return new
+
+    def _old_windows(self, conn: Connection, ids: list[str], windows: dict[str, _Window]) -> None:
+        """Widen the windows by what the patients' previous rows covered (they may go away)."""
+        sl, ed = _t(StayLocationRow), _t(EdVisitRow)
+        for hospital, lo, hi, hi_end in conn.execute(
+            select(
+                sl.c.hospital_id,
+                func.min(sl.c.start_at),
+                func.max(sl.c.start_at),
+                func.max(sl.c.end_at),
+            )
+            .where(sl.c.patient_id.in_(ids))
+            .group_by(sl.c.hospital_id)
+        ).all():
+            _widen(windows, hospital, lo, max(filter(None, (as_utc(hi), as_utc(hi_end)))))
+        for hospital, lo, hi in conn.execute(
+            select(ed.c.hospital_id, func.min(ed.c.arrived_at), func.max(ed.c.arrived_at))
+            .where(ed.c.patient_id.in_(ids))
+            .group_by(ed.c.hospital_id)
+        ).all():
+            _widen(windows, hospital or UNKNOWN_HOSPITAL, lo, hi)
+
+    def _replace_patients(
+        self, conn: Connection, hierarchy: Hierarchy, patients: list[PatientRows], ids: list[str]
+    ) -> int:
+        stays: list[dict[str, Any]] = []
+        periods: list[dict[str, Any]] = []
+        eds: list[dict[str, Any]] = []
+        visits: list[dict[str, Any]] = []
+        referrals: list[dict[str, Any]] = []
+        alerts: list[dict[str, Any]] = []
+        resolutions: list[dict[str, Any]] = []
+        states: list[dict[str, Any]] = []
+        for p in patients:
+            states.append(
+                {"patient_id": p.patient_id, "state": p.state, "last_event_at": p.last_event_at}
+            )
+            stays.extend(p.stays)
+            for row in p.periods:
+                hospital, ward, bed = self._resolve(
+                    hierarchy, row.get("hospital_id"), row.get("location_id"), row.get("ward_ref")
+                )
+                row.update(hospital_id=hospital, ward_id=ward, bed_id=bed)
+                periods.append(row)
+            for row in p.ed_visits:
+                row["hospital_id"] = row.get("hospital_id") or hierarchy.hospital_of(
+                    row.get("ward_id")
+                )
+                eds.append(row)
+            visits.extend(p.community_visits)
+            referrals.extend(p.referrals)
+            alerts.extend(p.alerts)
+            resolutions.extend({"aid": k, "at": v} for k, v in p.resolutions.items())
+        for model, rows in (
+            (StayRow, stays),
+            (StayLocationRow, periods),
+            (EdVisitRow, eds),
+            (CommunityVisitRow, visits),
+            (ReferralRow, referrals),
+        ):
+            table = _t(model)
+            conn.execute(delete(table).where(table.c.patient_id.in_(ids)))
+            if rows:
+                conn.execute(table.insert(), rows)
+        upsert(conn, _t(PathwayStateRow), states, key=["patient_id"])
+        if alerts:
+            upsert(conn, _t(AlertRow), alerts, key=["alert_id"], update=ALERT_COLUMNS)
+        if resolutions:
+            al = _t(AlertRow)
+            conn.execute(
+                update(al)
+                .where(al.c.alert_id == bindparam("aid"))
+                .values(status="resolved", resolved_at=bindparam("at")),
+                resolutions,
+            )
+        return (
+            len(states)
+            + len(stays)
+            + len(periods)
+            + len(eds)
+            + len(visits)
+            + len(referrals)
+            + len(alerts)
+        )
+
+    # --- Census of one hospital ---------------------------------------------------------------
+
+    def _watermark(self, conn: Connection, hospital: str) -> datetime | None:
+        sl, ed = _t(StayLocationRow), _t(EdVisitRow)
+        a, b = conn.execute(
+            select(func.max(sl.c.start_at), func.max(sl.c.end_at)).where(
+                sl.c.hospital_id == hospital
+            )
+        ).one()
+        c = conn.scalar(select(func.max(ed.c.arrived_at)).where(ed.c.hospital_id == hospital))
+        known = [as_utc(x) for x in (a, b, c) if x is not None]
+        return max(known) if known else None  # type: ignore[type-var]
+
+    def _recompute_hospital(
+        self,
+        conn: Connection,
+        hierarchy: Hierarchy,
+        hospital: str,
+        window: _Window,
+        result: SinkResult,
+    ) -> int:
+        sl, ed, ch = _t(StayLocationRow), _t(EdVisitRow), _t(CensusHourlyRow)
+        watermark = self._watermark(conn, hospital)
+        rows_written = 0
+        periods: list[Period] = []
+        if window.lo <= window.hi:
+            lo = floor_hour(window.lo)
+            hi = max(window.hi, watermark) if watermark else window.hi
+            overlapping = (
+                select(sl.c.stay_id)
+                .where(sl.c.hospital_id == hospital)
+                .where(sl.c.start_at <= hi)
+                .where(or_(sl.c.end_at.is_(None), sl.c.end_at >= lo))
+            )
+            periods = [
+                Period(
+                    r.stay_id,
+                    r.seq,
+                    r.hospital_id,
+                    r.location_id,
+                    as_utc(r.start_at) or r.start_at,
+                    as_utc(r.end_at),
+                    r.discharged,
+                    r.ward_ref,
+                )
+                for r in conn.execute(select(sl).where(sl.c.stay_id.in_(overlapping))).all()
+            ]
+            arrivals = [
+                EdArrival(hospital, r.ward_id, as_utc(r.arrived_at))  # type: ignore[arg-type]
+                for r in conn.execute(
+                    select(ed.c.ward_id, ed.c.arrived_at).where(
+                        and_(
+                            ed.c.hospital_id == hospital,
+                            ed.c.arrived_at >= lo,
+                            ed.c.arrived_at < floor_hour(hi) + HOUR,
+                        )
+                    )
+                ).all()
+            ]
+            counts = hourly_census(periods, arrivals, hierarchy, lo, hi, watermark)
+            conn.execute(
+                delete(ch).where(
+                    and_(ch.c.hospital_id == hospital, ch.c.hour >= lo, ch.c.hour <= floor_hour(hi))
+                )
+            )
+            if counts:
+                conn.execute(
+                    ch.insert(),
+                    [
+                        {
+                            "unit_type": c.unit.unit_type,
+                            "unit_id": c.unit.unit_id,
+                            "hour": c.hour,
+                            "hospital_id": hospital,
+                            "occupancy": c.occupancy,
+                            "admissions": c.admissions,
+                            "discharges": c.discharges,
+                            "transfers_in": c.transfers_in,
+                            "transfers_out": c.transfers_out,
+                            "ed_arrivals": c.ed_arrivals,
+                        }
+                        for c in counts
+                    ],
+                )
+            rows_written += len(counts)
+            rows_written += self._capacity_alerts(conn, hierarchy, periods, window.lo, result)
+        rows_written += self._occupancy(conn, hierarchy, hospital, watermark)
+        return rows_written
+
+    def _occupancy(
+        self, conn: Connection, hierarchy: Hierarchy, hospital: str, watermark: datetime | None
+    ) -> int:
+        sl, occ = _t(StayLocationRow), _t(LocationOccupancyRow)
+        open_periods = [
+            Period(
+                r.stay_id,
+                r.seq,
+                r.hospital_id,
+                r.location_id,
+                as_utc(r.start_at) or r.start_at,
+                None,
+                ward_hint=r.ward_ref,
+            )
+            for r in conn.execute(
+                select(
+                    sl.c.stay_id,
+                    sl.c.seq,
+                    sl.c.hospital_id,
+                    sl.c.location_id,
+                    sl.c.start_at,
+                    sl.c.ward_ref,
+                ).where(and_(sl.c.hospital_id == hospital, sl.c.end_at.is_(None)))
+            ).all()
+        ]
+        units = [u for u in hierarchy_units(hierarchy) if u.hospital_id == hospital]
+        units.append(Unit(HOSPITAL, hospital, hospital))
+        rows = [
+            {
+                "unit_type": o.unit.unit_type,
+                "unit_id": o.unit.unit_id,
+                "hospital_id": hospital,
+                "name": o.name,
+                "occupied": o.occupied,
+                "capacity": o.capacity,
+                "as_of": watermark,
+            }
+            for o in live_occupancy(open_periods, hierarchy, units)
+        ]
+        conn.execute(delete(occ).where(occ.c.hospital_id == hospital))
+        if rows:
+            conn.execute(occ.insert(), rows)
         return len(rows)
+
+    def _capacity_alerts(
+        self,
+        conn: Connection,
+        hierarchy: Hierarchy,
+        periods: Iterable[Period],
+        since: datetime,
+        result: SinkResult,
+    ) -> int:
+        """Raise and resolve "ward above capacity" alerts from the periods, from `since` on."""
+        al = _t(AlertRow)
+        written = 0
+        for ward, in_ward in sorted(ward_periods(periods, hierarchy).items()):
+            hospital = in_ward[0].hospital_id
+            capacity = hierarchy.capacity(Unit(WARD, ward, hospital))
+            if capacity is None:
+                continue
+            episodes, carried = over_capacity_episodes(ward, in_ward, capacity, since)
+            if carried and episodes:
+                before = conn.execute(
+                    select(al.c.raised_at)
+                    .where(
+                        and_(
+                            al.c.alert_type == WARD_OVER_CAPACITY,
+                            al.c.unit_id == ward,
+                            al.c.raised_at < since,
+                        )
+                    )
+                    .order_by(al.c.raised_at.desc())
+                    .limit(1)
+                ).scalar()
+                if before is not None:
+                    episodes[0] = replace(episodes[0], start=as_utc(before))  # type: ignore[arg-type]
+            existing = {
+                r.alert_id: r
+                for r in conn.execute(
+                    select(al).where(
+                        and_(
+                            al.c.alert_type == WARD_OVER_CAPACITY,
+                            al.c.unit_id == ward,
+                            al.c.raised_at
+                            >= (episodes[0].start if carried and episodes else since),
+                        )
+                    )
+                ).all()
+            }
+            rows = []
+            for e in episodes:
+                alert_id = f"{WARD_OVER_CAPACITY}:{ward}:{e.start.astimezone(UTC).isoformat()}"
+                status = "open" if e.end is None else "resolved"
+                name = hierarchy.name_of(Unit(WARD, ward, hospital)) or ward
+                row = {
+                    "alert_id": alert_id,
+                    "alert_type": WARD_OVER_CAPACITY,
+                    "patient_id": None,
+                    "unit_id": ward,
+                    "status": status,
+                    "raised_at": e.start,
+                    "resolved_at": e.end,
+                    "message": f"Ward {name} above capacity: {e.peak} patients for {e.capacity} beds",
+                    "details": {"hospital_id": hospital, "peak": e.peak, "capacity": e.capacity},
+                }
+                rows.append(row)
+                old = existing.pop(alert_id, None)
+                if old is None or old.status != status or as_utc(old.resolved_at) != e.end:
+                    result.alerts.append(row)
+            if existing:
+                conn.execute(delete(al).where(al.c.alert_id.in_(sorted(existing))))
+            if rows:
+                upsert(conn, al, rows, key=["alert_id"], update=ALERT_COLUMNS)
+            written += len(rows)
+        return written

@@ -70,6 +70,8 @@ class StayLocationRow(Base):
     patient_id: Mapped[str] = mapped_column(ID)
     hospital_id: Mapped[str] = mapped_column(REF)
     location_id: Mapped[str | None] = mapped_column(REF)
+    # The ward the feed named; the resolved `ward_id/bed_id` follow the Location tree.
+    ward_ref: Mapped[str | None] = mapped_column(REF)
     ward_id: Mapped[str | None] = mapped_column(REF)
     bed_id: Mapped[str | None] = mapped_column(REF)
     start_at: Mapped[datetime] = mapped_column(UTCDateTime)

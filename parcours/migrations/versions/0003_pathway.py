@@ -47,6 +47,7 @@ def upgrade() -> None:
         sa.Column("patient_id", sa.String(128), nullable=False),
         sa.Column("hospital_id", sa.String(256), nullable=False),
         sa.Column("location_id", sa.String(256), nullable=True),
+        sa.Column("ward_ref", sa.String(256), nullable=True),
         sa.Column("ward_id", sa.String(256), nullable=True),
         sa.Column("bed_id", sa.String(256), nullable=True),
         sa.Column("start_at", TZ, nullable=False),

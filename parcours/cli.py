@@ -19,6 +19,7 @@ from forecasting.cli import forecast_app
 from ingest.cli import ingest_app
 from ingest.simulate.cli import simulate
 from parcours.settings import Settings
+from streams.cli import census_app, pathways_app
 
 app = typer.Typer(
     help="Parcours: real-time analytics for the city-hospital care pathway.",
@@ -31,6 +32,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(streams_app, name="streams")
 app.add_typer(bench_app, name="bench")
 # Each area registers its command group here, one line each.
+app.add_typer(pathways_app, name="pathways")
+app.add_typer(census_app, name="census")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(forecast_app, name="forecast")
 app.command("dashboard")(dashboard)

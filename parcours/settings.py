@@ -64,6 +64,11 @@ class Settings(BaseSettings):
         default=None, description="Bearer token `parcours ingest push` sends to the gateway."
     )
     # --- Stream worker and pathway rules (streams/) ---
+    streams_app_id: str = Field(
+        default="",
+        description="Faust app id (consumer group, table changelogs); empty means "
+        "`<topic prefix>parcours-streams`. A new id replays the raw topic from the start.",
+    )
     worker_batch_size: int = Field(
         default=2000, description="Most raw messages the worker folds into one SQL transaction."
     )

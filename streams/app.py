@@ -20,7 +20,7 @@ def create_app(settings: Settings) -> faust.App:
     """A Faust app for `settings`, with its agents registered."""
     topics = Topics.from_settings(settings)
     app = faust.App(
-        f"{settings.topic_prefix}parcours-streams",
+        settings.streams_app_id or f"{settings.topic_prefix}parcours-streams",
         broker=f"kafka://{settings.bootstrap}",
         store="memory://",
         topic_partitions=settings.topic_partitions,

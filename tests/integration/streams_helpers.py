@@ -1,0 +1,133 @@
+"""Helpers of the stream worker's integration tests: feed the raw topic, own databases, snapshots."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaProducer
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from ingest.bundle import patient_key, resolve_entries
+from parcours.db import make_engine, upgrade
+from parcours.settings import normalise_db_url
+from tests.support import parcours_env
+
+SYNTHEA = Path("fhir") / "synthea-r4-2019"
+
+
+def raw_key(resource: dict[str, Any]) -> str:
+    """The Kafka key the gateway gives a resource: its patient, else `Type/id`."""
+    return patient_key(resource) or f"{resource['resourceType']}/{resource['id']}"
+
+
+def synthea_resources(shared_data: Path) -> list[dict[str, Any]]:
+    """Every resource of the 24 Synthea bundles, references resolved, in file order."""
+    out: list[dict[str, Any]] = []
+    for path in sorted((shared_data / SYNTHEA).glob("*.json")):
+        out.extend(resolve_entries(json.loads(path.read_text())))
+    return out
+
+
+def produce(broker: str, topic: str, resources: Iterable[dict[str, Any]]) -> int:
+    """Send resources keyed like the gateway does, acks=all; returns how many."""
+    producer = KafkaProducer(
+        bootstrap_servers=broker, acks="all", linger_ms=20, batch_size=256 * 1024
+    )
+    n = 0
+    try:
+        for resource in resources:
+            producer.send(
+                topic, key=raw_key(resource).encode(), value=json.dumps(resource).encode()
+            )
+            n += 1
+        producer.flush()
+    finally:
+        producer.close()
+    return n
+
+
+def worker_env(broker: str, db_url: str, prefix: str, **extra: str) -> dict[str, str]:
+    """Environment of a stream worker for a test (no web port, short session timeout)."""
+    return parcours_env(
+        KAFKA_BOOTSTRAP_SERVERS=broker,
+        DATABASE_URL=db_url,
+        PARCOURS_TOPIC_PREFIX=prefix,
+        PARCOURS_WORKER_WEB_PORT="0",
+        PARCOURS_WORKER_SESSION_TIMEOUT_S="6",
+        PARCOURS_PATHWAY_TIMER_INTERVAL_S="0",
+        PARCOURS_LOG_LEVEL="WARNING",
+        **extra,
+    )
+
+
+@contextmanager
+def own_database(pg_url: str) -> Iterator[str]:
+    """A new, migrated database on the same server as `pg_url`, dropped afterwards."""
+    base = make_url(normalise_db_url(pg_url))
+    name = f"parcours_streams_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = base.set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+# Per table: its key columns and the column that scopes it to a test's patients or hospitals.
+SNAPSHOT_TABLES = {
+    "pathway_states": ("patient_id", "patient_id"),
+    "stays": ("stay_id", "patient_id"),
+    "stay_locations": ("stay_id, seq", "patient_id"),
+    "ed_visits": ("encounter_id", "patient_id"),
+    "community_visits": ("encounter_id", "patient_id"),
+    "referrals": ("referral_id", "patient_id"),
+    "alerts": ("alert_id", "coalesce(patient_id, unit_id)"),
+    "census_hourly": ("unit_type, unit_id, hour", "hospital_id"),
+    "location_occupancy": ("unit_type, unit_id", "hospital_id"),
+    "locations": ("location_id", "location_id"),
+}
+
+
+def snapshot(db_url: str, like: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the pathway and census tables whose scope column starts with `like`."""
+    engine = make_engine(db_url)
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    with engine.connect() as conn:
+        for table, (key, scope) in SNAPSHOT_TABLES.items():
+            rows = conn.execute(
+                text(f"SELECT * FROM {table} WHERE {scope} LIKE :p ORDER BY {key}"),
+                {"p": f"{like}%"},
+            ).all()
+            out[table] = [tuple(_plain(v) for v in r) for r in rows]
+    engine.dispose()
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def count(db_url: str, sql: str, **params: Any) -> int:
+    """One count query."""
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.scalar(text(sql), params) or 0)
+    finally:
+        engine.dispose()

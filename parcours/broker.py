@@ -42,19 +42,26 @@ def wait_for_metadata(bootstrap: str, timeout_s: float = 30.0) -> None:
     """Block until a metadata request to `bootstrap` succeeds, or raise BrokerError."""
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap, request_timeout_ms=3000, client_id="parcours-probe"
-            )
+    # Refused connections are expected while a broker starts; the error below says it all.
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)
+    try:
+        while time.monotonic() < deadline:
             try:
-                admin.list_topics()
-                return
-            finally:
-                admin.close()
-        except (KafkaError, OSError, ValueError) as exc:
-            last = exc
-            time.sleep(0.2)
+                admin = KafkaAdminClient(
+                    bootstrap_servers=bootstrap, request_timeout_ms=3000, client_id="parcours-probe"
+                )
+                try:
+                    admin.list_topics()
+                    return
+                finally:
+                    admin.close()
+            except (KafkaError, OSError, ValueError) as exc:
+                last = exc
+                time.sleep(0.2)
+    finally:
+        kafka_log.setLevel(level)
     raise BrokerError(
         f"No Kafka metadata from {bootstrap} after {timeout_s:.0f}s ({last}). "
         "Is the broker running? Start one with `parcours broker`."

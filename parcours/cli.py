@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import time
@@ -118,42 +117,37 @@ def streams_worker() -> None:
 @app.command()
 def demo(
     data_dir: Annotated[Path | None, typer.Option(help="Where the demo keeps its files.")] = None,
+    simulate: Annotated[
+        bool, typer.Option(help="Feed the system from the territory simulator in real time.")
+    ] = True,
+    speed: Annotated[
+        float, typer.Option(help="Simulated time per real time (60: 1 h/min).")
+    ] = 60.0,
+    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 1,
+    dashboard: Annotated[bool, typer.Option(help="Serve the dashboard.")] = True,
+    forecast_every: Annotated[
+        float, typer.Option(help="Seconds between forecast runs; 0 disables the forecaster.")
+    ] = 600.0,
 ) -> None:
-    """Start everything on this machine: broker (unless KAFKA_BOOTSTRAP_SERVERS is set), migrations,
-    stream worker. Ctrl-C stops every child process."""
-    from parcours.broker import BrokerError, free_port, wait_for_metadata
-    from parcours.db import upgrade
+    """Run everything on this machine until Ctrl-C: broker (unless KAFKA_BOOTSTRAP_SERVERS is
+    set), migrations, FHIR gateway, stream worker, dashboard, forecaster and simulator."""
+    from parcours import ParcoursError
+    from parcours.demo import DemoOptions, run_demo
     from parcours.supervise import Supervisor
 
     settings = load_settings()
     if data_dir is not None:
         settings = settings.model_copy(update={"data_dir": data_dir})
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env["PARCOURS_DATA_DIR"] = str(settings.data_dir.resolve())
-    env["DATABASE_URL"] = settings.db_url
-    exe = [sys.executable, "-m", "parcours"]
+    options = DemoOptions(simulate, speed, seed, dashboard, forecast_every)
     sup = Supervisor()
     sup.install_signal_handlers()
     code = 0
     try:
-        if not settings.kafka_bootstrap_servers:
-            port = settings.broker_port
-            sup.start("broker", [*exe, "broker", "--port", str(port)], env)
-            env["KAFKA_BOOTSTRAP_SERVERS"] = f"{settings.broker_host}:{port}"
-        bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS") or settings.bootstrap
-        wait_for_metadata(bootstrap, timeout_s=60)
-        upgrade(settings.db_url)
-        if settings.worker_web_port:
-            env.setdefault("PARCOURS_WORKER_WEB_PORT", str(free_port()))
-        sup.start("streams worker", [*exe, "streams", "worker"], env)
-        typer.echo(
-            f"Parcours demo is up: Kafka at {bootstrap}, database {redact(settings.db_url)}.\n"
-            "Press Ctrl-C to stop.",
-            err=True,
-        )
+        banner = run_demo(settings, options, sup)
+        typer.echo("\nParcours demo is up.\n  " + "\n  ".join(banner), err=True)
+        typer.echo("Press Ctrl-C to stop.\n", err=True)
         code = sup.wait()
-    except BrokerError as exc:
+    except ParcoursError as exc:
         typer.echo(f"error: {exc}", err=True)
         code = 1
     finally:

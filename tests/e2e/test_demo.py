@@ -1,14 +1,16 @@
-"""`parcours demo` comes up with one command and Ctrl-C leaves no process behind."""
+"""`parcours demo` comes up with one command, data flows end to end, Ctrl-C leaves no process."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from parcours.broker import free_port
@@ -46,35 +48,60 @@ def alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_demo_starts_on_sqlite_and_ctrl_c_leaves_no_orphan(tmp_path: Path) -> None:
+def count(db: Path, table: str) -> int:
+    with sqlite3.connect(db, timeout=30) as conn:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def test_demo_runs_the_whole_pathway_on_sqlite_and_ctrl_c_leaves_no_orphan(
+    tmp_path: Path,
+) -> None:
     env = {
         k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")
     }
-    env["PARCOURS_BROKER_PORT"] = str(free_port())
+    ports = {name: free_port() for name in ("BROKER", "INGEST", "DASHBOARD")}
+    for name, port in ports.items():
+        env[f"PARCOURS_{name}_PORT"] = str(port)
     env["PARCOURS_DATA_DIR"] = str(tmp_path / "data")
+    db = tmp_path / "data" / "parcours.db"
     log = tmp_path / "demo.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "parcours", "demo"],
+            [sys.executable, "-m", "parcours", "demo", "--speed", "600", "--forecast-every", "0"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
         try:
-            wait_until(lambda: b"demo is up" in log.read_bytes(), 90, what="the demo banner")
-            # The worker is a Faust process: wait until it has joined and runs its agent.
             wait_until(
-                lambda: b"Ready" in log.read_bytes() or proc.poll() is not None,
-                90,
-                what="the stream worker",
+                lambda: b"demo is up" in log.read_bytes() or proc.poll() is not None,
+                120,
+                what="the demo banner",
             )
-            children = descendants(proc.pid)
             assert proc.poll() is None, log.read_text()[-3000:]
-            assert len(children) >= 3, f"expected broker, tansu and worker; got {children}"
-            assert (tmp_path / "data" / "parcours.db").exists()
+            # Simulator → gateway → Kafka → worker → SQL: the territory and stays land.
+            wait_until(lambda: count(db, "stays") > 0, 120, what="stays in SQL")
+            wait_until(lambda: count(db, "location_occupancy") > 0, 60, what="occupancy")
+            assert count(db, "ingest_log") > 0
+            gateway = f"http://127.0.0.1:{ports['INGEST']}"
+            assert httpx.get(f"{gateway}/fhir/metadata", timeout=10).status_code == 200
+            dash = f"http://127.0.0.1:{ports['DASHBOARD']}/_stcore/health"
+            assert httpx.get(dash, timeout=10).status_code == 200
+
+            children = descendants(proc.pid)
+            names = {Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children}
+            joined = b"\n".join(names)
+            for part in (
+                b"broker",
+                b"ingest\x00serve",
+                b"streams\x00worker",
+                b"dashboard",
+                b"simulate",
+            ):
+                assert part in joined, f"{part!r} not running: {joined!r}"
 
             proc.send_signal(signal.SIGINT)
-            assert proc.wait(60) == 0, log.read_text()[-3000:]
+            assert proc.wait(90) == 0, log.read_text()[-3000:]
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -660,6 +660,11 @@ def _admit(facts: Facts, ev: PatientAdmitted, rules: PathwayRules) -> None:
         ):
             stay.readmission_of = previous.stay_id
         facts.stays.append(stay)
+    else:
+        # An admission event comes with the whole new version of its stay, which says again how
+        # the stay went on: start over (the base may hold what an older version said).
+        stay.discharged_at = stay.disposition = stay.ended_by = None
+        stay.locations = []
     stay.admitted_at = ev.at
     facts.stays.sort(key=lambda s: s.admitted_at)
     stay.hospital = ev.hospital
@@ -707,6 +712,8 @@ def _discharge(facts: Facts, ev: PatientDischarged) -> bool:
     # The stay's own discharge wins over an end a death or the next admission implied.
     _close_stay(stay, ev.at, "discharge", ev.disposition)
     stay.disposition = ev.disposition
+    if stay.followed_up_at is not None and stay.followed_up_at < ev.at:
+        stay.followed_up_at = None
     return True
 
 
@@ -1171,7 +1178,13 @@ def transition(
             # Halves of versions that never complete must not grow the state without end.
             pending = dict(list(pending.items())[-rules.max_records :])
         return dataclasses.replace(state, pending=pending), []
-    pending = {k: v for k, v in state.pending.items() if not k.startswith(f"{key}@")}
+    # Parts of this version, or of older ones, will never be needed; newer ones still will.
+    pending = {
+        k: v
+        for k, v in state.pending.items()
+        if not k.startswith(f"{key}@")
+        or not (v[0].source.version == version or is_older_version(v[0].source.version, version))
+    }
 
     new_events = [ev for ev in parts if not isinstance(ev, ResourceRetracted)]
     retracted = len(new_events) < len(parts)

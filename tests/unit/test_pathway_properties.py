@@ -1,0 +1,294 @@
+"""Property tests: random event sequences (repeats, late versions, odd events) never raise, keep
+the invariants, serialise, and the facts do not depend on the arrival order."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streams.events import (
+    AppointmentBooked,
+    CommunityVisited,
+    EdArrived,
+    EdDeparted,
+    HomeCareEnded,
+    HomeCareStarted,
+    PatientAdmitted,
+    PatientDied,
+    PatientDischarged,
+    PatientEvent,
+    PatientTransferred,
+    ReferralSent,
+    ResourceRetracted,
+    SourceRef,
+)
+from streams.pathway import (
+    PathwayRules,
+    PatientState,
+    check_timers,
+    invariant_violations,
+    output_to_json,
+    transition,
+)
+
+P = "pat-1"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+SPAN_H = 24 * 80  # every event within 80 days: below the default history horizon
+SETTINGS = settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+times = st.integers(min_value=0, max_value=SPAN_H).map(lambda h: T0 + timedelta(hours=h))
+wards = st.sampled_from(["wa", "wb", None])
+beds = st.sampled_from(["b1", "b2", "b3", None])
+
+
+def _stamp(events: list[PatientEvent]) -> list[PatientEvent]:
+    return [replace(ev, part=i, parts=len(events)) for i, ev in enumerate(events, start=1)]
+
+
+@st.composite
+def resource_version(draw: st.DrawFn) -> list[PatientEvent]:
+    """The events one version of one resource maps to, like streams.fhir_map makes them."""
+    kind = draw(
+        st.sampled_from(
+            [
+                "stay",
+                "stay",
+                "stay",
+                "ed",
+                "ed",
+                "visit",
+                "referral",
+                "appt",
+                "care",
+                "death",
+                "odd",
+            ]
+        )
+    )
+    version = str(draw(st.integers(1, 3)))
+    if draw(st.integers(0, 9)) == 0 and kind not in ("death", "odd"):
+        rtype = {
+            "stay": "Encounter",
+            "ed": "Encounter",
+            "visit": "Encounter",
+            "referral": "ServiceRequest",
+            "appt": "Appointment",
+            "care": "EpisodeOfCare",
+        }[kind]
+        rid = draw(st.sampled_from(["s1", "s2", "e1", "v1", "r1", "a1", "c1"]))
+        return [
+            ResourceRetracted(
+                patient_id=P, at=T0, source=SourceRef(rtype, rid, version), reason="cancelled"
+            )
+        ]
+    start = draw(times)
+    end = draw(st.none() | st.integers(1, 24 * 20).map(lambda h: start + timedelta(hours=h)))
+    if kind == "stay":
+        sid = draw(st.sampled_from(["s1", "s2", "s3"]))
+        src = SourceRef("Encounter", sid, version)
+        events: list[PatientEvent] = [
+            PatientAdmitted(
+                patient_id=P,
+                at=start,
+                source=src,
+                stay_id=sid,
+                ward=draw(wards),
+                bed=draw(beds),
+                from_ed_encounter=draw(st.none() | st.just("e1")),
+                service=draw(st.sampled_from([None, "cardio"])),
+            )
+        ]
+        for hours in draw(st.lists(st.integers(0, 24 * 25), max_size=3, unique=True)):
+            bed = draw(beds)
+            events.append(
+                PatientTransferred(
+                    patient_id=P,
+                    at=start + timedelta(hours=hours),
+                    source=src,
+                    stay_id=sid,
+                    location=bed or "loc",
+                    ward=draw(wards),
+                    bed=bed,
+                )
+            )
+        if end is not None:
+            events.append(
+                PatientDischarged(
+                    patient_id=P,
+                    at=end,
+                    source=src,
+                    stay_id=sid,
+                    disposition=draw(st.sampled_from([None, "home", "exp", "other-hcf"])),
+                )
+            )
+        return _stamp(events)
+    if kind == "ed":
+        eid = draw(st.sampled_from(["e1", "e2"]))
+        src = SourceRef("Encounter", eid, version)
+        events = [EdArrived(patient_id=P, at=start, source=src, encounter_id=eid)]
+        if end is not None:
+            events.append(
+                EdDeparted(
+                    patient_id=P, at=end, source=src, encounter_id=eid, admitted=draw(st.booleans())
+                )
+            )
+        return _stamp(events)
+    if kind == "visit":
+        vid = draw(st.sampled_from(["v1", "v2", "v3"]))
+        return [
+            CommunityVisited(
+                patient_id=P,
+                at=start,
+                source=SourceRef("Encounter", vid, version),
+                encounter_id=vid,
+                class_code="AMB",
+                based_on=draw(st.none() | st.just("r1")),
+            )
+        ]
+    if kind == "referral":
+        rid = draw(st.sampled_from(["r1", "r2"]))
+        return [
+            ReferralSent(
+                patient_id=P,
+                at=start,
+                source=SourceRef("ServiceRequest", rid, version),
+                referral_id=rid,
+                status=draw(st.sampled_from(["active", "on-hold", "completed"])),
+            )
+        ]
+    if kind == "appt":
+        return [
+            AppointmentBooked(
+                patient_id=P,
+                at=start,
+                source=SourceRef("Appointment", "a1", version),
+                appointment_id="a1",
+                start=end,
+                status=draw(st.sampled_from(["booked", "fulfilled"])),
+                based_on=draw(st.none() | st.just("r1")),
+            )
+        ]
+    if kind == "care":
+        src = SourceRef("EpisodeOfCare", "c1", version)
+        events = [HomeCareStarted(patient_id=P, at=start, source=src, episode_id="c1")]
+        if end is not None:
+            events.append(HomeCareEnded(patient_id=P, at=end, source=src, episode_id="c1"))
+        return _stamp(events)
+    if kind == "death":
+        return [PatientDied(patient_id=P, at=start, source=SourceRef("Patient", P, version))]
+    # Events no well-formed feed sends: moves and ends of things that may not exist.
+    odd = draw(st.sampled_from(["transfer", "discharge", "departure", "care-end"]))
+    src = SourceRef("Encounter", f"odd-{odd}", version)
+    if odd == "transfer":
+        return [
+            PatientTransferred(
+                patient_id=P, at=start, source=src, stay_id="s1", location="b9", bed="b9"
+            )
+        ]
+    if odd == "discharge":
+        return [PatientDischarged(patient_id=P, at=start, source=src, stay_id="s2")]
+    if odd == "departure":
+        return [EdDeparted(patient_id=P, at=start, source=src, encounter_id="e2")]
+    return [HomeCareEnded(patient_id=P, at=start, source=src, episode_id="c1")]
+
+
+def _one_content_per_version(versions: list[list[PatientEvent]]) -> list[list[PatientEvent]]:
+    """A version id names one content (as in FHIR): keep the first draw of each."""
+    seen: set[SourceRef] = set()
+    kept = []
+    for events in versions:
+        if events[0].source not in seen:
+            seen.add(events[0].source)
+            kept.append(events)
+    return kept
+
+
+def _latest_versions(versions: list[list[PatientEvent]]) -> list[list[PatientEvent]]:
+    """One version per resource (the highest), so the expected final state is well defined."""
+    latest: dict[tuple[str, str], list[PatientEvent]] = {}
+    for events in versions:
+        src = events[0].source
+        key = (src.resource_type, src.resource_id)
+        if key not in latest or int(latest[key][0].source.version) < int(src.version):
+            latest[key] = events
+    return list(latest.values())
+
+
+def _run(events: list[PatientEvent], rules: PathwayRules) -> PatientState | None:
+    state: PatientState | None = None
+    for ev in events:
+        state, outputs = transition(state, ev, rules)
+        assert invariant_violations(state) == [], (ev, invariant_violations(state))
+        for output in outputs:
+            json.dumps(output_to_json(output))
+    return state
+
+
+@SETTINGS
+@given(
+    versions=st.lists(resource_version(), min_size=1, max_size=10),
+    data=st.data(),
+)
+def test_random_sequences_never_raise_and_keep_the_invariants(
+    versions: list[list[PatientEvent]], data: st.DataObject
+) -> None:
+    events = [ev for group in versions for ev in group]
+    # Feeds repeat themselves and arrive out of order.
+    repeats = data.draw(st.lists(st.sampled_from(events), max_size=5))
+    arrival = data.draw(st.permutations(events + repeats))
+    rules = PathwayRules(
+        history_horizon=timedelta(days=data.draw(st.sampled_from([5, 30, 120]))),
+        max_records=data.draw(st.sampled_from([2, 200])),
+    )
+    state = _run(arrival, rules)
+    assert state is not None
+    for hours in data.draw(st.lists(st.integers(0, SPAN_H * 2), max_size=3)):
+        state, outputs = check_timers(state, T0 + timedelta(hours=hours), rules)
+        assert invariant_violations(state) == []
+        for output in outputs:
+            json.dumps(output_to_json(output))
+    assert len([s for s in state.stays if s.is_open]) <= 1
+    assert all(s.bed is None for s in state.stays if not s.is_open)
+    data_ = json.loads(json.dumps(state.to_dict()))
+    assert PatientState.from_dict(data_) == state
+
+
+@SETTINGS
+@given(versions=st.lists(resource_version(), min_size=1, max_size=10), data=st.data())
+def test_the_facts_do_not_depend_on_the_arrival_order(
+    versions: list[list[PatientEvent]], data: st.DataObject
+) -> None:
+    rules = PathwayRules()
+    versions = _one_content_per_version(versions)
+    expected = _run(
+        sorted(
+            [ev for group in _latest_versions(versions) for ev in group],
+            key=lambda ev: (ev.at, ev.source.resource_id),
+        ),
+        rules,
+    )
+    events = [ev for group in versions for ev in group]
+    arrival = data.draw(
+        st.permutations(events + data.draw(st.lists(st.sampled_from(events), max_size=4)))
+    )
+    got = _run(arrival, rules)
+    assert got is not None and expected is not None
+    assert got.facts == expected.facts
+    assert (got.stage, got.stay_id, got.ward, got.bed) == (
+        expected.stage,
+        expected.stay_id,
+        expected.ward,
+        expected.bed,
+    )
+    later = T0 + timedelta(hours=SPAN_H * 3)
+    got_alerts, _ = check_timers(got, later, rules)
+    expected_alerts, _ = check_timers(expected, later, rules)
+    assert got_alerts.alerts.keys() == expected_alerts.alerts.keys()

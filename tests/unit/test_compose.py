@@ -25,17 +25,20 @@ def test_compose_has_the_infrastructure_and_parcours_services() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     assert compose["services"]["kafka"]["image"].startswith("apache/kafka")
     assert compose["services"]["postgres"]["image"].startswith("postgres:16")
-    assert {"migrate", "streams"} <= set(parcours_services())
+    assert {"migrate", "streams", "gateway", "dashboard", "forecaster", "simulator"} <= set(
+        parcours_services()
+    )
 
 
 def test_every_compose_command_is_a_real_subcommand() -> None:
     runner = CliRunner()
     for name, command in parcours_services().items():
-        words = [w for w in command if not w.startswith("-")]
-        result = runner.invoke(app, [*words, "--help"])
-        assert result.exit_code == 0, (
-            f"service {name}: `parcours {' '.join(words)}` {result.output}"
-        )
+        first_option = next((i for i, w in enumerate(command) if w.startswith("-")), len(command))
+        path = command[:first_option]
+        result = runner.invoke(app, [*path, "--help"], terminal_width=200)
+        assert result.exit_code == 0, f"service {name}: `parcours {' '.join(path)}` {result.output}"
+        for option in (w for w in command if w.startswith("--")):
+            assert option in result.output, f"service {name}: {option} is not an option of {path}"
 
 
 def test_an_unknown_subcommand_is_refused() -> None:

@@ -858,3 +858,68 @@ def test_fixture_pathway_from_fhir() -> None:
     assert [sp.bed for sp in s1.locations] == ["bed-cardio-12", "bed-usic-3"]
     assert state.facts.ed_visits[0].stay_id == "enc-imp-1"
     assert state.facts.referrals[0].contact_id == "enc-emer-1"
+
+
+def test_transition_never_changes_the_state_it_gets() -> None:
+    steps = [
+        *stay("s1", d(1), d(3)),
+        *visit("v1", d(5)),
+        *stay("s1", d(1), d(3), moves=[(d(2), "wb", "b2")], v="2"),  # a replay
+        *visit("v0", d(0)),  # late: a replay from the base
+        *retract("Encounter", "v1", "2"),
+    ]
+    state: PatientState | None = None
+    for ev in steps:
+        before = state.to_dict() if state is not None else None
+        new, _ = transition(state, ev)
+        if state is not None:
+            assert state.to_dict() == before
+        state = new
+
+
+def test_a_live_encounter_through_its_versions() -> None:
+    """In progress in ward A, moved to ward B, finished: one stay, one move, the bed released."""
+    base = json.loads((FIXTURES / "encounter_imp_transfers.json").read_text())
+    entries = base["location"]
+
+    def version(
+        v: str, status: str, locations: list[dict[str, object]], end: bool
+    ) -> dict[str, object]:
+        resource = json.loads(json.dumps(base))
+        resource["meta"] = {"versionId": v}
+        resource["status"] = status
+        resource["location"] = locations
+        if not end:
+            del resource["period"]["end"]
+        return resource
+
+    def active(entry: dict[str, object]) -> dict[str, object]:
+        out = json.loads(json.dumps(entry))
+        out["status"] = "active"
+        del out["period"]["end"]
+        return out
+
+    v1 = version("1", "in-progress", [active(entries[0]), active(entries[1])], end=False)
+    v2 = version(
+        "2",
+        "in-progress",
+        [entries[0], entries[1], active(entries[2]), active(entries[3])],
+        end=False,
+    )
+    v3 = version("3", "finished", entries, end=True)
+    state: PatientState | None = None
+    seen: list[tuple[Stage, str | None]] = []
+    for resource in (v1, v2, v2, v3):
+        state, _ = run(patient_events(map_resource(resource)), state)
+        seen.append((state.stage, state.bed))
+    assert seen == [
+        (Stage.ADMITTED, "bed-cardio-12"),
+        (Stage.ADMITTED, "bed-usic-3"),
+        (Stage.ADMITTED, "bed-usic-3"),
+        (Stage.DISCHARGED, None),
+    ]
+    assert state is not None and len(state.stays) == 1
+    assert [sp.bed for sp in state.stays[0].locations] == ["bed-cardio-12", "bed-usic-3"]
+    # The same three versions in reverse: the newest wins, the older ones are ignored.
+    again, _ = run([ev for r in (v3, v2, v1) for ev in patient_events(map_resource(r))])
+    assert again.facts == state.facts

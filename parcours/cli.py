@@ -129,8 +129,11 @@ def demo(
         float, typer.Option(help="Seconds between forecast runs; 0 disables the forecaster.")
     ] = 600.0,
 ) -> None:
-    """Run everything on this machine until Ctrl-C: broker (unless KAFKA_BOOTSTRAP_SERVERS is
-    set), migrations, FHIR gateway, stream worker, dashboard, forecaster and simulator."""
+    """Run the whole system on this machine until Ctrl-C.
+
+    Starts the broker (unless KAFKA_BOOTSTRAP_SERVERS is set), the migrations, the FHIR gateway,
+    the stream worker, the dashboard, the forecaster and the real-time simulator.
+    """
     from parcours import ParcoursError
     from parcours.demo import DemoOptions, run_demo
     from parcours.supervise import Supervisor

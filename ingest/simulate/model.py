@@ -314,6 +314,8 @@ class Simulation:
             self._extra[ward.id] = 0
         self._sched_rate = self._scheduled_rates()
         self.ed_admit_p = self._ed_admission_probability()
+        self._ed_fresh = 0
+        self._ed_forced = 0
         self._profile_total = sum(territory.ed.hourly_profile)
         self._handlers: dict[str, Callable[[_Event], None]] = {
             "day": self._on_day,
@@ -367,6 +369,15 @@ class Simulation:
         back = admissions * t.flows.readmission_rate * t.flows.readmission_via_ed
         ratio = t.ed.admission_ratio
         return float(np.clip((ratio * (fresh + back) - back) / fresh, 0.05, 1.0))
+
+    def _ed_probability(self) -> float:
+        """The admission probability of a fresh ED visit, corrected with the readmissions seen so
+        far so that all ED visits together are admitted at `ed.admission_ratio`."""
+        if self._ed_fresh < 500:
+            return self.ed_admit_p
+        fresh, forced = self._ed_fresh, self._ed_forced
+        ratio = self.territory.ed.admission_ratio
+        return min(max((ratio * (fresh + forced) - forced) / fresh, 0.05), 1.0)
 
     def _local(self, at: datetime) -> datetime:
         return at.astimezone(self.tz)
@@ -467,8 +478,6 @@ class Simulation:
         for d in range(lead, 0, -1):
             self._schedule(self.begin - timedelta(days=d), "day", referrals_only=True)
         self._schedule(self.begin, "day")
-        if self.begin >= self.start:
-            self._go_live()
         while self._heap:
             event = self._heap[0]
             if self.end is not None and event.at >= self.end:
@@ -604,10 +613,12 @@ class Simulation:
         ed = self.territory.ed
         readmission_of = ev.data.get("readmission_of")
         if ev.data.get("force_admit"):
+            self._ed_forced += 1
             outcome = "admit"
         else:
+            self._ed_fresh += 1
             u = self.rng.random()
-            p = self.ed_admit_p
+            p = self._ed_probability()
             outcome = "admit" if u < p else "left" if u < p + ed.left_without_being_seen else "home"
         stay = StayRec(
             id=self._new_id("urg"),

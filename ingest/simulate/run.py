@@ -91,13 +91,15 @@ def run_simulation(
                 break
             if delivery.at > sim_now:
                 sim_now = delivery.at
+            # Late deliveries after the end of a finite run go out at once.
+            paced = sim_now if sim.end is None else min(sim_now, sim.end)
             if speed:
-                ahead = (sim_now - sim.start).total_seconds() / speed - (clock() - wall0)
+                ahead = (paced - sim.start).total_seconds() / speed - (clock() - wall0)
                 if ahead > 0:
                     sink.flush()
                     while ahead > 0 and not stop():
                         sleep(min(ahead, 0.5))
-                        ahead = (sim_now - sim.start).total_seconds() / speed - (clock() - wall0)
+                        ahead = (paced - sim.start).total_seconds() / speed - (clock() - wall0)
             sink.send(delivery.resource, delivery.valid)
             count += 1
             hours = int((sim_now - sim.start).total_seconds() // 3600)

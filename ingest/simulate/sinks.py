@@ -139,6 +139,7 @@ class GatewaySink:
         batch_size: int = 200,
         timeout_s: float = 30.0,
         max_retries: int = 30,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.endpoint = url.rstrip("/") + "/fhir"
         self.batch_size = batch_size
@@ -147,6 +148,7 @@ class GatewaySink:
         self._buffer: list[dict[str, Any]] = []
         self._client = httpx.Client(
             timeout=timeout_s,
+            transport=transport,
             headers={
                 "Authorization": f"Bearer {token}",
                 "Content-Type": "application/fhir+json",
@@ -207,8 +209,7 @@ class GatewaySink:
                 continue
             if response.status_code == 503:
                 self.counts["retries_503"] += 1
-                wait = _retry_after(response, delay)
-                time.sleep(wait)
+                time.sleep(_retry_after(response, delay))
                 delay = min(delay * 2, 10.0)
                 continue
             if response.status_code >= 500:

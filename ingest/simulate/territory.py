@@ -121,7 +121,7 @@ class FlowConfig:
     scheduled_weekend_factor: float = 0.15
     referral_to_ed_share: float = 0.05
     admission_noshow_rate: float = 0.02
-    readmission_rate: float = 0.12
+    readmission_rate: float = 0.13
     # Share of readmissions that come back through the ED; the rest are direct admissions.
     readmission_via_ed: float = 0.5
     readmission_window_days: int = 30

@@ -214,7 +214,8 @@ def write_truth(
 def pathway_stats(sim: Simulation, end: datetime | None = None) -> dict[str, float]:
     """Rates over the emitted window [start, end), measured on what actually happened.
 
-    - `ed_admission_ratio`: ED visits that began in the window and led to an inpatient stay;
+    - `ed_admission_ratio`: ED visits that began and ended in the window and led to an
+      inpatient stay;
     - `readmission_rate`: live discharges in the window followed by a new inpatient stay of the
       same patient within the readmission window (only discharges whose window fits in the run);
     - `followup_missing_share`: follow-up appointments due in the window that were missed.
@@ -224,7 +225,11 @@ def pathway_stats(sim: Simulation, end: datetime | None = None) -> dict[str, flo
         raise ValueError("an endless run needs an explicit end")
     start = sim.start
     admitted_from = {s.part_of for s in sim.stays.values() if s.cls == "IMP" and s.part_of}
-    ed = [s for s in sim.stays.values() if s.cls == "EMER" and start <= s.start < end]
+    ed = [
+        s
+        for s in sim.stays.values()
+        if s.cls == "EMER" and start <= s.start < end and s.end is not None and s.end < end
+    ]
     ed_ratio = sum(1 for s in ed if s.id in admitted_from) / len(ed) if ed else float("nan")
     window = timedelta(days=sim.territory.flows.readmission_window_days)
     by_patient: dict[str, list[datetime]] = {}

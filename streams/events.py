@@ -247,13 +247,13 @@ PATIENT_EVENT_TYPES: dict[str, type[PatientEvent]] = {
 def patient_event_to_json(event: PatientEvent) -> dict[str, Any]:
     """A JSON-able dict (times as ISO 8601 strings with their offset); see `patient_event_from_json`."""
     out: dict[str, Any] = {"kind": event.kind}
-    for f in fields(event):
-        value = getattr(event, f.name)
+    for name in _field_names(type(event)):
+        value = getattr(event, name)
         if isinstance(value, datetime):
             value = value.isoformat()
         elif isinstance(value, SourceRef):
             value = asdict(value)
-        out[f.name] = value
+        out[name] = value
     return out
 
 
@@ -261,16 +261,26 @@ def patient_event_from_json(data: dict[str, Any]) -> PatientEvent:
     """The event `patient_event_to_json` wrote. Raises KeyError/ValueError on foreign input."""
     cls = PATIENT_EVENT_TYPES[data["kind"]]
     kwargs: dict[str, Any] = {}
-    for f in fields(cls):
-        if f.name not in data:
+    for name in _field_names(cls):
+        if name not in data:
             continue
-        value = data[f.name]
-        if f.name == "source":
+        value = data[name]
+        if name == "source":
             value = SourceRef(**value)
-        elif isinstance(value, str) and f.name in _TIME_FIELDS:
+        elif isinstance(value, str) and name in _TIME_FIELDS:
             value = datetime.fromisoformat(value)
-        kwargs[f.name] = value
+        kwargs[name] = value
     return cls(**kwargs)
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type[PatientEvent]) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
 
 
 _TIME_FIELDS = frozenset({"at", "start", "end", "until"})

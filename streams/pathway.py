@@ -27,9 +27,10 @@ timer tick the active set is recomputed and the difference comes out as `AlertRa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -397,50 +398,88 @@ Output = (
 T = TypeVar("T")
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    """The field names of a dataclass type (None for other types), cached: this runs for every
+    record of every state the worker reads or writes."""
+    try:
+        return _FIELD_NAMES[cls]
+    except KeyError:
+        names = (
+            tuple(f.name for f in dataclasses.fields(cls))
+            if dataclasses.is_dataclass(cls)
+            else None
+        )
+        _FIELD_NAMES[cls] = names
+        return names
+
+
 def to_jsonable(value: Any) -> Any:
     """Dataclasses, datetimes, lists and dicts as JSON-able data (times as ISO 8601)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [to_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    names = _field_names(type(value))
+    if names is not None:
+        return {name: to_jsonable(getattr(value, name)) for name in names}
     return value
 
 
-def _decode(tp: Any, value: Any) -> Any:
-    if value is None:
-        return None
+Decoder = Callable[[Any], Any]
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _decoder(tp: Any) -> Decoder:
+    """A function that turns the JSON of a value of type `tp` back into that value."""
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _decode(args[0], value) if len(args) == 1 else value
+        inner = _decoder(args[0]) if len(args) == 1 else _identity
+        return lambda v: None if v is None else inner(v)
     if tp is datetime:
-        return datetime.fromisoformat(value)
+        return datetime.fromisoformat
     if origin is list:
-        (item,) = typing.get_args(tp)
-        return [_decode(item, v) for v in value]
+        (item_tp,) = typing.get_args(tp)
+        item = _decoder(item_tp)
+        if item is _identity:
+            return list
+        return lambda v: [item(x) for x in v]
     if origin is dict:
-        _, item = typing.get_args(tp)
-        return {k: _decode(item, v) for k, v in value.items()}
+        _, value_tp = typing.get_args(tp)
+        value = _decoder(value_tp)
+        return lambda v: {k: value(x) for k, x in v.items()}
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return from_jsonable(tp, value)
-    return value
+        return lambda v: from_jsonable(tp, v)
+    return _identity
+
+
+@functools.cache
+def _codec(cls: type) -> tuple[tuple[str, Decoder], ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, _decoder(hints[f.name])) for f in dataclasses.fields(cls))
+
+
+def _decode(tp: Any, value: Any) -> Any:
+    return _decoder(tp)(value)
 
 
 def from_jsonable(cls: type[T], data: Mapping[str, Any]) -> T:
     """The dataclass `cls` that `to_jsonable` wrote."""
-    hints = typing.get_type_hints(cls)
-    kwargs = {
-        f.name: _decode(hints[f.name], data[f.name])
-        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-        if f.name in data
-    }
-    return cls(**kwargs)
+    return cls(
+        **{name: dec(data[name]) for name, dec in _codec(typing.cast(type, cls)) if name in data}
+    )
 
 
 # --- State ---------------------------------------------------------------------------------------

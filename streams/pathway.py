@@ -94,6 +94,7 @@ DEFAULT_RULES = PathwayRules()
 FOLLOW_UP_DISPOSITIONS_EXCLUDED = frozenset(
     {"exp", "hosp", "other-hcf", "rehab", "snf", "long", "psy"}
 )
+TRANSFER_DISPOSITIONS = frozenset({"hosp", "other-hcf"})
 REFERRAL_OPEN_STATUSES = frozenset({"active", "on-hold"})
 
 
@@ -695,6 +696,8 @@ def _admit(facts: Facts, ev: PatientAdmitted, rules: PathwayRules) -> None:
         if (
             previous is not None
             and previous.discharged_at is not None
+            # A discharge to another hospital followed by an admission is a transfer.
+            and previous.disposition not in TRANSFER_DISPOSITIONS
             and ev.at - previous.discharged_at <= rules.readmission
         ):
             stay.readmission_of = previous.stay_id
@@ -753,6 +756,21 @@ def _discharge(facts: Facts, ev: PatientDischarged) -> bool:
     stay.disposition = ev.disposition
     if stay.followed_up_at is not None and stay.followed_up_at < ev.at:
         stay.followed_up_at = None
+    if stay.followed_up_at is None:
+        # Home care that goes on after the discharge, or an appointment already kept after it,
+        # is the community follow-up.
+        if any(
+            e.started_at <= ev.at and (e.ended_at is None or e.ended_at > ev.at)
+            for e in facts.home_care
+        ):
+            stay.followed_up_at = ev.at
+        else:
+            kept = [
+                a.start
+                for a in facts.appointments
+                if a.status == "fulfilled" and a.start is not None and a.start >= ev.at
+            ]
+            stay.followed_up_at = min(kept, default=None)
     return True
 
 
@@ -972,7 +990,8 @@ def evaluate_alerts(
     ):
         deadline = last.discharged_at + rules.follow_up
         for appt in facts.appointments:
-            if appt.booked_at >= last.discharged_at and appt.start is not None:
+            # A follow-up booked for after the discharge (often booked during the stay).
+            if appt.start is not None and appt.start >= last.discharged_at:
                 deadline = max(deadline, appt.start + rules.appointment_grace)
         if now >= deadline:
             add(
@@ -1045,24 +1064,32 @@ def derive_stage(facts: Facts) -> tuple[Stage, datetime | None]:
     open_stays = facts.open_stays()
     if open_stays:
         return Stage.ADMITTED, max(s.admitted_at for s in open_stays)
-    open_care = [e for e in facts.home_care if e.is_open]
-    if open_care:
-        return Stage.HOME_CARE, min(e.started_at for e in open_care)
-    last = facts.last_stay()
-    discharged_at = last.discharged_at if last is not None else None
-    open_refs = [
-        r
-        for r in facts.referrals
-        if r.is_open and (discharged_at is None or r.sent_at >= discharged_at)
-    ]
+    # Outside the hospital, the latest step wins; at the same instant, the one listed first.
+    steps: list[tuple[datetime, int, Stage]] = []
+    open_refs = [r.sent_at for r in facts.referrals if r.is_open]
     if open_refs:
-        return Stage.REFERRED, min(r.sent_at for r in open_refs)
-    if last is not None and discharged_at is not None:
+        steps.append((max(open_refs), 0, Stage.REFERRED))
+    open_care = [e.started_at for e in facts.home_care if e.is_open]
+    last = facts.last_stay()
+    if open_care:
+        # Home care that went on through a stay resumes at its discharge.
+        resumed = max(open_care)
+        if last is not None and last.discharged_at is not None:
+            resumed = max(resumed, last.discharged_at)
+        steps.append((resumed, 1, Stage.HOME_CARE))
+    if last is not None and last.discharged_at is not None:
         if last.followed_up_at is not None:
-            return Stage.FOLLOWED_UP, last.followed_up_at
-        if last.ended_by == "discharge":
-            return Stage.DISCHARGED, discharged_at
-    return Stage.COMMUNITY, None
+            steps.append((last.followed_up_at, 2, Stage.FOLLOWED_UP))
+        elif last.ended_by == "discharge":
+            steps.append((last.discharged_at, 3, Stage.DISCHARGED))
+    if not steps:
+        return Stage.COMMUNITY, None
+    at, _, stage = max(steps, key=lambda s: (s[0], -s[1]))
+    if stage is Stage.HOME_CARE:
+        at = min(open_care)
+    elif stage is Stage.REFERRED:
+        at = min(open_refs)
+    return stage, at
 
 
 def _place(facts: Facts) -> tuple[str | None, str | None, str | None]:

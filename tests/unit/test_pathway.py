@@ -923,3 +923,60 @@ def test_a_live_encounter_through_its_versions() -> None:
     # The same three versions in reverse: the newest wins, the older ones are ignored.
     again, _ = run([ev for r in (v3, v2, v1) for ev in patient_events(map_resource(r))])
     assert again.facts == state.facts
+
+
+MORE_FOLLOW_UP_CASES: list[tuple[str, list[PatientEvent], datetime, list[str], Stage]] = [
+    (
+        "home care that goes on through the stay",
+        seq(home_care("hc", d(-30)), stay("s1", h(0), d(2))),
+        d(10),
+        [],
+        Stage.HOME_CARE,
+    ),
+    (
+        "a follow-up booked during the stay",
+        seq(stay("s1", h(0)), appointment("a1", d(1), d(12)), stay("s1", h(0), d(2), v="2")),
+        d(10),
+        [],
+        Stage.DISCHARGED,
+    ),
+    (
+        "an appointment kept after the discharge, booked before it",
+        seq(
+            stay("s1", h(0)),
+            appointment("a1", d(1), d(5), status="fulfilled"),
+            stay("s1", h(0), d(2), v="2"),
+        ),
+        d(10),
+        [],
+        Stage.FOLLOWED_UP,
+    ),
+    (
+        "a transfer to another hospital is no readmission",
+        seq(stay("s1", h(0), d(2), disposition="hosp"), stay("s2", d(2) + timedelta(hours=1))),
+        d(3),
+        [],
+        Stage.ADMITTED,
+    ),
+    (
+        "a referral while in home care",
+        seq(home_care("hc", d(-30)), referral("r1", h(0))),
+        d(3),
+        [],
+        Stage.REFERRED,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("events", "now", "expected", "stage"),
+    [c[1:] for c in MORE_FOLLOW_UP_CASES],
+    ids=[c[0] for c in MORE_FOLLOW_UP_CASES],
+)
+def test_follow_up_readmission_and_stage_details(
+    events: list[PatientEvent], now: datetime, expected: list[str], stage: Stage
+) -> None:
+    state, out = run(events)
+    state, more = check_timers(state, now)
+    assert sorted(raised([*out, *more])) == expected
+    assert state.stage is stage

@@ -424,6 +424,26 @@ def map_encounter(resource: dict[str, Any]) -> list[CanonicalEvent]:
                 )
             )
     else:
+        ed_part = _ed_class_history(resource, start, end)
+        if ed_part is not None:
+            # One Encounter that began as EMER and became IMP (classHistory): its ED part is an
+            # ED visit of the same id, which ends where the stay begins.
+            ed_start, start = ed_part
+            events.append(
+                EdArrived(
+                    patient_id=patient,
+                    at=ed_start,
+                    source=src,
+                    encounter_id=enc_id,
+                    hospital=provider,
+                    based_on=based_on,
+                )
+            )
+            events.append(
+                EdDeparted(
+                    patient_id=patient, at=start, source=src, encounter_id=enc_id, admitted=True
+                )
+            )
         events.extend(_inpatient_events(resource, patient, src, enc_id, start, provider))
         if finished and end is not None:
             events.append(
@@ -434,6 +454,35 @@ def map_encounter(resource: dict[str, Any]) -> list[CanonicalEvent]:
     if disposition == DIED and finished and end is not None:
         events.append(PatientDied(patient_id=patient, at=end, source=src))
     return [recorded, *_numbered(events)]
+
+
+def _ed_class_history(
+    resource: dict[str, Any], start: datetime, end: datetime | None
+) -> tuple[datetime, datetime] | None:
+    """(ED arrival, admission) when `classHistory` shows the encounter was EMER before it became
+    inpatient; None otherwise. The admission is the end of the EMER period, else the start of the
+    first inpatient period after it."""
+    ed_start: datetime | None = None
+    ed_end: datetime | None = None
+    inpatient_starts: list[datetime] = []
+    for i, entry in enumerate(resource.get("classHistory") or []):
+        if not isinstance(entry, dict):
+            raise MappingError(f"Encounter.classHistory[{i}] is not an object")
+        code = (entry.get("class") or {}).get("code")
+        period_start = _time(entry, "period", "start")
+        if code in ED_CLASSES and period_start is not None:
+            ed_start = period_start if ed_start is None else min(ed_start, period_start)
+            period_end = _time(entry, "period", "end")
+            if period_end is not None:
+                ed_end = period_end if ed_end is None else max(ed_end, period_end)
+        elif code in INPATIENT_CLASSES and period_start is not None:
+            inpatient_starts.append(period_start)
+    if ed_start is None:
+        return None
+    admitted = ed_end or min((t for t in inpatient_starts if t >= ed_start), default=None)
+    if admitted is None or admitted < ed_start or (end is not None and admitted > end):
+        return None
+    return ed_start, admitted
 
 
 def _inpatient_events(
@@ -452,7 +501,9 @@ def _inpatient_events(
         else None
     )
     service = _first_code(resource.get("serviceType"))
-    first = moves[0] if moves and moves[0].at <= start else None
+    # The place at admission is the last one entered by then (earlier ones belong to the ED).
+    before = [m for m in moves if m.at <= start]
+    first = before[-1] if before else None
     events: list[PatientEvent] = [
         PatientAdmitted(
             patient_id=patient,
@@ -469,13 +520,12 @@ def _inpatient_events(
         )
     ]
     for move in moves:
-        if move is first:
+        if move.at <= start:
             continue
         events.append(
             PatientTransferred(
                 patient_id=patient,
-                # A location entry cannot start before the stay it belongs to.
-                at=max(move.at, start),
+                at=move.at,
                 source=src,
                 stay_id=enc_id,
                 location=move.location,

@@ -406,3 +406,47 @@ def test_every_synthea_entry_maps_and_the_counts_match_the_files(shared_data: Pa
         if isinstance(ev, PatientEvent):
             assert ev.at.tzinfo is not None
             assert 1 <= ev.part <= ev.parts
+
+
+def test_an_encounter_that_became_inpatient_keeps_its_ed_part() -> None:
+    resource = load("encounter_imp_transfers")
+    resource["period"]["start"] = "2026-01-12T08:15:00+01:00"
+    resource["classHistory"] = [
+        {
+            "class": {"code": "EMER"},
+            "period": {"start": "2026-01-12T08:15:00+01:00", "end": "2026-01-12T11:40:00+01:00"},
+        },
+        {"class": {"code": "IMP"}, "period": {"start": "2026-01-12T11:40:00+01:00"}},
+    ]
+    resource["location"].insert(
+        0,
+        {
+            "location": {"reference": "Location/ed-box-3"},
+            "status": "completed",
+            "period": {"start": "2026-01-12T08:15:00+01:00", "end": "2026-01-12T11:40:00+01:00"},
+        },
+    )
+    events = patient_events(map_resource(resource))
+    assert kinds(events) == [
+        "EdArrived",
+        "EdDeparted",
+        "PatientAdmitted",
+        "PatientTransferred",
+        "PatientDischarged",
+    ]
+    arrived, departed, admitted = events[:3]
+    assert isinstance(arrived, EdArrived) and isinstance(departed, EdDeparted)
+    assert isinstance(admitted, PatientAdmitted)
+    assert arrived.at == utc("2026-01-12T07:15:00+00:00")
+    assert departed.at == admitted.at == utc("2026-01-12T10:40:00+00:00")
+    assert departed.admitted is True
+    # The ED box is the ED's place, not the stay's.
+    assert (admitted.ward, admitted.bed) == ("ward-cardio", "bed-cardio-12")
+
+
+def test_class_history_without_an_ed_part_changes_nothing() -> None:
+    resource = load("encounter_imp_transfers")
+    resource["classHistory"] = [
+        {"class": {"code": "IMP"}, "period": {"start": "2026-01-12T11:40:00+01:00"}}
+    ]
+    assert kinds(patient_events(map_resource(resource)))[0] == "PatientAdmitted"

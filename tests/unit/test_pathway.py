@@ -980,3 +980,32 @@ def test_follow_up_readmission_and_stage_details(
     state, more = check_timers(state, now)
     assert sorted(raised([*out, *more])) == expected
     assert state.stage is stage
+
+
+def test_an_ed_encounter_that_becomes_a_stay() -> None:
+    emer = json.loads((FIXTURES / "encounter_emer.json").read_text())
+    emer["status"] = "in-progress"
+    del emer["period"]["end"]
+    imp = json.loads(json.dumps(emer))
+    imp["meta"] = {"versionId": "2"}
+    imp["class"] = {"code": "IMP"}
+    imp["classHistory"] = [
+        {
+            "class": {"code": "EMER"},
+            "period": {"start": emer["period"]["start"], "end": "2026-01-12T13:00:00+01:00"},
+        },
+        {"class": {"code": "IMP"}, "period": {"start": "2026-01-12T13:00:00+01:00"}},
+    ]
+    state, _ = run(patient_events(map_resource(emer)))
+    assert state.stage is Stage.IN_ED
+    state, out = run(patient_events(map_resource(imp)), state)
+    assert state.stage is Stage.ADMITTED
+    [visit_ed] = state.facts.ed_visits
+    [s1] = state.stays
+    assert (visit_ed.encounter_id, visit_ed.stay_id, visit_ed.admitted) == (
+        "enc-emer-1",
+        "enc-emer-1",
+        True,
+    )
+    assert visit_ed.departed_at == s1.admitted_at == datetime(2026, 1, 12, 12, 0, tzinfo=UTC)
+    assert not any(isinstance(o, RecordRemoved) for o in out)

@@ -122,9 +122,27 @@ def census_alert_message(row: Mapping[str, Any]) -> dict[str, Any]:
 class BatchProcessor:
     """The body of the agent, without Faust: it runs in a worker thread, one batch at a time."""
 
+    CACHE_LIMIT = 200_000
+
     def __init__(self, sink: SqlSink, rules: PathwayRules) -> None:
         self.sink = sink
         self.rules = rules
+        # patient → (the table value, its decoded state). Decoding a state costs more than the
+        # transitions of a batch, so a value this worker wrote itself is not decoded again.
+        self._decoded: dict[str, tuple[Mapping[str, Any], PatientState]] = {}
+
+    def _state(self, pid: str, stored: Mapping[str, Any] | None) -> PatientState | None:
+        if not stored:
+            return None
+        cached = self._decoded.get(pid)
+        if cached is not None and cached[0] is stored:
+            return cached[1]
+        return PatientState.from_dict(stored)
+
+    def _remember(self, pid: str, value: Mapping[str, Any], state: PatientState) -> None:
+        if len(self._decoded) >= self.CACHE_LIMIT:
+            self._decoded.clear()
+        self._decoded[pid] = (value, state)
 
     def process(
         self,
@@ -153,8 +171,7 @@ class BatchProcessor:
                 elif isinstance(ev, EncounterRecorded):
                     batch.encounters.append(ev)
         for pid, patient_events in per_patient.items():
-            stored = get_state(pid)
-            before = PatientState.from_dict(stored) if stored else None
+            before = self._state(pid, get_state(pid))
             state = before
             alert_outs: list[AlertRaised | AlertResolved] = []
             for pev in patient_events:
@@ -165,6 +182,7 @@ class BatchProcessor:
             rows = patient_rows(state, alert_outs)
             batch.patients.append(rows)
             outcome.states[pid] = (partition_of[pid], rows.state)
+            self._remember(pid, rows.state, state)
             outcome.alerts.extend((pid.encode(), alert_message(o)) for o in alert_outs)
         result = self._write(batch, raw_of, outcome)
         outcome.rows = result.rows
@@ -180,7 +198,9 @@ class BatchProcessor:
         outcome = BatchOutcome()
         batch = SinkBatch()
         for pid, stored in states:
-            state = PatientState.from_dict(stored)
+            state = self._state(pid, stored)
+            if state is None:
+                continue
             new, outputs = check_timers(state, now, self.rules)
             alert_outs = [o for o in outputs if isinstance(o, AlertRaised | AlertResolved)]
             if not alert_outs:
@@ -188,6 +208,7 @@ class BatchProcessor:
             rows = patient_rows(new, alert_outs)
             batch.patients.append(rows)
             outcome.states[pid] = (partition_for(pid, partitions), rows.state)
+            self._remember(pid, rows.state, new)
             outcome.alerts.extend((pid.encode(), alert_message(o)) for o in alert_outs)
         if batch.patients:
             outcome.rows = self._write(batch, {}, outcome).rows

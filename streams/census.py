@@ -291,6 +291,7 @@ def hourly_census(
             counts[(unit, hour)][what] += 1
 
     limit = floor_hour(watermark) if watermark is not None else last
+    steps: dict[Unit, dict[datetime, int]] = defaultdict(lambda: defaultdict(int))
     for stay in _by_stay(periods):
         for level in LEVELS:
             segs = _segments(stay, hierarchy, level)
@@ -304,16 +305,33 @@ def hourly_census(
                     bump(unit, end, "discharges")
                 if unit is None:
                     continue
-                # Present at hour H when start <= H < end.
+                # Present at hour H when start <= H < end: +1 from the first such hour, -1 after
+                # the last one; the sweep below turns these steps into hourly occupancy.
                 hour = floor_hour(start)
                 if hour < start:
                     hour += HOUR
                 hour = max(hour, first)
-                stop = min(last, limit) if end is None else min(last, floor_hour(end))
-                while hour <= stop:
-                    if end is None or hour < end:
-                        counts[(unit, hour)]["occupancy"] += 1
-                    hour += HOUR
+                if end is None:
+                    stop = min(last, limit)
+                else:
+                    stop = floor_hour(end)
+                    if stop == end:
+                        stop -= HOUR
+                    stop = min(last, stop)
+                if hour <= stop:
+                    steps[unit][hour] += 1
+                    steps[unit][stop + HOUR] -= 1
+    for unit, deltas in steps.items():
+        present = 0
+        marks = sorted(deltas.items())
+        for i, (at, delta) in enumerate(marks):
+            present += delta
+            if present <= 0 or i + 1 == len(marks):
+                continue
+            hour = at
+            while hour < marks[i + 1][0]:
+                counts[(unit, hour)]["occupancy"] = present
+                hour += HOUR
     for arrival in ed_arrivals:
         units = hierarchy.units_of(arrival.hospital_id, arrival.ward_id)
         for level in LEVELS:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, Table, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import JSON, Engine, Table, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from parcours.db import upsert
@@ -136,6 +136,51 @@ def encounter_rows(events: Sequence[CanonicalEvent]) -> list[dict[str, Any]]:
                 "source_version": ev.source.version,
             }
     return list(rows.values())
+
+
+def bulk_write(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    key: Sequence[str] | None = None,
+    update: Iterable[str] | None = None,
+) -> None:
+    """Insert `rows` (or upsert them on `key`) in as few round trips as possible.
+
+    On PostgreSQL this is psycopg2's `execute_values` (one multi-row statement per 1000 rows,
+    several times faster than an executemany here); elsewhere `parcours.db.upsert`/insert.
+    """
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg2":
+        if key is None:
+            conn.execute(table.insert(), list(rows))
+        else:
+            upsert(conn, table, rows, key=key, update=update)
+        return
+    from psycopg2.extras import Json, execute_values
+
+    cols = [c for c in table.columns if c.name in rows[0]]
+    json_cols = {c.name for c in cols if isinstance(c.type, JSON)}
+    names = ", ".join(f'"{c.name}"' for c in cols)
+    sql = f'INSERT INTO "{table.name}" ({names}) VALUES %s'
+    if key is not None:
+        keys = list(key)
+        sets = list(update) if update is not None else [c.name for c in cols if c.name not in keys]
+        conflict = ", ".join(f'"{k}"' for k in keys)
+        if sets:
+            assignments = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in sets)
+            sql += f" ON CONFLICT ({conflict}) DO UPDATE SET {assignments}"
+        else:
+            sql += f" ON CONFLICT ({conflict}) DO NOTHING"
+    values = [
+        tuple(Json(r[c.name]) if c.name in json_cols else r[c.name] for c in cols) for r in rows
+    ]
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        execute_values(cursor, sql, values, page_size=1000)
+    finally:
+        cursor.close()
 
 
 def place_of(row: Mapping[str, Any]) -> Place:
@@ -250,7 +295,7 @@ class SqlSink:
 
         enc = encounter_rows(batch.encounters)
         if enc:
-            upsert(conn, _t(EncounterRow), enc, key=["encounter_id"])
+            bulk_write(conn, _t(EncounterRow), enc, key=["encounter_id"])
             result.rows += len(enc)
 
         patients = {p.patient_id: p for p in batch.patients}
@@ -286,7 +331,7 @@ class SqlSink:
         rows = {ev.location_id: location_row(ev) for ev in locations}
         old = self.hierarchy
         changed = [lid for lid, row in rows.items() if old.places.get(lid) != place_of(row)]
-        upsert(conn, _t(LocationRow), list(rows.values()), key=["location_id"])
+        bulk_write(conn, _t(LocationRow), list(rows.values()), key=["location_id"])
         result.rows += len(rows)
         if not changed:
             return old
@@ -392,10 +437,10 @@ class SqlSink:
             table = _t(model)
             conn.execute(delete(table).where(table.c.patient_id.in_(ids)))
             if rows:
-                conn.execute(table.insert(), rows)
-        upsert(conn, _t(PathwayStateRow), states, key=["patient_id"])
+                bulk_write(conn, table, rows)
+        bulk_write(conn, _t(PathwayStateRow), states, key=["patient_id"])
         if alerts:
-            upsert(conn, _t(AlertRow), alerts, key=["alert_id"], update=ALERT_COLUMNS)
+            bulk_write(conn, _t(AlertRow), alerts, key=["alert_id"], update=ALERT_COLUMNS)
         if resolutions:
             al = _t(AlertRow)
             conn.execute(
@@ -480,8 +525,9 @@ class SqlSink:
                 )
             )
             if counts:
-                conn.execute(
-                    ch.insert(),
+                bulk_write(
+                    conn,
+                    ch,
                     [
                         {
                             "unit_type": c.unit.unit_type,
@@ -544,7 +590,7 @@ class SqlSink:
         ]
         conn.execute(delete(occ).where(occ.c.hospital_id == hospital))
         if rows:
-            conn.execute(occ.insert(), rows)
+            bulk_write(conn, occ, rows)
         return len(rows)
 
     def _capacity_alerts(
@@ -615,6 +661,6 @@ class SqlSink:
             if existing:
                 conn.execute(delete(al).where(al.c.alert_id.in_(sorted(existing))))
             if rows:
-                upsert(conn, al, rows, key=["alert_id"], update=ALERT_COLUMNS)
+                bulk_write(conn, al, rows, key=["alert_id"], update=ALERT_COLUMNS)
             written += len(rows)
         return written

@@ -26,6 +26,7 @@ timer tick the active set is recomputed and the difference comes out as `AlertRa
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import types
@@ -190,6 +191,8 @@ class EdVisit:
     admitted: bool = False
     stay_id: str | None = None
     disposition: str | None = None
+    # What the ED said (EdDeparted.admitted); `admitted` also counts a stay that followed.
+    reported_admitted: bool = False
 
     @property
     def is_open(self) -> bool:
@@ -648,25 +651,6 @@ def _close_stay(stay: Stay, at: datetime, ended_by: str, disposition: str | None
     _normalise_spells(stay)
 
 
-def _hospital_contact(facts: Facts, at: datetime, contact_id: str, based_on: str | None) -> None:
-    """A hospital contact answers the open referrals sent before it (or the one it is based on)."""
-    for ref in facts.referrals:
-        if ref.contact_at is not None:
-            continue
-        if ref.referral_id == based_on or (
-            ref.status in REFERRAL_OPEN_STATUSES and ref.sent_at <= at
-        ):
-            ref.contact_at, ref.contact_id = at, contact_id
-
-
-def _community_contact(facts: Facts, at: datetime) -> None:
-    """A community contact follows up the latest stay discharged before it."""
-    discharged = [s for s in facts.stays if s.discharged_at is not None and s.discharged_at <= at]
-    last = max(discharged, key=lambda s: s.discharged_at or at, default=None)
-    if last is not None and last.followed_up_at is None and last.ended_by != "death":
-        last.followed_up_at = at
-
-
 def _one_open_stay(facts: Facts) -> None:
     """A patient is in one stay at a time: a later admission ends any stay still open."""
     open_stays = facts.open_stays()
@@ -677,30 +661,10 @@ def _one_open_stay(facts: Facts) -> None:
                 _close_stay(other, latest.admitted_at, "next_admission", None)
 
 
-def _admit(facts: Facts, ev: PatientAdmitted, rules: PathwayRules) -> None:
+def _admit(facts: Facts, ev: PatientAdmitted) -> None:
     stay = _find(facts.stays, "stay_id", ev.stay_id)
     if stay is None:
-        previous = max(
-            (
-                s
-                for s in facts.stays
-                if s.discharged_at is not None
-                and s.discharged_at <= ev.at
-                and s.ended_by == "discharge"
-                and s.disposition != "exp"
-            ),
-            key=lambda s: s.discharged_at or ev.at,
-            default=None,
-        )
         stay = Stay(stay_id=ev.stay_id, admitted_at=ev.at)
-        if (
-            previous is not None
-            and previous.discharged_at is not None
-            # A discharge to another hospital followed by an admission is a transfer.
-            and previous.disposition not in TRANSFER_DISPOSITIONS
-            and ev.at - previous.discharged_at <= rules.readmission
-        ):
-            stay.readmission_of = previous.stay_id
         facts.stays.append(stay)
     else:
         # An admission event comes with the whole new version of its stay, which says again how
@@ -714,21 +678,11 @@ def _admit(facts: Facts, ev: PatientAdmitted, rules: PathwayRules) -> None:
     stay.admit_source = ev.admit_source
     stay.from_ed_encounter = ev.from_ed_encounter
     stay.based_on = ev.based_on
-    first = LocationSpell(start=ev.at, location=ev.bed or ev.ward, ward=ev.ward, bed=ev.bed)
-    stay.locations = [s for s in stay.locations if s.start != ev.at]
-    stay.locations.append(first)
+    stay.locations.append(
+        LocationSpell(start=ev.at, location=ev.bed or ev.ward, ward=ev.ward, bed=ev.bed)
+    )
     _normalise_spells(stay)
     _one_open_stay(facts)
-    for visit in facts.ed_visits:
-        linked = visit.encounter_id == ev.from_ed_encounter
-        during = (
-            visit.stay_id is None
-            and visit.arrived_at <= ev.at
-            and (visit.departed_at is None or ev.at <= visit.departed_at + rules.ed_admission_link)
-        )
-        if linked or during:
-            visit.admitted, visit.stay_id = True, ev.stay_id
-    _hospital_contact(facts, ev.at, ev.stay_id, ev.based_on)
 
 
 def _transfer(facts: Facts, ev: PatientTransferred) -> bool:
@@ -754,37 +708,7 @@ def _discharge(facts: Facts, ev: PatientDischarged) -> bool:
     # The stay's own discharge wins over an end a death or the next admission implied.
     _close_stay(stay, ev.at, "discharge", ev.disposition)
     stay.disposition = ev.disposition
-    if stay.followed_up_at is not None and stay.followed_up_at < ev.at:
-        stay.followed_up_at = None
-    if stay.followed_up_at is None:
-        # Home care that goes on after the discharge, or an appointment already kept after it,
-        # is the community follow-up.
-        if any(
-            e.started_at <= ev.at and (e.ended_at is None or e.ended_at > ev.at)
-            for e in facts.home_care
-        ):
-            stay.followed_up_at = ev.at
-        else:
-            kept = [
-                a.start
-                for a in facts.appointments
-                if a.status == "fulfilled" and a.start is not None and a.start >= ev.at
-            ]
-            stay.followed_up_at = min(kept, default=None)
     return True
-
-
-def _died(facts: Facts, ev: PatientDied) -> None:
-    facts.died_at = ev.at if facts.died_at is None else min(facts.died_at, ev.at)
-    for stay in facts.open_stays():
-        if stay.admitted_at <= ev.at:
-            _close_stay(stay, ev.at, "death", "exp")
-    for visit in facts.ed_visits:
-        if visit.is_open and visit.arrived_at <= ev.at:
-            visit.departed_at = ev.at
-    for episode in facts.home_care:
-        if episode.is_open and episode.started_at <= ev.at:
-            episode.ended_at = ev.at
 
 
 def _retract(facts: Facts, ev: ResourceRetracted) -> None:
@@ -793,17 +717,15 @@ def _retract(facts: Facts, ev: ResourceRetracted) -> None:
         attr, id_attr = RECORD_LISTS[kind]
         items = getattr(facts, attr)
         setattr(facts, attr, [r for r in items if getattr(r, id_attr) != rid])
-    for visit in facts.ed_visits:
-        if visit.stay_id == rid:
-            visit.stay_id, visit.admitted = None, False
-    for ref in facts.referrals:
-        if ref.contact_id == rid:
-            ref.contact_at = ref.contact_id = None
 
 
-def fold(facts: Facts, ev: PatientEvent, rules: PathwayRules = DEFAULT_RULES) -> bool:
-    """Apply one event to `facts` in place. False when the event could not apply (e.g. a
-    transfer after the discharge of its stay, a discharge of an unknown stay)."""
+def fold(facts: Facts, ev: PatientEvent) -> bool:
+    """Apply one event to the records of `facts`, in place. False when the event could not
+    apply (a transfer after the discharge of its stay, a discharge of an unknown stay…).
+
+    Links between records (ED visit → stay, referral → contact, stay → follow-up, readmission)
+    are not made here but by `settle`, from all the records, so they do not depend on the
+    order the records were folded in."""
     if isinstance(ev, ReferralSent):
         ref = _find(facts.referrals, "referral_id", ev.referral_id)
         if ref is None:
@@ -811,8 +733,6 @@ def fold(facts: Facts, ev: PatientEvent, rules: PathwayRules = DEFAULT_RULES) ->
             facts.referrals.append(ref)
         ref.sent_at, ref.status = ev.at, ev.status
         ref.requester, ref.performer = ev.requester, ev.performer
-        # A community practitioner who writes a referral has seen the patient.
-        _community_contact(facts, ev.at)
     elif isinstance(ev, AppointmentBooked):
         appt = _find(facts.appointments, "appointment_id", ev.appointment_id)
         if appt is None:
@@ -820,10 +740,6 @@ def fold(facts: Facts, ev: PatientEvent, rules: PathwayRules = DEFAULT_RULES) ->
             facts.appointments.append(appt)
         appt.booked_at, appt.start, appt.status = ev.at, ev.start, ev.status
         appt.based_on = ev.based_on
-        if ev.status == "fulfilled" and ev.start is not None:
-            _community_contact(facts, ev.start)
-            if ev.based_on is not None:
-                _hospital_contact(facts, ev.start, ev.appointment_id, ev.based_on)
     elif isinstance(ev, CommunityVisited):
         visit = _find(facts.community_visits, "encounter_id", ev.encounter_id)
         if visit is None:
@@ -831,16 +747,12 @@ def fold(facts: Facts, ev: PatientEvent, rules: PathwayRules = DEFAULT_RULES) ->
             facts.community_visits.append(visit)
         visit.start, visit.class_code, visit.end = ev.at, ev.class_code, ev.end
         visit.provider, visit.based_on = ev.provider, ev.based_on
-        _community_contact(facts, ev.at)
-        if ev.based_on is not None:
-            _hospital_contact(facts, ev.at, ev.encounter_id, ev.based_on)
     elif isinstance(ev, HomeCareStarted):
         episode = _find(facts.home_care, "episode_id", ev.episode_id)
         if episode is None:
             episode = HomeCare(episode_id=ev.episode_id, started_at=ev.at)
             facts.home_care.append(episode)
         episode.started_at, episode.care_type = ev.at, ev.care_type
-        _community_contact(facts, ev.at)
     elif isinstance(ev, HomeCareEnded):
         episode = _find(facts.home_care, "episode_id", ev.episode_id)
         if episode is None:
@@ -853,30 +765,128 @@ def fold(facts: Facts, ev: PatientEvent, rules: PathwayRules = DEFAULT_RULES) ->
             facts.ed_visits.append(visit)
         visit.arrived_at, visit.hospital, visit.ward = ev.at, ev.hospital, ev.ward
         visit.based_on = ev.based_on
-        for stay in facts.stays:
-            if stay.from_ed_encounter == ev.encounter_id:
-                visit.admitted, visit.stay_id = True, stay.stay_id
-        _hospital_contact(facts, ev.at, ev.encounter_id, ev.based_on)
     elif isinstance(ev, EdDeparted):
         visit = _find(facts.ed_visits, "encounter_id", ev.encounter_id)
         if visit is None or ev.at < visit.arrived_at:
             return False
         visit.departed_at = ev.at
-        visit.admitted = visit.admitted or ev.admitted
+        visit.reported_admitted = ev.admitted
         visit.disposition = ev.disposition
     elif isinstance(ev, PatientAdmitted):
-        _admit(facts, ev, rules)
+        _admit(facts, ev)
     elif isinstance(ev, PatientTransferred):
         return _transfer(facts, ev)
     elif isinstance(ev, PatientDischarged):
         return _discharge(facts, ev)
     elif isinstance(ev, PatientDied):
-        _died(facts, ev)
+        facts.died_at = ev.at if facts.died_at is None else min(facts.died_at, ev.at)
     elif isinstance(ev, ResourceRetracted):
         _retract(facts, ev)
     else:
         return False
     return True
+
+
+def settle(facts: Facts, rules: PathwayRules = DEFAULT_RULES) -> None:
+    """Derive, in place, what follows from the records as a whole: what a death ended, which
+    stay each ED visit led to, each referral's first hospital contact, each discharge's first
+    community contact, and which stays are readmissions."""
+    died = facts.died_at
+    if died is not None:
+        for stay in facts.open_stays():
+            if stay.admitted_at <= died:
+                _close_stay(stay, died, "death", "exp")
+        for visit in facts.ed_visits:
+            if visit.is_open and visit.arrived_at <= died:
+                visit.departed_at = died
+        for episode in facts.home_care:
+            if episode.is_open and episode.started_at <= died:
+                episode.ended_at = died
+
+    stays = sorted(facts.stays, key=lambda s: (s.admitted_at, s.stay_id))
+    named = {s.from_ed_encounter: s for s in stays if s.from_ed_encounter}
+    claimed: set[str] = set()
+    for visit in sorted(facts.ed_visits, key=lambda v: (v.arrived_at, v.encounter_id)):
+        led_to: Stay | None = named.get(visit.encounter_id)
+        if led_to is None:
+            limit = (
+                None if visit.departed_at is None else visit.departed_at + rules.ed_admission_link
+            )
+            led_to = next(
+                (
+                    s
+                    for s in stays
+                    if s.admitted_at >= visit.arrived_at
+                    and (limit is None or s.admitted_at <= limit)
+                    and s.stay_id not in claimed
+                    and s.from_ed_encounter is None
+                ),
+                None,
+            )
+        visit.stay_id = led_to.stay_id if led_to is not None else None
+        visit.admitted = visit.reported_admitted or led_to is not None
+        if led_to is not None:
+            claimed.add(led_to.stay_id)
+
+    # A hospital contact: an ED arrival, an admission, or anything that answers a referral.
+    hospital: list[tuple[datetime, str, str | None]] = sorted(
+        [(v.arrived_at, v.encounter_id, v.based_on) for v in facts.ed_visits]
+        + [(s.admitted_at, s.stay_id, s.based_on) for s in facts.stays]
+        + [(v.start, v.encounter_id, v.based_on) for v in facts.community_visits if v.based_on]
+        + [
+            (a.start, a.appointment_id, a.based_on)
+            for a in facts.appointments
+            if a.based_on and a.status == "fulfilled" and a.start is not None
+        ]
+    )
+    for ref in facts.referrals:
+        answer = next((c for c in hospital if c[2] == ref.referral_id or c[0] >= ref.sent_at), None)
+        ref.contact_at, ref.contact_id = (answer[0], answer[1]) if answer else (None, None)
+
+    # A community contact: a visit, a referral written (the GP saw the patient), home care
+    # starting, an appointment kept.
+    community = sorted(
+        [v.start for v in facts.community_visits]
+        + [r.sent_at for r in facts.referrals]
+        + [e.started_at for e in facts.home_care]
+        + [a.start for a in facts.appointments if a.status == "fulfilled" and a.start is not None]
+    )
+    for stay in stays:
+        stay.followed_up_at = None
+        end = stay.discharged_at
+        if end is None or stay.ended_by != "discharge":
+            continue
+        if any(
+            e.started_at <= end and (e.ended_at is None or e.ended_at > end)
+            for e in facts.home_care
+        ):
+            # Home care that goes on after the discharge is the follow-up.
+            stay.followed_up_at = end
+            continue
+        i = bisect.bisect_left(community, end)
+        stay.followed_up_at = community[i] if i < len(community) else None
+
+    discharges = sorted(
+        (s.discharged_at, s.stay_id, s)
+        for s in stays
+        if s.discharged_at is not None and s.ended_by == "discharge" and s.disposition != "exp"
+    )
+    ends = [d[0] for d in discharges]
+    for stay in stays:
+        stay.readmission_of = None
+        i = bisect.bisect_right(ends, stay.admitted_at) - 1
+        while i >= 0 and discharges[i][2] is stay:
+            i -= 1
+        if i < 0:
+            continue
+        previous = discharges[i][2]
+        if (
+            previous.discharged_at is not None
+            # A discharge to another hospital followed by an admission is a transfer.
+            and previous.disposition not in TRANSFER_DISPOSITIONS
+            and stay.admitted_at - previous.discharged_at <= rules.readmission
+        ):
+            stay.readmission_of = previous.stay_id
 
 
 def _trim(facts: Facts, rules: PathwayRules) -> None:
@@ -920,8 +930,9 @@ def replay(
     """The facts that `log` (sorted) folds to over a copy of `base`, and the events that did
     not apply."""
     facts = copy_facts(base)
-    rejected = [ev for ev in log if not fold(facts, ev, rules)]
+    rejected = [ev for ev in log if not fold(facts, ev)]
     _trim(facts, rules)
+    settle(facts, rules)
     return facts, rejected
 
 
@@ -1266,8 +1277,9 @@ def transition(
         # In order and new: folding onto the current facts is what a replay would give.
         log = [*state.log, *new_events]
         facts = copy_facts(state.facts)
-        rejected = [ev for ev in new_events if not fold(facts, ev, rules)]
+        rejected = [ev for ev in new_events if not fold(facts, ev)]
         _trim(facts, rules)
+        settle(facts, rules)
     else:
         log = sorted(
             [ev for ev in state.log if _resource_key(ev.source) != key]

@@ -240,7 +240,12 @@ EPISODES = [
     pytest.param([(0, 5), (1, 3)], 2, None, [], False, id="never above"),
     pytest.param([(0, 5), (1, 3), (2, 4)], 2, None, [(2, 3, 3)], False, id="one episode"),
     pytest.param(
-        [(0, 5), (1, 3), (3, None), (4, None)], 1, None, [(1, None, 3)], False, id="still above: open"
+        [(0, 5), (1, 3), (3, None), (4, None)],
+        1,
+        None,
+        [(1, None, 3)],
+        False,
+        id="still above: open",
     ),
     pytest.param(
         [(0, 2), (2, 4), (1, 3)], 1, None, [(1, 3, 2)], False, id="leave and arrive at once"

@@ -292,3 +292,23 @@ def test_the_facts_do_not_depend_on_the_arrival_order(
     got_alerts, _ = check_timers(got, later, rules)
     expected_alerts, _ = check_timers(expected, later, rules)
     assert got_alerts.alerts.keys() == expected_alerts.alerts.keys()
+
+
+@SETTINGS
+@given(versions=st.lists(resource_version(), min_size=1, max_size=10))
+def test_compacting_history_changes_nothing_for_a_feed_in_order(
+    versions: list[list[PatientEvent]],
+) -> None:
+    events = sorted(
+        [ev for group in _latest_versions(_one_content_per_version(versions)) for ev in group],
+        key=lambda ev: (ev.at, ev.source.resource_id, ev.part),
+    )
+    kept = _run(events, PathwayRules())
+    compacted = _run(events, PathwayRules(history_horizon=timedelta(days=3)))
+    assert kept is not None and compacted is not None
+    assert compacted.facts == kept.facts
+    assert (compacted.stage, compacted.bed, compacted.alerts.keys()) == (
+        kept.stage,
+        kept.bed,
+        kept.alerts.keys(),
+    )

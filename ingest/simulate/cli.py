@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from types import FrameType
@@ -61,16 +62,31 @@ def simulate(
         int | None, typer.Option(help="Days simulated before the start, not emitted.")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Resources per gateway Bundle.")] = 200,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Annotated[
+        bool | None, typer.Option(help="Show a progress bar (default: when stderr is a terminal).")
+    ] = None,
+    print_territory: Annotated[
+        bool,
+        typer.Option(
+            "--print-territory", help="Print the territory (YAML, defaults filled in) and exit."
+        ),
+    ] = False,
 ) -> None:
     """Simulate a territory's FHIR traffic: backfill N days to NDJSON or Kafka, or push to the
     gateway in real time (--speed) or as fast as possible. Ends with a summary (JSON)."""
     from ingest.simulate.run import run_simulation
     from ingest.simulate.sinks import GatewaySink, KafkaSink, NdjsonSink, Sink
-    from ingest.simulate.territory import load_territory
+    from ingest.simulate.territory import load_territory, territory_yaml
     from parcours.cli import load_settings
     from parcours.topics import Topics, ensure_topics
 
+    if print_territory:
+        try:
+            typer.echo(territory_yaml(load_territory(territory)), nl=False)
+        except (SimulationError, OSError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        return
     settings = load_settings()
     chosen = [x for x in (out is not None, kafka, gateway is not None) if x]
     if len(chosen) != 1:
@@ -124,7 +140,7 @@ def simulate(
             speed=speed,
             truth_dir=truth,
             warmup_days=warmup_days,
-            progress=progress,
+            progress=sys.stderr.isatty() if progress is None else progress,
             stop=lambda: stopping,
         )
     except SimulationError as exc:

@@ -421,3 +421,57 @@ def load_territory(path: Path | None) -> Territory:
     if not isinstance(data, dict):
         raise SimulationError(f"{path} must hold a mapping at the top level")
     return territory_from_dict(data)
+
+
+def territory_to_dict(territory: Territory) -> dict[str, Any]:
+    """Plain data that `territory_from_dict` reads back into the same Territory."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, Mapping):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {
+        "name": territory.name,
+        "timezone": territory.timezone,
+        "country": territory.country,
+        "warmup_days": territory.warmup_days,
+        "services": [
+            {f.name: plain(getattr(svc, f.name)) for f in fields(svc)}
+            for svc in territory.services.values()
+        ],
+        "establishments": [
+            {
+                "id": est.id,
+                "name": est.name,
+                "finess": est.finess,
+                "kind": est.kind,
+                "city": est.city,
+                "ed_daily_arrivals": est.ed_daily_arrivals,
+                "wards": [
+                    {"id": w.id, "name": w.name, "service": w.service, "beds": w.beds}
+                    for w in est.wards
+                ],
+            }
+            for est in territory.establishments
+        ],
+        **{
+            name: {f.name: plain(getattr(section, f.name)) for f in fields(section)}
+            for name, section in (
+                ("community", territory.community),
+                ("ed", territory.ed),
+                ("surge", territory.surge),
+                ("flows", territory.flows),
+                ("imperfections", territory.imperfections),
+            )
+        },
+    }
+
+
+def territory_yaml(territory: Territory) -> str:
+    """The territory as a YAML file (every default written out), a starting point to edit."""
+    return yaml.safe_dump(
+        territory_to_dict(territory), allow_unicode=True, sort_keys=False, width=100
+    )

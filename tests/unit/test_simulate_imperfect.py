@@ -220,3 +220,30 @@ def test_territory_rejects_unknown_keys_and_services() -> None:
                 ]
             }
         )
+
+
+def test_territory_yaml_round_trips_with_every_default_written_out() -> None:
+    import yaml
+
+    from ingest.simulate.territory import default_territory, territory_yaml
+
+    default = default_territory()
+    text = territory_yaml(default)
+    assert "followup_missing_share: 0.2" in text and "chu-dijon-rea" in text
+    assert territory_from_dict(yaml.safe_load(text)) == default
+
+
+def test_cli_needs_exactly_one_destination_and_prints_the_territory() -> None:
+    from typer.testing import CliRunner
+
+    from parcours.cli import app
+
+    runner = CliRunner()
+    printed = runner.invoke(app, ["simulate", "--print-territory"])
+    assert printed.exit_code == 0 and printed.stdout.startswith("name: Dijon")
+    both = runner.invoke(app, ["simulate", "--days", "1", "--kafka", "--out", "x"])
+    assert both.exit_code == 2
+    none = runner.invoke(app, ["simulate", "--days", "1"])
+    assert none.exit_code == 2
+    endless = runner.invoke(app, ["simulate", "--out", "x"])
+    assert endless.exit_code == 2

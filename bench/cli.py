@@ -5,3 +5,21 @@ from __future__ import annotations
 import typer
 
 bench_app = typer.Typer(help="Benchmarks (results go to docs/BENCHMARKS.md).", no_args_is_help=True)
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    files: int | None = typer.Option(None, help="Use only the first N Synthea files."),
+    bundle_size: int = typer.Option(100, help="Entries per transaction Bundle."),
+    concurrency: int = typer.Option(2, help="Client threads posting Bundles."),
+    data: str | None = typer.Option(None, help="Shared data folder (default ../shared/data)."),
+    database_url: str | None = typer.Option(None, help="Gateway database (default: temp SQLite)."),
+) -> None:
+    """Validated resources/s through the HTTP gateway vs fhir.resources in process."""
+    import os
+    from pathlib import Path
+
+    from bench.ingest import DEFAULT_DATA, report, run
+
+    folder = Path(data or os.environ.get("PARCOURS_SHARED_DATA") or DEFAULT_DATA)
+    typer.echo(report(run(folder, files, bundle_size, concurrency, database_url)))

@@ -30,7 +30,7 @@ from ingest.outcome import BrokerUnavailable, Issue, Rejection, http_issue, oper
 from ingest.publish import Publisher
 from ingest.responses import capability_statement, location, message_response, response_bundle
 from ingest.service import IngestService
-from ingest.validate import is_resource_type
+from ingest.validate import is_resource_type, warm_up
 from parcours.db import make_engine
 from parcours.settings import Settings
 
@@ -69,7 +69,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # Connect in the background of startup: a broker that is down gives 503s, not a crash.
+        await run_in_threadpool(warm_up)
+        # A broker that is down at startup gives 503s, not a crash.
         try:
             await run_in_threadpool(publisher.producer)
         except BrokerUnavailable as exc:

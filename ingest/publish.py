@@ -25,8 +25,6 @@ from parcours.topics import Topics, ensure_topics
 
 log = logging.getLogger(__name__)
 
-# A broker that acknowledged within this window is taken as up without a probe.
-RECENT_ACK_S = 1.0
 # After a failed connection, requests get 503 at once for this long instead of each waiting.
 RECONNECT_BACKOFF_S = 1.0
 # Dead-letter payloads are cut to stay under Kafka's default 1 MiB message size.
@@ -60,6 +58,7 @@ class Publisher:
         self._producer: KafkaProducer | None = None
         self._admin: KafkaAdminClient | None = None
         self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()
         self._last_failure = 0.0
         self._last_ack = 0.0
 
@@ -76,7 +75,9 @@ class Publisher:
             acks="all",
             retries=2**31 - 1,
             enable_idempotence=True,
+            # Requests publish up to a few hundred records at once: one big batch per partition.
             linger_ms=2,
+            batch_size=1024 * 1024,
             delivery_timeout_ms=timeout_ms,
             request_timeout_ms=max(500, timeout_ms - 100),
             max_block_ms=timeout_ms,
@@ -127,27 +128,30 @@ class Publisher:
                 log.debug("closing the admin client failed", exc_info=True)
 
     def check(self) -> None:
-        """Raise BrokerUnavailable unless the broker answers now.
+        """Raise BrokerUnavailable unless the broker answers a metadata request now.
 
-        Called before a request publishes anything, so that a transaction meets a dead or
-        frozen broker before its first record is sent rather than halfway through.
+        Called before a request publishes anything (about a millisecond on a live broker), so
+        that a request meets a dead or frozen broker before its first record is sent: a record
+        sent to a frozen broker can still be written when it wakes, after the client got its
+        503, and would then be published twice once the client retries.
         """
         self.producer()
-        if time.monotonic() - self._last_ack < RECENT_ACK_S:
-            return
+        if not self._probe_lock.acquire(timeout=self.timeout_s):
+            raise BrokerUnavailable("Kafka did not answer (probe timed out)")
         try:
-            with self._lock:
-                if self._admin is None:
-                    self._admin = KafkaAdminClient(
-                        bootstrap_servers=self.settings.bootstrap,
-                        client_id="parcours-ingest-probe",
-                        request_timeout_ms=int(self.timeout_s * 1000),
-                    )
-                admin = self._admin
-            admin.describe_cluster()
+            if self._admin is None:
+                self._admin = KafkaAdminClient(
+                    bootstrap_servers=self.settings.bootstrap,
+                    client_id="parcours-ingest-probe",
+                    request_timeout_ms=int(self.timeout_s * 1000),
+                    bootstrap_timeout_ms=int(self.timeout_s * 1000),
+                )
+            self._admin.describe_cluster()
         except (KafkaError, OSError, ValueError) as exc:
+            self._probe_lock.release()
             self._discard()
             raise BrokerUnavailable(f"Kafka did not answer: {exc}") from exc
+        self._probe_lock.release()
 
     def publish(self, messages: Sequence[Message]) -> list[Ack | Exception]:
         """Send every message to the raw topic and wait for each ack (acks=all).

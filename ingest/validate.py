@@ -9,7 +9,6 @@ that sends `status: "done"` gets a clear 422 rather than a pathway that never cl
 from __future__ import annotations
 
 import re
-from functools import cache
 from typing import Any
 
 from fhir.resources.R4B import fhirtypes, get_fhir_model_class
@@ -31,6 +30,37 @@ MAPPED_TYPES: tuple[str, ...] = (
     "Observation",
     "Condition",
 )
+
+# Every concrete resource type of the R4B models, listed here because finding them by importing
+# each model takes seconds. tests/unit/test_ingest_validate.py checks it against fhir.resources.
+_RESOURCE_TYPE_NAMES = """
+    Account ActivityDefinition AdministrableProductDefinition AdverseEvent AllergyIntolerance
+    Appointment AppointmentResponse AuditEvent Basic Binary BiologicallyDerivedProduct
+    BodyStructure Bundle CapabilityStatement CarePlan CareTeam CatalogEntry ChargeItem
+    ChargeItemDefinition Citation Claim ClaimResponse ClinicalImpression ClinicalUseDefinition
+    CodeSystem Communication CommunicationRequest CompartmentDefinition Composition ConceptMap
+    Condition Consent Contract Coverage CoverageEligibilityRequest CoverageEligibilityResponse
+    DetectedIssue Device DeviceDefinition DeviceMetric DeviceRequest DeviceUseStatement
+    DiagnosticReport DocumentManifest DocumentReference Encounter Endpoint EnrollmentRequest
+    EnrollmentResponse EpisodeOfCare EventDefinition Evidence EvidenceReport EvidenceVariable
+    ExampleScenario ExplanationOfBenefit FamilyMemberHistory Flag Goal GraphDefinition Group
+    GuidanceResponse HealthcareService ImagingStudy Immunization ImmunizationEvaluation
+    ImmunizationRecommendation ImplementationGuide Ingredient InsurancePlan Invoice Library
+    Linkage List Location ManufacturedItemDefinition Measure MeasureReport Media Medication
+    MedicationAdministration MedicationDispense MedicationKnowledge MedicationRequest
+    MedicationStatement MedicinalProductDefinition MessageDefinition MessageHeader
+    MolecularSequence NamingSystem NutritionOrder NutritionProduct Observation
+    ObservationDefinition OperationDefinition OperationOutcome Organization
+    OrganizationAffiliation PackagedProductDefinition Parameters Patient PaymentNotice
+    PaymentReconciliation Person PlanDefinition Practitioner PractitionerRole Procedure
+    Provenance Questionnaire QuestionnaireResponse RegulatedAuthorization RelatedPerson
+    RequestGroup ResearchDefinition ResearchElementDefinition ResearchStudy ResearchSubject
+    RiskAssessment Schedule SearchParameter ServiceRequest Slot Specimen SpecimenDefinition
+    StructureDefinition StructureMap Subscription SubscriptionStatus SubscriptionTopic Substance
+    SubstanceDefinition SupplyDelivery SupplyRequest Task TerminologyCapabilities TestReport
+    TestScript ValueSet VerificationResult VisionPrescription
+"""
+RESOURCE_TYPES: frozenset[str] = frozenset(_RESOURCE_TYPE_NAMES.split())
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
@@ -104,9 +134,13 @@ CODES: dict[tuple[str, str], frozenset[str]] = {
 }
 
 
-@cache
 def resource_types() -> frozenset[str]:
     """Every concrete resource type the R4B models know (Patient, Encounter, Bundle, …)."""
+    return RESOURCE_TYPES
+
+
+def model_types_from_fhir_resources() -> frozenset[str]:
+    """The same set, found by importing every model (slow: for the test that guards the list)."""
     names: set[str] = set()
     for attr in dir(fhirtypes):
         if not attr.endswith("Type"):
@@ -121,6 +155,12 @@ def resource_types() -> frozenset[str]:
         if isinstance(cls, type) and issubclass(cls, Resource):
             names.add(name)
     return frozenset(names)
+
+
+def warm_up(types: tuple[str, ...] = (*MAPPED_TYPES, "Bundle")) -> None:
+    """Import the models of `types` now, so the first request does not pay for it."""
+    for name in types:
+        get_fhir_model_class(name)
 
 
 def is_resource_type(name: str) -> bool:

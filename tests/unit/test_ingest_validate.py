@@ -11,7 +11,12 @@ from fhir.resources.R4B import get_fhir_model_class
 from ingest.entries import parse_ndjson, prepare_bundle, prepare_resource
 from ingest.outcome import Rejection, outcome_reason
 from ingest.responses import capability_statement
-from ingest.validate import MAPPED_TYPES, resource_types, validate_resource
+from ingest.validate import (
+    MAPPED_TYPES,
+    model_types_from_fhir_resources,
+    resource_types,
+    validate_resource,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fhir"
 
@@ -29,6 +34,7 @@ def encounter(**over: object) -> dict[str, object]:
 
 
 def test_every_mapped_type_is_an_r4_resource_type() -> None:
+    assert resource_types() == model_types_from_fhir_resources()
     assert set(MAPPED_TYPES) <= resource_types()
     assert "HumanName" not in resource_types()
     assert "Bundle" in resource_types()

@@ -1,0 +1,245 @@
+"""`parcours bench ingest`: validated FHIR resources per second through the HTTP gateway.
+
+The peer, measured in the same run on the same resources, is fhir.resources R4B validation in
+this process, in a plain loop: the gateway cannot validate faster than that on one core, so the
+ratio shows what HTTP, JSON, dedupe, SQL and Kafka acks (acks=all) cost on top.
+
+Setup: the Synthea bundles of ../shared/data, their `urn:uuid` references resolved, cut into
+transaction Bundles of 100 entries; a fresh embedded broker, a fresh SQLite file (or
+`--database-url`, which must then hold no ingest_log rows for these resources), and one
+`parcours ingest serve` process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ingest.bundle import resolve_entries
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@dataclass
+class IngestBench:
+    """Figures of one run."""
+
+    resources: int
+    bundles: int
+    in_process_rate: float
+    http_rate: float
+    published: int
+    duplicates: int
+    latency_p50_ms: float
+    latency_p95_ms: float
+    concurrency: int
+    bundle_size: int
+
+    @property
+    def ratio(self) -> float:
+        """HTTP rate over in-process validation rate."""
+        return self.http_rate / self.in_process_rate if self.in_process_rate else 0.0
+
+
+def synthea_resources(data_dir: Path, files: int | None = None) -> list[dict[str, Any]]:
+    """Every resource of the Synthea bundles, with real ids and `Type/id` references."""
+    folder = data_dir / "fhir" / "synthea-r4-2019"
+    paths = sorted(folder.glob("*.json"))[:files]
+    if not paths:
+        raise FileNotFoundError(f"no Synthea bundles in {folder}; set PARCOURS_SHARED_DATA")
+    out: list[dict[str, Any]] = []
+    for path in paths:
+        out.extend(resolve_entries(json.loads(path.read_text())))
+    return out
+
+
+def transaction_bodies(resources: list[dict[str, Any]], size: int) -> list[bytes]:
+    """Transaction Bundles of `size` entries (PUT Type/id), serialised once up front."""
+    bodies = []
+    for start in range(0, len(resources), size):
+        chunk = resources[start : start + size]
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "fullUrl": f"{r['resourceType']}/{r['id']}",
+                    "resource": r,
+                    "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
+                }
+                for r in chunk
+            ],
+        }
+        bodies.append(json.dumps(bundle).encode())
+    return bodies
+
+
+def in_process_rate(resources: list[dict[str, Any]]) -> float:
+    """Resources per second that fhir.resources R4B validates in a plain loop."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    for r in resources[:200]:  # import the models first: that is not validation
+        get_fhir_model_class(r["resourceType"])
+    started = time.perf_counter()
+    for r in resources:
+        get_fhir_model_class(r["resourceType"]).model_validate(r)
+    return len(resources) / (time.perf_counter() - started)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the gateway exited during startup")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("the gateway did not become healthy")
+
+
+def http_rate(
+    bodies: list[bytes], url: str, token: str, concurrency: int
+) -> tuple[float, list[float], list[dict[str, Any]]]:
+    """Post every body with `concurrency` client threads; (resources/s, latencies, answers)."""
+    latencies: list[float] = []
+    answers: list[dict[str, Any]] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    queue = list(reversed(bodies))
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+
+    def worker() -> None:
+        with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    body = queue.pop()
+                t0 = time.perf_counter()
+                resp = client.post("/fhir", content=body)
+                elapsed = time.perf_counter() - t0
+                with lock:
+                    latencies.append(elapsed)
+                    if resp.status_code != 200:
+                        errors.append(f"{resp.status_code}: {resp.text[:300]}")
+                    else:
+                        answers.append(resp.json())
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"{len(errors)} requests failed, first: {errors[0]}")
+    count = sum(len(a.get("entry") or []) for a in answers)
+    return count / wall, latencies, answers
+
+
+def run(
+    data_dir: Path,
+    files: int | None,
+    bundle_size: int,
+    concurrency: int,
+    database_url: str | None,
+) -> IngestBench:
+    """Measure both rates on the same resources."""
+    from ingest.auth import create_token
+    from parcours.broker import EmbeddedBroker, free_port
+    from parcours.db import make_engine, upgrade
+
+    resources = synthea_resources(data_dir, files)
+    bodies = transaction_bodies(resources, bundle_size)
+    peer = in_process_rate(resources)
+
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(port=free_port()) as broker:
+        db_url = database_url or f"sqlite:///{Path(tmp) / 'bench.db'}"
+        upgrade(db_url)
+        engine = make_engine(db_url)
+        token = create_token(engine, f"bench-{os.getpid()}-{int(time.time())}")
+        engine.dispose()
+        port = free_port()
+        env = dict(os.environ)
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap,
+            DATABASE_URL=db_url,
+            PARCOURS_TOPIC_PREFIX=f"bench{os.getpid()}.",
+            PARCOURS_LOG_LEVEL="WARNING",
+        )
+        url = f"http://127.0.0.1:{port}"
+        log = open(Path(tmp) / "gateway.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "parcours", "ingest", "serve", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _wait_healthy(url, proc)
+            rate, latencies, answers = http_rate(bodies, url, token, concurrency)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            log.close()
+    statuses = [e["response"]["status"] for a in answers for e in a.get("entry") or []]
+    ordered = sorted(latencies)
+    return IngestBench(
+        resources=len(resources),
+        bundles=len(bodies),
+        in_process_rate=peer,
+        http_rate=rate,
+        published=statuses.count("201 Created"),
+        duplicates=statuses.count("200 OK"),
+        latency_p50_ms=statistics.median(ordered) * 1000,
+        latency_p95_ms=ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))] * 1000,
+        concurrency=concurrency,
+        bundle_size=bundle_size,
+    )
+
+
+def report(b: IngestBench) -> str:
+    """The table and one-line summary `parcours bench ingest` prints."""
+    rows = [
+        ("fhir.resources R4B validation, in process (peer)", f"{b.in_process_rate:,.0f}", ""),
+        (
+            f"gateway over HTTP, Bundles of {b.bundle_size}, {b.concurrency} clients",
+            f"{b.http_rate:,.0f}",
+            f"p50 {b.latency_p50_ms:.0f} ms, p95 {b.latency_p95_ms:.0f} ms per Bundle",
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'':{width}}  {'resources/s':>12}"]
+    lines += [f"{name:{width}}  {rate:>12}  {note}".rstrip() for name, rate, note in rows]
+    lines.append(
+        f"{b.resources} resources in {b.bundles} transaction Bundles: {b.published} published "
+        f"(acks=all), {b.duplicates} answered as duplicates (repeated Organizations, Practitioners)"
+    )
+    verdict = "meets" if b.ratio >= 0.5 else "misses"
+    lines.append(
+        f"ingest: {b.http_rate:,.0f} validated resources/s through HTTP = {b.ratio:.0%} of "
+        f"in-process validation ({b.in_process_rate:,.0f}/s); {verdict} the 50 % goal"
+    )
+    return "\n".join(lines)

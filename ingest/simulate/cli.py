@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 from datetime import UTC, date, datetime, time, timedelta
@@ -61,6 +62,13 @@ def simulate(
     warmup_days: Annotated[
         int | None, typer.Option(help="Days simulated before the start, not emitted.")
     ] = None,
+    id_prefix: Annotated[
+        str | None,
+        typer.Option(
+            help="Prefix of every patient-side id. Default: none with --start; else the start "
+            "time (yymmddHHMM-), so that runs started at different times never collide."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Resources per gateway Bundle.")] = 200,
     progress: Annotated[
         bool | None, typer.Option(help="Show a progress bar (default: when stderr is a terminal).")
@@ -101,6 +109,12 @@ def simulate(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     begin = _start(start, days, speed, ZoneInfo(terr.timezone))
+    if id_prefix is None:
+        # Ids are only reproducible for a given start; a start taken from the clock must not
+        # reuse the ids of an earlier run (the gateway would take them for duplicates).
+        id_prefix = "" if start else begin.strftime("%y%m%d%H%M-")
+    if not re.fullmatch(r"[A-Za-z0-9.\-]{0,40}", id_prefix):
+        raise typer.BadParameter("--id-prefix: letters, digits, '-' and '.' only (40 at most)")
 
     sink: Sink
     if out is not None:
@@ -140,6 +154,7 @@ def simulate(
             speed=speed,
             truth_dir=truth,
             warmup_days=warmup_days,
+            id_prefix=id_prefix,
             progress=sys.stderr.isatty() if progress is None else progress,
             stop=lambda: stopping,
         )

@@ -67,6 +67,7 @@ def run_simulation(
     speed: float | None = None,
     truth_dir: Path | None = None,
     warmup_days: int | None = None,
+    id_prefix: str = "",
     progress: bool = False,
     stop: Callable[[], bool] = lambda: False,
     clock: Callable[[], float] = time.monotonic,
@@ -77,7 +78,7 @@ def run_simulation(
     `stop()` is polled between deliveries (Ctrl-C in real-time mode). The truth is written up to
     the simulated time reached.
     """
-    sim = Simulation(territory, seed, start, days, warmup_days=warmup_days)
+    sim = Simulation(territory, seed, start, days, warmup_days=warmup_days, id_prefix=id_prefix)
     deliverer = Deliverer(territory.imperfections, seed)
     wall0 = clock()
     sim_now = sim.start

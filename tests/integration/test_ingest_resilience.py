@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -132,11 +133,9 @@ def test_503_while_the_broker_is_frozen_then_2xx_after_it_resumes(
             assert resumed_tx.status_code == 200, resumed_tx.text
             raw = read_topic(own.bootstrap, raw_topic)
     ids = [json.loads(m.value)["id"] for m in raw]
-    # Each acknowledged resource is on the topic; nothing of the transaction went missing.
-    assert ids.count(pid) == 1
-    assert frozen["id"] in ids
-    assert all(i in ids for i in tx_ids)
-    print("COUNTS", {i: ids.count(i) for i in [pid, frozen["id"], *tx_ids]})
+    # Every acknowledged resource is on the topic once. The gateway probes Kafka before sending,
+    # so the requests refused while it was frozen sent nothing that could land later.
+    assert Counter(ids) == Counter([pid, frozen["id"], *tx_ids])
 
 
 def test_gateway_starts_without_a_broker_and_answers_503(

@@ -378,3 +378,75 @@ def test_push_cli_summary(env: Env, tmp_path: Path) -> None:
     out = run.stdout.splitlines()
     assert "accepted: 2" in out and "duplicates: 1" in out and "rejected: 1" in out
     assert "  invalid-code: 1" in out
+
+
+def test_token_create_cli_gives_a_working_token_once(env: Env) -> None:
+    name = unique("samu")
+    cli_env = parcours_env(DATABASE_URL=env.pg_url)
+
+    def create(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "parcours", "ingest", "token", "create", name, *extra],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    first = create()
+    assert first.returncode == 0, first.stderr
+    token = first.stdout.strip()
+    assert token.startswith("prc_")
+    again = create()
+    assert again.returncode == 1 and "--rotate" in again.stderr
+    rotated = create("--rotate")
+    assert rotated.returncode == 0
+    new_token = rotated.stdout.strip()
+    assert (
+        post(
+            env, "/fhir/Patient", {"resourceType": "Patient", "id": unique("p")}, token=new_token
+        ).status_code
+        == 201
+    )
+    engine = make_engine(env.pg_url)
+    with engine.connect() as conn:
+        stored = conn.execute(
+            text("SELECT token_hash FROM integrators WHERE name = :n"), {"n": name}
+        ).scalar_one()
+    engine.dispose()
+    assert new_token not in stored and len(stored) == 64
+
+
+def test_push_direct_writes_to_kafka_with_the_same_rules(env: Env, tmp_path: Path) -> None:
+    pid = unique("p")
+    good, bad = encounter(unique("e"), pid), encounter(unique("e"), pid, status="done")
+    feed = tmp_path / "direct.ndjson"
+    feed.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "parcours",
+            "ingest",
+            "push",
+            "--direct",
+            "--source",
+            "nightly-export",
+            str(feed),
+        ],
+        env=parcours_env(
+            KAFKA_BOOTSTRAP_SERVERS=env.broker,
+            DATABASE_URL=env.pg_url,
+            PARCOURS_TOPIC_PREFIX=env.topics.raw.removesuffix("fhir.raw"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1, run.stderr
+    assert run.stdout.splitlines()[:3] == ["accepted: 1", "duplicates: 0", "rejected: 1"]
+    (msg,) = raw_by_id(env, str(good["id"]), str(bad["id"]))
+    assert msg.key == pid.encode()
+    assert dict(msg.headers)["source"] == b"nightly-export"
+    # The direct path shares the dedupe memory: the gateway now sees it as a duplicate.
+    assert post(env, "/fhir/Encounter", good).status_code == 200

@@ -1,0 +1,80 @@
+"""Pure parts of `parcours ingest push` and of the gateway's answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ingest.bulk import PushRequest, Summary, count_response, plan_file
+from ingest.entries import prepare_resource
+from ingest.outcome import Issue, Rejection, operation_outcome, outcome_reason, status_line
+from ingest.responses import entry_response, location, response_bundle
+from ingest.service import EntryResult
+
+
+def test_plan_file_splits_ndjson_below_the_size_limit(tmp_path: Path) -> None:
+    lines = [json.dumps({"resourceType": "Patient", "id": f"p{i}"}) for i in range(10)]
+    path = tmp_path / "f.ndjson"
+    path.write_text("\n".join(lines) + "\n\n")
+    requests = list(plan_file(path, max_body_bytes=len(lines[0]) * 3 + 3))
+    assert [r.count for r in requests] == [3, 3, 3, 1]
+    assert all(r.kind == "ndjson" for r in requests)
+    assert b"".join(r.body for r in requests).count(b"\n") == 10
+
+
+def test_plan_file_bundle_and_single_resource(tmp_path: Path) -> None:
+    bundle = tmp_path / "b.json"
+    bundle.write_text(json.dumps({"resourceType": "Bundle", "type": "batch", "entry": [{}, {}]}))
+    single = tmp_path / "p.json"
+    single.write_text(json.dumps({"resourceType": "Patient", "id": "p"}))
+    (b,) = plan_file(bundle, 10_000)
+    (s,) = plan_file(single, 10_000)
+    assert (b.kind, b.count) == ("bundle", 2)
+    assert (s.kind, s.type_name) == ("resource", "Patient")
+
+
+def test_summary_counts_entries_and_reasons() -> None:
+    rejected = Rejection(422, "invalid-code", [Issue("code-invalid", "bad", ("Encounter.status",))])
+    answer = {
+        "resourceType": "Bundle",
+        "type": "batch-response",
+        "entry": [
+            {"response": {"status": "201 Created"}},
+            {"response": {"status": "200 OK"}},
+            {"response": {"status": "422 Unprocessable Entity", "outcome": rejected.outcome()}},
+        ],
+    }
+    summary = Summary()
+    req = PushRequest(Path("x"), "bundle", b"", 3)
+    count_response(req, 200, answer, summary)
+    too_large = Rejection(413, "too-large", [Issue("too-costly", "big", ("http.Content-Length",))])
+    count_response(req, 413, too_large.outcome(), summary)
+    assert (summary.accepted, summary.duplicates) == (1, 1)
+    assert summary.rejected == {"invalid-code": 1, "too-large": 3}
+    assert summary.lines()[:3] == ["accepted: 1", "duplicates: 1", "rejected: 4"]
+
+
+def test_reason_codes_travel_in_the_outcome() -> None:
+    outcome = operation_outcome([Issue("value", "x", ("Patient.birthDate",))], "invalid-resource")
+    assert outcome_reason(outcome) == "invalid-resource"
+    assert outcome_reason({"resourceType": "OperationOutcome", "issue": []}) is None
+    assert status_line(422) == "422 Unprocessable Entity"
+
+
+def test_response_entries_give_versioned_locations() -> None:
+    versioned = prepare_resource(
+        {"resourceType": "Patient", "id": "p1", "meta": {"versionId": "7"}}, "Patient"
+    )
+    hashed = prepare_resource({"resourceType": "Patient", "id": "p2"}, "Patient")
+    assert location(versioned) == "Patient/p1/_history/7"
+    assert location(hashed) == "Patient/p2"
+    assert entry_response(EntryResult(versioned, 201)) == {
+        "response": {
+            "status": "201 Created",
+            "location": "Patient/p1/_history/7",
+            "etag": 'W/"7"',
+        }
+    }
+    bundle = response_bundle("transaction", [EntryResult(hashed, 200)])
+    assert bundle["type"] == "transaction-response"
+    assert bundle["entry"][0]["response"]["status"] == "200 OK"

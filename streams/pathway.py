@@ -95,6 +95,7 @@ DEFAULT_RULES = PathwayRules()
 FOLLOW_UP_DISPOSITIONS_EXCLUDED = frozenset(
     {"exp", "hosp", "other-hcf", "rehab", "snf", "long", "psy"}
 )
+IMPLIED_ENDS = frozenset({"death", "next_admission"})
 TRANSFER_DISPOSITIONS = frozenset({"hosp", "other-hcf"})
 REFERRAL_OPEN_STATUSES = frozenset({"active", "on-hold"})
 
@@ -193,6 +194,8 @@ class EdVisit:
     disposition: str | None = None
     # What the ED said (EdDeparted.admitted); `admitted` also counts a stay that followed.
     reported_admitted: bool = False
+    # The departure is the patient's death, not an EdDeparted.
+    departure_implied: bool = False
 
     @property
     def is_open(self) -> bool:
@@ -249,6 +252,8 @@ class HomeCare:
     started_at: datetime
     ended_at: datetime | None = None
     care_type: str | None = None
+    # The end is the patient's death, not a HomeCareEnded.
+    end_implied: bool = False
 
     @property
     def is_open(self) -> bool:
@@ -651,16 +656,6 @@ def _close_stay(stay: Stay, at: datetime, ended_by: str, disposition: str | None
     _normalise_spells(stay)
 
 
-def _one_open_stay(facts: Facts) -> None:
-    """A patient is in one stay at a time: a later admission ends any stay still open."""
-    open_stays = facts.open_stays()
-    if len(open_stays) > 1:
-        latest = max(open_stays, key=lambda s: s.admitted_at)
-        for other in open_stays:
-            if other is not latest:
-                _close_stay(other, latest.admitted_at, "next_admission", None)
-
-
 def _admit(facts: Facts, ev: PatientAdmitted) -> None:
     stay = _find(facts.stays, "stay_id", ev.stay_id)
     if stay is None:
@@ -682,7 +677,6 @@ def _admit(facts: Facts, ev: PatientAdmitted) -> None:
         LocationSpell(start=ev.at, location=ev.bed or ev.ward, ward=ev.ward, bed=ev.bed)
     )
     _normalise_spells(stay)
-    _one_open_stay(facts)
 
 
 def _transfer(facts: Facts, ev: PatientTransferred) -> bool:
@@ -757,7 +751,7 @@ def fold(facts: Facts, ev: PatientEvent) -> bool:
         episode = _find(facts.home_care, "episode_id", ev.episode_id)
         if episode is None:
             return False
-        episode.ended_at = ev.at
+        episode.ended_at, episode.end_implied = ev.at, False
     elif isinstance(ev, EdArrived):
         visit = _find(facts.ed_visits, "encounter_id", ev.encounter_id)
         if visit is None:
@@ -769,7 +763,7 @@ def fold(facts: Facts, ev: PatientEvent) -> bool:
         visit = _find(facts.ed_visits, "encounter_id", ev.encounter_id)
         if visit is None or ev.at < visit.arrived_at:
             return False
-        visit.departed_at = ev.at
+        visit.departed_at, visit.departure_implied = ev.at, False
         visit.reported_admitted = ev.admitted
         visit.disposition = ev.disposition
     elif isinstance(ev, PatientAdmitted):
@@ -791,19 +785,38 @@ def settle(facts: Facts, rules: PathwayRules = DEFAULT_RULES) -> None:
     """Derive, in place, what follows from the records as a whole: what a death ended, which
     stay each ED visit led to, each referral's first hospital contact, each discharge's first
     community contact, and which stays are readmissions."""
+    # Ends that other records imply are recomputed from scratch each time, so that they do not
+    # depend on what was known when they were first made.
+    for stay in facts.stays:
+        if stay.ended_by in IMPLIED_ENDS:
+            stay.discharged_at = stay.disposition = stay.ended_by = None
+            _normalise_spells(stay)
+    for visit in facts.ed_visits:
+        if visit.departure_implied:
+            visit.departed_at, visit.departure_implied = None, False
+    for episode in facts.home_care:
+        if episode.end_implied:
+            episode.ended_at, episode.end_implied = None, False
+
     died = facts.died_at
+    stays = sorted(facts.stays, key=lambda s: (s.admitted_at, s.stay_id))
+    # A patient is in one stay at a time: the next admission, or death, ends a stay still open.
+    for i, stay in enumerate(stays):
+        if not stay.is_open:
+            continue
+        nxt = stays[i + 1].admitted_at if i + 1 < len(stays) else None
+        if died is not None and stay.admitted_at <= died and (nxt is None or died <= nxt):
+            _close_stay(stay, died, "death", "exp")
+        elif nxt is not None:
+            _close_stay(stay, nxt, "next_admission", None)
     if died is not None:
-        for stay in facts.open_stays():
-            if stay.admitted_at <= died:
-                _close_stay(stay, died, "death", "exp")
         for visit in facts.ed_visits:
             if visit.is_open and visit.arrived_at <= died:
-                visit.departed_at = died
+                visit.departed_at, visit.departure_implied = died, True
         for episode in facts.home_care:
             if episode.is_open and episode.started_at <= died:
-                episode.ended_at = died
+                episode.ended_at, episode.end_implied = died, True
 
-    stays = sorted(facts.stays, key=lambda s: (s.admitted_at, s.stay_id))
     named = {s.from_ed_encounter: s for s in stays if s.from_ed_encounter}
     claimed: set[str] = set()
     for visit in sorted(facts.ed_visits, key=lambda v: (v.arrived_at, v.encounter_id)):
@@ -889,10 +902,25 @@ def settle(facts: Facts, rules: PathwayRules = DEFAULT_RULES) -> None:
             stay.readmission_of = previous.stay_id
 
 
+RECORD_TIMES: dict[str, str] = {
+    "stays": "admitted_at",
+    "ed_visits": "arrived_at",
+    "community_visits": "start",
+    "referrals": "sent_at",
+    "appointments": "booked_at",
+    "home_care": "started_at",
+}
+
+
 def _trim(facts: Facts, rules: PathwayRules) -> None:
-    """Keep at most `max_records` of each list, dropping the oldest closed ones."""
-    for attr, _ in RECORD_LISTS.values():
-        items = getattr(facts, attr)
+    """Put each list in (time, id) order, whatever order the records came in, and keep at most
+    `max_records` of each, dropping the oldest closed ones."""
+    for attr, id_attr in RECORD_LISTS.values():
+        time_attr = RECORD_TIMES[attr]
+        items = sorted(
+            getattr(facts, attr), key=lambda r: (getattr(r, time_attr), getattr(r, id_attr))
+        )
+        setattr(facts, attr, items)
         if len(items) > rules.max_records:
             closed = [r for r in items if not getattr(r, "is_open", False)]
             drop = {id(r) for r in closed[: len(items) - rules.max_records]}

@@ -53,26 +53,14 @@ def _stamp(events: list[PatientEvent]) -> list[PatientEvent]:
     return [replace(ev, part=i, parts=len(events)) for i, ev in enumerate(events, start=1)]
 
 
+KINDS = ["stay", "stay", "stay", "ed", "ed", "visit", "referral", "appt", "care", "death"]
+
+
 @st.composite
-def resource_version(draw: st.DrawFn) -> list[PatientEvent]:
-    """The events one version of one resource maps to, like streams.fhir_map makes them."""
-    kind = draw(
-        st.sampled_from(
-            [
-                "stay",
-                "stay",
-                "stay",
-                "ed",
-                "ed",
-                "visit",
-                "referral",
-                "appt",
-                "care",
-                "death",
-                "odd",
-            ]
-        )
-    )
+def resource_version(draw: st.DrawFn, odd: bool = True) -> list[PatientEvent]:
+    """The events one version of one resource maps to, like streams.fhir_map makes them; with
+    `odd`, also events no well-formed feed sends (a move of a stay of another resource…)."""
+    kind = draw(st.sampled_from([*KINDS, "odd"] if odd else KINDS))
     version = str(draw(st.integers(1, 3)))
     if draw(st.integers(0, 9)) == 0 and kind not in ("death", "odd"):
         rtype = {
@@ -295,7 +283,7 @@ def test_the_facts_do_not_depend_on_the_arrival_order(
 
 
 @SETTINGS
-@given(versions=st.lists(resource_version(), min_size=1, max_size=10))
+@given(versions=st.lists(resource_version(odd=False), min_size=1, max_size=10))
 def test_compacting_history_changes_nothing_for_a_feed_in_order(
     versions: list[list[PatientEvent]],
 ) -> None:

@@ -16,12 +16,34 @@ How it stays correct when feeds repeat themselves and arrive out of order:
   ignored.
 - Records are keyed by their resource id (a stay by its Encounter id…), so folding the same
   resource twice updates one record instead of making two.
+- Links between records (which stay an ED visit led to, a referral's first hospital contact, a
+  discharge's first community contact, readmissions, what a death or the next admission ended)
+  are derived by `settle` from all the records at once, so they do not depend on arrival order.
 - Events older than `rules.history_horizon` before the patient's clock, of resources with nothing
-  open, are folded into the base and leave the log, which keeps the state small.
+  open, are folded into the base and leave the log, which keeps the state small. An event that
+  could not apply (a move of an unknown stay) is dropped when it is compacted.
 
 Alerts are a pure function of the facts and a time (`evaluate_alerts`): after each transition or
 timer tick the active set is recomputed and the difference comes out as `AlertRaised` /
-`AlertResolved`, with deterministic ids (kind + patient + subject), so replays upsert the same rows.
+`AlertResolved`, with deterministic ids `<kind>:<patient>:<subject>`, so replays upsert one row.
+The time is the patient's clock: the latest event time seen, moved on by `check_timers`.
+
+- `ed_boarding` (subject: the ED encounter): in the ED for `ed_boarding` or more, admission
+  decided or not; clears at the departure.
+- `referral_no_contact` (the referral): no hospital contact (ED arrival, admission, or an encounter
+  or kept appointment based on it) `referral_contact` after it was sent; a booked appointment based
+  on it holds the alert until its start plus `appointment_grace`. Clears at the contact, or when
+  the referral is completed, revoked or withdrawn.
+- `no_follow_up` (the stay): the latest stay ended by a discharge home (not death, not to another
+  institution) and no community contact (visit, referral written, home care, kept appointment)
+  `follow_up` after it; an appointment booked for after the discharge holds it until its start plus
+  `appointment_grace`. Clears at the contact or the next admission.
+- `readmission` (the new stay): admitted within `readmission` of the previous discharge (not a
+  death, not a transfer to another hospital). Stays while that stay is open, then until the
+  community has seen the patient, for at most `readmission` after its discharge.
+- `long_stay` (the stay): an open stay longer than the p90 of its service (`los_p90`, by service
+  code or ward id, else `los_p90_default`). Clears at the discharge.
+- Nothing is raised for a deceased patient; a death clears every alert.
 """
 
 from __future__ import annotations

@@ -346,8 +346,13 @@ def map_encounter(resource: dict[str, Any]) -> list[CanonicalEvent]:
       tell whether a stay followed, so `admitted` is True only when the disposition says the
       patient went to a ward of this stay's hospital; the pathway links an ED visit to the stay
       that starts during it or shortly after (`PathwayRules.ed_admission_link`).
-    - IMP (and other inpatient classes): PatientAdmitted at the start (first location), one
-      PatientTransferred per later move, PatientDischarged at the end once finished.
+    - IMP (and other inpatient classes): PatientAdmitted at the start (the place entered last by
+      then), one PatientTransferred per later move, PatientDischarged at the end once finished.
+      When `classHistory` shows an EMER period first, that part also gives EdArrived and
+      EdDeparted(admitted=True) with the same id, and the stay starts where the EMER period ends.
+    - Moves: `location[]` entries with status active or completed; entries that start together
+      (a ward and a bed) are one move; `physicalType` `bd`/`wa` says which is the bed and the ward,
+      an entry without it is taken as the bed.
     - Disposition `exp` (died): PatientDied at the end.
     - cancelled, entered-in-error, planned, unknown: ResourceRetracted (it did not happen).
     """

@@ -450,3 +450,40 @@ def test_class_history_without_an_ed_part_changes_nothing() -> None:
         {"class": {"code": "IMP"}, "period": {"start": "2026-01-12T11:40:00+01:00"}}
     ]
     assert kinds(patient_events(map_resource(resource)))[0] == "PatientAdmitted"
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("arrived", ["EdArrived"]),
+        ("triaged", ["EdArrived"]),
+        ("in-progress", ["EdArrived"]),
+        ("finished", ["EdArrived", "EdDeparted"]),
+        ("unknown", ["ResourceRetracted"]),
+    ],
+)
+def test_ed_encounter_by_status(status: str, expected: list[str]) -> None:
+    resource = load("encounter_emer") | {"status": status}
+    if status != "finished":
+        del resource["period"]["end"]
+    assert kinds(patient_events(map_resource(resource))) == expected
+
+
+def test_a_patient_on_leave_is_still_in_the_stay() -> None:
+    resource = load("encounter_imp_transfers") | {"status": "onleave"}
+    del resource["period"]["end"]
+    assert "PatientDischarged" not in kinds(map_resource(resource))
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "Patient/pat-9",
+        "https://fhir.example/Patient/pat-9",
+        "https://fhir.example/Patient/pat-9/_history/3",
+        "urn:uuid:pat-9",
+    ],
+)
+def test_patient_references_in_their_forms(reference: str) -> None:
+    resource = load("encounter_amb") | {"subject": {"reference": reference}}
+    assert {ev.patient_id for ev in map_resource(resource)} == {"pat-9"}  # type: ignore[union-attr]

@@ -755,8 +755,9 @@ def test_old_history_is_compacted_but_stays_are_kept() -> None:
     assert state.base_until is not None
     assert state.stage is Stage.FOLLOWED_UP
     # A repeat of an old, compacted version updates its stay in place: no second stay.
-    state, _ = run(stay("s0", d(0), d(2), v="1"), state, rules)
+    state, out = run(stay("s0", d(0), d(2), v="1"), state, rules)
     assert len(state.stays) == 12
+    assert out == []
 
 
 def test_an_open_stay_is_never_compacted() -> None:

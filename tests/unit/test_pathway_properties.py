@@ -236,7 +236,18 @@ def test_random_sequences_never_raise_and_keep_the_invariants(
         history_horizon=timedelta(days=data.draw(st.sampled_from([5, 30, 120]))),
         max_records=data.draw(st.sampled_from([2, 200])),
     )
-    state = _run(arrival, rules)
+    # Timer ticks between events, at times the events do not know about.
+    ticks = data.draw(st.lists(st.integers(0, len(arrival)), max_size=3))
+    state: PatientState | None = None
+    for i, ev in enumerate(arrival):
+        state, outputs = transition(state, ev, rules)
+        if i in ticks:
+            hours = data.draw(st.integers(0, SPAN_H * 2))
+            state, more = check_timers(state, T0 + timedelta(hours=hours), rules)
+            outputs = [*outputs, *more]
+        assert invariant_violations(state) == [], (ev, invariant_violations(state))
+        for output in outputs:
+            json.dumps(output_to_json(output))
     assert state is not None
     for hours in data.draw(st.lists(st.integers(0, SPAN_H * 2), max_size=3)):
         state, outputs = check_timers(state, T0 + timedelta(hours=hours), rules)

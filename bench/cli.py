@@ -12,6 +12,7 @@ def bench_ingest(
     files: int | None = typer.Option(None, help="Use only the first N Synthea files."),
     bundle_size: int = typer.Option(100, help="Entries per transaction Bundle."),
     concurrency: int = typer.Option(2, help="Client threads posting Bundles."),
+    workers: int = typer.Option(1, help="Gateway worker processes (the peer uses one core)."),
     data: str | None = typer.Option(None, help="Shared data folder (default ../shared/data)."),
     database_url: str | None = typer.Option(None, help="Gateway database (default: temp SQLite)."),
 ) -> None:
@@ -22,4 +23,4 @@ def bench_ingest(
     from bench.ingest import DEFAULT_DATA, report, run
 
     folder = Path(data or os.environ.get("PARCOURS_SHARED_DATA") or DEFAULT_DATA)
-    typer.echo(report(run(folder, files, bundle_size, concurrency, database_url)))
+    typer.echo(report(run(folder, files, bundle_size, concurrency, database_url, workers)))

@@ -46,6 +46,7 @@ class IngestBench:
     latency_p95_ms: float
     concurrency: int
     bundle_size: int
+    workers: int
 
     @property
     def ratio(self) -> float:
@@ -159,6 +160,7 @@ def run(
     bundle_size: int,
     concurrency: int,
     database_url: str | None,
+    workers: int = 1,
 ) -> IngestBench:
     """Measure both rates on the same resources."""
     from ingest.auth import create_token
@@ -186,7 +188,10 @@ def run(
         url = f"http://127.0.0.1:{port}"
         log = open(Path(tmp) / "gateway.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "parcours", "ingest", "serve", "--port", str(port)],
+            [
+                *(sys.executable, "-m", "parcours", "ingest", "serve"),
+                *("--port", str(port), "--workers", str(workers)),
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -217,6 +222,7 @@ def run(
         latency_p95_ms=ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))] * 1000,
         concurrency=concurrency,
         bundle_size=bundle_size,
+        workers=workers,
     )
 
 
@@ -225,7 +231,8 @@ def report(b: IngestBench) -> str:
     rows = [
         ("fhir.resources R4B validation, in process (peer)", f"{b.in_process_rate:,.0f}", ""),
         (
-            f"gateway over HTTP, Bundles of {b.bundle_size}, {b.concurrency} clients",
+            f"gateway over HTTP, Bundles of {b.bundle_size}, {b.concurrency} clients, "
+            f"{b.workers} worker{'s' if b.workers > 1 else ''}",
             f"{b.http_rate:,.0f}",
             f"p50 {b.latency_p50_ms:.0f} ms, p95 {b.latency_p95_ms:.0f} ms per Bundle",
         ),

@@ -129,6 +129,16 @@ def create_app(settings: Settings) -> FastAPI:
             headers=getattr(exc, "headers", None),
         )
 
+    @app.exception_handler(Exception)
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        # A bug or a database outage: still an OperationOutcome. Nothing was acknowledged, so
+        # the client's retry is safe (at worst a record published twice, never one lost).
+        log.exception("%s %s failed", request.method, request.url.path)
+        source = getattr(request.state, "source", None)
+        metrics.requests.labels(source or "unknown", endpoint_of(request), "500").inc()
+        issue = Issue("exception", f"Internal error ({type(exc).__name__}); retry later", ())
+        return FhirResponse(operation_outcome([issue], "internal-error"), status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def on_invalid(_request: Request, exc: RequestValidationError) -> Response:
         issues = [

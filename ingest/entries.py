@@ -248,8 +248,10 @@ def prepare_bundle(body: Any) -> PreparedBundle:
             and not (isinstance(full_url, str) and full_url.startswith("urn:uuid:"))
         ):
             entry = {**entry, "resource": {**resource, "id": content_id(resource)}}
+        elif resource is not None and not isinstance(resource, dict):
+            entry = {**entry, "resource": None}
         with_ids["entry"].append(entry)
-    resolved = resolve_entries(with_ids)
+    resolved = resolve_entries(with_ids, in_place=True)
 
     items: list[Item] = []
     for index, entry in enumerate(with_ids["entry"]):
@@ -261,10 +263,18 @@ def prepare_bundle(body: Any) -> PreparedBundle:
             item.resource_type = rtype if isinstance(rtype, str) else None
             item.resource_id = raw.get("id") if isinstance(raw.get("id"), str) else None
         if raw is None:
+            missing = entries[index].get("resource") is None
+            item.raw = entries[index].get("resource")
             item.reject(
                 400,
                 "invalid-resource",
-                [Issue("required", "Entry has no resource", (f"Bundle.entry[{index}].resource",))],
+                [
+                    Issue(
+                        "required" if missing else "structure",
+                        "Entry has no resource" if missing else "Entry resource must be an object",
+                        (f"Bundle.entry[{index}].resource",),
+                    )
+                ],
             )
             items.append(item)
             continue

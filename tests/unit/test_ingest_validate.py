@@ -192,3 +192,17 @@ def test_synthea_bundle_prepares_without_issues(shared_data: Path) -> None:
     patient_id = next(i.resource_id for i in prepared.items if i.resource_type == "Patient")
     keyed = {i.key for i in prepared.items if i.resource_type in ("Encounter", "Observation")}
     assert keyed == {patient_id}
+
+
+def test_entries_that_are_not_objects_are_refused_not_crashing() -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": "Patient/1"}, {"fullUrl": "urn:uuid:x"}, {"resource": encounter()}],
+    }
+    items = prepare_bundle(bundle).items
+    assert [i.issues[0].code if i.issues else None for i in items] == [
+        "structure",
+        "required",
+        None,
+    ]

@@ -385,7 +385,13 @@ def map_encounter(resource: dict[str, Any]) -> list[CanonicalEvent]:
         raise MappingError(f"Encounter.period.start is missing on a {status} encounter")
     finished = status == "finished"
     if finished and end is None:
-        raise MappingError("Encounter.period.end is missing on a finished encounter")
+        # Some ADT feeds send the discharge without its time; the version's meta.lastUpdated is
+        # when the source recorded it, the best time there is. Without it the end is unknown.
+        end = _time(resource, "meta", "lastUpdated")
+        if end is None:
+            raise MappingError(
+                "Encounter.period.end is missing on a finished encounter (and no meta.lastUpdated)"
+            )
     if end is not None and end < start:
         raise MappingError("Encounter.period.end is before period.start")
     disposition = discharge_disposition(resource.get("hospitalization"))

@@ -24,3 +24,21 @@ def bench_ingest(
 
     folder = Path(data or os.environ.get("PARCOURS_SHARED_DATA") or DEFAULT_DATA)
     typer.echo(report(run(folder, files, bundle_size, concurrency, database_url, workers)))
+
+
+@bench_app.command("streams")
+def bench_streams(
+    patients: int = typer.Option(6000, help="Patients of the synthetic territory (~3 msg each)."),
+    rate: float = typer.Option(200.0, help="Steady rate (events/s) of the latency run."),
+    seconds: float = typer.Option(20.0, help="Length of the latency run."),
+    batch_size: int = typer.Option(2000, help="Worker batch size (PARCOURS_WORKER_BATCH_SIZE)."),
+    database_url: str | None = typer.Option(None, help="Database (default: temp SQLite)."),
+) -> None:
+    """Raw topic → committed SQL rows per second vs a plain aiokafka+json loop; p50/p99 latency."""
+    from bench.streams import report, run
+    from parcours.settings import Settings
+
+    settings = Settings()
+    url = database_url or settings.database_url
+    result = run(patients, rate, seconds, url, settings.kafka_bootstrap_servers, batch_size)
+    typer.echo(report(result, "PostgreSQL" if url and "postgres" in url else "SQLite"))

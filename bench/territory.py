@@ -155,7 +155,7 @@ def territory(
                     if until is not None:
                         entry["period"]["end"] = _iso(until)
                     entries.append(entry)
-            stay = {
+            stay: dict[str, Any] = {
                 "resourceType": "Encounter",
                 "id": f"{pid}-stay",
                 "class": {"code": "IMP"},

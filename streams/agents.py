@@ -171,15 +171,25 @@ class BatchProcessor:
                 elif isinstance(ev, EncounterRecorded):
                     batch.encounters.append(ev)
         for pid, patient_events in per_patient.items():
-            before = self._state(pid, get_state(pid))
-            state = before
             alert_outs: list[AlertRaised | AlertResolved] = []
-            for pev in patient_events:
-                state, outputs = transition(state, pev, self.rules)
-                alert_outs.extend(o for o in outputs if isinstance(o, AlertRaised | AlertResolved))
-            if state is None or state is before:
+            try:
+                before = self._state(pid, get_state(pid))
+                state = before
+                for pev in patient_events:
+                    state, outputs = transition(state, pev, self.rules)
+                    alert_outs.extend(
+                        o for o in outputs if isinstance(o, AlertRaised | AlertResolved)
+                    )
+                if state is None or state is before:
+                    continue
+                rows = patient_rows(state, alert_outs)
+            except Exception as exc:
+                # A rule that breaks on one patient's messages must not stop everyone's pathway:
+                # they go to the dead letters with the reason, the state stays as it was.
+                log.exception("pathway rules failed for patient %s", pid)
+                reason = f"pathway: {type(exc).__name__}: {exc}"
+                outcome.rejects.extend((m.key, m.value, reason) for m in raw_of.get(pid, []))
                 continue
-            rows = patient_rows(state, alert_outs)
             batch.patients.append(rows)
             outcome.states[pid] = (partition_of[pid], rows.state)
             self._remember(pid, rows.state, state)

@@ -32,6 +32,8 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         table_standby_replicas=0,
+        # Faust keeps a folder per app id; keep it with the other local files, not in the cwd.
+        datadir=str(settings.data_dir / "streams"),
     )
     sink = SqlSink(make_engine(settings.db_url), settings.census_capacity)
     register_agents(app, topics, sink, settings)
@@ -42,6 +44,7 @@ def run_worker(settings: Settings) -> None:
     """Run a stream worker until SIGINT/SIGTERM."""
     topics = Topics.from_settings(settings)
     ensure_topics(settings.bootstrap, topics.all(), settings.topic_partitions)
+    (settings.data_dir / "streams").mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level.lower())
     worker.execute_from_commandline()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -367,6 +367,14 @@ class SqlSink:
             ).all()
             for hospital, lo, hi in spans:
                 _widen(windows, hospital, lo, hi)
+        # ED arrivals count in the ED ward and its service too.
+        ed = _t(EdVisitRow)
+        for hospital, lo, hi in conn.execute(
+            select(ed.c.hospital_id, func.min(ed.c.arrived_at), func.max(ed.c.arrived_at))
+            .where(ed.c.ward_id.in_(sorted(touched)))
+            .group_by(ed.c.hospital_id)
+        ).all():
+            _widen(windows, hospital or UNKNOWN_HOSPITAL, lo, hi)
         for place in places.values():
             if place.location_id in touched:
                 hospital = new.hospital_of(place.location_id)
@@ -593,6 +601,27 @@ class SqlSink:
             bulk_write(conn, occ, rows)
         return len(rows)
 
+    def _ward_periods(self, conn: Connection, ward: str, since: datetime) -> list[Period]:
+        """Every period in `ward` that overlaps `[since, ∞)`."""
+        sl = _t(StayLocationRow)
+        return [
+            Period(
+                r.stay_id,
+                r.seq,
+                r.hospital_id,
+                r.location_id,
+                as_utc(r.start_at) or r.start_at,
+                as_utc(r.end_at),
+                r.discharged,
+                r.ward_ref,
+            )
+            for r in conn.execute(
+                select(sl).where(
+                    and_(sl.c.ward_id == ward, or_(sl.c.end_at.is_(None), sl.c.end_at >= since))
+                )
+            ).all()
+        ]
+
     def _capacity_alerts(
         self,
         conn: Connection,
@@ -610,7 +639,10 @@ class SqlSink:
             if capacity is None:
                 continue
             episodes, carried = over_capacity_episodes(ward, in_ward, capacity, since)
-            if carried and episodes:
+            floor = since
+            if carried:
+                # Already above capacity before the window: the episode began at the last alert
+                # raised before it. Recompute from there (its peak may lie before `since`).
                 before = conn.execute(
                     select(al.c.raised_at)
                     .where(
@@ -624,7 +656,10 @@ class SqlSink:
                     .limit(1)
                 ).scalar()
                 if before is not None:
-                    episodes[0] = replace(episodes[0], start=as_utc(before))  # type: ignore[arg-type]
+                    floor = as_utc(before) or since
+                    episodes, _ = over_capacity_episodes(
+                        ward, self._ward_periods(conn, ward, floor), capacity, floor
+                    )
             existing = {
                 r.alert_id: r
                 for r in conn.execute(
@@ -632,8 +667,7 @@ class SqlSink:
                         and_(
                             al.c.alert_type == WARD_OVER_CAPACITY,
                             al.c.unit_id == ward,
-                            al.c.raised_at
-                            >= (episodes[0].start if carried and episodes else since),
+                            al.c.raised_at >= floor,
                         )
                     )
                 ).all()

@@ -81,6 +81,7 @@ class StayLocationRow(Base):
     __table_args__ = (
         Index("ix_stay_locations_hospital_start", "hospital_id", "start_at"),
         Index("ix_stay_locations_location_id", "location_id"),
+        Index("ix_stay_locations_ward_id", "ward_id"),
         Index("ix_stay_locations_patient_id", "patient_id"),
     )
 

@@ -58,6 +58,7 @@ def upgrade() -> None:
         "ix_stay_locations_hospital_start", "stay_locations", ["hospital_id", "start_at"]
     )
     op.create_index("ix_stay_locations_location_id", "stay_locations", ["location_id"])
+    op.create_index("ix_stay_locations_ward_id", "stay_locations", ["ward_id"])
     op.create_index("ix_stay_locations_patient_id", "stay_locations", ["patient_id"])
     op.create_table(
         "ed_visits",

@@ -1,0 +1,105 @@
+"""kill -9 of the worker mid-stream, then a restart, ends in the SQL state of a clean run.
+
+About 10k synthetic FHIR messages (a territory with wards, beds, ED visits, stays in two versions,
+referrals and GP visits) go to the raw topic once. A clean worker writes them to one database; a
+second worker, with its own app id and database, is killed with SIGKILL while it writes, and a
+new one takes over (after the group session timeout) from the committed offsets and the restored
+table. Every pathway and census row must be identical.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from bench.territory import expected_counts, territory
+from parcours.settings import Settings
+from parcours.topics import Topics, ensure_topics
+from tests.integration.streams_helpers import count, own_database, produce, snapshot, worker_env
+from tests.support import parcours_process, wait_until
+
+pytestmark = pytest.mark.integration
+PARTITIONS = 4
+
+
+def finished(db: str, expected: dict[str, int]) -> bool:
+    """True once every stay, visit, referral and location of the territory is in SQL."""
+    return (
+        count(db, "SELECT count(*) FROM stays") == expected["stays"]
+        and count(db, "SELECT count(*) FROM stays WHERE discharged_at IS NOT NULL")
+        == expected["discharged"]
+        and count(db, "SELECT count(*) FROM ed_visits") == expected["ed_visits"]
+        and count(db, "SELECT count(*) FROM community_visits") == expected["community_visits"]
+        and count(db, "SELECT count(*) FROM referrals") == expected["referrals"]
+        and count(db, "SELECT count(*) FROM locations") == expected["locations"]
+    )
+
+
+def test_kill_9_mid_stream_then_restart_ends_like_a_clean_run(
+    broker: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    topics = Topics.from_settings(Settings(topic_prefix=topic_prefix))
+    ensure_topics(broker, topics.all(), PARTITIONS)
+    resources = territory(topic_prefix, patients=3400, seed=11)
+    expected = expected_counts(resources)
+    assert produce(broker, topics.raw, resources) >= 10_000
+
+    with own_database(pg_url) as clean_db, own_database(pg_url) as killed_db:
+        common = {"PARCOURS_TOPIC_PARTITIONS": str(PARTITIONS)}
+        env = worker_env(
+            broker, clean_db, topic_prefix, PARCOURS_STREAMS_APP_ID=f"{topic_prefix}clean", **common
+        )
+        log = tmp_path / "clean.log"
+        with parcours_process(["streams", "worker"], env, log) as proc:
+
+            def clean_done() -> bool:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                return finished(clean_db, expected)
+
+            wait_until(clean_done, timeout_s=150, what="the clean run")
+
+        # Small batches: many transactions, so that the kill lands between two of them.
+        env = worker_env(
+            broker,
+            killed_db,
+            topic_prefix,
+            PARCOURS_STREAMS_APP_ID=f"{topic_prefix}killed",
+            PARCOURS_WORKER_BATCH_SIZE="250",
+            **common,
+        )
+        log = tmp_path / "killed.log"
+        with parcours_process(["streams", "worker"], env, log) as proc:
+            wait_until(
+                lambda: count(killed_db, "SELECT count(*) FROM stays") >= expected["stays"] // 4,
+                timeout_s=120,
+                what="the worker to be mid-stream",
+            )
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        stays_at_kill = count(killed_db, "SELECT count(*) FROM stays")
+        log = tmp_path / "restarted.log"
+        with parcours_process(["streams", "worker"], env, log) as proc:
+
+            def restarted_done() -> bool:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                return finished(killed_db, expected)
+
+            wait_until(restarted_done, timeout_s=150, what="the restarted worker")
+
+        clean = snapshot(clean_db, topic_prefix)
+        killed = snapshot(killed_db, topic_prefix)
+
+    assert stays_at_kill < expected["stays"], "the kill came after the end: nothing was tested"
+    # The comparison means something: the territory fills the census and overflows some wards.
+    assert len(clean["census_hourly"]) > 1000
+    assert any(r[1] == "ward_over_capacity" for r in clean["alerts"])
+    for table in clean:
+        only_clean = sorted(set(clean[table]) - set(killed[table]))[:3]
+        only_killed = sorted(set(killed[table]) - set(clean[table]))[:3]
+        assert killed[table] == clean[table], (
+            f"{table} differs after kill -9 and restart: "
+            f"clean run only {only_clean}; killed run only {only_killed}"
+        )

@@ -301,6 +301,7 @@ class Simulation:
         self._versions: dict[tuple[str, str], int] = {}
         self._ids: dict[str, int] = {}
         self._heap: list[_Event] = []
+        self.now = self.begin - timedelta(days=366)
         self._seq = 0
         self._out: list[Emission] = []
         self.announced: set[str] = set()
@@ -411,8 +412,9 @@ class Simulation:
     # -- plumbing ----------------------------------------------------------------------------
 
     def _schedule(self, at: datetime, kind: str, **data: Any) -> None:
+        # Nothing may happen before now: a past event would be handled out of time order.
         self._seq += 1
-        heapq.heappush(self._heap, _Event(at, self._seq, kind, data))
+        heapq.heappush(self._heap, _Event(max(at, self.now), self._seq, kind, data))
 
     def _new_id(self, kind: str, width: int = 7) -> str:
         n = self._ids.get(kind, 0) + 1
@@ -487,6 +489,7 @@ class Simulation:
                 yield from self._drain()
                 continue
             heapq.heappop(self._heap)
+            self.now = event.at
             self._handlers[event.kind](event)
             yield from self._drain()
         if not self._live:
@@ -589,7 +592,9 @@ class Simulation:
                 for _ in range(int(self.rng.poisson(self.ed_rate(est.ed_daily_arrivals, hour)))):
                     at = hour + timedelta(seconds=float(self.rng.uniform(0, 3600)))
                     self._schedule(at, "ed_arrival", est=est.id)
-        day = self._local(t0).date()
+        # Day events fall on local midnight give or take the DST hour: take the local date at
+        # noon, so that the day's referral hours are inside [t0, t0 + 24 h).
+        day = self._local(t0 + timedelta(hours=12)).date()
         for ward_id, rate in self._sched_rate.items():
             for _ in range(int(self.rng.poisson(rate))):
                 at = self._local_time(day, 8, 19)

@@ -300,3 +300,30 @@ def test_real_time_pacing_sleeps_simulated_time_over_speed(small: Territory) -> 
     assert 700 <= clock.now <= 721
     assert summary.resources == sink.n > 100
     assert summary.end - summary.start == timedelta(days=0.5)
+
+
+PARIS = ZoneInfo("Europe/Paris")
+
+
+@pytest.mark.parametrize(
+    "start", [datetime(2025, 10, 20, tzinfo=PARIS), datetime(2026, 3, 25, tzinfo=PARIS)]
+)
+def test_no_bed_is_ever_given_twice_and_time_never_goes_back_across_dst(
+    small: Territory, start: datetime
+) -> None:
+    # Both DST changes: days that are 23 or 25 hours long locally.
+    sim = Simulation(small, 6, start, 10)
+    sent = [e.sent_at for e in sim.run()]
+    assert sent == sorted(sent)
+    by_bed: dict[str, list[tuple[datetime, datetime]]] = {}
+    far = datetime.max.replace(tzinfo=UTC)
+    for stay in sim.stays.values():
+        for m in stay.moves:
+            if m.bed:
+                by_bed.setdefault(m.bed, []).append((m.start, m.end or far))
+    assert by_bed
+    for bed, spans in by_bed.items():
+        spans.sort()
+        for (_, end), (nxt, _) in itertools.pairwise(spans):
+            assert end <= nxt, bed
+    assert all(r["occupancy"] <= r["capacity"] for r in occupancy_rows(sim))

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -50,7 +51,7 @@ class FhirResponse(Response):
     def render(self, content: Any) -> bytes:
         if isinstance(content, bytes):
             return content
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+        return orjson.dumps(content)
 
 
 def media_type(request: Request) -> str:
@@ -219,8 +220,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     def parse_json(body: bytes, expected: str) -> Any:
         try:
-            return json.loads(body)
-        except ValueError as exc:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
             where = (
                 f" at line {exc.lineno} column {exc.colno}"
                 if isinstance(exc, json.JSONDecodeError)

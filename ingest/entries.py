@@ -8,10 +8,11 @@ publish. Invalid entries carry their issues instead.
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from ingest.bundle import patient_key, resolve_entries
 from ingest.outcome import Issue, Rejection
@@ -59,7 +60,7 @@ class Item:
 
 def canonical_bytes(resource: dict[str, Any]) -> bytes:
     """Compact JSON with sorted keys: equal content gives equal bytes (and hash)."""
-    return json.dumps(resource, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
 
 
 def content_id(resource: dict[str, Any]) -> str:
@@ -307,8 +308,8 @@ def parse_ndjson(data: bytes) -> list[Item]:
         if not line.strip():
             continue
         try:
-            body = json.loads(line)
-        except ValueError as exc:
+            body = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
             item = Item(index=number, resource=None, raw=line.decode("utf-8", "replace"))
             item.reject(
                 400,

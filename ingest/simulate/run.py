@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from ingest.simulate.imperfect import Deliverer, Delivery
 from ingest.simulate.model import Simulation
 from ingest.simulate.sinks import Sink
 from ingest.simulate.territory import Territory
-from ingest.simulate.truth import write_truth
+from ingest.simulate.truth import pathway_stats, write_truth
 
 
 @dataclass
@@ -30,6 +31,7 @@ class RunSummary:
     deliveries: dict[str, int] = field(default_factory=dict)
     sink: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    rates: dict[str, float] = field(default_factory=dict)
     elapsed_s: float = 0.0
     truth: dict[str, str] = field(default_factory=dict)
 
@@ -43,6 +45,8 @@ class RunSummary:
             "deliveries": self.deliveries,
             "sink": self.sink,
             "counters": self.counters,
+            # Rates need a full window (e.g. 30 days for readmissions); null when there is none.
+            "rates": {k: None if math.isnan(v) else round(v, 4) for k, v in self.rates.items()},
             "elapsed_s": round(self.elapsed_s, 2),
             "resources_per_s": round(self.resources / self.elapsed_s) if self.elapsed_s else None,
             "truth": self.truth,
@@ -120,6 +124,7 @@ def run_simulation(
         deliveries=dict(deliverer.counts),
         sink=sink.summary(),
         counters=vars(sim.counters).copy(),
+        rates=pathway_stats(sim, end),
         elapsed_s=clock() - wall0,
     )
     if truth_dir is not None:

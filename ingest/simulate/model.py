@@ -602,6 +602,9 @@ class Simulation:
 
     def _on_ed_arrival(self, ev: _Event) -> None:
         at = ev.at
+        known = ev.data.get("patient")
+        if known is not None and self.patients[known].deceased_at is not None:
+            return
         est_ids = [ev.data["est"]] + [
             e.id for e in self.territory.establishments if e.ed_wards and e.id != ev.data["est"]
         ]
@@ -614,7 +617,7 @@ class Simulation:
             self.counters.ed_diverted_out += 1
             return
         self.counters.ed_arrivals += 1
-        patient_id = ev.data.get("patient") or self._new_patient(at).id
+        patient_id = known or self._new_patient(at).id
         ed = self.territory.ed
         readmission_of = ev.data.get("readmission_of")
         if ev.data.get("force_admit"):
@@ -858,7 +861,7 @@ class Simulation:
         if disposition == "home_care" and self.directory.nursing:
             provider = self.directory.nursing[int(self.rng.integers(len(self.directory.nursing)))]
             episode = HomeCareRec(
-                id=self._new_id("ssiad"),
+                id=self._new_id("epi"),
                 patient=stay.patient,
                 provider=provider.id,
                 start=at,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import sys
@@ -96,6 +97,9 @@ def simulate(
             raise typer.Exit(2) from exc
         return
     settings = load_settings()
+    # One line per HTTP request would drown the demo's log.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     chosen = [x for x in (out is not None, kafka, gateway is not None) if x]
     if len(chosen) != 1:
         raise typer.BadParameter("choose exactly one of --out DIR, --kafka, --gateway URL")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,8 @@ from ingest.simulate.model import Simulation
 from ingest.simulate.sinks import Sink
 from ingest.simulate.territory import Territory
 from ingest.simulate.truth import pathway_stats, write_truth
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,6 +93,7 @@ def run_simulation(
     total_hours = None if days is None else int(days * 24)
     bar = tqdm(total=total_hours, unit="sim h", disable=not progress, desc="simulate", leave=False)
     shown = 0
+    last_log = wall0
     try:
         for delivery in deliveries(sim, deliverer):
             if stop():
@@ -111,6 +115,9 @@ def run_simulation(
             if hours > shown:
                 bar.update(hours - shown)
                 shown = hours
+                if speed and not progress and clock() - last_log >= 60:
+                    last_log = clock()
+                    log.info("simulated %s: %d resources sent", sim_now.isoformat(), count)
     finally:
         bar.close()
         sink.close()

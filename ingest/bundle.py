@@ -59,15 +59,26 @@ def resolve_entries(bundle: dict[str, Any], in_place: bool = False) -> list[dict
 
 def patient_key(resource: dict[str, Any]) -> str | None:
     """The patient id a resource belongs to: its own id for a Patient, else subject/patient/
-    beneficiary when they reference a Patient. None for resources of no single patient."""
+    beneficiary, else (Appointment) a participant actor that references a Patient. None for
+    resources of no single patient."""
     if resource.get("resourceType") == "Patient":
         return str(resource["id"]) if resource.get("id") else None
     for name in PATIENT_FIELDS:
-        ref = resource.get(name)
-        if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
-            text: str = ref["reference"]
-            if text.startswith("Patient/"):
-                return text.removeprefix("Patient/").split("/", 1)[0]
-            if text.startswith("urn:uuid:"):
-                return text.removeprefix("urn:uuid:")
+        text = _reference(resource.get(name))
+        if text.startswith("Patient/"):
+            return text.removeprefix("Patient/").split("/", 1)[0]
+        if text.startswith("urn:uuid:"):
+            return text.removeprefix("urn:uuid:")
+    # An Appointment names its patient among its participants, next to practitioners.
+    for participant in resource.get("participant") or []:
+        text = _reference(participant.get("actor") if isinstance(participant, dict) else None)
+        if text.startswith("Patient/"):
+            return text.removeprefix("Patient/").split("/", 1)[0]
     return None
+
+
+def _reference(ref: Any) -> str:
+    """The `reference` string of a Reference, or ''."""
+    if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+        return str(ref["reference"])
+    return ""

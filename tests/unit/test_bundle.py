@@ -34,6 +34,19 @@ def test_urn_uuid_references_become_type_and_id() -> None:
     assert [patient_key(r) for r in (patient, encounter)] == ["p1", "p1"]
 
 
+def test_an_appointment_is_keyed_by_its_patient_participant() -> None:
+    appointment = {
+        "resourceType": "Appointment",
+        "id": "a1",
+        "participant": [
+            {"actor": {"reference": "Practitioner/dr-1"}, "status": "accepted"},
+            {"actor": {"reference": "Patient/p9"}, "status": "accepted"},
+        ],
+    }
+    assert patient_key(appointment) == "p9"
+    assert patient_key({**appointment, "participant": appointment["participant"][:1]}) is None
+
+
 def test_organisations_have_no_patient_key() -> None:
     assert patient_key({"resourceType": "Organization", "id": "o"}) is None
     assert patient_key({"resourceType": "Claim", "patient": {"reference": "Patient/x"}}) == "x"

@@ -1,10 +1,9 @@
 """Seven simulated days, pushed like an integrator through the real gateway, processed by a real
 stream worker into PostgreSQL: the hourly occupancy of every ward equals the simulator's truth.
 
-The feed carries the simulator's default imperfections (duplicates, out-of-order and late
-deliveries, invalid resources the gateway must reject) except missing discharge times: the stream
-mapping does not yet fall back to `meta.lastUpdated` when a finished Encounter has no
-`period.end`, so such a stay stays open in the census.
+The feed carries the simulator's default imperfections: duplicates, out-of-order and late
+deliveries, missing discharge times (the mapping falls back to `meta.lastUpdated`), and invalid
+resources the gateway must reject.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from sqlalchemy import text
 
 from ingest.auth import create_token
@@ -43,15 +41,6 @@ def truth_by_ward(path: Path) -> tuple[dict[tuple[str, datetime], int], dict[str
             occupancy[(row["ward_id"], datetime.fromisoformat(row["hour"]))] = int(row["occupancy"])
             service[row["ward_id"]] = row["service"]
     return occupancy, service
-
-
-def territory_file(tmp_path: Path) -> Path:
-    """The small test territory without missing discharge times (see the module docstring)."""
-    data = yaml.safe_load(SMALL.read_text(encoding="utf-8"))
-    data["imperfections"] = {"missing_discharge_rate": 0.0}
-    path = tmp_path / "territory.yaml"
-    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    return path
 
 
 def test_a_simulated_week_through_gateway_worker_and_sql_matches_the_truth(
@@ -85,7 +74,7 @@ def test_a_simulated_week_through_gateway_worker_and_sql_matches_the_truth(
                     "--days",
                     "7",
                     "--territory",
-                    str(territory_file(tmp_path)),
+                    str(SMALL),
                     "--start",
                     "2026-01-05",
                     "--truth",
@@ -102,6 +91,7 @@ def test_a_simulated_week_through_gateway_worker_and_sql_matches_the_truth(
             sink, deliveries = summary["sink"], summary["deliveries"]
             # Every deliberately invalid resource was rejected, and only those.
             assert deliveries["invalid"] > 0 and deliveries["duplicate"] > 0
+            assert deliveries["missing_discharge"] > 0, deliveries
             assert sink["rejected"] == deliveries["invalid"], gateway.log_tail()
             assert sink["accepted"] == sink["sent"] - sink["rejected"]
 

@@ -40,6 +40,8 @@ class IngestBench:
     bundles: int
     in_process_rate: float
     http_rate: float
+    in_process_per_cpu_s: float
+    gateway_per_cpu_s: float
     published: int
     duplicates: int
     latency_p50_ms: float
@@ -87,16 +89,33 @@ def transaction_bodies(resources: list[dict[str, Any]], size: int) -> list[bytes
     return bodies
 
 
-def in_process_rate(resources: list[dict[str, Any]]) -> float:
-    """Resources per second that fhir.resources R4B validates in a plain loop."""
+def in_process_rate(resources: list[dict[str, Any]]) -> tuple[float, float]:
+    """Resources that fhir.resources R4B validates in a plain loop, per second of wall-clock
+    time and per CPU second."""
     from fhir.resources.R4B import get_fhir_model_class
 
     for r in resources[:200]:  # import the models first: that is not validation
         get_fhir_model_class(r["resourceType"])
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for r in resources:
         get_fhir_model_class(r["resourceType"]).model_validate(r)
-    return len(resources) / (time.perf_counter() - started)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return len(resources) / wall, len(resources) / cpu
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the processes of group `pgid` (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended meanwhile
+        # After the command name: state, ppid, pgrp, …, utime (12th), stime (13th).
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
@@ -171,7 +190,7 @@ def run(
     bodies = transaction_bodies(resources, bundle_size)
     # The peer is measured before and after the HTTP run and averaged, so that a change in the
     # machine's load during the run weighs on both figures alike.
-    peer_before = in_process_rate(resources)
+    peer_before, peer_cpu_before = in_process_rate(resources)
 
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(port=free_port()) as broker:
         db_url = database_url or f"sqlite:///{Path(tmp) / 'bench.db'}"
@@ -201,7 +220,9 @@ def run(
         )
         try:
             _wait_healthy(url, proc)
+            cpu_before = group_cpu_seconds(proc.pid)
             rate, latencies, answers = http_rate(bodies, url, token, concurrency)
+            gateway_cpu = group_cpu_seconds(proc.pid) - cpu_before
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -211,7 +232,9 @@ def run(
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
             log.close()
-    peer = (peer_before + in_process_rate(resources)) / 2
+    peer_after, peer_cpu_after = in_process_rate(resources)
+    peer = (peer_before + peer_after) / 2
+    peer_cpu = (peer_cpu_before + peer_cpu_after) / 2
     statuses = [e["response"]["status"] for a in answers for e in a.get("entry") or []]
     ordered = sorted(latencies)
     return IngestBench(
@@ -219,6 +242,8 @@ def run(
         bundles=len(bodies),
         in_process_rate=peer,
         http_rate=rate,
+        in_process_per_cpu_s=peer_cpu,
+        gateway_per_cpu_s=len(resources) / gateway_cpu if gateway_cpu else 0.0,
         published=statuses.count("201 Created"),
         duplicates=statuses.count("200 OK"),
         latency_p50_ms=statistics.median(ordered) * 1000,
@@ -244,6 +269,15 @@ def report(b: IngestBench) -> str:
             f"p50 {b.latency_p50_ms:.0f} ms, p95 {b.latency_p95_ms:.0f} ms per Bundle",
         ),
     ]
+    rows.append(
+        (
+            "per CPU second: peer process / gateway process",
+            f"{b.in_process_per_cpu_s:,.0f} / {b.gateway_per_cpu_s:,.0f}",
+            f"= {b.gateway_per_cpu_s / b.in_process_per_cpu_s:.0%} (gateway CPU time only)"
+            if b.in_process_per_cpu_s
+            else "",
+        )
+    )
     width = max(len(r[0]) for r in rows)
     lines = [f"{'':{width}}  {'resources/s':>12}"]
     lines += [f"{name:{width}}  {rate:>12}  {note}".rstrip() for name, rate, note in rows]

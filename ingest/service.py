@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -80,9 +81,7 @@ class IngestService:
             ("source", source.encode()),
             ("received-at", received_at.isoformat().encode()),
             ("resource-type", (item.resource_type or "").encode()),
-            ("resource-id", (item.resource_id or "").encode()),
             ("version", item.version.encode()),
-            ("content-type", b"application/fhir+json"),
         ]
 
     def _dead_letter(
@@ -218,10 +217,13 @@ class IngestService:
         # request publishes only what is missing.
         self.store.record(source, received_at, published, duplicates, rejected)
         self.metrics.broker_up.set(0 if failed else 1)
-        for r in results.values():
-            if r.status in (200, 201):
-                outcome = "accepted" if r.status == 201 else "duplicate"
-                self.metrics.resources.labels(source, outcome, r.item.resource_type or "").inc()
+        tally = Counter(
+            ("accepted" if r.status == 201 else "duplicate", r.item.resource_type or "")
+            for r in results.values()
+            if r.status in (200, 201)
+        )
+        for (outcome, rtype), n in tally.items():
+            self.metrics.resources.labels(source, outcome, rtype).inc(n)
         if failed and (atomic or not published):
             raise BrokerUnavailable(
                 f"Kafka acknowledged {len(published)} of {len(to_publish)} records; "

@@ -78,3 +78,30 @@ def test_response_entries_give_versioned_locations() -> None:
     bundle = response_bundle("transaction", [EntryResult(hashed, 200)])
     assert bundle["type"] == "transaction-response"
     assert bundle["entry"][0]["response"]["status"] == "200 OK"
+
+
+class _Cluster:
+    """The two ClusterMetadata methods a partitioner reads, for 6 partitions."""
+
+    def topics(self) -> set[str]:
+        return {"raw"}
+
+    def partitions_for_topic(self, _topic: str) -> set[int]:
+        return set(range(6))
+
+    def available_partitions_for_topic(self, _topic: str) -> set[int]:
+        return set(range(6))
+
+
+def test_cached_partitioner_matches_kafkas_default() -> None:
+    from kafka.partitioner.default import DefaultPartitioner
+
+    from ingest.publish import CachedKeyPartitioner
+
+    cached, default, cluster = CachedKeyPartitioner(), DefaultPartitioner(), _Cluster()
+    for i in range(300):
+        key = f"patient-{i}".encode()
+        for _ in range(2):  # the second call comes from the cache
+            assert cached.partition("raw", None, key, None, b"", cluster) == default.partition(
+                "raw", None, key, None, b"", cluster
+            )

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -140,8 +141,18 @@ def create_app(settings: Settings) -> FastAPI:
     async def on_crash(request: Request, exc: Exception) -> Response:
         # A bug or a database outage: still an OperationOutcome. Nothing was acknowledged, so
         # the client's retry is safe (at worst a record published twice, never one lost).
-        log.exception("%s %s failed", request.method, request.url.path)
         source = getattr(request.state, "source", None)
+        if isinstance(exc, OperationalError):
+            # The database is unreachable: as retryable as a Kafka outage.
+            log.warning("database unavailable: %s", exc)
+            metrics.requests.labels(source or "unknown", endpoint_of(request), "503").inc()
+            issue = Issue("transient", "The gateway's database is unavailable; retry later", ())
+            return FhirResponse(
+                operation_outcome([issue], "database-unavailable"),
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        log.exception("%s %s failed", request.method, request.url.path)
         metrics.requests.labels(source or "unknown", endpoint_of(request), "500").inc()
         issue = Issue("exception", f"Internal error ({type(exc).__name__}); retry later", ())
         return FhirResponse(operation_outcome([issue], "internal-error"), status_code=500)

@@ -153,3 +153,15 @@ def test_gateway_starts_without_a_broker_and_answers_503(
         bad = post(gw.url, token, "/fhir/Encounter", encounter(unique("e"), "p", status="x"))
         assert bad.status_code == 422
         assert gw.proc.poll() is None
+
+
+def test_database_down_is_a_503_too(broker: str, topic_prefix: str, tmp_path: Path) -> None:
+    dead_db = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    env = gateway_env(broker, dead_db, topic_prefix)
+    with run_gateway(env, tmp_path / "gw.log", healthy=False) as gw:
+        resp = post(gw.url, "prc_any", "/fhir/Encounter", encounter(unique("e"), "p"))
+        health = httpx.get(f"{gw.url}/healthz", timeout=30)
+    assert resp.status_code == 503, resp.text
+    assert resp.headers["retry-after"]
+    assert resp.json()["issue"][0]["code"] == "transient"
+    assert health.status_code == 503 and health.json()["database"].startswith("down")

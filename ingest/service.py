@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from ingest.bundle import patient_key
 from ingest.dedupe import IngestStore, Published, RejectionRecord
 from ingest.entries import Item
 from ingest.metrics import IngestMetrics
@@ -153,7 +154,8 @@ class IngestService:
                     if not isinstance(item.raw, str)
                     else item.raw.encode()
                 )
-                self._dead_letter(source, received_at, item.key or None, payload, rej)
+                key = patient_key(item.raw) if isinstance(item.raw, dict) else None
+                self._dead_letter(source, received_at, key or source, payload, rej)
                 self.metrics.rejections.labels(source, item.reason).inc()
                 self.metrics.resources.labels(source, "rejected", item.resource_type or "").inc()
 

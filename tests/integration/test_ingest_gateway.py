@@ -27,7 +27,7 @@ from tests.integration.ingest_helpers import (
     run_gateway,
     unique,
 )
-from tests.support import parcours_env
+from tests.support import parcours_env, wait_until
 
 pytestmark = pytest.mark.integration
 MAX_BODY = 200_000
@@ -311,6 +311,18 @@ def test_batch_answers_per_entry(env: Env) -> None:
     outcome = body["entry"][1]["response"]["outcome"]
     assert outcome["issue"][0]["expression"] == ["Bundle.entry[1].resource.status"]
     assert len(raw_by_id(env, str(fresh["id"]), str(bad["id"]), str(dup["id"]))) == 2
+    # Dead letters are sent without waiting for their ack: read until it appears.
+    dead = wait_until(
+        lambda: [
+            m
+            for m in read_topic(env.broker, env.topics.deadletter)
+            if str(bad["id"]).encode() in m.value
+        ],
+        timeout_s=30,
+        what="the dead letter of the bad entry",
+    )
+    assert [m.key for m in dead] == [pid.encode()]
+    assert dict(dead[0].headers)["reason-code"] == b"invalid-code"
 
 
 def test_collection_and_message_bundles(env: Env) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -313,7 +314,13 @@ def register_agents(app: faust.App, topics: Topics, sink: SqlSink, settings: Set
                 if ev.value is not None
             ]
             async with lock:
-                outcome = await asyncio.to_thread(processor.process, messages, get_state)
+                try:
+                    outcome = await asyncio.to_thread(processor.process, messages, get_state)
+                except Exception:
+                    # Faust would park a crashed agent and leave the worker idle. Exit instead:
+                    # the supervisor restarts it from the committed offsets (like a kill -9).
+                    log.exception("the pathway agent failed on a batch; exiting")
+                    os._exit(70)
                 await apply(outcome)
 
     if settings.pathway_timer_interval_s > 0:

@@ -341,6 +341,14 @@ class SqlSink:
         self.hierarchy = new
         # Periods pointing at a changed place (or at a bed of a changed ward) resolve anew.
         touched = set(changed) | {p.location_id for p in places.values() if p.part_of in changed}
+        # While the tree is incomplete a site's Location id stands for its hospital; once the
+        # site (and its Organization) is known, what was filed under that stand-in goes.
+        occ, ch = _t(LocationOccupancyRow), _t(CensusHourlyRow)
+        stand_ins = sorted(touched)
+        conn.execute(
+            delete(occ).where(or_(occ.c.hospital_id.in_(stand_ins), occ.c.unit_id.in_(stand_ins)))
+        )
+        conn.execute(delete(ch).where(ch.c.hospital_id.in_(stand_ins)))
         sl = _t(StayLocationRow)
         found = conn.execute(
             select(
@@ -596,7 +604,9 @@ class SqlSink:
             }
             for o in live_occupancy(open_periods, hierarchy, units)
         ]
-        conn.execute(delete(occ).where(occ.c.hospital_id == hospital))
+        # A unit may have been filed under another hospital id while its tree was incomplete.
+        ids = sorted({str(r["unit_id"]) for r in rows})
+        conn.execute(delete(occ).where(or_(occ.c.hospital_id == hospital, occ.c.unit_id.in_(ids))))
         if rows:
             bulk_write(conn, occ, rows)
         return len(rows)

@@ -56,6 +56,34 @@ class FhirResponse(Response):
         return orjson.dumps(content)
 
 
+OUTCOME_DOC: dict[str, Any] = {
+    "content": {"application/fhir+json": {"schema": {"type": "object"}}},
+}
+ERROR_DOCS: dict[int | str, dict[str, Any]] = {
+    code: {**OUTCOME_DOC, "description": f"OperationOutcome: {text}"}
+    for code, text in {
+        400: "not JSON, not a resource, wrong type or id",
+        401: "missing or unknown bearer token",
+        404: "unknown resource type",
+        413: "body too large",
+        415: "unsupported Content-Type",
+        422: "breaks the R4 definition",
+        503: "Kafka or the database unavailable; see Retry-After",
+    }.items()
+}
+
+
+def body_doc(media_types: frozenset[str], description: str) -> dict[str, Any]:
+    """OpenAPI requestBody for an endpoint that reads the raw body itself."""
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {mt: {"schema": {"type": "object"}} for mt in sorted(media_types)},
+        }
+    }
+
+
 def media_type(request: Request) -> str:
     """The request's media type without parameters, lower case."""
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -289,7 +317,13 @@ def create_app(settings: Settings) -> FastAPI:
         """What the gateway accepts (no token needed, as FHIR asks)."""
         return FhirResponse(capability_statement(parcours.__version__, limit))
 
-    @app.post("/fhir", tags=["FHIR"], summary="Bundle: transaction, batch, message or collection")
+    @app.post(
+        "/fhir",
+        tags=["FHIR"],
+        summary="Bundle: transaction, batch, message or collection",
+        openapi_extra=body_doc(JSON_TYPES, "A FHIR R4 Bundle"),
+        responses=ERROR_DOCS,
+    )
     async def post_bundle(request: Request) -> Response:
         """A transaction or message is all or nothing; a batch or collection gets a status per
         entry in a batch-response Bundle."""
@@ -312,7 +346,13 @@ def create_app(settings: Settings) -> FastAPI:
         done()
         return response
 
-    @app.post("/fhir/$import", tags=["FHIR"], summary="NDJSON, one resource a line")
+    @app.post(
+        "/fhir/$import",
+        tags=["FHIR"],
+        summary="NDJSON, one resource a line",
+        openapi_extra=body_doc(NDJSON_TYPES, "One FHIR R4 resource per line"),
+        responses=ERROR_DOCS,
+    )
     async def post_import(request: Request) -> Response:
         """Each line is processed on its own; the answer is a batch-response Bundle with one
         entry per non-blank line, in order."""
@@ -331,7 +371,14 @@ def create_app(settings: Settings) -> FastAPI:
         done()
         return response
 
-    @app.post("/fhir/{type_name}", tags=["FHIR"], summary="Create a resource")
+    @app.post(
+        "/fhir/{type_name}",
+        tags=["FHIR"],
+        summary="Create a resource",
+        status_code=201,
+        openapi_extra=body_doc(JSON_TYPES, "A FHIR R4 resource of this type"),
+        responses=ERROR_DOCS,
+    )
     async def post_resource(type_name: str, request: Request) -> Response:
         """201 with the resource as published (real id, `Type/id` references), or 200 if this
         version was already received."""
@@ -350,7 +397,14 @@ def create_app(settings: Settings) -> FastAPI:
         done()
         return response
 
-    @app.put("/fhir/{type_name}/{resource_id}", tags=["FHIR"], summary="Create or update")
+    @app.put(
+        "/fhir/{type_name}/{resource_id}",
+        tags=["FHIR"],
+        summary="Create or update",
+        status_code=201,
+        openapi_extra=body_doc(JSON_TYPES, "A FHIR R4 resource whose id is the URL's"),
+        responses=ERROR_DOCS,
+    )
     async def put_resource(type_name: str, resource_id: str, request: Request) -> Response:
         """The body's id must equal the URL id."""
         done = timed("update")

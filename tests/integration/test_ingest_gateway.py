@@ -96,6 +96,8 @@ def test_metadata_openapi_healthz_and_metrics(env: Env) -> None:
             "/fhir/{type_name}/{resource_id}",
             "/fhir/$import",
         } <= set(openapi["paths"])
+        bundle_body = openapi["paths"]["/fhir"]["post"]["requestBody"]["content"]
+        assert {"application/fhir+json", "application/json"} <= set(bundle_body)
         health = client.get("/healthz")
         assert health.status_code == 200 and health.json()["kafka"] == "ok"
 

@@ -93,7 +93,7 @@ def run_demo(settings: Settings, options: DemoOptions, sup: Supervisor) -> list[
         finally:
             engine.dispose()
         # The token goes through the environment, not argv, so `ps` does not show it.
-        sim_env = {**env, "PARCOURS_GATEWAY_TOKEN": token, "PARCOURS_INGEST_TOKEN": token}
+        sim_env = {**env, "PARCOURS_INGEST_TOKEN": token}
         sup.start(
             "simulator",
             [

@@ -38,7 +38,7 @@ def simulate(
     ] = None,
     token: Annotated[
         str | None,
-        typer.Option(envvar="PARCOURS_GATEWAY_TOKEN", help="Bearer token for the gateway."),
+        typer.Option(help="Bearer token for the gateway (default PARCOURS_INGEST_TOKEN)."),
     ] = None,
     speed: Annotated[
         float | None,
@@ -129,8 +129,14 @@ def simulate(
         ensure_topics(settings.bootstrap, topics.all(), settings.topic_partitions)
         sink = KafkaSink(settings.bootstrap, topics.raw)
     else:
+        token = token or (
+            settings.ingest_token.get_secret_value() if settings.ingest_token else None
+        )
         if not token:
-            raise typer.BadParameter("--gateway needs --token (or PARCOURS_GATEWAY_TOKEN)")
+            raise typer.BadParameter(
+                "--gateway needs a token: --token T or PARCOURS_INGEST_TOKEN "
+                "(create one with `parcours ingest token create NAME`)"
+            )
         assert gateway is not None
         sink = GatewaySink(gateway, token, batch_size=batch_size)
 

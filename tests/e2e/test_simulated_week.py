@@ -60,7 +60,7 @@ def test_a_simulated_week_through_gateway_worker_and_sql_matches_the_truth(
                 tmp_path / "worker.log",
             ) as worker,
         ):
-            sim_env = {**gw_env, "PARCOURS_GATEWAY_TOKEN": token}
+            sim_env = {**gw_env, "PARCOURS_INGEST_TOKEN": token}
             done = subprocess.run(
                 [
                     sys.executable,

@@ -39,6 +39,8 @@ def dashboard(
         "false",
         "--server.fileWatcherType",
         "none",
+        "--client.toolbarMode",
+        "viewer",
     ]
     env = dict(os.environ)
     # The pages import `dashboard.*`; make the package importable however Parcours was installed.

@@ -1,16 +1,16 @@
-"""Every SQL query the dashboard runs. Parameterised, no Streamlit import, testable on its own.
+"""The dashboard's SQL. Parameterised, no Streamlit import, testable on its own.
 
 Each function takes an Engine and returns plain data (DataFrames, dicts). The one write, the
-acknowledgement of an alert, records who did it and when in `alert_audit`.
+acknowledgement of an alert, records who did it and when in `alert_audit`. A patient's pathway
+and the pathway totals come from `streams.read`, which the `parcours pathways` commands print.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 import pandas as pd
-from sqlalchemy import Engine, Executable, and_, func, insert, select, update
+from sqlalchemy import Engine, Executable, and_, insert, select, update
 
 from parcours.db.forecast_models import ForecastAccuracyRow, ForecastRow
 from parcours.db.ingest_models import IngestRejectionRow, IntegratorRow
@@ -18,13 +18,8 @@ from parcours.db.pathway_models import (
     AlertAuditRow,
     AlertRow,
     CensusHourlyRow,
-    CommunityVisitRow,
-    EdVisitRow,
     LocationOccupancyRow,
     PathwayStateRow,
-    ReferralRow,
-    StayLocationRow,
-    StayRow,
 )
 
 
@@ -150,119 +145,6 @@ def find_patients(engine: Engine, text: str = "", limit: int = 50) -> list[str]:
         query = query.where(p.patient_id.contains(text, autoescape=True))
     with engine.connect() as conn:
         return [row[0] for row in conn.execute(query)]
-
-
-@dataclass(frozen=True)
-class Pathway:
-    """Everything known about one patient's pathway."""
-
-    patient_id: str
-    stage: str | None
-    stays: pd.DataFrame
-    locations: pd.DataFrame
-    ed_visits: pd.DataFrame
-    community_visits: pd.DataFrame
-    referrals: pd.DataFrame
-    alerts: pd.DataFrame
-
-
-def patient_pathway(engine: Engine, patient_id: str) -> Pathway:
-    """Stays (with ward and bed periods), ED visits, community visits, referrals and alerts."""
-    with engine.connect() as conn:
-        state = conn.execute(
-            select(PathwayStateRow.state).where(PathwayStateRow.patient_id == patient_id)
-        ).scalar()
-    stage = state.get("stage") if isinstance(state, dict) else None
-    s, loc = StayRow, StayLocationRow
-    return Pathway(
-        patient_id=patient_id,
-        stage=str(stage) if stage is not None else None,
-        stays=_frame(
-            engine,
-            select(
-                s.stay_id,
-                s.hospital_id,
-                s.admitted_at,
-                s.discharged_at,
-                s.los_hours,
-                s.disposition,
-                s.admit_source,
-            )
-            .where(s.patient_id == patient_id)
-            .order_by(s.admitted_at),
-        ),
-        locations=_frame(
-            engine,
-            select(loc.stay_id, loc.seq, loc.ward_id, loc.bed_id, loc.start_at, loc.end_at)
-            .where(loc.patient_id == patient_id)
-            .order_by(loc.start_at, loc.seq),
-        ),
-        ed_visits=_frame(
-            engine,
-            select(
-                EdVisitRow.encounter_id,
-                EdVisitRow.hospital_id,
-                EdVisitRow.arrived_at,
-                EdVisitRow.departed_at,
-                EdVisitRow.admitted,
-            )
-            .where(EdVisitRow.patient_id == patient_id)
-            .order_by(EdVisitRow.arrived_at),
-        ),
-        community_visits=_frame(
-            engine,
-            select(
-                CommunityVisitRow.encounter_id,
-                CommunityVisitRow.class_code,
-                CommunityVisitRow.provider,
-                CommunityVisitRow.start_at,
-            )
-            .where(CommunityVisitRow.patient_id == patient_id)
-            .order_by(CommunityVisitRow.start_at),
-        ),
-        referrals=_frame(
-            engine,
-            select(
-                ReferralRow.referral_id,
-                ReferralRow.requester,
-                ReferralRow.performer,
-                ReferralRow.authored_at,
-                ReferralRow.status,
-            )
-            .where(ReferralRow.patient_id == patient_id)
-            .order_by(ReferralRow.authored_at),
-        ),
-        alerts=_frame(
-            engine,
-            select(
-                AlertRow.alert_type,
-                AlertRow.status,
-                AlertRow.raised_at,
-                AlertRow.resolved_at,
-                AlertRow.message,
-                AlertRow.acknowledged_by,
-            )
-            .where(AlertRow.patient_id == patient_id)
-            .order_by(AlertRow.raised_at),
-        ),
-    )
-
-
-def pathway_totals(engine: Engine) -> dict[str, float | int | None]:
-    """Headline counts: patients, stays, patients in hospital now, ED visits, open alerts."""
-    with engine.connect() as conn:
-        return {
-            "patients": conn.scalar(select(func.count()).select_from(PathwayStateRow)),
-            "stays": conn.scalar(select(func.count()).select_from(StayRow)),
-            "in_hospital": conn.scalar(
-                select(func.count()).select_from(StayRow).where(StayRow.discharged_at.is_(None))
-            ),
-            "ed_visits": conn.scalar(select(func.count()).select_from(EdVisitRow)),
-            "open_alerts": conn.scalar(
-                select(func.count()).select_from(AlertRow).where(AlertRow.status == "open")
-            ),
-            "mean_los_hours": conn.scalar(select(func.avg(StayRow.los_hours))),
-        }
 
 
 # --- Forecasts ----------------------------------------------------------------------------------

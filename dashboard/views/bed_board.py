@@ -6,6 +6,7 @@ import streamlit as st
 
 from dashboard import queries
 from dashboard.common import REFRESH, engine, local_time
+from streams import read
 
 st.title("Bed board")
 level = st.segmented_control(
@@ -16,14 +17,14 @@ level = st.segmented_control(
 @st.fragment(run_every=REFRESH)
 def board(level: str) -> None:
     """The live table; it refreshes itself."""
-    totals = queries.pathway_totals(engine())
+    totals = read.summary(engine())
     frame = queries.bed_board(engine(), level)
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("In hospital now", totals["in_hospital"] or 0)
+    c1.metric("Inpatients now", totals["open_stays"])
     c2.metric("Beds occupied", int(frame["occupied"].sum()) if not frame.empty else 0)
     capacity = frame["capacity"].sum() if not frame.empty else 0
     c3.metric("Beds in service", int(capacity) if capacity == capacity else "—")
-    c4.metric("Open alerts", totals["open_alerts"] or 0)
+    c4.metric("Open alerts", sum(totals["open_alerts"].values()))
     if frame.empty:
         st.info(
             "No occupancy yet. Start the stream worker (`parcours streams worker`) and push "

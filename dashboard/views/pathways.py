@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import queries
 from dashboard.common import engine, local_time
+from streams import read
 
 st.title("Pathways")
-totals = queries.pathway_totals(engine())
-c1, c2, c3, c4 = st.columns(4)
-c1.metric("Patients", totals["patients"] or 0)
-c2.metric("Inpatient stays", totals["stays"] or 0)
-c3.metric("ED visits", totals["ed_visits"] or 0)
-mean_los = totals["mean_los_hours"]
-c4.metric("Mean length of stay", f"{mean_los / 24:.1f} d" if mean_los else "—")
+totals = read.summary(engine())
+c1, c2, c3, c4, c5 = st.columns(5)
+c1.metric("Patients", totals["patients"])
+c2.metric("Inpatient stays", totals["stays"])
+c3.metric("ED visits", totals["ed_visits"])
+c4.metric("Community visits", totals["community_visits"])
+median_los = totals["los_hours_median"]
+c5.metric("Median length of stay", f"{median_los / 24:.1f} d" if median_los else "—")
 
 search = st.text_input("Patient id contains", key="patient_search")
 patients = queries.find_patients(engine(), search)
@@ -22,17 +25,24 @@ if not patients:
     st.info("No patient matches. Pathways appear once the stream worker has seen their events.")
     st.stop()
 patient = st.selectbox("Patient", patients, key="patient_choice")
-path = queries.patient_pathway(engine(), patient)
-st.subheader(f"Patient {path.patient_id}")
-st.write(f"Current stage: **{path.stage or 'unknown'}**")
+path = read.pathway(engine(), patient)
+if path is None:
+    st.warning("This patient's pathway is no longer stored; search again.")
+    st.stop()
+st.subheader(f"Patient {path['patient_id']}")
+st.markdown(f"Current stage: **{path['stage'] or 'unknown'}** since {path['stage_since'] or '—'}")
 
+stays = pd.DataFrame([{k: v for k, v in s.items() if k != "locations"} for s in path["stays"]])
+places = pd.DataFrame(
+    [{"stay_id": s["stay_id"], **place} for s in path["stays"] for place in s["locations"]]
+)
 sections = [
-    ("Inpatient stays", path.stays, ("admitted_at", "discharged_at")),
-    ("Wards and beds", path.locations, ("start_at", "end_at")),
-    ("Emergency visits", path.ed_visits, ("arrived_at", "departed_at")),
-    ("Community visits", path.community_visits, ("start_at",)),
-    ("Referrals", path.referrals, ("authored_at",)),
-    ("Alerts", path.alerts, ("raised_at", "resolved_at")),
+    ("Inpatient stays", stays, ("admitted_at", "discharged_at")),
+    ("Wards and beds", places, ("start_at", "end_at")),
+    ("Emergency visits", pd.DataFrame(path["ed_visits"]), ("arrived_at", "departed_at")),
+    ("Community visits", pd.DataFrame(path["community_visits"]), ("start_at", "end_at")),
+    ("Referrals", pd.DataFrame(path["referrals"]), ("authored_at",)),
+    ("Open alerts", pd.DataFrame(path["open_alerts"]), ("raised_at",)),
 ]
 for title, frame, times in sections:
     st.markdown(f"**{title}** ({len(frame)})")

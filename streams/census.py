@@ -130,6 +130,9 @@ class Hierarchy:
 
     places: Mapping[str, Place] = field(default_factory=dict)
     capacity_overrides: Mapping[str, int] = field(default_factory=dict)
+    _units: dict[tuple[str, str | None, str | None], dict[str, Unit | None]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def _climb(self, location_id: str | None) -> list[Place]:
         chain: list[Place] = []
@@ -186,6 +189,15 @@ class Hierarchy:
     ) -> dict[str, Unit | None]:
         """The unit of a place at each level (None where it is unknown). `ward_hint`, the ward
         the feed named, stands in while the Location itself is unknown."""
+        key = (hospital_id, location_id, ward_hint)
+        found = self._units.get(key)
+        if found is None:
+            found = self._units[key] = self._units_of(hospital_id, location_id, ward_hint)
+        return found
+
+    def _units_of(
+        self, hospital_id: str, location_id: str | None, ward_hint: str | None
+    ) -> dict[str, Unit | None]:
         if ward_hint and (location_id is None or location_id not in self.places):
             location_id = ward_hint
         ward = self.ward_of(location_id)

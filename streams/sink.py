@@ -25,7 +25,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Engine, Table, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import (
+    JSON,
+    Engine,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.engine import Connection
 
 from parcours.db import upsert
@@ -49,6 +61,7 @@ from streams.census import (
     WARD,
     EdArrival,
     Hierarchy,
+    HourCounts,
     Period,
     Place,
     Unit,
@@ -496,7 +509,7 @@ class SqlSink:
         window: _Window,
         result: SinkResult,
     ) -> int:
-        sl, ed, ch = _t(StayLocationRow), _t(EdVisitRow), _t(CensusHourlyRow)
+        sl, ed = _t(StayLocationRow), _t(EdVisitRow)
         watermark = self._watermark(conn, hospital)
         rows_written = 0
         periods: list[Period] = []
@@ -535,35 +548,65 @@ class SqlSink:
                 ).all()
             ]
             counts = hourly_census(periods, arrivals, hierarchy, lo, hi, watermark)
-            conn.execute(
-                delete(ch).where(
-                    and_(ch.c.hospital_id == hospital, ch.c.hour >= lo, ch.c.hour <= floor_hour(hi))
-                )
-            )
-            if counts:
-                bulk_write(
-                    conn,
-                    ch,
-                    [
-                        {
-                            "unit_type": c.unit.unit_type,
-                            "unit_id": c.unit.unit_id,
-                            "hour": c.hour,
-                            "hospital_id": hospital,
-                            "occupancy": c.occupancy,
-                            "admissions": c.admissions,
-                            "discharges": c.discharges,
-                            "transfers_in": c.transfers_in,
-                            "transfers_out": c.transfers_out,
-                            "ed_arrivals": c.ed_arrivals,
-                        }
-                        for c in counts
-                    ],
-                )
-            rows_written += len(counts)
+            rows_written += self._write_hours(conn, hospital, lo, floor_hour(hi), counts)
             rows_written += self._capacity_alerts(conn, hierarchy, periods, window.lo, result)
         rows_written += self._occupancy(conn, hierarchy, hospital, watermark)
         return rows_written
+
+    def _write_hours(
+        self,
+        conn: Connection,
+        hospital: str,
+        lo: datetime,
+        hi: datetime,
+        counts: Sequence[HourCounts],
+    ) -> int:
+        """Make the hospital's `census_hourly` rows in `[lo, hi]` equal `counts`, writing only the
+        rows that differ (most hours of a recomputed window do not change)."""
+        ch = _t(CensusHourlyRow)
+        fields = (
+            "occupancy",
+            "admissions",
+            "discharges",
+            "transfers_in",
+            "transfers_out",
+            "ed_arrivals",
+        )
+        existing = {
+            (r.unit_type, r.unit_id, as_utc(r.hour)): tuple(getattr(r, f) for f in fields)
+            for r in conn.execute(
+                select(ch).where(
+                    and_(ch.c.hospital_id == hospital, ch.c.hour >= lo, ch.c.hour <= hi)
+                )
+            )
+        }
+        wanted = {
+            (c.unit.unit_type, c.unit.unit_id, c.hour): tuple(getattr(c, f) for f in fields)
+            for c in counts
+        }
+        gone = [key for key in existing if key not in wanted]
+        if gone:
+            conn.execute(
+                delete(ch).where(
+                    and_(
+                        ch.c.hospital_id == hospital,
+                        tuple_(ch.c.unit_type, ch.c.unit_id, ch.c.hour).in_(gone),
+                    )
+                )
+            )
+        rows = [
+            {
+                "unit_type": key[0],
+                "unit_id": key[1],
+                "hour": key[2],
+                "hospital_id": hospital,
+                **dict(zip(fields, values, strict=True)),
+            }
+            for key, values in wanted.items()
+            if existing.get(key) != values
+        ]
+        bulk_write(conn, ch, rows, key=["unit_type", "unit_id", "hour"])
+        return len(rows) + len(gone)
 
     def _occupancy(
         self, conn: Connection, hierarchy: Hierarchy, hospital: str, watermark: datetime | None

@@ -217,6 +217,9 @@ class Hierarchy:
                     return place.service_name
             return code
         found = self.places.get(unit.unit_id)
+        if found is None and unit.unit_type == HOSPITAL:
+            # A hospital is known by its Organization id; its site Location carries the name.
+            found = next((p for p in self.places.values() if p.organization == unit.unit_id), None)
         return found.name if found else None
 
     @cached_property

@@ -281,3 +281,11 @@ def test_floor_hour_is_utc() -> None:
 
     local = datetime(2026, 3, 2, 9, 45, tzinfo=ZoneInfo("Europe/Paris"))
     assert floor_hour(local) == datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("unit", "name"),
+    [(HOSP, "CHU"), (CARD, None), (CARDIO, "Cardiologie"), (Unit("hospital", "x", "x"), None)],
+)
+def test_unit_names(unit: Unit, name: str | None) -> None:
+    assert TREE.name_of(unit) == name

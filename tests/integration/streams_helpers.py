@@ -55,16 +55,17 @@ def produce(broker: str, topic: str, resources: Iterable[dict[str, Any]]) -> int
 
 def worker_env(broker: str, db_url: str, prefix: str, **extra: str) -> dict[str, str]:
     """Environment of a stream worker for a test (no web port, short session timeout)."""
-    return parcours_env(
-        KAFKA_BOOTSTRAP_SERVERS=broker,
-        DATABASE_URL=db_url,
-        PARCOURS_TOPIC_PREFIX=prefix,
-        PARCOURS_WORKER_WEB_PORT="0",
-        PARCOURS_WORKER_SESSION_TIMEOUT_S="6",
-        PARCOURS_PATHWAY_TIMER_INTERVAL_S="0",
-        PARCOURS_LOG_LEVEL="WARNING",
-        **extra,
-    )
+    settings = {
+        "KAFKA_BOOTSTRAP_SERVERS": broker,
+        "DATABASE_URL": db_url,
+        "PARCOURS_TOPIC_PREFIX": prefix,
+        "PARCOURS_WORKER_WEB_PORT": "0",
+        "PARCOURS_WORKER_SESSION_TIMEOUT_S": "6",
+        # Wall-clock timers would make runs differ; the tests that want them turn them on.
+        "PARCOURS_PATHWAY_TIMER_INTERVAL_S": "0",
+        "PARCOURS_LOG_LEVEL": "WARNING",
+    }
+    return parcours_env(**{**settings, **extra})
 
 
 @contextmanager

@@ -218,8 +218,13 @@ class Hierarchy:
             return code
         found = self.places.get(unit.unit_id)
         if found is None and unit.unit_type == HOSPITAL:
-            # A hospital is known by its Organization id; its site Location carries the name.
-            found = next((p for p in self.places.values() if p.organization == unit.unit_id), None)
+            # A hospital is known by its Organization id; its site Location (the top of the tree,
+            # not one of its wards or beds, which name the same Organization) carries the name.
+            mine = [p for p in self.places.values() if p.organization == unit.unit_id]
+            found = next(
+                (p for p in mine if p.physical_type in ("si", "bu") and not p.part_of),
+                next((p for p in mine if not p.part_of), None),
+            )
         return found.name if found else None
 
     @cached_property

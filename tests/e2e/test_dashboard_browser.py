@@ -5,36 +5,22 @@ Screenshots go to tests/e2e/screenshots/ for people to look at.
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 from sqlalchemy import text
 
 from parcours.broker import free_port
 from parcours.db import make_engine
+from tests.e2e.browser import shot
 from tests.seed import Seeded, seed
 from tests.support import parcours_env, parcours_process, wait_until
 
 pytestmark = pytest.mark.e2e
-SHOTS = Path(__file__).resolve().parent / "screenshots"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Debian's chromium is missing: scripts/setup.sh installs it"
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=chromium,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield b
-        b.close()
 
 
 @pytest.fixture
@@ -53,13 +39,6 @@ def served(pg_url: str, tmp_path: Path) -> Iterator[tuple[str, Seeded]]:
 
         wait_until(healthy, 60, what="the Streamlit server")
         yield url, seeded
-
-
-def shot(page: Page, name: str) -> None:
-    SHOTS.mkdir(exist_ok=True)
-    # Tables and charts paint on canvases after the text shows; let them finish for the picture.
-    page.wait_for_timeout(1500)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 def test_manager_and_coordinator_use_the_dashboard(

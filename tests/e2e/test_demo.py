@@ -12,8 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, expect
 
 from parcours.broker import free_port
+from tests.e2e.browser import shot
 from tests.support import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -54,7 +56,7 @@ def count(db: Path, table: str) -> int:
 
 
 def test_demo_runs_the_whole_pathway_on_sqlite_and_ctrl_c_leaves_no_orphan(
-    tmp_path: Path,
+    tmp_path: Path, browser: Browser
 ) -> None:
     env = {
         k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")
@@ -85,8 +87,18 @@ def test_demo_runs_the_whole_pathway_on_sqlite_and_ctrl_c_leaves_no_orphan(
             assert count(db, "ingest_log") > 0
             gateway = f"http://127.0.0.1:{ports['INGEST']}"
             assert httpx.get(f"{gateway}/fhir/metadata", timeout=10).status_code == 200
-            dash = f"http://127.0.0.1:{ports['DASHBOARD']}/_stcore/health"
-            assert httpx.get(dash, timeout=10).status_code == 200
+            dash = f"http://127.0.0.1:{ports['DASHBOARD']}"
+            assert httpx.get(f"{dash}/_stcore/health", timeout=10).status_code == 200
+            # A manager opens the bed board and sees the simulated territory's hospitals.
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(dash)
+            expect(page.get_by_role("heading", name="Bed board")).to_be_visible(timeout=60_000)
+            page.get_by_text("hospital", exact=True).click()
+            # The table paints on a canvas; its accessible cells carry the text.
+            cell = page.get_by_test_id("stDataFrame").get_by_text("CHU Dijon Bourgogne")
+            expect(cell.first).to_be_attached(timeout=60_000)
+            shot(page, "demo_bed_board")
+            page.close()
 
             children = descendants(proc.pid)
             names = {Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children}

@@ -289,3 +289,15 @@ def test_floor_hour_is_utc() -> None:
 )
 def test_unit_names(unit: Unit, name: str | None) -> None:
     assert TREE.name_of(unit) == name
+
+
+def test_a_hospital_is_named_after_its_site_not_a_ward_of_the_same_organization() -> None:
+    # Feeds often put managingOrganization on wards and beds too, and may send them first.
+    tree = Hierarchy(
+        places={
+            "w-ed": Place("w-ed", "wa", "site", organization="org-chu", name="Urgences"),
+            "b1": Place("b1", "bd", "w-ed", organization="org-chu", name="Urgences lit 1"),
+            "site": Place("site", "si", None, organization="org-chu", name="CHU Dijon"),
+        }
+    )
+    assert tree.name_of(HOSP) == "CHU Dijon"

@@ -87,6 +87,14 @@ class Settings(BaseSettings):
     alert_readmission_days: float = Field(
         default=30.0, description="An admission this many days after a discharge is a readmission."
     )
+    alert_los_p90_days: dict[str, float] = Field(
+        default_factory=dict,
+        description="90th percentile length of stay (days) per service code or ward id; a longer "
+        'open stay raises a long-stay alert (JSON, e.g. {"cardio": 9, "geriatrie": 21}).',
+    )
+    alert_los_p90_default_days: float = Field(
+        default=12.0, description="Long-stay threshold (days) for services not listed above."
+    )
     pathway_timer_interval_s: float = Field(
         default=60.0,
         description="Wall-clock period of the pathway timer checks (no-follow-up, boarding); 0 disables.",

@@ -64,6 +64,8 @@ def rules_from_settings(settings: Settings) -> PathwayRules:
         referral_contact=timedelta(days=settings.alert_referral_days),
         follow_up=timedelta(days=settings.alert_followup_days),
         readmission=timedelta(days=settings.alert_readmission_days),
+        los_p90={k: timedelta(days=v) for k, v in settings.alert_los_p90_days.items()},
+        los_p90_default=timedelta(days=settings.alert_los_p90_default_days),
     )
 
 

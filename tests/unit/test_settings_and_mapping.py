@@ -72,3 +72,18 @@ def test_decode_batch_splits_good_from_bad() -> None:
     assert len([ev for ev in events if isinstance(ev, EncounterRecorded)]) == 1
     assert [r[0] for r in rejects] == [b"k", b"k"]
     assert "resourceType" in rejects[1][2]
+
+
+def test_alert_thresholds_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    from streams.agents import rules_from_settings
+
+    monkeypatch.setenv("PARCOURS_ALERT_ED_BOARDING_HOURS", "6")
+    monkeypatch.setenv("PARCOURS_ALERT_LOS_P90_DAYS", '{"cardio": 9, "geriatrie": 21.5}')
+    monkeypatch.setenv("PARCOURS_ALERT_LOS_P90_DEFAULT_DAYS", "10")
+    rules = rules_from_settings(Settings())
+    assert rules.ed_boarding == timedelta(hours=6)
+    assert rules.los_p90 == {"cardio": timedelta(days=9), "geriatrie": timedelta(days=21.5)}
+    assert rules.los_p90_default == timedelta(days=10)
+    assert rules.follow_up == timedelta(days=7)

@@ -15,11 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from parcours.broker import EmbeddedBroker, free_port
-from parcours.settings import normalise_db_url
+from tests.support import fresh_database
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
@@ -47,21 +45,8 @@ def broker() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """URL of a fresh, migrated PostgreSQL database for this session."""
-    from parcours.db import upgrade
-
-    base = make_url(normalise_db_url(os.environ.get("PARCOURS_TEST_DATABASE_URL", DEFAULT_PG)))
-    name = f"parcours_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = base.set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
+    with fresh_database(os.environ.get("PARCOURS_TEST_DATABASE_URL", DEFAULT_PG)) as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture

@@ -7,10 +7,17 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from parcours.db import upgrade
+from parcours.settings import normalise_db_url
 
 T = TypeVar("T")
 
@@ -66,3 +73,21 @@ def wait_until(
         time.sleep(every_s)
         last = probe()
     return last
+
+
+@contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new, migrated PostgreSQL database on the server of `server_url`, dropped afterwards."""
+    base = make_url(normalise_db_url(server_url))
+    name = f"parcours_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = base.set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -25,8 +25,8 @@ from parcours.db import make_engine
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
 from tests.integration.ingest_helpers import gateway_env, run_gateway
-from tests.integration.streams_helpers import own_database, worker_env
-from tests.support import parcours_process, wait_until
+from tests.integration.streams_helpers import worker_env
+from tests.support import fresh_database, parcours_process, wait_until
 
 pytestmark = pytest.mark.e2e
 SMALL = Path(__file__).resolve().parents[1] / "fixtures" / "simulate" / "small_territory.yaml"
@@ -46,7 +46,7 @@ def truth_by_ward(path: Path) -> tuple[dict[tuple[str, datetime], int], dict[str
 def test_a_simulated_week_through_gateway_worker_and_sql_matches_the_truth(
     broker: str, pg_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    with own_database(pg_url) as db_url:
+    with fresh_database(pg_url) as db_url:
         settings = Settings(topic_prefix=topic_prefix)
         ensure_topics(broker, Topics.from_settings(settings).all(), 4)
         engine = make_engine(db_url)

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from kafka import KafkaProducer
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 
 from ingest.bundle import patient_key, resolve_entries
-from parcours.db import make_engine, upgrade
-from parcours.settings import normalise_db_url
+from parcours.db import make_engine
 from tests.support import parcours_env
 
 SYNTHEA = Path("fhir") / "synthea-r4-2019"
@@ -66,24 +62,6 @@ def worker_env(broker: str, db_url: str, prefix: str, **extra: str) -> dict[str,
         "PARCOURS_LOG_LEVEL": "WARNING",
     }
     return parcours_env(**{**settings, **extra})
-
-
-@contextmanager
-def own_database(pg_url: str) -> Iterator[str]:
-    """A new, migrated database on the same server as `pg_url`, dropped afterwards."""
-    base = make_url(normalise_db_url(pg_url))
-    name = f"parcours_streams_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = base.set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 # Per table: its key columns and the column that scopes it to a test's patients or hospitals.

@@ -13,8 +13,8 @@ from kafka import KafkaConsumer, TopicPartition
 
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
-from tests.integration.streams_helpers import count, own_database, produce, worker_env
-from tests.support import parcours_process, wait_until
+from tests.integration.streams_helpers import count, produce, worker_env
+from tests.support import fresh_database, parcours_process, wait_until
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 2
@@ -75,7 +75,7 @@ def test_timer_and_capacity_alerts_reach_sql_and_the_alerts_topic(
     resources += [stay(p, n, ward, t0 + timedelta(hours=n), 4) for n in range(3)]
     produce(broker, topics.raw, resources)
 
-    with own_database(pg_url) as db:
+    with fresh_database(pg_url) as db:
         env = worker_env(
             broker,
             db,

@@ -18,8 +18,8 @@ import pytest
 from bench.territory import expected_counts, territory
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
-from tests.integration.streams_helpers import count, own_database, produce, snapshot, worker_env
-from tests.support import parcours_process, wait_until
+from tests.integration.streams_helpers import count, produce, snapshot, worker_env
+from tests.support import fresh_database, parcours_process, wait_until
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 4
@@ -47,7 +47,7 @@ def test_kill_9_mid_stream_then_restart_ends_like_a_clean_run(
     expected = expected_counts(resources)
     assert produce(broker, topics.raw, resources) >= 10_000
 
-    with own_database(pg_url) as clean_db, own_database(pg_url) as killed_db:
+    with fresh_database(pg_url) as clean_db, fresh_database(pg_url) as killed_db:
         common = {"PARCOURS_TOPIC_PARTITIONS": str(PARTITIONS)}
         env = worker_env(
             broker, clean_db, topic_prefix, PARCOURS_STREAMS_APP_ID=f"{topic_prefix}clean", **common

@@ -17,7 +17,8 @@ from parcours.db import upgrade
 from parcours.settings import Settings
 from streams.agents import BatchProcessor, RawMessage, rules_from_settings
 from streams.sink import SqlSink
-from tests.integration.streams_helpers import count, own_database, raw_key, snapshot
+from tests.integration.streams_helpers import count, raw_key, snapshot
+from tests.support import fresh_database
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +58,7 @@ def test_batches_duplicates_and_late_locations_converge(
             from contextlib import nullcontext
 
             return nullcontext(url)
-        return own_database(pg_url)
+        return fresh_database(pg_url)
 
     with database("a") as a, database("b") as b:
         run(a, msgs, 200)

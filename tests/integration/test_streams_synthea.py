@@ -24,13 +24,12 @@ from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
 from tests.integration.streams_helpers import (
     count,
-    own_database,
     produce,
     snapshot,
     synthea_resources,
     worker_env,
 )
-from tests.support import parcours_process, wait_until
+from tests.support import fresh_database, parcours_process, wait_until
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 4
@@ -109,7 +108,7 @@ def test_synthea_bundles_end_in_sql_with_the_counts_of_the_files(
     assert len(expected["stays"]) == 126 and expected["ed"] == 77  # the data README's counts
     produce(broker, topics.raw, resources)
 
-    with own_database(pg_url) as db:
+    with fresh_database(pg_url) as db:
         env = worker_env(broker, db, topic_prefix, PARCOURS_TOPIC_PARTITIONS=str(PARTITIONS))
         log_a = tmp_path / "worker-a.log"
         with parcours_process(["streams", "worker"], env, log_a) as proc:

@@ -16,6 +16,7 @@ from fhir.resources.R4B.resource import Resource
 from pydantic import ValidationError
 
 from ingest.outcome import Issue
+from parcours import fhir_codes as codes
 
 # Mapped downstream by streams/ (docs/FHIR_PROFILE.md); every other R4 type is published raw.
 MAPPED_TYPES: tuple[str, ...] = (
@@ -65,72 +66,16 @@ RESOURCE_TYPES: frozenset[str] = frozenset(_RESOURCE_TYPE_NAMES.split())
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-ENCOUNTER_CLASSES = frozenset(
-    {"AMB", "EMER", "FLD", "HH", "IMP", "ACUTE", "NONAC", "OBSENC", "PRENC", "SS", "VR"}
-)
-
 # Required code elements of the mapped types, with their R4 value sets.
 CODES: dict[tuple[str, str], frozenset[str]] = {
-    ("Encounter", "status"): frozenset(
-        {
-            "planned",
-            "arrived",
-            "triaged",
-            "in-progress",
-            "onleave",
-            "finished",
-            "cancelled",
-            "entered-in-error",
-            "unknown",
-        }
-    ),
-    ("Appointment", "status"): frozenset(
-        {
-            "proposed",
-            "pending",
-            "booked",
-            "arrived",
-            "fulfilled",
-            "cancelled",
-            "noshow",
-            "entered-in-error",
-            "checked-in",
-            "waitlist",
-        }
-    ),
-    ("EpisodeOfCare", "status"): frozenset(
-        {"planned", "waitlist", "active", "onhold", "finished", "cancelled", "entered-in-error"}
-    ),
-    ("ServiceRequest", "status"): frozenset(
-        {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"}
-    ),
-    ("ServiceRequest", "intent"): frozenset(
-        {
-            "proposal",
-            "plan",
-            "directive",
-            "order",
-            "original-order",
-            "reflex-order",
-            "filler-order",
-            "instance-order",
-            "option",
-        }
-    ),
-    ("Observation", "status"): frozenset(
-        {
-            "registered",
-            "preliminary",
-            "final",
-            "amended",
-            "corrected",
-            "cancelled",
-            "entered-in-error",
-            "unknown",
-        }
-    ),
-    ("Location", "status"): frozenset({"active", "suspended", "inactive"}),
-    ("Patient", "gender"): frozenset({"male", "female", "other", "unknown"}),
+    ("Encounter", "status"): codes.ENCOUNTER_STATUSES,
+    ("Appointment", "status"): codes.APPOINTMENT_STATUSES,
+    ("EpisodeOfCare", "status"): codes.EPISODE_OF_CARE_STATUSES,
+    ("ServiceRequest", "status"): codes.SERVICE_REQUEST_STATUSES,
+    ("ServiceRequest", "intent"): codes.SERVICE_REQUEST_INTENTS,
+    ("Observation", "status"): codes.OBSERVATION_STATUSES,
+    ("Location", "status"): codes.LOCATION_STATUSES,
+    ("Patient", "gender"): codes.ADMINISTRATIVE_GENDERS,
 }
 
 
@@ -229,7 +174,7 @@ def check_codes(resource: dict[str, Any], root: str) -> list[Issue]:
     klass = resource.get("class")
     if rtype == "Encounter" and isinstance(klass, dict) and klass.get("system") == V3_ACT_CODE:
         code = klass.get("code")
-        if code not in ENCOUNTER_CLASSES:
+        if code not in codes.ENCOUNTER_CLASSES:
             issues.append(
                 Issue(
                     code="code-invalid",

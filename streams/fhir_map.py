@@ -19,6 +19,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from parcours.fhir_codes import (
+    APPOINTMENT_STATUSES,
+    ENCOUNTER_CLASSES,
+    ENCOUNTER_LOCATION_STATUSES,
+    ENCOUNTER_STATUSES,
+    EPISODE_OF_CARE_STATUSES,
+    LOCATION_STATUSES,
+    SERVICE_REQUEST_STATUSES,
+)
 from streams import StreamsError
 from streams.events import (
     AppointmentBooked,
@@ -40,57 +49,17 @@ from streams.events import (
     SourceRef,
 )
 
-ENCOUNTER_CLASSES = frozenset({"AMB", "EMER", "IMP", "HH", "VR", "ACUTE", "NONAC", "OBSENC", "SS"})
 COMMUNITY_CLASSES = frozenset({"AMB", "HH", "VR"})
 ED_CLASSES = frozenset({"EMER"})
 # ACUTE/NONAC are inpatient specialisations of IMP; SS (short stay) and OBSENC (observation)
 # occupy a bed too, so they count as stays.
 INPATIENT_CLASSES = frozenset({"IMP", "ACUTE", "NONAC", "OBSENC", "SS"})
-ENCOUNTER_STATUSES = frozenset(
-    {
-        "planned",
-        "arrived",
-        "triaged",
-        "in-progress",
-        "onleave",
-        "finished",
-        "cancelled",
-        "entered-in-error",
-        "unknown",
-    }
-)
 # Statuses of an encounter that took place (or is taking place).
 ENCOUNTER_HAPPENED = frozenset({"arrived", "triaged", "in-progress", "onleave", "finished"})
-
-LOCATION_ENTRY_STATUSES = frozenset({"planned", "active", "reserved", "completed"})
 # Only these are moves that happened; planned/reserved beds are not occupied yet.
 LOCATION_ENTRY_OCCUPIED = frozenset({"active", "completed"})
-LOCATION_STATUSES = frozenset({"active", "suspended", "inactive"})
-
-SERVICE_REQUEST_STATUSES = frozenset(
-    {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"}
-)
 SERVICE_REQUEST_SENT = frozenset({"active", "on-hold", "completed"})
-
-APPOINTMENT_STATUSES = frozenset(
-    {
-        "proposed",
-        "pending",
-        "booked",
-        "arrived",
-        "fulfilled",
-        "cancelled",
-        "noshow",
-        "entered-in-error",
-        "checked-in",
-        "waitlist",
-    }
-)
 APPOINTMENT_BOOKED = frozenset({"booked", "arrived", "fulfilled", "checked-in"})
-
-EPISODE_STATUSES = frozenset(
-    {"planned", "waitlist", "active", "onhold", "finished", "cancelled", "entered-in-error"}
-)
 EPISODE_STARTED = frozenset({"active", "onhold", "finished"})
 
 # NUBC patient discharge status (what Synthea sends) → HL7 discharge-disposition codes, so the
@@ -311,7 +280,7 @@ def _moves(resource: dict[str, Any], start: datetime) -> list[_Move]:
         if not isinstance(entry, dict):
             raise MappingError(f"Encounter.location[{i}] is not an object")
         status = entry.get("status", "active")
-        if status not in LOCATION_ENTRY_STATUSES:
+        if status not in ENCOUNTER_LOCATION_STATUSES:
             raise MappingError(f"Encounter.location[{i}].status {status!r} is not an R4 code")
         if status not in LOCATION_ENTRY_OCCUPIED:
             continue
@@ -636,7 +605,7 @@ def map_episode_of_care(resource: dict[str, Any]) -> list[CanonicalEvent]:
     """An EpisodeOfCare (home care) → HomeCareStarted, and HomeCareEnded once finished."""
     episode_id = _require_id(resource)
     patient = _patient_of(resource, "patient")
-    status = _require_code(resource, "status", EPISODE_STATUSES)
+    status = _require_code(resource, "status", EPISODE_OF_CARE_STATUSES)
     src = source_ref(resource)
     start = _time(resource, "period", "start")
     end = _time(resource, "period", "end")

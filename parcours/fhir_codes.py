@@ -1,0 +1,71 @@
+"""FHIR R4 required value sets that Parcours checks itself (fhir.resources does not enforce codes).
+
+The gateway refuses a resource whose code is not in its set; the stream mapping relies on the
+same sets. One definition, used by both.
+"""
+
+ENCOUNTER_CLASSES = frozenset(
+    # v3 ActEncounterCode (http://terminology.hl7.org/CodeSystem/v3-ActCode).
+    {"AMB", "EMER", "FLD", "HH", "IMP", "ACUTE", "NONAC", "OBSENC", "PRENC", "SS", "VR"}
+)
+ENCOUNTER_STATUSES = frozenset(
+    {
+        "planned",
+        "arrived",
+        "triaged",
+        "in-progress",
+        "onleave",
+        "finished",
+        "cancelled",
+        "entered-in-error",
+        "unknown",
+    }
+)
+ENCOUNTER_LOCATION_STATUSES = frozenset({"planned", "active", "reserved", "completed"})
+APPOINTMENT_STATUSES = frozenset(
+    {
+        "proposed",
+        "pending",
+        "booked",
+        "arrived",
+        "fulfilled",
+        "cancelled",
+        "noshow",
+        "entered-in-error",
+        "checked-in",
+        "waitlist",
+    }
+)
+EPISODE_OF_CARE_STATUSES = frozenset(
+    {"planned", "waitlist", "active", "onhold", "finished", "cancelled", "entered-in-error"}
+)
+SERVICE_REQUEST_STATUSES = frozenset(
+    {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"}
+)
+SERVICE_REQUEST_INTENTS = frozenset(
+    {
+        "proposal",
+        "plan",
+        "directive",
+        "order",
+        "original-order",
+        "reflex-order",
+        "filler-order",
+        "instance-order",
+        "option",
+    }
+)
+OBSERVATION_STATUSES = frozenset(
+    {
+        "registered",
+        "preliminary",
+        "final",
+        "amended",
+        "corrected",
+        "cancelled",
+        "entered-in-error",
+        "unknown",
+    }
+)
+LOCATION_STATUSES = frozenset({"active", "suspended", "inactive"})
+ADMINISTRATIVE_GENDERS = frozenset({"male", "female", "other", "unknown"})

@@ -24,8 +24,8 @@ from parcours.db.pathway_models import (
     StayLocationRow,
     StayRow,
 )
-from streams.census import BED, HOSPITAL, SERVICE, WARD, Hierarchy, Period, occupancy_at
-from streams.sink import as_utc, place_of
+from streams.census import BED, HOSPITAL, SERVICE, WARD, Hierarchy, occupancy_at
+from streams.sink import as_utc, period_of, place_of
 
 LEVEL_ORDER = {HOSPITAL: 0, SERVICE: 1, WARD: 2, BED: 3}
 
@@ -185,16 +185,7 @@ def census(
         sl = StayLocationRow.__table__
         with engine.connect() as conn:
             periods = [
-                Period(
-                    r.stay_id,
-                    r.seq,
-                    r.hospital_id,
-                    r.location_id,
-                    as_utc(r.start_at) or r.start_at,
-                    as_utc(r.end_at),
-                    r.discharged,
-                    r.ward_ref,
-                )
+                period_of(r)
                 for r in conn.execute(
                     select(sl).where(
                         and_(sl.c.start_at <= at, or_(sl.c.end_at.is_(None), sl.c.end_at > at))

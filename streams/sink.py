@@ -210,6 +210,20 @@ def place_of(row: Mapping[str, Any]) -> Place:
     )
 
 
+def period_of(row: Any) -> Period:
+    """A `stay_locations` row as a census Period (SQLite gives naive UTC times back)."""
+    return Period(
+        row.stay_id,
+        row.seq,
+        row.hospital_id,
+        row.location_id,
+        as_utc(row.start_at) or row.start_at,
+        as_utc(row.end_at),
+        row.discharged,
+        row.ward_ref,
+    )
+
+
 def location_row(ev: LocationRecorded) -> dict[str, Any]:
     """The `locations` row of a LocationRecorded event."""
     return {
@@ -523,16 +537,7 @@ class SqlSink:
                 .where(or_(sl.c.end_at.is_(None), sl.c.end_at >= lo))
             )
             periods = [
-                Period(
-                    r.stay_id,
-                    r.seq,
-                    r.hospital_id,
-                    r.location_id,
-                    as_utc(r.start_at) or r.start_at,
-                    as_utc(r.end_at),
-                    r.discharged,
-                    r.ward_ref,
-                )
+                period_of(r)
                 for r in conn.execute(select(sl).where(sl.c.stay_id.in_(overlapping))).all()
             ]
             arrivals = [
@@ -658,16 +663,7 @@ class SqlSink:
         """Every period in `ward` that overlaps `[since, ∞)`."""
         sl = _t(StayLocationRow)
         return [
-            Period(
-                r.stay_id,
-                r.seq,
-                r.hospital_id,
-                r.location_id,
-                as_utc(r.start_at) or r.start_at,
-                as_utc(r.end_at),
-                r.discharged,
-                r.ward_ref,
-            )
+            period_of(r)
             for r in conn.execute(
                 select(sl).where(
                     and_(sl.c.ward_id == ward, or_(sl.c.end_at.is_(None), sl.c.end_at >= since))

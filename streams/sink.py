@@ -269,17 +269,11 @@ def _widen(
 class SqlSink:
     """Writes batches in one transaction each; replaying a batch changes nothing."""
 
-    WRITTEN_LIMIT = 200_000
-
     def __init__(self, engine: Engine, capacity: Mapping[str, int] | None = None) -> None:
         self.engine = engine
         self.capacity = dict(capacity or {})
         self.hierarchy = Hierarchy({}, self.capacity)
         self._loaded = False
-        # patient → table → the rows of it last committed. A table whose rows did not change is
-        # not rewritten. Empty after a restart (or a failed transaction): everything is rewritten.
-        self._written: dict[str, dict[str, list[dict[str, Any]]]] = {}
-        self._pending: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
     # --- Location hierarchy -------------------------------------------------------------------
 
@@ -313,21 +307,13 @@ class SqlSink:
             )
         if not self._loaded:
             self.load_hierarchy()
-        self._pending = {}
         try:
             with self.engine.begin() as conn:
-                result = self._write(conn, batch)
+                return self._write(conn, batch)
         except Exception:
             # The in-memory tree may be ahead of what was rolled back: read it again next time.
             self._loaded = False
-            self._written.clear()
             raise
-        finally:
-            pending, self._pending = self._pending, {}
-        if len(self._written) + len(pending) > self.WRITTEN_LIMIT:
-            self._written.clear()
-        self._written.update(pending)
-        return result
 
     def _write(self, conn: Connection, batch: SinkBatch) -> SinkResult:
         result = SinkResult()
@@ -380,8 +366,6 @@ class SqlSink:
         places.update({lid: place_of(rows[lid]) for lid in changed})
         new = Hierarchy(places, self.capacity)
         self.hierarchy = new
-        # Stored periods are resolved anew below; the rows remembered per patient are stale.
-        self._written.clear()
         # Periods pointing at a changed place (or at a bed of a changed ward) resolve anew.
         touched = set(changed) | {p.location_id for p in places.values() if p.part_of in changed}
         # While the tree is incomplete a site's Location id stands for its hospital; once the
@@ -486,27 +470,17 @@ class SqlSink:
             referrals.extend(p.referrals)
             alerts.extend(p.alerts)
             resolutions.extend({"aid": k, "at": v} for k, v in p.resolutions.items())
-        for model, attr in (
-            (StayRow, "stays"),
-            (StayLocationRow, "periods"),
-            (EdVisitRow, "ed_visits"),
-            (CommunityVisitRow, "community_visits"),
-            (ReferralRow, "referrals"),
+        for model, rows in (
+            (StayRow, stays),
+            (StayLocationRow, periods),
+            (EdVisitRow, eds),
+            (CommunityVisitRow, visits),
+            (ReferralRow, referrals),
         ):
-            # Only the patients whose rows of this table differ from the committed ones.
-            changed: list[str] = []
-            rows: list[dict[str, Any]] = []
-            for p in patients:
-                new: list[dict[str, Any]] = getattr(p, attr)
-                self._pending.setdefault(p.patient_id, {})[attr] = new
-                if self._written.get(p.patient_id, {}).get(attr) != new:
-                    changed.append(p.patient_id)
-                    rows.extend(new)
-            if changed:
-                table = _t(model)
-                conn.execute(delete(table).where(table.c.patient_id.in_(sorted(changed))))
-                if rows:
-                    bulk_write(conn, table, rows)
+            table = _t(model)
+            conn.execute(delete(table).where(table.c.patient_id.in_(ids)))
+            if rows:
+                bulk_write(conn, table, rows)
         bulk_write(conn, _t(PathwayStateRow), states, key=["patient_id"])
         if alerts:
             bulk_write(conn, _t(AlertRow), alerts, key=["alert_id"], update=ALERT_COLUMNS)

@@ -40,5 +40,9 @@ def bench_streams(
 
     settings = Settings()
     url = database_url or settings.database_url
-    result = run(patients, rate, seconds, url, settings.kafka_bootstrap_servers, batch_size)
+    try:
+        result = run(patients, rate, seconds, url, settings.kafka_bootstrap_servers, batch_size)
+    except RuntimeError as exc:
+        typer.echo(f"bench streams: {exc}", err=True)
+        raise typer.Exit(1) from exc
     typer.echo(report(result, "PostgreSQL" if url and "postgres" in url else "SQLite"))

@@ -223,6 +223,12 @@ def run(
         db_url = db_url or f"sqlite:///{Path(tmp.name) / 'bench.db'}"
         upgrade(db_url)
         engine = make_engine(db_url)
+        with engine.connect() as conn:
+            if conn.scalar(text("SELECT count(*) FROM pathway_states")):
+                raise RuntimeError(
+                    "the streams bench counts rows, so it needs an empty database; this one "
+                    "already holds pathways. Create a new one (createdb …) or drop this one."
+                )
         prefix = f"bench{uuid.uuid4().hex[:6]}."
         settings = Settings(topic_prefix=prefix)
         topics = Topics.from_settings(settings)

@@ -106,9 +106,10 @@ def db_upgrade(
 @streams_app.command("worker")
 def streams_worker() -> None:
     """Run a Faust stream worker: raw FHIR topic → canonical events → SQL."""
-    from streams.app import run_worker
+    from streams.app import run_worker, tune_gc
 
     settings = load_settings()
+    tune_gc()
     # Faust parses sys.argv itself; give it only its own name.
     sys.argv = [sys.argv[0], "worker"]
     run_worker(settings)

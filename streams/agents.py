@@ -194,8 +194,9 @@ class BatchProcessor:
                 outcome.rejects.extend((m.key, m.value, reason) for m in raw_of.get(pid, []))
                 continue
             batch.patients.append(rows)
-            outcome.states[pid] = (partition_of[pid], rows.state)
-            self._remember(pid, rows.state, state)
+            value = state.to_dict()
+            outcome.states[pid] = (partition_of[pid], value)
+            self._remember(pid, value, state)
             outcome.alerts.extend((pid.encode(), alert_message(o)) for o in alert_outs)
         result = self._write(batch, raw_of, outcome)
         outcome.rows = result.rows
@@ -220,8 +221,9 @@ class BatchProcessor:
                 continue
             rows = patient_rows(new, alert_outs)
             batch.patients.append(rows)
-            outcome.states[pid] = (partition_for(pid, partitions), rows.state)
-            self._remember(pid, rows.state, new)
+            value = new.to_dict()
+            outcome.states[pid] = (partition_for(pid, partitions), value)
+            self._remember(pid, value, new)
             outcome.alerts.extend((pid.encode(), alert_message(o)) for o in alert_outs)
         if batch.patients:
             outcome.rows = self._write(batch, {}, outcome).rows

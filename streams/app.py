@@ -7,6 +7,8 @@ raw topic, which is keyed by patient; SQL is written by `streams.sink` in one tr
 
 from __future__ import annotations
 
+import gc
+
 import faust
 
 from parcours.db import make_engine
@@ -48,3 +50,17 @@ def run_worker(settings: Settings) -> None:
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level.lower())
     worker.execute_from_commandline()
+
+
+def tune_gc() -> None:
+    """Make Python's cycle collector fit a stream worker.
+
+    A batch allocates hundreds of thousands of short-lived objects while the heap holds every
+    patient's state. With the default thresholds the collector runs a young collection every 700
+    allocations and, often, walks that whole heap: it took two thirds of the time of the pathway
+    rules. Objects alive at start-up (modules, Faust) are frozen out of its reach, and it runs
+    less often. Memory is still reclaimed: most objects die by reference count, not by the
+    collector.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)

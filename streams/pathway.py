@@ -547,8 +547,22 @@ class PatientState:
         """The stay history (bounded by `rules.max_records`), oldest first."""
         return self.facts.stays
 
+    def view(self) -> dict[str, Any]:
+        """What readers need of the state (the `pathway_states` row): where the patient is on the
+        pathway and since when. The log, base and facts stay in the Faust table."""
+        return {
+            "patient_id": self.patient_id,
+            "stage": self.stage.value,
+            "stage_since": to_jsonable(self.stage_since),
+            "stay_id": self.stay_id,
+            "ward": self.ward,
+            "bed": self.bed,
+            "clock": to_jsonable(self.clock),
+            "alerts": sorted(self.alerts),
+        }
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (the Faust table value, the `pathway_states` row)."""
+        """JSON-able form (the Faust table value)."""
         return {
             "patient_id": self.patient_id,
             "stage": self.stage.value,

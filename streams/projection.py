@@ -35,7 +35,7 @@ def patient_rows(
     """The SQL rows of one patient, from its state and the alert outputs of this batch."""
     pid = state.patient_id
     facts = state.facts
-    rows = PatientRows(patient_id=pid, state=state.to_dict(), last_event_at=state.clock)
+    rows = PatientRows(patient_id=pid, state=state.view(), last_event_at=state.clock)
     for stay in facts.stays:
         rows.stays.append(
             {

@@ -266,6 +266,28 @@ def _widen(
         windows[hospital] = _Window(lo, max(lo, hi))
 
 
+PLACE_FIELDS = ("hospital_id", "location_id", "ward_ref", "ward_id", "bed_id")
+
+
+def _period_change(
+    old: Any, new: Mapping[str, Any]
+) -> list[tuple[str | None, datetime | None, datetime | None]]:
+    """The spans (hospital, from, to) of the census that replacing the stored period `old` (None
+    if there was none) by the row `new` changes; empty when nothing the census reads differs."""
+    new_span = (new["hospital_id"], new["start_at"], new["end_at"] or new["start_at"])
+    if old is None:
+        return [new_span]
+    same_place = all(getattr(old, f) == new[f] for f in PLACE_FIELDS)
+    if not same_place or as_utc(old.start_at) != new["start_at"]:
+        return [(old.hospital_id, old.start_at, old.end_at or old.start_at), new_span]
+    ends = (as_utc(old.end_at), new["end_at"])
+    if ends[0] == ends[1] and old.discharged == new["discharged"]:
+        return []
+    # Only the end moved (a discharge, the next move): the hours before it stay as they were.
+    known = [e for e in ends if e is not None]
+    return [(new["hospital_id"], min(known), max(known))]
+
+
 class SqlSink:
     """Writes batches in one transaction each; replaying a batch changes nothing."""
 
@@ -328,18 +350,9 @@ class SqlSink:
         patients = {p.patient_id: p for p in batch.patients}
         if patients:
             ids = sorted(patients)
-            self._old_windows(conn, ids, windows)
-            result.rows += self._replace_patients(conn, hierarchy, list(patients.values()), ids)
-            for p in patients.values():
-                for row in p.periods:
-                    _widen(windows, row["hospital_id"], row["start_at"], row.get("end_at"))
-                for row in p.ed_visits:
-                    _widen(
-                        windows,
-                        row["hospital_id"] or UNKNOWN_HOSPITAL,
-                        row["arrived_at"],
-                        row["arrived_at"],
-                    )
+            self._resolve_places(hierarchy, list(patients.values()))
+            self._changed_windows(conn, list(patients.values()), ids, windows)
+            result.rows += self._replace_patients(conn, list(patients.values()), ids)
         for hospital in sorted(windows):
             result.rows += self._recompute_hospital(
                 conn, hierarchy, hospital, windows[hospital], result
@@ -418,29 +431,81 @@ class SqlSink:
                     windows.setdefault(hospital, _Window(NEVER_LO, NEVER_HI))
         return new
 
-    def _old_windows(self, conn: Connection, ids: list[str], windows: dict[str, _Window]) -> None:
-        """Widen the windows by what the patients' previous rows covered (they may go away)."""
+    def _resolve_places(self, hierarchy: Hierarchy, patients: list[PatientRows]) -> None:
+        """Fill in the hospital, ward and bed of the new periods and ED visits from the tree."""
+        for p in patients:
+            for row in p.periods:
+                hospital, ward, bed = self._resolve(
+                    hierarchy, row.get("hospital_id"), row.get("location_id"), row.get("ward_ref")
+                )
+                row.update(hospital_id=hospital, ward_id=ward, bed_id=bed)
+            for row in p.ed_visits:
+                row["hospital_id"] = row.get("hospital_id") or hierarchy.hospital_of(
+                    row.get("ward_id")
+                )
+
+    def _changed_windows(
+        self,
+        conn: Connection,
+        patients: list[PatientRows],
+        ids: list[str],
+        windows: dict[str, _Window],
+    ) -> None:
+        """Widen the windows by the hours that the patients' new rows change.
+
+        Only the periods and ED visits that differ from the stored ones count, from the point
+        where they differ: most of a batch adds a step at the end of a pathway (a discharge
+        changes the hours from the discharge on, not the whole stay). A hospital whose rows
+        change is also recomputed from its old watermark, up to which open periods were counted.
+        """
         sl, ed = _t(StayLocationRow), _t(EdVisitRow)
-        for hospital, lo, hi, hi_end in conn.execute(
-            select(
-                sl.c.hospital_id,
-                func.min(sl.c.start_at),
-                func.max(sl.c.start_at),
-                func.max(sl.c.end_at),
-            )
-            .where(sl.c.patient_id.in_(ids))
-            .group_by(sl.c.hospital_id)
-        ).all():
-            _widen(windows, hospital, lo, max(filter(None, (as_utc(hi), as_utc(hi_end)))))
-        for hospital, lo, hi in conn.execute(
-            select(ed.c.hospital_id, func.min(ed.c.arrived_at), func.max(ed.c.arrived_at))
-            .where(ed.c.patient_id.in_(ids))
-            .group_by(ed.c.hospital_id)
-        ).all():
-            _widen(windows, hospital or UNKNOWN_HOSPITAL, lo, hi)
+        touched: set[str] = set()
+
+        def widen(hospital: str | None, lo: datetime | None, hi: datetime | None) -> None:
+            hospital = hospital or UNKNOWN_HOSPITAL
+            touched.add(hospital)
+            _widen(windows, hospital, lo, hi)
+
+        old_periods = {
+            (r.stay_id, r.seq): r
+            for r in conn.execute(select(sl).where(sl.c.patient_id.in_(ids))).all()
+        }
+        for p in patients:
+            for row in p.periods:
+                old = old_periods.pop((row["stay_id"], row["seq"]), None)
+                for hospital, lo, hi in _period_change(old, row):
+                    widen(hospital, lo, hi)
+        for old in old_periods.values():
+            widen(old.hospital_id, old.start_at, old.end_at or old.start_at)
+        old_eds = {
+            r.encounter_id: r
+            for r in conn.execute(
+                select(ed.c.encounter_id, ed.c.hospital_id, ed.c.ward_id, ed.c.arrived_at).where(
+                    ed.c.patient_id.in_(ids)
+                )
+            ).all()
+        }
+        for p in patients:
+            for row in p.ed_visits:
+                was = old_eds.pop(row["encounter_id"], None)
+                now = (row["hospital_id"], row["ward_id"], row["arrived_at"])
+                if (
+                    was is not None
+                    and (was.hospital_id, was.ward_id, as_utc(was.arrived_at)) == now
+                ):
+                    continue
+                widen(row["hospital_id"], row["arrived_at"], row["arrived_at"])
+                if was is not None:
+                    widen(was.hospital_id, was.arrived_at, was.arrived_at)
+        for was in old_eds.values():
+            widen(was.hospital_id, was.arrived_at, was.arrived_at)
+        for hospital in touched:
+            watermark = self._watermark(conn, hospital)
+            if watermark is not None:
+                _widen(windows, hospital, watermark, None)
 
     def _replace_patients(
-        self, conn: Connection, hierarchy: Hierarchy, patients: list[PatientRows], ids: list[str]
+        self, conn: Connection, patients: list[PatientRows], ids: list[str]
     ) -> int:
         stays: list[dict[str, Any]] = []
         periods: list[dict[str, Any]] = []
@@ -455,17 +520,8 @@ class SqlSink:
                 {"patient_id": p.patient_id, "state": p.state, "last_event_at": p.last_event_at}
             )
             stays.extend(p.stays)
-            for row in p.periods:
-                hospital, ward, bed = self._resolve(
-                    hierarchy, row.get("hospital_id"), row.get("location_id"), row.get("ward_ref")
-                )
-                row.update(hospital_id=hospital, ward_id=ward, bed_id=bed)
-                periods.append(row)
-            for row in p.ed_visits:
-                row["hospital_id"] = row.get("hospital_id") or hierarchy.hospital_of(
-                    row.get("ward_id")
-                )
-                eds.append(row)
+            periods.extend(p.periods)
+            eds.extend(p.ed_visits)
             visits.extend(p.community_visits)
             referrals.extend(p.referrals)
             alerts.extend(p.alerts)

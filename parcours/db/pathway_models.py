@@ -4,7 +4,8 @@ Every table here is a *projection*: the sink rewrites whole rows derived from th
 pathway state (and, for the census, from the stored stays), so replaying any part of the raw topic
 leaves the tables exactly as a clean run would. Nothing here is incremented in place.
 
-- `pathway_states`: the pathway state of each patient as JSON (the Faust table's value, mirrored).
+- `pathway_states`: where each patient is on the pathway (`PatientState.view()`, as JSON); the
+  whole state, with its event log, is the Faust table's value.
 - `stays`, `stay_locations`: inpatient stays and the ward/bed periods inside them. A stay with no
   `Encounter.location` (Synthea) still gets one `stay_locations` row at hospital level, so the
   census reads one table.
@@ -30,7 +31,7 @@ REF = String(256)
 
 
 class PathwayStateRow(Base):
-    """The last pathway state of one patient (`PatientState.to_dict()`)."""
+    """Where one patient is on the pathway (`PatientState.view()`)."""
 
     __tablename__ = "pathway_states"
 

@@ -60,15 +60,20 @@ def test_batches_duplicates_and_late_locations_converge(
             return nullcontext(url)
         return fresh_database(pg_url)
 
-    with database("a") as a, database("b") as b:
+    with database("a") as a, database("b") as b, database("c") as c:
         run(a, msgs, 200)
         # Other batch boundaries, Locations after half of the encounters, then everything again.
         run(b, late, 37)
         run(b, msgs, 91)
+        # One batch: every census hour computed at once, the reference for the hours that the
+        # batches above recomputed piecemeal (each only where its rows changed).
+        run(c, msgs, len(msgs))
         assert count(a, "SELECT count(*) FROM stays") == expected["stays"]
         assert count(a, "SELECT count(*) FROM ed_visits") == expected["ed_visits"]
         assert count(a, "SELECT count(*) FROM census_hourly WHERE unit_type = 'ward'") > 0
         assert count(a, "SELECT count(*) FROM alerts WHERE alert_type = 'ward_over_capacity'") > 0
         first, second = snapshot(a, topic_prefix), snapshot(b, topic_prefix)
+        whole = snapshot(c, topic_prefix)
     for table in first:
         assert second[table] == first[table], table
+        assert whole[table] == first[table], table

@@ -80,22 +80,11 @@ def sentinels(topic: str, broker: str, tag: str) -> list[str]:
 
 
 def without_sentinels(snap: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
-    """The snapshot minus the sentinel rows, and minus `base_until` in the pathway states.
-
-    `base_until` is bookkeeping of the pathway module's log compaction (when it last folded old
-    events into its base); it moves when an old resource is received again, while every fact and
-    alert stays the same.
-    """
-    out = {}
-    for table, rows in snap.items():
-        kept = [r for r in rows if not any(isinstance(v, str) and "sentinel-" in v for v in r)]
-        if table == "pathway_states":
-            kept = [
-                (r[0], json.dumps({**json.loads(r[1]), "base_until": None}, sort_keys=True), r[2])
-                for r in kept
-            ]
-        out[table] = kept
-    return out
+    """The snapshot minus the sentinel rows."""
+    return {
+        table: [r for r in rows if not any(isinstance(v, str) and "sentinel-" in v for v in r)]
+        for table, rows in snap.items()
+    }
 
 
 def test_synthea_bundles_end_in_sql_with_the_counts_of_the_files(

@@ -82,7 +82,8 @@ class RawMessage:
 class BatchOutcome:
     """What the agent does after SQL committed: table writes, alerts, dead letters."""
 
-    states: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    # patient → (partition, `PatientState.to_json()`)
+    states: dict[str, tuple[int, str]] = field(default_factory=dict)
     alerts: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
     rejects: list[tuple[bytes | None, bytes, str]] = field(default_factory=list)
     events: int = 0
@@ -132,17 +133,20 @@ class BatchProcessor:
         self.rules = rules
         # patient → (the table value, its decoded state). Decoding a state costs more than the
         # transitions of a batch, so a value this worker wrote itself is not decoded again.
-        self._decoded: dict[str, tuple[Mapping[str, Any], PatientState]] = {}
+        self._decoded: dict[str, tuple[str, PatientState]] = {}
 
-    def _state(self, pid: str, stored: Mapping[str, Any] | None) -> PatientState | None:
+    def _state(self, pid: str, stored: str | None) -> PatientState | None:
         if not stored:
             return None
         cached = self._decoded.get(pid)
         if cached is not None and cached[0] is stored:
             return cached[1]
-        return PatientState.from_dict(stored)
+        if isinstance(stored, Mapping):
+            # A changelog written by an earlier version of the worker holds the state as an object.
+            return PatientState.from_dict(stored)
+        return PatientState.from_json(stored)
 
-    def _remember(self, pid: str, value: Mapping[str, Any], state: PatientState) -> None:
+    def _remember(self, pid: str, value: str, state: PatientState) -> None:
         if len(self._decoded) >= self.CACHE_LIMIT:
             self._decoded.clear()
         self._decoded[pid] = (value, state)
@@ -150,7 +154,7 @@ class BatchProcessor:
     def process(
         self,
         messages: list[RawMessage],
-        get_state: Callable[[str], Mapping[str, Any] | None],
+        get_state: Callable[[str], str | None],
     ) -> BatchOutcome:
         """Fold a batch into the patients' states and write it to SQL in one transaction."""
         outcome = BatchOutcome()
@@ -194,7 +198,7 @@ class BatchProcessor:
                 outcome.rejects.extend((m.key, m.value, reason) for m in raw_of.get(pid, []))
                 continue
             batch.patients.append(rows)
-            value = state.to_dict()
+            value = state.to_json()
             outcome.states[pid] = (partition_of[pid], value)
             self._remember(pid, value, state)
             outcome.alerts.extend((pid.encode(), alert_message(o)) for o in alert_outs)
@@ -206,7 +210,7 @@ class BatchProcessor:
         return outcome
 
     def tick(
-        self, states: Iterable[tuple[str, Mapping[str, Any]]], now: datetime, partitions: int
+        self, states: Iterable[tuple[str, str]], now: datetime, partitions: int
     ) -> BatchOutcome:
         """Move every patient's clock to `now` and write the alerts that changed."""
         outcome = BatchOutcome()
@@ -221,7 +225,7 @@ class BatchProcessor:
                 continue
             rows = patient_rows(new, alert_outs)
             batch.patients.append(rows)
-            value = new.to_dict()
+            value = new.to_json()
             outcome.states[pid] = (partition_for(pid, partitions), value)
             self._remember(pid, value, new)
             outcome.alerts.extend((pid.encode(), alert_message(o)) for o in alert_outs)
@@ -281,13 +285,15 @@ def register_agents(app: faust.App, topics: Topics, sink: SqlSink, settings: Set
     raw = app.topic(topics.raw, key_type=bytes, value_type=bytes, value_serializer="raw")
     dead = app.topic(topics.deadletter, key_type=bytes, value_type=bytes, value_serializer="raw")
     alerts = app.topic(topics.alerts, key_type=bytes, value_type=bytes, value_serializer="raw")
+    # Values are `PatientState.to_json()` text: the worker serialises each state once, with
+    # orjson, and Faust's JSON codec only quotes that text for the changelog.
     states = app.Table("pathway-state", default=None, partitions=settings.topic_partitions)
     processor = BatchProcessor(sink, rules_from_settings(settings))
     lock = asyncio.Lock()
     known_partition: dict[str, int] = {}
 
-    def get_state(pid: str) -> Mapping[str, Any] | None:
-        value: Mapping[str, Any] | None = states.data.get(pid)
+    def get_state(pid: str) -> str | None:
+        value: str | None = states.data.get(pid)
         return value
 
     async def apply(outcome: BatchOutcome) -> None:

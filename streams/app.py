@@ -1,7 +1,7 @@
 """The Faust application: built from settings, agents registered in `streams.agents`.
 
 Nothing connects at import time; `create_app` builds the app and `run_worker` runs it. The app
-holds one table, `pathway-state` (patient id → `PatientState.to_dict()`), co-partitioned with the
+holds one table, `pathway-state` (patient id → `PatientState.to_json()`), co-partitioned with the
 raw topic, which is keyed by patient; SQL is written by `streams.sink` in one transaction per batch.
 """
 

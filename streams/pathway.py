@@ -59,6 +59,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
+import orjson
+
 from streams.events import (
     AppointmentBooked,
     CommunityVisited,
@@ -75,7 +77,6 @@ from streams.events import (
     ResourceRetracted,
     SourceRef,
     patient_event_from_json,
-    patient_event_to_json,
 )
 
 # --- Rules ---------------------------------------------------------------------------------------
@@ -513,6 +514,17 @@ def from_jsonable(cls: type[T], data: Mapping[str, Any]) -> T:
     )
 
 
+def _plain(value: Any) -> Any:
+    """How `PatientState.to_json` writes the dataclasses of a state: their fields as an object
+    (orjson writes the datetimes, enums, lists and dicts inside it by itself); an event also
+    gets its `kind`, which `patient_event_from_json` reads back."""
+    if isinstance(value, PatientEvent):
+        return {"kind": value.kind, **value.__dict__}
+    if dataclasses.is_dataclass(value):
+        return value.__dict__
+    raise TypeError(f"{type(value).__name__} is not part of a pathway state")
+
+
 # --- State ---------------------------------------------------------------------------------------
 
 
@@ -561,26 +573,19 @@ class PatientState:
             "alerts": sorted(self.alerts),
         }
 
+    def to_json(self) -> str:
+        """The JSON text of the whole state (the Faust table value): what `from_json` reads."""
+        return orjson.dumps(self, default=_plain, option=orjson.OPT_PASSTHROUGH_DATACLASS).decode()
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (the Faust table value)."""
-        return {
-            "patient_id": self.patient_id,
-            "stage": self.stage.value,
-            "stage_since": to_jsonable(self.stage_since),
-            "stay_id": self.stay_id,
-            "ward": self.ward,
-            "bed": self.bed,
-            "clock": to_jsonable(self.clock),
-            "facts": to_jsonable(self.facts),
-            "alerts": to_jsonable(self.alerts),
-            "base": to_jsonable(self.base),
-            "base_until": to_jsonable(self.base_until),
-            "log": [patient_event_to_json(ev) for ev in self.log],
-            "versions": dict(self.versions),
-            "pending": {
-                k: [patient_event_to_json(ev) for ev in evs] for k, evs in self.pending.items()
-            },
-        }
+        """The state as JSON-able data (`to_json`, parsed)."""
+        data: dict[str, Any] = orjson.loads(self.to_json())
+        return data
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> PatientState:
+        """The state `to_json` wrote."""
+        return cls.from_dict(orjson.loads(data))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PatientState:
@@ -1286,6 +1291,14 @@ def _compact(state: PatientState, rules: PathwayRules) -> PatientState:
     )
 
 
+def _has_implied_ends(facts: Facts) -> bool:
+    return (
+        any(s.ended_by in IMPLIED_ENDS for s in facts.stays)
+        or any(v.departure_implied for v in facts.ed_visits)
+        or any(e.end_implied for e in facts.home_care)
+    )
+
+
 def transition(
     state: PatientState | None, event: PatientEvent, rules: PathwayRules = DEFAULT_RULES
 ) -> tuple[PatientState, list[Output]]:
@@ -1334,6 +1347,9 @@ def transition(
         not retracted
         and current is None
         and (not state.log or event_order(new_events[0]) > event_order(state.log[-1]))
+        # An end that a death or the next admission implied has dropped the moves after it,
+        # which the explicit end folded next may bring back: only a replay gives that.
+        and not _has_implied_ends(state.facts)
     )
     times = [ev.at for ev in new_events]
     clock = max([*times, *([state.clock] if state.clock else [])], default=None)

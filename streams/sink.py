@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     JSON,
     Engine,
@@ -151,6 +152,10 @@ def encounter_rows(events: Sequence[CanonicalEvent]) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 def bulk_write(
     conn: Connection,
     table: Table,
@@ -187,7 +192,8 @@ def bulk_write(
         else:
             sql += f" ON CONFLICT ({conflict}) DO NOTHING"
     values = [
-        tuple(Json(r[c.name]) if c.name in json_cols else r[c.name] for c in cols) for r in rows
+        tuple(Json(r[c.name], dumps=_json_text) if c.name in json_cols else r[c.name] for c in cols)
+        for r in rows
     ]
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:

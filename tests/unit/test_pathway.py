@@ -409,6 +409,25 @@ def test_late_events_give_the_state_of_event_time_order() -> None:
     assert reverse.stays[1].readmission_of == "s1"
 
 
+def test_a_move_dropped_by_an_implied_end_comes_back_with_the_stay_s_own_discharge() -> None:
+    # s2 starting implies that s1 ended then, which drops s1's later move; when s1's own
+    # discharge arrives it wins over the implied end, and the move is back, as in a replay.
+    discharge = [
+        PatientDischarged(patient_id=P, at=h(30), source=src("Encounter", "s1-end"), stay_id="s1")
+    ]
+    events = seq(
+        stay("s1", h(0), moves=[(h(20), "ward-b", "bed-b1")]),
+        stay("s2", h(10), bed="b2"),
+        discharge,
+    )
+    in_order, _ = run(events)
+    reverse, _ = run(list(reversed(events)))
+    assert in_order.facts == reverse.facts
+    s1 = in_order.facts.stays[0]
+    assert [spell.ward for spell in s1.locations] == ["ward-a", "ward-b"]
+    assert (s1.discharged_at, s1.ended_by) == (h(30), "discharge")
+
+
 def test_an_older_version_after_a_newer_one_is_ignored() -> None:
     state, _ = run(stay("s1", h(0), d(2), v="2"))
     state, out = run(stay("s1", h(0), v="1"), state)

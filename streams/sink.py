@@ -272,6 +272,36 @@ def _widen(
         windows[hospital] = _Window(lo, max(lo, hi))
 
 
+# The tables that hold a patient's records: (model, `PatientRows` attribute, key columns).
+PATIENT_TABLES: tuple[tuple[Any, str, tuple[str, ...]], ...] = (
+    (StayRow, "stays", ("stay_id",)),
+    (StayLocationRow, "periods", ("stay_id", "seq")),
+    (EdVisitRow, "ed_visits", ("encounter_id",)),
+    (CommunityVisitRow, "community_visits", ("encounter_id",)),
+    (ReferralRow, "referrals", ("referral_id",)),
+)
+
+
+def _same_row(old: Any, new: Mapping[str, Any]) -> bool:
+    """True when the stored row `old` already holds every value of `new`."""
+    if old is None:
+        return False
+    for column, value in new.items():
+        stored = getattr(old, column)
+        if isinstance(stored, datetime):
+            stored = as_utc(stored)
+        if stored != value:
+            return False
+    return True
+
+
+def _key_in(table: Table, key: Sequence[str], keys: list[tuple[Any, ...]]) -> Any:
+    """A WHERE clause for the rows of `table` whose `key` columns are one of `keys`."""
+    if len(key) == 1:
+        return table.c[key[0]].in_([k[0] for k in keys])
+    return tuple_(*(table.c[k] for k in key)).in_(keys)
+
+
 PLACE_FIELDS = ("hospital_id", "location_id", "ward_ref", "ward_id", "bed_id")
 
 
@@ -356,9 +386,11 @@ class SqlSink:
         patients = {p.patient_id: p for p in batch.patients}
         if patients:
             ids = sorted(patients)
-            self._resolve_places(hierarchy, list(patients.values()))
-            self._changed_windows(conn, list(patients.values()), ids, windows)
-            result.rows += self._replace_patients(conn, list(patients.values()), ids)
+            rows = list(patients.values())
+            self._resolve_places(hierarchy, rows)
+            stored = self._stored_rows(conn, ids)
+            self._changed_windows(conn, rows, stored, windows)
+            result.rows += self._replace_patients(conn, rows, stored)
         for hospital in sorted(windows):
             result.rows += self._recompute_hospital(
                 conn, hierarchy, hospital, windows[hospital], result
@@ -450,11 +482,22 @@ class SqlSink:
                     row.get("ward_id")
                 )
 
+    def _stored_rows(
+        self, conn: Connection, ids: list[str]
+    ) -> dict[str, dict[tuple[Any, ...], Any]]:
+        """The rows the patient tables hold for `ids`: table attribute → key → row."""
+        stored = {}
+        for model, attr, key in PATIENT_TABLES:
+            table = _t(model)
+            found = conn.execute(select(table).where(table.c.patient_id.in_(ids))).all()
+            stored[attr] = {tuple(getattr(r, k) for k in key): r for r in found}
+        return stored
+
     def _changed_windows(
         self,
         conn: Connection,
         patients: list[PatientRows],
-        ids: list[str],
+        stored: Mapping[str, Mapping[tuple[Any, ...], Any]],
         windows: dict[str, _Window],
     ) -> None:
         """Widen the windows by the hours that the patients' new rows change.
@@ -464,7 +507,6 @@ class SqlSink:
         changes the hours from the discharge on, not the whole stay). A hospital whose rows
         change is also recomputed from its old watermark, up to which open periods were counted.
         """
-        sl, ed = _t(StayLocationRow), _t(EdVisitRow)
         touched: set[str] = set()
 
         def widen(hospital: str | None, lo: datetime | None, hi: datetime | None) -> None:
@@ -472,10 +514,7 @@ class SqlSink:
             touched.add(hospital)
             _widen(windows, hospital, lo, hi)
 
-        old_periods = {
-            (r.stay_id, r.seq): r
-            for r in conn.execute(select(sl).where(sl.c.patient_id.in_(ids))).all()
-        }
+        old_periods = dict(stored["periods"])
         for p in patients:
             for row in p.periods:
                 old = old_periods.pop((row["stay_id"], row["seq"]), None)
@@ -483,17 +522,10 @@ class SqlSink:
                     widen(hospital, lo, hi)
         for old in old_periods.values():
             widen(old.hospital_id, old.start_at, old.end_at or old.start_at)
-        old_eds = {
-            r.encounter_id: r
-            for r in conn.execute(
-                select(ed.c.encounter_id, ed.c.hospital_id, ed.c.ward_id, ed.c.arrived_at).where(
-                    ed.c.patient_id.in_(ids)
-                )
-            ).all()
-        }
+        old_eds = dict(stored["ed_visits"])
         for p in patients:
             for row in p.ed_visits:
-                was = old_eds.pop(row["encounter_id"], None)
+                was = old_eds.pop((row["encounter_id"],), None)
                 now = (row["hospital_id"], row["ward_id"], row["arrived_at"])
                 if (
                     was is not None
@@ -511,41 +543,33 @@ class SqlSink:
                 _widen(windows, hospital, watermark, None)
 
     def _replace_patients(
-        self, conn: Connection, patients: list[PatientRows], ids: list[str]
+        self,
+        conn: Connection,
+        patients: list[PatientRows],
+        stored: Mapping[str, Mapping[tuple[Any, ...], Any]],
     ) -> int:
-        stays: list[dict[str, Any]] = []
-        periods: list[dict[str, Any]] = []
-        eds: list[dict[str, Any]] = []
-        visits: list[dict[str, Any]] = []
-        referrals: list[dict[str, Any]] = []
-        alerts: list[dict[str, Any]] = []
-        resolutions: list[dict[str, Any]] = []
-        states: list[dict[str, Any]] = []
-        for p in patients:
-            states.append(
-                {"patient_id": p.patient_id, "state": p.state, "last_event_at": p.last_event_at}
-            )
-            stays.extend(p.stays)
-            periods.extend(p.periods)
-            eds.extend(p.ed_visits)
-            visits.extend(p.community_visits)
-            referrals.extend(p.referrals)
-            alerts.extend(p.alerts)
-            resolutions.extend({"aid": k, "at": v} for k, v in p.resolutions.items())
-        for model, rows in (
-            (StayRow, stays),
-            (StayLocationRow, periods),
-            (EdVisitRow, eds),
-            (CommunityVisitRow, visits),
-            (ReferralRow, referrals),
-        ):
+        """Make the patient tables hold `patients`' rows: rows that differ from the stored ones
+        are upserted, rows no longer derived are deleted, equal rows are left alone (most of a
+        patient's rows do not change when one more event arrives)."""
+        written = 0
+        for model, attr, key in PATIENT_TABLES:
             table = _t(model)
-            conn.execute(delete(table).where(table.c.patient_id.in_(ids)))
-            if rows:
-                bulk_write(conn, table, rows)
+            old = stored[attr]
+            new = {tuple(r[k] for k in key): r for p in patients for r in getattr(p, attr)}
+            changed = [r for k, r in new.items() if not _same_row(old.get(k), r)]
+            gone = [k for k in old if k not in new]
+            if gone:
+                conn.execute(delete(table).where(_key_in(table, key, gone)))
+            bulk_write(conn, table, changed, key=list(key))
+            written += len(changed) + len(gone)
+        states = [
+            {"patient_id": p.patient_id, "state": p.state, "last_event_at": p.last_event_at}
+            for p in patients
+        ]
         bulk_write(conn, _t(PathwayStateRow), states, key=["patient_id"])
-        if alerts:
-            bulk_write(conn, _t(AlertRow), alerts, key=["alert_id"], update=ALERT_COLUMNS)
+        alerts = [a for p in patients for a in p.alerts]
+        bulk_write(conn, _t(AlertRow), alerts, key=["alert_id"], update=ALERT_COLUMNS)
+        resolutions = [{"aid": k, "at": v} for p in patients for k, v in p.resolutions.items()]
         if resolutions:
             al = _t(AlertRow)
             conn.execute(
@@ -554,15 +578,7 @@ class SqlSink:
                 .values(status="resolved", resolved_at=bindparam("at")),
                 resolutions,
             )
-        return (
-            len(states)
-            + len(stays)
-            + len(periods)
-            + len(eds)
-            + len(visits)
-            + len(referrals)
-            + len(alerts)
-        )
+        return written + len(states) + len(alerts)
 
     # --- Census of one hospital ---------------------------------------------------------------
 

@@ -49,6 +49,9 @@ def run_worker(settings: Settings) -> None:
     (settings.data_dir / "streams").mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level.lower())
+    # Faust's start-up spinner sets the root logger to DEBUG for itself, and keeps it there: every
+    # message sent would then build a debug record that no handler prints. No spinner, no DEBUG.
+    worker.spinner = None
     worker.execute_from_commandline()
 
 

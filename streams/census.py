@@ -287,6 +287,16 @@ def _by_stay(periods: Iterable[Period]) -> list[list[Period]]:
     return [sorted(ps, key=lambda p: (p.seq, p.start)) for _, ps in sorted(stays.items())]
 
 
+def _hour_of(at: datetime) -> int:
+    """The hour containing `at`, as whole hours since the epoch (UTC)."""
+    return int(at.timestamp() // 3600)
+
+
+def _hour_after(at: datetime) -> int:
+    """The first hour that starts at or after `at`, as whole hours since the epoch."""
+    return -int(-at.timestamp() // 3600)
+
+
 def hourly_census(
     periods: Iterable[Period],
     ed_arrivals: Iterable[EdArrival],
@@ -301,17 +311,20 @@ def hourly_census(
     transfer is seen from the period before it). Open periods count as present up to the hour of
     `watermark` (the latest time known for the hospital), not beyond, so that rows exist only for
     hours the data reached. Rows whose counts are all zero are left out.
+
+    Hours are whole hours since the epoch inside (this runs for every batch of the worker);
+    they become datetimes only in the rows it returns.
     """
-    first, last = floor_hour(lo), floor_hour(hi)
-    counts: dict[tuple[Unit, datetime], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    first, last = _hour_of(lo), _hour_of(hi)
+    counts: dict[tuple[Unit, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
     def bump(unit: Unit | None, at: datetime, what: str) -> None:
-        hour = floor_hour(at)
+        hour = _hour_of(at)
         if unit is not None and first <= hour <= last:
             counts[(unit, hour)][what] += 1
 
-    limit = floor_hour(watermark) if watermark is not None else last
-    steps: dict[Unit, dict[datetime, int]] = defaultdict(lambda: defaultdict(int))
+    limit = min(last, _hour_of(watermark)) if watermark is not None else last
+    steps: dict[Unit, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     for stay in _by_stay(periods):
         for level in LEVELS:
             segs = _segments(stay, hierarchy, level)
@@ -327,40 +340,31 @@ def hourly_census(
                     continue
                 # Present at hour H when start <= H < end: +1 from the first such hour, -1 after
                 # the last one; the sweep below turns these steps into hourly occupancy.
-                hour = floor_hour(start)
-                if hour < start:
-                    hour += HOUR
-                hour = max(hour, first)
-                if end is None:
-                    stop = min(last, limit)
-                else:
-                    stop = floor_hour(end)
-                    if stop == end:
-                        stop -= HOUR
-                    stop = min(last, stop)
+                hour = max(_hour_after(start), first)
+                stop = limit if end is None else min(last, _hour_after(end) - 1)
                 if hour <= stop:
                     steps[unit][hour] += 1
-                    steps[unit][stop + HOUR] -= 1
+                    steps[unit][stop + 1] -= 1
     for unit, deltas in steps.items():
         present = 0
         marks = sorted(deltas.items())
-        for i, (at, delta) in enumerate(marks):
+        for i, (mark, delta) in enumerate(marks):
             present += delta
             if present <= 0 or i + 1 == len(marks):
                 continue
-            hour = at
-            while hour < marks[i + 1][0]:
+            for hour in range(mark, marks[i + 1][0]):
                 counts[(unit, hour)]["occupancy"] = present
-                hour += HOUR
     for arrival in ed_arrivals:
         units = hierarchy.units_of(arrival.hospital_id, arrival.ward_id)
         for level in LEVELS:
             bump(units[level], arrival.at, "ed_arrivals")
-    rows = [
-        HourCounts(unit=unit, hour=hour, **values)
-        for (unit, hour), values in counts.items()
-        if any(values.values())
-    ]
+    times: dict[int, datetime] = {}
+    rows = []
+    for (unit, hour), values in counts.items():
+        if any(values.values()):
+            if hour not in times:
+                times[hour] = datetime.fromtimestamp(hour * 3600, UTC)
+            rows.append(HourCounts(unit=unit, hour=times[hour], **values))
     rows.sort(key=lambda r: (r.unit.unit_type, r.unit.unit_id, r.hour))
     return rows
 

@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
+import orjson
 from kafka.partitioner import murmur2
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -98,7 +99,12 @@ def decode_batch(
     rejects: list[tuple[bytes | None, bytes, str]] = []
     for key, payload in messages:
         try:
-            events.extend(map_resource(json.loads(payload)))
+            resource = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            rejects.append((key, payload, f"not valid JSON: {exc}"))
+            continue
+        try:
+            events.extend(map_resource(resource))
         except (ValueError, MappingError) as exc:
             rejects.append((key, payload, str(exc)))
     return events, rejects

@@ -20,6 +20,7 @@ batch leaves the tables as a clean run does. Offsets are committed by the agent 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -760,7 +761,21 @@ class SqlSink:
         """Raise and resolve "ward above capacity" alerts from the periods, from `since` on."""
         al = _t(AlertRow)
         written = 0
-        for ward, in_ward in sorted(ward_periods(periods, hierarchy).items()):
+        by_ward = sorted(ward_periods(periods, hierarchy).items())
+        # The alerts raised since `since`, for every ward at once; a ward already above capacity
+        # before `since` reads its own from further back.
+        recent: dict[str, dict[str, Any]] = defaultdict(dict)
+        for r in conn.execute(
+            select(al).where(
+                and_(
+                    al.c.alert_type == WARD_OVER_CAPACITY,
+                    al.c.unit_id.in_([ward for ward, _ in by_ward]),
+                    al.c.raised_at >= since,
+                )
+            )
+        ).all():
+            recent[r.unit_id][r.alert_id] = r
+        for ward, in_ward in by_ward:
             hospital = in_ward[0].hospital_id
             capacity = hierarchy.capacity(Unit(WARD, ward, hospital))
             if capacity is None:
@@ -787,18 +802,20 @@ class SqlSink:
                     episodes, _ = over_capacity_episodes(
                         ward, self._ward_periods(conn, ward, floor), capacity, floor
                     )
-            existing = {
-                r.alert_id: r
-                for r in conn.execute(
-                    select(al).where(
-                        and_(
-                            al.c.alert_type == WARD_OVER_CAPACITY,
-                            al.c.unit_id == ward,
-                            al.c.raised_at >= floor,
+            existing = recent[ward]
+            if floor < since:
+                existing = {
+                    r.alert_id: r
+                    for r in conn.execute(
+                        select(al).where(
+                            and_(
+                                al.c.alert_type == WARD_OVER_CAPACITY,
+                                al.c.unit_id == ward,
+                                al.c.raised_at >= floor,
+                            )
                         )
-                    )
-                ).all()
-            }
+                    ).all()
+                }
             rows = []
             for e in episodes:
                 alert_id = f"{WARD_OVER_CAPACITY}:{ward}:{e.start.astimezone(UTC).isoformat()}"

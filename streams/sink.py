@@ -5,12 +5,14 @@ What one `SqlSink.write` does, in one transaction:
 1. `locations`: upsert the Locations of the batch; the in-memory hierarchy follows them. A change
    of the tree (a bed moved to another ward…) re-resolves the stored periods that point there and
    marks their hours for recomputation.
-2. Per patient touched by the batch: replace its rows in `stays`, `stay_locations`, `ed_visits`,
-   `community_visits`, `referrals` (delete, then insert the rows derived from its new state) and
-   upsert `pathway_states` and its alerts (never touching `acknowledged_by/at`).
-3. Census: per hospital whose periods changed, recompute `census_hourly` for the hours from the
-   earliest changed period to the hospital's latest known time, from the periods now in SQL, and
-   replace those rows; recompute `location_occupancy` of the hospital; recompute the
+2. Per patient touched by the batch: make its rows in `stays`, `stay_locations`, `ed_visits`,
+   `community_visits`, `referrals` equal the rows derived from its new state (read the stored
+   ones, upsert those that differ, delete those no longer derived) and upsert `pathway_states`
+   and its alerts (never touching `acknowledged_by/at`).
+3. Census: per hospital whose periods or ED visits changed, recompute `census_hourly` for the
+   hours from the earliest point where a row changed (or the hospital's old watermark, up to
+   which open periods were counted) to its latest known time, from the periods now in SQL, and
+   write the hours that differ; recompute `location_occupancy` of the hospital; recompute the
    "ward above capacity" alerts from the same periods.
 
 Every step rewrites rows as a function of the stored state, so a replayed, duplicated or restarted

@@ -303,21 +303,29 @@ def register_agents(app: faust.App, topics: Topics, sink: SqlSink, settings: Set
         return value
 
     async def apply(outcome: BatchOutcome) -> None:
+        sent: list[Any] = []  # futures of the records sent for this batch
         for pid, (partition, value) in outcome.states.items():
             partition = known_partition.setdefault(pid, partition)
             # One changelog record per patient per batch, on the partition of its events: the
             # table's own setter would take the partition of whichever event came last.
             states.data[pid] = value
-            states.send_changelog(partition, pid, value)
+            sent.append(states.send_changelog(partition, pid, value))
         for alert_key, alert in outcome.alerts:
-            await alerts.send(key=alert_key, value=json.dumps(alert).encode())
+            sent.append(await alerts.send(key=alert_key, value=json.dumps(alert).encode()))
         for raw_key, payload, reason in outcome.rejects:
             log.warning("dead-lettered a raw message: %s", reason)
-            await dead.send(
-                key=raw_key,
-                value=payload,
-                headers={"reason": reason.encode(), "stage": b"pathway"},
+            sent.append(
+                await dead.send(
+                    key=raw_key,
+                    value=payload,
+                    headers={"reason": reason.encode(), "stage": b"pathway"},
+                )
             )
+        # The batch's offsets may be committed as soon as this returns. Faust's flush before a
+        # commit gives up on its changelog buffer after 0.1 s without a send, so wait for the
+        # broker to hold every record: a kill -9 must not find a committed offset whose state is
+        # missing from the changelog.
+        await asyncio.gather(*sent)
 
     @app.agent(raw)
     async def pathway(stream: Any) -> None:

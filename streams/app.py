@@ -7,15 +7,80 @@ raw topic, which is keyed by patient; SQL is written by `streams.sink` in one tr
 
 from __future__ import annotations
 
+import asyncio
 import gc
+from typing import Any, cast
 
 import faust
+from faust.tables import TableManager
+from faust.tables.recovery import Recovery
 
 from parcours.db import make_engine
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
 from streams.agents import register_agents
 from streams.sink import SqlSink
+
+
+class SeekThenResumeRecovery(Recovery):
+    """Faust's table recovery, except that source partitions resume only once seeked.
+
+    Faust 0.15.3 resumes the source partitions, then awaits their seek to the committed offsets.
+    On a restart its fetcher is already running (it has just read the changelog), so records
+    fetched during that await reach the agent, and the seek then rewinds the read offsets under
+    them. The consumer's ack bookkeeping is left with duplicated offsets and a range of records
+    that is neither processed nor acked: the commit never gets past it, and the events in it are
+    lost. Seeking while the partitions are still paused makes the committed record the first one
+    delivered.
+    """
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        """`Recovery.on_recovery_completed` of Faust, with the seek moved before the resume."""
+        app = cast(Any, self.app)
+        consumer = app.consumer
+        self.log.info("Restore complete!")
+        await app.on_rebalance_complete.send()
+        self._set_recovery_ended()
+        callbacks = [
+            asyncio.ensure_future(
+                table.on_recovery_completed(
+                    self.actives_for_table[table], self.standbys_for_table[table]
+                )
+            )
+            for table in self.tables.values()
+        ]
+        if callbacks:
+            await asyncio.wait(callbacks)
+        assignment = consumer.assignment()
+        if app.consumer_generation_id != generation_id:
+            self.log.warning("Recovery rebalancing again")
+            return
+        if assignment:
+            self.log.info("Seek stream partitions to committed offsets.")
+            await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+        consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+        self.completed.set()
+        app.flow_control.resume()
+        consumer.resume_flow()
+        await app._fetcher.maybe_start()
+        self.tables.on_actives_ready()
+        if not app.assignor.assigned_standbys():
+            self.tables.on_standbys_ready()
+        app.on_rebalance_end()
+        self.log.info("Worker ready")
+
+
+class SeekThenResumeTableManager(TableManager):
+    """Faust's table manager, recovering with `SeekThenResumeRecovery`."""
+
+    @property
+    def recovery(self) -> Recovery:
+        """The recovery service of the tables."""
+        if self._recovery is None:
+            self._recovery = SeekThenResumeRecovery(
+                self.app, self, beacon=self.beacon, loop=self.loop
+            )
+        return self._recovery
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -34,6 +99,7 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         table_standby_replicas=0,
+        TableManager=SeekThenResumeTableManager,
         # Faust keeps a folder per app id; keep it with the other local files, not in the cwd.
         datadir=str(settings.data_dir / "streams"),
     )

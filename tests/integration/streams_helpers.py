@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from sqlalchemy import text
 
 from ingest.bundle import patient_key, resolve_entries
@@ -47,6 +47,36 @@ def produce(broker: str, topic: str, resources: Iterable[dict[str, Any]]) -> int
     finally:
         producer.close()
     return n
+
+
+def last_offsets(broker: str, topic: str) -> dict[int, int]:
+    """Partition → offset of its last record, read from the records themselves (Tansu's
+    ListOffsets answers the start of the last batch, not the end of the log)."""
+    consumer = KafkaConsumer(bootstrap_servers=broker, consumer_timeout_ms=3000)
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(tps)
+        consumer.seek_to_beginning()
+        last: dict[int, int] = {}
+        for record in consumer:
+            last[record.partition] = max(record.offset, last.get(record.partition, -1))
+        return last
+    finally:
+        consumer.close()
+
+
+def uncommitted(broker: str, group: str, topic: str, last: dict[int, int]) -> int:
+    """How many records of `topic`, up to `last` (see `last_offsets`), lie past the offsets that
+    consumer group `group` committed."""
+    # A consumer of the group that never subscribes: it reads the group's offsets, joins nothing.
+    consumer = KafkaConsumer(bootstrap_servers=broker, group_id=group, enable_auto_commit=False)
+    try:
+        return sum(
+            offset + 1 - (consumer.committed(TopicPartition(topic, p)) or 0)
+            for p, offset in last.items()
+        )
+    finally:
+        consumer.close()
 
 
 def worker_env(broker: str, db_url: str, prefix: str, **extra: str) -> dict[str, str]:

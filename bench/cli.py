@@ -31,7 +31,7 @@ def bench_streams(
     patients: int = typer.Option(6000, help="Patients of the synthetic territory (~3 msg each)."),
     rate: float = typer.Option(200.0, help="Steady rate (events/s) of the latency run."),
     seconds: float = typer.Option(20.0, help="Length of the latency run."),
-    batch_size: int = typer.Option(2000, help="Worker batch size (PARCOURS_WORKER_BATCH_SIZE)."),
+    batch_size: int = typer.Option(5000, help="Worker batch size (PARCOURS_WORKER_BATCH_SIZE)."),
     database_url: str | None = typer.Option(None, help="Database (default: temp SQLite)."),
 ) -> None:
     """Raw topic → committed SQL rows per second vs a plain aiokafka+json loop; p50/p99 latency."""

@@ -70,7 +70,7 @@ class Settings(BaseSettings):
         "`<topic prefix>parcours-streams`. A new id replays the raw topic from the start.",
     )
     worker_batch_size: int = Field(
-        default=2000, description="Most raw messages the worker folds into one SQL transaction."
+        default=5000, description="Most raw messages the worker folds into one SQL transaction."
     )
     worker_batch_within_s: float = Field(
         default=0.25, description="Longest wait (seconds) to fill a batch before processing it."

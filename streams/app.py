@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
+from faust.types import TP
 
 from parcours.db import make_engine
 from parcours.settings import Settings
@@ -22,8 +26,38 @@ from streams.agents import register_agents
 from streams.sink import SqlSink
 
 
+async def log_ends(bootstrap: str, tps: Iterable[TP], reported: Mapping[TP, int]) -> dict[TP, int]:
+    """The offset after the last record of each partition, read from the records themselves.
+
+    A broker's ListOffsets answer (`reported`) should be that already. Tansu's is the base offset
+    of the partition's last record batch plus one, which is short by the rest of that batch. The
+    tail from the reported offset's record on is read until a fetch comes back empty; on a broker
+    that answers right, that is one record per partition.
+    """
+    tps = [tp for tp in tps if reported.get(tp)]
+    ends = {tp: reported.get(tp, 0) for tp in tps}
+    if not tps:
+        return ends
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(tp.topic, tp.partition) for tp in tps])
+        for tp in tps:
+            consumer.seek(TopicPartition(tp.topic, tp.partition), max(ends[tp] - 1, 0))
+        while True:
+            batches = await consumer.getmany(timeout_ms=500)
+            if not any(batches.values()):
+                return ends
+            for ktp, records in batches.items():
+                tp = TP(ktp.topic, ktp.partition)
+                ends[tp] = max(ends[tp], records[-1].offset + 1)
+    finally:
+        await consumer.stop()
+
+
 class SeekThenResumeRecovery(Recovery):
-    """Faust's table recovery, except that source partitions resume only once seeked.
+    """Faust's table recovery, except that source partitions resume only once seeked, and that
+    it reads the changelog to its true end.
 
     Faust 0.15.3 resumes the source partitions, then awaits their seek to the committed offsets.
     On a restart its fetcher is already running (it has just read the changelog), so records
@@ -32,7 +66,25 @@ class SeekThenResumeRecovery(Recovery):
     that is neither processed nor acked: the commit never gets past it, and the events in it are
     lost. Seeking while the partitions are still paused makes the committed record the first one
     delivered.
+
+    Recovery reads each changelog partition up to its highwater. Tansu reports one short of the
+    end by all but the first record of the last batch: the newest states of the patients in that
+    batch would be missed, and the events replayed after the committed offset would land on
+    older states. `log_ends` corrects the highwaters.
     """
+
+    async def _build_highwaters(
+        self, consumer: Any, tps: set[TP], destination: Counter[TP], title: str
+    ) -> None:
+        await super()._build_highwaters(consumer, tps, destination, title)
+        app = cast(Any, self.app)
+        bootstrap = ",".join(f"{url.host}:{url.port}" for url in app.conf.broker)
+        # Faust keeps "highwater" as the offset of the last record (end - 1).
+        ends = await log_ends(bootstrap, tps, {tp: destination[tp] + 1 for tp in tps})
+        for tp, end in ends.items():
+            if end - 1 != destination[tp]:
+                self.log.info("Changelog %r ends at %s, not %s", tp, end - 1, destination[tp])
+                destination[tp] = end - 1
 
     async def on_recovery_completed(self, generation_id: int = 0) -> None:
         """`Recovery.on_recovery_completed` of Faust, with the seek moved before the resume."""

@@ -29,11 +29,13 @@ from tests.integration.streams_helpers import (
 )
 from tests.support import fresh_database, parcours_process, wait_until
 
-# Soak: about 1 run in 6 the restarted worker recovers its table, says "Worker ready", and then
-# consumes nothing more (thousands of raw records stay uncommitted; no error is logged). Two
-# causes of lost records on restart are fixed (the seek after the resume, the changelog's short
-# highwater on Tansu); this one is not found yet. Until it is, the test is left out of the
-# default test command: `scripts/test.sh tests/integration -m soak` runs it.
+# Soak: about 1 run in 6 the restarted worker ends unlike the clean run. Two causes of lost
+# records on restart are fixed (the seek after the resume, the changelog's short highwater on
+# Tansu); what is left shows two shapes, no error logged: the worker says "Worker ready" and then
+# consumes nothing (2,544 raw records stayed uncommitted), or it commits every record but some
+# patients end with states built from their later events only (as if the recovered table lacked
+# their latest value). Until it is found, the test is left out of the default test command:
+# `scripts/test.sh tests/integration -m soak` runs it.
 pytestmark = [pytest.mark.integration, pytest.mark.soak]
 PARTITIONS = 4
 

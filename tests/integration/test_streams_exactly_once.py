@@ -29,7 +29,7 @@ from tests.integration.streams_helpers import (
 )
 from tests.support import fresh_database, parcours_process, wait_until
 
-# Soak: about 1 run in 6 the restarted worker ends unlike the clean run. Two causes of lost
+# Soak: about 1 run in 5 the restarted worker ends unlike the clean run. Two causes of lost
 # records on restart are fixed (the seek after the resume, the changelog's short highwater on
 # Tansu); what is left shows two shapes, no error logged: the worker says "Worker ready" and then
 # consumes nothing (2,544 raw records stayed uncommitted), or it commits every record but some

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
@@ -25,14 +26,18 @@ from parcours.topics import Topics, ensure_topics
 from streams.agents import register_agents
 from streams.sink import SqlSink
 
+log = logging.getLogger(__name__)
 
-async def log_ends(bootstrap: str, tps: Iterable[TP], reported: Mapping[TP, int]) -> dict[TP, int]:
+
+async def log_ends(
+    bootstrap: str, tps: Iterable[TP], reported: Mapping[TP, int], timeout_s: float = 30.0
+) -> dict[TP, int]:
     """The offset after the last record of each partition, read from the records themselves.
 
     A broker's ListOffsets answer (`reported`) should be that already. Tansu's is the base offset
     of the partition's last record batch plus one, which is short by the rest of that batch. The
-    tail from the reported offset's record on is read until a fetch comes back empty; on a broker
-    that answers right, that is one record per partition.
+    tail from the reported offset's record on is read until every partition has answered and a
+    fetch then comes back empty; on a broker that answers right, that is one record per partition.
     """
     tps = [tp for tp in tps if reported.get(tp)]
     ends = {tp: reported.get(tp, 0) for tp in tps}
@@ -40,17 +45,27 @@ async def log_ends(bootstrap: str, tps: Iterable[TP], reported: Mapping[TP, int]
         return ends
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    answered: set[TP] = set()
     try:
         consumer.assign([TopicPartition(tp.topic, tp.partition) for tp in tps])
         for tp in tps:
             consumer.seek(TopicPartition(tp.topic, tp.partition), max(ends[tp] - 1, 0))
         while True:
             batches = await consumer.getmany(timeout_ms=500)
-            if not any(batches.values()):
-                return ends
             for ktp, records in batches.items():
-                tp = TP(ktp.topic, ktp.partition)
-                ends[tp] = max(ends[tp], records[-1].offset + 1)
+                if records:
+                    tp = TP(ktp.topic, ktp.partition)
+                    answered.add(tp)
+                    ends[tp] = max(ends[tp], records[-1].offset + 1)
+            # An empty fetch ends the read only once each partition has given its records: the
+            # first fetches of a new consumer may come back empty before any data arrives.
+            if not any(batches.values()) and answered.issuperset(tps):
+                return ends
+            if loop.time() > deadline:
+                log.warning("changelog tails not read in %ss: %s", timeout_s, set(tps) - answered)
+                return ends
     finally:
         await consumer.stop()
 

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 
 @dataclass(frozen=True)
 class SourceRef:
@@ -244,17 +246,16 @@ PATIENT_EVENT_TYPES: dict[str, type[PatientEvent]] = {
 }
 
 
+def patient_event_fields(event: PatientEvent) -> dict[str, Any]:
+    """The event as an object of its fields plus its `kind` (values as they are): the one shape
+    of an event in JSON, which `patient_event_from_json` reads back."""
+    return {"kind": event.kind, **event.__dict__}
+
+
 def patient_event_to_json(event: PatientEvent) -> dict[str, Any]:
     """A JSON-able dict (times as ISO 8601 strings with their offset); see `patient_event_from_json`."""
-    out: dict[str, Any] = {"kind": event.kind}
-    for name in _field_names(type(event)):
-        value = getattr(event, name)
-        if isinstance(value, datetime):
-            value = value.isoformat()
-        elif isinstance(value, SourceRef):
-            value = asdict(value)
-        out[name] = value
-    return out
+    data: dict[str, Any] = orjson.loads(orjson.dumps(patient_event_fields(event)))
+    return data
 
 
 def patient_event_from_json(data: dict[str, Any]) -> PatientEvent:

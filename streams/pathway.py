@@ -76,6 +76,7 @@ from streams.events import (
     ReferralSent,
     ResourceRetracted,
     SourceRef,
+    patient_event_fields,
     patient_event_from_json,
 )
 
@@ -519,7 +520,7 @@ def _plain(value: Any) -> Any:
     (orjson writes the datetimes, enums, lists and dicts inside it by itself); an event also
     gets its `kind`, which `patient_event_from_json` reads back."""
     if isinstance(value, PatientEvent):
-        return {"kind": value.kind, **value.__dict__}
+        return patient_event_fields(value)
     if dataclasses.is_dataclass(value):
         return value.__dict__
     raise TypeError(f"{type(value).__name__} is not part of a pathway state")

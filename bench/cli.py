@@ -31,7 +31,9 @@ def bench_streams(
     patients: int = typer.Option(6000, help="Patients of the synthetic territory (~3 msg each)."),
     rate: float = typer.Option(200.0, help="Steady rate (events/s) of the latency run."),
     seconds: float = typer.Option(20.0, help="Length of the latency run."),
-    batch_size: int = typer.Option(5000, help="Worker batch size (PARCOURS_WORKER_BATCH_SIZE)."),
+    batch_size: int | None = typer.Option(
+        None, help="Worker batch size (default: PARCOURS_WORKER_BATCH_SIZE's)."
+    ),
     database_url: str | None = typer.Option(None, help="Database (default: temp SQLite)."),
 ) -> None:
     """Raw topic → committed SQL rows per second vs a plain aiokafka+json loop; p50/p99 latency."""
@@ -41,7 +43,14 @@ def bench_streams(
     settings = Settings()
     url = database_url or settings.database_url
     try:
-        result = run(patients, rate, seconds, url, settings.kafka_bootstrap_servers, batch_size)
+        result = run(
+            patients,
+            rate,
+            seconds,
+            url,
+            settings.kafka_bootstrap_servers,
+            batch_size or settings.worker_batch_size,
+        )
     except RuntimeError as exc:
         typer.echo(f"bench streams: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -16,7 +16,7 @@ from bench.territory import expected_counts, territory
 from parcours.db import upgrade
 from parcours.settings import Settings
 from streams.agents import BatchProcessor, RawMessage, rules_from_settings
-from streams.sink import SqlSink
+from streams.sink import ALERT_COLUMNS, COPY_MIN_ROWS, SqlSink, bulk_write
 from tests.integration.streams_helpers import count, raw_key, snapshot
 from tests.support import fresh_database
 
@@ -77,3 +77,59 @@ def test_batches_duplicates_and_late_locations_converge(
     for table in first:
         assert second[table] == first[table], table
         assert whole[table] == first[table], table
+
+
+@pytest.mark.parametrize("n", [3, COPY_MIN_ROWS])
+def test_bulk_write_round_trips_awkward_values(pg_url: str, n: int) -> None:
+    """Both ways rows reach PostgreSQL (one INSERT, or COPY) store the values as they were."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from sqlalchemy import select
+
+    from parcours.db import make_engine
+    from parcours.db.pathway_models import AlertRow, StayRow
+
+    awkward = ["tab\there", "line\nbreak\r", "back\\slash \\N", "é ✓ 'quote' \"dq\"", "", None]
+    at = datetime(2026, 1, 5, 10, 30, 15, 123456, tzinfo=UTC)
+    stays = [
+        {
+            "stay_id": f"bulk-{n}-{i}",
+            "patient_id": f"p-{i}",
+            "hospital_id": awkward[i % len(awkward)],
+            "admitted_at": at + timedelta(minutes=i),
+            "discharged_at": None if i % 2 else at.astimezone(timezone(timedelta(hours=2))),
+            "disposition": None,
+            "admit_source": awkward[(i + 1) % len(awkward)],
+            "from_ed_encounter": None,
+            "los_hours": [None, 0.1, 1e-7, 123456.789][i % 4],
+        }
+        for i in range(n)
+    ]
+    alerts = [
+        {
+            "alert_id": f"bulk-{n}-{i}",
+            "alert_type": "t",
+            "patient_id": None,
+            "unit_id": None,
+            "status": "open",
+            "raised_at": at,
+            "resolved_at": None,
+            "message": awkward[i % len(awkward)] or "m",
+            "details": {"text": awkward[i % len(awkward)], "n": i, "nested": [1.5, None, True]},
+        }
+        for i in range(n)
+    ]
+    engine = make_engine(pg_url)
+    st, al = StayRow.__table__, AlertRow.__table__
+    with engine.begin() as conn:
+        bulk_write(conn, st, stays, key=["stay_id"])
+        bulk_write(conn, st, stays, key=["stay_id"])  # again: an upsert changes nothing
+        bulk_write(conn, al, alerts, key=["alert_id"], update=ALERT_COLUMNS)
+    with engine.connect() as conn:
+        got_stays = conn.execute(select(st).where(st.c.stay_id.like(f"bulk-{n}-%"))).mappings()
+        got_alerts = conn.execute(select(al).where(al.c.alert_id.like(f"bulk-{n}-%"))).mappings()
+        stored_stays = {r["stay_id"]: dict(r) for r in got_stays}
+        stored_alerts = {r["alert_id"]: {k: r[k] for k in alerts[0]} for r in got_alerts}
+    engine.dispose()
+    assert stored_stays == {r["stay_id"]: r for r in stays}
+    assert stored_alerts == {r["alert_id"]: r for r in alerts}

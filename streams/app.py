@@ -134,7 +134,13 @@ class SeekThenResumeRecovery(Recovery):
         if not app.assignor.assigned_standbys():
             self.tables.on_standbys_ready()
         app.on_rebalance_end()
-        self.log.info("Worker ready")
+        sources: dict[str, list[int]] = {}
+        for tp in sorted(assignment):
+            if not self._is_changelog_tp(tp):
+                sources.setdefault(tp.topic, []).append(tp.partition)
+        self.log.info(
+            "Worker ready; consuming %s", ", ".join(f"{t} {p}" for t, p in sources.items())
+        )
 
 
 class SeekThenResumeTableManager(TableManager):

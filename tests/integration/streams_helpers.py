@@ -140,3 +140,28 @@ def count(db_url: str, sql: str, **params: Any) -> int:
             return int(conn.scalar(text(sql), params) or 0)
     finally:
         engine.dispose()
+
+
+def finished(db: str, expected: dict[str, int]) -> bool:
+    """True once every stay, visit, referral and location of the territory is in SQL."""
+    return (
+        count(db, "SELECT count(*) FROM stays") == expected["stays"]
+        and count(db, "SELECT count(*) FROM stays WHERE discharged_at IS NOT NULL")
+        == expected["discharged"]
+        and count(db, "SELECT count(*) FROM ed_visits") == expected["ed_visits"]
+        and count(db, "SELECT count(*) FROM community_visits") == expected["community_visits"]
+        and count(db, "SELECT count(*) FROM referrals") == expected["referrals"]
+        and count(db, "SELECT count(*) FROM locations") == expected["locations"]
+    )
+
+
+def assert_same_tables(
+    clean: dict[str, list[tuple[Any, ...]]], other: dict[str, list[tuple[Any, ...]]], when: str
+) -> None:
+    """Every table of snapshot `other` equals the clean run's; a difference shows a few rows."""
+    for table in clean:
+        only_clean = sorted(set(clean[table]) - set(other[table]))[:3]
+        only_other = sorted(set(other[table]) - set(clean[table]))[:3]
+        assert other[table] == clean[table], (
+            f"{table} differs {when}: clean run only {only_clean}; other run only {only_other}"
+        )

@@ -20,7 +20,9 @@ from bench.territory import expected_counts, territory
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
 from tests.integration.streams_helpers import (
+    assert_same_tables,
     count,
+    finished,
     last_offsets,
     produce,
     snapshot,
@@ -38,19 +40,6 @@ from tests.support import fresh_database, parcours_process, wait_until
 # `scripts/test.sh tests/integration -m soak` runs it.
 pytestmark = [pytest.mark.integration, pytest.mark.soak]
 PARTITIONS = 4
-
-
-def finished(db: str, expected: dict[str, int]) -> bool:
-    """True once every stay, visit, referral and location of the territory is in SQL."""
-    return (
-        count(db, "SELECT count(*) FROM stays") == expected["stays"]
-        and count(db, "SELECT count(*) FROM stays WHERE discharged_at IS NOT NULL")
-        == expected["discharged"]
-        and count(db, "SELECT count(*) FROM ed_visits") == expected["ed_visits"]
-        and count(db, "SELECT count(*) FROM community_visits") == expected["community_visits"]
-        and count(db, "SELECT count(*) FROM referrals") == expected["referrals"]
-        and count(db, "SELECT count(*) FROM locations") == expected["locations"]
-    )
 
 
 def test_kill_9_mid_stream_then_restart_ends_like_a_clean_run(
@@ -124,13 +113,11 @@ def test_kill_9_mid_stream_then_restart_ends_like_a_clean_run(
     # The comparison means something: the territory fills the census and overflows some wards.
     assert len(clean["census_hourly"]) > 1000
     assert any(r[1] == "ward_over_capacity" for r in clean["alerts"])
-    for table in clean:
-        only_clean = sorted(set(clean[table]) - set(killed[table]))[:3]
-        only_killed = sorted(set(killed[table]) - set(clean[table]))[:3]
-        assert killed[table] == clean[table], (
-            f"{table} differs after kill -9 and restart (restarted worker done in time: "
-            f"{in_time}, records left uncommitted: {left}): "
-            f"clean run only {only_clean}; killed run only {only_killed}"
-        )
+    assert_same_tables(
+        clean,
+        killed,
+        f"after kill -9 and restart (restarted worker done in time: {in_time}, "
+        f"records left uncommitted: {left})",
+    )
     assert in_time
     assert left == 0, f"{left} raw records were never committed by the restarted worker"

@@ -1,0 +1,105 @@
+"""Two workers share the raw topic's partitions and end in the SQL state of one clean worker.
+
+A second worker of the same app joins while the first one writes: the group rebalances, each
+worker recovers the table partitions it is given from the changelog, and both write to the same
+database at once. The census of a hospital is computed across patients whom different workers
+hold, so this also shows that concurrent batches do not overwrite each other's census hours.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from bench.territory import expected_counts, territory
+from parcours.settings import Settings
+from parcours.topics import Topics, ensure_topics
+from tests.integration.streams_helpers import (
+    assert_same_tables,
+    count,
+    finished,
+    produce,
+    snapshot,
+    worker_env,
+)
+from tests.support import fresh_database, parcours_process, wait_until
+
+pytestmark = pytest.mark.integration
+PARTITIONS = 4
+
+
+def raw_partitions(log: Path, raw_topic: str) -> list[list[int]]:
+    """The raw partitions a worker was given, at each of its rebalances, from its log."""
+    ready = re.compile(rf"Worker ready; consuming .*{re.escape(raw_topic)} \[([0-9, ]*)\]")
+    return [
+        [int(p) for p in m.group(1).split(",") if p.strip()]
+        for m in ready.finditer(log.read_text())
+    ]
+
+
+def test_a_second_worker_joining_mid_stream_ends_like_one_clean_worker(
+    broker: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    topics = Topics.from_settings(Settings(topic_prefix=topic_prefix))
+    ensure_topics(broker, topics.all(), PARTITIONS)
+    resources = territory(topic_prefix, patients=2500, seed=5)
+    expected = expected_counts(resources)
+    produce(broker, topics.raw, resources)
+
+    with fresh_database(pg_url) as clean_db, fresh_database(pg_url) as shared_db:
+        common = {"PARCOURS_TOPIC_PARTITIONS": str(PARTITIONS)}
+        env = worker_env(
+            broker, clean_db, topic_prefix, PARCOURS_STREAMS_APP_ID=f"{topic_prefix}one", **common
+        )
+        with parcours_process(["streams", "worker"], env, tmp_path / "one.log") as proc:
+            wait_until(
+                lambda: proc.poll() is None and finished(clean_db, expected),
+                timeout_s=150,
+                what="the single worker",
+            )
+
+        # Small batches and INFO logs: the first worker is still busy when the second joins, and
+        # each log says which raw partitions its worker consumed.
+        env = worker_env(
+            broker,
+            shared_db,
+            topic_prefix,
+            PARCOURS_STREAMS_APP_ID=f"{topic_prefix}two",
+            PARCOURS_WORKER_BATCH_SIZE="200",
+            PARCOURS_LOG_LEVEL="INFO",
+            **common,
+        )
+        first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+        with parcours_process(["streams", "worker"], env, first_log) as first:
+            wait_until(
+                lambda: count(shared_db, "SELECT count(*) FROM stays") >= expected["stays"] // 5,
+                timeout_s=120,
+                what="the first worker to be mid-stream",
+            )
+            stays_at_join = count(shared_db, "SELECT count(*) FROM stays")
+            with parcours_process(["streams", "worker"], env, second_log) as second:
+
+                def both_done() -> bool:
+                    assert first.poll() is None, first_log.read_text()[-3000:]
+                    assert second.poll() is None, second_log.read_text()[-3000:]
+                    return finished(shared_db, expected)
+
+                wait_until(both_done, timeout_s=180, what="the two workers")
+                first_parts, second_parts = (
+                    raw_partitions(first_log, topics.raw),
+                    raw_partitions(second_log, topics.raw),
+                )
+
+        clean = snapshot(clean_db, topic_prefix)
+        shared = snapshot(shared_db, topic_prefix)
+
+    assert stays_at_join < expected["stays"], "the second worker came after the end"
+    # The work was shared: after the rebalance each worker held some of the raw partitions.
+    assert first_parts[0] == list(range(PARTITIONS)), first_parts
+    assert second_parts and second_parts[-1], second_parts
+    assert len(first_parts) >= 2 and len(first_parts[-1]) < PARTITIONS, first_parts
+    assert sorted(first_parts[-1] + second_parts[-1]) == list(range(PARTITIONS))
+    assert len(clean["census_hourly"]) > 1000
+    assert_same_tables(clean, shared, "between one worker and two sharing the partitions")

@@ -40,6 +40,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
@@ -85,6 +86,8 @@ WARD_OVER_CAPACITY = "ward_over_capacity"
 ALERT_MUTABLE = ("alert_type", "patient_id", "unit_id", "status", "raised_at", "resolved_at")
 ALERT_COLUMNS = (*ALERT_MUTABLE, "message", "details")
 # An empty window: only the hospital's live occupancy is rewritten.
+# The PostgreSQL advisory lock that sink transactions take in turn (any fixed 64-bit number).
+SINK_LOCK_KEY = 0x70617263  # "parc"
 NEVER_LO = datetime.max.replace(tzinfo=UTC)
 NEVER_HI = datetime.min.replace(tzinfo=UTC)
 
@@ -420,6 +423,12 @@ class SqlSink:
 
     def _write(self, conn: Connection, batch: SinkBatch) -> SinkResult:
         result = SinkResult()
+        if conn.dialect.name == "postgresql":
+            # Workers that share the partitions write at once, but the census of a hospital
+            # counts every worker's patients: a batch that recomputed hours without seeing
+            # another's uncommitted rows would overwrite them. Writers take turns (the lock
+            # ends with the transaction); the rules of the next batch run meanwhile.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SINK_LOCK_KEY})
         windows: dict[str, _Window] = {}
         hierarchy = self._apply_locations(conn, batch.locations, windows, result)
 

@@ -57,6 +57,7 @@ from parcours.db.pathway_models import (
     LocationRow,
     PathwayStateRow,
     ReferralRow,
+    SinkVersionRow,
     StayLocationRow,
     StayRow,
 )
@@ -88,12 +89,16 @@ ALERT_COLUMNS = (*ALERT_MUTABLE, "message", "details")
 # An empty window: only the hospital's live occupancy is rewritten.
 # The PostgreSQL advisory lock that sink transactions take in turn (any fixed 64-bit number).
 SINK_LOCK_KEY = 0x70617263  # "parc"
+TREE = "locations"
 NEVER_LO = datetime.max.replace(tzinfo=UTC)
 NEVER_HI = datetime.min.replace(tzinfo=UTC)
 
 
 def _t(table: Any) -> Table:
     return table.__table__  # type: ignore[no-any-return]
+
+
+_VERSION = _t(SinkVersionRow)
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -380,18 +385,35 @@ class SqlSink:
         self.capacity = dict(capacity or {})
         self.hierarchy = Hierarchy({}, self.capacity)
         self._loaded = False
+        # `sink_versions` of the Location tree when it was last read or written here.
+        self._tree_version: int | None = None
 
     # --- Location hierarchy -------------------------------------------------------------------
 
-    def load_hierarchy(self) -> Hierarchy:
+    def load_hierarchy(self, conn: Connection | None = None) -> Hierarchy:
         """(Re)read the Location tree from SQL."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(_t(LocationRow))).mappings().all()
+        if conn is None:
+            with self.engine.connect() as own:
+                return self.load_hierarchy(own)
+        rows = conn.execute(select(_t(LocationRow))).mappings().all()
         self.hierarchy = Hierarchy(
             {r["location_id"]: place_of(dict(r)) for r in rows}, self.capacity
         )
+        self._tree_version = conn.scalar(select(_VERSION.c.version).where(_VERSION.c.name == TREE))
         self._loaded = True
         return self.hierarchy
+
+    def _fresh_hierarchy(self, conn: Connection) -> None:
+        """Read the tree again if another worker's sink changed it since this one last did."""
+        version = conn.scalar(select(_VERSION.c.version).where(_VERSION.c.name == TREE))
+        if not self._loaded or version != self._tree_version:
+            self.load_hierarchy(conn)
+
+    def _tree_changed(self, conn: Connection) -> None:
+        # Called in the sink's turn (the advisory lock), right after `_fresh_hierarchy`: no other
+        # writer can bump the version in between.
+        self._tree_version = (self._tree_version or 0) + 1
+        upsert(conn, _VERSION, [{"name": TREE, "version": self._tree_version}], key=["name"])
 
     def _resolve(
         self, hierarchy: Hierarchy, hint: str | None, location: str | None, ward_ref: str | None
@@ -411,10 +433,16 @@ class SqlSink:
                 locations=[e for e in events if isinstance(e, LocationRecorded)],
                 encounters=[e for e in events if isinstance(e, EncounterRecorded)],
             )
-        if not self._loaded:
-            self.load_hierarchy()
         try:
             with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    # Workers that share the partitions write at once, but the census of a
+                    # hospital counts every worker's patients: a batch that recomputed hours
+                    # without seeing another's uncommitted rows would overwrite them. Writers
+                    # take turns (the lock ends with the transaction); the rules of the next
+                    # batch run meanwhile.
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SINK_LOCK_KEY})
+                self._fresh_hierarchy(conn)
                 return self._write(conn, batch)
         except Exception:
             # The in-memory tree may be ahead of what was rolled back: read it again next time.
@@ -423,12 +451,6 @@ class SqlSink:
 
     def _write(self, conn: Connection, batch: SinkBatch) -> SinkResult:
         result = SinkResult()
-        if conn.dialect.name == "postgresql":
-            # Workers that share the partitions write at once, but the census of a hospital
-            # counts every worker's patients: a batch that recomputed hours without seeing
-            # another's uncommitted rows would overwrite them. Writers take turns (the lock
-            # ends with the transaction); the rules of the next batch run meanwhile.
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SINK_LOCK_KEY})
         windows: dict[str, _Window] = {}
         hierarchy = self._apply_locations(conn, batch.locations, windows, result)
 
@@ -471,6 +493,7 @@ class SqlSink:
         places.update({lid: place_of(rows[lid]) for lid in changed})
         new = Hierarchy(places, self.capacity)
         self.hierarchy = new
+        self._tree_changed(conn)
         # Periods pointing at a changed place (or at a bed of a changed ward) resolve anew.
         touched = set(changed) | {p.location_id for p in places.values() if p.part_of in changed}
         # While the tree is incomplete a site's Location id stands for its hospital; once the

@@ -14,6 +14,8 @@ leaves the tables exactly as a clean run would. Nothing here is incremented in p
 - `locations`: the Location hierarchy (bed → ward → hospital); `location_occupancy`: live
   occupancy and capacity per bed, ward, service and hospital; `census_hourly`: hourly counts per
   unit, the series that forecasting reads (hours with nothing to count have no row: read them as 0).
+- `sink_versions`: a counter per input that every worker's sink keeps in memory (the Location
+  tree): a worker that sees another's bump reads it again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from parcours.db.models import Base, UTCDateTime
@@ -227,3 +229,12 @@ class CensusHourlyRow(Base):
     ed_arrivals: Mapped[int] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_census_hourly_hospital_hour", "hospital_id", "hour"),)
+
+
+class SinkVersionRow(Base):
+    """How many times an input that sinks cache (`locations`) was changed by any worker."""
+
+    __tablename__ = "sink_versions"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)

@@ -19,31 +19,38 @@ from parcours.db import make_engine
 from parcours.settings import Settings
 from streams.agents import BatchProcessor, RawMessage, partition_for, rules_from_settings
 from streams.sink import SqlSink
-from tests.integration.streams_helpers import assert_same_tables, raw_key, snapshot
+from tests.integration.streams_helpers import assert_same_tables, count, raw_key, snapshot
 from tests.support import fresh_database
 
 pytestmark = pytest.mark.integration
 
 
-def feed(db_url: str, msgs: list[RawMessage], batch: int) -> None:
-    """One worker's batches, each in its own transaction, as `BatchProcessor` writes them."""
-    engine = make_engine(db_url)
-    processor = BatchProcessor(SqlSink(engine), rules_from_settings(Settings()))
-    table: dict[str, Any] = {}
-    try:
+class Worker:
+    """One worker's sink and state table: batches written as the agent's `BatchProcessor` does."""
+
+    def __init__(self, db_url: str) -> None:
+        self.processor = BatchProcessor(
+            SqlSink(make_engine(db_url)), rules_from_settings(Settings())
+        )
+        self.table: dict[str, Any] = {}
+
+    def feed(self, msgs: list[RawMessage], batch: int) -> None:
         for i in range(0, len(msgs), batch):
-            outcome = processor.process(msgs[i : i + batch], table.get)
+            outcome = self.processor.process(msgs[i : i + batch], self.table.get)
             assert outcome.rejects == []
-            table.update({pid: value for pid, (_, value) in outcome.states.items()})
-    finally:
-        engine.dispose()
+            self.table.update({pid: value for pid, (_, value) in outcome.states.items()})
+
+
+def split(resources: list[dict[str, Any]]) -> tuple[list[RawMessage], list[RawMessage]]:
+    """The messages of `resources`: the Locations, and the patients' in feed order."""
+    msgs = [RawMessage(raw_key(r).encode(), json.dumps(r).encode()) for r in resources]
+    locations = [m for m in msgs if m.key and m.key.startswith(b"Location/")]
+    return locations, [m for m in msgs if m not in locations]
 
 
 def test_two_writers_at_once_end_with_one_writers_census(pg_url: str, topic_prefix: str) -> None:
     resources = territory(topic_prefix, patients=400, seed=9, days=5, beds_per_ward=8)
-    msgs = [RawMessage(raw_key(r).encode(), json.dumps(r).encode()) for r in resources]
-    locations = [m for m in msgs if m.key and m.key.startswith(b"Location/")]
-    patients = [m for m in msgs if m not in locations]
+    locations, patients = split(resources)
     halves = [
         [m for m in patients if partition_for(m.key.decode(), 2) == half]  # type: ignore[union-attr]
         for half in (0, 1)
@@ -51,13 +58,13 @@ def test_two_writers_at_once_end_with_one_writers_census(pg_url: str, topic_pref
     assert all(len(h) > 500 for h in halves)
 
     with fresh_database(pg_url) as single, fresh_database(pg_url) as shared:
-        feed(single, msgs, 40)
-        feed(shared, locations, len(locations))
+        Worker(single).feed(locations + patients, 40)
+        Worker(shared).feed(locations, len(locations))
         errors: list[BaseException] = []
 
         def writer(half: list[RawMessage]) -> None:
             try:
-                feed(shared, half, 20)
+                Worker(shared).feed(half, 20)
             except BaseException as exc:  # the assertion below reports it
                 errors.append(exc)
 
@@ -71,3 +78,27 @@ def test_two_writers_at_once_end_with_one_writers_census(pg_url: str, topic_pref
 
     assert len(one["census_hourly"]) > 100
     assert_same_tables(one, two, "when two writers share the patients")
+
+
+def test_a_writer_reads_the_location_tree_that_another_writer_changed(
+    pg_url: str, topic_prefix: str
+) -> None:
+    resources = territory(topic_prefix, patients=150, seed=4, days=4, beds_per_ward=6)
+    locations, patients = split(resources)
+    early, late = patients[: len(patients) // 2], patients[len(patients) // 2 :]
+
+    with fresh_database(pg_url) as single, fresh_database(pg_url) as shared:
+        one = Worker(single)
+        for msgs in (early, locations, late):
+            one.feed(msgs, 50)
+        # The same order over two workers: the second reads its tree (empty) with the first
+        # patients, the first worker then records the Locations, the second the other patients.
+        first, second = Worker(shared), Worker(shared)
+        second.feed(early, 50)
+        first.feed(locations, 50)
+        second.feed(late, 50)
+        one_rows, two_rows = snapshot(single, topic_prefix), snapshot(shared, topic_prefix)
+        placed = count(shared, "SELECT count(*) FROM stay_locations WHERE ward_id IS NOT NULL")
+
+    assert placed > 0, "no stay was placed in a ward"
+    assert_same_tables(one_rows, two_rows, "when the tree changed in another worker")

@@ -35,6 +35,7 @@ def bench_streams(
         None, help="Worker batch size (default: PARCOURS_WORKER_BATCH_SIZE's)."
     ),
     database_url: str | None = typer.Option(None, help="Database (default: temp SQLite)."),
+    workers: int = typer.Option(1, min=1, help="Workers sharing the partitions (scale-out)."),
 ) -> None:
     """Raw topic → committed SQL rows per second vs a plain aiokafka+json loop; p50/p99 latency."""
     from bench.streams import report, run
@@ -50,6 +51,7 @@ def bench_streams(
             url,
             settings.kafka_bootstrap_servers,
             batch_size or settings.worker_batch_size,
+            workers,
         )
     except RuntimeError as exc:
         typer.echo(f"bench streams: {exc}", err=True)

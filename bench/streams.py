@@ -36,6 +36,7 @@ from bench.territory import expected_counts, territory
 from parcours.db import make_engine, upgrade
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
+from streams.app import consumed_partitions
 from streams.fhir_map import MappingError, map_resource
 
 
@@ -52,6 +53,7 @@ class StreamsBenchResult:
     latency_ms: list[float]
     rate: float
     batch_size: int
+    workers: int = 1
 
     @property
     def peer_rate(self) -> float:
@@ -221,8 +223,12 @@ def run(
     db_url: str | None,
     bootstrap: str | None,
     batch_size: int,
+    workers: int = 1,
 ) -> StreamsBenchResult:
-    """Run the whole benchmark; starts an embedded broker and an SQLite file if none is given."""
+    """Run the whole benchmark; starts an embedded broker and an SQLite file if none is given.
+
+    With `workers` > 1, that many workers of one app share the partitions; the clock starts
+    once the group has settled and each holds its share."""
     from parcours.broker import EmbeddedBroker, free_port
 
     broker: EmbeddedBroker | None = None
@@ -243,6 +249,11 @@ def run(
                 )
         prefix = f"bench{uuid.uuid4().hex[:6]}."
         settings = Settings(topic_prefix=prefix)
+        if workers > settings.topic_partitions:
+            raise RuntimeError(
+                f"{workers} workers for {settings.topic_partitions} partitions: some would get "
+                "nothing to do. Use fewer workers, or more partitions (PARCOURS_TOPIC_PARTITIONS)."
+            )
         topics = Topics.from_settings(settings)
         ensure_topics(bootstrap, topics.all(), settings.topic_partitions)
         resources = territory(prefix, patients)
@@ -258,32 +269,44 @@ def run(
             PARCOURS_PATHWAY_TIMER_INTERVAL_S="0",
             PARCOURS_WORKER_BATCH_SIZE=str(batch_size),
             PARCOURS_DATA_DIR=tmp.name,
-            PARCOURS_LOG_LEVEL="WARNING",
+            # INFO: each worker's log says which partitions it consumes.
+            PARCOURS_LOG_LEVEL="INFO",
         )
-        log_path = Path(tmp.name) / "worker.log"
-        log = open(log_path, "wb")  # noqa: SIM115
+        log_paths = [Path(tmp.name) / f"worker-{i}.log" for i in range(workers)]
+        logs = [open(path, "wb") for path in log_paths]  # noqa: SIM115
         started = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "parcours", "streams", "worker"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "parcours", "streams", "worker"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            for log in logs
+        ]
 
         def wait_for(done: Any) -> float:
             while not done():
-                if proc.poll() is not None:
-                    raise RuntimeError("the worker exited: " + log_path.read_text()[-2000:])
+                for proc, path in zip(procs, log_paths, strict=True):
+                    if proc.poll() is not None:
+                        raise RuntimeError("a worker exited: " + path.read_text()[-2000:])
                 time.sleep(0.05)
             return time.perf_counter()
+
+        def shared() -> bool:
+            """Every worker consumes its own share of the raw partitions."""
+            latest = [consumed_partitions(p.read_text(), topics.raw)[-1:] for p in log_paths]
+            shares = [parts[0] for parts in latest if parts and parts[0]]
+            held = sorted(p for share in shares for p in share)
+            return len(shares) == workers and held == list(range(settings.topic_partitions))
 
         try:
             # Start-up (group join, table recovery) is measured apart: one GP visit, then wait
             # for its row. The clock of the throughput run starts once the worker is idle.
             warm_up = f"{prefix}warm-up"
             produce(bootstrap, topics.raw, [_gp_visit(warm_up, datetime(2026, 1, 1, tzinfo=UTC))])
-            ready = wait_for(lambda: _has_visit(engine, warm_up))
+            ready = wait_for(lambda: _has_visit(engine, warm_up) and shared())
             first = time.perf_counter()
             produce_s = produce(bootstrap, topics.raw, resources)
             last = wait_for(lambda: _done(engine, expected))
@@ -291,13 +314,16 @@ def run(
                 bootstrap, topics.raw, engine, rate, latency_seconds, prefix
             )
         finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            for log in logs:
+                log.close()
         peer_s = asyncio.run(_peer(bootstrap, topics.raw, len(resources)))
         engine.dispose()
         return StreamsBenchResult(
@@ -310,6 +336,7 @@ def run(
             latency_ms=latencies,
             rate=rate,
             batch_size=batch_size,
+            workers=workers,
         )
     finally:
         if broker is not None:
@@ -320,6 +347,12 @@ def run(
 def report(result: StreamsBenchResult, db_label: str) -> str:
     """The table and the one-line summary."""
     r = result
+    ours = "parcours streams worker, raw → committed SQL"
+    if r.workers > 1:
+        ours = f"{r.workers} parcours streams workers, raw → SQL"
+    per_worker = (
+        f", {r.workers} workers at {r.events_rate / r.workers:,.0f} each" if r.workers > 1 else ""
+    )
     lines = [
         f"parcours bench streams: {r.messages} raw messages ({r.events} canonical events), "
         f"database {db_label}, batch {r.batch_size}",
@@ -327,16 +360,18 @@ def report(result: StreamsBenchResult, db_label: str) -> str:
         f"| {'what':<46} | {'messages/s':>10} | {'events/s':>9} |",
         f"|{'-' * 48}|{'-' * 12}|{'-' * 11}|",
         f"| {'plain aiokafka + json.loads (peer, same topic)':<46} | {r.peer_rate:>10,.0f} | {'':>9} |",
-        f"| {'parcours streams worker, raw → committed SQL':<46} | {r.ours_rate:>10,.0f} | {r.events_rate:>9,.0f} |",
+        f"| {ours:<46} | {r.ours_rate:>10,.0f} | {r.events_rate:>9,.0f} |",
         "",
-        f"worker start-up to its first row: {r.startup_s:.1f} s (group join, table recovery), "
+        f"start-up to the first row{' and shared partitions' if r.workers > 1 else ''}: "
+        f"{r.startup_s:.1f} s (group join, table recovery), "
         f"not counted; producing the territory took {r.produce_s:.1f} s of the "
         f"{r.worker_s:.1f} s counted",
         f"event → row latency at {r.rate:.0f} events/s over {len(r.latency_ms)} events: "
         f"p50 {r.percentile(0.5):.0f} ms, p99 {r.percentile(0.99):.0f} ms "
         f"(SQL polled every 20 ms)",
         "",
-        f"summary: {r.ours_rate:,.0f} msg/s ({r.events_rate:,.0f} events/s) to committed SQL, "
+        f"summary: {r.ours_rate:,.0f} msg/s ({r.events_rate:,.0f} events/s{per_worker}) to "
+        "committed SQL, "
         f"{r.ours_rate / r.peer_rate:.1%} of a bare aiokafka+json loop "
         f"({r.peer_rate:,.0f} msg/s); goal 10,000 events/s per worker; "
         f"p50/p99 latency {r.percentile(0.5):.0f}/{r.percentile(0.99):.0f} ms at {r.rate:.0f}/s",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
@@ -68,6 +69,16 @@ async def log_ends(
                 return ends
     finally:
         await consumer.stop()
+
+
+READY = "Worker ready; consuming"
+
+
+def consumed_partitions(log_text: str, topic: str) -> list[list[int]]:
+    """The partitions of `topic` that a worker consumed after each of its rebalances, read from
+    its log (INFO): how tests and the bench see the partitions shared between workers."""
+    line = re.compile(rf"{READY} .*{re.escape(topic)} \[([0-9, ]*)\]")
+    return [[int(p) for p in m.group(1).split(",") if p.strip()] for m in line.finditer(log_text)]
 
 
 class SeekThenResumeRecovery(Recovery):
@@ -138,9 +149,7 @@ class SeekThenResumeRecovery(Recovery):
         for tp in sorted(assignment):
             if not self._is_changelog_tp(tp):
                 sources.setdefault(tp.topic, []).append(tp.partition)
-        self.log.info(
-            "Worker ready; consuming %s", ", ".join(f"{t} {p}" for t, p in sources.items())
-        )
+        self.log.info("%s %s", READY, ", ".join(f"{t} {p}" for t, p in sources.items()))
 
 
 class SeekThenResumeTableManager(TableManager):

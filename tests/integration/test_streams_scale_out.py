@@ -8,7 +8,6 @@ hold, so this also shows that concurrent batches do not overwrite each other's c
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from bench.territory import expected_counts, territory
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
+from streams.app import consumed_partitions
 from tests.integration.streams_helpers import (
     assert_same_tables,
     count,
@@ -28,15 +28,6 @@ from tests.support import fresh_database, parcours_process, wait_until
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 4
-
-
-def raw_partitions(log: Path, raw_topic: str) -> list[list[int]]:
-    """The raw partitions a worker was given, at each of its rebalances, from its log."""
-    ready = re.compile(rf"Worker ready; consuming .*{re.escape(raw_topic)} \[([0-9, ]*)\]")
-    return [
-        [int(p) for p in m.group(1).split(",") if p.strip()]
-        for m in ready.finditer(log.read_text())
-    ]
 
 
 def test_a_second_worker_joining_mid_stream_ends_like_one_clean_worker(
@@ -89,10 +80,8 @@ def test_a_second_worker_joining_mid_stream_ends_like_one_clean_worker(
                     return finished(shared_db, expected)
 
                 wait_until(both_done, timeout_s=180, what="the two workers")
-                first_parts, second_parts = (
-                    raw_partitions(first_log, topics.raw),
-                    raw_partitions(second_log, topics.raw),
-                )
+                first_parts = consumed_partitions(first_log.read_text(), topics.raw)
+                second_parts = consumed_partitions(second_log.read_text(), topics.raw)
 
         clean = snapshot(clean_db, topic_prefix)
         shared = snapshot(shared_db, topic_prefix)

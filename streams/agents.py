@@ -27,13 +27,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
 import orjson
+from faust.types import TP
 from kafka.partitioner import murmur2
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -281,6 +282,17 @@ class BatchProcessor:
         return total
 
 
+def forget_partitions(
+    states: MutableMapping[str, Any], partition_of: MutableMapping[str, int], gone: set[int]
+) -> int:
+    """Drop the states of the patients whose partition is in `gone`; returns how many."""
+    dropped = [pid for pid, partition in partition_of.items() if partition in gone]
+    for pid in dropped:
+        states.pop(pid, None)
+        del partition_of[pid]
+    return len(dropped)
+
+
 def partition_for(patient_id: str, partitions: int) -> int:
     """The partition a producer with the default partitioner sends `patient_id` to."""
     return (murmur2(patient_id.encode()) & 0x7FFFFFFF) % partitions
@@ -326,6 +338,19 @@ def register_agents(app: faust.App, topics: Topics, sink: SqlSink, settings: Set
         # broker to hold every record: a kill -9 must not find a committed offset whose state is
         # missing from the changelog.
         await asyncio.gather(*sent)
+
+    # mode types a receiver as a union of two callables, which mypy cannot match to a function.
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def forget_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+        # A revoked partition's patients now belong to another worker. Faust's memory store
+        # forgets only the states it recovered from the changelog, not those this worker wrote:
+        # its timers would raise alerts on those stale copies and write them back to SQL and to
+        # the changelog, over the new owner's. What comes back is recovered from the changelog.
+        revoked: set[TP] = args[0]
+        gone = {tp.partition for tp in revoked if tp.topic == raw.get_topic_name()}
+        async with lock:
+            dropped = forget_partitions(states.data, known_partition, gone)
+        log.info("forgot %d patient states of revoked partitions %s", dropped, sorted(gone))
 
     @app.agent(raw)
     async def pathway(stream: Any) -> None:

@@ -8,6 +8,7 @@ hold, so this also shows that concurrent batches do not overwrite each other's c
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,8 @@ def test_a_second_worker_joining_mid_stream_ends_like_one_clean_worker(
                     return finished(shared_db, expected)
 
                 wait_until(both_done, timeout_s=180, what="the two workers")
-                first_parts = consumed_partitions(first_log.read_text(), topics.raw)
+                first_text = first_log.read_text()
+                first_parts = consumed_partitions(first_text, topics.raw)
                 second_parts = consumed_partitions(second_log.read_text(), topics.raw)
 
         clean = snapshot(clean_db, topic_prefix)
@@ -92,5 +94,8 @@ def test_a_second_worker_joining_mid_stream_ends_like_one_clean_worker(
     assert second_parts and second_parts[-1], second_parts
     assert len(first_parts) >= 2 and len(first_parts[-1]) < PARTITIONS, first_parts
     assert sorted(first_parts[-1] + second_parts[-1]) == list(range(PARTITIONS))
+    # The first worker let go of the states of the patients it no longer holds.
+    forgot = [int(n) for n in re.findall(r"forgot (\d+) patient states", first_text)]
+    assert forgot and max(forgot) > 0, forgot
     assert len(clean["census_hourly"]) > 1000
     assert_same_tables(clean, shared, "between one worker and two sharing the partitions")

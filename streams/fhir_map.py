@@ -250,7 +250,16 @@ def discharge_disposition(hospitalization: Any) -> str | None:
 def _numbered(events: list[PatientEvent]) -> list[CanonicalEvent]:
     """Stamp `part`/`parts` so the pathway applies one resource version as a whole."""
     n = len(events)
-    return [dataclasses.replace(ev, part=i, parts=n) for i, ev in enumerate(events, start=1)]
+    stamped: list[CanonicalEvent] = []
+    for i, ev in enumerate(events, start=1):
+        if ev.part != i or ev.parts != n:
+            # A copy of the frozen event without `dataclasses.replace`, which costs more than
+            # mapping the resource did.
+            copy = object.__new__(type(ev))
+            copy.__dict__.update(ev.__dict__, part=i, parts=n)
+            ev = copy
+        stamped.append(ev)
+    return stamped
 
 
 def _retracted(patient: str, at: datetime | None, src: SourceRef, reason: str) -> PatientEvent:

@@ -970,7 +970,8 @@ def _trim(facts: Facts, rules: PathwayRules) -> None:
 
 
 def _clone(obj: T) -> T:
-    """A shallow copy of a record (much cheaper than copy.copy on a dataclass)."""
+    """A shallow copy of a record or a state, to set fields on: much cheaper than copy.copy or
+    `dataclasses.replace` (which `transition` would call a few times per event)."""
     new = object.__new__(type(obj))
     new.__dict__.update(obj.__dict__)
     return new
@@ -1237,19 +1238,13 @@ def _alert_diff(old: PatientState, new: PatientState) -> list[Output]:
     return outputs
 
 
-def _derive(state: PatientState, facts: Facts, rules: PathwayRules) -> PatientState:
-    stage, since = derive_stage(facts)
-    stay_id, ward, bed = _place(facts)
-    alerts = evaluate_alerts(state.patient_id, facts, state.clock, rules) if state.clock else {}
-    return dataclasses.replace(
-        state,
-        stage=stage,
-        stage_since=since,
-        stay_id=stay_id,
-        ward=ward,
-        bed=bed,
-        facts=facts,
-        alerts=alerts,
+def _derive(state: PatientState, facts: Facts, rules: PathwayRules) -> None:
+    """Set, in place, the view of a state `transition` is making from its new facts."""
+    state.stage, state.stage_since = derive_stage(facts)
+    state.stay_id, state.ward, state.bed = _place(facts)
+    state.facts = facts
+    state.alerts = (
+        evaluate_alerts(state.patient_id, facts, state.clock, rules) if state.clock else {}
     )
 
 
@@ -1281,15 +1276,15 @@ def _compact(state: PatientState, rules: PathwayRules) -> PatientState:
         return state
     old = [ev for ev in state.log if _resource_key(ev.source) in old_keys]
     retracted = {_resource_key(ev.source) for ev in old if isinstance(ev, ResourceRetracted)}
-    base, _ = replay(state.base, old, rules)
-    return dataclasses.replace(
-        state,
-        base=base,
-        base_until=max(cut, state.base_until) if state.base_until else cut,
-        log=[ev for ev in state.log if _resource_key(ev.source) not in old_keys],
-        # A retraction's version stays known, so a repeat of the withdrawn version is ignored.
-        versions={k: v for k, v in state.versions.items() if k not in old_keys or k in retracted},
-    )
+    compacted = _clone(state)
+    compacted.base, _ = replay(state.base, old, rules)
+    compacted.base_until = max(cut, state.base_until) if state.base_until else cut
+    compacted.log = [ev for ev in state.log if _resource_key(ev.source) not in old_keys]
+    # A retraction's version stays known, so a repeat of the withdrawn version is ignored.
+    compacted.versions = {
+        k: v for k, v in state.versions.items() if k not in old_keys or k in retracted
+    }
+    return compacted
 
 
 def _has_implied_ends(facts: Facts) -> bool:
@@ -1332,7 +1327,9 @@ def transition(
         if len(pending) > rules.max_records:
             # Halves of versions that never complete must not grow the state without end.
             pending = dict(list(pending.items())[-rules.max_records :])
-        return dataclasses.replace(state, pending=pending), []
+        waiting = _clone(state)
+        waiting.pending = pending
+        return waiting, []
     # Parts of this version, or of older ones, will never be needed; newer ones still will.
     pending = {
         k: v
@@ -1368,13 +1365,12 @@ def transition(
             key=event_order,
         )
         facts, rejected = replay(state.base, log, rules)
-    new = _derive(
-        dataclasses.replace(
-            state, log=log, versions={**state.versions, key: version}, pending=pending, clock=clock
-        ),
-        facts,
-        rules,
-    )
+    new = _clone(state)
+    new.log = log
+    new.versions = {**state.versions, key: version}
+    new.pending = pending
+    new.clock = clock
+    _derive(new, facts, rules)
     removable = (
         {
             (kind, event.source.resource_id)
@@ -1405,11 +1401,11 @@ def check_timers(
     clock = max(now, state.clock) if state.clock else now
     if clock == state.clock:
         return state, []
-    ticked = dataclasses.replace(state, clock=clock)
-    alerts = evaluate_alerts(state.patient_id, state.facts, clock, rules)
-    if alerts.keys() == state.alerts.keys():
-        return dataclasses.replace(ticked, alerts=alerts), []
-    new = dataclasses.replace(ticked, alerts=alerts)
+    new = _clone(state)
+    new.clock = clock
+    new.alerts = evaluate_alerts(state.patient_id, state.facts, clock, rules)
+    if new.alerts.keys() == state.alerts.keys():
+        return new, []
     return _compact(new, rules), _alert_diff(state, new)
 
 

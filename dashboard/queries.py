@@ -7,7 +7,7 @@ and the pathway totals come from `streams.read`, which the `parcours pathways` c
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pandas as pd
 from sqlalchemy import Engine, Executable, and_, insert, select, update
@@ -20,6 +20,7 @@ from parcours.db.pathway_models import (
     CensusHourlyRow,
     LocationOccupancyRow,
     PathwayStateRow,
+    StreamProgressRow,
 )
 
 
@@ -239,3 +240,43 @@ def recent_rejections(
     if conditions:
         query = query.where(and_(*conditions))
     return _frame(engine, query)
+
+
+# --- Stream workers -----------------------------------------------------------------------------
+
+# A worker reports every few seconds (PARCOURS_WORKER_PROGRESS_INTERVAL_S, 5 by default).
+SILENT_AFTER = timedelta(minutes=2)
+
+
+def stream_progress(
+    engine: Engine, now: datetime, silent_after: timedelta = SILENT_AFTER
+) -> pd.DataFrame:
+    """Each raw partition as its stream worker last reported it, with a status in words: how
+    far the bed board is behind what the gateway accepted, or that its worker went silent."""
+    p = StreamProgressRow
+    frame = _frame(
+        engine,
+        select(
+            p.topic, p.partition, p.worker, p.lag, p.processed_offset, p.highwater, p.reported_at
+        ).order_by(p.topic, p.partition),
+    )
+    frame["status"] = [
+        progress_status(lag, reported_at, now, silent_after)
+        for lag, reported_at in zip(frame["lag"], frame["reported_at"], strict=True)
+    ]
+    return frame
+
+
+def progress_status(
+    lag: float | None, reported_at: datetime, now: datetime, silent_after: timedelta
+) -> str:
+    """What one partition's last report means for the people reading the board."""
+    silent = now - pd.Timestamp(reported_at).to_pydatetime()
+    if silent > silent_after:
+        minutes = int(silent.total_seconds() // 60)
+        return f"no report for {minutes} min: is its stream worker running?"
+    if lag is None or pd.isna(lag):
+        return "starting"
+    if lag > 0:
+        return f"catching up: {int(lag):,} messages to apply"
+    return "up to date"

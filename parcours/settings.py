@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     worker_batch_within_s: float = Field(
         default=0.25, description="Longest wait (seconds) to fill a batch before processing it."
     )
+    worker_progress_interval_s: float = Field(
+        default=5.0,
+        description="Period (seconds) of the worker's progress report to SQL (`stream_progress`, "
+        "shown on the Feed health page); 0 disables.",
+    )
     alert_ed_boarding_hours: float = Field(
         default=4.0, description="ED stay (hours) after which an ED-boarding alert is raised."
     )

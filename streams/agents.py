@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -293,6 +294,30 @@ def forget_partitions(
     return len(dropped)
 
 
+def progress_row(
+    topic: str,
+    partition: int,
+    worker: str,
+    next_offset: int | None,
+    highwater: int | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """A `stream_progress` row: `next_offset` is the first offset not yet applied, `highwater`
+    the partition's end as last fetched (one past its last record)."""
+    lag = None
+    if next_offset is not None and highwater is not None:
+        lag = max(highwater - next_offset, 0)
+    return {
+        "topic": topic,
+        "partition": partition,
+        "worker": worker,
+        "processed_offset": None if next_offset is None else next_offset - 1,
+        "highwater": highwater,
+        "lag": lag,
+        "reported_at": now,
+    }
+
+
 def partition_for(patient_id: str, partitions: int) -> int:
     """The partition a producer with the default partitioner sends `patient_id` to."""
     return (murmur2(patient_id.encode()) & 0x7FFFFFFF) % partitions
@@ -309,6 +334,8 @@ def register_agents(app: faust.App, topics: Topics, sink: SqlSink, settings: Set
     processor = BatchProcessor(sink, rules_from_settings(settings))
     lock = asyncio.Lock()
     known_partition: dict[str, int] = {}
+    # raw partition → the offset after the last message whose batch this worker applied.
+    applied: dict[int, int] = {}
 
     def get_state(pid: str) -> str | None:
         value: str | None = states.data.get(pid)
@@ -350,6 +377,8 @@ def register_agents(app: faust.App, topics: Topics, sink: SqlSink, settings: Set
         gone = {tp.partition for tp in revoked if tp.topic == raw.get_topic_name()}
         async with lock:
             dropped = forget_partitions(states.data, known_partition, gone)
+            for partition in gone:
+                applied.pop(partition, None)
         log.info("forgot %d patient states of revoked partitions %s", dropped, sorted(gone))
 
     @app.agent(raw)
@@ -371,6 +400,44 @@ def register_agents(app: faust.App, topics: Topics, sink: SqlSink, settings: Set
                     log.exception("the pathway agent failed on a batch; exiting")
                     os._exit(70)
                 await apply(outcome)
+                for ev in batch:
+                    applied[ev.message.partition] = max(
+                        applied.get(ev.message.partition, 0), ev.message.offset + 1
+                    )
+
+    if settings.worker_progress_interval_s > 0:
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+
+        @app.timer(settings.worker_progress_interval_s)
+        async def report_progress() -> None:
+            """Tell the Feed health page how far this worker is on each of its partitions."""
+            topic = raw.get_topic_name()
+            held = sorted(
+                (
+                    TP(tp.topic, tp.partition)
+                    for tp in app.consumer.assignment()
+                    if tp.topic == topic
+                ),
+                key=lambda tp: tp.partition,
+            )
+            if not held:
+                return
+            now = datetime.now(UTC)
+            try:
+                ends = await app.consumer.highwaters(*held)
+                # Before its first batch on a partition, the worker is where its fetch is: at
+                # the committed offset, unless a fetch is already on its way to the agent.
+                nexts = {
+                    tp: applied.get(tp.partition) or await app.consumer.position(tp) for tp in held
+                }
+            except Exception as exc:  # a rebalance took a partition away meanwhile
+                log.debug("no progress report this time: %s", exc)
+                return
+            rows = [
+                progress_row(topic, tp.partition, worker, nexts[tp], ends.get(tp), now)
+                for tp in held
+            ]
+            await asyncio.to_thread(sink.write_progress, rows)
 
     if settings.pathway_timer_interval_s > 0:
 

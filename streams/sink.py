@@ -60,6 +60,7 @@ from parcours.db.pathway_models import (
     SinkVersionRow,
     StayLocationRow,
     StayRow,
+    StreamProgressRow,
 )
 from streams.census import (
     HOSPITAL,
@@ -422,6 +423,14 @@ class SqlSink:
         hospital = hint or hierarchy.hospital_of(location or ward_ref) or UNKNOWN_HOSPITAL
         ward = hierarchy.units_of(hospital, location, ward_ref)[WARD]
         return hospital, ward.unit_id if ward else None, hierarchy.bed_of(location)
+
+    # --- Progress -----------------------------------------------------------------------------
+
+    def write_progress(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Record how far this worker is on its partitions (`StreamProgressRow` fields)."""
+        if rows:
+            with self.engine.begin() as conn:
+                upsert(conn, StreamProgressRow, rows, key=["topic", "partition"])
 
     # --- The batch ----------------------------------------------------------------------------
 

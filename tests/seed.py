@@ -21,6 +21,7 @@ from parcours.db.pathway_models import (
     PathwayStateRow,
     StayLocationRow,
     StayRow,
+    StreamProgressRow,
 )
 
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
@@ -37,11 +38,13 @@ class Seeded:
     patient: str
     alert: str
     integrator: str
+    raw_topic: str
 
 
 def seed(engine: Engine, prefix: str) -> Seeded:
     """Write two wards (one full), a patient with an ED visit and a stay, an open alert,
-    a forecast with its backtest, and an integrator with one rejection."""
+    a forecast with its backtest, an integrator with one rejection, and the stream progress of
+    two raw partitions: one up to date, one whose worker went silent an hour ago."""
     s = Seeded(
         prefix=prefix,
         hospital=f"Organization/{prefix}chu",
@@ -50,6 +53,7 @@ def seed(engine: Engine, prefix: str) -> Seeded:
         patient=f"{prefix}pat-1",
         alert=f"no_followup:{prefix}pat-1:{prefix}stay-1",
         integrator=f"{prefix}gp-software",
+        raw_topic=f"{prefix}fhir.raw",
     )
     with engine.begin() as conn:
         upsert(
@@ -258,5 +262,23 @@ def seed(engine: Engine, prefix: str) -> Seeded:
                 diagnostics="value is not a valid status",
                 operation_outcome={"resourceType": "OperationOutcome"},
             )
+        )
+        now = datetime.now(UTC)
+        upsert(
+            conn,
+            StreamProgressRow,
+            [
+                {
+                    "topic": s.raw_topic,
+                    "partition": partition,
+                    "worker": f"{prefix}host:{100 + partition}",
+                    "processed_offset": 499,
+                    "highwater": 500 + 20 * partition,
+                    "lag": 20 * partition,
+                    "reported_at": at,
+                }
+                for partition, at in ((0, now), (1, now - timedelta(hours=1)))
+            ],
+            key=["topic", "partition"],
         )
     return s

@@ -1,4 +1,5 @@
-"""Feed health: what each integrator sent, what was refused and why."""
+"""Feed health: what each integrator sent, what was refused and why, and whether the stream
+workers keep up with it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,30 @@ st.title("Feed health")
 hours = st.slider("Rejections of the last … hours", 1, 168, 24)
 
 
+def streams(now: datetime) -> None:
+    """Whether the stream workers keep up: the bed board is only as fresh as they are."""
+    st.subheader("Stream workers")
+    progress = queries.stream_progress(engine(), now)
+    if progress.empty:
+        st.info("No stream worker has reported yet. Start one with `parcours streams worker`.")
+        return
+    silent = progress[progress["status"].str.startswith("no report")]
+    behind = int(progress["lag"].fillna(0).sum())
+    if not silent.empty:
+        st.warning(
+            f"{len(silent)} partition(s) without a report from their worker: the bed board and "
+            "the alerts stop there. Check that `parcours streams worker` runs and reaches Kafka "
+            "and the database (its log says why it stopped)."
+        )
+    elif behind:
+        st.info(f"Catching up: {behind:,} accepted messages are not on the bed board yet.")
+    else:
+        st.success("Up to date: every accepted message is on the bed board.")
+    first = ["topic", "partition", "status", "lag"]
+    progress = progress[first + [c for c in progress.columns if c not in first]]
+    st.dataframe(local_time(progress, "reported_at"), hide_index=True, use_container_width=True)
+
+
 @st.fragment(run_every=REFRESH)
 def health(hours: int) -> None:
     """Counters per integrator and the latest rejections; refreshes itself."""
@@ -21,6 +46,7 @@ def health(hours: int) -> None:
         st.info("No integrator yet. Create one with `parcours ingest token create NAME`.")
     else:
         st.dataframe(local_time(feeds, "last_seen_at"), hide_index=True, use_container_width=True)
+    streams(datetime.now(UTC))
     since = datetime.now(UTC) - timedelta(hours=hours)
     rejected = queries.recent_rejections(engine(), since=since)
     st.subheader(f"Rejections ({len(rejected)})")

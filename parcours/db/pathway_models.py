@@ -16,6 +16,8 @@ leaves the tables exactly as a clean run would. Nothing here is incremented in p
   unit, the series that forecasting reads (hours with nothing to count have no row: read them as 0).
 - `sink_versions`: a counter per input that every worker's sink keeps in memory (the Location
   tree): a worker that sees another's bump reads it again.
+- `stream_progress`: per raw partition, the last offset its worker applied, the end of the
+  partition, and when the worker said so (a worker that stops reporting is seen as such).
 """
 
 from __future__ import annotations
@@ -238,3 +240,18 @@ class SinkVersionRow(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     version: Mapped[int] = mapped_column(BigInteger)
+
+
+class StreamProgressRow(Base):
+    """How far the stream worker holding a raw partition is, as it last reported."""
+
+    __tablename__ = "stream_progress"
+
+    topic: Mapped[str] = mapped_column(REF, primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    worker: Mapped[str] = mapped_column(REF)
+    # The last offset whose batch is in SQL, and the partition's end as last fetched.
+    processed_offset: Mapped[int | None] = mapped_column(BigInteger)
+    highwater: Mapped[int | None] = mapped_column(BigInteger)
+    lag: Mapped[int | None] = mapped_column(BigInteger)
+    reported_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -75,5 +75,7 @@ def test_manager_and_coordinator_use_the_dashboard(
     page.get_by_role("link", name="Feed health").click()
     expect(page.get_by_role("heading", name="Feed health")).to_be_visible(timeout=30_000)
     expect(page.get_by_text("Rejections (").first).to_be_visible(timeout=30_000)
+    # The seeded worker that went silent an hour ago is called out, with what to check.
+    expect(page.get_by_text("without a report from their worker")).to_be_visible(timeout=30_000)
     shot(page, "feed_health")
     page.close()

@@ -132,6 +132,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def rows(db_url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    """The rows of one query."""
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql), params)]
+    finally:
+        engine.dispose()
+
+
 def count(db_url: str, sql: str, **params: Any) -> int:
     """One count query."""
     engine = make_engine(db_url)

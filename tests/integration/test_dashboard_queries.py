@@ -72,3 +72,14 @@ def test_feed_health_shows_counters_and_the_element_at_fault(seeded: tuple[Engin
     assert (mine["accepted_total"], mine["rejected_total"]) == (120, 1)
     rejected = queries.recent_rejections(engine, source=s.integrator)
     assert rejected["expression"].tolist() == ["Encounter.status"]
+
+
+def test_stream_progress_tells_a_silent_worker_from_one_catching_up(
+    seeded: tuple[Engine, Seeded],
+) -> None:
+    engine, s = seeded
+    progress = queries.stream_progress(engine, datetime.now(UTC))
+    mine = progress[progress["topic"] == s.raw_topic]
+    assert mine["partition"].tolist() == [0, 1]
+    assert mine["status"].tolist()[0] == "up to date"
+    assert mine["status"].tolist()[1].startswith("no report for 60 min")

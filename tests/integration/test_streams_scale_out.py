@@ -21,7 +21,9 @@ from tests.integration.streams_helpers import (
     assert_same_tables,
     count,
     finished,
+    last_offsets,
     produce,
+    rows,
     snapshot,
     worker_env,
 )
@@ -29,6 +31,18 @@ from tests.support import fresh_database, parcours_process, wait_until
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 4
+
+
+def progress(db: str, topic: str) -> dict[int, tuple[int, int]]:
+    """partition → (last offset applied, lag), as the workers reported them."""
+    return {
+        p: (o, lag)
+        for p, o, lag in rows(
+            db,
+            "SELECT partition, processed_offset, lag FROM stream_progress WHERE topic = :t",
+            t=topic,
+        )
+    }
 
 
 def test_a_second_worker_joining_mid_stream_ends_like_one_clean_worker(
@@ -63,6 +77,7 @@ def test_a_second_worker_joining_mid_stream_ends_like_one_clean_worker(
             PARCOURS_STREAMS_APP_ID=f"{topic_prefix}two",
             PARCOURS_WORKER_BATCH_SIZE="200",
             PARCOURS_LOG_LEVEL="INFO",
+            PARCOURS_WORKER_PROGRESS_INTERVAL_S="1",
             **common,
         )
         first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
@@ -81,6 +96,16 @@ def test_a_second_worker_joining_mid_stream_ends_like_one_clean_worker(
                     return finished(shared_db, expected)
 
                 wait_until(both_done, timeout_s=180, what="the two workers")
+                # Each partition's progress, as its worker reports it, reaches the topic's end.
+                last = last_offsets(broker, topics.raw)
+                wait_until(
+                    lambda: progress(shared_db, topics.raw) == {p: (o, 0) for p, o in last.items()},
+                    timeout_s=30,
+                    what=f"stream_progress at the end of every partition {last}",
+                )
+                reporters = {
+                    w for (w,) in rows(shared_db, "SELECT DISTINCT worker FROM stream_progress")
+                }
                 first_text = first_log.read_text()
                 first_parts = consumed_partitions(first_text, topics.raw)
                 second_parts = consumed_partitions(second_log.read_text(), topics.raw)
@@ -97,5 +122,6 @@ def test_a_second_worker_joining_mid_stream_ends_like_one_clean_worker(
     # The first worker let go of the states of the patients it no longer holds.
     forgot = [int(n) for n in re.findall(r"forgot (\d+) patient states", first_text)]
     assert forgot and max(forgot) > 0, forgot
+    assert len(reporters) == 2, reporters
     assert len(clean["census_hourly"]) > 1000
     assert_same_tables(clean, shared, "between one worker and two sharing the partitions")

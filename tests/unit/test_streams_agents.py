@@ -1,8 +1,13 @@
-"""What a worker keeps when the group takes partitions away from it."""
+"""What a worker keeps when the group takes partitions away, and how it reports progress."""
 
 from __future__ import annotations
 
-from streams.agents import forget_partitions
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from dashboard.queries import progress_status
+from streams.agents import forget_partitions, progress_row
 
 
 def test_only_the_patients_of_revoked_partitions_are_forgotten() -> None:
@@ -14,3 +19,30 @@ def test_only_the_patients_of_revoked_partitions_are_forgotten() -> None:
     assert partition_of == {"a": 0}
     assert forget_partitions(states, partition_of, set()) == 0
     assert states == {"a": "{...a}", "recovered": "{...}"}
+
+
+def test_a_progress_row_counts_the_messages_left_to_apply() -> None:
+    at = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    row = progress_row("raw", 2, "host:1", next_offset=480, highwater=500, now=at)
+    assert (row["processed_offset"], row["highwater"], row["lag"]) == (479, 500, 20)
+    assert progress_row("raw", 2, "host:1", 500, 500, at)["lag"] == 0
+    # Before the first fetch the end is unknown, and so is the lag.
+    assert progress_row("raw", 2, "host:1", 500, None, at)["lag"] is None
+    assert progress_row("raw", 2, "host:1", None, 500, at)["processed_offset"] is None
+
+
+@pytest.mark.parametrize(
+    ("lag", "age_s", "status"),
+    [
+        (0, 3, "up to date"),
+        (1234, 3, "catching up: 1,234 messages to apply"),
+        (None, 3, "starting"),
+        (0, 300, "no report for 5 min: is its stream worker running?"),
+    ],
+)
+def test_the_feed_health_page_puts_a_report_in_words(
+    lag: int | None, age_s: float, status: str
+) -> None:
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    reported = now - timedelta(seconds=age_s)
+    assert progress_status(lag, reported, now, timedelta(minutes=2)) == status

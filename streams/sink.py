@@ -21,7 +21,6 @@ batch leaves the tables as a clean run does. Offsets are committed by the agent 
 
 from __future__ import annotations
 
-import io
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -165,36 +164,6 @@ def encounter_rows(events: Sequence[CanonicalEvent]) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
-def _json_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-# Below this many rows, the temporary table of a COPY costs more than it saves.
-COPY_MIN_ROWS = 200
-# COPY's text format: backslash escapes, `\N` for NULL, one tab-separated line per row.
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_text(value: Any) -> str:
-    """A value as COPY text, as PostgreSQL reads the literal psycopg2 would have sent."""
-    if value is None:
-        return "\\N"
-    if isinstance(value, str):
-        return value.translate(_COPY_ESCAPES)
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, float):
-        return repr(value)
-    return str(value).translate(_COPY_ESCAPES)
-
-
-def _copy_json(value: Any) -> str:
-    # Like psycopg2's Json adapter: None is the JSON `null`, not an SQL NULL.
-    return _json_text(value).translate(_COPY_ESCAPES)
-
-
 def bulk_write(
     conn: Connection,
     table: Table,
@@ -202,11 +171,12 @@ def bulk_write(
     key: Sequence[str] | None = None,
     update: Iterable[str] | None = None,
 ) -> None:
-    """Insert `rows` (or upsert them on `key`) in as few round trips as possible.
+    """Insert `rows` (or upsert them on `key`) in one statement.
 
-    On PostgreSQL many rows go through COPY into a temporary table and one INSERT … SELECT: the
-    client quotes no literal and the server parses no long VALUES list (both cost more than the
-    write itself); a few rows go in one multi-row INSERT. Elsewhere `parcours.db.upsert`/insert.
+    On PostgreSQL the rows travel as one JSON array that the server turns back into rows
+    (`json_populate_recordset`): orjson writes it in C, where quoting every value in Python
+    (execute_values and its mogrify) cost more than the write itself. Elsewhere
+    `parcours.db.upsert`/insert.
     """
     if not rows:
         return
@@ -218,40 +188,28 @@ def bulk_write(
         return
     cols = [c for c in table.columns if c.name in rows[0]]
     names = ", ".join(f'"{c.name}"' for c in cols)
-    conflict = ""
+    # A JSON column's None is the JSON `null` (what psycopg2's Json adapter sent), which
+    # json_populate_recordset reads as an SQL NULL.
+    values = ", ".join(
+        f"""COALESCE("{c.name}", 'null')""" if isinstance(c.type, JSON) else f'"{c.name}"'
+        for c in cols
+    )
+    sql = (
+        f'INSERT INTO "{table.name}" ({names}) SELECT {values}'
+        f' FROM json_populate_recordset(NULL::"{table.name}", %s)'
+    )
     if key is not None:
         keys = list(key)
         sets = list(update) if update is not None else [c.name for c in cols if c.name not in keys]
-        on = ", ".join(f'"{k}"' for k in keys)
+        conflict = ", ".join(f'"{k}"' for k in keys)
         if sets:
             assignments = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in sets)
-            conflict = f" ON CONFLICT ({on}) DO UPDATE SET {assignments}"
+            sql += f" ON CONFLICT ({conflict}) DO UPDATE SET {assignments}"
         else:
-            conflict = f" ON CONFLICT ({on}) DO NOTHING"
-    insert = f'INSERT INTO "{table.name}" ({names})'
+            sql += f" ON CONFLICT ({conflict}) DO NOTHING"
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        if len(rows) < COPY_MIN_ROWS:
-            from psycopg2.extras import Json, execute_values
-
-            json_cols = {c.name for c in cols if isinstance(c.type, JSON)}
-            values = [
-                tuple(
-                    Json(r[c.name], dumps=_json_text) if c.name in json_cols else r[c.name]
-                    for c in cols
-                )
-                for r in rows
-            ]
-            execute_values(cursor, f"{insert} VALUES %s{conflict}", values, page_size=len(rows))
-            return
-        convert = [(c.name, _copy_json if isinstance(c.type, JSON) else _copy_text) for c in cols]
-        text = "".join("\t".join([f(r[name]) for name, f in convert]) + "\n" for r in rows)
-        cursor.execute(
-            f'CREATE TEMPORARY TABLE _bulk ON COMMIT DROP AS SELECT {names} FROM "{table.name}"'
-            " WITH NO DATA"
-        )
-        cursor.copy_expert(f"COPY _bulk ({names}) FROM STDIN", io.StringIO(text))
-        cursor.execute(f"{insert} SELECT {names} FROM _bulk{conflict}; DROP TABLE _bulk")
+        cursor.execute(sql, (orjson.dumps(list(rows)).decode(),))
     finally:
         cursor.close()
 

@@ -30,7 +30,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cached_property
+from functools import cache, cached_property
+from typing import NamedTuple
 
 HOUR = timedelta(hours=1)
 HOSPITAL, SERVICE, WARD, BED = "hospital", "service", "ward", "bed"
@@ -53,9 +54,11 @@ class Place:
     organization: str | None = None
 
 
-@dataclass(frozen=True)
-class Unit:
-    """A census unit: a hospital, a service of a hospital, a ward or a bed."""
+class Unit(NamedTuple):
+    """A census unit: a hospital, a service of a hospital, a ward or a bed.
+
+    A named tuple rather than a frozen dataclass: the census hashes and compares units for every
+    hour it counts, and a tuple does that in C."""
 
     unit_type: str
     unit_id: str
@@ -266,12 +269,13 @@ def floor_hour(at: datetime) -> datetime:
 
 
 def _segments(
-    periods: Sequence[Period], hierarchy: Hierarchy, level: str
+    periods: Sequence[Period], units: Sequence[Mapping[str, Unit | None]], level: str
 ) -> list[tuple[Unit | None, datetime, datetime | None, bool, bool]]:
-    """One stay's periods merged per unit at `level`: (unit, start, end, is_first, discharged)."""
+    """One stay's periods merged per unit at `level`: (unit, start, end, is_first, discharged).
+    `units` holds the units of each period (`Hierarchy.units_of`)."""
     out: list[tuple[Unit | None, datetime, datetime | None, bool, bool]] = []
     for i, p in enumerate(periods):
-        unit = hierarchy.units_of(p.hospital_id, p.location_id, p.ward_hint)[level]
+        unit = units[i][level]
         if out and out[-1][0] == unit:
             first = out[-1][3]
             out[-1] = (unit, out[-1][1], p.end, first, p.discharged)
@@ -317,17 +321,21 @@ def hourly_census(
     """
     first, last = _hour_of(lo), _hour_of(hi)
     counts: dict[tuple[Unit, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    # Each time is converted once, not once per level and count it takes part in.
+    hour_of = cache(_hour_of)
+    hour_after = cache(_hour_after)
 
     def bump(unit: Unit | None, at: datetime, what: str) -> None:
-        hour = _hour_of(at)
+        hour = hour_of(at)
         if unit is not None and first <= hour <= last:
             counts[(unit, hour)][what] += 1
 
     limit = min(last, _hour_of(watermark)) if watermark is not None else last
     steps: dict[Unit, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     for stay in _by_stay(periods):
+        stay_units = [hierarchy.units_of(p.hospital_id, p.location_id, p.ward_hint) for p in stay]
         for level in LEVELS:
-            segs = _segments(stay, hierarchy, level)
+            segs = _segments(stay, stay_units, level)
             for k, (unit, start, end, is_first, discharged) in enumerate(segs):
                 if k == 0 and is_first:
                     bump(unit, start, "admissions")
@@ -340,8 +348,8 @@ def hourly_census(
                     continue
                 # Present at hour H when start <= H < end: +1 from the first such hour, -1 after
                 # the last one; the sweep below turns these steps into hourly occupancy.
-                hour = max(_hour_after(start), first)
-                stop = limit if end is None else min(last, _hour_after(end) - 1)
+                hour = max(hour_after(start), first)
+                stop = limit if end is None else min(last, hour_after(end) - 1)
                 if hour <= stop:
                     steps[unit][hour] += 1
                     steps[unit][stop + 1] -= 1

@@ -267,6 +267,14 @@ def stream_progress(
     return frame
 
 
+def stream_freshness(progress: pd.DataFrame) -> tuple[int, int]:
+    """(partitions whose worker went silent, messages accepted but not yet applied)."""
+    if progress.empty:
+        return 0, 0
+    silent = int(progress["status"].str.startswith("no report").sum())
+    return silent, int(progress["lag"].fillna(0).sum())
+
+
 def progress_status(
     lag: float | None, reported_at: datetime, now: datetime, silent_after: timedelta
 ) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import streamlit as st
 
 from dashboard import queries
@@ -25,6 +27,14 @@ def board(level: str) -> None:
     capacity = frame["capacity"].sum() if not frame.empty else 0
     c3.metric("Beds in service", int(capacity) if capacity == capacity else "—")
     c4.metric("Open alerts", sum(totals["open_alerts"].values()))
+    silent, behind = queries.stream_freshness(queries.stream_progress(engine(), datetime.now(UTC)))
+    if silent:
+        st.warning(
+            f"The stream worker of {silent} partition(s) stopped reporting: this board may be out "
+            "of date. The Feed health page says which, and what to check."
+        )
+    elif behind:
+        st.caption(f"Catching up: {behind:,} accepted messages are not on this board yet.")
     if frame.empty:
         st.info(
             "No occupancy yet. Start the stream worker (`parcours streams worker`) and push "

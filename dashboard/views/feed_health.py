@@ -21,11 +21,10 @@ def streams(now: datetime) -> None:
     if progress.empty:
         st.info("No stream worker has reported yet. Start one with `parcours streams worker`.")
         return
-    silent = progress[progress["status"].str.startswith("no report")]
-    behind = int(progress["lag"].fillna(0).sum())
-    if not silent.empty:
+    silent, behind = queries.stream_freshness(progress)
+    if silent:
         st.warning(
-            f"{len(silent)} partition(s) without a report from their worker: the bed board and "
+            f"{silent} partition(s) without a report from their worker: the bed board and "
             "the alerts stop there. Check that `parcours streams worker` runs and reaches Kafka "
             "and the database (its log says why it stopped)."
         )

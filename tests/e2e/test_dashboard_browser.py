@@ -49,6 +49,8 @@ def test_manager_and_coordinator_use_the_dashboard(
     page.goto(url)
     expect(page.get_by_role("heading", name="Bed board")).to_be_visible(timeout=30_000)
     expect(page.get_by_text(f"{s.prefix}Cardiologie").first).to_be_visible(timeout=30_000)
+    # A partition's worker went silent (seeded): the board says it may be out of date.
+    expect(page.get_by_text("this board may be out of date")).to_be_visible(timeout=30_000)
     shot(page, "bed_board")
 
     page.get_by_role("link", name="Forecasts").click()

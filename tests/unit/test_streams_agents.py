@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from dashboard.queries import progress_status
+from dashboard.queries import progress_status, stream_freshness
 from streams.agents import forget_partitions, progress_row
 
 
@@ -46,3 +46,16 @@ def test_the_feed_health_page_puts_a_report_in_words(
     now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
     reported = now - timedelta(seconds=age_s)
     assert progress_status(lag, reported, now, timedelta(minutes=2)) == status
+
+
+def test_freshness_counts_silent_partitions_and_the_messages_left() -> None:
+    import pandas as pd
+
+    progress = pd.DataFrame(
+        {
+            "lag": [0, 20, None],
+            "status": ["up to date", "no report for 60 min: …", "starting"],
+        }
+    )
+    assert stream_freshness(progress) == (1, 20)
+    assert stream_freshness(progress.iloc[0:0]) == (0, 0)

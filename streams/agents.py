@@ -412,14 +412,7 @@ def register_agents(app: faust.App, topics: Topics, sink: SqlSink, settings: Set
         async def report_progress() -> None:
             """Tell the Feed health page how far this worker is on each of its partitions."""
             topic = raw.get_topic_name()
-            held = sorted(
-                (
-                    TP(tp.topic, tp.partition)
-                    for tp in app.consumer.assignment()
-                    if tp.topic == topic
-                ),
-                key=lambda tp: tp.partition,
-            )
+            held = sorted(tp for tp in app.consumer.assignment() if tp.topic == topic)
             if not held:
                 return
             now = datetime.now(UTC)
@@ -428,7 +421,10 @@ def register_agents(app: faust.App, topics: Topics, sink: SqlSink, settings: Set
                 # Before its first batch on a partition, the worker is where its fetch is: at
                 # the committed offset, unless a fetch is already on its way to the agent.
                 nexts = {
-                    tp: applied.get(tp.partition) or await app.consumer.position(tp) for tp in held
+                    tp: applied[tp.partition]
+                    if tp.partition in applied
+                    else await app.consumer.position(tp)
+                    for tp in held
                 }
             except Exception as exc:  # a rebalance took a partition away meanwhile
                 log.debug("no progress report this time: %s", exc)

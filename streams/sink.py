@@ -32,8 +32,10 @@ import orjson
 from sqlalchemy import (
     JSON,
     Engine,
+    String,
     Table,
     and_,
+    any_,
     bindparam,
     delete,
     func,
@@ -43,6 +45,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 
 from parcours.db import upsert
@@ -533,7 +536,13 @@ class SqlSink:
         stored = {}
         for model, attr, key in PATIENT_TABLES:
             table = _t(model)
-            found = conn.execute(select(table).where(table.c.patient_id.in_(ids))).all()
+            if conn.dialect.name == "postgresql":
+                # One array parameter: an IN list is rendered and bound value by value, and a
+                # batch touches thousands of patients.
+                of_ids = table.c.patient_id == any_(bindparam("ids", ids, type_=ARRAY(String)))
+            else:
+                of_ids = table.c.patient_id.in_(ids)
+            found = conn.execute(select(table).where(of_ids)).all()
             stored[attr] = {tuple(getattr(r, k) for k in key): r for r in found}
         return stored
 

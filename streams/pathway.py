@@ -1266,6 +1266,9 @@ def _compact(state: PatientState, rules: PathwayRules) -> PatientState:
     for episode in facts.home_care:
         if episode.is_open:
             cut = min(cut, episode.started_at)
+    if all(ev.at >= cut for ev in state.log):
+        # The usual case, and a cheap test: no event, so no resource, is older than the cut.
+        return state
     latest: dict[str, datetime] = {}
     for ev in state.log:
         key = _resource_key(ev.source)

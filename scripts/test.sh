@@ -27,7 +27,7 @@ echo "test: mypy"
 "$VENV/bin/mypy" parcours ingest streams forecasting dashboard bench
 echo "test: pytest"
 set +e
-if [ "$#" -eq 0 ]; then set -- tests/unit tests/integration tests/e2e -m "not soak"; fi
+if [ "$#" -eq 0 ]; then set -- tests/unit tests/integration tests/e2e; fi
 "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
 code=$?
 set -e

@@ -89,10 +89,11 @@ log = logging.getLogger(__name__)
 WARD_OVER_CAPACITY = "ward_over_capacity"
 ALERT_MUTABLE = ("alert_type", "patient_id", "unit_id", "status", "raised_at", "resolved_at")
 ALERT_COLUMNS = (*ALERT_MUTABLE, "message", "details")
-# An empty window: only the hospital's live occupancy is rewritten.
 # The PostgreSQL advisory lock that sink transactions take in turn (any fixed 64-bit number).
 SINK_LOCK_KEY = 0x70617263  # "parc"
+# The `sink_versions` row counting the changes of the Location tree.
 TREE = "locations"
+# An empty window: only the hospital's live occupancy is rewritten.
 NEVER_LO = datetime.max.replace(tzinfo=UTC)
 NEVER_HI = datetime.min.replace(tzinfo=UTC)
 

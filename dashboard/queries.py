@@ -279,7 +279,10 @@ def progress_status(
     lag: float | None, reported_at: datetime, now: datetime, silent_after: timedelta
 ) -> str:
     """What one partition's last report means for the people reading the board."""
-    silent = now - pd.Timestamp(reported_at).to_pydatetime()
+    reported = pd.Timestamp(reported_at)
+    if reported.tzinfo is None:  # SQLite (the demo) hands back naive times; they are UTC
+        reported = reported.tz_localize("UTC")
+    silent = now - reported.to_pydatetime()
     if silent > silent_after:
         minutes = int(silent.total_seconds() // 60)
         return f"no report for {minutes} min: is its stream worker running?"

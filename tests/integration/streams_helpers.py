@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from ingest.bundle import patient_key, resolve_entries
 from parcours.db import make_engine
-from tests.support import parcours_env
+from tests.support import parcours_env, parcours_process, wait_until
 
 SYNTHEA = Path("fhir") / "synthea-r4-2019"
 
@@ -175,3 +175,16 @@ def assert_same_tables(
         assert other[table] == clean[table], (
             f"{table} differs {when}: clean run only {only_clean}; other run only {only_other}"
         )
+
+
+def run_to_the_end(
+    env: dict[str, str], db: str, expected: dict[str, int], log: Path, what: str
+) -> None:
+    """Run one stream worker until the whole territory is in `db`; if it exits, show its log."""
+    with parcours_process(["streams", "worker"], env, log) as proc:
+
+        def done() -> bool:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            return finished(db, expected)
+
+        wait_until(done, timeout_s=150, what=what)

@@ -16,24 +16,21 @@ pytestmark = pytest.mark.integration
 def test_bench_streams_with_two_workers_prints_its_table_and_summary(
     broker: str, pg_url: str
 ) -> None:
-    with fresh_database(pg_url) as db:
+    def bench(db: str) -> subprocess.CompletedProcess[str]:
         args = ["--patients", "60", "--seconds", "2", "--rate", "50", "--workers", "2"]
-        run = subprocess.run(
+        return subprocess.run(
             [sys.executable, "-m", "parcours", "bench", "streams", "--database-url", db, *args],
             env=parcours_env(KAFKA_BOOTSTRAP_SERVERS=broker),
             capture_output=True,
             text=True,
             timeout=300,
         )
+
+    with fresh_database(pg_url) as db:
+        run = bench(db)
         assert run.returncode == 0, run.stderr[-3000:]
         # The bench filled the database it was given; a second run on it is refused.
-        again = subprocess.run(
-            [sys.executable, "-m", "parcours", "bench", "streams", "--database-url", db, *args],
-            env=parcours_env(KAFKA_BOOTSTRAP_SERVERS=broker),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        again = bench(db)
     out = run.stdout
     assert "| plain aiokafka + json.loads (peer, same topic) |" in out
     assert "| 2 parcours streams workers, raw → SQL" in out

@@ -25,6 +25,7 @@ from tests.integration.streams_helpers import (
     finished,
     last_offsets,
     produce,
+    run_to_the_end,
     snapshot,
     uncommitted,
     worker_env,
@@ -53,14 +54,7 @@ def test_kill_9_mid_stream_then_restart_ends_like_a_clean_run(
         env = worker_env(
             broker, clean_db, topic_prefix, PARCOURS_STREAMS_APP_ID=f"{topic_prefix}clean", **common
         )
-        log = tmp_path / "clean.log"
-        with parcours_process(["streams", "worker"], env, log) as proc:
-
-            def clean_done() -> bool:
-                assert proc.poll() is None, log.read_text()[-3000:]
-                return finished(clean_db, expected)
-
-            wait_until(clean_done, timeout_s=150, what="the clean run")
+        run_to_the_end(env, clean_db, expected, tmp_path / "clean.log", "the clean run")
 
         # Small batches: many transactions, so that the kill lands between two of them.
         env = worker_env(

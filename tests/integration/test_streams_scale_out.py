@@ -24,6 +24,7 @@ from tests.integration.streams_helpers import (
     last_offsets,
     produce,
     rows,
+    run_to_the_end,
     snapshot,
     worker_env,
 )
@@ -59,14 +60,7 @@ def test_a_second_worker_joining_mid_stream_ends_like_one_clean_worker(
         env = worker_env(
             broker, clean_db, topic_prefix, PARCOURS_STREAMS_APP_ID=f"{topic_prefix}one", **common
         )
-        one_log = tmp_path / "one.log"
-        with parcours_process(["streams", "worker"], env, one_log) as proc:
-
-            def one_done() -> bool:
-                assert proc.poll() is None, one_log.read_text()[-3000:]
-                return finished(clean_db, expected)
-
-            wait_until(one_done, timeout_s=150, what="the single worker")
+        run_to_the_end(env, clean_db, expected, tmp_path / "one.log", "the single worker")
 
         # Small batches and INFO logs: the first worker is still busy when the second joins, and
         # each log says which raw partitions its worker consumed.

@@ -11,8 +11,11 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from sqlalchemy import text
 
+from bench.territory import expected_counts, territory
 from ingest.bundle import patient_key, resolve_entries
 from parcours.db import make_engine
+from parcours.settings import Settings
+from parcours.topics import Topics, ensure_topics
 from tests.support import parcours_env, parcours_process, wait_until
 
 SYNTHEA = Path("fhir") / "synthea-r4-2019"
@@ -188,3 +191,14 @@ def run_to_the_end(
             return finished(db, expected)
 
         wait_until(done, timeout_s=150, what=what)
+
+
+def feed_territory(
+    broker: str, prefix: str, partitions: int, patients: int, seed: int
+) -> tuple[Topics, dict[str, int], int]:
+    """Create the test's topics and send a synthetic territory to its raw topic: the topics,
+    the counts the territory must end with in SQL, and how many messages were sent."""
+    topics = Topics.from_settings(Settings(topic_prefix=prefix))
+    ensure_topics(broker, topics.all(), partitions)
+    resources = territory(prefix, patients=patients, seed=seed)
+    return topics, expected_counts(resources), produce(broker, topics.raw, resources)

@@ -16,15 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.territory import expected_counts, territory
-from parcours.settings import Settings
-from parcours.topics import Topics, ensure_topics
 from tests.integration.streams_helpers import (
     assert_same_tables,
     count,
+    feed_territory,
     finished,
     last_offsets,
-    produce,
     run_to_the_end,
     snapshot,
     uncommitted,
@@ -43,11 +40,8 @@ PARTITIONS = 4
 def test_kill_9_mid_stream_then_restart_ends_like_a_clean_run(
     broker: str, pg_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    topics = Topics.from_settings(Settings(topic_prefix=topic_prefix))
-    ensure_topics(broker, topics.all(), PARTITIONS)
-    resources = territory(topic_prefix, patients=3400, seed=11)
-    expected = expected_counts(resources)
-    assert produce(broker, topics.raw, resources) >= 10_000
+    topics, expected, sent = feed_territory(broker, topic_prefix, PARTITIONS, 3400, seed=11)
+    assert sent >= 10_000
 
     with fresh_database(pg_url) as clean_db, fresh_database(pg_url) as killed_db:
         common = {"PARCOURS_TOPIC_PARTITIONS": str(PARTITIONS)}

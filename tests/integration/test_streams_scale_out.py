@@ -13,16 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from bench.territory import expected_counts, territory
-from parcours.settings import Settings
-from parcours.topics import Topics, ensure_topics
 from streams.app import consumed_partitions
 from tests.integration.streams_helpers import (
     assert_same_tables,
     count,
+    feed_territory,
     finished,
     last_offsets,
-    produce,
     rows,
     run_to_the_end,
     snapshot,
@@ -49,11 +46,7 @@ def progress(db: str, topic: str) -> dict[int, tuple[int, int]]:
 def test_a_second_worker_joining_mid_stream_ends_like_one_clean_worker(
     broker: str, pg_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    topics = Topics.from_settings(Settings(topic_prefix=topic_prefix))
-    ensure_topics(broker, topics.all(), PARTITIONS)
-    resources = territory(topic_prefix, patients=2500, seed=5)
-    expected = expected_counts(resources)
-    produce(broker, topics.raw, resources)
+    topics, expected, _ = feed_territory(broker, topic_prefix, PARTITIONS, 2500, seed=5)
 
     with fresh_database(pg_url) as clean_db, fresh_database(pg_url) as shared_db:
         common = {"PARCOURS_TOPIC_PARTITIONS": str(PARTITIONS)}

@@ -47,6 +47,7 @@ from streams.events import (
     ReferralSent,
     ResourceRetracted,
     SourceRef,
+    shallow_copy,
 )
 
 COMMUNITY_CLASSES = frozenset({"AMB", "HH", "VR"})
@@ -252,13 +253,8 @@ def _numbered(events: list[PatientEvent]) -> list[CanonicalEvent]:
     n = len(events)
     stamped: list[CanonicalEvent] = []
     for i, ev in enumerate(events, start=1):
-        if ev.part != i or ev.parts != n:
-            # A copy of the frozen event without `dataclasses.replace`, which costs more than
-            # mapping the resource did.
-            copy = object.__new__(type(ev))
-            copy.__dict__.update(ev.__dict__, part=i, parts=n)
-            ev = copy
-        stamped.append(ev)
+        # `dataclasses.replace` here cost more than mapping the resource did.
+        stamped.append(ev if ev.part == i and ev.parts == n else shallow_copy(ev, part=i, parts=n))
     return stamped
 
 

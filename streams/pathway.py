@@ -78,6 +78,7 @@ from streams.events import (
     SourceRef,
     patient_event_fields,
     patient_event_from_json,
+    shallow_copy,
 )
 
 # --- Rules ---------------------------------------------------------------------------------------
@@ -969,28 +970,20 @@ def _trim(facts: Facts, rules: PathwayRules) -> None:
             setattr(facts, attr, [r for r in items if id(r) not in drop])
 
 
-def _clone(obj: T) -> T:
-    """A shallow copy of a record or a state, to set fields on: much cheaper than copy.copy or
-    `dataclasses.replace` (which `transition` would call a few times per event)."""
-    new = object.__new__(type(obj))
-    new.__dict__.update(obj.__dict__)
-    return new
-
-
 def copy_facts(facts: Facts) -> Facts:
     """A copy of `facts` that folding can change without touching the original."""
     stays = []
     for stay in facts.stays:
-        clone = _clone(stay)
-        clone.locations = [_clone(spell) for spell in stay.locations]
+        clone = shallow_copy(stay)
+        clone.locations = [shallow_copy(spell) for spell in stay.locations]
         stays.append(clone)
     return Facts(
         stays=stays,
-        ed_visits=[_clone(v) for v in facts.ed_visits],
-        community_visits=[_clone(v) for v in facts.community_visits],
-        referrals=[_clone(r) for r in facts.referrals],
-        appointments=[_clone(a) for a in facts.appointments],
-        home_care=[_clone(e) for e in facts.home_care],
+        ed_visits=[shallow_copy(v) for v in facts.ed_visits],
+        community_visits=[shallow_copy(v) for v in facts.community_visits],
+        referrals=[shallow_copy(r) for r in facts.referrals],
+        appointments=[shallow_copy(a) for a in facts.appointments],
+        home_care=[shallow_copy(e) for e in facts.home_care],
         died_at=facts.died_at,
     )
 
@@ -1279,7 +1272,7 @@ def _compact(state: PatientState, rules: PathwayRules) -> PatientState:
         return state
     old = [ev for ev in state.log if _resource_key(ev.source) in old_keys]
     retracted = {_resource_key(ev.source) for ev in old if isinstance(ev, ResourceRetracted)}
-    compacted = _clone(state)
+    compacted = shallow_copy(state)
     compacted.base, _ = replay(state.base, old, rules)
     compacted.base_until = max(cut, state.base_until) if state.base_until else cut
     compacted.log = [ev for ev in state.log if _resource_key(ev.source) not in old_keys]
@@ -1330,7 +1323,7 @@ def transition(
         if len(pending) > rules.max_records:
             # Halves of versions that never complete must not grow the state without end.
             pending = dict(list(pending.items())[-rules.max_records :])
-        waiting = _clone(state)
+        waiting = shallow_copy(state)
         waiting.pending = pending
         return waiting, []
     # Parts of this version, or of older ones, will never be needed; newer ones still will.
@@ -1368,7 +1361,7 @@ def transition(
             key=event_order,
         )
         facts, rejected = replay(state.base, log, rules)
-    new = _clone(state)
+    new = shallow_copy(state)
     new.log = log
     new.versions = {**state.versions, key: version}
     new.pending = pending
@@ -1404,7 +1397,7 @@ def check_timers(
     clock = max(now, state.clock) if state.clock else now
     if clock == state.clock:
         return state, []
-    new = _clone(state)
+    new = shallow_copy(state)
     new.clock = clock
     new.alerts = evaluate_alerts(state.patient_id, state.facts, clock, rules)
     if new.alerts.keys() == state.alerts.keys():

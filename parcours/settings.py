@@ -70,7 +70,9 @@ class Settings(BaseSettings):
         "`<topic prefix>parcours-streams`. A new id replays the raw topic from the start.",
     )
     worker_batch_size: int = Field(
-        default=5000, description="Most raw messages the worker folds into one SQL transaction."
+        default=20000,
+        description="Most raw messages the worker folds into one SQL transaction: a backlog is "
+        "read in batches this large, a live feed's batch holds what came in meanwhile.",
     )
     worker_batch_within_s: float = Field(
         default=0.25, description="Longest wait (seconds) to fill a batch before processing it."

@@ -1,6 +1,6 @@
 """Thin Faust adapters around the pure rules: decode, fold, write SQL, then the table and topics.
 
-One agent reads the raw topic in batches (`take_events`). For each batch:
+One handler reads the raw topic a batch at a time (`ParcoursApp.batch_handler`). For each batch:
 
 1. decode every message and map it to canonical events (`fhir_map`); failures are dead-lettered;
 2. group the patient events by patient (the raw topic is keyed by patient, so the state table is
@@ -8,8 +8,8 @@ One agent reads the raw topic in batches (`take_events`). For each batch:
    once, fold its events with `pathway.transition` in offset order, and derive its SQL rows;
 3. write the whole batch to SQL in one transaction (`SqlSink`: pathway rows, locations, census);
 4. only then write each changed patient's new state to the table (one changelog record per patient
-   per batch) and send the alerts; the offsets of the batch are committed after the loop body,
-   once the changelog is flushed.
+   per batch) and send the alerts, wait for the broker to hold them, and acknowledge the batch's
+   messages: Faust commits acknowledged offsets only.
 
 A crash anywhere replays the batch from the last committed offset. Transitions are idempotent on
 the resource version and the SQL rows are whole derived state, so the replay converges to the same
@@ -31,11 +31,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import faust
 import orjson
-from faust.types import TP
+from faust.types import TP, Message
 from kafka.partitioner import murmur2
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -54,6 +53,9 @@ from streams.pathway import (
 )
 from streams.projection import patient_rows
 from streams.sink import SinkBatch, SinkResult, SqlSink
+
+if TYPE_CHECKING:
+    from streams.app import ParcoursApp
 
 log = logging.getLogger(__name__)
 
@@ -323,8 +325,8 @@ def partition_for(patient_id: str, partitions: int) -> int:
     return (murmur2(patient_id.encode()) & 0x7FFFFFFF) % partitions
 
 
-def register_agents(app: faust.App, topics: Topics, sink: SqlSink, settings: Settings) -> None:
-    """Declare the topics, the pathway state table, the agent and the timer of `app`."""
+def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: Settings) -> None:
+    """Declare the topics, the pathway state table, the batch handler and the timers of `app`."""
     raw = app.topic(topics.raw, key_type=bytes, value_type=bytes, value_serializer="raw")
     dead = app.topic(topics.deadletter, key_type=bytes, value_type=bytes, value_serializer="raw")
     alerts = app.topic(topics.alerts, key_type=bytes, value_type=bytes, value_serializer="raw")
@@ -381,29 +383,21 @@ def register_agents(app: faust.App, topics: Topics, sink: SqlSink, settings: Set
                 applied.pop(partition, None)
         log.info("forgot %d patient states of revoked partitions %s", dropped, sorted(gone))
 
-    @app.agent(raw)
-    async def pathway(stream: Any) -> None:
-        async for batch in stream.take_events(
-            settings.worker_batch_size, within=settings.worker_batch_within_s
-        ):
-            messages = [
-                RawMessage(ev.key, ev.value, ev.message.partition)
-                for ev in batch
-                if ev.value is not None
-            ]
-            async with lock:
-                try:
-                    outcome = await asyncio.to_thread(processor.process, messages, get_state)
-                except Exception:
-                    # Faust would park a crashed agent and leave the worker idle. Exit instead:
-                    # the supervisor restarts it from the committed offsets (like a kill -9).
-                    log.exception("the pathway agent failed on a batch; exiting")
-                    os._exit(70)
-                await apply(outcome)
-                for ev in batch:
-                    applied[ev.message.partition] = max(
-                        applied.get(ev.message.partition, 0), ev.message.offset + 1
-                    )
+    @app.batch_handler(raw)
+    async def pathway(batch: list[Message]) -> None:
+        messages = [RawMessage(m.key, m.value, m.partition) for m in batch if m.value is not None]
+        async with lock:
+            try:
+                outcome = await asyncio.to_thread(processor.process, messages, get_state)
+            except Exception:
+                # A worker that cannot apply a batch must not go on past it. Exit: the
+                # supervisor restarts it from the committed offsets (like a kill -9).
+                log.exception("the pathway handler failed on a batch; exiting")
+                os._exit(70)
+            await apply(outcome)
+            for m in batch:
+                app.consumer.ack(m)
+                applied[m.partition] = max(applied.get(m.partition, 0), m.offset + 1)
 
     if settings.worker_progress_interval_s > 0:
         worker = f"{socket.gethostname()}:{os.getpid()}"

@@ -366,7 +366,8 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
         # commit gives up on its changelog buffer after 0.1 s without a send, so wait for the
         # broker to hold every record: a kill -9 must not find a committed offset whose state is
         # missing from the changelog.
-        await asyncio.gather(*sent)
+        # Shielded: a worker stopping meanwhile must not cancel records the producer still sends.
+        await asyncio.shield(asyncio.gather(*sent))
 
     # mode types a receiver as a union of two callables, which mypy cannot match to a function.
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]

@@ -146,6 +146,10 @@ class SeekThenResumeRecovery(Recovery):
         if assignment:
             self.log.info("Seek stream partitions to committed offsets.")
             await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+            await self._wait(
+                self._rewind_uncommitted(consumer, assignment),
+                timeout=app.conf.broker_request_timeout,
+            )
         consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
         self.completed.set()
         app.flow_control.resume()
@@ -160,6 +164,26 @@ class SeekThenResumeRecovery(Recovery):
             if not self._is_changelog_tp(tp):
                 sources.setdefault(tp.topic, []).append(tp.partition)
         self.log.info("%s %s", READY, ", ".join(f"{t} {p}" for t, p in sources.items()))
+
+    async def _rewind_uncommitted(self, consumer: Any, assignment: Iterable[TP]) -> None:
+        """Seek the source partitions that have no committed offset to their start.
+
+        `perform_seek` seeks only the partitions with a committed offset. A partition without
+        one stays where its fetch got to, and the records fetched there before the rebalance
+        settled were dropped (their generation is gone): a kill -9 before the first commit of a
+        partition lost its first records. The consumer group reads from the earliest offset.
+        """
+        fresh = [
+            tp
+            for tp in assignment
+            if not self._is_changelog_tp(tp) and not consumer._committed_offset.get(tp)
+        ]
+        if fresh:
+            await consumer._thread.seek_to_beginning(
+                *(TopicPartition(tp.topic, tp.partition) for tp in fresh)
+            )
+            for tp in fresh:
+                consumer._read_offset[tp] = None
 
 
 class SeekThenResumeTableManager(TableManager):
@@ -185,9 +209,9 @@ class BatchConsumer(aiokafka_driver.Consumer):
     A batch is what the fetches return until it holds `app.batch_size` messages or
     `app.batch_within_s` have passed since its first one (a live feed's batch is small and
     quick, a backlog's is full). The handler acknowledges the messages it applied
-    (`Consumer.ack`), and Faust commits the acknowledged offsets as it does for an agent. A batch
-    fetched before a rebalance is dropped, not handled: its partitions may belong to another
-    worker now, and they are read again from the committed offsets by whoever holds them.
+    (`Consumer.ack`), and Faust commits the acknowledged offsets as it does for an agent. The
+    messages fetched before a rebalance are dropped, not handled: their partitions may belong to
+    another worker now, and they are read again from the committed offsets by whoever holds them.
     Messages of the other topics (the changelog, during recovery) take Faust's path unchanged.
     """
 
@@ -202,7 +226,6 @@ class BatchConsumer(aiokafka_driver.Consumer):
         try:
             while not (consumer_stopped() or fetcher_stopped()):
                 self.diag.set_flag(CONSUMER_FETCHING)
-                generation = app.consumer_generation_id
                 batches: dict[str, list[Message]] = {}
                 held = 0
                 first: float | None = None
@@ -236,16 +259,18 @@ class BatchConsumer(aiokafka_driver.Consumer):
                     if timeout <= 0:
                         break
                 self.diag.unset_flag(CONSUMER_FETCHING)
-                if not batches:
-                    continue
-                if app.consumer_generation_id != generation or not self.flow_active:
-                    self.log.info("dropped a batch of %d messages fetched before a rebalance", held)
-                    continue
                 for topic, messages in batches.items():
-                    for message in messages:
-                        message.tracked = True
-                        self.track_message(message)
-                    await handlers[topic](messages)
+                    fresh = self._fresh(messages)
+                    if len(fresh) < len(messages):
+                        self.log.info(
+                            "dropped %d messages fetched before a rebalance",
+                            len(messages) - len(fresh),
+                        )
+                    if fresh:
+                        for message in fresh:
+                            message.tracked = True
+                            self.track_message(message)
+                        await handlers[topic](fresh)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 self.log.info("Broker stopped consumer, shutting down...")
@@ -258,6 +283,17 @@ class BatchConsumer(aiokafka_driver.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    def _fresh(self, messages: list[Message]) -> list[Message]:
+        """The messages fetched since the last rebalance, as Faust's streams keep them.
+
+        The rebalance seeked the partitions this worker still holds back to their committed
+        offsets, so the older messages come again; a batch may hold both kinds.
+        """
+        if not self.app.flow_control.is_active():
+            return []
+        generation = self.app.consumer_generation_id
+        return [m for m in messages if m.generation_id == generation]
 
 
 class BatchTransport(aiokafka_driver.Transport):

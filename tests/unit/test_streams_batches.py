@@ -1,0 +1,55 @@
+"""Which raw messages the batch consumer hands over after a rebalance, and which partitions
+recovery rewinds to their start (the pieces of `streams.app` that a kill -9 depends on)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from faust.types import TP
+
+from streams.app import BatchConsumer, SeekThenResumeRecovery
+
+RAW = "p.fhir.raw"
+CHANGELOG = "p.parcours-streams-pathway-state-changelog"
+
+
+def _consumer_stub(generation: int, flowing: bool = True) -> Any:
+    flow = SimpleNamespace(is_active=lambda: flowing)
+    return SimpleNamespace(
+        app=SimpleNamespace(flow_control=flow, consumer_generation_id=generation)
+    )
+
+
+def test_only_the_messages_of_the_current_generation_are_handed_over() -> None:
+    old = [SimpleNamespace(offset=i, generation_id=3) for i in range(3)]
+    new = [SimpleNamespace(offset=i, generation_id=4) for i in range(3, 5)]
+    batch: Any = old + new
+    assert BatchConsumer._fresh(_consumer_stub(4), batch) == new
+    assert BatchConsumer._fresh(_consumer_stub(3), batch) == old
+    # While a rebalance is under way nothing is handled: it is all read again afterwards.
+    assert BatchConsumer._fresh(_consumer_stub(4, flowing=False), batch) == []
+
+
+def test_recovery_rewinds_the_source_partitions_that_have_no_committed_offset() -> None:
+    seeked: list[tuple[str, int]] = []
+
+    async def seek_to_beginning(*tps: Any) -> None:
+        seeked.extend((tp.topic, tp.partition) for tp in tps)
+
+    uncommitted, at_zero, committed = TP(RAW, 0), TP(RAW, 1), TP(RAW, 2)
+    changelog = TP(CHANGELOG, 0)
+    consumer = SimpleNamespace(
+        _committed_offset={at_zero: None, committed: 57},
+        _read_offset={uncommitted: 50, at_zero: 12, committed: 57},
+        _thread=SimpleNamespace(seek_to_beginning=seek_to_beginning),
+    )
+    recovery: Any = SimpleNamespace(_is_changelog_tp=lambda tp: tp.topic == CHANGELOG)
+    assignment = {uncommitted, at_zero, committed, changelog}
+
+    asyncio.run(SeekThenResumeRecovery._rewind_uncommitted(recovery, consumer, assignment))
+
+    assert sorted(seeked) == [(RAW, 0), (RAW, 1)]
+    # The next records of a rewound partition start again from its first offset.
+    assert consumer._read_offset == {uncommitted: None, at_zero: None, committed: 57}

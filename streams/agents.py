@@ -365,8 +365,8 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
         # The batch's offsets may be committed as soon as this returns. Faust's flush before a
         # commit gives up on its changelog buffer after 0.1 s without a send, so wait for the
         # broker to hold every record: a kill -9 must not find a committed offset whose state is
-        # missing from the changelog.
-        # Shielded: a worker stopping meanwhile must not cancel records the producer still sends.
+        # missing from the changelog. Shielded: a worker that stops meanwhile must not cancel the
+        # records the producer is still sending.
         await asyncio.shield(asyncio.gather(*sent))
 
     # mode types a receiver as a union of two callables, which mypy cannot match to a function.

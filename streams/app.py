@@ -305,9 +305,7 @@ class BatchTransport(aiokafka_driver.Transport):
 class ParcoursApp(faust.App):
     """A Faust app whose topics may be read a batch at a time (`batch_handler`)."""
 
-    def __init__(
-        self, *args: Any, batch_size: int = 5000, batch_within_s: float = 0.25, **kwargs: Any
-    ) -> None:
+    def __init__(self, *args: Any, batch_size: int, batch_within_s: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_handlers: dict[str, BatchHandler] = {}
         self.batch_size = batch_size
@@ -327,7 +325,7 @@ class ParcoursApp(faust.App):
         return register
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings) -> ParcoursApp:
     """A Faust app for `settings`, with its handlers registered."""
     topics = Topics.from_settings(settings)
     app = ParcoursApp(

@@ -31,9 +31,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
+from faust import Topic
+from faust.serializers import codecs
 from faust.types import TP, Message
 from kafka.partitioner import murmur2
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -93,6 +95,8 @@ class BatchOutcome:
     rejects: list[tuple[bytes | None, bytes, str]] = field(default_factory=list)
     events: int = 0
     rows: int = 0
+    rules_s: float = 0.0  # decoding and folding, in the worker thread
+    sql_s: float = 0.0  # the SQL transaction
 
 
 def decode_batch(
@@ -168,6 +172,7 @@ class BatchProcessor:
     ) -> BatchOutcome:
         """Fold a batch into the patients' states and write it to SQL in one transaction."""
         outcome = BatchOutcome()
+        started = time.perf_counter()
         per_patient: dict[str, list[PatientEvent]] = {}
         partition_of: dict[str, int] = {}
         raw_of: dict[str, list[RawMessage]] = {}
@@ -212,7 +217,9 @@ class BatchProcessor:
             outcome.states[pid] = (partition_of[pid], value)
             self._remember(pid, value, state)
             outcome.alerts.extend((pid.encode(), alert_message(o)) for o in alert_outs)
+        folded = time.perf_counter()
         result = self._write(batch, raw_of, outcome)
+        outcome.rules_s, outcome.sql_s = folded - started, time.perf_counter() - folded
         outcome.rows = result.rows
         outcome.alerts.extend(
             (str(a["unit_id"]).encode(), census_alert_message(a)) for a in result.alerts
@@ -334,6 +341,16 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
     # orjson, and Faust's JSON codec only quotes that text for the changelog.
     states = app.Table("pathway-state", default=None, partitions=settings.topic_partitions)
     processor = BatchProcessor(sink, rules_from_settings(settings))
+
+    # The changelog records are sent as Faust's table would send them, in its codecs.
+    changelog_topic = cast(Topic, states.changelog_topic)
+
+    def dumps_key(pid: str) -> bytes:
+        return codecs.dumps(changelog_topic.key_serializer, pid)
+
+    def dumps_value(value: str) -> bytes:
+        return codecs.dumps(changelog_topic.value_serializer, value)
+
     lock = asyncio.Lock()
     known_partition: dict[str, int] = {}
     # raw partition → the offset after the last message whose batch this worker applied.
@@ -344,13 +361,15 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
         return value
 
     async def apply(outcome: BatchOutcome) -> None:
-        sent: list[Any] = []  # futures of the records sent for this batch
+        changelog = []
         for pid, (partition, value) in outcome.states.items():
             partition = known_partition.setdefault(pid, partition)
             # One changelog record per patient per batch, on the partition of its events: the
             # table's own setter would take the partition of whichever event came last.
             states.data[pid] = value
-            sent.append(states.send_changelog(partition, pid, value))
+            changelog.append((partition, dumps_key(pid), dumps_value(value)))
+        # futures of the records sent for this batch
+        sent: list[Any] = await app.send_batched(changelog_topic.get_topic_name(), changelog)
         for alert_key, alert in outcome.alerts:
             sent.append(await alerts.send(key=alert_key, value=json.dumps(alert).encode()))
         for raw_key, payload, reason in outcome.rejects:
@@ -395,10 +414,20 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
                 # supervisor restarts it from the committed offsets (like a kill -9).
                 log.exception("the pathway handler failed on a batch; exiting")
                 os._exit(70)
+            sent = time.perf_counter()
             await apply(outcome)
             for m in batch:
                 app.consumer.ack(m)
                 applied[m.partition] = max(applied.get(m.partition, 0), m.offset + 1)
+        log.debug(
+            "batch of %d messages, %d events: rules %.3f s, SQL %.3f s (%d rows), sends %.3f s",
+            len(messages),
+            outcome.events,
+            outcome.rules_s,
+            outcome.sql_s,
+            outcome.rows,
+            time.perf_counter() - sent,
+        )
 
     if settings.worker_progress_interval_s > 0:
         worker = f"{socket.gethostname()}:{os.getpid()}"

@@ -324,6 +324,32 @@ class ParcoursApp(faust.App):
 
         return register
 
+    async def send_batched(
+        self, topic: str, records: Iterable[tuple[int, bytes, bytes]]
+    ) -> list[asyncio.Future[Any]]:
+        """Send (partition, key, value) records a producer batch at a time; returns one future per
+        batch, done once the broker holds it.
+
+        Faust's `send` costs about 100 µs of CPU per record (a pending message, its future and
+        callbacks, a buffer and the task that drains it); a batch built with aiokafka's
+        `create_batch` costs a few µs per record.
+        """
+        # The aiokafka producer under Faust's.
+        producer = cast(aiokafka_driver.Producer, self.producer)._ensure_producer()
+        filling: dict[int, Any] = {}
+        sent: list[asyncio.Future[Any]] = []
+        for partition, key, value in records:
+            batch = filling.get(partition)
+            if batch is None or batch.append(timestamp=None, key=key, value=value) is None:
+                if batch is not None:  # full: send it and start another
+                    sent.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = filling[partition] = producer.create_batch()
+                # A record always fits an empty batch, however large.
+                batch.append(timestamp=None, key=key, value=value)
+        for partition, batch in filling.items():
+            sent.append(await producer.send_batch(batch, topic, partition=partition))
+        return sent
+
 
 def create_app(settings: Settings) -> ParcoursApp:
     """A Faust app for `settings`, with its handlers registered."""
@@ -348,6 +374,8 @@ def create_app(settings: Settings) -> ParcoursApp:
         batch_within_s=settings.worker_batch_within_s,
         # A fetch hands over at most this many records, so a batch overshoots its size by less.
         broker_max_poll_records=max(1, min(1000, settings.worker_batch_size // 5)),
+        # `send_batched` fills producer batches of this size (Faust's default is 16 kB).
+        producer_max_batch_size=256 * 1024,
     )
     sink = SqlSink(make_engine(settings.db_url), settings.census_capacity)
     register_agents(app, topics, sink, settings)

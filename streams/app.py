@@ -374,6 +374,9 @@ def create_app(settings: Settings) -> ParcoursApp:
         batch_within_s=settings.worker_batch_within_s,
         # A fetch hands over at most this many records, so a batch overshoots its size by less.
         broker_max_poll_records=max(1, min(1000, settings.worker_batch_size // 5)),
+        # While a batch is being applied the consumer prefetches one fetch per partition; at
+        # Faust's 1 MB (about a thousand resources) the next batch of a backlog held only that.
+        consumer_max_fetch_size=8 * 1024**2,
         # `send_batched` fills producer batches of this size (Faust's default is 16 kB).
         producer_max_batch_size=256 * 1024,
     )

@@ -11,6 +11,9 @@ One handler reads the raw topic a batch at a time (`ParcoursApp.batch_handler`).
    per batch) and send the alerts, wait for the broker to hold them, and acknowledge the batch's
    messages: Faust commits acknowledged offsets only.
 
+Steps 1–2 (fold) of a batch run while steps 3–4 (write) of the previous one do: the next fold
+reads the states the last one made, and writes keep the order of the batches.
+
 A crash anywhere replays the batch from the last committed offset. Transitions are idempotent on
 the resource version and the SQL rows are whole derived state, so the replay converges to the same
 rows. Location messages (keyed `Location/<id>`) carry no patient and go to the sink as they are.
@@ -87,7 +90,7 @@ class RawMessage:
 
 @dataclass
 class BatchOutcome:
-    """What the agent does after SQL committed: table writes, alerts, dead letters."""
+    """A folded batch: the SQL rows to write, then the table writes, alerts and dead letters."""
 
     # patient → (partition, `PatientState.to_json()`)
     states: dict[str, tuple[int, str]] = field(default_factory=dict)
@@ -95,7 +98,12 @@ class BatchOutcome:
     rejects: list[tuple[bytes | None, bytes, str]] = field(default_factory=list)
     events: int = 0
     rows: int = 0
-    rules_s: float = 0.0  # decoding and folding, in the worker thread
+    # What `BatchProcessor.write` sends to SQL, and the raw messages of each patient, which go
+    # to the dead letters if the database refuses the patient's rows.
+    sink_batch: SinkBatch = field(default_factory=SinkBatch)
+    raw_of: dict[str, list[RawMessage]] = field(default_factory=dict)
+    refused: bool = False  # the database refused some patients' rows
+    rules_s: float = 0.0  # decoding and folding
     sql_s: float = 0.0  # the SQL transaction
 
 
@@ -171,12 +179,22 @@ class BatchProcessor:
         get_state: Callable[[str], str | None],
     ) -> BatchOutcome:
         """Fold a batch into the patients' states and write it to SQL in one transaction."""
+        outcome = self.fold(messages, get_state)
+        self.write(outcome)
+        return outcome
+
+    def fold(
+        self,
+        messages: list[RawMessage],
+        get_state: Callable[[str], str | None],
+    ) -> BatchOutcome:
+        """Decode a batch, fold it into the patients' states and derive their SQL rows."""
         outcome = BatchOutcome()
         started = time.perf_counter()
         per_patient: dict[str, list[PatientEvent]] = {}
         partition_of: dict[str, int] = {}
-        raw_of: dict[str, list[RawMessage]] = {}
-        batch = SinkBatch()
+        raw_of = outcome.raw_of
+        batch = outcome.sink_batch
         for msg in messages:
             events, rejects = decode_batch([(msg.key, msg.value)])
             outcome.rejects.extend(rejects)
@@ -217,21 +235,25 @@ class BatchProcessor:
             outcome.states[pid] = (partition_of[pid], value)
             self._remember(pid, value, state)
             outcome.alerts.extend((pid.encode(), alert_message(o)) for o in alert_outs)
-        folded = time.perf_counter()
-        result = self._write(batch, raw_of, outcome)
-        outcome.rules_s, outcome.sql_s = folded - started, time.perf_counter() - folded
+        outcome.rules_s = time.perf_counter() - started
+        return outcome
+
+    def write(self, outcome: BatchOutcome) -> None:
+        """Write a folded batch to SQL in one transaction; adds the census alerts it changed."""
+        started = time.perf_counter()
+        result = self._write(outcome)
+        outcome.sql_s = time.perf_counter() - started
         outcome.rows = result.rows
         outcome.alerts.extend(
             (str(a["unit_id"]).encode(), census_alert_message(a)) for a in result.alerts
         )
-        return outcome
 
     def tick(
         self, states: Iterable[tuple[str, str]], now: datetime, partitions: int
     ) -> BatchOutcome:
         """Move every patient's clock to `now` and write the alerts that changed."""
         outcome = BatchOutcome()
-        batch = SinkBatch()
+        batch = outcome.sink_batch
         for pid, stored in states:
             state = self._state(pid, stored)
             if state is None:
@@ -247,31 +269,28 @@ class BatchProcessor:
             self._remember(pid, value, new)
             outcome.alerts.extend((pid.encode(), alert_message(o)) for o in alert_outs)
         if batch.patients:
-            outcome.rows = self._write(batch, {}, outcome).rows
+            self.write(outcome)
         return outcome
 
-    def _write(
-        self, batch: SinkBatch, raw_of: Mapping[str, list[RawMessage]], outcome: BatchOutcome
-    ) -> SinkResult:
+    def _write(self, outcome: BatchOutcome) -> SinkResult:
         """One transaction; transient database errors are retried until they pass. Rows the
         database refuses (a value too long…) send their patient's messages to the dead letters
         and the rest of the batch is written."""
         while True:
             try:
-                return self.sink.write(batch)
+                return self.sink.write(outcome.sink_batch)
             except (OperationalError, InterfaceError) as exc:
                 log.warning("database unavailable, retrying in %ss: %s", RETRY_S, exc)
                 time.sleep(RETRY_S)
             except DBAPIError as exc:
+                batch = outcome.sink_batch
                 if len(batch.patients) <= 1 and not batch.locations and not batch.encounters:
                     raise
                 log.warning("batch refused by the database, writing patient by patient: %s", exc)
-                return self._write_one_by_one(batch, raw_of, outcome)
+                return self._write_one_by_one(outcome)
 
-    def _write_one_by_one(
-        self, batch: SinkBatch, raw_of: Mapping[str, list[RawMessage]], outcome: BatchOutcome
-    ) -> SinkResult:
-        total = SinkResult()
+    def _write_one_by_one(self, outcome: BatchOutcome) -> SinkResult:
+        batch, total = outcome.sink_batch, SinkResult()
         parts: list[SinkBatch] = [SinkBatch(locations=batch.locations, encounters=batch.encounters)]
         parts += [SinkBatch(patients=[p]) for p in batch.patients]
         for part in parts:
@@ -280,9 +299,12 @@ class BatchProcessor:
             except DBAPIError as exc:
                 reason = f"sql: {str(exc).splitlines()[0]}"
                 for p in part.patients:
+                    outcome.refused = True
                     outcome.states.pop(p.patient_id, None)
+                    key = p.patient_id.encode()
+                    outcome.alerts = [a for a in outcome.alerts if a[0] != key]
                     outcome.rejects.extend(
-                        (m.key, m.value, reason) for m in raw_of.get(p.patient_id, [])
+                        (m.key, m.value, reason) for m in outcome.raw_of.get(p.patient_id, [])
                     )
                 if not part.patients:
                     log.error("locations/encounters of a batch refused: %s", reason)
@@ -356,8 +378,13 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
     # raw partition → the offset after the last message whose batch this worker applied.
     applied: dict[int, int] = {}
 
+    # The states of the batch being written, not yet in the table: the next batch folds onto
+    # them while the last one's SQL transaction runs. Only the event loop changes this.
+    pending: dict[str, str] = {}
+    writing: asyncio.Task[bool] | None = None  # the last batch's write, then apply and acks
+
     def get_state(pid: str) -> str | None:
-        value: str | None = states.data.get(pid)
+        value: str | None = pending.get(pid) or states.data.get(pid)
         return value
 
     async def apply(outcome: BatchOutcome) -> None:
@@ -367,6 +394,7 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
             # One changelog record per patient per batch, on the partition of its events: the
             # table's own setter would take the partition of whichever event came last.
             states.data[pid] = value
+            pending.pop(pid, None)
             changelog.append((partition, dumps_key(pid), dumps_value(value)))
         # futures of the records sent for this batch
         sent: list[Any] = await app.send_batched(changelog_topic.get_topic_name(), changelog)
@@ -398,36 +426,75 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
         revoked: set[TP] = args[0]
         gone = {tp.partition for tp in revoked if tp.topic == raw.get_topic_name()}
         async with lock:
+            await written()
             dropped = forget_partitions(states.data, known_partition, gone)
             for partition in gone:
                 applied.pop(partition, None)
         log.info("forgot %d patient states of revoked partitions %s", dropped, sorted(gone))
 
-    @app.batch_handler(raw)
-    async def pathway(batch: list[Message]) -> None:
-        messages = [RawMessage(m.key, m.value, m.partition) for m in batch if m.value is not None]
-        async with lock:
-            try:
-                outcome = await asyncio.to_thread(processor.process, messages, get_state)
-            except Exception:
-                # A worker that cannot apply a batch must not go on past it. Exit: the
-                # supervisor restarts it from the committed offsets (like a kill -9).
-                log.exception("the pathway handler failed on a batch; exiting")
-                os._exit(70)
-            sent = time.perf_counter()
-            await apply(outcome)
-            for m in batch:
-                app.consumer.ack(m)
-                applied[m.partition] = max(applied.get(m.partition, 0), m.offset + 1)
+    async def in_thread(step: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await asyncio.to_thread(step, *args)
+        except Exception:
+            # A worker that cannot apply a batch must not go on past it. Exit: the supervisor
+            # restarts it from the committed offsets (like a kill -9).
+            log.exception("the pathway handler failed on a batch; exiting")
+            os._exit(70)
+
+    async def write_and_apply(outcome: BatchOutcome, batch: list[Message]) -> bool:
+        """SQL, then the table, alerts and dead letters, then the acks; True if the database
+        refused some patients' rows."""
+        await in_thread(processor.write, outcome)
+        sent = time.perf_counter()
+        await apply(outcome)
+        for m in batch:
+            app.consumer.ack(m)
+            applied[m.partition] = max(applied.get(m.partition, 0), m.offset + 1)
         log.debug(
             "batch of %d messages, %d events: rules %.3f s, SQL %.3f s (%d rows), sends %.3f s",
-            len(messages),
+            len(batch),
             outcome.events,
             outcome.rules_s,
             outcome.sql_s,
             outcome.rows,
             time.perf_counter() - sent,
         )
+        return outcome.refused
+
+    def exit_if_failed(task: asyncio.Task[bool]) -> None:
+        # Nothing may wait for the write of the last batch of a burst: a failure must not pass
+        # unseen, with its messages never acknowledged.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("writing a batch failed; exiting", exc_info=task.exception())
+            os._exit(70)
+
+    async def written() -> bool:
+        """Wait for the last batch's write (call with the lock held); True if rows were refused.
+        Afterwards every state is in the table."""
+        nonlocal writing
+        refused = await writing if writing is not None else False
+        writing = None
+        pending.clear()  # what is left are the states of refused rows
+        return refused
+
+    @app.batch_handler(raw)
+    async def pathway(batch: list[Message]) -> None:
+        # Batches go through two steps: fold (the rules, in a thread) and write (SQL in a
+        # thread, then the table, topics and acks). A batch's fold overlaps the previous batch's
+        # write, which waits on PostgreSQL and the broker more than it computes; the handler
+        # returns once its batch's write has started, so the consumer gathers the next batch
+        # meanwhile. Writes, and so acks, keep the order of the batches.
+        nonlocal writing
+        messages = [RawMessage(m.key, m.value, m.partition) for m in batch if m.value is not None]
+        async with lock:
+            outcome = await in_thread(processor.fold, messages, get_state)
+            if await written():
+                # The fold read states that the database then refused: fold again onto the
+                # states that were written.
+                outcome = await in_thread(processor.fold, messages, get_state)
+            pending.update((pid, value) for pid, (_, value) in outcome.states.items())
+            writing = asyncio.create_task(write_and_apply(outcome, batch))
+            writing.add_done_callback(exit_if_failed)
 
     if settings.worker_progress_interval_s > 0:
         worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -464,6 +531,7 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
         @app.timer(settings.pathway_timer_interval_s)
         async def pathway_timers() -> None:
             async with lock:
+                await written()
                 snapshot = [(k, v) for k, v in states.data.items() if v]
                 outcome = await asyncio.to_thread(
                     processor.tick, snapshot, datetime.now(UTC), settings.topic_partitions

@@ -31,7 +31,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -314,6 +314,74 @@ class BatchProcessor:
         return total
 
 
+class FoldWritePipeline:
+    """Batches in two steps: fold (the rules) and write (SQL, then `finish`: the table, topics
+    and acks). A batch's fold runs while the previous batch is written, which waits on
+    PostgreSQL and the broker more than it computes; `submit` returns once its batch's write has
+    started, so the consumer gathers the next batch meanwhile.
+
+    - The next fold reads the states the last fold made (`get_state`), not yet in the table.
+    - Writes, and so acks, keep the order of the batches; one write runs at a time.
+    - If the database refused some patients' rows, the fold that read their states is done
+      again, on the states that were written.
+    - A failed fold or write exits the process: the supervisor restarts the worker from the
+      committed offsets, as after a kill -9. Nothing may wait for the last batch of a burst, so
+      its failure must not pass unseen.
+    """
+
+    def __init__(
+        self,
+        processor: BatchProcessor,
+        table: Mapping[str, str | None],
+        finish: Callable[[BatchOutcome, list[Message]], Awaitable[None]],
+    ) -> None:
+        self.processor = processor
+        self.table = table
+        self.finish = finish
+        self.lock = asyncio.Lock()  # held by `submit`, and by whoever needs every state written
+        self._pending: dict[str, str] = {}  # states of the batch being written
+        self._writing: asyncio.Task[bool] | None = None
+
+    def get_state(self, pid: str) -> str | None:
+        return self._pending.get(pid) or self.table.get(pid)
+
+    async def submit(self, messages: list[RawMessage], batch: list[Message]) -> None:
+        async with self.lock:
+            outcome = await self._in_thread(self.processor.fold, messages, self.get_state)
+            if await self.written():
+                outcome = await self._in_thread(self.processor.fold, messages, self.get_state)
+            self._pending.update((pid, value) for pid, (_, value) in outcome.states.items())
+            self._writing = asyncio.create_task(self._write(outcome, batch))
+            self._writing.add_done_callback(self._exit_if_failed)
+
+    async def written(self) -> bool:
+        """Wait for the last batch's write, with the lock held; True if rows were refused.
+        Afterwards the table holds every state."""
+        refused = await self._writing if self._writing is not None else False
+        self._writing = None
+        self._pending.clear()  # what is left are the states of refused rows
+        return refused
+
+    async def _write(self, outcome: BatchOutcome, batch: list[Message]) -> bool:
+        await self._in_thread(self.processor.write, outcome)
+        await self.finish(outcome, batch)
+        return outcome.refused
+
+    @staticmethod
+    async def _in_thread(step: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await asyncio.to_thread(step, *args)
+        except Exception:
+            log.exception("the pathway handler failed on a batch; exiting")
+            os._exit(70)
+
+    @staticmethod
+    def _exit_if_failed(task: asyncio.Task[bool]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("writing a batch failed; exiting", exc_info=task.exception())
+            os._exit(70)
+
+
 def forget_partitions(
     states: MutableMapping[str, Any], partition_of: MutableMapping[str, int], gone: set[int]
 ) -> int:
@@ -373,19 +441,9 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
     def dumps_value(value: str) -> bytes:
         return codecs.dumps(changelog_topic.value_serializer, value)
 
-    lock = asyncio.Lock()
     known_partition: dict[str, int] = {}
     # raw partition → the offset after the last message whose batch this worker applied.
     applied: dict[int, int] = {}
-
-    # The states of the batch being written, not yet in the table: the next batch folds onto
-    # them while the last one's SQL transaction runs. Only the event loop changes this.
-    pending: dict[str, str] = {}
-    writing: asyncio.Task[bool] | None = None  # the last batch's write, then apply and acks
-
-    def get_state(pid: str) -> str | None:
-        value: str | None = pending.get(pid) or states.data.get(pid)
-        return value
 
     async def apply(outcome: BatchOutcome) -> None:
         changelog = []
@@ -394,7 +452,6 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
             # One changelog record per patient per batch, on the partition of its events: the
             # table's own setter would take the partition of whichever event came last.
             states.data[pid] = value
-            pending.pop(pid, None)
             changelog.append((partition, dumps_key(pid), dumps_value(value)))
         # futures of the records sent for this batch
         sent: list[Any] = await app.send_batched(changelog_topic.get_topic_name(), changelog)
@@ -416,35 +473,8 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
         # records the producer is still sending.
         await asyncio.shield(asyncio.gather(*sent))
 
-    # mode types a receiver as a union of two callables, which mypy cannot match to a function.
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-    async def forget_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
-        # A revoked partition's patients now belong to another worker. Faust's memory store
-        # forgets only the states it recovered from the changelog, not those this worker wrote:
-        # its timers would raise alerts on those stale copies and write them back to SQL and to
-        # the changelog, over the new owner's. What comes back is recovered from the changelog.
-        revoked: set[TP] = args[0]
-        gone = {tp.partition for tp in revoked if tp.topic == raw.get_topic_name()}
-        async with lock:
-            await written()
-            dropped = forget_partitions(states.data, known_partition, gone)
-            for partition in gone:
-                applied.pop(partition, None)
-        log.info("forgot %d patient states of revoked partitions %s", dropped, sorted(gone))
-
-    async def in_thread(step: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return await asyncio.to_thread(step, *args)
-        except Exception:
-            # A worker that cannot apply a batch must not go on past it. Exit: the supervisor
-            # restarts it from the committed offsets (like a kill -9).
-            log.exception("the pathway handler failed on a batch; exiting")
-            os._exit(70)
-
-    async def write_and_apply(outcome: BatchOutcome, batch: list[Message]) -> bool:
-        """SQL, then the table, alerts and dead letters, then the acks; True if the database
-        refused some patients' rows."""
-        await in_thread(processor.write, outcome)
+    async def finish(outcome: BatchOutcome, batch: list[Message]) -> None:
+        """Once SQL holds the batch: the table, topics and acks."""
         sent = time.perf_counter()
         await apply(outcome)
         for m in batch:
@@ -459,42 +489,29 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
             outcome.rows,
             time.perf_counter() - sent,
         )
-        return outcome.refused
 
-    def exit_if_failed(task: asyncio.Task[bool]) -> None:
-        # Nothing may wait for the write of the last batch of a burst: a failure must not pass
-        # unseen, with its messages never acknowledged.
-        if not task.cancelled() and task.exception() is not None:
-            log.error("writing a batch failed; exiting", exc_info=task.exception())
-            os._exit(70)
+    pipeline = FoldWritePipeline(processor, states.data, finish)
 
-    async def written() -> bool:
-        """Wait for the last batch's write (call with the lock held); True if rows were refused.
-        Afterwards every state is in the table."""
-        nonlocal writing
-        refused = await writing if writing is not None else False
-        writing = None
-        pending.clear()  # what is left are the states of refused rows
-        return refused
+    # mode types a receiver as a union of two callables, which mypy cannot match to a function.
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def forget_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+        # A revoked partition's patients now belong to another worker. Faust's memory store
+        # forgets only the states it recovered from the changelog, not those this worker wrote:
+        # its timers would raise alerts on those stale copies and write them back to SQL and to
+        # the changelog, over the new owner's. What comes back is recovered from the changelog.
+        revoked: set[TP] = args[0]
+        gone = {tp.partition for tp in revoked if tp.topic == raw.get_topic_name()}
+        async with pipeline.lock:
+            await pipeline.written()
+            dropped = forget_partitions(states.data, known_partition, gone)
+            for partition in gone:
+                applied.pop(partition, None)
+        log.info("forgot %d patient states of revoked partitions %s", dropped, sorted(gone))
 
     @app.batch_handler(raw)
     async def pathway(batch: list[Message]) -> None:
-        # Batches go through two steps: fold (the rules, in a thread) and write (SQL in a
-        # thread, then the table, topics and acks). A batch's fold overlaps the previous batch's
-        # write, which waits on PostgreSQL and the broker more than it computes; the handler
-        # returns once its batch's write has started, so the consumer gathers the next batch
-        # meanwhile. Writes, and so acks, keep the order of the batches.
-        nonlocal writing
         messages = [RawMessage(m.key, m.value, m.partition) for m in batch if m.value is not None]
-        async with lock:
-            outcome = await in_thread(processor.fold, messages, get_state)
-            if await written():
-                # The fold read states that the database then refused: fold again onto the
-                # states that were written.
-                outcome = await in_thread(processor.fold, messages, get_state)
-            pending.update((pid, value) for pid, (_, value) in outcome.states.items())
-            writing = asyncio.create_task(write_and_apply(outcome, batch))
-            writing.add_done_callback(exit_if_failed)
+        await pipeline.submit(messages, batch)
 
     if settings.worker_progress_interval_s > 0:
         worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -530,8 +547,8 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
 
         @app.timer(settings.pathway_timer_interval_s)
         async def pathway_timers() -> None:
-            async with lock:
-                await written()
+            async with pipeline.lock:
+                await pipeline.written()
                 snapshot = [(k, v) for k, v in states.data.items() if v]
                 outcome = await asyncio.to_thread(
                     processor.tick, snapshot, datetime.now(UTC), settings.topic_partitions

@@ -43,7 +43,6 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
-    update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
@@ -211,6 +210,36 @@ def bulk_write(
             sql += f" ON CONFLICT ({conflict}) DO UPDATE SET {assignments}"
         else:
             sql += f" ON CONFLICT ({conflict}) DO NOTHING"
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, (orjson.dumps(list(rows)).decode(),))
+    finally:
+        cursor.close()
+
+
+def bulk_update(
+    conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]], key: Sequence[str]
+) -> None:
+    """Set the other columns of `rows` on the rows of `table` they match on `key`, in one
+    statement on PostgreSQL (psycopg2 sends an executemany row by row, a round trip each)."""
+    if not rows:
+        return
+    sets = [c for c in rows[0] if c not in key]
+    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg2":
+        statement = (
+            table.update()
+            .where(and_(*(table.c[k] == bindparam(f"k_{k}") for k in key)))
+            .values({c: bindparam(f"v_{c}") for c in sets})
+        )
+        params = [{**{f"k_{k}": r[k] for k in key}, **{f"v_{c}": r[c] for c in sets}} for r in rows]
+        conn.execute(statement, params)
+        return
+    assignments = ", ".join(f'"{c}" = v."{c}"' for c in sets)
+    matches = " AND ".join(f't."{k}" = v."{k}"' for k in key)
+    sql = (
+        f'UPDATE "{table.name}" AS t SET {assignments}'
+        f' FROM json_populate_recordset(NULL::"{table.name}", %s) AS v WHERE {matches}'
+    )
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(sql, (orjson.dumps(list(rows)).decode(),))
@@ -483,16 +512,17 @@ class SqlSink:
                 sl.c.hospital_id,
                 sl.c.location_id,
                 sl.c.ward_ref,
+                sl.c.ward_id,
+                sl.c.bed_id,
             ).where(or_(sl.c.location_id.in_(sorted(touched)), sl.c.ward_ref.in_(sorted(touched))))
         ).all()
         stays = {r.stay_id for r in found}
+        moved = []
         for r in found:
             _, ward, bed = self._resolve(new, r.hospital_id, r.location_id, r.ward_ref)
-            conn.execute(
-                update(sl)
-                .where(and_(sl.c.stay_id == r.stay_id, sl.c.seq == r.seq))
-                .values(ward_id=ward, bed_id=bed)
-            )
+            if (ward, bed) != (r.ward_id, r.bed_id):
+                moved.append({"stay_id": r.stay_id, "seq": r.seq, "ward_id": ward, "bed_id": bed})
+        bulk_update(conn, sl, moved, key=["stay_id", "seq"])
         if stays:
             spans = conn.execute(
                 select(sl.c.hospital_id, func.min(sl.c.start_at), func.max(sl.c.start_at))
@@ -623,15 +653,12 @@ class SqlSink:
         bulk_write(conn, _t(PathwayStateRow), states, key=["patient_id"])
         alerts = [a for p in patients for a in p.alerts]
         bulk_write(conn, _t(AlertRow), alerts, key=["alert_id"], update=ALERT_COLUMNS)
-        resolutions = [{"aid": k, "at": v} for p in patients for k, v in p.resolutions.items()]
-        if resolutions:
-            al = _t(AlertRow)
-            conn.execute(
-                update(al)
-                .where(al.c.alert_id == bindparam("aid"))
-                .values(status="resolved", resolved_at=bindparam("at")),
-                resolutions,
-            )
+        resolutions = [
+            {"alert_id": k, "status": "resolved", "resolved_at": v}
+            for p in patients
+            for k, v in p.resolutions.items()
+        ]
+        bulk_update(conn, _t(AlertRow), resolutions, key=["alert_id"])
         return written + len(states) + len(alerts)
 
     # --- Census of one hospital ---------------------------------------------------------------

@@ -17,7 +17,7 @@ from parcours.db import upgrade
 from parcours.settings import Settings
 from streams.agents import BatchProcessor, RawMessage, rules_from_settings
 from streams.sink import ALERT_COLUMNS, SqlSink, bulk_write
-from tests.integration.streams_helpers import count, raw_key, snapshot
+from tests.integration.streams_helpers import count, raw_key, rows, snapshot
 from tests.support import fresh_database
 
 pytestmark = pytest.mark.integration
@@ -64,6 +64,9 @@ def test_batches_duplicates_and_late_locations_converge(
         run(a, msgs, 200)
         # Other batch boundaries, Locations after half of the encounters, then everything again.
         run(b, late, 37)
+        # The late tree alone already puts the periods filed before it in their wards and beds.
+        placed = "SELECT stay_id, seq, ward_id, bed_id FROM stay_locations ORDER BY 1, 2"
+        assert rows(b, placed) == rows(a, placed)
         run(b, msgs, 91)
         # One batch: every census hour computed at once, the reference for the hours that the
         # batches above recomputed piecemeal (each only where its rows changed).

@@ -36,6 +36,11 @@ def bench_streams(
     ),
     database_url: str | None = typer.Option(None, help="Database (default: temp SQLite)."),
     workers: int = typer.Option(1, min=1, help="Workers sharing the partitions (scale-out)."),
+    live: bool = typer.Option(
+        False,
+        "--live",
+        help="Produce the territory while the worker runs, instead of before it starts.",
+    ),
 ) -> None:
     """Raw topic → committed SQL rows per second vs a plain aiokafka+json loop; p50/p99 latency."""
     from bench.streams import report, run
@@ -52,6 +57,7 @@ def bench_streams(
             settings.kafka_bootstrap_servers,
             batch_size or settings.worker_batch_size,
             workers,
+            live,
         )
     except RuntimeError as exc:
         typer.echo(f"bench streams: {exc}", err=True)

@@ -1,15 +1,18 @@
 """`parcours bench streams`: raw topic → committed SQL rows, beside a plain aiokafka+json loop.
 
-1. A real `parcours streams worker` process starts on a fresh raw topic. Its start-up (group
-   join, table recovery) is measured apart: one GP visit is sent and its row awaited.
-2. Ours: the idle worker's clock starts, a synthetic territory (`bench.territory`) is produced to
-   the raw topic, and the clock stops when every pathway and census row of it is in SQL.
-   Throughput is messages (and canonical events) per second over that span: every batch counts,
-   the first one too.
-3. Latency: with the worker caught up, new GP visits are produced at a steady rate (200/s by
+1. Ours, from a backlog (the default): a synthetic territory (`bench.territory`) is produced to
+   a fresh raw topic, then a real `parcours streams worker` process starts. Its start-up (group
+   join, table recovery) is measured apart, up to the time its log says it is ready; the clock
+   starts there and stops when every pathway and census row of the territory is in SQL. That is
+   how the peer reads the topic too. Throughput is messages (and canonical events) per second
+   over that span: every batch counts, the first one too.
+   With `live=True` the worker starts first (its start-up measured with one GP visit, whose row
+   is awaited), and the clock runs from the first message produced: the worker gets the
+   territory as fast as one kafka-python producer sends it, which shares the machine with it.
+2. Latency: with the worker caught up, new GP visits are produced at a steady rate (200/s by
    default); the time from the send to the row being visible in `community_visits` is measured by
    polling SQL every 20 ms (so latencies carry up to 20 ms of polling error).
-4. Peer, same run, same topic, once the worker has stopped: a plain aiokafka consumer that reads
+3. Peer, same run, same topic, once the worker has stopped: a plain aiokafka consumer that reads
    the territory's messages and `json.loads` each, nothing else. It is the ceiling of any Python
    consumer here.
 """
@@ -36,7 +39,7 @@ from bench.territory import expected_counts, territory
 from parcours.db import make_engine, upgrade
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
-from streams.app import consumed_partitions
+from streams.app import consumed_partitions, ready_at
 from streams.fhir_map import MappingError, map_resource
 
 
@@ -54,6 +57,7 @@ class StreamsBenchResult:
     rate: float
     batch_size: int
     workers: int = 1
+    live: bool = False
 
     @property
     def peer_rate(self) -> float:
@@ -224,11 +228,13 @@ def run(
     bootstrap: str | None,
     batch_size: int,
     workers: int = 1,
+    live: bool = False,
 ) -> StreamsBenchResult:
     """Run the whole benchmark; starts an embedded broker and an SQLite file if none is given.
 
-    With `workers` > 1, that many workers of one app share the partitions; the clock starts
-    once the group has settled and each holds its share."""
+    With `workers` > 1, that many workers of one app share the partitions. From a backlog the
+    clock starts when the first of them is ready (a later one's rebalance counts); live, once
+    the group has settled and each holds its share."""
     from parcours.broker import EmbeddedBroker, free_port
 
     broker: EmbeddedBroker | None = None
@@ -272,6 +278,9 @@ def run(
             # INFO: each worker's log says which partitions it consumes.
             PARCOURS_LOG_LEVEL="INFO",
         )
+        produce_s = 0.0
+        if not live:
+            produce_s = produce(bootstrap, topics.raw, resources)
         log_paths = [Path(tmp.name) / f"worker-{i}.log" for i in range(workers)]
         logs = [open(path, "wb") for path in log_paths]  # noqa: SIM115
         started = time.perf_counter()
@@ -302,13 +311,24 @@ def run(
             return len(shares) == workers and held == list(range(settings.topic_partitions))
 
         try:
-            # Start-up (group join, table recovery) is measured apart: one GP visit, then wait
-            # for its row. The clock of the throughput run starts once the worker is idle.
-            warm_up = f"{prefix}warm-up"
-            produce(bootstrap, topics.raw, [_gp_visit(warm_up, datetime(2026, 1, 1, tzinfo=UTC))])
-            ready = wait_for(lambda: _has_visit(engine, warm_up) and shared())
-            first = time.perf_counter()
-            produce_s = produce(bootstrap, topics.raw, resources)
+            if live:
+                # Start-up (group join, table recovery) is measured apart: one GP visit, then
+                # wait for its row. The clock of the throughput run starts once the worker is
+                # idle.
+                warm_up = f"{prefix}warm-up"
+                visit = _gp_visit(warm_up, datetime(2026, 1, 1, tzinfo=UTC))
+                produce(bootstrap, topics.raw, [visit])
+                ready = wait_for(lambda: _has_visit(engine, warm_up) and shared())
+                first = time.perf_counter()
+                produce_s = produce(bootstrap, topics.raw, resources)
+            else:
+                # The worker consumes from the moment its log says it is ready: the clock starts
+                # at that line's time stamp, read once the line is there.
+                wait_for(lambda: any(ready_at(p.read_text(), topics.raw) for p in log_paths))
+                stamps = [ready_at(p.read_text(), topics.raw) for p in log_paths]
+                ready_wall = min(t for t in stamps if t is not None)
+                first = time.perf_counter() - (time.time() - ready_wall)
+                ready = first
             last = wait_for(lambda: _done(engine, expected))
             latencies = measure_latency(
                 bootstrap, topics.raw, engine, rate, latency_seconds, prefix
@@ -337,6 +357,7 @@ def run(
             rate=rate,
             batch_size=batch_size,
             workers=workers,
+            live=live,
         )
     finally:
         if broker is not None:
@@ -362,10 +383,15 @@ def report(result: StreamsBenchResult, db_label: str) -> str:
         f"| {'plain aiokafka + json.loads (peer, same topic)':<46} | {r.peer_rate:>10,.0f} | {'':>9} |",
         f"| {ours:<46} | {r.ours_rate:>10,.0f} | {r.events_rate:>9,.0f} |",
         "",
-        f"start-up to the first row{' and shared partitions' if r.workers > 1 else ''}: "
-        f"{r.startup_s:.1f} s (group join, table recovery), "
-        f"not counted; producing the territory took {r.produce_s:.1f} s of the "
-        f"{r.worker_s:.1f} s counted",
+        (
+            f"start-up to the first row{' and shared partitions' if r.workers > 1 else ''}: "
+            f"{r.startup_s:.1f} s (group join, table recovery), not counted; live: producing "
+            f"the territory took {r.produce_s:.1f} s of the {r.worker_s:.1f} s counted"
+            if r.live
+            else f"from a backlog: the territory was produced ({r.produce_s:.1f} s) before the "
+            f"worker started; start-up to its ready log line {r.startup_s:.1f} s (group join, "
+            f"table recovery), not counted; {r.worker_s:.1f} s counted"
+        ),
         f"event → row latency at {r.rate:.0f} events/s over {len(r.latency_ms)} events: "
         f"p50 {r.percentile(0.5):.0f} ms, p99 {r.percentile(0.99):.0f} ms "
         f"(SQL polled every 20 ms)",

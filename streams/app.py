@@ -21,6 +21,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import datetime
 from typing import Any, cast
 
 import faust
@@ -89,6 +90,17 @@ def consumed_partitions(log_text: str, topic: str) -> list[list[int]]:
     its log (INFO): how tests and the bench see the partitions shared between workers."""
     line = re.compile(rf"{READY} .*{re.escape(topic)} \[([0-9, ]*)\]")
     return [[int(p) for p in m.group(1).split(",") if p.strip()] for m in line.finditer(log_text)]
+
+
+def ready_at(log_text: str, topic: str) -> float | None:
+    """When a worker first said it was ready to consume `topic` (epoch seconds, from the time
+    stamp of the log line), or None if it has not yet."""
+    line = re.compile(rf"^\[([0-9-]+ [0-9:]+,[0-9]+)\] .*{READY} .*{re.escape(topic)} ", re.M)
+    found = line.search(log_text)
+    if found is None:
+        return None
+    # Log time stamps are local time, to the millisecond.
+    return datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").astimezone().timestamp()
 
 
 class SeekThenResumeRecovery(Recovery):

@@ -13,11 +13,13 @@ from tests.support import fresh_database, parcours_env
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("mode", ["backlog", "live"])
 def test_bench_streams_with_two_workers_prints_its_table_and_summary(
-    broker: str, pg_url: str
+    broker: str, pg_url: str, mode: str
 ) -> None:
     def bench(db: str) -> subprocess.CompletedProcess[str]:
         args = ["--patients", "60", "--seconds", "2", "--rate", "50", "--workers", "2"]
+        args += ["--live"] if mode == "live" else []
         return subprocess.run(
             [sys.executable, "-m", "parcours", "bench", "streams", "--database-url", db, *args],
             env=parcours_env(KAFKA_BOOTSTRAP_SERVERS=broker),
@@ -34,6 +36,8 @@ def test_bench_streams_with_two_workers_prints_its_table_and_summary(
     out = run.stdout
     assert "| plain aiokafka + json.loads (peer, same topic) |" in out
     assert "| 2 parcours streams workers, raw → SQL" in out
+    assert ("live: producing the territory took" in out) == (mode == "live")
+    assert ("from a backlog: the territory was produced" in out) == (mode == "backlog")
     rates = re.search(
         r"summary: ([\d,]+) msg/s \(([\d,]+) events/s, 2 workers at ([\d,]+) each", out
     )

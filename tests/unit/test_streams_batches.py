@@ -4,12 +4,13 @@ recovery rewinds to their start (the pieces of `streams.app` that a kill -9 depe
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
 from faust.types import TP
 
-from streams.app import BatchConsumer, SeekThenResumeRecovery
+from streams.app import READY, BatchConsumer, SeekThenResumeRecovery, ready_at
 
 RAW = "p.fhir.raw"
 CHANGELOG = "p.parcours-streams-pathway-state-changelog"
@@ -53,3 +54,15 @@ def test_recovery_rewinds_the_source_partitions_that_have_no_committed_offset() 
     assert sorted(seeked) == [(RAW, 0), (RAW, 1)]
     # The next records of a rewound partition start again from its first offset.
     assert consumer._read_offset == {uncommitted: None, at_zero: None, committed: 57}
+
+
+def test_the_ready_time_is_read_from_the_first_ready_line_of_the_topic() -> None:
+    log = (
+        "[2026-11-29 22:05:06,900] [7047] [INFO] Restore complete!\n"
+        f"[2026-11-29 22:05:07,441] [7047] [INFO] {READY} other.raw [0]\n"
+        f"[2026-11-29 22:05:07,500] [7047] [INFO] {READY} {RAW} [0, 1]\n"
+        f"[2026-11-29 22:05:09,000] [7047] [INFO] {READY} {RAW} [0]\n"
+    )
+    expected = datetime(2026, 11, 29, 22, 5, 7, 500000).astimezone().timestamp()
+    assert ready_at(log, RAW) == expected
+    assert ready_at(log.splitlines()[0], RAW) is None

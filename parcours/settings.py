@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     worker_batch_within_s: float = Field(
         default=0.25, description="Longest wait (seconds) to fill a batch before processing it."
     )
+    worker_fold_process: bool = Field(
+        default=True,
+        description="Run the pathway rules of a batch in a child process of the worker, beside "
+        "the SQL write of the previous batch (a second core); false runs them in a thread.",
+    )
     worker_progress_interval_s: float = Field(
         default=5.0,
         description="Period (seconds) of the worker's progress report to SQL (`stream_progress`, "

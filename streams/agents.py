@@ -145,6 +145,14 @@ def census_alert_message(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
 
 
+@dataclass
+class Grouped:
+    """A batch's patient events by patient (in offset order), and each patient's partition."""
+
+    events: dict[str, list[PatientEvent]] = field(default_factory=dict)
+    partition_of: dict[str, int] = field(default_factory=dict)
+
+
 class BatchProcessor:
     """The body of the agent, without Faust: it runs in a worker thread, one batch at a time."""
 
@@ -161,12 +169,16 @@ class BatchProcessor:
         if not stored:
             return None
         cached = self._decoded.get(pid)
-        if cached is not None and cached[0] is stored:
+        # Equal, not only the same object: the fold process receives copies of the values.
+        if cached is not None and cached[0] == stored:
             return cached[1]
         if isinstance(stored, Mapping):
             # A changelog written by an earlier version of the worker holds the state as an object.
             return PatientState.from_dict(stored)
-        return PatientState.from_json(stored)
+        state = PatientState.from_json(stored)
+        # Kept: the timer reads every state each time, and the rules never change a state.
+        self._remember(pid, stored, state)
+        return state
 
     def _remember(self, pid: str, value: str, state: PatientState) -> None:
         if len(self._decoded) >= self.CACHE_LIMIT:
@@ -189,10 +201,17 @@ class BatchProcessor:
         get_state: Callable[[str], str | None],
     ) -> BatchOutcome:
         """Decode a batch, fold it into the patients' states and derive their SQL rows."""
-        outcome = BatchOutcome()
         started = time.perf_counter()
-        per_patient: dict[str, list[PatientEvent]] = {}
-        partition_of: dict[str, int] = {}
+        outcome, grouped = self.group(messages)
+        stored = {pid: get_state(pid) for pid in grouped.events}
+        self.fold_grouped(outcome, grouped, stored)
+        outcome.rules_s = time.perf_counter() - started
+        return outcome
+
+    def group(self, messages: list[RawMessage]) -> tuple[BatchOutcome, Grouped]:
+        """Decode a batch and group its patient events by patient, in offset order."""
+        outcome = BatchOutcome()
+        grouped = Grouped()
         raw_of = outcome.raw_of
         batch = outcome.sink_batch
         for msg in messages:
@@ -201,8 +220,8 @@ class BatchProcessor:
             outcome.events += len(events)
             for ev in events:
                 if isinstance(ev, PatientEvent):
-                    per_patient.setdefault(ev.patient_id, []).append(ev)
-                    partition_of.setdefault(ev.patient_id, msg.partition)
+                    grouped.events.setdefault(ev.patient_id, []).append(ev)
+                    grouped.partition_of.setdefault(ev.patient_id, msg.partition)
                     raw_of.setdefault(ev.patient_id, [])
                     if not raw_of[ev.patient_id] or raw_of[ev.patient_id][-1] is not msg:
                         raw_of[ev.patient_id].append(msg)
@@ -210,10 +229,17 @@ class BatchProcessor:
                     batch.locations.append(ev)
                 elif isinstance(ev, EncounterRecorded):
                     batch.encounters.append(ev)
-        for pid, patient_events in per_patient.items():
+        return outcome, grouped
+
+    def fold_grouped(
+        self, outcome: BatchOutcome, grouped: Grouped, stored: Mapping[str, str | None]
+    ) -> None:
+        """Fold each patient's events onto its stored state; fills in `outcome`."""
+        batch = outcome.sink_batch
+        for pid, patient_events in grouped.events.items():
             alert_outs: list[AlertRaised | AlertResolved] = []
             try:
-                before = self._state(pid, get_state(pid))
+                before = self._state(pid, stored.get(pid))
                 state = before
                 for pev in patient_events:
                     state, outputs = transition(state, pev, self.rules)
@@ -228,15 +254,14 @@ class BatchProcessor:
                 # they go to the dead letters with the reason, the state stays as it was.
                 log.exception("pathway rules failed for patient %s", pid)
                 reason = f"pathway: {type(exc).__name__}: {exc}"
-                outcome.rejects.extend((m.key, m.value, reason) for m in raw_of.get(pid, []))
+                raw = outcome.raw_of.get(pid, [])
+                outcome.rejects.extend((m.key, m.value, reason) for m in raw)
                 continue
             batch.patients.append(rows)
             value = state.to_json()
-            outcome.states[pid] = (partition_of[pid], value)
+            outcome.states[pid] = (grouped.partition_of[pid], value)
             self._remember(pid, value, state)
             outcome.alerts.extend((pid.encode(), alert_message(o)) for o in alert_outs)
-        outcome.rules_s = time.perf_counter() - started
-        return outcome
 
     def write(self, outcome: BatchOutcome) -> None:
         """Write a folded batch to SQL in one transaction; adds the census alerts it changed."""
@@ -331,11 +356,13 @@ class FoldWritePipeline:
 
     def __init__(
         self,
-        processor: BatchProcessor,
+        fold: Callable[[list[RawMessage], Callable[[str], str | None]], BatchOutcome],
+        write: Callable[[BatchOutcome], None],
         table: Mapping[str, str | None],
         finish: Callable[[BatchOutcome, list[Message]], Awaitable[None]],
     ) -> None:
-        self.processor = processor
+        self.fold = fold
+        self.write = write
         self.table = table
         self.finish = finish
         self.lock = asyncio.Lock()  # held by `submit`, and by whoever needs every state written
@@ -347,9 +374,9 @@ class FoldWritePipeline:
 
     async def submit(self, messages: list[RawMessage], batch: list[Message]) -> None:
         async with self.lock:
-            outcome = await self._in_thread(self.processor.fold, messages, self.get_state)
+            outcome = await self._in_thread(self.fold, messages, self.get_state)
             if await self.written():
-                outcome = await self._in_thread(self.processor.fold, messages, self.get_state)
+                outcome = await self._in_thread(self.fold, messages, self.get_state)
             self._pending.update((pid, value) for pid, (_, value) in outcome.states.items())
             self._writing = asyncio.create_task(self._write(outcome, batch))
             self._writing.add_done_callback(self._exit_if_failed)
@@ -363,7 +390,7 @@ class FoldWritePipeline:
         return refused
 
     async def _write(self, outcome: BatchOutcome, batch: list[Message]) -> bool:
-        await self._in_thread(self.processor.write, outcome)
+        await self._in_thread(self.write, outcome)
         await self.finish(outcome, batch)
         return outcome.refused
 
@@ -490,7 +517,15 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
             time.perf_counter() - sent,
         )
 
-    pipeline = FoldWritePipeline(processor, states.data, finish)
+    fold = processor.fold
+    if settings.worker_fold_process:
+        from streams.fold_process import FoldProcess  # it imports this module
+
+        folder = FoldProcess(processor.rules)
+        fold = folder.fold
+        # Started with the worker: its imports take a second or two, while the group forms.
+        app.before_start.append(folder.start)
+    pipeline = FoldWritePipeline(fold, processor.write, states.data, finish)
 
     # mode types a receiver as a union of two callables, which mypy cannot match to a function.
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]

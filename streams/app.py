@@ -320,6 +320,8 @@ class ParcoursApp(faust.App):
     def __init__(self, *args: Any, batch_size: int, batch_within_s: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_handlers: dict[str, BatchHandler] = {}
+        # Called by `run_worker` before the worker starts (not when an app is only built).
+        self.before_start: list[Callable[[], None]] = []
         self.batch_size = batch_size
         self.batch_within_s = batch_within_s
 
@@ -403,6 +405,8 @@ def run_worker(settings: Settings) -> None:
     ensure_topics(settings.bootstrap, topics.all(), settings.topic_partitions)
     (settings.data_dir / "streams").mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
+    for start in app.before_start:
+        start()
     worker = faust.Worker(app, loglevel=settings.log_level.lower())
     # Faust's start-up spinner sets the root logger to DEBUG for itself, and keeps it there: every
     # message sent would then build a debug record that no handler prints. No spinner, no DEBUG.

@@ -57,7 +57,7 @@ def _pipeline(processor: CountingProcessor) -> tuple[FoldWritePipeline, dict[str
         table.update({pid: value for pid, (_, value) in outcome.states.items()})
         finished.append(batch)
 
-    return FoldWritePipeline(processor, table, finish), table, finished
+    return FoldWritePipeline(processor.fold, processor.write, table, finish), table, finished
 
 
 async def _until(condition: Callable[[], bool]) -> None:

@@ -214,6 +214,22 @@ class SeekThenResumeTableManager(TableManager):
 BatchHandler = Callable[[list[Message]], Awaitable[None]]
 
 
+class ShortFetchWaitThread(aiokafka_driver.AIOKafkaConsumerThread):
+    """Faust's consumer thread, with fetches that wait at most `FETCH_MAX_WAIT_MS` for data.
+
+    Faust sets 1.5 s. Here a waiting fetch came back at the end of its wait rather than when a
+    record arrived, so a record that found the worker idle waited 0.75 s on average: with 100 ms
+    the bench's event → row latency at 200 events/s fell from p50/p99 700/1,070 ms to 213/350 ms.
+    """
+
+    FETCH_MAX_WAIT_MS = 100
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = self.FETCH_MAX_WAIT_MS  # read by its fetcher at start
+        return consumer
+
+
 class BatchConsumer(aiokafka_driver.Consumer):
     """Faust's aiokafka consumer, except that the messages of a topic with a batch handler reach
     it a batch at a time instead of one by one through an agent's stream.
@@ -226,6 +242,9 @@ class BatchConsumer(aiokafka_driver.Consumer):
     another worker now, and they are read again from the committed offsets by whoever holds them.
     Messages of the other topics (the changelog, during recovery) take Faust's path unchanged.
     """
+
+    def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:
+        return ShortFetchWaitThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover
         # Faust's loop (`Consumer._drain_messages`, faust-streaming 0.15.3), batching added.

@@ -77,10 +77,12 @@ class Settings(BaseSettings):
     worker_batch_within_s: float = Field(
         default=0.25, description="Longest wait (seconds) to fill a batch before processing it."
     )
-    worker_fold_process: bool = Field(
-        default=True,
-        description="Run the pathway rules of a batch in a child process of the worker, beside "
-        "the SQL write of the previous batch (a second core); false runs them in a thread.",
+    worker_fold_processes: int = Field(
+        default=2,
+        ge=0,
+        description="Child processes of the worker that run the pathway rules of a batch, each "
+        "for its share of the partitions, beside the SQL write of the previous batch; 0 runs "
+        "them in a thread of the worker.",
     )
     worker_progress_interval_s: float = Field(
         default=5.0,

@@ -518,13 +518,13 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
         )
 
     fold = processor.fold
-    if settings.worker_fold_process:
-        from streams.fold_process import FoldProcess  # it imports this module
+    if settings.worker_fold_processes > 0:
+        from streams.fold_process import FoldProcesses  # it imports this module
 
-        folder = FoldProcess(processor.rules)
-        fold = folder.fold
-        # Started with the worker: its imports take a second or two, while the group forms.
-        app.before_start.append(folder.start)
+        folders = FoldProcesses(processor.rules, settings.worker_fold_processes)
+        fold = folders.fold
+        # Started with the worker: their imports take a second or two, while the group forms.
+        app.before_start.append(folders.start)
     pipeline = FoldWritePipeline(fold, processor.write, states.data, finish)
 
     # mode types a receiver as a union of two callables, which mypy cannot match to a function.

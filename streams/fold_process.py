@@ -1,9 +1,10 @@
-"""`BatchProcessor.fold` in a child process, so that the rules of a batch use the second core.
+"""`BatchProcessor.fold` in child processes, so that the rules of a batch use the other core.
 
 The worker process runs its consumer, producer and SQL writes under one GIL; the rules (decoding,
 mapping, folding, serialising states) were more than half of its CPU, and a thread gave them only
-the time the rest left. In a process of their own they run beside the SQL write of the previous
-batch (`FoldWritePipeline`).
+the time the rest left. In processes of their own they run beside the SQL write of the previous
+batch (`FoldWritePipeline`), and with two of them (`FoldProcesses`, each for its share of the
+partitions) the first batch of a backlog, which nothing overlaps, is folded in half the time.
 
 Per batch, over a pipe: the worker sends the raw messages; the child decodes them and asks for
 the stored states of the patients it found; the worker answers from its table; the child folds
@@ -19,6 +20,7 @@ import multiprocessing
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -116,3 +118,60 @@ class FoldProcess:
         outcome.raw_of = {pid: [messages[i] for i in idx] for pid, idx in raw_of.items()}
         assert isinstance(outcome, BatchOutcome)
         return outcome
+
+
+class FoldProcesses:
+    """Several fold processes, each folding the messages of its share of the raw partitions at
+    the same time (a patient's messages share a key, so a partition).
+
+    Should a patient still turn up in two shares (a message keyed by something other than its
+    patient), the batch is folded again whole by the first process: two folds of one patient
+    from the same stored state would each miss the other's events.
+    """
+
+    def __init__(self, rules: PathwayRules, count: int) -> None:
+        self.processes = [FoldProcess(rules) for _ in range(count)]
+        self._threads = ThreadPoolExecutor(count, thread_name_prefix="parcours-fold")
+
+    def start(self) -> None:
+        for process in self.processes:
+            process.start()
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()
+
+    def fold(
+        self, messages: list[RawMessage], get_state: Callable[[str], str | None]
+    ) -> BatchOutcome:
+        n = len(self.processes)
+        shares: list[list[RawMessage]] = [[] for _ in range(n)]
+        for m in messages:
+            shares[m.partition % n].append(m)
+        busy = [(p, share) for p, share in zip(self.processes, shares, strict=True) if share]
+        if len(busy) <= 1:
+            return self.processes[0].fold(messages, get_state)
+        outcomes = list(self._threads.map(lambda ps: ps[0].fold(ps[1], get_state), busy))
+        seen: set[str] = set()
+        for outcome in outcomes:
+            if seen & outcome.raw_of.keys():
+                log.warning("a patient's messages are in two partitions; folding the batch whole")
+                return self.processes[0].fold(messages, get_state)
+            seen |= outcome.raw_of.keys()
+        return merge_outcomes(outcomes)
+
+
+def merge_outcomes(outcomes: list[BatchOutcome]) -> BatchOutcome:
+    """One outcome of the folds of disjoint sets of patients."""
+    merged = BatchOutcome()
+    for o in outcomes:
+        merged.states.update(o.states)
+        merged.alerts.extend(o.alerts)
+        merged.rejects.extend(o.rejects)
+        merged.events += o.events
+        merged.raw_of.update(o.raw_of)
+        merged.sink_batch.patients.extend(o.sink_batch.patients)
+        merged.sink_batch.locations.extend(o.sink_batch.locations)
+        merged.sink_batch.encounters.extend(o.sink_batch.encounters)
+        merged.rules_s = max(merged.rules_s, o.rules_s)
+    return merged

@@ -1,5 +1,6 @@
-"""The fold process folds as the worker's own `BatchProcessor.fold` does, batch after batch, and a
-fold process that is gone is an error, not an empty batch."""
+"""The fold processes fold as the worker's own `BatchProcessor.fold` does, batch after batch, one
+process or several sharing the partitions, and a fold process that is gone is an error, not an
+empty batch."""
 
 from __future__ import annotations
 
@@ -11,16 +12,20 @@ import pytest
 from bench.territory import territory
 from parcours.settings import Settings
 from streams.agents import BatchOutcome, BatchProcessor, RawMessage, rules_from_settings
-from streams.fold_process import FoldProcess, FoldProcessError
+from streams.fold_process import FoldProcess, FoldProcessError, FoldProcesses
 from tests.integration.streams_helpers import raw_key
 
 
-def _messages() -> list[RawMessage]:
+def _messages(mixed: bool = False) -> list[RawMessage]:
+    """The territory's messages, on 3 partitions by key (as a producer puts them), or on any
+    partition (`mixed`: a patient's messages in several)."""
     resources = territory("fold.", patients=120, seed=5, days=4, beds_per_ward=4)
     msgs = [
-        RawMessage(raw_key(r).encode(), json.dumps(r).encode(), i % 3)
+        RawMessage(raw_key(r).encode(), json.dumps(r).encode(), i % 3 if mixed else 0)
         for i, r in enumerate(resources)
     ]
+    if not mixed:
+        msgs = [RawMessage(m.key, m.value, sum(m.key or b"") % 3) for m in msgs]
     # One message no rule can read: it must come back as a reject, with its bytes.
     return [*msgs[:40], RawMessage(b"pat-x", b"{not json"), *msgs[40:]]
 
@@ -35,23 +40,30 @@ def _fold_all(fold: Any, messages: list[RawMessage], size: int) -> list[BatchOut
     return outcomes
 
 
-def test_the_fold_process_folds_as_the_worker_does() -> None:
-    messages = _messages()
+@pytest.mark.parametrize(("processes", "mixed"), [(1, False), (2, False), (3, True)])
+def test_the_fold_processes_fold_as_the_worker_does(processes: int, mixed: bool) -> None:
+    messages = _messages(mixed)
     rules = rules_from_settings(Settings())
     here = _fold_all(BatchProcessor(sink=None, rules=rules).fold, messages, 97)  # type: ignore[arg-type]
-    child = FoldProcess(rules)
+    children = FoldProcesses(rules, processes)
     try:
-        there = _fold_all(child.fold, messages, 97)
+        there = _fold_all(children.fold, messages, 97)
     finally:
-        child.stop()
+        children.stop()
     assert len(there) == len(here) > 3
     assert sum(len(o.states) for o in here) > 100
     for a, b in zip(here, there, strict=True):
+        # Several processes return their patients share by share: the same, in another order.
         assert b.states == a.states
-        assert b.alerts == a.alerts
-        assert b.rejects == a.rejects
+        assert sorted(b.alerts, key=repr) == sorted(a.alerts, key=repr)
+        assert sorted(b.rejects) == sorted(a.rejects)
         assert b.events == a.events
-        assert b.sink_batch == a.sink_batch
+        by_patient = {p.patient_id: p for p in b.sink_batch.patients}
+        assert by_patient == {p.patient_id: p for p in a.sink_batch.patients}
+        assert len(by_patient) == len(b.sink_batch.patients)
+        for part in ("locations", "encounters"):
+            mine, theirs = getattr(b.sink_batch, part), getattr(a.sink_batch, part)
+            assert sorted(mine, key=repr) == sorted(theirs, key=repr)
         # The raw messages of each patient are the worker's own objects again.
         assert b.raw_of.keys() == a.raw_of.keys()
         for pid, raw in b.raw_of.items():

@@ -154,7 +154,9 @@ class Grouped:
 
 
 class BatchProcessor:
-    """The body of the agent, without Faust: it runs in a worker thread, one batch at a time."""
+    """The body of the batch handler, without Faust: `fold` decodes a batch and runs the rules
+    (in a thread, or in fold processes: `streams.fold_process`), `write` writes it to SQL (in a
+    thread); `FoldWritePipeline` runs them."""
 
     CACHE_LIMIT = 200_000
 
@@ -340,10 +342,10 @@ class BatchProcessor:
 
 
 class FoldWritePipeline:
-    """Batches in two steps: fold (the rules) and write (SQL, then `finish`: the table, topics
-    and acks). A batch's fold runs while the previous batch is written, which waits on
-    PostgreSQL and the broker more than it computes; `submit` returns once its batch's write has
-    started, so the consumer gathers the next batch meanwhile.
+    """Batches in two steps: fold (the rules, in fold processes or a thread) and write (SQL in
+    a thread, then `finish`: the table, topics and acks). A batch's fold runs while the previous
+    batch is written; `submit` returns once its batch's write has started, so the consumer
+    gathers the next batch meanwhile.
 
     - The next fold reads the states the last fold made (`get_state`), not yet in the table.
     - Writes, and so acks, keep the order of the batches; one write runs at a time.

@@ -149,7 +149,9 @@ class FoldProcesses:
         for m in messages:
             shares[m.partition % n].append(m)
         busy = [(p, share) for p, share in zip(self.processes, shares, strict=True) if share]
-        if len(busy) <= 1:
+        if len(busy) == 1:  # its usual process, which holds its patients' decoded states
+            return busy[0][0].fold(messages, get_state)
+        if not busy:
             return self.processes[0].fold(messages, get_state)
         outcomes = list(self._threads.map(lambda ps: ps[0].fold(ps[1], get_state), busy))
         seen: set[str] = set()

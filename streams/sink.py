@@ -183,7 +183,7 @@ def bulk_write(
     """
     if not rows:
         return
-    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg2":
+    if not _json_rows(conn):
         if key is None:
             conn.execute(table.insert(), list(rows))
         else:
@@ -210,11 +210,7 @@ def bulk_write(
             sql += f" ON CONFLICT ({conflict}) DO UPDATE SET {assignments}"
         else:
             sql += f" ON CONFLICT ({conflict}) DO NOTHING"
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(sql, (orjson.dumps(list(rows)).decode(),))
-    finally:
-        cursor.close()
+    _execute_json(conn, sql, rows)
 
 
 def bulk_update(
@@ -225,7 +221,7 @@ def bulk_update(
     if not rows:
         return
     sets = [c for c in rows[0] if c not in key]
-    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg2":
+    if not _json_rows(conn):
         statement = (
             table.update()
             .where(and_(*(table.c[k] == bindparam(f"k_{k}") for k in key)))
@@ -240,6 +236,16 @@ def bulk_update(
         f'UPDATE "{table.name}" AS t SET {assignments}'
         f' FROM json_populate_recordset(NULL::"{table.name}", %s) AS v WHERE {matches}'
     )
+    _execute_json(conn, sql, rows)
+
+
+def _json_rows(conn: Connection) -> bool:
+    """Whether rows can travel as one JSON array (`bulk_write`): PostgreSQL through psycopg2."""
+    return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg2"
+
+
+def _execute_json(conn: Connection, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Run `sql`, whose one parameter is `rows` as a JSON array, on the raw psycopg2 cursor."""
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(sql, (orjson.dumps(list(rows)).decode(),))

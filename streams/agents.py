@@ -11,8 +11,10 @@ One handler reads the raw topic a batch at a time (`ParcoursApp.batch_handler`).
    per batch) and send the alerts, wait for the broker to hold them, and acknowledge the batch's
    messages: Faust commits acknowledged offsets only.
 
-Steps 1–2 (fold) of a batch run while steps 3–4 (write) of the previous one do: the next fold
-reads the states the last one made, and writes keep the order of the batches.
+The steps overlap (`FoldWritePipeline`): while steps 1–2 (fold) of a batch run, the consumer
+gathers the next batch, step 3 (write) of the previous batch runs, and step 4 (finish) of the one
+before. A fold reads the states the folds before it made; writes, and finishes, keep the order of
+the batches.
 
 A crash anywhere replays the batch from the last committed offset. Transitions are idempotent on
 the resource version and the SQL rows are whole derived state, so the replay converges to the same
@@ -342,18 +344,21 @@ class BatchProcessor:
 
 
 class FoldWritePipeline:
-    """Batches in two steps: fold (the rules, in fold processes or a thread) and write (SQL in
-    a thread, then `finish`: the table, topics and acks). A batch's fold runs while the previous
-    batch is written; `submit` returns once its batch's write has started, so the consumer
-    gathers the next batch meanwhile.
+    """Batches in three steps that overlap: fold (the rules, in fold processes or a thread),
+    write (SQL in a thread) and `finish` (the table, topics and acks). While batch N folds, the
+    consumer gathers batch N+1, batch N-1 is written and batch N-2 finishes: `submit` returns as
+    soon as its batch's fold has started.
 
-    - The next fold reads the states the last fold made (`get_state`), not yet in the table.
-    - Writes, and so acks, keep the order of the batches; one write runs at a time.
+    - A fold reads the states the folds before it made (`get_state`), not yet in the table.
+    - Writes keep the order of the batches, one at a time; so do finishes, each after its own
+      write. A batch's topics may still be on their way while the next batch is written: were
+      the worker killed then, the next start replays both batches from their offsets, and the
+      rows they wrote again are equal.
     - If the database refused some patients' rows, the fold that read their states is done
       again, on the states that were written.
-    - A failed fold or write exits the process: the supervisor restarts the worker from the
-      committed offsets, as after a kill -9. Nothing may wait for the last batch of a burst, so
-      its failure must not pass unseen.
+    - A failed step exits the process: the supervisor restarts the worker from the committed
+      offsets, as after a kill -9. Nothing may wait for the last batch of a burst, so its
+      failure must not pass unseen.
     """
 
     def __init__(
@@ -368,33 +373,73 @@ class FoldWritePipeline:
         self.table = table
         self.finish = finish
         self.lock = asyncio.Lock()  # held by `submit`, and by whoever needs every state written
-        self._pending: dict[str, str] = {}  # states of the batch being written
-        self._writing: asyncio.Task[bool] | None = None
+        # The states of the batches folded but not finished, oldest first (`outcome.states`:
+        # a write drops the patients whose rows were refused).
+        self._layers: list[dict[str, tuple[int, str]]] = []
+        self._folding: asyncio.Task[None] | None = None
+        self._writing: asyncio.Task[bool] | None = None  # True: rows were refused
+        self._finishing: list[asyncio.Task[None]] = []
 
     def get_state(self, pid: str) -> str | None:
-        return self._pending.get(pid) or self.table.get(pid)
+        for states in reversed(self._layers):
+            found = states.get(pid)
+            if found is not None:
+                return found[1]
+        return self.table.get(pid)
 
     async def submit(self, messages: list[RawMessage], batch: list[Message]) -> None:
+        """Start folding a batch, once the previous batch's fold is done."""
         async with self.lock:
-            outcome = await self._in_thread(self.fold, messages, self.get_state)
-            if await self.written():
-                outcome = await self._in_thread(self.fold, messages, self.get_state)
-            self._pending.update((pid, value) for pid, (_, value) in outcome.states.items())
-            self._writing = asyncio.create_task(self._write(outcome, batch))
-            self._writing.add_done_callback(self._exit_if_failed)
+            if self._folding is not None:
+                await self._folding
+            self._folding = self._task(self._fold_then_write(messages, batch))
 
     async def written(self) -> bool:
-        """Wait for the last batch's write, with the lock held; True if rows were refused.
-        Afterwards the table holds every state."""
+        """Wait until every batch submitted is written and finished, with the lock held; True
+        if the last write refused rows. Afterwards the table holds every state."""
+        if self._folding is not None:
+            await self._folding
         refused = await self._writing if self._writing is not None else False
-        self._writing = None
-        self._pending.clear()  # what is left are the states of refused rows
+        for task in self._finishing:
+            await task
+        self._folding = self._writing = None
+        self._finishing = []
         return refused
 
-    async def _write(self, outcome: BatchOutcome, batch: list[Message]) -> bool:
+    async def _fold_then_write(self, messages: list[RawMessage], batch: list[Message]) -> None:
+        outcome = await self._in_thread(self.fold, messages, self.get_state)
+        if self._writing is not None and await self._writing:
+            outcome = await self._in_thread(self.fold, messages, self.get_state)
+        while len(self._finishing) > 1:  # at most one batch's topics behind the writes
+            await self._finishing[0]
+            self._finishing.pop(0)
+        self._layers.append(outcome.states)
+        previous = self._finishing[-1] if self._finishing else None
+        self._writing = self._task(self._write(outcome))
+        self._finishing.append(self._task(self._finish(outcome, batch, self._writing, previous)))
+
+    async def _write(self, outcome: BatchOutcome) -> bool:
         await self._in_thread(self.write, outcome)
-        await self.finish(outcome, batch)
         return outcome.refused
+
+    async def _finish(
+        self,
+        outcome: BatchOutcome,
+        batch: list[Message],
+        writing: asyncio.Task[bool],
+        previous: asyncio.Task[None] | None,
+    ) -> None:
+        await writing
+        if previous is not None:
+            await previous
+        await self.finish(outcome, batch)
+        assert self._layers[0] is outcome.states, "batches finish in order"
+        self._layers.pop(0)
+
+    def _task(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.add_done_callback(self._exit_if_failed)
+        return task
 
     @staticmethod
     async def _in_thread(step: Callable[..., Any], *args: Any) -> Any:
@@ -405,9 +450,9 @@ class FoldWritePipeline:
             os._exit(70)
 
     @staticmethod
-    def _exit_if_failed(task: asyncio.Task[bool]) -> None:
+    def _exit_if_failed(task: asyncio.Task[Any]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            log.error("writing a batch failed; exiting", exc_info=task.exception())
+            log.error("a step of the batch pipeline failed; exiting", exc_info=task.exception())
             os._exit(70)
 
 

@@ -1,6 +1,8 @@
-"""The fold/write pipeline of the worker: a batch folds while the previous one is written, onto the
-states that one made; writes keep batch order; rows the database refused make the next batch fold
-again. The processor is a stand-in that counts: each message adds one to its patient's state."""
+"""The fold/write pipeline of the worker: the consumer gathers a batch while the previous one folds;
+a batch folds while the previous one is written, onto the states that one made; a batch is written
+while the previous one's topics are sent; writes and finishes keep batch order; rows the database
+refused make the next batch fold again. The processor is a stand-in that counts: each message adds
+one to its patient's state."""
 
 from __future__ import annotations
 
@@ -14,19 +16,23 @@ from streams.pathway import PathwayRules
 
 
 class CountingProcessor(BatchProcessor):
-    """Folds by counting messages per patient; `write` waits at `gate` and refuses the rows
-    of the patients in `refuse`, once."""
+    """Folds by counting messages per patient, once `fold_gate` is open; `write` waits at
+    `gate` and refuses the rows of the patients in `refuse`, once."""
 
     def __init__(self) -> None:
         super().__init__(sink=None, rules=PathwayRules())  # type: ignore[arg-type]
         self.gate = threading.Event()
         self.gate.set()
+        self.fold_gate = threading.Event()
+        self.fold_gate.set()
         self.refuse: set[str] = set()
         self.folds: list[dict[str, str | None]] = []  # the states each fold read
+        self.writes: list[dict[str, str]] = []  # the states each write got
 
     def fold(
         self, messages: list[RawMessage], get_state: Callable[[str], str | None]
     ) -> BatchOutcome:
+        assert self.fold_gate.wait(10)
         outcome = BatchOutcome()
         read: dict[str, str | None] = {}
         for m in messages:
@@ -43,17 +49,23 @@ class CountingProcessor(BatchProcessor):
             self.refuse.remove(pid)  # once
             outcome.states.pop(pid)
             outcome.refused = True
+        self.writes.append({pid: value for pid, (_, value) in outcome.states.items()})
 
 
 def _messages(*pids: str) -> list[RawMessage]:
     return [RawMessage(pid.encode(), b"{}") for pid in pids]
 
 
-def _pipeline(processor: CountingProcessor) -> tuple[FoldWritePipeline, dict[str, Any], list[Any]]:
+def _pipeline(
+    processor: CountingProcessor, sent: asyncio.Event | None = None
+) -> tuple[FoldWritePipeline, dict[str, Any], list[Any]]:
+    """The pipeline, its table and the batches finished; a finish waits for `sent`, if given."""
     table: dict[str, Any] = {}
     finished: list[Any] = []
 
     async def finish(outcome: BatchOutcome, batch: list[Any]) -> None:
+        if sent is not None:
+            await sent.wait()
         table.update({pid: value for pid, (_, value) in outcome.states.items()})
         finished.append(batch)
 
@@ -107,5 +119,54 @@ def test_a_fold_that_read_refused_states_is_done_again_on_the_written_ones() -> 
         assert processor.folds[2] == {"x": None, "b": "1"}
         assert table == {"x": "1", "b": "2"}
         assert finished == [["batch 1"], ["batch 2"]]
+
+    asyncio.run(scenario())
+
+
+def test_the_consumer_gathers_the_next_batch_while_a_batch_folds() -> None:
+    async def scenario() -> None:
+        processor = CountingProcessor()
+        pipeline, table, finished = _pipeline(processor)
+        processor.fold_gate.clear()  # folds wait
+        await asyncio.wait_for(pipeline.submit(_messages("a"), ["batch 1"]), 5)
+        # submit returned with the fold still running: the consumer is free to gather.
+        assert processor.folds == [] and finished == []
+        second = asyncio.create_task(pipeline.submit(_messages("a"), ["batch 2"]))
+        await asyncio.sleep(0.05)
+        assert not second.done(), "a second fold started before the first was done"
+        processor.fold_gate.set()
+        await second
+        async with pipeline.lock:
+            await pipeline.written()
+        assert processor.folds == [{"a": None}, {"a": "1"}]
+        assert table == {"a": "2"} and finished == [["batch 1"], ["batch 2"]]
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_is_written_while_the_previous_one_finishes_and_finishes_keep_order() -> None:
+    async def scenario() -> None:
+        processor = CountingProcessor()
+        sent = asyncio.Event()
+        pipeline, table, finished = _pipeline(processor, sent)
+        await pipeline.submit(_messages("a", "b"), ["batch 1"])
+        await pipeline.submit(_messages("a"), ["batch 2"])
+        await pipeline.submit(_messages("b"), ["batch 3"])
+        await _until(lambda: len(processor.writes) == 2)
+        # Batch 2 was folded onto batch 1's states and written while batch 1's topics were
+        # still on their way; batch 3, folded onto both, waits for batch 1 to finish: one
+        # batch at most is behind the writes.
+        await asyncio.sleep(0.05)
+        assert processor.folds == [{"a": None, "b": None}, {"a": "1"}, {"b": "1"}]
+        assert processor.writes == [{"a": "1", "b": "1"}, {"a": "2"}]
+        assert finished == [] and table == {}
+        # Batch 3's states are handed on with its write.
+        assert pipeline.get_state("a") == "2" and pipeline.get_state("b") == "1"
+        sent.set()
+        async with pipeline.lock:
+            await pipeline.written()
+        assert processor.writes[2] == {"b": "2"}
+        assert finished == [["batch 1"], ["batch 2"], ["batch 3"]]
+        assert table == {"a": "2", "b": "2"}
 
     asyncio.run(scenario())

@@ -387,6 +387,10 @@ class FoldWritePipeline:
                 return found[1]
         return self.table.get(pid)
 
+    def busy(self) -> bool:
+        """Whether `submit` would wait for the previous batch's fold."""
+        return self._folding is not None and not self._folding.done()
+
     async def submit(self, messages: list[RawMessage], batch: list[Message]) -> None:
         """Start folding a batch, once the previous batch's fold is done."""
         async with self.lock:
@@ -590,7 +594,7 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
                 applied.pop(partition, None)
         log.info("forgot %d patient states of revoked partitions %s", dropped, sorted(gone))
 
-    @app.batch_handler(raw)
+    @app.batch_handler(raw, busy=pipeline.busy)
     async def pathway(batch: list[Message]) -> None:
         messages = [RawMessage(m.key, m.value, m.partition) for m in batch if m.value is not None]
         await pipeline.submit(messages, batch)

@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
+from functools import partial
 from typing import Any, cast
 
 import faust
@@ -230,17 +231,38 @@ class ShortFetchWaitThread(aiokafka_driver.AIOKafkaConsumerThread):
         return consumer
 
 
+# While a batch handler is busy, how often the consumer asks again whether it can take the batch.
+BUSY_POLL_S = 0.05
+
+
+def gather_wait(
+    held: int, fetched: int, batch_size: int, left_s: float, busy: Callable[[], bool]
+) -> float | None:
+    """How long the next fetch of a batch being gathered may wait, or None to hand it over now.
+
+    `held` messages are in the batch, the last fetch brought `fetched`, `left_s` is what remains
+    of `batch_within_s`. A full batch, an empty one, or a fetch that found nothing ends it. Past
+    `batch_within_s` it ends too, unless the handler is `busy()` with the previous batch: then
+    the batch fills on, as it could not start anyway.
+    """
+    if not held or not fetched or held >= batch_size:
+        return None
+    if left_s > 0:
+        return left_s
+    return BUSY_POLL_S if busy() else None
+
+
 class BatchConsumer(aiokafka_driver.Consumer):
     """Faust's aiokafka consumer, except that the messages of a topic with a batch handler reach
     it a batch at a time instead of one by one through an agent's stream.
 
     A batch is what the fetches return until it holds `app.batch_size` messages or
-    `app.batch_within_s` have passed since its first one (a live feed's batch is small and
-    quick, a backlog's is full). The handler acknowledges the messages it applied
-    (`Consumer.ack`), and Faust commits the acknowledged offsets as it does for an agent. The
-    messages fetched before a rebalance are dropped, not handled: their partitions may belong to
-    another worker now, and they are read again from the committed offsets by whoever holds them.
-    Messages of the other topics (the changelog, during recovery) take Faust's path unchanged.
+    `app.batch_within_s` have passed since its first one and its handler is free (a live feed's
+    batch is small and quick, a backlog's is full). The handler acknowledges the messages it
+    applied (`Consumer.ack`), and Faust commits the acknowledged offsets as it does for an agent.
+    The messages fetched before a rebalance are dropped, not handled: their partitions may belong
+    to another worker now, and they are read again from the committed offsets by whoever holds
+    them. Messages of the other topics (the changelog, during recovery) take Faust's path as is.
     """
 
     def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:
@@ -283,12 +305,17 @@ class BatchConsumer(aiokafka_driver.Consumer):
                         else:
                             await self.wait_first(self.callback(message), self.suspend_flow.wait())
                         read_offset[tp] = offset
-                    if not held or not fetched or held >= app.batch_size:
-                        break
                     first = first or time.monotonic()
-                    timeout = app.batch_within_s - (time.monotonic() - first)
-                    if timeout <= 0:
+                    next_wait = gather_wait(
+                        held,
+                        fetched,
+                        app.batch_size,
+                        app.batch_within_s - (time.monotonic() - first),
+                        partial(app.handlers_busy, list(batches)),
+                    )
+                    if next_wait is None:
                         break
+                    timeout = next_wait
                 self.diag.unset_flag(CONSUMER_FETCHING)
                 for topic, messages in batches.items():
                     fresh = self._fresh(messages)
@@ -339,6 +366,8 @@ class ParcoursApp(faust.App):
     def __init__(self, *args: Any, batch_size: int, batch_within_s: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_handlers: dict[str, BatchHandler] = {}
+        # topic → whether its handler is still busy with the last batch (see `batch_handler`)
+        self.batch_busy: dict[str, Callable[[], bool]] = {}
         # Called by `run_worker` before the worker starts (not when an app is only built).
         self.before_start: list[Callable[[], None]] = []
         self.batch_size = batch_size
@@ -347,11 +376,23 @@ class ParcoursApp(faust.App):
     def _new_transport(self) -> Any:
         return BatchTransport(self.conf.broker_consumer, self)
 
-    def batch_handler(self, topic: TopicT) -> Callable[[BatchHandler], BatchHandler]:
-        """Subscribe to `topic` and hand its messages to the decorated coroutine in batches."""
+    def handlers_busy(self, topics: Iterable[str]) -> bool:
+        """Whether the batch handler of one of `topics` is busy with its last batch."""
+        return any(self.batch_busy[t]() for t in topics if t in self.batch_busy)
+
+    def batch_handler(
+        self, topic: TopicT, busy: Callable[[], bool] | None = None
+    ) -> Callable[[BatchHandler], BatchHandler]:
+        """Subscribe to `topic` and hand its messages to the decorated coroutine in batches.
+
+        While `busy()` says the handler could not start on a batch yet, the consumer goes on
+        filling the batch past `batch_within_s`, up to `batch_size`: a batch's fixed costs are
+        better spent on a full one."""
 
         def register(handler: BatchHandler) -> BatchHandler:
             self.batch_handlers[topic.get_topic_name()] = handler
+            if busy is not None:
+                self.batch_busy[topic.get_topic_name()] = busy
             self.topics.add(topic)
             return handler
 

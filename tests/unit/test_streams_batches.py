@@ -10,7 +10,14 @@ from typing import Any
 
 from faust.types import TP
 
-from streams.app import READY, BatchConsumer, SeekThenResumeRecovery, ready_at
+from streams.app import (
+    BUSY_POLL_S,
+    READY,
+    BatchConsumer,
+    SeekThenResumeRecovery,
+    gather_wait,
+    ready_at,
+)
 
 RAW = "p.fhir.raw"
 CHANGELOG = "p.parcours-streams-pathway-state-changelog"
@@ -66,3 +73,21 @@ def test_the_ready_time_is_read_from_the_first_ready_line_of_the_topic() -> None
     expected = datetime(2026, 11, 29, 22, 5, 7, 500000).astimezone().timestamp()
     assert ready_at(log, RAW) == expected
     assert ready_at(log.splitlines()[0], RAW) is None
+
+
+def test_a_batch_fills_past_its_wait_while_the_handler_is_busy() -> None:
+    def busy() -> bool:
+        return True
+
+    def free() -> bool:
+        return False
+
+    # Within `batch_within_s`: wait what is left of it, busy or not.
+    assert gather_wait(100, 50, 20_000, 0.2, free) == 0.2
+    # Past it: hand the batch over, unless the handler could not take it yet.
+    assert gather_wait(100, 50, 20_000, -0.01, free) is None
+    assert gather_wait(100, 50, 20_000, -0.01, busy) == BUSY_POLL_S
+    # A full batch, an empty one, or a fetch that brought nothing ends it even then.
+    assert gather_wait(20_000, 50, 20_000, -0.01, busy) is None
+    assert gather_wait(0, 0, 20_000, 0.2, busy) is None
+    assert gather_wait(100, 0, 20_000, -0.01, busy) is None

@@ -129,8 +129,10 @@ def test_the_consumer_gathers_the_next_batch_while_a_batch_folds() -> None:
         pipeline, table, finished = _pipeline(processor)
         processor.fold_gate.clear()  # folds wait
         await asyncio.wait_for(pipeline.submit(_messages("a"), ["batch 1"]), 5)
-        # submit returned with the fold still running: the consumer is free to gather.
+        # submit returned with the fold still running: the consumer is free to gather, and
+        # fills the next batch on while the pipeline says it is busy.
         assert processor.folds == [] and finished == []
+        assert pipeline.busy()
         second = asyncio.create_task(pipeline.submit(_messages("a"), ["batch 2"]))
         await asyncio.sleep(0.05)
         assert not second.done(), "a second fold started before the first was done"
@@ -140,6 +142,7 @@ def test_the_consumer_gathers_the_next_batch_while_a_batch_folds() -> None:
             await pipeline.written()
         assert processor.folds == [{"a": None}, {"a": "1"}]
         assert table == {"a": "2"} and finished == [["batch 1"], ["batch 2"]]
+        assert not pipeline.busy()
 
     asyncio.run(scenario())
 

@@ -75,7 +75,9 @@ class Settings(BaseSettings):
         "read in batches this large, a live feed's batch holds what came in meanwhile.",
     )
     worker_batch_within_s: float = Field(
-        default=0.25, description="Longest wait (seconds) to fill a batch before processing it."
+        default=0.25,
+        description="Longest wait (seconds) to fill a batch before processing it, when the "
+        "worker is free to take it; while it still folds the previous batch, the batch fills on.",
     )
     worker_fold_processes: int = Field(
         default=2,

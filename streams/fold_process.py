@@ -7,8 +7,8 @@ batch (`FoldWritePipeline`), and with two of them (`FoldProcesses`, each for its
 partitions) the first batch of a backlog, which nothing overlaps, is folded sooner.
 
 Per batch, over a pipe: the worker sends the raw messages; the child decodes them and asks for
-the stored states of the patients it found; the worker answers from its table; the child folds
-and sends back the outcome. The child keeps its decoded states between batches, keyed by the
+the stored states of the patients it found; the worker answers (`FoldWritePipeline.get_state`:
+the batches folded but not finished, then its table); the child folds and sends back the outcome. The child keeps its decoded states between batches, keyed by the
 value they came from: a value the worker sends back unchanged is not decoded again. It holds
 nothing else: the worker's table stays the state, and a new child starts from it.
 """
@@ -100,7 +100,7 @@ class FoldProcess:
     def fold(
         self, messages: list[RawMessage], get_state: Callable[[str], str | None]
     ) -> BatchOutcome:
-        """Fold a batch in the child; `get_state` answers its questions from the table."""
+        """Fold a batch in the child; `get_state` answers its questions about stored states."""
         self.start()
         conn = self._conn
         assert conn is not None

@@ -17,7 +17,7 @@ def dashboard(
     port: Annotated[int | None, typer.Option(help="Port to serve on.")] = None,
 ) -> None:
     """Serve the dashboard (bed board, forecasts, alerts, pathways, feed health) until Ctrl-C."""
-    from parcours.cli import load_settings, redact
+    from parcours.runtime import load_settings, redact
 
     settings = load_settings()
     host = host or settings.dashboard_host

@@ -63,8 +63,8 @@ def _execute(
     from forecasting import ForecastingError
     from forecasting.job import census_series, run
     from forecasting.models import default_models
-    from parcours.cli import load_settings
     from parcours.db import make_engine
+    from parcours.runtime import load_settings
 
     settings = load_settings()
     engine = make_engine(settings.db_url)

@@ -27,7 +27,7 @@ def serve(
 
     import uvicorn
 
-    from parcours.cli import load_settings
+    from parcours.runtime import load_settings
 
     settings = load_settings()
     if settings.database_url is None:
@@ -66,7 +66,7 @@ def push(
     from tqdm import tqdm
 
     from ingest.bulk import plan_file, push_direct, push_http
-    from parcours.cli import load_settings
+    from parcours.runtime import load_settings
 
     settings = load_settings()
     missing = [str(f) for f in files if not f.is_file()]
@@ -121,8 +121,8 @@ def token_create(
     """Create an integrator and print its bearer token (shown once; only its hash is stored)."""
     from ingest.auth import create_token
     from ingest.outcome import IngestError
-    from parcours.cli import load_settings
     from parcours.db import make_engine, upgrade
+    from parcours.runtime import load_settings
 
     settings = load_settings()
     if settings.database_url is None:

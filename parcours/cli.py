@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import time
@@ -17,7 +16,7 @@ from dashboard.cli import dashboard
 from forecasting.cli import forecast_app
 from ingest.cli import ingest_app
 from ingest.simulate.cli import simulate
-from parcours.settings import Settings
+from parcours.runtime import load_settings, redact
 from streams.cli import census_app, pathways_app
 
 app = typer.Typer(
@@ -37,24 +36,6 @@ app.add_typer(ingest_app, name="ingest")
 app.add_typer(forecast_app, name="forecast")
 app.command("dashboard")(dashboard)
 app.command("simulate")(simulate)
-
-
-def setup_logging(level: str) -> None:
-    """Log to stderr; the Kafka clients only speak up for warnings."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("kafka", "aiokafka"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def load_settings() -> Settings:
-    """Read the settings once for this process and configure logging from them."""
-    settings = Settings()
-    setup_logging(settings.log_level)
-    return settings
 
 
 @app.command()
@@ -106,7 +87,8 @@ def db_upgrade(
 @streams_app.command("worker")
 def streams_worker() -> None:
     """Run a Faust stream worker: raw FHIR topic → canonical events → SQL."""
-    from streams.app import run_worker, tune_gc
+    from streams.runtime.bootstrap import run_worker
+    from streams.runtime.gc_tuning import tune_gc
 
     settings = load_settings()
     tune_gc()
@@ -158,10 +140,3 @@ def demo(
         sup.stop_all()
         typer.echo("Parcours demo stopped.", err=True)
     raise typer.Exit(code)
-
-
-def redact(url: str) -> str:
-    """A database URL without its password, for logs."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)

@@ -48,8 +48,8 @@ def wait_http(url: str, timeout_s: float = 60.0) -> None:
 def run_demo(settings: Settings, options: DemoOptions, sup: Supervisor) -> list[str]:
     """Start every process under `sup`; returns the lines of the banner to show."""
     from ingest.auth import create_token
-    from parcours.cli import redact
     from parcours.db import make_engine, upgrade
+    from parcours.runtime import redact
     from parcours.topics import Topics, ensure_topics
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,8 @@ from parcours.db.pathway_models import (
     StayLocationRow,
     StayRow,
 )
-from streams.census import BED, HOSPITAL, SERVICE, WARD, Hierarchy, occupancy_at
-from streams.sink import as_utc, period_of, place_of
+from streams.core.census import BED, HOSPITAL, SERVICE, WARD, Hierarchy, occupancy_at
+from streams.sink.writer import as_utc, period_of, place_of
 
 LEVEL_ORDER = {HOSPITAL: 0, SERVICE: 1, WARD: 2, BED: 3}
 

@@ -86,7 +86,7 @@ def simulate(
     from ingest.simulate.run import run_simulation
     from ingest.simulate.sinks import GatewaySink, KafkaSink, NdjsonSink, Sink
     from ingest.simulate.territory import load_territory, territory_yaml
-    from parcours.cli import load_settings
+    from parcours.runtime import load_settings
     from parcours.topics import Topics, ensure_topics
 
     if print_territory:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ingest.bundle import resolve_entries
-from streams.events import (
+from streams.core.events import (
     AppointmentBooked,
     CommunityVisited,
     EdArrived,
@@ -32,7 +32,7 @@ from streams.events import (
     patient_event_from_json,
     patient_event_to_json,
 )
-from streams.fhir_map import (
+from streams.core.fhir_map import (
     MappingError,
     discharge_disposition,
     map_resource,

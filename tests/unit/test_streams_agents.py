@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from dashboard.queries import progress_status, stream_freshness
-from streams.agents import forget_partitions, progress_row
+from streams.runtime.worker import forget_partitions, progress_row
 
 
 def test_only_the_patients_of_revoked_partitions_are_forgotten() -> None:

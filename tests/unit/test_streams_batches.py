@@ -1,5 +1,5 @@
 """Which raw messages the batch consumer hands over after a rebalance, and which partitions
-recovery rewinds to their start (the pieces of `streams.app` that a kill -9 depends on)."""
+recovery rewinds to their start (the pieces of `streams.runtime.faust_compat` that a kill -9 depends on)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from faust.types import TP
 
-from streams.app import (
+from streams.runtime.faust_compat import (
     BUSY_POLL_S,
     READY,
     BatchConsumer,

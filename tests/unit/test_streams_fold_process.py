@@ -11,8 +11,8 @@ import pytest
 
 from bench.territory import territory
 from parcours.settings import Settings
-from streams.agents import BatchOutcome, BatchProcessor, RawMessage, rules_from_settings
-from streams.fold_process import FoldProcess, FoldProcessError, FoldProcesses
+from streams.runtime.batch import BatchOutcome, BatchProcessor, RawMessage, rules_from_settings
+from streams.runtime.fold_process import FoldProcess, FoldProcessError, FoldProcesses
 from tests.integration.streams_helpers import raw_key
 
 

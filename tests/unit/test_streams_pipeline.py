@@ -11,8 +11,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from streams.agents import BatchOutcome, BatchProcessor, FoldWritePipeline, RawMessage
-from streams.pathway import PathwayRules
+from streams.core.pathway import PathwayRules
+from streams.runtime.batch import BatchOutcome, BatchProcessor, RawMessage
+from streams.runtime.worker import FoldWritePipeline
 
 
 class CountingProcessor(BatchProcessor):

@@ -61,7 +61,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from streams.events import (
+from streams.core.events import (
     AppointmentBooked,
     CommunityVisited,
     EdArrived,
@@ -139,7 +139,7 @@ class Stage(StrEnum):
 
 
 class AlertKind(StrEnum):
-    """The patient-level alerts (ward capacity is census-level: `streams/census.py`)."""
+    """The patient-level alerts (ward capacity is census-level: `streams/core/census.py`)."""
 
     ED_BOARDING = "ed_boarding"
     REFERRAL_NO_CONTACT = "referral_no_contact"

@@ -1,6 +1,6 @@
 """Canonical pathway events: small, frozen, past tense; shared by producers and consumers.
 
-`streams/fhir_map.py` is the only place that makes them from FHIR. Every patient event carries the
+`streams/core/fhir_map.py` is the only place that makes them from FHIR. Every patient event carries the
 patient key, its event time `at` (from FHIR, timezone-aware) and the resource version it came from,
 which makes every transition idempotent.
 """

@@ -29,7 +29,7 @@ from parcours.fhir_codes import (
     SERVICE_REQUEST_STATUSES,
 )
 from streams import StreamsError
-from streams.events import (
+from streams.core.events import (
     AppointmentBooked,
     CanonicalEvent,
     CommunityVisited,

@@ -63,7 +63,7 @@ from parcours.db.pathway_models import (
     StayRow,
     StreamProgressRow,
 )
-from streams.census import (
+from streams.core.census import (
     HOSPITAL,
     HOUR,
     UNKNOWN_HOSPITAL,
@@ -81,7 +81,8 @@ from streams.census import (
     over_capacity_episodes,
     ward_periods,
 )
-from streams.events import CanonicalEvent, EncounterRecorded, LocationRecorded
+from streams.core.events import CanonicalEvent, EncounterRecorded, LocationRecorded
+from streams.core.projection import PatientRows
 
 log = logging.getLogger(__name__)
 
@@ -109,27 +110,6 @@ def as_utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
-
-
-@dataclass
-class PatientRows:
-    """Everything the SQL tables hold about one patient, derived from its pathway state.
-
-    `periods` are `stay_locations` rows without `hospital_id/ward_id/bed_id`, which the sink
-    resolves from the Location hierarchy (`hospital_hint` is the Encounter's serviceProvider).
-    """
-
-    patient_id: str
-    state: dict[str, Any]
-    last_event_at: datetime | None = None
-    stays: list[dict[str, Any]] = field(default_factory=list)
-    periods: list[dict[str, Any]] = field(default_factory=list)
-    ed_visits: list[dict[str, Any]] = field(default_factory=list)
-    community_visits: list[dict[str, Any]] = field(default_factory=list)
-    referrals: list[dict[str, Any]] = field(default_factory=list)
-    alerts: list[dict[str, Any]] = field(default_factory=list)
-    # Alerts raised in an earlier batch and resolved in this one: alert id → resolution time.
-    resolutions: dict[str, datetime] = field(default_factory=dict)
 
 
 @dataclass

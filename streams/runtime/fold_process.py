@@ -24,8 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
-from streams.agents import BatchOutcome, BatchProcessor, RawMessage
-from streams.pathway import PathwayRules
+from streams.core.pathway import PathwayRules
+from streams.runtime.batch import BatchOutcome, BatchProcessor, RawMessage
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class FoldProcessError(RuntimeError):
 
 def serve(conn: Connection, rules: PathwayRules) -> None:
     """The child's loop: one batch per message received, until the pipe closes."""
-    from streams.app import tune_gc
+    from streams.runtime.gc_tuning import tune_gc
 
     tune_gc()
     processor = BatchProcessor(sink=None, rules=rules)  # type: ignore[arg-type]  # folds only

@@ -1,8 +1,9 @@
-"""The Faust application: built from settings, its handlers registered in `streams.agents`.
+"""Every override of Faust's internals, in one module: the app class, its batch consumer, recovery.
 
-Nothing connects at import time; `create_app` builds the app and `run_worker` runs it. The app
-holds one table, `pathway-state` (patient id → `PatientState.to_json()`), co-partitioned with the
-raw topic, which is keyed by patient; SQL is written by `streams.sink` in one transaction per batch.
+These classes patch private methods of faust-streaming, so the module refuses to import with any
+other version than the one they were written and tested against (`FAUST_VERSION`). The worker is
+built from them in `streams.runtime.bootstrap`. The app holds one table, `pathway-state` (patient id → `PatientState.to_json()`), co-partitioned with the
+raw topic, which is keyed by patient; SQL is written by `streams.sink.writer` in one transaction per batch.
 
 The raw topic is read a batch at a time (`ParcoursApp.batch_handler`), not through a Faust agent:
 Faust's path from the consumer to an agent's stream costs about 100 µs of CPU per message (four
@@ -15,7 +16,6 @@ of acknowledged messages, timers.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import re
 import time
@@ -33,13 +33,14 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, Message, TopicT
 
-from parcours.db import make_engine
-from parcours.settings import Settings
-from parcours.topics import Topics, ensure_topics
-from streams.agents import register_agents
-from streams.sink import SqlSink
-
 log = logging.getLogger(__name__)
+
+FAUST_VERSION = "0.15.3"
+if faust.__version__ != FAUST_VERSION:
+    raise ImportError(
+        f"streams.runtime.faust_compat overrides faust-streaming {FAUST_VERSION} internals; "
+        f"faust {faust.__version__} is installed"
+    )
 
 
 async def log_ends(
@@ -423,66 +424,3 @@ class ParcoursApp(faust.App):
         for partition, batch in filling.items():
             sent.append(await producer.send_batch(batch, topic, partition=partition))
         return sent
-
-
-def create_app(settings: Settings) -> ParcoursApp:
-    """A Faust app for `settings`, with its handlers registered."""
-    topics = Topics.from_settings(settings)
-    app = ParcoursApp(
-        settings.streams_app_id or f"{settings.topic_prefix}parcours-streams",
-        broker=f"kafka://{settings.bootstrap}",
-        store="memory://",
-        topic_partitions=settings.topic_partitions,
-        web_enabled=settings.worker_web_port > 0,
-        web_port=settings.worker_web_port or 6066,
-        web_host="127.0.0.1",
-        broker_session_timeout=settings.worker_session_timeout_s,
-        broker_heartbeat_interval=max(1.0, settings.worker_session_timeout_s / 5),
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        table_standby_replicas=0,
-        TableManager=SeekThenResumeTableManager,
-        # Faust keeps a folder per app id; keep it with the other local files, not in the cwd.
-        datadir=str(settings.data_dir / "streams"),
-        batch_size=settings.worker_batch_size,
-        batch_within_s=settings.worker_batch_within_s,
-        # A fetch hands over at most this many records, so a batch overshoots its size by less.
-        broker_max_poll_records=max(1, min(1000, settings.worker_batch_size // 5)),
-        # While a batch is being applied the consumer prefetches one fetch per partition; at
-        # Faust's 1 MB (about a thousand resources) the next batch of a backlog held only that.
-        consumer_max_fetch_size=8 * 1024**2,
-        # `send_batched` fills producer batches of this size (Faust's default is 16 kB).
-        producer_max_batch_size=256 * 1024,
-    )
-    sink = SqlSink(make_engine(settings.db_url), settings.census_capacity)
-    register_agents(app, topics, sink, settings)
-    return app
-
-
-def run_worker(settings: Settings) -> None:
-    """Run a stream worker until SIGINT/SIGTERM."""
-    topics = Topics.from_settings(settings)
-    ensure_topics(settings.bootstrap, topics.all(), settings.topic_partitions)
-    (settings.data_dir / "streams").mkdir(parents=True, exist_ok=True)
-    app = create_app(settings)
-    for start in app.before_start:
-        start()
-    worker = faust.Worker(app, loglevel=settings.log_level.lower())
-    # Faust's start-up spinner sets the root logger to DEBUG for itself, and keeps it there: every
-    # message sent would then build a debug record that no handler prints. No spinner, no DEBUG.
-    worker.spinner = None
-    worker.execute_from_commandline()
-
-
-def tune_gc() -> None:
-    """Make Python's cycle collector fit a stream worker.
-
-    A batch allocates hundreds of thousands of short-lived objects while the heap holds every
-    patient's state. With the default thresholds the collector runs a young collection every 700
-    allocations and, often, walks that whole heap: it took two thirds of the time of the pathway
-    rules. Objects alive at start-up (modules, Faust) are frozen out of its reach, and it runs
-    less often. Memory is still reclaimed: most objects die by reference count, not by the
-    collector.
-    """
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)

@@ -9,11 +9,33 @@ rows. Alerts are the exception: a resolved alert leaves the state, so resolution
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from streams.pathway import AlertRaised, AlertResolved, PatientState, to_jsonable
-from streams.sink import PatientRows
+from streams.core.pathway import AlertRaised, AlertResolved, PatientState, to_jsonable
+
+
+@dataclass
+class PatientRows:
+    """Everything the SQL tables hold about one patient, derived from its pathway state.
+
+    `periods` are `stay_locations` rows without `hospital_id/ward_id/bed_id`, which the sink
+    resolves from the Location hierarchy (`hospital_hint` is the Encounter's serviceProvider).
+    """
+
+    patient_id: str
+    state: dict[str, Any]
+    last_event_at: datetime | None = None
+    stays: list[dict[str, Any]] = field(default_factory=list)
+    periods: list[dict[str, Any]] = field(default_factory=list)
+    ed_visits: list[dict[str, Any]] = field(default_factory=list)
+    community_visits: list[dict[str, Any]] = field(default_factory=list)
+    referrals: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    # Alerts raised in an earlier batch and resolved in this one: alert id → resolution time.
+    resolutions: dict[str, datetime] = field(default_factory=dict)
+
 
 MESSAGES = {
     "ed_boarding": "In the ED for more than the boarding threshold",

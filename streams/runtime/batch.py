@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from kafka.partitioner import murmur2
@@ -31,7 +31,7 @@ from streams.core.pathway import (
     transition,
 )
 from streams.core.projection import patient_rows
-from streams.sink.writer import SinkBatch, SinkResult, SqlSink
+from streams.sink.writer import SinkBatch, SinkResult
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,14 @@ def rules_from_settings(settings: Settings) -> PathwayRules:
         los_p90={k: timedelta(days=v) for k, v in settings.alert_los_p90_days.items()},
         los_p90_default=timedelta(days=settings.alert_los_p90_default_days),
     )
+
+
+class RowSink(Protocol):
+    """Where a folded batch's rows go: `streams.sink.writer.SqlSink` in a worker."""
+
+    def write(self, batch: SinkBatch) -> SinkResult:
+        """Write one batch's rows in one transaction."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -131,7 +139,7 @@ class BatchProcessor:
 
     CACHE_LIMIT = 200_000
 
-    def __init__(self, sink: SqlSink, rules: PathwayRules) -> None:
+    def __init__(self, sink: RowSink, rules: PathwayRules) -> None:
         self.sink = sink
         self.rules = rules
         # patient → (the table value, its decoded state). Decoding a state costs more than the

@@ -14,6 +14,7 @@ from typing import Any
 from streams.core.pathway import PathwayRules
 from streams.runtime.batch import BatchOutcome, BatchProcessor, RawMessage
 from streams.runtime.worker import FoldWritePipeline
+from tests.unit.fakes import NoWrites
 
 
 class CountingProcessor(BatchProcessor):
@@ -21,7 +22,7 @@ class CountingProcessor(BatchProcessor):
     `gate` and refuses the rows of the patients in `refuse`, once."""
 
     def __init__(self) -> None:
-        super().__init__(sink=None, rules=PathwayRules())  # type: ignore[arg-type]
+        super().__init__(sink=NoWrites(), rules=PathwayRules())
         self.gate = threading.Event()
         self.gate.set()
         self.fold_gate = threading.Event()

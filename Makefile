@@ -11,4 +11,4 @@ test:
 	scripts/test.sh
 
 lint: setup
-	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy parcours ingest streams forecasting dashboard bench
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy parcours ingest streams forecasting dashboard bench simulate

@@ -15,8 +15,8 @@ from bench.cli import bench_app
 from dashboard.cli import dashboard
 from forecasting.cli import forecast_app
 from ingest.cli import ingest_app
-from ingest.simulate.cli import simulate
 from parcours.runtime import load_settings, redact
+from simulate.cli import simulate
 from streams.cli import census_app, pathways_app
 
 app = typer.Typer(

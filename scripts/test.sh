@@ -24,7 +24,7 @@ echo "test: ruff"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 echo "test: mypy"
-"$VENV/bin/mypy" parcours ingest streams forecasting dashboard bench
+"$VENV/bin/mypy" parcours ingest streams forecasting dashboard bench simulate
 echo "test: pytest"
 set +e
 if [ "$#" -eq 0 ]; then set -- tests/unit tests/integration tests/e2e; fi

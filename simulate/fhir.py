@@ -10,7 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ingest.bundle import patient_key
-from ingest.simulate.model import (
+from simulate.model import (
     AppointmentRec,
     Directory,
     Emission,
@@ -20,7 +20,7 @@ from ingest.simulate.model import (
     StayRec,
     VisitRec,
 )
-from ingest.simulate.territory import Territory
+from simulate.territory import Territory
 
 OID_INS = "urn:oid:1.2.250.1.213.1.4.8"
 OID_FINESS = "urn:oid:1.2.250.1.71.4.2.2"

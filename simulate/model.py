@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 import holidays
 import numpy as np
 
-from ingest.simulate.territory import ED_SERVICE, ICU_SERVICES, Territory, Ward
+from simulate.territory import ED_SERVICE, ICU_SERVICES, Territory, Ward
 
 FAMILY_NAMES = (
     "Martin", "Bernard", "Thomas", "Petit", "Robert", "Richard", "Durand", "Dubois", "Moreau",

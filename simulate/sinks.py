@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 import httpx
 
-from ingest.simulate import SimulationError
-from ingest.simulate.fhir import message_key
+from simulate import SimulationError
+from simulate.fhir import message_key
 
 log = logging.getLogger(__name__)
 

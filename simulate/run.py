@@ -13,12 +13,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ingest.simulate.fhir import FhirWriter
-from ingest.simulate.imperfect import Deliverer, Delivery
-from ingest.simulate.model import Simulation
-from ingest.simulate.sinks import Sink
-from ingest.simulate.territory import Territory
-from ingest.simulate.truth import pathway_stats, write_truth
+from simulate.fhir import FhirWriter
+from simulate.imperfect import Deliverer, Delivery
+from simulate.model import Simulation
+from simulate.sinks import Sink
+from simulate.territory import Territory
+from simulate.truth import pathway_stats, write_truth
 
 log = logging.getLogger(__name__)
 

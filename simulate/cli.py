@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import typer
 
-from ingest.simulate import SimulationError
+from simulate import SimulationError
 
 
 def simulate(
@@ -83,11 +83,11 @@ def simulate(
 ) -> None:
     """Simulate a territory's FHIR traffic: backfill N days to NDJSON or Kafka, or push to the
     gateway in real time (--speed) or as fast as possible. Ends with a summary (JSON)."""
-    from ingest.simulate.run import run_simulation
-    from ingest.simulate.sinks import GatewaySink, KafkaSink, NdjsonSink, Sink
-    from ingest.simulate.territory import load_territory, territory_yaml
     from parcours.runtime import load_settings
     from parcours.topics import Topics, ensure_topics
+    from simulate.run import run_simulation
+    from simulate.sinks import GatewaySink, KafkaSink, NdjsonSink, Sink
+    from simulate.territory import load_territory, territory_yaml
 
     if print_territory:
         try:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ingest.simulate import SimulationError
+from simulate import SimulationError
 
 ED_SERVICE = "urgences"
 ICU_SERVICES = frozenset({"rea", "usc"})

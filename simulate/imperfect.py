@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ingest.simulate.territory import Imperfections
+from simulate.territory import Imperfections
 
 TIME_FIELDS = ("period", "authoredOn", "start", "birthDate", "created")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ingest.simulate.model import Simulation, StayRec
+from simulate.model import Simulation, StayRec
 
 
 def _epoch(at: datetime) -> float:

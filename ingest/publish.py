@@ -14,16 +14,15 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.errors import KafkaError
-from kafka.partitioner.default import DefaultPartitioner, murmur2
+from kafka.partitioner.default import DefaultPartitioner
 
 from ingest.outcome import BrokerUnavailable
 from parcours.settings import Settings
-from parcours.topics import Topics, ensure_topics
+from parcours.topics import Topics, ensure_topics, partition_of_key
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +30,6 @@ log = logging.getLogger(__name__)
 RECONNECT_BACKOFF_S = 1.0
 # Dead-letter payloads are cut to stay under Kafka's default 1 MiB message size.
 MAX_DEADLETTER_BYTES = 900_000
-
-
-@lru_cache(maxsize=65536)
-def _key_hash(key: bytes) -> int:
-    return int(murmur2(key)) & 0x7FFFFFFF
 
 
 class CachedKeyPartitioner(DefaultPartitioner):  # type: ignore[misc]
@@ -58,7 +52,7 @@ class CachedKeyPartitioner(DefaultPartitioner):  # type: ignore[misc]
                 super().partition(topic, key, serialized_key, value, serialized_value, cluster)
             )
         partitions = sorted(cluster.partitions_for_topic(topic))
-        return int(partitions[_key_hash(serialized_key) % len(partitions)])
+        return int(partitions[partition_of_key(serialized_key, len(partitions))])
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import orjson
-from kafka.partitioner import murmur2
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from parcours.settings import Settings
+from parcours.topics import partition_of_key
 from streams.core.events import CanonicalEvent, EncounterRecorded, LocationRecorded, PatientEvent
 from streams.core.fhir_map import MappingError, map_resource
 from streams.core.pathway import (
@@ -322,4 +322,4 @@ class BatchProcessor:
 
 def partition_for(patient_id: str, partitions: int) -> int:
     """The partition a producer with the default partitioner sends `patient_id` to."""
-    return (murmur2(patient_id.encode()) & 0x7FFFFFFF) % partitions
+    return partition_of_key(patient_id.encode(), partitions)

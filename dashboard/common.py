@@ -34,7 +34,8 @@ def engine() -> Engine:
 
 def lang() -> str:
     """The language this browser session chose (French unless switched)."""
-    return str(st.session_state.get("lang", i18n.DEFAULT))
+    chosen = st.session_state.get("lang")
+    return chosen if isinstance(chosen, str) and chosen in i18n.languages() else i18n.DEFAULT
 
 
 def _(message: str, **values: Any) -> str:
@@ -184,3 +185,10 @@ def open_patient(patient_id: str) -> None:
     """Go to the pathway page with `patient_id` chosen."""
     st.session_state["open_patient"] = patient_id
     st.switch_page(st.session_state["pages"]["patient"])
+
+
+def word(words: dict[str, str], code: Any) -> str | None:
+    """The French word (in the session's language) for a stored code; the code if unknown."""
+    if code is None or (not isinstance(code, str) and pd.isna(code)):
+        return None
+    return _(words.get(str(code), str(code)))

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine, Executable, and_, func, insert, or_, select, update
 
+from dashboard import i18n
 from parcours.db.forecast_models import ForecastAccuracyRow, ForecastRow
 from parcours.db.ingest_models import IngestRejectionRow, IntegratorRow
 from parcours.db.pathway_models import (
@@ -283,10 +284,11 @@ SILENT_AFTER = timedelta(minutes=2)
 
 
 def stream_progress(
-    engine: Engine, now: datetime, silent_after: timedelta = SILENT_AFTER
+    engine: Engine, now: datetime, silent_after: timedelta = SILENT_AFTER, lang: str = "fr"
 ) -> pd.DataFrame:
-    """Each raw partition as its stream worker last reported it, with a status in words: how
-    far the bed board is behind what the gateway accepted, or that its worker went silent."""
+    """Each raw partition as its stream worker last reported it, with a status in words (in
+    `lang`): how far the bed board is behind what the gateway accepted, or that its worker went
+    silent (`silent`)."""
     p = StreamProgressRow
     frame = _frame(
         engine,
@@ -294,8 +296,11 @@ def stream_progress(
             p.topic, p.partition, p.worker, p.lag, p.processed_offset, p.highwater, p.reported_at
         ).order_by(p.topic, p.partition),
     )
+    frame["silent"] = [
+        is_silent(reported_at, now, silent_after) for reported_at in frame["reported_at"]
+    ]
     frame["status"] = [
-        progress_status(lag, reported_at, now, silent_after)
+        progress_status(lag, reported_at, now, silent_after, lang)
         for lag, reported_at in zip(frame["lag"], frame["reported_at"], strict=True)
     ]
     return frame
@@ -305,26 +310,44 @@ def stream_freshness(progress: pd.DataFrame) -> tuple[int, int]:
     """(partitions whose worker went silent, messages accepted but not yet applied)."""
     if progress.empty:
         return 0, 0
-    silent = int(progress["status"].str.startswith("no report").sum())
-    return silent, int(progress["lag"].fillna(0).sum())
+    return int(progress["silent"].sum()), int(progress["lag"].fillna(0).sum())
 
 
-def progress_status(
-    lag: float | None, reported_at: datetime, now: datetime, silent_after: timedelta
-) -> str:
-    """What one partition's last report means for the people reading the board."""
+def _silence(reported_at: datetime, now: datetime) -> timedelta:
     reported = pd.Timestamp(reported_at)
     if reported.tzinfo is None:  # SQLite (the demo) hands back naive times; they are UTC
         reported = reported.tz_localize("UTC")
-    silent = now - reported.to_pydatetime()
+    return now - reported.to_pydatetime()
+
+
+def is_silent(reported_at: datetime, now: datetime, silent_after: timedelta) -> bool:
+    """Whether a partition's worker has not reported for longer than `silent_after`."""
+    return _silence(reported_at, now) > silent_after
+
+
+def progress_status(
+    lag: float | None,
+    reported_at: datetime,
+    now: datetime,
+    silent_after: timedelta,
+    lang: str = "fr",
+) -> str:
+    """What one partition's last report means for the people reading the board, in `lang`."""
+    silent = _silence(reported_at, now)
     if silent > silent_after:
         minutes = int(silent.total_seconds() // 60)
-        return f"no report for {minutes} min: is its stream worker running?"
+        return i18n.translate(
+            lang,
+            "aucun rapport depuis {minutes} min : son traitement (stream worker) tourne-t-il ?",
+            minutes=minutes,
+        )
     if lag is None or pd.isna(lag):
-        return "starting"
+        return i18n.translate(lang, "démarrage")
     if lag > 0:
-        return f"catching up: {int(lag):,} messages to apply"
-    return "up to date"
+        return i18n.translate(
+            lang, "rattrapage : {n} messages à appliquer", n=i18n.number(lang, int(lag))
+        )
+    return i18n.translate(lang, "à jour")
 
 
 # --- Places -------------------------------------------------------------------------------------
@@ -508,9 +531,11 @@ def readmissions(
         .limit(WORKLIST_LIMIT)
     )
     frame = _frame(engine, query)
-    frame["stay_id"] = [
-        (d or {}).get("subject_id") if isinstance(d, dict) else None for d in frame["details"]
-    ]
+    frame["stay_id"] = pd.Series(
+        [d.get("subject_id") if isinstance(d, dict) else None for d in frame["details"]],
+        index=frame.index,
+        dtype=object,
+    )
     stays = _stays(engine, [x for x in frame["stay_id"] if x])
     frame = frame.merge(stays, on="stay_id", how="left")
     if hospital_ids:
@@ -564,7 +589,7 @@ def _stays(engine: Engine, stay_ids: Sequence[str]) -> pd.DataFrame:
 def last_wards(engine: Engine, stay_ids: Sequence[str]) -> dict[str, str]:
     """Each stay's latest ward (its open period's, or the last one's)."""
     sl = StayLocationRow
-    out: dict[str, tuple[int, str]] = {}
+    out: dict[str, tuple[int, str | None]] = {}
     for i in range(0, len(stay_ids), 500):
         chunk = list(stay_ids[i : i + 500])
         with engine.connect() as conn:
@@ -575,7 +600,7 @@ def last_wards(engine: Engine, stay_ids: Sequence[str]) -> dict[str, str]:
             ):
                 if stay_id not in out or seq > out[stay_id][0]:
                     out[stay_id] = (seq, ward)
-    return {k: v[1] for k, v in out.items()}
+    return {k: v[1] for k, v in out.items() if v[1]}
 
 
 # --- A patient's timeline -----------------------------------------------------------------------

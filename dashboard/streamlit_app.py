@@ -143,4 +143,7 @@ if user.role not in spec.roles:
         )
     )
     st.stop()
+if spec.url_path != "patient":
+    # Coming back to a patient's pathway later is a new opening, traced again.
+    st.session_state.pop("opened_patient", None)
 current.run()

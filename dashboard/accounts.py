@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 import pandas as pd
 from argon2 import PasswordHasher
@@ -117,10 +118,21 @@ def list_users(engine: Engine) -> pd.DataFrame:
         return pd.DataFrame(result.mappings().all(), columns=list(result.keys()))
 
 
-def _user(row: DashboardUserRow | None) -> User | None:
-    if row is None or not row.active:
+def _account(engine: Engine, username: str) -> Any:
+    with engine.connect() as conn:
+        return (
+            conn.execute(
+                select(DashboardUserRow.__table__).where(DashboardUserRow.username == username)
+            )
+            .mappings()
+            .first()
+        )
+
+
+def _user(row: Any) -> User | None:
+    if row is None or not row["active"]:
         return None
-    return User(row.username, Role(row.role), tuple(row.hospitals or ()))
+    return User(row["username"], Role(row["role"]), tuple(row["hospitals"] or ()))
 
 
 def authenticate(engine: Engine, username: str, password: str) -> User | None:
@@ -129,11 +141,8 @@ def authenticate(engine: Engine, username: str, password: str) -> User | None:
     Every attempt, refused or not, goes to the access trail.
     """
     name = username.strip()
-    with engine.connect() as conn:
-        row = conn.execute(
-            select(DashboardUserRow).where(DashboardUserRow.username == name)
-        ).scalar_one_or_none()
-    stored = row.password_hash if row is not None and row.password_hash else _DUMMY_HASH
+    row = _account(engine, name)
+    stored = row["password_hash"] if row is not None and row["password_hash"] else _DUMMY_HASH
     try:
         ok = _HASHER.verify(stored, password) and stored is not _DUMMY_HASH
     except (VerificationError, InvalidHashError):
@@ -148,11 +157,7 @@ def oidc_user(engine: Engine, username: str) -> User | None:
 
     The provider says who they are; this store says what they may see. No account, no access.
     """
-    with engine.connect() as conn:
-        row = conn.execute(
-            select(DashboardUserRow).where(DashboardUserRow.username == username)
-        ).scalar_one_or_none()
-    user = _user(row)
+    user = _user(_account(engine, username))
     _record_sign_in(engine, username, user)
     return user
 

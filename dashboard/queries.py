@@ -407,10 +407,14 @@ def hospitals(engine: Engine) -> dict[str, str]:
 STALE_AFTER = timedelta(hours=1)
 
 
-def data_age(engine: Engine, now: datetime) -> timedelta | None:
-    """How old the newest occupancy is (None when there is none)."""
+def data_age(engine: Engine, now: datetime, hospital_ids: Sequence[str] = ()) -> timedelta | None:
+    """How old the newest occupancy is, of every hospital or of `hospital_ids` (None when there
+    is none)."""
+    query = select(func.max(LocationOccupancyRow.as_of))
+    if hospital_ids:
+        query = query.where(LocationOccupancyRow.hospital_id.in_(list(hospital_ids)))
     with engine.connect() as conn:
-        newest = conn.scalar(select(func.max(LocationOccupancyRow.as_of)))
+        newest = conn.scalar(query)
     if newest is None:
         return None
     stamp = pd.Timestamp(newest)

@@ -11,7 +11,8 @@ import streamlit as st
 
 from dashboard import queries
 from dashboard.accounts import Role
-from dashboard.common import REFRESH, Col, _, engine, now, number, require, settings, when
+from dashboard.common import REFRESH, Col, _, engine, now, number, require, settings, when, word
+from dashboard.labels import LEVELS
 from dashboard.views.shared import occupancy_level, stale_warning
 
 require(Role.MANAGER, Role.ADMIN)
@@ -63,7 +64,7 @@ UNIT_COLUMNS = [
 
 def drill(frame: pd.DataFrame, level: str, key: str) -> str | None:
     """A chart and a table of `frame`'s units; the unit whose row is picked, if any."""
-    label = _({"hospital": "Établissement", "service": "Service", "ward": "Unité"}[level])
+    label = word(LEVELS, level) or level
     if frame.empty:
         st.caption(_("Aucune unité à ce niveau."))
         return None
@@ -104,10 +105,13 @@ def board() -> None:
     at = now()
     stale_warning(at)
     hospitals_frame = queries.bed_board(engine(), "hospital")
+    wards = queries.bed_board(engine(), "ward")
+    # Without a Location tree above the wards, the wards themselves are the top of the board.
+    top = hospitals_frame if not hospitals_frame.empty else wards
     ed = queries.ed_now(engine(), at, timedelta(hours=settings().alert_ed_boarding_hours))
     c1, c2, c3, c4, c5 = st.columns(5)
-    occupied = int(hospitals_frame["occupied"].sum()) if not hospitals_frame.empty else 0
-    capacity = hospitals_frame["capacity"].sum() if not hospitals_frame.empty else 0
+    occupied = int(top["occupied"].sum()) if not top.empty else 0
+    capacity = top["capacity"].sum() if not top.empty else 0
     c1.metric(_("Lits occupés"), number(occupied))
     c2.metric(_("Lits libres"), number(capacity - occupied) if capacity else "—")
     c3.metric(_("Taux d'occupation"), f"{number(100 * occupied / capacity)} %" if capacity else "—")
@@ -120,7 +124,7 @@ def board() -> None:
             hours=number(settings().alert_ed_boarding_hours),
         ),
     )
-    if hospitals_frame.empty:
+    if top.empty:
         st.info(
             _(
                 "Pas encore d'occupation. Lancez le traitement des flux "
@@ -128,14 +132,17 @@ def board() -> None:
             )
         )
         return
-    full = hospitals_frame[hospitals_frame["occupancy_rate"] >= 1.0]
-    wards = queries.bed_board(engine(), "ward")
     full_wards = wards[wards["occupancy_rate"] >= 1.0]
-    if not full_wards.empty or not full.empty:
+    if not full_wards.empty:
         names = full_wards["name"].fillna(full_wards["unit_id"]).tolist()
         st.warning(
             _("{n} unité(s) pleine(s) ou au-delà : {names}", n=len(names), names=", ".join(names))
         )
+    st.caption(_("Mis à jour : {at}", at=when(top["as_of"].max())))
+    if hospitals_frame.empty:
+        st.subheader(_("Unités"))
+        drill(wards, "ward", "pick_ward")
+        return
     st.subheader(_("Établissements"))
     hospital = drill(hospitals_frame, "hospital", "pick_hospital")
     if hospital is None:
@@ -152,7 +159,6 @@ def board() -> None:
         wards = wards[wards["unit_id"].isin(in_service)]
     st.subheader(_("Unités"))
     drill(wards, "ward", "pick_ward")
-    st.caption(_("Mis à jour : {at}", at=when(wards["as_of"].max() if not wards.empty else None)))
 
 
 board()

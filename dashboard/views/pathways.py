@@ -37,7 +37,17 @@ if not patients:
     st.stop()
 if st.session_state.get("patient_choice") not in patients:
     st.session_state.pop("patient_choice", None)
-patient = st.selectbox(_("Patient"), patients, key="patient_choice")
+# Nothing is opened until someone picks a patient (or their search finds exactly one): every
+# opening is traced, so none may happen by default.
+patient = st.selectbox(
+    _("Patient"),
+    patients,
+    index=0 if len(patients) == 1 else None,
+    key="patient_choice",
+    placeholder=_("Choisissez un patient"),
+)
+if patient is None:
+    st.stop()
 path = read.pathway(engine(), patient)
 if path is None:
     st.warning(_("Ce parcours n'est plus disponible ; relancez la recherche."))

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from bench.cli import bench_app
-from dashboard.cli import dashboard
+from dashboard.cli import dashboard, users_app
 from forecasting.cli import forecast_app
 from ingest.cli import ingest_app
 from parcours.runtime import load_settings, redact
@@ -34,6 +34,7 @@ app.add_typer(pathways_app, name="pathways")
 app.add_typer(census_app, name="census")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(forecast_app, name="forecast")
+app.add_typer(users_app, name="users")
 app.command("dashboard")(dashboard)
 app.command("simulate")(simulate)
 

@@ -57,6 +57,7 @@ def adt(
     discharge_mode: str = "",
     extra_segments: str = "",
     message_type: str = "ADT",
+    service: str = "",
 ) -> bytes:
     """One ADT message; `movement=None` leaves ZBE out (international IHE PAM)."""
     cid = control_id or f"MSG{next(_ids):06d}"
@@ -78,6 +79,7 @@ def adt(
             + [""] * 15
             + [f"{nda}^^^{facility}&1.2.250.1.71.4.2.2&ISO^AN"]
         )
+        pv1[10] = service
         segments.append("|".join(pv1))
         if movement is not None:
             segments.append(

@@ -49,6 +49,37 @@ def serve(
     )
 
 
+@ingest_app.command("mllp")
+def mllp(
+    host: Annotated[str | None, typer.Option(help="Address (default PARCOURS_MLLP_HOST).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default PARCOURS_MLLP_PORT, 2575).")
+    ] = None,
+) -> None:
+    """Run the HL7 v2 ADT listener (MLLP, IHE PAM / PAM.fr) until Ctrl-C. Allowed senders:
+    PARCOURS_MLLP_SENDERS, e.g. '{"gam-chu21": ["CHU21"]}'; TLS with PARCOURS_MLLP_TLS_CERT and
+    PARCOURS_MLLP_TLS_KEY."""
+    import asyncio
+    import contextlib
+    import logging
+
+    from ingest.mllp import serve_forever
+    from parcours.cli import load_settings
+
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level.upper())
+    if settings.database_url is None:
+        from parcours.db import upgrade
+
+        upgrade(settings.db_url)
+    if not settings.mllp_senders:
+        typer.echo(
+            "attention : PARCOURS_MLLP_SENDERS est vide, tout message sera refusé (AR)", err=True
+        )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever(settings, host, port))
+
+
 @ingest_app.command("push")
 def push(
     files: Annotated[

@@ -63,6 +63,31 @@ class Settings(BaseSettings):
     ingest_token: SecretStr | None = Field(
         default=None, description="Bearer token `parcours ingest push` sends to the gateway."
     )
+    # --- HL7 v2 ADT listener over MLLP (ingest/mllp.py) ---
+    mllp_host: str = Field(default="127.0.0.1", description="Address the MLLP listener binds.")
+    mllp_port: int = Field(default=2575, description="Port of the MLLP listener.")
+    mllp_senders: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Integrator → the sending facilities (MSH-4) it may send, JSON, e.g. "
+        '{"gam-chu21": ["CHU21"]}. A message from any other facility is refused (AR).',
+    )
+    mllp_max_message_bytes: int = Field(
+        default=1024 * 1024, description="Largest MLLP message accepted (AE above)."
+    )
+    mllp_frame_timeout_s: float = Field(
+        default=30.0, description="Time a sender has to finish a message it started."
+    )
+    mllp_idle_timeout_s: float = Field(
+        default=600.0, description="A connection silent this long is closed."
+    )
+    mllp_max_connections: int = Field(default=64, description="Concurrent MLLP connections.")
+    mllp_tls_cert: Path | None = Field(
+        default=None, description="PEM certificate: set it (and the key) to listen with TLS."
+    )
+    mllp_tls_key: Path | None = Field(default=None, description="PEM private key for TLS.")
+    mllp_tls_client_ca: Path | None = Field(
+        default=None, description="CA bundle: when set, clients must present a certificate."
+    )
     # --- Stream worker and pathway rules (streams/) ---
     streams_app_id: str = Field(
         default="",

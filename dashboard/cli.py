@@ -57,8 +57,8 @@ users_app = typer.Typer(help="Dashboard accounts (local sign-in and roles).", no
 
 
 def _engine() -> Engine:
-    from parcours.cli import load_settings
     from parcours.db import make_engine
+    from parcours.runtime import load_settings
 
     return make_engine(load_settings().db_url)
 

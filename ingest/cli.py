@@ -64,7 +64,7 @@ def mllp(
     import logging
 
     from ingest.mllp import serve_forever
-    from parcours.cli import load_settings
+    from parcours.runtime import load_settings
 
     settings = load_settings()
     logging.basicConfig(level=settings.log_level.upper())

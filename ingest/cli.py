@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -46,6 +46,7 @@ def serve(
         workers=workers,
         log_level=settings.log_level.lower(),
         access_log=settings.log_level.upper() == "DEBUG",
+        timeout_keep_alive=max(1, round(settings.ingest_keepalive_timeout_s)),
     )
 
 
@@ -148,22 +149,87 @@ def token_create(
     rotate: Annotated[
         bool, typer.Option(help="Replace the token of an existing integrator.")
     ] = False,
+    expires_in: Annotated[
+        str | None,
+        typer.Option(help="Validity of the token, e.g. 90d, 12h, 30m (default: no expiry)."),
+    ] = None,
 ) -> None:
     """Create an integrator and print its bearer token (shown once; only its hash is stored)."""
-    from ingest.auth import create_token
+    from ingest.auth import create_token, parse_duration
     from ingest.outcome import IngestError
-    from parcours.db import make_engine, upgrade
-    from parcours.runtime import load_settings
 
-    settings = load_settings()
-    if settings.database_url is None:
-        upgrade(settings.db_url)
-    engine = make_engine(settings.db_url)
+    engine = _admin_engine()
     try:
-        token = create_token(engine, name, rotate=rotate)
+        validity = parse_duration(expires_in) if expires_in else None
+        token = create_token(engine, name, rotate=rotate, expires_in=validity)
     except IngestError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     finally:
         engine.dispose()
     typer.echo(token)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    name: Annotated[str, typer.Argument(help="Integrator whose token stops working now.")],
+) -> None:
+    """Revoke an integrator's token at once (`token create NAME --rotate` issues a new one)."""
+    from ingest.auth import revoke_token
+
+    engine = _admin_engine()
+    try:
+        found = revoke_token(engine, name)
+    finally:
+        engine.dispose()
+    if not found:
+        typer.echo(f"error: no integrator named {name!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked: {name}")
+
+
+@ingest_app.command("grant")
+def grant(
+    name: Annotated[str, typer.Argument(help="Integrator that receives the right to write.")],
+    patient: Annotated[str | None, typer.Option(help="A patient id.")] = None,
+    system: Annotated[
+        str | None,
+        typer.Option(help="An identifier system: its owner if nobody owns it yet, else a grant."),
+    ] = None,
+    from_owner: Annotated[
+        str | None,
+        typer.Option("--from", help="Everything this integrator owns."),
+    ] = None,
+) -> None:
+    """Let integrator NAME write a patient, an identifier system, or everything another
+    integrator owns. Without a grant, writing another integrator's patient gets 403."""
+    from ingest.ownership import assign_system
+    from ingest.ownership import grant as add_grant
+
+    chosen = [
+        (k, v) for k, v in (("patient", patient), ("system", system), ("owner", from_owner)) if v
+    ]
+    if len(chosen) != 1:
+        typer.echo("error: give exactly one of --patient, --system, --from", err=True)
+        raise typer.Exit(2)
+    kind, value = chosen[0]
+    engine = _admin_engine()
+    try:
+        if kind == "system" and assign_system(engine, name, value):
+            typer.echo(f"{name} owns identifier system {value}")
+            return
+        add_grant(engine, name, kind, value)
+    finally:
+        engine.dispose()
+    typer.echo(f"granted: {name} may write {kind} {value}")
+
+
+def _admin_engine() -> Any:
+    """The database of the admin commands, migrated first when it is the demo's SQLite."""
+    from parcours.runtime import load_settings
+    from parcours.db import make_engine, upgrade
+
+    settings = load_settings()
+    if settings.database_url is None:
+        upgrade(settings.db_url)
+    return make_engine(settings.db_url)

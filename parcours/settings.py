@@ -53,6 +53,36 @@ class Settings(BaseSettings):
         default=10 * 1024 * 1024,
         description="Largest request body the gateway accepts (413 above).",
     )
+    ingest_max_resource_bytes: int = Field(
+        default=4 * 1024 * 1024 - 64 * 1024,
+        description="Largest single resource (compact JSON) the gateway publishes (413 above); "
+        "the Kafka producer's max_request_size, and the broker's message.max.bytes, must "
+        "allow it plus 64 KiB.",
+    )
+    ingest_body_timeout_s: float = Field(
+        default=10.0,
+        description="Longest wait for the next part of a request body (408 after it).",
+    )
+    ingest_keepalive_timeout_s: float = Field(
+        default=5.0, description="Idle HTTP keep-alive connections are closed after this."
+    )
+    ingest_db_timeout_s: float = Field(
+        default=5.0,
+        description="Gateway database connect and statement timeout (503 after it).",
+    )
+    ingest_rate_per_s: float = Field(
+        default=100.0,
+        description="Requests per second each integrator may send on average (429 above); "
+        "0 disables the limit.",
+    )
+    ingest_rate_burst: int = Field(
+        default=200, description="Requests an integrator may send at once above its rate."
+    )
+    ingest_ownership: bool = Field(
+        default=True,
+        description="Each patient belongs to the integrator that first wrote it (403 for "
+        "others unless granted with `parcours ingest grant`).",
+    )
     ingest_publish_timeout_s: float = Field(
         default=10.0, description="How long the gateway waits for Kafka acks before answering 503."
     )

@@ -27,7 +27,7 @@ def serve(
 
     import uvicorn
 
-    from parcours.cli import load_settings
+    from parcours.cli import load_settings, require_topic_identity
 
     settings = load_settings()
     if settings.database_url is None:
@@ -35,6 +35,7 @@ def serve(
         from parcours.db import upgrade
 
         upgrade(settings.db_url)
+    require_topic_identity(settings, "gateway")
     # Workers re-read the settings from the environment (uvicorn factory); pass overrides down.
     os.environ["PARCOURS_INGEST_HOST"] = host or settings.ingest_host
     os.environ["PARCOURS_INGEST_PORT"] = str(port or settings.ingest_port)

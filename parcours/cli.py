@@ -143,7 +143,12 @@ def db_reset(
         raise typer.Exit(2)
     upgrade(settings.db_url)
     topics = Topics.from_settings(settings)
-    ensure_topics(settings.bootstrap, topics.all(), settings.topic_partitions)
+    ensure_topics(
+        settings.bootstrap,
+        topics.all(),
+        settings.topic_partitions,
+        settings.topic_replication_factor,
+    )
     identity = broker_identity(settings.bootstrap, topics.raw)
     engine = make_engine(settings.db_url)
     try:

@@ -250,7 +250,9 @@ def run_demo(
     bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS") or settings.bootstrap
     wait_for_metadata(bootstrap, timeout_s=60)
     topics = Topics.from_settings(settings)
-    ensure_topics(bootstrap, topics.all(), settings.topic_partitions)
+    ensure_topics(
+        bootstrap, topics.all(), settings.topic_partitions, settings.topic_replication_factor
+    )
     upgrade(settings.db_url)
     engine = make_engine(settings.db_url)
     try:

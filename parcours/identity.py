@@ -206,7 +206,12 @@ def check_topic_identity(settings: Settings, engine: Engine, role: str) -> None:
     """
     topics = Topics.from_settings(settings)
     try:
-        ensure_topics(settings.bootstrap, topics.all(), settings.topic_partitions)
+        ensure_topics(
+            settings.bootstrap,
+            topics.all(),
+            settings.topic_partitions,
+            settings.topic_replication_factor,
+        )
         current = broker_identity(settings.bootstrap, topics.raw)
     except (KafkaError, OSError) as exc:
         log.warning("%s: topic identity not checked, the broker does not answer (%s)", role, exc)

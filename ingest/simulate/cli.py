@@ -148,7 +148,12 @@ def simulate(
         truth = truth or out / "truth"
     elif kafka:
         topics = Topics.from_settings(settings)
-        ensure_topics(settings.bootstrap, topics.all(), settings.topic_partitions)
+        ensure_topics(
+            settings.bootstrap,
+            topics.all(),
+            settings.topic_partitions,
+            settings.topic_replication_factor,
+        )
         sink = KafkaSink(settings.bootstrap, topics.raw)
     else:
         token = token or (
@@ -172,7 +177,12 @@ def simulate(
             history_sink = NullSink()
         else:
             topics = Topics.from_settings(settings)
-            ensure_topics(settings.bootstrap, topics.all(), settings.topic_partitions)
+            ensure_topics(
+                settings.bootstrap,
+                topics.all(),
+                settings.topic_partitions,
+                settings.topic_replication_factor,
+            )
             history_sink = KafkaSink(settings.bootstrap, topics.raw)
         state: dict[str, object] = {
             "start": begin.isoformat(),

@@ -27,7 +27,7 @@ def serve(
 
     import uvicorn
 
-    from parcours.runtime import load_settings
+    from parcours.runtime import load_settings, require_topic_identity
 
     settings = load_settings()
     if settings.database_url is None:
@@ -35,6 +35,7 @@ def serve(
         from parcours.db import upgrade
 
         upgrade(settings.db_url)
+    require_topic_identity(settings, "gateway")
     # Workers re-read the settings from the environment (uvicorn factory); pass overrides down.
     os.environ["PARCOURS_INGEST_HOST"] = host or settings.ingest_host
     os.environ["PARCOURS_INGEST_PORT"] = str(port or settings.ingest_port)
@@ -226,8 +227,8 @@ def grant(
 
 def _admin_engine() -> Any:
     """The database of the admin commands, migrated first when it is the demo's SQLite."""
-    from parcours.runtime import load_settings
     from parcours.db import make_engine, upgrade
+    from parcours.runtime import load_settings
 
     settings = load_settings()
     if settings.database_url is None:

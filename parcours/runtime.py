@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import sys
 
+import typer
+
 from parcours.settings import Settings
 
 
@@ -34,3 +36,22 @@ def redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def require_topic_identity(settings: Settings, role: str) -> None:
+    """Start hook of the stream worker and the gateway: exit (code 3) with a clear message if
+    the broker's raw topic is not the one the SQL data came from (see parcours.identity)."""
+    from parcours.db import make_engine, upgrade
+    from parcours.identity import TopicIdentityError, check_topic_identity
+
+    if settings.database_url is None:
+        # The demo's SQLite file must exist with its tables before anything reads it.
+        upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    try:
+        check_topic_identity(settings, engine, role)
+    except TopicIdentityError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from exc
+    finally:
+        engine.dispose()

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         default="", description="Prepended to every topic and group name (tests, tenants)."
     )
     topic_partitions: int = 4
+    topic_replication_factor: int = Field(
+        default=1,
+        ge=1,
+        description="Replicas of each topic Parcours creates (3 on a three-broker Kafka).",
+    )
     worker_web_port: int = Field(default=6066, description="Faust worker web port; 0 disables.")
     worker_session_timeout_s: float = 10.0
     log_level: str = "INFO"

@@ -42,7 +42,9 @@ class Topics:
         return [self.raw, self.deadletter, self.events, self.alerts]
 
 
-def ensure_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+def ensure_topics(
+    bootstrap: str, names: list[str], partitions: int, replication_factor: int = 1
+) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="parcours-admin")
     try:
@@ -53,7 +55,12 @@ def ensure_topics(bootstrap: str, names: list[str], partitions: int) -> None:
         # Another process may create a topic between the listing and the creation: fine.
         with suppress(TopicAlreadyExistsError):
             admin.create_topics(
-                [NewTopic(name=n, num_partitions=partitions, replication_factor=1) for n in missing]
+                [
+                    NewTopic(
+                        name=n, num_partitions=partitions, replication_factor=replication_factor
+                    )
+                    for n in missing
+                ]
             )
     finally:
         admin.close()

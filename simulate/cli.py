@@ -70,6 +70,28 @@ def simulate(
             "time (yymmddHHMM-), so that runs started at different times never collide."
         ),
     ] = None,
+    history_until: Annotated[
+        str | None,
+        typer.Option(
+            help="Deliver everything before this simulated time (ISO) as fast as possible "
+            "straight to the raw topic (acks=all), then go on with the same simulation into the "
+            "chosen sink, paced from there."
+        ),
+    ] = None,
+    history_skip: Annotated[
+        bool,
+        typer.Option(
+            "--history-skip",
+            help="The history is already in the raw topic: simulate it without sending it.",
+        ),
+    ] = False,
+    state_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON file kept up to date with the run's progress: history_done, "
+            "history_resources, and `reached` (everything delivered before it was sent)."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Resources per gateway Bundle.")] = 200,
     progress: Annotated[
         bool | None, typer.Option(help="Show a progress bar (default: when stderr is a terminal).")
@@ -85,8 +107,8 @@ def simulate(
     gateway in real time (--speed) or as fast as possible. Ends with a summary (JSON)."""
     from parcours.runtime import load_settings
     from parcours.topics import Topics, ensure_topics
-    from simulate.run import run_simulation
-    from simulate.sinks import GatewaySink, KafkaSink, NdjsonSink, Sink
+    from simulate.run import History, run_simulation
+    from simulate.sinks import GatewaySink, KafkaSink, NdjsonSink, NullSink, Sink
     from simulate.territory import load_territory, territory_yaml
 
     if print_territory:
@@ -126,7 +148,12 @@ def simulate(
         truth = truth or out / "truth"
     elif kafka:
         topics = Topics.from_settings(settings)
-        ensure_topics(settings.bootstrap, topics.all(), settings.topic_partitions)
+        ensure_topics(
+            settings.bootstrap,
+            topics.all(),
+            settings.topic_partitions,
+            settings.topic_replication_factor,
+        )
         sink = KafkaSink(settings.bootstrap, topics.raw)
     else:
         token = token or (
@@ -139,6 +166,47 @@ def simulate(
             )
         assert gateway is not None
         sink = GatewaySink(gateway, token, batch_size=batch_size)
+
+    history: History | None = None
+    if history_until is not None:
+        if kafka:
+            raise typer.BadParameter("--history-until goes with --gateway or --out")
+        until = _start(history_until, None, None, ZoneInfo(terr.timezone))
+        history_sink: Sink
+        if history_skip:
+            history_sink = NullSink()
+        else:
+            topics = Topics.from_settings(settings)
+            ensure_topics(
+                settings.bootstrap,
+                topics.all(),
+                settings.topic_partitions,
+                settings.topic_replication_factor,
+            )
+            history_sink = KafkaSink(settings.bootstrap, topics.raw)
+        state: dict[str, object] = {
+            "start": begin.isoformat(),
+            "history_until": until.isoformat(),
+            "history_done": False,
+        }
+
+        def _save(**changes: object) -> None:
+            state.update(changes)
+            if state_file is not None:
+                tmp = state_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(state, indent=2))
+                tmp.replace(state_file)
+
+        history = History(
+            until=until,
+            sink=history_sink,
+            skip=history_skip,
+            on_done=lambda n: _save(history_done=True, history_resources=n),
+            on_reached=lambda t: _save(reached=t.isoformat()),
+        )
+        _save()
+    elif history_skip:
+        raise typer.BadParameter("--history-skip needs --history-until")
 
     stopping = False
 
@@ -167,6 +235,7 @@ def simulate(
             id_prefix=id_prefix,
             progress=sys.stderr.isatty() if progress is None else progress,
             stop=lambda: stopping,
+            history=history,
         )
     except SimulationError as exc:
         typer.echo(f"error: {exc}", err=True)

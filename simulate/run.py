@@ -56,6 +56,19 @@ class RunSummary:
         }
 
 
+@dataclass
+class History:
+    """The part of a run before `until`: sent as fast as possible to `sink`, or not at all when
+    `skip` (it is already in the raw topic). `on_done(n)` is called once it is acknowledged;
+    `on_reached(t)` whenever everything delivered up to simulated time `t` was sent."""
+
+    until: datetime
+    sink: Sink
+    skip: bool = False
+    on_done: Callable[[int], None] = lambda _n: None
+    on_reached: Callable[[datetime], None] = lambda _t: None
+
+
 def deliveries(sim: Simulation, deliverer: Deliverer) -> Iterator[Delivery]:
     """The places and people first (clean, at the start), then the simulated traffic."""
     writer = FhirWriter(sim.territory, sim.directory)
@@ -79,9 +92,13 @@ def run_simulation(
     stop: Callable[[], bool] = lambda: False,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    history: History | None = None,
 ) -> RunSummary:
     """Simulate [start, start + days) into `sink`; paced at `speed`× real time when given.
 
+    With `history`, what is delivered before `history.until` is not paced and goes to
+    `history.sink` (straight to the raw topic), or nowhere if it is already there
+    (`history.skip`); the same simulation then goes on into `sink`, paced from `history.until`.
     `stop()` is polled between deliveries (Ctrl-C in real-time mode). The truth is written up to
     the simulated time reached.
     """
@@ -90,8 +107,17 @@ def run_simulation(
     wall0 = clock()
     sim_now = sim.start
     count = 0
-    total_hours = None if days is None else int(days * 24)
-    bar = tqdm(total=total_hours, unit="sim h", disable=not progress, desc="simulate", leave=False)
+    # Pacing starts where the history ends.
+    live_from = sim.start if history is None else max(history.until, sim.start)
+    in_history = history is not None and live_from > sim.start
+    if days is not None:
+        total_hours: int | None = int(days * 24)
+    elif in_history:
+        total_hours = int((live_from - sim.start).total_seconds() // 3600)
+    else:
+        total_hours = None
+    desc = "history" if in_history else "simulate"
+    bar = tqdm(total=total_hours, unit="sim h", disable=not progress, desc=desc, leave=False)
     shown = 0
     last_log = wall0
     try:
@@ -100,15 +126,35 @@ def run_simulation(
                 break
             if delivery.at > sim_now:
                 sim_now = delivery.at
+            if in_history and history is not None:
+                if delivery.at < live_from:
+                    if not history.skip:
+                        history.sink.send(delivery.resource, delivery.valid)
+                        count += 1
+                    hours = int((sim_now - sim.start).total_seconds() // 3600)
+                    if hours > shown:
+                        bar.update(hours - shown)
+                        shown = hours
+                    continue
+                # The history is acknowledged before anything of the live part is sent.
+                history.sink.close()
+                bar.close()
+                in_history = False
+                history.on_done(count)
+                wall0 = clock()
+                bar = tqdm(total=None, unit="sim h", disable=not progress, desc="live", leave=False)
+                shown = int((sim_now - sim.start).total_seconds() // 3600)
             # Late deliveries after the end of a finite run go out at once.
             paced = sim_now if sim.end is None else min(sim_now, sim.end)
             if speed:
-                ahead = (paced - sim.start).total_seconds() / speed - (clock() - wall0)
+                ahead = (paced - live_from).total_seconds() / speed - (clock() - wall0)
                 if ahead > 0:
                     sink.flush()
+                    if history is not None:
+                        history.on_reached(paced)
                     while ahead > 0 and not stop():
                         sleep(min(ahead, 0.5))
-                        ahead = (paced - sim.start).total_seconds() / speed - (clock() - wall0)
+                        ahead = (paced - live_from).total_seconds() / speed - (clock() - wall0)
             sink.send(delivery.resource, delivery.valid)
             count += 1
             hours = int((sim_now - sim.start).total_seconds() // 3600)
@@ -120,7 +166,11 @@ def run_simulation(
                     log.info("simulated %s: %d resources sent", sim_now.isoformat(), count)
     finally:
         bar.close()
+        if in_history and history is not None:
+            history.sink.close()
         sink.close()
+        if history is not None and not in_history:
+            history.on_reached(sim_now)
     end = sim.end if sim.end is not None and not stop() else sim_now
     end = max(end, sim.start + timedelta(hours=1))
     summary = RunSummary(

@@ -66,6 +66,27 @@ class NdjsonSink:
         return dict(self.counts)
 
 
+class NullSink:
+    """Discards everything (a history already in the raw topic)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def send(self, resource: dict[str, Any], valid: bool) -> None:
+        """Count and drop."""
+        self.counts["discarded"] += 1
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def summary(self) -> dict[str, int]:
+        """Resources discarded."""
+        return dict(self.counts)
+
+
 class KafkaSink:
     """Straight to the raw topic, keyed by patient (or `Type/id`), with acks=all.
 

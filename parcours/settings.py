@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     ingest_token: SecretStr | None = Field(
         default=None, description="Bearer token `parcours ingest push` sends to the gateway."
     )
+    ingest_defer_unresolved: bool = Field(
+        default=False,
+        description="Accept a conditional reference (`Location?identifier=system|value`) that "
+        "matches nothing yet, and resolve it when its target arrives (feeds that send patients "
+        "before the hospital Bundle); off, such a reference fails its entry (its whole "
+        "transaction).",
+    )
     # --- Stream worker and pathway rules (streams/) ---
     streams_app_id: str = Field(
         default="",

@@ -28,6 +28,7 @@ from parcours.fhir_codes import (
     LOCATION_STATUSES,
     SERVICE_REQUEST_STATUSES,
 )
+from parcours.timeutil import TimeFormatError, parse_fhir
 from streams import StreamsError
 from streams.core.events import (
     AppointmentBooked,
@@ -106,28 +107,12 @@ class MappingError(StreamsError):
 
 
 def parse_time(value: str | None) -> datetime | None:
-    """A FHIR dateTime/instant as an aware datetime; a date-only value is midnight UTC.
-
-    A year or year-month (allowed by FHIR dateTime) is read as its first day. Raises MappingError
-    on text that is not a FHIR date or time.
-    """
-    if not value:
-        return None
-    if not isinstance(value, str):
-        raise MappingError(f"{value!r} is not a FHIR dateTime")
-    text = value.replace("Z", "+00:00")
-    if len(text) == 4:
-        text += "-01-01"
-    elif len(text) == 7:
-        text += "-01"
+    """A FHIR dateTime/instant as an aware datetime (`parcours.timeutil.parse_fhir`); a date-only
+    value is midnight UTC. Raises MappingError on text that is not a FHIR date or time."""
     try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise MappingError(f"{value!r} is not a FHIR dateTime") from exc
-    if parsed.tzinfo is None:
-        # FHIR requires a zone when a time is given; a bare date carries none, read it as UTC.
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed
+        return parse_fhir(value)
+    except TimeFormatError as exc:
+        raise MappingError(str(exc)) from exc
 
 
 def _time(resource: dict[str, Any], *path: str) -> datetime | None:

@@ -22,6 +22,7 @@ from parcours.db.pathway_models import (
     PathwayStateRow,
     StreamProgressRow,
 )
+from parcours.db.reference_models import PendingReferenceRow
 
 
 def _frame(engine: Engine, query: Executable) -> pd.DataFrame:
@@ -291,3 +292,25 @@ def progress_status(
     if lag > 0:
         return f"catching up: {int(lag):,} messages to apply"
     return "up to date"
+
+
+def unresolved_references(engine: Engine, limit: int = 200) -> pd.DataFrame:
+    """Conditional references accepted before their target (deferred) and still waiting for it,
+    by source and element, most recent first."""
+    p = PendingReferenceRow
+    return _frame(
+        engine,
+        select(
+            p.source,
+            p.element,
+            p.resource_type,
+            p.system,
+            p.value,
+            p.occurrences,
+            p.first_seen_at,
+            p.last_seen_at,
+        )
+        .where(p.resolved_at.is_(None))
+        .order_by(p.last_seen_at.desc())
+        .limit(limit),
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import queries
@@ -37,6 +38,25 @@ def streams(now: datetime) -> None:
     st.dataframe(local_time(progress, "reported_at"), hide_index=True, use_container_width=True)
 
 
+def unresolved(pending: pd.DataFrame) -> None:
+    """References to hospitals, places or practitioners accepted before their target."""
+    st.subheader(f"Références en attente / Unresolved references ({len(pending)})")
+    if pending.empty:
+        st.success("Every accepted reference points at a resource received.")
+        return
+    st.warning(
+        "These references were accepted before the resource they point at "
+        "(PARCOURS_INGEST_DEFER_UNRESOLVED). The visits and stays that carry them are counted; "
+        "their place reads «pas encore connu» until the resource arrives. Send the hospital "
+        "and practitioner Bundles to resolve them."
+    )
+    st.dataframe(
+        local_time(pending, "first_seen_at", "last_seen_at"),
+        hide_index=True,
+        use_container_width=True,
+    )
+
+
 @st.fragment(run_every=REFRESH)
 def health(hours: int) -> None:
     """Counters per integrator and the latest rejections; refreshes itself."""
@@ -46,6 +66,7 @@ def health(hours: int) -> None:
     else:
         st.dataframe(local_time(feeds, "last_seen_at"), hide_index=True, use_container_width=True)
     streams(datetime.now(UTC))
+    unresolved(queries.unresolved_references(engine()))
     since = datetime.now(UTC) - timedelta(hours=hours)
     rejected = queries.recent_rejections(engine(), since=since)
     st.subheader(f"Rejections ({len(rejected)})")

@@ -6,8 +6,11 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import queries
-from dashboard.common import engine, local_time
+from dashboard.common import engine, local_time, settings
+from parcours.timeutil import format_local
 from streams import read
+
+NOT_YET_KNOWN = "pas encore connu (not yet known)"
 
 st.title("Pathways")
 totals = read.summary(engine())
@@ -30,11 +33,20 @@ if path is None:
     st.warning("This patient's pathway is no longer stored; search again.")
     st.stop()
 st.subheader(f"Patient {path['patient_id']}")
-st.markdown(f"Current stage: **{path['stage'] or 'unknown'}** since {path['stage_since'] or '—'}")
+since = format_local(path["stage_since"], settings().timezone)
+st.markdown(f"Current stage: **{path['stage'] or 'unknown'}** since {since}")
 
 stays = pd.DataFrame([{k: v for k, v in s.items() if k != "locations"} for s in path["stays"]])
 places = pd.DataFrame(
-    [{"stay_id": s["stay_id"], **place} for s in path["stays"] for place in s["locations"]]
+    [
+        {
+            "stay_id": s["stay_id"],
+            **{k: v for k, v in place.items() if k != "location_known"},
+            "place": place["location_id"] if place["location_known"] else NOT_YET_KNOWN,
+        }
+        for s in path["stays"]
+        for place in s["locations"]
+    ]
 )
 sections = [
     ("Inpatient stays", stays, ("admitted_at", "discharged_at")),

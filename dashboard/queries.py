@@ -30,6 +30,7 @@ from parcours.db.pathway_models import (
     StayRow,
     StreamProgressRow,
 )
+from parcours.db.reference_models import PendingReferenceRow
 
 
 def _frame(engine: Engine, query: Executable) -> pd.DataFrame:
@@ -627,5 +628,27 @@ def alert_history(engine: Engine, patient_id: str, limit: int = 200) -> pd.DataF
         )
         .where(a.patient_id == patient_id)
         .order_by(a.raised_at)
+        .limit(limit),
+    )
+
+
+def unresolved_references(engine: Engine, limit: int = 200) -> pd.DataFrame:
+    """Conditional references accepted before their target (deferred) and still waiting for it,
+    by source and element, most recent first."""
+    p = PendingReferenceRow
+    return _frame(
+        engine,
+        select(
+            p.source,
+            p.element,
+            p.resource_type,
+            p.system,
+            p.value,
+            p.occurrences,
+            p.first_seen_at,
+            p.last_seen_at,
+        )
+        .where(p.resolved_at.is_(None))
+        .order_by(p.last_seen_at.desc())
         .limit(limit),
     )

@@ -38,6 +38,7 @@ from ingest.metrics import IngestMetrics
 from ingest.openapi import body_schemas, type_name_schema
 from ingest.outcome import BrokerUnavailable, Issue, Rejection, http_issue, operation_outcome
 from ingest.publish import Publisher
+from ingest.references import ReferenceResolver
 from ingest.responses import capability_statement, location, message_response, response_bundle
 from ingest.service import IngestService
 from ingest.validate import is_resource_type, warm_up
@@ -109,6 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = IngestMetrics()
     publisher = Publisher(settings)
     service = IngestService(engine, publisher, metrics, ownership=settings.ingest_ownership)
+    resolver = ReferenceResolver(engine, metrics, settings.ingest_defer_unresolved)
     auth = Authenticator(engine)
     limiter = RateLimiter(settings.ingest_rate_per_s, settings.ingest_rate_burst)
     limit = settings.ingest_max_body_bytes
@@ -417,8 +419,9 @@ def create_app(settings: Settings) -> FastAPI:
         received_at: datetime = request.state.received_at
 
         def work() -> Response:
-            prepared = prepare_bundle(parse_json(body, "Bundle"), max_resource)
-            result = service.ingest(source, received_at, prepared.items, prepared.atomic)
+            parsed = parse_json(body, "Bundle")
+            prepared = prepare_bundle(parsed, max_resource)
+            result = resolver.ingest_bundle(service, source, received_at, prepared, parsed)
             if prepared.bundle_type == "message" and prepared.message_header is not None:
                 answer = message_response(prepared.message_header, result.entries, received_at)
             else:

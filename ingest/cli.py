@@ -85,7 +85,11 @@ def mllp(
 @ingest_app.command("push")
 def push(
     files: Annotated[
-        list[Path], typer.Argument(help="Bundle JSON, resource JSON or NDJSON files.")
+        list[Path],
+        typer.Argument(
+            help="Bundle JSON, resource JSON or NDJSON files, or folders of them (a Synthea "
+            "output folder: hospital and practitioner information go first)."
+        ),
     ],
     url: Annotated[str | None, typer.Option(help="Gateway base URL (PARCOURS_INGEST_URL).")] = None,
     token: Annotated[str | None, typer.Option(help="Bearer token (PARCOURS_INGEST_TOKEN).")] = None,
@@ -98,29 +102,32 @@ def push(
     rejected by reason. Exit code 1 if anything was rejected."""
     from tqdm import tqdm
 
-    from ingest.bulk import plan_file, push_direct, push_http
+    from ingest.bulk import plan_file, push_direct, push_http, push_order
     from parcours.runtime import load_settings
 
     settings = load_settings()
-    missing = [str(f) for f in files if not f.is_file()]
+    missing = [str(f) for f in files if not f.is_file() and not f.is_dir()]
     if missing:
         typer.echo(f"error: no such file: {', '.join(missing)}", err=True)
         raise typer.Exit(2)
-    requests = [r for f in files for r in plan_file(f, settings.ingest_max_body_bytes)]
+    requests = [r for f in push_order(files) for r in plan_file(f, settings.ingest_max_body_bytes)]
     total = sum(r.count for r in requests)
     bar = tqdm(total=total, unit="res", desc="push", file=sys.stderr)
     try:
         if direct:
             from ingest.metrics import IngestMetrics
             from ingest.publish import Publisher
+            from ingest.references import ReferenceResolver
             from ingest.service import IngestService
             from parcours.db import make_engine
 
             engine = make_engine(settings.db_url)
             publisher = Publisher(settings)
             try:
-                service = IngestService(engine, publisher, IngestMetrics())
-                summary = push_direct(requests, service, source, bar.update)
+                metrics = IngestMetrics()
+                service = IngestService(engine, publisher, metrics)
+                resolver = ReferenceResolver(engine, metrics, settings.ingest_defer_unresolved)
+                summary = push_direct(requests, service, source, bar.update, resolver)
             finally:
                 publisher.close()
                 engine.dispose()

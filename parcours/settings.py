@@ -123,6 +123,13 @@ class Settings(BaseSettings):
     mllp_tls_client_ca: Path | None = Field(
         default=None, description="CA bundle: when set, clients must present a certificate."
     )
+    ingest_defer_unresolved: bool = Field(
+        default=False,
+        description="Accept a conditional reference (`Location?identifier=system|value`) that "
+        "matches nothing yet, and resolve it when its target arrives (feeds that send patients "
+        "before the hospital Bundle); off, such a reference fails its entry (its whole "
+        "transaction).",
+    )
     # --- Stream worker and pathway rules (streams/) ---
     streams_app_id: str = Field(
         default="",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import queries
@@ -57,6 +58,33 @@ def streams(at: datetime) -> None:
     )
 
 
+def unresolved(pending: pd.DataFrame) -> None:
+    """References to hospitals, places or practitioners accepted before their target."""
+    st.subheader(_("Références en attente ({n})", n=len(pending)))
+    if pending.empty:
+        st.success(_("Chaque référence acceptée pointe vers une ressource reçue."))
+        return
+    st.warning(
+        _(
+            "Ces références ont été acceptées avant la ressource qu'elles désignent. Les "
+            "passages et séjours qui les portent sont comptés ; leur lieu reste « pas encore "
+            "connu » jusqu'à l'arrivée de la ressource. Envoyez les Bundles des établissements "
+            "et des praticiens pour les résoudre."
+        )
+    )
+    table(
+        pending,
+        [
+            Col("source", "Émetteur"),
+            Col("element", "Élément"),
+            Col("resource_type", "Type"),
+            Col("value", "Identifiant"),
+            Col("occurrences", "Occurrences", "int"),
+            Col("last_seen_at", "Dernière fois", "time"),
+        ],
+    )
+
+
 @st.fragment(run_every=REFRESH)
 def health(hours: int) -> None:
     """Counters per integrator and the latest rejections; refreshes itself."""
@@ -78,6 +106,7 @@ def health(hours: int) -> None:
         )
     at = now()
     streams(at)
+    unresolved(queries.unresolved_references(engine()))
     rejected = queries.recent_rejections(engine(), since=at - timedelta(hours=hours))
     st.subheader(_("Rejets ({n})", n=len(rejected)))
     if rejected.empty:

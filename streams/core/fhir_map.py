@@ -28,6 +28,7 @@ from parcours.fhir_codes import (
     LOCATION_STATUSES,
     SERVICE_REQUEST_STATUSES,
 )
+from parcours.timeutil import TimeFormatError, parse_fhir
 from streams import StreamsError
 from streams.core.events import (
     AppointmentBooked,
@@ -50,7 +51,10 @@ from streams.core.events import (
     shallow_copy,
 )
 
-COMMUNITY_CLASSES = frozenset({"AMB", "HH", "VR"})
+# FLD (field: a home or street contact by hospital staff) is a community contact too.
+COMMUNITY_CLASSES = frozenset({"AMB", "HH", "VR", "FLD"})
+# A pre-admission visit (PRENC) prepares a stay but is not one: recorded, nothing on the pathway.
+NO_PATHWAY_CLASSES = frozenset({"PRENC"})
 ED_CLASSES = frozenset({"EMER"})
 # ACUTE/NONAC are inpatient specialisations of IMP; SS (short stay) and OBSENC (observation)
 # occupy a bed too, so they count as stays.
@@ -103,28 +107,12 @@ class MappingError(StreamsError):
 
 
 def parse_time(value: str | None) -> datetime | None:
-    """A FHIR dateTime/instant as an aware datetime; a date-only value is midnight UTC.
-
-    A year or year-month (allowed by FHIR dateTime) is read as its first day. Raises MappingError
-    on text that is not a FHIR date or time.
-    """
-    if not value:
-        return None
-    if not isinstance(value, str):
-        raise MappingError(f"{value!r} is not a FHIR dateTime")
-    text = value.replace("Z", "+00:00")
-    if len(text) == 4:
-        text += "-01-01"
-    elif len(text) == 7:
-        text += "-01"
+    """A FHIR dateTime/instant as an aware datetime (`parcours.timeutil.parse_fhir`); a date-only
+    value is midnight UTC. Raises MappingError on text that is not a FHIR date or time."""
     try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise MappingError(f"{value!r} is not a FHIR dateTime") from exc
-    if parsed.tzinfo is None:
-        # FHIR requires a zone when a time is given; a bare date carries none, read it as UTC.
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed
+        return parse_fhir(value)
+    except TimeFormatError as exc:
+        raise MappingError(str(exc)) from exc
 
 
 def _time(resource: dict[str, Any], *path: str) -> datetime | None:
@@ -291,7 +279,10 @@ def _moves(resource: dict[str, Any], start: datetime) -> list[_Move]:
             continue
         loc = _reference_of(entry.get("location"), "Location")
         if not loc:
-            raise MappingError(f"Encounter.location[{i}].location does not reference a Location")
+            # A place not known yet (a reference by identifier, or one the gateway could not
+            # resolve) must not drop the visit or the stay: it is counted where the hospital is
+            # known, and its place reads "not yet known".
+            continue
         at = _time(entry, "period", "start") or start
         until = _time(entry, "period", "end")
         kind = _first_code(entry.get("physicalType"))
@@ -355,9 +346,18 @@ def map_encounter(resource: dict[str, Any]) -> list[CanonicalEvent]:
     if status not in ENCOUNTER_HAPPENED:
         at = start or _time(resource, "meta", "lastUpdated")
         return [recorded, *_numbered([_retracted(patient, at, src, f"Encounter.status {status}")])]
+    history = _status_history(resource)
+    if start is None:
+        # An ADT feed may give the arrival only in statusHistory (arrived, triaged…).
+        start = min((b for st, b, _ in history if st in ENCOUNTER_HAPPENED), default=None)
     if start is None:
         raise MappingError(f"Encounter.period.start is missing on a {status} encounter")
     finished = status == "finished"
+    if finished and end is None:
+        # Else when the encounter became finished, or the end of its last period before that.
+        end = next((b for st, b, _ in history if st == "finished"), None) or max(
+            (e for _, _, e in history if e is not None), default=None
+        )
     if finished and end is None:
         # Some ADT feeds send the discharge without its time; the version's meta.lastUpdated is
         # when the source recorded it, the best time there is. Without it the end is unknown.
@@ -371,6 +371,11 @@ def map_encounter(resource: dict[str, Any]) -> list[CanonicalEvent]:
     disposition = discharge_disposition(resource.get("hospitalization"))
     based_on = _first_reference(resource.get("basedOn"), "ServiceRequest")
     events: list[PatientEvent] = []
+    if class_code in NO_PATHWAY_CLASSES:
+        return [
+            recorded,
+            *_numbered([_retracted(patient, start, src, f"Encounter.class {class_code}")]),
+        ]
     if class_code in COMMUNITY_CLASSES:
         events.append(
             CommunityVisited(
@@ -439,6 +444,20 @@ def map_encounter(resource: dict[str, Any]) -> list[CanonicalEvent]:
     if disposition == DIED and finished and end is not None:
         events.append(PatientDied(patient_id=patient, at=end, source=src))
     return [recorded, *_numbered(events)]
+
+
+def _status_history(
+    resource: dict[str, Any],
+) -> list[tuple[str, datetime, datetime | None]]:
+    """(status, start, end) of each `statusHistory` entry with a start, in time order."""
+    out = []
+    for i, entry in enumerate(resource.get("statusHistory") or []):
+        if not isinstance(entry, dict):
+            raise MappingError(f"Encounter.statusHistory[{i}] is not an object")
+        begun = _time(entry, "period", "start")
+        if begun is not None and isinstance(entry.get("status"), str):
+            out.append((entry["status"], begun, _time(entry, "period", "end")))
+    return sorted(out, key=lambda h: h[1])
 
 
 def _ed_class_history(

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-import pytest
-
-from dashboard.queries import progress_status, stream_freshness
 from streams.runtime.worker import forget_partitions, progress_row
 
 
@@ -29,36 +26,3 @@ def test_a_progress_row_counts_the_messages_left_to_apply() -> None:
     # Before the first fetch the end is unknown, and so is the lag.
     assert progress_row("raw", 2, "host:1", 500, None, at)["lag"] is None
     assert progress_row("raw", 2, "host:1", None, 500, at)["processed_offset"] is None
-
-
-@pytest.mark.parametrize(
-    ("lag", "age_s", "status"),
-    [
-        (0, 3, "up to date"),
-        (1234, 3, "catching up: 1,234 messages to apply"),
-        (None, 3, "starting"),
-        (0, 300, "no report for 5 min: is its stream worker running?"),
-    ],
-)
-def test_the_feed_health_page_puts_a_report_in_words(
-    lag: int | None, age_s: float, status: str
-) -> None:
-    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
-    reported = now - timedelta(seconds=age_s)
-    assert progress_status(lag, reported, now, timedelta(minutes=2)) == status
-    # SQLite (the demo's database) gives the same time back naive.
-    naive = reported.replace(tzinfo=None)
-    assert progress_status(lag, naive, now, timedelta(minutes=2)) == status
-
-
-def test_freshness_counts_silent_partitions_and_the_messages_left() -> None:
-    import pandas as pd
-
-    progress = pd.DataFrame(
-        {
-            "lag": [0, 20, None],
-            "status": ["up to date", "no report for 60 min: …", "starting"],
-        }
-    )
-    assert stream_freshness(progress) == (1, 20)
-    assert stream_freshness(progress.iloc[0:0]) == (0, 0)

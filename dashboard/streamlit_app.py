@@ -99,8 +99,12 @@ def sign_out() -> None:
 
 user = current_user() or oidc_sign_in()
 if user is None:
-    st.navigation([st.Page(sign_in, title="Connexion", url_path="connexion")], position="hidden")
-    sign_in()
+    # Every address leads to the sign-in form, and keeps its page for after signing in.
+    st.navigation(
+        [st.Page(sign_in, title="Parcours", url_path="connexion", default=True)]
+        + [st.Page(sign_in, title="Parcours", url_path=spec.url_path) for spec in roles.PAGES],
+        position="hidden",
+    ).run()
     st.stop()
 
 mine = roles.allowed(user.role)

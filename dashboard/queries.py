@@ -403,8 +403,10 @@ def hospitals(engine: Engine) -> dict[str, str]:
 
 # --- Bed board for managers ---------------------------------------------------------------------
 
-# A board whose newest occupancy is older than this is called out as possibly out of date.
-STALE_AFTER = timedelta(hours=1)
+# A board whose newest occupancy change is older than this is called out as possibly out of date:
+# on a territory's hospitals, hours go by without any admission, transfer or discharge only
+# when the feeds stop.
+STALE_AFTER = timedelta(hours=6)
 
 
 def data_age(engine: Engine, now: datetime, hospital_ids: Sequence[str] = ()) -> timedelta | None:

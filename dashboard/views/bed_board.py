@@ -49,7 +49,7 @@ def coloured_bars(frame: pd.DataFrame, label: str) -> alt.Chart:
                 alt.Tooltip("rate:Q", title=_("Taux d'occupation"), format=".0%"),
             ],
         )
-        .properties(height=max(120, 28 * len(data)))
+        .properties(height=60 + 30 * len(data))
     )
 
 
@@ -188,7 +188,9 @@ else:
             color=alt.Color(
                 "rate:Q",
                 title=_("Taux d'occupation"),
-                scale=alt.Scale(scheme="redyellowgreen", reverse=True, domain=[0.5, 1.1]),
+                scale=alt.Scale(
+                    scheme="redyellowgreen", reverse=True, domain=[0.5, 1.1], clamp=True
+                ),
                 legend=alt.Legend(format="%"),
             ),
             tooltip=[

@@ -209,3 +209,35 @@ def test_forecast_page_shows_intervals_and_backtest(seeded: Seeded) -> None:
     assert any("80% prediction interval" in c.value for c in at.caption)
     accuracy = at.dataframe[0].value
     assert accuracy["model"].tolist() == ["prophet", "naive"]
+
+
+def test_hospital_sign_in_is_offered_when_oidc_is_configured(seeded: Seeded) -> None:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.secrets["auth"] = {
+        "redirect_uri": "http://127.0.0.1:8501/oauth2callback",
+        "cookie_secret": "test-cookie-secret",
+        "client_id": "parcours-dashboard",
+        "client_secret": "test-client-secret",
+        "server_metadata_url": "https://keycloak.invalid/realms/chu/.well-known/openid-configuration",
+    }
+    at.run()
+    assert not at.exception, at.exception
+    labels = [b.label for b in at.button]
+    assert "Se connecter avec le compte de l'établissement" in labels
+    # Local accounts still work beside it.
+    assert {ti.label for ti in at.text_input} == {"Identifiant", "Mot de passe"}
+
+
+def test_an_oidc_identity_gets_its_role_only_from_an_account_here(
+    seeded: Seeded, pg_url: str
+) -> None:
+    engine = make_engine(pg_url)
+    email = f"dr.{uuid.uuid4().hex[:6]}@chu-dijon.example"
+    assert accounts.oidc_user(engine, email) is None
+    accounts.create_user(engine, email, Role.COORDINATOR, None, ["Organization/chu"])
+    user = accounts.oidc_user(engine, email)
+    assert user == User(email, Role.COORDINATOR, ("Organization/chu",))
+    # No password was set: the local form cannot be used for this account.
+    assert accounts.authenticate(engine, email, "") is None
+    accounts.set_active(engine, email, False)
+    assert accounts.oidc_user(engine, email) is None

@@ -42,7 +42,9 @@ def served(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
     seeded = seed(engine, f"b{uuid.uuid4().hex[:6]}-")
     users = {role: f"{role.value}-{seeded.prefix}" for role in Role}
     for role, name in users.items():
-        accounts.create_user(engine, name, role, PASSWORD)
+        # The coordinator follows this test's hospital only: their worklists hold its patients.
+        scope = [seeded.hospital] if role is Role.COORDINATOR else []
+        accounts.create_user(engine, name, role, PASSWORD, scope)
     port = free_port()
     env = parcours_env(DATABASE_URL=pg_url)
     log = tmp_path_factory.mktemp("dash") / "dash.log"
@@ -120,8 +122,16 @@ def test_coordinator_acknowledges_an_alert_and_opens_a_pathway(
     s, me = served.seeded, served.users[Role.COORDINATOR]
     page = sign_in(browser, served, Role.COORDINATOR)
     expect(page.get_by_role("heading", name="Listes de travail")).to_be_visible(timeout=TIMEOUT)
-    expect(page.get_by_role("tab", name="Sortis sans suivi")).to_be_visible()
+    page.get_by_role("tab", name="Sortis sans suivi").click()
+    grid = page.get_by_test_id("stDataFrame").filter(visible=True).first
+    expect(grid.get_by_text(s.patient)).to_be_attached(timeout=TIMEOUT)
     shot(page, "coordinator_worklists")
+    # A click on the row's selector opens the patient's pathway (canvas grid: by position).
+    box = grid.bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + 15, box["y"] + 35 + 18)
+    expect(page.get_by_role("heading", name=f"Patient {s.patient}")).to_be_visible(timeout=TIMEOUT)
+    shot(page, "coordinator_worklist_opens_patient")
 
     visit(page, roles.page("alertes"), "coordinator_alerts")
     page.get_by_label("Alerte", exact=True).click()
@@ -148,7 +158,8 @@ def test_coordinator_acknowledges_an_alert_and_opens_a_pathway(
             ),
             {"u": me},
         ).scalars()
-        assert list(opened) == [s.patient]
+        # Once from the worklist, once from the search.
+        assert list(opened) == [s.patient, s.patient]
     page.close()
     refused(browser, served, Role.COORDINATOR, roles.page("lits"))
 

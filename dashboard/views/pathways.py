@@ -22,7 +22,7 @@ requested = st.session_state.pop("open_patient", None)
 if requested:
     st.session_state["patient_search"] = ""
 search = st.text_input(_("Rechercher un patient (identifiant)"), key="patient_search")
-patients = queries.find_patients(engine(), search)
+patients = queries.find_patients(engine(), search, hospital_ids=user.hospitals)
 if requested:
     if requested not in patients:
         patients.insert(0, requested)

@@ -58,6 +58,8 @@ def served(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
                 return False
 
         wait_until(healthy, 60, what="the Streamlit server")
+        # Streamlit's metrics endpoint answers anyone: the dashboard hides it.
+        assert httpx.get(f"{url}/_stcore/metrics", timeout=10).status_code == 404
         yield Served(url, seeded, users)
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kafka import KafkaConsumer, TopicPartition
 
 from parcours.broker import free_port
@@ -214,3 +216,46 @@ def test_framing_garbage_and_oversized_messages_do_not_stop_the_listener(feed: F
         "WHERE integrator = 'gam-test' AND reason = 'too-large'",
     )
     assert counts and counts[0][1] == "AE"
+
+
+GARBAGE = st.lists(
+    st.one_of(
+        st.binary(max_size=200),
+        st.sampled_from(
+            [
+                b"\x0b",
+                b"\x1c",
+                b"\r",
+                b"\x1c\r",
+                b"\n",
+                b"MSH|^~\\&|",
+                b"|CHU21|",
+                b"ADT^A01^",
+                b"|2.5|",
+            ]
+        ),
+    ),
+    max_size=25,
+).map(b"".join)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(garbage=GARBAGE)
+def test_garbage_on_the_socket_never_kills_the_listener(feed: Feed, garbage: bytes) -> None:
+    c = feed.client()
+    try:
+        c.send_raw(garbage)
+        control = f"H{uuid.uuid4().hex[:12]}"
+        c.send_raw(b"\x0b" + adt("A08", ipp=f"P{feed.run}", control_id=control) + b"\x1c\r")
+        # Blocks the garbage completed are answered first; ours is answered in turn.
+        for _ in range(50):
+            ack = c.read_ack()
+            if f"|{control}|" in ack:
+                assert ack_code(ack) == "AA", ack
+                break
+        else:
+            raise AssertionError("no ACK for the valid message after the garbage")
+    finally:
+        c.close()

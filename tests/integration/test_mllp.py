@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
 from tests.hl7_messages import MllpClient, ack_code, adt, err_location
 from tests.integration.streams_helpers import count, rows, worker_env
-from tests.support import parcours_process, wait_until
+from tests.support import parcours_env, parcours_process, wait_until
 
 pytestmark = pytest.mark.integration
 SENDERS = json.dumps({"gam-test": ["CHU21"]})
@@ -104,9 +106,9 @@ def _wards(db: str, stay_id: str) -> list[str]:
 
 
 def test_admission_transfers_out_of_order_repeat_and_discharge(feed: Feed) -> None:
-    ipp, nda = f"P{feed.run}", f"N{feed.run}"
+    ipp, nda, ins = f"P{feed.run}", f"N{feed.run}", f"1{int(feed.run, 16):012d}"
     c = feed.client()
-    common = {"ipp": ipp, "nda": nda}
+    common = {"ipp": ipp, "nda": nda, "ins": ins}
     assert ack_code(c.send(adt("A01", movement="M1", at="20260301100000", **common))) == "AA"
     transfer = adt("A02", movement="M3", at="20260303100000", ward="PNEUMO", **common)
     assert ack_code(c.send(transfer)) == "AA"
@@ -138,6 +140,14 @@ def test_admission_transfers_out_of_order_repeat_and_discharge(feed: Feed) -> No
     assert (
         count(feed.db, "SELECT count(*) FROM patient_identifiers WHERE patient_id = :p", p=ipp) == 2
     )
+    # `parcours pathways show` finds the patient by the INS value.
+    out = subprocess.run(
+        [sys.executable, "-m", "parcours", "pathways", "show", ins, "--json"],
+        env=parcours_env(DATABASE_URL=feed.db),
+        capture_output=True,
+        check=True,
+    )
+    assert [s["stay_id"] for s in json.loads(out.stdout)["stays"]] == [nda]
 
 
 def test_cancelled_admission_withdraws_the_stay(feed: Feed) -> None:

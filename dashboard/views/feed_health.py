@@ -45,6 +45,10 @@ def health(hours: int) -> None:
         st.info("No integrator yet. Create one with `parcours ingest token create NAME`.")
     else:
         st.dataframe(local_time(feeds, "last_seen_at"), hide_index=True, use_container_width=True)
+    hl7 = queries.hl7_messages(engine())
+    if not hl7.empty:
+        st.subheader("HL7 v2 (MLLP)")
+        st.dataframe(local_time(hl7, "last_at"), hide_index=True, use_container_width=True)
     streams(datetime.now(UTC))
     since = datetime.now(UTC) - timedelta(hours=hours)
     rejected = queries.recent_rejections(engine(), since=since)

@@ -16,7 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaConsumer, TopicPartition
 
+from dashboard.queries import hl7_messages
 from parcours.broker import free_port
+from parcours.db import make_engine
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
 from tests.hl7_messages import MllpClient, ack_code, adt, err_location
@@ -226,6 +228,14 @@ def test_framing_garbage_and_oversized_messages_do_not_stop_the_listener(feed: F
         "WHERE integrator = 'gam-test' AND reason = 'too-large'",
     )
     assert counts and counts[0][1] == "AE"
+    # Feed health shows the refusal beside the sender and trigger.
+    engine = make_engine(feed.db)
+    try:
+        table = hl7_messages(engine)
+    finally:
+        engine.dispose()
+    row = table[(table["integrator"] == "gam-test") & (table["trigger"] == "A01")].iloc[0]
+    assert row["AE"] >= 1 and "too-large" in row["reasons"]
 
 
 GARBAGE = st.lists(

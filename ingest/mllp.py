@@ -66,6 +66,7 @@ READ_CHUNK = 65536
 # Bytes of an oversized message kept to read its MSH for the ACK.
 HEADER_KEEP = 4096
 MAX_BATCH = 500
+MAX_IN_FLIGHT = 64
 UNKNOWN_SENDER = "(inconnu)"
 
 
@@ -623,10 +624,11 @@ class MllpListener:
         codec = {"8859/1": "latin-1", "8859/15": "iso8859-15"}.get(header.charset.upper(), "utf-8")
         return frame(text.encode(codec, "replace"))
 
-    async def handle(
+    def submit(
         self, payload: bytes, oversized: bool = False
-    ) -> tuple[MessageHeader, Outcome]:
-        """Check, queue and await one message; returns the header and how to answer it."""
+    ) -> tuple[MessageHeader, asyncio.Future[Outcome]]:
+        """Check one message and queue it for the writer; returns its header and the future of
+        its answer (already set for a NACK). Messages are queued in the order submitted."""
         received_at = self.clock()
         header = read_header(payload)
         integrator = self.senders.get(header.sending_facility)
@@ -677,9 +679,18 @@ class MllpListener:
             self.queue.put_nowait(
                 Pending(None, source, header, payload, received_at, None, rejection)
             )
-            return header, Outcome(rejection.ack_code, rejection)
+            done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            done.set_result(Outcome(rejection.ack_code, rejection))
+            return header, done
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self.queue.put_nowait(Pending(msg, source, header, payload, received_at, future))
+        return header, future
+
+    async def handle(
+        self, payload: bytes, oversized: bool = False
+    ) -> tuple[MessageHeader, Outcome]:
+        """Check, queue and await one message; returns the header and how to answer it."""
+        header, future = self.submit(payload, oversized)
         return header, await future
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -695,6 +706,12 @@ class MllpListener:
             self.settings.mllp_frame_timeout_s,
             self.settings.mllp_idle_timeout_s,
         )
+        # Most senders wait for each ACK; one that sends ahead gets its ACKs in order, with at
+        # most MAX_IN_FLIGHT messages read before their ACK is written.
+        inflight: asyncio.Queue[tuple[MessageHeader, asyncio.Future[Outcome]] | None] = (
+            asyncio.Queue(MAX_IN_FLIGHT)
+        )
+        acks = asyncio.create_task(self._write_acks(inflight, writer, peer))
         try:
             while True:
                 try:
@@ -704,15 +721,16 @@ class MllpListener:
                     break
                 if got is None:
                     break
-                header, outcome = await self.handle(got.payload, got.oversized)
-                self.handled += 1
-                writer.write(self._ack(header, outcome))
-                await writer.drain()
+                await inflight.put(self.submit(got.payload, got.oversized))
         except (ConnectionError, OSError, ssl.SSLError) as exc:
             log.info("MLLP connection from %s lost: %s", peer, exc)
         except Exception:
             log.exception("MLLP connection from %s failed", peer)
         finally:
+            if not acks.done():
+                await inflight.put(None)
+            with contextlib.suppress(Exception):
+                await acks
             self.connections -= 1
             if mllp.skipped:
                 log.info(
@@ -721,6 +739,27 @@ class MllpListener:
             with contextlib.suppress(Exception):
                 writer.close()
                 await asyncio.wait_for(writer.wait_closed(), 2)
+
+    async def _write_acks(
+        self,
+        inflight: asyncio.Queue[tuple[MessageHeader, asyncio.Future[Outcome]] | None],
+        writer: asyncio.StreamWriter,
+        peer: Any,
+    ) -> None:
+        """Write each message's ACK, in the order the messages came, as answers arrive."""
+        try:
+            while (item := await inflight.get()) is not None:
+                header, future = item
+                outcome = await future
+                self.handled += 1
+                writer.write(self._ack(header, outcome))
+                await writer.drain()
+        except (ConnectionError, OSError, ssl.SSLError) as exc:
+            log.info("MLLP connection from %s lost while answering: %s", peer, exc)
+            writer.close()
+            # Keep taking what the reader hands over until it stops, so it never blocks.
+            while await inflight.get() is not None:
+                pass
 
 
 async def serve_forever(settings: Settings, host: str | None, port: int | None) -> None:

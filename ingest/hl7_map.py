@@ -29,6 +29,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from functools import lru_cache
 from typing import Any
 
 import hl7
@@ -408,11 +409,16 @@ def read_header(raw: bytes) -> MessageHeader:
 
     MSH is ASCII in every character set HL7 allows, so it is read before decoding.
     """
-    text = raw.lstrip(b"\r\n\x0b ").decode("latin-1")
-    if not text.startswith("MSH") or len(text) < 8:
+    head = raw.lstrip(b"\r\n\x0b ")
+    cut = len(head)
+    for end in (b"\r", b"\n"):
+        found = head.find(end)
+        if 0 <= found < cut:
+            cut = found
+    first = head[:cut].decode("latin-1")
+    if not first.startswith("MSH") or len(first) < 8:
         return MessageHeader()
-    sep = text[3]
-    first = re.split(r"[\r\n]", text, maxsplit=1)[0]
+    sep = first[3]
     fields = first.split(sep)
     enc = fields[1] if len(fields) > 1 else "^~\\&"
     comp = enc[0] if enc else "^"
@@ -576,13 +582,14 @@ def _visit_info(
     )
 
 
-def parse_adt(raw: bytes, tz: tzinfo) -> AdtMessage:
-    """Parse and check one ADT message (the MLLP block's payload).
+def parse_adt(raw: bytes, tz: tzinfo, header: MessageHeader | None = None) -> AdtMessage:
+    """Parse and check one ADT message (the MLLP block's payload); `header` is `read_header(raw)`
+    when the caller already has it.
 
     Raises Hl7Rejection: AR for a message type, trigger or version this listener does not take,
     AE (with the segment and field) for anything else it cannot read.
     """
-    header = read_header(raw)
+    header = header or read_header(raw)
     if not header.message_code and not raw.lstrip(b"\r\n\x0b ").startswith(b"MSH"):
         raise _ae(
             "not-hl7",
@@ -593,7 +600,7 @@ def parse_adt(raw: bytes, tz: tzinfo) -> AdtMessage:
         )
     text = decode(raw, header.charset)
     try:
-        message = hl7.parse(text.replace("\n", "\r"))
+        message = hl7.parse(text.replace("\n", "\r") if "\n" in text else text)
     except Exception as exc:  # python-hl7 raises several types on malformed text
         raise _ae(
             "unparsable", f"message illisible: {exc}", "MSH", 0, ERR_SEGMENT_SEQUENCE
@@ -841,7 +848,19 @@ class EncounterState:
             self.admit_at,
             self.admit_source,
             self.service,
-            tuple(replace(m, seq=0) for m in self.movements),
+            tuple(
+                (
+                    m.movement_id,
+                    m.trigger,
+                    m.at,
+                    m.cancelled,
+                    m.place,
+                    m.class_code,
+                    m.disposition,
+                    m.disposition_system,
+                )
+                for m in self.movements
+            ),
         )
 
 
@@ -944,6 +963,7 @@ def _iso(at: datetime) -> str:
     return at.isoformat()
 
 
+@lru_cache(maxsize=65536)
 def location_ids(place: Place) -> dict[str, str]:
     """Location ids of a place: facility, ward (point of care), room, bed (those given)."""
     fac = fhir_id(place.facility or "hl7")

@@ -203,6 +203,7 @@ class _Batch:
     encounters: dict[str, EncounterState] = field(default_factory=dict)
     resources: dict[str, ResourceVersion] = field(default_factory=dict)
     identifiers: list[tuple[str, str, str]] = field(default_factory=list)
+    places: set[Any] = field(default_factory=set)
     outcomes: dict[int, Outcome] = field(default_factory=dict)
 
 
@@ -225,6 +226,10 @@ class AdtProcessor:
         self.cache_size = cache_size
         self._encounters: dict[str, EncounterState] = {}
         self._resources: dict[str, ResourceVersion] = {}
+        # Places whose Locations are published as they are now, and identifiers already stored:
+        # most messages name a known bed of a known patient.
+        self._places: set[Any] = set()
+        self._identifiers: set[tuple[str, str, str]] = set()
         # Versions tried in a batch that failed are never reused: a record may have reached
         # Kafka even though its ack did not come back.
         self._burnt: dict[str, int] = {}
@@ -253,8 +258,9 @@ class AdtProcessor:
             keys.add(f"Patient/{p.msg.patient.patient_id}")
             if p.msg.merged_patient is not None:
                 keys.add(f"Patient/{p.msg.merged_patient.patient_id}")
-            if p.msg.visit is not None and p.msg.visit.place is not None:
-                keys.update(f"Location/{r['id']}" for r in location_resources(p.msg.visit.place))
+            place = p.msg.visit.place if p.msg.visit is not None else None
+            if place is not None and place not in self._places:
+                keys.update(f"Location/{r['id']}" for r in location_resources(place))
         missing_keys = [k for k in keys if k not in self._resources]
         if len(self._resources) + len(missing_keys) > self.cache_size:
             self._resources.clear()
@@ -355,7 +361,10 @@ class AdtProcessor:
         ):
             self._emit(batch, survivor, patient.patient_id, pending)
         batch.identifiers.extend(
-            (i.system, i.value, patient.patient_id) for i in patient.identifiers if i.system
+            key
+            for i in patient.identifiers
+            if i.system
+            and (key := (i.system, i.value, patient.patient_id)) not in self._identifiers
         )
         visit = msg.visit
         if visit is None:
@@ -363,10 +372,11 @@ class AdtProcessor:
         old = self._encounter(batch, visit.encounter_id)
         if old is None and msg.trigger == "A08":
             return  # an update of a stay never admitted here: nothing to say on the pathway
-        if visit.place is not None:
+        if visit.place is not None and visit.place not in self._places:
             for loc in location_resources(visit.place):
                 if self._versioned(batch, f"Location/{loc['id']}", loc):
                     self._emit(batch, loc, f"Location/{loc['id']}", pending)
+            batch.places.add(visit.place)
         new = apply_adt(old, msg)
         self._publish_encounter(batch, old, new, pending)
 
@@ -400,14 +410,21 @@ class AdtProcessor:
                 outcomes[i] = _internal(f"base de données indisponible: {type(exc).__name__}")
             return outcomes
         for i in good:
-            mark = (len(batch.records), dict(batch.encounters), dict(batch.resources))
+            mark = (
+                len(batch.records),
+                dict(batch.encounters),
+                dict(batch.resources),
+                set(batch.places),
+                len(batch.identifiers),
+            )
             try:
                 self._apply(batch, pendings[i])
             except Exception as exc:
                 # A bug on one message must not fail the others: undo what it added.
                 log.exception("could not apply an ADT message")
                 del batch.records[mark[0] :]
-                batch.encounters, batch.resources = mark[1], mark[2]
+                batch.encounters, batch.resources, batch.places = mark[1], mark[2], mark[3]
+                del batch.identifiers[mark[4] :]
                 outcomes[i] = _internal(f"erreur interne: {type(exc).__name__}")
         records = batch.records
         acks: list[Ack | Exception] = []
@@ -453,6 +470,11 @@ class AdtProcessor:
             ]
         self._encounters.update(batch.encounters)
         self._resources.update(batch.resources)
+        if len(self._places) > self.cache_size or len(self._identifiers) > self.cache_size:
+            self._places.clear()
+            self._identifiers.clear()
+        self._places.update(batch.places)
+        self._identifiers.update(batch.identifiers)
         return outcomes
 
     def _count(
@@ -660,7 +682,7 @@ class MllpListener:
             )
         else:
             try:
-                msg = parse_adt(payload, self.tz)
+                msg = parse_adt(payload, self.tz, header)
             except Hl7Rejection as exc:
                 rejection = exc
             except Exception as exc:  # any reader bug is this message's AE, not a crash

@@ -73,12 +73,15 @@ def bench_mllp(
         32, min=1, help="Messages a sender sends ahead of its ACKs (1: wait for each ACK)."
     ),
     database_url: str | None = typer.Option(None, help="Database (default: temp SQLite)."),
+    parse_processes: int | None = typer.Option(
+        None, help="Listener's parse processes (default: PARCOURS_MLLP_PARSE_PROCESSES's)."
+    ),
 ) -> None:
     """ADT messages/s acknowledged end to end over MLLP vs a bare hl7.parse loop."""
     from bench.mllp import report, run
 
     try:
-        result = run(stays, connections, min(window, 64), database_url)
+        result = run(stays, connections, min(window, 64), database_url, parse_processes)
     except RuntimeError as exc:
         typer.echo(f"bench mllp: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -51,6 +51,7 @@ class MllpBench:
     latency_p95_ms: float
     listener_per_cpu_s: float
     parse_per_cpu_s: float
+    parse_processes: int
 
     @property
     def ratio(self) -> float:
@@ -145,7 +146,13 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 90) 
     raise RuntimeError("the MLLP listener did not start")
 
 
-def run(stays: int, connections: int, window: int, database_url: str | None) -> MllpBench:
+def run(
+    stays: int,
+    connections: int,
+    window: int,
+    database_url: str | None,
+    parse_processes: int | None = None,
+) -> MllpBench:
     """Measure both rates on the same messages."""
     from parcours.broker import EmbeddedBroker, free_port
     from parcours.db import upgrade
@@ -172,6 +179,8 @@ def run(stays: int, connections: int, window: int, database_url: str | None) -> 
             PARCOURS_LOG_LEVEL="WARNING",
             PARCOURS_MLLP_SENDERS=json.dumps({"bench": [FACILITY]}),
         )
+        if parse_processes is not None:
+            env["PARCOURS_MLLP_PARSE_PROCESSES"] = str(parse_processes)
         log = open(Path(tmp) / "mllp.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "parcours", "ingest", "mllp", "--port", str(port)],
@@ -231,6 +240,7 @@ def run(stays: int, connections: int, window: int, database_url: str | None) -> 
         latency_p95_ms=ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))] * 1000,
         listener_per_cpu_s=sent / listener_cpu if listener_cpu else 0.0,
         parse_per_cpu_s=(peer_cpu_before + peer_cpu_after) / 2,
+        parse_processes=int(env.get("PARCOURS_MLLP_PARSE_PROCESSES", "1")),
     )
 
 
@@ -244,12 +254,12 @@ def report(b: MllpBench) -> str:
         ),
         (
             f"MLLP end to end (AA after Kafka acks), {b.connections} connections, "
-            f"window {b.window}",
+            f"window {b.window}, {b.parse_processes} parse process(es)",
             f"{b.mllp_rate:,.0f}",
             f"p50 {b.latency_p50_ms:.1f} ms, p95 {b.latency_p95_ms:.1f} ms per message",
         ),
         (
-            "per CPU second: peer process / listener process",
+            "per CPU second: peer process / listener processes",
             f"{b.parse_per_cpu_s:,.0f} / {b.listener_per_cpu_s:,.0f}",
             f"= {b.listener_per_cpu_s / b.parse_per_cpu_s:.0%} (listener CPU time only)"
             if b.parse_per_cpu_s

@@ -26,11 +26,13 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import multiprocessing
 import ssl
 from collections import Counter
 from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -193,6 +195,7 @@ class Pending:
     received_at: datetime
     future: asyncio.Future[Outcome] | None
     rejection: Hl7Rejection | None = None
+    parsed: asyncio.Future[AdtMessage | Hl7Rejection] | None = None
 
 
 @dataclass
@@ -543,6 +546,45 @@ def _internal(text: str) -> Outcome:
     return Outcome("AE", Hl7Rejection("AE", "internal", text, error_code=ERR_INTERNAL))
 
 
+# --- Parsing beside the listener -----------------------------------------------------------------
+
+PARSE_CHUNK = 128
+_REJECTION_FIELDS = ("ack_code", "reason", "text", "segment", "field_no", "component", "error_code")
+
+
+def parse_one(payload: bytes, header: MessageHeader, tz: tzinfo) -> AdtMessage | Hl7Rejection:
+    """`parse_adt`, with any refusal (or reader bug) returned as an Hl7Rejection."""
+    try:
+        return parse_adt(payload, tz, header)
+    except Hl7Rejection as exc:
+        return exc
+    except Exception as exc:  # any reader bug is this message's AE, not a crash
+        log.exception("unexpected error reading an HL7 message")
+        return Hl7Rejection(
+            "AE", "unparsable", f"message illisible: {type(exc).__name__}", "MSH", 0, 0, "100"
+        )
+
+
+def parse_many(
+    payloads: list[bytes], headers: list[MessageHeader], tz_name: str
+) -> list[tuple[str, Any]]:
+    """Parse a chunk in a worker process; refusals travel as their fields (an exception with
+    dataclass fields does not survive pickling)."""
+    tz = ZoneInfo(tz_name)
+    out: list[tuple[str, Any]] = []
+    for payload, header in zip(payloads, headers, strict=True):
+        got = parse_one(payload, header, tz)
+        if isinstance(got, Hl7Rejection):
+            out.append(("err", tuple(getattr(got, f) for f in _REJECTION_FIELDS)))
+        else:
+            out.append(("ok", got))
+    return out
+
+
+def _warm() -> bool:
+    return True
+
+
 # --- Listener -----------------------------------------------------------------------------------
 
 
@@ -588,9 +630,18 @@ class MllpListener:
         self._writer_task: asyncio.Task[None] | None = None
         self._ack_seq = 0
         self.handled = 0
+        self._pool: ProcessPoolExecutor | None = None
+        self._to_parse: list[
+            tuple[bytes, MessageHeader, asyncio.Future[AdtMessage | Hl7Rejection]]
+        ] = []
+        self._parse_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str | None = None, port: int | None = None) -> int:
         """Bind and start serving; returns the port (useful with port 0)."""
+        if self.settings.mllp_parse_processes > 0:
+            self._pool = self._new_pool()
+            # Start the workers now, so the first messages do not wait for them.
+            await asyncio.get_running_loop().run_in_executor(self._pool, _warm)
         self._writer_task = asyncio.create_task(self._writer())
         self.server = await asyncio.start_server(
             self._serve,
@@ -612,6 +663,64 @@ class MllpListener:
             self._writer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer_task
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn: forking a process that runs Kafka client threads can copy a held lock.
+        return ProcessPoolExecutor(
+            self.settings.mllp_parse_processes, mp_context=multiprocessing.get_context("spawn")
+        )
+
+    def _parse_later(
+        self, payload: bytes, header: MessageHeader
+    ) -> asyncio.Future[AdtMessage | Hl7Rejection]:
+        """The future of `payload` parsed, by the worker processes (in chunks of what arrived
+        together) or here when there are none."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[AdtMessage | Hl7Rejection] = loop.create_future()
+        if self._pool is None:
+            future.set_result(parse_one(payload, header, self.tz))
+            return future
+        if not self._to_parse:
+            loop.call_soon(self._flush_parse)
+        self._to_parse.append((payload, header, future))
+        if len(self._to_parse) >= PARSE_CHUNK:
+            self._flush_parse()
+        return future
+
+    def _flush_parse(self) -> None:
+        chunk, self._to_parse = self._to_parse, []
+        if chunk:
+            task = asyncio.create_task(self._parse_chunk(chunk))
+            self._parse_tasks.add(task)
+            task.add_done_callback(self._parse_tasks.discard)
+
+    async def _parse_chunk(
+        self, chunk: list[tuple[bytes, MessageHeader, asyncio.Future[AdtMessage | Hl7Rejection]]]
+    ) -> None:
+        payloads = [c[0] for c in chunk]
+        headers = [c[1] for c in chunk]
+        results: list[AdtMessage | Hl7Rejection]
+        try:
+            assert self._pool is not None
+            raw = await asyncio.get_running_loop().run_in_executor(
+                self._pool, parse_many, payloads, headers, self.settings.timezone
+            )
+            results = [
+                r if kind == "ok" else Hl7Rejection(*r)  # type: ignore[misc]
+                for kind, r in raw
+            ]
+        except Exception:
+            # A worker process died (or the pool is shut): parse here, and start a new pool.
+            log.exception("HL7 parse worker failed; parsing in the listener meanwhile")
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+            results = [parse_one(p, h, self.tz) for p, h in zip(payloads, headers, strict=True)]
+        for (_, _, future), result in zip(chunk, results, strict=True):
+            if not future.done():
+                future.set_result(result)
 
     async def _writer(self) -> None:
         """Take what is queued (up to MAX_BATCH), process it in a thread, answer each."""
@@ -623,6 +732,13 @@ class MllpListener:
             batch = [first]
             while len(batch) < MAX_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
+            for p in batch:
+                if p.parsed is not None:
+                    got = await p.parsed
+                    if isinstance(got, Hl7Rejection):
+                        p.rejection = got
+                    else:
+                        p.msg = got
             try:
                 outcomes = await asyncio.to_thread(self.processor.process, batch)
             except Exception as exc:  # the writer must outlive any failure
@@ -655,7 +771,6 @@ class MllpListener:
         header = read_header(payload)
         integrator = self.senders.get(header.sending_facility)
         rejection: Hl7Rejection | None = None
-        msg: AdtMessage | None = None
         if oversized:
             rejection = Hl7Rejection(
                 "AE",
@@ -680,21 +795,6 @@ class MllpListener:
                 4,
                 error_code=ERR_INTERNAL,
             )
-        else:
-            try:
-                msg = parse_adt(payload, self.tz, header)
-            except Hl7Rejection as exc:
-                rejection = exc
-            except Exception as exc:  # any reader bug is this message's AE, not a crash
-                log.exception("unexpected error reading an HL7 message")
-                rejection = Hl7Rejection(
-                    "AE",
-                    "unparsable",
-                    f"message illisible: {type(exc).__name__}",
-                    "MSH",
-                    0,
-                    error_code="100",
-                )
         source = integrator or UNKNOWN_SENDER
         if rejection is not None:
             # Recorded by the writer in the background: the NACK goes out now.
@@ -705,7 +805,10 @@ class MllpListener:
             done.set_result(Outcome(rejection.ack_code, rejection))
             return header, done
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait(Pending(msg, source, header, payload, received_at, future))
+        parsed = self._parse_later(payload, header)
+        self.queue.put_nowait(
+            Pending(None, source, header, payload, received_at, future, parsed=parsed)
+        )
         return header, future
 
     async def handle(

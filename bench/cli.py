@@ -87,3 +87,26 @@ def bench_dashboard(
         typer.echo(f"bench dashboard: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(report(result))
+
+
+@bench_app.command("mllp")
+def bench_mllp(
+    stays: int = typer.Option(1500, help="Synthetic stays (four ADT messages each)."),
+    connections: int = typer.Option(4, min=1, help="MLLP connections sending at once."),
+    window: int = typer.Option(
+        32, min=1, help="Messages a sender sends ahead of its ACKs (1: wait for each ACK)."
+    ),
+    database_url: str | None = typer.Option(None, help="Database (default: temp SQLite)."),
+    parse_processes: int | None = typer.Option(
+        None, help="Listener's parse processes (default: PARCOURS_MLLP_PARSE_PROCESSES's)."
+    ),
+) -> None:
+    """ADT messages/s acknowledged end to end over MLLP vs a bare hl7.parse loop."""
+    from bench.mllp import report, run
+
+    try:
+        result = run(stays, connections, min(window, 64), database_url, parse_processes)
+    except RuntimeError as exc:
+        typer.echo(f"bench mllp: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(report(result))

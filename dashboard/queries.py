@@ -16,6 +16,7 @@ from sqlalchemy import Engine, Executable, and_, func, insert, or_, select, upda
 
 from dashboard import i18n
 from parcours.db.forecast_models import ForecastAccuracyRow, ForecastRow
+from parcours.db.hl7_models import Hl7MessageCountRow
 from parcours.db.ingest_models import IngestRejectionRow, IntegratorRow
 from parcours.db.pathway_models import (
     AlertAuditRow,
@@ -294,6 +295,55 @@ def recent_rejections(
     if conditions:
         query = query.where(and_(*conditions))
     return _frame(engine, query)
+
+
+def hl7_messages(engine: Engine) -> pd.DataFrame:
+    """HL7 v2 messages per integrator, sending facility (MSH-4) and trigger: how many, how many
+    acknowledged (AA), refused (AE, AR), and the refusal reasons."""
+    h = Hl7MessageCountRow
+    counts = _frame(
+        engine,
+        select(
+            h.integrator, h.sending_facility, h.trigger, h.ack_code, h.reason, h.count, h.last_at
+        ),
+    )
+    columns = [
+        "integrator",
+        "sending_facility",
+        "trigger",
+        "messages",
+        "AA",
+        "AE",
+        "AR",
+        "reasons",
+        "last_at",
+    ]
+    if counts.empty:
+        return pd.DataFrame(columns=columns)
+    out = []
+    for (integrator, facility, trigger), group in counts.groupby(
+        ["integrator", "sending_facility", "trigger"], sort=True
+    ):
+        by_code = group.groupby("ack_code")["count"].sum()
+        nacks = group[group["ack_code"] != "AA"]
+        reasons = ", ".join(
+            f"{r} ({int(n)})"
+            for r, n in nacks.groupby("reason")["count"].sum().sort_values(ascending=False).items()
+        )
+        out.append(
+            {
+                "integrator": integrator,
+                "sending_facility": facility,
+                "trigger": trigger,
+                "messages": int(group["count"].sum()),
+                "AA": int(by_code.get("AA", 0)),
+                "AE": int(by_code.get("AE", 0)),
+                "AR": int(by_code.get("AR", 0)),
+                "reasons": reasons,
+                "last_at": group["last_at"].max(),
+            }
+        )
+    return pd.DataFrame(out, columns=columns)
 
 
 # --- Stream workers -----------------------------------------------------------------------------

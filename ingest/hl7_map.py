@@ -29,6 +29,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from functools import lru_cache
 from typing import Any
 
 import hl7
@@ -313,42 +314,84 @@ def parse_ts(value: str, tz: tzinfo) -> datetime | None:
     return naive.replace(tzinfo=tz)
 
 
-class _Segment:
-    """1-based access to one parsed segment; never raises on absent fields."""
+def _norm_rep(rep: Any) -> list[list[str]]:
+    """One repetition as components of subcomponents (python-hl7 only nests where a
+    separator occurs, so a level may be missing)."""
+    if isinstance(rep, str):
+        return [[rep]]
+    if isinstance(rep, hl7.Component):
+        return [[str(x) for x in rep]]
+    return [[k] if isinstance(k, str) else [str(x) for x in k] for k in rep]
 
-    def __init__(self, segment: Any) -> None:
+
+def _norm_field(value: Any) -> list[list[list[str]]]:
+    """One field as repetitions of components of subcomponents."""
+    if isinstance(value, str):
+        return [[[value]]]
+    kids = list(value)
+    if kids and isinstance(kids[0], hl7.Repetition):
+        return [_norm_rep(k) for k in kids]
+    return [_norm_rep(value)]
+
+
+class _Segment:
+    """1-based access to one parsed segment; never raises on absent fields.
+
+    Fields are flattened to plain lists once, on first use: python-hl7's `extract_field` costs
+    as much per call as parsing a segment, and a message reads some forty values.
+    """
+
+    def __init__(self, segment: Any, esc: str = "\\") -> None:
         self.segment = segment
         self.name = str(segment[0][0]) if segment else ""
+        self.esc = esc
+        self._fields: dict[int, list[list[list[str]]]] = {}
+
+    def _field(self, field_no: int) -> list[list[list[str]]]:
+        found = self._fields.get(field_no)
+        if found is None:
+            items = list.__getitem__(self.segment, field_no) if field_no < len(self.segment) else ""
+            found = self._fields[field_no] = _norm_field(items)
+        return found
 
     def get(self, field_no: int, rep: int = 1, comp: int = 1, sub: int = 1) -> str:
         try:
-            return str(self.segment.extract_field(1, field_no, rep, comp, sub)).strip()
-        except (IndexError, KeyError, TypeError, ValueError, AttributeError):
+            value = self._field(field_no)[rep - 1][comp - 1][sub - 1]
+        except IndexError:
             return ""
+        if self.esc in value and not (self.name == "MSH" and field_no <= 2):
+            value = hl7.util.unescape(self.segment, value)
+        return value.strip()
 
     def reps(self, field_no: int) -> int:
         """How many repetitions field `field_no` has (0 when empty)."""
         if field_no >= len(self.segment):
             return 0
-        value = self.segment[field_no]
-        if isinstance(value, str):
-            return 1 if value else 0
-        if len(value) and isinstance(value[0], hl7.Repetition):
-            return len(value)
-        return 1 if str(value) else 0
+        field = self._field(field_no)
+        if len(field) == 1 and not any(any(c) for c in field[0]):
+            return 0
+        return len(field)
 
 
-def _segments(message: Any, name: str) -> list[_Segment]:
-    return [_Segment(s) for s in message if s and str(s[0][0]) == name]
+def _index(message: Any) -> dict[str, _Segment]:
+    """The first segment of each name."""
+    esc = getattr(message, "esc", "\\") or "\\"
+    out: dict[str, _Segment] = {}
+    for seg in message:
+        if seg:
+            name = str(list.__getitem__(list.__getitem__(seg, 0), 0))
+            if name not in out:
+                out[name] = _Segment(seg, esc)
+    return out
 
 
-def _one(message: Any, name: str, required: bool) -> _Segment | None:
-    found = _segments(message, name)
-    if not found:
+def _one(segments: dict[str, _Segment], name: str, required: bool) -> _Segment | None:
+    found = segments.get(name)
+    if found is None:
         if required:
             raise _ae("missing-segment", f"segment {name} absent", name, code=ERR_SEGMENT_SEQUENCE)
         return None
-    return found[0]
+    return found
 
 
 def _ts(seg: _Segment, field_no: int, tz: tzinfo, comp: int = 1) -> datetime | None:
@@ -366,11 +409,16 @@ def read_header(raw: bytes) -> MessageHeader:
 
     MSH is ASCII in every character set HL7 allows, so it is read before decoding.
     """
-    text = raw.lstrip(b"\r\n\x0b ").decode("latin-1")
-    if not text.startswith("MSH") or len(text) < 8:
+    head = raw.lstrip(b"\r\n\x0b ")
+    cut = len(head)
+    for end in (b"\r", b"\n"):
+        found = head.find(end)
+        if 0 <= found < cut:
+            cut = found
+    first = head[:cut].decode("latin-1")
+    if not first.startswith("MSH") or len(first) < 8:
         return MessageHeader()
-    sep = text[3]
-    first = re.split(r"[\r\n]", text, maxsplit=1)[0]
+    sep = first[3]
     fields = first.split(sep)
     enc = fields[1] if len(fields) > 1 else "^~\\&"
     comp = enc[0] if enc else "^"
@@ -534,13 +582,14 @@ def _visit_info(
     )
 
 
-def parse_adt(raw: bytes, tz: tzinfo) -> AdtMessage:
-    """Parse and check one ADT message (the MLLP block's payload).
+def parse_adt(raw: bytes, tz: tzinfo, header: MessageHeader | None = None) -> AdtMessage:
+    """Parse and check one ADT message (the MLLP block's payload); `header` is `read_header(raw)`
+    when the caller already has it.
 
     Raises Hl7Rejection: AR for a message type, trigger or version this listener does not take,
     AE (with the segment and field) for anything else it cannot read.
     """
-    header = read_header(raw)
+    header = header or read_header(raw)
     if not header.message_code and not raw.lstrip(b"\r\n\x0b ").startswith(b"MSH"):
         raise _ae(
             "not-hl7",
@@ -551,12 +600,13 @@ def parse_adt(raw: bytes, tz: tzinfo) -> AdtMessage:
         )
     text = decode(raw, header.charset)
     try:
-        message = hl7.parse(text.replace("\n", "\r"))
+        message = hl7.parse(text.replace("\n", "\r") if "\n" in text else text)
     except Exception as exc:  # python-hl7 raises several types on malformed text
         raise _ae(
             "unparsable", f"message illisible: {exc}", "MSH", 0, ERR_SEGMENT_SEQUENCE
         ) from exc
-    msh = _one(message, "MSH", True)
+    segments = _index(message)
+    msh = _one(segments, "MSH", True)
     assert msh is not None
     if header.message_code != "ADT" and header.message_code != "ACK":
         raise Hl7Rejection(
@@ -594,16 +644,16 @@ def parse_adt(raw: bytes, tz: tzinfo) -> AdtMessage:
     message_at = _ts(msh, 7, tz)
     if message_at is None:
         raise _ae("missing-ts", "date/heure du message absente", "MSH", 7)
-    evn = _one(message, "EVN", False)
+    evn = _one(segments, "EVN", False)
     event_at = (_ts(evn, 6, tz) or _ts(evn, 2, tz)) if evn is not None else None
-    pid = _one(message, "PID", True)
+    pid = _one(segments, "PID", True)
     assert pid is not None
     patient = _patient_info(pid, tz)
     visit = None
     movement = None
     merged = None
     if trigger == "A40":
-        mrg = _one(message, "MRG", True)
+        mrg = _one(segments, "MRG", True)
         assert mrg is not None
         merged = _patient_info(mrg, tz, 1)
         if merged.patient_id == patient.patient_id:
@@ -615,14 +665,14 @@ def parse_adt(raw: bytes, tz: tzinfo) -> AdtMessage:
                 ERR_UNKNOWN_KEY,
             )
     else:
-        pv1 = _one(message, "PV1", trigger in VISIT_TRIGGERS and trigger != "A08")
+        pv1 = _one(segments, "PV1", trigger in VISIT_TRIGGERS and trigger != "A08")
         if pv1 is not None:
             visit = _visit_info(
-                pv1, _one(message, "ZFM", False), header.sending_facility, tz, trigger
+                pv1, _one(segments, "ZFM", False), header.sending_facility, tz, trigger
             )
         elif trigger != "A08":
             raise _ae("missing-segment", "segment PV1 absent", "PV1", 0, ERR_SEGMENT_SEQUENCE)
-        zbe = _one(message, "ZBE", trigger in UPDATE_TRIGGERS)
+        zbe = _one(segments, "ZBE", trigger in UPDATE_TRIGGERS)
         if zbe is not None:
             movement = _movement_info(zbe, tz, trigger)
     return AdtMessage(
@@ -798,7 +848,19 @@ class EncounterState:
             self.admit_at,
             self.admit_source,
             self.service,
-            tuple(replace(m, seq=0) for m in self.movements),
+            tuple(
+                (
+                    m.movement_id,
+                    m.trigger,
+                    m.at,
+                    m.cancelled,
+                    m.place,
+                    m.class_code,
+                    m.disposition,
+                    m.disposition_system,
+                )
+                for m in self.movements
+            ),
         )
 
 
@@ -901,6 +963,7 @@ def _iso(at: datetime) -> str:
     return at.isoformat()
 
 
+@lru_cache(maxsize=65536)
 def location_ids(place: Place) -> dict[str, str]:
     """Location ids of a place: facility, ward (point of care), room, bed (those given)."""
     fac = fhir_id(place.facility or "hl7")

@@ -26,11 +26,13 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import multiprocessing
 import ssl
 from collections import Counter
 from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -66,6 +68,7 @@ READ_CHUNK = 65536
 # Bytes of an oversized message kept to read its MSH for the ACK.
 HEADER_KEEP = 4096
 MAX_BATCH = 500
+MAX_IN_FLIGHT = 64
 UNKNOWN_SENDER = "(inconnu)"
 
 
@@ -192,6 +195,7 @@ class Pending:
     received_at: datetime
     future: asyncio.Future[Outcome] | None
     rejection: Hl7Rejection | None = None
+    parsed: asyncio.Future[AdtMessage | Hl7Rejection] | None = None
 
 
 @dataclass
@@ -202,6 +206,7 @@ class _Batch:
     encounters: dict[str, EncounterState] = field(default_factory=dict)
     resources: dict[str, ResourceVersion] = field(default_factory=dict)
     identifiers: list[tuple[str, str, str]] = field(default_factory=list)
+    places: set[Any] = field(default_factory=set)
     outcomes: dict[int, Outcome] = field(default_factory=dict)
 
 
@@ -224,6 +229,10 @@ class AdtProcessor:
         self.cache_size = cache_size
         self._encounters: dict[str, EncounterState] = {}
         self._resources: dict[str, ResourceVersion] = {}
+        # Places whose Locations are published as they are now, and identifiers already stored:
+        # most messages name a known bed of a known patient.
+        self._places: set[Any] = set()
+        self._identifiers: set[tuple[str, str, str]] = set()
         # Versions tried in a batch that failed are never reused: a record may have reached
         # Kafka even though its ack did not come back.
         self._burnt: dict[str, int] = {}
@@ -252,8 +261,9 @@ class AdtProcessor:
             keys.add(f"Patient/{p.msg.patient.patient_id}")
             if p.msg.merged_patient is not None:
                 keys.add(f"Patient/{p.msg.merged_patient.patient_id}")
-            if p.msg.visit is not None and p.msg.visit.place is not None:
-                keys.update(f"Location/{r['id']}" for r in location_resources(p.msg.visit.place))
+            place = p.msg.visit.place if p.msg.visit is not None else None
+            if place is not None and place not in self._places:
+                keys.update(f"Location/{r['id']}" for r in location_resources(place))
         missing_keys = [k for k in keys if k not in self._resources]
         if len(self._resources) + len(missing_keys) > self.cache_size:
             self._resources.clear()
@@ -354,7 +364,10 @@ class AdtProcessor:
         ):
             self._emit(batch, survivor, patient.patient_id, pending)
         batch.identifiers.extend(
-            (i.system, i.value, patient.patient_id) for i in patient.identifiers if i.system
+            key
+            for i in patient.identifiers
+            if i.system
+            and (key := (i.system, i.value, patient.patient_id)) not in self._identifiers
         )
         visit = msg.visit
         if visit is None:
@@ -362,10 +375,11 @@ class AdtProcessor:
         old = self._encounter(batch, visit.encounter_id)
         if old is None and msg.trigger == "A08":
             return  # an update of a stay never admitted here: nothing to say on the pathway
-        if visit.place is not None:
+        if visit.place is not None and visit.place not in self._places:
             for loc in location_resources(visit.place):
                 if self._versioned(batch, f"Location/{loc['id']}", loc):
                     self._emit(batch, loc, f"Location/{loc['id']}", pending)
+            batch.places.add(visit.place)
         new = apply_adt(old, msg)
         self._publish_encounter(batch, old, new, pending)
 
@@ -399,14 +413,21 @@ class AdtProcessor:
                 outcomes[i] = _internal(f"base de données indisponible: {type(exc).__name__}")
             return outcomes
         for i in good:
-            mark = (len(batch.records), dict(batch.encounters), dict(batch.resources))
+            mark = (
+                len(batch.records),
+                dict(batch.encounters),
+                dict(batch.resources),
+                set(batch.places),
+                len(batch.identifiers),
+            )
             try:
                 self._apply(batch, pendings[i])
             except Exception as exc:
                 # A bug on one message must not fail the others: undo what it added.
                 log.exception("could not apply an ADT message")
                 del batch.records[mark[0] :]
-                batch.encounters, batch.resources = mark[1], mark[2]
+                batch.encounters, batch.resources, batch.places = mark[1], mark[2], mark[3]
+                del batch.identifiers[mark[4] :]
                 outcomes[i] = _internal(f"erreur interne: {type(exc).__name__}")
         records = batch.records
         acks: list[Ack | Exception] = []
@@ -452,6 +473,11 @@ class AdtProcessor:
             ]
         self._encounters.update(batch.encounters)
         self._resources.update(batch.resources)
+        if len(self._places) > self.cache_size or len(self._identifiers) > self.cache_size:
+            self._places.clear()
+            self._identifiers.clear()
+        self._places.update(batch.places)
+        self._identifiers.update(batch.identifiers)
         return outcomes
 
     def _count(
@@ -520,6 +546,45 @@ def _internal(text: str) -> Outcome:
     return Outcome("AE", Hl7Rejection("AE", "internal", text, error_code=ERR_INTERNAL))
 
 
+# --- Parsing beside the listener -----------------------------------------------------------------
+
+PARSE_CHUNK = 128
+_REJECTION_FIELDS = ("ack_code", "reason", "text", "segment", "field_no", "component", "error_code")
+
+
+def parse_one(payload: bytes, header: MessageHeader, tz: tzinfo) -> AdtMessage | Hl7Rejection:
+    """`parse_adt`, with any refusal (or reader bug) returned as an Hl7Rejection."""
+    try:
+        return parse_adt(payload, tz, header)
+    except Hl7Rejection as exc:
+        return exc
+    except Exception as exc:  # any reader bug is this message's AE, not a crash
+        log.exception("unexpected error reading an HL7 message")
+        return Hl7Rejection(
+            "AE", "unparsable", f"message illisible: {type(exc).__name__}", "MSH", 0, 0, "100"
+        )
+
+
+def parse_many(
+    payloads: list[bytes], headers: list[MessageHeader], tz_name: str
+) -> list[tuple[str, Any]]:
+    """Parse a chunk in a worker process; refusals travel as their fields (an exception with
+    dataclass fields does not survive pickling)."""
+    tz = ZoneInfo(tz_name)
+    out: list[tuple[str, Any]] = []
+    for payload, header in zip(payloads, headers, strict=True):
+        got = parse_one(payload, header, tz)
+        if isinstance(got, Hl7Rejection):
+            out.append(("err", tuple(getattr(got, f) for f in _REJECTION_FIELDS)))
+        else:
+            out.append(("ok", got))
+    return out
+
+
+def _warm() -> bool:
+    return True
+
+
 # --- Listener -----------------------------------------------------------------------------------
 
 
@@ -565,9 +630,18 @@ class MllpListener:
         self._writer_task: asyncio.Task[None] | None = None
         self._ack_seq = 0
         self.handled = 0
+        self._pool: ProcessPoolExecutor | None = None
+        self._to_parse: list[
+            tuple[bytes, MessageHeader, asyncio.Future[AdtMessage | Hl7Rejection]]
+        ] = []
+        self._parse_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str | None = None, port: int | None = None) -> int:
         """Bind and start serving; returns the port (useful with port 0)."""
+        if self.settings.mllp_parse_processes > 0:
+            self._pool = self._new_pool()
+            # Start the workers now, so the first messages do not wait for them.
+            await asyncio.get_running_loop().run_in_executor(self._pool, _warm)
         self._writer_task = asyncio.create_task(self._writer())
         self.server = await asyncio.start_server(
             self._serve,
@@ -589,6 +663,64 @@ class MllpListener:
             self._writer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer_task
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn: forking a process that runs Kafka client threads can copy a held lock.
+        return ProcessPoolExecutor(
+            self.settings.mllp_parse_processes, mp_context=multiprocessing.get_context("spawn")
+        )
+
+    def _parse_later(
+        self, payload: bytes, header: MessageHeader
+    ) -> asyncio.Future[AdtMessage | Hl7Rejection]:
+        """The future of `payload` parsed, by the worker processes (in chunks of what arrived
+        together) or here when there are none."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[AdtMessage | Hl7Rejection] = loop.create_future()
+        if self._pool is None:
+            future.set_result(parse_one(payload, header, self.tz))
+            return future
+        if not self._to_parse:
+            loop.call_soon(self._flush_parse)
+        self._to_parse.append((payload, header, future))
+        if len(self._to_parse) >= PARSE_CHUNK:
+            self._flush_parse()
+        return future
+
+    def _flush_parse(self) -> None:
+        chunk, self._to_parse = self._to_parse, []
+        if chunk:
+            task = asyncio.create_task(self._parse_chunk(chunk))
+            self._parse_tasks.add(task)
+            task.add_done_callback(self._parse_tasks.discard)
+
+    async def _parse_chunk(
+        self, chunk: list[tuple[bytes, MessageHeader, asyncio.Future[AdtMessage | Hl7Rejection]]]
+    ) -> None:
+        payloads = [c[0] for c in chunk]
+        headers = [c[1] for c in chunk]
+        results: list[AdtMessage | Hl7Rejection]
+        try:
+            assert self._pool is not None
+            raw = await asyncio.get_running_loop().run_in_executor(
+                self._pool, parse_many, payloads, headers, self.settings.timezone
+            )
+            results = [
+                r if kind == "ok" else Hl7Rejection(*r)  # type: ignore[misc]
+                for kind, r in raw
+            ]
+        except Exception:
+            # A worker process died (or the pool is shut): parse here, and start a new pool.
+            log.exception("HL7 parse worker failed; parsing in the listener meanwhile")
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+            results = [parse_one(p, h, self.tz) for p, h in zip(payloads, headers, strict=True)]
+        for (_, _, future), result in zip(chunk, results, strict=True):
+            if not future.done():
+                future.set_result(result)
 
     async def _writer(self) -> None:
         """Take what is queued (up to MAX_BATCH), process it in a thread, answer each."""
@@ -600,6 +732,13 @@ class MllpListener:
             batch = [first]
             while len(batch) < MAX_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
+            for p in batch:
+                if p.parsed is not None:
+                    got = await p.parsed
+                    if isinstance(got, Hl7Rejection):
+                        p.rejection = got
+                    else:
+                        p.msg = got
             try:
                 outcomes = await asyncio.to_thread(self.processor.process, batch)
             except Exception as exc:  # the writer must outlive any failure
@@ -623,15 +762,15 @@ class MllpListener:
         codec = {"8859/1": "latin-1", "8859/15": "iso8859-15"}.get(header.charset.upper(), "utf-8")
         return frame(text.encode(codec, "replace"))
 
-    async def handle(
+    def submit(
         self, payload: bytes, oversized: bool = False
-    ) -> tuple[MessageHeader, Outcome]:
-        """Check, queue and await one message; returns the header and how to answer it."""
+    ) -> tuple[MessageHeader, asyncio.Future[Outcome]]:
+        """Check one message and queue it for the writer; returns its header and the future of
+        its answer (already set for a NACK). Messages are queued in the order submitted."""
         received_at = self.clock()
         header = read_header(payload)
         integrator = self.senders.get(header.sending_facility)
         rejection: Hl7Rejection | None = None
-        msg: AdtMessage | None = None
         if oversized:
             rejection = Hl7Rejection(
                 "AE",
@@ -656,30 +795,27 @@ class MllpListener:
                 4,
                 error_code=ERR_INTERNAL,
             )
-        else:
-            try:
-                msg = parse_adt(payload, self.tz)
-            except Hl7Rejection as exc:
-                rejection = exc
-            except Exception as exc:  # any reader bug is this message's AE, not a crash
-                log.exception("unexpected error reading an HL7 message")
-                rejection = Hl7Rejection(
-                    "AE",
-                    "unparsable",
-                    f"message illisible: {type(exc).__name__}",
-                    "MSH",
-                    0,
-                    error_code="100",
-                )
         source = integrator or UNKNOWN_SENDER
         if rejection is not None:
             # Recorded by the writer in the background: the NACK goes out now.
             self.queue.put_nowait(
                 Pending(None, source, header, payload, received_at, None, rejection)
             )
-            return header, Outcome(rejection.ack_code, rejection)
+            done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            done.set_result(Outcome(rejection.ack_code, rejection))
+            return header, done
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait(Pending(msg, source, header, payload, received_at, future))
+        parsed = self._parse_later(payload, header)
+        self.queue.put_nowait(
+            Pending(None, source, header, payload, received_at, future, parsed=parsed)
+        )
+        return header, future
+
+    async def handle(
+        self, payload: bytes, oversized: bool = False
+    ) -> tuple[MessageHeader, Outcome]:
+        """Check, queue and await one message; returns the header and how to answer it."""
+        header, future = self.submit(payload, oversized)
         return header, await future
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -695,6 +831,12 @@ class MllpListener:
             self.settings.mllp_frame_timeout_s,
             self.settings.mllp_idle_timeout_s,
         )
+        # Most senders wait for each ACK; one that sends ahead gets its ACKs in order, with at
+        # most MAX_IN_FLIGHT messages read before their ACK is written.
+        inflight: asyncio.Queue[tuple[MessageHeader, asyncio.Future[Outcome]] | None] = (
+            asyncio.Queue(MAX_IN_FLIGHT)
+        )
+        acks = asyncio.create_task(self._write_acks(inflight, writer, peer))
         try:
             while True:
                 try:
@@ -704,15 +846,16 @@ class MllpListener:
                     break
                 if got is None:
                     break
-                header, outcome = await self.handle(got.payload, got.oversized)
-                self.handled += 1
-                writer.write(self._ack(header, outcome))
-                await writer.drain()
+                await inflight.put(self.submit(got.payload, got.oversized))
         except (ConnectionError, OSError, ssl.SSLError) as exc:
             log.info("MLLP connection from %s lost: %s", peer, exc)
         except Exception:
             log.exception("MLLP connection from %s failed", peer)
         finally:
+            if not acks.done():
+                await inflight.put(None)
+            with contextlib.suppress(Exception):
+                await acks
             self.connections -= 1
             if mllp.skipped:
                 log.info(
@@ -721,6 +864,27 @@ class MllpListener:
             with contextlib.suppress(Exception):
                 writer.close()
                 await asyncio.wait_for(writer.wait_closed(), 2)
+
+    async def _write_acks(
+        self,
+        inflight: asyncio.Queue[tuple[MessageHeader, asyncio.Future[Outcome]] | None],
+        writer: asyncio.StreamWriter,
+        peer: Any,
+    ) -> None:
+        """Write each message's ACK, in the order the messages came, as answers arrive."""
+        try:
+            while (item := await inflight.get()) is not None:
+                header, future = item
+                outcome = await future
+                self.handled += 1
+                writer.write(self._ack(header, outcome))
+                await writer.drain()
+        except (ConnectionError, OSError, ssl.SSLError) as exc:
+            log.info("MLLP connection from %s lost while answering: %s", peer, exc)
+            writer.close()
+            # Keep taking what the reader hands over until it stops, so it never blocks.
+            while await inflight.get() is not None:
+                pass
 
 
 async def serve_forever(settings: Settings, host: str | None, port: int | None) -> None:

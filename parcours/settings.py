@@ -116,6 +116,10 @@ class Settings(BaseSettings):
         default=600.0, description="A connection silent this long is closed."
     )
     mllp_max_connections: int = Field(default=64, description="Concurrent MLLP connections.")
+    mllp_parse_processes: int = Field(
+        default=1,
+        description="Processes that parse HL7 beside the listener (0: parse in the listener).",
+    )
     mllp_tls_cert: Path | None = Field(
         default=None, description="PEM certificate: set it (and the key) to listen with TLS."
     )

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, or_, select
 
+from parcours.db.hl7_models import PatientIdentifierRow
 from parcours.db.pathway_models import (
     AlertRow,
     CommunityVisitRow,
@@ -41,6 +42,16 @@ def _row(row: Any, times: tuple[str, ...]) -> dict[str, Any]:
     for name in times:
         out[name] = iso(out.get(name))
     return out
+
+
+def patients_with_identifier(engine: Engine, value: str, limit: int = 20) -> list[str]:
+    """The patient ids that carry an identifier of this value (an IPP, an INS…), any system."""
+    t = PatientIdentifierRow.__table__
+    with engine.connect() as conn:
+        found = conn.execute(
+            select(t.c.patient_id).where(t.c.value == value).distinct().limit(limit)
+        )
+        return sorted(r[0] for r in found)
 
 
 def pathway(engine: Engine, patient_id: str) -> dict[str, Any] | None:

@@ -104,6 +104,21 @@ def health(hours: int) -> None:
                 Col("rejected_total", "Rejetés", "int"),
             ],
         )
+    hl7 = queries.hl7_messages(engine())
+    if not hl7.empty:
+        st.subheader(_("Messages HL7 v2 (MLLP)"))
+        table(
+            hl7,
+            [
+                Col("integrator", "Émetteur"),
+                Col("sending_facility", "Établissement émetteur"),
+                Col("trigger", "Événement"),
+                Col("ack_code", "Réponse"),
+                Col("reason", "Motif"),
+                Col("count", "Nombre", "int"),
+                Col("last_at", "Dernier message", "time"),
+            ],
+        )
     at = now()
     streams(at)
     unresolved(queries.unresolved_references(engine()))

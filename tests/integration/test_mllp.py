@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kafka import KafkaConsumer, TopicPartition
 
+from dashboard.queries import hl7_messages
 from parcours.broker import free_port
+from parcours.db import make_engine
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
 from tests.hl7_messages import MllpClient, ack_code, adt, err_location
 from tests.integration.streams_helpers import count, rows, worker_env
-from tests.support import parcours_process, wait_until
+from tests.support import parcours_env, parcours_process, wait_until
 
 pytestmark = pytest.mark.integration
 SENDERS = json.dumps({"gam-test": ["CHU21"]})
@@ -102,9 +108,9 @@ def _wards(db: str, stay_id: str) -> list[str]:
 
 
 def test_admission_transfers_out_of_order_repeat_and_discharge(feed: Feed) -> None:
-    ipp, nda = f"P{feed.run}", f"N{feed.run}"
+    ipp, nda, ins = f"P{feed.run}", f"N{feed.run}", f"1{int(feed.run, 16):012d}"
     c = feed.client()
-    common = {"ipp": ipp, "nda": nda}
+    common = {"ipp": ipp, "nda": nda, "ins": ins}
     assert ack_code(c.send(adt("A01", movement="M1", at="20260301100000", **common))) == "AA"
     transfer = adt("A02", movement="M3", at="20260303100000", ward="PNEUMO", **common)
     assert ack_code(c.send(transfer)) == "AA"
@@ -136,6 +142,14 @@ def test_admission_transfers_out_of_order_repeat_and_discharge(feed: Feed) -> No
     assert (
         count(feed.db, "SELECT count(*) FROM patient_identifiers WHERE patient_id = :p", p=ipp) == 2
     )
+    # `parcours pathways show` finds the patient by the INS value.
+    out = subprocess.run(
+        [sys.executable, "-m", "parcours", "pathways", "show", ins, "--json"],
+        env=parcours_env(DATABASE_URL=feed.db),
+        capture_output=True,
+        check=True,
+    )
+    assert [s["stay_id"] for s in json.loads(out.stdout)["stays"]] == [nda]
 
 
 def test_cancelled_admission_withdraws_the_stay(feed: Feed) -> None:
@@ -214,3 +228,54 @@ def test_framing_garbage_and_oversized_messages_do_not_stop_the_listener(feed: F
         "WHERE integrator = 'gam-test' AND reason = 'too-large'",
     )
     assert counts and counts[0][1] == "AE"
+    # Feed health shows the refusal beside the sender and trigger.
+    engine = make_engine(feed.db)
+    try:
+        table = hl7_messages(engine)
+    finally:
+        engine.dispose()
+    row = table[(table["integrator"] == "gam-test") & (table["trigger"] == "A01")].iloc[0]
+    assert row["AE"] >= 1 and "too-large" in row["reasons"]
+
+
+GARBAGE = st.lists(
+    st.one_of(
+        st.binary(max_size=200),
+        st.sampled_from(
+            [
+                b"\x0b",
+                b"\x1c",
+                b"\r",
+                b"\x1c\r",
+                b"\n",
+                b"MSH|^~\\&|",
+                b"|CHU21|",
+                b"ADT^A01^",
+                b"|2.5|",
+            ]
+        ),
+    ),
+    max_size=25,
+).map(b"".join)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(garbage=GARBAGE)
+def test_garbage_on_the_socket_never_kills_the_listener(feed: Feed, garbage: bytes) -> None:
+    c = feed.client()
+    try:
+        c.send_raw(garbage)
+        control = f"H{uuid.uuid4().hex[:12]}"
+        c.send_raw(b"\x0b" + adt("A08", ipp=f"P{feed.run}", control_id=control) + b"\x1c\r")
+        # Blocks the garbage completed are answered first; ours is answered in turn.
+        for _ in range(50):
+            ack = c.read_ack()
+            if f"|{control}|" in ack:
+                assert ack_code(ack) == "AA", ack
+                break
+        else:
+            raise AssertionError("no ACK for the valid message after the garbage")
+    finally:
+        c.close()

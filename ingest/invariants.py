@@ -29,8 +29,11 @@ WIDEN = timedelta(hours=14)
 _LITERAL_REF = re.compile(r"^([A-Z][A-Za-z]+)/([^/?#]*)(?:/_history/[^/?#]+)?$")
 
 
-def _bounds(value: str) -> tuple[datetime, datetime] | None:
-    """The earliest and latest UTC instants a FHIR date, dateTime or instant can stand for."""
+def _bounds(value: str, widen: bool = True) -> tuple[datetime, datetime] | None:
+    """The earliest and latest UTC instants a FHIR date, dateTime or instant can stand for.
+
+    Without `widen`, a partial date is read in UTC: two partial dates of one Period share
+    their (unknown) zone, so they compare as calendar dates."""
     m = _DATETIME.match(value)
     if not m:
         return None
@@ -51,7 +54,8 @@ def _bounds(value: str) -> tuple[datetime, datetime] | None:
                     if y < 9999
                     else datetime.max.replace(tzinfo=UTC) - WIDEN
                 )
-            return first - WIDEN, last + WIDEN
+            pad = WIDEN if widen else timedelta(0)
+            return first - pad, last + pad
         moment = datetime.fromisoformat(f"{year}-{month}-{day}T{hour}:{minute}:{second or '00'}")
     except ValueError:
         return None
@@ -96,7 +100,8 @@ def period_issues(resource: dict[str, Any], root: str) -> list[Issue]:
         start, end = node.get("start"), node.get("end")
         if not (isinstance(start, str) and isinstance(end, str)):
             continue
-        lo, hi = _bounds(start), _bounds(end)
+        dates = "T" not in start and "T" not in end
+        lo, hi = _bounds(start, widen=not dates), _bounds(end, widen=not dates)
         if lo is None or hi is None:
             continue
         if lo[0] >= hi[1]:

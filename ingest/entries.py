@@ -339,7 +339,8 @@ def prepare_bundle(body: Any, max_resource_bytes: int = MAX_RESOURCE_BYTES) -> P
     """
     _envelope_checks(body)
     btype = str(body["type"])
-    entries = body.get("entry") or []
+    entries = body.get("entry")
+    entries = [] if entries is None else entries
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise Rejection(
             400,

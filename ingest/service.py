@@ -108,7 +108,8 @@ def payload_of(item: Item) -> bytes:
     try:
         return orjson.dumps(item.raw)
     except (TypeError, orjson.JSONEncodeError):
-        return repr(item.raw)[:10_000].encode("utf-8", "replace")
+        # Nested beyond what the encoder takes: the reason says so, the payload cannot.
+        return b'{"not-serialisable": "nested too deep"}'
 
 
 def rejection_record(source: str | None, received_at: datetime, rej: Rejection) -> RejectionRecord:

@@ -189,12 +189,16 @@ def check_codes(resource: dict[str, Any], root: str) -> list[Issue]:
 
 
 def validate_resource(
-    resource: Any, expected_type: str | None = None, root: str | None = None
+    resource: Any,
+    expected_type: str | None = None,
+    root: str | None = None,
+    depth_checked: bool = False,
 ) -> tuple[int, str, list[Issue]]:
     """Check one resource. Returns (status, reason, issues); no issue means valid (status 0).
 
     `expected_type` is the type the URL or Bundle request names; `root` prefixes expressions
-    (e.g. `Bundle.entry[3].resource`), else the resource type is the root.
+    (e.g. `Bundle.entry[3].resource`), else the resource type is the root. `depth_checked`
+    says the caller already refused the request if it nests too deep.
     400 means the JSON is not a resource of the expected type; 422 means it is one but breaks
     the R4 definition.
     """
@@ -208,7 +212,7 @@ def validate_resource(
     rtype = resource.get("resourceType")
     named = isinstance(rtype, str) and rtype.isidentifier() and len(rtype) <= 64
     base: str = root or (str(rtype) if named else expected_type or "Resource")
-    if too_deep(resource):
+    if not depth_checked and too_deep(resource):
         return 400, "too-deep", [depth_issue(base)]
     if not isinstance(rtype, str) or not rtype:
         return (

@@ -442,7 +442,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/fhir/metadata", tags=["FHIR"], summary="CapabilityStatement")
     async def metadata() -> Response:
         """What the gateway accepts (no token needed, as FHIR asks)."""
-        return FhirResponse(capability_statement(parcours.__version__, limit))
+        return FhirResponse(capability_statement(parcours.__version__, limit, max_resource))
 
     @app.post(
         "/fhir",

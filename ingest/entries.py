@@ -433,7 +433,7 @@ def prepare_bundle(body: Any, max_resource_bytes: int = MAX_RESOURCE_BYTES) -> P
             )
             items.append(item)
             continue
-        status, reason, issues = validate_resource(resolved[index], None, root, depth_checked=True)
+        status, reason, issues = validate_resource(resolved[index], None, root)
         if not issues and btype in ("transaction", "batch"):
             issues = _entry_request_issues(entry, index, item.resource_type)
             status, reason = (400, "invalid-request") if issues else (0, "")

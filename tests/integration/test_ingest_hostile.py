@@ -503,6 +503,15 @@ def envelope_http_cases() -> Iterator[Case]:
     yield one("five-thousand-issues", "/fhir/Patient", many, {422})
     nuls = patient(name=[{"family": "\x00"}] * 5000)
     yield one("five-thousand-nuls", "/fhir/Patient", nuls, {422})
+    # Under the body limit, but more values than validation may cost.
+    yield one("three-hundred-thousand-values", "/fhir/Patient", patient(name=[5] * 300_000), {413})
+    yield one(
+        "three-hundred-thousand-values-in-batch",
+        "/fhir",
+        bundle("batch", entry(patient(name=[5] * 300_000)), entry(location())),
+        {200},
+        entries=(413, 201),
+    )
 
 
 def valid_cases() -> Iterator[Case]:

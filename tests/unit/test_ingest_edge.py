@@ -12,7 +12,7 @@ from ingest import auth
 from ingest.auth import RateLimiter, parse_duration
 from ingest.entries import Item, parse_ndjson, prepare_bundle, prepare_resource
 from ingest.invariants import invariant_issues, period_issues
-from ingest.limits import depth_issue, text_issues, too_deep
+from ingest.limits import depth_issue, measure, text_issues, too_deep
 from ingest.outcome import IngestError, Issue, Rejection, escape_controls, operation_outcome
 from ingest.ownership import claims_of
 from ingest.service import cap_rejections, payload_of, rejection_record
@@ -77,6 +77,13 @@ def test_depth_is_measured_without_recursion() -> None:
     status, reason, issues = validate_resource({"resourceType": "Patient", "extension": deep})
     assert (status, reason) == (400, "too-deep")
     assert issues == [depth_issue("Patient")]
+
+
+def test_a_resource_with_too_many_values_is_413_before_validation() -> None:
+    status, reason, issues = validate_resource({"resourceType": "Patient", "name": [5] * 200_000})
+    assert (status, reason) == (413, "too-large")
+    assert "200002 JSON values" in issues[0].diagnostics
+    assert measure({"a": [1, 2, {"b": 3}]}) == (False, 5)
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,9 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -36,7 +37,14 @@ from ingest.entries import Item, parse_ndjson, prepare_bundle, prepare_resource
 from ingest.limits import depth_issue
 from ingest.metrics import IngestMetrics
 from ingest.openapi import body_schemas, type_name_schema
-from ingest.outcome import BrokerUnavailable, Issue, Rejection, http_issue, operation_outcome
+from ingest.outcome import (
+    BrokerUnavailable,
+    DatabaseUnavailable,
+    Issue,
+    Rejection,
+    http_issue,
+    operation_outcome,
+)
 from ingest.publish import Publisher
 from ingest.references import ReferenceResolver
 from ingest.responses import capability_statement, location, message_response, response_bundle
@@ -53,6 +61,9 @@ NDJSON_TYPES = frozenset({"application/fhir+ndjson", "application/x-ndjson", "ap
 RETRY_AFTER_S = 5
 # /healthz answers within this, whatever Kafka and the database do.
 HEALTH_BUDGET_S = 0.8
+# After the database failed, requests get 503 at once for this long instead of each waiting
+# for its own timeout.
+DB_BACKOFF_S = 1.0
 
 
 class FhirResponse(Response):
@@ -104,6 +115,22 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
+def fail_fast(engine: Engine, retry_at: list[float], backoff_s: float = DB_BACKOFF_S) -> None:
+    """After a failed connection attempt, let the next attempts of the next `backoff_s` fail
+    at once: requests queued behind a database that never answers then get their 503
+    without each waiting for its own connect timeout."""
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        if time.monotonic() < retry_at[0]:
+            raise DatabaseUnavailable("the database failed a moment ago")
+        try:
+            return dialect.dbapi.connect(*cargs, **cparams)
+        except Exception:
+            retry_at[0] = time.monotonic() + backoff_s
+            raise
+
+
 def create_app(settings: Settings) -> FastAPI:
     """Build the gateway. Kafka and SQL are reached lazily, so it starts with the broker down."""
     engine = make_engine(settings.db_url, timeout_s=settings.ingest_db_timeout_s)
@@ -120,6 +147,8 @@ def create_app(settings: Settings) -> FastAPI:
     # a hung database nor a saturated request pool can delay /healthz.
     probes = ThreadPoolExecutor(max_workers=2, thread_name_prefix="healthz")
     in_flight: dict[str, Future[str]] = {}
+    db_retry_at = [0.0]
+    fail_fast(engine, db_retry_at)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -192,29 +221,41 @@ def create_app(settings: Settings) -> FastAPI:
             headers=getattr(exc, "headers", None),
         )
 
+    async def on_database(request: Request, exc: Exception) -> Response:
+        # The database is unreachable, hung or saturated: as retryable as a Kafka outage, and
+        # nothing was published (every SQL read happens before the first record is sent).
+        source = getattr(request.state, "source", None)
+        if not isinstance(exc, DatabaseUnavailable):
+            db_retry_at[0] = time.monotonic() + DB_BACKOFF_S
+            log.warning("database unavailable: %s", str(exc).splitlines()[0][:200])
+        metrics.requests.labels(source or "unknown", endpoint_of(request), "503").inc()
+        issue = Issue("transient", "The gateway's database is unavailable; retry later", ())
+        return FhirResponse(
+            operation_outcome([issue], "database-unavailable"),
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    db_errors = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
+    for db_error in (*db_errors, DatabaseUnavailable):
+        app.add_exception_handler(db_error, on_database)
+
+    @app.exception_handler(RecursionError)
+    async def on_too_deep(request: Request, _exc: RecursionError) -> Response:
+        # The depth limit stops this first; a structure that still overflows the stack is
+        # refused the same way, with one log line.
+        source = getattr(request.state, "source", None)
+        log.warning("%s %s: structure too deep to process", request.method, request.url.path)
+        metrics.requests.labels(source or "unknown", endpoint_of(request), "400").inc()
+        return FhirResponse(
+            operation_outcome([depth_issue("Resource")], "too-deep"), status_code=400
+        )
+
     @app.exception_handler(Exception)
     async def on_crash(request: Request, exc: Exception) -> Response:
-        # A bug or a database outage: still an OperationOutcome. Nothing was acknowledged, so
+        # A bug: still an OperationOutcome. Nothing was acknowledged, so
         # the client's retry is safe (at worst a record published twice, never one lost).
         source = getattr(request.state, "source", None)
-        if isinstance(exc, RecursionError):
-            # The depth limit stops this first; a structure that still overflows the stack is
-            # refused the same way, with one log line.
-            log.warning("%s %s: structure too deep to process", request.method, request.url.path)
-            metrics.requests.labels(source or "unknown", endpoint_of(request), "400").inc()
-            return FhirResponse(
-                operation_outcome([depth_issue("Resource")], "too-deep"), status_code=400
-            )
-        if isinstance(exc, OperationalError):
-            # The database is unreachable: as retryable as a Kafka outage.
-            log.warning("database unavailable: %s", str(exc).splitlines()[0][:200])
-            metrics.requests.labels(source or "unknown", endpoint_of(request), "503").inc()
-            issue = Issue("transient", "The gateway's database is unavailable; retry later", ())
-            return FhirResponse(
-                operation_outcome([issue], "database-unavailable"),
-                status_code=503,
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
         log.exception("%s %s failed", request.method, request.url.path)
         metrics.requests.labels(source or "unknown", endpoint_of(request), "500").inc()
         issue = Issue("exception", f"Internal error ({type(exc).__name__}); retry later", ())
@@ -244,6 +285,8 @@ def create_app(settings: Settings) -> FastAPI:
         scheme, _, token = header.partition(" ")
         source = None
         if scheme.lower() == "bearer" and token.strip():
+            if time.monotonic() < db_retry_at[0]:
+                raise DatabaseUnavailable("the database failed a moment ago")
             source = await run_in_threadpool(auth.source_for, token.strip())
         if source is None:
             raise Rejection(
@@ -401,7 +444,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/fhir/metadata", tags=["FHIR"], summary="CapabilityStatement")
     async def metadata() -> Response:
         """What the gateway accepts (no token needed, as FHIR asks)."""
-        return FhirResponse(capability_statement(parcours.__version__, limit))
+        return FhirResponse(capability_statement(parcours.__version__, limit, max_resource))
 
     @app.post(
         "/fhir",

@@ -7,7 +7,6 @@ gateway's size limit. The summary counts resources: accepted, duplicates, reject
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import orjson
 
 from ingest.entries import Item, parse_ndjson, prepare_bundle, prepare_resource
 from ingest.outcome import BrokerUnavailable, Issue, Rejection, outcome_reason
@@ -88,7 +88,8 @@ def plan_file(path: Path, max_body_bytes: int) -> Iterator[PushRequest]:
             yield PushRequest(path, "ndjson", b"\n".join(chunk) + b"\n", len(chunk))
         return
     try:
-        doc = json.loads(data)
+        # orjson refuses absurd nesting with a ValueError, where json would overflow the stack.
+        doc = orjson.loads(data)
     except ValueError:
         yield PushRequest(path, "resource", data, 1, "Resource")
         return
@@ -157,7 +158,7 @@ def items_of(req: PushRequest) -> tuple[list[Item], bool]:
     """Validated items of a request, and whether it is all-or-nothing (for --direct)."""
     if req.kind == "ndjson":
         return parse_ndjson(req.body), False
-    body = json.loads(req.body)
+    body = orjson.loads(req.body)
     if req.kind == "bundle":
         prepared = prepare_bundle(body)
         return prepared.items, prepared.atomic

@@ -29,8 +29,11 @@ WIDEN = timedelta(hours=14)
 _LITERAL_REF = re.compile(r"^([A-Z][A-Za-z]+)/([^/?#]*)(?:/_history/[^/?#]+)?$")
 
 
-def _bounds(value: str) -> tuple[datetime, datetime] | None:
-    """The earliest and latest UTC instants a FHIR date, dateTime or instant can stand for."""
+def _bounds(value: str, widen: bool = True) -> tuple[datetime, datetime] | None:
+    """The earliest and latest UTC instants a FHIR date, dateTime or instant can stand for.
+
+    Without `widen`, a partial date is read in UTC: two partial dates of one Period share
+    their (unknown) zone, so they compare as calendar dates."""
     m = _DATETIME.match(value)
     if not m:
         return None
@@ -51,7 +54,8 @@ def _bounds(value: str) -> tuple[datetime, datetime] | None:
                     if y < 9999
                     else datetime.max.replace(tzinfo=UTC) - WIDEN
                 )
-            return first - WIDEN, last + WIDEN
+            pad = WIDEN if widen else timedelta(0)
+            return first - pad, last + pad
         moment = datetime.fromisoformat(f"{year}-{month}-{day}T{hour}:{minute}:{second or '00'}")
     except ValueError:
         return None
@@ -96,7 +100,8 @@ def period_issues(resource: dict[str, Any], root: str) -> list[Issue]:
         start, end = node.get("start"), node.get("end")
         if not (isinstance(start, str) and isinstance(end, str)):
             continue
-        lo, hi = _bounds(start), _bounds(end)
+        dates = "T" not in start and "T" not in end
+        lo, hi = _bounds(start, widen=not dates), _bounds(end, widen=not dates)
         if lo is None or hi is None:
             continue
         if lo[0] >= hi[1]:
@@ -226,6 +231,36 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def _suspect(resource: dict[str, Any]) -> bool:
+    """A quick walk without paths: False when no invariant can fail in `resource`, so the
+    walks that name elements run only for the few resources that need them."""
+    if "contained" in resource:
+        return True
+    stack: list[Any] = [resource]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            ref = node.get("reference")
+            if isinstance(ref, str):
+                if ref.startswith("#"):
+                    return True
+                literal = _LITERAL_REF.match(ref)
+                if literal and not ID_PATTERN.match(literal.group(2)):
+                    return True
+            start, end = node.get("start"), node.get("end")
+            if isinstance(start, str) and isinstance(end, str):
+                dates = "T" not in start and "T" not in end
+                lo, hi = _bounds(start, widen=not dates), _bounds(end, widen=not dates)
+                if lo is not None and hi is not None and lo[0] >= hi[1]:
+                    return True
+            stack.extend(v for v in node.values() if isinstance(v, dict | list))
+        else:
+            stack.extend(v for v in node if isinstance(v, dict | list))
+    return False
+
+
 def invariant_issues(resource: dict[str, Any], root: str) -> list[Issue]:
     """Every invariant issue of `resource` itself (nested resources are not entered)."""
+    if not _suspect(resource):
+        return []
     return period_issues(resource, root) + reference_issues(resource, root)

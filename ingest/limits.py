@@ -17,6 +17,10 @@ from ingest.outcome import FORBIDDEN_CHARS, MAX_ISSUES, Issue, escape_controls
 # JSON levels (objects and arrays). A Bundle spends three (Bundle → entry[] → resource), and an
 # R4 resource rarely needs more than twenty; the R4B models overflow Python's stack near 250.
 MAX_DEPTH = 64
+# Values (object members and array items, at any depth) in one resource. The largest real
+# resources hold a few thousand; validating a million-item array takes the R4B models a minute
+# and hundreds of MB, which no single request may cost.
+MAX_ELEMENTS = 100_000
 # Every forbidden character is written as an escape in JSON text (raw control characters are
 # not valid JSON): a body without any of these escapes holds no forbidden character, which
 # spares the walk over its strings. `\b` and `\f` are JSON's short forms of U+0008 and U+000C.
@@ -28,18 +32,36 @@ def may_hold_controls(raw: bytes) -> bool:
     return _ESCAPED.search(raw) is not None
 
 
+def measure(value: Any, limit: int = MAX_DEPTH) -> tuple[bool, int]:
+    """(nested more than `limit` levels, how many values it holds), in one breadth-first walk
+    that stops at the first level too deep."""
+    level = [value] if isinstance(value, dict | list) else []
+    count = 0
+    for _ in range(limit):
+        below: list[Any] = []
+        for node in level:
+            children = node.values() if isinstance(node, dict) else node
+            count += len(children)
+            below.extend(c for c in children if isinstance(c, dict | list))
+        if not below:
+            return False, count
+        level = below
+    return True, count
+
+
 def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
     """True when `value` nests objects and arrays more than `limit` levels."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
-    return False
+    return measure(value, limit)[0]
+
+
+def elements_issue(root: str, count: int, limit: int = MAX_ELEMENTS) -> Issue:
+    """The issue of a resource holding too many values."""
+    return Issue(
+        "too-costly",
+        f"The resource holds {count} JSON values; the gateway validates resources of at most "
+        f"{limit}",
+        (root,),
+    )
 
 
 def depth_issue(root: str, limit: int = MAX_DEPTH) -> Issue:

@@ -222,7 +222,12 @@ def body_schemas() -> dict[str, dict[str, Any]]:
             "required": ["resourceType", "type"],
             "additionalProperties": False,
         },
-        "ndjson": {"type": "string", "description": "One FHIR R4 resource per line"},
+        "ndjson": {
+            "type": "array",
+            "items": _any_resource(),
+            "maxItems": 5,
+            "description": "The resources, sent as NDJSON: one compact JSON resource per line",
+        },
     }
 
 

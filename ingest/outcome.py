@@ -155,6 +155,10 @@ class BrokerUnavailable(IngestError):
     """Kafka did not acknowledge in time; the client should retry later (HTTP 503)."""
 
 
+class DatabaseUnavailable(IngestError):
+    """The gateway's database failed a moment ago; requests get 503 at once meanwhile."""
+
+
 REASON_PHRASES = {
     200: "OK",
     201: "Created",

@@ -148,6 +148,10 @@ class Publisher:
             log.info("connected to Kafka at %s", self.settings.bootstrap)
             return self._producer
 
+    def reset(self) -> None:
+        """Drop the clients; the next request connects afresh."""
+        self._discard()
+
     def _discard(self) -> None:
         with self._lock:
             producer, self._producer = self._producer, None

@@ -108,7 +108,8 @@ def payload_of(item: Item) -> bytes:
     try:
         return orjson.dumps(item.raw)
     except (TypeError, orjson.JSONEncodeError):
-        return repr(item.raw)[:10_000].encode("utf-8", "replace")
+        # Nested beyond what the encoder takes: the reason says so, the payload cannot.
+        return b'{"not-serialisable": "nested too deep"}'
 
 
 def rejection_record(source: str | None, received_at: datetime, rej: Rejection) -> RejectionRecord:
@@ -362,16 +363,22 @@ class IngestService:
                     self.store.record_rejections(rejected)
                 raise
             started = time.perf_counter()
-            acks = self.publisher.publish(
-                [
-                    Message(
-                        key=items[p].key.encode(),
-                        value=items[p].value,
-                        headers=self._headers(source, received_at, items[p]),
-                    )
-                    for p in to_publish
-                ]
-            )
+            messages = [
+                Message(
+                    key=items[p].key.encode(),
+                    value=items[p].value,
+                    headers=self._headers(source, received_at, items[p]),
+                )
+                for p in to_publish
+            ]
+            try:
+                acks = self.publisher.publish(messages)
+            except Exception as exc:
+                # The client library failed in an unforeseen way: no record counts as
+                # acknowledged, so the answer is a 503 and the retry sends them again.
+                log.warning("publishing failed: %s", type(exc).__name__)
+                self.publisher.reset()
+                acks = [exc] * len(messages)
             self.metrics.publish_seconds.observe(time.perf_counter() - started)
         # From here on, records may be on the topic: nothing below raises but BrokerUnavailable
         # for records the broker did not acknowledge (their retry publishes only those).

@@ -16,7 +16,15 @@ from fhir.resources.R4B.resource import Resource
 from pydantic import ValidationError
 
 from ingest.invariants import ID_PATTERN, invariant_issues, nested_resources
-from ingest.limits import depth_issue, may_hold_controls, more_issue, text_issues, too_deep
+from ingest.limits import (
+    MAX_ELEMENTS,
+    depth_issue,
+    elements_issue,
+    may_hold_controls,
+    measure,
+    more_issue,
+    text_issues,
+)
 from ingest.outcome import MAX_ISSUES, Issue, clip, escape_controls
 from parcours import fhir_codes as codes
 
@@ -189,12 +197,15 @@ def check_codes(resource: dict[str, Any], root: str) -> list[Issue]:
 
 
 def validate_resource(
-    resource: Any, expected_type: str | None = None, root: str | None = None
+    resource: Any,
+    expected_type: str | None = None,
+    root: str | None = None,
 ) -> tuple[int, str, list[Issue]]:
     """Check one resource. Returns (status, reason, issues); no issue means valid (status 0).
 
     `expected_type` is the type the URL or Bundle request names; `root` prefixes expressions
-    (e.g. `Bundle.entry[3].resource`), else the resource type is the root.
+    (e.g. `Bundle.entry[3].resource`), else the resource type is the root. A resource holding
+    more than `MAX_ELEMENTS` values is refused (413) before the models see it.
     400 means the JSON is not a resource of the expected type; 422 means it is one but breaks
     the R4 definition.
     """
@@ -208,8 +219,11 @@ def validate_resource(
     rtype = resource.get("resourceType")
     named = isinstance(rtype, str) and rtype.isidentifier() and len(rtype) <= 64
     base: str = root or (str(rtype) if named else expected_type or "Resource")
-    if too_deep(resource):
+    deep, elements = measure(resource)
+    if deep:
         return 400, "too-deep", [depth_issue(base)]
+    if elements > MAX_ELEMENTS:
+        return 413, "too-large", [elements_issue(base, elements)]
     if not isinstance(rtype, str) or not rtype:
         return (
             400,

@@ -72,7 +72,7 @@ class Settings(BaseSettings):
         default=5.0, description="Idle HTTP keep-alive connections are closed after this."
     )
     ingest_db_timeout_s: float = Field(
-        default=5.0,
+        default=3.0,
         description="Gateway database connect and statement timeout (503 after it).",
     )
     ingest_rate_per_s: float = Field(

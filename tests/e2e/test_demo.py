@@ -72,7 +72,10 @@ def test_demo_runs_the_whole_pathway_on_sqlite_and_ctrl_c_leaves_no_orphan(
     log = tmp_path / "demo.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "parcours", "demo", "--speed", "600", "--forecast-every", "0"],
+            [
+                *(sys.executable, "-m", "parcours", "demo", "--speed", "600"),
+                *("--forecast-every", "0", "--history-days", "1"),
+            ],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -177,6 +180,7 @@ def demo_run(env: dict[str, str], log: Path, *args: str) -> Iterator[subprocess.
                 proc.wait()
 
 
+@pytest.mark.timeout(2400)
 def test_demo_run_twice_counts_each_patient_once_and_forecasts_from_its_history(
     tmp_path: Path,
 ) -> None:

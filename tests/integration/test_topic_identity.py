@@ -15,6 +15,7 @@ from parcours.broker import EmbeddedBroker, free_port
 from parcours.db import make_engine
 from parcours.db.ingest_models import IngestLogRow, IntegratorRow
 from parcours.identity import (
+    TopicGuard,
     TopicIdentityError,
     broker_identity,
     check_topic_identity,
@@ -22,7 +23,7 @@ from parcours.identity import (
     reset_data,
 )
 from parcours.settings import Settings
-from parcours.topics import Topics
+from parcours.topics import Topics, ensure_topics
 from tests.conftest import DEFAULT_PG
 from tests.support import fresh_database, parcours_env, parcours_process
 
@@ -148,3 +149,25 @@ def test_worker_and_gateway_stop_on_a_new_topic_with_a_clear_message(
     assert "n'est pas celui dont la base contient les données" in text
     assert "is not the one the database's data came from" in text
     assert log_rows(engine) == 1
+
+
+def test_the_guard_notices_a_broker_restarted_empty_under_a_running_process(
+    engine: Engine, topic_prefix: str
+) -> None:
+    port = free_port()
+    embedded = EmbeddedBroker(port=port).start()
+    try:
+        settings = settings_for(embedded.bootstrap, engine, topic_prefix)
+        check_topic_identity(settings, engine, "test")
+        guard = TopicGuard(settings, engine, interval_s=0)
+        guard()
+        embedded.stop()
+        # The same address, a new broker: what a crash and restart of the embedded one gives.
+        embedded = EmbeddedBroker(port=port).start()
+        with pytest.raises(TopicIdentityError, match="n'existe plus"):
+            guard()
+        ensure_topics(embedded.bootstrap, Topics.from_settings(settings).all(), 4)
+        with pytest.raises(TopicIdentityError, match="is not the one the database's data"):
+            guard()
+    finally:
+        embedded.stop()

@@ -281,6 +281,7 @@ def run_demo(
             if plan.has_history and not plan.skip_history:
                 _wait_history(sup, engine, bootstrap, topics.raw, data_dir, say)
         if options.forecast_every_s > 0:
+            say("Première prévision lancée. / First forecast started.")
             sup.start(
                 "forecaster",
                 [*exe, "forecast", "run", "--every", str(options.forecast_every_s)],
@@ -414,4 +415,4 @@ def _wait_history(
         wait_for(sup, folded, "the history folded by the worker", timeout_s=1800, poll_s=1.0)
     finally:
         bar.close()
-    say("Historique intégré ; première prévision lancée. / History folded; first forecast started.")
+    say("Historique intégré. / History folded.")

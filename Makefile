@@ -11,8 +11,8 @@ test:
 	scripts/test.sh
 
 lint: setup
-	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy parcours ingest streams forecasting dashboard bench
-	.venv/bin/bandit -q -c pyproject.toml -r parcours ingest streams forecasting dashboard bench
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy parcours ingest streams forecasting dashboard bench simulate
+	.venv/bin/bandit -q -c pyproject.toml -r parcours ingest streams forecasting dashboard bench simulate
 
 audit: setup
 	scripts/audit.sh

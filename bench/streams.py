@@ -39,8 +39,8 @@ from bench.territory import expected_counts, territory
 from parcours.db import make_engine, upgrade
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
-from streams.app import consumed_partitions, ready_at
-from streams.fhir_map import MappingError, map_resource
+from streams.core.fhir_map import MappingError, map_resource
+from streams.runtime.faust_compat import consumed_partitions, ready_at
 
 
 @dataclass

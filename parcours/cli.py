@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import time
@@ -13,11 +12,11 @@ from typing import Annotated
 import typer
 
 from bench.cli import bench_app
-from dashboard.cli import dashboard
+from dashboard.cli import dashboard, users_app
 from forecasting.cli import forecast_app
 from ingest.cli import ingest_app
-from ingest.simulate.cli import simulate
-from parcours.settings import Settings
+from parcours.runtime import load_settings, redact, require_topic_identity
+from simulate.cli import simulate
 from streams.cli import census_app, pathways_app
 
 app = typer.Typer(
@@ -35,29 +34,9 @@ app.add_typer(pathways_app, name="pathways")
 app.add_typer(census_app, name="census")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(forecast_app, name="forecast")
+app.add_typer(users_app, name="users")
 app.command("dashboard")(dashboard)
 app.command("simulate")(simulate)
-
-
-def setup_logging(level: str) -> None:
-    """Log to stderr; the Kafka clients only speak up for warnings."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("kafka", "aiokafka"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # kafka-python warns whenever one of its own selector callbacks takes over 100 ms, which a
-    # busy two-core machine does all through a backfill; nothing in it calls for action.
-    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
-
-
-def load_settings() -> Settings:
-    """Read the settings once for this process and configure logging from them."""
-    settings = Settings()
-    setup_logging(settings.log_level)
-    return settings
 
 
 @app.command()
@@ -92,25 +71,6 @@ def broker(
     if not stop:
         typer.echo("error: the broker process exited on its own", err=True)
         raise typer.Exit(1)
-
-
-def require_topic_identity(settings: Settings, role: str) -> None:
-    """Start hook of the stream worker and the gateway: exit (code 3) with a clear message if
-    the broker's raw topic is not the one the SQL data came from (see parcours.identity)."""
-    from parcours.db import make_engine, upgrade
-    from parcours.identity import TopicIdentityError, check_topic_identity
-
-    if settings.database_url is None:
-        # The demo's SQLite file must exist with its tables before anything reads it.
-        upgrade(settings.db_url)
-    engine = make_engine(settings.db_url)
-    try:
-        check_topic_identity(settings, engine, role)
-    except TopicIdentityError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(3) from exc
-    finally:
-        engine.dispose()
 
 
 @db_app.command("upgrade")
@@ -168,7 +128,8 @@ def db_reset(
 @streams_app.command("worker")
 def streams_worker() -> None:
     """Run a Faust stream worker: raw FHIR topic → canonical events → SQL."""
-    from streams.app import run_worker, tune_gc
+    from streams.runtime.bootstrap import run_worker
+    from streams.runtime.gc_tuning import tune_gc
 
     settings = load_settings()
     require_topic_identity(settings, "streams worker")
@@ -242,10 +203,3 @@ def demo(
         sup.stop_all()
         say("Parcours demo stopped.")
     raise typer.Exit(code)
-
-
-def redact(url: str) -> str:
-    """A database URL without its password, for logs."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)

@@ -250,8 +250,8 @@ def run_demo(
 ) -> list[str]:
     """Start every process under `sup`; returns the lines of the banner to show."""
     from ingest.auth import create_token
-    from parcours.cli import redact
     from parcours.db import make_engine, upgrade
+    from parcours.runtime import redact
     from parcours.topics import Topics, ensure_topics
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)

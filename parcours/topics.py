@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import lru_cache
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
 
 from parcours.settings import Settings
 
@@ -62,3 +64,18 @@ def ensure_topics(
             )
     finally:
         admin.close()
+
+
+@lru_cache(maxsize=65536)
+def _key_hash(key: bytes) -> int:
+    return int(murmur2(key)) & 0x7FFFFFFF
+
+
+def partition_of_key(key: bytes, partitions: int) -> int:
+    """The partition any Kafka client's default partitioner gives `key` among `partitions`.
+
+    The gateway publishes by it and the worker places each patient's state by it: a patient's
+    events, state and changelog record share one partition. Key hashes are cached, since the
+    records of one Bundle mostly share a patient key and murmur2 is pure Python.
+    """
+    return _key_hash(key) % partitions

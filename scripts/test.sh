@@ -26,10 +26,10 @@ echo "test: ruff"
 "$VENV/bin/ruff" format --check .
 echo "test: bandit"
 # Its "nosec encountered" warnings repeat a suppression already explained beside the code.
-"$VENV/bin/bandit" -q -c pyproject.toml -r parcours ingest streams forecasting dashboard bench \
+"$VENV/bin/bandit" -q -c pyproject.toml -r parcours ingest streams forecasting dashboard bench simulate \
   2> >(grep -v "nosec encountered" >&2)
 echo "test: mypy"
-"$VENV/bin/mypy" parcours ingest streams forecasting dashboard bench
+"$VENV/bin/mypy" parcours ingest streams forecasting dashboard bench simulate
 echo "test: pip-audit"
 scripts/audit.sh "$VENV"
 echo "test: pytest"

@@ -24,8 +24,8 @@ from parcours.db.pathway_models import (
     StayLocationRow,
     StayRow,
 )
-from streams.census import BED, HOSPITAL, SERVICE, WARD, Hierarchy, occupancy_at
-from streams.sink import as_utc, period_of, place_of
+from streams.core.census import BED, HOSPITAL, SERVICE, WARD, Hierarchy, occupancy_at
+from streams.sink.writer import as_utc, period_of, place_of
 
 LEVEL_ORDER = {HOSPITAL: 0, SERVICE: 1, WARD: 2, BED: 3}
 
@@ -79,8 +79,24 @@ def pathway(engine: Engine, patient_id: str) -> dict[str, Any] | None:
                     )
                 }
             )
+        named = sorted({p["location_id"] for ps in places.values() for p in ps if p["location_id"]})
+        lt = LocationRow.__table__
+        known = (
+            {
+                r[0]
+                for r in conn.execute(select(lt.c.location_id).where(lt.c.location_id.in_(named)))
+            }
+            if named
+            else set()
+        )
         for stay in stays:
             stay["locations"] = places.get(stay["stay_id"], [])
+            for place in stay["locations"]:
+                # A Location the feed named but not yet sent: the period is counted at its
+                # hospital and placed once the Location arrives.
+                place["location_known"] = place["location_id"] is None or (
+                    place["location_id"] in known
+                )
         ed_visits = [
             _row(r, ("arrived_at", "departed_at"))
             for r in conn.execute(

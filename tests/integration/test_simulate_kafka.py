@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from ingest.simulate.fhir import message_key
 from parcours.settings import Settings
 from parcours.topics import Topics
+from simulate.fhir import message_key
 from tests.support import parcours_env
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from streams.census import (
+from streams.core.census import (
     EdArrival,
     Hierarchy,
     Period,

@@ -11,8 +11,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from ingest.simulate.run import History, run_simulation
-from ingest.simulate.territory import Territory, load_territory
 from parcours.demo import (
     PLAN_FILE,
     SIMULATOR_STATE_FILE,
@@ -20,6 +18,8 @@ from parcours.demo import (
     new_plan,
     read_plan,
 )
+from simulate.run import History, run_simulation
+from simulate.territory import Territory, load_territory
 
 SMALL = Path(__file__).resolve().parents[1] / "fixtures" / "simulate" / "small_territory.yaml"
 START = datetime(2026, 1, 5, tzinfo=ZoneInfo("Europe/Paris"))

@@ -63,3 +63,27 @@ def bench_streams(
         typer.echo(f"bench streams: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(report(result, "PostgreSQL" if url and "postgres" in url else "SQLite"))
+
+
+@bench_app.command("dashboard")
+def bench_dashboard(
+    days: int = typer.Option(180, help="Days of the default territory to load (once)."),
+    database_url: str | None = typer.Option(
+        None, help="PostgreSQL database (default DATABASE_URL); reused when it holds stays."
+    ),
+    runs: int = typer.Option(5, min=1, help="Timed runs of each query (pages: half as many)."),
+) -> None:
+    """Page render times in Chromium and dashboard query medians, beside a bare SELECT 1."""
+    from bench.dashboard import BenchError, report, run
+    from parcours.settings import Settings, normalise_db_url
+
+    url = database_url or Settings().database_url
+    if not url:
+        typer.echo("bench dashboard: set DATABASE_URL or --database-url (PostgreSQL)", err=True)
+        raise typer.Exit(2)
+    try:
+        result = run(normalise_db_url(url), days, runs)
+    except BenchError as exc:
+        typer.echo(f"bench dashboard: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(report(result))

@@ -32,7 +32,13 @@ class Role(StrEnum):
 
 
 class AccountError(ValueError):
-    """An account cannot be made or changed as asked (the message says why)."""
+    """An account cannot be made or changed as asked. The message says why, in French; `template`
+    and `values` let a page show it in the reader's language."""
+
+    def __init__(self, template: str, **values: object) -> None:
+        super().__init__(template.format(**values))
+        self.template = template
+        self.values = values
 
 
 @dataclass(frozen=True)
@@ -64,16 +70,18 @@ def create_user(
     """Make an account; `password` None makes one that signs in only through OIDC."""
     name = username.strip()
     if not name or len(name) > 128:
-        raise AccountError("a user name has 1 to 128 characters")
+        raise AccountError("un identifiant a de 1 à 128 caractères")
     try:
         role = Role(role)
     except ValueError as exc:
-        raise AccountError(f"unknown role {role!r}: one of {', '.join(Role)}") from exc
+        raise AccountError(
+            "rôle inconnu « {role} » : {roles}", role=role, roles=", ".join(Role)
+        ) from exc
     if password is not None and len(password) < MIN_PASSWORD:
-        raise AccountError(f"a password has at least {MIN_PASSWORD} characters")
+        raise AccountError("un mot de passe a au moins {n} caractères", n=MIN_PASSWORD)
     with engine.begin() as conn:
         if conn.scalar(select(DashboardUserRow.username).where(DashboardUserRow.username == name)):
-            raise AccountError(f"user {name!r} exists already")
+            raise AccountError("le compte « {name} » existe déjà", name=name)
         conn.execute(
             insert(DashboardUserRow).values(
                 username=name,
@@ -96,7 +104,7 @@ def set_active(engine: Engine, username: str, active: bool) -> None:
             .values(active=active, disabled_at=None if active else _now())
         ).rowcount
     if not changed:
-        raise AccountError(f"no user {username!r}")
+        raise AccountError("aucun compte « {name} »", name=username)
 
 
 def list_users(engine: Engine) -> pd.DataFrame:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from sqlalchemy import Engine
 
-APP = Path(__file__).resolve().parent / "streamlit_app.py"
+APP = Path(__file__).resolve().parent / "server.py"
 
 
 def dashboard(

@@ -151,7 +151,11 @@ def readable(frame: pd.DataFrame, columns: Sequence[Col]) -> pd.DataFrame:
                 for v in values
             ]
         elif col.kind == "int":
-            out[label] = pd.to_numeric(values, errors="coerce").astype("Int64")
+            numbers = pd.to_numeric(values, errors="coerce")
+            # A column with a gap is written out, so that the gap reads as a dash, not "None".
+            out[label] = (
+                [number(v) for v in numbers] if numbers.isna().any() else numbers.astype("int64")
+            )
         else:
             out[label] = [
                 i18n.EMPTY if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v)

@@ -87,8 +87,11 @@ def alerts(
     status: str | None = "open",
     alert_type: str | None = None,
     unacknowledged_only: bool = False,
+    unit_ids: Sequence[str] = (),
+    limit: int = 2000,
 ) -> pd.DataFrame:
-    """The alert worklist, newest first."""
+    """The alert worklist, newest first (at most `limit`); with `unit_ids`, only the alerts of
+    those hospitals and wards, and those tied to no unit (a community referral)."""
     a = AlertRow
     query = select(
         a.alert_id,
@@ -108,7 +111,9 @@ def alerts(
         query = query.where(a.alert_type == alert_type)
     if unacknowledged_only:
         query = query.where(a.acknowledged_at.is_(None))
-    return _frame(engine, query)
+    if unit_ids:
+        query = query.where(or_(a.unit_id.in_(list(unit_ids)), a.unit_id.is_(None)))
+    return _frame(engine, query.limit(limit))
 
 
 def acknowledge_alert(
@@ -174,12 +179,25 @@ def acknowledgements(engine: Engine, actor: str = "", limit: int = 500) -> pd.Da
 # --- Pathways -----------------------------------------------------------------------------------
 
 
-def find_patients(engine: Engine, text: str = "", limit: int = 50) -> list[str]:
-    """Patient ids that contain `text`, most recently active first."""
+def find_patients(
+    engine: Engine, text: str = "", limit: int = 50, hospital_ids: Sequence[str] = ()
+) -> list[str]:
+    """Patient ids that contain `text`, most recently active first; with `hospital_ids`, only
+    patients with a stay or an ED visit there."""
     p = PathwayStateRow
     query = select(p.patient_id).order_by(p.last_event_at.desc().nulls_last()).limit(limit)
     if text:
         query = query.where(p.patient_id.contains(text, autoescape=True))
+    if hospital_ids:
+        known = list(hospital_ids)
+        query = query.where(
+            or_(
+                p.patient_id.in_(select(StayRow.patient_id).where(StayRow.hospital_id.in_(known))),
+                p.patient_id.in_(
+                    select(EdVisitRow.patient_id).where(EdVisitRow.hospital_id.in_(known))
+                ),
+            )
+        )
     with engine.connect() as conn:
         return [row[0] for row in conn.execute(query)]
 
@@ -404,8 +422,10 @@ def hospitals(engine: Engine) -> dict[str, str]:
 
 # --- Bed board for managers ---------------------------------------------------------------------
 
-# A board whose newest occupancy is older than this is called out as possibly out of date.
-STALE_AFTER = timedelta(hours=1)
+# A board whose newest occupancy change is older than this is called out as possibly out of date:
+# on a territory's hospitals, hours go by without any admission, transfer or discharge only
+# when the feeds stop.
+STALE_AFTER = timedelta(hours=6)
 
 
 def data_age(engine: Engine, now: datetime, hospital_ids: Sequence[str] = ()) -> timedelta | None:

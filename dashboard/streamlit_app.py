@@ -29,6 +29,11 @@ def oidc_configured() -> bool:
         return False
 
 
+def oidc_signed_in() -> bool:
+    """Whether the OIDC provider has signed this browser in."""
+    return oidc_configured() and bool(st.user.get("is_logged_in"))
+
+
 def language_switch() -> None:
     """French by default; the other catalogues on a switch."""
     names = {"fr": "Français", "en": "English"}
@@ -71,7 +76,7 @@ def sign_in() -> None:
 
 def oidc_sign_in() -> accounts.User | None:
     """The user the OIDC provider signed in, with their role from the account store."""
-    if not oidc_configured() or not st.user.is_logged_in:
+    if not oidc_signed_in():
         return None
     name = str(st.user.get("email") or st.user.get("preferred_username") or st.user.get("sub"))
     user = accounts.oidc_user(engine(), name)
@@ -93,14 +98,18 @@ def sign_out() -> None:
     """Forget the session's user (and end the OIDC session when there is one)."""
     for key in ("user", "open_patient", "opened_patient"):
         st.session_state.pop(key, None)
-    if oidc_configured() and st.user.is_logged_in:
+    if oidc_signed_in():
         st.logout()
 
 
 user = current_user() or oidc_sign_in()
 if user is None:
-    st.navigation([st.Page(sign_in, title="Connexion", url_path="connexion")], position="hidden")
-    sign_in()
+    # Every address leads to the sign-in form, and keeps its page for after signing in.
+    st.navigation(
+        [st.Page(sign_in, title="Parcours", url_path="connexion", default=True)]
+        + [st.Page(sign_in, title="Parcours", url_path=spec.url_path) for spec in roles.PAGES],
+        position="hidden",
+    ).run()
     st.stop()
 
 mine = roles.allowed(user.role)

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 from sqlalchemy import Engine, MetaData, delete, inspect, select, text, update
+from sqlalchemy.exc import OperationalError
 
 from parcours import ParcoursError
 from parcours.db import upsert
@@ -208,8 +209,8 @@ def check_topic_identity(settings: Settings, engine: Engine, role: str) -> None:
     """Start hook of the stream worker and the gateway: stop with TopicIdentityError if the
     broker's raw topic is not the one the SQL data came from.
 
-    A broker that does not answer is not a mismatch: the gateway starts anyway (it answers 503
-    until Kafka is back), and this check is logged as skipped.
+    A broker or a database that does not answer is not a mismatch: the gateway starts anyway
+    (it answers 503 until both are back), and this check is logged as skipped.
     """
     topics = Topics.from_settings(settings)
     try:
@@ -228,7 +229,11 @@ def check_topic_identity(settings: Settings, engine: Engine, role: str) -> None:
             "%s: the broker gives no topic id for %s; identity not checked", role, topics.raw
         )
         return
-    verify_identity(engine, current)
+    try:
+        verify_identity(engine, current)
+    except OperationalError as exc:
+        log.warning("%s: topic identity not checked, the database does not answer (%s)", role, exc)
+        return
     log.info("%s: raw topic %s is the database's (%s)", role, topics.raw, current.short())
 
 

@@ -49,10 +49,22 @@ def described(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def my_units() -> list[str]:
+    """The hospitals a coordinator follows and their wards (empty: every unit)."""
+    if not user.hospitals:
+        return []
+    places = queries.places(engine())
+    wards = places.loc[places["hospital_id"].isin(list(user.hospitals)), "ward_id"]
+    return [*user.hospitals, *wards]
+
+
+units = my_units()
+
+
 @st.fragment(run_every=REFRESH)
 def worklist() -> None:
     """The live list."""
-    frame = queries.alerts(engine(), status or None, kind or None, todo)
+    frame = queries.alerts(engine(), status or None, kind or None, todo, units)
     st.metric(_("Alertes listées"), len(frame))
     if frame.empty:
         st.success(_("Rien à traiter pour ce filtre."))
@@ -75,7 +87,7 @@ def worklist() -> None:
 worklist()
 
 st.subheader(_("Acquitter une alerte"))
-open_unacked = queries.alerts(engine(), "open", kind or None, True)
+open_unacked = queries.alerts(engine(), "open", kind or None, True, units)
 if open_unacked.empty:
     st.write(_("Toutes les alertes ouvertes sont acquittées."))
 else:

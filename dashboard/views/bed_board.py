@@ -11,7 +11,19 @@ import streamlit as st
 
 from dashboard import queries
 from dashboard.accounts import Role
-from dashboard.common import REFRESH, Col, _, engine, now, number, require, settings, when, word
+from dashboard.common import (
+    REFRESH,
+    Col,
+    _,
+    engine,
+    now,
+    number,
+    readable,
+    require,
+    settings,
+    when,
+    word,
+)
 from dashboard.labels import LEVELS
 from dashboard.views.shared import occupancy_level, stale_warning
 
@@ -49,7 +61,7 @@ def coloured_bars(frame: pd.DataFrame, label: str) -> alt.Chart:
                 alt.Tooltip("rate:Q", title=_("Taux d'occupation"), format=".0%"),
             ],
         )
-        .properties(height=max(120, 28 * len(data)))
+        .properties(height=60 + 30 * len(data))
     )
 
 
@@ -83,8 +95,6 @@ def drill(frame: pd.DataFrame, level: str, key: str) -> str | None:
 
 
 def _styled(frame: pd.DataFrame) -> object:
-    from dashboard.common import readable
-
     table = readable(frame, UNIT_COLUMNS)
     rate_label = _("Taux d'occupation")
     colours = {"normale": "#c8e6c9", "tendue": "#ffe0b2", "saturée": "#ffcdd2"}
@@ -188,7 +198,9 @@ else:
             color=alt.Color(
                 "rate:Q",
                 title=_("Taux d'occupation"),
-                scale=alt.Scale(scheme="redyellowgreen", reverse=True, domain=[0.5, 1.1]),
+                scale=alt.Scale(
+                    scheme="redyellowgreen", reverse=True, domain=[0.5, 1.1], clamp=True
+                ),
                 legend=alt.Legend(format="%"),
             ),
             tooltip=[

@@ -22,7 +22,7 @@ requested = st.session_state.pop("open_patient", None)
 if requested:
     st.session_state["patient_search"] = ""
 search = st.text_input(_("Rechercher un patient (identifiant)"), key="patient_search")
-patients = queries.find_patients(engine(), search)
+patients = queries.find_patients(engine(), search, hospital_ids=user.hospitals)
 if requested:
     if requested not in patients:
         patients.insert(0, requested)
@@ -58,13 +58,17 @@ if st.session_state.get("opened_patient") != patient:
 
 st.subheader(_("Patient {p}", p=patient))
 stage = path["stage"]
-st.markdown(
-    _(
-        "Étape actuelle : **{stage}** depuis le {since}",
-        stage=word(STAGES, stage) or _("inconnue"),
-        since=when(path["stage_since"]),
+stage_words = word(STAGES, stage) or _("inconnue")
+if path["stage_since"]:
+    st.markdown(
+        _(
+            "Étape actuelle : **{stage}** depuis le {since}",
+            stage=stage_words,
+            since=when(path["stage_since"]),
+        )
     )
-)
+else:
+    st.markdown(_("Étape actuelle : **{stage}**", stage=stage_words))
 
 tz = settings().timezone
 place_names = queries.places(engine()).set_index("ward_id")["ward"].to_dict()

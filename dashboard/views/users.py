@@ -10,6 +10,9 @@ from dashboard.common import Col, _, engine, require, role_label, table
 
 me = require(Role.ADMIN)
 st.title(_("Utilisateurs"))
+made_now = st.session_state.pop("users_flash", None)
+if made_now:
+    st.success(_("Compte {name} créé.", name=made_now))
 users = accounts.list_users(engine())
 table(
     users.assign(
@@ -50,9 +53,10 @@ with st.form("create_user", clear_on_submit=True):
                 engine(), name, role or Role.COORDINATOR, password or None, scope
             )
         except accounts.AccountError as exc:
-            st.error(_("Compte non créé : {why}", why=str(exc)))
+            st.error(_("Compte non créé : {why}", why=_(exc.template, **exc.values)))
         else:
-            st.success(_("Compte {name} créé.", name=made.username))
+            st.session_state["users_flash"] = made.username
+            st.rerun()
 
 st.subheader(_("Désactiver ou réactiver un compte"))
 others = [u for u in users["username"] if u != me.username]

@@ -95,11 +95,25 @@ def test_demo_runs_the_whole_pathway_on_sqlite_and_ctrl_c_leaves_no_orphan(
             assert httpx.get(f"{gateway}/fhir/metadata", timeout=10).status_code == 200
             dash = f"http://127.0.0.1:{ports['DASHBOARD']}"
             assert httpx.get(f"{dash}/_stcore/health", timeout=10).status_code == 200
-            # A manager opens the bed board and sees the simulated territory's hospitals.
+            # A manager, given an account with `parcours users create`, signs in and opens the
+            # bed board: the simulated territory's hospitals are there.
+            subprocess.run(
+                [sys.executable, "-m", "parcours", "users", "create", "cadre", "--role", "manager"],
+                env={**env, "PARCOURS_USER_PASSWORD": "mot de passe du cadre"},
+                check=True,
+                timeout=60,
+            )
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(dash)
-            expect(page.get_by_role("heading", name="Bed board")).to_be_visible(timeout=60_000)
-            page.get_by_text("hospital", exact=True).click()
+            expect(page.get_by_role("heading", name="Connexion à Parcours")).to_be_visible(
+                timeout=60_000
+            )
+            page.get_by_label("Identifiant").fill("cadre")
+            page.get_by_label("Mot de passe").fill("mot de passe du cadre")
+            page.get_by_role("button", name="Se connecter", exact=True).click()
+            expect(page.get_by_role("heading", name="Tableau des lits")).to_be_visible(
+                timeout=60_000
+            )
             # The table paints on a canvas; its accessible cells carry the text.
             cell = page.get_by_test_id("stDataFrame").get_by_text("CHU Dijon Bourgogne")
             expect(cell.first).to_be_attached(timeout=60_000)

@@ -209,3 +209,76 @@ def test_forecast_page_shows_intervals_and_backtest(seeded: Seeded) -> None:
     assert any("80% prediction interval" in c.value for c in at.caption)
     accuracy = at.dataframe[0].value
     assert accuracy["model"].tolist() == ["prophet", "naive"]
+
+
+def test_hospital_sign_in_is_offered_when_oidc_is_configured(seeded: Seeded) -> None:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.secrets["auth"] = {
+        "redirect_uri": "http://127.0.0.1:8501/oauth2callback",
+        "cookie_secret": "test-cookie-secret",
+        "client_id": "parcours-dashboard",
+        "client_secret": "test-client-secret",
+        "server_metadata_url": "https://keycloak.invalid/realms/chu/.well-known/openid-configuration",
+    }
+    at.run()
+    assert not at.exception, at.exception
+    labels = [b.label for b in at.button]
+    assert "Se connecter avec le compte de l'établissement" in labels
+    # Local accounts still work beside it.
+    assert {ti.label for ti in at.text_input} == {"Identifiant", "Mot de passe"}
+
+
+def test_an_oidc_identity_gets_its_role_only_from_an_account_here(
+    seeded: Seeded, pg_url: str
+) -> None:
+    engine = make_engine(pg_url)
+    email = f"dr.{uuid.uuid4().hex[:6]}@chu-dijon.example"
+    assert accounts.oidc_user(engine, email) is None
+    accounts.create_user(engine, email, Role.COORDINATOR, None, ["Organization/chu"])
+    user = accounts.oidc_user(engine, email)
+    assert user == User(email, Role.COORDINATOR, ("Organization/chu",))
+    # No password was set: the local form cannot be used for this account.
+    assert accounts.authenticate(engine, email, "") is None
+    accounts.set_active(engine, email, False)
+    assert accounts.oidc_user(engine, email) is None
+
+
+def test_feed_health_names_the_element_at_fault(seeded: Seeded) -> None:
+    at = signed_in(Role.INTEGRATOR)
+    assert [t.value for t in at.title] == ["État des flux"]
+    tables = [d.value for d in at.dataframe]
+    feeds = next(t for t in tables if "Émetteur" in t.columns and "Acceptés" in t.columns)
+    mine = feeds[feeds["Émetteur"] == seeded.integrator]
+    assert mine["Acceptés"].tolist() == [120]
+    rejected = next(t for t in tables if "Élément en faute" in t.columns)
+    assert "Encounter.status" in set(rejected["Élément en faute"])
+    progress = next(t for t in tables if "Partition" in t.columns)
+    assert any(s.startswith("aucun rapport depuis") for s in progress["État"])
+
+
+def test_indicators_are_counts_only(seeded: Seeded) -> None:
+    at = open_page(signed_in(Role.MANAGER), roles.page("indicateurs"))
+    labels = {m.label for m in at.metric}
+    assert {"Patients suivis", "Séjours", "Durée médiane de séjour"} <= labels
+    assert len(at.dataframe) == 0
+
+
+def test_an_admin_creates_and_disables_an_account(seeded: Seeded, pg_url: str) -> None:
+    name = f"cadre-{uuid.uuid4().hex[:6]}"
+    at = open_page(signed_in(Role.ADMIN), roles.page("utilisateurs"))
+    at.text_input(key="new_user_name").input(name)
+    at.selectbox(key="new_user_role").set_value(Role.MANAGER)
+    at.text_input(key="new_user_password").input("court")
+    at.button[0].click().run()
+    assert any("un mot de passe a au moins 10 caractères" in e.value for e in at.error)
+    at.text_input(key="new_user_name").input(name)
+    at.selectbox(key="new_user_role").set_value(Role.MANAGER)
+    at.text_input(key="new_user_password").input(PASSWORD)
+    at.button[0].click().run()
+    assert any(f"Compte {name} créé" in m.value for m in at.success)
+    engine = make_engine(pg_url)
+    assert accounts.authenticate(engine, name, PASSWORD) == User(name, Role.MANAGER)
+    at.selectbox(key="toggle_user").set_value(name)
+    at.button(key="toggle_user_button").click().run()
+    assert not at.exception, at.exception
+    assert accounts.authenticate(engine, name, PASSWORD) is None

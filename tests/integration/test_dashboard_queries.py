@@ -36,6 +36,9 @@ def test_patient_search_finds_the_patient(seeded: tuple[Engine, Seeded]) -> None
     engine, s = seeded
     assert queries.find_patients(engine, s.prefix) == [s.patient]
     assert queries.find_patients(engine, "no-such-patient") == []
+    # A coordinator who follows a hospital finds its patients only.
+    assert queries.find_patients(engine, s.prefix, hospital_ids=[s.hospital]) == [s.patient]
+    assert queries.find_patients(engine, s.prefix, hospital_ids=["Organization/other"]) == []
 
 
 def test_acknowledging_records_who_and_when_once(seeded: tuple[Engine, Seeded]) -> None:

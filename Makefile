@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both set everything up first.
-.PHONY: setup demo test bench lint
+.PHONY: setup demo test bench lint audit
 
 setup:
 	scripts/setup.sh
@@ -12,3 +12,7 @@ test:
 
 lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy parcours ingest streams forecasting dashboard bench simulate
+	.venv/bin/bandit -q -c pyproject.toml -r parcours ingest streams forecasting dashboard bench simulate
+
+audit: setup
+	scripts/audit.sh

@@ -50,7 +50,8 @@ def dashboard(
     )
     env["DATABASE_URL"] = settings.db_url
     # Replace this process: Ctrl-C and SIGTERM reach Streamlit directly, nothing is left behind.
-    os.execve(sys.executable, argv, env)
+    # Our own interpreter and argument list, no shell.
+    os.execve(sys.executable, argv, env)  # nosec B606
 
 
 users_app = typer.Typer(help="Dashboard accounts (local sign-in and roles).", no_args_is_help=True)

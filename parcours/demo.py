@@ -64,6 +64,11 @@ class SimulationPlan:
     topic_id: str
     skip_history: bool = False
 
+    @property
+    def has_history(self) -> bool:
+        """Whether part of the simulation comes before going live."""
+        return datetime.fromisoformat(self.history_until) > datetime.fromisoformat(self.start)
+
     def to_json(self) -> str:
         """The plan as stored in the data folder (`skip_history` is per run, not stored)."""
         data = asdict(self)
@@ -104,7 +109,9 @@ def wait_for(
 def new_plan(options: DemoOptions, topic_id: str, now: datetime) -> SimulationPlan:
     """A fresh simulation whose history ends now and lasts `options.history_days`."""
     until = now.astimezone(UTC).replace(second=0, microsecond=0)
-    start = until.replace(minute=0) - timedelta(days=options.history_days)
+    if options.history_days <= 0:
+        until = until.replace(minute=0)
+    start = until.replace(minute=0) - timedelta(days=max(options.history_days, 0))
     return SimulationPlan(
         seed=options.seed,
         start=start.isoformat(),
@@ -138,8 +145,9 @@ def read_plan(data_dir: Path) -> SimulationPlan | None:
 
 def reconcile(
     engine: Engine, bootstrap: str, data_dir: Path, topic: str, options: DemoOptions, say: Say
-) -> SimulationPlan:
-    """Make the database agree with the broker's raw topic, and say what the simulator does.
+) -> SimulationPlan | None:
+    """Make the database agree with the broker's raw topic, and say what the simulator does
+    (None: nothing, its data would mix with a simulation this folder does not know).
 
     - Same topic as the database's (a broker that kept its data): the simulation continues
       where it stopped, its history is not sent again.
@@ -164,6 +172,15 @@ def reconcile(
                 f" / The broker kept its data: the simulation resumes at {previous.history_until}."
             )
             return replace(previous, skip_history=True)
+        if holds_data(engine) or sum(end_offsets(bootstrap, topic).values()) > 0:
+            say(
+                "Le broker et la base contiennent des données d'une simulation que ce dossier ne "
+                "connaît pas : la démo tourne sans simulateur, pour ne pas compter les patients "
+                "deux fois. / The broker and the database hold data of a simulation this folder "
+                "does not know: the demo runs without the simulator, so that no patient is "
+                "counted twice."
+            )
+            return None
         return new_plan(options, current.topic_id, now)
     if found is None and not holds_data(engine):
         reset_data(engine, current)
@@ -258,12 +275,13 @@ def run_demo(
     try:
         plan = reconcile(engine, bootstrap, data_dir, topics.raw, options, say)
         banner = _start_services(settings, options, sup, env, exe, bootstrap, redact, say)
-        if options.simulate:
+        if options.simulate and plan is not None:
             token = create_token(engine, DEMO_INTEGRATOR, rotate=True)
             banner += _start_simulator(settings, options, sup, env, exe, plan, token, say)
-            if options.history_days > 0 and not plan.skip_history:
+            if plan.has_history and not plan.skip_history:
                 _wait_history(sup, engine, bootstrap, topics.raw, data_dir, say)
         if options.forecast_every_s > 0:
+            say("Première prévision lancée. / First forecast started.")
             sup.start(
                 "forecaster",
                 [*exe, "forecast", "run", "--every", str(options.forecast_every_s)],
@@ -339,15 +357,12 @@ def _start_simulator(
         "--state-file",
         str(data_dir / SIMULATOR_STATE_FILE),
     ]
-    if options.history_days > 0:
+    if plan.has_history:
         argv += ["--history-until", plan.history_until]
         if plan.skip_history:
             argv.append("--history-skip")
-        if sys.stderr.isatty():
-            argv.append("--progress")
-        else:
-            argv.append("--no-progress")
-    if not plan.skip_history and options.history_days > 0:
+        argv.append("--progress" if sys.stderr.isatty() else "--no-progress")
+    if plan.has_history and not plan.skip_history:
         days = (
             datetime.fromisoformat(plan.history_until) - datetime.fromisoformat(plan.start)
         ).total_seconds() / 86400
@@ -400,4 +415,4 @@ def _wait_history(
         wait_for(sup, folded, "the history folded by the worker", timeout_s=1800, poll_s=1.0)
     finally:
         bar.close()
-    say("Historique intégré ; première prévision lancée. / History folded; first forecast started.")
+    say("Historique intégré. / History folded.")

@@ -177,8 +177,9 @@ def bulk_write(
         f"""COALESCE("{c.name}", 'null')""" if isinstance(c.type, JSON) else f'"{c.name}"'
         for c in cols
     )
+    # Identifiers come from the SQLAlchemy schema and the values are bound: no injection.
     sql = (
-        f'INSERT INTO "{table.name}" ({names}) SELECT {values}'
+        f'INSERT INTO "{table.name}" ({names}) SELECT {values}'  # nosec B608
         f' FROM json_populate_recordset(NULL::"{table.name}", %s)'
     )
     if key is not None:
@@ -187,7 +188,7 @@ def bulk_write(
         conflict = ", ".join(f'"{k}"' for k in keys)
         if sets:
             assignments = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in sets)
-            sql += f" ON CONFLICT ({conflict}) DO UPDATE SET {assignments}"
+            sql += f" ON CONFLICT ({conflict}) DO UPDATE SET {assignments}"  # nosec B608
         else:
             sql += f" ON CONFLICT ({conflict}) DO NOTHING"
     _execute_json(conn, sql, rows)
@@ -212,8 +213,9 @@ def bulk_update(
         return
     assignments = ", ".join(f'"{c}" = v."{c}"' for c in sets)
     matches = " AND ".join(f't."{k}" = v."{k}"' for k in key)
+    # Identifiers come from the SQLAlchemy schema and the values are bound: no injection.
     sql = (
-        f'UPDATE "{table.name}" AS t SET {assignments}'
+        f'UPDATE "{table.name}" AS t SET {assignments}'  # nosec B608
         f' FROM json_populate_recordset(NULL::"{table.name}", %s) AS v WHERE {matches}'
     )
     _execute_json(conn, sql, rows)

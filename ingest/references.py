@@ -55,6 +55,9 @@ SUPPORTED_PARAMS = ("identifier",)
 DIRECTORY_TYPES = frozenset(
     {"Organization", "Location", "Practitioner", "PractitionerRole", "HealthcareService"}
 )
+# Index rows that say a Patient was merged into another (`Patient.link` of type replaced-by):
+# (Patient, MERGED_SYSTEM, replaced id) → the id that replaces it.
+MERGED_SYSTEM = "urn:parcours:patient-replaced-by"
 # Rows per SQL statement of the index (bounded statements).
 CHUNK = 500
 
@@ -412,6 +415,55 @@ def _valid(items: Sequence[Item], index: int) -> bool:
     return any(i.index == index and i.valid for i in items)
 
 
+def replaced_by(resource: Mapping[str, Any]) -> str | None:
+    """The id of the Patient that replaces this one (`link` of type replaced-by), if any."""
+    for link in resource.get("link") or []:
+        if isinstance(link, dict) and link.get("type") == "replaced-by":
+            other = link.get("other")
+            text = other.get("reference") if isinstance(other, dict) else None
+            if isinstance(text, str) and text.startswith("Patient/"):
+                return text.removeprefix("Patient/")
+    return None
+
+
+def apply_merges(items: Sequence[Item], lookup: Lookup) -> dict[str, str]:
+    """Point the Bundle's references to a merged Patient at the Patient that replaced it, so the
+    merged records make one pathway. Merges come from the Bundle (a Patient whose `link` says
+    replaced-by) and from earlier ones (the index). Returns the Bundle's own merges (replaced id →
+    replacing id), which the caller records once accepted."""
+    own: dict[str, str] = {}
+    for it in items:
+        if it.valid and it.resource is not None and it.resource_type == "Patient":
+            target = replaced_by(it.resource)
+            if target and target != it.resource_id:
+                own[str(it.resource_id)] = target
+    others = {
+        it.key
+        for it in items
+        if it.valid and it.resource_type != "Patient" and it.key and "/" not in it.key
+    } - set(own)
+    merges = dict(own)
+    if others:
+        found = lookup({IdentifierKey("Patient", MERGED_SYSTEM, pid) for pid in others})
+        for key, ids in found.items():
+            if len(ids) == 1:
+                merges[key.value] = next(iter(ids))
+    if not merges:
+        return own
+    for it in items:
+        if not it.valid or it.resource is None or it.resource_type == "Patient":
+            continue
+        changed = False
+        for _, ref in _walk(it.resource, ""):
+            text = ref["reference"]
+            if text.startswith("Patient/") and text.removeprefix("Patient/") in merges:
+                ref["reference"] = f"Patient/{merges[text.removeprefix('Patient/')]}"
+                changed = True
+        if changed:
+            finalise(it, it.resource)
+    return own
+
+
 # --- SQL ------------------------------------------------------------------------------------------
 
 
@@ -445,7 +497,8 @@ class IdentifierIndex:
                         out[IdentifierKey(rtype, row.system or None, row.value)].add(
                             row.resource_id
                         )
-                        out[IdentifierKey(rtype, None, row.value)].add(row.resource_id)
+                        if row.system != MERGED_SYSTEM:
+                            out[IdentifierKey(rtype, None, row.value)].add(row.resource_id)
         return {k: out[k] for k in keys if out.get(k)}
 
     def aliases(self, keys: set[IdentifierKey]) -> dict[IdentifierKey, str]:
@@ -466,11 +519,25 @@ class IdentifierIndex:
         return {k: out[k] for k in keys if k in out}
 
     def record(
-        self, source: str, at: datetime, items: Sequence[Item], deferred: Sequence[Deferred]
+        self,
+        source: str,
+        at: datetime,
+        items: Sequence[Item],
+        deferred: Sequence[Deferred],
+        merges: Mapping[str, str] | None = None,
     ) -> None:
-        """Index the identifiers of `items` (accepted), record `deferred` references, and mark
-        the pending references that `items` answer as resolved."""
+        """Index the identifiers of `items` (accepted), record `deferred` references and Patient
+        `merges`, and mark the pending references that `items` answer as resolved."""
         rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        for replaced, by in (merges or {}).items():
+            rows[("Patient", MERGED_SYSTEM, replaced, by)] = {
+                "resource_type": "Patient",
+                "system": MERGED_SYSTEM,
+                "value": replaced,
+                "resource_id": by,
+                "source": source,
+                "recorded_at": at,
+            }
         for it in items:
             if it.resource is None or not it.resource_type or not it.resource_id:
                 continue
@@ -611,6 +678,7 @@ class ReferenceResolver:
             for e in (entries if isinstance(entries, list) else [])
         ]
         items = prepared.items
+        merges = apply_merges(items, self.index.lookup)
         resolution = resolve_bundle(
             items, requests, self.index.lookup, self.index.aliases, self.defer
         )
@@ -626,7 +694,9 @@ class ReferenceResolver:
             and by_item[id(items_at(items, d.item_index))].status in (200, 201)
         ]
         try:
-            self.index.record(source, received_at, accepted, deferred)
+            accepted_ids = {i.resource_id for i in accepted if i.resource_type == "Patient"}
+            kept = {k: v for k, v in merges.items() if k in accepted_ids}
+            self.index.record(source, received_at, accepted, deferred, kept)
         except Exception:
             # The resources are in Kafka already; a lost index row makes a later conditional
             # reference fail loudly (an OperationOutcome), never silently.

@@ -55,6 +55,9 @@ SUPPORTED_PARAMS = ("identifier",)
 DIRECTORY_TYPES = frozenset(
     {"Organization", "Location", "Practitioner", "PractitionerRole", "HealthcareService"}
 )
+# The types whose identifiers are indexed: what feeds point at by identifier. Clinical resources
+# (Observation, Claim…) are not, which keeps the index a fraction of what is received.
+INDEXED_TYPES = DIRECTORY_TYPES | {"Patient", "Encounter", "EpisodeOfCare", "ServiceRequest"}
 # Index rows that say a Patient was merged into another (`Patient.link` of type replaced-by):
 # (Patient, MERGED_SYSTEM, replaced id) → the id that replaces it.
 MERGED_SYSTEM = "urn:parcours:patient-replaced-by"
@@ -539,7 +542,7 @@ class IdentifierIndex:
                 "recorded_at": at,
             }
         for it in items:
-            if it.resource is None or not it.resource_type or not it.resource_id:
+            if it.resource is None or not it.resource_id or it.resource_type not in INDEXED_TYPES:
                 continue
             for system, value in identifiers_of(it.resource):
                 key = (it.resource_type, system, value[:256], it.resource_id)

@@ -213,19 +213,39 @@ def _request_criteria(item: Item, request: Any) -> tuple[str, Criteria] | None:
     return None
 
 
+def _request_of(requests: Mapping[int, Any] | Sequence[Any] | None, index: int) -> Any:
+    if requests is None:
+        return None
+    if isinstance(requests, Mapping):
+        return requests.get(index)
+    return requests[index] if 0 <= index < len(requests) else None
+
+
+def _labels(context: str, it: Item) -> tuple[str, str]:
+    """(how an entry is named in messages, the FHIRPath root of its resource)."""
+    if context == "ndjson":
+        return f"line {it.index}", f"line[{it.index}]"
+    if context == "resource":
+        return str(it.resource_type), str(it.resource_type)
+    return f"Bundle.entry[{it.index}]", f"Bundle.entry[{it.index}].resource"
+
+
 def resolve_bundle(
     items: Sequence[Item],
-    requests: Sequence[Any],
+    requests: Mapping[int, Any] | Sequence[Any] | None,
     lookup: Lookup,
     aliases: AliasLookup,
     defer: bool,
+    context: str = "bundle",
 ) -> Resolution:
     """Resolve a Bundle's conditional creates, updates and references in place (pure: the
     index is reached through `lookup` and `aliases`, each called once).
 
-    `requests[i]` is `Bundle.entry[i].request` (None when absent). Items that cannot be resolved
+    `requests[i]` is the request of the item whose `index` is i (`Bundle.entry[i].request`), None
+    or missing when there is none. Items that cannot be resolved
     are rejected with an issue naming the entry and the reference; the caller's atomicity rule
     decides what that does to the rest of the Bundle. Changed items are finalised again.
+    `context` (bundle, resource, ndjson) says how entries are named in the issues.
     """
     resolution = Resolution()
     live = [it for it in items if it.valid and it.resource is not None]
@@ -233,14 +253,14 @@ def resolve_bundle(
     references: list[tuple[Item, str, dict[str, Any], Criteria | None]] = []
     wanted: set[IdentifierKey] = set()
     for it in live:
-        request = requests[it.index] if it.index < len(requests) else None
+        request = _request_of(requests, it.index)
         try:
             asked = _request_criteria(it, request)
         except CriteriaError as exc:
             it.reject(
                 400,
                 "conditional-criteria",
-                [Issue("not-supported", str(exc), (f"Bundle.entry[{it.index}].request",))],
+                [Issue("not-supported", str(exc), (f"{_labels(context, it)[0]}.request",))],
             )
             continue
         if asked is not None:
@@ -280,7 +300,8 @@ def resolve_bundle(
         kind, criteria = conditional[it.index]
         assert it.resource is not None
         matches = _matches(found, criteria)
-        where = (f"Bundle.entry[{it.index}].request",)
+        label = _labels(context, it)[0]
+        where = (f"{label}.request",)
         if len(matches) > 1:
             it.reject(
                 412,
@@ -288,7 +309,7 @@ def resolve_bundle(
                 [
                     Issue(
                         "multiple-matches",
-                        f"Bundle.entry[{it.index}]: {' & '.join(k.text() for k in criteria.keys)}"
+                        f"{label}: {' & '.join(k.text() for k in criteria.keys)}"
                         f" matches {len(matches)} resources ({', '.join(sorted(matches))}); "
                         "a conditional "
                         + ("create" if kind == "create" else "update")
@@ -313,7 +334,7 @@ def resolve_bundle(
     for it in live:
         if not it.valid or it.index in conditional:
             continue
-        request = requests[it.index] if it.index < len(requests) else None
+        request = _request_of(requests, it.index)
         if it.resource_type not in DIRECTORY_TYPES or not (
             isinstance(request, dict) and request.get("method") == "POST"
         ):
@@ -354,12 +375,13 @@ def resolve_bundle(
         if not it.valid:
             continue
         text = ref["reference"]
-        expr = f"Bundle.entry[{it.index}].resource{path}"
+        label, root = _labels(context, it)
+        expr = f"{root}{path}"
         if criteria is None:
             problems[it.index].append(
                 Issue(
                     "not-supported",
-                    f"Bundle.entry[{it.index}]: conditional reference {text!r} uses search "
+                    f"{label}: conditional reference {text!r} uses search "
                     "parameters the gateway cannot resolve (only identifier=system|value)",
                     (f"{expr}.reference",),
                 )
@@ -375,7 +397,7 @@ def resolve_bundle(
             problems[it.index].append(
                 Issue(
                     "multiple-matches",
-                    f"Bundle.entry[{it.index}]: conditional reference {text!r} matches "
+                    f"{label}: conditional reference {text!r} matches "
                     f"{len(matches)} resources ({', '.join(sorted(matches))}); it must match one",
                     (f"{expr}.reference",),
                 )
@@ -392,7 +414,7 @@ def resolve_bundle(
         problems[it.index].append(
             Issue(
                 "not-found",
-                f"Bundle.entry[{it.index}]: conditional reference {text!r} matches no resource "
+                f"{label}: conditional reference {text!r} matches no resource "
                 "in this Bundle or already received; send its target first (hospital and "
                 "practitioner Bundles before patients), or set "
                 "PARCOURS_INGEST_DEFER_UNRESOLVED=true to accept it until the target arrives",
@@ -680,13 +702,33 @@ class ReferenceResolver:
             e.get("request") if isinstance(e, dict) else None
             for e in (entries if isinstance(entries, list) else [])
         ]
-        items = prepared.items
+        return self.ingest_items(
+            service, source, received_at, prepared.items, prepared.atomic, dict(enumerate(requests))
+        )
+
+    def ingest_items(
+        self,
+        service: IngestService,
+        source: str,
+        received_at: datetime,
+        items: Sequence[Item],
+        atomic: bool,
+        requests: Mapping[int, Any] | None = None,
+        context: str = "bundle",
+    ) -> IngestResult:
+        """`service.ingest` for items (a Bundle's, one resource, NDJSON lines) whose conditional
+        references, creates (`requests[i].ifNoneExist`) and updates are resolved first."""
         merges = apply_merges(items, self.index.lookup)
         resolution = resolve_bundle(
-            items, requests, self.index.lookup, self.index.aliases, self.defer
+            items,
+            requests,
+            self.index.lookup,
+            self.index.aliases,
+            self.defer,
+            context,
         )
         sent = [i for i in items if i.index not in resolution.existing]
-        result = service.ingest(source, received_at, sent, prepared.atomic)
+        result = service.ingest(source, received_at, sent, atomic)
         by_item = {id(r.item): r for r in result.entries}
         merged = [by_item.get(id(i)) or EntryResult(i, 200) for i in items]
         accepted = [r.item for r in merged if r.status in (200, 201) and r.item.valid]
@@ -703,7 +745,7 @@ class ReferenceResolver:
         except Exception:
             # The resources are in Kafka already; a lost index row makes a later conditional
             # reference fail loudly (an OperationOutcome), never silently.
-            log.exception("could not record identifiers of an accepted Bundle")
+            log.exception("could not record identifiers of accepted resources")
         for d in deferred:
             self.metrics.unresolved_references.labels(source, d.element).inc()
         return IngestResult(merged)

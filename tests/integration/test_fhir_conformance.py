@@ -26,7 +26,7 @@ from parcours.db import make_engine, upgrade
 from parcours.settings import Settings
 from parcours.timeutil import to_utc
 from parcours.topics import Topics, ensure_topics
-from tests.integration.ingest_helpers import gateway_env, run_gateway
+from tests.integration.ingest_helpers import gateway_env, read_topic, run_gateway
 from tests.integration.streams_helpers import count, rows, worker_env
 from tests.support import fresh_database, parcours_process, wait_until
 
@@ -351,4 +351,67 @@ def test_the_conformance_corpus_gives_the_hand_counted_pathways(
         )
         (stay,) = json.loads(shown.stdout)["stays"]
         assert [p["location_known"] for p in stay["locations"]] == [True]
+        engine.dispose()
+
+
+def test_single_resources_and_ndjson_resolve_conditional_references_too(
+    broker: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    topics = Topics.from_settings(Settings(topic_prefix=topic_prefix))
+    ensure_topics(broker, topics.all(), 4)
+    syn = "https://github.com/synthetichealth/synthea"
+    org = {
+        "resourceType": "Organization",
+        "id": "org-single",
+        "identifier": [{"system": syn, "value": "org-single"}],
+        "name": "CH single",
+    }
+    encounter = {
+        "resourceType": "Encounter",
+        "id": "enc-single",
+        "status": "finished",
+        "class": {"code": "AMB"},
+        "subject": {"reference": "Patient/pat-single"},
+        "period": {"start": "2026-01-05T10:00:00+01:00", "end": "2026-01-05T10:20:00+01:00"},
+        "serviceProvider": {"reference": f"Organization?identifier={syn}|org-single"},
+    }
+    with fresh_database(pg_url) as db:
+        engine = make_engine(db)
+        token = create_token(engine, SOURCE)
+        env = gateway_env(broker, db, topic_prefix)
+        with run_gateway(env, tmp_path / "gateway.log") as gw, gw.client(token) as client:
+            # Conditional create with the If-None-Exist header: the second is the first.
+            header = {**FHIR, "If-None-Exist": f"identifier={syn}|org-single"}
+            first = client.post("/fhir/Organization", content=json.dumps(org), headers=header)
+            assert first.status_code == 201, first.text
+            again = {**org, "id": "org-single-copy"}
+            second = client.post("/fhir/Organization", content=json.dumps(again), headers=header)
+            assert second.status_code == 200
+            assert second.headers["Location"] == "/fhir/Organization/org-single"
+
+            created = client.post("/fhir/Encounter", content=json.dumps(encounter), headers=FHIR)
+            assert created.status_code == 201, created.text
+            assert created.json()["serviceProvider"]["reference"] == "Organization/org-single"
+
+            lost = {**encounter, "id": "enc-lost"}
+            lost["serviceProvider"] = {"reference": f"Organization?identifier={syn}|nowhere"}
+            refused = client.post("/fhir/Encounter", content=json.dumps(lost), headers=FHIR)
+            assert refused.status_code == 422
+            assert refused.json()["issue"][0]["expression"] == [
+                "Encounter.serviceProvider.reference"
+            ]
+            lines = "\n".join(json.dumps(r) for r in (encounter, lost)).encode()
+            answer = client.post(
+                "/fhir/$import",
+                content=lines,
+                headers={"Content-Type": "application/fhir+ndjson"},
+            )
+            assert statuses(answer.json()) == ["200 OK", "422 Unprocessable Entity"]
+        published = [
+            json.loads(r.value)
+            for r in read_topic(broker, topics.raw)
+            if r.key == b"Organization/org-single-copy" or r.key == b"pat-single"
+        ]
+        # Nothing of the second Organization was published; the Encounter once, resolved.
+        assert [p["id"] for p in published] == ["enc-single"]
         engine.dispose()

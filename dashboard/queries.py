@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pandas as pd
-from sqlalchemy import Engine, Executable, and_, insert, select, update
+from sqlalchemy import Engine, Executable, and_, func, insert, select, update
 
 from parcours.db.forecast_models import ForecastAccuracyRow, ForecastRow
 from parcours.db.ingest_models import IngestRejectionRow, IntegratorRow
@@ -18,8 +18,11 @@ from parcours.db.pathway_models import (
     AlertAuditRow,
     AlertRow,
     CensusHourlyRow,
+    EdVisitRow,
     LocationOccupancyRow,
+    LocationRow,
     PathwayStateRow,
+    StayLocationRow,
     StreamProgressRow,
 )
 from parcours.db.reference_models import PendingReferenceRow
@@ -313,4 +316,31 @@ def unresolved_references(engine: Engine, limit: int = 200) -> pd.DataFrame:
         .where(p.resolved_at.is_(None))
         .order_by(p.last_seen_at.desc())
         .limit(limit),
+    )
+
+
+def places_not_received(engine: Engine) -> pd.DataFrame:
+    """Locations that stays and ED visits name but that no feed has sent yet, with how many
+    periods or visits wait for each (counted at their hospital meanwhile)."""
+    sl, ed, loc = StayLocationRow, EdVisitRow, LocationRow
+    periods = (
+        select(
+            sl.hospital_id.label("hospital_id"),
+            sl.location_id.label("location_id"),
+        )
+        .where(sl.location_id.is_not(None))
+        .where(~select(loc.location_id).where(loc.location_id == sl.location_id).exists())
+    )
+    visits = (
+        select(ed.hospital_id.label("hospital_id"), ed.ward_id.label("location_id"))
+        .where(ed.ward_id.is_not(None))
+        .where(~select(loc.location_id).where(loc.location_id == ed.ward_id).exists())
+    )
+    both = periods.union_all(visits).subquery()
+    return _frame(
+        engine,
+        select(both.c.hospital_id, both.c.location_id, func.count().label("waiting"))
+        .group_by(both.c.hospital_id, both.c.location_id)
+        .order_by(func.count().desc())
+        .limit(200),
     )

@@ -67,6 +67,14 @@ def health(hours: int) -> None:
         st.dataframe(local_time(feeds, "last_seen_at"), hide_index=True, use_container_width=True)
     streams(datetime.now(UTC))
     unresolved(queries.unresolved_references(engine()))
+    waiting = queries.places_not_received(engine())
+    if not waiting.empty:
+        st.subheader(f"Lieux pas encore connus / Places not received yet ({len(waiting)})")
+        st.caption(
+            "Stays and ED visits name these Locations, which no feed has sent: they are counted "
+            "at their hospital and placed when the Location arrives."
+        )
+        st.dataframe(waiting, hide_index=True, use_container_width=True)
     since = datetime.now(UTC) - timedelta(hours=hours)
     rejected = queries.recent_rejections(engine(), since=since)
     st.subheader(f"Rejections ({len(rejected)})")

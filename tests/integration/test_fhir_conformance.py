@@ -265,9 +265,14 @@ def test_the_conformance_corpus_gives_the_hand_counted_pathways(
 
             # Counted before its place is known: the stay is there, its Location not yet.
             wait_until(early_counted, timeout_s=150, what="the early stay in SQL")
+            waiting = queries.places_not_received(engine)
             late = client.post("/fhir", content=load("hospital_late.json"), headers=FHIR)
             assert statuses(late.json()) == ["201 Created"] * 2
             org_late, loc_late = (e["response"]["location"] for e in late.json()["entry"])
+            # Feed health listed the place the early patient named (its stay and its ED visit
+            # wait for it), before it arrived.
+            assert set(waiting.location_id) == {loc_late.removeprefix("Location/")}
+            assert waiting.waiting.sum() == 2
             assert queries.unresolved_references(engine).empty
 
             def placed() -> bool:
@@ -323,6 +328,7 @@ def test_the_conformance_corpus_gives_the_hand_counted_pathways(
         }
         assert community == COMMUNITY
         assert count(db, "SELECT count(*) FROM pathway_states WHERE patient_id = 'pat-old'") == 0
+        assert queries.places_not_received(engine).empty
 
         periods = rows(
             db,

@@ -424,8 +424,13 @@ def create_app(settings: Settings) -> FastAPI:
                 resource_type=type_name[:64],
             )
 
-    def single(source: str, received_at: datetime, item: Item) -> Response:
-        result = service.ingest(source, received_at, [item], atomic=True).entries[0]
+    def single(
+        source: str, received_at: datetime, item: Item, conditional: dict[str, Any] | None = None
+    ) -> Response:
+        requests = {item.index: conditional} if conditional else None
+        result = resolver.ingest_items(
+            service, source, received_at, [item], True, requests, "resource"
+        ).entries[0]
         headers = {"Location": f"/fhir/{location(item)}"}
         if item.version.startswith("v:"):
             headers["ETag"] = f'W/"{item.version[2:]}"'
@@ -493,7 +498,9 @@ def create_app(settings: Settings) -> FastAPI:
 
         def work() -> Response:
             items = parse_ndjson(body, max_resource)
-            result = service.ingest(source, received_at, items, atomic=False)
+            result = resolver.ingest_items(
+                service, source, received_at, items, False, None, "ndjson"
+            )
             return FhirResponse(response_bundle("batch", result.entries), status_code=200)
 
         response = await run_in_threadpool(work)
@@ -518,11 +525,19 @@ def create_app(settings: Settings) -> FastAPI:
         body = await read_body(request, JSON_TYPES, type_name)
         received_at: datetime = request.state.received_at
 
+        # FHIR's conditional create: the If-None-Exist header holds the search criteria.
+        if_none_exist = request.headers.get("if-none-exist")
+        conditional = (
+            {"method": "POST", "url": type_name, "ifNoneExist": if_none_exist}
+            if if_none_exist
+            else None
+        )
+
         def work() -> Response:
             item = prepare_resource(
                 parse_json(body, type_name), type_name, max_resource_bytes=max_resource
             )
-            return single(source, received_at, item)
+            return single(source, received_at, item, conditional)
 
         response = await run_in_threadpool(work)
         metrics.requests.labels(source, "create", str(response.status_code)).inc()

@@ -180,7 +180,7 @@ def push_direct(
         received_at = datetime.now(UTC)
         try:
             if req.kind == "bundle" and resolver is not None:
-                body = json.loads(req.body)
+                body = orjson.loads(req.body)
                 prepared = prepare_bundle(body)
                 result = resolver.ingest_bundle(service, source, received_at, prepared, body)
             else:

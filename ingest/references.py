@@ -55,6 +55,12 @@ SUPPORTED_PARAMS = ("identifier",)
 DIRECTORY_TYPES = frozenset(
     {"Organization", "Location", "Practitioner", "PractitionerRole", "HealthcareService"}
 )
+# The types whose identifiers are indexed: what feeds point at by identifier. Clinical resources
+# (Observation, Claim…) are not, which keeps the index a fraction of what is received.
+INDEXED_TYPES = DIRECTORY_TYPES | {"Patient", "Encounter", "EpisodeOfCare", "ServiceRequest"}
+# Index rows that say a Patient was merged into another (`Patient.link` of type replaced-by):
+# (Patient, MERGED_SYSTEM, replaced id) → the id that replaces it.
+MERGED_SYSTEM = "urn:parcours:patient-replaced-by"
 # Rows per SQL statement of the index (bounded statements).
 CHUNK = 500
 
@@ -207,19 +213,39 @@ def _request_criteria(item: Item, request: Any) -> tuple[str, Criteria] | None:
     return None
 
 
+def _request_of(requests: Mapping[int, Any] | Sequence[Any] | None, index: int) -> Any:
+    if requests is None:
+        return None
+    if isinstance(requests, Mapping):
+        return requests.get(index)
+    return requests[index] if 0 <= index < len(requests) else None
+
+
+def _labels(context: str, it: Item) -> tuple[str, str]:
+    """(how an entry is named in messages, the FHIRPath root of its resource)."""
+    if context == "ndjson":
+        return f"line {it.index}", f"line[{it.index}]"
+    if context == "resource":
+        return str(it.resource_type), str(it.resource_type)
+    return f"Bundle.entry[{it.index}]", f"Bundle.entry[{it.index}].resource"
+
+
 def resolve_bundle(
     items: Sequence[Item],
-    requests: Sequence[Any],
+    requests: Mapping[int, Any] | Sequence[Any] | None,
     lookup: Lookup,
     aliases: AliasLookup,
     defer: bool,
+    context: str = "bundle",
 ) -> Resolution:
     """Resolve a Bundle's conditional creates, updates and references in place (pure: the
     index is reached through `lookup` and `aliases`, each called once).
 
-    `requests[i]` is `Bundle.entry[i].request` (None when absent). Items that cannot be resolved
+    `requests[i]` is the request of the item whose `index` is i (`Bundle.entry[i].request`), None
+    or missing when there is none. Items that cannot be resolved
     are rejected with an issue naming the entry and the reference; the caller's atomicity rule
     decides what that does to the rest of the Bundle. Changed items are finalised again.
+    `context` (bundle, resource, ndjson) says how entries are named in the issues.
     """
     resolution = Resolution()
     live = [it for it in items if it.valid and it.resource is not None]
@@ -227,14 +253,14 @@ def resolve_bundle(
     references: list[tuple[Item, str, dict[str, Any], Criteria | None]] = []
     wanted: set[IdentifierKey] = set()
     for it in live:
-        request = requests[it.index] if it.index < len(requests) else None
+        request = _request_of(requests, it.index)
         try:
             asked = _request_criteria(it, request)
         except CriteriaError as exc:
             it.reject(
                 400,
                 "conditional-criteria",
-                [Issue("not-supported", str(exc), (f"Bundle.entry[{it.index}].request",))],
+                [Issue("not-supported", str(exc), (f"{_labels(context, it)[0]}.request",))],
             )
             continue
         if asked is not None:
@@ -274,7 +300,8 @@ def resolve_bundle(
         kind, criteria = conditional[it.index]
         assert it.resource is not None
         matches = _matches(found, criteria)
-        where = (f"Bundle.entry[{it.index}].request",)
+        label = _labels(context, it)[0]
+        where = (f"{label}.request",)
         if len(matches) > 1:
             it.reject(
                 412,
@@ -282,7 +309,7 @@ def resolve_bundle(
                 [
                     Issue(
                         "multiple-matches",
-                        f"Bundle.entry[{it.index}]: {' & '.join(k.text() for k in criteria.keys)}"
+                        f"{label}: {' & '.join(k.text() for k in criteria.keys)}"
                         f" matches {len(matches)} resources ({', '.join(sorted(matches))}); "
                         "a conditional "
                         + ("create" if kind == "create" else "update")
@@ -307,7 +334,7 @@ def resolve_bundle(
     for it in live:
         if not it.valid or it.index in conditional:
             continue
-        request = requests[it.index] if it.index < len(requests) else None
+        request = _request_of(requests, it.index)
         if it.resource_type not in DIRECTORY_TYPES or not (
             isinstance(request, dict) and request.get("method") == "POST"
         ):
@@ -348,12 +375,13 @@ def resolve_bundle(
         if not it.valid:
             continue
         text = ref["reference"]
-        expr = f"Bundle.entry[{it.index}].resource{path}"
+        label, root = _labels(context, it)
+        expr = f"{root}{path}"
         if criteria is None:
             problems[it.index].append(
                 Issue(
                     "not-supported",
-                    f"Bundle.entry[{it.index}]: conditional reference {text!r} uses search "
+                    f"{label}: conditional reference {text!r} uses search "
                     "parameters the gateway cannot resolve (only identifier=system|value)",
                     (f"{expr}.reference",),
                 )
@@ -369,7 +397,7 @@ def resolve_bundle(
             problems[it.index].append(
                 Issue(
                     "multiple-matches",
-                    f"Bundle.entry[{it.index}]: conditional reference {text!r} matches "
+                    f"{label}: conditional reference {text!r} matches "
                     f"{len(matches)} resources ({', '.join(sorted(matches))}); it must match one",
                     (f"{expr}.reference",),
                 )
@@ -386,7 +414,7 @@ def resolve_bundle(
         problems[it.index].append(
             Issue(
                 "not-found",
-                f"Bundle.entry[{it.index}]: conditional reference {text!r} matches no resource "
+                f"{label}: conditional reference {text!r} matches no resource "
                 "in this Bundle or already received; send its target first (hospital and "
                 "practitioner Bundles before patients), or set "
                 "PARCOURS_INGEST_DEFER_UNRESOLVED=true to accept it until the target arrives",
@@ -410,6 +438,55 @@ def resolve_bundle(
 
 def _valid(items: Sequence[Item], index: int) -> bool:
     return any(i.index == index and i.valid for i in items)
+
+
+def replaced_by(resource: Mapping[str, Any]) -> str | None:
+    """The id of the Patient that replaces this one (`link` of type replaced-by), if any."""
+    for link in resource.get("link") or []:
+        if isinstance(link, dict) and link.get("type") == "replaced-by":
+            other = link.get("other")
+            text = other.get("reference") if isinstance(other, dict) else None
+            if isinstance(text, str) and text.startswith("Patient/"):
+                return text.removeprefix("Patient/")
+    return None
+
+
+def apply_merges(items: Sequence[Item], lookup: Lookup) -> dict[str, str]:
+    """Point the Bundle's references to a merged Patient at the Patient that replaced it, so the
+    merged records make one pathway. Merges come from the Bundle (a Patient whose `link` says
+    replaced-by) and from earlier ones (the index). Returns the Bundle's own merges (replaced id →
+    replacing id), which the caller records once accepted."""
+    own: dict[str, str] = {}
+    for it in items:
+        if it.valid and it.resource is not None and it.resource_type == "Patient":
+            target = replaced_by(it.resource)
+            if target and target != it.resource_id:
+                own[str(it.resource_id)] = target
+    others = {
+        it.key
+        for it in items
+        if it.valid and it.resource_type != "Patient" and it.key and "/" not in it.key
+    } - set(own)
+    merges = dict(own)
+    if others:
+        found = lookup({IdentifierKey("Patient", MERGED_SYSTEM, pid) for pid in others})
+        for key, ids in found.items():
+            if len(ids) == 1:
+                merges[key.value] = next(iter(ids))
+    if not merges:
+        return own
+    for it in items:
+        if not it.valid or it.resource is None or it.resource_type == "Patient":
+            continue
+        changed = False
+        for _, ref in _walk(it.resource, ""):
+            text = ref["reference"]
+            if text.startswith("Patient/") and text.removeprefix("Patient/") in merges:
+                ref["reference"] = f"Patient/{merges[text.removeprefix('Patient/')]}"
+                changed = True
+        if changed:
+            finalise(it, it.resource)
+    return own
 
 
 # --- SQL ------------------------------------------------------------------------------------------
@@ -445,7 +522,8 @@ class IdentifierIndex:
                         out[IdentifierKey(rtype, row.system or None, row.value)].add(
                             row.resource_id
                         )
-                        out[IdentifierKey(rtype, None, row.value)].add(row.resource_id)
+                        if row.system != MERGED_SYSTEM:
+                            out[IdentifierKey(rtype, None, row.value)].add(row.resource_id)
         return {k: out[k] for k in keys if out.get(k)}
 
     def aliases(self, keys: set[IdentifierKey]) -> dict[IdentifierKey, str]:
@@ -466,13 +544,27 @@ class IdentifierIndex:
         return {k: out[k] for k in keys if k in out}
 
     def record(
-        self, source: str, at: datetime, items: Sequence[Item], deferred: Sequence[Deferred]
+        self,
+        source: str,
+        at: datetime,
+        items: Sequence[Item],
+        deferred: Sequence[Deferred],
+        merges: Mapping[str, str] | None = None,
     ) -> None:
-        """Index the identifiers of `items` (accepted), record `deferred` references, and mark
-        the pending references that `items` answer as resolved."""
+        """Index the identifiers of `items` (accepted), record `deferred` references and Patient
+        `merges`, and mark the pending references that `items` answer as resolved."""
         rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        for replaced, by in (merges or {}).items():
+            rows[("Patient", MERGED_SYSTEM, replaced, by)] = {
+                "resource_type": "Patient",
+                "system": MERGED_SYSTEM,
+                "value": replaced,
+                "resource_id": by,
+                "source": source,
+                "recorded_at": at,
+            }
         for it in items:
-            if it.resource is None or not it.resource_type or not it.resource_id:
+            if it.resource is None or not it.resource_id or it.resource_type not in INDEXED_TYPES:
                 continue
             for system, value in identifiers_of(it.resource):
                 key = (it.resource_type, system, value[:256], it.resource_id)
@@ -610,12 +702,33 @@ class ReferenceResolver:
             e.get("request") if isinstance(e, dict) else None
             for e in (entries if isinstance(entries, list) else [])
         ]
-        items = prepared.items
+        return self.ingest_items(
+            service, source, received_at, prepared.items, prepared.atomic, dict(enumerate(requests))
+        )
+
+    def ingest_items(
+        self,
+        service: IngestService,
+        source: str,
+        received_at: datetime,
+        items: Sequence[Item],
+        atomic: bool,
+        requests: Mapping[int, Any] | None = None,
+        context: str = "bundle",
+    ) -> IngestResult:
+        """`service.ingest` for items (a Bundle's, one resource, NDJSON lines) whose conditional
+        references, creates (`requests[i].ifNoneExist`) and updates are resolved first."""
+        merges = apply_merges(items, self.index.lookup)
         resolution = resolve_bundle(
-            items, requests, self.index.lookup, self.index.aliases, self.defer
+            items,
+            requests,
+            self.index.lookup,
+            self.index.aliases,
+            self.defer,
+            context,
         )
         sent = [i for i in items if i.index not in resolution.existing]
-        result = service.ingest(source, received_at, sent, prepared.atomic)
+        result = service.ingest(source, received_at, sent, atomic)
         by_item = {id(r.item): r for r in result.entries}
         merged = [by_item.get(id(i)) or EntryResult(i, 200) for i in items]
         accepted = [r.item for r in merged if r.status in (200, 201) and r.item.valid]
@@ -626,11 +739,13 @@ class ReferenceResolver:
             and by_item[id(items_at(items, d.item_index))].status in (200, 201)
         ]
         try:
-            self.index.record(source, received_at, accepted, deferred)
+            accepted_ids = {i.resource_id for i in accepted if i.resource_type == "Patient"}
+            kept = {k: v for k, v in merges.items() if k in accepted_ids}
+            self.index.record(source, received_at, accepted, deferred, kept)
         except Exception:
             # The resources are in Kafka already; a lost index row makes a later conditional
             # reference fail loudly (an OperationOutcome), never silently.
-            log.exception("could not record identifiers of an accepted Bundle")
+            log.exception("could not record identifiers of accepted resources")
         for d in deferred:
             self.metrics.unresolved_references.labels(source, d.element).inc()
         return IngestResult(merged)

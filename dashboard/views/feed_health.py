@@ -122,6 +122,24 @@ def health(hours: int) -> None:
     at = now()
     streams(at)
     unresolved(queries.unresolved_references(engine()))
+    waiting = queries.places_not_received(engine())
+    if not waiting.empty:
+        st.subheader(_("Lieux pas encore connus ({n})", n=len(waiting)))
+        st.caption(
+            _(
+                "Des séjours et passages aux urgences nomment ces lieux, qu'aucun flux n'a "
+                "encore envoyés : ils sont comptés dans leur établissement et placés à "
+                "l'arrivée du lieu."
+            )
+        )
+        table(
+            waiting,
+            [
+                Col("hospital_id", "Établissement"),
+                Col("location_id", "Lieu"),
+                Col("waiting", "Séjours et passages", "int"),
+            ],
+        )
     rejected = queries.recent_rejections(engine(), since=at - timedelta(hours=hours))
     st.subheader(_("Rejets ({n})", n=len(rejected)))
     if rejected.empty:

@@ -502,14 +502,29 @@ class SqlSink:
                 sl.c.ward_ref,
                 sl.c.ward_id,
                 sl.c.bed_id,
+                sl.c.start_at,
+                sl.c.end_at,
             ).where(or_(sl.c.location_id.in_(sorted(touched)), sl.c.ward_ref.in_(sorted(touched))))
         ).all()
         stays = {r.stay_id for r in found}
         moved = []
         for r in found:
-            _, ward, bed = self._resolve(new, r.hospital_id, r.location_id, r.ward_ref)
-            if (ward, bed) != (r.ward_id, r.bed_id):
-                moved.append({"stay_id": r.stay_id, "seq": r.seq, "ward_id": ward, "bed_id": bed})
+            # A period filed under no known hospital (no serviceProvider, Location not yet
+            # received) takes the hospital of its Location once the Location arrives.
+            hint = None if r.hospital_id == UNKNOWN_HOSPITAL else r.hospital_id
+            home, ward, bed = self._resolve(new, hint, r.location_id, r.ward_ref)
+            if (home, ward, bed) != (r.hospital_id, r.ward_id, r.bed_id):
+                moved.append(
+                    {
+                        "stay_id": r.stay_id,
+                        "seq": r.seq,
+                        "hospital_id": home,
+                        "ward_id": ward,
+                        "bed_id": bed,
+                    }
+                )
+                if home != r.hospital_id:
+                    _widen(windows, r.hospital_id, r.start_at, r.end_at or r.start_at)
         bulk_update(conn, sl, moved, key=["stay_id", "seq"])
         if stays:
             spans = conn.execute(
@@ -521,6 +536,20 @@ class SqlSink:
                 _widen(windows, hospital, lo, hi)
         # ED arrivals count in the ED ward and its service too.
         ed = _t(EdVisitRow)
+        placed = []
+        for visit in conn.execute(
+            select(ed.c.encounter_id, ed.c.ward_id, ed.c.arrived_at).where(
+                and_(
+                    ed.c.ward_id.in_(sorted(touched)),
+                    or_(ed.c.hospital_id.is_(None), ed.c.hospital_id == UNKNOWN_HOSPITAL),
+                )
+            )
+        ).all():
+            found_hospital = new.hospital_of(visit.ward_id)
+            if found_hospital:
+                placed.append({"encounter_id": visit.encounter_id, "hospital_id": found_hospital})
+                _widen(windows, UNKNOWN_HOSPITAL, visit.arrived_at, visit.arrived_at)
+        bulk_update(conn, ed, placed, key=["encounter_id"])
         for hospital, lo, hi in conn.execute(
             select(ed.c.hospital_id, func.min(ed.c.arrived_at), func.max(ed.c.arrived_at))
             .where(ed.c.ward_id.in_(sorted(touched)))

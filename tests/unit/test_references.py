@@ -250,3 +250,25 @@ def test_references_resolve_within_the_bundle_first() -> None:
     assert enc.valid, enc.issues
     assert enc.resource is not None
     assert enc.resource["location"][0]["location"]["reference"] == "Location/loc-new"
+
+
+def test_a_merged_patient_s_records_go_to_the_patient_that_replaced_it() -> None:
+    from ingest.references import MERGED_SYSTEM, apply_merges
+
+    body = patient_bundle(f"Location?identifier={SYN}|loc-1")
+    body["entry"][0]["resource"]["link"] = [
+        {"other": {"reference": "Patient/pat-keep"}, "type": "replaced-by"}
+    ]
+    prepared = prepare_bundle(body)
+    merges = apply_merges(prepared.items, FakeIndex([]).lookup)
+    assert merges == {"pat-1": "pat-keep"}
+    enc = prepared.items[1]
+    assert enc.key == "pat-keep"
+    assert enc.resource is not None and enc.resource["subject"]["reference"] == "Patient/pat-keep"
+
+    # A later Bundle for the replaced id follows the recorded merge.
+    later = prepare_bundle(patient_bundle(f"Location?identifier={SYN}|loc-1"))
+    index = FakeIndex([("Patient", MERGED_SYSTEM, "pat-1", "pat-keep")])
+    assert apply_merges(later.items, index.lookup) == {}
+    assert later.items[1].key == "pat-keep"
+    assert later.items[0].key == "pat-1"  # the replaced Patient itself keeps its id

@@ -127,7 +127,7 @@ def simulate(
     elif kafka:
         topics = Topics.from_settings(settings)
         ensure_topics(settings.bootstrap, topics.all(), settings.topic_partitions)
-        sink = KafkaSink(settings.bootstrap, topics.raw)
+        sink = KafkaSink(settings.bootstrap, topics.raw, directory=topics.directory)
     else:
         token = token or (
             settings.ingest_token.get_secret_value() if settings.ingest_token else None

@@ -225,7 +225,7 @@ def dead_letters(broker: str, topic: str) -> list[tuple[dict[str, Any], dict[str
 def test_a_poison_resource_mid_stream_does_not_stop_the_worker(
     broker: str, pg_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    resources = territory(topic_prefix, patients=2500, seed=9, days=20, beds_per_ward=10)
+    resources = territory(topic_prefix, patients=3600, seed=9, days=20, beds_per_ward=10)
     expected = expected_counts(resources)
     topics = topics_for(broker, topic_prefix, 4)
     middle = len(resources) // 2

@@ -144,6 +144,9 @@ class Hierarchy:
     _units: dict[tuple[str, str | None, str | None], dict[str, Unit | None]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _names: dict[Unit, str | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def _climb(self, location_id: str | None) -> list[Place]:
         chain: list[Place] = []
@@ -221,6 +224,12 @@ class Hierarchy:
 
     def name_of(self, unit: Unit) -> str | None:
         """A display name for a unit."""
+        if unit not in self._names:
+            # Services and hospitals are looked up over every place: once per unit.
+            self._names[unit] = self._name_of(unit)
+        return self._names[unit]
+
+    def _name_of(self, unit: Unit) -> str | None:
         if unit.unit_type == SERVICE:
             code = unit.unit_id.rsplit("/", 1)[-1]
             for place in self.places.values():

@@ -184,7 +184,10 @@ class BatchProcessor:
     (in a thread, or in fold processes: `streams.runtime.fold_process`), `write` writes it to SQL (in a
     thread); `FoldWritePipeline` runs them."""
 
-    CACHE_LIMIT = 200_000
+    # Decoded states kept, the most recently used ones: a backfill moves through time, so the
+    # patients of the next batch are mostly those of the last ones, and memory stays bounded
+    # whatever the number of patients.
+    CACHE_LIMIT = 10_000
 
     def __init__(
         self, sink: SqlSink, rules: PathwayRules, stopping: threading.Event | None = None
@@ -201,9 +204,10 @@ class BatchProcessor:
     def _state(self, pid: str, stored: str | None) -> PatientState | None:
         if not stored:
             return None
-        cached = self._decoded.get(pid)
+        cached = self._decoded.pop(pid, None)
         # Equal, not only the same object: the fold process receives copies of the values.
         if cached is not None and cached[0] == stored:
+            self._decoded[pid] = cached  # now the most recently used
             return cached[1]
         if isinstance(stored, Mapping):
             # A changelog written by an earlier version of the worker holds the state as an object.
@@ -214,9 +218,11 @@ class BatchProcessor:
         return state
 
     def _remember(self, pid: str, value: str, state: PatientState) -> None:
-        if len(self._decoded) >= self.CACHE_LIMIT:
-            self._decoded.clear()
+        self._decoded.pop(pid, None)
         self._decoded[pid] = (value, state)
+        if len(self._decoded) > self.CACHE_LIMIT:
+            # Dicts keep insertion order: the first key is the least recently used.
+            del self._decoded[next(iter(self._decoded))]
 
     def process(
         self,

@@ -29,6 +29,9 @@ from streams.runtime.batch import BatchOutcome, BatchProcessor, RawMessage
 
 log = logging.getLogger(__name__)
 
+# After a batch of at least this many messages, free memory is given back to the system.
+LARGE_BATCH = 1000
+
 
 class FoldProcessError(RuntimeError):
     """The fold process failed or is gone; the worker must not go on past the batch."""
@@ -36,7 +39,7 @@ class FoldProcessError(RuntimeError):
 
 def serve(conn: Connection, rules: PathwayRules) -> None:
     """The child's loop: one batch per message received, until the pipe closes."""
-    from streams.runtime.gc_tuning import tune_gc
+    from streams.runtime.gc_tuning import give_back_memory, tune_gc
 
     tune_gc()
     processor = BatchProcessor(sink=None, rules=rules)  # type: ignore[arg-type]  # folds only
@@ -61,6 +64,9 @@ def serve(conn: Connection, rules: PathwayRules) -> None:
             }
             outcome.raw_of, outcome.location_raw = {}, {}
             conn.send(("outcome", (outcome, raw_of, location_raw)))
+            if len(messages) >= LARGE_BATCH:
+                del outcome, grouped, messages, raw
+                give_back_memory()
         except EOFError:
             return
         except Exception:

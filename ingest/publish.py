@@ -124,7 +124,7 @@ class Publisher:
         try:
             ensure_topics(
                 self.settings.bootstrap,
-                [self.topics.raw, self.topics.deadletter],
+                [self.topics.raw, self.topics.deadletter, self.topics.directory],
                 self.settings.topic_partitions,
             )
         except Exception:
@@ -195,7 +195,8 @@ class Publisher:
         self._probe_lock.release()
 
     def publish(self, messages: Sequence[Message]) -> list[Ack | Exception]:
-        """Send every message to the raw topic and wait for each ack (acks=all).
+        """Send every message to its topic (`Topics.for_key`: reference data to the directory,
+        the rest to the raw topic) and wait for each ack (acks=all).
 
         Returns, per message, its Ack or the exception that stopped it. Waits at most the
         configured publish timeout in total.
@@ -206,7 +207,9 @@ class Publisher:
         for m in messages:
             try:
                 futures.append(
-                    producer.send(self.topics.raw, value=m.value, key=m.key, headers=m.headers)
+                    producer.send(
+                        self.topics.for_key(m.key), value=m.value, key=m.key, headers=m.headers
+                    )
                 )
             except (KafkaError, OSError, ValueError) as exc:
                 futures.append(exc)

@@ -154,7 +154,7 @@ def simulate(
             settings.topic_partitions,
             settings.topic_replication_factor,
         )
-        sink = KafkaSink(settings.bootstrap, topics.raw)
+        sink = KafkaSink(settings.bootstrap, topics.raw, directory=topics.directory)
     else:
         token = token or (
             settings.ingest_token.get_secret_value() if settings.ingest_token else None

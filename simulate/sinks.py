@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from parcours.topics import is_directory_key
 from simulate import SimulationError
 from simulate.fhir import message_key
 
@@ -88,16 +89,18 @@ class NullSink:
 
 
 class KafkaSink:
-    """Straight to the raw topic, keyed by patient (or `Type/id`), with acks=all.
+    """Straight to the raw topic, keyed by patient (or `Type/id`), with acks=all; reference data
+    (`parcours.topics.DIRECTORY_TYPES`) to the `directory` topic when one is given.
 
     The raw topic holds resources a gateway accepted, so the deliberately invalid ones are
     withheld here (send them through the gateway or an NDJSON file to exercise rejection).
     """
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, directory: str | None = None) -> None:
         from kafka import KafkaProducer
 
         self.topic = topic
+        self.directory = directory
         self.counts: Counter[str] = Counter()
         self._errors: list[str] = []
         self._producer = KafkaProducer(
@@ -117,9 +120,11 @@ class KafkaSink:
             self.counts["invalid_withheld"] += 1
             return
         value = json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode()
+        key = message_key(resource)
+        to_directory = self.directory is not None and is_directory_key(key)
         future = self._producer.send(
-            self.topic,
-            key=message_key(resource).encode(),
+            self.directory if to_directory else self.topic,
+            key=key.encode(),
             value=value,
             headers=[("source", b"parcours-simulate")],
         )

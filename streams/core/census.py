@@ -6,7 +6,8 @@ on every replay). Instead the sink stores each stay's periods (`stay_locations`:
 when the feed has no `Encounter.location`, the whole hospital) as part of the patient's derived
 state, and the census is a pure function of those periods:
 
-- `live_occupancy(periods, hierarchy)`: patients present now (open periods) per unit;
+- `live_occupancy(periods, hierarchy, units, ed_open)`: patients present now (open periods, and
+  open ED visits) per unit;
 - `hourly_census(periods, ed_arrivals, hierarchy, lo, hi, watermark)`: for each unit and each hour
   in `[lo, hi]`: occupancy at the hour (present at its first instant), admissions, discharges,
   transfers in/out and ED arrivals during the hour;
@@ -22,6 +23,11 @@ service is `Location.type`. Capacity: the territory config (`Settings.census_cap
 the unit, else the number of `active` beds (a ward), summed over wards for services and hospitals.
 Without any Location (Synthea), periods are at hospital level (the Encounter's serviceProvider) and
 only hospital units exist, with unknown capacity.
+
+The ED. An ED visit counts in the ED ward (and its service, `urgences`) from its arrival to its
+departure, boarders included (admitted, still waiting for a bed), against the ED boxes (the beds
+of the ED ward). The hospital unit counts inpatients against inpatient beds only: ED boxes are
+neither in its occupancy nor in its capacity, so its percentage is that of its beds.
 """
 
 from __future__ import annotations
@@ -85,11 +91,13 @@ class Period:
 
 @dataclass(frozen=True)
 class EdArrival:
-    """An ED arrival, counted in the hospital (and the ED ward when known)."""
+    """An ED visit: its arrival counts in the hospital (and the ED ward when known); while it
+    lasts (`at` to `departed`, None while still there) it occupies the ED ward."""
 
     hospital_id: str
     ward_id: str | None
     at: datetime
+    departed: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,9 @@ class Hierarchy:
     places: Mapping[str, Place] = field(default_factory=dict)
     capacity_overrides: Mapping[str, int] = field(default_factory=dict)
     _units: dict[tuple[str, str | None, str | None], dict[str, Unit | None]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _names: dict[Unit, str | None] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -213,6 +224,12 @@ class Hierarchy:
 
     def name_of(self, unit: Unit) -> str | None:
         """A display name for a unit."""
+        if unit not in self._names:
+            # Services and hospitals are looked up over every place: once per unit.
+            self._names[unit] = self._name_of(unit)
+        return self._names[unit]
+
+    def _name_of(self, unit: Unit) -> str | None:
         if unit.unit_type == SERVICE:
             code = unit.unit_id.rsplit("/", 1)[-1]
             for place in self.places.values():
@@ -254,6 +271,9 @@ class Hierarchy:
         if unit.unit_type == SERVICE:
             code = unit.unit_id.rsplit("/", 1)[-1]
             wards = [w for w in wards if self.places[w].service_code == code]
+        else:
+            # A hospital's capacity is its inpatient beds; the ED boxes are the ED's.
+            wards = [w for w in wards if self.places[w].service_code != ED_SERVICE]
         caps = [c for c in (self._ward_capacity(w) for w in wards) if c is not None]
         return sum(caps) if caps else None
 
@@ -353,6 +373,21 @@ def hourly_census(
                 if hour <= stop:
                     steps[unit][hour] += 1
                     steps[unit][stop + 1] -= 1
+    for arrival in ed_arrivals:
+        units = hierarchy.units_of(arrival.hospital_id, arrival.ward_id)
+        for level in LEVELS:
+            bump(units[level], arrival.at, "ed_arrivals")
+        # Present in the ED ward and service (not the hospital's beds) while the visit lasts.
+        hour = max(hour_after(arrival.at), first)
+        end = arrival.departed
+        stop = limit if end is None else min(last, hour_after(end) - 1)
+        if hour > stop:
+            continue
+        for level in (SERVICE, WARD):
+            unit = units[level]
+            if unit is not None:
+                steps[unit][hour] += 1
+                steps[unit][stop + 1] -= 1
     for unit, deltas in steps.items():
         present = 0
         marks = sorted(deltas.items())
@@ -362,10 +397,6 @@ def hourly_census(
                 continue
             for hour in range(mark, marks[i + 1][0]):
                 counts[(unit, hour)]["occupancy"] = present
-    for arrival in ed_arrivals:
-        units = hierarchy.units_of(arrival.hospital_id, arrival.ward_id)
-        for level in LEVELS:
-            bump(units[level], arrival.at, "ed_arrivals")
     times: dict[int, datetime] = {}
     rows = []
     for (unit, hour), values in counts.items():
@@ -378,9 +409,13 @@ def hourly_census(
 
 
 def live_occupancy(
-    periods: Iterable[Period], hierarchy: Hierarchy, units: Iterable[Unit] = ()
+    periods: Iterable[Period],
+    hierarchy: Hierarchy,
+    units: Iterable[Unit] = (),
+    ed_open: Iterable[EdArrival] = (),
 ) -> list[Occupancy]:
-    """Occupied places per bed, ward, service and hospital from the open periods.
+    """Occupied places per bed, ward, service and hospital from the open periods, and the ED
+    boxes occupied by the open ED visits (`ed_open`: in the ED ward and service only).
 
     `units` adds units that must appear even when empty (those a batch touched, every ward of the
     hierarchy…), so that a unit that empties is written back as 0.
@@ -388,6 +423,14 @@ def live_occupancy(
     occupied: dict[Unit, int] = defaultdict(int)
     for unit in units:
         occupied[unit] += 0
+    for visit in ed_open:
+        if visit.departed is not None:
+            continue
+        at_levels = hierarchy.units_of(visit.hospital_id, visit.ward_id)
+        for level in (SERVICE, WARD):
+            found = at_levels[level]
+            if found is not None:
+                occupied[found] += 1
     for p in periods:
         if p.end is not None:
             continue

@@ -8,6 +8,7 @@ nothing of Faust.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import orjson
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from parcours.settings import Settings
 from parcours.topics import partition_of_key
@@ -35,7 +37,56 @@ from streams.sink.writer import SinkBatch, SinkResult
 
 log = logging.getLogger(__name__)
 
-RETRY_S = 2.0
+# Backoff of the retries of a write the database could not take (connection lost, timeout).
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 30.0
+# A statement that timed out this many times in a row is treated as refused: a batch that can
+# never pass in time must not hold the worker forever.
+TIMEOUT_ATTEMPTS = 3
+# PostgreSQL error classes and codes of a database that cannot answer now, but may later.
+TRANSIENT_CLASSES = ("08", "53", "58")
+TRANSIENT_CODES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P03"})
+QUERY_CANCELED = "57014"
+
+
+class WorkerStopping(Exception):
+    """The worker is stopping: the batch is left unwritten, to be replayed from its offsets."""
+
+
+def db_error_kind(exc: BaseException) -> str:
+    """`"transient"` (connection lost, database restarting, deadlock: retry), `"timeout"` (a
+    statement cancelled by its timeout: retry a few times) or `"refused"` (the database will
+    never take it: stack depth, bad data, constraint, or any other error)."""
+    if isinstance(exc, PoolTimeout):
+        return "transient"
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return "transient"
+    code = getattr(orig, "pgcode", None)
+    if code:
+        if code == QUERY_CANCELED:
+            return "timeout"
+        if code in TRANSIENT_CODES or code.startswith(TRANSIENT_CLASSES):
+            return "transient"
+        return "refused"
+    name = type(orig).__name__
+    if name == "InterfaceError":
+        return "transient"  # psycopg2: the connection is closed
+    if name == "OperationalError":
+        # psycopg2 without a code: the server went away. SQLite: locked or busy.
+        text = str(orig).lower()
+        if type(orig).__module__.startswith("sqlite3") and "locked" not in text:
+            return "refused"
+        return "transient"
+    return "refused"
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short description of a database error for logs and dead letters: its class and the
+    first line of the server's message, never the statement or its parameters."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    first = (str(orig).strip().splitlines() or [""])[0][:300]
+    return f"{type(orig).__name__}: {first}" if first else type(orig).__name__
 
 
 def rules_from_settings(settings: Settings) -> PathwayRules:
@@ -81,6 +132,7 @@ class BatchOutcome:
     # to the dead letters if the database refuses the patient's rows.
     sink_batch: SinkBatch = field(default_factory=SinkBatch)
     raw_of: dict[str, list[RawMessage]] = field(default_factory=dict)
+    location_raw: dict[str, list[RawMessage]] = field(default_factory=dict)
     refused: bool = False  # the database refused some patients' rows
     rules_s: float = 0.0  # decoding and folding
     sql_s: float = 0.0  # the SQL transaction
@@ -102,6 +154,9 @@ def decode_batch(
             events.extend(map_resource(resource))
         except (ValueError, MappingError) as exc:
             rejects.append((key, payload, str(exc)))
+        except Exception as exc:
+            # One message that breaks the mapping must not stop the batch: it is dead-lettered.
+            rejects.append((key, payload, f"mapping: {type(exc).__name__}: {exc}"))
     return events, rejects
 
 
@@ -137,11 +192,19 @@ class BatchProcessor:
     (in a thread, or in fold processes: `streams.runtime.fold_process`), `write` writes it to SQL (in a
     thread); `FoldWritePipeline` runs them."""
 
-    CACHE_LIMIT = 200_000
+    # Decoded states kept, the most recently used ones: a backfill moves through time, so the
+    # patients of the next batch are mostly those of the last ones, and memory stays bounded
+    # whatever the number of patients.
+    CACHE_LIMIT = 10_000
 
-    def __init__(self, sink: RowSink, rules: PathwayRules) -> None:
+    def __init__(
+        self, sink: RowSink, rules: PathwayRules, stopping: threading.Event | None = None
+    ) -> None:
         self.sink = sink
         self.rules = rules
+        # Set when the worker stops: retries give up and the batch is replayed at the next start.
+        self.stopping = stopping or threading.Event()
+        self.db_retries = 0
         # patient → (the table value, its decoded state). Decoding a state costs more than the
         # transitions of a batch, so a value this worker wrote itself is not decoded again.
         self._decoded: dict[str, tuple[str, PatientState]] = {}
@@ -149,9 +212,10 @@ class BatchProcessor:
     def _state(self, pid: str, stored: str | None) -> PatientState | None:
         if not stored:
             return None
-        cached = self._decoded.get(pid)
+        cached = self._decoded.pop(pid, None)
         # Equal, not only the same object: the fold process receives copies of the values.
         if cached is not None and cached[0] == stored:
+            self._decoded[pid] = cached  # now the most recently used
             return cached[1]
         if isinstance(stored, Mapping):
             # A changelog written by an earlier version of the worker holds the state as an object.
@@ -162,9 +226,11 @@ class BatchProcessor:
         return state
 
     def _remember(self, pid: str, value: str, state: PatientState) -> None:
-        if len(self._decoded) >= self.CACHE_LIMIT:
-            self._decoded.clear()
+        self._decoded.pop(pid, None)
         self._decoded[pid] = (value, state)
+        if len(self._decoded) > self.CACHE_LIMIT:
+            # Dicts keep insertion order: the first key is the least recently used.
+            del self._decoded[next(iter(self._decoded))]
 
     def process(
         self,
@@ -208,8 +274,12 @@ class BatchProcessor:
                         raw_of[ev.patient_id].append(msg)
                 elif isinstance(ev, LocationRecorded):
                     batch.locations.append(ev)
+                    outcome.location_raw.setdefault(ev.location_id, []).append(msg)
                 elif isinstance(ev, EncounterRecorded):
                     batch.encounters.append(ev)
+                    found = raw_of.setdefault(ev.patient_id, [])
+                    if not found or found[-1] is not msg:
+                        found.append(msg)
         return outcome, grouped
 
     def fold_grouped(
@@ -279,45 +349,114 @@ class BatchProcessor:
         return outcome
 
     def _write(self, outcome: BatchOutcome) -> SinkResult:
-        """One transaction; transient database errors are retried until they pass. Rows the
-        database refuses (a value too long…) send their patient's messages to the dead letters
-        and the rest of the batch is written."""
-        while True:
-            try:
-                return self.sink.write(outcome.sink_batch)
-            except (OperationalError, InterfaceError) as exc:
-                log.warning("database unavailable, retrying in %ss: %s", RETRY_S, exc)
-                time.sleep(RETRY_S)
-            except DBAPIError as exc:
-                batch = outcome.sink_batch
-                if len(batch.patients) <= 1 and not batch.locations and not batch.encounters:
-                    raise
-                log.warning("batch refused by the database, writing patient by patient: %s", exc)
-                return self._write_one_by_one(outcome)
-
-    def _write_one_by_one(self, outcome: BatchOutcome) -> SinkResult:
+        """One transaction, retried while the database cannot answer. If the database refuses
+        the batch, it is written again in parts (`_write_parts`) and what it refuses goes to the
+        dead letters with the reason; the rest of the batch is written."""
+        try:
+            return self._attempt(outcome.sink_batch)
+        except _Refused as refused:
+            log.warning(
+                "the database refused a batch (%s); writing it in parts", refused.description
+            )
         batch, total = outcome.sink_batch, SinkResult()
-        parts: list[SinkBatch] = [SinkBatch(locations=batch.locations, encounters=batch.encounters)]
-        parts += [SinkBatch(patients=[p]) for p in batch.patients]
-        for part in parts:
-            try:
-                result = self.sink.write(part)
-            except DBAPIError as exc:
-                reason = f"sql: {str(exc).splitlines()[0]}"
-                for p in part.patients:
-                    outcome.refused = True
-                    outcome.states.pop(p.patient_id, None)
-                    key = p.patient_id.encode()
-                    outcome.alerts = [a for a in outcome.alerts if a[0] != key]
-                    outcome.rejects.extend(
-                        (m.key, m.value, reason) for m in outcome.raw_of.get(p.patient_id, [])
-                    )
-                if not part.patients:
-                    log.error("locations/encounters of a batch refused: %s", reason)
-                continue
-            total.rows += result.rows
-            total.alerts.extend(result.alerts)
+        by_location: dict[str, list[LocationRecorded]] = {}
+        for loc in batch.locations:
+            by_location.setdefault(loc.location_id, []).append(loc)
+        encounters: dict[str, list[EncounterRecorded]] = {}
+        for enc in batch.encounters:
+            encounters.setdefault(enc.patient_id, []).append(enc)
+        # The tree first: the patients' rows are placed in it.
+        places = [_Part(SinkBatch(locations=evs), location=lid) for lid, evs in by_location.items()]
+        people = [
+            _Part(
+                SinkBatch(patients=[p], encounters=encounters.pop(p.patient_id, [])), p.patient_id
+            )
+            for p in batch.patients
+        ]
+        people += [_Part(SinkBatch(encounters=evs), pid) for pid, evs in encounters.items()]
+        self._write_parts(places, outcome, total)
+        self._write_parts(people, outcome, total)
         return total
+
+    def _attempt(self, batch: SinkBatch) -> SinkResult:
+        """`sink.write`, retried with backoff while the error is transient; raises `_Refused`."""
+        delay, timeouts = RETRY_FIRST_S, 0
+        while True:
+            if self.stopping.is_set():
+                raise WorkerStopping
+            try:
+                return self.sink.write(batch)
+            except Exception as exc:
+                if self.stopping.is_set():
+                    raise WorkerStopping from exc
+                kind = db_error_kind(exc)
+                description = describe_error(exc)
+                if kind == "timeout":
+                    timeouts += 1
+                    if timeouts >= TIMEOUT_ATTEMPTS:
+                        raise _Refused(description) from exc
+                elif kind != "transient":
+                    raise _Refused(description) from exc
+                self.db_retries += 1
+                log.warning("database unavailable (%s); retrying in %.1f s", description, delay)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    def _write_parts(self, parts: list[_Part], outcome: BatchOutcome, total: SinkResult) -> None:
+        """Write `parts` together; if the database refuses them, each half on its own, down
+        to the one part it refuses, whose messages go to the dead letters."""
+        if not parts:
+            return
+        merged = SinkBatch(
+            patients=[p for part in parts for p in part.batch.patients],
+            locations=[loc for part in parts for loc in part.batch.locations],
+            encounters=[e for part in parts for e in part.batch.encounters],
+        )
+        try:
+            result = self._attempt(merged)
+        except _Refused as refused:
+            if len(parts) > 1:
+                middle = len(parts) // 2
+                self._write_parts(parts[:middle], outcome, total)
+                self._write_parts(parts[middle:], outcome, total)
+                return
+            self._refuse(parts[0], f"sql: {refused.description}", outcome)
+            return
+        total.rows += result.rows
+        total.alerts.extend(result.alerts)
+
+    @staticmethod
+    def _refuse(part: _Part, reason: str, outcome: BatchOutcome) -> None:
+        """Send the messages of a part the database refused to the dead letters."""
+        if part.location is not None:
+            log.error("the database refused a Location: %s", reason)
+            raw = outcome.location_raw.get(part.location, [])
+        else:
+            assert part.patient is not None
+            log.error("the database refused a patient's rows: %s", reason)
+            outcome.refused = True
+            outcome.states.pop(part.patient, None)
+            key = part.patient.encode()
+            outcome.alerts = [a for a in outcome.alerts if a[0] != key]
+            raw = outcome.raw_of.get(part.patient, [])
+        outcome.rejects.extend((m.key, m.value, reason) for m in raw)
+
+
+class _Refused(Exception):
+    """The database refused a write (not a transient error)."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
+
+
+@dataclass
+class _Part:
+    """What the database may refuse on its own: one Location, or one patient's rows."""
+
+    batch: SinkBatch
+    patient: str | None = None
+    location: str | None = None
 
 
 def partition_for(patient_id: str, partitions: int) -> int:

@@ -5,12 +5,14 @@ Nothing connects at import time; `create_app` builds the app and `run_worker` ru
 
 from __future__ import annotations
 
-import faust
-
 from parcours.db import make_engine
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
-from streams.runtime.faust_compat import ParcoursApp, SeekThenResumeTableManager
+from streams.runtime.faust_compat import (
+    ParcoursApp,
+    PromptStopWorker,
+    SeekThenResumeTableManager,
+)
 from streams.runtime.worker import register_agents
 from streams.sink.writer import SqlSink
 
@@ -57,7 +59,7 @@ def run_worker(settings: Settings) -> None:
     app = create_app(settings)
     for start in app.before_start:
         start()
-    worker = faust.Worker(app, loglevel=settings.log_level.lower())
+    worker = PromptStopWorker(app, loglevel=settings.log_level.lower())
     # Faust's start-up spinner sets the root logger to DEBUG for itself, and keeps it there: every
     # message sent would then build a debug record that no handler prints. No spinner, no DEBUG.
     worker.spinner = None

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -371,6 +373,8 @@ class ParcoursApp(faust.App):
         self.batch_busy: dict[str, Callable[[], bool]] = {}
         # Called by `run_worker` before the worker starts (not when an app is only built).
         self.before_start: list[Callable[[], None]] = []
+        # Called (from the event loop) as soon as the worker is asked to stop (`PromptStopWorker`).
+        self.on_stop_requested: list[Callable[[], None]] = []
         self.batch_size = batch_size
         self.batch_within_s = batch_within_s
 
@@ -424,3 +428,42 @@ class ParcoursApp(faust.App):
         for partition, batch in filling.items():
             sent.append(await producer.send_batch(batch, topic, partition=partition))
         return sent
+
+
+class PromptStopWorker(faust.Worker):
+    """Faust's worker, stopped within `STOP_WITHIN_S` of SIGTERM or SIGINT.
+
+    The app's `on_stop_requested` hooks run first (they cancel the statement under way and end
+    the fold processes), then Faust's own shutdown. Should that still be running after
+    `STOP_WITHIN_S`, the process exits: every batch not acknowledged is replayed from its
+    offsets at the next start, and replays write the same rows (as after a kill -9).
+    """
+
+    STOP_WITHIN_S = 8.0
+
+    def _on_sigterm(self) -> None:
+        self._stop_promptly()
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._stop_promptly()
+        super()._on_sigint()
+
+    def _stop_promptly(self) -> None:
+        app = cast(ParcoursApp, self.app)
+        for hook in app.on_stop_requested:
+            try:
+                hook()
+            except Exception:
+                log.exception("a stop hook failed")
+        timer = threading.Timer(self.STOP_WITHIN_S, self._exit_now)
+        timer.daemon = True
+        timer.start()
+
+    @staticmethod
+    def _exit_now() -> None:
+        log.warning(
+            "shutdown still under way after %s s; exiting now", PromptStopWorker.STOP_WITHIN_S
+        )
+        logging.shutdown()
+        os._exit(0)

@@ -29,6 +29,9 @@ from streams.runtime.batch import BatchOutcome, BatchProcessor, RawMessage
 
 log = logging.getLogger(__name__)
 
+# After a batch of at least this many messages, free memory is given back to the system.
+LARGE_BATCH = 1000
+
 
 class FoldProcessError(RuntimeError):
     """The fold process failed or is gone; the worker must not go on past the batch."""
@@ -36,7 +39,7 @@ class FoldProcessError(RuntimeError):
 
 def serve(conn: Connection, rules: PathwayRules) -> None:
     """The child's loop: one batch per message received, until the pipe closes."""
-    from streams.runtime.gc_tuning import tune_gc
+    from streams.runtime.gc_tuning import give_back_memory, tune_gc
 
     tune_gc()
     processor = BatchProcessor(sink=None, rules=rules)  # type: ignore[arg-type]  # folds only
@@ -56,8 +59,14 @@ def serve(conn: Connection, rules: PathwayRules) -> None:
             # The worker has the messages: send their positions, not their bytes.
             position = {id(m): i for i, m in enumerate(messages)}
             raw_of = {pid: [position[id(m)] for m in ms] for pid, ms in outcome.raw_of.items()}
-            outcome.raw_of = {}
-            conn.send(("outcome", (outcome, raw_of)))
+            location_raw = {
+                lid: [position[id(m)] for m in ms] for lid, ms in outcome.location_raw.items()
+            }
+            outcome.raw_of, outcome.location_raw = {}, {}
+            conn.send(("outcome", (outcome, raw_of, location_raw)))
+            if len(messages) >= LARGE_BATCH:
+                del outcome, grouped, messages, raw
+                give_back_memory()
         except EOFError:
             return
         except Exception:
@@ -97,6 +106,13 @@ class FoldProcess:
                 self._process.kill()
             self._process = None
 
+    def terminate(self) -> None:
+        """End the child now, without waiting (a stopping worker); the batch it was folding
+        is replayed at the next start."""
+        process = self._process
+        if process is not None and process.is_alive():
+            process.terminate()
+
     def fold(
         self, messages: list[RawMessage], get_state: Callable[[str], str | None]
     ) -> BatchOutcome:
@@ -114,9 +130,12 @@ class FoldProcess:
             raise FoldProcessError(f"the fold process is gone: {exc!r}") from exc
         if kind != "outcome":
             raise FoldProcessError(f"the fold process failed on a batch:\n{payload}")
-        outcome, raw_of = payload
+        outcome, raw_of, location_raw = payload
         assert isinstance(outcome, BatchOutcome)
         outcome.raw_of = {pid: [messages[i] for i in idx] for pid, idx in raw_of.items()}
+        outcome.location_raw = {
+            lid: [messages[i] for i in idx] for lid, idx in location_raw.items()
+        }
         return outcome
 
 
@@ -140,6 +159,11 @@ class FoldProcesses:
     def stop(self) -> None:
         for process in self.processes:
             process.stop()
+
+    def terminate(self) -> None:
+        """End every child now (see `FoldProcess.terminate`)."""
+        for process in self.processes:
+            process.terminate()
 
     def fold(
         self, messages: list[RawMessage], get_state: Callable[[str], str | None]
@@ -172,6 +196,8 @@ def merge_outcomes(outcomes: list[BatchOutcome]) -> BatchOutcome:
         merged.rejects.extend(o.rejects)
         merged.events += o.events
         merged.raw_of.update(o.raw_of)
+        for lid, raw in o.location_raw.items():
+            merged.location_raw.setdefault(lid, []).extend(raw)
         merged.sink_batch.patients.extend(o.sink_batch.patients)
         merged.sink_batch.locations.extend(o.sink_batch.locations)
         merged.sink_batch.encounters.extend(o.sink_batch.encounters)

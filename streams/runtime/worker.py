@@ -23,6 +23,20 @@ rows. Location messages (keyed `Location/<id>`) carry no patient and go to the s
 Timers: `check_timers` needs a time. A live feed wants the wall clock (a discharge with no
 follow-up after 7 days raises an alert even though no event arrives), so the worker's timer passes
 the wall time; it is off when `pathway_timer_interval_s` is 0, which replays of old data want.
+
+Reference data. Organizations, Locations, Practitioners and HealthcareServices arrive on the
+directory topic (one compacted partition). At start the worker reads it to its end and writes its
+Locations before it folds any patient event, so a stay is placed in a ward it knows whatever the
+partition order of the raw topic; then it follows the topic, each new batch of it taking its
+turn in the pipeline like a raw batch.
+
+Errors are data. A message the rules cannot map or fold, or whose rows the database refuses, goes
+to the dead-letter topic with its reason, is recorded for the Feed health page
+(`ingest_rejections`, source `stream-worker`) and counted on `/metrics`; the rest of its batch
+is written. A database that cannot answer is waited for, with backoff.
+
+Stopping. On SIGTERM the statement under way is cancelled, the fold processes are ended, and the
+batch not yet finished is left to be replayed from its offsets at the next start.
 """
 
 from __future__ import annotations
@@ -32,6 +46,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from datetime import UTC, datetime
@@ -47,14 +62,18 @@ from streams.runtime.batch import (
     BatchOutcome,
     BatchProcessor,
     RawMessage,
+    WorkerStopping,
     rules_from_settings,
 )
+from streams.runtime.gc_tuning import give_back_memory
 from streams.sink.writer import SqlSink
 
 if TYPE_CHECKING:
     from streams.runtime.faust_compat import ParcoursApp
 
 log = logging.getLogger(__name__)
+
+LARGE_BATCH = 1000  # messages: such a batch is logged at INFO, and memory is given back after it
 
 
 class FoldWritePipeline:
@@ -87,6 +106,8 @@ class FoldWritePipeline:
         self.table = table
         self.finish = finish
         self.lock = asyncio.Lock()  # held by `submit`, and by whoever needs every state written
+        # Set when the worker stops: a step that fails then leaves its batch to be replayed.
+        self.stopping = threading.Event()
         # The states of the batches folded but not finished, oldest first (`outcome.states`:
         # a write drops the patients whose rows were refused).
         self._layers: list[dict[str, tuple[int, str]]] = []
@@ -161,17 +182,17 @@ class FoldWritePipeline:
 
     @staticmethod
     async def _in_thread(step: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return await asyncio.to_thread(step, *args)
-        except Exception:
-            log.exception("the pathway handler failed on a batch; exiting")
-            os._exit(70)
+        return await asyncio.to_thread(step, *args)
 
-    @staticmethod
-    def _exit_if_failed(task: asyncio.Task[Any]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("a step of the batch pipeline failed; exiting", exc_info=task.exception())
-            os._exit(70)
+    def _exit_if_failed(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        if self.stopping.is_set() or isinstance(task.exception(), WorkerStopping):
+            log.info("stopping: the batch under way will be replayed at the next start")
+            return
+        # Data never gets here (it is dead-lettered); a fold process gone or a bug does.
+        log.error("a step of the batch pipeline failed; exiting", exc_info=task.exception())
+        os._exit(70)
 
 
 def forget_partitions(
@@ -197,7 +218,10 @@ def progress_row(
     the partition's end as last fetched (one past its last record)."""
     lag = None
     if next_offset is not None and highwater is not None:
-        lag = max(highwater - next_offset, 0)
+        # A broker's end offset can run behind what was read (Tansu reports the last produce
+        # batch's base offset + 1): the end is at least what the worker has applied.
+        highwater = max(highwater, next_offset)
+        lag = highwater - next_offset
     return {
         "topic": topic,
         "partition": partition,
@@ -218,6 +242,7 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
     # orjson, and Faust's JSON codec only quotes that text for the changelog.
     states = app.Table("pathway-state", default=None, partitions=settings.topic_partitions)
     processor = BatchProcessor(sink, rules_from_settings(settings))
+    metrics = WorkerMetrics()
 
     # The changelog records are sent as Faust's table would send them, in its codecs.
     changelog_topic = cast(Topic, states.changelog_topic)
@@ -245,14 +270,22 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
         for alert_key, alert in outcome.alerts:
             sent.append(await alerts.send(key=alert_key, value=json.dumps(alert).encode()))
         for raw_key, payload, reason in outcome.rejects:
-            log.warning("dead-lettered a raw message: %s", reason)
+            stage = dead_letter_stage(reason)
+            log.warning("dead-lettered a raw message (%s)", stage)
+            metrics.dead_lettered[stage] = metrics.dead_lettered.get(stage, 0) + 1
             sent.append(
                 await dead.send(
                     key=raw_key,
                     value=payload,
-                    headers={"reason": reason.encode(), "stage": b"pathway"},
+                    headers={"reason": reason[:2000].encode(), "stage": stage.encode()},
                 )
             )
+        if outcome.rejects:
+            rows = [rejection_row(k, v, r, datetime.now(UTC)) for k, v, r in outcome.rejects]
+            try:
+                await asyncio.to_thread(sink.write_rejections, rows)
+            except Exception as exc:  # the dead letters are sent; the page can miss a row
+                log.warning("dead letters not recorded for Feed health: %s", type(exc).__name__)
         # The batch's offsets may be committed as soon as this returns. Faust's flush before a
         # commit gives up on its changelog buffer after 0.1 s without a send, so wait for the
         # broker to hold every record: a kill -9 must not find a committed offset whose state is
@@ -267,7 +300,16 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
         for m in batch:
             app.consumer.ack(m)
             applied[m.partition] = max(applied.get(m.partition, 0), m.offset + 1)
-        log.debug(
+        if len(batch) >= LARGE_BATCH:
+            # A backlog's batch leaves hundreds of MB free in the C heap: give it back.
+            await asyncio.to_thread(give_back_memory)
+        metrics.batches += 1
+        metrics.messages += len(batch)
+        metrics.events += outcome.events
+        metrics.db_retries = processor.db_retries
+        # A backlog's batches are worth a line each; a live feed's small ones are not.
+        log.log(
+            logging.INFO if len(batch) >= LARGE_BATCH else logging.DEBUG,
             "batch of %d messages, %d events: rules %.3f s, SQL %.3f s (%d rows), sends %.3f s",
             len(batch),
             outcome.events,
@@ -278,6 +320,7 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
         )
 
     fold = processor.fold
+    folders = None
     if settings.worker_fold_processes > 0:
         from streams.runtime.fold_process import FoldProcesses  # it imports this module
 
@@ -286,6 +329,44 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
         # Started with the worker: their imports take a second or two, while the group forms.
         app.before_start.append(folders.start)
     pipeline = FoldWritePipeline(fold, processor.write, states.data, finish)
+    pipeline.stopping = processor.stopping
+
+    def stop_now() -> None:
+        """On SIGTERM: give up retries, cancel the statement under way, end the folds."""
+        processor.stopping.set()
+        sink.cancel()
+        if folders is not None:
+            folders.terminate()
+
+    app.on_stop_requested.append(stop_now)
+
+    directory_loaded = asyncio.Event()
+
+    @app.task
+    async def follow_directory() -> None:
+        """Read the directory topic to its end before any patient event, then follow it."""
+        while True:
+            try:
+                await read_directory(
+                    settings.bootstrap,
+                    topics.directory,
+                    pipeline,
+                    directory_loaded,
+                    metrics,
+                    max(1, settings.worker_batch_size),
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("directory topic not readable (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(2.0)
+
+    if settings.worker_web_port > 0:
+
+        @app.page("/metrics")
+        async def metrics_page(web: Any, request: Any) -> Any:
+            metrics.db_retries = processor.db_retries
+            return web.text(metrics.render(), content_type="text/plain; version=0.0.4")
 
     # mode types a receiver as a union of two callables, which mypy cannot match to a function.
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
@@ -305,6 +386,8 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
 
     @app.batch_handler(raw, busy=pipeline.busy)
     async def pathway(batch: list[Message]) -> None:
+        if not directory_loaded.is_set():
+            await directory_loaded.wait()
         messages = [RawMessage(m.key, m.value, m.partition) for m in batch if m.value is not None]
         await pipeline.submit(messages, batch)
 
@@ -349,3 +432,152 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
                     processor.tick, snapshot, datetime.now(UTC), settings.topic_partitions
                 )
                 await apply(outcome)
+
+
+async def read_directory(
+    bootstrap: str,
+    topic: str,
+    pipeline: FoldWritePipeline,
+    loaded: asyncio.Event,
+    metrics: WorkerMetrics,
+    batch_size: int,
+) -> None:
+    """Read the directory topic whole into `pipeline`, wait until it is written, set `loaded`,
+    then follow the topic for good (each fetch is a batch of the pipeline)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.runtime.faust_compat import log_ends
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        max_partition_fetch_bytes=8 * 1024**2,
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # metadata
+        partitions = sorted(consumer.partitions_for_topic(topic) or [])
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        reported = await consumer.end_offsets(tps) if tps else {}
+        # The broker's end can fall short of the last record (`log_ends`).
+        ends = await log_ends(
+            bootstrap,
+            [TP(tp.topic, tp.partition) for tp in tps],
+            {TP(tp.topic, tp.partition): end for tp, end in reported.items()},
+        )
+        pending: list[RawMessage] = []
+
+        async def behind() -> bool:
+            for tp in tps:
+                if await consumer.position(tp) < ends.get(TP(tp.topic, tp.partition), 0):
+                    return True
+            return False
+
+        while await behind():
+            fetched = await consumer.getmany(timeout_ms=500, max_records=batch_size)
+            for records in fetched.values():
+                pending += [RawMessage(r.key, r.value, 0) for r in records if r.value is not None]
+            if len(pending) >= batch_size:
+                metrics.directory += len(pending)
+                await pipeline.submit(pending, [])
+                pending = []
+        if pending:
+            metrics.directory += len(pending)
+            await pipeline.submit(pending, [])
+        async with pipeline.lock:
+            await pipeline.written()
+        if not loaded.is_set():
+            log.info("directory read: %d reference resources", metrics.directory)
+        loaded.set()
+        while True:
+            fetched = await consumer.getmany(timeout_ms=1000, max_records=batch_size)
+            news = [
+                RawMessage(r.key, r.value, 0)
+                for records in fetched.values()
+                for r in records
+                if r.value is not None
+            ]
+            if news:
+                metrics.directory += len(news)
+                await pipeline.submit(news, [])
+    finally:
+        await consumer.stop()
+
+
+class WorkerMetrics:
+    """Counters of a worker, shown on its `/metrics` page (Prometheus text format)."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.messages = 0
+        self.events = 0
+        self.directory = 0
+        self.db_retries = 0
+        self.dead_lettered: dict[str, int] = {}
+
+    def render(self) -> str:
+        """The counters in Prometheus' text exposition format."""
+        lines = [
+            "# HELP parcours_worker_batches_total Raw batches applied.",
+            "# TYPE parcours_worker_batches_total counter",
+            f"parcours_worker_batches_total {self.batches}",
+            "# HELP parcours_worker_messages_total Raw messages applied.",
+            "# TYPE parcours_worker_messages_total counter",
+            f"parcours_worker_messages_total {self.messages}",
+            "# HELP parcours_worker_events_total Canonical events folded.",
+            "# TYPE parcours_worker_events_total counter",
+            f"parcours_worker_events_total {self.events}",
+            "# HELP parcours_worker_directory_messages_total Directory messages read.",
+            "# TYPE parcours_worker_directory_messages_total counter",
+            f"parcours_worker_directory_messages_total {self.directory}",
+            "# HELP parcours_worker_db_retries_total Writes retried on a database not answering.",
+            "# TYPE parcours_worker_db_retries_total counter",
+            f"parcours_worker_db_retries_total {self.db_retries}",
+            "# HELP parcours_worker_dead_lettered_total Messages sent to the dead-letter topic.",
+            "# TYPE parcours_worker_dead_lettered_total counter",
+        ]
+        stages = self.dead_lettered or {"mapping": 0}
+        lines += [
+            f'parcours_worker_dead_lettered_total{{stage="{stage}"}} {n}'
+            for stage, n in sorted(stages.items())
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def dead_letter_stage(reason: str) -> str:
+    """The stage a dead-letter reason comes from: `sql`, `pathway` or `mapping`."""
+    head = reason.split(":", 1)[0]
+    return head if head in ("sql", "pathway") else "mapping"
+
+
+def rejection_row(key: bytes | None, payload: bytes, reason: str, now: datetime) -> dict[str, Any]:
+    """An `ingest_rejections` row for a message the worker dead-lettered (no HTTP status: 0)."""
+    kind = rid = None
+    try:
+        resource = json.loads(payload)
+        if isinstance(resource, dict):
+            kind = str(resource.get("resourceType") or "")[:64] or None
+            rid = str(resource.get("id") or "")[:128] or None
+    except ValueError:
+        pass
+    if rid is None and key:
+        rid = key.decode("utf-8", "replace")[:128]
+
+    def clean(text: str | None) -> str | None:
+        # PostgreSQL text refuses NUL, which is what put some of these messages here.
+        return text.replace("\x00", "") if text else text
+
+    return {
+        "source": "stream-worker",
+        "received_at": now,
+        "http_status": 0,
+        "reason": f"worker-{dead_letter_stage(reason)}",
+        "resource_type": clean(kind),
+        "resource_id": clean(rid),
+        "expression": None,
+        "diagnostics": clean(reason[:2000]),
+        "operation_outcome": {},
+    }

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -46,8 +46,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
 
 from parcours.db import upsert
+from parcours.db.ingest_models import IngestRejectionRow
 from parcours.db.models import EncounterRow
 from parcours.db.pathway_models import (
     AlertRow,
@@ -96,6 +98,25 @@ TREE = "locations"
 # An empty window: only the hospital's live occupancy is rewritten.
 NEVER_LO = datetime.max.replace(tzinfo=UTC)
 NEVER_HI = datetime.min.replace(tzinfo=UTC)
+# Most keys one statement names (`IN`, `= ANY`), and most rows one JSON parameter carries: no
+# statement grows with the history (PostgreSQL's default max_stack_depth refuses a row-value
+# `IN` of about 10,000 tuples).
+KEYS_PER_STATEMENT = 2000
+ROWS_PER_STATEMENT = 10_000
+
+
+def chunks(values: Sequence[Any], size: int = KEYS_PER_STATEMENT) -> Iterator[Sequence[Any]]:
+    """`values` in slices of at most `size`."""
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
+
+
+def one_of(conn: Connection, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
+    """`column` is one of `values` (at most `KEYS_PER_STATEMENT` of them): one array parameter
+    on PostgreSQL (`= ANY`), an `IN` list elsewhere."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(String)))  # type: ignore[no-any-return]
+    return column.in_(list(values))  # type: ignore[no-any-return]
 
 
 def _t(table: Any) -> Table:
@@ -163,6 +184,10 @@ def bulk_write(
     """
     if not rows:
         return
+    if len(rows) > ROWS_PER_STATEMENT:
+        for part in chunks(rows, ROWS_PER_STATEMENT):
+            bulk_write(conn, table, part, key=key, update=update)
+        return
     if not _json_rows(conn):
         if key is None:
             conn.execute(table.insert(), list(rows))
@@ -201,6 +226,10 @@ def bulk_update(
     statement on PostgreSQL (psycopg2 sends an executemany row by row, a round trip each)."""
     if not rows:
         return
+    if len(rows) > ROWS_PER_STATEMENT:
+        for part in chunks(rows, ROWS_PER_STATEMENT):
+            bulk_update(conn, table, part, key)
+        return
     sets = [c for c in rows[0] if c not in key]
     if not _json_rows(conn):
         statement = (
@@ -219,6 +248,34 @@ def bulk_update(
         f' FROM json_populate_recordset(NULL::"{table.name}", %s) AS v WHERE {matches}'
     )
     _execute_json(conn, sql, rows)
+
+
+def bulk_delete(
+    conn: Connection,
+    table: Table,
+    keys: Sequence[tuple[Any, ...]],
+    key: Sequence[str],
+) -> None:
+    """Delete the rows of `table` whose `key` columns are one of `keys`, in bounded statements:
+    on PostgreSQL the keys travel as one JSON array per statement, elsewhere as `IN` lists."""
+    if not keys:
+        return
+    if len(key) == 1 or not _json_rows(conn):
+        size = KEYS_PER_STATEMENT if len(key) == 1 else 500
+        for part in chunks(keys, size):
+            if len(key) == 1:
+                clause = one_of(conn, table.c[key[0]], [k[0] for k in part])
+            else:
+                clause = tuple_(*(table.c[k] for k in key)).in_(list(part))
+            conn.execute(delete(table).where(clause))
+        return
+    matches = " AND ".join(f't."{k}" = v."{k}"' for k in key)
+    sql = (
+        f'DELETE FROM "{table.name}" AS t'
+        f' USING json_populate_recordset(NULL::"{table.name}", %s) AS v WHERE {matches}'
+    )
+    for part in chunks(keys, ROWS_PER_STATEMENT):
+        _execute_json(conn, sql, [dict(zip(key, k, strict=True)) for k in part])
 
 
 def _json_rows(conn: Connection) -> bool:
@@ -328,13 +385,6 @@ def _same_row(old: Any, new: Mapping[str, Any]) -> bool:
     return True
 
 
-def _key_in(table: Table, key: Sequence[str], keys: list[tuple[Any, ...]]) -> Any:
-    """A WHERE clause for the rows of `table` whose `key` columns are one of `keys`."""
-    if len(key) == 1:
-        return table.c[key[0]].in_([k[0] for k in keys])
-    return tuple_(*(table.c[k] for k in key)).in_(keys)
-
-
 PLACE_FIELDS = ("hospital_id", "location_id", "ward_ref", "ward_id", "bed_id")
 
 
@@ -367,6 +417,8 @@ class SqlSink:
         self._loaded = False
         # `sink_versions` of the Location tree when it was last read or written here.
         self._tree_version: int | None = None
+        # The DBAPI connection of the transaction under way (`cancel` interrupts it).
+        self._active: Any = None
 
     # --- Location hierarchy -------------------------------------------------------------------
 
@@ -411,6 +463,13 @@ class SqlSink:
             with self.engine.begin() as conn:
                 upsert(conn, StreamProgressRow, rows, key=["topic", "partition"])
 
+    def write_rejections(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Record messages the worker dead-lettered (`IngestRejectionRow` fields) for the Feed
+        health page."""
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(_t(IngestRejectionRow).insert(), list(rows))
+
     # --- The batch ----------------------------------------------------------------------------
 
     def write(self, batch: SinkBatch | Sequence[CanonicalEvent]) -> SinkResult:
@@ -423,6 +482,7 @@ class SqlSink:
             )
         try:
             with self.engine.begin() as conn:
+                self._active = conn.connection.dbapi_connection
                 if conn.dialect.name == "postgresql":
                     # Workers that share the partitions write at once, but the census of a
                     # hospital counts every worker's patients: a batch that recomputed hours
@@ -436,6 +496,22 @@ class SqlSink:
             # The in-memory tree may be ahead of what was rolled back: read it again next time.
             self._loaded = False
             raise
+        finally:
+            self._active = None
+
+    def cancel(self) -> None:
+        """Interrupt the statement under way, if any (from another thread): its transaction
+        rolls back and `write` raises. A stopping worker leaves the batch to its next start."""
+        active = self._active
+        if active is None:
+            return
+        try:
+            if hasattr(active, "cancel"):  # psycopg2
+                active.cancel()
+            elif hasattr(active, "interrupt"):  # sqlite3
+                active.interrupt()
+        except Exception as exc:
+            log.debug("could not cancel the statement under way: %s", type(exc).__name__)
 
     def _write(self, conn: Connection, batch: SinkBatch) -> SinkResult:
         result = SinkResult()
@@ -488,24 +564,30 @@ class SqlSink:
         # site (and its Organization) is known, what was filed under that stand-in goes.
         occ, ch = _t(LocationOccupancyRow), _t(CensusHourlyRow)
         stand_ins = sorted(touched)
-        conn.execute(
-            delete(occ).where(or_(occ.c.hospital_id.in_(stand_ins), occ.c.unit_id.in_(stand_ins)))
-        )
-        conn.execute(delete(ch).where(ch.c.hospital_id.in_(stand_ins)))
         sl = _t(StayLocationRow)
-        found = conn.execute(
-            select(
-                sl.c.stay_id,
-                sl.c.seq,
-                sl.c.hospital_id,
-                sl.c.location_id,
-                sl.c.ward_ref,
-                sl.c.ward_id,
-                sl.c.bed_id,
-                sl.c.start_at,
-                sl.c.end_at,
-            ).where(or_(sl.c.location_id.in_(sorted(touched)), sl.c.ward_ref.in_(sorted(touched))))
-        ).all()
+        found: list[Any] = []
+        for part in chunks(stand_ins):
+            conn.execute(
+                delete(occ).where(
+                    or_(one_of(conn, occ.c.hospital_id, part), one_of(conn, occ.c.unit_id, part))
+                )
+            )
+            conn.execute(delete(ch).where(one_of(conn, ch.c.hospital_id, part)))
+            found += conn.execute(
+                select(
+                    sl.c.stay_id,
+                    sl.c.seq,
+                    sl.c.hospital_id,
+                    sl.c.location_id,
+                    sl.c.ward_ref,
+                    sl.c.ward_id,
+                    sl.c.bed_id,
+                    sl.c.start_at,
+                    sl.c.end_at,
+                ).where(
+                    or_(one_of(conn, sl.c.location_id, part), one_of(conn, sl.c.ward_ref, part))
+                )
+            ).all()
         stays = {r.stay_id for r in found}
         moved = []
         for r in found:
@@ -526,36 +608,45 @@ class SqlSink:
                 if home != r.hospital_id:
                     _widen(windows, r.hospital_id, r.start_at, r.end_at or r.start_at)
         bulk_update(conn, sl, moved, key=["stay_id", "seq"])
-        if stays:
+        for part in chunks(sorted(stays)):
             spans = conn.execute(
                 select(sl.c.hospital_id, func.min(sl.c.start_at), func.max(sl.c.start_at))
-                .where(sl.c.stay_id.in_(sorted(stays)))
+                .where(one_of(conn, sl.c.stay_id, part))
                 .group_by(sl.c.hospital_id)
             ).all()
             for hospital, lo, hi in spans:
                 _widen(windows, hospital, lo, hi)
-        # ED arrivals count in the ED ward and its service too.
+        # ED visits count in the ED ward and its service too.
         ed = _t(EdVisitRow)
         placed = []
-        for visit in conn.execute(
-            select(ed.c.encounter_id, ed.c.ward_id, ed.c.arrived_at).where(
-                and_(
-                    ed.c.ward_id.in_(sorted(touched)),
-                    or_(ed.c.hospital_id.is_(None), ed.c.hospital_id == UNKNOWN_HOSPITAL),
+        for part in chunks(stand_ins):
+            for visit in conn.execute(
+                select(ed.c.encounter_id, ed.c.ward_id, ed.c.arrived_at, ed.c.departed_at).where(
+                    and_(
+                        one_of(conn, ed.c.ward_id, part),
+                        or_(ed.c.hospital_id.is_(None), ed.c.hospital_id == UNKNOWN_HOSPITAL),
+                    )
                 )
-            )
-        ).all():
-            found_hospital = new.hospital_of(visit.ward_id)
-            if found_hospital:
-                placed.append({"encounter_id": visit.encounter_id, "hospital_id": found_hospital})
-                _widen(windows, UNKNOWN_HOSPITAL, visit.arrived_at, visit.arrived_at)
+            ).all():
+                found_hospital = new.hospital_of(visit.ward_id)
+                if found_hospital:
+                    placed.append(
+                        {"encounter_id": visit.encounter_id, "hospital_id": found_hospital}
+                    )
+                    end = visit.departed_at or visit.arrived_at
+                    _widen(windows, UNKNOWN_HOSPITAL, visit.arrived_at, end)
         bulk_update(conn, ed, placed, key=["encounter_id"])
-        for hospital, lo, hi in conn.execute(
-            select(ed.c.hospital_id, func.min(ed.c.arrived_at), func.max(ed.c.arrived_at))
-            .where(ed.c.ward_id.in_(sorted(touched)))
-            .group_by(ed.c.hospital_id)
-        ).all():
-            _widen(windows, hospital or UNKNOWN_HOSPITAL, lo, hi)
+        for part in chunks(stand_ins):
+            for hospital, lo, hi in conn.execute(
+                select(
+                    ed.c.hospital_id,
+                    func.min(ed.c.arrived_at),
+                    func.max(func.coalesce(ed.c.departed_at, ed.c.arrived_at)),
+                )
+                .where(one_of(conn, ed.c.ward_id, part))
+                .group_by(ed.c.hospital_id)
+            ).all():
+                _widen(windows, hospital or UNKNOWN_HOSPITAL, lo, hi)
         for place in places.values():
             if place.location_id in touched:
                 hospital = new.hospital_of(place.location_id)
@@ -584,14 +675,11 @@ class SqlSink:
         stored = {}
         for model, attr, key in PATIENT_TABLES:
             table = _t(model)
-            if conn.dialect.name == "postgresql":
-                # One array parameter: an IN list is rendered and bound value by value, and a
-                # batch touches thousands of patients.
-                of_ids = table.c.patient_id == any_(bindparam("ids", ids, type_=ARRAY(String)))
-            else:
-                of_ids = table.c.patient_id.in_(ids)
-            found = conn.execute(select(table).where(of_ids)).all()
-            stored[attr] = {tuple(getattr(r, k) for k in key): r for r in found}
+            stored[attr] = {
+                tuple(getattr(r, k) for k in key): r
+                for part in chunks(ids)
+                for r in conn.execute(select(table).where(one_of(conn, table.c.patient_id, part)))
+            }
         return stored
 
     def _changed_windows(
@@ -627,17 +715,20 @@ class SqlSink:
         for p in patients:
             for row in p.ed_visits:
                 was = old_eds.pop((row["encounter_id"],), None)
-                now = (row["hospital_id"], row["ward_id"], row["arrived_at"])
-                if (
-                    was is not None
-                    and (was.hospital_id, was.ward_id, as_utc(was.arrived_at)) == now
+                now = (row["hospital_id"], row["ward_id"], row["arrived_at"], row["departed_at"])
+                if was is not None and now == (
+                    was.hospital_id,
+                    was.ward_id,
+                    as_utc(was.arrived_at),
+                    as_utc(was.departed_at),
                 ):
                     continue
-                widen(row["hospital_id"], row["arrived_at"], row["arrived_at"])
+                # The visit occupies the ED from its arrival to its departure.
+                widen(row["hospital_id"], row["arrived_at"], row["departed_at"])
                 if was is not None:
-                    widen(was.hospital_id, was.arrived_at, was.arrived_at)
+                    widen(was.hospital_id, was.arrived_at, was.departed_at)
         for was in old_eds.values():
-            widen(was.hospital_id, was.arrived_at, was.arrived_at)
+            widen(was.hospital_id, was.arrived_at, was.departed_at)
         for hospital in touched:
             watermark = self._watermark(conn, hospital)
             if watermark is not None:
@@ -659,8 +750,7 @@ class SqlSink:
             new = {tuple(r[k] for k in key): r for p in patients for r in getattr(p, attr)}
             changed = [r for k, r in new.items() if not _same_row(old.get(k), r)]
             gone = [k for k in old if k not in new]
-            if gone:
-                conn.execute(delete(table).where(_key_in(table, key, gone)))
+            bulk_delete(conn, table, gone, key)
             bulk_write(conn, table, changed, key=list(key))
             written += len(changed) + len(gone)
         states = [
@@ -687,8 +777,12 @@ class SqlSink:
                 sl.c.hospital_id == hospital
             )
         ).one()
-        c = conn.scalar(select(func.max(ed.c.arrived_at)).where(ed.c.hospital_id == hospital))
-        known = [as_utc(x) for x in (a, b, c) if x is not None]
+        c, d = conn.execute(
+            select(func.max(ed.c.arrived_at), func.max(ed.c.departed_at)).where(
+                ed.c.hospital_id == hospital
+            )
+        ).one()
+        known = [as_utc(x) for x in (a, b, c, d) if x is not None]
         return max(known) if known else None  # type: ignore[type-var]
 
     def _recompute_hospital(
@@ -716,17 +810,25 @@ class SqlSink:
                 period_of(r)
                 for r in conn.execute(select(sl).where(sl.c.stay_id.in_(overlapping))).all()
             ]
+            # ED visits that overlap the window: arrivals in it are counted, and every visit
+            # occupies the ED while it lasts.
             arrivals = [
-                EdArrival(hospital, r.ward_id, as_utc(r.arrived_at))  # type: ignore[arg-type]
+                EdArrival(
+                    hospital,
+                    r.ward_id,
+                    as_utc(r.arrived_at),  # type: ignore[arg-type]
+                    as_utc(r.departed_at),
+                )
                 for r in conn.execute(
-                    select(ed.c.ward_id, ed.c.arrived_at).where(
+                    select(ed.c.ward_id, ed.c.arrived_at, ed.c.departed_at).where(
                         and_(
                             ed.c.hospital_id == hospital,
-                            ed.c.arrived_at >= lo,
                             ed.c.arrived_at < floor_hour(hi) + HOUR,
+                            or_(ed.c.departed_at.is_(None), ed.c.departed_at >= lo),
                         )
                     )
                 ).all()
+                if r.arrived_at is not None
             ]
             counts = hourly_census(periods, arrivals, hierarchy, lo, hi, watermark)
             rows_written += self._write_hours(conn, hospital, lo, floor_hour(hi), counts)
@@ -766,15 +868,7 @@ class SqlSink:
             for c in counts
         }
         gone = [key for key in existing if key not in wanted]
-        if gone:
-            conn.execute(
-                delete(ch).where(
-                    and_(
-                        ch.c.hospital_id == hospital,
-                        tuple_(ch.c.unit_type, ch.c.unit_id, ch.c.hour).in_(gone),
-                    )
-                )
-            )
+        bulk_delete(conn, ch, gone, ("unit_type", "unit_id", "hour"))
         rows = [
             {
                 "unit_type": key[0],
@@ -814,6 +908,19 @@ class SqlSink:
                 ).where(and_(sl.c.hospital_id == hospital, sl.c.end_at.is_(None)))
             ).all()
         ]
+        ed = _t(EdVisitRow)
+        ed_open = [
+            EdArrival(hospital, r.ward_id, as_utc(r.arrived_at))  # type: ignore[arg-type]
+            for r in conn.execute(
+                select(ed.c.ward_id, ed.c.arrived_at).where(
+                    and_(
+                        ed.c.hospital_id == hospital,
+                        ed.c.departed_at.is_(None),
+                        ed.c.arrived_at.is_not(None),
+                    )
+                )
+            ).all()
+        ]
         units = [u for u in hierarchy_units(hierarchy) if u.hospital_id == hospital]
         units.append(Unit(HOSPITAL, hospital, hospital))
         rows = [
@@ -826,11 +933,13 @@ class SqlSink:
                 "capacity": o.capacity,
                 "as_of": watermark,
             }
-            for o in live_occupancy(open_periods, hierarchy, units)
+            for o in live_occupancy(open_periods, hierarchy, units, ed_open)
         ]
         # A unit may have been filed under another hospital id while its tree was incomplete.
         ids = sorted({str(r["unit_id"]) for r in rows})
-        conn.execute(delete(occ).where(or_(occ.c.hospital_id == hospital, occ.c.unit_id.in_(ids))))
+        conn.execute(delete(occ).where(occ.c.hospital_id == hospital))
+        for part in chunks(ids):
+            conn.execute(delete(occ).where(one_of(conn, occ.c.unit_id, part)))
         if rows:
             bulk_write(conn, occ, rows)
         return len(rows)
@@ -862,16 +971,17 @@ class SqlSink:
         # The alerts raised since `since`, for every ward at once; a ward already above capacity
         # before `since` reads its own from further back.
         recent: dict[str, dict[str, Any]] = defaultdict(dict)
-        for r in conn.execute(
-            select(al).where(
-                and_(
-                    al.c.alert_type == WARD_OVER_CAPACITY,
-                    al.c.unit_id.in_([ward for ward, _ in by_ward]),
-                    al.c.raised_at >= since,
+        for part in chunks([ward for ward, _ in by_ward]):
+            for r in conn.execute(
+                select(al).where(
+                    and_(
+                        al.c.alert_type == WARD_OVER_CAPACITY,
+                        one_of(conn, al.c.unit_id, part),
+                        al.c.raised_at >= since,
+                    )
                 )
-            )
-        ).all():
-            recent[r.unit_id][r.alert_id] = r
+            ).all():
+                recent[r.unit_id][r.alert_id] = r
         for ward, in_ward in by_ward:
             hospital = in_ward[0].hospital_id
             capacity = hierarchy.capacity(Unit(WARD, ward, hospital))
@@ -933,8 +1043,7 @@ class SqlSink:
                 old = existing.pop(alert_id, None)
                 if old is None or old.status != status or as_utc(old.resolved_at) != e.end:
                     result.alerts.append(row)
-            if existing:
-                conn.execute(delete(al).where(al.c.alert_id.in_(sorted(existing))))
+            bulk_delete(conn, al, [(k,) for k in sorted(existing)], ("alert_id",))
             if rows:
                 bulk_write(conn, al, rows, key=["alert_id"], update=ALERT_COLUMNS)
             written += len(rows)

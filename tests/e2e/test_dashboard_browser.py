@@ -54,10 +54,14 @@ def test_manager_and_coordinator_use_the_dashboard(
     shot(page, "bed_board")
 
     page.get_by_role("link", name="Forecasts").click()
-    expect(page.get_by_role("heading", name="Forecasts")).to_be_visible(timeout=30_000)
-    page.get_by_label("Unit").click()
-    page.get_by_role("option", name=s.ward_full).click()
-    expect(page.get_by_text("80% prediction interval")).to_be_visible(timeout=30_000)
+    expect(page.get_by_role("heading", name="Prévisions")).to_be_visible(timeout=30_000)
+    page.get_by_text("Unités de soins", exact=True).click()
+    page.get_by_label("Série").click()
+    page.get_by_role("option", name=f"{s.prefix}Cardiologie", exact=True).click()
+    expect(page.get_by_text("Modèle retenu : Prophet")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("cette prévision s'est trompée de 3,1 lits")).to_be_visible(
+        timeout=30_000
+    )
     shot(page, "forecasts")
 
     page.get_by_role("link", name="Alerts").click()

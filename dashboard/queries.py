@@ -15,7 +15,12 @@ import pandas as pd
 from sqlalchemy import Engine, Executable, and_, func, insert, or_, select, update
 
 from dashboard import i18n
-from parcours.db.forecast_models import ForecastAccuracyRow, ForecastRow
+from parcours.db.forecast_models import (
+    ForecastAccuracyRow,
+    ForecastRow,
+    ForecastSeriesRow,
+    ForecastTermRow,
+)
 from parcours.db.hl7_models import Hl7MessageCountRow
 from parcours.db.ingest_models import IngestRejectionRow, IntegratorRow
 from parcours.db.pathway_models import (
@@ -239,14 +244,76 @@ def forecast(engine: Engine, unit_id: str, metric: str = "occupancy") -> pd.Data
 
 
 def forecast_accuracy(engine: Engine, unit_id: str, metric: str = "occupancy") -> pd.DataFrame:
-    """Backtest scores of every model on one unit, best (lowest MAE) first."""
+    """Backtest scores of every model on one unit, best (lowest MASE, then MAE) first."""
     a = ForecastAccuracyRow
-    return _frame(
+    frame = _frame(
         engine,
-        select(a.model, a.horizon, a.folds, a.mae, a.rmse, a.mape, a.coverage, a.computed_at)
-        .where(a.unit_id == unit_id, a.metric == metric)
-        .order_by(a.horizon, a.mae),
+        select(
+            a.model,
+            a.horizon,
+            a.folds,
+            a.mae,
+            a.rmse,
+            a.mase,
+            a.mape,
+            a.coverage,
+            a.mae_by_lead,
+            a.coverage_by_lead,
+            a.computed_at,
+        ).where(a.unit_id == unit_id, a.metric == metric),
     )
+    if frame.empty:
+        return frame
+    order = frame["mase"].fillna(float("inf"))
+    frame = frame.assign(_order=order).sort_values(["horizon", "_order", "mae"])
+    return frame.drop(columns="_order").reset_index(drop=True)
+
+
+def forecast_series(engine: Engine, metric: str = "occupancy") -> pd.DataFrame:
+    """Every forecast series of `metric`: its level, the model its backtest selected, and the
+    window that backtest covered; with the unit's display name when the census knows it."""
+    f = ForecastSeriesRow
+    frame = _frame(
+        engine,
+        select(
+            f.unit_id,
+            f.unit_type,
+            f.freq,
+            f.horizon,
+            f.selected_model,
+            f.capacity,
+            f.history_points,
+            f.history_end,
+            f.folds,
+            f.window_start,
+            f.window_end,
+            f.target_coverage,
+            f.computed_at,
+        )
+        .where(f.metric == metric)
+        .order_by(f.unit_type, f.unit_id),
+    )
+    occ = LocationOccupancyRow
+    names = _frame(engine, select(occ.unit_type, occ.unit_id, occ.name))
+    if frame.empty:
+        return frame.assign(name=pd.Series(dtype=str))
+    merged = frame.merge(names, on=["unit_type", "unit_id"], how="left")
+    merged["name"] = merged["name"].fillna(merged["unit_id"])
+    return merged
+
+
+def forecast_terms(
+    engine: Engine, unit_id: str, metric: str = "occupancy", model: str | None = None
+) -> pd.DataFrame:
+    """How the stock–flow forecasts of one unit break down (census now, expected discharges,
+    expected admissions), per model and target time."""
+    t = ForecastTermRow
+    query = select(
+        t.model, t.ds, t.now, t.expected_discharges, t.expected_admissions, t.run_at
+    ).where(t.unit_id == unit_id, t.metric == metric)
+    if model is not None:
+        query = query.where(t.model == model)
+    return _frame(engine, query.order_by(t.model, t.ds))
 
 
 # --- Feed health --------------------------------------------------------------------------------

@@ -64,6 +64,9 @@ FreqOption = Annotated[
 CapOption = Annotated[
     float | None, typer.Option("--capacity", help="Beds of a --csv series (interval ceiling).")
 ]
+# How soon the long-running forecaster looks again when the census is still too short.
+RETRY_S = 30.0
+
 PROPHET_OPT = Annotated[
     bool, typer.Option("--prophet/--no-prophet", help="Include Prophet among the candidates.")
 ]
@@ -89,7 +92,7 @@ def _file_inputs(
 ) -> tuple[list[SeriesInput], str]:
     from forecasting.job import SeriesInput
     from forecasting.spf import department_series, load_census_csv, load_spf
-    from forecasting.stockflow import FlowStockFlow
+    from forecasting.stockflow import FlowStockFlow, daily_variants
 
     if csv is not None:
         if not date_col or not value_col:
@@ -100,16 +103,16 @@ def _file_inputs(
         step = "h" if step in ("h", "H") else "D"
         frame = load_census_csv(csv, date_col, value_col, admissions_col, discharges_col, step)
         flows = "admissions" in frame and "departures" in frame
-        model = FlowStockFlow() if flows else None
-        return [SeriesInput(f"csv:{csv.stem}", frame, None, model, capacity)], step
+        models = (daily_variants() if step == "D" else [FlowStockFlow()]) if flows else []
+        return [SeriesInput(f"csv:{csv.stem}", frame, None, models, capacity)], step
     assert spf_csv is not None
     table = load_spf(spf_csv)
     chosen = deps or sorted(table["dep"].unique())
     out = []
     for dep in chosen:
         frame = department_series(table, dep, metric)
-        model = FlowStockFlow() if "admissions" in frame else None
-        out.append(SeriesInput(f"spf:{dep}", frame, "departement", model, None))
+        models = daily_variants() if "admissions" in frame else []
+        out.append(SeriesInput(f"spf:{dep}", frame, "departement", models, None))
     return out, "D"
 
 
@@ -300,6 +303,7 @@ def run_cmd(
     """Backtest, select and forecast every unit; write forecasts, their terms, the selected
     model and the backtest to SQL."""
     while True:
+        wait = every
         try:
             _execute(
                 write=True,
@@ -314,10 +318,12 @@ def run_cmd(
                 with_prophet=with_prophet,
             )
         except typer.Exit as exc:
-            # With --every, too little history yet is a reason to wait, not to stop.
+            # With --every, too little history yet is a reason to wait, not to stop; the census
+            # is filling up, so look again soon rather than a whole period later.
             if every is None or exc.exit_code != 2:
                 raise
-        if every is None:
+            wait = min(every, RETRY_S)
+        if every is None or wait is None:
             return
-        typer.echo(f"next forecast run in {every:.0f} s", err=True)
-        time.sleep(every)
+        typer.echo(f"next forecast run in {wait:.0f} s", err=True)
+        time.sleep(wait)

@@ -32,13 +32,13 @@ from parcours.db.forecast_models import (
 @dataclass(frozen=True)
 class SeriesInput:
     """One series to forecast: `ds, y` (and its flows `admissions`, `departures` if known), the
-    stock–flow model that fits its data (None: the series has no flows or stays), and the
+    stock–flow models that fit its data (none: the series has no flows or stays), and the
     unit's capacity (the ceiling of every forecast and interval)."""
 
     unit_id: str
     frame: pd.DataFrame
     unit_type: str | None = None
-    stock_flow: Model | None = None
+    stock_flow: Sequence[Model] = ()
     capacity: float | None = None
 
 
@@ -318,6 +318,6 @@ def census_inputs(
         else:
             stock_flow = FlowStockFlow()
         out.append(
-            SeriesInput(unit_id, frame, unit_type, stock_flow, caps.get((unit_type, unit_id)))
+            SeriesInput(unit_id, frame, unit_type, (stock_flow,), caps.get((unit_type, unit_id)))
         )
     return out

@@ -9,6 +9,7 @@ the forecast with its uncertainty and a backtest can measure their coverage.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -112,11 +113,14 @@ class ProphetModel:
         """Fit on `history` and forecast `horizon` steps."""
         # Prophet logs an error when plotly is missing; Parcours plots with Streamlit instead.
         logging.getLogger("prophet.plot").disabled = True
+        # cmdstanpy logs every fit at INFO through its own handler.
+        for name in ("cmdstanpy", "prophet"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         from prophet import Prophet
 
         _check(history, 10)
-        logging.getLogger("cmdstanpy").setLevel(logging.WARNING)
-        logging.getLogger("prophet").setLevel(logging.WARNING)
+        for name in ("cmdstanpy", "prophet"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         span = pd.Timestamp(history["ds"].iloc[-1]) - pd.Timestamp(history["ds"].iloc[0])
         model = Prophet(
             interval_width=self.interval_width,
@@ -204,12 +208,12 @@ class StatsForecastModel:
 
 
 def candidate_models(
-    freq: str, interval_width: float = 0.8, stock_flow: Model | None = None
+    freq: str, interval_width: float = 0.8, stock_flow: Sequence[Model] = ()
 ) -> list[Model]:
-    """Every candidate the backtest chooses from: the stock–flow model (when the series has its
+    """Every candidate the backtest chooses from: the stock–flow models (when the series has its
     flows or stays), StatsForecast's AutoETS, AutoARIMA and AutoTheta, Prophet, and the naive
     baselines."""
-    models: list[Model] = [stock_flow] if stock_flow is not None else []
+    models: list[Model] = list(stock_flow)
     models += [
         StatsForecastModel("AutoETS", interval_width),
         StatsForecastModel("AutoARIMA", interval_width),

@@ -183,12 +183,17 @@ class FlowStockFlow:
     week-on-week trend, damped. Hourly: both by hour of week over the last `hourly_rate_days`.
 
     The defaults are those that did best on the French daily COVID census of 2020 (101
-    départements, weekly origins, 7 days ahead): a week of departures, a quarter of the trend."""
+    départements, weekly origins, 7 days ahead): a week of departures, a quarter of the trend.
+    `daily_variants` adds the flat and the full-trend forms, for the backtest to choose from:
+    waves rise and fall at paces no single damping fits."""
 
     interval_width: float = 0.8
     rate_days: int = 7
     trend_damping: float = 0.25
     hourly_rate_days: int = 28
+    # How far back (in half-windows) the week's mean admissions sit: 1 moves the level from the
+    # middle of the week to its end along the trend.
+    centre: float = 0.0
     name: str = "stock_flow"
 
     def forecast(self, history: pd.DataFrame, horizon: int, freq: str) -> pd.DataFrame:
@@ -236,7 +241,7 @@ class FlowStockFlow:
         before = adm[-2 * week : -week].mean()
         growth = np.log((recent + 1.0) / (before + 1.0)) / week
         k = np.arange(1, horizon + 1)
-        lam = recent * np.exp(growth * self.trend_damping * k)
+        lam = recent * np.exp(growth * (self.centre * (week - 1) / 2 + self.trend_damping * k))
         return lam, np.full(horizon, min(rate, 1.0))
 
     def _sub_daily(
@@ -263,3 +268,13 @@ class FlowStockFlow:
         f_steps = ((future.hour * 60 + future.minute) * per_day // 1440).to_numpy()
         f_phase = (future.dayofweek.to_numpy() * per_day + f_steps) % period
         return lam_p[f_phase], np.clip(rate_p[f_phase], 0.0, 1.0)
+
+
+def daily_variants(interval_width: float = 0.8) -> list[FlowStockFlow]:
+    """The stock–flow forms a daily census backtest chooses from: damped trend (the default),
+    no trend with two weeks of departures, and the full trend from the week's end."""
+    return [
+        FlowStockFlow(interval_width),
+        FlowStockFlow(interval_width, rate_days=14, trend_damping=0.0, name="stock_flow_flat"),
+        FlowStockFlow(interval_width, trend_damping=1.0, centre=1.0, name="stock_flow_trend"),
+    ]

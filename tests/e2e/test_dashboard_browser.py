@@ -113,6 +113,7 @@ def test_manager(served: Served, browser: Browser) -> None:
     expect(sidebar.get_by_role("link", name="Alertes")).to_have_count(0)
     for spec in roles.allowed(Role.MANAGER):
         visit(page, spec, f"manager_{spec.url_path}")
+        assert s.patient not in page.content(), spec.url_path
     # The forecast of a ward: its chosen model and its accuracy in words.
     visit(page, roles.page("previsions"), "manager_previsions")
     page.get_by_text("Unités de soins", exact=True).click()
@@ -123,7 +124,6 @@ def test_manager(served: Served, browser: Browser) -> None:
         timeout=TIMEOUT
     )
     shot(page, "manager_forecast_ward")
-        assert s.patient not in page.content(), spec.url_path
     page.close()
     refused(browser, served, Role.MANAGER, roles.page("patient"))
 

@@ -579,7 +579,7 @@ def corpus(broker: str, pg_url: str, tmp_path_factory: pytest.TempPathFactory) -
             content=body_of(encounter()),
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"},
         )
-        counter = TopicCounter(broker, topics.raw)
+        counter = TopicCounter(broker, topics.raw, topics.directory)
         try:
             yield Corpus(gw, token, counter, rss_bytes(gw.proc.pid), client)
         finally:

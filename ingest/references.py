@@ -158,6 +158,40 @@ def _walk(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
             yield from _walk(value, f"{path}[{i}]")
 
 
+# The target type of a Reference given by identifier only, by element name ("logical reference").
+ELEMENT_TARGETS = {
+    "managingOrganization": "Organization",
+    "serviceProvider": "Organization",
+    "organization": "Organization",
+    "practitioner": "Practitioner",
+    "individual": "Practitioner",
+}
+
+
+def _walk_logical(
+    node: Any, path: str, resource_type: str, name: str = ""
+) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """(expression, Reference, target type) of each Reference that names its target by
+    `identifier` only, when the target type is known (`Reference.type`, or the element)."""
+    if isinstance(node, dict):
+        ident = node.get("identifier")
+        if isinstance(ident, dict) and "reference" not in node and ident.get("value"):
+            target = node.get("type")
+            if not isinstance(target, str):
+                target = ELEMENT_TARGETS.get(name)
+                if name == "partOf":
+                    target = resource_type
+                elif name == "location" and resource_type == "Encounter":
+                    target = "Location"
+            if target:
+                yield path, node, target
+        for key, value in node.items():
+            yield from _walk_logical(value, f"{path}.{key}", resource_type, key)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk_logical(value, f"{path}[{i}]", resource_type, name)
+
+
 def _element(expression: str) -> str:
     """`Encounter.location[0].location` → `Encounter.location.location` (a metrics label)."""
     out = []
@@ -251,6 +285,7 @@ def resolve_bundle(
     live = [it for it in items if it.valid and it.resource is not None]
     conditional: dict[int, tuple[str, Criteria]] = {}
     references: list[tuple[Item, str, dict[str, Any], Criteria | None]] = []
+    logical: list[tuple[Item, dict[str, Any], IdentifierKey]] = []
     wanted: set[IdentifierKey] = set()
     for it in live:
         request = _request_of(requests, it.index)
@@ -281,7 +316,13 @@ def resolve_bundle(
             if criteria is not None:
                 wanted.update(criteria.keys)
             references.append((it, expr, ref, criteria))
-    if not conditional and not references:
+        for _, ref, target_type in _walk_logical(it.resource, "", str(it.resource_type)):
+            ident = ref["identifier"]
+            system = ident.get("system") if isinstance(ident.get("system"), str) else None
+            key = IdentifierKey(target_type, system or None, str(ident["value"]))
+            logical.append((it, ref, key))
+            wanted.add(key)
+    if not conditional and not references and not logical:
         return resolution
     # A created directory resource may be the target that deferred references wait for.
     for it in live:
@@ -421,6 +462,14 @@ def resolve_bundle(
                 (f"{expr}.reference",),
             )
         )
+    # References by identifier only are valid FHIR: given a `reference` when exactly one
+    # resource matches, left as they are otherwise.
+    for it, ref, key in logical:
+        ids = local.get(key) or found.get(key) or set()
+        if it.valid and len(ids) == 1:
+            ref["reference"] = f"{key.resource_type}/{next(iter(ids))}"
+            resolution.resolved += 1
+            changed.add(it.index)
     for index, issues in problems.items():
         item = next(i for i in items if i.index == index)
         reason = (

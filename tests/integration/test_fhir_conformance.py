@@ -329,6 +329,16 @@ def test_the_conformance_corpus_gives_the_hand_counted_pathways(
         assert community == COMMUNITY
         assert count(db, "SELECT count(*) FROM pathway_states WHERE patient_id = 'pat-old'") == 0
         assert queries.places_not_received(engine).empty
+        # Managing organizations: by conditional reference, and by identifier only (the clinic).
+        assert dict(rows(db, "SELECT location_id, organization FROM locations")) == {
+            "loc-chu": "org-chu",
+            "loc-clinic": "org-clinic",
+            "loc-ward-med": "org-chu",
+            "loc-ward-surg": "org-chu",
+            "loc-dup-a": None,
+            "loc-dup-b": None,
+            loc_late.removeprefix("Location/"): org_late.removeprefix("Organization/"),
+        }
 
         periods = rows(
             db,

@@ -29,6 +29,7 @@ other criteria are refused with a message that says so.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -37,13 +38,16 @@ from datetime import datetime
 from typing import Any, cast
 from urllib.parse import unquote
 
+import orjson
+from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import Engine, Table, and_, select, update
 
-from ingest.entries import Item, PreparedBundle, finalise
+from ingest.entries import Item, PreparedBundle, finalise, prepare_resource
 from ingest.metrics import IngestMetrics
 from ingest.outcome import Issue
 from ingest.service import EntryResult, IngestResult, IngestService
 from parcours.db import upsert
+from parcours.db.ingest_models import IngestLogRow
 from parcours.db.reference_models import IdentifierIndexRow, PendingReferenceRow
 
 log = logging.getLogger(__name__)
@@ -791,6 +795,8 @@ class ReferenceResolver:
             accepted_ids = {i.resource_id for i in accepted if i.resource_type == "Patient"}
             kept = {k: v for k, v in merges.items() if k in accepted_ids}
             self.index.record(source, received_at, accepted, deferred, kept)
+            if kept:
+                self.republish_merged(service, source, received_at, kept)
         except Exception:
             # The resources are in Kafka already; a lost index row makes a later conditional
             # reference fail loudly (an OperationOutcome), never silently.
@@ -798,6 +804,77 @@ class ReferenceResolver:
         for d in deferred:
             self.metrics.unresolved_references.labels(source, d.element).inc()
         return IngestResult(merged)
+
+    def republish_merged(
+        self, service: IngestService, source: str, received_at: datetime, merges: Mapping[str, str]
+    ) -> int:
+        """Send again, to the Patient that replaced it, what each merged Patient received before
+        the merge (read back from the raw topic), so its records join that Patient's pathway.
+        The stream worker drops them from the replaced Patient's own pathway. Returns how many
+        records were sent (versions already sent are answered as duplicates)."""
+        log_t = cast(Table, IngestLogRow.__table__)
+        sent = 0
+        for old, new in sorted(merges.items()):
+            with self.index.engine.connect() as conn:
+                found = conn.execute(
+                    select(log_t.c.partition, log_t.c.offset)
+                    .where(and_(log_t.c.kafka_key == old, log_t.c.resource_type != "Patient"))
+                    .order_by(log_t.c.partition, log_t.c.offset)
+                    .limit(MAX_REPUBLISHED)
+                ).all()
+            if not found:
+                continue
+            values = read_records(
+                service.publisher.settings.bootstrap,
+                service.publisher.topics.raw,
+                [(r.partition, r.offset) for r in found],
+            )
+            items: list[Item] = []
+            for value in values:
+                resource = orjson.loads(value)
+                for _, ref in _walk(resource, ""):
+                    if ref["reference"] == f"Patient/{old}":
+                        ref["reference"] = f"Patient/{new}"
+                item = prepare_resource(resource, None, index=len(items))
+                if item.valid and item.key == new:
+                    items.append(item)
+            if items:
+                result = service.ingest(source, received_at, items, atomic=False)
+                sent += result.count(201)
+        return sent
+
+
+# A patient's history re-sent at a merge, at most (bounded statement and read).
+MAX_REPUBLISHED = 20000
+
+
+def read_records(bootstrap: str, topic: str, where: Sequence[tuple[int, int]]) -> list[bytes]:
+    """The values of the records at (partition, offset) of `topic`, in that order."""
+    wanted: dict[int, set[int]] = defaultdict(set)
+    for partition, offset in where:
+        wanted[partition].add(offset)
+    found: dict[tuple[int, int], bytes] = {}
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, client_id="parcours-ingest-merge"
+    )
+    try:
+        for partition, offsets in sorted(wanted.items()):
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, min(offsets))
+            last = max(offsets)
+            deadline = time.monotonic() + READ_TIMEOUT_S
+            while consumer.position(tp) <= last and time.monotonic() < deadline:
+                for records in consumer.poll(timeout_ms=500).values():
+                    for record in records:
+                        if record.offset in offsets and record.value is not None:
+                            found[(partition, record.offset)] = record.value
+    finally:
+        consumer.close()
+    return [found[k] for k in where if k in found]
+
+
+READ_TIMEOUT_S = 30.0
 
 
 def items_at(items: Sequence[Item], index: int) -> Item:

@@ -22,6 +22,11 @@ alias id, derived from (type, system, value), recorded in `pending_references` b
 element, and counted in `/metrics`. When the target is created through the gateway it takes that
 id, so the references already published point at it. An ambiguous reference is never deferred.
 
+A Reference that names its target by `identifier` only (Synthea's Location.managingOrganization)
+is given `Type/id` when exactly one resource matches, and left as it is otherwise (valid FHIR).
+A Patient whose `link` says `replaced-by` moves its records (those of the Bundle, those received
+before, read back from the raw topic, and those sent later) to the Patient that replaced it.
+
 Only the `identifier` search parameter is supported (what Synthea and FHIR's examples use); any
 other criteria are refused with a message that says so.
 """

@@ -204,6 +204,11 @@ def test_the_conformance_corpus_gives_the_hand_counted_pathways(
                 "Location/loc-ward-surg",
             ]
 
+            # A conditional update: the ward found by its identifier gets the new version.
+            renamed = client.post("/fhir", content=load("location_update.json"), headers=FHIR)
+            assert statuses(renamed.json()) == ["201 Created"]
+            assert renamed.json()["entry"][0]["response"]["location"] == "Location/loc-ward-surg"
+
             # A second record of pat-keep's person, then the merge: what it received before
             # and with the merge lands on the Patient that replaced it.
             old = client.post("/fhir", content=load("patient_old.json"), headers=FHIR)
@@ -335,6 +340,8 @@ def test_the_conformance_corpus_gives_the_hand_counted_pathways(
         for table in ("stays", "ed_visits", "community_visits"):
             assert count(db, f"SELECT count(*) FROM {table} WHERE patient_id = 'pat-old'") == 0
         assert queries.places_not_received(engine).empty
+        (name,) = rows(db, "SELECT name FROM locations WHERE location_id = 'loc-ward-surg'")
+        assert name == ("Chirurgie digestive",)
         # Managing organizations: by conditional reference, and by identifier only (the clinic).
         assert dict(rows(db, "SELECT location_id, organization FROM locations")) == {
             "loc-chu": "org-chu",

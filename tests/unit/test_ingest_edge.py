@@ -258,3 +258,62 @@ def test_claims_of_a_patient_and_of_its_resources() -> None:
         (("patient", "p1"), "Bundle.entry[1].resource")
     ]
     assert list(claims_of({"resourceType": "Location", "id": "l"}, "Location")) == []
+
+
+class FlakyStore:
+    """The ingest log, failing its writes while `down`."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.rows: set[tuple[str, str, str]] = set()
+
+    def seen(self, keys: Any) -> set[tuple[str, str, str]]:
+        return {k for k in keys if k in self.rows}
+
+    def record(self, _source: str, _at: Any, published: Any, _dup: int, _rej: Any) -> None:
+        if self.down:
+            raise ConnectionError("database gone")
+        self.rows.update(p.key for p in published)
+
+    def record_rejections(self, _rejected: Any) -> None:
+        if self.down:
+            raise ConnectionError("database gone")
+
+
+class AckingPublisher:
+    """A broker that acknowledges everything."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def check(self) -> None:
+        pass
+
+    def publish(self, messages: Any) -> list[Any]:
+        from ingest.publish import Ack
+
+        self.sent += [m.value for m in messages]
+        return [Ack(0, n) for n, _ in enumerate(messages)]
+
+    def dead_letter(self, *_args: Any) -> None:
+        pass
+
+
+def test_after_the_broker_acknowledged_the_answer_is_2xx_and_a_retry_publishes_nothing() -> None:
+    from ingest.metrics import IngestMetrics
+    from ingest.service import IngestService
+
+    publisher = AckingPublisher()
+    service = IngestService(None, publisher, IngestMetrics(), ownership=False)  # type: ignore[arg-type]
+    store = FlakyStore()
+    service.store = store  # type: ignore[assignment]
+    item = prepare_resource(encounter(id="e-pending"), "Encounter")
+    now = datetime.now(UTC)
+    assert service.ingest("lab", now, [item], atomic=True).entries[0].status == 201
+    again = prepare_resource(encounter(id="e-pending"), "Encounter")
+    assert service.ingest("lab", now, [again], atomic=True).entries[0].status == 200
+    assert len(publisher.sent) == 1
+    store.down = False
+    third = prepare_resource(encounter(id="e-pending"), "Encounter")
+    assert service.ingest("lab", now, [third], atomic=True).entries[0].status == 200
+    assert item.dedupe_key in store.rows and not service._pending_keys

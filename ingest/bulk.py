@@ -24,6 +24,8 @@ from ingest.service import IngestService
 
 NDJSON_SUFFIXES = (".ndjson", ".jsonl")
 MAX_RETRIES = 5
+# Answers that say "later": Kafka or the database unavailable, or this integrator's rate.
+RETRIED = (429, 503)
 
 
 @dataclass
@@ -126,7 +128,7 @@ def push_http(
     progress: Callable[[int], None],
     timeout_s: float = 120.0,
 ) -> Summary:
-    """Send `requests` in order; 503 answers are retried after their Retry-After."""
+    """Send `requests` in order; 429 and 503 answers are retried after their Retry-After."""
     summary = Summary()
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
     with httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s) as client:
@@ -139,7 +141,7 @@ def push_http(
                 url, ctype = f"/fhir/{req.type_name}", "application/fhir+json"
             for attempt in range(MAX_RETRIES + 1):
                 resp = client.post(url, content=req.body, headers={"Content-Type": ctype})
-                if resp.status_code != 503 or attempt == MAX_RETRIES:
+                if resp.status_code not in RETRIED or attempt == MAX_RETRIES:
                     break
                 time.sleep(float(resp.headers.get("Retry-After", "2")))
             try:

@@ -18,7 +18,13 @@ from typing import Any
 import httpx
 import orjson
 
-from ingest.entries import Item, parse_ndjson, prepare_bundle, prepare_resource
+from ingest.entries import (
+    MAX_RESOURCE_BYTES,
+    Item,
+    parse_ndjson,
+    prepare_bundle,
+    prepare_resource,
+)
 from ingest.outcome import BrokerUnavailable, Issue, Rejection, outcome_reason
 from ingest.service import IngestService
 
@@ -153,15 +159,17 @@ def push_http(
     return summary
 
 
-def items_of(req: PushRequest) -> tuple[list[Item], bool]:
+def items_of(
+    req: PushRequest, max_resource_bytes: int = MAX_RESOURCE_BYTES
+) -> tuple[list[Item], bool]:
     """Validated items of a request, and whether it is all-or-nothing (for --direct)."""
     if req.kind == "ndjson":
-        return parse_ndjson(req.body), False
+        return parse_ndjson(req.body, max_resource_bytes), False
     body = orjson.loads(req.body)
     if req.kind == "bundle":
-        prepared = prepare_bundle(body)
+        prepared = prepare_bundle(body, max_resource_bytes)
         return prepared.items, prepared.atomic
-    return [prepare_resource(body, req.type_name)], True
+    return [prepare_resource(body, req.type_name, max_resource_bytes=max_resource_bytes)], True
 
 
 def push_direct(
@@ -169,6 +177,7 @@ def push_direct(
     service: IngestService,
     source: str,
     progress: Callable[[int], None],
+    max_resource_bytes: int = MAX_RESOURCE_BYTES,
 ) -> Summary:
     """Validate and publish in this process (no HTTP), with the gateway's own service: same
     validation, keys, headers, dedupe memory and rejection records."""
@@ -176,7 +185,7 @@ def push_direct(
     for req in requests:
         received_at = datetime.now(UTC)
         try:
-            items, atomic = items_of(req)
+            items, atomic = items_of(req, max_resource_bytes)
             result = service.ingest(source, received_at, items, atomic)
             for entry in result.entries:
                 summary.add_status(entry.status, outcome_reason(entry.outcome))

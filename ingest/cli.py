@@ -87,8 +87,16 @@ def push(
             engine = make_engine(settings.db_url)
             publisher = Publisher(settings)
             try:
-                service = IngestService(engine, publisher, IngestMetrics())
-                summary = push_direct(requests, service, source, bar.update)
+                service = IngestService(
+                    engine, publisher, IngestMetrics(), ownership=settings.ingest_ownership
+                )
+                summary = push_direct(
+                    requests,
+                    service,
+                    source,
+                    bar.update,
+                    max_resource_bytes=settings.ingest_max_resource_bytes,
+                )
             finally:
                 publisher.close()
                 engine.dispose()

@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ingest import auth
 from ingest.auth import RateLimiter, parse_duration
@@ -317,3 +319,66 @@ def test_after_the_broker_acknowledged_the_answer_is_2xx_and_a_retry_publishes_n
     third = prepare_resource(encounter(id="e-pending"), "Encounter")
     assert service.ingest("lab", now, [third], atomic=True).entries[0].status == 200
     assert item.dedupe_key in store.rows and not service._pending_keys
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10)
+    | st.sampled_from(["Patient", "Encounter", "Bundle", "urn:uuid:a", "#x", "Patient/a b"]),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "resourceType",
+                    "id",
+                    "entry",
+                    "resource",
+                    "fullUrl",
+                    "request",
+                    "method",
+                    "url",
+                    "type",
+                    "subject",
+                    "reference",
+                    "contained",
+                    "period",
+                    "start",
+                    "end",
+                    "status",
+                    "meta",
+                    "versionId",
+                    "name",
+                ]
+            )
+            | st.text(max_size=5),
+            children,
+            max_size=5,
+        )
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=JSON_VALUES, btype=st.sampled_from(["batch", "transaction", "collection", "message"]))
+def test_preparing_any_json_refuses_or_accepts_but_never_crashes(value: Any, btype: str) -> None:
+    import orjson
+
+    item = prepare_resource(value, None)
+    assert item.valid or 400 <= item.status < 500
+    entries = value if isinstance(value, list) else [value]
+    for body in (value, {"resourceType": "Bundle", "type": btype, "entry": entries}):
+        try:
+            prepared = prepare_bundle(body)
+        except Rejection as rej:
+            assert 400 <= rej.status < 500
+            operation_outcome(rej.issues, rej.reason)
+            continue
+        for it in prepared.items:
+            assert it.valid or 400 <= it.status < 500
+            payload_of(it)
+    parse_ndjson(orjson.dumps(value) + b"\n" + orjson.dumps(entries))

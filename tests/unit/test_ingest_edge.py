@@ -382,3 +382,49 @@ def test_preparing_any_json_refuses_or_accepts_but_never_crashes(value: Any, bty
             assert it.valid or 400 <= it.status < 500
             payload_of(it)
     parse_ndjson(orjson.dumps(value) + b"\n" + orjson.dumps(entries))
+
+
+class SizeRefusingPublisher(AckingPublisher):
+    """A broker whose topic refuses records above 100 bytes."""
+
+    def publish(self, messages: Any) -> list[Any]:
+        from kafka.errors import MessageSizeTooLargeError
+
+        from ingest.publish import Ack
+
+        out: list[Any] = []
+        for n, m in enumerate(messages):
+            if len(m.value) > 200:
+                out.append(MessageSizeTooLargeError("record too large"))
+            else:
+                self.sent.append(m.value)
+                out.append(Ack(0, n))
+        return out
+
+
+def test_a_record_the_broker_refuses_for_its_size_is_413_not_503() -> None:
+    from ingest.metrics import IngestMetrics
+    from ingest.service import IngestService
+
+    service = IngestService(None, SizeRefusingPublisher(), IngestMetrics(), ownership=False)  # type: ignore[arg-type]
+    store = FlakyStore()
+    store.down = False
+    service.store = store  # type: ignore[assignment]
+    now = datetime.now(UTC)
+    small = prepare_resource({"resourceType": "Location", "id": "s"}, "Location")
+    big = prepare_resource({"resourceType": "Location", "id": "b", "name": "x" * 300}, "Location")
+    result = service.ingest("lab", now, [small, big], atomic=False)
+    assert [e.status for e in result.entries] == [201, 413]
+    with pytest.raises(Rejection) as caught:
+        service.ingest("lab", now, [big], atomic=True)
+    assert caught.value.status == 413
+
+
+def test_the_resource_limit_follows_the_topic_when_the_broker_says_less() -> None:
+    from ingest.publish import RECORD_OVERHEAD_BYTES, Publisher
+    from parcours.settings import Settings
+
+    publisher = Publisher(Settings(ingest_max_resource_bytes=4_000_000))
+    assert publisher.max_resource_bytes() == 4_000_000
+    publisher._topic_max_bytes = 1_048_588
+    assert publisher.max_resource_bytes() == 1_048_588 - RECORD_OVERHEAD_BYTES

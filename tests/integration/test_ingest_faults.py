@@ -267,6 +267,11 @@ def test_revoke_and_expiry_take_effect_at_once(two: Two) -> None:
     assert done.returncode == 0, done.stderr
     assert post(two.gw.url, token, "/fhir/Location", body).status_code == 401
     assert parcours_cli(two, "token", "revoke", unique("nobody")).returncode == 1
+    rotated = parcours_cli(two, "token", "create", name, "--rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    assert post(two.gw.url, token, "/fhir/Location", body).status_code == 401
+    fresh = post(two.gw.url, rotated.stdout.strip(), "/fhir/Location", body)
+    assert fresh.status_code == 200  # the same version, already received
 
     created = parcours_cli(two, "token", "create", unique("temp"), "--expires-in", "90d")
     assert created.returncode == 0, created.stderr

@@ -46,6 +46,7 @@ from ingest.outcome import (
     operation_outcome,
 )
 from ingest.publish import Publisher
+from ingest.references import ReferenceResolver
 from ingest.responses import capability_statement, location, message_response, response_bundle
 from ingest.service import IngestService
 from ingest.validate import is_resource_type, warm_up
@@ -136,6 +137,7 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = IngestMetrics()
     publisher = Publisher(settings)
     service = IngestService(engine, publisher, metrics, ownership=settings.ingest_ownership)
+    resolver = ReferenceResolver(engine, metrics, settings.ingest_defer_unresolved)
     auth = Authenticator(engine)
     limiter = RateLimiter(settings.ingest_rate_per_s, settings.ingest_rate_burst)
     limit = settings.ingest_max_body_bytes
@@ -421,8 +423,13 @@ def create_app(settings: Settings) -> FastAPI:
                 resource_type=type_name[:64],
             )
 
-    def single(source: str, received_at: datetime, item: Item) -> Response:
-        result = service.ingest(source, received_at, [item], atomic=True).entries[0]
+    def single(
+        source: str, received_at: datetime, item: Item, conditional: dict[str, Any] | None = None
+    ) -> Response:
+        requests = {item.index: conditional} if conditional else None
+        result = resolver.ingest_items(
+            service, source, received_at, [item], True, requests, "resource"
+        ).entries[0]
         headers = {"Location": f"/fhir/{location(item)}"}
         if item.version.startswith("v:"):
             headers["ETag"] = f'W/"{item.version[2:]}"'
@@ -461,8 +468,9 @@ def create_app(settings: Settings) -> FastAPI:
         received_at: datetime = request.state.received_at
 
         def work() -> Response:
-            prepared = prepare_bundle(parse_json(body, "Bundle"), publisher.max_resource_bytes())
-            result = service.ingest(source, received_at, prepared.items, prepared.atomic)
+            parsed = parse_json(body, "Bundle")
+            prepared = prepare_bundle(parsed, publisher.max_resource_bytes())
+            result = resolver.ingest_bundle(service, source, received_at, prepared, parsed)
             if prepared.bundle_type == "message" and prepared.message_header is not None:
                 answer = message_response(prepared.message_header, result.entries, received_at)
             else:
@@ -491,7 +499,9 @@ def create_app(settings: Settings) -> FastAPI:
 
         def work() -> Response:
             items = parse_ndjson(body, publisher.max_resource_bytes())
-            result = service.ingest(source, received_at, items, atomic=False)
+            result = resolver.ingest_items(
+                service, source, received_at, items, False, None, "ndjson"
+            )
             return FhirResponse(response_bundle("batch", result.entries), status_code=200)
 
         response = await run_in_threadpool(work)
@@ -516,13 +526,21 @@ def create_app(settings: Settings) -> FastAPI:
         body = await read_body(request, JSON_TYPES, type_name)
         received_at: datetime = request.state.received_at
 
+        # FHIR's conditional create: the If-None-Exist header holds the search criteria.
+        if_none_exist = request.headers.get("if-none-exist")
+        conditional = (
+            {"method": "POST", "url": type_name, "ifNoneExist": if_none_exist}
+            if if_none_exist
+            else None
+        )
+
         def work() -> Response:
             item = prepare_resource(
                 parse_json(body, type_name),
                 type_name,
                 max_resource_bytes=publisher.max_resource_bytes(),
             )
-            return single(source, received_at, item)
+            return single(source, received_at, item, conditional)
 
         response = await run_in_threadpool(work)
         metrics.requests.labels(source, "create", str(response.status_code)).inc()

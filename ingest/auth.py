@@ -20,7 +20,8 @@ from ingest.outcome import IngestError
 from parcours.db.ingest_models import IntegratorRow
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-TOKEN_PREFIX = "prc_"
+# The public prefix of generated tokens (it tells a Parcours token in a log), not a secret.
+TOKEN_PREFIX = "prc_"  # nosec B105
 
 
 def hash_token(token: str) -> str:

@@ -27,7 +27,7 @@ def serve(
 
     import uvicorn
 
-    from parcours.cli import load_settings
+    from parcours.runtime import load_settings, require_topic_identity
 
     settings = load_settings()
     if settings.database_url is None:
@@ -35,6 +35,7 @@ def serve(
         from parcours.db import upgrade
 
         upgrade(settings.db_url)
+    require_topic_identity(settings, "gateway")
     # Workers re-read the settings from the environment (uvicorn factory); pass overrides down.
     os.environ["PARCOURS_INGEST_HOST"] = host or settings.ingest_host
     os.environ["PARCOURS_INGEST_PORT"] = str(port or settings.ingest_port)
@@ -50,10 +51,45 @@ def serve(
     )
 
 
+@ingest_app.command("mllp")
+def mllp(
+    host: Annotated[str | None, typer.Option(help="Address (default PARCOURS_MLLP_HOST).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default PARCOURS_MLLP_PORT, 2575).")
+    ] = None,
+) -> None:
+    """Run the HL7 v2 ADT listener (MLLP, IHE PAM / PAM.fr) until Ctrl-C. Allowed senders:
+    PARCOURS_MLLP_SENDERS, e.g. '{"gam-chu21": ["CHU21"]}'; TLS with PARCOURS_MLLP_TLS_CERT and
+    PARCOURS_MLLP_TLS_KEY."""
+    import asyncio
+    import contextlib
+    import logging
+
+    from ingest.mllp import serve_forever
+    from parcours.runtime import load_settings
+
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level.upper())
+    if settings.database_url is None:
+        from parcours.db import upgrade
+
+        upgrade(settings.db_url)
+    if not settings.mllp_senders:
+        typer.echo(
+            "attention : PARCOURS_MLLP_SENDERS est vide, tout message sera refusé (AR)", err=True
+        )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever(settings, host, port))
+
+
 @ingest_app.command("push")
 def push(
     files: Annotated[
-        list[Path], typer.Argument(help="Bundle JSON, resource JSON or NDJSON files.")
+        list[Path],
+        typer.Argument(
+            help="Bundle JSON, resource JSON or NDJSON files, or folders of them (a Synthea "
+            "output folder: hospital and practitioner information go first)."
+        ),
     ],
     url: Annotated[str | None, typer.Option(help="Gateway base URL (PARCOURS_INGEST_URL).")] = None,
     token: Annotated[str | None, typer.Option(help="Bearer token (PARCOURS_INGEST_TOKEN).")] = None,
@@ -66,35 +102,39 @@ def push(
     rejected by reason. Exit code 1 if anything was rejected."""
     from tqdm import tqdm
 
-    from ingest.bulk import plan_file, push_direct, push_http
-    from parcours.cli import load_settings
+    from ingest.bulk import plan_file, push_direct, push_http, push_order
+    from parcours.runtime import load_settings
 
     settings = load_settings()
-    missing = [str(f) for f in files if not f.is_file()]
+    missing = [str(f) for f in files if not f.is_file() and not f.is_dir()]
     if missing:
         typer.echo(f"error: no such file: {', '.join(missing)}", err=True)
         raise typer.Exit(2)
-    requests = [r for f in files for r in plan_file(f, settings.ingest_max_body_bytes)]
+    requests = [r for f in push_order(files) for r in plan_file(f, settings.ingest_max_body_bytes)]
     total = sum(r.count for r in requests)
     bar = tqdm(total=total, unit="res", desc="push", file=sys.stderr)
     try:
         if direct:
             from ingest.metrics import IngestMetrics
             from ingest.publish import Publisher
+            from ingest.references import ReferenceResolver
             from ingest.service import IngestService
             from parcours.db import make_engine
 
             engine = make_engine(settings.db_url)
             publisher = Publisher(settings)
             try:
+                metrics = IngestMetrics()
                 service = IngestService(
-                    engine, publisher, IngestMetrics(), ownership=settings.ingest_ownership
+                    engine, publisher, metrics, ownership=settings.ingest_ownership
                 )
+                resolver = ReferenceResolver(engine, metrics, settings.ingest_defer_unresolved)
                 summary = push_direct(
                     requests,
                     service,
                     source,
                     bar.update,
+                    resolver,
                     max_resource_bytes=settings.ingest_max_resource_bytes,
                 )
             finally:
@@ -203,8 +243,8 @@ def grant(
 
 def _admin_engine() -> Any:
     """The database of the admin commands, migrated first when it is the demo's SQLite."""
-    from parcours.cli import load_settings
     from parcours.db import make_engine, upgrade
+    from parcours.runtime import load_settings
 
     settings = load_settings()
     if settings.database_url is None:

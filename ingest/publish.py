@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaProducer
@@ -24,11 +23,11 @@ from kafka.errors import (
     MessageSizeTooLargeError,
     RecordListTooLargeError,
 )
-from kafka.partitioner.default import DefaultPartitioner, murmur2
+from kafka.partitioner.default import DefaultPartitioner
 
 from ingest.outcome import BrokerUnavailable
 from parcours.settings import Settings
-from parcours.topics import Topics, ensure_topics
+from parcours.topics import Topics, ensure_topics, partition_of_key
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +39,6 @@ MAX_DEADLETTER_BYTES = 900_000
 RECORD_OVERHEAD_BYTES = 64 * 1024
 # Failures of one record, not of the connection: the producer stays as it is for everyone.
 RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
-
-
-@lru_cache(maxsize=65536)
-def _key_hash(key: bytes) -> int:
-    return int(murmur2(key)) & 0x7FFFFFFF
 
 
 class CachedKeyPartitioner(DefaultPartitioner):  # type: ignore[misc]
@@ -67,7 +61,7 @@ class CachedKeyPartitioner(DefaultPartitioner):  # type: ignore[misc]
                 super().partition(topic, key, serialized_key, value, serialized_value, cluster)
             )
         partitions = sorted(cluster.partitions_for_topic(topic))
-        return int(partitions[_key_hash(serialized_key) % len(partitions)])
+        return int(partitions[partition_of_key(serialized_key, len(partitions))])
 
 
 def find_config(answer: Any, name: str) -> str | None:
@@ -151,7 +145,7 @@ class Publisher:
         try:
             ensure_topics(
                 self.settings.bootstrap,
-                [self.topics.raw, self.topics.deadletter],
+                [self.topics.raw, self.topics.deadletter, self.topics.directory],
                 self.settings.topic_partitions,
             )
         except Exception:
@@ -254,7 +248,8 @@ class Publisher:
         self._probe_lock.release()
 
     def publish(self, messages: Sequence[Message]) -> list[Ack | Exception]:
-        """Send every message to the raw topic and wait for each ack (acks=all).
+        """Send every message to its topic (`Topics.for_key`: reference data to the directory,
+        the rest to the raw topic) and wait for each ack (acks=all).
 
         Returns, per message, its Ack or the exception that stopped it. Waits at most the
         configured publish timeout in total.
@@ -265,7 +260,9 @@ class Publisher:
         for m in messages:
             try:
                 futures.append(
-                    producer.send(self.topics.raw, value=m.value, key=m.key, headers=m.headers)
+                    producer.send(
+                        self.topics.for_key(m.key), value=m.value, key=m.key, headers=m.headers
+                    )
                 )
             except (KafkaError, OSError, ValueError) as exc:
                 futures.append(exc)

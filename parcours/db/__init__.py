@@ -30,7 +30,7 @@ def make_engine(url: str, timeout_s: float | None = None) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": timeout_s or 30})
+        engine = create_engine(url, connect_args={"timeout": timeout_s or 30}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -41,11 +41,13 @@ def make_engine(url: str, timeout_s: float | None = None) -> Engine:
 
         return engine
     if timeout_s is None:
-        return create_engine(url, pool_pre_ping=True)
+        # Parameters can hold patient data (and megabytes of it): errors never print them.
+        return create_engine(url, pool_pre_ping=True, hide_parameters=True)
     millis = max(1, int(timeout_s * 1000))
     return create_engine(
         url,
         pool_pre_ping=True,
+        hide_parameters=True,
         pool_timeout=timeout_s,
         connect_args={
             # libpq counts whole seconds, and takes 2 as its least.

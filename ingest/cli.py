@@ -35,7 +35,7 @@ def serve(
         from parcours.db import upgrade
 
         upgrade(settings.db_url)
-    require_topic_identity(settings, "gateway")
+    require_topic_identity(settings, "gateway", db_timeout_s=settings.ingest_db_timeout_s)
     # Workers re-read the settings from the environment (uvicorn factory); pass overrides down.
     os.environ["PARCOURS_INGEST_HOST"] = host or settings.ingest_host
     os.environ["PARCOURS_INGEST_PORT"] = str(port or settings.ingest_port)

@@ -141,7 +141,6 @@ def create_app(settings: Settings) -> FastAPI:
     auth = Authenticator(engine)
     limiter = RateLimiter(settings.ingest_rate_per_s, settings.ingest_rate_burst)
     limit = settings.ingest_max_body_bytes
-    max_resource = settings.ingest_max_resource_bytes
     body_timeout = settings.ingest_body_timeout_s
     # Health probes run on their own threads, one at a time per dependency, so that neither
     # a hung database nor a saturated request pool can delay /healthz.
@@ -449,7 +448,9 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/fhir/metadata", tags=["FHIR"], summary="CapabilityStatement")
     async def metadata() -> Response:
         """What the gateway accepts (no token needed, as FHIR asks)."""
-        return FhirResponse(capability_statement(parcours.__version__, limit, max_resource))
+        return FhirResponse(
+            capability_statement(parcours.__version__, limit, publisher.max_resource_bytes())
+        )
 
     @app.post(
         "/fhir",
@@ -468,7 +469,7 @@ def create_app(settings: Settings) -> FastAPI:
 
         def work() -> Response:
             parsed = parse_json(body, "Bundle")
-            prepared = prepare_bundle(parsed, max_resource)
+            prepared = prepare_bundle(parsed, publisher.max_resource_bytes())
             result = resolver.ingest_bundle(service, source, received_at, prepared, parsed)
             if prepared.bundle_type == "message" and prepared.message_header is not None:
                 answer = message_response(prepared.message_header, result.entries, received_at)
@@ -497,7 +498,7 @@ def create_app(settings: Settings) -> FastAPI:
         received_at: datetime = request.state.received_at
 
         def work() -> Response:
-            items = parse_ndjson(body, max_resource)
+            items = parse_ndjson(body, publisher.max_resource_bytes())
             result = resolver.ingest_items(
                 service, source, received_at, items, False, None, "ndjson"
             )
@@ -535,7 +536,9 @@ def create_app(settings: Settings) -> FastAPI:
 
         def work() -> Response:
             item = prepare_resource(
-                parse_json(body, type_name), type_name, max_resource_bytes=max_resource
+                parse_json(body, type_name),
+                type_name,
+                max_resource_bytes=publisher.max_resource_bytes(),
             )
             return single(source, received_at, item, conditional)
 
@@ -567,7 +570,7 @@ def create_app(settings: Settings) -> FastAPI:
                 parse_json(body, type_name),
                 type_name,
                 url_id=resource_id,
-                max_resource_bytes=max_resource,
+                max_resource_bytes=publisher.max_resource_bytes(),
             )
             return single(source, received_at, item)
 

@@ -32,7 +32,7 @@ from ingest.outcome import (
     safe_text,
 )
 from ingest.ownership import Claim, OwnershipStore, claims_of
-from ingest.publish import Ack, Message, Publisher
+from ingest.publish import RECORD_ERRORS, Ack, Message, Publisher
 
 log = logging.getLogger(__name__)
 
@@ -384,11 +384,21 @@ class IngestService:
         # for records the broker did not acknowledge (their retry publishes only those).
         published: list[Published] = []
         failed: list[int] = []
+        too_large: dict[int, str] = {}
         for pos, ack in zip(to_publish, acks, strict=True):
             item = items[pos]
             if isinstance(ack, Ack):
                 published.append(Published(item.dedupe_key, item.key, ack.partition, ack.offset))
                 results[pos] = EntryResult(item, 201)
+            elif isinstance(ack, RECORD_ERRORS):
+                # The broker refused this record for what it is (its size): retrying cannot
+                # help, so it is a 413 for this entry, not a 503.
+                too_large[pos] = f"The broker refused the record: {ack}"
+                results[pos] = EntryResult(
+                    item,
+                    413,
+                    operation_outcome([Issue("too-costly", too_large[pos], ())], "too-large"),
+                )
             else:
                 failed.append(pos)
                 results[pos] = EntryResult(
@@ -411,6 +421,14 @@ class IngestService:
         )
         for (outcome, rtype), n in tally.items():
             self.metrics.resources.labels(source, outcome, rtype).inc(n)
+        if too_large and atomic and not failed:
+            first = next(iter(too_large))
+            raise Rejection(
+                413,
+                "too-large",
+                [Issue("too-costly", too_large[first], ())],
+                resource_type=items[first].resource_type,
+            )
         if failed and (atomic or not published):
             raise BrokerUnavailable(
                 f"Kafka acknowledged {len(published)} of {len(to_publish)} records; "

@@ -16,8 +16,7 @@ MARKER_KEY = b"__corpus-marker__"
 
 
 class TopicCounter:
-    """What some topics received since the last `sync()`, exactly (the raw topic and the
-    directory topic, where the gateway sends hospitals, places and practitioners).
+    """What some topics received since the last `sync()`, exactly.
 
     `sync()` writes a marker to every partition (acks=all) and reads each partition up to its
     marker. Whatever the gateway published before answering was acknowledged before the marker
@@ -25,10 +24,9 @@ class TopicCounter:
     """
 
     def __init__(self, bootstrap: str, *topics: str) -> None:
-        self.topics = topics
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-        self.partitions = []
+        self.partitions: list[TopicPartition] = []
         for topic in topics:
             parts = self.consumer.partitions_for_topic(topic) or set()
             assert parts, f"{topic} has no partitions"
@@ -49,7 +47,7 @@ class TopicCounter:
         polls = 0
         while pending:
             polls += 1
-            assert polls * 200 < timeout_ms, f"markers not read back from {self.topics}"
+            assert polls * 200 < timeout_ms, "markers not read back"
             for tp, batch in self.consumer.poll(timeout_ms=200).items():
                 for rec in batch:
                     if rec.key == MARKER_KEY:

@@ -472,7 +472,7 @@ class PromptStopWorker(faust.Worker):
     offsets at the next start, and replays write the same rows (as after a kill -9).
     """
 
-    STOP_WITHIN_S = 8.0
+    STOP_WITHIN_S = 6.0
 
     def _on_sigterm(self) -> None:
         self._stop_promptly()

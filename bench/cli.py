@@ -63,3 +63,17 @@ def bench_streams(
         typer.echo(f"bench streams: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(report(result, "PostgreSQL" if url and "postgres" in url else "SQLite"))
+
+
+@bench_app.command("forecast")
+def bench_forecast(
+    days: int = typer.Option(35, help="Days of simulated hourly history (the demo has ~30)."),
+    horizon: int = typer.Option(72, help="Hours ahead, as `parcours forecast run`."),
+    folds: int = typer.Option(4, help="Backtest origins, as `parcours forecast run`."),
+    workers: int = typer.Option(2, min=1, help="Processes sharing the series."),
+) -> None:
+    """Backtest, select and forecast every ward, service and hospital of the default territory,
+    beside Prophet alone on the same series."""
+    from bench.forecast import report, run_bench
+
+    typer.echo(report(run_bench(days, horizon, folds, workers)))

@@ -174,6 +174,7 @@ def _execute(
     folds: int,
     as_json: bool,
     with_prophet: bool,
+    workers: int = 1,
     date_col: str | None = None,
     value_col: str | None = None,
     admissions_col: str | None = None,
@@ -237,6 +238,7 @@ def _execute(
         write=write,
         progress=not as_json,
         with_prophet=with_prophet,
+        workers=workers,
     )
     if len(results) == 1 and results[0].error:
         raise _fail(f"{results[0].unit_id}: {results[0].error}")
@@ -295,6 +297,7 @@ def run_cmd(
     folds: Annotated[int, typer.Option(help="Rolling origins of the backtest.")] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     with_prophet: PROPHET_OPT = True,
+    workers: Annotated[int, typer.Option(min=1, help="Processes sharing the series.")] = 2,
     every: Annotated[
         float | None,
         typer.Option(help="Run again every SECONDS until stopped (a long-running forecaster)."),
@@ -316,6 +319,7 @@ def run_cmd(
                 folds=folds,
                 as_json=as_json,
                 with_prophet=with_prophet,
+                workers=workers,
             )
         except typer.Exit as exc:
             # With --every, too little history yet is a reason to wait, not to stop; the census

@@ -173,6 +173,17 @@ def forecast_one(
     return bt, out
 
 
+def _forecast_task(
+    args: tuple[SeriesInput, list[Model], int, str, int, float],
+) -> tuple[Backtest, dict[str, pd.DataFrame]] | str:
+    """`forecast_one` in a worker process; a ForecastingError comes back as its message."""
+    item, models, horizon, freq, folds, level = args
+    try:
+        return forecast_one(item, models, horizon, freq, folds, level)
+    except ForecastingError as exc:
+        return str(exc)
+
+
 def run(
     engine: Engine | None,
     series: Sequence[SeriesInput],
@@ -186,66 +197,99 @@ def run(
     level: float = TARGET_COVERAGE,
     progress: bool = True,
     with_prophet: bool = True,
+    only: Sequence[Model] | None = None,
+    workers: int = 1,
 ) -> list[UnitResult]:
     """Backtest, select and forecast every series; write the results when `write` (and an
-    engine is given). A series too short for the models is reported, not fatal, so one new ward
-    does not stop the whole job."""
-    results: list[UnitResult] = []
-    for item in tqdm(series, desc=f"forecast {metric}", disable=not progress):
-        models = candidate_models(freq, level, item.stock_flow)
+    engine is given), each series as soon as it is done. `only` replaces the candidates (a
+    benchmark's peer). `workers` > 1 spreads the series over that many processes. A series too
+    short for the models is reported, not fatal, so one new ward does not stop the whole job."""
+    tasks = []
+    for item in series:
+        models = list(only) if only is not None else candidate_models(freq, level, item.stock_flow)
         if not with_prophet:
             models = [m for m in models if m.name != "prophet"]
-        points = len(item.frame)
-        try:
-            bt, forecasts = forecast_one(item, models, horizon, freq, folds, level)
-        except ForecastingError as exc:
-            results.append(UnitResult(item.unit_id, points, [], 0, str(exc)))
-            continue
-        written = 0
-        history_end = _aware(to_naive_utc(item.frame)["ds"].iloc[-1])
-        window = (_aware(bt.origins[0]), _aware(bt.window_end))
-        if write and engine is not None:
-            with engine.begin() as conn:
-                write_accuracy(conn, item.unit_id, metric, bt.accuracy, now)
-                for name, fc in forecasts.items():
-                    written += write_forecast(
-                        conn, item.unit_id, metric, name, fc, level, now, history_end
-                    )
-                upsert(
-                    conn,
-                    ForecastSeriesRow,
-                    [
-                        {
-                            "unit_id": item.unit_id,
-                            "metric": metric,
-                            "unit_type": item.unit_type,
-                            "freq": freq,
-                            "horizon": horizon,
-                            "selected_model": bt.selected,
-                            "capacity": item.capacity,
-                            "history_points": points,
-                            "history_end": history_end,
-                            "folds": bt.of(bt.selected).folds,
-                            "window_start": window[0],
-                            "window_end": window[1],
-                            "target_coverage": level,
-                            "computed_at": now,
-                        }
-                    ],
-                    key=["unit_id", "metric"],
-                )
-        results.append(
-            UnitResult(
-                item.unit_id,
-                points,
-                bt.accuracy,
-                written,
-                selected=bt.selected,
-                skipped=bt.skipped,
-                window=window,
-            )
+        tasks.append((item, models, horizon, freq, folds, level))
+    if workers > 1 and len(tasks) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        outcomes: Iterable[tuple[Backtest, dict[str, pd.DataFrame]] | str] = pool.map(
+            _forecast_task, tasks
         )
+    else:
+        pool = None
+        outcomes = map(_forecast_task, tasks)
+    results: list[UnitResult] = []
+    try:
+        bar = tqdm(zip(series, outcomes, strict=True), total=len(tasks), disable=not progress)
+        for item, outcome in bar:
+            bar.set_description(f"forecast {metric}")
+            results.append(_record(engine, item, outcome, metric, horizon, freq, now, write, level))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return results
+
+
+def _record(
+    engine: Engine | None,
+    item: SeriesInput,
+    outcome: tuple[Backtest, dict[str, pd.DataFrame]] | str,
+    metric: str,
+    horizon: int,
+    freq: str,
+    now: datetime,
+    write: bool,
+    level: float,
+) -> UnitResult:
+    points = len(item.frame)
+    if isinstance(outcome, str):
+        return UnitResult(item.unit_id, points, [], 0, outcome)
+    bt, forecasts = outcome
+    written = 0
+    history_end = _aware(to_naive_utc(item.frame)["ds"].iloc[-1])
+    window = (_aware(bt.origins[0]), _aware(bt.window_end))
+    if write and engine is not None:
+        with engine.begin() as conn:
+            write_accuracy(conn, item.unit_id, metric, bt.accuracy, now)
+            for name, fc in forecasts.items():
+                written += write_forecast(
+                    conn, item.unit_id, metric, name, fc, level, now, history_end
+                )
+            upsert(
+                conn,
+                ForecastSeriesRow,
+                [
+                    {
+                        "unit_id": item.unit_id,
+                        "metric": metric,
+                        "unit_type": item.unit_type,
+                        "freq": freq,
+                        "horizon": horizon,
+                        "selected_model": bt.selected,
+                        "capacity": item.capacity,
+                        "history_points": points,
+                        "history_end": history_end,
+                        "folds": bt.of(bt.selected).folds,
+                        "window_start": window[0],
+                        "window_end": window[1],
+                        "target_coverage": level,
+                        "computed_at": now,
+                    }
+                ],
+                key=["unit_id", "metric"],
+            )
+    return UnitResult(
+        item.unit_id,
+        points,
+        bt.accuracy,
+        written,
+        selected=bt.selected,
+        skipped=bt.skipped,
+        window=window,
+    )
 
 
 CENSUS_METRICS = ("occupancy", "admissions", "discharges", "ed_arrivals")

@@ -203,8 +203,8 @@ def _execute(
                 capacity=capacity,
             )
         else:
-            from parcours.cli import load_settings
             from parcours.db import make_engine
+            from parcours.runtime import load_settings
 
             engine = make_engine(load_settings().db_url)
             step = "h"
@@ -223,8 +223,8 @@ def _execute(
             "run, or backfill history with `parcours simulate --days N --kafka`"
         )
     if write and engine is None:
-        from parcours.cli import load_settings
         from parcours.db import make_engine
+        from parcours.runtime import load_settings
 
         engine = make_engine(load_settings().db_url)
     results = run(

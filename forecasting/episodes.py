@@ -15,7 +15,7 @@ import pandas as pd
 from sqlalchemy import Engine, or_, select
 
 from parcours.db.pathway_models import LocationOccupancyRow, LocationRow, StayLocationRow
-from streams.census import LEVELS, SERVICE, WARD, Hierarchy, Place, Unit
+from streams.core.census import LEVELS, SERVICE, WARD, Hierarchy, Place, Unit
 
 # A service pools its wards' stays for the length-of-stay curve of a ward with fewer stays.
 MIN_OWN_STAYS = 50

@@ -56,7 +56,7 @@ def seed(engine: Engine, prefix: str) -> Seeded:
         ward_full=f"Location/{prefix}cardio",
         ward_quiet=f"Location/{prefix}ortho",
         patient=f"{prefix}pat-1",
-        alert=f"no_followup:{prefix}pat-1:{prefix}stay-1",
+        alert=f"no_follow_up:{prefix}pat-1:{prefix}stay-1",
         integrator=f"{prefix}gp-software",
         raw_topic=f"{prefix}fhir.raw",
     )
@@ -172,7 +172,7 @@ def seed(engine: Engine, prefix: str) -> Seeded:
             [
                 {
                     "alert_id": s.alert,
-                    "alert_type": "no_followup",
+                    "alert_type": "no_follow_up",
                     "patient_id": s.patient,
                     "unit_id": None,
                     "status": "open",

@@ -7,7 +7,7 @@ again when it writes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -173,6 +173,51 @@ def forecast_one(
     return bt, out
 
 
+# Candidates whose backtest costs seconds per fold on an hourly series; the fast pass leaves
+# them out, and a refresh fits them only where the last full backtest selected them.
+SLOW = frozenset({"auto_ets", "auto_arima", "prophet"})
+
+
+def candidates(
+    item: SeriesInput, freq: str, level: float, mode: str, previous: Mapping[str, str]
+) -> list[Model]:
+    """The models a run backtests on one series.
+
+    `full`: every candidate. `fast`: all but the slow ones (stock–flow, AutoTheta, naive
+    baselines), so that every series has a forecast within a minute. `refresh`: the model the
+    last full backtest selected (`previous[unit]`), the stock–flow models and naive, to refit
+    and recalibrate them on the newest data; a series never fully backtested is run `fast`."""
+    every = candidate_models(freq, level, item.stock_flow)
+    if mode == "full":
+        return every
+    chosen = previous.get(item.unit_id) if mode == "refresh" else None
+    if chosen is not None and any(m.name == chosen for m in every):
+        keep = {chosen, "naive"} | {m.name for m in item.stock_flow}
+        return [m for m in every if m.name in keep]
+    return [m for m in every if m.name not in SLOW]
+
+
+def recent_selections(engine: Engine, metric: str, horizon: int, since: datetime) -> dict[str, str]:
+    """The model selected per unit by a full backtest (one that scored the slow candidates)
+    computed at or after `since`, for the same horizon."""
+    from sqlalchemy import select
+
+    f, a = ForecastSeriesRow, ForecastAccuracyRow
+    query = (
+        select(f.unit_id, f.selected_model)
+        .join(a, (a.unit_id == f.unit_id) & (a.metric == f.metric))
+        .where(
+            f.metric == metric,
+            f.horizon == horizon,
+            a.horizon == horizon,
+            a.model == "auto_ets",
+            a.computed_at >= since,
+        )
+    )
+    with engine.connect() as conn:
+        return {r[0]: r[1] for r in conn.execute(query)}
+
+
 def _forecast_task(
     args: tuple[SeriesInput, list[Model], int, str, int, float],
 ) -> tuple[Backtest, dict[str, pd.DataFrame]] | str:
@@ -199,14 +244,19 @@ def run(
     with_prophet: bool = True,
     only: Sequence[Model] | None = None,
     workers: int = 1,
+    mode: str = "full",
+    previous: Mapping[str, str] | None = None,
 ) -> list[UnitResult]:
     """Backtest, select and forecast every series; write the results when `write` (and an
     engine is given), each series as soon as it is done. `only` replaces the candidates (a
-    benchmark's peer). `workers` > 1 spreads the series over that many processes. A series too
+    benchmark's peer); `mode` and `previous` choose the candidates (see `candidates`). `workers`
+    > 1 spreads the series over that many processes. A series too
     short for the models is reported, not fatal, so one new ward does not stop the whole job."""
     tasks = []
     for item in series:
-        models = list(only) if only is not None else candidate_models(freq, level, item.stock_flow)
+        models = (
+            list(only) if only is not None else candidates(item, freq, level, mode, previous or {})
+        )
         if not with_prophet:
             models = [m for m in models if m.name != "prophet"]
         tasks.append((item, models, horizon, freq, folds, level))
@@ -254,6 +304,15 @@ def _record(
     if write and engine is not None:
         with engine.begin() as conn:
             write_accuracy(conn, item.unit_id, metric, bt.accuracy, now)
+            # Forecasts of models this run did not keep (an earlier selection) would mislead.
+            for table in (ForecastRow, ForecastTermRow):
+                conn.execute(
+                    delete(table).where(
+                        (table.unit_id == item.unit_id)
+                        & (table.metric == metric)
+                        & table.model.not_in(list(forecasts))
+                    )
+                )
             for name, fc in forecasts.items():
                 written += write_forecast(
                     conn, item.unit_id, metric, name, fc, level, now, history_end

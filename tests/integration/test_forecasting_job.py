@@ -53,7 +53,8 @@ def test_forecast_run_writes_forecasts_and_scores_and_reruns_idempotently(
     report = json.loads(first.stdout)
     assert report["unit_id"] == "spf:21"
     assert report["points"] == 105
-    candidates = {"stock_flow", "auto_ets", "auto_arima", "auto_theta", "prophet", "naive"}
+    candidates = {"stock_flow", "stock_flow_flat", "stock_flow_trend", "auto_ets", "auto_arima"}
+    candidates |= {"auto_theta", "prophet", "naive"}
     assert {a["model"] for a in report["accuracy"]} == candidates | {"seasonal_naive_7"}
     selected = report["selected"]
     assert report["models"][selected]["mase"] <= report["models"]["naive"]["mase"]
@@ -84,7 +85,7 @@ def test_forecast_run_writes_forecasts_and_scores_and_reruns_idempotently(
         assert r["n"] == 7
         assert r["first"].isoformat() == "2020-07-01T00:00:00+00:00"
         assert r["ordered"]
-    assert len(scores) == 7
+    assert len(scores) == 9
     assert all(s.folds == 3 and 0.0 <= s.coverage <= 1.0 for s in scores)
     assert tuple(chosen) == (selected, 3)
     assert len(terms) == 7
@@ -97,7 +98,7 @@ def test_forecast_run_writes_forecasts_and_scores_and_reruns_idempotently(
         assert count == 7 * len(written)
         assert (
             conn.scalar(text("SELECT count(*) FROM forecast_accuracy WHERE unit_id = 'spf:21'"))
-            == 7
+            == 9
         )
 
 

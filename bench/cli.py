@@ -138,9 +138,12 @@ def bench_forecast(
     horizon: int = typer.Option(72, help="Hours ahead, as `parcours forecast run`."),
     folds: int = typer.Option(4, help="Backtest origins, as `parcours forecast run`."),
     workers: int = typer.Option(2, min=1, help="Processes sharing the series."),
+    full: bool = typer.Option(
+        False, "--full", help="Also time the full backtest of every candidate (slow)."
+    ),
 ) -> None:
     """Backtest, select and forecast every ward, service and hospital of the default territory,
     beside Prophet alone on the same series."""
     from bench.forecast import report, run_bench
 
-    typer.echo(report(run_bench(days, horizon, folds, workers)))
+    typer.echo(report(run_bench(days, horizon, folds, workers, full)))

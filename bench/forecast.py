@@ -50,8 +50,8 @@ def _naive(at: datetime) -> pd.Timestamp:
 def territory_inputs(days: int, seed: int = 7) -> list[SeriesInput]:
     """Simulate `days` of the default territory and build every ward, service and hospital
     series with its stays and capacity."""
-    from ingest.simulate.model import Simulation
-    from ingest.simulate.territory import default_territory
+    from simulate.model import Simulation
+    from simulate.territory import default_territory
 
     territory = default_territory()
     sim = Simulation(territory, seed, START, days)

@@ -119,8 +119,10 @@ class ProphetModel:
         from prophet import Prophet
 
         _check(history, 10)
-        for name in ("cmdstanpy", "prophet"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        # cmdstanpy sets its logger back to INFO with its own handler when it first runs; its
+        # failures reach us as exceptions, so its chatter is switched off.
+        logging.getLogger("cmdstanpy").disabled = True
+        logging.getLogger("prophet").setLevel(logging.WARNING)
         span = pd.Timestamp(history["ds"].iloc[-1]) - pd.Timestamp(history["ds"].iloc[0])
         model = Prophet(
             interval_width=self.interval_width,

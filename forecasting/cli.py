@@ -148,7 +148,8 @@ def _print(results: list[UnitResult], as_json: bool) -> None:
         if r.error:
             typer.echo(f"{r.unit_id}: skipped: {r.error}")
             continue
-        typer.echo(f"{r.unit_id}: {r.points} points, {r.forecasts} forecast rows written")
+        written = f", {r.forecasts} forecast rows written" if r.forecasts else ""
+        typer.echo(f"{r.unit_id}: {r.points} points{written}")
         if not r.accuracy:
             continue
         typer.echo(f"  {'model':<16} {'MAE':>9} {'RMSE':>9} {'MASE':>7} {'coverage':>9}")

@@ -7,7 +7,9 @@ again when it writes.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -260,27 +262,30 @@ def run(
         if not with_prophet:
             models = [m for m in models if m.name != "prophet"]
         tasks.append((item, models, horizon, freq, folds, level))
+    outcomes: Iterable[tuple[Backtest, dict[str, pd.DataFrame]] | str]
     if workers > 1 and len(tasks) > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        outcomes: Iterable[tuple[Backtest, dict[str, pd.DataFrame]] | str] = pool.map(
-            _forecast_task, tasks
-        )
+        outcomes = _pool(workers).map(_forecast_task, tasks)
     else:
-        pool = None
         outcomes = map(_forecast_task, tasks)
     results: list[UnitResult] = []
-    try:
-        bar = tqdm(zip(series, outcomes, strict=True), total=len(tasks), disable=not progress)
-        for item, outcome in bar:
-            bar.set_description(f"forecast {metric}")
-            results.append(_record(engine, item, outcome, metric, horizon, freq, now, write, level))
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    bar = tqdm(zip(series, outcomes, strict=True), total=len(tasks), disable=not progress)
+    for item, outcome in bar:
+        bar.set_description(f"forecast {metric}")
+        results.append(_record(engine, item, outcome, metric, horizon, freq, now, write, level))
     return results
+
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """One process pool per size for the life of the process: the forecaster runs round after
+    round, and each worker imports the model libraries (seconds) only once."""
+    if workers not in _POOLS:
+        _POOLS[workers] = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn")
+        )
+    return _POOLS[workers]
 
 
 def _record(

@@ -130,3 +130,20 @@ def bench_mllp(
         typer.echo(f"bench mllp: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(report(result))
+
+
+@bench_app.command("forecast")
+def bench_forecast(
+    days: int = typer.Option(35, help="Days of simulated hourly history (the demo has ~30)."),
+    horizon: int = typer.Option(72, help="Hours ahead, as `parcours forecast run`."),
+    folds: int = typer.Option(4, help="Backtest origins, as `parcours forecast run`."),
+    workers: int = typer.Option(2, min=1, help="Processes sharing the series."),
+    full: bool = typer.Option(
+        False, "--full", help="Also time the full backtest of every candidate (slow)."
+    ),
+) -> None:
+    """Backtest, select and forecast every ward, service and hospital of the default territory,
+    beside Prophet alone on the same series."""
+    from bench.forecast import report, run_bench
+
+    typer.echo(report(run_bench(days, horizon, folds, workers, full)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -148,7 +148,8 @@ def _print(results: list[UnitResult], as_json: bool) -> None:
         if r.error:
             typer.echo(f"{r.unit_id}: skipped: {r.error}")
             continue
-        typer.echo(f"{r.unit_id}: {r.points} points, {r.forecasts} forecast rows written")
+        written = f", {r.forecasts} forecast rows written" if r.forecasts else ""
+        typer.echo(f"{r.unit_id}: {r.points} points{written}")
         if not r.accuracy:
             continue
         typer.echo(f"  {'model':<16} {'MAE':>9} {'RMSE':>9} {'MASE':>7} {'coverage':>9}")
@@ -174,6 +175,8 @@ def _execute(
     folds: int,
     as_json: bool,
     with_prophet: bool,
+    workers: int = 1,
+    reselect_hours: float | None = None,
     date_col: str | None = None,
     value_col: str | None = None,
     admissions_col: str | None = None,
@@ -182,7 +185,7 @@ def _execute(
     capacity: float | None = None,
 ) -> None:
     from forecasting import ForecastingError
-    from forecasting.job import census_inputs, run
+    from forecasting.job import census_inputs, recent_selections, run
 
     if spf_csv is not None and csv is not None:
         raise _fail("give --csv or --spf-csv, not both")
@@ -226,18 +229,31 @@ def _execute(
         from parcours.runtime import load_settings
 
         engine = make_engine(load_settings().db_url)
-    results = run(
-        engine,
-        inputs,
-        metric=metric,
-        horizon=horizon,
-        freq=step,
-        folds=folds,
-        now=datetime.now(UTC),
-        write=write,
-        progress=not as_json,
-        with_prophet=with_prophet,
-    )
+    now = datetime.now(UTC)
+    common: dict[str, Any] = {
+        "metric": metric,
+        "horizon": horizon,
+        "freq": step,
+        "folds": folds,
+        "write": write,
+        "progress": not as_json,
+        "with_prophet": with_prophet,
+        "workers": workers,
+    }
+    if write and engine is not None and reselect_hours is not None:
+        # Every series gets a forecast quickly (a refresh of its last selection, or the fast
+        # candidates), then the series without a recent full backtest get one.
+        previous = recent_selections(engine, metric, horizon, now - timedelta(hours=reselect_hours))
+        first = run(engine, inputs, now=now, mode="refresh", previous=previous, **common)
+        pending = [item for item in inputs if item.unit_id not in previous]
+        done = {r.unit_id: r for r in first}
+        if pending:
+            for r in run(engine, pending, now=datetime.now(UTC), mode="full", **common):
+                if not r.error or not done[r.unit_id].accuracy:
+                    done[r.unit_id] = r
+        results = [done[item.unit_id] for item in inputs]
+    else:
+        results = run(engine, inputs, now=now, **common)
     if len(results) == 1 and results[0].error:
         raise _fail(f"{results[0].unit_id}: {results[0].error}")
     _print(results, as_json)
@@ -295,6 +311,14 @@ def run_cmd(
     folds: Annotated[int, typer.Option(help="Rolling origins of the backtest.")] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     with_prophet: PROPHET_OPT = True,
+    workers: Annotated[int, typer.Option(min=1, help="Processes sharing the series.")] = 2,
+    reselect_hours: Annotated[
+        float,
+        typer.Option(
+            help="Backtest every candidate again when the last full backtest is older than "
+            "this; in between, refit the selected model (and stock–flow, naive) only."
+        ),
+    ] = 24.0,
     every: Annotated[
         float | None,
         typer.Option(help="Run again every SECONDS until stopped (a long-running forecaster)."),
@@ -316,6 +340,8 @@ def run_cmd(
                 folds=folds,
                 as_json=as_json,
                 with_prophet=with_prophet,
+                workers=workers,
+                reselect_hours=reselect_hours,
             )
         except typer.Exit as exc:
             # With --every, too little history yet is a reason to wait, not to stop; the census

@@ -7,7 +7,9 @@ again when it writes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import multiprocessing
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -173,6 +175,62 @@ def forecast_one(
     return bt, out
 
 
+# Candidates whose backtest costs seconds per fold on an hourly series; the fast pass leaves
+# them out, and a refresh fits them only where the last full backtest selected them.
+SLOW = frozenset({"auto_ets", "auto_arima", "prophet"})
+
+
+def candidates(
+    item: SeriesInput, freq: str, level: float, mode: str, previous: Mapping[str, str]
+) -> list[Model]:
+    """The models a run backtests on one series.
+
+    `full`: every candidate. `fast`: all but the slow ones (stock–flow, AutoTheta, naive
+    baselines), so that every series has a forecast within a minute. `refresh`: the model the
+    last full backtest selected (`previous[unit]`), the stock–flow models and naive, to refit
+    and recalibrate them on the newest data; a series never fully backtested is run `fast`."""
+    every = candidate_models(freq, level, item.stock_flow)
+    if mode == "full":
+        return every
+    chosen = previous.get(item.unit_id) if mode == "refresh" else None
+    if chosen is not None and any(m.name == chosen for m in every):
+        keep = {chosen, "naive"} | {m.name for m in item.stock_flow}
+        return [m for m in every if m.name in keep]
+    return [m for m in every if m.name not in SLOW]
+
+
+def recent_selections(engine: Engine, metric: str, horizon: int, since: datetime) -> dict[str, str]:
+    """The model selected per unit by a full backtest (one that scored the slow candidates)
+    computed at or after `since`, for the same horizon."""
+    from sqlalchemy import select
+
+    f, a = ForecastSeriesRow, ForecastAccuracyRow
+    query = (
+        select(f.unit_id, f.selected_model)
+        .join(a, (a.unit_id == f.unit_id) & (a.metric == f.metric))
+        .where(
+            f.metric == metric,
+            f.horizon == horizon,
+            a.horizon == horizon,
+            a.model == "auto_ets",
+            a.computed_at >= since,
+        )
+    )
+    with engine.connect() as conn:
+        return {r[0]: r[1] for r in conn.execute(query)}
+
+
+def _forecast_task(
+    args: tuple[SeriesInput, list[Model], int, str, int, float],
+) -> tuple[Backtest, dict[str, pd.DataFrame]] | str:
+    """`forecast_one` in a worker process; a ForecastingError comes back as its message."""
+    item, models, horizon, freq, folds, level = args
+    try:
+        return forecast_one(item, models, horizon, freq, folds, level)
+    except ForecastingError as exc:
+        return str(exc)
+
+
 def run(
     engine: Engine | None,
     series: Sequence[SeriesInput],
@@ -186,66 +244,116 @@ def run(
     level: float = TARGET_COVERAGE,
     progress: bool = True,
     with_prophet: bool = True,
+    only: Sequence[Model] | None = None,
+    workers: int = 1,
+    mode: str = "full",
+    previous: Mapping[str, str] | None = None,
 ) -> list[UnitResult]:
     """Backtest, select and forecast every series; write the results when `write` (and an
-    engine is given). A series too short for the models is reported, not fatal, so one new ward
-    does not stop the whole job."""
-    results: list[UnitResult] = []
-    for item in tqdm(series, desc=f"forecast {metric}", disable=not progress):
-        models = candidate_models(freq, level, item.stock_flow)
+    engine is given), each series as soon as it is done. `only` replaces the candidates (a
+    benchmark's peer); `mode` and `previous` choose the candidates (see `candidates`). `workers`
+    > 1 spreads the series over that many processes. A series too
+    short for the models is reported, not fatal, so one new ward does not stop the whole job."""
+    tasks = []
+    for item in series:
+        models = (
+            list(only) if only is not None else candidates(item, freq, level, mode, previous or {})
+        )
         if not with_prophet:
             models = [m for m in models if m.name != "prophet"]
-        points = len(item.frame)
-        try:
-            bt, forecasts = forecast_one(item, models, horizon, freq, folds, level)
-        except ForecastingError as exc:
-            results.append(UnitResult(item.unit_id, points, [], 0, str(exc)))
-            continue
-        written = 0
-        history_end = _aware(to_naive_utc(item.frame)["ds"].iloc[-1])
-        window = (_aware(bt.origins[0]), _aware(bt.window_end))
-        if write and engine is not None:
-            with engine.begin() as conn:
-                write_accuracy(conn, item.unit_id, metric, bt.accuracy, now)
-                for name, fc in forecasts.items():
-                    written += write_forecast(
-                        conn, item.unit_id, metric, name, fc, level, now, history_end
-                    )
-                upsert(
-                    conn,
-                    ForecastSeriesRow,
-                    [
-                        {
-                            "unit_id": item.unit_id,
-                            "metric": metric,
-                            "unit_type": item.unit_type,
-                            "freq": freq,
-                            "horizon": horizon,
-                            "selected_model": bt.selected,
-                            "capacity": item.capacity,
-                            "history_points": points,
-                            "history_end": history_end,
-                            "folds": bt.of(bt.selected).folds,
-                            "window_start": window[0],
-                            "window_end": window[1],
-                            "target_coverage": level,
-                            "computed_at": now,
-                        }
-                    ],
-                    key=["unit_id", "metric"],
-                )
-        results.append(
-            UnitResult(
-                item.unit_id,
-                points,
-                bt.accuracy,
-                written,
-                selected=bt.selected,
-                skipped=bt.skipped,
-                window=window,
-            )
-        )
+        tasks.append((item, models, horizon, freq, folds, level))
+    outcomes: Iterable[tuple[Backtest, dict[str, pd.DataFrame]] | str]
+    if workers > 1 and len(tasks) > 1:
+        outcomes = _pool(workers).map(_forecast_task, tasks)
+    else:
+        outcomes = map(_forecast_task, tasks)
+    results: list[UnitResult] = []
+    bar = tqdm(zip(series, outcomes, strict=True), total=len(tasks), disable=not progress)
+    for item, outcome in bar:
+        bar.set_description(f"forecast {metric}")
+        results.append(_record(engine, item, outcome, metric, horizon, freq, now, write, level))
     return results
+
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """One process pool per size for the life of the process: the forecaster runs round after
+    round, and each worker imports the model libraries (seconds) only once."""
+    if workers not in _POOLS:
+        _POOLS[workers] = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn")
+        )
+    return _POOLS[workers]
+
+
+def _record(
+    engine: Engine | None,
+    item: SeriesInput,
+    outcome: tuple[Backtest, dict[str, pd.DataFrame]] | str,
+    metric: str,
+    horizon: int,
+    freq: str,
+    now: datetime,
+    write: bool,
+    level: float,
+) -> UnitResult:
+    points = len(item.frame)
+    if isinstance(outcome, str):
+        return UnitResult(item.unit_id, points, [], 0, outcome)
+    bt, forecasts = outcome
+    written = 0
+    history_end = _aware(to_naive_utc(item.frame)["ds"].iloc[-1])
+    window = (_aware(bt.origins[0]), _aware(bt.window_end))
+    if write and engine is not None:
+        with engine.begin() as conn:
+            write_accuracy(conn, item.unit_id, metric, bt.accuracy, now)
+            # Forecasts of models this run did not keep (an earlier selection) would mislead.
+            for table in (ForecastRow, ForecastTermRow):
+                conn.execute(
+                    delete(table).where(
+                        (table.unit_id == item.unit_id)
+                        & (table.metric == metric)
+                        & table.model.not_in(list(forecasts))
+                    )
+                )
+            for name, fc in forecasts.items():
+                written += write_forecast(
+                    conn, item.unit_id, metric, name, fc, level, now, history_end
+                )
+            upsert(
+                conn,
+                ForecastSeriesRow,
+                [
+                    {
+                        "unit_id": item.unit_id,
+                        "metric": metric,
+                        "unit_type": item.unit_type,
+                        "freq": freq,
+                        "horizon": horizon,
+                        "selected_model": bt.selected,
+                        "capacity": item.capacity,
+                        "history_points": points,
+                        "history_end": history_end,
+                        "folds": bt.of(bt.selected).folds,
+                        "window_start": window[0],
+                        "window_end": window[1],
+                        "target_coverage": level,
+                        "computed_at": now,
+                    }
+                ],
+                key=["unit_id", "metric"],
+            )
+    return UnitResult(
+        item.unit_id,
+        points,
+        bt.accuracy,
+        written,
+        selected=bt.selected,
+        skipped=bt.skipped,
+        window=window,
+    )
 
 
 CENSUS_METRICS = ("occupancy", "admissions", "discharges", "ed_arrivals")

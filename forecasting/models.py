@@ -119,8 +119,10 @@ class ProphetModel:
         from prophet import Prophet
 
         _check(history, 10)
-        for name in ("cmdstanpy", "prophet"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        # cmdstanpy sets its logger back to INFO with its own handler when it first runs; its
+        # failures reach us as exceptions, so its chatter is switched off.
+        logging.getLogger("cmdstanpy").disabled = True
+        logging.getLogger("prophet").setLevel(logging.WARNING)
         span = pd.Timestamp(history["ds"].iloc[-1]) - pd.Timestamp(history["ds"].iloc[0])
         model = Prophet(
             interval_width=self.interval_width,
@@ -160,10 +162,13 @@ class StatsForecastModel:
     """A StatsForecast model (`AutoETS`, `AutoARIMA`, `AutoTheta`) fitted on the series alone.
 
     The season is a day of an hourly series (24) and a week of a daily one (7), used only when
-    the history holds at least two seasons."""
+    the history holds at least two seasons. On hourly series the models see the last
+    `hourly_days` days only, and AutoARIMA searches small orders with its approximation: a full
+    seasonal search on a month of hours takes minutes per fit."""
 
     kind: str
     interval_width: float = 0.8
+    hourly_days: int = 14
 
     @property
     def name(self) -> str:
@@ -182,10 +187,15 @@ class StatsForecastModel:
         step = step_of(freq)
         season = 24 if step == pd.Timedelta(hours=1) else 7 if step == pd.Timedelta(days=1) else 1
         y = history["y"].to_numpy(dtype=float)
+        options: dict[str, object] = {}
+        if step < pd.Timedelta(days=1):
+            y = y[-int(pd.Timedelta(days=self.hourly_days) / step) :]
+            if self.kind == "AutoARIMA":
+                options = {"approximation": True, "max_p": 2, "max_q": 2, "max_P": 1, "max_Q": 1}
         if len(y) < 2 * season + 2:
             season = 1
         level = round(self.interval_width * 100)
-        model = getattr(sf_models, self.kind)(season_length=season)
+        model = getattr(sf_models, self.kind)(season_length=season, **options)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:

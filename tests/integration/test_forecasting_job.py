@@ -53,7 +53,8 @@ def test_forecast_run_writes_forecasts_and_scores_and_reruns_idempotently(
     report = json.loads(first.stdout)
     assert report["unit_id"] == "spf:21"
     assert report["points"] == 105
-    candidates = {"stock_flow", "auto_ets", "auto_arima", "auto_theta", "prophet", "naive"}
+    candidates = {"stock_flow", "stock_flow_flat", "stock_flow_trend", "auto_ets", "auto_arima"}
+    candidates |= {"auto_theta", "prophet", "naive"}
     assert {a["model"] for a in report["accuracy"]} == candidates | {"seasonal_naive_7"}
     selected = report["selected"]
     assert report["models"][selected]["mase"] <= report["models"]["naive"]["mase"]
@@ -84,7 +85,7 @@ def test_forecast_run_writes_forecasts_and_scores_and_reruns_idempotently(
         assert r["n"] == 7
         assert r["first"].isoformat() == "2020-07-01T00:00:00+00:00"
         assert r["ordered"]
-    assert len(scores) == 7
+    assert len(scores) == 9
     assert all(s.folds == 3 and 0.0 <= s.coverage <= 1.0 for s in scores)
     assert tuple(chosen) == (selected, 3)
     assert len(terms) == 7
@@ -97,7 +98,7 @@ def test_forecast_run_writes_forecasts_and_scores_and_reruns_idempotently(
         assert count == 7 * len(written)
         assert (
             conn.scalar(text("SELECT count(*) FROM forecast_accuracy WHERE unit_id = 'spf:21'"))
-            == 7
+            == 9
         )
 
 
@@ -172,3 +173,49 @@ def test_the_long_running_forecaster_waits_for_history_instead_of_dying(tmp_path
     text_ = log.read_text()
     assert "has 216 hours of census yet" in text_
     assert "Traceback" not in text_
+
+
+def test_backtest_any_census_csv_names_the_selected_model(
+    pg_url: str, shared_data: Path, tmp_path: Path
+) -> None:
+    """A plain CSV (one département's census with SPF's cumulative rad/dc columns)."""
+    from forecasting.spf import load_spf
+
+    spf = load_spf(shared_data / "timeseries" / "spf_covid_hospit_2020H1.csv")
+    cote_dor = spf[spf["dep"] == "21"][["ds", "hosp", "rad", "dc"]]
+    csv = tmp_path / "cote_dor.csv"
+    cote_dor.rename(columns={"ds": "date"}).to_csv(csv, index=False)
+    args = ["backtest", "--csv", str(csv), "--date-col", "date", "--value-col", "hosp"]
+    args += ["--freq", "D", "--horizon", "7", "--folds", "6", "--no-prophet", "--json"]
+    result = forecast(args, pg_url)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    selected = report["selected"]
+    assert selected in report["models"]
+    for name in ("stock_flow", "auto_ets", "auto_arima", "auto_theta", "naive"):
+        scores = report["models"][name]
+        assert {"mae", "rmse", "mase", "coverage"} <= set(scores)
+        assert scores["folds"] == 6
+    assert report["models"][selected]["mase"] == min(m["mase"] for m in report["models"].values())
+    assert report["models"]["stock_flow"]["mae"] < report["models"]["naive"]["mae"]
+
+    text_out = forecast([a for a in args if a != "--json"], pg_url)
+    assert text_out.returncode == 0
+    assert f"selected: {selected}" in text_out.stdout
+
+
+def test_backtest_of_a_bad_csv_is_one_error_line_naming_the_row(
+    pg_url: str, tmp_path: Path
+) -> None:
+    csv = tmp_path / "bad.csv"
+    csv.write_text("date,beds\n2026-01-01,10\n2026-01-02,11\n2026-01-03,douze\n")
+    args = ["backtest", "--csv", str(csv), "--date-col", "date", "--value-col", "beds"]
+    result = forecast(args, pg_url)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {csv} line 4: column 'beds' holds 'douze', not a number"
+    )
+    assert "Traceback" not in result.stderr
+    missing = forecast([*args[:-1], "lits"], pg_url)
+    assert missing.returncode == 2
+    assert "no column 'lits' (the header has: date, beds)" in missing.stderr

@@ -250,3 +250,26 @@ def test_spf_loader_keeps_all_sexes_rows_only(tmp_path: Path) -> None:
     frame = load_spf(write(tmp_path, text))
     assert list(frame["hosp"]) == [10.0, 12.0]
     assert list(frame["ds"]) == [pd.Timestamp("2020-03-18"), pd.Timestamp("2020-03-19")]
+
+
+def test_fast_and_refresh_passes_choose_their_candidates() -> None:
+    from forecasting.job import SeriesInput, candidates
+
+    stays, census = simulated_ward(days=15)
+    item = SeriesInput("Location/w", census, "ward", (EpisodeStockFlow(stays),), 30.0)
+    full = [m.name for m in candidates(item, "h", 0.8, "full", {})]
+    assert full == [
+        "stock_flow",
+        "auto_ets",
+        "auto_arima",
+        "auto_theta",
+        "prophet",
+        "naive",
+        "seasonal_naive_24",
+    ]
+    fast = [m.name for m in candidates(item, "h", 0.8, "fast", {})]
+    assert fast == ["stock_flow", "auto_theta", "naive", "seasonal_naive_24"]
+    refresh = [m.name for m in candidates(item, "h", 0.8, "refresh", {"Location/w": "prophet"})]
+    assert refresh == ["stock_flow", "prophet", "naive"]
+    # Never fully backtested: the fast candidates.
+    assert [m.name for m in candidates(item, "h", 0.8, "refresh", {})] == fast

@@ -209,7 +209,7 @@ def time_pages(db_url: str, workdir: Path, runs: int) -> dict[str, float]:
             page.get_by_role("button", name="Se connecter", exact=True).click()
             sidebar = page.get_by_test_id("stSidebar")
             expect(sidebar).to_be_visible(timeout=60_000)
-            status = page.get_by_test_id("stStatusWidget")
+            done = page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]')
             times: dict[str, list[float]] = {spec.title: [] for spec in roles.PAGES}
             title = page.get_by_test_id("stMain").get_by_role("heading", level=1).first
             expect(title).to_be_visible(timeout=60_000)
@@ -220,7 +220,7 @@ def time_pages(db_url: str, workdir: Path, runs: int) -> dict[str, float]:
                     sidebar.get_by_role("link", name=spec.title).click()
                     # Drawn: the next page's title is up and its script has finished.
                     expect(title).not_to_have_text(before, timeout=60_000)
-                    expect(status).to_be_hidden(timeout=60_000)
+                    expect(done).to_be_visible(timeout=60_000)
                     times[spec.title].append(time.perf_counter() - t0)
             browser.close()
     # The first round opens every page once cold; the dashboard's users work warm.

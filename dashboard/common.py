@@ -196,3 +196,20 @@ def word(words: dict[str, str], code: Any) -> str | None:
     if code is None or (not isinstance(code, str) and pd.isna(code)):
         return None
     return _(words.get(str(code), str(code)))
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def places() -> pd.DataFrame:
+    """Every ward with its service and hospital by name (read once a minute: the Location tree
+    rarely changes)."""
+    from dashboard import queries
+
+    return queries.places(engine())
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def hospital_names() -> dict[str, str]:
+    """Hospital id → name (read once a minute)."""
+    from dashboard import queries
+
+    return queries.hospitals(engine())

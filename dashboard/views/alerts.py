@@ -8,6 +8,8 @@ import streamlit as st
 from dashboard import queries
 from dashboard.accounts import Role
 from dashboard.common import REFRESH, Col, _, engine, now, require, table, when, word
+from dashboard.common import hospital_names as known_hospitals
+from dashboard.common import places as known_places
 from dashboard.labels import ALERT_STATUS, ALERT_TYPES
 
 user = require(Role.COORDINATOR, Role.ADMIN)
@@ -37,8 +39,8 @@ todo = col3.checkbox(_("Non acquittées seulement"), value=False, key="alert_tod
 
 def described(frame: pd.DataFrame) -> pd.DataFrame:
     """The alert rows with their type and status in words and their place by name."""
-    places = queries.places(engine()).set_index("ward_id")
-    names = queries.hospitals(engine())
+    places = known_places().set_index("ward_id")
+    names = known_hospitals()
     return frame.assign(
         type=frame["alert_type"].map(lambda k: word(ALERT_TYPES, k)),
         state=frame["status"].map(lambda s: word(ALERT_STATUS, s)),
@@ -53,7 +55,7 @@ def my_units() -> list[str]:
     """The hospitals a coordinator follows and their wards (empty: every unit)."""
     if not user.hospitals:
         return []
-    places = queries.places(engine())
+    places = known_places()
     wards = places.loc[places["hospital_id"].isin(list(user.hospitals)), "ward_id"]
     return [*user.hospitals, *wards]
 

@@ -24,6 +24,7 @@ from dashboard.common import (
     when,
     word,
 )
+from dashboard.common import places as known_places
 from dashboard.labels import LEVELS
 from dashboard.views.shared import occupancy_level, stale_warning
 
@@ -164,7 +165,7 @@ def board() -> None:
     service = drill(services, "service", "pick_service")
     wards = wards[wards["hospital_id"] == hospital]
     if service is not None:
-        places = queries.places(engine())
+        places = known_places()
         in_service = set(places.loc[places["service_id"] == service, "ward_id"])
         wards = wards[wards["unit_id"].isin(in_service)]
     st.subheader(_("Unités"))

@@ -21,14 +21,16 @@ from dashboard.common import (
     table,
     word,
 )
+from dashboard.common import hospital_names as known_hospitals
+from dashboard.common import places as known_places
 from dashboard.labels import ALERT_STATUS
 
 user = require(Role.COORDINATOR, Role.ADMIN)
 st.title(_("Listes de travail"))
 st.caption(_("Cliquez sur une ligne pour ouvrir le parcours du patient (l'ouverture est tracée)."))
 
-places = queries.places(engine())
-hospital_names = queries.hospitals(engine())
+places = known_places()
+hospital_names = known_hospitals()
 mine = list(user.hospitals) or list(hospital_names)
 f1, f2 = st.columns(2)
 chosen_hospitals = f1.multiselect(

@@ -649,3 +649,14 @@ def alert_history(engine: Engine, patient_id: str, limit: int = 200) -> pd.DataF
         .order_by(a.raised_at)
         .limit(limit),
     )
+
+
+def occupancy_trend(engine: Engine, unit_type: str, unit_id: str, since: datetime) -> pd.DataFrame:
+    """Hourly occupancy of one unit since `since` (hours with no row are absent: no change)."""
+    c = CensusHourlyRow
+    return _frame(
+        engine,
+        select(c.hour, c.occupancy)
+        .where(c.unit_type == unit_type, c.unit_id == unit_id, c.hour >= since)
+        .order_by(c.hour),
+    )

@@ -152,7 +152,9 @@ def board() -> None:
     st.caption(_("Mis à jour : {at}", at=when(top["as_of"].max())))
     if hospitals_frame.empty:
         st.subheader(_("Unités"))
-        drill(wards, "ward", "pick_ward")
+        ward = drill(wards, "ward", "pick_ward")
+        if ward is not None:
+            trend("ward", ward, wards)
         return
     st.subheader(_("Établissements"))
     hospital = drill(hospitals_frame, "hospital", "pick_hospital")
@@ -169,7 +171,54 @@ def board() -> None:
         in_service = set(places.loc[places["service_id"] == service, "ward_id"])
         wards = wards[wards["unit_id"].isin(in_service)]
     st.subheader(_("Unités"))
-    drill(wards, "ward", "pick_ward")
+    ward = drill(wards, "ward", "pick_ward")
+    picked = [
+        (level, unit, frame)
+        for level, unit, frame in (
+            ("hospital", hospital, hospitals_frame),
+            ("service", service, services),
+            ("ward", ward, wards),
+        )
+        if unit is not None
+    ]
+    level, unit, frame = picked[-1]
+    trend(level, unit, frame)
+
+
+def trend(level: str, unit: str, frame: pd.DataFrame) -> None:
+    """The picked unit's occupancy over the last 7 days, against its capacity."""
+    row = frame[frame["unit_id"] == unit].iloc[0]
+    name = row["name"] if isinstance(row["name"], str) else unit
+    st.subheader(_("{name} : occupation sur 7 jours", name=name))
+    history = queries.occupancy_trend(engine(), level, unit, now() - timedelta(days=7))
+    if history.empty:
+        st.caption(_("Pas encore d'historique horaire."))
+        return
+    tz = settings().timezone
+    history = history.assign(
+        local=pd.to_datetime(history["hour"], utc=True).dt.tz_convert(tz).dt.tz_localize(None)
+    )
+    line = (
+        alt.Chart(history)
+        .mark_line(interpolate="step-after")
+        .encode(
+            x=alt.X("local:T", title=_("Heure"), axis=alt.Axis(format="%d/%m %Hh")),
+            y=alt.Y("occupancy:Q", title=_("Lits occupés")),
+            tooltip=[
+                alt.Tooltip("local:T", title=_("Heure"), format="%d/%m/%Y %H:%M"),
+                alt.Tooltip("occupancy:Q", title=_("Lits occupés")),
+            ],
+        )
+    )
+    layers: list[alt.Chart] = [line]
+    if pd.notna(row["capacity"]):
+        capacity = pd.DataFrame({"capacity": [int(row["capacity"])], "label": [_("Capacité")]})
+        layers.append(
+            alt.Chart(capacity)
+            .mark_rule(color="#c62828", strokeDash=[6, 4])
+            .encode(y="capacity:Q", tooltip=[alt.Tooltip("capacity:Q", title=_("Capacité"))])
+        )
+    st.altair_chart(alt.layer(*layers).properties(height=220), width="stretch")
 
 
 board()

@@ -109,6 +109,13 @@ def test_manager(served: Served, browser: Browser) -> None:
     # A partition's worker went silent (seeded): the board says it may be out of date.
     expect(page.get_by_text("ce tableau peut ne pas être à jour")).to_be_visible(timeout=TIMEOUT)
     shot(page, "manager_bed_board")
+    # A click on a ward's row shows its week (the grid is a canvas: by position).
+    grid = page.get_by_test_id("stDataFrame").first
+    box = grid.bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + 15, box["y"] + 35 + 18)
+    expect(page.get_by_text("occupation sur 7 jours")).to_be_visible(timeout=TIMEOUT)
+    shot(page, "manager_bed_board_ward")
     sidebar = page.get_by_test_id("stSidebar")
     expect(sidebar.get_by_role("link", name="Alertes")).to_have_count(0)
     for spec in roles.allowed(Role.MANAGER):

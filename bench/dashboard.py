@@ -162,7 +162,7 @@ def time_queries(engine: Engine, runs: int) -> tuple[float, dict[str, float]]:
         "find_patients": lambda: queries.find_patients(engine, "0"),
         "pathway (one patient)": lambda: read.pathway(engine, patient),
         "alert_history (one patient)": lambda: queries.alert_history(engine, patient),
-        "pathway summary": lambda: read.summary(engine),
+        "pathway_totals": lambda: queries.pathway_totals(engine),
         "feeds": lambda: queries.feeds(engine),
         "recent_rejections": lambda: queries.recent_rejections(engine),
         "access_audit": lambda: accounts.access_audit(engine),

@@ -7,6 +7,7 @@ and the pathway totals come from `streams.read`, which the `parcours pathways` c
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -660,3 +661,44 @@ def occupancy_trend(engine: Engine, unit_type: str, unit_id: str, since: datetim
         .where(c.unit_type == unit_type, c.unit_id == unit_id, c.hour >= since)
         .order_by(c.hour),
     )
+
+
+# --- Territory totals ---------------------------------------------------------------------------
+
+
+def pathway_totals(engine: Engine) -> dict[str, Any]:
+    """Patients, stays (and open ones), ED visits, median length of stay (hours), open alerts by
+    type: counted in SQL, the median too on PostgreSQL (the demo's SQLite reads the stays' LOS)."""
+    s, e, p, a = StayRow, EdVisitRow, PathwayStateRow, AlertRow
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            median = conn.scalar(
+                select(func.percentile_cont(0.5).within_group(s.los_hours)).where(
+                    s.los_hours.is_not(None)
+                )
+            )
+        else:
+            values = [
+                float(v)
+                for v in conn.scalars(select(s.los_hours).where(s.los_hours.is_not(None)))
+                if v is not None
+            ]
+            median = statistics.median(values) if values else None
+        return {
+            "patients": conn.scalar(select(func.count()).select_from(p)) or 0,
+            "stays": conn.scalar(select(func.count()).select_from(s)) or 0,
+            "open_stays": conn.scalar(
+                select(func.count()).select_from(s).where(s.discharged_at.is_(None))
+            )
+            or 0,
+            "ed_visits": conn.scalar(select(func.count()).select_from(e)) or 0,
+            "los_hours_median": float(median) if median is not None else None,
+            "open_alerts": dict(
+                conn.execute(
+                    select(a.alert_type, func.count())
+                    .where(a.status == "open")
+                    .group_by(a.alert_type)
+                    .order_by(a.alert_type)
+                ).all()
+            ),
+        }

@@ -6,16 +6,16 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from dashboard import queries
 from dashboard.accounts import Role
 from dashboard.common import _, engine, now, number, require, word
 from dashboard.labels import ALERT_TYPES
 from dashboard.views.shared import stale_warning
-from streams import read
 
 require(Role.MANAGER, Role.ADMIN)
 st.title(_("Indicateurs du parcours"))
 stale_warning(now())
-totals = read.summary(engine())
+totals = queries.pathway_totals(engine())
 c1, c2, c3, c4, c5 = st.columns(5)
 c1.metric(_("Patients suivis"), number(totals["patients"]))
 c2.metric(_("Séjours"), number(totals["stays"]))

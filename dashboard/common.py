@@ -138,7 +138,7 @@ def readable(frame: pd.DataFrame, columns: Sequence[Col]) -> pd.DataFrame:
         values = frame[col.name] if col.name in frame else pd.Series(None, index=frame.index)
         label = _(col.label)
         if col.kind == "time":
-            out[label] = [when(v) for v in values]
+            out[label] = i18n.whens(lang(), values, settings().timezone)
         elif col.kind == "hours":
             out[label] = [i18n.duration(lang(), v) for v in values]
         elif col.kind == "percent":

@@ -82,38 +82,68 @@ def census_history(
 # --- Alerts -------------------------------------------------------------------------------------
 
 
+def _alert_filters(
+    status: str | None, alert_type: str | None, unacknowledged_only: bool, unit_ids: Sequence[str]
+) -> list[Any]:
+    a = AlertRow
+    conditions: list[Any] = []
+    if status:
+        conditions.append(a.status == status)
+    if alert_type:
+        conditions.append(a.alert_type == alert_type)
+    if unacknowledged_only:
+        conditions.append(a.acknowledged_at.is_(None))
+    if unit_ids:
+        conditions.append(or_(a.unit_id.in_(list(unit_ids)), a.unit_id.is_(None)))
+    return conditions
+
+
 def alerts(
     engine: Engine,
     status: str | None = "open",
     alert_type: str | None = None,
     unacknowledged_only: bool = False,
     unit_ids: Sequence[str] = (),
-    limit: int = 2000,
+    limit: int = 500,
 ) -> pd.DataFrame:
     """The alert worklist, newest first (at most `limit`); with `unit_ids`, only the alerts of
     those hospitals and wards, and those tied to no unit (a community referral)."""
     a = AlertRow
-    query = select(
-        a.alert_id,
-        a.alert_type,
-        a.patient_id,
-        a.unit_id,
-        a.status,
-        a.raised_at,
-        a.resolved_at,
-        a.message,
-        a.acknowledged_by,
-        a.acknowledged_at,
-    ).order_by(a.raised_at.desc())
-    if status:
-        query = query.where(a.status == status)
-    if alert_type:
-        query = query.where(a.alert_type == alert_type)
-    if unacknowledged_only:
-        query = query.where(a.acknowledged_at.is_(None))
-    if unit_ids:
-        query = query.where(or_(a.unit_id.in_(list(unit_ids)), a.unit_id.is_(None)))
-    return _frame(engine, query.limit(limit))
+    query = (
+        select(
+            a.alert_id,
+            a.alert_type,
+            a.patient_id,
+            a.unit_id,
+            a.status,
+            a.raised_at,
+            a.resolved_at,
+            a.message,
+            a.acknowledged_by,
+            a.acknowledged_at,
+        )
+        .where(*_alert_filters(status, alert_type, unacknowledged_only, unit_ids))
+        .order_by(a.raised_at.desc())
+        .limit(limit)
+    )
+    return _frame(engine, query)
+
+
+def count_alerts(
+    engine: Engine,
+    status: str | None = "open",
+    alert_type: str | None = None,
+    unacknowledged_only: bool = False,
+    unit_ids: Sequence[str] = (),
+) -> int:
+    """How many alerts the same filters as `alerts` match, without a limit."""
+    query = (
+        select(func.count())
+        .select_from(AlertRow)
+        .where(*_alert_filters(status, alert_type, unacknowledged_only, unit_ids))
+    )
+    with engine.connect() as conn:
+        return int(conn.scalar(query) or 0)
 
 
 def acknowledge_alert(

@@ -3,7 +3,7 @@ and patients waiting in the ED for a bed. No patient is named here."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import altair as alt
 import pandas as pd
@@ -224,17 +224,29 @@ def trend(level: str, unit: str, frame: pd.DataFrame) -> None:
 board()
 
 st.subheader(_("Occupation des unités heure par heure, 7 derniers jours"))
-heat = queries.occupancy_heatmap(engine(), now() - timedelta(days=7))
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def week_heat(since: datetime, tz: str) -> pd.DataFrame:
+    """The heat map's cells (ward, local hour, beds occupied, rate); the census is hourly, so a
+    few minutes' cache loses nothing."""
+    heat = queries.occupancy_heatmap(engine(), since)
+    return pd.DataFrame(
+        {
+            "unit": heat["name"].fillna(heat["unit_id"]),
+            # Naive local time: the chart shows it as the ward clock reads it, whatever the browser.
+            "local": pd.to_datetime(heat["hour"], utc=True).dt.tz_convert(tz).dt.tz_localize(None),
+            "occupancy": heat["occupancy"],
+            "rate": heat["rate"].fillna(0),
+        }
+    )
+
+
+hour_now = now().replace(minute=0, second=0, microsecond=0)
+heat = week_heat(hour_now - timedelta(days=7), settings().timezone)
 if heat.empty:
     st.caption(_("Pas encore d'historique horaire."))
 else:
-    tz = settings().timezone
-    heat = heat.assign(
-        unit=heat["name"].fillna(heat["unit_id"]),
-        # Naive local time: the chart shows it as the ward clock reads it, whatever the browser.
-        local=pd.to_datetime(heat["hour"], utc=True).dt.tz_convert(tz).dt.tz_localize(None),
-        rate=heat["rate"].fillna(0),
-    )
     chart = (
         alt.Chart(heat)
         .mark_rect()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import altair as alt
 import pandas as pd
 import streamlit as st
@@ -15,7 +17,15 @@ from dashboard.views.shared import stale_warning
 require(Role.MANAGER, Role.ADMIN)
 st.title(_("Indicateurs du parcours"))
 stale_warning(now())
-totals = queries.pathway_totals(engine())
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def totals_now() -> dict[str, Any]:
+    """The territory's totals, counted at most once a minute (they move slowly)."""
+    return queries.pathway_totals(engine())
+
+
+totals = totals_now()
 c1, c2, c3, c4, c5 = st.columns(5)
 c1.metric(_("Patients suivis"), number(totals["patients"]))
 c2.metric(_("Séjours"), number(totals["stays"]))

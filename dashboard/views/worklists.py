@@ -102,12 +102,19 @@ back = with_places(
 long = with_places(
     queries.long_stays(engine(), at, timedelta(days=rules.alert_los_p90_default_days), hospitals)
 )
+
+
+def count(frame: pd.DataFrame) -> str:
+    """The list's length; "500+" when the list stops at its limit (the oldest come first)."""
+    return f"{queries.WORKLIST_LIMIT}+" if len(frame) >= queries.WORKLIST_LIMIT else str(len(frame))
+
+
 tabs = st.tabs(
     [
-        _("Aux urgences ({n})", n=len(ed)),
-        _("Sortis sans suivi ({n})", n=len(gone)),
-        _("Réhospitalisés à 30 jours ({n})", n=len(back)),
-        _("Séjours longs ({n})", n=len(long)),
+        _("Aux urgences ({n})", n=count(ed)),
+        _("Sortis sans suivi ({n})", n=count(gone)),
+        _("Réhospitalisés à 30 jours ({n})", n=count(back)),
+        _("Séjours longs ({n})", n=count(long)),
     ]
 )
 PATIENT = Col("patient_id", "Patient")

@@ -572,9 +572,10 @@ def readmissions(
     now: datetime,
     within: timedelta = timedelta(days=30),
     hospital_ids: Sequence[str] = (),
+    unit_ids: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Patients readmitted soon after a discharge (the pathway rules' readmission alerts) in the
-    last `within`, newest first.
+    last `within`, newest first; `unit_ids` (hospitals and their wards) narrows them in SQL.
 
     Columns: patient_id, stay_id, hospital_id, admitted_at, status, message.
     """
@@ -585,6 +586,8 @@ def readmissions(
         .order_by(a.raised_at.desc())
         .limit(WORKLIST_LIMIT)
     )
+    if unit_ids:
+        query = query.where(a.unit_id.in_(list(unit_ids)))
     frame = _frame(engine, query)
     frame["stay_id"] = pd.Series(
         [d.get("subject_id") if isinstance(d, dict) else None for d in frame["details"]],

@@ -97,7 +97,15 @@ gone = with_places(
     )
 )
 back = with_places(
-    queries.readmissions(engine(), at, timedelta(days=rules.alert_readmission_days), hospitals)
+    queries.readmissions(
+        engine(),
+        at,
+        timedelta(days=rules.alert_readmission_days),
+        hospitals,
+        [*hospitals, *places.loc[places["hospital_id"].isin(hospitals), "ward_id"]]
+        if hospitals
+        else [],
+    )
 )
 long = with_places(
     queries.long_stays(engine(), at, timedelta(days=rules.alert_los_p90_default_days), hospitals)

@@ -111,6 +111,7 @@ def test_manager(served: Served, browser: Browser) -> None:
     shot(page, "manager_bed_board")
     # A click on a ward's row shows its week (the grid is a canvas: by position).
     grid = page.get_by_test_id("stDataFrame").first
+    grid.scroll_into_view_if_needed()
     box = grid.bounding_box()
     assert box is not None
     page.mouse.click(box["x"] + 15, box["y"] + 35 + 18)
@@ -136,6 +137,7 @@ def test_coordinator_acknowledges_an_alert_and_opens_a_pathway(
     expect(grid.get_by_text(s.patient)).to_be_attached(timeout=TIMEOUT)
     shot(page, "coordinator_worklists")
     # A click on the row's selector opens the patient's pathway (canvas grid: by position).
+    grid.scroll_into_view_if_needed()
     box = grid.bounding_box()
     assert box is not None
     page.mouse.click(box["x"] + 15, box["y"] + 35 + 18)
@@ -144,6 +146,8 @@ def test_coordinator_acknowledges_an_alert_and_opens_a_pathway(
 
     visit(page, roles.page("alertes"), "coordinator_alerts")
     page.get_by_label("Alerte", exact=True).click()
+    # The list is long on a shared database: typing narrows it, as a coordinator would.
+    page.keyboard.type(s.patient)
     page.get_by_role("option").filter(has_text=s.patient).click()
     page.get_by_role("button", name="Acquitter").click()
     expect(page.get_by_text(f"Alerte acquittée par {me}")).to_be_visible(timeout=TIMEOUT)

@@ -222,8 +222,15 @@ class AdtProcessor:
     state plus what this process committed since.
     """
 
-    def __init__(self, engine: Engine, publisher: Publisher, cache_size: int = 200_000) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        publisher: Publisher,
+        cache_size: int = 200_000,
+        publish_locations: bool = True,
+    ) -> None:
         self.store = Hl7Store(engine)
+        self.publish_locations = publish_locations
         self.ingest_store = IngestStore(engine)
         self.publisher = publisher
         self.cache_size = cache_size
@@ -262,7 +269,7 @@ class AdtProcessor:
             if p.msg.merged_patient is not None:
                 keys.add(f"Patient/{p.msg.merged_patient.patient_id}")
             place = p.msg.visit.place if p.msg.visit is not None else None
-            if place is not None and place not in self._places:
+            if self.publish_locations and place is not None and place not in self._places:
                 keys.update(f"Location/{r['id']}" for r in location_resources(place))
         missing_keys = [k for k in keys if k not in self._resources]
         if len(self._resources) + len(missing_keys) > self.cache_size:
@@ -375,7 +382,7 @@ class AdtProcessor:
         old = self._encounter(batch, visit.encounter_id)
         if old is None and msg.trigger == "A08":
             return  # an update of a stay never admitted here: nothing to say on the pathway
-        if visit.place is not None and visit.place not in self._places:
+        if self.publish_locations and visit.place is not None and visit.place not in self._places:
             for loc in location_resources(visit.place):
                 if self._versioned(batch, f"Location/{loc['id']}", loc):
                     self._emit(batch, loc, f"Location/{loc['id']}", pending)
@@ -893,7 +900,8 @@ async def serve_forever(settings: Settings, host: str | None, port: int | None) 
 
     engine = make_engine(settings.db_url)
     publisher = Publisher(settings)
-    listener = MllpListener(settings, AdtProcessor(engine, publisher))
+    processor = AdtProcessor(engine, publisher, publish_locations=settings.mllp_locations)
+    listener = MllpListener(settings, processor)
     bound = await listener.start(host, port)
     log.info("MLLP listener on %s:%d", host or settings.mllp_host, bound)
     try:

@@ -49,6 +49,7 @@ from ingest.hl7_map import (
     ack_message,
     apply_adt,
     encounter_resource,
+    evolve,
     location_resources,
     parse_adt,
     patient_resource,
@@ -294,8 +295,8 @@ class AdtProcessor:
             ("received-at", pending.received_at.isoformat().encode()),
             ("resource-type", rtype.encode()),
             ("version", f"v:{version}".encode()),
-            ("hl7-control-id", pending.header.control_id.encode()),
-            ("hl7-trigger", pending.header.trigger.encode()),
+            # The message a record comes from: `ADT^A02 <MSH-10>`.
+            ("hl7", f"ADT^{pending.header.trigger} {pending.header.control_id}".encode()),
         ]
         batch.records.append(
             (
@@ -331,10 +332,10 @@ class AdtProcessor:
         )
         if old is not None and old.patient_id != new.patient_id:
             version += 1
-            gone = withdrawn_encounter(replace(old, version=version))
+            gone = withdrawn_encounter(evolve(old, version=version))
             self._emit(batch, gone, old.patient_id, pending)
         version += 1
-        new = replace(new, version=version)
+        new = evolve(new, version=version)
         self._emit(batch, encounter_resource(new), new.patient_id, pending)
         batch.encounters[new.encounter_id] = new
 
@@ -500,6 +501,10 @@ class AdtProcessor:
     def _record_nacks(self, nacks: list[Pending], now: datetime) -> None:
         """Dead-letter refused messages with their reason and keep them for feed health."""
         records: list[RejectionRecord] = []
+        if nacks:
+            # Dead letters need a producer, even before any message was accepted.
+            with contextlib.suppress(BrokerUnavailable):
+                self.publisher.producer()
         for p in nacks:
             rej = p.rejection
             if rej is None:

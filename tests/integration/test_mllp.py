@@ -58,6 +58,17 @@ class Feed:
             consumer.close()
 
 
+def _dead_letters(broker: str, topic: str) -> list[dict[str, bytes]]:
+    consumer = KafkaConsumer(bootstrap_servers=broker, consumer_timeout_ms=3000)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(parts)
+        consumer.seek_to_beginning()
+        return [dict(r.headers) for r in consumer]
+    finally:
+        consumer.close()
+
+
 def _port_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -237,6 +248,11 @@ def test_framing_garbage_and_oversized_messages_do_not_stop_the_listener(feed: F
         engine.dispose()
     row = table[(table["integrator"] == "gam-test") & (table["trigger"] == "A01")].iloc[0]
     assert row["AE"] >= 1 and "too-large" in row["reasons"]
+    # The refused message is on the dead-letter topic with its reason.
+    dead = _dead_letters(feed.broker, feed.topics.deadletter)
+    assert any(
+        h.get("reason-code") == b"too-large" and h.get("stage") == b"ingest-mllp" for h in dead
+    )
 
 
 GARBAGE = st.lists(

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
+from ingest.dedupe import Published
 from ingest.hl7_map import EncounterState
 from parcours.db import upsert
 from parcours.db.hl7_models import (
@@ -18,6 +19,7 @@ from parcours.db.hl7_models import (
     Hl7ResourceRow,
     PatientIdentifierRow,
 )
+from parcours.db.ingest_models import IngestLogRow, IntegratorRow
 
 CHUNK = 500
 # (integrator, sending facility, trigger, ack code, reason)
@@ -83,9 +85,40 @@ class Hl7Store:
         resources: Mapping[str, ResourceVersion],
         identifiers: Sequence[tuple[str, str, str]],
         counts: Mapping[CountKey, int],
+        published: Mapping[str, Sequence[Published]] | None = None,
     ) -> None:
-        """Store what a batch changed, in one transaction. Counts add to the stored ones."""
+        """Store what a batch changed, in one transaction: the stays, versions, identifiers,
+        counts (added to the stored ones) and, per integrator, the records Kafka acknowledged in
+        `ingest_log` with the integrator's counters, as the HTTP gateway records its own."""
         with self.engine.begin() as conn:
+            for source, records in (published or {}).items():
+                log_rows = [
+                    {
+                        "resource_type": p.key[0],
+                        "resource_id": p.key[1],
+                        "version": p.key[2],
+                        "kafka_key": p.kafka_key[:160],
+                        "source": source,
+                        "received_at": now,
+                        "partition": p.partition,
+                        "offset": p.offset,
+                    }
+                    for p in records
+                ]
+                for start in range(0, len(log_rows), CHUNK):
+                    upsert(
+                        conn,
+                        IngestLogRow,
+                        log_rows[start : start + CHUNK],
+                        key=["resource_type", "resource_id", "version"],
+                        update=[],
+                    )
+                it = IntegratorRow
+                conn.execute(
+                    update(it)
+                    .where(it.name == source)
+                    .values(accepted_total=it.accepted_total + len(records), last_seen_at=now)
+                )
             rows: list[dict[str, Any]] = [
                 {
                     "encounter_id": s.encounter_id,

@@ -458,19 +458,22 @@ class AdtProcessor:
                 counts.clear()
             return outcomes
         self._count(pendings, outcomes, counts)
+        by_source: dict[str, list[Published]] = {}
+        for (message, dedupe, source), ack in zip(records, acks, strict=True):
+            assert isinstance(ack, Ack)
+            by_source.setdefault(source, []).append(
+                Published(dedupe, message.key.decode(), ack.partition, ack.offset)
+            )
         try:
             self.store.commit(
-                now, list(batch.encounters.values()), batch.resources, batch.identifiers, counts
+                now,
+                list(batch.encounters.values()),
+                batch.resources,
+                batch.identifiers,
+                counts,
+                by_source,
             )
             counts.clear()
-            by_source: dict[str, list[Published]] = {}
-            for (message, dedupe, source), ack in zip(records, acks, strict=True):
-                assert isinstance(ack, Ack)
-                by_source.setdefault(source, []).append(
-                    Published(dedupe, message.key.decode(), ack.partition, ack.offset)
-                )
-            for source, published in by_source.items():
-                self.ingest_store.record(source, now, published, 0, [])
         except Exception as exc:
             # Published but not stored: the sender's retry republishes the same versions,
             # which the pathway ignores as repeats.

@@ -15,9 +15,11 @@ than the limit is answered AE and skipped to its end; a sender that takes longer
 timeout to finish a message, or stays silent past the idle timeout, is disconnected. Nothing a
 client sends stops the listener or delays other connections beyond the shared writer.
 
-Messages from every connection go through one writer thread, in small batches: the stays'
-histories are updated (pure `hl7_map.apply_adt`), the resulting resources published together, then
-the histories, versions, identifiers and counters written to SQL, then each message answered.
+Messages are parsed in worker processes (`PARCOURS_MLLP_PARSE_PROCESSES`, in chunks of what
+arrived together; 0 parses here), then go, in the order they were read, through one writer thread
+in batches: the stays' histories are updated (pure `hl7_map.apply_adt`), the resulting resources
+published together, then the histories, versions, identifiers, ingest log and counters written to
+SQL in one transaction, then each message answered.
 """
 
 from __future__ import annotations

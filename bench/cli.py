@@ -28,7 +28,14 @@ def bench_ingest(
 
 @bench_app.command("streams")
 def bench_streams(
-    patients: int = typer.Option(6000, help="Patients of the synthetic territory (~3 msg each)."),
+    days: float | None = typer.Option(
+        None,
+        help="Days of the default territory to simulate as a backlog and replay with one "
+        "default worker (the default run: 30); reports peak RSS, dead rows, time to stop.",
+    ),
+    patients: int | None = typer.Option(
+        None, help="Instead of --days: patients of a small synthetic territory (~3 msg each)."
+    ),
     rate: float = typer.Option(200.0, help="Steady rate (events/s) of the latency run."),
     seconds: float = typer.Option(20.0, help="Length of the latency run."),
     batch_size: int | None = typer.Option(
@@ -43,11 +50,24 @@ def bench_streams(
     ),
 ) -> None:
     """Raw topic → committed SQL rows per second vs a plain aiokafka+json loop; p50/p99 latency."""
-    from bench.streams import report, run
+    from bench.streams import report, report_backfill, run, run_backfill
     from parcours.settings import Settings
 
     settings = Settings()
     url = database_url or settings.database_url
+    if patients is None:
+        try:
+            backfill = run_backfill(
+                days or 30.0,
+                url,
+                settings.kafka_bootstrap_servers,
+                batch_size or settings.worker_batch_size,
+            )
+        except RuntimeError as exc:
+            typer.echo(f"bench streams: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        typer.echo(report_backfill(backfill))
+        return
     try:
         result = run(
             patients,
@@ -63,6 +83,30 @@ def bench_streams(
         typer.echo(f"bench streams: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(report(result, "PostgreSQL" if url and "postgres" in url else "SQLite"))
+
+
+@bench_app.command("dashboard")
+def bench_dashboard(
+    days: int = typer.Option(180, help="Days of the default territory to load (once)."),
+    database_url: str | None = typer.Option(
+        None, help="PostgreSQL database (default DATABASE_URL); reused when it holds stays."
+    ),
+    runs: int = typer.Option(5, min=1, help="Timed runs of each query (pages: half as many)."),
+) -> None:
+    """Page render times in Chromium and dashboard query medians, beside a bare SELECT 1."""
+    from bench.dashboard import BenchError, report, run
+    from parcours.settings import Settings, normalise_db_url
+
+    url = database_url or Settings().database_url
+    if not url:
+        typer.echo("bench dashboard: set DATABASE_URL or --database-url (PostgreSQL)", err=True)
+        raise typer.Exit(2)
+    try:
+        result = run(normalise_db_url(url), days, runs)
+    except BenchError as exc:
+        typer.echo(f"bench dashboard: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(report(result))
 
 
 @bench_app.command("mllp")

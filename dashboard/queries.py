@@ -7,22 +7,36 @@ and the pathway totals come from `streams.read`, which the `parcours pathways` c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, Executable, and_, insert, select, update
+from sqlalchemy import Engine, Executable, and_, func, insert, or_, select, update
 
-from parcours.db.forecast_models import ForecastAccuracyRow, ForecastRow
+from dashboard import i18n
+from parcours.db.forecast_models import (
+    ForecastAccuracyRow,
+    ForecastRow,
+    ForecastSeriesRow,
+    ForecastTermRow,
+)
 from parcours.db.hl7_models import Hl7MessageCountRow
 from parcours.db.ingest_models import IngestRejectionRow, IntegratorRow
 from parcours.db.pathway_models import (
     AlertAuditRow,
     AlertRow,
     CensusHourlyRow,
+    CommunityVisitRow,
+    EdVisitRow,
     LocationOccupancyRow,
+    LocationRow,
     PathwayStateRow,
+    StayLocationRow,
+    StayRow,
     StreamProgressRow,
 )
+from parcours.db.reference_models import PendingReferenceRow
 
 
 def _frame(engine: Engine, query: Executable) -> pd.DataFrame:
@@ -79,8 +93,11 @@ def alerts(
     status: str | None = "open",
     alert_type: str | None = None,
     unacknowledged_only: bool = False,
+    unit_ids: Sequence[str] = (),
+    limit: int = 2000,
 ) -> pd.DataFrame:
-    """The alert worklist, newest first."""
+    """The alert worklist, newest first (at most `limit`); with `unit_ids`, only the alerts of
+    those hospitals and wards, and those tied to no unit (a community referral)."""
     a = AlertRow
     query = select(
         a.alert_id,
@@ -100,13 +117,21 @@ def alerts(
         query = query.where(a.alert_type == alert_type)
     if unacknowledged_only:
         query = query.where(a.acknowledged_at.is_(None))
-    return _frame(engine, query)
+    if unit_ids:
+        query = query.where(or_(a.unit_id.in_(list(unit_ids)), a.unit_id.is_(None)))
+    return _frame(engine, query.limit(limit))
 
 
 def acknowledge_alert(
-    engine: Engine, alert_id: str, actor: str, at: datetime, note: str | None = None
+    engine: Engine,
+    alert_id: str,
+    actor: str,
+    at: datetime,
+    note: str | None = None,
+    role: str | None = None,
 ) -> bool:
-    """Record that `actor` acknowledged the alert; False if it is unknown or already acknowledged.
+    """Record that `actor` (the signed-in user, with their `role`) acknowledged the alert; False
+    if it is unknown or already acknowledged.
 
     The alert row keeps the first acknowledgement; the audit trail keeps every action.
     """
@@ -121,7 +146,12 @@ def acknowledge_alert(
         if changed:
             conn.execute(
                 insert(AlertAuditRow).values(
-                    alert_id=alert_id, action="acknowledge", actor=actor.strip(), at=at, note=note
+                    alert_id=alert_id,
+                    action="acknowledge",
+                    actor=actor.strip(),
+                    at=at,
+                    note=note,
+                    role=role,
                 )
             )
     return bool(changed)
@@ -132,19 +162,48 @@ def alert_audit(engine: Engine, alert_id: str) -> pd.DataFrame:
     t = AlertAuditRow
     return _frame(
         engine,
-        select(t.at, t.action, t.actor, t.note).where(t.alert_id == alert_id).order_by(t.at),
+        select(t.at, t.action, t.actor, t.role, t.note)
+        .where(t.alert_id == alert_id)
+        .order_by(t.at),
     )
+
+
+def acknowledgements(engine: Engine, actor: str = "", limit: int = 500) -> pd.DataFrame:
+    """The latest acknowledgements, newest first, with the alert's patient and type."""
+    t, a = AlertAuditRow, AlertRow
+    query = (
+        select(t.at, t.actor, t.role, t.action, a.patient_id, a.alert_type, t.note, t.alert_id)
+        .join(a, a.alert_id == t.alert_id, isouter=True)
+        .order_by(t.at.desc(), t.audit_id.desc())
+        .limit(limit)
+    )
+    if actor:
+        query = query.where(t.actor == actor)
+    return _frame(engine, query)
 
 
 # --- Pathways -----------------------------------------------------------------------------------
 
 
-def find_patients(engine: Engine, text: str = "", limit: int = 50) -> list[str]:
-    """Patient ids that contain `text`, most recently active first."""
+def find_patients(
+    engine: Engine, text: str = "", limit: int = 50, hospital_ids: Sequence[str] = ()
+) -> list[str]:
+    """Patient ids that contain `text`, most recently active first; with `hospital_ids`, only
+    patients with a stay or an ED visit there."""
     p = PathwayStateRow
     query = select(p.patient_id).order_by(p.last_event_at.desc().nulls_last()).limit(limit)
     if text:
         query = query.where(p.patient_id.contains(text, autoescape=True))
+    if hospital_ids:
+        known = list(hospital_ids)
+        query = query.where(
+            or_(
+                p.patient_id.in_(select(StayRow.patient_id).where(StayRow.hospital_id.in_(known))),
+                p.patient_id.in_(
+                    select(EdVisitRow.patient_id).where(EdVisitRow.hospital_id.in_(known))
+                ),
+            )
+        )
     with engine.connect() as conn:
         return [row[0] for row in conn.execute(query)]
 
@@ -185,14 +244,76 @@ def forecast(engine: Engine, unit_id: str, metric: str = "occupancy") -> pd.Data
 
 
 def forecast_accuracy(engine: Engine, unit_id: str, metric: str = "occupancy") -> pd.DataFrame:
-    """Backtest scores of every model on one unit, best (lowest MAE) first."""
+    """Backtest scores of every model on one unit, best (lowest MASE, then MAE) first."""
     a = ForecastAccuracyRow
-    return _frame(
+    frame = _frame(
         engine,
-        select(a.model, a.horizon, a.folds, a.mae, a.rmse, a.mape, a.coverage, a.computed_at)
-        .where(a.unit_id == unit_id, a.metric == metric)
-        .order_by(a.horizon, a.mae),
+        select(
+            a.model,
+            a.horizon,
+            a.folds,
+            a.mae,
+            a.rmse,
+            a.mase,
+            a.mape,
+            a.coverage,
+            a.mae_by_lead,
+            a.coverage_by_lead,
+            a.computed_at,
+        ).where(a.unit_id == unit_id, a.metric == metric),
     )
+    if frame.empty:
+        return frame
+    order = frame["mase"].fillna(float("inf"))
+    frame = frame.assign(_order=order).sort_values(["horizon", "_order", "mae"])
+    return frame.drop(columns="_order").reset_index(drop=True)
+
+
+def forecast_series(engine: Engine, metric: str = "occupancy") -> pd.DataFrame:
+    """Every forecast series of `metric`: its level, the model its backtest selected, and the
+    window that backtest covered; with the unit's display name when the census knows it."""
+    f = ForecastSeriesRow
+    frame = _frame(
+        engine,
+        select(
+            f.unit_id,
+            f.unit_type,
+            f.freq,
+            f.horizon,
+            f.selected_model,
+            f.capacity,
+            f.history_points,
+            f.history_end,
+            f.folds,
+            f.window_start,
+            f.window_end,
+            f.target_coverage,
+            f.computed_at,
+        )
+        .where(f.metric == metric)
+        .order_by(f.unit_type, f.unit_id),
+    )
+    occ = LocationOccupancyRow
+    names = _frame(engine, select(occ.unit_type, occ.unit_id, occ.name))
+    if frame.empty:
+        return frame.assign(name=pd.Series(dtype=str))
+    merged = frame.merge(names, on=["unit_type", "unit_id"], how="left")
+    merged["name"] = merged["name"].fillna(merged["unit_id"])
+    return merged
+
+
+def forecast_terms(
+    engine: Engine, unit_id: str, metric: str = "occupancy", model: str | None = None
+) -> pd.DataFrame:
+    """How the stock–flow forecasts of one unit break down (census now, expected discharges,
+    expected admissions), per model and target time."""
+    t = ForecastTermRow
+    query = select(
+        t.model, t.ds, t.now, t.expected_discharges, t.expected_admissions, t.run_at
+    ).where(t.unit_id == unit_id, t.metric == metric)
+    if model is not None:
+        query = query.where(t.model == model)
+    return _frame(engine, query.order_by(t.model, t.ds))
 
 
 # --- Feed health --------------------------------------------------------------------------------
@@ -299,10 +420,11 @@ SILENT_AFTER = timedelta(minutes=2)
 
 
 def stream_progress(
-    engine: Engine, now: datetime, silent_after: timedelta = SILENT_AFTER
+    engine: Engine, now: datetime, silent_after: timedelta = SILENT_AFTER, lang: str = "fr"
 ) -> pd.DataFrame:
-    """Each raw partition as its stream worker last reported it, with a status in words: how
-    far the bed board is behind what the gateway accepted, or that its worker went silent."""
+    """Each raw partition as its stream worker last reported it, with a status in words (in
+    `lang`): how far the bed board is behind what the gateway accepted, or that its worker went
+    silent (`silent`)."""
     p = StreamProgressRow
     frame = _frame(
         engine,
@@ -310,8 +432,11 @@ def stream_progress(
             p.topic, p.partition, p.worker, p.lag, p.processed_offset, p.highwater, p.reported_at
         ).order_by(p.topic, p.partition),
     )
+    frame["silent"] = [
+        is_silent(reported_at, now, silent_after) for reported_at in frame["reported_at"]
+    ]
     frame["status"] = [
-        progress_status(lag, reported_at, now, silent_after)
+        progress_status(lag, reported_at, now, silent_after, lang)
         for lag, reported_at in zip(frame["lag"], frame["reported_at"], strict=True)
     ]
     return frame
@@ -321,23 +446,373 @@ def stream_freshness(progress: pd.DataFrame) -> tuple[int, int]:
     """(partitions whose worker went silent, messages accepted but not yet applied)."""
     if progress.empty:
         return 0, 0
-    silent = int(progress["status"].str.startswith("no report").sum())
-    return silent, int(progress["lag"].fillna(0).sum())
+    return int(progress["silent"].sum()), int(progress["lag"].fillna(0).sum())
 
 
-def progress_status(
-    lag: float | None, reported_at: datetime, now: datetime, silent_after: timedelta
-) -> str:
-    """What one partition's last report means for the people reading the board."""
+def _silence(reported_at: datetime, now: datetime) -> timedelta:
     reported = pd.Timestamp(reported_at)
     if reported.tzinfo is None:  # SQLite (the demo) hands back naive times; they are UTC
         reported = reported.tz_localize("UTC")
-    silent = now - reported.to_pydatetime()
+    return now - reported.to_pydatetime()
+
+
+def is_silent(reported_at: datetime, now: datetime, silent_after: timedelta) -> bool:
+    """Whether a partition's worker has not reported for longer than `silent_after`."""
+    return _silence(reported_at, now) > silent_after
+
+
+def progress_status(
+    lag: float | None,
+    reported_at: datetime,
+    now: datetime,
+    silent_after: timedelta,
+    lang: str = "fr",
+) -> str:
+    """What one partition's last report means for the people reading the board, in `lang`."""
+    silent = _silence(reported_at, now)
     if silent > silent_after:
         minutes = int(silent.total_seconds() // 60)
-        return f"no report for {minutes} min: is its stream worker running?"
+        return i18n.translate(
+            lang,
+            "aucun rapport depuis {minutes} min : son traitement (stream worker) tourne-t-il ?",
+            minutes=minutes,
+        )
     if lag is None or pd.isna(lag):
-        return "starting"
+        return i18n.translate(lang, "démarrage")
     if lag > 0:
-        return f"catching up: {int(lag):,} messages to apply"
-    return "up to date"
+        return i18n.translate(
+            lang, "rattrapage : {n} messages à appliquer", n=i18n.number(lang, int(lag))
+        )
+    return i18n.translate(lang, "à jour")
+
+
+# --- Places -------------------------------------------------------------------------------------
+
+
+def places(engine: Engine) -> pd.DataFrame:
+    """Every ward with its service and hospital, by name: what worklists filter on.
+
+    Columns: ward_id, ward, service_id, service, hospital_id, hospital.
+    """
+    occ, loc = LocationOccupancyRow, LocationRow
+    units = _frame(
+        engine,
+        select(occ.unit_type, occ.unit_id, occ.name, occ.hospital_id).where(
+            occ.unit_type.in_(("ward", "service", "hospital"))
+        ),
+    )
+    services = _frame(
+        engine,
+        select(loc.location_id, loc.service_code, loc.service_name).where(
+            loc.physical_type == "wa"
+        ),
+    )
+    names = dict(zip(units["unit_id"], units["name"].fillna(units["unit_id"]), strict=True))
+    wards = units[units["unit_type"] == "ward"][["unit_id", "hospital_id"]].rename(
+        columns={"unit_id": "ward_id"}
+    )
+    wards = wards.merge(services, left_on="ward_id", right_on="location_id", how="left")
+    wards["service_id"] = [
+        f"{h}/{code}" if isinstance(code, str) and code else None
+        for h, code in zip(wards["hospital_id"], wards["service_code"], strict=True)
+    ]
+    wards["ward"] = wards["ward_id"].map(names)
+    wards["service"] = [
+        names.get(sid) or name or code
+        for sid, name, code in zip(
+            wards["service_id"], wards["service_name"], wards["service_code"], strict=True
+        )
+    ]
+    wards["hospital"] = wards["hospital_id"].map(lambda h: names.get(h, h))
+    return wards[["ward_id", "ward", "service_id", "service", "hospital_id", "hospital"]]
+
+
+def hospitals(engine: Engine) -> dict[str, str]:
+    """Hospital id → name, for filters."""
+    occ = LocationOccupancyRow
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(occ.unit_id, occ.name).where(occ.unit_type == "hospital").order_by(occ.name)
+        ).all()
+    return {uid: name or uid for uid, name in rows}
+
+
+# --- Bed board for managers ---------------------------------------------------------------------
+
+# A board whose newest occupancy change is older than this is called out as possibly out of date:
+# on a territory's hospitals, hours go by without any admission, transfer or discharge only
+# when the feeds stop.
+STALE_AFTER = timedelta(hours=6)
+
+
+def data_age(engine: Engine, now: datetime, hospital_ids: Sequence[str] = ()) -> timedelta | None:
+    """How old the newest occupancy is, of every hospital or of `hospital_ids` (None when there
+    is none)."""
+    query = select(func.max(LocationOccupancyRow.as_of))
+    if hospital_ids:
+        query = query.where(LocationOccupancyRow.hospital_id.in_(list(hospital_ids)))
+    with engine.connect() as conn:
+        newest = conn.scalar(query)
+    if newest is None:
+        return None
+    stamp = pd.Timestamp(newest)
+    if stamp.tzinfo is None:  # SQLite gives naive UTC back
+        stamp = stamp.tz_localize("UTC")
+    return now - stamp.to_pydatetime()
+
+
+def occupancy_heatmap(engine: Engine, since: datetime, hospital_id: str = "") -> pd.DataFrame:
+    """Hourly occupancy of every ward since `since`, with its capacity and rate.
+
+    Columns: unit_id, name, hour, occupancy, capacity, rate (hours with no row are absent).
+    """
+    c, occ = CensusHourlyRow, LocationOccupancyRow
+    query = (
+        select(c.unit_id, occ.name, c.hour, c.occupancy, occ.capacity)
+        .join(occ, and_(occ.unit_type == c.unit_type, occ.unit_id == c.unit_id))
+        .where(c.unit_type == "ward", c.hour >= since)
+        .order_by(c.unit_id, c.hour)
+    )
+    if hospital_id:
+        query = query.where(c.hospital_id == hospital_id)
+    frame = _frame(engine, query)
+    frame["rate"] = frame["occupancy"] / frame["capacity"].where(frame["capacity"] > 0)
+    return frame
+
+
+# --- Worklists for coordinators -----------------------------------------------------------------
+
+WORKLIST_LIMIT = 500
+
+
+def _where_hospitals(column: Any, hospital_ids: Sequence[str]) -> Any:
+    return column.in_(list(hospital_ids)) if hospital_ids else None
+
+
+def ed_now(
+    engine: Engine,
+    now: datetime,
+    boarding: timedelta,
+    hospital_ids: Sequence[str] = (),
+    within: timedelta = timedelta(days=3),
+) -> pd.DataFrame:
+    """Patients in the ED now (arrived in the last `within`, not departed), longest wait first.
+
+    Columns: patient_id, encounter_id, hospital_id, ward_id, arrived_at, waiting_hours, boarding.
+    """
+    e = EdVisitRow
+    query = (
+        select(e.patient_id, e.encounter_id, e.hospital_id, e.ward_id, e.arrived_at, e.admitted)
+        .where(e.departed_at.is_(None), e.arrived_at.is_not(None), e.arrived_at >= now - within)
+        .order_by(e.arrived_at)
+        .limit(WORKLIST_LIMIT)
+    )
+    cond = _where_hospitals(e.hospital_id, hospital_ids)
+    if cond is not None:
+        query = query.where(cond)
+    frame = _frame(engine, query)
+    arrived = pd.to_datetime(frame["arrived_at"], utc=True)
+    frame["waiting_hours"] = (pd.Timestamp(now) - arrived).dt.total_seconds() / 3600
+    frame["boarding"] = frame["waiting_hours"] >= boarding.total_seconds() / 3600
+    return frame
+
+
+def discharged_without_follow_up(
+    engine: Engine,
+    now: datetime,
+    within: timedelta = timedelta(days=30),
+    hospital_ids: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Stays discharged home in the last `within` with no community contact since, oldest first.
+
+    Columns: patient_id, stay_id, hospital_id, discharged_at, disposition, days_since.
+    """
+    s, c = StayRow, CommunityVisitRow
+    seen_since = (
+        select(c.encounter_id)
+        .where(c.patient_id == s.patient_id, c.start_at >= s.discharged_at)
+        .exists()
+    )
+    query = (
+        select(s.patient_id, s.stay_id, s.hospital_id, s.discharged_at, s.disposition)
+        .where(
+            s.discharged_at.is_not(None),
+            s.discharged_at >= now - within,
+            s.discharged_at <= now,
+            or_(s.disposition.is_(None), s.disposition.not_in(("exp", "died", "deceased"))),
+            ~seen_since,
+        )
+        .order_by(s.discharged_at)
+        .limit(WORKLIST_LIMIT)
+    )
+    cond = _where_hospitals(s.hospital_id, hospital_ids)
+    if cond is not None:
+        query = query.where(cond)
+    frame = _frame(engine, query)
+    since = pd.Timestamp(now) - pd.to_datetime(frame["discharged_at"], utc=True)
+    frame["days_since"] = since.dt.total_seconds() / 86400
+    return frame
+
+
+def readmissions(
+    engine: Engine,
+    now: datetime,
+    within: timedelta = timedelta(days=30),
+    hospital_ids: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Patients readmitted soon after a discharge (the pathway rules' readmission alerts) in the
+    last `within`, newest first.
+
+    Columns: patient_id, stay_id, hospital_id, admitted_at, status, message.
+    """
+    a = AlertRow
+    query = (
+        select(a.patient_id, a.alert_id, a.unit_id, a.raised_at, a.status, a.message, a.details)
+        .where(a.alert_type == "readmission", a.raised_at >= now - within)
+        .order_by(a.raised_at.desc())
+        .limit(WORKLIST_LIMIT)
+    )
+    frame = _frame(engine, query)
+    frame["stay_id"] = pd.Series(
+        [d.get("subject_id") if isinstance(d, dict) else None for d in frame["details"]],
+        index=frame.index,
+        dtype=object,
+    )
+    stays = _stays(engine, [x for x in frame["stay_id"] if x])
+    frame = frame.merge(stays, on="stay_id", how="left")
+    if hospital_ids:
+        frame = frame[frame["hospital_id"].isin(list(hospital_ids))]
+    return frame.drop(columns=["details", "patient_id_y"], errors="ignore").rename(
+        columns={"patient_id_x": "patient_id"}
+    )
+
+
+def long_stays(
+    engine: Engine, now: datetime, longer_than: timedelta, hospital_ids: Sequence[str] = ()
+) -> pd.DataFrame:
+    """Open stays longer than `longer_than`, longest first.
+
+    Columns: patient_id, stay_id, hospital_id, admitted_at, los_hours.
+    """
+    s = StayRow
+    query = (
+        select(s.patient_id, s.stay_id, s.hospital_id, s.admitted_at)
+        .where(s.discharged_at.is_(None), s.admitted_at <= now - longer_than)
+        .order_by(s.admitted_at)
+        .limit(WORKLIST_LIMIT)
+    )
+    cond = _where_hospitals(s.hospital_id, hospital_ids)
+    if cond is not None:
+        query = query.where(cond)
+    frame = _frame(engine, query)
+    admitted = pd.to_datetime(frame["admitted_at"], utc=True)
+    frame["los_hours"] = (pd.Timestamp(now) - admitted).dt.total_seconds() / 3600
+    return frame
+
+
+def _stays(engine: Engine, stay_ids: Sequence[str]) -> pd.DataFrame:
+    s = StayRow
+    parts = [
+        _frame(
+            engine,
+            select(s.stay_id, s.patient_id, s.hospital_id, s.admitted_at, s.discharged_at).where(
+                s.stay_id.in_(list(stay_ids[i : i + 500]))
+            ),
+        )
+        for i in range(0, len(stay_ids), 500)
+    ]
+    if not parts:
+        return pd.DataFrame(
+            columns=["stay_id", "patient_id", "hospital_id", "admitted_at", "discharged_at"]
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def last_wards(engine: Engine, stay_ids: Sequence[str]) -> dict[str, str]:
+    """Each stay's latest ward (its open period's, or the last one's)."""
+    sl = StayLocationRow
+    out: dict[str, tuple[int, str | None]] = {}
+    for i in range(0, len(stay_ids), 500):
+        chunk = list(stay_ids[i : i + 500])
+        with engine.connect() as conn:
+            for stay_id, seq, ward in conn.execute(
+                select(sl.stay_id, sl.seq, sl.ward_id).where(
+                    sl.stay_id.in_(chunk), sl.ward_id.is_not(None)
+                )
+            ):
+                if stay_id not in out or seq > out[stay_id][0]:
+                    out[stay_id] = (seq, ward)
+    return {k: v[1] for k, v in out.items() if v[1]}
+
+
+# --- A patient's timeline -----------------------------------------------------------------------
+
+
+def alert_history(engine: Engine, patient_id: str, limit: int = 200) -> pd.DataFrame:
+    """A patient's alerts, open or resolved, with who acknowledged them."""
+    a = AlertRow
+    return _frame(
+        engine,
+        select(
+            a.alert_id,
+            a.alert_type,
+            a.status,
+            a.raised_at,
+            a.resolved_at,
+            a.message,
+            a.acknowledged_by,
+            a.acknowledged_at,
+        )
+        .where(a.patient_id == patient_id)
+        .order_by(a.raised_at)
+        .limit(limit),
+    )
+
+
+def unresolved_references(engine: Engine, limit: int = 200) -> pd.DataFrame:
+    """Conditional references accepted before their target (deferred) and still waiting for it,
+    by source and element, most recent first."""
+    p = PendingReferenceRow
+    return _frame(
+        engine,
+        select(
+            p.source,
+            p.element,
+            p.resource_type,
+            p.system,
+            p.value,
+            p.occurrences,
+            p.first_seen_at,
+            p.last_seen_at,
+        )
+        .where(p.resolved_at.is_(None))
+        .order_by(p.last_seen_at.desc())
+        .limit(limit),
+    )
+
+
+def places_not_received(engine: Engine) -> pd.DataFrame:
+    """Locations that stays and ED visits name but that no feed has sent yet, with how many
+    periods or visits wait for each (counted at their hospital meanwhile)."""
+    sl, ed, loc = StayLocationRow, EdVisitRow, LocationRow
+    periods = (
+        select(
+            sl.hospital_id.label("hospital_id"),
+            sl.location_id.label("location_id"),
+        )
+        .where(sl.location_id.is_not(None))
+        .where(~select(loc.location_id).where(loc.location_id == sl.location_id).exists())
+    )
+    visits = (
+        select(ed.hospital_id.label("hospital_id"), ed.ward_id.label("location_id"))
+        .where(ed.ward_id.is_not(None))
+        .where(~select(loc.location_id).where(loc.location_id == ed.ward_id).exists())
+    )
+    both = periods.union_all(visits).subquery()
+    return _frame(
+        engine,
+        select(both.c.hospital_id, both.c.location_id, func.count().label("waiting"))
+        .group_by(both.c.hospital_id, both.c.location_id)
+        .order_by(func.count().desc())
+        .limit(200),
+    )

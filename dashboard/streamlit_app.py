@@ -1,5 +1,8 @@
 """Parcours dashboard: one Streamlit app, its pages in `dashboard/views/`.
 
+Nothing is shown before sign-in: a local account (`parcours users create`) or, when
+`.streamlit/secrets.toml` has an `[auth]` section, the hospital's OIDC provider (`st.login`).
+Each role sees its own pages (`dashboard/roles.py`); opening another one says it is refused.
 Run with `parcours dashboard` (it sets DATABASE_URL and the rest through the environment).
 """
 
@@ -9,22 +12,147 @@ from pathlib import Path
 
 import streamlit as st
 
+from dashboard import accounts, i18n, roles
+from dashboard.common import _, current_user, engine, role_label
+
 VIEWS = Path(__file__).resolve().parent / "views"
 
-st.set_page_config(page_title="Parcours", page_icon=":material/local_hospital:", layout="wide")
-page = st.navigation(
-    {
-        "Hospital": [
-            st.Page(VIEWS / "bed_board.py", title="Bed board", icon=":material/bed:", default=True),
-            st.Page(VIEWS / "forecasts.py", title="Forecasts", icon=":material/trending_up:"),
-        ],
-        "Care coordination": [
-            st.Page(VIEWS / "alerts.py", title="Alerts", icon=":material/notifications:"),
-            st.Page(VIEWS / "pathways.py", title="Pathways", icon=":material/route:"),
-        ],
-        "Integration": [
-            st.Page(VIEWS / "feed_health.py", title="Feed health", icon=":material/sensors:")
-        ],
-    }
-)
-page.run()
+# An emoji: Streamlit draws it locally, where a Material icon would be fetched from the internet.
+st.set_page_config(page_title="Parcours", page_icon="🏥", layout="wide")
+
+
+def oidc_configured() -> bool:
+    """Whether `.streamlit/secrets.toml` configures an OIDC provider for `st.login`."""
+    try:
+        return "auth" in st.secrets
+    except Exception:  # no secrets file at all: local accounts only
+        return False
+
+
+def oidc_signed_in() -> bool:
+    """Whether the OIDC provider has signed this browser in."""
+    return oidc_configured() and bool(st.user.get("is_logged_in"))
+
+
+def language_switch() -> None:
+    """French by default; the other catalogues on a switch."""
+    names = {"fr": "Français", "en": "English"}
+    st.segmented_control(
+        "Langue / Language",
+        i18n.languages(),
+        format_func=lambda code: names.get(code, code),
+        key="lang",
+        default=i18n.DEFAULT,
+        label_visibility="collapsed",
+    )
+
+
+def sign_in() -> None:
+    """The sign-in page: the only thing anyone sees before signing in."""
+    language_switch()
+    st.title(_("Connexion à Parcours"))
+    st.caption(
+        _(
+            "Parcours ville–hôpital : lits, alertes et parcours des patients du territoire. "
+            "L'accès est réservé aux personnes habilitées et chaque consultation d'un dossier "
+            "est tracée."
+        )
+    )
+    if oidc_configured():
+        if st.button(_("Se connecter avec le compte de l'établissement"), type="primary"):
+            st.login()
+        st.divider()
+    with st.form("sign_in"):
+        name = st.text_input(_("Identifiant"), key="sign_in_name")
+        password = st.text_input(_("Mot de passe"), type="password", key="sign_in_password")
+        if st.form_submit_button(_("Se connecter")):
+            user = accounts.authenticate(engine(), name, password)
+            if user is None:
+                st.error(_("Identifiant ou mot de passe incorrect, ou compte désactivé."))
+            else:
+                st.session_state["user"] = user
+                st.rerun()
+
+
+def oidc_sign_in() -> accounts.User | None:
+    """The user the OIDC provider signed in, with their role from the account store."""
+    if not oidc_signed_in():
+        return None
+    name = str(st.user.get("email") or st.user.get("preferred_username") or st.user.get("sub"))
+    user = accounts.oidc_user(engine(), name)
+    if user is None:
+        st.error(
+            _(
+                "Votre identité ({name}) est reconnue, mais aucun rôle ne vous est attribué "
+                "dans Parcours. Demandez à un administrateur de créer votre compte.",
+                name=name,
+            )
+        )
+        st.button(_("Se déconnecter"), on_click=st.logout)
+        st.stop()
+    st.session_state["user"] = user
+    return user
+
+
+def sign_out() -> None:
+    """Forget the session's user (and end the OIDC session when there is one)."""
+    for key in ("user", "open_patient", "opened_patient"):
+        st.session_state.pop(key, None)
+    if oidc_signed_in():
+        st.logout()
+
+
+user = current_user() or oidc_sign_in()
+if user is None:
+    # Every address leads to the sign-in form, and keeps its page for after signing in.
+    st.navigation(
+        [st.Page(sign_in, title="Parcours", url_path="connexion", default=True)]
+        + [st.Page(sign_in, title="Parcours", url_path=spec.url_path) for spec in roles.PAGES],
+        position="hidden",
+    ).run()
+    st.stop()
+
+mine = roles.allowed(user.role)
+pages = {
+    spec.url_path: st.Page(
+        VIEWS / spec.script,
+        title=_(spec.title),
+        icon=spec.icon,
+        url_path=spec.url_path,
+        default=spec is mine[0],
+    )
+    for spec in roles.PAGES
+}
+st.session_state["pages"] = pages
+# Every page is routable, so that opening a forbidden one by its address says so; the menu
+# lists only the role's pages.
+current = st.navigation(list(pages.values()), position="hidden")
+with st.sidebar:
+    st.markdown("### 🏥 Parcours")
+    section = None
+    for spec in mine:
+        if spec.section != section:
+            section = spec.section
+            st.caption(_(section))
+        st.page_link(pages[spec.url_path], label=_(spec.title), icon=spec.icon)
+    st.divider()
+    st.markdown(f"**{user.username}** · {role_label(user.role)}")
+    st.button(_("Se déconnecter"), on_click=sign_out, key="sign_out")
+    language_switch()
+
+spec = roles.page(current.url_path) if current.url_path else mine[0]
+if user.role not in spec.roles:
+    st.title(_(spec.title))
+    st.error(
+        _(
+            "Accès refusé : votre rôle ({role}) ne permet pas d'ouvrir « {page} ». "
+            "Demandez à un administrateur si vous en avez besoin.",
+            role=role_label(user.role),
+            page=_(spec.title),
+        )
+    )
+    st.stop()
+if spec.url_path != "patient":
+    # Coming back to a patient's pathway later is a new opening, traced again.
+    st.session_state.pop("opened_patient", None)
+current.run()

@@ -12,7 +12,7 @@ Three steps, each a plain function:
    is ignored). Without ZBE (international PAM), a movement is identified by its trigger and
    time, and A11/A12/A13/A38/A52/A53 withdraw the latest movement of the kind they cancel.
 3. `encounter_resource(state)`, `patient_resource(...)`, `location_resources(...)`: the FHIR R4
-   resources the pathway engine reads (see `streams/fhir_map.py`): Encounter class from PV1-2,
+   resources the pathway engine reads (see `streams/core/fhir_map.py`): Encounter class from PV1-2,
    one `location[]` entry per move for the ward (`wa`) and the bed (`bd`) with its period and
    status, Location hierarchy bed → room → ward (point of care) → facility (`si`), Patient
    identifiers from PID-3 (IPP, INS with their OIDs).

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         default="", description="Prepended to every topic and group name (tests, tenants)."
     )
     topic_partitions: int = 4
+    topic_replication_factor: int = Field(
+        default=1,
+        ge=1,
+        description="Replicas of each topic Parcours creates (3 on a three-broker Kafka).",
+    )
     worker_web_port: int = Field(default=6066, description="Faust worker web port; 0 disables.")
     worker_session_timeout_s: float = 10.0
     log_level: str = "INFO"
@@ -52,6 +57,36 @@ class Settings(BaseSettings):
     ingest_max_body_bytes: int = Field(
         default=10 * 1024 * 1024,
         description="Largest request body the gateway accepts (413 above).",
+    )
+    ingest_max_resource_bytes: int = Field(
+        default=4 * 1024 * 1024 - 64 * 1024,
+        description="Largest single resource (compact JSON) the gateway publishes (413 above); "
+        "the Kafka producer's max_request_size, and the broker's message.max.bytes, must "
+        "allow it plus 64 KiB.",
+    )
+    ingest_body_timeout_s: float = Field(
+        default=10.0,
+        description="Longest wait for the next part of a request body (408 after it).",
+    )
+    ingest_keepalive_timeout_s: float = Field(
+        default=5.0, description="Idle HTTP keep-alive connections are closed after this."
+    )
+    ingest_db_timeout_s: float = Field(
+        default=3.0,
+        description="Gateway database connect and statement timeout (503 after it).",
+    )
+    ingest_rate_per_s: float = Field(
+        default=100.0,
+        description="Requests per second each integrator may send on average (429 above); "
+        "0 disables the limit.",
+    )
+    ingest_rate_burst: int = Field(
+        default=200, description="Requests an integrator may send at once above its rate."
+    )
+    ingest_ownership: bool = Field(
+        default=True,
+        description="Each patient belongs to the integrator that first wrote it (403 for "
+        "others unless granted with `parcours ingest grant`).",
     )
     ingest_publish_timeout_s: float = Field(
         default=10.0, description="How long the gateway waits for Kafka acks before answering 503."
@@ -96,6 +131,13 @@ class Settings(BaseSettings):
     mllp_tls_key: Path | None = Field(default=None, description="PEM private key for TLS.")
     mllp_tls_client_ca: Path | None = Field(
         default=None, description="CA bundle: when set, clients must present a certificate."
+    )
+    ingest_defer_unresolved: bool = Field(
+        default=False,
+        description="Accept a conditional reference (`Location?identifier=system|value`) that "
+        "matches nothing yet, and resolve it when its target arrives (feeds that send patients "
+        "before the hospital Bundle); off, such a reference fails its entry (its whole "
+        "transaction).",
     )
     # --- Stream worker and pathway rules (streams/) ---
     streams_app_id: str = Field(

@@ -20,8 +20,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts
 
 
 def _engine() -> Any:
-    from parcours.cli import load_settings
     from parcours.db import make_engine
+    from parcours.runtime import load_settings
 
     return make_engine(load_settings().db_url)
 
@@ -131,8 +131,8 @@ def census_show(
     as_json: JsonOption = False,
 ) -> None:
     """Print occupancy and capacity per hospital, service and ward."""
-    from parcours.cli import load_settings
     from parcours.db import make_engine
+    from parcours.runtime import load_settings
     from streams.read import census
 
     settings = load_settings()

@@ -25,8 +25,9 @@ from parcours.db.pathway_models import (
     StayLocationRow,
     StayRow,
 )
-from streams.census import BED, HOSPITAL, SERVICE, WARD, Hierarchy, occupancy_at
-from streams.sink import as_utc, period_of, place_of
+from parcours.db.reference_models import IdentifierIndexRow
+from streams.core.census import BED, HOSPITAL, SERVICE, WARD, Hierarchy, occupancy_at
+from streams.sink.writer import as_utc, period_of, place_of
 
 LEVEL_ORDER = {HOSPITAL: 0, SERVICE: 1, WARD: 2, BED: 3}
 
@@ -45,13 +46,28 @@ def _row(row: Any, times: tuple[str, ...]) -> dict[str, Any]:
 
 
 def patients_with_identifier(engine: Engine, value: str, limit: int = 20) -> list[str]:
-    """The patient ids that carry an identifier of this value (an IPP, an INS…), any system."""
+    """The patient ids that carry an identifier of this value (an IPP, an INS…), any system:
+    from HL7 v2 feeds (`patient_identifiers`) and FHIR Patients the gateway accepted
+    (`identifier_index`)."""
     t = PatientIdentifierRow.__table__
+    ix = IdentifierIndexRow.__table__
     with engine.connect() as conn:
-        found = conn.execute(
-            select(t.c.patient_id).where(t.c.value == value).distinct().limit(limit)
+        found = {
+            r[0]
+            for r in conn.execute(
+                select(t.c.patient_id).where(t.c.value == value).distinct().limit(limit)
+            )
+        }
+        found.update(
+            r[0]
+            for r in conn.execute(
+                select(ix.c.resource_id)
+                .where(ix.c.resource_type == "Patient", ix.c.value == value)
+                .distinct()
+                .limit(limit)
+            )
         )
-        return sorted(r[0] for r in found)
+    return sorted(found)[:limit]
 
 
 def pathway(engine: Engine, patient_id: str) -> dict[str, Any] | None:
@@ -90,8 +106,24 @@ def pathway(engine: Engine, patient_id: str) -> dict[str, Any] | None:
                     )
                 }
             )
+        named = sorted({p["location_id"] for ps in places.values() for p in ps if p["location_id"]})
+        lt = LocationRow.__table__
+        known = (
+            {
+                r[0]
+                for r in conn.execute(select(lt.c.location_id).where(lt.c.location_id.in_(named)))
+            }
+            if named
+            else set()
+        )
         for stay in stays:
             stay["locations"] = places.get(stay["stay_id"], [])
+            for place in stay["locations"]:
+                # A Location the feed named but not yet sent: the period is counted at its
+                # hospital and placed once the Location arrives.
+                place["location_known"] = place["location_id"] is None or (
+                    place["location_id"] in known
+                )
         ed_visits = [
             _row(r, ("arrived_at", "departed_at"))
             for r in conn.execute(

@@ -1,81 +1,116 @@
-"""Alert worklist: what needs a care coordinator now, and who acknowledged what."""
+"""Alertes: what needs a care coordinator now, and its acknowledgement under the signed-in name."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
+import pandas as pd
 import streamlit as st
 
 from dashboard import queries
-from dashboard.common import REFRESH, engine, local_time
+from dashboard.accounts import Role
+from dashboard.common import REFRESH, Col, _, engine, now, require, table, when, word
+from dashboard.labels import ALERT_STATUS, ALERT_TYPES
 
-ALERT_TYPES = {
-    "": "All types",
-    "ed_boarding": "ED boarding",
-    "referral_no_contact": "Referral without hospital contact",
-    "no_followup": "No follow-up after discharge",
-    "readmission": "Readmission",
-    "long_stay": "Length of stay above p90",
-    "ward_over_capacity": "Ward above capacity",
-}
-
-st.title("Alerts")
+user = require(Role.COORDINATOR, Role.ADMIN)
+st.title(_("Alertes"))
 st.caption(
-    "Alerts are suggestions. A clinician checks each one; acknowledging records your name and "
-    "the time in the audit trail. Alerts resolve themselves when their condition clears."
+    _(
+        "Les alertes sont des suggestions : un soignant vérifie chacune. L'acquittement "
+        "enregistre votre nom et l'heure dans le journal. Une alerte se résout d'elle-même "
+        "quand sa cause disparaît."
+    )
 )
 col1, col2, col3 = st.columns([2, 2, 1])
-status = col1.selectbox("Status", ["open", "resolved", ""], format_func=lambda s: s or "All")
-kind = col2.selectbox("Type", list(ALERT_TYPES), format_func=lambda k: ALERT_TYPES.get(k, k))
-todo = col3.checkbox("Not yet acknowledged", value=False)
+status = col1.selectbox(
+    _("Statut"),
+    ["open", "resolved", ""],
+    format_func=lambda s: _(ALERT_STATUS[s]) if s else _("Tous"),
+    key="alert_status",
+)
+kind = col2.selectbox(
+    _("Type"),
+    ["", *ALERT_TYPES],
+    format_func=lambda k: _(ALERT_TYPES[k]) if k else _("Tous les types"),
+    key="alert_kind",
+)
+todo = col3.checkbox(_("Non acquittées seulement"), value=False, key="alert_todo")
+
+
+def described(frame: pd.DataFrame) -> pd.DataFrame:
+    """The alert rows with their type and status in words and their place by name."""
+    places = queries.places(engine()).set_index("ward_id")
+    names = queries.hospitals(engine())
+    return frame.assign(
+        type=frame["alert_type"].map(lambda k: word(ALERT_TYPES, k)),
+        state=frame["status"].map(lambda s: word(ALERT_STATUS, s)),
+        place=[
+            places["ward"].get(u) or names.get(u) or u if isinstance(u, str) else None
+            for u in frame["unit_id"]
+        ],
+    )
+
+
+def my_units() -> list[str]:
+    """The hospitals a coordinator follows and their wards (empty: every unit)."""
+    if not user.hospitals:
+        return []
+    places = queries.places(engine())
+    wards = places.loc[places["hospital_id"].isin(list(user.hospitals)), "ward_id"]
+    return [*user.hospitals, *wards]
+
+
+units = my_units()
 
 
 @st.fragment(run_every=REFRESH)
 def worklist() -> None:
     """The live list."""
-    frame = queries.alerts(engine(), status or None, kind or None, todo)
-    st.metric("Alerts listed", len(frame))
+    frame = queries.alerts(engine(), status or None, kind or None, todo, units)
+    st.metric(_("Alertes listées"), len(frame))
     if frame.empty:
-        st.success("Nothing to act on for this filter.")
+        st.success(_("Rien à traiter pour ce filtre."))
         return
-    st.dataframe(
-        local_time(frame, "raised_at", "resolved_at", "acknowledged_at"),
-        hide_index=True,
-        use_container_width=True,
+    table(
+        described(frame),
+        [
+            Col("type", "Type"),
+            Col("patient_id", "Patient"),
+            Col("place", "Lieu"),
+            Col("raised_at", "Levée le", "time"),
+            Col("state", "Statut"),
+            Col("resolved_at", "Résolue le", "time"),
+            Col("acknowledged_by", "Acquittée par"),
+            Col("acknowledged_at", "Acquittée le", "time"),
+        ],
     )
 
 
 worklist()
 
-st.subheader("Acknowledge an alert")
-open_unacked = queries.alerts(engine(), "open", None, True)
+st.subheader(_("Acquitter une alerte"))
+open_unacked = queries.alerts(engine(), "open", kind or None, True, units)
 if open_unacked.empty:
-    st.write("Every open alert has been acknowledged.")
+    st.write(_("Toutes les alertes ouvertes sont acquittées."))
 else:
+    choices = described(open_unacked).set_index("alert_id")
+
+    def label(alert_id: str) -> str:
+        row = choices.loc[alert_id]
+        parts = [row["type"], _("patient {p}", p=row["patient_id"])]
+        if row["place"]:
+            parts.append(str(row["place"]))
+        parts.append(when(row["raised_at"]))
+        return " · ".join(str(p) for p in parts)
+
     with st.form("acknowledge"):
         choice = st.selectbox(
-            "Alert",
-            open_unacked["alert_id"].tolist(),
-            format_func=lambda a: " · ".join(
-                str(v)
-                for v in open_unacked.loc[open_unacked["alert_id"] == a, ["alert_type", "message"]]
-                .iloc[0]
-                .tolist()
-            ),
+            _("Alerte"), choices.index.tolist(), format_func=label, key="ack_choice"
         )
-        actor = st.text_input("Your name", key="ack_actor")
-        note = st.text_input("Note (optional)", key="ack_note")
-        if st.form_submit_button("Acknowledge"):
-            if not actor.strip():
-                st.error("Enter your name: the audit trail records who acknowledged the alert.")
-            elif queries.acknowledge_alert(
-                engine(), choice, actor, datetime.now(UTC), note or None
+        note = st.text_input(_("Note (facultative)"), key="ack_note")
+        st.caption(_("Acquittée au nom de {user}.", user=user.username))
+        if st.form_submit_button(_("Acquitter")):
+            if queries.acknowledge_alert(
+                engine(), choice, user.username, now(), note or None, user.role.value
             ):
-                st.success(f"Acknowledged by {actor.strip()}.")
+                st.success(_("Alerte acquittée par {user}.", user=user.username))
             else:
-                st.warning("Someone acknowledged this alert already; the list is refreshed.")
-
-st.subheader("Audit trail")
-alert_id = st.text_input("Alert id", key="audit_alert_id")
-if alert_id:
-    st.dataframe(local_time(queries.alert_audit(engine(), alert_id), "at"), hide_index=True)
+                st.warning(_("Quelqu'un a déjà acquitté cette alerte ; la liste est mise à jour."))

@@ -1,69 +1,215 @@
-"""Bed board: live occupancy and capacity per ward, service and hospital."""
+"""Tableau des lits: occupancy from hospital to service to ward, the week's heat map, beds free
+and patients waiting in the ED for a bed. No patient is named here."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import timedelta
 
+import altair as alt
+import pandas as pd
 import streamlit as st
 
 from dashboard import queries
-from dashboard.common import REFRESH, engine, local_time
-from streams import read
+from dashboard.accounts import Role
+from dashboard.common import (
+    REFRESH,
+    Col,
+    _,
+    engine,
+    now,
+    number,
+    readable,
+    require,
+    settings,
+    when,
+    word,
+)
+from dashboard.labels import LEVELS
+from dashboard.views.shared import occupancy_level, stale_warning
 
-st.title("Bed board")
-level = st.segmented_control(
-    "Level", ["ward", "service", "hospital"], default="ward", key="bed_board_level"
+require(Role.MANAGER, Role.ADMIN)
+st.title(_("Tableau des lits"))
+st.caption(
+    _(
+        "Occupation en temps réel, de l'établissement à l'unité. Vert : moins de 85 %, "
+        "orange : 85 à 95 %, rouge : 95 % et plus."
+    )
 )
 
 
-@st.fragment(run_every=REFRESH)
-def board(level: str) -> None:
-    """The live table; it refreshes itself."""
-    totals = read.summary(engine())
-    frame = queries.bed_board(engine(), level)
-    c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Inpatients now", totals["open_stays"])
-    c2.metric("Beds occupied", int(frame["occupied"].sum()) if not frame.empty else 0)
-    capacity = frame["capacity"].sum() if not frame.empty else 0
-    c3.metric("Beds in service", int(capacity) if capacity == capacity else "—")
-    c4.metric("Open alerts", sum(totals["open_alerts"].values()))
-    silent, behind = queries.stream_freshness(queries.stream_progress(engine(), datetime.now(UTC)))
-    if silent:
-        st.warning(
-            f"The stream worker of {silent} partition(s) stopped reporting: this board may be out "
-            "of date. The Feed health page says which, and what to check."
+def coloured_bars(frame: pd.DataFrame, label: str) -> alt.Chart:
+    """Occupancy per unit, one bar each, coloured by level."""
+    data = frame.assign(
+        unit=frame["name"].fillna(frame["unit_id"]),
+        level=[_(occupancy_level(r)) for r in frame["occupancy_rate"]],
+        rate=frame["occupancy_rate"].fillna(0),
+    )
+    scale = alt.Scale(
+        domain=[_("normale"), _("tendue"), _("saturée")], range=["#2e7d32", "#ef6c00", "#c62828"]
+    )
+    return (
+        alt.Chart(data)
+        .mark_bar()
+        .encode(
+            y=alt.Y("unit:N", sort="-x", title=label),
+            x=alt.X("rate:Q", title=_("Taux d'occupation"), axis=alt.Axis(format="%")),
+            color=alt.Color("level:N", scale=scale, title=_("Niveau")),
+            tooltip=[
+                alt.Tooltip("unit:N", title=label),
+                alt.Tooltip("occupied:Q", title=_("Lits occupés")),
+                alt.Tooltip("capacity:Q", title=_("Capacité")),
+                alt.Tooltip("rate:Q", title=_("Taux d'occupation"), format=".0%"),
+            ],
         )
-    elif behind:
-        st.caption(f"Catching up: {behind:,} accepted messages are not on this board yet.")
-    if frame.empty:
-        st.info(
-            "No occupancy yet. Start the stream worker (`parcours streams worker`) and push "
-            "Location and Encounter resources, or run `parcours demo`."
-        )
-        return
-    full = frame[frame["occupancy_rate"] >= 1.0]
-    if not full.empty:
-        st.warning(
-            f"{len(full)} {level}(s) at or above capacity: "
-            + ", ".join(full["name"].fillna(full["unit_id"]))
-        )
-    st.dataframe(
-        local_time(frame, "as_of"),
-        hide_index=True,
-        use_container_width=True,
-        column_config={
-            "unit_id": st.column_config.TextColumn("Unit"),
-            "name": st.column_config.TextColumn("Name"),
-            "hospital_id": st.column_config.TextColumn("Hospital"),
-            "occupied": st.column_config.NumberColumn("Occupied"),
-            "capacity": st.column_config.NumberColumn("Capacity"),
-            "free": st.column_config.NumberColumn("Free"),
-            "occupancy_rate": st.column_config.ProgressColumn(
-                "Occupancy", format="percent", min_value=0.0, max_value=1.0
-            ),
-            "as_of": st.column_config.DatetimeColumn("As of"),
-        },
+        .properties(height=60 + 30 * len(data))
     )
 
 
-board(level or "ward")
+UNIT_COLUMNS = [
+    Col("name", "Nom"),
+    Col("occupied", "Lits occupés", "int"),
+    Col("capacity", "Capacité", "int"),
+    Col("free", "Lits libres", "int"),
+    Col("occupancy_rate", "Taux d'occupation", "percent"),
+]
+
+
+def drill(frame: pd.DataFrame, level: str, key: str) -> str | None:
+    """A chart and a table of `frame`'s units; the unit whose row is picked, if any."""
+    label = word(LEVELS, level) or level
+    if frame.empty:
+        st.caption(_("Aucune unité à ce niveau."))
+        return None
+    st.altair_chart(coloured_bars(frame, label), width="stretch")
+    shown = frame.reset_index(drop=True)
+    event = st.dataframe(
+        _styled(shown),
+        hide_index=True,
+        width="stretch",
+        key=key,
+        on_select="rerun",
+        selection_mode="single-row",
+    )
+    rows = event.selection.rows if event is not None else []
+    return str(shown["unit_id"].iloc[rows[0]]) if rows else None
+
+
+def _styled(frame: pd.DataFrame) -> object:
+    table = readable(frame, UNIT_COLUMNS)
+    rate_label = _("Taux d'occupation")
+    colours = {"normale": "#c8e6c9", "tendue": "#ffe0b2", "saturée": "#ffcdd2"}
+    levels = [occupancy_level(r) for r in frame["occupancy_rate"]]
+    return table.style.apply(
+        lambda col: (
+            [f"background-color: {colours[lv]}" for lv in levels]
+            if col.name == rate_label
+            else [""] * len(col)
+        ),
+        axis=0,
+    )
+
+
+@st.fragment(run_every=REFRESH)
+def board() -> None:
+    """Totals, the drill-down and the ED; refreshes itself."""
+    at = now()
+    stale_warning(at)
+    hospitals_frame = queries.bed_board(engine(), "hospital")
+    wards = queries.bed_board(engine(), "ward")
+    # Without a Location tree above the wards, the wards themselves are the top of the board.
+    top = hospitals_frame if not hospitals_frame.empty else wards
+    ed = queries.ed_now(engine(), at, timedelta(hours=settings().alert_ed_boarding_hours))
+    c1, c2, c3, c4, c5 = st.columns(5)
+    occupied = int(top["occupied"].sum()) if not top.empty else 0
+    capacity = top["capacity"].sum() if not top.empty else 0
+    c1.metric(_("Lits occupés"), number(occupied))
+    c2.metric(_("Lits libres"), number(capacity - occupied) if capacity else "—")
+    c3.metric(_("Taux d'occupation"), f"{number(100 * occupied / capacity)} %" if capacity else "—")
+    c4.metric(_("Patients aux urgences"), number(len(ed)))
+    c5.metric(
+        _("En attente d'un lit aux urgences"),
+        number(int(ed["boarding"].sum()) if not ed.empty else 0),
+        help=_(
+            "Patients présents aux urgences depuis plus de {hours} h.",
+            hours=number(settings().alert_ed_boarding_hours),
+        ),
+    )
+    if top.empty:
+        st.info(
+            _(
+                "Pas encore d'occupation. Lancez le traitement des flux "
+                "(`parcours streams worker`) ou la démonstration (`parcours demo`)."
+            )
+        )
+        return
+    full_wards = wards[wards["occupancy_rate"] >= 1.0]
+    if not full_wards.empty:
+        names = full_wards["name"].fillna(full_wards["unit_id"]).tolist()
+        st.warning(
+            _("{n} unité(s) pleine(s) ou au-delà : {names}", n=len(names), names=", ".join(names))
+        )
+    st.caption(_("Mis à jour : {at}", at=when(top["as_of"].max())))
+    if hospitals_frame.empty:
+        st.subheader(_("Unités"))
+        drill(wards, "ward", "pick_ward")
+        return
+    st.subheader(_("Établissements"))
+    hospital = drill(hospitals_frame, "hospital", "pick_hospital")
+    if hospital is None:
+        st.caption(_("Choisissez un établissement dans le tableau pour voir ses services."))
+        return
+    services = queries.bed_board(engine(), "service")
+    services = services[services["hospital_id"] == hospital]
+    st.subheader(_("Services"))
+    service = drill(services, "service", "pick_service")
+    wards = wards[wards["hospital_id"] == hospital]
+    if service is not None:
+        places = queries.places(engine())
+        in_service = set(places.loc[places["service_id"] == service, "ward_id"])
+        wards = wards[wards["unit_id"].isin(in_service)]
+    st.subheader(_("Unités"))
+    drill(wards, "ward", "pick_ward")
+
+
+board()
+
+st.subheader(_("Occupation des unités heure par heure, 7 derniers jours"))
+heat = queries.occupancy_heatmap(engine(), now() - timedelta(days=7))
+if heat.empty:
+    st.caption(_("Pas encore d'historique horaire."))
+else:
+    tz = settings().timezone
+    heat = heat.assign(
+        unit=heat["name"].fillna(heat["unit_id"]),
+        # Naive local time: the chart shows it as the ward clock reads it, whatever the browser.
+        local=pd.to_datetime(heat["hour"], utc=True).dt.tz_convert(tz).dt.tz_localize(None),
+        rate=heat["rate"].fillna(0),
+    )
+    chart = (
+        alt.Chart(heat)
+        .mark_rect()
+        .encode(
+            x=alt.X(
+                "local:T",
+                title=_("Heure"),
+                axis=alt.Axis(format="%d/%m %Hh", labelAngle=-45),
+            ),
+            y=alt.Y("unit:N", title=_("Unité")),
+            color=alt.Color(
+                "rate:Q",
+                title=_("Taux d'occupation"),
+                scale=alt.Scale(
+                    scheme="redyellowgreen", reverse=True, domain=[0.5, 1.1], clamp=True
+                ),
+                legend=alt.Legend(format="%"),
+            ),
+            tooltip=[
+                alt.Tooltip("unit:N", title=_("Unité")),
+                alt.Tooltip("local:T", title=_("Heure"), format="%d/%m/%Y %H:%M"),
+                alt.Tooltip("occupancy:Q", title=_("Lits occupés")),
+                alt.Tooltip("rate:Q", title=_("Taux d'occupation"), format=".0%"),
+            ],
+        )
+        .properties(height=max(150, 22 * heat["unit"].nunique()))
+    )
+    st.altair_chart(chart, width="stretch")

@@ -1,64 +1,168 @@
-"""Feed health: what each integrator sent, what was refused and why, and whether the stream
+"""État des flux: what each integrator sent, what was refused and why, and whether the stream
 workers keep up with it."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import queries
-from dashboard.common import REFRESH, engine, local_time
+from dashboard.accounts import Role
+from dashboard.common import REFRESH, Col, _, engine, lang, now, number, require, table
 
-st.title("Feed health")
-hours = st.slider("Rejections of the last … hours", 1, 168, 24)
+require(Role.INTEGRATOR, Role.ADMIN)
+st.title(_("État des flux"))
+hours = st.slider(_("Rejets des … dernières heures"), 1, 168, 24, key="feed_hours")
 
 
-def streams(now: datetime) -> None:
+def streams(at: datetime) -> None:
     """Whether the stream workers keep up: the bed board is only as fresh as they are."""
-    st.subheader("Stream workers")
-    progress = queries.stream_progress(engine(), now)
+    st.subheader(_("Traitement des flux (stream workers)"))
+    progress = queries.stream_progress(engine(), at, lang=lang())
     if progress.empty:
-        st.info("No stream worker has reported yet. Start one with `parcours streams worker`.")
+        st.info(
+            _("Aucun traitement n'a encore donné de nouvelles. Lancez `parcours streams worker`.")
+        )
         return
     silent, behind = queries.stream_freshness(progress)
     if silent:
         st.warning(
-            f"{silent} partition(s) without a report from their worker: the bed board and "
-            "the alerts stop there. Check that `parcours streams worker` runs and reaches Kafka "
-            "and the database (its log says why it stopped)."
+            _(
+                "{n} partition(s) sans rapport de leur traitement : le tableau des lits et les "
+                "alertes s'arrêtent là. Vérifiez que `parcours streams worker` tourne et joint "
+                "Kafka et la base (son journal dit pourquoi il s'est arrêté).",
+                n=silent,
+            )
         )
     elif behind:
-        st.info(f"Catching up: {behind:,} accepted messages are not on the bed board yet.")
+        st.info(
+            _(
+                "Rattrapage en cours : {n} messages reçus ne sont pas encore sur le tableau des lits.",
+                n=number(behind),
+            )
+        )
     else:
-        st.success("Up to date: every accepted message is on the bed board.")
-    first = ["topic", "partition", "status", "lag"]
-    progress = progress[first + [c for c in progress.columns if c not in first]]
-    st.dataframe(local_time(progress, "reported_at"), hide_index=True, use_container_width=True)
+        st.success(_("À jour : chaque message accepté est sur le tableau des lits."))
+    table(
+        progress,
+        [
+            Col("topic", "Topic"),
+            Col("partition", "Partition", "int"),
+            Col("status", "État"),
+            Col("lag", "Retard (messages)", "int"),
+            Col("worker", "Traitement"),
+            Col("reported_at", "Dernier rapport", "time"),
+        ],
+    )
+
+
+def unresolved(pending: pd.DataFrame) -> None:
+    """References to hospitals, places or practitioners accepted before their target."""
+    st.subheader(_("Références en attente ({n})", n=len(pending)))
+    if pending.empty:
+        st.success(_("Chaque référence acceptée pointe vers une ressource reçue."))
+        return
+    st.warning(
+        _(
+            "Ces références ont été acceptées avant la ressource qu'elles désignent. Les "
+            "passages et séjours qui les portent sont comptés ; leur lieu reste « pas encore "
+            "connu » jusqu'à l'arrivée de la ressource. Envoyez les Bundles des établissements "
+            "et des praticiens pour les résoudre."
+        )
+    )
+    table(
+        pending,
+        [
+            Col("source", "Émetteur"),
+            Col("element", "Élément"),
+            Col("resource_type", "Type"),
+            Col("value", "Identifiant"),
+            Col("occurrences", "Occurrences", "int"),
+            Col("last_seen_at", "Dernière fois", "time"),
+        ],
+    )
 
 
 @st.fragment(run_every=REFRESH)
 def health(hours: int) -> None:
     """Counters per integrator and the latest rejections; refreshes itself."""
+    st.subheader(_("Émetteurs"))
     feeds = queries.feeds(engine())
     if feeds.empty:
-        st.info("No integrator yet. Create one with `parcours ingest token create NAME`.")
+        st.info(_("Aucun émetteur. Créez-en un avec `parcours ingest token create NOM`."))
     else:
-        st.dataframe(local_time(feeds, "last_seen_at"), hide_index=True, use_container_width=True)
+        table(
+            feeds,
+            [
+                Col("name", "Émetteur"),
+                Col("active", "Actif", "bool"),
+                Col("last_seen_at", "Dernier envoi", "time"),
+                Col("accepted_total", "Acceptés", "int"),
+                Col("duplicate_total", "Doublons", "int"),
+                Col("rejected_total", "Rejetés", "int"),
+            ],
+        )
     hl7 = queries.hl7_messages(engine())
     if not hl7.empty:
-        st.subheader("HL7 v2 (MLLP)")
-        st.dataframe(local_time(hl7, "last_at"), hide_index=True, use_container_width=True)
-    streams(datetime.now(UTC))
-    since = datetime.now(UTC) - timedelta(hours=hours)
-    rejected = queries.recent_rejections(engine(), since=since)
-    st.subheader(f"Rejections ({len(rejected)})")
+        st.subheader(_("Messages HL7 v2 (MLLP)"))
+        table(
+            hl7,
+            [
+                Col("integrator", "Émetteur"),
+                Col("sending_facility", "Établissement émetteur"),
+                Col("trigger", "Événement"),
+                Col("ack_code", "Réponse"),
+                Col("reason", "Motif"),
+                Col("count", "Nombre", "int"),
+                Col("last_at", "Dernier message", "time"),
+            ],
+        )
+    at = now()
+    streams(at)
+    unresolved(queries.unresolved_references(engine()))
+    waiting = queries.places_not_received(engine())
+    if not waiting.empty:
+        st.subheader(_("Lieux pas encore connus ({n})", n=len(waiting)))
+        st.caption(
+            _(
+                "Des séjours et passages aux urgences nomment ces lieux, qu'aucun flux n'a "
+                "encore envoyés : ils sont comptés dans leur établissement et placés à "
+                "l'arrivée du lieu."
+            )
+        )
+        table(
+            waiting,
+            [
+                Col("hospital_id", "Établissement"),
+                Col("location_id", "Lieu"),
+                Col("waiting", "Séjours et passages", "int"),
+            ],
+        )
+    rejected = queries.recent_rejections(engine(), since=at - timedelta(hours=hours))
+    st.subheader(_("Rejets ({n})", n=len(rejected)))
     if rejected.empty:
-        st.success("Nothing rejected in this window.")
+        st.success(_("Aucun rejet sur cette période."))
         return
     by_reason = rejected.groupby(["source", "reason"]).size().rename("count").reset_index()
-    st.dataframe(by_reason, hide_index=True)
-    st.dataframe(local_time(rejected, "received_at"), hide_index=True, use_container_width=True)
+    table(
+        by_reason,
+        [Col("source", "Émetteur"), Col("reason", "Motif"), Col("count", "Nombre", "int")],
+    )
+    table(
+        rejected,
+        [
+            Col("received_at", "Reçu le", "time"),
+            Col("source", "Émetteur"),
+            Col("http_status", "Code HTTP", "int"),
+            Col("reason", "Motif"),
+            Col("resource_type", "Ressource"),
+            Col("resource_id", "Identifiant"),
+            Col("expression", "Élément en faute"),
+            Col("diagnostics", "Diagnostic"),
+        ],
+    )
 
 
 health(hours)

@@ -178,6 +178,8 @@ class AlertAuditRow(Base):
     actor: Mapped[str] = mapped_column(String(128))
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     note: Mapped[str | None] = mapped_column(Text)
+    # The dashboard role the signed-in actor held; None when written outside the dashboard.
+    role: Mapped[str | None] = mapped_column(String(16))
 
     __table_args__ = (Index("ix_alert_audit_alert_id", "alert_id"),)
 

@@ -1,4 +1,6 @@
-"""The dashboard served by `parcours dashboard`, driven in a real headless Chromium.
+"""The dashboard served by `parcours dashboard`, driven in a real headless Chromium, one test per
+role: sign in, every page the role may open, a page it may not, in French; a coordinator's
+acknowledgement and a pathway opening checked in SQL.
 
 Screenshots go to tests/e2e/screenshots/ for people to look at.
 """
@@ -7,13 +9,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import dataclass
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import text
 
+from dashboard import accounts, roles
+from dashboard.accounts import Role
 from parcours.broker import free_port
 from parcours.db import make_engine
 from tests.e2e.browser import shot
@@ -21,14 +25,30 @@ from tests.seed import Seeded, seed
 from tests.support import parcours_env, parcours_process, wait_until
 
 pytestmark = pytest.mark.e2e
+PASSWORD = "mot de passe de test"
+TIMEOUT = 30_000
 
 
-@pytest.fixture
-def served(pg_url: str, tmp_path: Path) -> Iterator[tuple[str, Seeded]]:
-    seeded = seed(make_engine(pg_url), f"b{uuid.uuid4().hex[:6]}-")
+@dataclass(frozen=True)
+class Served:
+    url: str
+    seeded: Seeded
+    users: dict[Role, str]
+
+
+@pytest.fixture(scope="module")
+def served(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    engine = make_engine(pg_url)
+    seeded = seed(engine, f"b{uuid.uuid4().hex[:6]}-")
+    users = {role: f"{role.value}-{seeded.prefix}" for role in Role}
+    for role, name in users.items():
+        # The coordinator follows this test's hospital only: their worklists hold its patients.
+        scope = [seeded.hospital] if role is Role.COORDINATOR else []
+        accounts.create_user(engine, name, role, PASSWORD, scope)
     port = free_port()
     env = parcours_env(DATABASE_URL=pg_url)
-    with parcours_process(["dashboard", "--port", str(port)], env, tmp_path / "dash.log"):
+    log = tmp_path_factory.mktemp("dash") / "dash.log"
+    with parcours_process(["dashboard", "--port", str(port)], env, log):
         url = f"http://127.0.0.1:{port}"
 
         def healthy() -> bool:
@@ -38,46 +58,140 @@ def served(pg_url: str, tmp_path: Path) -> Iterator[tuple[str, Seeded]]:
                 return False
 
         wait_until(healthy, 60, what="the Streamlit server")
-        yield url, seeded
+        # Streamlit's metrics endpoint answers anyone: the dashboard hides it.
+        assert httpx.get(f"{url}/_stcore/metrics", timeout=10).status_code == 404
+        yield Served(url, seeded, users)
 
 
-def test_manager_and_coordinator_use_the_dashboard(
-    served: tuple[str, Seeded], browser: Browser, pg_url: str
-) -> None:
-    url, s = served
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(url)
-    expect(page.get_by_role("heading", name="Bed board")).to_be_visible(timeout=30_000)
-    expect(page.get_by_text(f"{s.prefix}Cardiologie").first).to_be_visible(timeout=30_000)
-    # A partition's worker went silent (seeded): the board says it may be out of date.
-    expect(page.get_by_text("this board may be out of date")).to_be_visible(timeout=30_000)
-    shot(page, "bed_board")
+def sign_in(browser: Browser, served: Served, role: Role, path: str = "") -> Page:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="fr-FR")
+    page.goto(f"{served.url}/{path}")
+    expect(page.get_by_role("heading", name="Connexion à Parcours")).to_be_visible(timeout=TIMEOUT)
+    # Nothing about patients before signing in.
+    assert served.seeded.patient not in page.content()
+    page.get_by_label("Identifiant").fill(served.users[role])
+    page.get_by_label("Mot de passe").fill(PASSWORD)
+    page.get_by_role("button", name="Se connecter", exact=True).click()
+    return page
 
-    page.get_by_role("link", name="Forecasts").click()
-    expect(page.get_by_role("heading", name="Forecasts")).to_be_visible(timeout=30_000)
-    page.get_by_label("Unit").click()
-    page.get_by_role("option", name=s.ward_full).click()
-    expect(page.get_by_text("80% prediction interval")).to_be_visible(timeout=30_000)
-    shot(page, "forecasts")
 
-    page.get_by_role("link", name="Alerts").click()
-    expect(page.get_by_role("heading", name="Alerts")).to_be_visible(timeout=30_000)
-    page.get_by_label("Alert", exact=True).click()
-    page.get_by_role("option").filter(has_text=f"{s.prefix}pat-1").click()
-    page.get_by_label("Your name").fill("Dr Lefèvre")
-    page.get_by_role("button", name="Acknowledge").click()
-    expect(page.get_by_text("Acknowledged by Dr Lefèvre")).to_be_visible(timeout=30_000)
-    shot(page, "alerts_acknowledged")
-    with make_engine(pg_url).connect() as conn:
-        who = conn.scalar(
-            text("SELECT acknowledged_by FROM alerts WHERE alert_id = :a"), {"a": s.alert}
+def visit(page: Page, spec: roles.PageSpec, shot_name: str) -> None:
+    page.get_by_test_id("stSidebar").get_by_role("link", name=spec.title).click()
+    # The forecasts page's content (and title) belongs to the forecasting pages.
+    title = None if spec.url_path == "previsions" else spec.title
+    heading = page.get_by_test_id("stMain").get_by_role("heading", level=1, name=title)
+    expect(heading.first).to_be_visible(timeout=TIMEOUT)
+    if title is None:
+        expect(page).to_have_url(
+            f"{page.url.split('/', 3)[0]}//{page.url.split('/', 3)[2]}/previsions"
         )
-    assert who == "Dr Lefèvre"
+    expect(page.get_by_text("Accès refusé")).to_have_count(0)
+    shot(page, shot_name)
 
-    page.get_by_role("link", name="Feed health").click()
-    expect(page.get_by_role("heading", name="Feed health")).to_be_visible(timeout=30_000)
-    expect(page.get_by_text("Rejections (").first).to_be_visible(timeout=30_000)
+
+def refused(browser: Browser, served: Served, role: Role, spec: roles.PageSpec) -> None:
+    """Opening a page of another role by its address: signed in, then told it is refused."""
+    page = sign_in(browser, served, role, spec.url_path)
+    expect(page.get_by_text("Accès refusé").first).to_be_visible(timeout=TIMEOUT)
+    expect(page.get_by_text("Demandez à un administrateur").first).to_be_visible()
+    assert served.seeded.patient not in page.content()
+    shot(page, f"{role.value}_refused_{spec.url_path}")
+    page.close()
+
+
+def test_manager(served: Served, browser: Browser) -> None:
+    s = served.seeded
+    page = sign_in(browser, served, Role.MANAGER)
+    expect(page.get_by_role("heading", name="Tableau des lits")).to_be_visible(timeout=TIMEOUT)
+    expect(page.get_by_text(f"{s.prefix}Cardiologie").first).to_be_visible(timeout=TIMEOUT)
+    expect(page.get_by_text("Lits libres").first).to_be_visible()
+    expect(page.get_by_text("Occupation des unités heure par heure")).to_be_visible()
+    # A partition's worker went silent (seeded): the board says it may be out of date.
+    expect(page.get_by_text("ce tableau peut ne pas être à jour")).to_be_visible(timeout=TIMEOUT)
+    shot(page, "manager_bed_board")
+    sidebar = page.get_by_test_id("stSidebar")
+    expect(sidebar.get_by_role("link", name="Alertes")).to_have_count(0)
+    for spec in roles.allowed(Role.MANAGER):
+        visit(page, spec, f"manager_{spec.url_path}")
+        assert s.patient not in page.content(), spec.url_path
+    # The forecast of a ward: its chosen model and its accuracy in words.
+    visit(page, roles.page("previsions"), "manager_previsions")
+    page.get_by_text("Unités de soins", exact=True).click()
+    page.get_by_label("Série").click()
+    page.get_by_role("option", name=f"{s.prefix}Cardiologie", exact=True).click()
+    expect(page.get_by_text("Modèle retenu : Prophet")).to_be_visible(timeout=TIMEOUT)
+    expect(page.get_by_text("cette prévision s'est trompée de 3,1 lits")).to_be_visible(
+        timeout=TIMEOUT
+    )
+    shot(page, "manager_forecast_ward")
+    page.close()
+    refused(browser, served, Role.MANAGER, roles.page("patient"))
+
+
+def test_coordinator_acknowledges_an_alert_and_opens_a_pathway(
+    served: Served, browser: Browser, pg_url: str
+) -> None:
+    s, me = served.seeded, served.users[Role.COORDINATOR]
+    page = sign_in(browser, served, Role.COORDINATOR)
+    expect(page.get_by_role("heading", name="Listes de travail")).to_be_visible(timeout=TIMEOUT)
+    page.get_by_role("tab", name="Sortis sans suivi").click()
+    grid = page.get_by_test_id("stDataFrame").filter(visible=True).first
+    expect(grid.get_by_text(s.patient)).to_be_attached(timeout=TIMEOUT)
+    shot(page, "coordinator_worklists")
+    # A click on the row's selector opens the patient's pathway (canvas grid: by position).
+    box = grid.bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + 15, box["y"] + 35 + 18)
+    expect(page.get_by_role("heading", name=f"Patient {s.patient}")).to_be_visible(timeout=TIMEOUT)
+    shot(page, "coordinator_worklist_opens_patient")
+
+    visit(page, roles.page("alertes"), "coordinator_alerts")
+    page.get_by_label("Alerte", exact=True).click()
+    page.get_by_role("option").filter(has_text=s.patient).click()
+    page.get_by_role("button", name="Acquitter").click()
+    expect(page.get_by_text(f"Alerte acquittée par {me}")).to_be_visible(timeout=TIMEOUT)
+    shot(page, "coordinator_alert_acknowledged")
+    with make_engine(pg_url).connect() as conn:
+        trail = conn.execute(
+            text("SELECT actor, role FROM alert_audit WHERE alert_id = :a"), {"a": s.alert}
+        ).all()
+    assert [tuple(r) for r in trail] == [(me, "coordinator")]
+
+    visit(page, roles.page("patient"), "coordinator_pathway_search")
+    page.get_by_label("Rechercher un patient").fill(s.prefix)
+    page.get_by_label("Rechercher un patient").press("Enter")
+    expect(page.get_by_role("heading", name=f"Patient {s.patient}")).to_be_visible(timeout=TIMEOUT)
+    expect(page.get_by_text("sorti, en attente de suivi")).to_be_visible()
+    shot(page, "coordinator_pathway")
+    with make_engine(pg_url).connect() as conn:
+        opened = conn.execute(
+            text(
+                "SELECT patient_id FROM access_audit WHERE username = :u AND action = 'view_patient'"
+            ),
+            {"u": me},
+        ).scalars()
+        # Once from the worklist, once from the search.
+        assert list(opened) == [s.patient, s.patient]
+    page.close()
+    refused(browser, served, Role.COORDINATOR, roles.page("lits"))
+
+
+def test_integrator(served: Served, browser: Browser) -> None:
+    page = sign_in(browser, served, Role.INTEGRATOR)
+    expect(page.get_by_role("heading", name="État des flux")).to_be_visible(timeout=TIMEOUT)
+    expect(page.get_by_text("Rejets (").first).to_be_visible(timeout=TIMEOUT)
     # The seeded worker that went silent an hour ago is called out, with what to check.
-    expect(page.get_by_text("without a report from their worker")).to_be_visible(timeout=30_000)
-    shot(page, "feed_health")
+    expect(page.get_by_text("sans rapport de leur traitement")).to_be_visible(timeout=TIMEOUT)
+    shot(page, "integrator_feed_health")
+    assert served.seeded.patient not in page.content()
+    page.close()
+    refused(browser, served, Role.INTEGRATOR, roles.page("alertes"))
+
+
+def test_admin_sees_every_page_and_the_journal(served: Served, browser: Browser) -> None:
+    page = sign_in(browser, served, Role.ADMIN)
+    expect(page.get_by_role("heading", name="Tableau des lits")).to_be_visible(timeout=TIMEOUT)
+    for spec in roles.PAGES:
+        visit(page, spec, f"admin_{spec.url_path}")
+    expect(page.get_by_text("Consultations et connexions")).to_be_visible()
     page.close()

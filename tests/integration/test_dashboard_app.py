@@ -3,80 +3,291 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
+from dashboard import accounts, roles
+from dashboard.accounts import Role, User
 from parcours.db import make_engine
 from tests.seed import Seeded, seed
 
-pytestmark = pytest.mark.integration
+# A deprecated call in the dashboard fails these tests rather than flooding a log later.
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("error::DeprecationWarning")]
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "streamlit_app.py")
+PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
-def app(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[AppTest, Seeded]]:
+def seeded(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Seeded:
     monkeypatch.setenv("DATABASE_URL", pg_url)
-    seeded = seed(make_engine(pg_url), f"a{uuid.uuid4().hex[:6]}-")
+    return seed(make_engine(pg_url), f"a{uuid.uuid4().hex[:6]}-")
+
+
+def signed_in(role: Role, name: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["user"] = User(name or f"{role.value}-{uuid.uuid4().hex[:4]}", role)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def open_page(at: AppTest, spec: roles.PageSpec) -> AppTest:
+    at.switch_page(f"views/{spec.script}").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def everything_shown(at: AppTest) -> bytes:
+    """Every element's serialised content: texts, tables (Arrow), charts (their data)."""
+    out = bytearray()
+
+    def walk(node: object) -> None:
+        proto = getattr(node, "proto", None)
+        if proto is not None and hasattr(proto, "SerializeToString"):
+            out.extend(proto.SerializeToString())
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return bytes(out)
+
+
+def test_nothing_but_the_french_sign_in_page_before_signing_in(seeded: Seeded) -> None:
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
     assert not at.exception, at.exception
-    yield at, seeded
+    assert [t.value for t in at.title] == ["Connexion à Parcours"]
+    assert {ti.label for ti in at.text_input} == {"Identifiant", "Mot de passe"}
+    assert len(at.dataframe) == 0
+    assert seeded.patient.encode() not in everything_shown(at)
 
 
-def test_bed_board_shows_wards_and_warns_about_the_full_one(app: tuple[AppTest, Seeded]) -> None:
-    at, s = app
-    assert [t.value for t in at.title] == ["Bed board"]
-    table = at.dataframe[0].value
-    assert {s.ward_full, s.ward_quiet} <= set(table["unit_id"])
-    assert any(f"{s.prefix}Cardiologie" in w.value for w in at.warning)
-
-
-def test_a_coordinator_acknowledges_an_alert_by_name(
-    app: tuple[AppTest, Seeded], pg_url: str
-) -> None:
-    at, s = app
-    at.switch_page("views/alerts.py").run()
-    assert not at.exception, at.exception
-    chooser = next(sb for sb in at.selectbox if sb.label == "Alert")
-    chooser.set_value(s.alert)
-    at.text_input(key="ack_actor").input("")
+def test_sign_in_with_a_local_account_and_a_wrong_password(seeded: Seeded, pg_url: str) -> None:
+    name = f"inf-{uuid.uuid4().hex[:6]}"
+    accounts.create_user(make_engine(pg_url), name, Role.COORDINATOR, PASSWORD)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.text_input(key="sign_in_name").input(name)
+    at.text_input(key="sign_in_password").input("not the password")
     at.button[0].click().run()
-    assert any("Enter your name" in e.value for e in at.error)
+    assert any("incorrect" in e.value for e in at.error)
+    assert [t.value for t in at.title] == ["Connexion à Parcours"]
 
-    chooser = next(sb for sb in at.selectbox if sb.label == "Alert")
-    chooser.set_value(s.alert)
-    at.text_input(key="ack_actor").input("Inf. Dupont")
+    at.text_input(key="sign_in_name").input(name)
+    at.text_input(key="sign_in_password").input(PASSWORD)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert [t.value for t in at.title] == ["Listes de travail"]
+    with make_engine(pg_url).connect() as conn:
+        actions = conn.execute(
+            text("SELECT action FROM access_audit WHERE username = :u ORDER BY access_id"),
+            {"u": name},
+        ).scalars()
+        assert list(actions) == ["sign_in_refused", "sign_in"]
+
+
+@pytest.mark.parametrize("role", list(Role))
+def test_each_role_sees_its_pages_and_is_refused_the_others(seeded: Seeded, role: Role) -> None:
+    at = signed_in(role)
+    for spec in roles.PAGES:
+        if spec.script == "forecasts.py":
+            continue  # its content belongs to the forecasting pages; its access is checked below
+        open_page(at, spec)
+        refused = [e.value for e in at.error if e.value.startswith("Accès refusé")]
+        if role in spec.roles:
+            assert not refused, (role, spec.url_path, refused)
+        else:
+            assert refused, (role, spec.url_path)
+            assert "Demandez à un administrateur" in refused[0]
+            assert len(at.dataframe) == 0
+
+
+def test_forecasts_are_refused_to_coordinators(seeded: Seeded) -> None:
+    at = open_page(signed_in(Role.COORDINATOR), roles.page("previsions"))
+    assert any(e.value.startswith("Accès refusé") for e in at.error)
+
+
+def test_no_page_shows_a_patient_identifier_to_a_manager(seeded: Seeded) -> None:
+    at = signed_in(Role.MANAGER)
+    for spec in roles.PAGES:
+        open_page(at, spec)
+        assert at.title, spec.url_path
+        assert seeded.patient.encode() not in everything_shown(at), spec.url_path
+    # The same pages show the patient to an admin: the check above can fail.
+    admin = open_page(signed_in(Role.ADMIN), roles.page("alertes"))
+    assert seeded.patient.encode() in everything_shown(admin)
+
+
+def test_bed_board_drills_down_and_warns_about_the_full_ward(seeded: Seeded) -> None:
+    at = signed_in(Role.MANAGER)
+    assert [t.value for t in at.title] == ["Tableau des lits"]
+    assert any(f"{seeded.prefix}Cardiologie" in w.value for w in at.warning)
+    labels = {m.label for m in at.metric}
+    assert {"Lits occupés", "Lits libres", "En attente d'un lit aux urgences"} <= labels
+    for frame in at.dataframe:
+        for column in frame.value.columns:
+            assert "_" not in column, column
+
+
+def test_a_coordinator_acknowledges_an_alert_as_themself(seeded: Seeded, pg_url: str) -> None:
+    at = open_page(signed_in(Role.COORDINATOR, "inf.dupont"), roles.page("alertes"))
+    shown = at.dataframe[0].value
+    assert "Pas de suivi en ville après la sortie" in set(shown["Type"])
+    assert "None" not in shown.astype(str).to_numpy()
+    kind = at.selectbox(key="alert_kind")
+    kind.set_value("no_follow_up").run()
+    assert seeded.patient in set(at.dataframe[0].value["Patient"])
+    chooser = at.selectbox(key="ack_choice")
+    chooser.set_value(seeded.alert)
+    assert seeded.patient in chooser.format_func(seeded.alert)
     at.text_input(key="ack_note").input("appel au médecin traitant")
     at.button[0].click().run()
     assert not at.exception, at.exception
-    assert any("Acknowledged by Inf. Dupont" in m.value for m in at.success)
+    assert any("Alerte acquittée par inf.dupont" in m.value for m in at.success)
     with make_engine(pg_url).connect() as conn:
         trail = conn.execute(
-            text("SELECT actor, note FROM alert_audit WHERE alert_id = :a"), {"a": s.alert}
+            text("SELECT actor, role, note FROM alert_audit WHERE alert_id = :a"),
+            {"a": seeded.alert},
         ).all()
-    assert [tuple(r) for r in trail] == [("Inf. Dupont", "appel au médecin traitant")]
+    assert [tuple(r) for r in trail] == [("inf.dupont", "coordinator", "appel au médecin traitant")]
 
 
-def test_forecast_page_shows_intervals_and_backtest(app: tuple[AppTest, Seeded]) -> None:
-    at, s = app
-    at.switch_page("views/forecasts.py").run()
-    unit = next(sb for sb in at.selectbox if sb.label == "Unit")
-    unit.set_value(s.ward_full).run()
+def test_opening_a_pathway_is_traced_once_per_opening(seeded: Seeded, pg_url: str) -> None:
+    name = f"coord-{uuid.uuid4().hex[:6]}"
+    at = open_page(signed_in(Role.COORDINATOR, name), roles.page("patient"))
+    at.text_input(key="patient_search").input(seeded.prefix).run()
     assert not at.exception, at.exception
-    assert any("80% prediction interval" in c.value for c in at.caption)
-    accuracy = at.dataframe[0].value
-    assert accuracy["model"].tolist() == ["prophet", "naive"]
+    assert at.selectbox(key="patient_choice").value == seeded.patient
+    assert any(f"Patient {seeded.patient}" == h.value for h in at.subheader)
+    assert any("sorti, en attente de suivi" in m.value for m in at.markdown)
+    at.run()  # a rerun of the same page is not a new opening
+    open_page(at, roles.page("alertes"))
+    open_page(at, roles.page("patient"))  # coming back and picking the patient again is
+    at.text_input(key="patient_search").input(seeded.prefix).run()
+    with make_engine(pg_url).connect() as conn:
+        views = conn.execute(
+            text("SELECT patient_id FROM access_audit WHERE username = :u AND action = :a"),
+            {"u": name, "a": "view_patient"},
+        ).scalars()
+        assert list(views) == [seeded.patient, seeded.patient]
+    audit = open_page(signed_in(Role.ADMIN), roles.page("journal"))
+    audit.text_input(key="audit_user").input(name).run()
+    trail = audit.dataframe[0].value
+    assert trail["Patient"].tolist() == [seeded.patient, seeded.patient]
+    assert set(trail["Action"]) == {"ouverture d'un parcours"}
 
 
-def test_pathway_page_finds_the_patient(app: tuple[AppTest, Seeded]) -> None:
-    at, s = app
-    at.switch_page("views/pathways.py").run()
-    at.text_input(key="patient_search").input(s.prefix).run()
+def test_worklists_list_the_patient_discharged_without_follow_up(seeded: Seeded) -> None:
+    at = signed_in(Role.COORDINATOR)
+    assert [t.value for t in at.title] == ["Listes de travail"]
+    assert [t.label.split(" (")[0] for t in at.tabs] == [
+        "Aux urgences",
+        "Sortis sans suivi",
+        "Réhospitalisés à 30 jours",
+        "Séjours longs",
+    ]
+
+
+def test_english_on_the_switch(seeded: Seeded) -> None:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["user"] = User("manager-en", Role.MANAGER)
+    at.session_state["lang"] = "en"
+    at.run()
     assert not at.exception, at.exception
-    assert at.selectbox(key="patient_choice").value == s.patient
-    assert any(f"Patient {s.patient}" == h.value for h in at.subheader)
-    assert any("discharged" in m.value for m in at.markdown)
+    assert [t.value for t in at.title] == ["Bed board"]
+    assert "Beds occupied" in {m.label for m in at.metric}
+
+
+def test_forecast_page_shows_the_selected_model_and_its_accuracy_in_words(
+    seeded: Seeded,
+) -> None:
+    at = open_page(signed_in(Role.MANAGER), roles.page("previsions"))
+    at.radio(key="forecast_level").set_value("ward").run()
+    at.selectbox(key="forecast_unit").set_value(seeded.ward_full).run()
+    assert not at.exception, at.exception
+    assert any(h.value == "Modèle retenu : Prophet" for h in at.subheader)
+    assert any("intervalle de prévision à 80" in c.value for c in at.caption)
+    text = " ".join(m.value for m in at.markdown)
+    assert "Sur les 8 dernières semaines, à 24 h, cette prévision s'est trompée de 3,1 lits" in text
+    assert "la prévision naïve de 4,7" in text
+    assert "MASE : 0,60" in text
+    assert "81\u00a0% des valeurs observées" in text
+    assert "21 patients présents maintenant, −5 sorties attendues, +6 admissions attendues" in text
+    table = at.dataframe[0].value
+    assert table["Modèle"].tolist() == ["Prophet (retenu)", "Naïve (dernière valeur)"]
+
+
+def test_hospital_sign_in_is_offered_when_oidc_is_configured(seeded: Seeded) -> None:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.secrets["auth"] = {
+        "redirect_uri": "http://127.0.0.1:8501/oauth2callback",
+        "cookie_secret": "test-cookie-secret",
+        "client_id": "parcours-dashboard",
+        "client_secret": "test-client-secret",
+        "server_metadata_url": "https://keycloak.invalid/realms/chu/.well-known/openid-configuration",
+    }
+    at.run()
+    assert not at.exception, at.exception
+    labels = [b.label for b in at.button]
+    assert "Se connecter avec le compte de l'établissement" in labels
+    # Local accounts still work beside it.
+    assert {ti.label for ti in at.text_input} == {"Identifiant", "Mot de passe"}
+
+
+def test_an_oidc_identity_gets_its_role_only_from_an_account_here(
+    seeded: Seeded, pg_url: str
+) -> None:
+    engine = make_engine(pg_url)
+    email = f"dr.{uuid.uuid4().hex[:6]}@chu-dijon.example"
+    assert accounts.oidc_user(engine, email) is None
+    accounts.create_user(engine, email, Role.COORDINATOR, None, ["Organization/chu"])
+    user = accounts.oidc_user(engine, email)
+    assert user == User(email, Role.COORDINATOR, ("Organization/chu",))
+    # No password was set: the local form cannot be used for this account.
+    assert accounts.authenticate(engine, email, "") is None
+    accounts.set_active(engine, email, False)
+    assert accounts.oidc_user(engine, email) is None
+
+
+def test_feed_health_names_the_element_at_fault(seeded: Seeded) -> None:
+    at = signed_in(Role.INTEGRATOR)
+    assert [t.value for t in at.title] == ["État des flux"]
+    tables = [d.value for d in at.dataframe]
+    feeds = next(t for t in tables if "Émetteur" in t.columns and "Acceptés" in t.columns)
+    mine = feeds[feeds["Émetteur"] == seeded.integrator]
+    assert mine["Acceptés"].tolist() == [120]
+    rejected = next(t for t in tables if "Élément en faute" in t.columns)
+    assert "Encounter.status" in set(rejected["Élément en faute"])
+    progress = next(t for t in tables if "Partition" in t.columns)
+    assert any(s.startswith("aucun rapport depuis") for s in progress["État"])
+
+
+def test_indicators_are_counts_only(seeded: Seeded) -> None:
+    at = open_page(signed_in(Role.MANAGER), roles.page("indicateurs"))
+    labels = {m.label for m in at.metric}
+    assert {"Patients suivis", "Séjours", "Durée médiane de séjour"} <= labels
+    assert len(at.dataframe) == 0
+
+
+def test_an_admin_creates_and_disables_an_account(seeded: Seeded, pg_url: str) -> None:
+    name = f"cadre-{uuid.uuid4().hex[:6]}"
+    at = open_page(signed_in(Role.ADMIN), roles.page("utilisateurs"))
+    at.text_input(key="new_user_name").input(name)
+    at.selectbox(key="new_user_role").set_value(Role.MANAGER)
+    at.text_input(key="new_user_password").input("court")
+    at.button[0].click().run()
+    assert any("un mot de passe a au moins 10 caractères" in e.value for e in at.error)
+    at.text_input(key="new_user_name").input(name)
+    at.selectbox(key="new_user_role").set_value(Role.MANAGER)
+    at.text_input(key="new_user_password").input(PASSWORD)
+    at.button[0].click().run()
+    assert any(f"Compte {name} créé" in m.value for m in at.success)
+    engine = make_engine(pg_url)
+    assert accounts.authenticate(engine, name, PASSWORD) == User(name, Role.MANAGER)
+    at.selectbox(key="toggle_user").set_value(name)
+    at.button(key="toggle_user_button").click().run()
+    assert not at.exception, at.exception
+    assert accounts.authenticate(engine, name, PASSWORD) is None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine
@@ -36,6 +36,9 @@ def test_patient_search_finds_the_patient(seeded: tuple[Engine, Seeded]) -> None
     engine, s = seeded
     assert queries.find_patients(engine, s.prefix) == [s.patient]
     assert queries.find_patients(engine, "no-such-patient") == []
+    # A coordinator who follows a hospital finds its patients only.
+    assert queries.find_patients(engine, s.prefix, hospital_ids=[s.hospital]) == [s.patient]
+    assert queries.find_patients(engine, s.prefix, hospital_ids=["Organization/other"]) == []
 
 
 def test_acknowledging_records_who_and_when_once(seeded: tuple[Engine, Seeded]) -> None:
@@ -44,15 +47,15 @@ def test_acknowledging_records_who_and_when_once(seeded: tuple[Engine, Seeded]) 
     assert s.alert in queries.alerts(engine, "open", None, True)["alert_id"].tolist()
     with pytest.raises(ValueError, match="name"):
         queries.acknowledge_alert(engine, s.alert, "   ", at)
-    assert queries.acknowledge_alert(engine, s.alert, "Dr Martin", at, "called the GP")
+    assert queries.acknowledge_alert(engine, s.alert, "Dr Martin", at, "called the GP", "admin")
     assert not queries.acknowledge_alert(engine, s.alert, "Someone else", at)
     row = queries.alerts(engine, "open")
     row = row[row["alert_id"] == s.alert].iloc[0]
     assert row["acknowledged_by"] == "Dr Martin"
     assert s.alert not in queries.alerts(engine, "open", None, True)["alert_id"].tolist()
     trail = queries.alert_audit(engine, s.alert)
-    assert trail[["action", "actor", "note"]].values.tolist() == [
-        ["acknowledge", "Dr Martin", "called the GP"]
+    assert trail[["action", "actor", "role", "note"]].values.tolist() == [
+        ["acknowledge", "Dr Martin", "admin", "called the GP"]
     ]
 
 
@@ -63,6 +66,12 @@ def test_forecast_and_accuracy_best_model_first(seeded: tuple[Engine, Seeded]) -
     assert sorted(fc["model"].unique()) == ["naive", "prophet"]
     assert (fc["yhat_lower"] <= fc["yhat"]).all()
     assert queries.forecast_accuracy(engine, s.ward_full)["model"].tolist() == ["prophet", "naive"]
+    series = queries.forecast_series(engine)
+    mine = series[series["unit_id"] == s.ward_full].iloc[0]
+    assert (mine["selected_model"], mine["unit_type"], mine["freq"]) == ("prophet", "ward", "h")
+    terms = queries.forecast_terms(engine, s.ward_full, model="prophet")
+    assert len(terms) == 24
+    assert (terms["now"] == 21.0).all()
 
 
 def test_feed_health_shows_counters_and_the_element_at_fault(seeded: tuple[Engine, Seeded]) -> None:
@@ -81,5 +90,36 @@ def test_stream_progress_tells_a_silent_worker_from_one_catching_up(
     progress = queries.stream_progress(engine, datetime.now(UTC))
     mine = progress[progress["topic"] == s.raw_topic]
     assert mine["partition"].tolist() == [0, 1]
-    assert mine["status"].tolist()[0] == "up to date"
-    assert mine["status"].tolist()[1].startswith("no report for 60 min")
+    assert mine["silent"].tolist() == [False, True]
+    assert mine["status"].tolist()[0] == "à jour"
+    assert mine["status"].tolist()[1].startswith("aucun rapport depuis 60 min")
+    english = queries.stream_progress(engine, datetime.now(UTC), lang="en")
+    assert english[english["topic"] == s.raw_topic]["status"].tolist()[0] == "up to date"
+
+
+def test_worklists_find_the_patient_discharged_without_follow_up(
+    seeded: tuple[Engine, Seeded],
+) -> None:
+    engine, s = seeded
+    # The seeded stay ended a day before T0; nobody in the community has seen the patient since.
+    at = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+    gone = queries.discharged_without_follow_up(engine, at, hospital_ids=[s.hospital])
+    assert gone["patient_id"].tolist() == [s.patient]
+    assert round(float(gone["days_since"].iloc[0]), 2) == 2.04
+    assert queries.last_wards(engine, gone["stay_id"].tolist()) == {
+        f"{s.prefix}stay-1": s.ward_full
+    }
+    assert queries.discharged_without_follow_up(engine, at, hospital_ids=["Organization/x"]).empty
+    assert queries.ed_now(engine, at, timedelta(hours=4), [s.hospital]).empty
+    long = queries.long_stays(engine, at, timedelta(days=1), [s.hospital])
+    assert long.empty  # the only stay is closed
+
+
+def test_ward_names_and_hourly_heat_map(seeded: tuple[Engine, Seeded]) -> None:
+    engine, s = seeded
+    heat = queries.occupancy_heatmap(engine, datetime(2026, 11, 19, 8, 0, tzinfo=UTC), s.hospital)
+    assert set(heat["unit_id"]) == {s.ward_full}
+    assert len(heat) == 25  # the seeded hours from T0 - 24 h to T0
+    assert heat["rate"].max() == 1.0
+    age = queries.data_age(engine, datetime(2026, 11, 20, 10, 0, tzinfo=UTC), [s.hospital])
+    assert age == timedelta(hours=2)

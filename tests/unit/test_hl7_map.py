@@ -1,5 +1,5 @@
 """HL7 v2 ADT (IHE PAM / PAM.fr) → FHIR: one test per trigger and per cancel, from PAM.fr-style
-messages (tests/hl7_messages.py), checked down to the pathway events streams/fhir_map.py makes."""
+messages (tests/hl7_messages.py), checked down to the pathway events streams/core/fhir_map.py makes."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from ingest.hl7_map import (
     withdrawn_encounter,
 )
 from ingest.validate import validate_resource
-from streams.fhir_map import map_resource
+from streams.core.fhir_map import map_resource
 from tests.hl7_messages import INS_OID, adt
 
 PARIS = ZoneInfo("Europe/Paris")

@@ -6,7 +6,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ingest.hl7_map import apply_adt, encounter_resource, parse_adt
-from ingest.simulate.hl7 import Converter
+from simulate.hl7 import Converter
 
 PARIS = ZoneInfo("Europe/Paris")
 

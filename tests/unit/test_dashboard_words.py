@@ -1,0 +1,82 @@
+"""The dashboard's words and formats: catalogues complete, French numbers and local times,
+roles and their pages. Pure: no database, no Streamlit server."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from babel.messages.extract import extract_from_dir
+from babel.messages.pofile import read_po
+
+from dashboard import i18n, labels, roles
+from dashboard.accounts import Role
+from dashboard.common import ROLE_LABELS
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "dashboard"
+
+
+def messages_in_code() -> set[str]:
+    found: set[str] = set()
+    for _file, _line, msg, _comments, _ctx in extract_from_dir(
+        str(DASHBOARD),
+        method_map=[("**.py", "python")],
+        keywords={"_": None, "Col": (2,), "translate": (2,), "AccountError": None},
+    ):
+        found.add(msg if isinstance(msg, str) else next(m for m in msg if m))
+    for words in (
+        labels.ALERT_TYPES,
+        labels.ALERT_STATUS,
+        labels.STAGES,
+        labels.LEVELS,
+        labels.ACTIONS,
+        ROLE_LABELS,
+    ):
+        found.update(words.values())
+    for page in roles.PAGES:
+        found.update((page.title, page.section))
+    return found
+
+
+def test_every_message_has_an_english_translation() -> None:
+    with (i18n.LOCALE_DIR / "en" / "LC_MESSAGES" / "messages.po").open("rb") as f:
+        english = {m.id for m in read_po(f) if m.id and m.string}
+    assert sorted(messages_in_code() - english) == []
+    assert i18n.translate("en", "Tableau des lits") == "Bed board"
+    assert i18n.translate("fr", "Tableau des lits") == "Tableau des lits"
+    assert i18n.languages() == ["fr", "en"]
+
+
+def test_messages_are_words_for_people_not_codes() -> None:
+    for message in messages_in_code():
+        outside_code = re.sub(r"`[^`]*`", "", message)
+        assert not re.search(r"[a-z]_[a-z]", outside_code), message
+
+
+def test_french_numbers_dates_and_local_times() -> None:
+    assert i18n.number("fr", 1234.5, 1) == "1\u202f234,5"
+    assert i18n.number("en", 1234.5, 1) == "1,234.5"
+    assert i18n.number("fr", None) == "—"
+    assert i18n.percent("fr", 0.92) == "92\u00a0%"
+    winter = datetime(2026, 12, 5, 8, 6, tzinfo=UTC)
+    assert i18n.when("fr", winter, "Europe/Paris") == "05/12/2026 09:06"
+    # SQLite hands back naive UTC: read as UTC, shown in Paris summer time.
+    assert i18n.when("fr", datetime(2026, 7, 1, 8, 0), "Europe/Paris") == "01/07/2026 10:00"
+    assert i18n.when("fr", None, "Europe/Paris") == "—"
+    assert i18n.duration("fr", 3.5) == "3 h 30"
+    assert i18n.duration("fr", 60) == "2,5 j"
+
+
+@pytest.mark.parametrize(
+    ("role", "pages"),
+    [
+        (Role.COORDINATOR, ["listes", "alertes", "patient"]),
+        (Role.MANAGER, ["lits", "previsions", "indicateurs"]),
+        (Role.INTEGRATOR, ["flux"]),
+        (Role.ADMIN, [p.url_path for p in roles.PAGES]),
+    ],
+)
+def test_each_role_has_its_pages(role: Role, pages: list[str]) -> None:
+    assert [p.url_path for p in roles.allowed(role)] == pages

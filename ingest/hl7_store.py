@@ -20,6 +20,7 @@ from parcours.db.hl7_models import (
     PatientIdentifierRow,
 )
 from parcours.db.ingest_models import IngestLogRow, IntegratorRow
+from parcours.db.reference_models import IdentifierIndexRow
 
 CHUNK = 500
 # (integrator, sending facility, trigger, ack code, reason)
@@ -83,7 +84,7 @@ class Hl7Store:
         now: datetime,
         encounters: Sequence[EncounterState],
         resources: Mapping[str, ResourceVersion],
-        identifiers: Sequence[tuple[str, str, str]],
+        identifiers: Sequence[tuple[str, str, str, str]],
         counts: Mapping[CountKey, int],
         published: Mapping[str, Sequence[Published]] | None = None,
     ) -> None:
@@ -137,9 +138,10 @@ class Hl7Store:
             ]
             for start in range(0, len(res_rows), CHUNK):
                 upsert(conn, Hl7ResourceRow, res_rows[start : start + CHUNK], key=["resource_key"])
+            unique = list(dict.fromkeys(identifiers))
             id_rows = [
                 {"system": s[:256], "value": v[:128], "patient_id": p, "updated_at": now}
-                for s, v, p in dict.fromkeys(identifiers)
+                for s, v, p, _ in unique
             ]
             for start in range(0, len(id_rows), CHUNK):
                 upsert(
@@ -147,6 +149,27 @@ class Hl7Store:
                     PatientIdentifierRow,
                     id_rows[start : start + CHUNK],
                     key=["system", "value", "patient_id"],
+                )
+            # The gateway's identifier index too, so that `Patient?identifier=…` in a FHIR feed
+            # finds a patient the hospital's ADT feed introduced.
+            index_rows = [
+                {
+                    "resource_type": "Patient",
+                    "system": sys_[:256],
+                    "value": v[:256],
+                    "resource_id": p,
+                    "source": src[:64],
+                    "recorded_at": now,
+                }
+                for sys_, v, p, src in unique
+            ]
+            for start in range(0, len(index_rows), CHUNK):
+                upsert(
+                    conn,
+                    IdentifierIndexRow,
+                    index_rows[start : start + CHUNK],
+                    key=["resource_type", "system", "value", "resource_id"],
+                    update=[],
                 )
             self._add_counts(conn, counts, now)
 

@@ -208,7 +208,8 @@ class _Batch:
     records: list[tuple[Message, tuple[str, str, str], str]] = field(default_factory=list)
     encounters: dict[str, EncounterState] = field(default_factory=dict)
     resources: dict[str, ResourceVersion] = field(default_factory=dict)
-    identifiers: list[tuple[str, str, str]] = field(default_factory=list)
+    # (system, value, patient id, integrator)
+    identifiers: list[tuple[str, str, str, str]] = field(default_factory=list)
     places: set[Any] = field(default_factory=set)
     outcomes: dict[int, Outcome] = field(default_factory=dict)
 
@@ -374,10 +375,9 @@ class AdtProcessor:
         ):
             self._emit(batch, survivor, patient.patient_id, pending)
         batch.identifiers.extend(
-            key
+            (i.system, i.value, patient.patient_id, pending.integrator)
             for i in patient.identifiers
-            if i.system
-            and (key := (i.system, i.value, patient.patient_id)) not in self._identifiers
+            if i.system and (i.system, i.value, patient.patient_id) not in self._identifiers
         )
         visit = msg.visit
         if visit is None:
@@ -490,7 +490,7 @@ class AdtProcessor:
             self._places.clear()
             self._identifiers.clear()
         self._places.update(batch.places)
-        self._identifiers.update(batch.identifiers)
+        self._identifiers.update(i[:3] for i in batch.identifiers)
         return outcomes
 
     def _count(

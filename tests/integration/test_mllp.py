@@ -154,6 +154,17 @@ def test_admission_transfers_out_of_order_repeat_and_discharge(feed: Feed) -> No
     assert (
         count(feed.db, "SELECT count(*) FROM patient_identifiers WHERE patient_id = :p", p=ipp) == 2
     )
+    # The gateway's identifier index knows the patient too (FHIR feeds' conditional references).
+    assert (
+        count(
+            feed.db,
+            "SELECT count(*) FROM identifier_index WHERE resource_type = 'Patient' "
+            "AND resource_id = :p AND value = :v",
+            p=ipp,
+            v=ins,
+        )
+        == 1
+    )
     # `parcours pathways show` finds the patient by the INS value.
     out = subprocess.run(
         [sys.executable, "-m", "parcours", "pathways", "show", ins, "--json"],

@@ -72,6 +72,8 @@ READ_CHUNK = 65536
 HEADER_KEEP = 4096
 MAX_BATCH = 500
 MAX_IN_FLIGHT = 64
+# Queued messages beyond which refusals are answered without being recorded.
+MAX_QUEUED = 20_000
 UNKNOWN_SENDER = "(inconnu)"
 
 
@@ -647,6 +649,7 @@ class MllpListener:
         self._writer_task: asyncio.Task[None] | None = None
         self._ack_seq = 0
         self.handled = 0
+        self.unrecorded = 0
         self._pool: ProcessPoolExecutor | None = None
         self._to_parse: list[
             tuple[bytes, MessageHeader, asyncio.Future[AdtMessage | Hl7Rejection]]
@@ -814,10 +817,18 @@ class MllpListener:
             )
         source = integrator or UNKNOWN_SENDER
         if rejection is not None:
-            # Recorded by the writer in the background: the NACK goes out now.
-            self.queue.put_nowait(
-                Pending(None, source, header, payload, received_at, None, rejection)
-            )
+            # Recorded by the writer in the background: the NACK goes out now. A sender flooding
+            # refused messages faster than they can be recorded gets its NACKs, unrecorded.
+            if self.queue.qsize() < MAX_QUEUED:
+                self.queue.put_nowait(
+                    Pending(None, source, header, payload, received_at, None, rejection)
+                )
+            else:
+                self.unrecorded += 1
+                if self.unrecorded % 1000 == 1:
+                    log.warning(
+                        "%d refused HL7 messages not recorded (writer backlog)", self.unrecorded
+                    )
             done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
             done.set_result(Outcome(rejection.ack_code, rejection))
             return header, done

@@ -51,6 +51,7 @@ from ingest.responses import capability_statement, location, message_response, r
 from ingest.service import IngestService
 from ingest.validate import is_resource_type, warm_up
 from parcours.db import make_engine
+from parcours.identity import TopicGuard
 from parcours.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,13 @@ def create_app(settings: Settings) -> FastAPI:
     engine = make_engine(settings.db_url, timeout_s=settings.ingest_db_timeout_s)
     metrics = IngestMetrics()
     publisher = Publisher(settings)
-    service = IngestService(engine, publisher, metrics, ownership=settings.ingest_ownership)
+    service = IngestService(
+        engine,
+        publisher,
+        metrics,
+        ownership=settings.ingest_ownership,
+        guard=TopicGuard(settings, engine),
+    )
     resolver = ReferenceResolver(engine, metrics, settings.ingest_defer_unresolved)
     auth = Authenticator(engine)
     limiter = RateLimiter(settings.ingest_rate_per_s, settings.ingest_rate_burst)

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -33,6 +33,7 @@ from ingest.outcome import (
 )
 from ingest.ownership import Claim, OwnershipStore, claims_of
 from ingest.publish import RECORD_ERRORS, Ack, Message, Publisher
+from parcours.identity import TopicIdentityError
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,11 @@ class IngestService:
         publisher: Publisher,
         metrics: IngestMetrics,
         ownership: bool = True,
+        guard: Callable[[], None] | None = None,
     ) -> None:
         self.store = IngestStore(engine)
+        # Raises TopicIdentityError while the broker's raw topic is not the database's.
+        self.guard = guard
         self.owners = OwnershipStore(engine) if ownership else None
         self.publisher = publisher
         self.metrics = metrics
@@ -249,6 +253,12 @@ class IngestService:
 
     def _seen(self, keys: list[DedupeKey]) -> set[DedupeKey]:
         """Keys already published: in SQL, or acknowledged and not yet written there."""
+        if self.guard is not None:
+            try:
+                self.guard()
+            except TopicIdentityError as exc:
+                # The dedupe log would speak for records this broker never received.
+                raise BrokerUnavailable(str(exc)) from exc
         self._flush_pending()
         found = self.store.seen(keys) if keys else set()
         with self._pending_lock:

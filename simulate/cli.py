@@ -85,6 +85,13 @@ def simulate(
             help="The history is already in the raw topic: simulate it without sending it.",
         ),
     ] = False,
+    live_after: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --history-until: wait until this file exists before going live (the "
+            "demo creates it once the worker has folded the history)."
+        ),
+    ] = None,
     state_file: Annotated[
         Path | None,
         typer.Option(
@@ -215,6 +222,7 @@ def simulate(
             skip=history_skip,
             on_done=lambda n: _save(history_done=True, history_resources=n),
             on_reached=lambda t: _save(reached=t.isoformat()),
+            go_live=(lambda: True) if live_after is None else live_after.exists,
         )
         _save()
     elif history_skip:

@@ -41,6 +41,7 @@ from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
 from streams.core.fhir_map import MappingError, map_resource
 from streams.runtime.faust_compat import consumed_partitions, ready_at
+from streams.runtime.fold_process import IDLE_S
 
 
 @dataclass
@@ -569,8 +570,9 @@ def run_backfill(
                         break
                     time.sleep(0.1)
                 last = time.perf_counter()
-                # Idle: what the worker keeps once the backlog is done.
-                for _ in range(30):
+                # Idle: what the worker keeps once the backlog is done (its fold processes
+                # drop their decoded states after `IDLE_S`).
+                for _ in range(int(IDLE_S * 10) + 20):
                     peak = max(peak, rss_mb(proc.pid))
                     time.sleep(0.1)
                 idle = rss_mb(proc.pid)

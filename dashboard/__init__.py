@@ -1,1 +1,2 @@
-"""Streamlit dashboard: bed board, pathways, alert worklist, forecasts, feed health."""
+"""Streamlit dashboard, in French behind sign-in: bed board, worklists, pathways, alerts,
+forecasts, feed health, users and the access journal, each for its roles."""

@@ -138,7 +138,7 @@ def readable(frame: pd.DataFrame, columns: Sequence[Col]) -> pd.DataFrame:
         values = frame[col.name] if col.name in frame else pd.Series(None, index=frame.index)
         label = _(col.label)
         if col.kind == "time":
-            out[label] = [when(v) for v in values]
+            out[label] = i18n.whens(lang(), values, settings().timezone)
         elif col.kind == "hours":
             out[label] = [i18n.duration(lang(), v) for v in values]
         elif col.kind == "percent":
@@ -196,3 +196,20 @@ def word(words: dict[str, str], code: Any) -> str | None:
     if code is None or (not isinstance(code, str) and pd.isna(code)):
         return None
     return _(words.get(str(code), str(code)))
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def places() -> pd.DataFrame:
+    """Every ward with its service and hospital by name (read once a minute: the Location tree
+    rarely changes)."""
+    from dashboard import queries
+
+    return queries.places(engine())
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def hospital_names() -> dict[str, str]:
+    """Hospital id → name (read once a minute)."""
+    from dashboard import queries
+
+    return queries.hospitals(engine())

@@ -7,6 +7,7 @@ and the pathway totals come from `streams.read`, which the `parcours pathways` c
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -88,38 +89,68 @@ def census_history(
 # --- Alerts -------------------------------------------------------------------------------------
 
 
+def _alert_filters(
+    status: str | None, alert_type: str | None, unacknowledged_only: bool, unit_ids: Sequence[str]
+) -> list[Any]:
+    a = AlertRow
+    conditions: list[Any] = []
+    if status:
+        conditions.append(a.status == status)
+    if alert_type:
+        conditions.append(a.alert_type == alert_type)
+    if unacknowledged_only:
+        conditions.append(a.acknowledged_at.is_(None))
+    if unit_ids:
+        conditions.append(or_(a.unit_id.in_(list(unit_ids)), a.unit_id.is_(None)))
+    return conditions
+
+
 def alerts(
     engine: Engine,
     status: str | None = "open",
     alert_type: str | None = None,
     unacknowledged_only: bool = False,
     unit_ids: Sequence[str] = (),
-    limit: int = 2000,
+    limit: int = 500,
 ) -> pd.DataFrame:
     """The alert worklist, newest first (at most `limit`); with `unit_ids`, only the alerts of
     those hospitals and wards, and those tied to no unit (a community referral)."""
     a = AlertRow
-    query = select(
-        a.alert_id,
-        a.alert_type,
-        a.patient_id,
-        a.unit_id,
-        a.status,
-        a.raised_at,
-        a.resolved_at,
-        a.message,
-        a.acknowledged_by,
-        a.acknowledged_at,
-    ).order_by(a.raised_at.desc())
-    if status:
-        query = query.where(a.status == status)
-    if alert_type:
-        query = query.where(a.alert_type == alert_type)
-    if unacknowledged_only:
-        query = query.where(a.acknowledged_at.is_(None))
-    if unit_ids:
-        query = query.where(or_(a.unit_id.in_(list(unit_ids)), a.unit_id.is_(None)))
-    return _frame(engine, query.limit(limit))
+    query = (
+        select(
+            a.alert_id,
+            a.alert_type,
+            a.patient_id,
+            a.unit_id,
+            a.status,
+            a.raised_at,
+            a.resolved_at,
+            a.message,
+            a.acknowledged_by,
+            a.acknowledged_at,
+        )
+        .where(*_alert_filters(status, alert_type, unacknowledged_only, unit_ids))
+        .order_by(a.raised_at.desc())
+        .limit(limit)
+    )
+    return _frame(engine, query)
+
+
+def count_alerts(
+    engine: Engine,
+    status: str | None = "open",
+    alert_type: str | None = None,
+    unacknowledged_only: bool = False,
+    unit_ids: Sequence[str] = (),
+) -> int:
+    """How many alerts the same filters as `alerts` match, without a limit."""
+    query = (
+        select(func.count())
+        .select_from(AlertRow)
+        .where(*_alert_filters(status, alert_type, unacknowledged_only, unit_ids))
+    )
+    with engine.connect() as conn:
+        return int(conn.scalar(query) or 0)
 
 
 def acknowledge_alert(
@@ -659,9 +690,10 @@ def readmissions(
     now: datetime,
     within: timedelta = timedelta(days=30),
     hospital_ids: Sequence[str] = (),
+    unit_ids: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Patients readmitted soon after a discharge (the pathway rules' readmission alerts) in the
-    last `within`, newest first.
+    last `within`, newest first; `unit_ids` (hospitals and their wards) narrows them in SQL.
 
     Columns: patient_id, stay_id, hospital_id, admitted_at, status, message.
     """
@@ -672,6 +704,8 @@ def readmissions(
         .order_by(a.raised_at.desc())
         .limit(WORKLIST_LIMIT)
     )
+    if unit_ids:
+        query = query.where(a.unit_id.in_(list(unit_ids)))
     frame = _frame(engine, query)
     frame["stay_id"] = pd.Series(
         [d.get("subject_id") if isinstance(d, dict) else None for d in frame["details"]],
@@ -816,3 +850,55 @@ def places_not_received(engine: Engine) -> pd.DataFrame:
         .order_by(func.count().desc())
         .limit(200),
     )
+
+
+def occupancy_trend(engine: Engine, unit_type: str, unit_id: str, since: datetime) -> pd.DataFrame:
+    """Hourly occupancy of one unit since `since` (hours with no row are absent: no change)."""
+    c = CensusHourlyRow
+    return _frame(
+        engine,
+        select(c.hour, c.occupancy)
+        .where(c.unit_type == unit_type, c.unit_id == unit_id, c.hour >= since)
+        .order_by(c.hour),
+    )
+
+
+# --- Territory totals ---------------------------------------------------------------------------
+
+
+def pathway_totals(engine: Engine) -> dict[str, Any]:
+    """Patients, stays (and open ones), ED visits, median length of stay (hours), open alerts by
+    type: counted in SQL, the median too on PostgreSQL (the demo's SQLite reads the stays' LOS)."""
+    s, e, p, a = StayRow, EdVisitRow, PathwayStateRow, AlertRow
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            median = conn.scalar(
+                select(func.percentile_cont(0.5).within_group(s.los_hours)).where(
+                    s.los_hours.is_not(None)
+                )
+            )
+        else:
+            values = [
+                float(v)
+                for v in conn.scalars(select(s.los_hours).where(s.los_hours.is_not(None)))
+                if v is not None
+            ]
+            median = statistics.median(values) if values else None
+        return {
+            "patients": conn.scalar(select(func.count()).select_from(p)) or 0,
+            "stays": conn.scalar(select(func.count()).select_from(s)) or 0,
+            "open_stays": conn.scalar(
+                select(func.count()).select_from(s).where(s.discharged_at.is_(None))
+            )
+            or 0,
+            "ed_visits": conn.scalar(select(func.count()).select_from(e)) or 0,
+            "los_hours_median": float(median) if median is not None else None,
+            "open_alerts": dict(
+                conn.execute(
+                    select(a.alert_type, func.count())
+                    .where(a.status == "open")
+                    .group_by(a.alert_type)
+                    .order_by(a.alert_type)
+                ).all()
+            ),
+        }

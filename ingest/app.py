@@ -51,6 +51,7 @@ from ingest.responses import capability_statement, location, message_response, r
 from ingest.service import IngestService
 from ingest.validate import is_resource_type, warm_up
 from parcours.db import make_engine
+from parcours.identity import TopicGuard
 from parcours.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -136,12 +137,17 @@ def create_app(settings: Settings) -> FastAPI:
     engine = make_engine(settings.db_url, timeout_s=settings.ingest_db_timeout_s)
     metrics = IngestMetrics()
     publisher = Publisher(settings)
-    service = IngestService(engine, publisher, metrics, ownership=settings.ingest_ownership)
+    service = IngestService(
+        engine,
+        publisher,
+        metrics,
+        ownership=settings.ingest_ownership,
+        guard=TopicGuard(settings, engine),
+    )
     resolver = ReferenceResolver(engine, metrics, settings.ingest_defer_unresolved)
     auth = Authenticator(engine)
     limiter = RateLimiter(settings.ingest_rate_per_s, settings.ingest_rate_burst)
     limit = settings.ingest_max_body_bytes
-    max_resource = settings.ingest_max_resource_bytes
     body_timeout = settings.ingest_body_timeout_s
     # Health probes run on their own threads, one at a time per dependency, so that neither
     # a hung database nor a saturated request pool can delay /healthz.
@@ -449,7 +455,9 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/fhir/metadata", tags=["FHIR"], summary="CapabilityStatement")
     async def metadata() -> Response:
         """What the gateway accepts (no token needed, as FHIR asks)."""
-        return FhirResponse(capability_statement(parcours.__version__, limit, max_resource))
+        return FhirResponse(
+            capability_statement(parcours.__version__, limit, publisher.max_resource_bytes())
+        )
 
     @app.post(
         "/fhir",
@@ -468,7 +476,7 @@ def create_app(settings: Settings) -> FastAPI:
 
         def work() -> Response:
             parsed = parse_json(body, "Bundle")
-            prepared = prepare_bundle(parsed, max_resource)
+            prepared = prepare_bundle(parsed, publisher.max_resource_bytes())
             result = resolver.ingest_bundle(service, source, received_at, prepared, parsed)
             if prepared.bundle_type == "message" and prepared.message_header is not None:
                 answer = message_response(prepared.message_header, result.entries, received_at)
@@ -497,7 +505,7 @@ def create_app(settings: Settings) -> FastAPI:
         received_at: datetime = request.state.received_at
 
         def work() -> Response:
-            items = parse_ndjson(body, max_resource)
+            items = parse_ndjson(body, publisher.max_resource_bytes())
             result = resolver.ingest_items(
                 service, source, received_at, items, False, None, "ndjson"
             )
@@ -535,7 +543,9 @@ def create_app(settings: Settings) -> FastAPI:
 
         def work() -> Response:
             item = prepare_resource(
-                parse_json(body, type_name), type_name, max_resource_bytes=max_resource
+                parse_json(body, type_name),
+                type_name,
+                max_resource_bytes=publisher.max_resource_bytes(),
             )
             return single(source, received_at, item, conditional)
 
@@ -567,7 +577,7 @@ def create_app(settings: Settings) -> FastAPI:
                 parse_json(body, type_name),
                 type_name,
                 url_id=resource_id,
-                max_resource_bytes=max_resource,
+                max_resource_bytes=publisher.max_resource_bytes(),
             )
             return single(source, received_at, item)
 

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import orjson
 
-from ingest.entries import Item, parse_ndjson, prepare_bundle, prepare_resource
+from ingest.entries import (
+    MAX_RESOURCE_BYTES,
+    Item,
+    parse_ndjson,
+    prepare_bundle,
+    prepare_resource,
+)
 from ingest.outcome import BrokerUnavailable, Issue, Rejection, outcome_reason
 from ingest.service import IngestService
 
@@ -27,6 +33,8 @@ if TYPE_CHECKING:
 
 NDJSON_SUFFIXES = (".ndjson", ".jsonl")
 MAX_RETRIES = 5
+# Answers that say "later": Kafka or the database unavailable, or this integrator's rate.
+RETRIED = (429, 503)
 
 
 @dataclass
@@ -129,7 +137,7 @@ def push_http(
     progress: Callable[[int], None],
     timeout_s: float = 120.0,
 ) -> Summary:
-    """Send `requests` in order; 503 answers are retried after their Retry-After."""
+    """Send `requests` in order; 429 and 503 answers are retried after their Retry-After."""
     summary = Summary()
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
     with httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s) as client:
@@ -142,7 +150,7 @@ def push_http(
                 url, ctype = f"/fhir/{req.type_name}", "application/fhir+json"
             for attempt in range(MAX_RETRIES + 1):
                 resp = client.post(url, content=req.body, headers={"Content-Type": ctype})
-                if resp.status_code != 503 or attempt == MAX_RETRIES:
+                if resp.status_code not in RETRIED or attempt == MAX_RETRIES:
                     break
                 time.sleep(float(resp.headers.get("Retry-After", "2")))
             try:
@@ -154,15 +162,17 @@ def push_http(
     return summary
 
 
-def items_of(req: PushRequest) -> tuple[list[Item], bool]:
+def items_of(
+    req: PushRequest, max_resource_bytes: int = MAX_RESOURCE_BYTES
+) -> tuple[list[Item], bool]:
     """Validated items of a request, and whether it is all-or-nothing (for --direct)."""
     if req.kind == "ndjson":
-        return parse_ndjson(req.body), False
+        return parse_ndjson(req.body, max_resource_bytes), False
     body = orjson.loads(req.body)
     if req.kind == "bundle":
-        prepared = prepare_bundle(body)
+        prepared = prepare_bundle(body, max_resource_bytes)
         return prepared.items, prepared.atomic
-    return [prepare_resource(body, req.type_name)], True
+    return [prepare_resource(body, req.type_name, max_resource_bytes=max_resource_bytes)], True
 
 
 def push_direct(
@@ -171,6 +181,7 @@ def push_direct(
     source: str,
     progress: Callable[[int], None],
     resolver: ReferenceResolver | None = None,
+    max_resource_bytes: int = MAX_RESOURCE_BYTES,
 ) -> Summary:
     """Validate and publish in this process (no HTTP), with the gateway's own service: same
     validation, keys, headers, dedupe memory and rejection records (and, given `resolver`, the
@@ -181,10 +192,10 @@ def push_direct(
         try:
             if req.kind == "bundle" and resolver is not None:
                 body = orjson.loads(req.body)
-                prepared = prepare_bundle(body)
+                prepared = prepare_bundle(body, max_resource_bytes)
                 result = resolver.ingest_bundle(service, source, received_at, prepared, body)
             else:
-                items, atomic = items_of(req)
+                items, atomic = items_of(req, max_resource_bytes)
                 result = service.ingest(source, received_at, items, atomic)
             for entry in result.entries:
                 summary.add_status(entry.status, outcome_reason(entry.outcome))

@@ -35,7 +35,7 @@ def serve(
         from parcours.db import upgrade
 
         upgrade(settings.db_url)
-    require_topic_identity(settings, "gateway")
+    require_topic_identity(settings, "gateway", db_timeout_s=settings.ingest_db_timeout_s)
     # Workers re-read the settings from the environment (uvicorn factory); pass overrides down.
     os.environ["PARCOURS_INGEST_HOST"] = host or settings.ingest_host
     os.environ["PARCOURS_INGEST_PORT"] = str(port or settings.ingest_port)
@@ -125,9 +125,18 @@ def push(
             publisher = Publisher(settings)
             try:
                 metrics = IngestMetrics()
-                service = IngestService(engine, publisher, metrics)
+                service = IngestService(
+                    engine, publisher, metrics, ownership=settings.ingest_ownership
+                )
                 resolver = ReferenceResolver(engine, metrics, settings.ingest_defer_unresolved)
-                summary = push_direct(requests, service, source, bar.update, resolver)
+                summary = push_direct(
+                    requests,
+                    service,
+                    source,
+                    bar.update,
+                    resolver,
+                    max_resource_bytes=settings.ingest_max_resource_bytes,
+                )
             finally:
                 publisher.close()
                 engine.dispose()

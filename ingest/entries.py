@@ -116,7 +116,8 @@ def size_issue(item: Item, limit: int, where: str) -> bool:
             Issue(
                 "too-costly",
                 f"The resource is {len(item.value)} bytes; the gateway publishes resources of "
-                f"at most {limit} bytes (PARCOURS_INGEST_MAX_RESOURCE_BYTES)",
+                f"at most {limit} bytes (PARCOURS_INGEST_MAX_RESOURCE_BYTES, or what the "
+                "broker's topic takes)",
                 (where,),
             )
         ],

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import hl7
 
@@ -108,6 +108,9 @@ _ID_SAFE = re.compile(r"[^A-Za-z0-9.\-]+")
 _TS = re.compile(
     r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?([+-]\d{4})?$",
 )
+
+
+_T = TypeVar("_T")
 
 
 class Hl7Error(IngestError):
@@ -273,6 +276,15 @@ class MessageHeader:
 
 
 # --- Small readers ------------------------------------------------------------------------------
+
+
+def evolve(obj: _T, **changes: Any) -> _T:
+    """A copy of frozen dataclass `obj` with `changes` (what `dataclasses.replace` does, without
+    re-running `__init__`, which costs more than the rest of applying a message)."""
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__)
+    new.__dict__.update(changes)
+    return new
 
 
 def fhir_id(text: str) -> str:
@@ -933,16 +945,16 @@ def apply_adt(state: EncounterState | None, msg: AdtMessage) -> EncounterState:
         )
         found = next((i for i, m in enumerate(movements) if m.movement_id == mid), None)
         if found is None:
-            movements.append(replace(new, seq=next_seq))
+            movements.append(evolve(new, seq=next_seq))
         elif movements[found].cancelled:
             pass  # a withdrawn movement stays withdrawn (its INSERT or UPDATE came late)
         elif action == "UPDATE" or trigger in UPDATE_TRIGGERS:
-            movements[found] = replace(new, seq=movements[found].seq)
+            movements[found] = evolve(new, seq=movements[found].seq)
     # Stay attributes: the latest non-empty value; the first class is the admission's.
     admit_at = state.admit_at or visit.admit_at
     if visit.admit_at and trigger in ADMISSIONS | UPDATE_TRIGGERS | {"A08"}:
         admit_at = visit.admit_at
-    return replace(
+    return evolve(
         state,
         patient_id=msg.patient.patient_id,
         nda_system=visit.nda_system or state.nda_system,

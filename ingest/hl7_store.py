@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
+from ingest.dedupe import Published
 from ingest.hl7_map import EncounterState
 from parcours.db import upsert
 from parcours.db.hl7_models import (
@@ -18,6 +19,8 @@ from parcours.db.hl7_models import (
     Hl7ResourceRow,
     PatientIdentifierRow,
 )
+from parcours.db.ingest_models import IngestLogRow, IntegratorRow
+from parcours.db.reference_models import IdentifierIndexRow
 
 CHUNK = 500
 # (integrator, sending facility, trigger, ack code, reason)
@@ -81,11 +84,42 @@ class Hl7Store:
         now: datetime,
         encounters: Sequence[EncounterState],
         resources: Mapping[str, ResourceVersion],
-        identifiers: Sequence[tuple[str, str, str]],
+        identifiers: Sequence[tuple[str, str, str, str]],
         counts: Mapping[CountKey, int],
+        published: Mapping[str, Sequence[Published]] | None = None,
     ) -> None:
-        """Store what a batch changed, in one transaction. Counts add to the stored ones."""
+        """Store what a batch changed, in one transaction: the stays, versions, identifiers,
+        counts (added to the stored ones) and, per integrator, the records Kafka acknowledged in
+        `ingest_log` with the integrator's counters, as the HTTP gateway records its own."""
         with self.engine.begin() as conn:
+            for source, records in (published or {}).items():
+                log_rows = [
+                    {
+                        "resource_type": p.key[0],
+                        "resource_id": p.key[1],
+                        "version": p.key[2],
+                        "kafka_key": p.kafka_key[:160],
+                        "source": source,
+                        "received_at": now,
+                        "partition": p.partition,
+                        "offset": p.offset,
+                    }
+                    for p in records
+                ]
+                for start in range(0, len(log_rows), CHUNK):
+                    upsert(
+                        conn,
+                        IngestLogRow,
+                        log_rows[start : start + CHUNK],
+                        key=["resource_type", "resource_id", "version"],
+                        update=[],
+                    )
+                it = IntegratorRow
+                conn.execute(
+                    update(it)
+                    .where(it.name == source)
+                    .values(accepted_total=it.accepted_total + len(records), last_seen_at=now)
+                )
             rows: list[dict[str, Any]] = [
                 {
                     "encounter_id": s.encounter_id,
@@ -104,9 +138,10 @@ class Hl7Store:
             ]
             for start in range(0, len(res_rows), CHUNK):
                 upsert(conn, Hl7ResourceRow, res_rows[start : start + CHUNK], key=["resource_key"])
+            unique = list(dict.fromkeys(identifiers))
             id_rows = [
                 {"system": s[:256], "value": v[:128], "patient_id": p, "updated_at": now}
-                for s, v, p in dict.fromkeys(identifiers)
+                for s, v, p, _ in unique
             ]
             for start in range(0, len(id_rows), CHUNK):
                 upsert(
@@ -114,6 +149,27 @@ class Hl7Store:
                     PatientIdentifierRow,
                     id_rows[start : start + CHUNK],
                     key=["system", "value", "patient_id"],
+                )
+            # The gateway's identifier index too, so that `Patient?identifier=…` in a FHIR feed
+            # finds a patient the hospital's ADT feed introduced.
+            index_rows = [
+                {
+                    "resource_type": "Patient",
+                    "system": sys_[:256],
+                    "value": v[:256],
+                    "resource_id": p,
+                    "source": src[:64],
+                    "recorded_at": now,
+                }
+                for sys_, v, p, src in unique
+            ]
+            for start in range(0, len(index_rows), CHUNK):
+                upsert(
+                    conn,
+                    IdentifierIndexRow,
+                    index_rows[start : start + CHUNK],
+                    key=["resource_type", "system", "value", "resource_id"],
+                    update=[],
                 )
             self._add_counts(conn, counts, now)
 

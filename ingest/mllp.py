@@ -15,9 +15,11 @@ than the limit is answered AE and skipped to its end; a sender that takes longer
 timeout to finish a message, or stays silent past the idle timeout, is disconnected. Nothing a
 client sends stops the listener or delays other connections beyond the shared writer.
 
-Messages from every connection go through one writer thread, in small batches: the stays'
-histories are updated (pure `hl7_map.apply_adt`), the resulting resources published together, then
-the histories, versions, identifiers and counters written to SQL, then each message answered.
+Messages are parsed in worker processes (`PARCOURS_MLLP_PARSE_PROCESSES`, in chunks of what
+arrived together; 0 parses here), then go, in the order they were read, through one writer thread
+in batches: the stays' histories are updated (pure `hl7_map.apply_adt`), the resulting resources
+published together, then the histories, versions, identifiers, ingest log and counters written to
+SQL in one transaction, then each message answered.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from ingest.hl7_map import (
     ack_message,
     apply_adt,
     encounter_resource,
+    evolve,
     location_resources,
     parse_adt,
     patient_resource,
@@ -69,6 +72,8 @@ READ_CHUNK = 65536
 HEADER_KEEP = 4096
 MAX_BATCH = 500
 MAX_IN_FLIGHT = 64
+# Queued messages beyond which refusals are answered without being recorded.
+MAX_QUEUED = 20_000
 UNKNOWN_SENDER = "(inconnu)"
 
 
@@ -205,7 +210,8 @@ class _Batch:
     records: list[tuple[Message, tuple[str, str, str], str]] = field(default_factory=list)
     encounters: dict[str, EncounterState] = field(default_factory=dict)
     resources: dict[str, ResourceVersion] = field(default_factory=dict)
-    identifiers: list[tuple[str, str, str]] = field(default_factory=list)
+    # (system, value, patient id, integrator)
+    identifiers: list[tuple[str, str, str, str]] = field(default_factory=list)
     places: set[Any] = field(default_factory=set)
     outcomes: dict[int, Outcome] = field(default_factory=dict)
 
@@ -222,8 +228,15 @@ class AdtProcessor:
     state plus what this process committed since.
     """
 
-    def __init__(self, engine: Engine, publisher: Publisher, cache_size: int = 200_000) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        publisher: Publisher,
+        cache_size: int = 200_000,
+        publish_locations: bool = True,
+    ) -> None:
         self.store = Hl7Store(engine)
+        self.publish_locations = publish_locations
         self.ingest_store = IngestStore(engine)
         self.publisher = publisher
         self.cache_size = cache_size
@@ -262,7 +275,7 @@ class AdtProcessor:
             if p.msg.merged_patient is not None:
                 keys.add(f"Patient/{p.msg.merged_patient.patient_id}")
             place = p.msg.visit.place if p.msg.visit is not None else None
-            if place is not None and place not in self._places:
+            if self.publish_locations and place is not None and place not in self._places:
                 keys.update(f"Location/{r['id']}" for r in location_resources(place))
         missing_keys = [k for k in keys if k not in self._resources]
         if len(self._resources) + len(missing_keys) > self.cache_size:
@@ -287,8 +300,8 @@ class AdtProcessor:
             ("received-at", pending.received_at.isoformat().encode()),
             ("resource-type", rtype.encode()),
             ("version", f"v:{version}".encode()),
-            ("hl7-control-id", pending.header.control_id.encode()),
-            ("hl7-trigger", pending.header.trigger.encode()),
+            # The message a record comes from: `ADT^A02 <MSH-10>`.
+            ("hl7", f"ADT^{pending.header.trigger} {pending.header.control_id}".encode()),
         ]
         batch.records.append(
             (
@@ -324,10 +337,10 @@ class AdtProcessor:
         )
         if old is not None and old.patient_id != new.patient_id:
             version += 1
-            gone = withdrawn_encounter(replace(old, version=version))
+            gone = withdrawn_encounter(evolve(old, version=version))
             self._emit(batch, gone, old.patient_id, pending)
         version += 1
-        new = replace(new, version=version)
+        new = evolve(new, version=version)
         self._emit(batch, encounter_resource(new), new.patient_id, pending)
         batch.encounters[new.encounter_id] = new
 
@@ -364,10 +377,9 @@ class AdtProcessor:
         ):
             self._emit(batch, survivor, patient.patient_id, pending)
         batch.identifiers.extend(
-            key
+            (i.system, i.value, patient.patient_id, pending.integrator)
             for i in patient.identifiers
-            if i.system
-            and (key := (i.system, i.value, patient.patient_id)) not in self._identifiers
+            if i.system and (i.system, i.value, patient.patient_id) not in self._identifiers
         )
         visit = msg.visit
         if visit is None:
@@ -375,7 +387,7 @@ class AdtProcessor:
         old = self._encounter(batch, visit.encounter_id)
         if old is None and msg.trigger == "A08":
             return  # an update of a stay never admitted here: nothing to say on the pathway
-        if visit.place is not None and visit.place not in self._places:
+        if self.publish_locations and visit.place is not None and visit.place not in self._places:
             for loc in location_resources(visit.place):
                 if self._versioned(batch, f"Location/{loc['id']}", loc):
                     self._emit(batch, loc, f"Location/{loc['id']}", pending)
@@ -450,19 +462,22 @@ class AdtProcessor:
                 counts.clear()
             return outcomes
         self._count(pendings, outcomes, counts)
+        by_source: dict[str, list[Published]] = {}
+        for (message, dedupe, source), ack in zip(records, acks, strict=True):
+            assert isinstance(ack, Ack)
+            by_source.setdefault(source, []).append(
+                Published(dedupe, message.key.decode(), ack.partition, ack.offset)
+            )
         try:
             self.store.commit(
-                now, list(batch.encounters.values()), batch.resources, batch.identifiers, counts
+                now,
+                list(batch.encounters.values()),
+                batch.resources,
+                batch.identifiers,
+                counts,
+                by_source,
             )
             counts.clear()
-            by_source: dict[str, list[Published]] = {}
-            for (message, dedupe, source), ack in zip(records, acks, strict=True):
-                assert isinstance(ack, Ack)
-                by_source.setdefault(source, []).append(
-                    Published(dedupe, message.key.decode(), ack.partition, ack.offset)
-                )
-            for source, published in by_source.items():
-                self.ingest_store.record(source, now, published, 0, [])
         except Exception as exc:
             # Published but not stored: the sender's retry republishes the same versions,
             # which the pathway ignores as repeats.
@@ -477,7 +492,7 @@ class AdtProcessor:
             self._places.clear()
             self._identifiers.clear()
         self._places.update(batch.places)
-        self._identifiers.update(batch.identifiers)
+        self._identifiers.update(i[:3] for i in batch.identifiers)
         return outcomes
 
     def _count(
@@ -493,6 +508,10 @@ class AdtProcessor:
     def _record_nacks(self, nacks: list[Pending], now: datetime) -> None:
         """Dead-letter refused messages with their reason and keep them for feed health."""
         records: list[RejectionRecord] = []
+        if nacks:
+            # Dead letters need a producer, even before any message was accepted.
+            with contextlib.suppress(BrokerUnavailable):
+                self.publisher.producer()
         for p in nacks:
             rej = p.rejection
             if rej is None:
@@ -630,6 +649,7 @@ class MllpListener:
         self._writer_task: asyncio.Task[None] | None = None
         self._ack_seq = 0
         self.handled = 0
+        self.unrecorded = 0
         self._pool: ProcessPoolExecutor | None = None
         self._to_parse: list[
             tuple[bytes, MessageHeader, asyncio.Future[AdtMessage | Hl7Rejection]]
@@ -797,10 +817,18 @@ class MllpListener:
             )
         source = integrator or UNKNOWN_SENDER
         if rejection is not None:
-            # Recorded by the writer in the background: the NACK goes out now.
-            self.queue.put_nowait(
-                Pending(None, source, header, payload, received_at, None, rejection)
-            )
+            # Recorded by the writer in the background: the NACK goes out now. A sender flooding
+            # refused messages faster than they can be recorded gets its NACKs, unrecorded.
+            if self.queue.qsize() < MAX_QUEUED:
+                self.queue.put_nowait(
+                    Pending(None, source, header, payload, received_at, None, rejection)
+                )
+            else:
+                self.unrecorded += 1
+                if self.unrecorded % 1000 == 1:
+                    log.warning(
+                        "%d refused HL7 messages not recorded (writer backlog)", self.unrecorded
+                    )
             done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
             done.set_result(Outcome(rejection.ack_code, rejection))
             return header, done
@@ -893,7 +921,8 @@ async def serve_forever(settings: Settings, host: str | None, port: int | None) 
 
     engine = make_engine(settings.db_url)
     publisher = Publisher(settings)
-    listener = MllpListener(settings, AdtProcessor(engine, publisher))
+    processor = AdtProcessor(engine, publisher, publish_locations=settings.mllp_locations)
+    listener = MllpListener(settings, processor)
     bound = await listener.start(host, port)
     log.info("MLLP listener on %s:%d", host or settings.mllp_host, bound)
     try:

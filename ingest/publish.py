@@ -64,6 +64,25 @@ class CachedKeyPartitioner(DefaultPartitioner):  # type: ignore[misc]
         return int(partitions[partition_of_key(serialized_key, len(partitions))])
 
 
+def find_config(answer: Any, name: str) -> str | None:
+    """The value of config `name` anywhere in a describe_configs answer (its shape differs
+    between kafka-python versions: nested dicts, or responses with resource tuples)."""
+    stack = [answer]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if name in node and isinstance(node[name], str | int):
+                return str(node[name])
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            if len(node) >= 2 and node[0] == name and isinstance(node[1], str | int):
+                return str(node[1])
+            stack.extend(node)
+        elif hasattr(node, "resources"):
+            stack.append(node.resources)
+    return None
+
+
 @dataclass(frozen=True)
 class Message:
     """One record for the raw topic."""
@@ -94,6 +113,8 @@ class Publisher:
         self._probe_lock = threading.Lock()
         self._last_failure = 0.0
         self._last_ack = 0.0
+        # The raw topic's `max.message.bytes`, when the broker tells it.
+        self._topic_max_bytes: int | None = None
 
     @property
     def connected(self) -> bool:
@@ -130,7 +151,39 @@ class Publisher:
         except Exception:
             producer.close(timeout=0)
             raise
+        self._topic_max_bytes = self._read_topic_max_bytes()
         return producer
+
+    def _read_topic_max_bytes(self) -> int | None:
+        """The raw topic's `max.message.bytes`, or None if the broker does not say."""
+        from kafka.admin import ConfigResource, ConfigResourceType
+
+        admin = None
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.settings.bootstrap,
+                client_id="parcours-ingest-config",
+                request_timeout_ms=int(self.timeout_s * 1000),
+            )
+            found = admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, self.topics.raw)]
+            )
+            value = find_config(found, "max.message.bytes")
+            return int(value) if value is not None else None
+        except (KafkaError, OSError, ValueError, TypeError, AttributeError) as exc:
+            log.info("the broker did not give the raw topic's max.message.bytes: %s", exc)
+            return None
+        finally:
+            if admin is not None:
+                admin.close()
+
+    def max_resource_bytes(self) -> int:
+        """The largest resource to accept: the setting, lowered to what the raw topic takes
+        when the broker says less (so such a resource gets 413, not a permanent 503)."""
+        limit = self.settings.ingest_max_resource_bytes
+        if self._topic_max_bytes is not None:
+            limit = min(limit, self._topic_max_bytes - RECORD_OVERHEAD_BYTES)
+        return max(1024, limit)
 
     def producer(self) -> KafkaProducer:
         """The producer, connecting first if needed; BrokerUnavailable if that fails."""

@@ -22,6 +22,11 @@ alias id, derived from (type, system, value), recorded in `pending_references` b
 element, and counted in `/metrics`. When the target is created through the gateway it takes that
 id, so the references already published point at it. An ambiguous reference is never deferred.
 
+A Reference that names its target by `identifier` only (Synthea's Location.managingOrganization)
+is given `Type/id` when exactly one resource matches, and left as it is otherwise (valid FHIR).
+A Patient whose `link` says `replaced-by` moves its records (those of the Bundle, those received
+before, read back from the raw topic, and those sent later) to the Patient that replaced it.
+
 Only the `identifier` search parameter is supported (what Synthea and FHIR's examples use); any
 other criteria are refused with a message that says so.
 """
@@ -29,6 +34,7 @@ other criteria are refused with a message that says so.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -37,13 +43,16 @@ from datetime import datetime
 from typing import Any, cast
 from urllib.parse import unquote
 
+import orjson
+from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import Engine, Table, and_, select, update
 
-from ingest.entries import Item, PreparedBundle, finalise
+from ingest.entries import Item, PreparedBundle, finalise, prepare_resource
 from ingest.metrics import IngestMetrics
 from ingest.outcome import Issue
 from ingest.service import EntryResult, IngestResult, IngestService
 from parcours.db import upsert
+from parcours.db.ingest_models import IngestLogRow
 from parcours.db.reference_models import IdentifierIndexRow, PendingReferenceRow
 
 log = logging.getLogger(__name__)
@@ -158,6 +167,40 @@ def _walk(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
             yield from _walk(value, f"{path}[{i}]")
 
 
+# The target type of a Reference given by identifier only, by element name ("logical reference").
+ELEMENT_TARGETS = {
+    "managingOrganization": "Organization",
+    "serviceProvider": "Organization",
+    "organization": "Organization",
+    "practitioner": "Practitioner",
+    "individual": "Practitioner",
+}
+
+
+def _walk_logical(
+    node: Any, path: str, resource_type: str, name: str = ""
+) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """(expression, Reference, target type) of each Reference that names its target by
+    `identifier` only, when the target type is known (`Reference.type`, or the element)."""
+    if isinstance(node, dict):
+        ident = node.get("identifier")
+        if isinstance(ident, dict) and "reference" not in node and ident.get("value"):
+            target = node.get("type")
+            if not isinstance(target, str):
+                target = ELEMENT_TARGETS.get(name)
+                if name == "partOf":
+                    target = resource_type
+                elif name == "location" and resource_type == "Encounter":
+                    target = "Location"
+            if target:
+                yield path, node, target
+        for key, value in node.items():
+            yield from _walk_logical(value, f"{path}.{key}", resource_type, key)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk_logical(value, f"{path}[{i}]", resource_type, name)
+
+
 def _element(expression: str) -> str:
     """`Encounter.location[0].location` → `Encounter.location.location` (a metrics label)."""
     out = []
@@ -251,6 +294,7 @@ def resolve_bundle(
     live = [it for it in items if it.valid and it.resource is not None]
     conditional: dict[int, tuple[str, Criteria]] = {}
     references: list[tuple[Item, str, dict[str, Any], Criteria | None]] = []
+    logical: list[tuple[Item, dict[str, Any], IdentifierKey]] = []
     wanted: set[IdentifierKey] = set()
     for it in live:
         request = _request_of(requests, it.index)
@@ -281,7 +325,13 @@ def resolve_bundle(
             if criteria is not None:
                 wanted.update(criteria.keys)
             references.append((it, expr, ref, criteria))
-    if not conditional and not references:
+        for _, ref, target_type in _walk_logical(it.resource, "", str(it.resource_type)):
+            ident = ref["identifier"]
+            system = ident.get("system") if isinstance(ident.get("system"), str) else None
+            key = IdentifierKey(target_type, system or None, str(ident["value"]))
+            logical.append((it, ref, key))
+            wanted.add(key)
+    if not conditional and not references and not logical:
         return resolution
     # A created directory resource may be the target that deferred references wait for.
     for it in live:
@@ -421,6 +471,14 @@ def resolve_bundle(
                 (f"{expr}.reference",),
             )
         )
+    # References by identifier only are valid FHIR: given a `reference` when exactly one
+    # resource matches, left as they are otherwise.
+    for it, ref, key in logical:
+        ids = local.get(key) or found.get(key) or set()
+        if it.valid and len(ids) == 1:
+            ref["reference"] = f"{key.resource_type}/{next(iter(ids))}"
+            resolution.resolved += 1
+            changed.add(it.index)
     for index, issues in problems.items():
         item = next(i for i in items if i.index == index)
         reason = (
@@ -742,6 +800,8 @@ class ReferenceResolver:
             accepted_ids = {i.resource_id for i in accepted if i.resource_type == "Patient"}
             kept = {k: v for k, v in merges.items() if k in accepted_ids}
             self.index.record(source, received_at, accepted, deferred, kept)
+            if kept:
+                self.republish_merged(service, source, received_at, kept)
         except Exception:
             # The resources are in Kafka already; a lost index row makes a later conditional
             # reference fail loudly (an OperationOutcome), never silently.
@@ -749,6 +809,77 @@ class ReferenceResolver:
         for d in deferred:
             self.metrics.unresolved_references.labels(source, d.element).inc()
         return IngestResult(merged)
+
+    def republish_merged(
+        self, service: IngestService, source: str, received_at: datetime, merges: Mapping[str, str]
+    ) -> int:
+        """Send again, to the Patient that replaced it, what each merged Patient received before
+        the merge (read back from the raw topic), so its records join that Patient's pathway.
+        The stream worker drops them from the replaced Patient's own pathway. Returns how many
+        records were sent (versions already sent are answered as duplicates)."""
+        log_t = cast(Table, IngestLogRow.__table__)
+        sent = 0
+        for old, new in sorted(merges.items()):
+            with self.index.engine.connect() as conn:
+                found = conn.execute(
+                    select(log_t.c.partition, log_t.c.offset)
+                    .where(and_(log_t.c.kafka_key == old, log_t.c.resource_type != "Patient"))
+                    .order_by(log_t.c.partition, log_t.c.offset)
+                    .limit(MAX_REPUBLISHED)
+                ).all()
+            if not found:
+                continue
+            values = read_records(
+                service.publisher.settings.bootstrap,
+                service.publisher.topics.raw,
+                [(r.partition, r.offset) for r in found],
+            )
+            items: list[Item] = []
+            for value in values:
+                resource = orjson.loads(value)
+                for _, ref in _walk(resource, ""):
+                    if ref["reference"] == f"Patient/{old}":
+                        ref["reference"] = f"Patient/{new}"
+                item = prepare_resource(resource, None, index=len(items))
+                if item.valid and item.key == new:
+                    items.append(item)
+            if items:
+                result = service.ingest(source, received_at, items, atomic=False)
+                sent += result.count(201)
+        return sent
+
+
+# A patient's history re-sent at a merge, at most (bounded statement and read).
+MAX_REPUBLISHED = 20000
+
+
+def read_records(bootstrap: str, topic: str, where: Sequence[tuple[int, int]]) -> list[bytes]:
+    """The values of the records at (partition, offset) of `topic`, in that order."""
+    wanted: dict[int, set[int]] = defaultdict(set)
+    for partition, offset in where:
+        wanted[partition].add(offset)
+    found: dict[tuple[int, int], bytes] = {}
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, client_id="parcours-ingest-merge"
+    )
+    try:
+        for partition, offsets in sorted(wanted.items()):
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, min(offsets))
+            last = max(offsets)
+            deadline = time.monotonic() + READ_TIMEOUT_S
+            while consumer.position(tp) <= last and time.monotonic() < deadline:
+                for records in consumer.poll(timeout_ms=500).values():
+                    for record in records:
+                        if record.offset in offsets and record.value is not None:
+                            found[(partition, record.offset)] = record.value
+    finally:
+        consumer.close()
+    return [found[k] for k in where if k in found]
+
+
+READ_TIMEOUT_S = 30.0
 
 
 def items_at(items: Sequence[Item], index: int) -> Item:

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -32,7 +32,8 @@ from ingest.outcome import (
     safe_text,
 )
 from ingest.ownership import Claim, OwnershipStore, claims_of
-from ingest.publish import Ack, Message, Publisher
+from ingest.publish import RECORD_ERRORS, Ack, Message, Publisher
+from parcours.identity import TopicIdentityError
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,11 @@ class IngestService:
         publisher: Publisher,
         metrics: IngestMetrics,
         ownership: bool = True,
+        guard: Callable[[], None] | None = None,
     ) -> None:
         self.store = IngestStore(engine)
+        # Raises TopicIdentityError while the broker's raw topic is not the database's.
+        self.guard = guard
         self.owners = OwnershipStore(engine) if ownership else None
         self.publisher = publisher
         self.metrics = metrics
@@ -249,6 +253,12 @@ class IngestService:
 
     def _seen(self, keys: list[DedupeKey]) -> set[DedupeKey]:
         """Keys already published: in SQL, or acknowledged and not yet written there."""
+        if self.guard is not None:
+            try:
+                self.guard()
+            except TopicIdentityError as exc:
+                # The dedupe log would speak for records this broker never received.
+                raise BrokerUnavailable(str(exc)) from exc
         self._flush_pending()
         found = self.store.seen(keys) if keys else set()
         with self._pending_lock:
@@ -384,11 +394,21 @@ class IngestService:
         # for records the broker did not acknowledge (their retry publishes only those).
         published: list[Published] = []
         failed: list[int] = []
+        too_large: dict[int, str] = {}
         for pos, ack in zip(to_publish, acks, strict=True):
             item = items[pos]
             if isinstance(ack, Ack):
                 published.append(Published(item.dedupe_key, item.key, ack.partition, ack.offset))
                 results[pos] = EntryResult(item, 201)
+            elif isinstance(ack, RECORD_ERRORS):
+                # The broker refused this record for what it is (its size): retrying cannot
+                # help, so it is a 413 for this entry, not a 503.
+                too_large[pos] = f"The broker refused the record: {ack}"
+                results[pos] = EntryResult(
+                    item,
+                    413,
+                    operation_outcome([Issue("too-costly", too_large[pos], ())], "too-large"),
+                )
             else:
                 failed.append(pos)
                 results[pos] = EntryResult(
@@ -411,6 +431,14 @@ class IngestService:
         )
         for (outcome, rtype), n in tally.items():
             self.metrics.resources.labels(source, outcome, rtype).inc(n)
+        if too_large and atomic and not failed:
+            first = next(iter(too_large))
+            raise Rejection(
+                413,
+                "too-large",
+                [Issue("too-costly", too_large[first], ())],
+                resource_type=items[first].resource_type,
+            )
         if failed and (atomic or not published):
             raise BrokerUnavailable(
                 f"Kafka acknowledged {len(published)} of {len(to_publish)} records; "

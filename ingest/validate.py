@@ -185,7 +185,7 @@ def check_codes(resource: dict[str, Any], root: str) -> list[Issue]:
     klass = resource.get("class")
     if rtype == "Encounter" and isinstance(klass, dict) and klass.get("system") == V3_ACT_CODE:
         code = klass.get("code")
-        if code not in codes.ENCOUNTER_CLASSES:
+        if not isinstance(code, str) or code not in codes.ENCOUNTER_CLASSES:
             issues.append(
                 Issue(
                     code="code-invalid",

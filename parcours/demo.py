@@ -35,6 +35,9 @@ from parcours.supervise import Supervisor
 DEMO_INTEGRATOR = "demo-simulator"
 PLAN_FILE = "demo.json"
 SIMULATOR_STATE_FILE = "simulator-state.json"
+# Created once the history is folded: the simulator goes live then, so that the gateway's writes
+# do not queue behind the worker's large history transactions (SQLite has one writer).
+LIVE_FILE = "go-live"
 
 Say = Callable[[str], None]
 
@@ -341,6 +344,7 @@ def _start_simulator(
     gateway = f"http://{settings.ingest_host}:{settings.ingest_port}"
     (data_dir / PLAN_FILE).write_text(plan.to_json())
     (data_dir / SIMULATOR_STATE_FILE).unlink(missing_ok=True)
+    (data_dir / LIVE_FILE).unlink(missing_ok=True)
     argv = [
         *exe,
         "simulate",
@@ -361,6 +365,8 @@ def _start_simulator(
         argv += ["--history-until", plan.history_until]
         if plan.skip_history:
             argv.append("--history-skip")
+        else:
+            argv += ["--live-after", str(data_dir / LIVE_FILE)]
         argv.append("--progress" if sys.stderr.isatty() else "--no-progress")
     if plan.has_history and not plan.skip_history:
         days = (
@@ -415,4 +421,7 @@ def _wait_history(
         wait_for(sup, folded, "the history folded by the worker", timeout_s=1800, poll_s=1.0)
     finally:
         bar.close()
-    say("Historique intégré. / History folded.")
+    (data_dir / LIVE_FILE).touch()
+    say(
+        "Historique intégré ; le simulateur passe en direct. / History folded; the simulator goes live."
+    )

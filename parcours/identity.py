@@ -251,7 +251,7 @@ class TopicGuard:
         self,
         settings: Settings,
         engine: Engine,
-        interval_s: float = 5.0,
+        interval_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.bootstrap = settings.bootstrap

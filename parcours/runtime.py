@@ -41,16 +41,20 @@ def redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def require_topic_identity(settings: Settings, role: str) -> None:
+def require_topic_identity(
+    settings: Settings, role: str, db_timeout_s: float | None = None
+) -> None:
     """Start hook of the stream worker and the gateway: exit (code 3) with a clear message if
-    the broker's raw topic is not the one the SQL data came from (see parcours.identity)."""
+    the broker's raw topic is not the one the SQL data came from (see parcours.identity).
+    With `db_timeout_s`, a database that does not answer in time skips the check instead of
+    holding the start."""
     from parcours.db import make_engine, upgrade
     from parcours.identity import TopicIdentityError, check_topic_identity
 
     if settings.database_url is None:
         # The demo's SQLite file must exist with its tables before anything reads it.
         upgrade(settings.db_url)
-    engine = make_engine(settings.db_url)
+    engine = make_engine(settings.db_url, timeout_s=db_timeout_s)
     try:
         check_topic_identity(settings, engine, role)
     except TopicIdentityError as exc:

@@ -116,6 +116,11 @@ class Settings(BaseSettings):
         default=600.0, description="A connection silent this long is closed."
     )
     mllp_max_connections: int = Field(default=64, description="Concurrent MLLP connections.")
+    mllp_locations: bool = Field(
+        default=True,
+        description="Publish the Location hierarchy PV1-3 names; turn off when the "
+        "establishment's Locations (with the same ids) come from the FHIR directory.",
+    )
     mllp_parse_processes: int = Field(
         default=1,
         description="Processes that parse HL7 beside the listener (0: parse in the listener).",

@@ -85,6 +85,13 @@ def simulate(
             help="The history is already in the raw topic: simulate it without sending it.",
         ),
     ] = False,
+    live_after: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --history-until: wait until this file exists before going live (the "
+            "demo creates it once the worker has folded the history)."
+        ),
+    ] = None,
     state_file: Annotated[
         Path | None,
         typer.Option(
@@ -93,6 +100,18 @@ def simulate(
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Resources per gateway Bundle.")] = 200,
+    hl7: Annotated[
+        str | None,
+        typer.Option(
+            "--hl7",
+            help="Send this establishment's ED visits and stays as PAM.fr ADT over MLLP "
+            "(everything else as FHIR).",
+        ),
+    ] = None,
+    mllp: Annotated[
+        str | None,
+        typer.Option(help="MLLP listener HOST:PORT for --hl7 (default PARCOURS_MLLP_HOST/PORT)."),
+    ] = None,
     progress: Annotated[
         bool | None, typer.Option(help="Show a progress bar (default: when stderr is a terminal).")
     ] = None,
@@ -203,10 +222,20 @@ def simulate(
             skip=history_skip,
             on_done=lambda n: _save(history_done=True, history_resources=n),
             on_reached=lambda t: _save(reached=t.isoformat()),
+            go_live=(lambda: True) if live_after is None else live_after.exists,
         )
         _save()
     elif history_skip:
         raise typer.BadParameter("--history-skip needs --history-until")
+
+    if hl7 is not None:
+        from simulate.hl7 import Hl7Sink
+
+        known = [e.id for e in terr.establishments]
+        if hl7 not in known:
+            raise typer.BadParameter(f"--hl7: unknown establishment {hl7!r}; one of {known}")
+        host, _, port = (mllp or f"{settings.mllp_host}:{settings.mllp_port}").rpartition(":")
+        sink = Hl7Sink(sink, hl7, host or "127.0.0.1", int(port), terr.timezone)
 
     stopping = False
 

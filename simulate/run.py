@@ -22,6 +22,10 @@ from simulate.truth import pathway_stats, write_truth
 
 log = logging.getLogger(__name__)
 
+# Ahead of the pace by less than this, a run does not sleep: a float clock can leave a remainder
+# that no sleep would ever consume.
+PACING_SLACK_S = 0.001
+
 
 @dataclass
 class RunSummary:
@@ -60,13 +64,15 @@ class RunSummary:
 class History:
     """The part of a run before `until`: sent as fast as possible to `sink`, or not at all when
     `skip` (it is already in the raw topic). `on_done(n)` is called once it is acknowledged;
-    `on_reached(t)` whenever everything delivered up to simulated time `t` was sent."""
+    the live part waits until `go_live()` holds; `on_reached(t)` is called whenever everything
+    delivered up to simulated time `t` was sent."""
 
     until: datetime
     sink: Sink
     skip: bool = False
     on_done: Callable[[int], None] = lambda _n: None
     on_reached: Callable[[datetime], None] = lambda _t: None
+    go_live: Callable[[], bool] = lambda: True
 
 
 def deliveries(sim: Simulation, deliverer: Deliverer) -> Iterator[Delivery]:
@@ -141,6 +147,10 @@ def run_simulation(
                 bar.close()
                 in_history = False
                 history.on_done(count)
+                while not history.go_live() and not stop():
+                    sleep(0.5)
+                if stop():
+                    break
                 wall0 = clock()
                 bar = tqdm(total=None, unit="sim h", disable=not progress, desc="live", leave=False)
                 shown = int((sim_now - sim.start).total_seconds() // 3600)
@@ -148,11 +158,11 @@ def run_simulation(
             paced = sim_now if sim.end is None else min(sim_now, sim.end)
             if speed:
                 ahead = (paced - live_from).total_seconds() / speed - (clock() - wall0)
-                if ahead > 0:
+                if ahead > PACING_SLACK_S:
                     sink.flush()
                     if history is not None:
                         history.on_reached(paced)
-                    while ahead > 0 and not stop():
+                    while ahead > PACING_SLACK_S and not stop():
                         sleep(min(ahead, 0.5))
                         ahead = (paced - live_from).total_seconds() / speed - (clock() - wall0)
             sink.send(delivery.resource, delivery.valid)

@@ -25,6 +25,7 @@ from parcours.db.pathway_models import (
     StayLocationRow,
     StayRow,
 )
+from parcours.db.reference_models import IdentifierIndexRow
 from streams.core.census import BED, HOSPITAL, SERVICE, WARD, Hierarchy, occupancy_at
 from streams.sink.writer import as_utc, period_of, place_of
 
@@ -45,13 +46,28 @@ def _row(row: Any, times: tuple[str, ...]) -> dict[str, Any]:
 
 
 def patients_with_identifier(engine: Engine, value: str, limit: int = 20) -> list[str]:
-    """The patient ids that carry an identifier of this value (an IPP, an INS…), any system."""
+    """The patient ids that carry an identifier of this value (an IPP, an INS…), any system:
+    from HL7 v2 feeds (`patient_identifiers`) and FHIR Patients the gateway accepted
+    (`identifier_index`)."""
     t = PatientIdentifierRow.__table__
+    ix = IdentifierIndexRow.__table__
     with engine.connect() as conn:
-        found = conn.execute(
-            select(t.c.patient_id).where(t.c.value == value).distinct().limit(limit)
+        found = {
+            r[0]
+            for r in conn.execute(
+                select(t.c.patient_id).where(t.c.value == value).distinct().limit(limit)
+            )
+        }
+        found.update(
+            r[0]
+            for r in conn.execute(
+                select(ix.c.resource_id)
+                .where(ix.c.resource_type == "Patient", ix.c.value == value)
+                .distinct()
+                .limit(limit)
+            )
         )
-        return sorted(r[0] for r in found)
+    return sorted(found)[:limit]
 
 
 def pathway(engine: Engine, patient_id: str) -> dict[str, Any] | None:

@@ -7,7 +7,22 @@ import streamlit as st
 
 from dashboard import queries
 from dashboard.accounts import Role
-from dashboard.common import REFRESH, Col, _, engine, now, require, table, when, word
+from dashboard.common import (
+    REFRESH,
+    Col,
+    _,
+    engine,
+    lang,
+    now,
+    number,
+    require,
+    settings,
+    table,
+    word,
+)
+from dashboard.common import hospital_names as known_hospitals
+from dashboard.common import places as known_places
+from dashboard.i18n import whens
 from dashboard.labels import ALERT_STATUS, ALERT_TYPES
 
 user = require(Role.COORDINATOR, Role.ADMIN)
@@ -37,8 +52,8 @@ todo = col3.checkbox(_("Non acquittées seulement"), value=False, key="alert_tod
 
 def described(frame: pd.DataFrame) -> pd.DataFrame:
     """The alert rows with their type and status in words and their place by name."""
-    places = queries.places(engine()).set_index("ward_id")
-    names = queries.hospitals(engine())
+    places = known_places().set_index("ward_id")
+    names = known_hospitals()
     return frame.assign(
         type=frame["alert_type"].map(lambda k: word(ALERT_TYPES, k)),
         state=frame["status"].map(lambda s: word(ALERT_STATUS, s)),
@@ -53,7 +68,7 @@ def my_units() -> list[str]:
     """The hospitals a coordinator follows and their wards (empty: every unit)."""
     if not user.hospitals:
         return []
-    places = queries.places(engine())
+    places = known_places()
     wards = places.loc[places["hospital_id"].isin(list(user.hospitals)), "ward_id"]
     return [*user.hospitals, *wards]
 
@@ -65,7 +80,15 @@ units = my_units()
 def worklist() -> None:
     """The live list."""
     frame = queries.alerts(engine(), status or None, kind or None, todo, units)
-    st.metric(_("Alertes listées"), len(frame))
+    total = queries.count_alerts(engine(), status or None, kind or None, todo, units)
+    st.metric(_("Alertes"), number(total))
+    if total > len(frame):
+        st.caption(
+            _(
+                "Les {n} plus récentes sont listées ; choisissez un type pour affiner.",
+                n=number(len(frame)),
+            )
+        )
     if frame.empty:
         st.success(_("Rien à traiter pour ce filtre."))
         return
@@ -91,20 +114,29 @@ open_unacked = queries.alerts(engine(), "open", kind or None, True, units)
 if open_unacked.empty:
     st.write(_("Toutes les alertes ouvertes sont acquittées."))
 else:
-    choices = described(open_unacked).set_index("alert_id")
+    choices = described(open_unacked)
+    raised = whens(lang(), choices["raised_at"], settings().timezone)
+    labels = {
+        aid: " · ".join(
+            str(p)
+            for p in (kind_word, _("patient {p}", p=patient), place, at)
+            if p is not None and p == p
+        )
+        for aid, kind_word, patient, place, at in zip(
+            choices["alert_id"],
+            choices["type"],
+            choices["patient_id"],
+            choices["place"],
+            raised,
+            strict=True,
+        )
+    }
 
     def label(alert_id: str) -> str:
-        row = choices.loc[alert_id]
-        parts = [row["type"], _("patient {p}", p=row["patient_id"])]
-        if row["place"]:
-            parts.append(str(row["place"]))
-        parts.append(when(row["raised_at"]))
-        return " · ".join(str(p) for p in parts)
+        return labels.get(alert_id, alert_id)
 
     with st.form("acknowledge"):
-        choice = st.selectbox(
-            _("Alerte"), choices.index.tolist(), format_func=label, key="ack_choice"
-        )
+        choice = st.selectbox(_("Alerte"), list(labels), format_func=label, key="ack_choice")
         note = st.text_input(_("Note (facultative)"), key="ack_note")
         st.caption(_("Acquittée au nom de {user}.", user=user.username))
         if st.form_submit_button(_("Acquitter")):

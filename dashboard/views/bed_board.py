@@ -3,7 +3,7 @@ and patients waiting in the ED for a bed. No patient is named here."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import altair as alt
 import pandas as pd
@@ -24,6 +24,7 @@ from dashboard.common import (
     when,
     word,
 )
+from dashboard.common import places as known_places
 from dashboard.labels import LEVELS
 from dashboard.views.shared import occupancy_level, stale_warning
 
@@ -151,7 +152,9 @@ def board() -> None:
     st.caption(_("Mis à jour : {at}", at=when(top["as_of"].max())))
     if hospitals_frame.empty:
         st.subheader(_("Unités"))
-        drill(wards, "ward", "pick_ward")
+        ward = drill(wards, "ward", "pick_ward")
+        if ward is not None:
+            trend("ward", ward, wards)
         return
     st.subheader(_("Établissements"))
     hospital = drill(hospitals_frame, "hospital", "pick_hospital")
@@ -164,27 +167,86 @@ def board() -> None:
     service = drill(services, "service", "pick_service")
     wards = wards[wards["hospital_id"] == hospital]
     if service is not None:
-        places = queries.places(engine())
+        places = known_places()
         in_service = set(places.loc[places["service_id"] == service, "ward_id"])
         wards = wards[wards["unit_id"].isin(in_service)]
     st.subheader(_("Unités"))
-    drill(wards, "ward", "pick_ward")
+    ward = drill(wards, "ward", "pick_ward")
+    picked = [
+        (level, unit, frame)
+        for level, unit, frame in (
+            ("hospital", hospital, hospitals_frame),
+            ("service", service, services),
+            ("ward", ward, wards),
+        )
+        if unit is not None
+    ]
+    level, unit, frame = picked[-1]
+    trend(level, unit, frame)
+
+
+def trend(level: str, unit: str, frame: pd.DataFrame) -> None:
+    """The picked unit's occupancy over the last 7 days, against its capacity."""
+    row = frame[frame["unit_id"] == unit].iloc[0]
+    name = row["name"] if isinstance(row["name"], str) else unit
+    st.subheader(_("{name} : occupation sur 7 jours", name=name))
+    history = queries.occupancy_trend(engine(), level, unit, now() - timedelta(days=7))
+    if history.empty:
+        st.caption(_("Pas encore d'historique horaire."))
+        return
+    tz = settings().timezone
+    history = history.assign(
+        local=pd.to_datetime(history["hour"], utc=True).dt.tz_convert(tz).dt.tz_localize(None)
+    )
+    line = (
+        alt.Chart(history)
+        .mark_line(interpolate="step-after")
+        .encode(
+            x=alt.X("local:T", title=_("Heure"), axis=alt.Axis(format="%d/%m %Hh")),
+            y=alt.Y("occupancy:Q", title=_("Lits occupés")),
+            tooltip=[
+                alt.Tooltip("local:T", title=_("Heure"), format="%d/%m/%Y %H:%M"),
+                alt.Tooltip("occupancy:Q", title=_("Lits occupés")),
+            ],
+        )
+    )
+    layers: list[alt.Chart] = [line]
+    if pd.notna(row["capacity"]):
+        capacity = pd.DataFrame({"capacity": [int(row["capacity"])], "label": [_("Capacité")]})
+        layers.append(
+            alt.Chart(capacity)
+            .mark_rule(color="#c62828", strokeDash=[6, 4])
+            .encode(y="capacity:Q", tooltip=[alt.Tooltip("capacity:Q", title=_("Capacité"))])
+        )
+    st.altair_chart(alt.layer(*layers).properties(height=220), width="stretch")
 
 
 board()
 
 st.subheader(_("Occupation des unités heure par heure, 7 derniers jours"))
-heat = queries.occupancy_heatmap(engine(), now() - timedelta(days=7))
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def week_heat(since: datetime, tz: str) -> pd.DataFrame:
+    """The heat map's cells (ward, local hour, beds occupied, rate); the census is hourly, so a
+    few minutes' cache loses nothing."""
+    heat = queries.occupancy_heatmap(engine(), since)
+    return pd.DataFrame(
+        {
+            "unit": heat["name"].fillna(heat["unit_id"]),
+            # Naive local time: the chart shows it as the ward clock reads it, whatever the browser.
+            "local": pd.to_datetime(heat["hour"], utc=True).dt.tz_convert(tz).dt.tz_localize(None),
+            "occupancy": heat["occupancy"],
+            "rate": heat["rate"].fillna(0),
+        }
+    )
+
+
+hour_now = now().replace(minute=0, second=0, microsecond=0)
+heat = week_heat(hour_now - timedelta(days=7), settings().timezone)
 if heat.empty:
     st.caption(_("Pas encore d'historique horaire."))
 else:
-    tz = settings().timezone
-    heat = heat.assign(
-        unit=heat["name"].fillna(heat["unit_id"]),
-        # Naive local time: the chart shows it as the ward clock reads it, whatever the browser.
-        local=pd.to_datetime(heat["hour"], utc=True).dt.tz_convert(tz).dt.tz_localize(None),
-        rate=heat["rate"].fillna(0),
-    )
     chart = (
         alt.Chart(heat)
         .mark_rect()

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import altair as alt
 import pandas as pd
 import streamlit as st
 
+from dashboard import queries
 from dashboard.accounts import Role
 from dashboard.common import _, engine, now, number, require, word
 from dashboard.labels import ALERT_TYPES
 from dashboard.views.shared import stale_warning
-from streams import read
 
 require(Role.MANAGER, Role.ADMIN)
 st.title(_("Indicateurs du parcours"))
 stale_warning(now())
-totals = read.summary(engine())
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def totals_now() -> dict[str, Any]:
+    """The territory's totals, counted at most once a minute (they move slowly)."""
+    return queries.pathway_totals(engine())
+
+
+totals = totals_now()
 c1, c2, c3, c4, c5 = st.columns(5)
 c1.metric(_("Patients suivis"), number(totals["patients"]))
 c2.metric(_("Séjours"), number(totals["stays"]))

@@ -12,6 +12,8 @@ import streamlit as st
 from dashboard import accounts, queries
 from dashboard.accounts import Role
 from dashboard.common import Col, _, engine, now, require, settings, table, when, word
+from dashboard.common import hospital_names as known_hospitals
+from dashboard.common import places as known_places
 from dashboard.labels import ALERT_STATUS, ALERT_TYPES, STAGES
 from streams import read
 
@@ -71,8 +73,8 @@ else:
     st.markdown(_("Étape actuelle : **{stage}**", stage=stage_words))
 
 tz = settings().timezone
-place_names = queries.places(engine()).set_index("ward_id")["ward"].to_dict()
-hospital_names = queries.hospitals(engine())
+place_names = known_places().set_index("ward_id")["ward"].to_dict()
+hospital_names = known_hospitals()
 alerts = queries.alert_history(engine(), patient)
 
 

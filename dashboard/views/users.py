@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import accounts, queries
+from dashboard import accounts
 from dashboard.accounts import Role
 from dashboard.common import Col, _, engine, require, role_label, table
+from dashboard.common import hospital_names as known_hospitals
 
 me = require(Role.ADMIN)
 st.title(_("Utilisateurs"))
@@ -32,7 +33,7 @@ table(
 )
 
 st.subheader(_("Créer un compte"))
-hospital_names = queries.hospitals(engine())
+hospital_names = known_hospitals()
 with st.form("create_user", clear_on_submit=True):
     name = st.text_input(_("Identifiant"), key="new_user_name")
     role = st.selectbox(_("Rôle"), list(Role), format_func=role_label, key="new_user_role")

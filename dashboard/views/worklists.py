@@ -21,14 +21,16 @@ from dashboard.common import (
     table,
     word,
 )
+from dashboard.common import hospital_names as known_hospitals
+from dashboard.common import places as known_places
 from dashboard.labels import ALERT_STATUS
 
 user = require(Role.COORDINATOR, Role.ADMIN)
 st.title(_("Listes de travail"))
 st.caption(_("Cliquez sur une ligne pour ouvrir le parcours du patient (l'ouverture est tracée)."))
 
-places = queries.places(engine())
-hospital_names = queries.hospitals(engine())
+places = known_places()
+hospital_names = known_hospitals()
 mine = list(user.hospitals) or list(hospital_names)
 f1, f2 = st.columns(2)
 chosen_hospitals = f1.multiselect(
@@ -95,17 +97,32 @@ gone = with_places(
     )
 )
 back = with_places(
-    queries.readmissions(engine(), at, timedelta(days=rules.alert_readmission_days), hospitals)
+    queries.readmissions(
+        engine(),
+        at,
+        timedelta(days=rules.alert_readmission_days),
+        hospitals,
+        [*hospitals, *places.loc[places["hospital_id"].isin(hospitals), "ward_id"]]
+        if hospitals
+        else [],
+    )
 )
 long = with_places(
     queries.long_stays(engine(), at, timedelta(days=rules.alert_los_p90_default_days), hospitals)
 )
+
+
+def count(frame: pd.DataFrame) -> str:
+    """The list's length; "500+" when the list stops at its limit (the oldest come first)."""
+    return f"{queries.WORKLIST_LIMIT}+" if len(frame) >= queries.WORKLIST_LIMIT else str(len(frame))
+
+
 tabs = st.tabs(
     [
-        _("Aux urgences ({n})", n=len(ed)),
-        _("Sortis sans suivi ({n})", n=len(gone)),
-        _("Réhospitalisés à 30 jours ({n})", n=len(back)),
-        _("Séjours longs ({n})", n=len(long)),
+        _("Aux urgences ({n})", n=count(ed)),
+        _("Sortis sans suivi ({n})", n=count(gone)),
+        _("Réhospitalisés à 30 jours ({n})", n=count(back)),
+        _("Séjours longs ({n})", n=count(long)),
     ]
 )
 PATIENT = Col("patient_id", "Patient")

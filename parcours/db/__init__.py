@@ -53,6 +53,8 @@ def make_engine(url: str, timeout_s: float | None = None) -> Engine:
             # libpq counts whole seconds, and takes 2 as its least.
             "connect_timeout": max(2, round(timeout_s)),
             "options": f"-c statement_timeout={millis} -c lock_timeout={millis}",
+            # A server cut off by the network: unacknowledged writes fail after the timeout.
+            "tcp_user_timeout": millis,
             "keepalives": 1,
             "keepalives_idle": 5,
             "keepalives_interval": 2,

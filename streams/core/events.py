@@ -162,6 +162,14 @@ class PatientDied(PatientEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class PatientReplaced(PatientEvent):
+    """The patient record was merged into another (`Patient.link` replaced-by): its records now
+    belong to `replaced_by`'s pathway, where the gateway sends them again."""
+
+    replaced_by: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class ResourceRetracted(PatientEvent):
     """The source resource no longer stands for anything on the pathway.
 
@@ -241,6 +249,7 @@ PATIENT_EVENT_TYPES: dict[str, type[PatientEvent]] = {
         PatientTransferred,
         PatientDischarged,
         PatientDied,
+        PatientReplaced,
         ResourceRetracted,
     )
 }

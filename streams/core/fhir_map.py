@@ -44,6 +44,7 @@ from streams.core.events import (
     PatientDied,
     PatientDischarged,
     PatientEvent,
+    PatientReplaced,
     PatientTransferred,
     ReferralSent,
     ResourceRetracted,
@@ -657,7 +658,8 @@ def map_episode_of_care(resource: dict[str, Any]) -> list[CanonicalEvent]:
 
 
 def map_patient(resource: dict[str, Any]) -> list[CanonicalEvent]:
-    """A Patient → PatientDied when deceased; nothing otherwise.
+    """A Patient → PatientDied when deceased; PatientReplaced when its `link` says another Patient
+    replaced it (a merge); nothing otherwise.
 
     `deceasedBoolean: true` carries no time: meta.lastUpdated stands for it.
     """
@@ -670,9 +672,24 @@ def map_patient(resource: dict[str, Any]) -> list[CanonicalEvent]:
             raise MappingError(
                 "Patient.deceasedBoolean is true but no time is known (meta.lastUpdated)"
             )
-    if died_at is None:
-        return []
-    return _numbered([PatientDied(patient_id=patient, at=died_at, source=src)])
+    events: list[PatientEvent] = []
+    if died_at is not None:
+        events.append(PatientDied(patient_id=patient, at=died_at, source=src))
+    replaced_by = next(
+        (
+            _reference_of(link.get("other"), "Patient")
+            for link in resource.get("link") or []
+            if isinstance(link, dict) and link.get("type") == "replaced-by"
+        ),
+        None,
+    )
+    if replaced_by and replaced_by != patient:
+        # A merge: this record's pathway moves to the Patient that replaced it.
+        at = _time(resource, "meta", "lastUpdated") or EPOCH
+        events.append(
+            PatientReplaced(patient_id=patient, at=at, source=src, replaced_by=replaced_by)
+        )
+    return _numbered(events)
 
 
 def map_location(resource: dict[str, Any]) -> list[CanonicalEvent]:

@@ -72,6 +72,7 @@ from streams.core.events import (
     PatientDied,
     PatientDischarged,
     PatientEvent,
+    PatientReplaced,
     PatientTransferred,
     ReferralSent,
     ResourceRetracted,
@@ -297,6 +298,8 @@ class Facts:
     appointments: list[Appointment] = field(default_factory=list)
     home_care: list[HomeCare] = field(default_factory=list)
     died_at: datetime | None = None
+    # Set when the record was merged into another Patient: its records are that one's now.
+    replaced_by: str | None = None
 
     def open_stays(self) -> list[Stay]:
         """Stays the patient is in (at most one once the fold has run)."""
@@ -817,6 +820,8 @@ def fold(facts: Facts, ev: PatientEvent) -> bool:
         return _discharge(facts, ev)
     elif isinstance(ev, PatientDied):
         facts.died_at = ev.at if facts.died_at is None else min(facts.died_at, ev.at)
+    elif isinstance(ev, PatientReplaced):
+        facts.replaced_by = ev.replaced_by
     elif isinstance(ev, ResourceRetracted):
         _retract(facts, ev)
     else:
@@ -985,6 +990,7 @@ def copy_facts(facts: Facts) -> Facts:
         appointments=[shallow_copy(a) for a in facts.appointments],
         home_care=[shallow_copy(e) for e in facts.home_care],
         died_at=facts.died_at,
+        replaced_by=facts.replaced_by,
     )
 
 

@@ -58,6 +58,10 @@ def patient_rows(
     pid = state.patient_id
     facts = state.facts
     rows = PatientRows(patient_id=pid, state=state.view(), last_event_at=state.clock)
+    if facts.replaced_by:
+        # Merged into another Patient: its stays and visits are that Patient's rows now.
+        rows.state = {**rows.state, "replaced_by": facts.replaced_by}
+        return rows
     for stay in facts.stays:
         rows.stays.append(
             {

@@ -225,6 +225,10 @@ class BatchProcessor:
         self._remember(pid, stored, state)
         return state
 
+    def forget(self) -> None:
+        """Drop the decoded states kept (they are decoded again from the table when needed)."""
+        self._decoded.clear()
+
     def _remember(self, pid: str, value: str, state: PatientState) -> None:
         self._decoded.pop(pid, None)
         self._decoded[pid] = (value, state)

@@ -255,6 +255,33 @@ def gather_wait(
     return BUSY_POLL_S if busy() else None
 
 
+def balance(messages: list[Message], batch_size: int) -> tuple[list[Message], list[Message]]:
+    """Split a gathered batch into what is handled now and what waits for the next batch, so
+    that no partition gives more than its share (`batch_size` over the partitions present).
+
+    The fetcher hands over one partition's buffered records before the next one's, so a backlog's
+    batch could hold 8,000 messages of one partition and none of another: the partitions ahead
+    then carry the hospital's latest known time days past the others, whose open stays are
+    counted to it and rewritten by the next batch. Kept in offset order per partition; a live
+    feed's batches, far below their size, are handled whole.
+    """
+    counts: Counter[int] = Counter(m.partition for m in messages)
+    if len(counts) <= 1:
+        return messages, []
+    share = -(-batch_size // len(counts))
+    if max(counts.values()) <= share:
+        return messages, []
+    taken: Counter[int] = Counter()
+    now, later = [], []
+    for m in messages:
+        if taken[m.partition] < share:
+            taken[m.partition] += 1
+            now.append(m)
+        else:
+            later.append(m)
+    return now, later
+
+
 class BatchConsumer(aiokafka_driver.Consumer):
     """Faust's aiokafka consumer, except that the messages of a topic with a batch handler reach
     it a batch at a time instead of one by one through an agent's stream.
@@ -279,11 +306,14 @@ class BatchConsumer(aiokafka_driver.Consumer):
         acks_enabled_for = app.topics.acks_enabled_for
         consumer_stopped = self._stopped.is_set
         fetcher_stopped = fetcher._stopped.is_set
+        # Messages gathered beyond a partition's share of the last batch (`balance`).
+        carried: dict[str, list[Message]] = {}
         try:
             while not (consumer_stopped() or fetcher_stopped()):
                 self.diag.set_flag(CONSUMER_FETCHING)
-                batches: dict[str, list[Message]] = {}
-                held = 0
+                batches: dict[str, list[Message]] = carried
+                carried = {}
+                held = sum(len(ms) for ms in batches.values())
                 first: float | None = None
                 timeout = 1.0
                 while True:
@@ -320,7 +350,10 @@ class BatchConsumer(aiokafka_driver.Consumer):
                         break
                     timeout = next_wait
                 self.diag.unset_flag(CONSUMER_FETCHING)
-                for topic, messages in batches.items():
+                for topic, gathered in batches.items():
+                    messages, later = balance(gathered, app.batch_size)
+                    if later:
+                        carried[topic] = later
                     fresh = self._fresh(messages)
                     if len(fresh) < len(messages):
                         self.log.info(
@@ -439,7 +472,7 @@ class PromptStopWorker(faust.Worker):
     offsets at the next start, and replays write the same rows (as after a kill -9).
     """
 
-    STOP_WITHIN_S = 8.0
+    STOP_WITHIN_S = 6.0
 
     def _on_sigterm(self) -> None:
         self._stop_promptly()

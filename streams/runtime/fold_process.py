@@ -15,6 +15,7 @@ nothing else: the worker's table stays the state, and a new child starts from it
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import time
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # After a batch of at least this many messages, free memory is given back to the system.
 LARGE_BATCH = 1000
+# Seconds without a batch after a large one before a fold process drops its decoded states.
+IDLE_S = 10.0
 
 
 class FoldProcessError(RuntimeError):
@@ -43,8 +46,16 @@ def serve(conn: Connection, rules: PathwayRules) -> None:
 
     tune_gc()
     processor = BatchProcessor(sink=None, rules=rules)  # type: ignore[arg-type]  # folds only
+    busy = False  # folded a large batch since the last time it was idle
     while True:
         try:
+            if busy and not conn.poll(IDLE_S):
+                # A backfill is over: its decoded states go, and the memory with them. The
+                # worker's table keeps every state; the next batches decode what they need.
+                processor.forget()
+                gc.collect()
+                give_back_memory()
+                busy = False
             raw = conn.recv()
         except EOFError:
             return
@@ -67,6 +78,7 @@ def serve(conn: Connection, rules: PathwayRules) -> None:
             if len(messages) >= LARGE_BATCH:
                 del outcome, grouped, messages, raw
                 give_back_memory()
+                busy = True
         except EOFError:
             return
         except Exception:

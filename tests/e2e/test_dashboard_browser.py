@@ -109,6 +109,14 @@ def test_manager(served: Served, browser: Browser) -> None:
     # A partition's worker went silent (seeded): the board says it may be out of date.
     expect(page.get_by_text("ce tableau peut ne pas être à jour")).to_be_visible(timeout=TIMEOUT)
     shot(page, "manager_bed_board")
+    # A click on a ward's row shows its week (the grid is a canvas: by position).
+    grid = page.get_by_test_id("stDataFrame").first
+    grid.scroll_into_view_if_needed()
+    box = grid.bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + 15, box["y"] + 35 + 18)
+    expect(page.get_by_text("occupation sur 7 jours")).to_be_visible(timeout=TIMEOUT)
+    shot(page, "manager_bed_board_ward")
     sidebar = page.get_by_test_id("stSidebar")
     expect(sidebar.get_by_role("link", name="Alertes")).to_have_count(0)
     for spec in roles.allowed(Role.MANAGER):
@@ -139,6 +147,7 @@ def test_coordinator_acknowledges_an_alert_and_opens_a_pathway(
     expect(grid.get_by_text(s.patient)).to_be_attached(timeout=TIMEOUT)
     shot(page, "coordinator_worklists")
     # A click on the row's selector opens the patient's pathway (canvas grid: by position).
+    grid.scroll_into_view_if_needed()
     box = grid.bounding_box()
     assert box is not None
     page.mouse.click(box["x"] + 15, box["y"] + 35 + 18)
@@ -147,6 +156,8 @@ def test_coordinator_acknowledges_an_alert_and_opens_a_pathway(
 
     visit(page, roles.page("alertes"), "coordinator_alerts")
     page.get_by_label("Alerte", exact=True).click()
+    # The list is long on a shared database: typing narrows it, as a coordinator would.
+    page.keyboard.type(s.patient)
     page.get_by_role("option").filter(has_text=s.patient).click()
     page.get_by_role("button", name="Acquitter").click()
     expect(page.get_by_text(f"Alerte acquittée par {me}")).to_be_visible(timeout=TIMEOUT)

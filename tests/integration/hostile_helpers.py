@@ -16,20 +16,21 @@ MARKER_KEY = b"__corpus-marker__"
 
 
 class TopicCounter:
-    """What a topic received since the last `sync()`, exactly.
+    """What some topics received since the last `sync()`, exactly.
 
     `sync()` writes a marker to every partition (acks=all) and reads each partition up to its
     marker. Whatever the gateway published before answering was acknowledged before the marker
     was sent, so it sits before the marker: no end-offset guess and no waiting for quiet.
     """
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.topic = topic
+    def __init__(self, bootstrap: str, *topics: str) -> None:
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-        parts = self.consumer.partitions_for_topic(topic) or set()
-        assert parts, f"{topic} has no partitions"
-        self.partitions = [TopicPartition(topic, p) for p in sorted(parts)]
+        self.partitions: list[TopicPartition] = []
+        for topic in topics:
+            parts = self.consumer.partitions_for_topic(topic) or set()
+            assert parts, f"{topic} has no partitions"
+            self.partitions += [TopicPartition(topic, p) for p in sorted(parts)]
         self.consumer.assign(self.partitions)
         self.consumer.seek_to_beginning(*self.partitions)
         self.sync()
@@ -38,7 +39,7 @@ class TopicCounter:
         """The records published since the previous sync (markers left out)."""
         token = uuid.uuid4().hex.encode()
         for tp in self.partitions:
-            self.producer.send(self.topic, key=MARKER_KEY, value=token, partition=tp.partition).get(
+            self.producer.send(tp.topic, key=MARKER_KEY, value=token, partition=tp.partition).get(
                 timeout=30
             )
         pending = set(self.partitions)
@@ -46,7 +47,7 @@ class TopicCounter:
         polls = 0
         while pending:
             polls += 1
-            assert polls * 200 < timeout_ms, f"markers not read back from {self.topic}"
+            assert polls * 200 < timeout_ms, "markers not read back"
             for tp, batch in self.consumer.poll(timeout_ms=200).items():
                 for rec in batch:
                     if rec.key == MARKER_KEY:

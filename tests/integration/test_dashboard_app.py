@@ -291,3 +291,15 @@ def test_an_admin_creates_and_disables_an_account(seeded: Seeded, pg_url: str) -
     at.button(key="toggle_user_button").click().run()
     assert not at.exception, at.exception
     assert accounts.authenticate(engine, name, PASSWORD) is None
+
+
+def test_demo_accounts_one_per_role_with_new_passwords_each_run(pg_url: str) -> None:
+    engine = make_engine(pg_url)
+    first = accounts.ensure_demo_accounts(engine)
+    assert set(first) == set(Role)
+    for role, password in first.items():
+        assert accounts.authenticate(engine, role.value, password) == User(role.value, role)
+    again = accounts.ensure_demo_accounts(engine)
+    assert all(again[r] != first[r] for r in Role)
+    assert accounts.authenticate(engine, "admin", first[Role.ADMIN]) is None
+    assert accounts.authenticate(engine, "admin", again[Role.ADMIN]) is not None

@@ -123,3 +123,13 @@ def test_ward_names_and_hourly_heat_map(seeded: tuple[Engine, Seeded]) -> None:
     assert heat["rate"].max() == 1.0
     age = queries.data_age(engine, datetime(2026, 11, 20, 10, 0, tzinfo=UTC), [s.hospital])
     assert age == timedelta(hours=2)
+
+
+def test_pathway_totals_agree_with_the_pathway_summary(seeded: tuple[Engine, Seeded]) -> None:
+    from streams import read
+
+    engine, _s = seeded
+    totals, summary = queries.pathway_totals(engine), read.summary(engine)
+    for key in ("patients", "stays", "open_stays", "ed_visits", "open_alerts"):
+        assert totals[key] == summary[key], key
+    assert totals["los_hours_median"] == pytest.approx(summary["los_hours_median"], abs=0.01)

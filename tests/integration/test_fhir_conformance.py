@@ -111,6 +111,8 @@ COMMUNITY = {
     "enc-off-amb": ("pat-offsets", "AMB", "2026-01-20T14:00:00+00:00"),  # -05:00
     "enc-keep-amb": ("pat-keep", "AMB", "2026-01-05T09:00:00+00:00"),
     "enc-batch-amb": ("pat-batch", "VR", "2026-01-15T13:00:00+00:00"),
+    # Received by pat-old before the merge.
+    "enc-old-amb": ("pat-keep", "AMB", "2026-01-02T15:00:00+00:00"),
 }
 # Ward periods of the stay across the DST change: (ward, start, end); the second lasts 2 real
 # hours although the wall clock says 01:30 → 04:30. The planned entry is not a period.
@@ -202,7 +204,15 @@ def test_the_conformance_corpus_gives_the_hand_counted_pathways(
                 "Location/loc-ward-surg",
             ]
 
-            # A merged Patient: its Encounter lands on the Patient that replaced it.
+            # A conditional update: the ward found by its identifier gets the new version.
+            renamed = client.post("/fhir", content=load("location_update.json"), headers=FHIR)
+            assert statuses(renamed.json()) == ["201 Created"]
+            assert renamed.json()["entry"][0]["response"]["location"] == "Location/loc-ward-surg"
+
+            # A second record of pat-keep's person, then the merge: what it received before
+            # and with the merge lands on the Patient that replaced it.
+            old = client.post("/fhir", content=load("patient_old.json"), headers=FHIR)
+            assert statuses(old.json()) == ["201 Created"] * 2
             merged = client.post("/fhir", content=load("patient_merged.json"), headers=FHIR)
             assert statuses(merged.json()) == ["201 Created"] * 2
 
@@ -327,8 +337,21 @@ def test_the_conformance_corpus_gives_the_hand_counted_pathways(
             )
         }
         assert community == COMMUNITY
-        assert count(db, "SELECT count(*) FROM pathway_states WHERE patient_id = 'pat-old'") == 0
+        for table in ("stays", "ed_visits", "community_visits"):
+            assert count(db, f"SELECT count(*) FROM {table} WHERE patient_id = 'pat-old'") == 0
         assert queries.places_not_received(engine).empty
+        (name,) = rows(db, "SELECT name FROM locations WHERE location_id = 'loc-ward-surg'")
+        assert name == ("Chirurgie digestive",)
+        # Managing organizations: by conditional reference, and by identifier only (the clinic).
+        assert dict(rows(db, "SELECT location_id, organization FROM locations")) == {
+            "loc-chu": "org-chu",
+            "loc-clinic": "org-clinic",
+            "loc-ward-med": "org-chu",
+            "loc-ward-surg": "org-chu",
+            "loc-dup-a": None,
+            "loc-dup-b": None,
+            loc_late.removeprefix("Location/"): org_late.removeprefix("Organization/"),
+        }
 
         periods = rows(
             db,

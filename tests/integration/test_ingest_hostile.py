@@ -1,7 +1,7 @@
 """A hostile corpus against a real gateway, broker and PostgreSQL.
 
 Every case asserts its answer (a 4xx with an OperationOutcome, or the documented 2xx) and that
-the raw topic changed by exactly what the answer says was accepted. Hand-written cases cover
+the raw and directory topics changed by exactly what the answer says was accepted. Hand-written cases cover
 each category of attack; Hypothesis adds random JSON and random strings in valid resources.
 After the corpus, /healthz is 200 and the gateway's memory grew by less than 100 MB.
 """
@@ -579,7 +579,8 @@ def corpus(broker: str, pg_url: str, tmp_path_factory: pytest.TempPathFactory) -
             content=body_of(encounter()),
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"},
         )
-        counter = TopicCounter(broker, topics.raw)
+        # Patient data goes to the raw topic, reference data (Location…) to the directory.
+        counter = TopicCounter(broker, topics.raw, topics.directory)
         try:
             yield Corpus(gw, token, counter, rss_bytes(gw.proc.pid), client)
         finally:

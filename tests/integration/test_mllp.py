@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,17 @@ class Feed:
             return [(r.key, dict(r.headers)) for r in consumer]
         finally:
             consumer.close()
+
+
+def _dead_letters(broker: str, topic: str) -> list[dict[str, bytes]]:
+    consumer = KafkaConsumer(bootstrap_servers=broker, consumer_timeout_ms=3000)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(parts)
+        consumer.seek_to_beginning()
+        return [dict(r.headers) for r in consumer]
+    finally:
+        consumer.close()
 
 
 def _port_open(port: int) -> bool:
@@ -141,6 +153,17 @@ def test_admission_transfers_out_of_order_repeat_and_discharge(feed: Feed) -> No
     assert keys == {ipp.encode()}
     assert (
         count(feed.db, "SELECT count(*) FROM patient_identifiers WHERE patient_id = :p", p=ipp) == 2
+    )
+    # The gateway's identifier index knows the patient too (FHIR feeds' conditional references).
+    assert (
+        count(
+            feed.db,
+            "SELECT count(*) FROM identifier_index WHERE resource_type = 'Patient' "
+            "AND resource_id = :p AND value = :v",
+            p=ipp,
+            v=ins,
+        )
+        == 1
     )
     # `parcours pathways show` finds the patient by the INS value.
     out = subprocess.run(
@@ -236,6 +259,11 @@ def test_framing_garbage_and_oversized_messages_do_not_stop_the_listener(feed: F
         engine.dispose()
     row = table[(table["integrator"] == "gam-test") & (table["trigger"] == "A01")].iloc[0]
     assert row["AE"] >= 1 and "too-large" in row["reasons"]
+    # The refused message is on the dead-letter topic with its reason.
+    dead = _dead_letters(feed.broker, feed.topics.deadletter)
+    assert any(
+        h.get("reason-code") == b"too-large" and h.get("stage") == b"ingest-mllp" for h in dead
+    )
 
 
 GARBAGE = st.lists(
@@ -279,3 +307,84 @@ def test_garbage_on_the_socket_never_kills_the_listener(feed: Feed, garbage: byt
             raise AssertionError("no ACK for the valid message after the garbage")
     finally:
         c.close()
+
+
+SMALL = Path(__file__).resolve().parents[1] / "fixtures" / "simulate" / "small_territory.yaml"
+
+
+def _raw_values(broker: str, topic: str, source: bytes) -> list[bytes]:
+    consumer = KafkaConsumer(bootstrap_servers=broker, consumer_timeout_ms=3000)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(parts)
+        consumer.seek_to_beginning()
+        return [r.value for r in consumer if dict(r.headers).get("source") == source]
+    finally:
+        consumer.close()
+
+
+def test_simulator_sends_one_hospital_as_hl7_and_the_rest_as_fhir(
+    broker: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    topics = Topics.from_settings(Settings(topic_prefix=topic_prefix))
+    ensure_topics(broker, topics.all(), 4)
+    port = free_port()
+    prefix = f"s{uuid.uuid4().hex[:6]}-"
+    env = worker_env(
+        broker,
+        pg_url,
+        topic_prefix,
+        PARCOURS_MLLP_PORT=str(port),
+        PARCOURS_MLLP_SENDERS=json.dumps({"sim-ch-test": ["ch-test"]}),
+        # The directory sends the hospital's Locations as FHIR, with the same ids.
+        PARCOURS_MLLP_LOCATIONS="false",
+    )
+    with (
+        parcours_process(["ingest", "mllp"], env, tmp_path / "mllp.log"),
+        parcours_process(["streams", "worker"], env, tmp_path / "worker.log"),
+    ):
+        wait_until(lambda: _port_open(port), timeout_s=60, what="the MLLP port")
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "parcours", "simulate", "--kafka", "--hl7", "ch-test"),
+                *("--seed", "3", "--days", "1", "--territory", str(SMALL)),
+                *("--start", "2026-01-05", "--warmup-days", "7", "--no-progress"),
+                *("--id-prefix", prefix),
+            ],
+            env=env,
+            capture_output=True,
+            timeout=400,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr.decode()[-3000:]
+        summary = json.loads(done.stdout)["sink"]
+        assert summary["hl7_messages"] > 0
+        assert summary.get("hl7_ack_AA") == summary["hl7_messages"], summary
+        # The simulator itself sent the other establishments' stays as FHIR, none of ch-test's.
+        providers = Counter(
+            (json.loads(v).get("serviceProvider") or {}).get("reference")
+            for v in _raw_values(broker, topics.raw, b"parcours-simulate")
+            if b'"resourceType":"Encounter"' in v and b'"IMP"' in v
+        )
+        assert providers["Organization/clinique-test"] > 0
+        assert providers["Organization/ch-test"] == 0
+
+        def stays_of(hospital: str) -> int:
+            return count(
+                pg_url,
+                "SELECT count(*) FROM stays WHERE hospital_id = :h AND patient_id LIKE :p",
+                h=hospital,
+                p=f"{prefix}%",
+            )
+
+        wait_until(lambda: stays_of("ch-test") > 0, timeout_s=120, what="ch-test stays from HL7")
+        wait_until(lambda: stays_of("clinique-test") > 0, timeout_s=120, what="FHIR stays")
+        # The HL7 stays sit in the directory's wards (same Location ids as FHIR).
+        unknown = count(
+            pg_url,
+            "SELECT count(*) FROM stay_locations sl JOIN stays s USING (stay_id) "
+            "WHERE s.hospital_id = 'ch-test' AND s.patient_id LIKE :p "
+            "AND sl.ward_id NOT LIKE 'ch-test-%'",
+            p=f"{prefix}%",
+        )
+        assert unknown == 0

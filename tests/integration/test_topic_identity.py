@@ -3,11 +3,13 @@ new topic (a broker that lost its data) instead of mixing, and `reset_data` star
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import Engine, func, insert, select
 
@@ -171,3 +173,40 @@ def test_the_guard_notices_a_broker_restarted_empty_under_a_running_process(
             guard()
     finally:
         embedded.stop()
+
+
+def test_a_running_gateway_answers_503_not_duplicate_once_its_broker_restarted_empty(
+    engine: Engine, topic_prefix: str, tmp_path: Path
+) -> None:
+    from ingest.auth import create_token
+    from tests.integration.ingest_helpers import FHIR, gateway_env, read_topic, run_gateway
+    from tests.support import wait_until
+
+    url = engine.url.render_as_string(hide_password=False)
+    token = create_token(engine, "lab")
+    port = free_port()
+    embedded = EmbeddedBroker(port=port).start()
+    patient = {"resourceType": "Patient", "id": "p-restart", "meta": {"versionId": "1"}}
+
+    def post() -> int:
+        return httpx.put(
+            f"{gw.url}/fhir/Patient/p-restart",
+            content=json.dumps(patient).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": FHIR},
+            timeout=60,
+        ).status_code
+
+    try:
+        env = gateway_env(embedded.bootstrap, url, topic_prefix)
+        with run_gateway(env, tmp_path / "gateway.log") as gw:
+            assert post() in (200, 201)
+            assert post() == 200  # the same version again: a duplicate, rightly
+            embedded.stop()
+            # The same address, a new empty broker: the resource is gone from the topic.
+            embedded = EmbeddedBroker(port=port).start()
+            wait_until(lambda: post() == 503, 60, every_s=1, what="503 from the gateway")
+            raw = Topics.from_settings(settings_for(embedded.bootstrap, engine, topic_prefix)).raw
+            assert read_topic(embedded.bootstrap, raw) == []
+    finally:
+        embedded.stop()
+    assert log_rows(engine) == 1

@@ -65,6 +65,13 @@ def test_french_numbers_dates_and_local_times() -> None:
     # SQLite hands back naive UTC: read as UTC, shown in Paris summer time.
     assert i18n.when("fr", datetime(2026, 7, 1, 8, 0), "Europe/Paris") == "01/07/2026 10:00"
     assert i18n.when("fr", None, "Europe/Paris") == "—"
+    column = [winter, None, "2026-07-01T08:00:00+00:00"]
+    assert i18n.whens("fr", column, "Europe/Paris") == [
+        "05/12/2026 09:06",
+        "—",
+        "01/07/2026 10:00",
+    ]
+    assert i18n.whens("en", column[:1], "Europe/Paris") == ["5 Dec 2026 09:06"]
     assert i18n.duration("fr", 3.5) == "3 h 30"
     assert i18n.duration("fr", 60) == "2,5 j"
 

@@ -69,7 +69,14 @@ def test_history_then_live_is_the_one_simulation_paced_from_the_end_of_the_histo
     history_sink, live_sink, clock = ListSink(), ListSink(), Clock()
     done: list[int] = []
     reached: list[datetime] = []
-    history = History(until, history_sink, on_done=done.append, on_reached=reached.append)
+    waits = iter([False] * 4 + [True])
+    history = History(
+        until,
+        history_sink,
+        on_done=done.append,
+        on_reached=reached.append,
+        go_live=lambda: next(waits),
+    )
     run_simulation(
         small,
         3,
@@ -86,8 +93,9 @@ def test_history_then_live_is_the_one_simulation_paced_from_the_end_of_the_histo
     assert history_sink.items + live_sink.items == whole.items
     assert history_sink.closed and done == [len(history_sink.items)]
     assert len(history_sink.items) > 2 * len(live_sink.items) > 0
-    # Only the live day is paced: 86,400 s / 60 = 1,440 s, not three days' 4,320 s.
-    assert 1400 <= clock.now <= 1441
+    # The live part waited for go_live (4 × 0.5 s), then only the live day is paced:
+    # 86,400 s / 60 = 1,440 s, not three days' 4,320 s.
+    assert 1402 <= clock.now <= 1443
     assert reached and reached[-1] >= until
     assert reached == sorted(reached)
 

@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ingest import auth
 from ingest.auth import RateLimiter, parse_duration
@@ -258,3 +260,171 @@ def test_claims_of_a_patient_and_of_its_resources() -> None:
         (("patient", "p1"), "Bundle.entry[1].resource")
     ]
     assert list(claims_of({"resourceType": "Location", "id": "l"}, "Location")) == []
+
+
+class FlakyStore:
+    """The ingest log, failing its writes while `down`."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.rows: set[tuple[str, str, str]] = set()
+
+    def seen(self, keys: Any) -> set[tuple[str, str, str]]:
+        return {k for k in keys if k in self.rows}
+
+    def record(self, _source: str, _at: Any, published: Any, _dup: int, _rej: Any) -> None:
+        if self.down:
+            raise ConnectionError("database gone")
+        self.rows.update(p.key for p in published)
+
+    def record_rejections(self, _rejected: Any) -> None:
+        if self.down:
+            raise ConnectionError("database gone")
+
+
+class AckingPublisher:
+    """A broker that acknowledges everything."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def check(self) -> None:
+        pass
+
+    def publish(self, messages: Any) -> list[Any]:
+        from ingest.publish import Ack
+
+        self.sent += [m.value for m in messages]
+        return [Ack(0, n) for n, _ in enumerate(messages)]
+
+    def dead_letter(self, *_args: Any) -> None:
+        pass
+
+
+def test_after_the_broker_acknowledged_the_answer_is_2xx_and_a_retry_publishes_nothing() -> None:
+    from ingest.metrics import IngestMetrics
+    from ingest.service import IngestService
+
+    publisher = AckingPublisher()
+    service = IngestService(None, publisher, IngestMetrics(), ownership=False)  # type: ignore[arg-type]
+    store = FlakyStore()
+    service.store = store  # type: ignore[assignment]
+    item = prepare_resource(encounter(id="e-pending"), "Encounter")
+    now = datetime.now(UTC)
+    assert service.ingest("lab", now, [item], atomic=True).entries[0].status == 201
+    again = prepare_resource(encounter(id="e-pending"), "Encounter")
+    assert service.ingest("lab", now, [again], atomic=True).entries[0].status == 200
+    assert len(publisher.sent) == 1
+    store.down = False
+    third = prepare_resource(encounter(id="e-pending"), "Encounter")
+    assert service.ingest("lab", now, [third], atomic=True).entries[0].status == 200
+    assert item.dedupe_key in store.rows and not service._pending_keys
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10)
+    | st.sampled_from(["Patient", "Encounter", "Bundle", "urn:uuid:a", "#x", "Patient/a b"]),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "resourceType",
+                    "id",
+                    "entry",
+                    "resource",
+                    "fullUrl",
+                    "request",
+                    "method",
+                    "url",
+                    "type",
+                    "subject",
+                    "reference",
+                    "contained",
+                    "period",
+                    "start",
+                    "end",
+                    "status",
+                    "meta",
+                    "versionId",
+                    "name",
+                ]
+            )
+            | st.text(max_size=5),
+            children,
+            max_size=5,
+        )
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=JSON_VALUES, btype=st.sampled_from(["batch", "transaction", "collection", "message"]))
+def test_preparing_any_json_refuses_or_accepts_but_never_crashes(value: Any, btype: str) -> None:
+    import orjson
+
+    item = prepare_resource(value, None)
+    assert item.valid or 400 <= item.status < 500
+    entries = value if isinstance(value, list) else [value]
+    for body in (value, {"resourceType": "Bundle", "type": btype, "entry": entries}):
+        try:
+            prepared = prepare_bundle(body)
+        except Rejection as rej:
+            assert 400 <= rej.status < 500
+            operation_outcome(rej.issues, rej.reason)
+            continue
+        for it in prepared.items:
+            assert it.valid or 400 <= it.status < 500
+            payload_of(it)
+    parse_ndjson(orjson.dumps(value) + b"\n" + orjson.dumps(entries))
+
+
+class SizeRefusingPublisher(AckingPublisher):
+    """A broker whose topic refuses records above 100 bytes."""
+
+    def publish(self, messages: Any) -> list[Any]:
+        from kafka.errors import MessageSizeTooLargeError
+
+        from ingest.publish import Ack
+
+        out: list[Any] = []
+        for n, m in enumerate(messages):
+            if len(m.value) > 200:
+                out.append(MessageSizeTooLargeError("record too large"))
+            else:
+                self.sent.append(m.value)
+                out.append(Ack(0, n))
+        return out
+
+
+def test_a_record_the_broker_refuses_for_its_size_is_413_not_503() -> None:
+    from ingest.metrics import IngestMetrics
+    from ingest.service import IngestService
+
+    service = IngestService(None, SizeRefusingPublisher(), IngestMetrics(), ownership=False)  # type: ignore[arg-type]
+    store = FlakyStore()
+    store.down = False
+    service.store = store  # type: ignore[assignment]
+    now = datetime.now(UTC)
+    small = prepare_resource({"resourceType": "Location", "id": "s"}, "Location")
+    big = prepare_resource({"resourceType": "Location", "id": "b", "name": "x" * 300}, "Location")
+    result = service.ingest("lab", now, [small, big], atomic=False)
+    assert [e.status for e in result.entries] == [201, 413]
+    with pytest.raises(Rejection) as caught:
+        service.ingest("lab", now, [big], atomic=True)
+    assert caught.value.status == 413
+
+
+def test_the_resource_limit_follows_the_topic_when_the_broker_says_less() -> None:
+    from ingest.publish import RECORD_OVERHEAD_BYTES, Publisher
+    from parcours.settings import Settings
+
+    publisher = Publisher(Settings(ingest_max_resource_bytes=4_000_000))
+    assert publisher.max_resource_bytes() == 4_000_000
+    publisher._topic_max_bytes = 1_048_588
+    assert publisher.max_resource_bytes() == 1_048_588 - RECORD_OVERHEAD_BYTES

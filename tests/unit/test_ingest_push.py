@@ -105,3 +105,26 @@ def test_cached_partitioner_matches_kafkas_default() -> None:
             assert cached.partition("raw", None, key, None, b"", cluster) == default.partition(
                 "raw", None, key, None, b"", cluster
             )
+
+
+def test_a_synthea_folder_is_pushed_information_first(tmp_path: Path) -> None:
+    from ingest.bulk import push_order
+
+    for name in (
+        "Aaron697_Brekke496_2fa15bc7.json",
+        "practitionerInformation1714415605031.json",
+        "hospitalInformation1714415605031.json",
+        "Zoe_Last_1.json",
+        "notes.txt",
+    ):
+        (tmp_path / name).write_text("{}")
+    single = tmp_path.parent / f"{tmp_path.name}-extra.ndjson"
+    single.write_text("{}\n")
+    assert [p.name for p in push_order([single, tmp_path])] == [
+        "hospitalInformation1714415605031.json",
+        "practitionerInformation1714415605031.json",
+        single.name,
+        "Aaron697_Brekke496_2fa15bc7.json",
+        "Zoe_Last_1.json",
+    ]
+    assert push_order([single]) == [single]

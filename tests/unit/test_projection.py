@@ -130,3 +130,34 @@ def test_visits_and_alert_resolutions() -> None:
     # An alert raised in an earlier batch: only its resolution is written.
     assert rows.resolutions == {"no_follow_up:p:s0": t(50)}
     assert rows.state["patient_id"] == "p"
+
+
+def test_a_record_merged_into_another_patient_keeps_no_rows() -> None:
+    from streams.core.fhir_map import map_resource, patient_events
+
+    encounter = {
+        "resourceType": "Encounter",
+        "id": "enc-m",
+        "meta": {"versionId": "1"},
+        "status": "finished",
+        "class": {"code": "EMER"},
+        "subject": {"reference": "Patient/pat-old"},
+        "period": {"start": "2026-01-06T03:00:00+01:00", "end": "2026-01-06T05:00:00+01:00"},
+    }
+    merged = {
+        "resourceType": "Patient",
+        "id": "pat-old",
+        "meta": {"versionId": "2", "lastUpdated": "2026-01-07T10:00:00+01:00"},
+        "link": [{"other": {"reference": "Patient/pat-keep"}, "type": "replaced-by"}],
+    }
+    state = None
+    for resource in (encounter, merged):
+        for ev in patient_events(map_resource(resource)):
+            state, _ = transition(state, ev)
+    assert state is not None
+    assert state.facts.replaced_by == "pat-keep"
+    rows = patient_rows(state)
+    assert rows.ed_visits == [] and rows.stays == [] and rows.community_visits == []
+    assert rows.state["replaced_by"] == "pat-keep"
+    # The state survives its JSON round trip with the merge.
+    assert type(state).from_json(state.to_json()).facts.replaced_by == "pat-keep"

@@ -272,3 +272,20 @@ def test_a_merged_patient_s_records_go_to_the_patient_that_replaced_it() -> None
     assert apply_merges(later.items, index.lookup) == {}
     assert later.items[1].key == "pat-keep"
     assert later.items[0].key == "pat-1"  # the replaced Patient itself keeps its id
+
+
+def test_a_reference_by_identifier_only_gets_its_target_when_one_matches() -> None:
+    body = hospital_batch()
+    body["entry"][1]["resource"]["managingOrganization"] = {
+        "identifier": {"system": SYN, "value": "org-1"},
+        "display": "CH",
+    }
+    body["entry"][1]["resource"]["partOf"] = {"identifier": {"system": SYN, "value": "nowhere"}}
+    prepared, _ = resolve(body, FakeIndex([]))
+    loc = prepared.items[1]
+    assert loc.valid and loc.resource is not None
+    # Within the Bundle; the identifier stays beside the new reference.
+    assert loc.resource["managingOrganization"]["reference"] == "Organization/org-1"
+    assert loc.resource["managingOrganization"]["identifier"]["value"] == "org-1"
+    # No match: a logical reference is valid FHIR and is left as it is.
+    assert "reference" not in loc.resource["partOf"]

@@ -20,6 +20,7 @@ from streams.runtime.faust_compat import (
     BatchConsumer,
     ParcoursApp,
     SeekThenResumeRecovery,
+    balance,
     gather_wait,
     ready_at,
 )
@@ -119,3 +120,31 @@ def test_a_batch_fills_past_its_wait_while_the_handler_is_busy() -> None:
     assert gather_wait(20_000, 50, 20_000, -0.01, busy) is None
     assert gather_wait(0, 0, 20_000, 0.2, busy) is None
     assert gather_wait(100, 0, 20_000, -0.01, busy) is None
+
+
+def _message(partition: int, offset: int) -> Any:
+    from faust.types import Message
+
+    return Message(RAW, partition, offset, 0.0, 0, {}, b"k", b"{}", None)
+
+
+def test_a_full_batch_takes_no_more_than_each_partitions_share() -> None:
+    # The fetcher handed over 8 messages of partition 0, 8 of 1, then 2 of 2 (batch size 12).
+    gathered = [_message(0, o) for o in range(8)]
+    gathered += [_message(1, o) for o in range(8)] + [_message(2, o) for o in range(2)]
+    now, later = balance(gathered, 12)
+    assert [(m.partition, m.offset) for m in now] == [
+        *((0, o) for o in range(4)),
+        *((1, o) for o in range(4)),
+        (2, 0),
+        (2, 1),
+    ]
+    assert [(m.partition, m.offset) for m in later] == [
+        *((0, o) for o in range(4, 8)),
+        *((1, o) for o in range(4, 8)),
+    ]
+    # A small (live) batch, or one partition alone, is handed over whole.
+    small = [_message(0, 0), _message(0, 1), _message(1, 0)]
+    assert balance(small, 100) == (small, [])
+    alone = [_message(3, o) for o in range(50)]
+    assert balance(alone, 10) == (alone, [])

@@ -278,6 +278,7 @@ def backtest_cmd(
     folds: Annotated[int, typer.Option(help="Rolling origins, `horizon` apart.")] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     with_prophet: PROPHET_OPT = True,
+    workers: Annotated[int, typer.Option(min=1, help="Processes sharing the series.")] = 2,
 ) -> None:
     """Score every candidate on history it did not see (MAE, RMSE, MASE, 80 % interval
     coverage) and name the model selected per series. Writes nothing."""
@@ -292,6 +293,7 @@ def backtest_cmd(
         folds=folds,
         as_json=as_json,
         with_prophet=with_prophet,
+        workers=workers,
         date_col=date_col,
         value_col=value_col,
         admissions_col=admissions_col,

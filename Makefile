@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both set everything up first.
-.PHONY: setup demo test bench lint
+.PHONY: setup demo test bench lint audit
 
 setup:
 	scripts/setup.sh
@@ -11,4 +11,8 @@ test:
 	scripts/test.sh
 
 lint: setup
-	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy parcours ingest streams forecasting dashboard bench
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy parcours ingest streams forecasting dashboard bench simulate
+	.venv/bin/bandit -q -c pyproject.toml -r parcours ingest streams forecasting dashboard bench simulate
+
+audit: setup
+	scripts/audit.sh

@@ -28,7 +28,14 @@ def bench_ingest(
 
 @bench_app.command("streams")
 def bench_streams(
-    patients: int = typer.Option(6000, help="Patients of the synthetic territory (~3 msg each)."),
+    days: float | None = typer.Option(
+        None,
+        help="Days of the default territory to simulate as a backlog and replay with one "
+        "default worker (the default run: 30); reports peak RSS, dead rows, time to stop.",
+    ),
+    patients: int | None = typer.Option(
+        None, help="Instead of --days: patients of a small synthetic territory (~3 msg each)."
+    ),
     rate: float = typer.Option(200.0, help="Steady rate (events/s) of the latency run."),
     seconds: float = typer.Option(20.0, help="Length of the latency run."),
     batch_size: int | None = typer.Option(
@@ -43,11 +50,24 @@ def bench_streams(
     ),
 ) -> None:
     """Raw topic → committed SQL rows per second vs a plain aiokafka+json loop; p50/p99 latency."""
-    from bench.streams import report, run
+    from bench.streams import report, report_backfill, run, run_backfill
     from parcours.settings import Settings
 
     settings = Settings()
     url = database_url or settings.database_url
+    if patients is None:
+        try:
+            backfill = run_backfill(
+                days or 30.0,
+                url,
+                settings.kafka_bootstrap_servers,
+                batch_size or settings.worker_batch_size,
+            )
+        except RuntimeError as exc:
+            typer.echo(f"bench streams: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        typer.echo(report_backfill(backfill))
+        return
     try:
         result = run(
             patients,
@@ -85,5 +105,28 @@ def bench_dashboard(
         result = run(normalise_db_url(url), days, runs)
     except BenchError as exc:
         typer.echo(f"bench dashboard: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(report(result))
+
+
+@bench_app.command("mllp")
+def bench_mllp(
+    stays: int = typer.Option(1500, help="Synthetic stays (four ADT messages each)."),
+    connections: int = typer.Option(4, min=1, help="MLLP connections sending at once."),
+    window: int = typer.Option(
+        32, min=1, help="Messages a sender sends ahead of its ACKs (1: wait for each ACK)."
+    ),
+    database_url: str | None = typer.Option(None, help="Database (default: temp SQLite)."),
+    parse_processes: int | None = typer.Option(
+        None, help="Listener's parse processes (default: PARCOURS_MLLP_PARSE_PROCESSES's)."
+    ),
+) -> None:
+    """ADT messages/s acknowledged end to end over MLLP vs a bare hl7.parse loop."""
+    from bench.mllp import report, run
+
+    try:
+        result = run(stays, connections, min(window, 64), database_url, parse_processes)
+    except RuntimeError as exc:
+        typer.echo(f"bench mllp: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(report(result))

@@ -39,8 +39,8 @@ from bench.territory import expected_counts, territory
 from parcours.db import make_engine, upgrade
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
-from streams.app import consumed_partitions, ready_at
-from streams.fhir_map import MappingError, map_resource
+from streams.core.fhir_map import MappingError, map_resource
+from streams.runtime.faust_compat import consumed_partitions, ready_at
 
 
 @dataclass
@@ -401,5 +401,299 @@ def report(result: StreamsBenchResult, db_label: str) -> str:
         f"{r.ours_rate / r.peer_rate:.1%} of a bare aiokafka+json loop "
         f"({r.peer_rate:,.0f} msg/s); goal 10,000 events/s per worker; "
         f"p50/p99 latency {r.percentile(0.5):.0f}/{r.percentile(0.99):.0f} ms at {r.rate:.0f}/s",
+    ]
+    return "\n".join(lines)
+
+
+# --- The backfill of the default territory ----------------------------------------------------
+
+
+@dataclass
+class BackfillResult:
+    """What `run_backfill` measured."""
+
+    days: float
+    messages: int  # raw messages applied
+    directory: int  # reference resources read from the directory topic
+    events: int
+    produce_s: float
+    startup_s: float
+    worker_s: float
+    peer_s: float
+    peak_rss_mb: float  # worker and its fold processes, summed, at the highest sample
+    idle_rss_mb: float  # the same, once the backlog is done and the worker idle
+    dead_tuples: int | None  # census_hourly, PostgreSQL only
+    live_tuples: int | None
+    stop_s: float  # SIGTERM in the middle of a replay → every process of the worker gone
+    batch_size: int
+    database: str
+
+    @property
+    def rate(self) -> float:
+        """Raw messages per second, first to last committed batch."""
+        return self.messages / self.worker_s
+
+    @property
+    def events_rate(self) -> float:
+        """Canonical events per second, first to last committed batch."""
+        return self.events / self.worker_s
+
+    @property
+    def peer_rate(self) -> float:
+        """Messages per second of the plain aiokafka+json loop."""
+        return self.messages / self.peer_s
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants (from /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of `pid` and its descendants, in MB (Linux)."""
+    total = 0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+def _metrics(port: int) -> dict[str, float]:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+            body = answer.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
+def run_backfill(
+    days: float, db_url: str | None, bootstrap: str | None, batch_size: int, seed: int = 1
+) -> BackfillResult:
+    """Simulate `days` of the default territory onto fresh topics (`parcours simulate --kafka`),
+    then time one default `parcours streams worker` replaying that backlog to committed SQL; its
+    RSS (children included) is sampled throughout. Then a second worker (another app id) starts
+    on the same backlog and gets SIGTERM mid-replay: the time until its processes are all gone.
+    Last, the aiokafka+json peer reads the same raw topic."""
+    from parcours.broker import EmbeddedBroker, free_port
+
+    broker: EmbeddedBroker | None = None
+    tmp = tempfile.TemporaryDirectory(prefix="parcours-bench-")
+    try:
+        if bootstrap is None:
+            broker = EmbeddedBroker(port=free_port())
+            broker.start()
+            bootstrap = broker.bootstrap
+        db_url = db_url or f"sqlite:///{Path(tmp.name) / 'bench.db'}"
+        upgrade(db_url)
+        engine = make_engine(db_url)
+        with engine.connect() as conn:
+            if conn.scalar(text("SELECT count(*) FROM pathway_states")):
+                raise RuntimeError(
+                    "the streams bench counts rows, so it needs an empty database; this one "
+                    "already holds pathways. Create a new one (createdb …) or drop this one."
+                )
+        prefix = f"bench{uuid.uuid4().hex[:6]}."
+        topics = Topics.from_settings(Settings(topic_prefix=prefix))
+        env = dict(os.environ)
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+            DATABASE_URL=db_url,
+            PARCOURS_TOPIC_PREFIX=prefix,
+            PARCOURS_DATA_DIR=tmp.name,
+            PARCOURS_PATHWAY_TIMER_INTERVAL_S="0",
+            PARCOURS_WORKER_BATCH_SIZE=str(batch_size),
+            PARCOURS_LOG_LEVEL="INFO",
+        )
+        started = time.perf_counter()
+        simulated = subprocess.run(
+            [
+                *(sys.executable, "-m", "parcours", "simulate", "--seed", str(seed)),
+                *("--days", f"{days:g}", "--kafka", "--no-progress"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if simulated.returncode != 0:
+            raise RuntimeError("the simulator failed: " + simulated.stderr[-2000:])
+        produced = int(json.loads(simulated.stdout)["sink"]["produced"])
+        produce_s = time.perf_counter() - started
+
+        port = free_port()
+        log_path = Path(tmp.name) / "worker.log"
+        with open(log_path, "wb") as log:
+            started = time.perf_counter()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "parcours", "streams", "worker"],
+                env={**env, "PARCOURS_WORKER_WEB_PORT": str(port)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            peak = 0.0
+            try:
+                while not ready_at(log_path.read_text(), topics.raw):
+                    if proc.poll() is not None:
+                        raise RuntimeError("the worker exited: " + log_path.read_text()[-2000:])
+                    time.sleep(0.05)
+                ready_wall = ready_at(log_path.read_text(), topics.raw) or time.time()
+                first = time.perf_counter() - (time.time() - ready_wall)
+                startup_s = first - started
+                while True:
+                    if proc.poll() is not None:
+                        raise RuntimeError("the worker exited: " + log_path.read_text()[-2000:])
+                    peak = max(peak, rss_mb(proc.pid))
+                    seen = _metrics(port)
+                    applied = seen.get("parcours_worker_messages_total", 0) + seen.get(
+                        "parcours_worker_directory_messages_total", 0
+                    )
+                    if applied >= produced:
+                        break
+                    time.sleep(0.1)
+                last = time.perf_counter()
+                # Idle: what the worker keeps once the backlog is done.
+                for _ in range(30):
+                    peak = max(peak, rss_mb(proc.pid))
+                    time.sleep(0.1)
+                idle = rss_mb(proc.pid)
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        dead = live_rows = None
+        if engine.dialect.name == "postgresql":
+            time.sleep(1.0)  # table statistics reach pg_stat within a second
+            with engine.connect() as conn:
+                live_rows, dead = conn.execute(
+                    text(
+                        "SELECT n_live_tup, n_dead_tup FROM pg_stat_user_tables"
+                        " WHERE relname = 'census_hourly'"
+                    )
+                ).one()
+        stop_s = _time_to_stop(env, topics, Path(tmp.name) / "stopped.log", prefix)
+        peer_s = asyncio.run(
+            _peer(
+                bootstrap,
+                topics.raw,
+                produced - int(seen.get("parcours_worker_directory_messages_total", 0)),
+            )
+        )
+        engine.dispose()
+        return BackfillResult(
+            days=days,
+            messages=int(seen.get("parcours_worker_messages_total", 0)),
+            directory=int(seen.get("parcours_worker_directory_messages_total", 0)),
+            events=int(seen.get("parcours_worker_events_total", 0)),
+            produce_s=produce_s,
+            startup_s=startup_s,
+            worker_s=last - first,
+            peer_s=peer_s,
+            peak_rss_mb=peak,
+            idle_rss_mb=idle,
+            dead_tuples=dead,
+            live_tuples=live_rows,
+            stop_s=stop_s,
+            batch_size=batch_size,
+            database="PostgreSQL" if engine.dialect.name == "postgresql" else "SQLite",
+        )
+    finally:
+        if broker is not None:
+            broker.stop()
+        tmp.cleanup()
+
+
+def _time_to_stop(env: dict[str, str], topics: Topics, log_path: Path, prefix: str) -> float:
+    """Start a worker of another app on the backlog, SIGTERM it a few seconds into its replay,
+    and return the seconds until it and its fold processes are gone. Its rows are the same as
+    the measured run's (a replay writes the same rows), so the database is left as it was."""
+    import signal
+
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "parcours", "streams", "worker"],
+            env={
+                **env,
+                "PARCOURS_WORKER_WEB_PORT": "0",
+                "PARCOURS_STREAMS_APP_ID": f"{prefix}stop",
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            while not ready_at(log_path.read_text(), topics.raw):
+                if proc.poll() is not None:
+                    raise RuntimeError("the worker exited: " + log_path.read_text()[-2000:])
+                time.sleep(0.05)
+            time.sleep(3.0)  # in the middle of its first batches
+            family = _tree(proc.pid)
+            sent = time.perf_counter()
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(60)
+            while any(Path(f"/proc/{p}").exists() and _running(p) for p in family):
+                time.sleep(0.02)
+            return time.perf_counter() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def report_backfill(r: BackfillResult) -> str:
+    """The table and the one-line summary of `run_backfill`."""
+    ratio = (
+        f"{r.dead_tuples:,} dead / {r.live_tuples:,} live rows ({r.dead_tuples / max(1, r.live_tuples):.2f})"
+        if r.dead_tuples is not None and r.live_tuples is not None
+        else "n/a (SQLite)"
+    )
+    lines = [
+        f"parcours bench streams --days {r.days:g}: the default territory's backfill, "
+        f"{r.messages:,} raw messages ({r.events:,} canonical events) and {r.directory:,} "
+        f"directory resources, database {r.database}, batch {r.batch_size}",
+        "",
+        f"| {'what':<46} | {'messages/s':>10} | {'events/s':>9} |",
+        f"|{'-' * 48}|{'-' * 12}|{'-' * 11}|",
+        f"| {'plain aiokafka + json.loads (peer, same topic)':<46} | {r.peer_rate:>10,.0f} | {'':>9} |",
+        f"| {'parcours streams worker, raw → committed SQL':<46} | {r.rate:>10,.0f} | {r.events_rate:>9,.0f} |",
+        "",
+        f"simulated and produced in {r.produce_s:.1f} s before the worker started; start-up to "
+        f"its ready log line {r.startup_s:.1f} s, not counted; {r.worker_s:.1f} s counted",
+        f"peak RSS, worker and fold processes: {r.peak_rss_mb:,.0f} MB; idle after the "
+        f"backfill: {r.idle_rss_mb:,.0f} MB",
+        f"census_hourly after the replay: {ratio}",
+        f"SIGTERM during a replay: every process of the worker gone in {r.stop_s:.1f} s",
+        "",
+        f"summary: {r.events_rate:,.0f} events/s ({r.rate:,.0f} msg/s, "
+        f"{r.rate / r.peer_rate:.1%} of a bare aiokafka+json loop at {r.peer_rate:,.0f} msg/s); "
+        f"goal 10,000 events/s; peak RSS {r.peak_rss_mb:,.0f} MB (goal < 1 GB); "
+        f"stop {r.stop_s:.1f} s (goal < 10 s)",
     ]
     return "\n".join(lines)

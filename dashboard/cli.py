@@ -18,7 +18,7 @@ def dashboard(
     port: Annotated[int | None, typer.Option(help="Port to serve on.")] = None,
 ) -> None:
     """Serve the dashboard (bed board, forecasts, alerts, pathways, feed health) until Ctrl-C."""
-    from parcours.cli import load_settings, redact
+    from parcours.runtime import load_settings, redact
 
     settings = load_settings()
     host = host or settings.dashboard_host
@@ -50,15 +50,16 @@ def dashboard(
     )
     env["DATABASE_URL"] = settings.db_url
     # Replace this process: Ctrl-C and SIGTERM reach Streamlit directly, nothing is left behind.
-    os.execve(sys.executable, argv, env)
+    # Our own interpreter and argument list, no shell.
+    os.execve(sys.executable, argv, env)  # nosec B606
 
 
 users_app = typer.Typer(help="Dashboard accounts (local sign-in and roles).", no_args_is_help=True)
 
 
 def _engine() -> Engine:
-    from parcours.cli import load_settings
     from parcours.db import make_engine
+    from parcours.runtime import load_settings
 
     return make_engine(load_settings().db_url)
 

@@ -16,7 +16,13 @@ import pandas as pd
 from sqlalchemy import Engine, Executable, and_, func, insert, or_, select, update
 
 from dashboard import i18n
-from parcours.db.forecast_models import ForecastAccuracyRow, ForecastRow
+from parcours.db.forecast_models import (
+    ForecastAccuracyRow,
+    ForecastRow,
+    ForecastSeriesRow,
+    ForecastTermRow,
+)
+from parcours.db.hl7_models import Hl7MessageCountRow
 from parcours.db.ingest_models import IngestRejectionRow, IntegratorRow
 from parcours.db.pathway_models import (
     AlertAuditRow,
@@ -31,6 +37,7 @@ from parcours.db.pathway_models import (
     StayRow,
     StreamProgressRow,
 )
+from parcours.db.reference_models import PendingReferenceRow
 
 
 def _frame(engine: Engine, query: Executable) -> pd.DataFrame:
@@ -268,14 +275,76 @@ def forecast(engine: Engine, unit_id: str, metric: str = "occupancy") -> pd.Data
 
 
 def forecast_accuracy(engine: Engine, unit_id: str, metric: str = "occupancy") -> pd.DataFrame:
-    """Backtest scores of every model on one unit, best (lowest MAE) first."""
+    """Backtest scores of every model on one unit, best (lowest MASE, then MAE) first."""
     a = ForecastAccuracyRow
-    return _frame(
+    frame = _frame(
         engine,
-        select(a.model, a.horizon, a.folds, a.mae, a.rmse, a.mape, a.coverage, a.computed_at)
-        .where(a.unit_id == unit_id, a.metric == metric)
-        .order_by(a.horizon, a.mae),
+        select(
+            a.model,
+            a.horizon,
+            a.folds,
+            a.mae,
+            a.rmse,
+            a.mase,
+            a.mape,
+            a.coverage,
+            a.mae_by_lead,
+            a.coverage_by_lead,
+            a.computed_at,
+        ).where(a.unit_id == unit_id, a.metric == metric),
     )
+    if frame.empty:
+        return frame
+    order = frame["mase"].fillna(float("inf"))
+    frame = frame.assign(_order=order).sort_values(["horizon", "_order", "mae"])
+    return frame.drop(columns="_order").reset_index(drop=True)
+
+
+def forecast_series(engine: Engine, metric: str = "occupancy") -> pd.DataFrame:
+    """Every forecast series of `metric`: its level, the model its backtest selected, and the
+    window that backtest covered; with the unit's display name when the census knows it."""
+    f = ForecastSeriesRow
+    frame = _frame(
+        engine,
+        select(
+            f.unit_id,
+            f.unit_type,
+            f.freq,
+            f.horizon,
+            f.selected_model,
+            f.capacity,
+            f.history_points,
+            f.history_end,
+            f.folds,
+            f.window_start,
+            f.window_end,
+            f.target_coverage,
+            f.computed_at,
+        )
+        .where(f.metric == metric)
+        .order_by(f.unit_type, f.unit_id),
+    )
+    occ = LocationOccupancyRow
+    names = _frame(engine, select(occ.unit_type, occ.unit_id, occ.name))
+    if frame.empty:
+        return frame.assign(name=pd.Series(dtype=str))
+    merged = frame.merge(names, on=["unit_type", "unit_id"], how="left")
+    merged["name"] = merged["name"].fillna(merged["unit_id"])
+    return merged
+
+
+def forecast_terms(
+    engine: Engine, unit_id: str, metric: str = "occupancy", model: str | None = None
+) -> pd.DataFrame:
+    """How the stock–flow forecasts of one unit break down (census now, expected discharges,
+    expected admissions), per model and target time."""
+    t = ForecastTermRow
+    query = select(
+        t.model, t.ds, t.now, t.expected_discharges, t.expected_admissions, t.run_at
+    ).where(t.unit_id == unit_id, t.metric == metric)
+    if model is not None:
+        query = query.where(t.model == model)
+    return _frame(engine, query.order_by(t.model, t.ds))
 
 
 # --- Feed health --------------------------------------------------------------------------------
@@ -324,6 +393,55 @@ def recent_rejections(
     if conditions:
         query = query.where(and_(*conditions))
     return _frame(engine, query)
+
+
+def hl7_messages(engine: Engine) -> pd.DataFrame:
+    """HL7 v2 messages per integrator, sending facility (MSH-4) and trigger: how many, how many
+    acknowledged (AA), refused (AE, AR), and the refusal reasons."""
+    h = Hl7MessageCountRow
+    counts = _frame(
+        engine,
+        select(
+            h.integrator, h.sending_facility, h.trigger, h.ack_code, h.reason, h.count, h.last_at
+        ),
+    )
+    columns = [
+        "integrator",
+        "sending_facility",
+        "trigger",
+        "messages",
+        "AA",
+        "AE",
+        "AR",
+        "reasons",
+        "last_at",
+    ]
+    if counts.empty:
+        return pd.DataFrame(columns=columns)
+    out = []
+    for (integrator, facility, trigger), group in counts.groupby(
+        ["integrator", "sending_facility", "trigger"], sort=True
+    ):
+        by_code = group.groupby("ack_code")["count"].sum()
+        nacks = group[group["ack_code"] != "AA"]
+        reasons = ", ".join(
+            f"{r} ({int(n)})"
+            for r, n in nacks.groupby("reason")["count"].sum().sort_values(ascending=False).items()
+        )
+        out.append(
+            {
+                "integrator": integrator,
+                "sending_facility": facility,
+                "trigger": trigger,
+                "messages": int(group["count"].sum()),
+                "AA": int(by_code.get("AA", 0)),
+                "AE": int(by_code.get("AE", 0)),
+                "AR": int(by_code.get("AR", 0)),
+                "reasons": reasons,
+                "last_at": group["last_at"].max(),
+            }
+        )
+    return pd.DataFrame(out, columns=columns)
 
 
 # --- Stream workers -----------------------------------------------------------------------------
@@ -735,3 +853,52 @@ def pathway_totals(engine: Engine) -> dict[str, Any]:
                 ).all()
             ),
         }
+
+
+def unresolved_references(engine: Engine, limit: int = 200) -> pd.DataFrame:
+    """Conditional references accepted before their target (deferred) and still waiting for it,
+    by source and element, most recent first."""
+    p = PendingReferenceRow
+    return _frame(
+        engine,
+        select(
+            p.source,
+            p.element,
+            p.resource_type,
+            p.system,
+            p.value,
+            p.occurrences,
+            p.first_seen_at,
+            p.last_seen_at,
+        )
+        .where(p.resolved_at.is_(None))
+        .order_by(p.last_seen_at.desc())
+        .limit(limit),
+    )
+
+
+def places_not_received(engine: Engine) -> pd.DataFrame:
+    """Locations that stays and ED visits name but that no feed has sent yet, with how many
+    periods or visits wait for each (counted at their hospital meanwhile)."""
+    sl, ed, loc = StayLocationRow, EdVisitRow, LocationRow
+    periods = (
+        select(
+            sl.hospital_id.label("hospital_id"),
+            sl.location_id.label("location_id"),
+        )
+        .where(sl.location_id.is_not(None))
+        .where(~select(loc.location_id).where(loc.location_id == sl.location_id).exists())
+    )
+    visits = (
+        select(ed.hospital_id.label("hospital_id"), ed.ward_id.label("location_id"))
+        .where(ed.ward_id.is_not(None))
+        .where(~select(loc.location_id).where(loc.location_id == ed.ward_id).exists())
+    )
+    both = periods.union_all(visits).subquery()
+    return _frame(
+        engine,
+        select(both.c.hospital_id, both.c.location_id, func.count().label("waiting"))
+        .group_by(both.c.hospital_id, both.c.location_id)
+        .order_by(func.count().desc())
+        .limit(200),
+    )

@@ -1,14 +1,24 @@
-"""Rolling-origin backtests: how far off each model was, measured on history it did not see."""
+"""Rolling-origin backtests: how far off each model was on history it did not see, which model
+to trust for a series, and how wide its intervals must be to cover what they claim.
+
+Each fold cuts the series at an origin, fits every model on what came before and forecasts the
+next `horizon` steps. The errors of all folds give MAE, RMSE, MASE and, per lead, the residuals
+from which the selected model's intervals are calibrated (split conformal). The coverage reported
+for a model is out of sample: each fold's intervals come from the residuals of the other folds.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from forecasting import ForecastingError
-from forecasting.models import Model
+from forecasting.metrics import conformal_halfwidths, naive_scale
+from forecasting.models import Model, step_of
+
+TARGET_COVERAGE = 0.8
 
 
 @dataclass(frozen=True)
@@ -22,10 +32,36 @@ class Accuracy:
     rmse: float
     mape: float
     coverage: float
+    mase: float = float("nan")
+    mae_by_lead: tuple[float, ...] = ()
+    coverage_by_lead: tuple[float, ...] = ()
 
-    def as_dict(self) -> dict[str, float | int | str]:
+    def as_dict(self) -> dict[str, object]:
         """Plain-data form, for SQL and JSON."""
-        return asdict(self)
+        out = asdict(self)
+        out["mae_by_lead"] = list(self.mae_by_lead)
+        out["coverage_by_lead"] = list(self.coverage_by_lead)
+        return out
+
+    def mae_at(self, lead: int) -> float:
+        """MAE of the forecasts `lead` steps ahead (1-based)."""
+        return self.mae_by_lead[lead - 1]
+
+
+@dataclass(frozen=True)
+class Backtest:
+    """Every model's accuracy on the same folds, the selected model and its residuals."""
+
+    accuracy: list[Accuracy]
+    selected: str
+    residuals: dict[str, np.ndarray]
+    origins: list[pd.Timestamp]
+    window_end: pd.Timestamp
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def of(self, model: str) -> Accuracy:
+        """The accuracy of one model."""
+        return next(a for a in self.accuracy if a.model == model)
 
 
 def origins(n: int, horizon: int, folds: int, min_train: int) -> list[int]:
@@ -41,21 +77,115 @@ def origins(n: int, horizon: int, folds: int, min_train: int) -> list[int]:
     return sorted(found)
 
 
-def score(actual: np.ndarray, forecast: pd.DataFrame) -> dict[str, float]:
-    """MAE, RMSE, MAPE (over non-zero actuals) and interval coverage of one fold."""
-    err = forecast["yhat"].to_numpy(dtype=float) - actual
-    nonzero = actual != 0
-    inside = (actual >= forecast["yhat_lower"].to_numpy()) & (
-        actual <= forecast["yhat_upper"].to_numpy()
+def mase_season(freq: str) -> int:
+    """The season of the naive forecast MASE is scaled by: a day for hourly series (occupancy
+    follows the day's admissions and discharges), one step otherwise."""
+    return 24 if step_of(freq) == pd.Timedelta(hours=1) else 1
+
+
+def calibrate(
+    forecast: pd.DataFrame,
+    residuals: np.ndarray,
+    level: float = TARGET_COVERAGE,
+    capacity: float | None = None,
+) -> pd.DataFrame:
+    """Replace a forecast's interval by the conformal one from backtest `residuals` (folds ×
+    leads), and keep every value within [0, capacity]."""
+    out = forecast.copy()
+    yhat = out["yhat"].to_numpy(dtype=float)
+    half = conformal_halfwidths(residuals[:, : len(yhat)], level)
+    top = np.inf if capacity is None else float(capacity)
+    out["yhat"] = np.clip(yhat, 0.0, top)
+    out["yhat_lower"] = np.clip(yhat - half, 0.0, top)
+    out["yhat_upper"] = np.clip(yhat + half, 0.0, top)
+    return out
+
+
+def run_backtest(
+    series: pd.DataFrame,
+    models: list[Model],
+    horizon: int,
+    freq: str,
+    folds: int = 3,
+    min_train: int | None = None,
+    level: float = TARGET_COVERAGE,
+    capacity: float | None = None,
+) -> Backtest:
+    """Fit every model on each fold's history, score it on the next `horizon` points, calibrate
+    its intervals on the other folds, and select the model with the lowest MASE.
+
+    A model that cannot forecast some fold (too short a history for it, no flows…) is left out
+    and its reason kept in `skipped`."""
+    series = series.sort_values("ds").reset_index(drop=True)
+    cuts = origins(len(series), horizon, folds, min_train or max(2 * horizon, 10))
+    y = series["y"].to_numpy(dtype=float)
+    season = mase_season(freq)
+    scales = np.array([naive_scale(y[:cut], season) for cut in cuts])
+    scale = float(np.nanmean(scales)) if np.isfinite(scales).any() else float("nan")
+    actual = np.array([y[cut : cut + horizon] for cut in cuts])
+    accuracy: list[Accuracy] = []
+    residuals: dict[str, np.ndarray] = {}
+    skipped: dict[str, str] = {}
+    top = np.inf if capacity is None else float(capacity)
+    for model in models:
+        points, lowers, uppers = [], [], []
+        try:
+            for cut in cuts:
+                fc = model.forecast(series.iloc[:cut], horizon, freq)
+                points.append(np.clip(fc["yhat"].to_numpy(dtype=float), 0.0, top))
+                lowers.append(fc["yhat_lower"].to_numpy(dtype=float))
+                uppers.append(fc["yhat_upper"].to_numpy(dtype=float))
+        except ForecastingError as exc:
+            skipped[model.name] = str(exc)
+            continue
+        yhat = np.array(points)
+        res = actual - yhat
+        lower, upper = np.array(lowers), np.array(uppers)
+        if len(cuts) > 1:
+            # Each fold's interval from the other folds' residuals: out-of-sample coverage.
+            for k in range(len(cuts)):
+                others = np.delete(res, k, axis=0)
+                half = conformal_halfwidths(others, level)
+                lower[k] = np.clip(yhat[k] - half, 0.0, top)
+                upper[k] = np.clip(yhat[k] + half, 0.0, top)
+        inside = (actual >= lower) & (actual <= upper)
+        nonzero = actual != 0
+        err = np.abs(res)
+        mae = float(err.mean())
+        accuracy.append(
+            Accuracy(
+                model=model.name,
+                horizon=horizon,
+                folds=len(cuts),
+                mae=mae,
+                rmse=float(np.sqrt((res**2).mean())),
+                mape=float((err[nonzero] / actual[nonzero]).mean())
+                if nonzero.any()
+                else float("nan"),
+                coverage=float(inside.mean()),
+                mase=mae / scale if scale > 0 else (0.0 if mae == 0 else float("inf")),
+                mae_by_lead=tuple(float(v) for v in err.mean(axis=0)),
+                coverage_by_lead=tuple(float(v) for v in inside.mean(axis=0)),
+            )
+        )
+        residuals[model.name] = res
+    if not accuracy:
+        raise ForecastingError(
+            "no model could forecast this series: "
+            + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        )
+    # Ties go to the model listed first (the candidates come simplest-last, stock–flow first).
+    best = min(accuracy, key=lambda a: (a.mase if np.isfinite(a.mase) else np.inf, a.mae))
+    step = step_of(freq)
+    ds = pd.DatetimeIndex(series["ds"])
+    return Backtest(
+        accuracy=accuracy,
+        selected=best.model,
+        residuals=residuals,
+        origins=[pd.Timestamp(ds[cut - 1]) for cut in cuts],
+        window_end=pd.Timestamp(ds[cuts[-1] - 1]) + step * horizon,
+        skipped=skipped,
     )
-    return {
-        "abs": float(np.abs(err).sum()),
-        "sq": float((err**2).sum()),
-        "ape": float(np.abs(err[nonzero] / actual[nonzero]).sum()),
-        "n_ape": float(nonzero.sum()),
-        "inside": float(inside.sum()),
-        "n": float(len(actual)),
-    }
 
 
 def backtest(
@@ -66,27 +196,5 @@ def backtest(
     folds: int = 3,
     min_train: int | None = None,
 ) -> list[Accuracy]:
-    """Fit every model on each fold's history and score it on the next `horizon` points."""
-    series = series.sort_values("ds").reset_index(drop=True)
-    cuts = origins(len(series), horizon, folds, min_train or max(2 * horizon, 10))
-    results: list[Accuracy] = []
-    for model in models:
-        totals = dict.fromkeys(("abs", "sq", "ape", "n_ape", "inside", "n"), 0.0)
-        for cut in cuts:
-            fc = model.forecast(series.iloc[:cut], horizon, freq)
-            actual = series["y"].iloc[cut : cut + horizon].to_numpy(dtype=float)
-            for k, v in score(actual, fc).items():
-                totals[k] += v
-        n = totals["n"]
-        results.append(
-            Accuracy(
-                model=model.name,
-                horizon=horizon,
-                folds=len(cuts),
-                mae=totals["abs"] / n,
-                rmse=float(np.sqrt(totals["sq"] / n)),
-                mape=totals["ape"] / totals["n_ape"] if totals["n_ape"] else float("nan"),
-                coverage=totals["inside"] / n,
-            )
-        )
-    return results
+    """Every model's accuracy on a rolling-origin backtest (see `run_backtest`)."""
+    return run_backtest(series, models, horizon, freq, folds, min_train).accuracy

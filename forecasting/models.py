@@ -9,6 +9,7 @@ the forecast with its uncertainty and a backtest can measure their coverage.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -112,11 +113,14 @@ class ProphetModel:
         """Fit on `history` and forecast `horizon` steps."""
         # Prophet logs an error when plotly is missing; Parcours plots with Streamlit instead.
         logging.getLogger("prophet.plot").disabled = True
+        # cmdstanpy logs every fit at INFO through its own handler.
+        for name in ("cmdstanpy", "prophet"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         from prophet import Prophet
 
         _check(history, 10)
-        logging.getLogger("cmdstanpy").setLevel(logging.WARNING)
-        logging.getLogger("prophet").setLevel(logging.WARNING)
+        for name in ("cmdstanpy", "prophet"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         span = pd.Timestamp(history["ds"].iloc[-1]) - pd.Timestamp(history["ds"].iloc[0])
         model = Prophet(
             interval_width=self.interval_width,
@@ -149,3 +153,70 @@ def default_models(freq: str, interval_width: float = 0.8) -> list[Model]:
     elif step == pd.Timedelta(days=1):
         models.append(SeasonalNaive(7, interval_width))
     return models
+
+
+@dataclass(frozen=True)
+class StatsForecastModel:
+    """A StatsForecast model (`AutoETS`, `AutoARIMA`, `AutoTheta`) fitted on the series alone.
+
+    The season is a day of an hourly series (24) and a week of a daily one (7), used only when
+    the history holds at least two seasons."""
+
+    kind: str
+    interval_width: float = 0.8
+
+    @property
+    def name(self) -> str:
+        """`auto_ets`, `auto_arima` or `auto_theta`."""
+        return {"AutoETS": "auto_ets", "AutoARIMA": "auto_arima", "AutoTheta": "auto_theta"}[
+            self.kind
+        ]
+
+    def forecast(self, history: pd.DataFrame, horizon: int, freq: str) -> pd.DataFrame:
+        """Fit on `history` and forecast `horizon` steps."""
+        import warnings
+
+        from statsforecast import models as sf_models
+
+        _check(history, 10)
+        step = step_of(freq)
+        season = 24 if step == pd.Timedelta(hours=1) else 7 if step == pd.Timedelta(days=1) else 1
+        y = history["y"].to_numpy(dtype=float)
+        if len(y) < 2 * season + 2:
+            season = 1
+        level = round(self.interval_width * 100)
+        model = getattr(sf_models, self.kind)(season_length=season)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                out = model.forecast(y=y, h=horizon, level=[level])
+            except Exception as exc:  # a fit that fails skips this candidate, not the series
+                raise ForecastingError(f"{self.name} could not fit this series: {exc}") from exc
+        mean = np.asarray(out["mean"], dtype=float)
+        lower = np.asarray(out[f"lo-{level}"], dtype=float)
+        upper = np.asarray(out[f"hi-{level}"], dtype=float)
+        if not np.all(np.isfinite(mean)):
+            raise ForecastingError(f"{self.name} gave a non-finite forecast on this series")
+        return pd.DataFrame(
+            {
+                "ds": _future_index(history, horizon, freq),
+                "yhat": np.maximum(mean, 0.0),
+                "yhat_lower": np.maximum(np.nan_to_num(lower, nan=0.0), 0.0),
+                "yhat_upper": np.maximum(np.nan_to_num(upper, nan=mean.max()), 0.0),
+            }
+        )
+
+
+def candidate_models(
+    freq: str, interval_width: float = 0.8, stock_flow: Sequence[Model] = ()
+) -> list[Model]:
+    """Every candidate the backtest chooses from: the stock–flow models (when the series has its
+    flows or stays), StatsForecast's AutoETS, AutoARIMA and AutoTheta, Prophet, and the naive
+    baselines."""
+    models: list[Model] = list(stock_flow)
+    models += [
+        StatsForecastModel("AutoETS", interval_width),
+        StatsForecastModel("AutoARIMA", interval_width),
+        StatsForecastModel("AutoTheta", interval_width),
+    ]
+    return models + default_models(freq, interval_width)

@@ -7,20 +7,23 @@ gateway's size limit. The summary counts resources: accepted, duplicates, reject
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+import orjson
 
 from ingest.entries import Item, parse_ndjson, prepare_bundle, prepare_resource
 from ingest.outcome import BrokerUnavailable, Issue, Rejection, outcome_reason
 from ingest.service import IngestService
+
+if TYPE_CHECKING:
+    from ingest.references import ReferenceResolver
 
 NDJSON_SUFFIXES = (".ndjson", ".jsonl")
 MAX_RETRIES = 5
@@ -85,7 +88,8 @@ def plan_file(path: Path, max_body_bytes: int) -> Iterator[PushRequest]:
             yield PushRequest(path, "ndjson", b"\n".join(chunk) + b"\n", len(chunk))
         return
     try:
-        doc = json.loads(data)
+        # orjson refuses absurd nesting with a ValueError, where json would overflow the stack.
+        doc = orjson.loads(data)
     except ValueError:
         yield PushRequest(path, "resource", data, 1, "Resource")
         return
@@ -154,7 +158,7 @@ def items_of(req: PushRequest) -> tuple[list[Item], bool]:
     """Validated items of a request, and whether it is all-or-nothing (for --direct)."""
     if req.kind == "ndjson":
         return parse_ndjson(req.body), False
-    body = json.loads(req.body)
+    body = orjson.loads(req.body)
     if req.kind == "bundle":
         prepared = prepare_bundle(body)
         return prepared.items, prepared.atomic
@@ -166,15 +170,22 @@ def push_direct(
     service: IngestService,
     source: str,
     progress: Callable[[int], None],
+    resolver: ReferenceResolver | None = None,
 ) -> Summary:
     """Validate and publish in this process (no HTTP), with the gateway's own service: same
-    validation, keys, headers, dedupe memory and rejection records."""
+    validation, keys, headers, dedupe memory and rejection records (and, given `resolver`, the
+    same resolution of conditional references)."""
     summary = Summary()
     for req in requests:
         received_at = datetime.now(UTC)
         try:
-            items, atomic = items_of(req)
-            result = service.ingest(source, received_at, items, atomic)
+            if req.kind == "bundle" and resolver is not None:
+                body = orjson.loads(req.body)
+                prepared = prepare_bundle(body)
+                result = resolver.ingest_bundle(service, source, received_at, prepared, body)
+            else:
+                items, atomic = items_of(req)
+                result = service.ingest(source, received_at, items, atomic)
             for entry in result.entries:
                 summary.add_status(entry.status, outcome_reason(entry.outcome))
         except ValueError as exc:
@@ -188,3 +199,35 @@ def push_direct(
             summary.add_status(503, "broker-unavailable", req.count)
         progress(req.count)
     return summary
+
+
+# Synthea writes the Organizations and Locations, then the Practitioners, that every patient
+# Bundle points at by conditional reference: they must be sent first.
+FIRST_PREFIXES = ("hospitalinformation", "practitionerinformation")
+
+
+def push_order(paths: list[Path]) -> list[Path]:
+    """The files to push, folders expanded to their JSON/NDJSON files: Synthea's
+    `hospitalInformation*` then `practitionerInformation*` first, then the rest by name. Files
+    named one by one keep their place after those."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(
+                sorted(
+                    p
+                    for p in path.iterdir()
+                    if p.is_file() and p.suffix.lower() in (".json", *NDJSON_SUFFIXES)
+                )
+            )
+        else:
+            files.append(path)
+
+    def rank(path: Path) -> int:
+        name = path.name.lower().lstrip("_")
+        for i, prefix in enumerate(FIRST_PREFIXES):
+            if name.startswith(prefix):
+                return i
+        return len(FIRST_PREFIXES)
+
+    return sorted(files, key=rank)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -27,7 +27,7 @@ def serve(
 
     import uvicorn
 
-    from parcours.cli import load_settings
+    from parcours.runtime import load_settings, require_topic_identity
 
     settings = load_settings()
     if settings.database_url is None:
@@ -35,6 +35,7 @@ def serve(
         from parcours.db import upgrade
 
         upgrade(settings.db_url)
+    require_topic_identity(settings, "gateway")
     # Workers re-read the settings from the environment (uvicorn factory); pass overrides down.
     os.environ["PARCOURS_INGEST_HOST"] = host or settings.ingest_host
     os.environ["PARCOURS_INGEST_PORT"] = str(port or settings.ingest_port)
@@ -46,13 +47,49 @@ def serve(
         workers=workers,
         log_level=settings.log_level.lower(),
         access_log=settings.log_level.upper() == "DEBUG",
+        timeout_keep_alive=max(1, round(settings.ingest_keepalive_timeout_s)),
     )
+
+
+@ingest_app.command("mllp")
+def mllp(
+    host: Annotated[str | None, typer.Option(help="Address (default PARCOURS_MLLP_HOST).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default PARCOURS_MLLP_PORT, 2575).")
+    ] = None,
+) -> None:
+    """Run the HL7 v2 ADT listener (MLLP, IHE PAM / PAM.fr) until Ctrl-C. Allowed senders:
+    PARCOURS_MLLP_SENDERS, e.g. '{"gam-chu21": ["CHU21"]}'; TLS with PARCOURS_MLLP_TLS_CERT and
+    PARCOURS_MLLP_TLS_KEY."""
+    import asyncio
+    import contextlib
+    import logging
+
+    from ingest.mllp import serve_forever
+    from parcours.runtime import load_settings
+
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level.upper())
+    if settings.database_url is None:
+        from parcours.db import upgrade
+
+        upgrade(settings.db_url)
+    if not settings.mllp_senders:
+        typer.echo(
+            "attention : PARCOURS_MLLP_SENDERS est vide, tout message sera refusé (AR)", err=True
+        )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever(settings, host, port))
 
 
 @ingest_app.command("push")
 def push(
     files: Annotated[
-        list[Path], typer.Argument(help="Bundle JSON, resource JSON or NDJSON files.")
+        list[Path],
+        typer.Argument(
+            help="Bundle JSON, resource JSON or NDJSON files, or folders of them (a Synthea "
+            "output folder: hospital and practitioner information go first)."
+        ),
     ],
     url: Annotated[str | None, typer.Option(help="Gateway base URL (PARCOURS_INGEST_URL).")] = None,
     token: Annotated[str | None, typer.Option(help="Bearer token (PARCOURS_INGEST_TOKEN).")] = None,
@@ -65,29 +102,32 @@ def push(
     rejected by reason. Exit code 1 if anything was rejected."""
     from tqdm import tqdm
 
-    from ingest.bulk import plan_file, push_direct, push_http
-    from parcours.cli import load_settings
+    from ingest.bulk import plan_file, push_direct, push_http, push_order
+    from parcours.runtime import load_settings
 
     settings = load_settings()
-    missing = [str(f) for f in files if not f.is_file()]
+    missing = [str(f) for f in files if not f.is_file() and not f.is_dir()]
     if missing:
         typer.echo(f"error: no such file: {', '.join(missing)}", err=True)
         raise typer.Exit(2)
-    requests = [r for f in files for r in plan_file(f, settings.ingest_max_body_bytes)]
+    requests = [r for f in push_order(files) for r in plan_file(f, settings.ingest_max_body_bytes)]
     total = sum(r.count for r in requests)
     bar = tqdm(total=total, unit="res", desc="push", file=sys.stderr)
     try:
         if direct:
             from ingest.metrics import IngestMetrics
             from ingest.publish import Publisher
+            from ingest.references import ReferenceResolver
             from ingest.service import IngestService
             from parcours.db import make_engine
 
             engine = make_engine(settings.db_url)
             publisher = Publisher(settings)
             try:
-                service = IngestService(engine, publisher, IngestMetrics())
-                summary = push_direct(requests, service, source, bar.update)
+                metrics = IngestMetrics()
+                service = IngestService(engine, publisher, metrics)
+                resolver = ReferenceResolver(engine, metrics, settings.ingest_defer_unresolved)
+                summary = push_direct(requests, service, source, bar.update, resolver)
             finally:
                 publisher.close()
                 engine.dispose()
@@ -117,22 +157,87 @@ def token_create(
     rotate: Annotated[
         bool, typer.Option(help="Replace the token of an existing integrator.")
     ] = False,
+    expires_in: Annotated[
+        str | None,
+        typer.Option(help="Validity of the token, e.g. 90d, 12h, 30m (default: no expiry)."),
+    ] = None,
 ) -> None:
     """Create an integrator and print its bearer token (shown once; only its hash is stored)."""
-    from ingest.auth import create_token
+    from ingest.auth import create_token, parse_duration
     from ingest.outcome import IngestError
-    from parcours.cli import load_settings
-    from parcours.db import make_engine, upgrade
 
-    settings = load_settings()
-    if settings.database_url is None:
-        upgrade(settings.db_url)
-    engine = make_engine(settings.db_url)
+    engine = _admin_engine()
     try:
-        token = create_token(engine, name, rotate=rotate)
+        validity = parse_duration(expires_in) if expires_in else None
+        token = create_token(engine, name, rotate=rotate, expires_in=validity)
     except IngestError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     finally:
         engine.dispose()
     typer.echo(token)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    name: Annotated[str, typer.Argument(help="Integrator whose token stops working now.")],
+) -> None:
+    """Revoke an integrator's token at once (`token create NAME --rotate` issues a new one)."""
+    from ingest.auth import revoke_token
+
+    engine = _admin_engine()
+    try:
+        found = revoke_token(engine, name)
+    finally:
+        engine.dispose()
+    if not found:
+        typer.echo(f"error: no integrator named {name!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked: {name}")
+
+
+@ingest_app.command("grant")
+def grant(
+    name: Annotated[str, typer.Argument(help="Integrator that receives the right to write.")],
+    patient: Annotated[str | None, typer.Option(help="A patient id.")] = None,
+    system: Annotated[
+        str | None,
+        typer.Option(help="An identifier system: its owner if nobody owns it yet, else a grant."),
+    ] = None,
+    from_owner: Annotated[
+        str | None,
+        typer.Option("--from", help="Everything this integrator owns."),
+    ] = None,
+) -> None:
+    """Let integrator NAME write a patient, an identifier system, or everything another
+    integrator owns. Without a grant, writing another integrator's patient gets 403."""
+    from ingest.ownership import assign_system
+    from ingest.ownership import grant as add_grant
+
+    chosen = [
+        (k, v) for k, v in (("patient", patient), ("system", system), ("owner", from_owner)) if v
+    ]
+    if len(chosen) != 1:
+        typer.echo("error: give exactly one of --patient, --system, --from", err=True)
+        raise typer.Exit(2)
+    kind, value = chosen[0]
+    engine = _admin_engine()
+    try:
+        if kind == "system" and assign_system(engine, name, value):
+            typer.echo(f"{name} owns identifier system {value}")
+            return
+        add_grant(engine, name, kind, value)
+    finally:
+        engine.dispose()
+    typer.echo(f"granted: {name} may write {kind} {value}")
+
+
+def _admin_engine() -> Any:
+    """The database of the admin commands, migrated first when it is the demo's SQLite."""
+    from parcours.db import make_engine, upgrade
+    from parcours.runtime import load_settings
+
+    settings = load_settings()
+    if settings.database_url is None:
+        upgrade(settings.db_url)
+    return make_engine(settings.db_url)

@@ -15,8 +15,9 @@ from typing import Any
 import orjson
 
 from ingest.bundle import patient_key, resolve_entries
-from ingest.outcome import Issue, Rejection
-from ingest.validate import validate_resource
+from ingest.limits import depth_issue, may_hold_controls, text_issues, too_deep
+from ingest.outcome import Issue, Rejection, clip, escape_controls
+from ingest.validate import ID_PATTERN, is_resource_type, validate_resource
 
 BUNDLE_TYPES = ("transaction", "batch", "message", "collection")
 # A transaction and a message are one unit: one bad entry rejects the whole Bundle.
@@ -25,6 +26,9 @@ ALLOWED_METHODS = ("POST", "PUT")
 # Stable namespace for ids the gateway gives to resources that arrive without one, so that the
 # same content pushed twice gets the same id (and is recognised as a duplicate).
 ID_NAMESPACE = uuid.UUID("6f1c2d1e-93a4-4f8e-9b0e-7d1f0c1a5e11")
+# Largest resource (compact JSON) the gateway publishes. The producer's max_request_size is set
+# above it (publish.py), so a resource that passes is never refused by the producer.
+MAX_RESOURCE_BYTES = 4 * 1024 * 1024 - 64 * 1024
 
 
 @dataclass
@@ -42,6 +46,8 @@ class Item:
     key: str = ""
     version: str = ""
     value: bytes = b""
+    # FHIRPath of the resource in its request (`Bundle.entry[2].resource`, `Encounter`).
+    root: str = ""
 
     @property
     def valid(self) -> bool:
@@ -87,17 +93,51 @@ def finalise(item: Item, resource: dict[str, Any]) -> None:
     item.value = value
 
 
+def describe(item: Item, body: Any, expected_type: str | None) -> None:
+    """Set the type and id of a refused item from its body, when they are well formed (they
+    end in SQL rows, dead-letter headers and metrics labels)."""
+    rtype = body.get("resourceType") if isinstance(body, dict) else None
+    if isinstance(rtype, str) and is_resource_type(rtype):
+        item.resource_type = rtype
+    elif expected_type is not None and is_resource_type(expected_type):
+        item.resource_type = expected_type
+    rid = body.get("id") if isinstance(body, dict) else None
+    item.resource_id = rid if isinstance(rid, str) and ID_PATTERN.match(rid) else None
+
+
+def size_issue(item: Item, limit: int, where: str) -> bool:
+    """Refuse a valid item whose published form is larger than `limit` bytes (413)."""
+    if len(item.value) <= limit:
+        return False
+    item.reject(
+        413,
+        "too-large",
+        [
+            Issue(
+                "too-costly",
+                f"The resource is {len(item.value)} bytes; the gateway publishes resources of "
+                f"at most {limit} bytes (PARCOURS_INGEST_MAX_RESOURCE_BYTES)",
+                (where,),
+            )
+        ],
+    )
+    item.value = b""
+    return True
+
+
 def prepare_resource(
-    body: Any, expected_type: str | None, url_id: str | None = None, index: int = 0
+    body: Any,
+    expected_type: str | None,
+    url_id: str | None = None,
+    index: int = 0,
+    max_resource_bytes: int = MAX_RESOURCE_BYTES,
 ) -> Item:
     """One resource from `POST /fhir/{type}`, `PUT /fhir/{type}/{id}` or an NDJSON line."""
     item = Item(index=index, resource=None, raw=body)
     status, reason, issues = validate_resource(body, expected_type)
     if issues:
         item.reject(status, reason, issues)
-        if isinstance(body, dict):
-            item.resource_type = body.get("resourceType") or expected_type
-            item.resource_id = body.get("id") if isinstance(body.get("id"), str) else None
+        describe(item, body, expected_type)
         return item
     resource = dict(body)
     rtype = resource["resourceType"]
@@ -110,7 +150,8 @@ def prepare_resource(
                 [
                     Issue(
                         "invalid",
-                        f"id {resource.get('id')!r} does not match the URL id {url_id!r}",
+                        f"id {resource.get('id')!r} does not match the URL id "
+                        f"{clip(escape_controls(repr(url_id)), 80)}",
                         (f"{rtype}.id",),
                     )
                 ],
@@ -119,6 +160,8 @@ def prepare_resource(
     elif not resource.get("id"):
         resource["id"] = content_id(resource)
     finalise(item, resource)
+    item.root = rtype
+    size_issue(item, max_resource_bytes, rtype)
     return item
 
 
@@ -173,12 +216,8 @@ class PreparedBundle:
         return [i for i in self.items if not i.valid]
 
 
-def prepare_bundle(body: Any) -> PreparedBundle:
-    """Validate a Bundle's envelope and each entry; resolve `urn:uuid` references.
-
-    Raises Rejection for an envelope that cannot be processed at all. Invalid entries are
-    returned as items with issues: the caller decides (atomic Bundle → reject all).
-    """
+def _envelope_checks(body: Any) -> None:
+    """Raise Rejection unless `body` is a Bundle of an accepted type, shallow enough to walk."""
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         got = body.get("resourceType") if isinstance(body, dict) else type(body).__name__
         raise Rejection(
@@ -187,26 +226,143 @@ def prepare_bundle(body: Any) -> PreparedBundle:
             [
                 Issue(
                     "invalid",
-                    f"POST /fhir takes a Bundle; got {got!r}. Post single resources to /fhir/{{type}}",
+                    f"POST /fhir takes a Bundle; got {clip(escape_controls(repr(got)), 80)}. "
+                    "Post single resources to /fhir/{type}",
                     ("Bundle.resourceType",),
                 )
             ],
         )
+    if too_deep(body):
+        raise Rejection(400, "too-deep", [depth_issue("Bundle")], resource_type="Bundle")
     btype = body.get("type")
-    if btype not in BUNDLE_TYPES:
+    if not isinstance(btype, str) or btype not in BUNDLE_TYPES:
         raise Rejection(
             422,
             "bundle-type",
             [
                 Issue(
                     "not-supported",
-                    f"Bundle.type {btype!r} is not accepted; use one of {', '.join(BUNDLE_TYPES)}",
+                    f"Bundle.type {clip(escape_controls(repr(btype)), 80)} is not accepted; "
+                    f"use one of {', '.join(BUNDLE_TYPES)}",
                     ("Bundle.type",),
                 )
             ],
             resource_type="Bundle",
         )
-    entries = body.get("entry") or []
+
+
+_PLAIN_REQUEST_KEYS = frozenset({"method", "url", "ifNoneExist", "ifMatch", "ifNoneMatch"})
+
+
+def _plain_entry(shell: dict[str, Any]) -> bool:
+    """True for the usual entry (a string fullUrl, a request of strings), which the R4 entry
+    model would accept: validating it with the model costs a third of a resource's time."""
+    if not set(shell) <= {"fullUrl", "request"}:
+        return False
+    if "fullUrl" in shell and not isinstance(shell["fullUrl"], str):
+        return False
+    request = shell.get("request")
+    if request is None:
+        return True
+    return (
+        isinstance(request, dict)
+        and set(request) <= _PLAIN_REQUEST_KEYS
+        and all(isinstance(v, str) and v for v in request.values())
+    )
+
+
+def _entry_issues(entry: dict[str, Any], index: int) -> list[Issue]:
+    """The entry's own elements (fullUrl, request, search, response), without its resource:
+    R4 structure, characters, and a fullUrl that is a URI (a `urn:uuid:` holds a UUID)."""
+    from fhir.resources.R4B.bundle import BundleEntry
+    from pydantic import ValidationError
+
+    from ingest.validate import issues_from_validation_error
+
+    where = f"Bundle.entry[{index}]"
+    shell = {k: v for k, v in entry.items() if k != "resource"}
+    if may_hold_controls(orjson.dumps(shell)):
+        issues = text_issues(shell, where)
+        if issues:
+            return issues
+    try:
+        if not _plain_entry(shell):
+            BundleEntry.model_validate(shell)
+    except ValidationError as exc:
+        return issues_from_validation_error(exc, where)
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        return [Issue("invalid", f"Not a valid Bundle entry ({type(exc).__name__})", (where,))]
+    full_url = entry.get("fullUrl")
+    if isinstance(full_url, str):
+        problem = None
+        if not full_url or any(c.isspace() for c in full_url):
+            problem = "fullUrl must be a URI (no spaces)"
+        elif full_url.startswith("urn:uuid:") and not ID_PATTERN.match(
+            full_url.removeprefix("urn:uuid:")
+        ):
+            # The uuid becomes the id of a resource that has none.
+            problem = "a urn:uuid: fullUrl must hold a UUID (1-64 of A-Z a-z 0-9 - .)"
+        if problem:
+            return [Issue("value", problem, (f"{where}.fullUrl",))]
+    return []
+
+
+def _conflict_issues(items: list[Item], entries: list[dict[str, Any]]) -> None:
+    """bdl-7 and one content per resource version: a later entry that repeats an earlier
+    fullUrl, or gives other content for the same (type, id, version), is refused."""
+    full_urls: dict[tuple[str, str], int] = {}
+    contents: dict[tuple[str, str, str], tuple[int, bytes]] = {}
+    for item in items:
+        if not item.valid:
+            continue
+        full_url = entries[item.index].get("fullUrl")
+        where = f"Bundle.entry[{item.index}]"
+        if isinstance(full_url, str):
+            # bdl-7 allows one fullUrl for several versions of the resource.
+            key = (full_url, item.version if item.version.startswith("v:") else "")
+            if key in full_urls:
+                item.reject(
+                    400,
+                    "duplicate-fullurl",
+                    [
+                        Issue(
+                            "invariant",
+                            f"bdl-7: fullUrl {clip(full_url, 200)!r} is already used by "
+                            f"entry[{full_urls[key]}]",
+                            (f"{where}.fullUrl",),
+                        )
+                    ],
+                )
+                continue
+            full_urls[key] = item.index
+        seen = contents.get(item.dedupe_key)
+        if seen is not None and seen[1] != item.value:
+            item.reject(
+                400,
+                "conflicting-entries",
+                [
+                    Issue(
+                        "conflict",
+                        f"entry[{seen[0]}] gives other content for "
+                        f"{item.resource_type}/{item.resource_id} in the same version",
+                        (f"{where}.resource",),
+                    )
+                ],
+            )
+            continue
+        contents.setdefault(item.dedupe_key, (item.index, item.value))
+
+
+def prepare_bundle(body: Any, max_resource_bytes: int = MAX_RESOURCE_BYTES) -> PreparedBundle:
+    """Validate a Bundle's envelope and each entry; resolve `urn:uuid` references.
+
+    Raises Rejection for an envelope that cannot be processed at all. Invalid entries are
+    returned as items with issues: the caller decides (atomic Bundle → reject all).
+    """
+    _envelope_checks(body)
+    btype = str(body["type"])
+    entries = body.get("entry")
+    entries = [] if entries is None else entries
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise Rejection(
             400,
@@ -215,7 +371,7 @@ def prepare_bundle(body: Any) -> PreparedBundle:
             resource_type="Bundle",
         )
     envelope = {k: v for k, v in body.items() if k != "entry"}
-    status, reason, issues = validate_resource(envelope, "Bundle")
+    status, reason, issues = validate_resource(envelope, "Bundle", "Bundle")
     if issues:
         raise Rejection(status, reason, issues, resource_type="Bundle")
     header: dict[str, Any] | None = None
@@ -257,12 +413,10 @@ def prepare_bundle(body: Any) -> PreparedBundle:
     items: list[Item] = []
     for index, entry in enumerate(with_ids["entry"]):
         root = f"Bundle.entry[{index}].resource"
-        item = Item(index=index, resource=None, raw=entry.get("resource"))
+        item = Item(index=index, resource=None, raw=entry.get("resource"), root=root)
         raw = entry.get("resource")
-        rtype = raw.get("resourceType") if isinstance(raw, dict) else None
         if isinstance(raw, dict):
-            item.resource_type = rtype if isinstance(rtype, str) else None
-            item.resource_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+            describe(item, raw, None)
         if raw is None:
             missing = entries[index].get("resource") is None
             item.raw = entries[index].get("resource")
@@ -289,19 +443,26 @@ def prepare_bundle(body: Any) -> PreparedBundle:
             issues = [
                 Issue(
                     "invalid",
-                    f"PUT url id {put_id!r} differs from the resource id",
+                    f"PUT url id {clip(escape_controls(repr(put_id)), 80)} differs from the "
+                    "resource id",
                     (f"{root}.id",),
                 )
             ]
+        if not issues:
+            issues = _entry_issues(entries[index], index)
+            status, reason = (400, "invalid-entry") if issues else (0, "")
         if issues:
             item.reject(status, reason, issues)
+            describe(item, raw, None)
         else:
             finalise(item, resolved[index])
+            size_issue(item, max_resource_bytes, root)
         items.append(item)
+    _conflict_issues(items, entries)
     return PreparedBundle(btype, items, header)
 
 
-def parse_ndjson(data: bytes) -> list[Item]:
+def parse_ndjson(data: bytes, max_resource_bytes: int = MAX_RESOURCE_BYTES) -> list[Item]:
     """One item per non-blank NDJSON line; `index` is the 1-based line number."""
     items: list[Item] = []
     for number, line in enumerate(data.splitlines(), start=1):
@@ -314,11 +475,11 @@ def parse_ndjson(data: bytes) -> list[Item]:
             item.reject(
                 400,
                 "invalid-json",
-                [Issue("structure", f"line {number}: {exc}", (f"line[{number}]",))],
+                [Issue("structure", clip(f"line {number}: {exc}"), (f"line[{number}]",))],
             )
             items.append(item)
             continue
-        item = prepare_resource(body, None, index=number)
+        item = prepare_resource(body, None, index=number, max_resource_bytes=max_resource_bytes)
         if item.issues:
             item.issues = [
                 Issue(i.code, f"line {number}: {i.diagnostics}", i.expression, i.severity)

@@ -28,6 +28,12 @@ class IngestMetrics:
             ["source", "reason"],
             registry=self.registry,
         )
+        self.unresolved_references = Counter(
+            "parcours_ingest_unresolved_references",
+            "Conditional references accepted before their target (deferred), by element.",
+            ["source", "element"],
+            registry=self.registry,
+        )
         self.publish_seconds = Histogram(
             "parcours_ingest_publish_seconds",
             "Time from first send to the last Kafka ack of a request.",

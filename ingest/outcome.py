@@ -8,13 +8,41 @@ as the FHIR spec does for `location`, so that every issue names *something*.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from parcours import ParcoursError
 
+# Issues an OperationOutcome lists, and rejection rows one request leaves in SQL.
+MAX_ISSUES = 100
 # CodeSystem of the gateway's rejection reasons (invalid-json, invalid-resource, …).
 REASON_SYSTEM = "https://parcours.example/fhir/CodeSystem/ingest-reason"
+
+
+# Code points FHIR strings may not hold (below 32, except tab, CR and LF).
+FORBIDDEN_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# Longest diagnostics or expression text kept in an issue.
+MAX_TEXT = 500
+
+
+def escape_controls(text: str) -> str:
+    """`text` with forbidden control characters written as `\\u0000`, safe for SQL and logs."""
+    if not FORBIDDEN_CHARS.search(text):
+        return text
+    return FORBIDDEN_CHARS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def clip(text: str, limit: int = MAX_TEXT) -> str:
+    """`text` cut to `limit` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
+def safe_text(text: str, limit: int = MAX_TEXT) -> str:
+    """Text from a request made fit for an answer, a log line or an SQL row."""
+    return clip(escape_controls(text), limit)
 
 
 @dataclass(frozen=True)
@@ -32,11 +60,11 @@ class Issue:
         out: dict[str, Any] = {"severity": self.severity, "code": self.code}
         if reason:
             out["details"] = {"coding": [{"system": REASON_SYSTEM, "code": reason}], "text": reason}
-        out["diagnostics"] = self.diagnostics
+        out["diagnostics"] = safe_text(self.diagnostics)
         if self.expression:
-            out["expression"] = list(self.expression)
+            out["expression"] = [safe_text(e) for e in self.expression]
         if self.location:
-            out["location"] = list(self.location)
+            out["location"] = [safe_text(e) for e in self.location]
         return out
 
 
@@ -49,8 +77,20 @@ def http_issue(header: str, code: str, diagnostics: str) -> Issue:
 def operation_outcome(
     issues: list[Issue] | tuple[Issue, ...], reason: str | None = None
 ) -> dict[str, Any]:
-    """An OperationOutcome resource holding `issues`, each tagged with the gateway's `reason`."""
-    return {"resourceType": "OperationOutcome", "issue": [i.to_fhir(reason) for i in issues]}
+    """An OperationOutcome resource holding `issues`, each tagged with the gateway's `reason`:
+    the first `MAX_ISSUES`, then one that counts the rest."""
+    shown = list(issues[:MAX_ISSUES])
+    if len(issues) > MAX_ISSUES:
+        more = len(issues) - MAX_ISSUES
+        shown.append(
+            Issue(
+                "too-costly",
+                f"… and {more} more issue{'s' if more > 1 else ''} "
+                f"(only the first {MAX_ISSUES} are listed)",
+                severity="warning",
+            )
+        )
+    return {"resourceType": "OperationOutcome", "issue": [i.to_fhir(reason) for i in shown]}
 
 
 def outcome_reason(outcome: Any) -> str | None:
@@ -89,6 +129,9 @@ class Rejection(IngestError):
     resource_type: str | None = None
     resource_id: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # False for refusals that are not about content (rate limit, slow body): counted, but
+    # neither stored nor dead-lettered, so that a flood of them costs the gateway little.
+    record: bool = True
 
     def __post_init__(self) -> None:
         super().__init__(self.summary)
@@ -101,7 +144,7 @@ class Rejection(IngestError):
         first = self.issues[0]
         where = f" at {first.expression[0]}" if first.expression else ""
         more = f" (+{len(self.issues) - 1} more)" if len(self.issues) > 1 else ""
-        return f"{self.reason}{where}: {first.diagnostics}{more}"
+        return safe_text(f"{self.reason}{where}: {first.diagnostics}{more}", 1000)
 
     def outcome(self) -> dict[str, Any]:
         """The OperationOutcome to send back."""
@@ -112,6 +155,10 @@ class BrokerUnavailable(IngestError):
     """Kafka did not acknowledge in time; the client should retry later (HTTP 503)."""
 
 
+class DatabaseUnavailable(IngestError):
+    """The gateway's database failed a moment ago; requests get 503 at once meanwhile."""
+
+
 REASON_PHRASES = {
     200: "OK",
     201: "Created",
@@ -119,9 +166,13 @@ REASON_PHRASES = {
     401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    403: "Forbidden",
+    408: "Request Timeout",
+    409: "Conflict",
     413: "Payload Too Large",
     415: "Unsupported Media Type",
     422: "Unprocessable Entity",
+    429: "Too Many Requests",
     503: "Service Unavailable",
 }
 

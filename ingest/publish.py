@@ -14,16 +14,20 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaProducer
-from kafka.errors import KafkaError
-from kafka.partitioner.default import DefaultPartitioner, murmur2
+from kafka.errors import (
+    InvalidRecordError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
+from kafka.partitioner.default import DefaultPartitioner
 
 from ingest.outcome import BrokerUnavailable
 from parcours.settings import Settings
-from parcours.topics import Topics, ensure_topics
+from parcours.topics import Topics, ensure_topics, partition_of_key
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +35,10 @@ log = logging.getLogger(__name__)
 RECONNECT_BACKOFF_S = 1.0
 # Dead-letter payloads are cut to stay under Kafka's default 1 MiB message size.
 MAX_DEADLETTER_BYTES = 900_000
-
-
-@lru_cache(maxsize=65536)
-def _key_hash(key: bytes) -> int:
-    return int(murmur2(key)) & 0x7FFFFFFF
+# Room for a record's key, headers and framing above the largest resource accepted.
+RECORD_OVERHEAD_BYTES = 64 * 1024
+# Failures of one record, not of the connection: the producer stays as it is for everyone.
+RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
 
 
 class CachedKeyPartitioner(DefaultPartitioner):  # type: ignore[misc]
@@ -58,7 +61,7 @@ class CachedKeyPartitioner(DefaultPartitioner):  # type: ignore[misc]
                 super().partition(topic, key, serialized_key, value, serialized_value, cluster)
             )
         partitions = sorted(cluster.partitions_for_topic(topic))
-        return int(partitions[_key_hash(serialized_key) % len(partitions)])
+        return int(partitions[partition_of_key(serialized_key, len(partitions))])
 
 
 @dataclass(frozen=True)
@@ -113,13 +116,15 @@ class Publisher:
             request_timeout_ms=max(500, timeout_ms - 100),
             max_block_ms=timeout_ms,
             bootstrap_timeout_ms=timeout_ms,
-            max_request_size=4 * 1024 * 1024,
+            # Above the largest resource the gateway lets through (entries.py refuses bigger
+            # ones with 413), so the producer never refuses a record for its size.
+            max_request_size=self.settings.ingest_max_resource_bytes + RECORD_OVERHEAD_BYTES,
             partitioner=CachedKeyPartitioner(),
         )
         try:
             ensure_topics(
                 self.settings.bootstrap,
-                [self.topics.raw, self.topics.deadletter],
+                [self.topics.raw, self.topics.deadletter, self.topics.directory],
                 self.settings.topic_partitions,
             )
         except Exception:
@@ -142,6 +147,10 @@ class Publisher:
                 raise BrokerUnavailable(f"Kafka is unreachable: {exc}") from exc
             log.info("connected to Kafka at %s", self.settings.bootstrap)
             return self._producer
+
+    def reset(self) -> None:
+        """Drop the clients; the next request connects afresh."""
+        self._discard()
 
     def _discard(self) -> None:
         with self._lock:
@@ -186,7 +195,8 @@ class Publisher:
         self._probe_lock.release()
 
     def publish(self, messages: Sequence[Message]) -> list[Ack | Exception]:
-        """Send every message to the raw topic and wait for each ack (acks=all).
+        """Send every message to its topic (`Topics.for_key`: reference data to the directory,
+        the rest to the raw topic) and wait for each ack (acks=all).
 
         Returns, per message, its Ack or the exception that stopped it. Waits at most the
         configured publish timeout in total.
@@ -197,7 +207,9 @@ class Publisher:
         for m in messages:
             try:
                 futures.append(
-                    producer.send(self.topics.raw, value=m.value, key=m.key, headers=m.headers)
+                    producer.send(
+                        self.topics.for_key(m.key), value=m.value, key=m.key, headers=m.headers
+                    )
                 )
             except (KafkaError, OSError, ValueError) as exc:
                 futures.append(exc)
@@ -214,7 +226,7 @@ class Publisher:
                 results.append(Ack(partition=meta.partition, offset=meta.offset))
             except (KafkaError, OSError, ValueError) as exc:
                 results.append(exc)
-        if any(isinstance(r, Exception) for r in results):
+        if any(isinstance(r, Exception) and not isinstance(r, RECORD_ERRORS) for r in results):
             self._discard()
         elif results:
             self._last_ack = time.monotonic()

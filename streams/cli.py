@@ -20,8 +20,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts
 
 
 def _engine() -> Any:
-    from parcours.cli import load_settings
     from parcours.db import make_engine
+    from parcours.runtime import load_settings
 
     return make_engine(load_settings().db_url)
 
@@ -36,14 +36,29 @@ def _t(value: str | None) -> str:
 
 @pathways_app.command("show")
 def pathways_show(
-    patient_id: Annotated[str, typer.Argument(help="Patient id (Patient.id).")],
+    patient_id: Annotated[
+        str, typer.Argument(help="Patient id (Patient.id), or an identifier value (IPP, INS).")
+    ],
     as_json: JsonOption = False,
 ) -> None:
     """Print a patient's pathway: stays (wards, beds, periods, disposition), ED visits,
     community visits, referrals and open alerts."""
-    from streams.read import pathway
+    from streams.read import pathway, patients_with_identifier
 
-    data = pathway(_engine(), patient_id)
+    engine = _engine()
+    data = pathway(engine, patient_id)
+    if data is None:
+        matches = patients_with_identifier(engine, patient_id)
+        if len(matches) > 1:
+            typer.echo(
+                f"error: identifier {patient_id!r} belongs to several patients: "
+                + ", ".join(matches),
+                err=True,
+            )
+            raise typer.Exit(1)
+        if matches:
+            patient_id = matches[0]
+            data = pathway(engine, patient_id)
     if data is None:
         typer.echo(f"error: no pathway for patient {patient_id!r}", err=True)
         raise typer.Exit(1)
@@ -116,8 +131,8 @@ def census_show(
     as_json: JsonOption = False,
 ) -> None:
     """Print occupancy and capacity per hospital, service and ward."""
-    from parcours.cli import load_settings
     from parcours.db import make_engine
+    from parcours.runtime import load_settings
     from streams.read import census
 
     settings = load_settings()

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, or_, select
 
+from parcours.db.hl7_models import PatientIdentifierRow
 from parcours.db.pathway_models import (
     AlertRow,
     CommunityVisitRow,
@@ -24,8 +25,8 @@ from parcours.db.pathway_models import (
     StayLocationRow,
     StayRow,
 )
-from streams.census import BED, HOSPITAL, SERVICE, WARD, Hierarchy, occupancy_at
-from streams.sink import as_utc, period_of, place_of
+from streams.core.census import BED, HOSPITAL, SERVICE, WARD, Hierarchy, occupancy_at
+from streams.sink.writer import as_utc, period_of, place_of
 
 LEVEL_ORDER = {HOSPITAL: 0, SERVICE: 1, WARD: 2, BED: 3}
 
@@ -41,6 +42,16 @@ def _row(row: Any, times: tuple[str, ...]) -> dict[str, Any]:
     for name in times:
         out[name] = iso(out.get(name))
     return out
+
+
+def patients_with_identifier(engine: Engine, value: str, limit: int = 20) -> list[str]:
+    """The patient ids that carry an identifier of this value (an IPP, an INS…), any system."""
+    t = PatientIdentifierRow.__table__
+    with engine.connect() as conn:
+        found = conn.execute(
+            select(t.c.patient_id).where(t.c.value == value).distinct().limit(limit)
+        )
+        return sorted(r[0] for r in found)
 
 
 def pathway(engine: Engine, patient_id: str) -> dict[str, Any] | None:
@@ -79,8 +90,24 @@ def pathway(engine: Engine, patient_id: str) -> dict[str, Any] | None:
                     )
                 }
             )
+        named = sorted({p["location_id"] for ps in places.values() for p in ps if p["location_id"]})
+        lt = LocationRow.__table__
+        known = (
+            {
+                r[0]
+                for r in conn.execute(select(lt.c.location_id).where(lt.c.location_id.in_(named)))
+            }
+            if named
+            else set()
+        )
         for stay in stays:
             stay["locations"] = places.get(stay["stay_id"], [])
+            for place in stay["locations"]:
+                # A Location the feed named but not yet sent: the period is counted at its
+                # hospital and placed once the Location arrives.
+                place["location_known"] = place["location_id"] is None or (
+                    place["location_id"] in known
+                )
         ed_visits = [
             _row(r, ("arrived_at", "departed_at"))
             for r in conn.execute(

@@ -11,7 +11,12 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine
 
 from parcours.db import upsert
-from parcours.db.forecast_models import ForecastAccuracyRow, ForecastRow
+from parcours.db.forecast_models import (
+    ForecastAccuracyRow,
+    ForecastRow,
+    ForecastSeriesRow,
+    ForecastTermRow,
+)
 from parcours.db.ingest_models import IngestRejectionRow, IntegratorRow
 from parcours.db.pathway_models import (
     AlertRow,
@@ -216,6 +221,8 @@ def seed(engine: Engine, prefix: str) -> Seeded:
                     "rmse": 1.5,
                     "mape": 0.05,
                     "coverage": 0.81,
+                    "mase": 0.6,
+                    "mae_by_lead": [1.0] * 23 + [3.1],
                     "computed_at": T0,
                 },
                 {
@@ -228,10 +235,53 @@ def seed(engine: Engine, prefix: str) -> Seeded:
                     "rmse": 3.0,
                     "mape": 0.1,
                     "coverage": 0.9,
+                    "mase": 1.2,
+                    "mae_by_lead": [2.0] * 23 + [4.7],
                     "computed_at": T0,
                 },
             ],
             key=["unit_id", "metric", "model", "horizon"],
+        )
+        upsert(
+            conn,
+            ForecastSeriesRow,
+            [
+                {
+                    "unit_id": s.ward_full,
+                    "metric": "occupancy",
+                    "unit_type": "ward",
+                    "freq": "h",
+                    "horizon": 24,
+                    "selected_model": "prophet",
+                    "capacity": 30.0,
+                    "history_points": 24 * 30,
+                    "history_end": T0,
+                    "folds": 3,
+                    "window_start": T0 - timedelta(days=56),
+                    "window_end": T0,
+                    "target_coverage": 0.8,
+                    "computed_at": T0,
+                }
+            ],
+            key=["unit_id", "metric"],
+        )
+        upsert(
+            conn,
+            ForecastTermRow,
+            [
+                {
+                    "unit_id": s.ward_full,
+                    "metric": "occupancy",
+                    "model": "prophet",
+                    "ds": T0 + timedelta(hours=h),
+                    "now": 21.0,
+                    "expected_discharges": 3.0 + h / 12,
+                    "expected_admissions": 4.0 + h / 12,
+                    "run_at": T0,
+                }
+                for h in range(1, 25)
+            ],
+            key=["unit_id", "metric", "model", "ds"],
         )
         upsert(
             conn,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import queries
@@ -57,6 +58,33 @@ def streams(at: datetime) -> None:
     )
 
 
+def unresolved(pending: pd.DataFrame) -> None:
+    """References to hospitals, places or practitioners accepted before their target."""
+    st.subheader(_("Références en attente ({n})", n=len(pending)))
+    if pending.empty:
+        st.success(_("Chaque référence acceptée pointe vers une ressource reçue."))
+        return
+    st.warning(
+        _(
+            "Ces références ont été acceptées avant la ressource qu'elles désignent. Les "
+            "passages et séjours qui les portent sont comptés ; leur lieu reste « pas encore "
+            "connu » jusqu'à l'arrivée de la ressource. Envoyez les Bundles des établissements "
+            "et des praticiens pour les résoudre."
+        )
+    )
+    table(
+        pending,
+        [
+            Col("source", "Émetteur"),
+            Col("element", "Élément"),
+            Col("resource_type", "Type"),
+            Col("value", "Identifiant"),
+            Col("occurrences", "Occurrences", "int"),
+            Col("last_seen_at", "Dernière fois", "time"),
+        ],
+    )
+
+
 @st.fragment(run_every=REFRESH)
 def health(hours: int) -> None:
     """Counters per integrator and the latest rejections; refreshes itself."""
@@ -76,8 +104,42 @@ def health(hours: int) -> None:
                 Col("rejected_total", "Rejetés", "int"),
             ],
         )
+    hl7 = queries.hl7_messages(engine())
+    if not hl7.empty:
+        st.subheader(_("Messages HL7 v2 (MLLP)"))
+        table(
+            hl7,
+            [
+                Col("integrator", "Émetteur"),
+                Col("sending_facility", "Établissement émetteur"),
+                Col("trigger", "Événement"),
+                Col("ack_code", "Réponse"),
+                Col("reason", "Motif"),
+                Col("count", "Nombre", "int"),
+                Col("last_at", "Dernier message", "time"),
+            ],
+        )
     at = now()
     streams(at)
+    unresolved(queries.unresolved_references(engine()))
+    waiting = queries.places_not_received(engine())
+    if not waiting.empty:
+        st.subheader(_("Lieux pas encore connus ({n})", n=len(waiting)))
+        st.caption(
+            _(
+                "Des séjours et passages aux urgences nomment ces lieux, qu'aucun flux n'a "
+                "encore envoyés : ils sont comptés dans leur établissement et placés à "
+                "l'arrivée du lieu."
+            )
+        )
+        table(
+            waiting,
+            [
+                Col("hospital_id", "Établissement"),
+                Col("location_id", "Lieu"),
+                Col("waiting", "Séjours et passages", "int"),
+            ],
+        )
     rejected = queries.recent_rejections(engine(), since=at - timedelta(hours=hours))
     st.subheader(_("Rejets ({n})", n=len(rejected)))
     if rejected.empty:

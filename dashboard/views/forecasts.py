@@ -1,6 +1,9 @@
-"""Bed-demand forecasts with their intervals, and how accurate each model was in backtests."""
+"""Prévisions de lits : la prévision retenue par le backtest, son éventail, sa décomposition
+stock–flux et sa précision passée, en mots."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import altair as alt
 import pandas as pd
@@ -8,62 +11,202 @@ import streamlit as st
 
 from dashboard import queries
 from dashboard.common import engine, local_time
-
-st.title("Forecasts")
-st.caption(
-    "Each forecast shows its prediction interval. The table below says how far off each model "
-    "was on recent history it had not seen (rolling-origin backtest); trust the best one, and no "
-    "model blindly."
+from dashboard.forecast_text import (
+    LEVEL_LABELS,
+    accuracy_sentence,
+    coverage_sentence,
+    lead_phrase,
+    mase_sentence,
+    model_label,
+    number,
+    percent,
+    terms_sentence,
 )
-metric = st.selectbox("Series", ["occupancy", "admissions", "discharges", "ed_arrivals", "hosp"])
-units = queries.forecast_units(engine(), metric)
-if not units:
+
+st.title("Prévisions")
+st.caption(
+    "Chaque série est prévue par plusieurs modèles ; un backtest sur l'historique récent, que "
+    "les modèles n'avaient pas vu, retient le plus précis. L'intervalle est calibré sur les "
+    "erreurs de ce backtest."
+)
+
+series = queries.forecast_series(engine())
+if series.empty:
     st.info(
-        "No forecast yet for this series. Run `parcours forecast run` once the census has a few "
-        "days of history (or backfill with `parcours simulate`)."
+        "Aucune prévision pour l'instant. Elles apparaissent au premier passage du "
+        "prévisionniste (`parcours forecast run`), dès que le recensement a quelques jours "
+        "d'historique."
     )
     st.stop()
-unit = st.selectbox("Unit", units, key="forecast_unit")
-accuracy = queries.forecast_accuracy(engine(), unit, metric)
-frame = local_time(queries.forecast(engine(), unit, metric), "ds", "run_at", "history_end")
-models = frame["model"].unique().tolist()
-best = accuracy["model"].iloc[0] if not accuracy.empty else models[0]
-chosen = st.multiselect("Models", models, default=[best])
-shown = frame[frame["model"].isin(chosen)]
 
-history = queries.census_history(engine(), "ward", unit) if metric != "hosp" else pd.DataFrame()
+levels = [
+    lv for lv in ("hospital", "service", "ward", "departement") if lv in set(series["unit_type"])
+]
+others = sorted(set(series["unit_type"].dropna()) - set(levels))
+levels += others
+if series["unit_type"].isna().any():
+    levels.append("")
+level = st.radio(
+    "Niveau",
+    levels,
+    format_func=lambda lv: LEVEL_LABELS.get(lv, lv or "Autres séries"),
+    horizontal=True,
+    key="forecast_level",
+)
+mine = series[series["unit_type"].fillna("") == level]
+names = dict(zip(mine["unit_id"], mine["name"], strict=True))
+unit = st.selectbox("Série", list(names), format_func=lambda u: names[u], key="forecast_unit")
+row = mine[mine["unit_id"] == unit].iloc[0]
+freq = str(row["freq"])
+hourly = freq.lower() == "h"
+selected = str(row["selected_model"])
+target = float(row["target_coverage"])
+
+frame = local_time(queries.forecast(engine(), unit), "ds", "run_at", "history_end")
+accuracy = queries.forecast_accuracy(engine(), unit)
+terms = local_time(queries.forecast_terms(engine(), unit), "ds")
+chosen = frame[frame["model"] == selected]
+if chosen.empty:
+    st.warning("La prévision du modèle retenu n'est pas encore écrite ; réessayez dans un instant.")
+    st.stop()
+
+lead = min(24 if hourly else 7, len(chosen))
+at_lead = chosen.iloc[lead - 1]
+st.subheader(f"Modèle retenu : {model_label(selected)}")
+cols = st.columns(3)
+cols[0].metric(
+    f"Prévision {lead_phrase(lead, freq)}",
+    f"{number(at_lead['yhat'], 0)} lits",
+    help="Valeur centrale de la prévision retenue.",
+)
+cols[1].metric(
+    f"Intervalle à {percent(target)}",
+    f"{number(at_lead['yhat_lower'], 0)} – {number(at_lead['yhat_upper'], 0)}",
+)
+if pd.notna(row["capacity"]):
+    cols[2].metric("Capacité", f"{number(row['capacity'], 0)} lits")
+
+sf_model = selected if selected in set(terms["model"]) else "stock_flow"
+sf_terms = terms[terms["model"] == sf_model]
+if len(sf_terms) >= lead:
+    t = sf_terms.iloc[lead - 1]
+    sf_yhat = frame[(frame["model"] == sf_model)]["yhat"]
+    sentence = terms_sentence(
+        lead,
+        freq,
+        t["now"],
+        t["expected_discharges"],
+        t["expected_admissions"],
+        float(sf_yhat.iloc[lead - 1]) if len(sf_yhat) >= lead else t["now"],
+    )
+    if sf_model != selected:
+        sentence += " (décomposition du modèle stock–flux, qui n'est pas le modèle retenu ici)"
+    st.markdown(sentence)
+
+# Fan chart: the recent history, then the selected forecast with its interval and the naive one.
+history_end = pd.Timestamp(row["history_end"])
 layers: list[alt.Chart] = []
-if not history.empty and metric in history:
-    hist = local_time(history, "hour").rename(columns={"hour": "ds", metric: "y"})
-    layers.append(alt.Chart(hist.tail(24 * 14)).mark_line(color="black").encode(x="ds:T", y="y:Q"))
+if level in ("hospital", "service", "ward"):
+    since = (history_end - timedelta(days=14)).to_pydatetime()
+    hist = queries.census_history(engine(), level, unit, since=since)
+    if not hist.empty:
+        hours = pd.date_range(pd.to_datetime(hist["hour"], utc=True).min(), history_end, freq="h")
+        occ = (
+            hist.assign(hour=pd.to_datetime(hist["hour"], utc=True))
+            .set_index("hour")["occupancy"]
+            .reindex(hours, fill_value=0)
+        )
+        past = local_time(pd.DataFrame({"ds": hours, "y": occ.to_numpy()}), "ds")
+        past["série"] = "Observé"
+        layers.append(
+            alt.Chart(past)
+            .mark_line(color="black")
+            .encode(x=alt.X("ds:T", title="Heure"), y=alt.Y("y:Q", title="Lits occupés"))
+        )
+shown = frame[frame["model"].isin([selected, "naive"])].copy()
+shown["modèle"] = shown["model"].map(model_label)
 band = (
-    alt.Chart(shown)
-    .mark_area(opacity=0.25)
+    alt.Chart(shown[shown["model"] == selected])
+    .mark_area(opacity=0.25, color="#1f77b4")
     .encode(
-        x=alt.X("ds:T", title="Time"),
-        y=alt.Y("yhat_lower:Q", title=metric),
+        x=alt.X("ds:T", title="Heure" if hourly else "Date"),
+        y=alt.Y("yhat_lower:Q", title="Lits occupés"),
         y2="yhat_upper:Q",
-        color="model:N",
     )
 )
-line = alt.Chart(shown).mark_line().encode(x="ds:T", y="yhat:Q", color="model:N")
-st.altair_chart(alt.layer(*layers, band, line), use_container_width=True)
+line = (
+    alt.Chart(shown)
+    .mark_line()
+    .encode(
+        x="ds:T",
+        y="yhat:Q",
+        color=alt.Color("modèle:N", title="Prévision"),
+        strokeDash=alt.condition(alt.datum.model == "naive", alt.value([4, 4]), alt.value([1, 0])),
+    )
+)
+st.altair_chart(alt.layer(*layers, band, line), width="stretch")
+st.caption(
+    f"Zone ombrée : intervalle de prévision à {percent(target)} du modèle retenu. "
+    f"Dernière donnée : {chosen['history_end'].iloc[0]:%d/%m/%Y %H:%M} ; "
+    f"calculée le {chosen['run_at'].iloc[0]:%d/%m/%Y à %H:%M}."
+)
 
-if not frame.empty:
-    width = float(frame["interval_width"].iloc[0])
-    st.caption(
-        f"Shaded: {width:.0%} prediction interval. Last history point: "
-        f"{frame['history_end'].iloc[0]:%Y-%m-%d %H:%M}; run at {frame['run_at'].iloc[0]:%Y-%m-%d %H:%M}."
-    )
-st.subheader("Backtest accuracy")
+st.subheader("Précision passée")
 if accuracy.empty:
-    st.write("No backtest for this unit yet (`parcours forecast backtest`).")
-else:
-    st.dataframe(
-        accuracy,
-        hide_index=True,
-        column_config={
-            "mape": st.column_config.NumberColumn("MAPE", format="percent"),
-            "coverage": st.column_config.NumberColumn("Interval coverage", format="percent"),
-        },
-    )
+    st.write("Pas encore de backtest pour cette série.")
+    st.stop()
+by_model = accuracy.set_index("model")
+window_days = (pd.Timestamp(row["window_end"]) - pd.Timestamp(row["window_start"])) / timedelta(
+    days=1
+)
+
+
+def mae_at(model: str) -> float | None:
+    """The backtest MAE of `model` at the headline lead (all leads if not stored per lead)."""
+    if model not in by_model.index:
+        return None
+    by_lead = by_model.at[model, "mae_by_lead"]
+    if isinstance(by_lead, list) and len(by_lead) >= lead:
+        return float(by_lead[lead - 1])
+    return float(by_model.at[model, "mae"])
+
+
+sel_mae = mae_at(selected)
+if sel_mae is not None:
+    st.markdown(accuracy_sentence(window_days, lead, freq, sel_mae, mae_at("naive")))
+    sel = by_model.loc[selected]
+    if pd.notna(sel["mase"]):
+        st.markdown(mase_sentence(float(sel["mase"]), freq))
+    st.markdown(coverage_sentence(float(sel["coverage"]), target))
+st.caption(
+    f"Backtest : {int(row['folds'])} origines successives, chaque fois {int(row['horizon'])} "
+    f"{'heures' if hourly else 'jours'} prévus sans voir la suite. Le modèle retenu a le plus "
+    "petit MASE."
+)
+table = pd.DataFrame(
+    {
+        "Modèle": [
+            model_label(m) + (" (retenu)" if m == selected else "") for m in accuracy["model"]
+        ],
+        f"Erreur moyenne {lead_phrase(lead, freq)} (lits)": [mae_at(m) for m in accuracy["model"]],
+        "Erreur moyenne, tous horizons (lits)": accuracy["mae"],
+        "RMSE (lits)": accuracy["rmse"],
+        "MASE": accuracy["mase"],
+        f"Couverture de l'intervalle à {percent(target)}": accuracy["coverage"],
+    }
+)
+st.dataframe(
+    table,
+    hide_index=True,
+    column_config={
+        f"Couverture de l'intervalle à {percent(target)}": st.column_config.NumberColumn(
+            format="percent"
+        ),
+        "MASE": st.column_config.NumberColumn(format="%.2f"),
+        "RMSE (lits)": st.column_config.NumberColumn(format="%.1f"),
+        "Erreur moyenne, tous horizons (lits)": st.column_config.NumberColumn(format="%.1f"),
+        f"Erreur moyenne {lead_phrase(lead, freq)} (lits)": st.column_config.NumberColumn(
+            format="%.1f"
+        ),
+    },
+)

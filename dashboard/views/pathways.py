@@ -144,7 +144,11 @@ for stay in path["stays"]:
         "Séjour",
     )
     for place in stay["locations"]:
-        ward = place_names.get(place["ward_id"]) or place["ward_id"] or _("établissement")
+        ward = (
+            place_names.get(place["ward_id"])
+            or place["ward_id"]
+            or (_("établissement") if place.get("location_known", True) else _("pas encore connu"))
+        )
         bed = place["bed_id"].rsplit("/", 1)[-1] if place["bed_id"] else None
         bar(
             "Unité et lit",

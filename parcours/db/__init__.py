@@ -18,14 +18,19 @@ from parcours.settings import normalise_db_url
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets foreign keys, WAL and a busy timeout."""
+def make_engine(url: str, timeout_s: float | None = None) -> Engine:
+    """An engine for `url`; SQLite gets foreign keys, WAL and a busy timeout.
+
+    With `timeout_s`, connecting, waiting for a pooled connection and each PostgreSQL
+    statement give up after about that long (a server that accepts and never answers raises
+    OperationalError instead of hanging the caller).
+    """
     url = normalise_db_url(url)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": timeout_s or 30}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -35,7 +40,25 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    if timeout_s is None:
+        # Parameters can hold patient data (and megabytes of it): errors never print them.
+        return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    millis = max(1, int(timeout_s * 1000))
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        hide_parameters=True,
+        pool_timeout=timeout_s,
+        connect_args={
+            # libpq counts whole seconds, and takes 2 as its least.
+            "connect_timeout": max(2, round(timeout_s)),
+            "options": f"-c statement_timeout={millis} -c lock_timeout={millis}",
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 2,
+        },
+    )
 
 
 def alembic_config(url: str) -> Config:

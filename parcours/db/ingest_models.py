@@ -5,6 +5,8 @@
 - `ingest_log`: one row per resource version published to the raw topic. Its key
   (type, id, version) is the gateway's dedupe memory, so it survives restarts.
 - `ingest_rejections`: every refused request or entry, with the OperationOutcome sent back.
+- `ingest_owners`: which integrator owns a patient (claimed by its first write) or an
+  identifier system (assigned by an admin); `ingest_grants`: who else may write them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class IntegratorRow(Base):
     accepted_total: Mapped[int] = mapped_column(BigInteger, default=0)
     duplicate_total: Mapped[int] = mapped_column(BigInteger, default=0)
     rejected_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    # None: the token never expires.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class IngestLogRow(Base):
@@ -68,3 +72,26 @@ class IngestRejectionRow(Base):
     operation_outcome: Mapped[dict[str, Any]] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_ingest_rejections_source_received_at", "source", "received_at"),)
+
+
+class IngestOwnerRow(Base):
+    """The integrator that owns a patient (`kind` patient) or an identifier system (`system`)."""
+
+    __tablename__ = "ingest_owners"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    value: Mapped[str] = mapped_column(String(512), primary_key=True)
+    integrator: Mapped[str] = mapped_column(String(64))
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class IngestGrantRow(Base):
+    """An integrator allowed to write what another owns: one patient, one identifier system,
+    or (`kind` owner) everything an integrator owns."""
+
+    __tablename__ = "ingest_grants"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    value: Mapped[str] = mapped_column(String(512), primary_key=True)
+    integrator: Mapped[str] = mapped_column(String(64), primary_key=True)
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime)

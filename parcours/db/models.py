@@ -7,18 +7,45 @@ Table names, owned by area (a later change adds its tables in a new migration):
 - census: `locations`, `location_occupancy`, `census_hourly`.
 - forecasting: `forecasts`, `forecast_accuracy`.
 
-Times are timezone-aware UTC (`DateTime(timezone=True)`); on SQLite they come back naive and
-are read as UTC.
+Times are stored in UTC and read back aware (`UTCDateTime`): PostgreSQL has `timestamptz`; SQLite
+has no zone, so a time is converted to UTC before it is stored and marked UTC when read.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import DateTime, Index, String
+from sqlalchemy import DateTime, Dialect, Index, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
-UTCDateTime = DateTime(timezone=True)
+from parcours.timeutil import to_utc
+
+
+class UTCDateTimeType(TypeDecorator[datetime]):
+    """An aware instant, stored as UTC on every database and read back aware (UTC).
+
+    SQLite would otherwise store an aware time's wall clock without its offset and give it back
+    naive: `09:06+01:00` read back as `09:06` UTC, an hour late.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        """Aware (or naive UTC) datetime → UTC; naive for SQLite, which keeps no zone."""
+        if not isinstance(value, datetime):
+            return value
+        utc = to_utc(value)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        """Stored value → aware UTC datetime."""
+        return to_utc(value) if isinstance(value, datetime) else value
+
+
+UTCDateTime = UTCDateTimeType()
 
 
 class Base(DeclarativeBase):

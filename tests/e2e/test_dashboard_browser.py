@@ -122,6 +122,16 @@ def test_manager(served: Served, browser: Browser) -> None:
     for spec in roles.allowed(Role.MANAGER):
         visit(page, spec, f"manager_{spec.url_path}")
         assert s.patient not in page.content(), spec.url_path
+    # The forecast of a ward: its chosen model and its accuracy in words.
+    visit(page, roles.page("previsions"), "manager_previsions")
+    page.get_by_text("Unités de soins", exact=True).click()
+    page.get_by_label("Série").click()
+    page.get_by_role("option", name=f"{s.prefix}Cardiologie", exact=True).click()
+    expect(page.get_by_text("Modèle retenu : Prophet")).to_be_visible(timeout=TIMEOUT)
+    expect(page.get_by_text("cette prévision s'est trompée de 3,1 lits")).to_be_visible(
+        timeout=TIMEOUT
+    )
+    shot(page, "manager_forecast_ward")
     page.close()
     refused(browser, served, Role.MANAGER, roles.page("patient"))
 

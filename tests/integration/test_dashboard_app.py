@@ -201,14 +201,23 @@ def test_english_on_the_switch(seeded: Seeded) -> None:
     assert "Beds occupied" in {m.label for m in at.metric}
 
 
-def test_forecast_page_shows_intervals_and_backtest(seeded: Seeded) -> None:
+def test_forecast_page_shows_the_selected_model_and_its_accuracy_in_words(
+    seeded: Seeded,
+) -> None:
     at = open_page(signed_in(Role.MANAGER), roles.page("previsions"))
-    unit = next(sb for sb in at.selectbox if sb.label == "Unit")
-    unit.set_value(seeded.ward_full).run()
+    at.radio(key="forecast_level").set_value("ward").run()
+    at.selectbox(key="forecast_unit").set_value(seeded.ward_full).run()
     assert not at.exception, at.exception
-    assert any("80% prediction interval" in c.value for c in at.caption)
-    accuracy = at.dataframe[0].value
-    assert accuracy["model"].tolist() == ["prophet", "naive"]
+    assert any(h.value == "Modèle retenu : Prophet" for h in at.subheader)
+    assert any("intervalle de prévision à 80" in c.value for c in at.caption)
+    text = " ".join(m.value for m in at.markdown)
+    assert "Sur les 8 dernières semaines, à 24 h, cette prévision s'est trompée de 3,1 lits" in text
+    assert "la prévision naïve de 4,7" in text
+    assert "MASE : 0,60" in text
+    assert "81\u00a0% des valeurs observées" in text
+    assert "21 patients présents maintenant, −5 sorties attendues, +6 admissions attendues" in text
+    table = at.dataframe[0].value
+    assert table["Modèle"].tolist() == ["Prophet (retenu)", "Naïve (dernière valeur)"]
 
 
 def test_hospital_sign_in_is_offered_when_oidc_is_configured(seeded: Seeded) -> None:

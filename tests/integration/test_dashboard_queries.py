@@ -66,6 +66,12 @@ def test_forecast_and_accuracy_best_model_first(seeded: tuple[Engine, Seeded]) -
     assert sorted(fc["model"].unique()) == ["naive", "prophet"]
     assert (fc["yhat_lower"] <= fc["yhat"]).all()
     assert queries.forecast_accuracy(engine, s.ward_full)["model"].tolist() == ["prophet", "naive"]
+    series = queries.forecast_series(engine)
+    mine = series[series["unit_id"] == s.ward_full].iloc[0]
+    assert (mine["selected_model"], mine["unit_type"], mine["freq"]) == ("prophet", "ward", "h")
+    terms = queries.forecast_terms(engine, s.ward_full, model="prophet")
+    assert len(terms) == 24
+    assert (terms["now"] == 21.0).all()
 
 
 def test_feed_health_shows_counters_and_the_element_at_fault(seeded: tuple[Engine, Seeded]) -> None:

@@ -50,10 +50,14 @@ def test_forecast_run_writes_forecasts_and_scores_and_reruns_idempotently(
     ]
     first = forecast(args, pg_url)
     assert first.returncode == 0, first.stderr[-2000:]
-    [report] = json.loads(first.stdout)
+    report = json.loads(first.stdout)
     assert report["unit_id"] == "spf:21"
     assert report["points"] == 105
-    assert {a["model"] for a in report["accuracy"]} == {"prophet", "naive", "seasonal_naive_7"}
+    candidates = {"stock_flow", "auto_ets", "auto_arima", "auto_theta", "prophet", "naive"}
+    assert {a["model"] for a in report["accuracy"]} == candidates | {"seasonal_naive_7"}
+    selected = report["selected"]
+    assert report["models"][selected]["mase"] <= report["models"]["naive"]["mase"]
+    written = sorted({selected, "naive", "stock_flow"})
 
     engine = make_engine(pg_url)
     query = text(
@@ -66,21 +70,34 @@ def test_forecast_run_writes_forecasts_and_scores_and_reruns_idempotently(
         scores = conn.execute(
             text("SELECT model, folds, coverage FROM forecast_accuracy WHERE unit_id = 'spf:21'")
         ).all()
-    assert [r["model"] for r in rows] == ["naive", "prophet", "seasonal_naive_7"]
+        chosen = conn.execute(
+            text("SELECT selected_model, folds FROM forecast_series WHERE unit_id = 'spf:21'")
+        ).one()
+        terms = conn.execute(
+            text(
+                "SELECT now, expected_discharges, expected_admissions FROM forecast_terms "
+                "WHERE unit_id = 'spf:21' AND model = 'stock_flow' ORDER BY ds"
+            )
+        ).all()
+    assert [r["model"] for r in rows] == written
     for r in rows:
         assert r["n"] == 7
         assert r["first"].isoformat() == "2020-07-01T00:00:00+00:00"
         assert r["ordered"]
-    assert len(scores) == 3
+    assert len(scores) == 7
     assert all(s.folds == 3 and 0.0 <= s.coverage <= 1.0 for s in scores)
+    assert tuple(chosen) == (selected, 3)
+    assert len(terms) == 7
+    assert all(t.now > 0 and t.expected_discharges > 0 for t in terms)
 
     again = forecast(args, pg_url)
     assert again.returncode == 0, again.stderr[-2000:]
     with engine.connect() as conn:
-        assert conn.scalar(text("SELECT count(*) FROM forecasts WHERE unit_id = 'spf:21'")) == 21
+        count = conn.scalar(text("SELECT count(*) FROM forecasts WHERE unit_id = 'spf:21'"))
+        assert count == 7 * len(written)
         assert (
             conn.scalar(text("SELECT count(*) FROM forecast_accuracy WHERE unit_id = 'spf:21'"))
-            == 3
+            == 7
         )
 
 
@@ -120,10 +137,14 @@ def test_forecast_run_reads_the_live_hourly_census(pg_url: str) -> None:
     assert len(series[ward]) == 24 * 6
     assert (series[ward].set_index("ds").loc[start + pd.Timedelta(hours=3), "y"]) == 0.0
 
-    result = forecast(["run", "--horizon", "24", "--folds", "2", "--json"], pg_url)
+    result = forecast(
+        ["run", "--unit-type", "ward", "--horizon", "24", "--folds", "2", "--json"], pg_url
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    report = {r["unit_id"]: r for r in json.loads(result.stdout)}
+    out = json.loads(result.stdout)
+    report = {r["unit_id"]: r for r in out["series"]} if "series" in out else {out["unit_id"]: out}
     assert report[ward]["points"] == 24 * 6
+    selected = report[ward]["selected"]
     with engine.connect() as conn:
         got = conn.execute(
             text(
@@ -133,9 +154,7 @@ def test_forecast_run_reads_the_live_hourly_census(pg_url: str) -> None:
             {"u": ward},
         ).all()
     assert [(g.model, g.n) for g in got] == [
-        ("naive", 24),
-        ("prophet", 24),
-        ("seasonal_naive_24", 24),
+        (m, 24) for m in sorted({selected, "naive", "stock_flow"})
     ]
     assert all(g.first == hours[-1] + pd.Timedelta(hours=1) for g in got)
 
@@ -151,5 +170,5 @@ def test_the_long_running_forecaster_waits_for_history_instead_of_dying(tmp_path
         wait_until(lambda: log.read_text().count("next forecast run") >= 2, 60, what="two rounds")
         assert proc.poll() is None
     text_ = log.read_text()
-    assert "no ward has 216 hours of census yet" in text_
+    assert "has 216 hours of census yet" in text_
     assert "Traceback" not in text_

@@ -145,12 +145,14 @@ def test_gateway_starts_without_a_broker_and_answers_503(
     nowhere = f"127.0.0.1:{free_port()}"
     env = gateway_env(nowhere, pg_url, topic_prefix, PARCOURS_INGEST_PUBLISH_TIMEOUT_S="2")
     with run_gateway(env, tmp_path / "gw.log", healthy=False) as gw:
-        resp = post(gw.url, token, "/fhir/Encounter", encounter(unique("e"), "p"))
+        resp = post(gw.url, token, "/fhir/Encounter", encounter(unique("e"), unique("p")))
         assert resp.status_code == 503, resp.text
         assert resp.headers["retry-after"]
         assert httpx.get(f"{gw.url}/healthz", timeout=30).status_code == 503
         # Validation still answers without Kafka: a bad resource is a 422, not a 503.
-        bad = post(gw.url, token, "/fhir/Encounter", encounter(unique("e"), "p", status="x"))
+        bad = post(
+            gw.url, token, "/fhir/Encounter", encounter(unique("e"), unique("p"), status="x")
+        )
         assert bad.status_code == 422
         assert gw.proc.poll() is None
 

@@ -79,7 +79,11 @@ def test_all_synthea_bundles_land_exactly_once_keyed_by_patient(
         "rejected: 0",
     ]
 
-    raw = read_topic(broker, Topics.from_settings(Settings(topic_prefix=topic_prefix)).raw)
+    topics = Topics.from_settings(Settings(topic_prefix=topic_prefix))
+    # Organizations and Practitioners go to the directory topic, the rest to the raw topic.
+    directory = read_topic(broker, topics.directory)
+    assert {json.loads(m.value)["resourceType"] for m in directory} <= set(SHARED_TYPES)
+    raw = read_topic(broker, topics.raw) + directory
     landed = Counter((json.loads(m.value)["resourceType"], json.loads(m.value)["id"]) for m in raw)
     assert len(raw) == len(expected)
     assert set(landed) == set(expected)

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from ingest.simulate.fhir import message_key
 from parcours.settings import Settings
-from parcours.topics import Topics
+from parcours.topics import Topics, is_directory_key
+from simulate.fhir import message_key
 from tests.support import parcours_env
 
 pytestmark = pytest.mark.integration
@@ -79,9 +79,13 @@ def test_kafka_backfill_is_keyed_by_patient_and_matches_the_ndjson_backfill(
     assert produced > 1000
     assert produced + withheld == summary["resources"]
 
-    topic = Topics.from_settings(Settings(topic_prefix=topic_prefix)).raw
-    messages = read_all(broker, topic, 3, produced)
+    topics = Topics.from_settings(Settings(topic_prefix=topic_prefix))
+    # Reference data on the directory topic (one partition), the rest on the raw topic.
+    directory = read_all(broker, topics.directory, 1, 1)
+    messages = directory + read_all(broker, topics.raw, 3, produced - len(directory))
     assert len(messages) == produced
+    assert directory
+    assert all(is_directory_key(m.key) == (m.topic == topics.directory) for m in messages)
 
     per_key: dict[bytes, list[dict[str, Any]]] = defaultdict(list)
     partition_of: dict[bytes, set[int]] = defaultdict(set)

@@ -9,7 +9,7 @@ from faust.types import TP
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from parcours.topics import ensure_topics
-from streams.app import log_ends
+from streams.runtime.faust_compat import log_ends
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.app import consumed_partitions
+from streams.runtime.faust_compat import consumed_partitions
 from tests.integration.streams_helpers import (
     assert_same_tables,
     count,

@@ -15,8 +15,8 @@ import pytest
 from bench.territory import expected_counts, territory
 from parcours.db import upgrade
 from parcours.settings import Settings
-from streams.agents import BatchProcessor, RawMessage, rules_from_settings
-from streams.sink import ALERT_COLUMNS, SqlSink, bulk_write
+from streams.runtime.batch import BatchProcessor, RawMessage, rules_from_settings
+from streams.sink.writer import ALERT_COLUMNS, SqlSink, bulk_write
 from tests.integration.streams_helpers import count, raw_key, rows, snapshot
 from tests.support import fresh_database
 

@@ -17,8 +17,8 @@ import pytest
 from bench.territory import territory
 from parcours.db import make_engine
 from parcours.settings import Settings
-from streams.agents import BatchProcessor, RawMessage, partition_for, rules_from_settings
-from streams.sink import SqlSink
+from streams.runtime.batch import BatchProcessor, RawMessage, partition_for, rules_from_settings
+from streams.sink.writer import SqlSink
 from tests.integration.streams_helpers import assert_same_tables, count, raw_key, snapshot
 from tests.support import fresh_database
 

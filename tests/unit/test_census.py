@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from streams.census import (
+from streams.core.census import (
     EdArrival,
     Hierarchy,
     Period,
@@ -95,7 +95,7 @@ def test_hierarchy_resolves_beds_to_wards_and_hospitals(
         (CARD2, 1),
         (Unit("ward", "w-ed", "org-chu"), 10),  # territory config
         (CARDIO, 3),
-        (HOSP, 13),
+        (HOSP, 3),  # inpatient beds: the ED boxes (w-ed) are the ED's capacity
         (Unit("hospital", "elsewhere", "elsewhere"), None),
     ],
 )
@@ -171,6 +171,30 @@ CASES = [
         {1: {"ed_arrivals": 2}},
         id="ED arrivals per hospital",
     ),
+    pytest.param(
+        [],
+        [
+            EdArrival("org-chu", "w-ed", t(0.5), t(2.5)),  # present at hours 1 and 2
+            EdArrival("org-chu", "w-ed", t(1.0), t(1.5)),  # present at hour 1 (inclusive start)
+            EdArrival("org-chu", "w-ed", t(2.2)),  # still there: counted to the watermark only
+        ],
+        TREE,
+        Unit("ward", "w-ed", "org-chu"),
+        {
+            0: {"ed_arrivals": 1},
+            1: {"occupancy": 2, "ed_arrivals": 1},
+            2: {"occupancy": 1, "ed_arrivals": 1},
+        },
+        id="ED visits occupy the ED ward from arrival to departure",
+    ),
+    pytest.param(
+        [],
+        [EdArrival("org-chu", "w-ed", t(0.5), t(2.5))],
+        TREE,
+        HOSP,
+        {0: {"ed_arrivals": 1}},
+        id="ED visits are not in the hospital's inpatient occupancy",
+    ),
 ]
 
 
@@ -217,8 +241,20 @@ def test_live_occupancy_per_bed_ward_service_hospital() -> None:
     assert occ[("bed", "b2")] == (0, 1)
     assert occ[("ward", "w-card")] == (1, 2)
     assert occ[("service", "org-chu/cardio")] == (2, 3)
-    assert occ[("hospital", "org-chu")] == (2, 13)
+    assert occ[("hospital", "org-chu")] == (2, 3)  # inpatient beds only
     assert occ[("ward", "w-ed")] == (0, 10)
+    with_ed = {
+        (o.unit.unit_type, o.unit.unit_id): (o.occupied, o.capacity)
+        for o in live_occupancy(
+            periods,
+            TREE,
+            hierarchy_units(TREE),
+            [EdArrival("org-chu", "w-ed", t(1)), EdArrival("org-chu", "w-ed", t(0), t(1))],
+        )
+    }
+    assert with_ed[("ward", "w-ed")] == (1, 10)  # the open visit, against the ED boxes
+    assert with_ed[("service", "org-chu/urgences")] == (1, 10)
+    assert with_ed[("hospital", "org-chu")] == (2, 3)
 
 
 def test_occupancy_at_a_past_instant() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ingest.bundle import resolve_entries
-from streams.events import (
+from streams.core.events import (
     AppointmentBooked,
     CommunityVisited,
     EdArrived,
@@ -32,7 +32,7 @@ from streams.events import (
     patient_event_from_json,
     patient_event_to_json,
 )
-from streams.fhir_map import (
+from streams.core.fhir_map import (
     MappingError,
     discharge_disposition,
     map_resource,
@@ -317,12 +317,6 @@ def _patched(name: str, path: list[str | int], value: Any) -> dict[str, Any]:
         ("encounter_emer", ["subject"], {"reference": "Group/g1"}, "Encounter.subject"),
         ("encounter_emer", ["id"], ..., "Encounter.id"),
         ("encounter_imp_transfers", ["location", 0, "status"], "busy", "location[0].status"),
-        (
-            "encounter_imp_transfers",
-            ["location", 0, "location"],
-            {"reference": "Organization/o"},
-            "location[0].location",
-        ),
         ("encounter_imp_transfers", ["location", 0], "ward", "location[0]"),
         ("service_request_referral", ["status"], "sent", "ServiceRequest.status"),
         ("service_request_referral", ["subject"], ..., "ServiceRequest.subject"),
@@ -500,3 +494,19 @@ def test_a_finished_encounter_without_its_end_ends_when_it_was_recorded() -> Non
     del resource["meta"]["lastUpdated"]
     with pytest.raises(MappingError, match=r"period\.end is missing"):
         map_resource(resource)
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        {"reference": "Location?identifier=https://github.com/synthetichealth/synthea|x"},
+        {"identifier": {"system": "urn:oid:1.2.250.1.71.4.2.2", "value": "210780581"}},
+        {"reference": "Organization/o"},
+    ],
+)
+def test_a_place_not_known_yet_keeps_the_stay_and_its_hospital(reference: Any) -> None:
+    resource = _patched("encounter_imp_transfers", ["location", 0, "location"], reference)
+    events = map_resource(resource)
+    (admitted,) = [e for e in events if isinstance(e, PatientAdmitted)]
+    assert admitted.at == parse_time(resource["period"]["start"])
+    assert admitted.hospital == resource["serviceProvider"]["reference"].split("/")[-1]

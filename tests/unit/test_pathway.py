@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ingest.bundle import resolve_entries
-from streams.events import (
+from streams.core.events import (
     AppointmentBooked,
     CommunityVisited,
     EdArrived,
@@ -27,8 +27,8 @@ from streams.events import (
     ResourceRetracted,
     SourceRef,
 )
-from streams.fhir_map import map_resource, patient_events
-from streams.pathway import (
+from streams.core.fhir_map import map_resource, patient_events
+from streams.core.pathway import (
     AlertRaised,
     AlertResolved,
     EventIgnored,

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.events import (
+from streams.core.events import (
     AppointmentBooked,
     CommunityVisited,
     EdArrived,
@@ -26,7 +26,7 @@ from streams.events import (
     ResourceRetracted,
     SourceRef,
 )
-from streams.pathway import (
+from streams.core.pathway import (
     PathwayRules,
     PatientState,
     check_timers,
@@ -58,7 +58,7 @@ KINDS = ["stay", "stay", "stay", "ed", "ed", "visit", "referral", "appt", "care"
 
 @st.composite
 def resource_version(draw: st.DrawFn, odd: bool = True) -> list[PatientEvent]:
-    """The events one version of one resource maps to, like streams.fhir_map makes them; with
+    """The events one version of one resource maps to, like streams.core.fhir_map makes them; with
     `odd`, also events no well-formed feed sends (a move of a stay of another resource…)."""
     kind = draw(st.sampled_from([*KINDS, "odd"] if odd else KINDS))
     version = str(draw(st.integers(1, 3)))

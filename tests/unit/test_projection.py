@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from streams.events import (
+from streams.core.events import (
     CommunityVisited,
     EdArrived,
     EdDeparted,
@@ -15,8 +15,8 @@ from streams.events import (
     PatientTransferred,
     SourceRef,
 )
-from streams.pathway import AlertResolved, transition
-from streams.projection import patient_rows
+from streams.core.pathway import AlertResolved, transition
+from streams.core.projection import patient_rows
 
 T0 = datetime(2026, 2, 1, 8, tzinfo=UTC)
 

@@ -10,9 +10,9 @@ import pytest
 
 from parcours.settings import Settings, normalise_db_url
 from parcours.topics import Topics
-from streams.agents import decode_batch
-from streams.events import EncounterRecorded
-from streams.fhir_map import MappingError, map_resource
+from streams.core.events import EncounterRecorded
+from streams.core.fhir_map import MappingError, map_resource
+from streams.runtime.batch import decode_batch
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fhir"
 
@@ -77,7 +77,7 @@ def test_decode_batch_splits_good_from_bad() -> None:
 def test_alert_thresholds_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from datetime import timedelta
 
-    from streams.agents import rules_from_settings
+    from streams.runtime.batch import rules_from_settings
 
     monkeypatch.setenv("PARCOURS_ALERT_ED_BOARDING_HOURS", "6")
     monkeypatch.setenv("PARCOURS_ALERT_LOS_P90_DAYS", '{"cardio": 9, "geriatrie": 21.5}')

@@ -15,11 +15,11 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from ingest.simulate.fhir import OID_FINESS, OID_INS, OID_RPPS, SERVICE_SYSTEM, message_key
-from ingest.simulate.imperfect import Deliverer, Delivery
-from ingest.simulate.model import Simulation
-from ingest.simulate.run import deliveries
-from ingest.simulate.territory import Imperfections, Territory, default_territory, load_territory
+from simulate.fhir import OID_FINESS, OID_INS, OID_RPPS, SERVICE_SYSTEM, message_key
+from simulate.imperfect import Deliverer, Delivery
+from simulate.model import Simulation
+from simulate.run import deliveries
+from simulate.territory import Imperfections, Territory, default_territory, load_territory
 
 SMALL = Path(__file__).resolve().parents[1] / "fixtures" / "simulate" / "small_territory.yaml"
 START = datetime(2026, 3, 2, tzinfo=ZoneInfo("Europe/Paris"))

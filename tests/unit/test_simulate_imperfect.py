@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from ingest.simulate import SimulationError
-from ingest.simulate.imperfect import Deliverer, is_discharge
-from ingest.simulate.sinks import GatewaySink, NdjsonSink
-from ingest.simulate.territory import Imperfections, load_territory, territory_from_dict
+from simulate import SimulationError
+from simulate.imperfect import Deliverer, is_discharge
+from simulate.sinks import GatewaySink, NdjsonSink
+from simulate.territory import Imperfections, load_territory, territory_from_dict
 
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
 
@@ -225,7 +225,7 @@ def test_territory_rejects_unknown_keys_and_services() -> None:
 def test_territory_yaml_round_trips_with_every_default_written_out() -> None:
     import yaml
 
-    from ingest.simulate.territory import default_territory, territory_yaml
+    from simulate.territory import default_territory, territory_yaml
 
     default = default_territory()
     text = territory_yaml(default)

@@ -12,16 +12,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from ingest.simulate.imperfect import Deliverer
-from ingest.simulate.model import Simulation
-from ingest.simulate.run import deliveries
-from ingest.simulate.territory import (
+from simulate.imperfect import Deliverer
+from simulate.model import Simulation
+from simulate.run import deliveries
+from simulate.territory import (
     SurgeConfig,
     Territory,
     default_territory,
     load_territory,
 )
-from ingest.simulate.truth import occupancy_rows, pathway_stats
+from simulate.truth import occupancy_rows, pathway_stats
 
 SMALL = Path(__file__).resolve().parents[1] / "fixtures" / "simulate" / "small_territory.yaml"
 START = datetime(2026, 1, 5, tzinfo=ZoneInfo("Europe/Paris"))  # a Monday
@@ -266,7 +266,7 @@ def test_referrals_lead_to_booked_then_fulfilled_admissions(long_run: Simulation
 
 
 def test_real_time_pacing_sleeps_simulated_time_over_speed(small: Territory) -> None:
-    from ingest.simulate.run import run_simulation
+    from simulate.run import run_simulation
 
     class Clock:
         now = 0.0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.app import READY, consumed_partitions
+from streams.runtime.faust_compat import READY, consumed_partitions
 
 LOG = f"""\
 [2026-11-29 16:24:12,316] [11064] [INFO] [^---SeekThenResumeRecovery]: {READY} t1.fhir.raw [0, 1, 2, 3], t1.two-__assignor-__leader [0]

@@ -1,66 +1,94 @@
 """Which raw messages the batch consumer hands over after a rebalance, and which partitions
-recovery rewinds to their start (the pieces of `streams.app` that a kill -9 depends on)."""
+recovery rewinds to their start (the pieces of `streams.runtime.faust_compat` that a kill -9
+depends on), on the real app, consumer and recovery objects of a worker."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from types import SimpleNamespace
+from pathlib import Path
 from typing import Any
 
-from faust.types import TP
+import pytest
+from faust.types import TP, Message
 
-from streams.app import (
+from parcours.settings import Settings
+from streams.runtime.bootstrap import create_app
+from streams.runtime.faust_compat import (
     BUSY_POLL_S,
     READY,
     BatchConsumer,
+    ParcoursApp,
     SeekThenResumeRecovery,
     gather_wait,
     ready_at,
 )
 
-RAW = "p.fhir.raw"
-CHANGELOG = "p.parcours-streams-pathway-state-changelog"
+RAW = "fhir.raw"
 
 
-def _consumer_stub(generation: int, flowing: bool = True) -> Any:
-    flow = SimpleNamespace(is_active=lambda: flowing)
-    return SimpleNamespace(
-        app=SimpleNamespace(flow_control=flow, consumer_generation_id=generation)
+@pytest.fixture
+def app(tmp_path: Path) -> ParcoursApp:
+    """A real worker app, built as `parcours streams worker` builds it; nothing connects."""
+    settings = Settings(
+        kafka_bootstrap_servers="127.0.0.1:9",
+        database_url=f"sqlite:///{tmp_path / 'p.db'}",
+        data_dir=tmp_path,
+        worker_web_port=0,
+    )
+    return create_app(settings)
+
+
+def _message(offset: int, generation: int) -> Message:
+    return Message(
+        RAW, 0, offset, 0.0, 0, None, b"k", b"{}", None, tp=TP(RAW, 0), generation_id=generation
     )
 
 
-def test_only_the_messages_of_the_current_generation_are_handed_over() -> None:
-    old = [SimpleNamespace(offset=i, generation_id=3) for i in range(3)]
-    new = [SimpleNamespace(offset=i, generation_id=4) for i in range(3, 5)]
-    batch: Any = old + new
-    assert BatchConsumer._fresh(_consumer_stub(4), batch) == new
-    assert BatchConsumer._fresh(_consumer_stub(3), batch) == old
+def test_only_the_messages_of_the_current_generation_are_handed_over(app: ParcoursApp) -> None:
+    consumer = app.consumer
+    assert isinstance(consumer, BatchConsumer)
+    old = [_message(i, 3) for i in range(3)]
+    new = [_message(i, 4) for i in range(3, 5)]
+    app.flow_control.resume()
+    app.consumer_generation_id = 4
+    assert consumer._fresh(old + new) == new
+    app.consumer_generation_id = 3
+    assert consumer._fresh(old + new) == old
     # While a rebalance is under way nothing is handled: it is all read again afterwards.
-    assert BatchConsumer._fresh(_consumer_stub(4, flowing=False), batch) == []
+    app.flow_control.suspend()
+    assert consumer._fresh(old + new) == []
 
 
-def test_recovery_rewinds_the_source_partitions_that_have_no_committed_offset() -> None:
+def test_recovery_rewinds_the_source_partitions_that_have_no_committed_offset(
+    app: ParcoursApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recovery = app.tables.recovery
+    assert isinstance(recovery, SeekThenResumeRecovery)
+    consumer = app.consumer
+    changelog = TP(next(iter(app.tables.values())).changelog_topic.get_topic_name(), 0)
+    uncommitted, at_zero, committed = TP(RAW, 0), TP(RAW, 1), TP(RAW, 2)
+    consumer._committed_offset.update({at_zero: None, committed: 57})
+    consumer._read_offset.update({uncommitted: 50, at_zero: 12, committed: 57, changelog: 9})
     seeked: list[tuple[str, int]] = []
 
     async def seek_to_beginning(*tps: Any) -> None:
         seeked.extend((tp.topic, tp.partition) for tp in tps)
 
-    uncommitted, at_zero, committed = TP(RAW, 0), TP(RAW, 1), TP(RAW, 2)
-    changelog = TP(CHANGELOG, 0)
-    consumer = SimpleNamespace(
-        _committed_offset={at_zero: None, committed: 57},
-        _read_offset={uncommitted: 50, at_zero: 12, committed: 57},
-        _thread=SimpleNamespace(seek_to_beginning=seek_to_beginning),
-    )
-    recovery: Any = SimpleNamespace(_is_changelog_tp=lambda tp: tp.topic == CHANGELOG)
+    # The consumer thread's seek goes to the broker: record it instead.
+    monkeypatch.setattr(consumer._thread, "seek_to_beginning", seek_to_beginning)
     assignment = {uncommitted, at_zero, committed, changelog}
 
-    asyncio.run(SeekThenResumeRecovery._rewind_uncommitted(recovery, consumer, assignment))
+    asyncio.run(recovery._rewind_uncommitted(consumer, assignment))
 
     assert sorted(seeked) == [(RAW, 0), (RAW, 1)]
     # The next records of a rewound partition start again from its first offset.
-    assert consumer._read_offset == {uncommitted: None, at_zero: None, committed: 57}
+    assert {tp: consumer._read_offset[tp] for tp in assignment} == {
+        uncommitted: None,
+        at_zero: None,
+        committed: 57,
+        changelog: 9,
+    }
 
 
 def test_the_ready_time_is_read_from_the_first_ready_line_of_the_topic() -> None:

@@ -11,9 +11,10 @@ import pytest
 
 from bench.territory import territory
 from parcours.settings import Settings
-from streams.agents import BatchOutcome, BatchProcessor, RawMessage, rules_from_settings
-from streams.fold_process import FoldProcess, FoldProcessError, FoldProcesses
+from streams.runtime.batch import BatchOutcome, BatchProcessor, RawMessage, rules_from_settings
+from streams.runtime.fold_process import FoldProcess, FoldProcessError, FoldProcesses
 from tests.integration.streams_helpers import raw_key
+from tests.unit.fakes import NoWrites
 
 
 def _messages(mixed: bool = False) -> list[RawMessage]:
@@ -44,7 +45,7 @@ def _fold_all(fold: Any, messages: list[RawMessage], size: int) -> list[BatchOut
 def test_the_fold_processes_fold_as_the_worker_does(processes: int, mixed: bool) -> None:
     messages = _messages(mixed)
     rules = rules_from_settings(Settings())
-    here = _fold_all(BatchProcessor(sink=None, rules=rules).fold, messages, 97)  # type: ignore[arg-type]
+    here = _fold_all(BatchProcessor(sink=NoWrites(), rules=rules).fold, messages, 97)
     children = FoldProcesses(rules, processes)
     try:
         there = _fold_all(children.fold, messages, 97)

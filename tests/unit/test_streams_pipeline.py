@@ -11,8 +11,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from streams.agents import BatchOutcome, BatchProcessor, FoldWritePipeline, RawMessage
-from streams.pathway import PathwayRules
+from streams.core.pathway import PathwayRules
+from streams.runtime.batch import BatchOutcome, BatchProcessor, RawMessage
+from streams.runtime.worker import FoldWritePipeline
+from tests.unit.fakes import NoWrites
 
 
 class CountingProcessor(BatchProcessor):
@@ -20,7 +22,7 @@ class CountingProcessor(BatchProcessor):
     `gate` and refuses the rows of the patients in `refuse`, once."""
 
     def __init__(self) -> None:
-        super().__init__(sink=None, rules=PathwayRules())  # type: ignore[arg-type]
+        super().__init__(sink=NoWrites(), rules=PathwayRules())
         self.gate = threading.Event()
         self.gate.set()
         self.fold_gate = threading.Event()
@@ -28,10 +30,12 @@ class CountingProcessor(BatchProcessor):
         self.refuse: set[str] = set()
         self.folds: list[dict[str, str | None]] = []  # the states each fold read
         self.writes: list[dict[str, str]] = []  # the states each write got
+        self.log: list[str] = []  # "fold start", "fold end", "write", "finish", in order
 
     def fold(
         self, messages: list[RawMessage], get_state: Callable[[str], str | None]
     ) -> BatchOutcome:
+        self.log.append("fold start")
         assert self.fold_gate.wait(10)
         outcome = BatchOutcome()
         read: dict[str, str | None] = {}
@@ -41,6 +45,7 @@ class CountingProcessor(BatchProcessor):
             before = outcome.states.get(pid, (0, read[pid] or "0"))[1]
             outcome.states[pid] = (0, str(int(before) + 1))
         self.folds.append(read)
+        self.log.append("fold end")
         return outcome
 
     def write(self, outcome: BatchOutcome) -> None:
@@ -50,6 +55,7 @@ class CountingProcessor(BatchProcessor):
             outcome.states.pop(pid)
             outcome.refused = True
         self.writes.append({pid: value for pid, (_, value) in outcome.states.items()})
+        self.log.append("write")
 
 
 def _messages(*pids: str) -> list[RawMessage]:
@@ -68,6 +74,7 @@ def _pipeline(
             await sent.wait()
         table.update({pid: value for pid, (_, value) in outcome.states.items()})
         finished.append(batch)
+        processor.log.append("finish")
 
     return FoldWritePipeline(processor.fold, processor.write, table, finish), table, finished
 
@@ -134,12 +141,13 @@ def test_the_consumer_gathers_the_next_batch_while_a_batch_folds() -> None:
         assert processor.folds == [] and finished == []
         assert pipeline.busy()
         second = asyncio.create_task(pipeline.submit(_messages("a"), ["batch 2"]))
-        await asyncio.sleep(0.05)
-        assert not second.done(), "a second fold started before the first was done"
         processor.fold_gate.set()
         await second
         async with pipeline.lock:
             await pipeline.written()
+        # The second fold started only once the first was done.
+        folds = [entry for entry in processor.log if entry.startswith("fold")]
+        assert folds == ["fold start", "fold end", "fold start", "fold end"]
         assert processor.folds == [{"a": None}, {"a": "1"}]
         assert table == {"a": "2"} and finished == [["batch 1"], ["batch 2"]]
         assert not pipeline.busy()
@@ -155,11 +163,10 @@ def test_a_batch_is_written_while_the_previous_one_finishes_and_finishes_keep_or
         await pipeline.submit(_messages("a", "b"), ["batch 1"])
         await pipeline.submit(_messages("a"), ["batch 2"])
         await pipeline.submit(_messages("b"), ["batch 3"])
-        await _until(lambda: len(processor.writes) == 2)
+        await _until(lambda: len(processor.writes) == 2 and len(processor.folds) == 3)
         # Batch 2 was folded onto batch 1's states and written while batch 1's topics were
         # still on their way; batch 3, folded onto both, waits for batch 1 to finish: one
-        # batch at most is behind the writes.
-        await asyncio.sleep(0.05)
+        # batch at most is behind the writes (checked on the order of events below).
         assert processor.folds == [{"a": None, "b": None}, {"a": "1"}, {"b": "1"}]
         assert processor.writes == [{"a": "1", "b": "1"}, {"a": "2"}]
         assert finished == [] and table == {}
@@ -170,6 +177,10 @@ def test_a_batch_is_written_while_the_previous_one_finishes_and_finishes_keep_or
             await pipeline.written()
         assert processor.writes[2] == {"b": "2"}
         assert finished == [["batch 1"], ["batch 2"], ["batch 3"]]
+        events = [e for e in processor.log if e in ("write", "finish")]
+        # Two writes before the first finish; the third only after it.
+        assert events[:3] == ["write", "write", "finish"]
+        assert events.count("write") == 3 and events.count("finish") == 3
         assert table == {"a": "2", "b": "2"}
 
     asyncio.run(scenario())

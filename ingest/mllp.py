@@ -1,0 +1,904 @@
+"""`parcours ingest mllp`: an asyncio MLLP listener for HL7 v2.5 ADT (IHE PAM, PAM.fr).
+
+One ACK per message, in order, on the connection it came from:
+
+- AA once every FHIR resource the message changes (Patient, Encounter, Location) has been
+  acknowledged by Kafka (acks=all) on the raw topic, keyed by patient like the HTTP gateway's;
+  a repeated message changes nothing and is answered AA at once.
+- AE, with an ERR segment naming the segment and field, when the message cannot be read or
+  misses what the mapping needs (and when Kafka did not acknowledge: the sender retries).
+- AR for a message type, trigger or version the listener does not take, and for a sending
+  facility (MSH-4) no integrator is allowed to send (`PARCOURS_MLLP_SENDERS`).
+
+The connection stays open after a NACK. Bytes outside an MLLP block are skipped; a message larger
+than the limit is answered AE and skipped to its end; a sender that takes longer than the frame
+timeout to finish a message, or stays silent past the idle timeout, is disconnected. Nothing a
+client sends stops the listener or delays other connections beyond the shared writer.
+
+Messages from every connection go through one writer thread, in small batches: the stays'
+histories are updated (pure `hl7_map.apply_adt`), the resulting resources published together, then
+the histories, versions, identifiers and counters written to SQL, then each message answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import multiprocessing
+import ssl
+from collections import Counter
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine
+
+from ingest.dedupe import IngestStore, Published, RejectionRecord
+from ingest.entries import canonical_bytes
+from ingest.hl7_map import (
+    ERR_INTERNAL,
+    AdtMessage,
+    EncounterState,
+    Hl7Rejection,
+    MessageHeader,
+    ack_message,
+    apply_adt,
+    encounter_resource,
+    location_resources,
+    parse_adt,
+    patient_resource,
+    read_header,
+    withdrawn_encounter,
+)
+from ingest.hl7_store import CountKey, Hl7Store, ResourceVersion
+from ingest.outcome import BrokerUnavailable, Issue, Rejection
+from ingest.publish import Ack, Message, Publisher
+from parcours.settings import Settings
+
+log = logging.getLogger(__name__)
+
+VT, FS, CR = b"\x0b", b"\x1c", b"\r"
+END = FS + CR
+READ_CHUNK = 65536
+# Bytes of an oversized message kept to read its MSH for the ACK.
+HEADER_KEEP = 4096
+MAX_BATCH = 500
+MAX_IN_FLIGHT = 64
+UNKNOWN_SENDER = "(inconnu)"
+
+
+# --- Framing ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One MLLP block: its payload, or the start of a payload that was too large."""
+
+    payload: bytes
+    oversized: bool = False
+
+
+class FramingTimeout(Exception):
+    """The sender was idle too long, or too slow to finish a message."""
+
+
+class MllpReader:
+    """Reads MLLP blocks (`<VT> payload <FS><CR>`) from a stream, with limits.
+
+    Bytes before a `<VT>` are skipped. A `<VT>` inside a block restarts the block (the sender
+    gave up the previous one). A block longer than `max_bytes` is returned as `oversized` with its
+    first bytes once its end arrives; its content is never buffered whole.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        max_bytes: int,
+        frame_timeout_s: float,
+        idle_timeout_s: float,
+    ) -> None:
+        self.reader = reader
+        self.max_bytes = max_bytes
+        self.frame_timeout_s = frame_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.buffer = bytearray()
+        self.skipped = 0
+
+    async def _more(self, timeout: float) -> bool:
+        try:
+            chunk = await asyncio.wait_for(self.reader.read(READ_CHUNK), max(timeout, 0.001))
+        except TimeoutError as exc:
+            raise FramingTimeout("timeout") from exc
+        if not chunk:
+            return False
+        self.buffer += chunk
+        return True
+
+    async def next_frame(self) -> Frame | None:
+        """The next block, or None at the end of the stream."""
+        loop = asyncio.get_running_loop()
+        # Wait for the start of a block.
+        while True:
+            start = self.buffer.find(VT)
+            if start >= 0:
+                self.skipped += start
+                del self.buffer[:start]
+                break
+            self.skipped += len(self.buffer)
+            self.buffer.clear()
+            if not await self._more(self.idle_timeout_s):
+                return None
+        deadline = loop.time() + self.frame_timeout_s
+        head = b""
+        oversized = False
+        scanned = 1
+        while True:
+            end = self.buffer.find(END, scanned)
+            restart = self.buffer.find(VT, 1, end if end >= 0 else len(self.buffer))
+            if restart > 0 and not oversized:
+                self.skipped += restart
+                del self.buffer[:restart]
+                scanned = 1
+                continue
+            if end >= 0:
+                if oversized:
+                    del self.buffer[: end + 2]
+                    return Frame(head, oversized=True)
+                if end - 1 > self.max_bytes:
+                    head = bytes(self.buffer[1 : 1 + HEADER_KEEP])
+                    del self.buffer[: end + 2]
+                    return Frame(head, oversized=True)
+                payload = bytes(self.buffer[1:end])
+                del self.buffer[: end + 2]
+                return Frame(payload)
+            if len(self.buffer) > self.max_bytes + 1:
+                if not oversized:
+                    head = bytes(self.buffer[1 : 1 + HEADER_KEEP])
+                    oversized = True
+                # Keep the last byte: it may be the FS of a FS CR split across reads.
+                del self.buffer[: len(self.buffer) - 1]
+            scanned = max(1, len(self.buffer) - 1)
+            if not await self._more(deadline - loop.time()):
+                return None
+
+
+def frame(payload: bytes) -> bytes:
+    """`payload` wrapped in an MLLP block."""
+    return VT + payload + END
+
+
+# --- Processing ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """How a message is answered."""
+
+    code: str
+    rejection: Hl7Rejection | None = None
+    text: str = ""
+
+
+@dataclass
+class Pending:
+    """A message waiting for the writer thread, with the future its connection awaits."""
+
+    msg: AdtMessage | None
+    integrator: str
+    header: MessageHeader
+    payload: bytes
+    received_at: datetime
+    future: asyncio.Future[Outcome] | None
+    rejection: Hl7Rejection | None = None
+    parsed: asyncio.Future[AdtMessage | Hl7Rejection] | None = None
+
+
+@dataclass
+class _Batch:
+    """What processing a batch produced, before it is published and stored."""
+
+    records: list[tuple[Message, tuple[str, str, str], str]] = field(default_factory=list)
+    encounters: dict[str, EncounterState] = field(default_factory=dict)
+    resources: dict[str, ResourceVersion] = field(default_factory=dict)
+    identifiers: list[tuple[str, str, str]] = field(default_factory=list)
+    places: set[Any] = field(default_factory=set)
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+
+
+def _digest(resource: dict[str, Any]) -> str:
+    body = {k: v for k, v in resource.items() if k != "meta"}
+    return hashlib.sha256(canonical_bytes(body)).hexdigest()
+
+
+class AdtProcessor:
+    """Applies ADT messages to the stays, publishes the resources, stores the result.
+
+    Used from one thread at a time (the listener's writer thread): its caches are the stored
+    state plus what this process committed since.
+    """
+
+    def __init__(self, engine: Engine, publisher: Publisher, cache_size: int = 200_000) -> None:
+        self.store = Hl7Store(engine)
+        self.ingest_store = IngestStore(engine)
+        self.publisher = publisher
+        self.cache_size = cache_size
+        self._encounters: dict[str, EncounterState] = {}
+        self._resources: dict[str, ResourceVersion] = {}
+        # Places whose Locations are published as they are now, and identifiers already stored:
+        # most messages name a known bed of a known patient.
+        self._places: set[Any] = set()
+        self._identifiers: set[tuple[str, str, str]] = set()
+        # Versions tried in a batch that failed are never reused: a record may have reached
+        # Kafka even though its ack did not come back.
+        self._burnt: dict[str, int] = {}
+        # Messages by (integrator, facility, trigger, ACK, reason), flushed with each batch.
+        self.counts: Counter[CountKey] = Counter()
+
+    # -- caches
+
+    def _load(self, pendings: list[Pending]) -> None:
+        enc_ids = {p.msg.visit.encounter_id for p in pendings if p.msg and p.msg.visit}
+        missing = [e for e in enc_ids if e not in self._encounters]
+        if len(self._encounters) + len(missing) > self.cache_size:
+            self._encounters.clear()
+            missing = list(enc_ids)
+        if missing:
+            self._encounters.update(self.store.encounters(missing))
+        for p in pendings:
+            if p.msg is not None and p.msg.merged_patient is not None:
+                ids = self.store.encounters_of(p.msg.merged_patient.patient_id)
+                ids = [e for e in ids if e not in self._encounters]
+                self._encounters.update(self.store.encounters(ids))
+        keys: set[str] = set()
+        for p in pendings:
+            if p.msg is None:
+                continue
+            keys.add(f"Patient/{p.msg.patient.patient_id}")
+            if p.msg.merged_patient is not None:
+                keys.add(f"Patient/{p.msg.merged_patient.patient_id}")
+            place = p.msg.visit.place if p.msg.visit is not None else None
+            if place is not None and place not in self._places:
+                keys.update(f"Location/{r['id']}" for r in location_resources(place))
+        missing_keys = [k for k in keys if k not in self._resources]
+        if len(self._resources) + len(missing_keys) > self.cache_size:
+            self._resources.clear()
+            missing_keys = list(keys)
+        if missing_keys:
+            self._resources.update(self.store.resources(missing_keys))
+
+    # -- one message
+
+    def _emit(
+        self,
+        batch: _Batch,
+        resource: dict[str, Any],
+        key: str,
+        pending: Pending,
+    ) -> None:
+        rtype, rid = resource["resourceType"], resource["id"]
+        version = resource["meta"]["versionId"]
+        headers = [
+            ("source", pending.integrator.encode()),
+            ("received-at", pending.received_at.isoformat().encode()),
+            ("resource-type", rtype.encode()),
+            ("version", f"v:{version}".encode()),
+            ("hl7-control-id", pending.header.control_id.encode()),
+            ("hl7-trigger", pending.header.trigger.encode()),
+        ]
+        batch.records.append(
+            (
+                Message(key=key.encode(), value=canonical_bytes(resource), headers=headers),
+                (rtype, rid, f"v:{version}"),
+                pending.integrator,
+            )
+        )
+
+    def _versioned(self, batch: _Batch, rkey: str, resource: dict[str, Any]) -> bool:
+        """Give `resource` its next version when its content changed; False when unchanged."""
+        digest = _digest(resource)
+        known = batch.resources.get(rkey) or self._resources.get(rkey)
+        if known is not None and known.digest == digest:
+            return False
+        version = max(known.version if known else 0, self._burnt.get(rkey, 0)) + 1
+        resource.setdefault("meta", {})["versionId"] = str(version)
+        batch.resources[rkey] = ResourceVersion(version, digest)
+        return True
+
+    def _encounter(self, batch: _Batch, enc_id: str) -> EncounterState | None:
+        return batch.encounters.get(enc_id) or self._encounters.get(enc_id)
+
+    def _publish_encounter(
+        self, batch: _Batch, old: EncounterState | None, new: EncounterState, pending: Pending
+    ) -> None:
+        """Publish `new` if it differs from `old`; when the stay changed patient, withdraw it from
+        the previous one first."""
+        if old is not None and old.content() == new.content():
+            return
+        version = max(
+            old.version if old else 0, self._burnt.get(f"Encounter/{new.encounter_id}", 0)
+        )
+        if old is not None and old.patient_id != new.patient_id:
+            version += 1
+            gone = withdrawn_encounter(replace(old, version=version))
+            self._emit(batch, gone, old.patient_id, pending)
+        version += 1
+        new = replace(new, version=version)
+        self._emit(batch, encounter_resource(new), new.patient_id, pending)
+        batch.encounters[new.encounter_id] = new
+
+    def _apply(self, batch: _Batch, pending: Pending) -> None:
+        msg = pending.msg
+        assert msg is not None
+        patient = msg.patient
+        if msg.merged_patient is not None:
+            old_id = msg.merged_patient.patient_id
+            for state in [*self._encounters.values(), *batch.encounters.values()]:
+                if state.patient_id != old_id:
+                    continue
+                current = self._encounter(batch, state.encounter_id)
+                if current is None or current.patient_id != old_id:
+                    continue
+                self._publish_encounter(
+                    batch, current, replace(current, patient_id=patient.patient_id), pending
+                )
+            old_patient = patient_resource(msg.merged_patient, 0, replaced_by=patient.patient_id)
+            if self._versioned(batch, f"Patient/{old_id}", old_patient):
+                self._emit(batch, old_patient, old_id, pending)
+            survivor: dict[str, Any] | None = patient_resource(patient, 0, replaces=(old_id,))
+        else:
+            survivor = patient_resource(patient, 0)
+            known = batch.resources.get(f"Patient/{patient.patient_id}") or self._resources.get(
+                f"Patient/{patient.patient_id}"
+            )
+            if known is not None and msg.trigger != "A08":
+                # Movements repeat PID; only A08 (and A40) change the patient's record, so a
+                # movement does not drop a merge link an earlier A40 added.
+                survivor = None
+        if survivor is not None and self._versioned(
+            batch, f"Patient/{patient.patient_id}", survivor
+        ):
+            self._emit(batch, survivor, patient.patient_id, pending)
+        batch.identifiers.extend(
+            key
+            for i in patient.identifiers
+            if i.system
+            and (key := (i.system, i.value, patient.patient_id)) not in self._identifiers
+        )
+        visit = msg.visit
+        if visit is None:
+            return
+        old = self._encounter(batch, visit.encounter_id)
+        if old is None and msg.trigger == "A08":
+            return  # an update of a stay never admitted here: nothing to say on the pathway
+        if visit.place is not None and visit.place not in self._places:
+            for loc in location_resources(visit.place):
+                if self._versioned(batch, f"Location/{loc['id']}", loc):
+                    self._emit(batch, loc, f"Location/{loc['id']}", pending)
+            batch.places.add(visit.place)
+        new = apply_adt(old, msg)
+        self._publish_encounter(batch, old, new, pending)
+
+    # -- a batch
+
+    def process(self, pendings: list[Pending]) -> list[Outcome]:
+        """Answer every pending message; record NACKs, publish and store the rest."""
+        now = datetime.now(UTC)
+        counts = self.counts
+        outcomes: list[Outcome] = [
+            Outcome(p.rejection.ack_code, p.rejection) if p.rejection else Outcome("AA")
+            for p in pendings
+        ]
+        nacks = [p for p in pendings if p.msg is None]
+        good = [i for i, p in enumerate(pendings) if p.msg is not None]
+        self._record_nacks(nacks, now)
+        if not good:
+            self._count(pendings, outcomes, counts)
+            try:
+                self.store.add_counts(counts, now)
+                counts.clear()
+            except Exception:
+                log.exception("could not store HL7 message counts")
+            return outcomes
+        batch = _Batch()
+        try:
+            self._load([pendings[i] for i in good])
+        except Exception as exc:
+            log.exception("could not read the stays from SQL")
+            for i in good:
+                outcomes[i] = _internal(f"base de données indisponible: {type(exc).__name__}")
+            return outcomes
+        for i in good:
+            mark = (
+                len(batch.records),
+                dict(batch.encounters),
+                dict(batch.resources),
+                set(batch.places),
+                len(batch.identifiers),
+            )
+            try:
+                self._apply(batch, pendings[i])
+            except Exception as exc:
+                # A bug on one message must not fail the others: undo what it added.
+                log.exception("could not apply an ADT message")
+                del batch.records[mark[0] :]
+                batch.encounters, batch.resources, batch.places = mark[1], mark[2], mark[3]
+                del batch.identifiers[mark[4] :]
+                outcomes[i] = _internal(f"erreur interne: {type(exc).__name__}")
+        records = batch.records
+        acks: list[Ack | Exception] = []
+        if records:
+            try:
+                acks = self.publisher.publish([r[0] for r in records])
+            except BrokerUnavailable as exc:
+                acks = [exc] * len(records)
+        if any(isinstance(a, Exception) for a in acks):
+            for key in batch.resources:
+                self._burnt[key] = batch.resources[key].version
+            for enc in batch.encounters.values():
+                self._burnt[f"Encounter/{enc.encounter_id}"] = enc.version
+            for i in good:
+                if outcomes[i].code == "AA":
+                    outcomes[i] = _internal("Kafka n'a pas acquitté; renvoyer le message")
+            self._count(pendings, outcomes, counts)
+            with contextlib.suppress(Exception):
+                self.store.add_counts(counts, now)
+                counts.clear()
+            return outcomes
+        self._count(pendings, outcomes, counts)
+        try:
+            self.store.commit(
+                now, list(batch.encounters.values()), batch.resources, batch.identifiers, counts
+            )
+            counts.clear()
+            by_source: dict[str, list[Published]] = {}
+            for (message, dedupe, source), ack in zip(records, acks, strict=True):
+                assert isinstance(ack, Ack)
+                by_source.setdefault(source, []).append(
+                    Published(dedupe, message.key.decode(), ack.partition, ack.offset)
+                )
+            for source, published in by_source.items():
+                self.ingest_store.record(source, now, published, 0, [])
+        except Exception as exc:
+            # Published but not stored: the sender's retry republishes the same versions,
+            # which the pathway ignores as repeats.
+            log.exception("could not store a published batch")
+            return [
+                o if o.code != "AA" else _internal(f"base de données: {type(exc).__name__}")
+                for o in outcomes
+            ]
+        self._encounters.update(batch.encounters)
+        self._resources.update(batch.resources)
+        if len(self._places) > self.cache_size or len(self._identifiers) > self.cache_size:
+            self._places.clear()
+            self._identifiers.clear()
+        self._places.update(batch.places)
+        self._identifiers.update(batch.identifiers)
+        return outcomes
+
+    def _count(
+        self, pendings: list[Pending], outcomes: list[Outcome], counts: Counter[CountKey]
+    ) -> None:
+        for p, o in zip(pendings, outcomes, strict=True):
+            reason = o.rejection.reason if o.rejection else ""
+            facility = (
+                p.header.sending_facility[:64] if p.integrator != UNKNOWN_SENDER else UNKNOWN_SENDER
+            )
+            counts[(p.integrator, facility, p.header.trigger[:16], o.code, reason)] += 1
+
+    def _record_nacks(self, nacks: list[Pending], now: datetime) -> None:
+        """Dead-letter refused messages with their reason and keep them for feed health."""
+        records: list[RejectionRecord] = []
+        for p in nacks:
+            rej = p.rejection
+            if rej is None:
+                continue
+            source = p.integrator if p.integrator != UNKNOWN_SENDER else None
+            rtype = f"ADT^{p.header.trigger}" if p.header.trigger else "HL7v2"
+            self.publisher.dead_letter(
+                (source or UNKNOWN_SENDER).encode(),
+                p.payload,
+                {
+                    "reason": rej.summary,
+                    "reason-code": rej.reason,
+                    "hl7-ack-code": rej.ack_code,
+                    "stage": "ingest-mllp",
+                    "source": source or "",
+                    "sending-facility": p.header.sending_facility[:64],
+                    "received-at": p.received_at.isoformat(),
+                    "resource-type": rtype,
+                },
+            )
+            if source is None:
+                continue  # anyone can connect: unknown senders are counted, not stored
+            outcome = Rejection(
+                400 if rej.ack_code == "AE" else 422,
+                rej.reason,
+                [Issue("invalid", rej.text, (rej.location,) if rej.location else ())],
+                resource_type=rtype,
+                resource_id=p.header.control_id[:128] or None,
+            )
+            records.append(
+                RejectionRecord(
+                    source=source,
+                    received_at=p.received_at,
+                    http_status=outcome.status,
+                    reason=rej.reason,
+                    resource_type=rtype,
+                    resource_id=p.header.control_id[:128] or None,
+                    expression=rej.location or None,
+                    diagnostics=rej.summary,
+                    operation_outcome=outcome.outcome(),
+                )
+            )
+        if records:
+            try:
+                self.ingest_store.record_rejections(records)
+            except Exception:
+                log.exception("could not store %d HL7 rejections", len(records))
+
+
+def _internal(text: str) -> Outcome:
+    return Outcome("AE", Hl7Rejection("AE", "internal", text, error_code=ERR_INTERNAL))
+
+
+# --- Parsing beside the listener -----------------------------------------------------------------
+
+PARSE_CHUNK = 128
+_REJECTION_FIELDS = ("ack_code", "reason", "text", "segment", "field_no", "component", "error_code")
+
+
+def parse_one(payload: bytes, header: MessageHeader, tz: tzinfo) -> AdtMessage | Hl7Rejection:
+    """`parse_adt`, with any refusal (or reader bug) returned as an Hl7Rejection."""
+    try:
+        return parse_adt(payload, tz, header)
+    except Hl7Rejection as exc:
+        return exc
+    except Exception as exc:  # any reader bug is this message's AE, not a crash
+        log.exception("unexpected error reading an HL7 message")
+        return Hl7Rejection(
+            "AE", "unparsable", f"message illisible: {type(exc).__name__}", "MSH", 0, 0, "100"
+        )
+
+
+def parse_many(
+    payloads: list[bytes], headers: list[MessageHeader], tz_name: str
+) -> list[tuple[str, Any]]:
+    """Parse a chunk in a worker process; refusals travel as their fields (an exception with
+    dataclass fields does not survive pickling)."""
+    tz = ZoneInfo(tz_name)
+    out: list[tuple[str, Any]] = []
+    for payload, header in zip(payloads, headers, strict=True):
+        got = parse_one(payload, header, tz)
+        if isinstance(got, Hl7Rejection):
+            out.append(("err", tuple(getattr(got, f) for f in _REJECTION_FIELDS)))
+        else:
+            out.append(("ok", got))
+    return out
+
+
+def _warm() -> bool:
+    return True
+
+
+# --- Listener -----------------------------------------------------------------------------------
+
+
+def sender_map(senders: Mapping[str, list[str]]) -> dict[str, str]:
+    """MSH-4 sending facility → integrator, from `PARCOURS_MLLP_SENDERS`."""
+    out: dict[str, str] = {}
+    for integrator, facilities in senders.items():
+        for facility in facilities:
+            out[facility] = integrator
+    return out
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """A server TLS context when a certificate and key are configured."""
+    if settings.mllp_tls_cert is None or settings.mllp_tls_key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(settings.mllp_tls_cert, settings.mllp_tls_key)
+    if settings.mllp_tls_client_ca is not None:
+        ctx.load_verify_locations(settings.mllp_tls_client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class MllpListener:
+    """The asyncio server: connections, framing, ACKs; a writer thread does the I/O."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        processor: AdtProcessor,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.processor = processor
+        self.tz = ZoneInfo(settings.timezone)
+        self.senders = sender_map(settings.mllp_senders)
+        self.clock = clock
+        self.queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+        self._ack_seq = 0
+        self.handled = 0
+        self._pool: ProcessPoolExecutor | None = None
+        self._to_parse: list[
+            tuple[bytes, MessageHeader, asyncio.Future[AdtMessage | Hl7Rejection]]
+        ] = []
+        self._parse_tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str | None = None, port: int | None = None) -> int:
+        """Bind and start serving; returns the port (useful with port 0)."""
+        if self.settings.mllp_parse_processes > 0:
+            self._pool = self._new_pool()
+            # Start the workers now, so the first messages do not wait for them.
+            await asyncio.get_running_loop().run_in_executor(self._pool, _warm)
+        self._writer_task = asyncio.create_task(self._writer())
+        self.server = await asyncio.start_server(
+            self._serve,
+            host or self.settings.mllp_host,
+            self.settings.mllp_port if port is None else port,
+            ssl=tls_context(self.settings),
+            limit=READ_CHUNK * 2,
+        )
+        sock = self.server.sockets[0]
+        return int(sock.getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop accepting, finish the queued messages, stop the writer."""
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 5)
+        if self._writer_task is not None:
+            self._writer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer_task
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn: forking a process that runs Kafka client threads can copy a held lock.
+        return ProcessPoolExecutor(
+            self.settings.mllp_parse_processes, mp_context=multiprocessing.get_context("spawn")
+        )
+
+    def _parse_later(
+        self, payload: bytes, header: MessageHeader
+    ) -> asyncio.Future[AdtMessage | Hl7Rejection]:
+        """The future of `payload` parsed, by the worker processes (in chunks of what arrived
+        together) or here when there are none."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[AdtMessage | Hl7Rejection] = loop.create_future()
+        if self._pool is None:
+            future.set_result(parse_one(payload, header, self.tz))
+            return future
+        if not self._to_parse:
+            loop.call_soon(self._flush_parse)
+        self._to_parse.append((payload, header, future))
+        if len(self._to_parse) >= PARSE_CHUNK:
+            self._flush_parse()
+        return future
+
+    def _flush_parse(self) -> None:
+        chunk, self._to_parse = self._to_parse, []
+        if chunk:
+            task = asyncio.create_task(self._parse_chunk(chunk))
+            self._parse_tasks.add(task)
+            task.add_done_callback(self._parse_tasks.discard)
+
+    async def _parse_chunk(
+        self, chunk: list[tuple[bytes, MessageHeader, asyncio.Future[AdtMessage | Hl7Rejection]]]
+    ) -> None:
+        payloads = [c[0] for c in chunk]
+        headers = [c[1] for c in chunk]
+        results: list[AdtMessage | Hl7Rejection]
+        try:
+            assert self._pool is not None
+            raw = await asyncio.get_running_loop().run_in_executor(
+                self._pool, parse_many, payloads, headers, self.settings.timezone
+            )
+            results = [
+                r if kind == "ok" else Hl7Rejection(*r)  # type: ignore[misc]
+                for kind, r in raw
+            ]
+        except Exception:
+            # A worker process died (or the pool is shut): parse here, and start a new pool.
+            log.exception("HL7 parse worker failed; parsing in the listener meanwhile")
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+            results = [parse_one(p, h, self.tz) for p, h in zip(payloads, headers, strict=True)]
+        for (_, _, future), result in zip(chunk, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    async def _writer(self) -> None:
+        """Take what is queued (up to MAX_BATCH), process it in a thread, answer each."""
+        while True:
+            try:
+                first = await asyncio.wait_for(self.queue.get(), 2.0)
+            except TimeoutError:
+                continue
+            batch = [first]
+            while len(batch) < MAX_BATCH and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            for p in batch:
+                if p.parsed is not None:
+                    got = await p.parsed
+                    if isinstance(got, Hl7Rejection):
+                        p.rejection = got
+                    else:
+                        p.msg = got
+            try:
+                outcomes = await asyncio.to_thread(self.processor.process, batch)
+            except Exception as exc:  # the writer must outlive any failure
+                log.exception("ADT batch failed")
+                outcomes = [_internal(f"erreur interne: {type(exc).__name__}")] * len(batch)
+            for p, o in zip(batch, outcomes, strict=True):
+                if p.future is not None and not p.future.done():
+                    p.future.set_result(o)
+
+    def _ack(self, header: MessageHeader, outcome: Outcome) -> bytes:
+        self._ack_seq += 1
+        now = self.clock().astimezone(self.tz)
+        text = ack_message(
+            header,
+            outcome.code,
+            now,
+            f"PRC{now:%Y%m%d%H%M%S}{self._ack_seq:06d}",
+            outcome.rejection,
+            outcome.text,
+        )
+        codec = {"8859/1": "latin-1", "8859/15": "iso8859-15"}.get(header.charset.upper(), "utf-8")
+        return frame(text.encode(codec, "replace"))
+
+    def submit(
+        self, payload: bytes, oversized: bool = False
+    ) -> tuple[MessageHeader, asyncio.Future[Outcome]]:
+        """Check one message and queue it for the writer; returns its header and the future of
+        its answer (already set for a NACK). Messages are queued in the order submitted."""
+        received_at = self.clock()
+        header = read_header(payload)
+        integrator = self.senders.get(header.sending_facility)
+        rejection: Hl7Rejection | None = None
+        if oversized:
+            rejection = Hl7Rejection(
+                "AE",
+                "too-large",
+                f"message de plus de {self.settings.mllp_max_message_bytes} octets",
+                error_code="100",
+            )
+        elif not payload.lstrip(b"\r\n ").startswith(b"MSH"):
+            rejection = Hl7Rejection(
+                "AE",
+                "not-hl7",
+                "le message ne commence pas par un segment MSH",
+                "MSH",
+                error_code="100",
+            )
+        elif integrator is None:
+            rejection = Hl7Rejection(
+                "AR",
+                "unknown-sender",
+                f"établissement émetteur {header.sending_facility[:64]!r} non autorisé",
+                "MSH",
+                4,
+                error_code=ERR_INTERNAL,
+            )
+        source = integrator or UNKNOWN_SENDER
+        if rejection is not None:
+            # Recorded by the writer in the background: the NACK goes out now.
+            self.queue.put_nowait(
+                Pending(None, source, header, payload, received_at, None, rejection)
+            )
+            done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            done.set_result(Outcome(rejection.ack_code, rejection))
+            return header, done
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        parsed = self._parse_later(payload, header)
+        self.queue.put_nowait(
+            Pending(None, source, header, payload, received_at, future, parsed=parsed)
+        )
+        return header, future
+
+    async def handle(
+        self, payload: bytes, oversized: bool = False
+    ) -> tuple[MessageHeader, Outcome]:
+        """Check, queue and await one message; returns the header and how to answer it."""
+        header, future = self.submit(payload, oversized)
+        return header, await future
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if self.connections >= self.settings.mllp_max_connections:
+            log.warning("MLLP connection from %s refused: %d open", peer, self.connections)
+            writer.close()
+            return
+        self.connections += 1
+        mllp = MllpReader(
+            reader,
+            self.settings.mllp_max_message_bytes,
+            self.settings.mllp_frame_timeout_s,
+            self.settings.mllp_idle_timeout_s,
+        )
+        # Most senders wait for each ACK; one that sends ahead gets its ACKs in order, with at
+        # most MAX_IN_FLIGHT messages read before their ACK is written.
+        inflight: asyncio.Queue[tuple[MessageHeader, asyncio.Future[Outcome]] | None] = (
+            asyncio.Queue(MAX_IN_FLIGHT)
+        )
+        acks = asyncio.create_task(self._write_acks(inflight, writer, peer))
+        try:
+            while True:
+                try:
+                    got = await mllp.next_frame()
+                except FramingTimeout:
+                    log.info("MLLP connection from %s closed: timeout", peer)
+                    break
+                if got is None:
+                    break
+                await inflight.put(self.submit(got.payload, got.oversized))
+        except (ConnectionError, OSError, ssl.SSLError) as exc:
+            log.info("MLLP connection from %s lost: %s", peer, exc)
+        except Exception:
+            log.exception("MLLP connection from %s failed", peer)
+        finally:
+            if not acks.done():
+                await inflight.put(None)
+            with contextlib.suppress(Exception):
+                await acks
+            self.connections -= 1
+            if mllp.skipped:
+                log.info(
+                    "MLLP connection from %s: %d bytes outside blocks skipped", peer, mllp.skipped
+                )
+            with contextlib.suppress(Exception):
+                writer.close()
+                await asyncio.wait_for(writer.wait_closed(), 2)
+
+    async def _write_acks(
+        self,
+        inflight: asyncio.Queue[tuple[MessageHeader, asyncio.Future[Outcome]] | None],
+        writer: asyncio.StreamWriter,
+        peer: Any,
+    ) -> None:
+        """Write each message's ACK, in the order the messages came, as answers arrive."""
+        try:
+            while (item := await inflight.get()) is not None:
+                header, future = item
+                outcome = await future
+                self.handled += 1
+                writer.write(self._ack(header, outcome))
+                await writer.drain()
+        except (ConnectionError, OSError, ssl.SSLError) as exc:
+            log.info("MLLP connection from %s lost while answering: %s", peer, exc)
+            writer.close()
+            # Keep taking what the reader hands over until it stops, so it never blocks.
+            while await inflight.get() is not None:
+                pass
+
+
+async def serve_forever(settings: Settings, host: str | None, port: int | None) -> None:
+    """Run the listener until cancelled (Ctrl-C)."""
+    from parcours.db import make_engine
+
+    engine = make_engine(settings.db_url)
+    publisher = Publisher(settings)
+    listener = MllpListener(settings, AdtProcessor(engine, publisher))
+    bound = await listener.start(host, port)
+    log.info("MLLP listener on %s:%d", host or settings.mllp_host, bound)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await listener.stop()
+        await asyncio.to_thread(publisher.close)
+        engine.dispose()

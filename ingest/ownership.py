@@ -1,0 +1,174 @@
+"""Which integrator may write which patient.
+
+A patient belongs to the integrator that first wrote anything about it (its Patient resource
+or a resource whose subject it is): that write claims the patient id. An identifier system
+(a hospital's IPP namespace, say) belongs to the integrators an admin assigned it to
+(`parcours ingest grant NAME --system S`): once assigned, a Patient carrying an identifier of
+that system can be written only by them. Anyone else gets 403, unless an admin grants them the
+patient, the system, or everything an integrator owns (`--from OWNER`).
+
+Claims and grants are only ever added, so an allowed (integrator, claim) pair is cached for the
+life of the process.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, and_, or_, select, tuple_
+
+from ingest.bundle import patient_key
+from parcours.db import upsert
+from parcours.db.ingest_models import IngestGrantRow, IngestOwnerRow
+
+Claim = tuple[str, str]
+KINDS = ("patient", "system", "owner")
+MAX_VALUE = 512
+CHUNK = 500
+CACHE_SIZE = 200_000
+
+
+def claims_of(resource: dict[str, Any], root: str) -> Iterator[tuple[Claim, str]]:
+    """What writing `resource` requires owning, each with the element that names it."""
+    key = patient_key(resource)
+    if key:
+        where = f"{root}.id" if resource.get("resourceType") == "Patient" else root
+        yield ("patient", key[:MAX_VALUE]), where
+    if resource.get("resourceType") != "Patient":
+        return
+    identifiers = resource.get("identifier")
+    for i, ident in enumerate(identifiers if isinstance(identifiers, list) else []):
+        system = ident.get("system") if isinstance(ident, dict) else None
+        if isinstance(system, str) and system:
+            yield ("system", system[:MAX_VALUE]), f"{root}.identifier[{i}].system"
+
+
+class OwnershipStore:
+    """SQL side of ownership: check, claim and grant."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._allowed: set[tuple[str, Claim]] = set()
+        self._lock = threading.Lock()
+
+    def forbidden(self, source: str, claims: Iterable[Claim]) -> dict[Claim, str]:
+        """The claims `source` may not write, each with its owner. Patients nobody owns yet
+        are claimed for `source` on the way (before anything is published)."""
+        with self._lock:
+            wanted = [c for c in dict.fromkeys(claims) if (source, c) not in self._allowed]
+        if not wanted:
+            return {}
+        owners = self._owners(wanted)
+        free = [c for c in wanted if c not in owners and c[0] == "patient"]
+        if free:
+            now = datetime.now(UTC)
+            with self.engine.begin() as conn:
+                upsert(
+                    conn,
+                    IngestOwnerRow,
+                    [
+                        {"kind": k, "value": v, "integrator": source, "claimed_at": now}
+                        for k, v in free
+                    ],
+                    key=["kind", "value"],
+                    update=[],
+                )
+            # A concurrent request of another integrator may have claimed one first.
+            owners.update(self._owners(free))
+        others = {c: o for c, o in owners.items() if o != source}
+        granted = self._granted(source, others) if others else set()
+        denied = {c: o for c, o in others.items() if c not in granted}
+        with self._lock:
+            if len(self._allowed) > CACHE_SIZE:
+                self._allowed.clear()
+            self._allowed.update((source, c) for c in wanted if c in owners and c not in denied)
+        return denied
+
+    def _owners(self, claims: list[Claim]) -> dict[Claim, str]:
+        t = IngestOwnerRow.__table__
+        found: dict[Claim, str] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(claims), CHUNK):
+                chunk = claims[start : start + CHUNK]
+                rows = conn.execute(
+                    select(t.c.kind, t.c.value, t.c.integrator).where(
+                        tuple_(t.c.kind, t.c.value).in_(chunk)
+                    )
+                )
+                found.update(((r[0], r[1]), r[2]) for r in rows)
+        return found
+
+    def _granted(self, source: str, owned: dict[Claim, str]) -> set[Claim]:
+        g = IngestGrantRow.__table__
+        claims = list(owned)
+        owner_names = sorted(set(owned.values()))
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(g.c.kind, g.c.value).where(
+                    g.c.integrator == source,
+                    or_(
+                        and_(g.c.kind == "owner", g.c.value.in_(owner_names)),
+                        tuple_(g.c.kind, g.c.value).in_(claims[:CHUNK]),
+                    ),
+                )
+            )
+            grants = {(r[0], r[1]) for r in rows}
+            for start in range(CHUNK, len(claims), CHUNK):
+                chunk = claims[start : start + CHUNK]
+                rows = conn.execute(
+                    select(g.c.kind, g.c.value).where(
+                        g.c.integrator == source, tuple_(g.c.kind, g.c.value).in_(chunk)
+                    )
+                )
+                grants.update((r[0], r[1]) for r in rows)
+        return {c for c, owner in owned.items() if c in grants or ("owner", owner) in grants}
+
+
+def grant(engine: Engine, integrator: str, kind: str, value: str) -> None:
+    """Let `integrator` write a patient, an identifier system, or all an owner owns."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown grant kind {kind!r}")
+    with engine.begin() as conn:
+        upsert(
+            conn,
+            IngestGrantRow,
+            [
+                {
+                    "kind": kind,
+                    "value": value[:MAX_VALUE],
+                    "integrator": integrator,
+                    "granted_at": datetime.now(UTC),
+                }
+            ],
+            key=["kind", "value", "integrator"],
+            update=[],
+        )
+
+
+def assign_system(engine: Engine, integrator: str, system: str) -> bool:
+    """Make `integrator` the owner of identifier `system` if nobody owns it yet; True if it
+    now owns it, False if another does (then grant it instead)."""
+    with engine.begin() as conn:
+        upsert(
+            conn,
+            IngestOwnerRow,
+            [
+                {
+                    "kind": "system",
+                    "value": system[:MAX_VALUE],
+                    "integrator": integrator,
+                    "claimed_at": datetime.now(UTC),
+                }
+            ],
+            key=["kind", "value"],
+            update=[],
+        )
+        owner = conn.scalar(
+            select(IngestOwnerRow.integrator).where(
+                IngestOwnerRow.kind == "system", IngestOwnerRow.value == system[:MAX_VALUE]
+            )
+        )
+    return owner == integrator

@@ -1,0 +1,74 @@
+"""Instants, in one place: read FHIR times, store UTC, read back aware, show in the territory's zone.
+
+Every instant Parcours keeps is an aware `datetime`. Feeds send offsets (`+05:30`, `-05:00`, `Z`);
+SQL stores UTC (SQLite has no time zone type, so the UTC wall time is stored and read back as UTC,
+see `parcours.db.models.UTCDateTime`); people read times in `PARCOURS_TIMEZONE` (Europe/Paris by
+default). Durations are differences of aware instants, so a ward period of 2 real hours across a
+daylight-saving change is 2 hours long.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+
+class TimeFormatError(ValueError):
+    """Text that is not a FHIR date, dateTime or instant."""
+
+
+def parse_fhir(value: object) -> datetime | None:
+    """A FHIR date/dateTime/instant as an aware datetime (None for None or '').
+
+    A year or year-month (allowed by FHIR dateTime) is read as its first day; a date, which
+    carries no zone, as midnight UTC. A time without a zone breaks FHIR's rule and is read as UTC.
+    """
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise TimeFormatError(f"{value!r} is not a FHIR dateTime")
+    text = value.replace("Z", "+00:00")
+    if len(text) == 4:
+        text += "-01-01"
+    elif len(text) == 7:
+        text += "-01"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise TimeFormatError(f"{value!r} is not a FHIR dateTime") from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def to_utc(value: datetime) -> datetime:
+    """The same instant in UTC; a naive value is taken as UTC already (how SQLite returns it)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def utc_or_none(value: datetime | None) -> datetime | None:
+    """`to_utc`, passing None through."""
+    return None if value is None else to_utc(value)
+
+
+@lru_cache(maxsize=16)
+def zone(name: str) -> ZoneInfo:
+    """The IANA zone `name` (cached)."""
+    return ZoneInfo(name)
+
+
+def to_local(value: datetime, tz: str) -> datetime:
+    """The instant as read on a clock in `tz` (e.g. Europe/Paris)."""
+    return to_utc(value).astimezone(zone(tz))
+
+
+def format_local(value: datetime | str | None, tz: str, fmt: str = "%d/%m/%Y %H:%M") -> str:
+    """An instant (or its ISO text) as people in `tz` read it; '—' when unknown."""
+    if value is None or value == "":
+        return "—"
+    instant = parse_fhir(value) if isinstance(value, str) else value
+    assert instant is not None
+    return to_local(instant, tz).strftime(fmt)

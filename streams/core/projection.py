@@ -1,0 +1,163 @@
+"""Pathway state → SQL rows. Pure: it reads a `PatientState` and the alert outputs of a batch.
+
+The rows are the *whole* derived state of the patient (every stay, period, visit, referral), so
+the sink can replace what it held before; a replay that rebuilds the same state writes the same
+rows. Alerts are the exception: a resolved alert leaves the state, so resolutions come from the
+`AlertResolved` outputs, and alert rows are upserted, never deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from streams.core.pathway import AlertRaised, AlertResolved, PatientState, to_jsonable
+
+
+@dataclass
+class PatientRows:
+    """Everything the SQL tables hold about one patient, derived from its pathway state.
+
+    `periods` are `stay_locations` rows without `hospital_id/ward_id/bed_id`, which the sink
+    resolves from the Location hierarchy (`hospital_hint` is the Encounter's serviceProvider).
+    """
+
+    patient_id: str
+    state: dict[str, Any]
+    last_event_at: datetime | None = None
+    stays: list[dict[str, Any]] = field(default_factory=list)
+    periods: list[dict[str, Any]] = field(default_factory=list)
+    ed_visits: list[dict[str, Any]] = field(default_factory=list)
+    community_visits: list[dict[str, Any]] = field(default_factory=list)
+    referrals: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    # Alerts raised in an earlier batch and resolved in this one: alert id → resolution time.
+    resolutions: dict[str, datetime] = field(default_factory=dict)
+
+
+MESSAGES = {
+    "ed_boarding": "In the ED for more than the boarding threshold",
+    "referral_no_contact": "Community referral without hospital contact",
+    "no_follow_up": "No community follow-up after discharge",
+    "readmission": "Readmitted soon after a discharge",
+    "long_stay": "Length of stay above the service's 90th percentile",
+}
+
+
+def alert_message(kind: str, details: dict[str, Any]) -> str:
+    """A short sentence for people; the numbers stay in `details`."""
+    return MESSAGES.get(kind, kind.replace("_", " ").capitalize())
+
+
+def patient_rows(
+    state: PatientState, alert_outputs: Iterable[AlertRaised | AlertResolved] = ()
+) -> PatientRows:
+    """The SQL rows of one patient, from its state and the alert outputs of this batch."""
+    pid = state.patient_id
+    facts = state.facts
+    rows = PatientRows(patient_id=pid, state=state.view(), last_event_at=state.clock)
+    for stay in facts.stays:
+        rows.stays.append(
+            {
+                "stay_id": stay.stay_id,
+                "patient_id": pid,
+                "hospital_id": stay.hospital,
+                "admitted_at": stay.admitted_at,
+                "discharged_at": stay.discharged_at,
+                "disposition": stay.disposition,
+                "admit_source": stay.admit_source,
+                "from_ed_encounter": stay.from_ed_encounter,
+                "los_hours": stay.los_hours,
+            }
+        )
+        spells = stay.locations
+        for seq, spell in enumerate(spells):
+            last = seq == len(spells) - 1
+            rows.periods.append(
+                {
+                    "stay_id": stay.stay_id,
+                    "seq": seq,
+                    "patient_id": pid,
+                    # The sink resolves the hospital from the tree when the Encounter names none.
+                    "hospital_id": stay.hospital,
+                    "location_id": spell.bed or spell.location,
+                    "ward_ref": spell.ward,
+                    "start_at": spell.start,
+                    "end_at": spell.end,
+                    "discharged": last and stay.discharged_at is not None,
+                }
+            )
+    for visit in facts.ed_visits:
+        rows.ed_visits.append(
+            {
+                "encounter_id": visit.encounter_id,
+                "patient_id": pid,
+                "hospital_id": visit.hospital,
+                "ward_id": visit.ward,
+                "arrived_at": visit.arrived_at,
+                "departed_at": visit.departed_at,
+                "admitted": visit.admitted,
+                "disposition": visit.disposition,
+            }
+        )
+    for cv in facts.community_visits:
+        rows.community_visits.append(
+            {
+                "encounter_id": cv.encounter_id,
+                "patient_id": pid,
+                "class_code": cv.class_code,
+                "provider": cv.provider,
+                "start_at": cv.start,
+                "end_at": cv.end,
+            }
+        )
+    for ref in facts.referrals:
+        rows.referrals.append(
+            {
+                "referral_id": ref.referral_id,
+                "patient_id": pid,
+                "requester": ref.requester,
+                "performer": ref.performer,
+                "authored_at": ref.sent_at,
+                "status": ref.status,
+            }
+        )
+    alerts: dict[str, dict[str, Any]] = {}
+    resolved: dict[str, datetime] = {}
+    for out in alert_outputs:
+        if isinstance(out, AlertRaised):
+            resolved.pop(out.alert_id, None)
+            alerts[out.alert_id] = _alert_row(
+                pid, out.alert_id, out.kind, out.at, out.subject_id, out.details
+            )
+        else:
+            resolved[out.alert_id] = out.at
+    for alert in state.alerts.values():
+        alerts[alert.alert_id] = _alert_row(
+            pid, alert.alert_id, alert.kind, alert.since, alert.subject_id, alert.details
+        )
+    for aid, at in resolved.items():
+        if aid in alerts and aid not in state.alerts:
+            alerts[aid].update(status="resolved", resolved_at=at)
+    rows.alerts = list(alerts.values())
+    # Resolutions of alerts raised in an earlier batch: the sink updates their status only.
+    rows.resolutions = {aid: at for aid, at in resolved.items() if aid not in alerts}
+    return rows
+
+
+def _alert_row(
+    pid: str, aid: str, kind: str, since: datetime, subject: str, details: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "alert_id": aid,
+        "alert_type": kind,
+        "patient_id": pid,
+        "unit_id": details.get("ward") or details.get("hospital"),
+        "status": "open",
+        "raised_at": since,
+        "resolved_at": None,
+        "message": alert_message(kind, details),
+        "details": {"subject_id": subject, **to_jsonable(details)},
+    }

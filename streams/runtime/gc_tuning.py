@@ -1,0 +1,56 @@
+"""Python's cycle collector and the C allocator tuned for a stream worker and its fold processes."""
+
+import ctypes
+import ctypes.util
+import gc
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# glibc's `mallopt` parameter number of M_ARENA_MAX.
+M_ARENA_MAX = -8
+
+
+def tune_gc() -> None:
+    """Make Python's cycle collector, and glibc's allocator, fit a stream worker.
+
+    A batch allocates hundreds of thousands of short-lived objects while the heap holds every
+    patient's state. With the default thresholds the collector runs a young collection every 700
+    allocations and, often, walks that whole heap: it took two thirds of the time of the pathway
+    rules. Objects alive at start-up (modules, Faust) are frozen out of its reach, and it runs
+    less often. Memory is still reclaimed: most objects die by reference count, not by the
+    collector.
+
+    glibc gives each thread that allocates its own arena, up to eight per core; the worker's
+    threads (SQL writes, folds, Faust) each kept a heap of a batch's size. Two arenas are enough.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(M_ARENA_MAX, 2)
+
+
+def give_back_memory() -> None:
+    """Return the free pages of the C heap to the system (glibc `malloc_trim`): after a large
+    batch, or a backfill, the freed memory stays mapped otherwise."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+_LIBC: list[Any] = []
+
+
+def _libc() -> Any:
+    if not _LIBC:
+        name = ctypes.util.find_library("c")
+        try:
+            lib = ctypes.CDLL(name) if name else None
+            if lib is not None and not (hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim")):
+                lib = None  # not glibc
+        except OSError:
+            lib = None
+        _LIBC.append(lib)
+    return _LIBC[0]

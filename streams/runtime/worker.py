@@ -1,0 +1,583 @@
+"""Thin Faust adapters around the pure rules: decode, fold, write SQL, then the table and topics.
+
+One handler reads the raw topic a batch at a time (`ParcoursApp.batch_handler`). For each batch:
+
+1. decode every message and map it to canonical events (`fhir_map`); failures are dead-lettered;
+2. group the patient events by patient (the raw topic is keyed by patient, so the state table is
+   co-partitioned with it and no re-keying is needed), read each patient's state from the table
+   once, fold its events with `pathway.transition` in offset order, and derive its SQL rows;
+3. write the whole batch to SQL in one transaction (`SqlSink`: pathway rows, locations, census);
+4. only then write each changed patient's new state to the table (one changelog record per patient
+   per batch) and send the alerts, wait for the broker to hold them, and acknowledge the batch's
+   messages: Faust commits acknowledged offsets only.
+
+The steps overlap (`FoldWritePipeline`): while steps 1–2 (fold) of a batch run, the consumer
+gathers the next batch, step 3 (write) of the previous batch runs, and step 4 (finish) of the one
+before. A fold reads the states the folds before it made; writes, and finishes, keep the order of
+the batches.
+
+A crash anywhere replays the batch from the last committed offset. Transitions are idempotent on
+the resource version and the SQL rows are whole derived state, so the replay converges to the same
+rows. Location messages (keyed `Location/<id>`) carry no patient and go to the sink as they are.
+
+Timers: `check_timers` needs a time. A live feed wants the wall clock (a discharge with no
+follow-up after 7 days raises an alert even though no event arrives), so the worker's timer passes
+the wall time; it is off when `pathway_timer_interval_s` is 0, which replays of old data want.
+
+Reference data. Organizations, Locations, Practitioners and HealthcareServices arrive on the
+directory topic (one compacted partition). At start the worker reads it to its end and writes its
+Locations before it folds any patient event, so a stay is placed in a ward it knows whatever the
+partition order of the raw topic; then it follows the topic, each new batch of it taking its
+turn in the pipeline like a raw batch.
+
+Errors are data. A message the rules cannot map or fold, or whose rows the database refuses, goes
+to the dead-letter topic with its reason, is recorded for the Feed health page
+(`ingest_rejections`, source `stream-worker`) and counted on `/metrics`; the rest of its batch
+is written. A database that cannot answer is waited for, with backoff.
+
+Stopping. On SIGTERM the statement under way is cancelled, the fold processes are ended, and the
+batch not yet finished is left to be replayed from its offsets at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, cast
+
+from faust import Topic
+from faust.serializers import codecs
+from faust.types import TP, Message
+
+from parcours.settings import Settings
+from parcours.topics import Topics
+from streams.runtime.batch import (
+    BatchOutcome,
+    BatchProcessor,
+    RawMessage,
+    WorkerStopping,
+    rules_from_settings,
+)
+from streams.runtime.gc_tuning import give_back_memory
+from streams.sink.writer import SqlSink
+
+if TYPE_CHECKING:
+    from streams.runtime.faust_compat import ParcoursApp
+
+log = logging.getLogger(__name__)
+
+LARGE_BATCH = 1000  # messages: such a batch is logged at INFO, and memory is given back after it
+
+
+class FoldWritePipeline:
+    """Batches in three steps that overlap: fold (the rules, in fold processes or a thread),
+    write (SQL in a thread) and `finish` (the table, topics and acks). While batch N folds, the
+    consumer gathers batch N+1, batch N-1 is written and batch N-2 finishes: `submit` returns as
+    soon as its batch's fold has started.
+
+    - A fold reads the states the folds before it made (`get_state`), not yet in the table.
+    - Writes keep the order of the batches, one at a time; so do finishes, each after its own
+      write. A batch's topics may still be on their way while the next batch is written: were
+      the worker killed then, the next start replays both batches from their offsets, and the
+      rows they wrote again are equal.
+    - If the database refused some patients' rows, the fold that read their states is done
+      again, on the states that were written.
+    - A failed step exits the process: the supervisor restarts the worker from the committed
+      offsets, as after a kill -9. Nothing may wait for the last batch of a burst, so its
+      failure must not pass unseen.
+    """
+
+    def __init__(
+        self,
+        fold: Callable[[list[RawMessage], Callable[[str], str | None]], BatchOutcome],
+        write: Callable[[BatchOutcome], None],
+        table: Mapping[str, str | None],
+        finish: Callable[[BatchOutcome, list[Message]], Awaitable[None]],
+    ) -> None:
+        self.fold = fold
+        self.write = write
+        self.table = table
+        self.finish = finish
+        self.lock = asyncio.Lock()  # held by `submit`, and by whoever needs every state written
+        # Set when the worker stops: a step that fails then leaves its batch to be replayed.
+        self.stopping = threading.Event()
+        # The states of the batches folded but not finished, oldest first (`outcome.states`:
+        # a write drops the patients whose rows were refused).
+        self._layers: list[dict[str, tuple[int, str]]] = []
+        self._folding: asyncio.Task[None] | None = None
+        self._writing: asyncio.Task[bool] | None = None  # True: rows were refused
+        self._finishing: list[asyncio.Task[None]] = []
+
+    def get_state(self, pid: str) -> str | None:
+        for states in reversed(self._layers):
+            found = states.get(pid)
+            if found is not None:
+                return found[1]
+        return self.table.get(pid)
+
+    def busy(self) -> bool:
+        """Whether `submit` would wait for the previous batch's fold."""
+        return self._folding is not None and not self._folding.done()
+
+    async def submit(self, messages: list[RawMessage], batch: list[Message]) -> None:
+        """Start folding a batch, once the previous batch's fold is done."""
+        async with self.lock:
+            if self._folding is not None:
+                await self._folding
+            self._folding = self._task(self._fold_then_write(messages, batch))
+
+    async def written(self) -> bool:
+        """Wait until every batch submitted is written and finished, with the lock held; True
+        if the last write refused rows. Afterwards the table holds every state."""
+        if self._folding is not None:
+            await self._folding
+        refused = await self._writing if self._writing is not None else False
+        for task in self._finishing:
+            await task
+        self._folding = self._writing = None
+        self._finishing = []
+        return refused
+
+    async def _fold_then_write(self, messages: list[RawMessage], batch: list[Message]) -> None:
+        outcome = await self._in_thread(self.fold, messages, self.get_state)
+        if self._writing is not None and await self._writing:
+            outcome = await self._in_thread(self.fold, messages, self.get_state)
+        while len(self._finishing) > 1:  # at most one batch's topics behind the writes
+            await self._finishing[0]
+            self._finishing.pop(0)
+        self._layers.append(outcome.states)
+        previous = self._finishing[-1] if self._finishing else None
+        self._writing = self._task(self._write(outcome))
+        self._finishing.append(self._task(self._finish(outcome, batch, self._writing, previous)))
+
+    async def _write(self, outcome: BatchOutcome) -> bool:
+        await self._in_thread(self.write, outcome)
+        return outcome.refused
+
+    async def _finish(
+        self,
+        outcome: BatchOutcome,
+        batch: list[Message],
+        writing: asyncio.Task[bool],
+        previous: asyncio.Task[None] | None,
+    ) -> None:
+        await writing
+        if previous is not None:
+            await previous
+        await self.finish(outcome, batch)
+        assert self._layers[0] is outcome.states, "batches finish in order"
+        self._layers.pop(0)
+
+    def _task(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.add_done_callback(self._exit_if_failed)
+        return task
+
+    @staticmethod
+    async def _in_thread(step: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.to_thread(step, *args)
+
+    def _exit_if_failed(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        if self.stopping.is_set() or isinstance(task.exception(), WorkerStopping):
+            log.info("stopping: the batch under way will be replayed at the next start")
+            return
+        # Data never gets here (it is dead-lettered); a fold process gone or a bug does.
+        log.error("a step of the batch pipeline failed; exiting", exc_info=task.exception())
+        os._exit(70)
+
+
+def forget_partitions(
+    states: MutableMapping[str, Any], partition_of: MutableMapping[str, int], gone: set[int]
+) -> int:
+    """Drop the states of the patients whose partition is in `gone`; returns how many."""
+    dropped = [pid for pid, partition in partition_of.items() if partition in gone]
+    for pid in dropped:
+        states.pop(pid, None)
+        del partition_of[pid]
+    return len(dropped)
+
+
+def progress_row(
+    topic: str,
+    partition: int,
+    worker: str,
+    next_offset: int | None,
+    highwater: int | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """A `stream_progress` row: `next_offset` is the first offset not yet applied, `highwater`
+    the partition's end as last fetched (one past its last record)."""
+    lag = None
+    if next_offset is not None and highwater is not None:
+        # A broker's end offset can run behind what was read (Tansu reports the last produce
+        # batch's base offset + 1): the end is at least what the worker has applied.
+        highwater = max(highwater, next_offset)
+        lag = highwater - next_offset
+    return {
+        "topic": topic,
+        "partition": partition,
+        "worker": worker,
+        "processed_offset": None if next_offset is None else next_offset - 1,
+        "highwater": highwater,
+        "lag": lag,
+        "reported_at": now,
+    }
+
+
+def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: Settings) -> None:
+    """Declare the topics, the pathway state table, the batch handler and the timers of `app`."""
+    raw = app.topic(topics.raw, key_type=bytes, value_type=bytes, value_serializer="raw")
+    dead = app.topic(topics.deadletter, key_type=bytes, value_type=bytes, value_serializer="raw")
+    alerts = app.topic(topics.alerts, key_type=bytes, value_type=bytes, value_serializer="raw")
+    # Values are `PatientState.to_json()` text: the worker serialises each state once, with
+    # orjson, and Faust's JSON codec only quotes that text for the changelog.
+    states = app.Table("pathway-state", default=None, partitions=settings.topic_partitions)
+    processor = BatchProcessor(sink, rules_from_settings(settings))
+    metrics = WorkerMetrics()
+
+    # The changelog records are sent as Faust's table would send them, in its codecs.
+    changelog_topic = cast(Topic, states.changelog_topic)
+
+    def dumps_key(pid: str) -> bytes:
+        return codecs.dumps(changelog_topic.key_serializer, pid)
+
+    def dumps_value(value: str) -> bytes:
+        return codecs.dumps(changelog_topic.value_serializer, value)
+
+    known_partition: dict[str, int] = {}
+    # raw partition → the offset after the last message whose batch this worker applied.
+    applied: dict[int, int] = {}
+
+    async def apply(outcome: BatchOutcome) -> None:
+        changelog = []
+        for pid, (partition, value) in outcome.states.items():
+            partition = known_partition.setdefault(pid, partition)
+            # One changelog record per patient per batch, on the partition of its events: the
+            # table's own setter would take the partition of whichever event came last.
+            states.data[pid] = value
+            changelog.append((partition, dumps_key(pid), dumps_value(value)))
+        # futures of the records sent for this batch
+        sent: list[Any] = await app.send_batched(changelog_topic.get_topic_name(), changelog)
+        for alert_key, alert in outcome.alerts:
+            sent.append(await alerts.send(key=alert_key, value=json.dumps(alert).encode()))
+        for raw_key, payload, reason in outcome.rejects:
+            stage = dead_letter_stage(reason)
+            log.warning("dead-lettered a raw message (%s)", stage)
+            metrics.dead_lettered[stage] = metrics.dead_lettered.get(stage, 0) + 1
+            sent.append(
+                await dead.send(
+                    key=raw_key,
+                    value=payload,
+                    headers={"reason": reason[:2000].encode(), "stage": stage.encode()},
+                )
+            )
+        if outcome.rejects:
+            rows = [rejection_row(k, v, r, datetime.now(UTC)) for k, v, r in outcome.rejects]
+            try:
+                await asyncio.to_thread(sink.write_rejections, rows)
+            except Exception as exc:  # the dead letters are sent; the page can miss a row
+                log.warning("dead letters not recorded for Feed health: %s", type(exc).__name__)
+        # The batch's offsets may be committed as soon as this returns. Faust's flush before a
+        # commit gives up on its changelog buffer after 0.1 s without a send, so wait for the
+        # broker to hold every record: a kill -9 must not find a committed offset whose state is
+        # missing from the changelog. Shielded: a worker that stops meanwhile must not cancel the
+        # records the producer is still sending.
+        await asyncio.shield(asyncio.gather(*sent))
+
+    async def finish(outcome: BatchOutcome, batch: list[Message]) -> None:
+        """Once SQL holds the batch: the table, topics and acks."""
+        sent = time.perf_counter()
+        await apply(outcome)
+        for m in batch:
+            app.consumer.ack(m)
+            applied[m.partition] = max(applied.get(m.partition, 0), m.offset + 1)
+        if len(batch) >= LARGE_BATCH:
+            # A backlog's batch leaves hundreds of MB free in the C heap: give it back.
+            await asyncio.to_thread(give_back_memory)
+        metrics.batches += 1
+        metrics.messages += len(batch)
+        metrics.events += outcome.events
+        metrics.db_retries = processor.db_retries
+        # A backlog's batches are worth a line each; a live feed's small ones are not.
+        log.log(
+            logging.INFO if len(batch) >= LARGE_BATCH else logging.DEBUG,
+            "batch of %d messages, %d events: rules %.3f s, SQL %.3f s (%d rows), sends %.3f s",
+            len(batch),
+            outcome.events,
+            outcome.rules_s,
+            outcome.sql_s,
+            outcome.rows,
+            time.perf_counter() - sent,
+        )
+
+    fold = processor.fold
+    folders = None
+    if settings.worker_fold_processes > 0:
+        from streams.runtime.fold_process import FoldProcesses  # it imports this module
+
+        folders = FoldProcesses(processor.rules, settings.worker_fold_processes)
+        fold = folders.fold
+        # Started with the worker: their imports take a second or two, while the group forms.
+        app.before_start.append(folders.start)
+    pipeline = FoldWritePipeline(fold, processor.write, states.data, finish)
+    pipeline.stopping = processor.stopping
+
+    def stop_now() -> None:
+        """On SIGTERM: give up retries, cancel the statement under way, end the folds."""
+        processor.stopping.set()
+        sink.cancel()
+        if folders is not None:
+            folders.terminate()
+
+    app.on_stop_requested.append(stop_now)
+
+    directory_loaded = asyncio.Event()
+
+    @app.task
+    async def follow_directory() -> None:
+        """Read the directory topic to its end before any patient event, then follow it."""
+        while True:
+            try:
+                await read_directory(
+                    settings.bootstrap,
+                    topics.directory,
+                    pipeline,
+                    directory_loaded,
+                    metrics,
+                    max(1, settings.worker_batch_size),
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("directory topic not readable (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(2.0)
+
+    if settings.worker_web_port > 0:
+
+        @app.page("/metrics")
+        async def metrics_page(web: Any, request: Any) -> Any:
+            metrics.db_retries = processor.db_retries
+            return web.text(metrics.render(), content_type="text/plain; version=0.0.4")
+
+    # mode types a receiver as a union of two callables, which mypy cannot match to a function.
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def forget_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+        # A revoked partition's patients now belong to another worker. Faust's memory store
+        # forgets only the states it recovered from the changelog, not those this worker wrote:
+        # its timers would raise alerts on those stale copies and write them back to SQL and to
+        # the changelog, over the new owner's. What comes back is recovered from the changelog.
+        revoked: set[TP] = args[0]
+        gone = {tp.partition for tp in revoked if tp.topic == raw.get_topic_name()}
+        async with pipeline.lock:
+            await pipeline.written()
+            dropped = forget_partitions(states.data, known_partition, gone)
+            for partition in gone:
+                applied.pop(partition, None)
+        log.info("forgot %d patient states of revoked partitions %s", dropped, sorted(gone))
+
+    @app.batch_handler(raw, busy=pipeline.busy)
+    async def pathway(batch: list[Message]) -> None:
+        if not directory_loaded.is_set():
+            await directory_loaded.wait()
+        messages = [RawMessage(m.key, m.value, m.partition) for m in batch if m.value is not None]
+        await pipeline.submit(messages, batch)
+
+    if settings.worker_progress_interval_s > 0:
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+
+        @app.timer(settings.worker_progress_interval_s)
+        async def report_progress() -> None:
+            """Tell the Feed health page how far this worker is on each of its partitions."""
+            topic = raw.get_topic_name()
+            held = sorted(tp for tp in app.consumer.assignment() if tp.topic == topic)
+            if not held:
+                return
+            now = datetime.now(UTC)
+            try:
+                ends = await app.consumer.highwaters(*held)
+                # Before its first batch on a partition, the worker is where its fetch is: at
+                # the committed offset, unless a fetch is already on its way to the agent.
+                nexts = {
+                    tp: applied[tp.partition]
+                    if tp.partition in applied
+                    else await app.consumer.position(tp)
+                    for tp in held
+                }
+            except Exception as exc:  # a rebalance took a partition away meanwhile
+                log.debug("no progress report this time: %s", exc)
+                return
+            rows = [
+                progress_row(topic, tp.partition, worker, nexts[tp], ends.get(tp), now)
+                for tp in held
+            ]
+            await asyncio.to_thread(sink.write_progress, rows)
+
+    if settings.pathway_timer_interval_s > 0:
+
+        @app.timer(settings.pathway_timer_interval_s)
+        async def pathway_timers() -> None:
+            async with pipeline.lock:
+                await pipeline.written()
+                snapshot = [(k, v) for k, v in states.data.items() if v]
+                outcome = await asyncio.to_thread(
+                    processor.tick, snapshot, datetime.now(UTC), settings.topic_partitions
+                )
+                await apply(outcome)
+
+
+async def read_directory(
+    bootstrap: str,
+    topic: str,
+    pipeline: FoldWritePipeline,
+    loaded: asyncio.Event,
+    metrics: WorkerMetrics,
+    batch_size: int,
+) -> None:
+    """Read the directory topic whole into `pipeline`, wait until it is written, set `loaded`,
+    then follow the topic for good (each fetch is a batch of the pipeline)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.runtime.faust_compat import log_ends
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        max_partition_fetch_bytes=8 * 1024**2,
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # metadata
+        partitions = sorted(consumer.partitions_for_topic(topic) or [])
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        reported = await consumer.end_offsets(tps) if tps else {}
+        # The broker's end can fall short of the last record (`log_ends`).
+        ends = await log_ends(
+            bootstrap,
+            [TP(tp.topic, tp.partition) for tp in tps],
+            {TP(tp.topic, tp.partition): end for tp, end in reported.items()},
+        )
+        pending: list[RawMessage] = []
+
+        async def behind() -> bool:
+            for tp in tps:
+                if await consumer.position(tp) < ends.get(TP(tp.topic, tp.partition), 0):
+                    return True
+            return False
+
+        while await behind():
+            fetched = await consumer.getmany(timeout_ms=500, max_records=batch_size)
+            for records in fetched.values():
+                pending += [RawMessage(r.key, r.value, 0) for r in records if r.value is not None]
+            if len(pending) >= batch_size:
+                metrics.directory += len(pending)
+                await pipeline.submit(pending, [])
+                pending = []
+        if pending:
+            metrics.directory += len(pending)
+            await pipeline.submit(pending, [])
+        async with pipeline.lock:
+            await pipeline.written()
+        if not loaded.is_set():
+            log.info("directory read: %d reference resources", metrics.directory)
+        loaded.set()
+        while True:
+            fetched = await consumer.getmany(timeout_ms=1000, max_records=batch_size)
+            news = [
+                RawMessage(r.key, r.value, 0)
+                for records in fetched.values()
+                for r in records
+                if r.value is not None
+            ]
+            if news:
+                metrics.directory += len(news)
+                await pipeline.submit(news, [])
+    finally:
+        await consumer.stop()
+
+
+class WorkerMetrics:
+    """Counters of a worker, shown on its `/metrics` page (Prometheus text format)."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.messages = 0
+        self.events = 0
+        self.directory = 0
+        self.db_retries = 0
+        self.dead_lettered: dict[str, int] = {}
+
+    def render(self) -> str:
+        """The counters in Prometheus' text exposition format."""
+        lines = [
+            "# HELP parcours_worker_batches_total Raw batches applied.",
+            "# TYPE parcours_worker_batches_total counter",
+            f"parcours_worker_batches_total {self.batches}",
+            "# HELP parcours_worker_messages_total Raw messages applied.",
+            "# TYPE parcours_worker_messages_total counter",
+            f"parcours_worker_messages_total {self.messages}",
+            "# HELP parcours_worker_events_total Canonical events folded.",
+            "# TYPE parcours_worker_events_total counter",
+            f"parcours_worker_events_total {self.events}",
+            "# HELP parcours_worker_directory_messages_total Directory messages read.",
+            "# TYPE parcours_worker_directory_messages_total counter",
+            f"parcours_worker_directory_messages_total {self.directory}",
+            "# HELP parcours_worker_db_retries_total Writes retried on a database not answering.",
+            "# TYPE parcours_worker_db_retries_total counter",
+            f"parcours_worker_db_retries_total {self.db_retries}",
+            "# HELP parcours_worker_dead_lettered_total Messages sent to the dead-letter topic.",
+            "# TYPE parcours_worker_dead_lettered_total counter",
+        ]
+        stages = self.dead_lettered or {"mapping": 0}
+        lines += [
+            f'parcours_worker_dead_lettered_total{{stage="{stage}"}} {n}'
+            for stage, n in sorted(stages.items())
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def dead_letter_stage(reason: str) -> str:
+    """The stage a dead-letter reason comes from: `sql`, `pathway` or `mapping`."""
+    head = reason.split(":", 1)[0]
+    return head if head in ("sql", "pathway") else "mapping"
+
+
+def rejection_row(key: bytes | None, payload: bytes, reason: str, now: datetime) -> dict[str, Any]:
+    """An `ingest_rejections` row for a message the worker dead-lettered (no HTTP status: 0)."""
+    kind = rid = None
+    try:
+        resource = json.loads(payload)
+        if isinstance(resource, dict):
+            kind = str(resource.get("resourceType") or "")[:64] or None
+            rid = str(resource.get("id") or "")[:128] or None
+    except ValueError:
+        pass
+    if rid is None and key:
+        rid = key.decode("utf-8", "replace")[:128]
+
+    def clean(text: str | None) -> str | None:
+        # PostgreSQL text refuses NUL, which is what put some of these messages here.
+        return text.replace("\x00", "") if text else text
+
+    return {
+        "source": "stream-worker",
+        "received_at": now,
+        "http_status": 0,
+        "reason": f"worker-{dead_letter_stage(reason)}",
+        "resource_type": clean(kind),
+        "resource_id": clean(rid),
+        "expression": None,
+        "diagnostics": clean(reason[:2000]),
+        "operation_outcome": {},
+    }

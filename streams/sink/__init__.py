@@ -1,0 +1,1 @@
+"""The SQL side of the stream processors: batched, idempotent, bounded writes."""

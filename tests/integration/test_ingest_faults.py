@@ -1,0 +1,330 @@
+"""Faults and access control at the gateway, on the real broker and PostgreSQL: a database that
+never answers, bodies that never arrive, clients that vanish, integrators who write what is not
+theirs, revoked and expired tokens, floods, and resources too large for the producer."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from ingest.auth import create_token, hash_token
+from parcours.db import make_engine
+from parcours.settings import Settings
+from parcours.topics import Topics
+from tests.integration.ingest_helpers import (
+    FHIR,
+    Gateway,
+    encounter,
+    gateway_env,
+    read_topic,
+    run_gateway,
+    unique,
+)
+from tests.support import parcours_env
+
+pytestmark = pytest.mark.integration
+
+
+def post(url: str, token: str, path: str, body: object) -> httpx.Response:
+    return httpx.post(
+        f"{url}{path}",
+        content=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": FHIR},
+        timeout=60,
+    )
+
+
+def new_token(pg_url: str, name: str | None = None) -> tuple[str, str]:
+    engine = make_engine(pg_url)
+    name = name or unique("feed")
+    token = create_token(engine, name)
+    engine.dispose()
+    return name, token
+
+
+@contextmanager
+def black_hole() -> Iterator[int]:
+    """A local TCP port that accepts connections and never says a word."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(256)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def test_a_black_hole_database_gives_503_and_healthz_still_answers(
+    broker: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    with black_hole() as port:
+        env = gateway_env(
+            broker,
+            f"postgresql://postgres@127.0.0.1:{port}/nowhere",
+            topic_prefix,
+            PARCOURS_INGEST_DB_TIMEOUT_S="2",
+        )
+        with run_gateway(env, tmp_path / "gw.log", healthy=False) as gw:
+            # The client's own timeouts bound the test: an answer must come.
+            health = httpx.get(f"{gw.url}/healthz", timeout=5)
+            assert health.status_code == 503
+            assert health.json()["database"].startswith("down"), health.text
+            assert health.json()["kafka"] == "ok"
+
+            def attempt(_: int) -> httpx.Response:
+                return httpx.post(
+                    f"{gw.url}/fhir/Encounter",
+                    content=json.dumps(encounter(unique("e"), unique("p"))).encode(),
+                    headers={"Authorization": "Bearer prc_any", "Content-Type": FHIR},
+                    timeout=30,
+                )
+
+            with ThreadPoolExecutor(20) as pool:
+                answers = list(pool.map(attempt, range(20)))
+            assert {r.status_code for r in answers} == {503}, [r.text for r in answers]
+            assert all(r.headers["retry-after"] for r in answers)
+            assert answers[0].json()["issue"][0]["code"] == "transient"
+            assert httpx.get(f"{gw.url}/fhir/metadata", timeout=5).status_code == 200
+            assert httpx.get(f"{gw.url}/healthz", timeout=5).status_code == 503
+        assert "Traceback" not in gw.log.read_text(errors="replace")
+
+
+@dataclass
+class Two:
+    gw: Gateway
+    a: tuple[str, str]
+    b: tuple[str, str]
+    topics: Topics
+    broker: str
+    pg_url: str
+
+
+@pytest.fixture(scope="module")
+def two(broker: str, pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Two]:
+    prefix = f"f{uuid.uuid4().hex[:8]}."
+    env = gateway_env(
+        broker,
+        pg_url,
+        prefix,
+        PARCOURS_INGEST_BODY_TIMEOUT_S="1",
+        PARCOURS_INGEST_MAX_RESOURCE_BYTES="100000",
+        PARCOURS_INGEST_MAX_BODY_BYTES="1000000",
+    )
+    log = tmp_path_factory.mktemp("faults") / "gateway.log"
+    with run_gateway(env, log) as gw:
+        yield Two(
+            gw,
+            new_token(pg_url),
+            new_token(pg_url),
+            Topics.from_settings(Settings(topic_prefix=prefix)),
+            broker,
+            pg_url,
+        )
+
+
+def raw_ids(two: Two) -> list[str]:
+    return [json.loads(m.value)["id"] for m in read_topic(two.broker, two.topics.raw)]
+
+
+def parcours_cli(two: Two, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "parcours", "ingest", *args],
+        env=parcours_env(DATABASE_URL=two.pg_url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_body_shorter_than_its_content_length_gets_408(two: Two) -> None:
+    host, port = two.gw.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(
+            b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {two.a[1]}\r\n".encode()
+            + b"Content-Type: application/fhir+json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        conn.settimeout(30)
+        answer = conn.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"OperationOutcome" in answer
+
+
+def test_client_disconnects_are_one_log_line_each(two: Two) -> None:
+    host, port = two.gw.url.removeprefix("http://").split(":")
+    for _ in range(20):
+        with socket.create_connection((host, int(port))) as conn:
+            conn.sendall(
+                b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\n"
+                + f"Authorization: Bearer {two.a[1]}\r\n".encode()
+                + b"Content-Type: application/fhir+json\r\nContent-Length: 5000\r\n\r\n{"
+            )
+    # The gateway still serves, and logged no traceback for any of them.
+    assert post(two.gw.url, two.a[1], "/fhir/Patient", {"resourceType": "Patient"}).status_code
+    log = two.gw.log.read_text(errors="replace")
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+
+
+def test_another_integrators_patient_is_403_until_granted(two: Two) -> None:
+    (a_name, a), (b_name, b) = two.a, two.b
+    pid = unique("p")
+    assert (
+        post(two.gw.url, a, "/fhir/Patient", {"resourceType": "Patient", "id": pid}).status_code
+        == 201
+    )
+    assert post(two.gw.url, a, "/fhir/Encounter", encounter(unique("e"), pid)).status_code == 201
+
+    denied_enc = encounter(unique("e"), pid)
+    resp = post(two.gw.url, b, "/fhir/Encounter", denied_enc)
+    assert resp.status_code == 403, resp.text
+    assert resp.json()["issue"][0]["code"] == "forbidden"
+    deceased = {"resourceType": "Patient", "id": pid, "deceasedBoolean": True}
+    resp = post(two.gw.url, b, "/fhir/Patient", deceased)
+    assert resp.status_code == 403
+    assert resp.json()["issue"][0]["expression"] == ["Patient.id"]
+    own = encounter(unique("e"), unique("p"))
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {
+                "resource": encounter(unique("e"), pid),
+                "request": {"method": "POST", "url": "Encounter"},
+            },
+            {"resource": own, "request": {"method": "POST", "url": "Encounter"}},
+        ],
+    }
+    resp = post(two.gw.url, b, "/fhir", batch)
+    assert [e["response"]["status"] for e in resp.json()["entry"]] == [
+        "403 Forbidden",
+        "201 Created",
+    ]
+    ids = raw_ids(two)
+    assert own["id"] in ids and denied_enc["id"] not in ids
+    assert not any(
+        json.loads(m.value).get("deceasedBoolean")
+        for m in read_topic(two.broker, two.topics.raw)
+        if json.loads(m.value).get("id") == pid
+    )
+
+    # An identifier system an admin assigned to A: B may not write patients in it.
+    system = f"urn:oid:1.2.250.99.{uuid.uuid4().int % 10**8}"
+    done = parcours_cli(two, "grant", a_name, "--system", system)
+    assert done.returncode == 0 and "owns" in done.stdout, done.stderr
+    other = {
+        "resourceType": "Patient",
+        "id": unique("p"),
+        "identifier": [{"system": system, "value": "1"}],
+    }
+    resp = post(two.gw.url, b, "/fhir/Patient", other)
+    assert resp.status_code == 403
+    assert resp.json()["issue"][0]["expression"] == ["Patient.identifier[0].system"]
+
+    # Grants: one patient, then everything A owns.
+    assert parcours_cli(two, "grant", b_name, "--patient", pid).returncode == 0
+    assert post(two.gw.url, b, "/fhir/Encounter", denied_enc).status_code == 201
+    assert post(two.gw.url, b, "/fhir/Patient", other).status_code == 403
+    assert parcours_cli(two, "grant", b_name, "--from", a_name).returncode == 0
+    assert post(two.gw.url, b, "/fhir/Patient", other).status_code == 201
+    assert post(two.gw.url, b, "/fhir/Patient", deceased).status_code == 201
+
+
+def test_revoke_and_expiry_take_effect_at_once(two: Two) -> None:
+    name, token = new_token(two.pg_url)
+    body = {"resourceType": "Location", "id": unique("l"), "name": "x"}
+    assert post(two.gw.url, token, "/fhir/Location", body).status_code == 201
+    done = parcours_cli(two, "token", "revoke", name)
+    assert done.returncode == 0, done.stderr
+    assert post(two.gw.url, token, "/fhir/Location", body).status_code == 401
+    assert parcours_cli(two, "token", "revoke", unique("nobody")).returncode == 1
+
+    created = parcours_cli(two, "token", "create", unique("temp"), "--expires-in", "90d")
+    assert created.returncode == 0, created.stderr
+    temp = created.stdout.strip()
+    assert post(two.gw.url, temp, "/fhir/Location", {**body, "name": "y"}).status_code == 201
+    engine = make_engine(two.pg_url)
+    with engine.begin() as conn:
+        left = conn.scalar(
+            text("SELECT expires_at - now() FROM integrators WHERE token_hash = :h"),
+            {"h": hash_token(temp)},
+        )
+        assert 89 <= left.days <= 90
+        # Expiry is a timestamp: move it into the past rather than wait for it.
+        conn.execute(
+            text(
+                "UPDATE integrators SET expires_at = now() - interval '1 second' "
+                "WHERE expires_at IS NOT NULL"
+            )
+        )
+    engine.dispose()
+    assert post(two.gw.url, temp, "/fhir/Location", {**body, "name": "z"}).status_code == 401
+    assert parcours_cli(two, "token", "create", "x", "--expires-in", "soon").returncode == 1
+
+
+def test_a_resource_too_large_is_413_and_never_disturbs_another_integrator(two: Two) -> None:
+    big = {"resourceType": "Location", "id": unique("l"), "description": "x" * 200_000}
+    sent: list[str] = []
+    for _ in range(10):
+        resp = post(two.gw.url, two.b[1], "/fhir/Location", big)
+        assert resp.status_code == 413, resp.text
+        assert "100000" in resp.json()["issue"][0]["diagnostics"]
+        small = encounter(unique("e"), unique("p"))
+        assert post(two.gw.url, two.a[1], "/fhir/Encounter", small).status_code == 201
+        sent.append(str(small["id"]))
+    assert set(sent) <= set(raw_ids(two))
+    # The producer was never rebuilt: one connection for the whole run.
+    assert two.gw.log.read_text().count("connected to Kafka") == 1
+
+
+def test_rate_limit_answers_429_with_retry_after_per_integrator(
+    broker: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    _, flood = new_token(pg_url)
+    _, calm = new_token(pg_url)
+    env = gateway_env(
+        broker,
+        pg_url,
+        topic_prefix,
+        PARCOURS_INGEST_RATE_PER_S="0.01",
+        PARCOURS_INGEST_RATE_BURST="3",
+    )
+    with run_gateway(env, tmp_path / "gw.log") as gw:
+        statuses = [
+            post(gw.url, flood, "/fhir/Location", {"resourceType": "Location", "name": str(n)})
+            for n in range(5)
+        ]
+        assert [r.status_code for r in statuses] == [201, 201, 201, 429, 429]
+        assert int(statuses[3].headers["retry-after"]) >= 1
+        assert statuses[3].json()["issue"][0]["code"] == "throttled"
+        other = post(gw.url, calm, "/fhir/Location", {"resourceType": "Location", "name": "c"})
+        assert other.status_code == 201

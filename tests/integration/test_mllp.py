@@ -1,0 +1,281 @@
+"""HL7 v2 ADT over a real MLLP socket → `parcours ingest mllp` → broker → stream worker → SQL."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kafka import KafkaConsumer, TopicPartition
+
+from dashboard.queries import hl7_messages
+from parcours.broker import free_port
+from parcours.db import make_engine
+from parcours.settings import Settings
+from parcours.topics import Topics, ensure_topics
+from tests.hl7_messages import MllpClient, ack_code, adt, err_location
+from tests.integration.streams_helpers import count, rows, worker_env
+from tests.support import parcours_env, parcours_process, wait_until
+
+pytestmark = pytest.mark.integration
+SENDERS = json.dumps({"gam-test": ["CHU21"]})
+
+
+@dataclass
+class Feed:
+    """A running listener and worker of one test."""
+
+    port: int
+    db: str
+    broker: str
+    topics: Topics
+    run: str
+
+    def client(self) -> MllpClient:
+        return MllpClient("127.0.0.1", self.port)
+
+    def raw_records(self) -> list[tuple[bytes, dict[str, bytes]]]:
+        """Every record on the raw topic (key, headers)."""
+        consumer = KafkaConsumer(bootstrap_servers=self.broker, consumer_timeout_ms=2000)
+        try:
+            parts = [
+                TopicPartition(self.topics.raw, p)
+                for p in consumer.partitions_for_topic(self.topics.raw) or ()
+            ]
+            consumer.assign(parts)
+            consumer.seek_to_beginning()
+            return [(r.key, dict(r.headers)) for r in consumer]
+        finally:
+            consumer.close()
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def feed(broker: str, pg_url: str, topic_prefix: str, tmp_path: Path) -> Iterator[Feed]:
+    topics = Topics.from_settings(Settings(topic_prefix=topic_prefix))
+    ensure_topics(broker, topics.all(), 4)
+    port = free_port()
+    env = worker_env(
+        broker,
+        pg_url,
+        topic_prefix,
+        PARCOURS_MLLP_PORT=str(port),
+        PARCOURS_MLLP_SENDERS=SENDERS,
+        PARCOURS_MLLP_MAX_MESSAGE_BYTES="20000",
+        PARCOURS_TIMEZONE="Europe/Paris",
+    )
+    with (
+        parcours_process(["ingest", "mllp"], env, tmp_path / "mllp.log") as listener,
+        parcours_process(["streams", "worker"], env, tmp_path / "worker.log") as worker,
+    ):
+        wait_until(lambda: _port_open(port), timeout_s=60, what="the MLLP port")
+        yield Feed(port, pg_url, broker, topics, uuid.uuid4().hex[:6])
+        assert listener.poll() is None, (tmp_path / "mllp.log").read_text()[-3000:]
+        assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+
+
+def _stay(db: str, stay_id: str) -> tuple[object, ...] | None:
+    found = rows(
+        db,
+        "SELECT patient_id, admitted_at, discharged_at FROM stays WHERE stay_id = :s",
+        s=stay_id,
+    )
+    return found[0] if found else None
+
+
+def _wards(db: str, stay_id: str) -> list[str]:
+    return [
+        r[0]
+        for r in rows(
+            db, "SELECT ward_id FROM stay_locations WHERE stay_id = :s ORDER BY start_at", s=stay_id
+        )
+    ]
+
+
+def test_admission_transfers_out_of_order_repeat_and_discharge(feed: Feed) -> None:
+    ipp, nda, ins = f"P{feed.run}", f"N{feed.run}", f"1{int(feed.run, 16):012d}"
+    c = feed.client()
+    common = {"ipp": ipp, "nda": nda, "ins": ins}
+    assert ack_code(c.send(adt("A01", movement="M1", at="20260301100000", **common))) == "AA"
+    transfer = adt("A02", movement="M3", at="20260303100000", ward="PNEUMO", **common)
+    assert ack_code(c.send(transfer)) == "AA"
+    # A transfer that happened before the previous one, sent after it.
+    assert (
+        ack_code(c.send(adt("A02", movement="M2", at="20260302100000", ward="NEURO", **common)))
+        == "AA"
+    )
+    before = len(feed.raw_records())
+    # The interface engine repeats a message: AA, and nothing is published.
+    assert ack_code(c.send(transfer)) == "AA"
+    assert len(feed.raw_records()) == before
+    assert ack_code(c.send(adt("A03", movement="M4", at="20260305110000", **common))) == "AA"
+    c.close()
+
+    def discharged() -> bool:
+        stay = _stay(feed.db, nda)
+        return stay is not None and stay[2] is not None
+
+    wait_until(discharged, timeout_s=90, what="the discharged stay")
+    patient, admitted, left = _stay(feed.db, nda)  # type: ignore[misc]
+    assert patient == ipp
+    assert admitted.isoformat() == "2026-03-01T09:00:00+00:00"  # 10:00 in Paris (winter)
+    assert left.isoformat() == "2026-03-05T10:00:00+00:00"
+    assert _wards(feed.db, nda) == ["CHU21-CARDIO", "CHU21-NEURO", "CHU21-PNEUMO"]
+    # The stay's versions were published keyed by the patient, like the HTTP gateway's.
+    keys = {k for k, h in feed.raw_records() if h.get("resource-type") == b"Encounter"}
+    assert keys == {ipp.encode()}
+    assert (
+        count(feed.db, "SELECT count(*) FROM patient_identifiers WHERE patient_id = :p", p=ipp) == 2
+    )
+    # `parcours pathways show` finds the patient by the INS value.
+    out = subprocess.run(
+        [sys.executable, "-m", "parcours", "pathways", "show", ins, "--json"],
+        env=parcours_env(DATABASE_URL=feed.db),
+        capture_output=True,
+        check=True,
+    )
+    assert [s["stay_id"] for s in json.loads(out.stdout)["stays"]] == [nda]
+
+
+def test_cancelled_admission_withdraws_the_stay(feed: Feed) -> None:
+    ipp, nda = f"P{feed.run}", f"N{feed.run}"
+    c = feed.client()
+    assert ack_code(c.send(adt("A01", ipp=ipp, nda=nda, movement="A1"))) == "AA"
+    wait_until(lambda: _stay(feed.db, nda), timeout_s=90, what="the admitted stay")
+    cancel = adt("A11", ipp=ipp, nda=nda, movement="A1", action="CANCEL", original="A01")
+    assert ack_code(c.send(cancel)) == "AA"
+    c.close()
+    wait_until(lambda: _stay(feed.db, nda) is None, timeout_s=90, what="the stay withdrawn")
+
+
+def test_merge_moves_the_stay_to_the_surviving_patient(feed: Feed) -> None:
+    old, survivor, nda = f"O{feed.run}", f"S{feed.run}", f"N{feed.run}"
+    c = feed.client()
+    assert ack_code(c.send(adt("A01", ipp=old, nda=nda, ins=None))) == "AA"
+    wait_until(lambda: _stay(feed.db, nda), timeout_s=90, what="the stay of the old patient")
+    assert ack_code(c.send(adt("A40", ipp=survivor, merged_ipp=old))) == "AA"
+    c.close()
+
+    def moved() -> bool:
+        stay = _stay(feed.db, nda)
+        return stay is not None and stay[0] == survivor
+
+    wait_until(moved, timeout_s=90, what="the stay under the surviving patient")
+    wait_until(
+        lambda: count(feed.db, "SELECT count(*) FROM stays WHERE patient_id = :p", p=old) == 0,
+        timeout_s=60,
+        what="no stay left under the merged patient",
+    )
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "where"),
+    [
+        (adt("A01", nda=""), "AE", "PV1^1^19^1"),
+        (adt("A01", patient_class="X"), "AE", "PV1^1^2^1"),
+        (adt("A01", ipp="", ins=None), "AE", "PID^1^3^1"),
+        (adt("A01", at="2026-03-01"), "AE", "MSH^1^7^1"),
+        (adt("A01", action="DELETE"), "AE", "ZBE^1^4^1"),
+        (adt("A01", charset="ISO IR87"), "AE", "MSH^1^18^1"),
+        (adt("A99"), "AR", "MSH^1^9^1^2"),
+        (adt("A01", version="2.1"), "AR", "MSH^1^12^1"),
+        (adt("A01", message_type="ORU"), "AR", "MSH^1^9^1"),
+        (adt("A01", facility="INCONNU"), "AR", "MSH^1^4^1"),
+        (b"PID|||1", "AE", "MSH^1"),
+    ],
+)
+def test_invalid_messages_get_a_nack_and_publish_nothing(
+    feed: Feed, message: bytes, code: str, where: str
+) -> None:
+    before = len(feed.raw_records())
+    c = feed.client()
+    ack = c.send(message.replace(b"IPP001", f"P{feed.run}".encode()))
+    assert ack_code(ack) == code, ack
+    assert err_location(ack) == where, ack
+    # The connection stays open after a NACK.
+    assert ack_code(c.send(adt("A08", ipp=f"P{feed.run}", nda=f"N{feed.run}"))) == "AA"
+    c.close()
+    # Only the A08's new Patient was published.
+    assert len(feed.raw_records()) - before == 1
+
+
+def test_framing_garbage_and_oversized_messages_do_not_stop_the_listener(feed: Feed) -> None:
+    c = feed.client()
+    c.send_raw(b"garbage before any block\x1c\r")
+    huge = adt("A01", extra_segments="NTE|" + "x" * 30000 + "\r")
+    ack = c.send(huge)
+    assert ack_code(ack) == "AE" and "too-large" in ack, ack
+    assert ack_code(c.send(adt("A08", ipp=f"P{feed.run}"))) == "AA"
+    c.close()
+    counts = rows(
+        feed.db,
+        "SELECT trigger, ack_code, reason, count FROM hl7_message_counts "
+        "WHERE integrator = 'gam-test' AND reason = 'too-large'",
+    )
+    assert counts and counts[0][1] == "AE"
+    # Feed health shows the refusal beside the sender and trigger.
+    engine = make_engine(feed.db)
+    try:
+        table = hl7_messages(engine)
+    finally:
+        engine.dispose()
+    row = table[(table["integrator"] == "gam-test") & (table["trigger"] == "A01")].iloc[0]
+    assert row["AE"] >= 1 and "too-large" in row["reasons"]
+
+
+GARBAGE = st.lists(
+    st.one_of(
+        st.binary(max_size=200),
+        st.sampled_from(
+            [
+                b"\x0b",
+                b"\x1c",
+                b"\r",
+                b"\x1c\r",
+                b"\n",
+                b"MSH|^~\\&|",
+                b"|CHU21|",
+                b"ADT^A01^",
+                b"|2.5|",
+            ]
+        ),
+    ),
+    max_size=25,
+).map(b"".join)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(garbage=GARBAGE)
+def test_garbage_on_the_socket_never_kills_the_listener(feed: Feed, garbage: bytes) -> None:
+    c = feed.client()
+    try:
+        c.send_raw(garbage)
+        control = f"H{uuid.uuid4().hex[:12]}"
+        c.send_raw(b"\x0b" + adt("A08", ipp=f"P{feed.run}", control_id=control) + b"\x1c\r")
+        # Blocks the garbage completed are answered first; ours is answered in turn.
+        for _ in range(50):
+            ack = c.read_ack()
+            if f"|{control}|" in ack:
+                assert ack_code(ack) == "AA", ack
+                break
+        else:
+            raise AssertionError("no ACK for the valid message after the garbage")
+    finally:
+        c.close()

@@ -1,0 +1,12 @@
+"""Fakes of the small interfaces that pure code takes, for unit tests."""
+
+from __future__ import annotations
+
+from streams.sink.writer import SinkBatch, SinkResult
+
+
+class NoWrites:
+    """A `RowSink` for tests that fold batches and never write them."""
+
+    def write(self, batch: SinkBatch) -> SinkResult:
+        raise AssertionError("this test folds batches; it does not write them")

@@ -1,0 +1,252 @@
+"""Stock–flow forecasting: metrics against hand-computed values, the remaining-LOS curve against a
+known LOS distribution, the stock–flow model against seasonal naive on simulated history, and
+the census file loaders on good and bad files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from forecasting import ForecastingError
+from forecasting.backtest import calibrate, run_backtest
+from forecasting.metrics import (
+    conformal_halfwidths,
+    conformal_quantile,
+    coverage,
+    mae,
+    mase,
+    naive_scale,
+    rmse,
+)
+from forecasting.models import SeasonalNaive
+from forecasting.spf import load_census_csv, load_spf
+from forecasting.stockflow import EpisodeStockFlow, FlowStockFlow
+from forecasting.survival import fit_stay_curve
+
+
+def test_mae_rmse_and_mase_match_hand_computed_values() -> None:
+    actual = [10, 12, 9, 11]
+    forecast = [11, 10, 9, 14]
+    # |errors| = 1, 2, 0, 3
+    assert mae(actual, forecast) == 1.5
+    assert math.isclose(rmse(actual, forecast), math.sqrt((1 + 4 + 0 + 9) / 4))
+    history = [5, 7, 6, 9, 8]
+    # naive in-sample errors: 2, 1, 3, 1 → 1.75
+    assert naive_scale(history) == 1.75
+    assert math.isclose(mase(actual, forecast, history), 1.5 / 1.75)
+    # seasonal (2) in-sample errors: |6-5|, |9-7|, |8-6| → 5/3
+    assert math.isclose(mase(actual, forecast, history, season=2), 1.5 / (5 / 3))
+    assert mase([3, 3], [3, 3], [4, 4, 4]) == 0.0
+    assert mase([3, 3], [2, 3], [4, 4, 4]) == math.inf
+
+
+def test_coverage_counts_the_bounds_as_inside() -> None:
+    assert coverage([1, 2, 3, 4], [0, 2, 3.5, 0], [1, 5, 4, 3]) == 0.5
+
+
+def test_conformal_quantile_takes_the_adjusted_rank() -> None:
+    scores = [0.5, 0.1, 0.4, 0.3, 0.2, 0.9, 0.8, 0.7, 0.6]  # n = 9
+    # ceil((9 + 1) * 0.8) = 8th smallest = 0.8
+    assert conformal_quantile(scores, 0.8) == 0.8
+    # ceil(10 * 0.5) = 5th smallest
+    assert conformal_quantile(scores, 0.5) == 0.5
+    # too few scores for the rank: the largest
+    assert conformal_quantile([0.1, 0.2], 0.8) == 0.2
+
+
+def test_conformal_halfwidths_scale_each_lead_by_its_errors() -> None:
+    # Four folds, two leads; lead 2 errors are twice lead 1's.
+    residuals = np.array([[1.0, 2.0], [-1.0, -2.0], [1.0, 2.0], [-1.0, -2.0]])
+    half = conformal_halfwidths(residuals, 0.8)
+    # rms per lead 1 and 2; every scaled score is 1, so q = 1.
+    assert np.allclose(half, [1.0, 2.0])
+    # Widths never shrink with the lead.
+    wild = conformal_halfwidths(np.array([[3.0, 1.0], [-3.0, 1.0]]), 0.8)
+    assert wild[1] >= wild[0]
+
+
+def test_calibrated_intervals_stay_within_zero_and_capacity() -> None:
+    fc = pd.DataFrame(
+        {
+            "ds": pd.date_range("2026-01-01", periods=2, freq="D"),
+            "yhat": [1.0, 29.0],
+            "yhat_lower": [0.0, 0.0],
+            "yhat_upper": [9.0, 99.0],
+        }
+    )
+    out = calibrate(fc, np.array([[3.0, 3.0], [-3.0, -3.0]]), 0.8, capacity=30)
+    assert list(out["yhat_lower"]) == [0.0, 26.0]
+    assert list(out["yhat_upper"]) == [4.0, 30.0]
+
+
+def test_kaplan_meier_recovers_a_known_lognormal_length_of_stay() -> None:
+    rng = np.random.default_rng(11)
+    median_h, sigma = 4.0 * 24, 0.6  # the simulator's medicine ward: 4 days, sigma 0.6
+    los = rng.lognormal(np.log(median_h), sigma, 4000)
+    # Stays still open when the curve is fitted: censored at a uniform current length.
+    seen = rng.uniform(0, 3 * median_h, len(los))
+    ended = los <= seen
+    durations = np.where(ended, los, seen)
+    curve = fit_stay_curve(durations, ended)
+    from statistics import NormalDist
+
+    for t in (24.0, 72.0, 96.0, 168.0, 240.0):
+        truth = 1 - NormalDist(np.log(median_h), sigma).cdf(np.log(t))
+        assert abs(float(curve.at(t)) - truth) < 0.03, t
+    # Remaining stay: a patient 5 days in stays one more day with S(6 d) / S(5 d).
+    s5 = 1 - NormalDist(np.log(median_h), sigma).cdf(np.log(120))
+    s6 = 1 - NormalDist(np.log(median_h), sigma).cdf(np.log(144))
+    assert abs(float(curve.still_there(120.0, 24.0)) - s6 / s5) < 0.06
+    # Past the longest stay seen the patient still leaves, at a finite pace.
+    far = float(curve.still_there(10_000.0, 24.0))
+    assert 0.0 < far < 1.0
+
+
+def test_too_few_finished_stays_is_a_clear_error() -> None:
+    with pytest.raises(ForecastingError, match="finished stays"):
+        fit_stay_curve([10.0, 20.0, 30.0], [True, False, True])
+
+
+def simulated_ward(days: int = 90, seed: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A ward with arrivals by hour of week (a day peak, quieter weekends) and lognormal stays
+    (median 4 days, sigma 0.6); its stays and its hourly census (present at each hour start)."""
+    rng = np.random.default_rng(seed)
+    hours = pd.date_range("2026-01-05", periods=24 * days, freq="h")
+    hod, dow = hours.hour.to_numpy(), hours.dayofweek.to_numpy()
+    rate = 0.9 * (0.3 + 1.4 * np.exp(-(((hod - 14) / 4.0) ** 2))) * np.where(dow >= 5, 0.6, 1.0)
+    n = rng.poisson(rate)
+    offsets = pd.to_timedelta(rng.uniform(0, 3600, n.sum()), unit="s").to_numpy()
+    starts = np.repeat(hours.to_numpy(), n) + offsets
+    los = rng.lognormal(np.log(96.0), 0.6, len(starts))
+    ends = starts + pd.to_timedelta(los, unit="h").to_numpy()
+    stays = pd.DataFrame({"start": starts, "end": ends})
+    stays.loc[stays["end"] > hours[-1], "end"] = pd.NaT
+    s = stays["start"].to_numpy()
+    e = stays["end"].fillna(pd.Timestamp.max).to_numpy()
+    occupancy = np.array([((s <= h) & (e > h)).sum() for h in hours.to_numpy()], dtype=float)
+    return stays, pd.DataFrame({"ds": hours, "y": occupancy})
+
+
+def test_stock_flow_beats_seasonal_naive_at_24_hours_with_calibrated_intervals() -> None:
+    stays, census = simulated_ward()
+    bt = run_backtest(
+        census, [EpisodeStockFlow(stays), SeasonalNaive(24)], horizon=24, freq="h", folds=30
+    )
+    sf, snaive = bt.of("stock_flow"), bt.of("seasonal_naive_24")
+    assert bt.selected == "stock_flow"
+    assert sf.mase < 1.0
+    assert sf.mase < snaive.mase
+    assert sf.mae_at(24) < snaive.mae_at(24)
+    assert 0.75 <= sf.coverage <= 0.85
+
+
+def test_stock_flow_forecast_breaks_down_into_its_terms() -> None:
+    stays, census = simulated_ward(days=30)
+    fc = EpisodeStockFlow(stays).forecast(census, 72, "h")
+    assert len(fc) == 72
+    recomposed = fc["now"] - fc["expected_discharges"] + fc["expected_admissions"]
+    assert np.allclose(recomposed, fc["yhat"])
+    assert (fc["now"] == census["y"].iloc[-1]).all()
+    # Patients leave and arrive over time: both terms grow with the lead.
+    assert fc["expected_discharges"].iloc[-1] > fc["expected_discharges"].iloc[0] > 0
+    assert fc["expected_admissions"].iloc[-1] > fc["expected_admissions"].iloc[0] >= 0
+
+
+def test_flow_stock_flow_follows_census_minus_departures_plus_admissions() -> None:
+    days = pd.date_range("2020-04-01", periods=30, freq="D")
+    # A steady state: 100 in bed, 10 leave a day, 10 arrive a day.
+    history = pd.DataFrame({"ds": days, "y": 100.0, "admissions": 10.0, "departures": 10.0})
+    fc = FlowStockFlow().forecast(history, 7, "D")
+    assert np.allclose(fc["yhat"], 100.0)
+    assert np.allclose(fc["expected_admissions"], 10.0 * np.arange(1, 8))
+    assert np.allclose(
+        fc["now"] - fc["expected_discharges"] + fc["expected_admissions"], fc["yhat"]
+    )
+    with pytest.raises(ForecastingError, match="admissions and departures"):
+        FlowStockFlow().forecast(history[["ds", "y"]], 7, "D")
+
+
+def write(tmp_path: Path, text: str, name: str = "census.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_census_csv_loads_with_flows(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "date,beds,adm,dis\n2026-01-01,10,2,1\n2026-01-02,11,3,2\n2026-01-03,12,1,0\n",
+    )
+    frame = load_census_csv(path, "date", "beds", "adm", "dis", "D")
+    assert list(frame.columns) == ["ds", "y", "admissions", "departures"]
+    assert list(frame["y"]) == [10.0, 11.0, 12.0]
+    assert frame["ds"].iloc[2] == pd.Timestamp("2026-01-03")
+
+
+def test_census_csv_derives_departures_from_spf_cumulative_columns(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "jour;hosp;rad;dc\n2020-04-01;50;10;2\n02/04/2020;52;13;3\n2020-04-03;49;18;3\n",
+    )
+    frame = load_census_csv(path, "jour", "hosp")
+    assert list(frame["departures"].iloc[1:]) == [4.0, 5.0]
+    # admissions = Δhosp + departures
+    assert list(frame["admissions"].iloc[1:]) == [6.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("date,beds\n2026-01-01,10\n", "no column 'adm'"),
+        ("date,beds,adm\n2026-01-01,10,1\n2026-01-03,11,1\n2026-01-02,12,1\n", "line 4: date"),
+        ("date,beds,adm\n2026-01-01,10,1\n2026-01-01,11,1\n", "line 3: date 2026-01-01"),
+        ("date,beds,adm\n2026-01-01,10,1\n2026-01-02,onze,1\n", "line 3: column 'beds' holds"),
+        ("date,beds,adm\n2026-01-01,10,1\nhier,11,1\n", "line 3: column 'date' holds 'hier'"),
+        (
+            "date,beds,adm\n2026-01-01,10,1\n2026-01-04,11,1\n",
+            "line 3: date 2026-01-04 leaves a gap",
+        ),
+    ],
+)
+def test_bad_census_csv_gets_one_line_naming_the_row(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ForecastingError, match=message) as info:
+        load_census_csv(path, "date", "beds", "adm", None, "D")
+    assert "\n" not in str(info.value)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('"dep";"sexe";"jour";"rad"\n"21";0;"2020-03-18";1\n', "no column 'hosp'"),
+        (
+            '"dep";"sexe";"jour";"hosp"\n"21";0;"2020-03-19";5\n"21";0;"2020-03-18";6\n',
+            "line 3: date 2020-03-18 of département 21 comes before",
+        ),
+        (
+            '"dep";"sexe";"jour";"hosp"\n"21";0;"2020-03-18";5\n"21";0;"18/03/2020";6\n',
+            "line 3: date 2020-03-18 of département 21 repeats",
+        ),
+        ('"dep";"sexe";"jour";"hosp"\n"21";0;"2020-03-18";cinq\n', "line 2: column 'hosp'"),
+    ],
+)
+def test_bad_spf_file_gets_one_line_naming_the_row(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ForecastingError, match=message):
+        load_spf(write(tmp_path, text))
+
+
+def test_spf_loader_keeps_all_sexes_rows_only(tmp_path: Path) -> None:
+    text = (
+        '"dep";"sexe";"jour";"hosp";"rea";"rad";"dc"\n'
+        '"21";0;"2020-03-18";10;1;2;0\n"21";1;"2020-03-18";6;1;1;0\n"21";0;"19/03/2020";12;1;3;1\n'
+    )
+    frame = load_spf(write(tmp_path, text))
+    assert list(frame["hosp"]) == [10.0, 12.0]
+    assert list(frame["ds"]) == [pd.Timestamp("2020-03-18"), pd.Timestamp("2020-03-19")]

@@ -1,0 +1,260 @@
+"""Pure edge rules of the gateway: characters, depth, invariants, entry fields, caps, limits."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from ingest import auth
+from ingest.auth import RateLimiter, parse_duration
+from ingest.entries import Item, parse_ndjson, prepare_bundle, prepare_resource
+from ingest.invariants import invariant_issues, period_issues
+from ingest.limits import depth_issue, measure, text_issues, too_deep
+from ingest.outcome import IngestError, Issue, Rejection, escape_controls, operation_outcome
+from ingest.ownership import claims_of
+from ingest.service import cap_rejections, payload_of, rejection_record
+from ingest.validate import validate_resource
+
+ACT = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+
+
+def encounter(**over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "resourceType": "Encounter",
+        "id": "e1",
+        "status": "in-progress",
+        "class": {"system": ACT, "code": "IMP"},
+        "subject": {"reference": "Patient/p1"},
+    }
+    base.update(over)
+    return base
+
+
+def expressions(issues: list[Issue]) -> list[str]:
+    return [e for i in issues for e in i.expression]
+
+
+@pytest.mark.parametrize(
+    ("resource", "expression"),
+    [
+        ({"resourceType": "Location", "name": "Ward\x00A"}, "Location.name"),
+        (encounter(subject={"reference": "Patient/a\x00b"}), "Encounter.subject.reference"),
+        (
+            {"resourceType": "Patient", "name": [{"given": ["a", "b\x1f"]}]},
+            "Patient.name[0].given[1]",
+        ),
+        ({"resourceType": "Location", "alias": ["\x08"]}, "Location.alias[0]"),
+    ],
+)
+def test_control_characters_are_refused_naming_the_element(
+    resource: dict[str, Any], expression: str
+) -> None:
+    status, reason, issues = validate_resource(resource)
+    assert (status, reason) == (422, "invalid-character")
+    assert expressions(issues) == [expression]
+    assert "U+00" in issues[0].diagnostics
+
+
+def test_tab_cr_lf_are_allowed() -> None:
+    assert validate_resource({"resourceType": "Location", "name": "a\tb\r\nc"}) == (0, "", [])
+
+
+def test_text_issues_are_capped_with_a_count() -> None:
+    issues = text_issues({"alias": ["\x00"] * 250}, "Location")
+    assert len(issues) == 101
+    assert "150 more" in issues[-1].diagnostics
+
+
+def test_depth_is_measured_without_recursion() -> None:
+    deep: Any = []
+    for _ in range(100_000):
+        deep = [deep]
+    assert too_deep(deep)
+    assert not too_deep({"a": [{"b": 1}]})
+    status, reason, issues = validate_resource({"resourceType": "Patient", "extension": deep})
+    assert (status, reason) == (400, "too-deep")
+    assert issues == [depth_issue("Patient")]
+
+
+def test_a_resource_with_too_many_values_is_413_before_validation() -> None:
+    status, reason, issues = validate_resource({"resourceType": "Patient", "name": [5] * 200_000})
+    assert (status, reason) == (413, "too-large")
+    assert "200002 JSON values" in issues[0].diagnostics
+    assert measure({"a": [1, 2, {"b": 3}]}) == (False, 5)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "refused"),
+    [
+        ("2026-01-02", "2026-01-01", True),
+        ("2026-01-01", "2026-01-01", False),
+        ("2026-02", "2026-01-31", True),
+        ("2026", "2026-03-01", False),
+        ("2026-01-01T10:00:00Z", "2026-01-01T09:59:59Z", True),
+        ("2026-01-01T10:00:00+02:00", "2026-01-01T09:00:00Z", False),
+        ("2026-01-03", "2026-01-01T23:00:00+01:00", True),
+        ("2026-01-02", "2026-01-01T23:00:00+01:00", False),
+        ("not a date", "2026-01-01", False),
+    ],
+)
+def test_per_1(start: str, end: str, refused: bool) -> None:
+    issues = period_issues({"period": {"start": start, "end": end}}, "Encounter")
+    assert bool(issues) is refused
+    if refused:
+        assert expressions(issues) == ["Encounter.period.start"]
+
+
+def test_dom_3_ref_1_and_reference_ids() -> None:
+    loc = {"resourceType": "Location", "id": "l1"}
+    assert expressions(invariant_issues(encounter(contained=[loc]), "Encounter")) == [
+        "Encounter.contained[0]"
+    ]
+    referenced = encounter(contained=[loc], location=[{"location": {"reference": "#l1"}}])
+    assert invariant_issues(referenced, "Encounter") == []
+    refers_back = encounter(contained=[{**loc, "partOf": {"reference": "#"}}])
+    assert invariant_issues(refers_back, "Encounter") == []
+    dangling = encounter(location=[{"location": {"reference": "#x"}}])
+    assert expressions(invariant_issues(dangling, "Encounter")) == [
+        "Encounter.location[0].location.reference"
+    ]
+    bad_id = encounter(subject={"reference": "Patient/a b"})
+    assert expressions(invariant_issues(bad_id, "Encounter")) == ["Encounter.subject.reference"]
+    versioned = encounter(subject={"reference": "Patient/p1/_history/2"})
+    assert invariant_issues(versioned, "Encounter") == []
+    absolute = encounter(subject={"reference": "http://x.org/fhir/Patient/a b"})
+    assert invariant_issues(absolute, "Encounter") == []
+
+
+def test_codes_are_checked_in_nested_resources() -> None:
+    done = encounter(status="done")
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": done}]}
+    status, _, issues = validate_resource(bundle, "Bundle")
+    assert status == 422
+    assert expressions(issues) == ["Bundle.entry[0].resource.status"]
+    patient = {
+        "resourceType": "Patient",
+        "contained": [{**done, "id": "c1", "subject": {"reference": "#"}}],
+    }
+    assert expressions(validate_resource(patient)[2]) == ["Patient.contained[0].status"]
+
+
+def test_odd_resource_types_never_leak_into_item_fields() -> None:
+    for body in ({"resourceType": 123}, ["Patient"], {"x": 1}, {"resourceType": "P\x00"}):
+        item = prepare_resource(body, "Patient")
+        assert item.status == 400
+        assert item.resource_type == "Patient"
+        assert item.resource_id is None
+    item = prepare_resource({"resourceType": "Patient", "id": "a\x00"}, None)
+    assert item.resource_id is None
+
+
+def batch(*entries: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "batch", "entry": list(entries)}
+
+
+def post(resource: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"resource": resource, "request": {"method": "POST", "url": "Location"}, **extra}
+
+
+def test_entry_fields_are_validated() -> None:
+    loc = {"resourceType": "Location", "name": "x"}
+    items = prepare_bundle(
+        batch(
+            post({**loc, "id": "a"}, fullUrl=5),
+            post({**loc, "id": "b"}, fullUrl="a b"),
+            post({**loc, "id": "c"}, search={"mode": 5}),
+            post({**loc, "id": "d"}, fullUrl="urn:uuid:9f1c2d1e-93a4-4f8e-9b0e-7d1f0c1a5e11"),
+        )
+    ).items
+    assert [expressions(i.issues) for i in items[:2]] == [
+        ["Bundle.entry[0].fullUrl"],
+        ["Bundle.entry[1].fullUrl"],
+    ]
+    assert items[2].issues and items[3].valid
+
+
+def test_unique_fullurl_and_one_content_per_version() -> None:
+    url = "urn:uuid:9f1c2d1e-93a4-4f8e-9b0e-7d1f0c1a5e11"
+    loc = {"resourceType": "Location", "name": "x"}
+    items = prepare_bundle(batch(post(loc, fullUrl=url), post(loc, fullUrl=url))).items
+    assert items[0].valid and items[1].reason == "duplicate-fullurl"
+    v1 = {"resourceType": "Location", "id": "l", "meta": {"versionId": "1"}}
+    items = prepare_bundle(batch(post({**v1, "name": "a"}), post({**v1, "name": "b"}))).items
+    assert items[0].valid and items[1].reason == "conflicting-entries"
+    same = prepare_bundle(batch(post({**v1, "name": "a"}), post({**v1, "name": "a"}))).items
+    assert all(i.valid for i in same)
+
+
+def test_a_resource_above_the_limit_is_413_naming_it() -> None:
+    big = {"resourceType": "Location", "description": "x" * 5000}
+    item = prepare_resource(big, "Location", max_resource_bytes=1000)
+    assert item.status == 413 and "1000 bytes" in item.issues[0].diagnostics
+    items = parse_ndjson(b'{"resourceType":"Location"}\n' + json.dumps(big).encode(), 1000)
+    assert items[0].valid and items[1].status == 413
+    bundle = prepare_bundle(batch(post(big), post({"resourceType": "Location"})), 1000)
+    assert [i.status for i in bundle.items] == [413, 0]
+
+
+def test_a_bundle_entry_object_is_not_an_empty_bundle() -> None:
+    with pytest.raises(Rejection) as caught:
+        prepare_bundle({"resourceType": "Bundle", "type": "batch", "entry": {}})
+    assert caught.value.status == 400
+
+
+def test_operation_outcome_and_rejection_rows_are_capped() -> None:
+    issues = [Issue("invalid", f"n{n}", (f"X.a[{n}]",)) for n in range(150)]
+    outcome = operation_outcome(issues, "invalid-resource")
+    assert len(outcome["issue"]) == 101
+    assert "50 more" in outcome["issue"][-1]["diagnostics"]
+    rej = Rejection(422, "invalid-resource", issues)
+    rows = cap_rejections([rejection_record("s", datetime.now(UTC), rej)] * 130)
+    assert len(rows) == 101 and rows[-1].reason == "more-rejections"
+
+
+def test_text_sent_back_or_stored_holds_no_control_character() -> None:
+    rej = Rejection(422, "x", [Issue("invalid", "bad \x00 here", ("A.b\x01",))])
+    fhir = rej.outcome()["issue"][0]
+    assert fhir["diagnostics"] == "bad \\u0000 here" and fhir["expression"] == ["A.b\\u0001"]
+    assert "\x00" not in rej.summary
+    assert escape_controls("a\x1fb") == "a\\u001fb"
+    assert payload_of(Item(0, None, raw={"a": "\x00"})) == b'{"a":"\\u0000"}'
+
+
+def test_rate_limiter_refills_per_integrator(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
+    limiter = RateLimiter(rate=2.0, burst=3)
+    assert [limiter.retry_after("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.retry_after("a") == pytest.approx(0.5)
+    assert limiter.retry_after("b") == 0.0
+    now[0] += 0.5
+    assert limiter.retry_after("a") == 0.0
+    assert RateLimiter(rate=0, burst=1).retry_after("a") == 0.0
+
+
+def test_durations() -> None:
+    assert parse_duration("90d") == timedelta(days=90)
+    assert parse_duration("12h") == timedelta(hours=12)
+    assert parse_duration("3600") == timedelta(hours=1)
+    for bad in ("soon", "-1d", "0", "5y"):
+        with pytest.raises(IngestError):
+            parse_duration(bad)
+
+
+def test_claims_of_a_patient_and_of_its_resources() -> None:
+    patient = {
+        "resourceType": "Patient",
+        "id": "p1",
+        "identifier": [{"system": "urn:oid:1.2.3", "value": "9"}, {"value": "no system"}],
+    }
+    assert list(claims_of(patient, "Patient")) == [
+        (("patient", "p1"), "Patient.id"),
+        (("system", "urn:oid:1.2.3"), "Patient.identifier[0].system"),
+    ]
+    assert list(claims_of(encounter(), "Bundle.entry[1].resource")) == [
+        (("patient", "p1"), "Bundle.entry[1].resource")
+    ]
+    assert list(claims_of({"resourceType": "Location", "id": "l"}, "Location")) == []

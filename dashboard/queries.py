@@ -803,55 +803,6 @@ def alert_history(engine: Engine, patient_id: str, limit: int = 200) -> pd.DataF
     )
 
 
-def unresolved_references(engine: Engine, limit: int = 200) -> pd.DataFrame:
-    """Conditional references accepted before their target (deferred) and still waiting for it,
-    by source and element, most recent first."""
-    p = PendingReferenceRow
-    return _frame(
-        engine,
-        select(
-            p.source,
-            p.element,
-            p.resource_type,
-            p.system,
-            p.value,
-            p.occurrences,
-            p.first_seen_at,
-            p.last_seen_at,
-        )
-        .where(p.resolved_at.is_(None))
-        .order_by(p.last_seen_at.desc())
-        .limit(limit),
-    )
-
-
-def places_not_received(engine: Engine) -> pd.DataFrame:
-    """Locations that stays and ED visits name but that no feed has sent yet, with how many
-    periods or visits wait for each (counted at their hospital meanwhile)."""
-    sl, ed, loc = StayLocationRow, EdVisitRow, LocationRow
-    periods = (
-        select(
-            sl.hospital_id.label("hospital_id"),
-            sl.location_id.label("location_id"),
-        )
-        .where(sl.location_id.is_not(None))
-        .where(~select(loc.location_id).where(loc.location_id == sl.location_id).exists())
-    )
-    visits = (
-        select(ed.hospital_id.label("hospital_id"), ed.ward_id.label("location_id"))
-        .where(ed.ward_id.is_not(None))
-        .where(~select(loc.location_id).where(loc.location_id == ed.ward_id).exists())
-    )
-    both = periods.union_all(visits).subquery()
-    return _frame(
-        engine,
-        select(both.c.hospital_id, both.c.location_id, func.count().label("waiting"))
-        .group_by(both.c.hospital_id, both.c.location_id)
-        .order_by(func.count().desc())
-        .limit(200),
-    )
-
-
 def occupancy_trend(engine: Engine, unit_type: str, unit_id: str, since: datetime) -> pd.DataFrame:
     """Hourly occupancy of one unit since `since` (hours with no row are absent: no change)."""
     c = CensusHourlyRow
@@ -902,3 +853,52 @@ def pathway_totals(engine: Engine) -> dict[str, Any]:
                 ).all()
             ),
         }
+
+
+def unresolved_references(engine: Engine, limit: int = 200) -> pd.DataFrame:
+    """Conditional references accepted before their target (deferred) and still waiting for it,
+    by source and element, most recent first."""
+    p = PendingReferenceRow
+    return _frame(
+        engine,
+        select(
+            p.source,
+            p.element,
+            p.resource_type,
+            p.system,
+            p.value,
+            p.occurrences,
+            p.first_seen_at,
+            p.last_seen_at,
+        )
+        .where(p.resolved_at.is_(None))
+        .order_by(p.last_seen_at.desc())
+        .limit(limit),
+    )
+
+
+def places_not_received(engine: Engine) -> pd.DataFrame:
+    """Locations that stays and ED visits name but that no feed has sent yet, with how many
+    periods or visits wait for each (counted at their hospital meanwhile)."""
+    sl, ed, loc = StayLocationRow, EdVisitRow, LocationRow
+    periods = (
+        select(
+            sl.hospital_id.label("hospital_id"),
+            sl.location_id.label("location_id"),
+        )
+        .where(sl.location_id.is_not(None))
+        .where(~select(loc.location_id).where(loc.location_id == sl.location_id).exists())
+    )
+    visits = (
+        select(ed.hospital_id.label("hospital_id"), ed.ward_id.label("location_id"))
+        .where(ed.ward_id.is_not(None))
+        .where(~select(loc.location_id).where(loc.location_id == ed.ward_id).exists())
+    )
+    both = periods.union_all(visits).subquery()
+    return _frame(
+        engine,
+        select(both.c.hospital_id, both.c.location_id, func.count().label("waiting"))
+        .group_by(both.c.hospital_id, both.c.location_id)
+        .order_by(func.count().desc())
+        .limit(200),
+    )

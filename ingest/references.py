@@ -260,7 +260,7 @@ def _request_of(requests: Mapping[int, Any] | Sequence[Any] | None, index: int) 
     if requests is None:
         return None
     if isinstance(requests, Mapping):
-        return requests.get(index)
+        return requests.get(index)  # nosec B113: a Mapping of entries, not the HTTP library
     return requests[index] if 0 <= index < len(requests) else None
 
 

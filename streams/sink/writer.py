@@ -269,9 +269,10 @@ def bulk_delete(
                 clause = tuple_(*(table.c[k] for k in key)).in_(list(part))
             conn.execute(delete(table).where(clause))
         return
+    # Table and column names come from the models; the rows are one bound JSON parameter.
     matches = " AND ".join(f't."{k}" = v."{k}"' for k in key)
     sql = (
-        f'DELETE FROM "{table.name}" AS t'
+        f'DELETE FROM "{table.name}" AS t'  # nosec B608
         f' USING json_populate_recordset(NULL::"{table.name}", %s) AS v WHERE {matches}'
     )
     for part in chunks(keys, ROWS_PER_STATEMENT):

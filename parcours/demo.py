@@ -326,8 +326,25 @@ def _start_services(
         dash = f"http://{settings.dashboard_host}:{settings.dashboard_port}"
         wait_http(f"{dash}/_stcore/health")
         banner.append(f"Dashboard: {dash}")
+        banner += _demo_accounts(settings)
         say(f"Tableau de bord / dashboard: {dash}")
     return banner
+
+
+def _demo_accounts(settings: Settings) -> list[str]:
+    """One dashboard account per role, with passwords new to this run, for the banner."""
+    from dashboard.accounts import ensure_demo_accounts
+    from parcours.db import make_engine
+
+    engine = make_engine(settings.db_url)
+    try:
+        passwords = ensure_demo_accounts(engine)
+    finally:
+        engine.dispose()
+    return [
+        "Comptes du tableau de bord (mots de passe de cette exécution) / dashboard accounts:",
+        *(f"  {role.value}: {password}" for role, password in passwords.items()),
+    ]
 
 
 def _start_simulator(

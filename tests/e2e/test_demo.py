@@ -4,6 +4,7 @@ run again, it never counts a patient twice; its simulated history gives forecast
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -87,6 +88,10 @@ def test_demo_runs_the_whole_pathway_on_sqlite_and_ctrl_c_leaves_no_orphan(
                 what="the demo banner",
             )
             assert proc.poll() is None, log.read_text()[-3000:]
+            # The banner gives one dashboard account per role, with this run's passwords.
+            banner = log.read_text()
+            for role in ("coordinator", "manager", "integrator", "admin"):
+                assert re.search(rf"^\s+{role}: \S{{12,}}$", banner, re.M), role
             # Simulator → gateway → Kafka → worker → SQL: the territory and stays land.
             wait_until(lambda: count(db, "stays") > 0, 120, what="stays in SQL")
             wait_until(lambda: count(db, "location_occupancy") > 0, 60, what="occupancy")

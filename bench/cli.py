@@ -1,4 +1,5 @@
-"""`parcours bench …`: each benchmark prints our figure beside a peer or limit measured in the same run."""
+"""`parcours bench …`: each benchmark prints our figure beside a peer or limit measured in the same
+run."""
 
 from __future__ import annotations
 

@@ -85,7 +85,8 @@ def adt_messages(stays: int, run: str) -> list[list[bytes]]:
                 f"EVN||{at}||||{at}",
                 f"PID|||{ipp}^^^{FACILITY}&1.2.250.1.71.4.2.2&ISO^PI~1{i:012d}^^^ASIP-SANTE-INS-NIR"
                 f"&1.2.250.1.213.1.4.8&ISO^INS||NOM{i}^Prénom^^^^^L||19500101|F",
-                f"PV1||I|{ward}^{100 + i % 30}^{1 + i % 2}^{FACILITY}||||||||||||||||{nda}^^^{FACILITY}&1.2.250.1.71.4.2.2&ISO^AN",
+                f"PV1||I|{ward}^{100 + i % 30}^{1 + i % 2}^{FACILITY}||||||||||||||||"
+                f"{nda}^^^{FACILITY}&1.2.250.1.71.4.2.2&ISO^AN",
                 f"ZBE|{nda}-M{n}^{FACILITY}|{at}||INSERT|N||^^^^^^UF^^^{ward}||HMS",
             ]
             msgs.append(("\r".join(segments) + "\r").encode("latin-1"))
@@ -274,7 +275,8 @@ def report(b: MllpBench) -> str:
     )
     verdict = "meets" if b.ratio >= 0.5 else "misses"
     lines.append(
-        f"mllp: {b.mllp_rate:,.0f} ADT messages/s acknowledged end to end = {b.ratio:.0%} of a bare "
+        f"mllp: {b.mllp_rate:,.0f} ADT messages/s acknowledged end to end = "
+        f"{b.ratio:.0%} of a bare "
         f"hl7.parse loop ({b.parse_rate:,.0f}/s); {verdict} the 50 % goal"
     )
     return "\n".join(lines)

@@ -381,7 +381,8 @@ def report(result: StreamsBenchResult, db_label: str) -> str:
         "",
         f"| {'what':<46} | {'messages/s':>10} | {'events/s':>9} |",
         f"|{'-' * 48}|{'-' * 12}|{'-' * 11}|",
-        f"| {'plain aiokafka + json.loads (peer, same topic)':<46} | {r.peer_rate:>10,.0f} | {'':>9} |",
+        f"| {'plain aiokafka + json.loads (peer, same topic)':<46} | "
+        f"{r.peer_rate:>10,.0f} | {'':>9} |",
         f"| {ours:<46} | {r.ours_rate:>10,.0f} | {r.events_rate:>9,.0f} |",
         "",
         (
@@ -674,7 +675,8 @@ def _running(pid: int) -> bool:
 def report_backfill(r: BackfillResult) -> str:
     """The table and the one-line summary of `run_backfill`."""
     ratio = (
-        f"{r.dead_tuples:,} dead / {r.live_tuples:,} live rows ({r.dead_tuples / max(1, r.live_tuples):.2f})"
+        f"{r.dead_tuples:,} dead / {r.live_tuples:,} live rows "
+        f"({r.dead_tuples / max(1, r.live_tuples):.2f})"
         if r.dead_tuples is not None and r.live_tuples is not None
         else "n/a (SQLite)"
     )
@@ -685,8 +687,10 @@ def report_backfill(r: BackfillResult) -> str:
         "",
         f"| {'what':<46} | {'messages/s':>10} | {'events/s':>9} |",
         f"|{'-' * 48}|{'-' * 12}|{'-' * 11}|",
-        f"| {'plain aiokafka + json.loads (peer, same topic)':<46} | {r.peer_rate:>10,.0f} | {'':>9} |",
-        f"| {'parcours streams worker, raw → committed SQL':<46} | {r.rate:>10,.0f} | {r.events_rate:>9,.0f} |",
+        f"| {'plain aiokafka + json.loads (peer, same topic)':<46} | "
+        f"{r.peer_rate:>10,.0f} | {'':>9} |",
+        f"| {'parcours streams worker, raw → committed SQL':<46} | "
+        f"{r.rate:>10,.0f} | {r.events_rate:>9,.0f} |",
         "",
         f"simulated and produced in {r.produce_s:.1f} s before the worker started; start-up to "
         f"its ready log line {r.startup_s:.1f} s, not counted; {r.worker_s:.1f} s counted",

@@ -43,7 +43,10 @@ DepOption = Annotated[
 MetricOption = Annotated[
     str,
     typer.Option(
-        help="Series: occupancy, admissions, discharges, ed_arrivals (census); hosp, rea (--spf-csv)."
+        help=(
+            "Series: occupancy, admissions, discharges, ed_arrivals (census); "
+            "hosp, rea (--spf-csv)."
+        )
     ),
 ]
 UnitOption = Annotated[

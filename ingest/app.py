@@ -1,4 +1,5 @@
-"""The FHIR R4 ingest gateway over HTTP (FastAPI). `create_app(settings)` connects nothing at import.
+"""The FHIR R4 ingest gateway over HTTP (FastAPI). `create_app(settings)` connects nothing at
+import.
 
 Order of checks for a write: bearer token (401) → rate (429) → resource type (404) → media type
 (415) → size (413) and body timeout (408) → JSON (400) → depth, characters, FHIR validation and

@@ -77,7 +77,8 @@ class IngestStore:
         duplicates: int,
         rejected: Sequence[RejectionRecord],
     ) -> None:
-        """Store published keys and rejections and bump the source's counters, in one transaction."""
+        """Store published keys and rejections and bump the source's counters, in one
+        transaction."""
         t = IngestLogRow.__table__
         rows = [
             {

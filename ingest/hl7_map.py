@@ -633,7 +633,8 @@ def parse_adt(raw: bytes, tz: tzinfo, header: MessageHeader | None = None) -> Ad
         raise Hl7Rejection(
             "AR",
             "unsupported-version",
-            f"version {header.version!r} non prise en charge ({', '.join(sorted(SUPPORTED_VERSIONS))})",
+            f"version {header.version!r} non prise en charge "
+            f"({', '.join(sorted(SUPPORTED_VERSIONS))})",
             "MSH",
             12,
             error_code=ERR_VERSION,

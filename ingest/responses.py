@@ -1,4 +1,5 @@
-"""Pure: the FHIR answers of the gateway (response Bundles, Location headers, CapabilityStatement)."""
+"""Pure: the FHIR answers of the gateway (response Bundles, Location headers,
+CapabilityStatement)."""
 
 from __future__ import annotations
 
@@ -139,7 +140,9 @@ def capability_statement(
                     {
                         "name": "import",
                         "definition": "urn:parcours:OperationDefinition/import",
-                        "documentation": "POST NDJSON (application/fhir+ndjson), one resource a line.",
+                        "documentation": (
+                            "POST NDJSON (application/fhir+ndjson), one resource a line."
+                        ),
                     }
                 ],
             }

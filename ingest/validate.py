@@ -178,7 +178,10 @@ def check_codes(resource: dict[str, Any], root: str) -> list[Issue]:
             issues.append(
                 Issue(
                     code="code-invalid",
-                    diagnostics=f"{clip(repr(value), 80)} is not in the R4 value set ({', '.join(sorted(allowed))})",
+                    diagnostics=(
+                        f"{clip(repr(value), 80)} is not in the R4 value set "
+                        f"({', '.join(sorted(allowed))})"
+                    ),
                     expression=(f"{root}.{element}",),
                 )
             )

@@ -314,7 +314,8 @@ def _start_services(
     banner = [
         f"Kafka (fhir.raw, fhir.deadletter): {bootstrap}"
         + (
-            "  [broker embarqué, en mémoire : pour essai seulement / embedded, in memory: trials only]"
+            "  [broker embarqué, en mémoire : pour essai seulement / "
+            "embedded, in memory: trials only]"
             if not settings.kafka_bootstrap_servers
             else ""
         ),
@@ -440,5 +441,6 @@ def _wait_history(
         bar.close()
     (data_dir / LIVE_FILE).touch()
     say(
-        "Historique intégré ; le simulateur passe en direct. / History folded; the simulator goes live."
+        "Historique intégré ; le simulateur passe en direct. / "
+        "History folded; the simulator goes live."
     )

@@ -189,7 +189,9 @@ class Settings(BaseSettings):
     )
     pathway_timer_interval_s: float = Field(
         default=60.0,
-        description="Wall-clock period of the pathway timer checks (no-follow-up, boarding); 0 disables.",
+        description=(
+            "Wall-clock period of the pathway timer checks (no-follow-up, boarding); 0 disables."
+        ),
     )
     census_capacity: dict[str, int] = Field(
         default_factory=dict,

@@ -1,4 +1,5 @@
-"""Instants, in one place: read FHIR times, store UTC, read back aware, show in the territory's zone.
+"""Instants, in one place: read FHIR times, store UTC, read back aware, show in the territory's
+zone.
 
 Every instant Parcours keeps is an aware `datetime`. Feeds send offsets (`+05:30`, `-05:00`, `Z`);
 SQL stores UTC (SQLite has no time zone type, so the UTC wall time is stored and read back as UTC,

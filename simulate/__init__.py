@@ -3,7 +3,8 @@
 - `territory`: the places, people and rates (a YAML or TOML file, or the Dijon-like default);
 - `model`: the pure, seeded discrete-event simulation (simulated time only);
 - `fhir`: simulated facts → FHIR R4 JSON, per docs/FHIR_PROFILE.md;
-- `imperfect`: duplicates, out-of-order and late delivery, missing discharge times, invalid resources;
+- `imperfect`: duplicates, out-of-order and late delivery, missing discharge times, invalid
+  resources;
 - `truth`: the ground truth (hourly ward occupancy, pathway facts per patient);
 - `sinks`: NDJSON files, Kafka, the HTTP gateway;
 - `cli`: `parcours simulate`.

@@ -43,7 +43,10 @@ def simulate(
     speed: Annotated[
         float | None,
         typer.Option(
-            help="Real time × SPEED (60 = one simulated hour per minute); unset: as fast as possible."
+            help=(
+                "Real time × SPEED (60 = one simulated hour per minute); "
+                "unset: as fast as possible."
+            )
         ),
     ] = None,
     territory: Annotated[

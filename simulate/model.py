@@ -48,7 +48,7 @@ GIVEN_MALE = (
 ALIVE_DISPOSITIONS = ("home", "home_care", "rehab", "other")
 
 
-# --- Facts (frozen snapshots; each emission carries one) -------------------------------------------
+# --- Facts (frozen snapshots; each emission carries one) ------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -236,7 +236,7 @@ def build_directory(territory: Territory, seed: int) -> Directory:
     return Directory(tuple(gps), tuple(nursing))
 
 
-# --- The simulation ----------------------------------------------------------------------------------
+# --- The simulation -------------------------------------------------------------------------------
 
 
 class _Event(NamedTuple):

@@ -87,7 +87,8 @@ def pathways_show(
     echo(f"\nReferrals ({len(data['referrals'])})")
     for r in data["referrals"]:
         echo(
-            f"  {r['referral_id']}  {_t(r['authored_at'])}  {r['status']}  to {r['performer'] or '—'}"
+            f"  {r['referral_id']}  {_t(r['authored_at'])}  {r['status']}  "
+            f"to {r['performer'] or '—'}"
         )
     echo(f"\nOpen alerts ({len(data['open_alerts'])})")
     for a in data["open_alerts"]:

@@ -39,7 +39,8 @@ def streams(at: datetime) -> None:
     elif behind:
         st.info(
             _(
-                "Rattrapage en cours : {n} messages reçus ne sont pas encore sur le tableau des lits.",
+                "Rattrapage en cours : {n} messages reçus ne sont pas encore "
+                "sur le tableau des lits.",
                 n=number(behind),
             )
         )

@@ -11,7 +11,8 @@ state, and the census is a pure function of those periods:
 - `hourly_census(periods, ed_arrivals, hierarchy, lo, hi, watermark)`: for each unit and each hour
   in `[lo, hi]`: occupancy at the hour (present at its first instant), admissions, discharges,
   transfers in/out and ED arrivals during the hour;
-- `over_capacity_episodes(...)`: the time spans in which a ward held more patients than its capacity.
+- `over_capacity_episodes(...)`: the time spans in which a ward held more patients than its
+  capacity.
 
 The sink recomputes only the hours a batch can have changed (from the earliest period it touched to
 the hospital's latest known time) and replaces those rows, so replays, duplicates and restarts

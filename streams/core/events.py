@@ -1,8 +1,8 @@
 """Canonical pathway events: small, frozen, past tense; shared by producers and consumers.
 
-`streams/core/fhir_map.py` is the only place that makes them from FHIR. Every patient event carries the
-patient key, its event time `at` (from FHIR, timezone-aware) and the resource version it came from,
-which makes every transition idempotent.
+`streams/core/fhir_map.py` is the only place that makes them from FHIR. Every patient event carries
+the patient key, its event time `at` (from FHIR, timezone-aware) and the resource version it came
+from, which makes every transition idempotent.
 """
 
 from __future__ import annotations
@@ -262,7 +262,8 @@ def patient_event_fields(event: PatientEvent) -> dict[str, Any]:
 
 
 def patient_event_to_json(event: PatientEvent) -> dict[str, Any]:
-    """A JSON-able dict (times as ISO 8601 strings with their offset); see `patient_event_from_json`."""
+    """A JSON-able dict (times as ISO 8601 strings with their offset); see
+    `patient_event_from_json`."""
     data: dict[str, Any] = orjson.loads(orjson.dumps(patient_event_fields(event)))
     return data
 

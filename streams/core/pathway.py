@@ -1091,8 +1091,8 @@ def evaluate_alerts(
         and (
             last.is_open
             or (
-                # The patient bounced back: keep it on the worklist until the community has seen them
-                # after this stay too, for at most the readmission window.
+                # The patient bounced back: keep it on the worklist until the community has seen
+                # them after this stay too, for at most the readmission window.
                 last.ended_by == "discharge"
                 and last.discharged_at is not None
                 and last.followed_up_at is None

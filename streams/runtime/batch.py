@@ -189,8 +189,8 @@ class Grouped:
 
 class BatchProcessor:
     """The body of the batch handler, without Faust: `fold` decodes a batch and runs the rules
-    (in a thread, or in fold processes: `streams.runtime.fold_process`), `write` writes it to SQL (in a
-    thread); `FoldWritePipeline` runs them."""
+    (in a thread, or in fold processes: `streams.runtime.fold_process`), `write` writes it to SQL
+    (in a thread); `FoldWritePipeline` runs them."""
 
     # Decoded states kept, the most recently used ones: a backfill moves through time, so the
     # patients of the next batch are mostly those of the last ones, and memory stays bounded

@@ -8,9 +8,10 @@ partitions) the first batch of a backlog, which nothing overlaps, is folded soon
 
 Per batch, over a pipe: the worker sends the raw messages; the child decodes them and asks for
 the stored states of the patients it found; the worker answers (`FoldWritePipeline.get_state`:
-the batches folded but not finished, then its table); the child folds and sends back the outcome. The child keeps its decoded states between batches, keyed by the
-value they came from: a value the worker sends back unchanged is not decoded again. It holds
-nothing else: the worker's table stays the state, and a new child starts from it.
+the batches folded but not finished, then its table); the child folds and sends back the outcome.
+The child keeps its decoded states between batches, keyed by the value they came from: a value the
+worker sends back unchanged is not decoded again. It holds nothing else: the worker's table stays
+the state, and a new child starts from it.
 """
 
 from __future__ import annotations

@@ -1037,7 +1037,9 @@ class SqlSink:
                     "status": status,
                     "raised_at": e.start,
                     "resolved_at": e.end,
-                    "message": f"Ward {name} above capacity: {e.peak} patients for {e.capacity} beds",
+                    "message": (
+                        f"Ward {name} above capacity: {e.peak} patients for {e.capacity} beds"
+                    ),
                     "details": {"hospital_id": hospital, "peak": e.peak, "capacity": e.capacity},
                 }
                 rows.append(row)

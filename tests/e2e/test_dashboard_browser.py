@@ -177,7 +177,8 @@ def test_coordinator_acknowledges_an_alert_and_opens_a_pathway(
     with make_engine(pg_url).connect() as conn:
         opened = conn.execute(
             text(
-                "SELECT patient_id FROM access_audit WHERE username = :u AND action = 'view_patient'"
+                "SELECT patient_id FROM access_audit "
+                "WHERE username = :u AND action = 'view_patient'"
             ),
             {"u": me},
         ).scalars()

@@ -1,4 +1,5 @@
-"""Helpers of the stream worker's integration tests: feed the raw topic, own databases, snapshots."""
+"""Helpers of the stream worker's integration tests: feed the raw topic, own databases,
+snapshots."""
 
 from __future__ import annotations
 

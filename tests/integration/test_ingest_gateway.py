@@ -204,7 +204,8 @@ def test_error_codes_name_the_failing_element_and_are_recorded(env: Env) -> None
     with engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT http_status, reason, expression, operation_outcome FROM ingest_rejections WHERE source = :s"
+                "SELECT http_status, reason, expression, operation_outcome FROM ingest_rejections "
+                "WHERE source = :s"
             ),
             {"s": env.source},
         ).all()

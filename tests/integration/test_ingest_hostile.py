@@ -1,8 +1,9 @@
 """A hostile corpus against a real gateway, broker and PostgreSQL.
 
 Every case asserts its answer (a 4xx with an OperationOutcome, or the documented 2xx) and that
-the raw and directory topics changed by exactly what the answer says was accepted. Hand-written cases cover
-each category of attack; Hypothesis adds random JSON and random strings in valid resources.
+the raw and directory topics changed by exactly what the answer says was accepted. Hand-written
+cases cover each category of attack; Hypothesis adds random JSON and random strings in valid
+resources.
 After the corpus, /healthz is 200 and the gateway's memory grew by less than 100 MB.
 """
 

@@ -139,7 +139,8 @@ def test_synthea_bundles_end_in_sql_with_the_counts_of_the_files(
                 lambda: (
                     count(
                         db,
-                        "SELECT count(*) FROM community_visits WHERE patient_id LIKE 'sentinel-a-%'",
+                        "SELECT count(*) FROM community_visits "
+                        "WHERE patient_id LIKE 'sentinel-a-%'",
                     )
                     == len(first)
                 ),

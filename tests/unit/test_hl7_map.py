@@ -1,5 +1,6 @@
 """HL7 v2 ADT (IHE PAM / PAM.fr) → FHIR: one test per trigger and per cancel, from PAM.fr-style
-messages (tests/hl7_messages.py), checked down to the pathway events streams/core/fhir_map.py makes."""
+messages (tests/hl7_messages.py), checked down to the pathway events streams/core/fhir_map.py
+makes."""
 
 from __future__ import annotations
 

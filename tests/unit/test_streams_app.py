@@ -9,7 +9,7 @@ LOG = f"""\
 [2026-11-29 16:24:21,636] [11064] [INFO] generation id 1 app consumers id 1
 [2026-11-29 16:24:26,295] [11064] [INFO] [^---SeekThenResumeRecovery]: {READY} t1.two-__assignor-__leader [0], t1.fhir.raw [2, 3]
 [2026-11-29 16:25:00,000] [11064] [INFO] [^---SeekThenResumeRecovery]: {READY} t1.two-__assignor-__leader [0]
-"""
+"""  # noqa: E501
 
 
 def test_each_rebalance_gives_the_partitions_of_the_asked_topic() -> None:

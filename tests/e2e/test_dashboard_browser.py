@@ -125,7 +125,9 @@ def test_manager(served: Served, browser: Browser) -> None:
     # The forecast of a ward: its chosen model and its accuracy in words.
     visit(page, roles.page("previsions"), "manager_previsions")
     page.get_by_text("Unités de soins", exact=True).click()
+    # The list holds every series of the session's database: type to filter it.
     page.get_by_label("Série").click()
+    page.keyboard.type(f"{s.prefix}Cardiologie")
     page.get_by_role("option", name=f"{s.prefix}Cardiologie", exact=True).click()
     expect(page.get_by_text("Modèle retenu : Prophet")).to_be_visible(timeout=TIMEOUT)
     expect(page.get_by_text("cette prévision s'est trompée de 3,1 lits")).to_be_visible(

@@ -28,12 +28,14 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from bench.territory import expected_counts, territory
 from parcours.db import make_engine, upgrade
@@ -221,21 +223,13 @@ def measure_latency(
     return [(seen[p] - sent[p]) * 1000 for p in sent if p in seen]
 
 
-def run(
-    patients: int,
-    rate: float,
-    latency_seconds: float,
-    db_url: str | None,
-    bootstrap: str | None,
-    batch_size: int,
-    workers: int = 1,
-    live: bool = False,
-) -> StreamsBenchResult:
-    """Run the whole benchmark; starts an embedded broker and an SQLite file if none is given.
-
-    With `workers` > 1, that many workers of one app share the partitions. From a backlog the
-    clock starts when the first of them is ready (a later one's rebalance counts); live, once
-    the group has settled and each holds its share."""
+@contextmanager
+def _bench_setup(
+    bootstrap: str | None, db_url: str | None
+) -> Iterator[tuple[str, str, Engine, str]]:
+    """(bootstrap, database URL, engine, work folder) for one bench run: an embedded broker unless
+    `bootstrap` is given, a migrated database that must hold no pathway yet (SQLite in the work
+    folder unless `db_url` is given). The broker stops and the folder goes at the end."""
     from parcours.broker import EmbeddedBroker, free_port
 
     broker: EmbeddedBroker | None = None
@@ -254,6 +248,29 @@ def run(
                     "the streams bench counts rows, so it needs an empty database; this one "
                     "already holds pathways. Create a new one (createdb …) or drop this one."
                 )
+        yield bootstrap, db_url, engine, tmp.name
+    finally:
+        if broker is not None:
+            broker.stop()
+        tmp.cleanup()
+
+
+def run(
+    patients: int,
+    rate: float,
+    latency_seconds: float,
+    db_url: str | None,
+    bootstrap: str | None,
+    batch_size: int,
+    workers: int = 1,
+    live: bool = False,
+) -> StreamsBenchResult:
+    """Run the whole benchmark; starts an embedded broker and an SQLite file if none is given.
+
+    With `workers` > 1, that many workers of one app share the partitions. From a backlog the
+    clock starts when the first of them is ready (a later one's rebalance counts); live, once
+    the group has settled and each holds its share."""
+    with _bench_setup(bootstrap, db_url) as (bootstrap, db_url, engine, workdir):
         prefix = f"bench{uuid.uuid4().hex[:6]}."
         settings = Settings(topic_prefix=prefix)
         if workers > settings.topic_partitions:
@@ -275,14 +292,14 @@ def run(
             PARCOURS_WORKER_WEB_PORT="0",
             PARCOURS_PATHWAY_TIMER_INTERVAL_S="0",
             PARCOURS_WORKER_BATCH_SIZE=str(batch_size),
-            PARCOURS_DATA_DIR=tmp.name,
+            PARCOURS_DATA_DIR=workdir,
             # INFO: each worker's log says which partitions it consumes.
             PARCOURS_LOG_LEVEL="INFO",
         )
         produce_s = 0.0
         if not live:
             produce_s = produce(bootstrap, topics.raw, resources)
-        log_paths = [Path(tmp.name) / f"worker-{i}.log" for i in range(workers)]
+        log_paths = [Path(workdir) / f"worker-{i}.log" for i in range(workers)]
         logs = [open(path, "wb") for path in log_paths]  # noqa: SIM115
         started = time.perf_counter()
         procs = [
@@ -360,10 +377,6 @@ def run(
             workers=workers,
             live=live,
         )
-    finally:
-        if broker is not None:
-            broker.stop()
-        tmp.cleanup()
 
 
 def report(result: StreamsBenchResult, db_label: str) -> str:
@@ -495,24 +508,9 @@ def run_backfill(
     RSS (children included) is sampled throughout. Then a second worker (another app id) starts
     on the same backlog and gets SIGTERM mid-replay: the time until its processes are all gone.
     Last, the aiokafka+json peer reads the same raw topic."""
-    from parcours.broker import EmbeddedBroker, free_port
+    from parcours.broker import free_port
 
-    broker: EmbeddedBroker | None = None
-    tmp = tempfile.TemporaryDirectory(prefix="parcours-bench-")
-    try:
-        if bootstrap is None:
-            broker = EmbeddedBroker(port=free_port())
-            broker.start()
-            bootstrap = broker.bootstrap
-        db_url = db_url or f"sqlite:///{Path(tmp.name) / 'bench.db'}"
-        upgrade(db_url)
-        engine = make_engine(db_url)
-        with engine.connect() as conn:
-            if conn.scalar(text("SELECT count(*) FROM pathway_states")):
-                raise RuntimeError(
-                    "the streams bench counts rows, so it needs an empty database; this one "
-                    "already holds pathways. Create a new one (createdb …) or drop this one."
-                )
+    with _bench_setup(bootstrap, db_url) as (bootstrap, db_url, engine, workdir):
         prefix = f"bench{uuid.uuid4().hex[:6]}."
         topics = Topics.from_settings(Settings(topic_prefix=prefix))
         env = dict(os.environ)
@@ -520,7 +518,7 @@ def run_backfill(
             KAFKA_BOOTSTRAP_SERVERS=bootstrap,
             DATABASE_URL=db_url,
             PARCOURS_TOPIC_PREFIX=prefix,
-            PARCOURS_DATA_DIR=tmp.name,
+            PARCOURS_DATA_DIR=workdir,
             PARCOURS_PATHWAY_TIMER_INTERVAL_S="0",
             PARCOURS_WORKER_BATCH_SIZE=str(batch_size),
             PARCOURS_LOG_LEVEL="INFO",
@@ -542,7 +540,7 @@ def run_backfill(
         produce_s = time.perf_counter() - started
 
         port = free_port()
-        log_path = Path(tmp.name) / "worker.log"
+        log_path = Path(workdir) / "worker.log"
         with open(log_path, "wb") as log:
             started = time.perf_counter()
             proc = subprocess.Popen(
@@ -596,7 +594,7 @@ def run_backfill(
                         " WHERE relname = 'census_hourly'"
                     )
                 ).one()
-        stop_s = _time_to_stop(env, topics, Path(tmp.name) / "stopped.log", prefix)
+        stop_s = _time_to_stop(env, topics, Path(workdir) / "stopped.log", prefix)
         peer_s = asyncio.run(
             _peer(
                 bootstrap,
@@ -622,10 +620,6 @@ def run_backfill(
             batch_size=batch_size,
             database="PostgreSQL" if engine.dialect.name == "postgresql" else "SQLite",
         )
-    finally:
-        if broker is not None:
-            broker.stop()
-        tmp.cleanup()
 
 
 def _time_to_stop(env: dict[str, str], topics: Topics, log_path: Path, prefix: str) -> float:

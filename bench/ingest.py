@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from bench import rate_table
 from ingest.bundle import resolve_entries
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -278,9 +279,7 @@ def report(b: IngestBench) -> str:
             else "",
         )
     )
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{'':{width}}  {'resources/s':>12}"]
-    lines += [f"{name:{width}}  {rate:>12}  {note}".rstrip() for name, rate, note in rows]
+    lines = rate_table(rows, "resources/s")
     lines.append(
         f"{b.resources} resources in {b.bundles} transaction Bundles: {b.published} published "
         f"(acks=all), {b.duplicates} answered as duplicates (repeated Organizations, Practitioners)"

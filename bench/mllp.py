@@ -30,6 +30,7 @@ from pathlib import Path
 
 import hl7
 
+from bench import rate_table
 from bench.ingest import group_cpu_seconds
 
 FACILITY = "CHUBENCH"
@@ -267,9 +268,7 @@ def report(b: MllpBench) -> str:
             else "",
         ),
     ]
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{'':{width}}  {'messages/s':>11}"]
-    lines += [f"{name:{width}}  {rate:>11}  {note}".rstrip() for name, rate, note in rows]
+    lines = rate_table(rows, "messages/s")
     lines.append(
         f"{b.messages} ADT messages (A01, A02, A02, A03 per stay): {b.acked} AA, {b.nacked} other"
     )

@@ -7,13 +7,15 @@ Screenshots go to tests/e2e/screenshots/ for people to look at.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 from sqlalchemy import text
 
 from dashboard import accounts, roles
@@ -21,7 +23,7 @@ from dashboard.accounts import Role
 from parcours.broker import free_port
 from parcours.db import make_engine
 from tests.e2e.browser import shot
-from tests.seed import Seeded, seed
+from tests.seed import Outlook, Seeded, seed, seed_outlook
 from tests.support import parcours_env, parcours_process, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -33,6 +35,7 @@ TIMEOUT = 30_000
 class Served:
     url: str
     seeded: Seeded
+    outlook: Outlook
     users: dict[Role, str]
 
 
@@ -40,6 +43,7 @@ class Served:
 def served(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     engine = make_engine(pg_url)
     seeded = seed(engine, f"b{uuid.uuid4().hex[:6]}-")
+    outlook = seed_outlook(engine, seeded, datetime.now(UTC))
     users = {role: f"{role.value}-{seeded.prefix}" for role in Role}
     for role, name in users.items():
         # The coordinator follows this test's hospital only: their worklists hold its patients.
@@ -60,7 +64,7 @@ def served(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         wait_until(healthy, 60, what="the Streamlit server")
         # Streamlit's metrics endpoint answers anyone: the dashboard hides it.
         assert httpx.get(f"{url}/_stcore/metrics", timeout=10).status_code == 404
-        yield Served(url, seeded, users)
+        yield Served(url, seeded, outlook, users)
 
 
 def sign_in(browser: Browser, served: Served, role: Role, path: str = "") -> Page:
@@ -73,6 +77,18 @@ def sign_in(browser: Browser, served: Served, role: Role, path: str = "") -> Pag
     page.get_by_label("Mot de passe").fill(PASSWORD)
     page.get_by_role("button", name="Se connecter", exact=True).click()
     return page
+
+
+def pick_row(page: Page, grid: Locator, text: str) -> None:
+    """Click the row of `grid` that shows `text`: the grid paints on a canvas, so the click goes
+    to the row's position, read from the cell's place in the grid's accessible table."""
+    cell = grid.locator("td[role=gridcell]").filter(has_text=re.compile(f"^{re.escape(text)}$"))
+    expect(cell).to_be_attached(timeout=TIMEOUT)
+    row = int(str(cell.get_attribute("data-testid")).rsplit("-", 1)[1])
+    grid.scroll_into_view_if_needed()
+    box = grid.bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + 15, box["y"] + 35 + 35 * row + 18)
 
 
 def visit(page: Page, spec: roles.PageSpec, shot_name: str) -> None:
@@ -108,15 +124,29 @@ def test_manager(served: Served, browser: Browser) -> None:
     expect(page.get_by_text("Occupation des unités heure par heure")).to_be_visible()
     # A partition's worker went silent (seeded): the board says it may be out of date.
     expect(page.get_by_text("ce tableau peut ne pas être à jour")).to_be_visible(timeout=TIMEOUT)
+    # Today's departures, read from the hospital's forecast made this hour.
+    departures = page.get_by_test_id("stMetric").filter(has_text="Sorties attendues d'ici minuit")
+    expect(departures.get_by_test_id("stMetricValue")).not_to_have_text("—")
     shot(page, "manager_bed_board")
-    # A click on a ward's row shows its week (the grid is a canvas: by position).
-    grid = page.get_by_test_id("stDataFrame").first
-    grid.scroll_into_view_if_needed()
-    box = grid.bounding_box()
-    assert box is not None
-    page.mouse.click(box["x"] + 15, box["y"] + 35 + 18)
-    expect(page.get_by_text("occupation sur 7 jours")).to_be_visible(timeout=TIMEOUT)
-    shot(page, "manager_bed_board_ward")
+    # A click on the hospital's row shows its last days beside the forecast band.
+    pick_row(page, page.get_by_test_id("stDataFrame").first, served.outlook.name)
+    expect(page.get_by_text(f"{served.outlook.name} : occupation et prévision")).to_be_visible(
+        timeout=TIMEOUT
+    )
+    expect(page.get_by_text("De quoi la prévision est faite")).to_be_visible()
+    expect(
+        page.get_by_text(
+            "Dans 24 h : 29 patients présents maintenant, −8 sorties attendues, +6 admissions "
+            "attendues → 27 lits occupés."
+        )
+    ).to_be_visible()
+    expect(page.get_by_text("zone bleue : son intervalle à 80 %")).to_be_visible()
+    expect(page.get_by_text("Prévision dans 24 h").first).to_be_visible()
+    # The band chart is drawn, with its legend and the present marked.
+    chart = page.get_by_role("img").filter(has_text="Observé").filter(has_text="maintenant")
+    expect(chart).to_be_visible(timeout=TIMEOUT)
+    chart.scroll_into_view_if_needed()
+    shot(page, "manager_bed_board_forecast")
     sidebar = page.get_by_test_id("stSidebar")
     expect(sidebar.get_by_role("link", name="Alertes")).to_have_count(0)
     for spec in roles.allowed(Role.MANAGER):

@@ -12,14 +12,15 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 from sqlalchemy import text
 
-from dashboard import accounts, roles
-from dashboard.accounts import Role
+from dashboard import accounts, roles, sessions
+from dashboard.accounts import Role, User
 from parcours.broker import free_port
 from parcours.db import make_engine
 from tests.e2e.browser import shot
@@ -50,8 +51,10 @@ def served(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         scope = [seeded.hospital] if role is Role.COORDINATOR else []
         accounts.create_user(engine, name, role, PASSWORD, scope)
     port = free_port()
-    env = parcours_env(DATABASE_URL=pg_url)
-    log = tmp_path_factory.mktemp("dash") / "dash.log"
+    work = tmp_path_factory.mktemp("dash")
+    # The dashboard makes its session key in its data folder: this test's, not the checkout's.
+    env = parcours_env(DATABASE_URL=pg_url, PARCOURS_DATA_DIR=str(work))
+    log = work / "dash.log"
     with parcours_process(["dashboard", "--port", str(port)], env, log):
         url = f"http://127.0.0.1:{port}"
 
@@ -238,4 +241,59 @@ def test_admin_sees_every_page_and_the_journal(served: Served, browser: Browser)
     for spec in roles.PAGES:
         visit(page, spec, f"admin_{spec.url_path}")
     expect(page.get_by_text("Consultations et connexions")).to_be_visible()
+    page.close()
+
+
+def test_a_sign_in_survives_a_reload_until_signing_out(
+    served: Served, browser: Browser, pg_url: str
+) -> None:
+    me = served.users[Role.MANAGER]
+    page = sign_in(browser, served, Role.MANAGER)
+    expect(page.get_by_role("heading", name="Tableau des lits")).to_be_visible(timeout=TIMEOUT)
+
+    def session_cookie() -> dict[str, Any] | None:
+        found = [c for c in page.context.cookies() if c["name"] == sessions.COOKIE]
+        return dict(found[0]) if found else None
+
+    wait_until(lambda: session_cookie() is not None, 30, what="the session cookie")
+    cookie = session_cookie()
+    assert cookie is not None
+    # Page scripts cannot read it, other sites' requests do not carry it.
+    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
+    assert sessions.COOKIE not in str(page.evaluate("document.cookie"))
+    page.reload()
+    expect(page.get_by_role("heading", name="Tableau des lits")).to_be_visible(timeout=TIMEOUT)
+    expect(page.get_by_test_id("stSidebar").get_by_text(me)).to_be_visible()
+    shot(page, "manager_after_reload")
+
+    page.get_by_role("button", name="Se déconnecter").click()
+    expect(page.get_by_role("heading", name="Connexion à Parcours")).to_be_visible(timeout=TIMEOUT)
+    wait_until(lambda: session_cookie() is None, 30, what="the session cookie to be cleared")
+    page.reload()
+    expect(page.get_by_role("heading", name="Connexion à Parcours")).to_be_visible(timeout=TIMEOUT)
+    with make_engine(pg_url).connect() as conn:
+        actions = conn.execute(
+            text("SELECT action FROM access_audit WHERE username = :u ORDER BY access_id"),
+            {"u": me},
+        ).scalars()
+        assert list(actions)[-2:] == ["sign_in", "sign_out"]
+    page.close()
+
+
+def test_a_kept_session_ends_with_a_sign_out_elsewhere(
+    served: Served, browser: Browser, pg_url: str
+) -> None:
+    """The cookie of a browser that did not sign out is refused once the account signed out."""
+    page = sign_in(browser, served, Role.INTEGRATOR)
+    expect(page.get_by_role("heading", name="État des flux")).to_be_visible(timeout=TIMEOUT)
+    wait_until(
+        lambda: any(c["name"] == sessions.COOKIE for c in page.context.cookies()),
+        30,
+        what="the session cookie",
+    )
+    accounts.record_sign_out(
+        make_engine(pg_url), User(served.users[Role.INTEGRATOR], Role.INTEGRATOR)
+    )
+    page.reload()
+    expect(page.get_by_role("heading", name="Connexion à Parcours")).to_be_visible(timeout=TIMEOUT)
     page.close()

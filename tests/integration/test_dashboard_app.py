@@ -25,6 +25,8 @@ PASSWORD = "correct horse battery"
 @pytest.fixture
 def seeded(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Seeded:
     monkeypatch.setenv("DATABASE_URL", pg_url)
+    # Session cookies are signed with this rather than a key file made in the working folder.
+    monkeypatch.setenv("PARCOURS_DASHBOARD_SESSION_SECRET", "test-session-secret")
     return seed(make_engine(pg_url), f"a{uuid.uuid4().hex[:6]}-")
 
 

@@ -26,6 +26,7 @@ import functools
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import threading
@@ -104,16 +105,30 @@ def install_secret(data_dir: Path) -> bytes:
     if from_env:
         return from_env.encode()
     path = data_dir / SECRET_FILE
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first
-            pass
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+    try:
+        if not path.exists():
+            data_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process made it first
+                pass
+            else:
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_hex(32))
+        return path.read_text().strip().encode()
+    except OSError as exc:
+        # A read-only folder (a container's): sessions then end when the dashboard restarts.
+        _log.warning(
+            "cannot keep the session key in %s (%s); set %s to keep sign-ins across restarts",
+            path,
+            exc.strerror or exc,
+            SECRET_ENV,
+        )
+        return _PROCESS_SECRET
+
+
+_PROCESS_SECRET = secrets.token_bytes(32)
+_log = logging.getLogger(__name__)
 
 
 # --- One-time tickets, from the page to the cookie endpoint (same process) ---------------------

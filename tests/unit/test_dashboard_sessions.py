@@ -52,6 +52,13 @@ def test_the_install_secret_is_made_once_readable_by_its_owner_only(
     mode = (tmp_path / "data" / sessions.SECRET_FILE).stat().st_mode
     assert stat.S_IMODE(mode) == 0o600
     assert sessions.install_secret(tmp_path / "other") != first
+    # A folder it cannot make (here under a file; in a container, a read-only app folder): a
+    # key for this process, the same on every call.
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    process_key = sessions.install_secret(blocked / "data")
+    assert len(process_key) == 32 and process_key != first
+    assert sessions.install_secret(blocked / "other") == process_key
     monkeypatch.setenv(sessions.SECRET_ENV, "from the environment")
     assert sessions.install_secret(tmp_path / "data") == b"from the environment"
 

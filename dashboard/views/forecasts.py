@@ -104,7 +104,10 @@ if len(sf_terms) >= lead:
     st.markdown(sentence)
 
 # Fan chart: the recent history, then the selected forecast with its interval and the naive one.
+# Times are naive local ones, so that the chart reads as the ward clock whatever the browser's zone,
+# and the axis is written the French way (no "12 PM").
 history_end = pd.Timestamp(row["history_end"])
+axis = alt.Axis(format="%d/%m %Hh" if hourly else "%d/%m", labelAngle=-45)
 layers: list[alt.Chart] = []
 if level in ("hospital", "service", "ward"):
     since = (history_end - timedelta(days=14)).to_pydatetime()
@@ -117,19 +120,21 @@ if level in ("hospital", "service", "ward"):
             .reindex(hours, fill_value=0)
         )
         past = local_time(pd.DataFrame({"ds": hours, "y": occ.to_numpy()}), "ds")
+        past["ds"] = past["ds"].dt.tz_localize(None)
         past["série"] = "Observé"
         layers.append(
             alt.Chart(past)
             .mark_line(color="black")
-            .encode(x=alt.X("ds:T", title="Heure"), y=alt.Y("y:Q", title="Lits occupés"))
+            .encode(x=alt.X("ds:T", title="Heure", axis=axis), y=alt.Y("y:Q", title="Lits occupés"))
         )
 shown = frame[frame["model"].isin([selected, "naive"])].copy()
 shown["modèle"] = shown["model"].map(model_label)
+shown["ds"] = shown["ds"].dt.tz_localize(None)
 band = (
     alt.Chart(shown[shown["model"] == selected])
     .mark_area(opacity=0.25, color="#1f77b4")
     .encode(
-        x=alt.X("ds:T", title="Heure" if hourly else "Date"),
+        x=alt.X("ds:T", title="Heure" if hourly else "Date", axis=axis),
         y=alt.Y("yhat_lower:Q", title="Lits occupés"),
         y2="yhat_upper:Q",
     )

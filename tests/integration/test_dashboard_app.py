@@ -288,6 +288,9 @@ def test_forecast_page_shows_the_selected_model_and_its_accuracy_in_words(
     assert "21 patients présents maintenant, −5 sorties attendues, +6 admissions attendues" in text
     table = at.dataframe[0].value
     assert table["Modèle"].tolist() == ["Prophet (retenu)", "Naïve (dernière valeur)"]
+    # The fan chart's hours are written the French way, not "12 PM".
+    (chart,) = at.get("vega_lite_chart")
+    assert '"format": "%d/%m %Hh"' in chart.proto.spec
 
 
 def test_hospital_sign_in_is_offered_when_oidc_is_configured(seeded: Seeded) -> None:

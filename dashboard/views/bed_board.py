@@ -53,7 +53,8 @@ def coloured_bars(frame: pd.DataFrame, label: str) -> alt.Chart:
         alt.Chart(data)
         .mark_bar()
         .encode(
-            y=alt.Y("unit:N", sort="-x", title=label),
+            # The section heading names the level: no axis title to clip on a short chart.
+            y=alt.Y("unit:N", sort="-x", title=None),
             x=alt.X("rate:Q", title=_("Taux d'occupation"), axis=alt.Axis(format="%")),
             color=alt.Color("level:N", scale=scale, title=_("Niveau")),
             tooltip=[
@@ -63,7 +64,8 @@ def coloured_bars(frame: pd.DataFrame, label: str) -> alt.Chart:
                 alt.Tooltip("rate:Q", title=_("Taux d'occupation"), format=".0%"),
             ],
         )
-        .properties(height=60 + 30 * len(data))
+        # Room for the level legend (three entries) even with one or two bars.
+        .properties(height=max(130, 50 + 30 * len(data)))
     )
 
 
@@ -148,7 +150,9 @@ def board() -> None:
     # Without a Location tree above the wards, the wards themselves are the top of the board.
     top = hospitals_frame if not hospitals_frame.empty else wards
     ed = queries.ed_now(engine(), at, timedelta(hours=settings().alert_ed_boarding_hours))
-    c1, c2, c3, c4, c5, c6 = st.columns(6)
+    # Two rows of three, so that each label reads whole: beds now, then what moves today.
+    c1, c2, c3 = st.columns(3)
+    c4, c5, c6 = st.columns(3)
     occupied = int(top["occupied"].sum()) if not top.empty else 0
     capacity = top["capacity"].sum() if not top.empty else 0
     c1.metric(_("Lits occupés"), number(occupied))

@@ -106,6 +106,25 @@ def visit(page: Page, spec: roles.PageSpec, shot_name: str) -> None:
         )
     expect(page.get_by_text("Accès refusé")).to_have_count(0)
     shot(page, shot_name)
+    written_for_people(page.get_by_test_id("stMain").inner_text(), spec.url_path)
+
+
+# Icon names Streamlit writes as text for its Material icon font (the expander's arrow).
+ICONS = re.compile(r"\b(keyboard|arrow|expand|chevron)_[a-z_]+\b")
+
+
+def written_for_people(shown: str, where: str) -> None:
+    """What a page shows, tables and chart axes included: no code names, no empty "None", no UTC
+    offsets or ISO times, no English 12-hour clock, no error."""
+    text = ICONS.sub("", shown)
+    assert not re.search(r"\b[a-z]+_[a-z_]+\b", text), (
+        where,
+        re.findall(r"\b[a-z]+_[a-z_]+\b", text),
+    )
+    assert not re.search(r"\b(None|NaN|NaT|nan)\b", text), where
+    assert not re.search(r"\+00:00|\bUTC\b|\d{4}-\d\d-\d\dT\d\d", text), where
+    assert not re.search(r"\b\d{1,2} ?(AM|PM)\b", text), where
+    assert "Traceback" not in text and "Exception" not in text, where
 
 
 def refused(browser: Browser, served: Served, role: Role, spec: roles.PageSpec) -> None:

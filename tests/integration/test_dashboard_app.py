@@ -293,6 +293,28 @@ def test_forecast_page_shows_the_selected_model_and_its_accuracy_in_words(
     assert '"format": "%d/%m %Hh"' in chart.proto.spec
 
 
+def test_forecast_page_in_english_on_the_switch(seeded: Seeded) -> None:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["user"] = User("manager-en", Role.MANAGER)
+    at.session_state["lang"] = "en"
+    # The widgets' labels are translated in the script's session, which a test's set_value
+    # cannot see: the choices go in through the session state.
+    at.session_state["forecast_level"] = "ward"
+    at.session_state["forecast_unit"] = seeded.ward_full
+    at.run()
+    open_page(at, roles.page("previsions"))
+    assert [t.value for t in at.title] == ["Forecasts"]
+    assert any(h.value == "Selected model: Prophet" for h in at.subheader)
+    text = " ".join(m.value for m in at.markdown)
+    assert "Over the last 8 weeks, at 24 h, this forecast was off by 3.1 beds on average" in text
+    assert "the naive forecast by 4.7" in text
+    assert "21 patients present now, −5 expected departures, +6 expected admissions" in text
+    assert "81\u00a0% of the observed values" in text
+    table = at.dataframe[0].value
+    assert table["Model"].tolist() == ["Prophet (selected)", "Naive (last value)"]
+    assert {m.label for m in at.metric} >= {"Forecast at 24 h", "80\u00a0% interval"}
+
+
 def test_hospital_sign_in_is_offered_when_oidc_is_configured(seeded: Seeded) -> None:
     at = AppTest.from_file(APP, default_timeout=60)
     at.secrets["auth"] = {

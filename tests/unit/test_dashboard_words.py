@@ -14,7 +14,7 @@ from babel.messages.pofile import read_po
 from dashboard import i18n, labels, roles
 from dashboard.accounts import Role
 from dashboard.common import ROLE_LABELS
-from dashboard.forecast_text import MODEL_LABELS
+from dashboard.forecast_text import LEVEL_LABELS, MODEL_LABELS
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboard"
 
@@ -35,6 +35,7 @@ def messages_in_code() -> set[str]:
         labels.ACTIONS,
         ROLE_LABELS,
         MODEL_LABELS,
+        LEVEL_LABELS,
     ):
         found.update(words.values())
     for page in roles.PAGES:

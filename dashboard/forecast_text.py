@@ -47,7 +47,9 @@ def number(value: float | None, decimals: int = 1, lang: str = "fr") -> str:
 
 def percent(value: float, lang: str = "fr") -> str:
     """A share as a percentage: `0.79` → `79 %`."""
-    return f"{number(100 * value, 0, lang)}\u00a0%"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return i18n.percent(lang, value)
 
 
 def lead_phrase(lead: int, freq: str, lang: str = "fr") -> str:

@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import queries
-from dashboard.common import _, engine, now, number, settings, when
+from dashboard.common import _, engine, now, number, percent, settings, when
 from dashboard.forecast_text import model_label
 
 HISTORY = timedelta(days=7)
@@ -128,7 +128,7 @@ def band_chart(
                 "upper": forecast.points["yhat_upper"],
             }
         )
-        interval = _("Intervalle à {p}", p=number(100 * forecast.coverage) + " %")
+        interval = _("Intervalle à {p}", p=percent(forecast.coverage))
         layers.append(
             alt.Chart(band)
             .mark_area(opacity=0.25, color="#1f77b4")
@@ -201,7 +201,7 @@ def breakdown_table(forecast: queries.UnitForecast, rows: list[Term]) -> pd.Data
     if shown_stock_flow:
         table[_("Total stock–flux")] = [number(r.stock_flow) for r in rows]
     table[_("Prévision (lits occupés)")] = [number(r.yhat) for r in rows]
-    table[_("Intervalle à {p}", p=number(100 * forecast.coverage) + " %")] = [
+    table[_("Intervalle à {p}", p=percent(forecast.coverage))] = [
         f"{number(r.lower)} – {number(r.upper)}" for r in rows
     ]
     return pd.DataFrame(table)
@@ -266,7 +266,7 @@ def show(level: str, unit: str, name: str, occupied: float | None, capacity: flo
             "{p} du temps. Ligne rouge : capacité. Prévision calculée sur les données arrêtées "
             "au {at}.",
             model=_(model_label(forecast.model)),
-            p=number(100 * forecast.coverage) + " %",
+            p=percent(forecast.coverage),
             at=when(forecast.history_end),
         )
     )
@@ -343,7 +343,7 @@ def metrics(
             delta_color="inverse",
             help=_(
                 "Intervalle à {p} : {low} – {high}",
-                p=number(100 * forecast.coverage) + " %",
+                p=percent(forecast.coverage),
                 low=number(row.lower),
                 high=number(row.upper),
             ),

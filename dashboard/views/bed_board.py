@@ -19,6 +19,7 @@ from dashboard.common import (
     engine,
     now,
     number,
+    percent,
     readable,
     require,
     settings,
@@ -157,7 +158,7 @@ def board() -> None:
     capacity = top["capacity"].sum() if not top.empty else 0
     c1.metric(_("Lits occupés"), number(occupied))
     c2.metric(_("Lits libres"), number(capacity - occupied) if capacity else "—")
-    c3.metric(_("Taux d'occupation"), f"{number(100 * occupied / capacity)} %" if capacity else "—")
+    c3.metric(_("Taux d'occupation"), percent(occupied / capacity) if capacity else "—")
     departures_today(c4, list(top["unit_id"]), at)
     c5.metric(_("Patients aux urgences"), number(len(ed)))
     c6.metric(

@@ -162,7 +162,7 @@ def test_manager(served: Served, browser: Browser) -> None:
             "attendues → 27 lits occupés."
         )
     ).to_be_visible()
-    expect(page.get_by_text("zone bleue : son intervalle à 80 %")).to_be_visible()
+    expect(page.get_by_text("zone bleue : son intervalle à 80\u00a0%")).to_be_visible()
     expect(page.get_by_text("Prévision dans 24 h").first).to_be_visible()
     # The band chart is drawn, with its legend and the present marked.
     chart = page.get_by_role("img").filter(has_text="Observé").filter(has_text="maintenant")

@@ -171,9 +171,9 @@ def test_bed_board_outlook_shows_the_band_and_its_breakdown(seeded: Seeded, pg_u
     table = at.dataframe[0].value
     assert table["Échéance"].tolist() == ["dans 24 h", "dans 48 h", "dans 72 h"]
     assert table["Sorties attendues"].tolist() == ["−8", "−16", "−24"]
-    assert table["Intervalle à 80 %"].tolist()[0] == "24 – 30"
+    assert table["Intervalle à 80\u00a0%"].tolist()[0] == "24 – 30"
     assert "None" not in table.astype(str).to_numpy()
-    assert any("zone bleue : son intervalle à 80 %" in c.value for c in at.caption)
+    assert any("zone bleue : son intervalle à 80\u00a0%" in c.value for c in at.caption)
     # The band chart: the forecast's interval beside a week of observed occupancy.
     charts = at.get("vega_lite_chart")
     assert len(charts) == 1
@@ -309,10 +309,10 @@ def test_forecast_page_in_english_on_the_switch(seeded: Seeded) -> None:
     assert "Over the last 8 weeks, at 24 h, this forecast was off by 3.1 beds on average" in text
     assert "the naive forecast by 4.7" in text
     assert "21 patients present now, −5 expected departures, +6 expected admissions" in text
-    assert "81\u00a0% of the observed values" in text
+    assert "81% of the observed values" in text
     table = at.dataframe[0].value
     assert table["Model"].tolist() == ["Prophet (selected)", "Naive (last value)"]
-    assert {m.label for m in at.metric} >= {"Forecast at 24 h", "80\u00a0% interval"}
+    assert {m.label for m in at.metric} >= {"Forecast at 24 h", "80% interval"}
 
 
 def test_hospital_sign_in_is_offered_when_oidc_is_configured(seeded: Seeded) -> None:

@@ -151,6 +151,12 @@ def time_queries(engine: Engine, runs: int) -> tuple[float, dict[str, float]]:
         "places": lambda: queries.places(engine),
         "data_age": lambda: queries.data_age(engine, now),
         "stream_progress": lambda: queries.stream_progress(engine, now),
+        "unit_forecast (one hospital)": lambda: (
+            queries.unit_forecast(engine, hospitals[0]) if hospitals else None
+        ),
+        "expected_departures (every hospital)": lambda: queries.expected_departures(
+            engine, hospitals, now, now + timedelta(hours=12)
+        ),
         "ed_now": lambda: queries.ed_now(engine, at, timedelta(hours=4)),
         "discharged_without_follow_up": lambda: queries.discharged_without_follow_up(engine, at),
         "readmissions": lambda: queries.readmissions(engine, at),

@@ -17,8 +17,9 @@ from typing import Any
 import pandas as pd
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, func, insert, select, update
 
+from dashboard.sessions import password_stamp
 from parcours.db.dashboard_models import AccessAuditRow, DashboardUserRow
 
 
@@ -158,6 +159,43 @@ def authenticate(engine: Engine, username: str, password: str) -> User | None:
     user = _user(row) if ok else None
     _record_sign_in(engine, name, user)
     return user
+
+
+def session_user(engine: Engine, username: str) -> tuple[User, str] | None:
+    """An active local account (one with a password) and the stamp of its password, which a
+    session cookie carries: a new password ends the sessions made with the old one."""
+    row = _account(engine, username)
+    user = _user(row)
+    if user is None or not row["password_hash"]:
+        return None
+    return user, password_stamp(row["password_hash"])
+
+
+def record_sign_out(engine: Engine, user: User) -> None:
+    """Trace a sign-out; it also ends every kept session of that account issued before."""
+    with engine.begin() as conn:
+        conn.execute(
+            insert(AccessAuditRow).values(
+                username=user.username[:128],
+                role=user.role.value,
+                action="sign_out",
+                patient_id=None,
+                at=_now(),
+            )
+        )
+
+
+def last_sign_out(engine: Engine, username: str) -> datetime | None:
+    """When the account last signed out, if ever."""
+    a = AccessAuditRow
+    with engine.connect() as conn:
+        at = conn.scalar(
+            select(func.max(a.at)).where(a.username == username, a.action == "sign_out")
+        )
+    if at is None:
+        return None
+    stamp = pd.Timestamp(at)
+    return (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp).to_pydatetime()
 
 
 def oidc_user(engine: Engine, username: str) -> User | None:

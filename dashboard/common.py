@@ -109,6 +109,11 @@ def number(value: float | None, digits: int = 0) -> str:
     return i18n.number(lang(), value, digits)
 
 
+def percent(value: float | None) -> str:
+    """A ratio as a percentage in the session's format (92 % in French, 92% in English)."""
+    return i18n.percent(lang(), value)
+
+
 def local_time(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
     """Show UTC timestamps in the territory's time zone, the one staff read on the ward clock."""
     out = frame.copy()

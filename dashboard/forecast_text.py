@@ -1,4 +1,5 @@
-"""The Forecasts page's words: model names and accuracy sentences in French, from plain numbers.
+"""The Forecasts page's words: model names and accuracy sentences, from plain numbers; written
+in French, in another language through its catalogue (`lang`).
 
 No Streamlit import, so the sentences are tested on their own.
 """
@@ -6,6 +7,9 @@ No Streamlit import, so the sentences are tested on their own.
 from __future__ import annotations
 
 import math
+
+from dashboard import i18n
+from dashboard.i18n import translate
 
 MODEL_LABELS = {
     "stock_flow": "Stock–flux (patients présents et arrivées attendues)",
@@ -28,86 +32,130 @@ LEVEL_LABELS = {
 }
 
 
-def model_label(model: str) -> str:
-    """The French name of a model."""
-    return MODEL_LABELS.get(model, model)
+def model_label(model: str, lang: str = "fr") -> str:
+    """The name of a model, in `lang`."""
+    return translate(lang, MODEL_LABELS[model]) if model in MODEL_LABELS else model
 
 
-def number(value: float, decimals: int = 1) -> str:
-    """A number written the French way: decimal comma, narrow no-break space between thousands."""
+def number(value: float | None, decimals: int = 1, lang: str = "fr") -> str:
+    """A number as `lang` writes it (French: decimal comma, narrow no-break space between
+    thousands); a dash when missing."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
-    text = f"{value:,.{decimals}f}"
-    return text.replace(",", "\u202f").replace(".", ",")
+    return i18n.number(lang, value, decimals)
 
 
-def percent(value: float) -> str:
-    """A share as a French percentage: `0.79` → `79 %`."""
-    return f"{number(100 * value, 0)}\u00a0%"
+def percent(value: float, lang: str = "fr") -> str:
+    """A share as a percentage: `0.79` → `79 %`."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return i18n.percent(lang, value)
 
 
-def lead_phrase(lead: int, freq: str) -> str:
+def lead_phrase(lead: int, freq: str, lang: str = "fr") -> str:
     """`à 24 h`, `à 3 jours`: how far ahead a forecast looks."""
     if freq.lower() == "h":
-        return f"à {lead} h"
-    return f"à {lead} jour" if lead == 1 else f"à {lead} jours"
+        return translate(lang, "à {n} h", n=lead)
+    if lead == 1:
+        return translate(lang, "à {n} jour", n=lead)
+    return translate(lang, "à {n} jours", n=lead)
 
 
-def window_phrase(days: float) -> str:
+def window_phrase(days: float, lang: str = "fr") -> str:
     """`sur les 8 dernières semaines`, `sur les 12 derniers jours`."""
     whole = max(1, round(days))
     if whole < 14:
-        return "sur le dernier jour" if whole == 1 else f"sur les {whole} derniers jours"
-    weeks = round(days / 7)
-    return f"sur les {weeks} dernières semaines"
+        if whole == 1:
+            return translate(lang, "sur le dernier jour")
+        return translate(lang, "sur les {n} derniers jours", n=whole)
+    return translate(lang, "sur les {n} dernières semaines", n=round(days / 7))
 
 
-def beds(value: float) -> str:
+def beds(value: float, lang: str = "fr") -> str:
     """`3,1 lits`, `1,0 lit` (French: singular below 2)."""
-    return f"{number(value)} lit" if abs(value) < 2 else f"{number(value)} lits"
+    n = number(value, lang=lang)
+    if abs(value) < 2:
+        return translate(lang, "{n} lit", n=n)
+    return translate(lang, "{n} lits", n=n)
 
 
 def accuracy_sentence(
-    window_days: float, lead: int, freq: str, mae: float, naive_mae: float | None
+    window_days: float,
+    lead: int,
+    freq: str,
+    mae: float,
+    naive_mae: float | None,
+    lang: str = "fr",
 ) -> str:
     """How far off the forecast was in its backtest, beside the naive forecast, in plain words."""
-    head = window_phrase(window_days)
-    text = (
-        f"{head[0].upper()}{head[1:]}, {lead_phrase(lead, freq)}, cette prévision s'est trompée "
-        f"de {beds(mae)} en moyenne"
+    head = window_phrase(window_days, lang)
+    text = translate(
+        lang,
+        "{window}, {lead}, cette prévision s'est trompée de {beds} en moyenne",
+        window=head[0].upper() + head[1:],
+        lead=lead_phrase(lead, freq, lang),
+        beds=beds(mae, lang),
     )
     if naive_mae is not None and not math.isnan(naive_mae):
-        text += f" ; la prévision naïve de {number(naive_mae)}"
+        text += translate(lang, " ; la prévision naïve de {n}", n=number(naive_mae, lang=lang))
     return text + "."
 
 
 def terms_sentence(
-    lead: int, freq: str, now: float, discharges: float, admissions: float, yhat: float
+    lead: int,
+    freq: str,
+    now: float,
+    discharges: float,
+    admissions: float,
+    yhat: float,
+    lang: str = "fr",
 ) -> str:
     """How a stock–flow forecast breaks down: `612 présents, −85 sorties, +71 admissions`."""
-    return (
-        f"{lead_phrase(lead, freq).capitalize()} : {number(now, 0)} patients présents maintenant, "
-        f"−{number(discharges, 0)} sorties attendues, +{number(admissions, 0)} admissions "
-        f"attendues → {number(yhat, 0)} lits occupés."
+    return translate(
+        lang,
+        "{lead} : {now} patients présents maintenant, −{gone} sorties attendues, +{come} "
+        "admissions attendues → {total} lits occupés.",
+        lead=lead_phrase(lead, freq, lang).capitalize(),
+        now=number(now, 0, lang),
+        gone=number(discharges, 0, lang),
+        come=number(admissions, 0, lang),
+        total=number(yhat, 0, lang),
     )
 
 
-def mase_sentence(mase: float, freq: str) -> str:
+def mase_sentence(mase: float, freq: str, lang: str = "fr") -> str:
     """What the MASE says, against the naive forecast it is scaled by."""
-    peer = "la même heure la veille" if freq.lower() == "h" else "la dernière valeur connue"
-    verdict = "fait mieux que" if mase < 1 else "ne fait pas mieux que" if mase > 1 else "égale"
-    return (
-        f"MASE : {number(mase, 2)}. Sous 1, la prévision fait mieux que de répéter {peer} ; "
-        f"celle-ci {verdict} cette référence."
+    if freq.lower() == "h":
+        peer = translate(lang, "la même heure la veille")
+    else:
+        peer = translate(lang, "la dernière valeur connue")
+    if mase < 1:
+        verdict = translate(lang, "fait mieux que")
+    elif mase > 1:
+        verdict = translate(lang, "ne fait pas mieux que")
+    else:
+        verdict = translate(lang, "égale")
+    return translate(
+        lang,
+        "MASE : {mase}. Sous 1, la prévision fait mieux que de répéter {peer} ; celle-ci "
+        "{verdict} cette référence.",
+        mase=number(mase, 2, lang),
+        peer=peer,
+        verdict=verdict,
     )
 
 
-def coverage_sentence(coverage: float, target: float) -> str:
+def coverage_sentence(coverage: float, target: float, lang: str = "fr") -> str:
     """The interval's measured coverage against its target."""
     low, high = target - 0.05, target + 0.05
     ok = low <= coverage <= high
-    verdict = "dans la cible" if ok else "hors de la cible"
-    return (
-        f"Intervalle à {percent(target)} : {percent(coverage)} des valeurs observées y sont "
-        f"tombées ({verdict} de {percent(low)} à {percent(high)})."
+    return translate(
+        lang,
+        "Intervalle à {target} : {coverage} des valeurs observées y sont tombées ({verdict} de "
+        "{low} à {high}).",
+        target=percent(target, lang),
+        coverage=percent(coverage, lang),
+        verdict=translate(lang, "dans la cible") if ok else translate(lang, "hors de la cible"),
+        low=percent(low, lang),
+        high=percent(high, lang),
     )

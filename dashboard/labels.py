@@ -32,6 +32,7 @@ LEVELS: dict[str, str] = {"hospital": "Établissement", "service": "Service", "w
 ACTIONS: dict[str, str] = {
     "sign_in": "connexion",
     "sign_in_refused": "connexion refusée",
+    "sign_out": "déconnexion",
     "view_patient": "ouverture d'un parcours",
     "acknowledge": "acquittement d'une alerte",
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -345,6 +346,158 @@ def forecast_terms(
     if model is not None:
         query = query.where(t.model == model)
     return _frame(engine, query.order_by(t.model, t.ds))
+
+
+# --- A unit's outlook on the bed board ----------------------------------------------------------
+
+# The stock–flow models, whose forecasts break down into terms; the first one is the default.
+STOCK_FLOW_MODELS = ("stock_flow", "stock_flow_flat", "stock_flow_trend")
+
+
+@dataclass(frozen=True)
+class UnitForecast:
+    """The latest forecast of one unit by the model its backtest selected.
+
+    `points`: ds, yhat, yhat_lower, yhat_upper (UTC, oldest first). `terms`: ds, now,
+    expected_discharges, expected_admissions of `terms_model` (the selected model when it is a
+    stock–flow one, else the plain stock–flow model), empty when none was stored; the departures
+    and admissions are counted from `history_end` to `ds`.
+    """
+
+    unit_id: str
+    unit_type: str | None
+    model: str
+    terms_model: str | None
+    freq: str
+    horizon: int
+    coverage: float
+    capacity: float | None
+    history_end: datetime
+    run_at: datetime | None
+    points: pd.DataFrame
+    terms: pd.DataFrame
+
+
+def _terms_model(selected: str, models: Sequence[str]) -> str | None:
+    if selected in models:
+        return selected
+    for model in STOCK_FLOW_MODELS:
+        if model in models:
+            return model
+    return sorted(models)[0] if models else None
+
+
+def unit_forecast(engine: Engine, unit_id: str, metric: str = "occupancy") -> UnitForecast | None:
+    """The selected forecast of `unit_id` with its interval and its breakdown; None when the
+    forecaster has not written one yet."""
+    s, f, t = ForecastSeriesRow, ForecastRow, ForecastTermRow
+    with engine.connect() as conn:
+        series = conn.execute(
+            select(
+                s.unit_type,
+                s.freq,
+                s.horizon,
+                s.selected_model,
+                s.capacity,
+                s.history_end,
+                s.target_coverage,
+            ).where(s.unit_id == unit_id, s.metric == metric)
+        ).first()
+        if series is None:
+            return None
+        models = list(
+            conn.scalars(select(t.model).where(t.unit_id == unit_id, t.metric == metric).distinct())
+        )
+    selected = str(series.selected_model)
+    points = _frame(
+        engine,
+        select(f.ds, f.yhat, f.yhat_lower, f.yhat_upper, f.run_at, f.history_end)
+        .where(f.unit_id == unit_id, f.metric == metric, f.model == selected)
+        .order_by(f.ds),
+    )
+    if points.empty:
+        return None
+    terms_model = _terms_model(selected, models)
+    terms = pd.DataFrame(columns=["ds", "now", "expected_discharges", "expected_admissions"])
+    if terms_model is not None:
+        terms = _frame(
+            engine,
+            select(t.ds, t.now, t.expected_discharges, t.expected_admissions)
+            .where(t.unit_id == unit_id, t.metric == metric, t.model == terms_model)
+            .order_by(t.ds),
+        )
+    return UnitForecast(
+        unit_id=unit_id,
+        unit_type=series.unit_type,
+        model=selected,
+        terms_model=terms_model if not terms.empty else None,
+        freq=str(series.freq),
+        horizon=int(series.horizon),
+        coverage=float(series.target_coverage),
+        capacity=None if series.capacity is None else float(series.capacity),
+        history_end=points["history_end"].iloc[-1],
+        run_at=points["run_at"].iloc[-1],
+        points=points.drop(columns=["run_at", "history_end"]),
+        terms=terms,
+    )
+
+
+def departures_between(terms: pd.DataFrame, start: datetime, end: datetime) -> float | None:
+    """Expected departures of the patients counted at the forecast's origin, from `start` to
+    `end`, read off its cumulative terms (each the count from the origin to `ds`); None when the
+    terms do not reach `start`."""
+    if terms.empty:
+        return None
+    ds = pd.to_datetime(terms["ds"], utc=True)
+    cumulative = terms["expected_discharges"].astype(float)
+    start_at, end_at = pd.Timestamp(start), pd.Timestamp(end)
+    if ds.iloc[-1] < start_at:
+        return None
+    before_start = cumulative[ds <= start_at]
+    before_end = cumulative[ds <= end_at]
+    done = float(before_start.iloc[-1]) if not before_start.empty else 0.0
+    by_end = float(before_end.iloc[-1]) if not before_end.empty else 0.0
+    return max(0.0, by_end - done)
+
+
+def expected_departures(
+    engine: Engine, unit_ids: Sequence[str], start: datetime, end: datetime
+) -> tuple[float, list[str]]:
+    """Departures expected from `start` to `end`, summed over the units of `unit_ids` whose
+    forecast covers `start`; with the list of those units. Two queries, whatever the count."""
+    s, t = ForecastSeriesRow, ForecastTermRow
+    ids = list(unit_ids)
+    if not ids:
+        return 0.0, []
+    with engine.connect() as conn:
+        selected = dict(
+            conn.execute(
+                select(s.unit_id, s.selected_model).where(
+                    s.unit_id.in_(ids), s.metric == "occupancy"
+                )
+            ).all()
+        )
+    if not selected:
+        return 0.0, []
+    terms = _frame(
+        engine,
+        select(t.unit_id, t.model, t.ds, t.expected_discharges)
+        .where(t.unit_id.in_(list(selected)), t.metric == "occupancy")
+        .order_by(t.unit_id, t.model, t.ds),
+    )
+    total, covered = 0.0, []
+    for unit_id in ids:
+        if unit_id not in selected:
+            continue
+        mine = terms[terms["unit_id"] == unit_id]
+        model = _terms_model(str(selected[unit_id]), sorted(set(mine["model"])))
+        if model is None:
+            continue
+        gone = departures_between(mine[mine["model"] == model], start, end)
+        if gone is not None:
+            total += gone
+            covered.append(unit_id)
+    return total, covered
 
 
 # --- Feed health --------------------------------------------------------------------------------

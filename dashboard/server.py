@@ -1,6 +1,7 @@
 """What `parcours dashboard` serves: the Streamlit app (`streamlit_app.py`) as an ASGI app, so
 that Streamlit's unauthenticated `/_stcore/metrics` endpoint answers 404 (Streamlit has no
-setting to turn it off). Health (`/_stcore/health`) stays, for probes."""
+setting to turn it off), and so that the session cookie of a local sign-in can be set
+(`dashboard/sessions.py`). Health (`/_stcore/health`) stays, for probes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 import streamlit as st
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
+
+from dashboard.sessions import SessionCookies
 
 HIDDEN = ("/_stcore/metrics",)
 
@@ -30,5 +33,6 @@ class HideEndpoints:
 
 
 app = st.App(
-    Path(__file__).resolve().parent / "streamlit_app.py", middleware=[Middleware(HideEndpoints)]
+    Path(__file__).resolve().parent / "streamlit_app.py",
+    middleware=[Middleware(HideEndpoints), Middleware(SessionCookies)],
 )

@@ -8,12 +8,13 @@ Run with `parcours dashboard` (it sets DATABASE_URL and the rest through the env
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import streamlit as st
 
-from dashboard import accounts, i18n, roles
-from dashboard.common import _, current_user, engine, role_label
+from dashboard import accounts, i18n, roles, sessions
+from dashboard.common import _, current_user, engine, role_label, settings
 
 VIEWS = Path(__file__).resolve().parent / "views"
 
@@ -71,7 +72,43 @@ def sign_in() -> None:
                 st.error(_("Identifiant ou mot de passe incorrect, ou compte désactivé."))
             else:
                 st.session_state["user"] = user
+                keep_signed_in(user)
                 st.rerun()
+
+
+def session_secret() -> bytes:
+    """The key that signs session cookies (see `dashboard/sessions.py`)."""
+    return sessions.install_secret(settings().data_dir)
+
+
+def keep_signed_in(user: accounts.User) -> None:
+    """Prepare the session cookie of a local account: the next page run hands its ticket to the
+    browser, so that a reload keeps the user signed in."""
+    found = accounts.session_user(engine(), user.username)
+    if found is None:
+        return
+    now = time.time()
+    claims = sessions.Claims(user.username, found[1], now, now + sessions.SESSION_HOURS * 3600)
+    token = sessions.sign(session_secret(), claims)
+    st.session_state["session_ticket"] = sessions.issue_ticket(token)
+
+
+def resumed_session() -> accounts.User | None:
+    """The user of a valid session cookie sent with this page load (none after a sign-out in
+    this tab, whose browser may still send the old cookie until it reloads)."""
+    if st.session_state.get("signed_out"):
+        return None
+    claims = sessions.verify(session_secret(), st.context.cookies.get(sessions.COOKIE), time.time())
+    if claims is None:
+        return None
+    found = accounts.session_user(engine(), claims.username)
+    if found is None or found[1] != claims.stamp:
+        return None
+    last = accounts.last_sign_out(engine(), claims.username)
+    if last is not None and last.timestamp() >= claims.issued:
+        return None
+    st.session_state["user"] = found[0]
+    return found[0]
 
 
 def oidc_sign_in() -> accounts.User | None:
@@ -95,15 +132,23 @@ def oidc_sign_in() -> accounts.User | None:
 
 
 def sign_out() -> None:
-    """Forget the session's user (and end the OIDC session when there is one)."""
-    for key in ("user", "open_patient", "opened_patient"):
+    """Forget the session's user, end their kept sessions and clear this browser's cookie (and
+    end the OIDC session when there is one)."""
+    user = current_user()
+    if user is not None:
+        accounts.record_sign_out(engine(), user)
+    for key in ("user", "open_patient", "opened_patient", "session_ticket"):
         st.session_state.pop(key, None)
+    st.session_state["signed_out"] = True
+    st.session_state["clear_cookie"] = True
     if oidc_signed_in():
         st.logout()
 
 
-user = current_user() or oidc_sign_in()
+user = current_user() or oidc_sign_in() or resumed_session()
 if user is None:
+    if st.session_state.pop("clear_cookie", False):
+        sessions.post(sessions.SIGN_OUT_PATH, "", key="session_cookie_clear")
     # Every address leads to the sign-in form, and keeps its page for after signing in.
     st.navigation(
         [st.Page(sign_in, title="Parcours", url_path="connexion", default=True)]
@@ -139,6 +184,9 @@ with st.sidebar:
     st.markdown(f"**{user.username}** · {role_label(user.role)}")
     st.button(_("Se déconnecter"), on_click=sign_out, key="sign_out")
     language_switch()
+    ticket = st.session_state.pop("session_ticket", None)
+    if ticket:
+        sessions.post(sessions.SESSION_PATH, ticket, key="session_cookie_set")
 
 spec = roles.page(current.url_path) if current.url_path else mine[0]
 if user.role not in spec.roles:

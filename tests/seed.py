@@ -332,3 +332,119 @@ def seed(engine: Engine, prefix: str) -> Seeded:
             key=["topic", "partition"],
         )
     return s
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """A hospital with a forecast made this hour: what its outlook on the bed board shows."""
+
+    hospital: str
+    name: str
+    origin: datetime
+
+
+def seed_outlook(engine: Engine, s: Seeded, now: datetime) -> Outlook:
+    """Give the seeded hospital a live occupancy (29 of 44 beds), a week of hourly census, and a
+    72 h stock–flow forecast from the current hour: 29 present, a third of a departure and a
+    quarter of an admission per hour (at 24 h: −8, +6 → 27 beds, between 24 and 30)."""
+    origin = now.replace(minute=0, second=0, microsecond=0)
+    out = Outlook(hospital=s.hospital, name=f"{s.prefix}CHU", origin=origin)
+    with engine.begin() as conn:
+        upsert(
+            conn,
+            LocationOccupancyRow,
+            [
+                {
+                    "unit_type": "hospital",
+                    "unit_id": s.hospital,
+                    "hospital_id": s.hospital,
+                    "name": out.name,
+                    "occupied": 29,
+                    "capacity": 44,
+                    "as_of": origin,
+                }
+            ],
+            key=["unit_type", "unit_id"],
+        )
+        upsert(
+            conn,
+            CensusHourlyRow,
+            [
+                {
+                    "unit_type": "hospital",
+                    "unit_id": s.hospital,
+                    "hour": origin - timedelta(hours=h),
+                    "hospital_id": s.hospital,
+                    "occupancy": 26 + h % 6 if h else 29,
+                    "admissions": 1,
+                    "discharges": 1,
+                    "transfers_in": 0,
+                    "transfers_out": 0,
+                    "ed_arrivals": 0,
+                }
+                for h in range(24 * 7)
+            ],
+            key=["unit_type", "unit_id", "hour"],
+        )
+        upsert(
+            conn,
+            ForecastSeriesRow,
+            [
+                {
+                    "unit_id": s.hospital,
+                    "metric": "occupancy",
+                    "unit_type": "hospital",
+                    "freq": "h",
+                    "horizon": 72,
+                    "selected_model": "stock_flow",
+                    "capacity": 44.0,
+                    "history_points": 24 * 30,
+                    "history_end": origin,
+                    "folds": 4,
+                    "window_start": origin - timedelta(days=12),
+                    "window_end": origin,
+                    "target_coverage": 0.8,
+                    "computed_at": origin,
+                }
+            ],
+            key=["unit_id", "metric"],
+        )
+        upsert(
+            conn,
+            ForecastRow,
+            [
+                {
+                    "unit_id": s.hospital,
+                    "metric": "occupancy",
+                    "model": "stock_flow",
+                    "ds": origin + timedelta(hours=h),
+                    "yhat": 29 - h / 3 + h / 4,
+                    "yhat_lower": 29 - h / 3 + h / 4 - 1 - h / 12,
+                    "yhat_upper": 29 - h / 3 + h / 4 + 1 + h / 12,
+                    "interval_width": 0.8,
+                    "run_at": origin,
+                    "history_end": origin,
+                }
+                for h in range(1, 73)
+            ],
+            key=["unit_id", "metric", "model", "ds"],
+        )
+        upsert(
+            conn,
+            ForecastTermRow,
+            [
+                {
+                    "unit_id": s.hospital,
+                    "metric": "occupancy",
+                    "model": "stock_flow",
+                    "ds": origin + timedelta(hours=h),
+                    "now": 29.0,
+                    "expected_discharges": h / 3,
+                    "expected_admissions": h / 4,
+                    "run_at": origin,
+                }
+                for h in range(1, 73)
+            ],
+            key=["unit_id", "metric", "model", "ds"],
+        )
+    return out

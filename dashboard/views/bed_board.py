@@ -4,12 +4,13 @@ and patients waiting in the ED for a bed. No patient is named here."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import queries
+from dashboard import outlook, queries
 from dashboard.accounts import Role
 from dashboard.common import (
     REFRESH,
@@ -18,6 +19,7 @@ from dashboard.common import (
     engine,
     now,
     number,
+    percent,
     readable,
     require,
     settings,
@@ -52,7 +54,8 @@ def coloured_bars(frame: pd.DataFrame, label: str) -> alt.Chart:
         alt.Chart(data)
         .mark_bar()
         .encode(
-            y=alt.Y("unit:N", sort="-x", title=label),
+            # The section heading names the level: no axis title to clip on a short chart.
+            y=alt.Y("unit:N", sort="-x", title=None),
             x=alt.X("rate:Q", title=_("Taux d'occupation"), axis=alt.Axis(format="%")),
             color=alt.Color("level:N", scale=scale, title=_("Niveau")),
             tooltip=[
@@ -62,7 +65,8 @@ def coloured_bars(frame: pd.DataFrame, label: str) -> alt.Chart:
                 alt.Tooltip("rate:Q", title=_("Taux d'occupation"), format=".0%"),
             ],
         )
-        .properties(height=60 + 30 * len(data))
+        # Room for the level legend (three entries) even with one or two bars.
+        .properties(height=max(130, 50 + 30 * len(data)))
     )
 
 
@@ -110,6 +114,33 @@ def _styled(frame: pd.DataFrame) -> object:
     )
 
 
+def departures_today(col: Any, unit_ids: list[str], at: datetime) -> None:
+    """Departures expected by midnight over the board's top units, from their forecasts."""
+    gone, covered = queries.expected_departures(
+        engine(), unit_ids, at, outlook.end_of_day(at, settings().timezone)
+    )
+    if not covered:
+        col.metric(
+            _("Sorties attendues d'ici minuit"),
+            "—",
+            help=_(
+                "Aucune prévision à jour : le prévisionniste (`parcours forecast run --every "
+                "600`) n'a pas encore tourné, ou plus depuis des heures."
+            ),
+        )
+        return
+    col.metric(
+        _("Sorties attendues d'ici minuit"),
+        number(gone),
+        help=_(
+            "Patients présents dont la sortie est attendue avant minuit, selon la prévision "
+            "stock–flux de {n} unité(s) sur {total}.",
+            n=len(covered),
+            total=len(unit_ids),
+        ),
+    )
+
+
 @st.fragment(run_every=REFRESH)
 def board() -> None:
     """Totals, the drill-down and the ED; refreshes itself."""
@@ -120,14 +151,17 @@ def board() -> None:
     # Without a Location tree above the wards, the wards themselves are the top of the board.
     top = hospitals_frame if not hospitals_frame.empty else wards
     ed = queries.ed_now(engine(), at, timedelta(hours=settings().alert_ed_boarding_hours))
-    c1, c2, c3, c4, c5 = st.columns(5)
+    # Two rows of three, so that each label reads whole: beds now, then what moves today.
+    c1, c2, c3 = st.columns(3)
+    c4, c5, c6 = st.columns(3)
     occupied = int(top["occupied"].sum()) if not top.empty else 0
     capacity = top["capacity"].sum() if not top.empty else 0
     c1.metric(_("Lits occupés"), number(occupied))
     c2.metric(_("Lits libres"), number(capacity - occupied) if capacity else "—")
-    c3.metric(_("Taux d'occupation"), f"{number(100 * occupied / capacity)} %" if capacity else "—")
-    c4.metric(_("Patients aux urgences"), number(len(ed)))
-    c5.metric(
+    c3.metric(_("Taux d'occupation"), percent(occupied / capacity) if capacity else "—")
+    departures_today(c4, list(top["unit_id"]), at)
+    c5.metric(_("Patients aux urgences"), number(len(ed)))
+    c6.metric(
         _("En attente d'un lit aux urgences"),
         number(int(ed["boarding"].sum()) if not ed.empty else 0),
         help=_(
@@ -153,13 +187,25 @@ def board() -> None:
     if hospitals_frame.empty:
         st.subheader(_("Unités"))
         ward = drill(wards, "ward", "pick_ward")
-        if ward is not None:
+        if ward is None:
+            st.caption(
+                _(
+                    "Choisissez une unité dans le tableau pour voir son occupation des derniers "
+                    "jours et sa prévision."
+                )
+            )
+        else:
             trend("ward", ward, wards)
         return
     st.subheader(_("Établissements"))
     hospital = drill(hospitals_frame, "hospital", "pick_hospital")
     if hospital is None:
-        st.caption(_("Choisissez un établissement dans le tableau pour voir ses services."))
+        st.caption(
+            _(
+                "Choisissez un établissement dans le tableau pour voir ses services, "
+                "son occupation des derniers jours et sa prévision."
+            )
+        )
         return
     services = queries.bed_board(engine(), "service")
     services = services[services["hospital_id"] == hospital]
@@ -186,39 +232,12 @@ def board() -> None:
 
 
 def trend(level: str, unit: str, frame: pd.DataFrame) -> None:
-    """The picked unit's occupancy over the last 7 days, against its capacity."""
+    """The picked unit's last days of occupancy beside its forecast band, and the breakdown."""
     row = frame[frame["unit_id"] == unit].iloc[0]
     name = row["name"] if isinstance(row["name"], str) else unit
-    st.subheader(_("{name} : occupation sur 7 jours", name=name))
-    history = queries.occupancy_trend(engine(), level, unit, now() - timedelta(days=7))
-    if history.empty:
-        st.caption(_("Pas encore d'historique horaire."))
-        return
-    tz = settings().timezone
-    history = history.assign(
-        local=pd.to_datetime(history["hour"], utc=True).dt.tz_convert(tz).dt.tz_localize(None)
-    )
-    line = (
-        alt.Chart(history)
-        .mark_line(interpolate="step-after")
-        .encode(
-            x=alt.X("local:T", title=_("Heure"), axis=alt.Axis(format="%d/%m %Hh")),
-            y=alt.Y("occupancy:Q", title=_("Lits occupés")),
-            tooltip=[
-                alt.Tooltip("local:T", title=_("Heure"), format="%d/%m/%Y %H:%M"),
-                alt.Tooltip("occupancy:Q", title=_("Lits occupés")),
-            ],
-        )
-    )
-    layers: list[alt.Chart] = [line]
-    if pd.notna(row["capacity"]):
-        capacity = pd.DataFrame({"capacity": [int(row["capacity"])], "label": [_("Capacité")]})
-        layers.append(
-            alt.Chart(capacity)
-            .mark_rule(color="#c62828", strokeDash=[6, 4])
-            .encode(y="capacity:Q", tooltip=[alt.Tooltip("capacity:Q", title=_("Capacité"))])
-        )
-    st.altair_chart(alt.layer(*layers).properties(height=220), width="stretch")
+    occupied = float(row["occupied"]) if pd.notna(row["occupied"]) else None
+    capacity = float(row["capacity"]) if pd.notna(row["capacity"]) else None
+    outlook.show(level, unit, name, occupied, capacity)
 
 
 board()

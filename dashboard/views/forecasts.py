@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import queries
-from dashboard.common import engine, local_time
+from dashboard.common import _, engine, lang, local_time, when
 from dashboard.forecast_text import (
     LEVEL_LABELS,
     accuracy_sentence,
@@ -23,19 +23,24 @@ from dashboard.forecast_text import (
     terms_sentence,
 )
 
-st.title("Prévisions")
+L = lang()
+st.title(_("Prévisions"))
 st.caption(
-    "Chaque série est prévue par plusieurs modèles ; un backtest sur l'historique récent, que "
-    "les modèles n'avaient pas vu, retient le plus précis. L'intervalle est calibré sur les "
-    "erreurs de ce backtest."
+    _(
+        "Chaque série est prévue par plusieurs modèles ; un backtest sur l'historique récent, "
+        "que les modèles n'avaient pas vu, retient le plus précis. L'intervalle est calibré sur "
+        "les erreurs de ce backtest."
+    )
 )
 
 series = queries.forecast_series(engine())
 if series.empty:
     st.info(
-        "Aucune prévision pour l'instant. Elles apparaissent au premier passage du "
-        "prévisionniste (`parcours forecast run`), dès que le recensement a quelques jours "
-        "d'historique."
+        _(
+            "Aucune prévision pour l'instant. Elles apparaissent au premier passage du "
+            "prévisionniste (`parcours forecast run`), dès que le recensement a quelques jours "
+            "d'historique."
+        )
     )
     st.stop()
 
@@ -47,15 +52,15 @@ levels += others
 if series["unit_type"].isna().any():
     levels.append("")
 level = st.radio(
-    "Niveau",
+    _("Niveau"),
     levels,
-    format_func=lambda lv: LEVEL_LABELS.get(lv, lv or "Autres séries"),
+    format_func=lambda lv: _(LEVEL_LABELS[lv]) if lv in LEVEL_LABELS else lv or _("Autres séries"),
     horizontal=True,
     key="forecast_level",
 )
 mine = series[series["unit_type"].fillna("") == level]
 names = dict(zip(mine["unit_id"], mine["name"], strict=True))
-unit = st.selectbox("Série", list(names), format_func=lambda u: names[u], key="forecast_unit")
+unit = st.selectbox(_("Série"), list(names), format_func=lambda u: names[u], key="forecast_unit")
 row = mine[mine["unit_id"] == unit].iloc[0]
 freq = str(row["freq"])
 hourly = freq.lower() == "h"
@@ -67,24 +72,26 @@ accuracy = queries.forecast_accuracy(engine(), unit)
 terms = local_time(queries.forecast_terms(engine(), unit), "ds")
 chosen = frame[frame["model"] == selected]
 if chosen.empty:
-    st.warning("La prévision du modèle retenu n'est pas encore écrite ; réessayez dans un instant.")
+    st.warning(
+        _("La prévision du modèle retenu n'est pas encore écrite ; réessayez dans un instant.")
+    )
     st.stop()
 
 lead = min(24 if hourly else 7, len(chosen))
 at_lead = chosen.iloc[lead - 1]
-st.subheader(f"Modèle retenu : {model_label(selected)}")
+st.subheader(_("Modèle retenu : {model}", model=model_label(selected, L)))
 cols = st.columns(3)
 cols[0].metric(
-    f"Prévision {lead_phrase(lead, freq)}",
-    f"{number(at_lead['yhat'], 0)} lits",
-    help="Valeur centrale de la prévision retenue.",
+    _("Prévision {lead}", lead=lead_phrase(lead, freq, L)),
+    _("{n} lits", n=number(at_lead["yhat"], 0, L)),
+    help=_("Valeur centrale de la prévision retenue."),
 )
 cols[1].metric(
-    f"Intervalle à {percent(target)}",
-    f"{number(at_lead['yhat_lower'], 0)} – {number(at_lead['yhat_upper'], 0)}",
+    _("Intervalle à {p}", p=percent(target, L)),
+    f"{number(at_lead['yhat_lower'], 0, L)} – {number(at_lead['yhat_upper'], 0, L)}",
 )
 if pd.notna(row["capacity"]):
-    cols[2].metric("Capacité", f"{number(row['capacity'], 0)} lits")
+    cols[2].metric(_("Capacité"), _("{n} lits", n=number(row["capacity"], 0, L)))
 
 sf_model = selected if selected in set(terms["model"]) else "stock_flow"
 sf_terms = terms[terms["model"] == sf_model]
@@ -98,13 +105,19 @@ if len(sf_terms) >= lead:
         t["expected_discharges"],
         t["expected_admissions"],
         float(sf_yhat.iloc[lead - 1]) if len(sf_yhat) >= lead else t["now"],
+        L,
     )
     if sf_model != selected:
-        sentence += " (décomposition du modèle stock–flux, qui n'est pas le modèle retenu ici)"
+        sentence += " " + _(
+            "(décomposition du modèle stock–flux, qui n'est pas le modèle retenu ici)"
+        )
     st.markdown(sentence)
 
 # Fan chart: the recent history, then the selected forecast with its interval and the naive one.
+# Times are naive local ones, so that the chart reads as the ward clock whatever the browser's zone,
+# and the axis is written the French way (no "12 PM").
 history_end = pd.Timestamp(row["history_end"])
+axis = alt.Axis(format="%d/%m %Hh" if hourly else "%d/%m", labelAngle=-45)
 layers: list[alt.Chart] = []
 if level in ("hospital", "service", "ward"):
     since = (history_end - timedelta(days=14)).to_pydatetime()
@@ -117,20 +130,24 @@ if level in ("hospital", "service", "ward"):
             .reindex(hours, fill_value=0)
         )
         past = local_time(pd.DataFrame({"ds": hours, "y": occ.to_numpy()}), "ds")
-        past["série"] = "Observé"
+        past["ds"] = past["ds"].dt.tz_localize(None)
         layers.append(
             alt.Chart(past)
             .mark_line(color="black")
-            .encode(x=alt.X("ds:T", title="Heure"), y=alt.Y("y:Q", title="Lits occupés"))
+            .encode(
+                x=alt.X("ds:T", title=_("Heure"), axis=axis),
+                y=alt.Y("y:Q", title=_("Lits occupés")),
+            )
         )
 shown = frame[frame["model"].isin([selected, "naive"])].copy()
-shown["modèle"] = shown["model"].map(model_label)
+shown["modèle"] = [model_label(m, L) for m in shown["model"]]
+shown["ds"] = shown["ds"].dt.tz_localize(None)
 band = (
     alt.Chart(shown[shown["model"] == selected])
     .mark_area(opacity=0.25, color="#1f77b4")
     .encode(
-        x=alt.X("ds:T", title="Heure" if hourly else "Date"),
-        y=alt.Y("yhat_lower:Q", title="Lits occupés"),
+        x=alt.X("ds:T", title=_("Heure") if hourly else _("Date"), axis=axis),
+        y=alt.Y("yhat_lower:Q", title=_("Lits occupés")),
         y2="yhat_upper:Q",
     )
 )
@@ -140,20 +157,24 @@ line = (
     .encode(
         x="ds:T",
         y="yhat:Q",
-        color=alt.Color("modèle:N", title="Prévision"),
+        color=alt.Color("modèle:N", title=_("Prévision")),
         strokeDash=alt.condition(alt.datum.model == "naive", alt.value([4, 4]), alt.value([1, 0])),
     )
 )
 st.altair_chart(alt.layer(*layers, band, line), width="stretch")
 st.caption(
-    f"Zone ombrée : intervalle de prévision à {percent(target)} du modèle retenu. "
-    f"Dernière donnée : {chosen['history_end'].iloc[0]:%d/%m/%Y %H:%M} ; "
-    f"calculée le {chosen['run_at'].iloc[0]:%d/%m/%Y à %H:%M}."
+    _(
+        "Zone ombrée : intervalle de prévision à {p} du modèle retenu. Dernière donnée : {end} ; "
+        "calculée le {run}.",
+        p=percent(target, L),
+        end=when(chosen["history_end"].iloc[0]),
+        run=when(chosen["run_at"].iloc[0]),
+    )
 )
 
-st.subheader("Précision passée")
+st.subheader(_("Précision passée"))
 if accuracy.empty:
-    st.write("Pas encore de backtest pour cette série.")
+    st.write(_("Pas encore de backtest pour cette série."))
     st.stop()
 by_model = accuracy.set_index("model")
 window_days = (pd.Timestamp(row["window_end"]) - pd.Timestamp(row["window_start"])) / timedelta(
@@ -173,40 +194,41 @@ def mae_at(model: str) -> float | None:
 
 sel_mae = mae_at(selected)
 if sel_mae is not None:
-    st.markdown(accuracy_sentence(window_days, lead, freq, sel_mae, mae_at("naive")))
+    st.markdown(accuracy_sentence(window_days, lead, freq, sel_mae, mae_at("naive"), L))
     sel = by_model.loc[selected]
     if pd.notna(sel["mase"]):
-        st.markdown(mase_sentence(float(sel["mase"]), freq))
-    st.markdown(coverage_sentence(float(sel["coverage"]), target))
-st.caption(
-    f"Backtest : {int(row['folds'])} origines successives, chaque fois {int(row['horizon'])} "
-    f"{'heures' if hourly else 'jours'} prévus sans voir la suite. Le modèle retenu a le plus "
-    "petit MASE."
-)
+        st.markdown(mase_sentence(float(sel["mase"]), freq, L))
+    st.markdown(coverage_sentence(float(sel["coverage"]), target, L))
+if hourly:
+    backtest = _(
+        "Backtest : {folds} origines successives, chaque fois {horizon} heures prévues sans voir "
+        "la suite. Le modèle retenu a le plus petit MASE.",
+        folds=int(row["folds"]),
+        horizon=int(row["horizon"]),
+    )
+else:
+    backtest = _(
+        "Backtest : {folds} origines successives, chaque fois {horizon} jours prévus sans voir "
+        "la suite. Le modèle retenu a le plus petit MASE.",
+        folds=int(row["folds"]),
+        horizon=int(row["horizon"]),
+    )
+st.caption(backtest)
+retained = _("(retenu)")
 table = pd.DataFrame(
     {
-        "Modèle": [
-            model_label(m) + (" (retenu)" if m == selected else "") for m in accuracy["model"]
+        _("Modèle"): [
+            model_label(m, L) + (f" {retained}" if m == selected else "") for m in accuracy["model"]
         ],
-        f"Erreur moyenne {lead_phrase(lead, freq)} (lits)": [mae_at(m) for m in accuracy["model"]],
-        "Erreur moyenne, tous horizons (lits)": accuracy["mae"],
-        "RMSE (lits)": accuracy["rmse"],
-        "MASE": accuracy["mase"],
-        f"Couverture de l'intervalle à {percent(target)}": accuracy["coverage"],
+        _("Erreur moyenne {lead} (lits)", lead=lead_phrase(lead, freq, L)): [
+            number(mae_at(m), 1, L) for m in accuracy["model"]
+        ],
+        _("Erreur moyenne, tous horizons (lits)"): [number(v, 1, L) for v in accuracy["mae"]],
+        _("RMSE (lits)"): [number(v, 1, L) for v in accuracy["rmse"]],
+        "MASE": [number(v, 2, L) for v in accuracy["mase"]],
+        _("Couverture de l'intervalle à {p}", p=percent(target, L)): [
+            percent(v, L) for v in accuracy["coverage"]
+        ],
     }
 )
-st.dataframe(
-    table,
-    hide_index=True,
-    column_config={
-        f"Couverture de l'intervalle à {percent(target)}": st.column_config.NumberColumn(
-            format="percent"
-        ),
-        "MASE": st.column_config.NumberColumn(format="%.2f"),
-        "RMSE (lits)": st.column_config.NumberColumn(format="%.1f"),
-        "Erreur moyenne, tous horizons (lits)": st.column_config.NumberColumn(format="%.1f"),
-        f"Erreur moyenne {lead_phrase(lead, freq)} (lits)": st.column_config.NumberColumn(
-            format="%.1f"
-        ),
-    },
-)
+st.dataframe(table, hide_index=True)

@@ -7,21 +7,24 @@ Screenshots go to tests/e2e/screenshots/ for people to look at.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 from sqlalchemy import text
 
-from dashboard import accounts, roles
-from dashboard.accounts import Role
+from dashboard import accounts, roles, sessions
+from dashboard.accounts import Role, User
 from parcours.broker import free_port
 from parcours.db import make_engine
 from tests.e2e.browser import shot
-from tests.seed import Seeded, seed
+from tests.seed import Outlook, Seeded, seed, seed_outlook
 from tests.support import parcours_env, parcours_process, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -33,6 +36,7 @@ TIMEOUT = 30_000
 class Served:
     url: str
     seeded: Seeded
+    outlook: Outlook
     users: dict[Role, str]
 
 
@@ -40,14 +44,17 @@ class Served:
 def served(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     engine = make_engine(pg_url)
     seeded = seed(engine, f"b{uuid.uuid4().hex[:6]}-")
+    outlook = seed_outlook(engine, seeded, datetime.now(UTC))
     users = {role: f"{role.value}-{seeded.prefix}" for role in Role}
     for role, name in users.items():
         # The coordinator follows this test's hospital only: their worklists hold its patients.
         scope = [seeded.hospital] if role is Role.COORDINATOR else []
         accounts.create_user(engine, name, role, PASSWORD, scope)
     port = free_port()
-    env = parcours_env(DATABASE_URL=pg_url)
-    log = tmp_path_factory.mktemp("dash") / "dash.log"
+    work = tmp_path_factory.mktemp("dash")
+    # The dashboard makes its session key in its data folder: this test's, not the checkout's.
+    env = parcours_env(DATABASE_URL=pg_url, PARCOURS_DATA_DIR=str(work))
+    log = work / "dash.log"
     with parcours_process(["dashboard", "--port", str(port)], env, log):
         url = f"http://127.0.0.1:{port}"
 
@@ -60,7 +67,7 @@ def served(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         wait_until(healthy, 60, what="the Streamlit server")
         # Streamlit's metrics endpoint answers anyone: the dashboard hides it.
         assert httpx.get(f"{url}/_stcore/metrics", timeout=10).status_code == 404
-        yield Served(url, seeded, users)
+        yield Served(url, seeded, outlook, users)
 
 
 def sign_in(browser: Browser, served: Served, role: Role, path: str = "") -> Page:
@@ -75,6 +82,18 @@ def sign_in(browser: Browser, served: Served, role: Role, path: str = "") -> Pag
     return page
 
 
+def pick_row(page: Page, grid: Locator, text: str) -> None:
+    """Click the row of `grid` that shows `text`: the grid paints on a canvas, so the click goes
+    to the row's position, read from the cell's place in the grid's accessible table."""
+    cell = grid.locator("td[role=gridcell]").filter(has_text=re.compile(f"^{re.escape(text)}$"))
+    expect(cell).to_be_attached(timeout=TIMEOUT)
+    row = int(str(cell.get_attribute("data-testid")).rsplit("-", 1)[1])
+    grid.scroll_into_view_if_needed()
+    box = grid.bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + 15, box["y"] + 35 + 35 * row + 18)
+
+
 def visit(page: Page, spec: roles.PageSpec, shot_name: str) -> None:
     page.get_by_test_id("stSidebar").get_by_role("link", name=spec.title).click()
     # The forecasts page's content (and title) belongs to the forecasting pages.
@@ -87,6 +106,25 @@ def visit(page: Page, spec: roles.PageSpec, shot_name: str) -> None:
         )
     expect(page.get_by_text("Accès refusé")).to_have_count(0)
     shot(page, shot_name)
+    written_for_people(page.get_by_test_id("stMain").inner_text(), spec.url_path)
+
+
+# Icon names Streamlit writes as text for its Material icon font (the expander's arrow).
+ICONS = re.compile(r"\b(keyboard|arrow|expand|chevron)_[a-z_]+\b")
+
+
+def written_for_people(shown: str, where: str) -> None:
+    """What a page shows, tables and chart axes included: no code names, no empty "None", no UTC
+    offsets or ISO times, no English 12-hour clock, no error."""
+    text = ICONS.sub("", shown)
+    assert not re.search(r"\b[a-z]+_[a-z_]+\b", text), (
+        where,
+        re.findall(r"\b[a-z]+_[a-z_]+\b", text),
+    )
+    assert not re.search(r"\b(None|NaN|NaT|nan)\b", text), where
+    assert not re.search(r"\+00:00|\bUTC\b|\d{4}-\d\d-\d\dT\d\d", text), where
+    assert not re.search(r"\b\d{1,2} ?(AM|PM)\b", text), where
+    assert "Traceback" not in text and "Exception" not in text, where
 
 
 def refused(browser: Browser, served: Served, role: Role, spec: roles.PageSpec) -> None:
@@ -108,15 +146,29 @@ def test_manager(served: Served, browser: Browser) -> None:
     expect(page.get_by_text("Occupation des unités heure par heure")).to_be_visible()
     # A partition's worker went silent (seeded): the board says it may be out of date.
     expect(page.get_by_text("ce tableau peut ne pas être à jour")).to_be_visible(timeout=TIMEOUT)
+    # Today's departures, read from the hospital's forecast made this hour.
+    departures = page.get_by_test_id("stMetric").filter(has_text="Sorties attendues d'ici minuit")
+    expect(departures.get_by_test_id("stMetricValue")).not_to_have_text("—")
     shot(page, "manager_bed_board")
-    # A click on a ward's row shows its week (the grid is a canvas: by position).
-    grid = page.get_by_test_id("stDataFrame").first
-    grid.scroll_into_view_if_needed()
-    box = grid.bounding_box()
-    assert box is not None
-    page.mouse.click(box["x"] + 15, box["y"] + 35 + 18)
-    expect(page.get_by_text("occupation sur 7 jours")).to_be_visible(timeout=TIMEOUT)
-    shot(page, "manager_bed_board_ward")
+    # A click on the hospital's row shows its last days beside the forecast band.
+    pick_row(page, page.get_by_test_id("stDataFrame").first, served.outlook.name)
+    expect(page.get_by_text(f"{served.outlook.name} : occupation et prévision")).to_be_visible(
+        timeout=TIMEOUT
+    )
+    expect(page.get_by_text("De quoi la prévision est faite")).to_be_visible()
+    expect(
+        page.get_by_text(
+            "Dans 24 h : 29 patients présents maintenant, −8 sorties attendues, +6 admissions "
+            "attendues → 27 lits occupés."
+        )
+    ).to_be_visible()
+    expect(page.get_by_text("zone bleue : son intervalle à 80\u00a0%")).to_be_visible()
+    expect(page.get_by_text("Prévision dans 24 h").first).to_be_visible()
+    # The band chart is drawn, with its legend and the present marked.
+    chart = page.get_by_role("img").filter(has_text="Observé").filter(has_text="maintenant")
+    expect(chart).to_be_visible(timeout=TIMEOUT)
+    chart.scroll_into_view_if_needed()
+    shot(page, "manager_bed_board_forecast")
     sidebar = page.get_by_test_id("stSidebar")
     expect(sidebar.get_by_role("link", name="Alertes")).to_have_count(0)
     for spec in roles.allowed(Role.MANAGER):
@@ -208,4 +260,59 @@ def test_admin_sees_every_page_and_the_journal(served: Served, browser: Browser)
     for spec in roles.PAGES:
         visit(page, spec, f"admin_{spec.url_path}")
     expect(page.get_by_text("Consultations et connexions")).to_be_visible()
+    page.close()
+
+
+def test_a_sign_in_survives_a_reload_until_signing_out(
+    served: Served, browser: Browser, pg_url: str
+) -> None:
+    me = served.users[Role.MANAGER]
+    page = sign_in(browser, served, Role.MANAGER)
+    expect(page.get_by_role("heading", name="Tableau des lits")).to_be_visible(timeout=TIMEOUT)
+
+    def session_cookie() -> dict[str, Any] | None:
+        found = [c for c in page.context.cookies() if c["name"] == sessions.COOKIE]
+        return dict(found[0]) if found else None
+
+    wait_until(lambda: session_cookie() is not None, 30, what="the session cookie")
+    cookie = session_cookie()
+    assert cookie is not None
+    # Page scripts cannot read it, other sites' requests do not carry it.
+    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
+    assert sessions.COOKIE not in str(page.evaluate("document.cookie"))
+    page.reload()
+    expect(page.get_by_role("heading", name="Tableau des lits")).to_be_visible(timeout=TIMEOUT)
+    expect(page.get_by_test_id("stSidebar").get_by_text(me)).to_be_visible()
+    shot(page, "manager_after_reload")
+
+    page.get_by_role("button", name="Se déconnecter").click()
+    expect(page.get_by_role("heading", name="Connexion à Parcours")).to_be_visible(timeout=TIMEOUT)
+    wait_until(lambda: session_cookie() is None, 30, what="the session cookie to be cleared")
+    page.reload()
+    expect(page.get_by_role("heading", name="Connexion à Parcours")).to_be_visible(timeout=TIMEOUT)
+    with make_engine(pg_url).connect() as conn:
+        actions = conn.execute(
+            text("SELECT action FROM access_audit WHERE username = :u ORDER BY access_id"),
+            {"u": me},
+        ).scalars()
+        assert list(actions)[-2:] == ["sign_in", "sign_out"]
+    page.close()
+
+
+def test_a_kept_session_ends_with_a_sign_out_elsewhere(
+    served: Served, browser: Browser, pg_url: str
+) -> None:
+    """The cookie of a browser that did not sign out is refused once the account signed out."""
+    page = sign_in(browser, served, Role.INTEGRATOR)
+    expect(page.get_by_role("heading", name="État des flux")).to_be_visible(timeout=TIMEOUT)
+    wait_until(
+        lambda: any(c["name"] == sessions.COOKIE for c in page.context.cookies()),
+        30,
+        what="the session cookie",
+    )
+    accounts.record_sign_out(
+        make_engine(pg_url), User(served.users[Role.INTEGRATOR], Role.INTEGRATOR)
+    )
+    page.reload()
+    expect(page.get_by_role("heading", name="Connexion à Parcours")).to_be_visible(timeout=TIMEOUT)
     page.close()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -12,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard import accounts, roles
 from dashboard.accounts import Role, User
 from parcours.db import make_engine
-from tests.seed import Seeded, seed
+from tests.seed import Seeded, seed, seed_outlook
 
 # A deprecated call in the dashboard fails these tests rather than flooding a log later.
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("error::DeprecationWarning")]
@@ -23,6 +25,8 @@ PASSWORD = "correct horse battery"
 @pytest.fixture
 def seeded(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Seeded:
     monkeypatch.setenv("DATABASE_URL", pg_url)
+    # Session cookies are signed with this rather than a key file made in the working folder.
+    monkeypatch.setenv("PARCOURS_DASHBOARD_SESSION_SECRET", "test-session-secret")
     return seed(make_engine(pg_url), f"a{uuid.uuid4().hex[:6]}-")
 
 
@@ -132,6 +136,72 @@ def test_bed_board_drills_down_and_warns_about_the_full_ward(seeded: Seeded) -> 
             assert "_" not in column, column
 
 
+def outlook_of(unit: str, name: str, occupied: float, capacity: float, lang: str = "fr") -> Any:
+    """The bed board's outlook of one unit, as the drill-down shows it once the unit is picked
+    (AppTest cannot click a table's row)."""
+
+    def script(unit: str, name: str, occupied: float, capacity: float) -> None:
+        from dashboard import outlook
+
+        outlook.show("hospital", unit, name, occupied, capacity)
+
+    at = AppTest.from_function(script, default_timeout=60, args=(unit, name, occupied, capacity))
+    at.session_state["user"] = User("cadre", Role.MANAGER)
+    at.session_state["lang"] = lang
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_bed_board_outlook_shows_the_band_and_its_breakdown(seeded: Seeded, pg_url: str) -> None:
+    live = seed_outlook(make_engine(pg_url), seeded, datetime.now(UTC))
+    at = outlook_of(live.hospital, live.name, 29, 44)
+    assert [h.value for h in at.subheader] == [f"{live.name} : occupation et prévision"]
+    assert not at.warning and not at.info
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Lits libres maintenant"] == "15"
+    assert shown["Prévision dans 24 h"] == "27 lits"
+    assert shown["Prévision dans 72 h"] == "23 lits"
+    assert shown["Sorties attendues d'ici minuit"] != "—"
+    text = " ".join(m.value for m in at.markdown)
+    assert (
+        "Dans 24 h : 29 patients présents maintenant, −8 sorties attendues, +6 admissions "
+        "attendues → 27 lits occupés." in text
+    )
+    table = at.dataframe[0].value
+    assert table["Échéance"].tolist() == ["dans 24 h", "dans 48 h", "dans 72 h"]
+    assert table["Sorties attendues"].tolist() == ["−8", "−16", "−24"]
+    assert table["Intervalle à 80\u00a0%"].tolist()[0] == "24 – 30"
+    assert "None" not in table.astype(str).to_numpy()
+    assert any("zone bleue : son intervalle à 80\u00a0%" in c.value for c in at.caption)
+    # The band chart: the forecast's interval beside a week of observed occupancy.
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 1
+    payload = charts[0].proto.SerializeToString()
+    assert b"lower" in payload and b"upper" in payload and b"Observ" in payload
+
+    english = outlook_of(live.hospital, live.name, 29, 44, lang="en")
+    assert "Forecast in 24 h" in {m.label for m in english.metric}
+    assert "Expected departures" in english.dataframe[0].value.columns
+
+
+def test_bed_board_outlook_says_when_the_forecast_is_old_or_missing(seeded: Seeded) -> None:
+    old = outlook_of(seeded.ward_full, "Cardiologie", 24, 24)
+    assert any("ne couvre plus les heures à venir" in w.value for w in old.warning)
+    assert any("parcours forecast run" in w.value for w in old.warning)
+    none = outlook_of(seeded.ward_quiet, "Orthopédie", 5, 20)
+    assert any(i.value.startswith("Pas encore de prévision pour Orthopédie") for i in none.info)
+    assert {m.label: m.value for m in none.metric}["Sorties attendues d'ici minuit"] == "—"
+
+
+def test_bed_board_counts_the_departures_expected_today(seeded: Seeded, pg_url: str) -> None:
+    seed_outlook(make_engine(pg_url), seeded, datetime.now(UTC))
+    at = signed_in(Role.MANAGER)
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Sorties attendues d'ici minuit"] != "—"
+    assert any("Choisissez un établissement" in c.value for c in at.caption)
+
+
 def test_a_coordinator_acknowledges_an_alert_as_themself(seeded: Seeded, pg_url: str) -> None:
     at = open_page(signed_in(Role.COORDINATOR, "inf.dupont"), roles.page("alertes"))
     shown = at.dataframe[0].value
@@ -218,6 +288,31 @@ def test_forecast_page_shows_the_selected_model_and_its_accuracy_in_words(
     assert "21 patients présents maintenant, −5 sorties attendues, +6 admissions attendues" in text
     table = at.dataframe[0].value
     assert table["Modèle"].tolist() == ["Prophet (retenu)", "Naïve (dernière valeur)"]
+    # The fan chart's hours are written the French way, not "12 PM".
+    (chart,) = at.get("vega_lite_chart")
+    assert '"format": "%d/%m %Hh"' in chart.proto.spec
+
+
+def test_forecast_page_in_english_on_the_switch(seeded: Seeded) -> None:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["user"] = User("manager-en", Role.MANAGER)
+    at.session_state["lang"] = "en"
+    # The widgets' labels are translated in the script's session, which a test's set_value
+    # cannot see: the choices go in through the session state.
+    at.session_state["forecast_level"] = "ward"
+    at.session_state["forecast_unit"] = seeded.ward_full
+    at.run()
+    open_page(at, roles.page("previsions"))
+    assert [t.value for t in at.title] == ["Forecasts"]
+    assert any(h.value == "Selected model: Prophet" for h in at.subheader)
+    text = " ".join(m.value for m in at.markdown)
+    assert "Over the last 8 weeks, at 24 h, this forecast was off by 3.1 beds on average" in text
+    assert "the naive forecast by 4.7" in text
+    assert "21 patients present now, −5 expected departures, +6 expected admissions" in text
+    assert "81% of the observed values" in text
+    table = at.dataframe[0].value
+    assert table["Model"].tolist() == ["Prophet (selected)", "Naive (last value)"]
+    assert {m.label for m in at.metric} >= {"Forecast at 24 h", "80% interval"}
 
 
 def test_hospital_sign_in_is_offered_when_oidc_is_configured(seeded: Seeded) -> None:

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 from dashboard import queries
 from parcours.db import make_engine
-from tests.seed import Seeded, seed
+from tests.seed import Seeded, seed, seed_outlook
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +72,31 @@ def test_forecast_and_accuracy_best_model_first(seeded: tuple[Engine, Seeded]) -
     terms = queries.forecast_terms(engine, s.ward_full, model="prophet")
     assert len(terms) == 24
     assert (terms["now"] == 21.0).all()
+
+
+def test_a_unit_s_selected_forecast_with_its_terms_and_the_departures_expected(
+    seeded: tuple[Engine, Seeded],
+) -> None:
+    engine, s = seeded
+    live = seed_outlook(engine, s, datetime.now(UTC))
+    forecast = queries.unit_forecast(engine, s.hospital)
+    assert forecast is not None
+    assert (forecast.model, forecast.terms_model, forecast.freq) == ("stock_flow",) * 2 + ("h",)
+    assert len(forecast.points) == len(forecast.terms) == 72
+    assert forecast.history_end == live.origin
+    # The ward's Prophet forecast has Prophet terms; the quiet ward has no forecast at all.
+    ward = queries.unit_forecast(engine, s.ward_full)
+    assert ward is not None and ward.model == ward.terms_model == "prophet"
+    assert queries.unit_forecast(engine, s.ward_quiet) is None
+    # Departures over six hours from the origin: a third of a patient an hour. The ward's forecast
+    # ended days ago: it says nothing about them.
+    gone, covered = queries.expected_departures(
+        engine,
+        [s.hospital, s.ward_full, s.ward_quiet],
+        live.origin,
+        live.origin + timedelta(hours=6),
+    )
+    assert (gone, covered) == (2.0, [s.hospital])
 
 
 def test_feed_health_shows_counters_and_the_element_at_fault(seeded: tuple[Engine, Seeded]) -> None:

@@ -14,6 +14,7 @@ from babel.messages.pofile import read_po
 from dashboard import i18n, labels, roles
 from dashboard.accounts import Role
 from dashboard.common import ROLE_LABELS
+from dashboard.forecast_text import LEVEL_LABELS, MODEL_LABELS
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboard"
 
@@ -33,6 +34,8 @@ def messages_in_code() -> set[str]:
         labels.LEVELS,
         labels.ACTIONS,
         ROLE_LABELS,
+        MODEL_LABELS,
+        LEVEL_LABELS,
     ):
         found.update(words.values())
     for page in roles.PAGES:

@@ -138,11 +138,13 @@ class IngestService:
         publisher: Publisher,
         metrics: IngestMetrics,
         ownership: bool = True,
-        guard: Callable[[], None] | None = None,
+        guard: Callable[[bool], None] | None = None,
     ) -> None:
         self.store = IngestStore(engine)
-        # Raises TopicIdentityError while the broker's raw topic is not the database's.
+        # Raises TopicIdentityError while the broker's raw topic is not the database's; its
+        # argument forces a check now (after the connection to the broker was lost).
         self.guard = guard
+        self._verified_epoch = -1
         self.owners = OwnershipStore(engine) if ownership else None
         self.publisher = publisher
         self.metrics = metrics
@@ -251,14 +253,28 @@ class IngestService:
             self.metrics.resources.labels(source, "rejected", item.resource_type or "").inc()
         return results, rejected
 
+    def _broker_ready(self, rejected: list[RejectionRecord]) -> None:
+        """Raise BrokerUnavailable unless the broker answers now and its raw topic is the one
+        the dedupe log speaks for. The topic is verified again whenever the connection to the
+        broker was lost or its cluster id changed: a broker restarted empty must not be
+        published to, nor answered "duplicate" for, before that check."""
+        try:
+            self.publisher.check()
+            if self.guard is not None:
+                epoch = self.publisher.epoch
+                try:
+                    self.guard(epoch != self._verified_epoch)
+                except TopicIdentityError as exc:
+                    raise BrokerUnavailable(str(exc)) from exc
+                self._verified_epoch = epoch
+        except BrokerUnavailable:
+            self.metrics.broker_up.set(0)
+            if rejected:
+                self.store.record_rejections(cap_rejections(rejected))
+            raise
+
     def _seen(self, keys: list[DedupeKey]) -> set[DedupeKey]:
         """Keys already published: in SQL, or acknowledged and not yet written there."""
-        if self.guard is not None:
-            try:
-                self.guard()
-            except TopicIdentityError as exc:
-                # The dedupe log would speak for records this broker never received.
-                raise BrokerUnavailable(str(exc)) from exc
         self._flush_pending()
         found = self.store.seen(keys) if keys else set()
         with self._pending_lock:
@@ -323,12 +339,12 @@ class IngestService:
     ) -> IngestResult:
         """Publish the valid, new items and say what happened to each.
 
-        Everything that can fail (validation, ownership, the dedupe lookup, the broker probe)
-        runs before the first record is sent; after the broker acknowledged, nothing can turn
-        the answer into an error. Atomic requests (transaction, message, single resource)
-        raise Rejection if any item is invalid or forbidden, and BrokerUnavailable unless
-        every new item was acknowledged. Other requests get per-item statuses; they raise
-        BrokerUnavailable only if nothing got through.
+        Everything that can fail (validation, the broker probe and topic check, the dedupe
+        lookup, ownership) runs before the first record is sent; after the broker
+        acknowledged, nothing can turn the answer into an error. Atomic requests (transaction,
+        message, single resource) raise Rejection if any item is invalid or forbidden, and
+        BrokerUnavailable unless every new item was acknowledged. Other requests get per-item
+        statuses; they raise BrokerUnavailable only if nothing got through.
         """
         self._refuse_if_atomic(items, atomic)
         results, rejected = self._record_rejected(
@@ -346,6 +362,9 @@ class IngestService:
             else:
                 first_pos[item.dedupe_key] = pos
                 candidates.append(pos)
+        if candidates:
+            # Before the dedupe log answers "duplicate" and before anything is published.
+            self._broker_ready(rejected)
         seen = self._seen([items[p].dedupe_key for p in candidates])
         to_publish = [p for p in candidates if items[p].dedupe_key not in seen]
         for pos in candidates:
@@ -365,13 +384,6 @@ class IngestService:
 
         acks: list[Ack | Exception] = []
         if to_publish:
-            try:
-                self.publisher.check()
-            except BrokerUnavailable:
-                self.metrics.broker_up.set(0)
-                if rejected:
-                    self.store.record_rejections(rejected)
-                raise
             started = time.perf_counter()
             messages = [
                 Message(

@@ -3,8 +3,9 @@ import.
 
 Order of checks for a write: bearer token (401) → rate (429) → resource type (404) → media type
 (415) → size (413) and body timeout (408) → JSON (400) → depth, characters, FHIR validation and
-invariants (400/413/422) → dedupe → ownership (403) → publish with acks=all (503 if Kafka does
-not acknowledge) → 201/200. Every error body is an OperationOutcome.
+invariants (400/413/422) → broker probe and topic check (503) → dedupe → ownership (403) →
+publish with acks=all (503 if Kafka does not acknowledge) → 201/200. Every error body is an
+OperationOutcome.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ ERROR_DOCS: dict[int | str, dict[str, Any]] = {
     for code, text in {
         400: "not JSON, not a resource, wrong type or id",
         401: "missing, unknown, revoked or expired bearer token",
-        403: "a patient or identifier system of another integrator",
+        403: "a patient, resource or identifier system of another integrator",
         404: "unknown resource type",
         408: "the body did not arrive in time",
         413: "body or resource too large",

@@ -37,6 +37,14 @@ from parcours.identity import TopicIdentityError
 
 log = logging.getLogger(__name__)
 
+# How a 403 names what the integrator may not write.
+WHAT = {
+    "patient": "This patient",
+    "resource": "This resource",
+    "system": "This identifier system",
+    "owner": "This integrator's data",
+}
+
 
 @dataclass
 class EntryResult:
@@ -200,8 +208,8 @@ class IngestService:
     def check_ownership(
         self, source: str, items: Sequence[Item], positions: list[int]
     ) -> list[int]:
-        """Refuse (403) each item at `positions` that writes a patient or identifier system
-        that `source` may not write; return their positions."""
+        """Refuse (403) each item at `positions` that writes a patient, a resource or an
+        identifier system that `source` may not write; return their positions."""
         if self.owners is None:
             return []
         needs: dict[int, list[tuple[Claim, str]]] = {}
@@ -221,8 +229,7 @@ class IngestService:
             issues = [
                 Issue(
                     "forbidden",
-                    f"{'This patient' if claim[0] == 'patient' else 'This identifier system'} "
-                    f"belongs to another integrator; an admin can grant access "
+                    f"{WHAT[claim[0]]} belongs to another integrator; an admin can grant access "
                     f"(parcours ingest grant {source} --{claim[0]} …)",
                     (where,),
                 )

@@ -262,6 +262,61 @@ def test_another_integrators_patient_is_403_until_granted(two: Two) -> None:
     assert post(two.gw.url, b, "/fhir/Patient", deceased).status_code == 201
 
 
+def test_a_resource_of_no_patient_belongs_to_its_first_writer(two: Two) -> None:
+    # Two integrators of their own: the module's pair holds grants from other tests.
+    (_, a), (b_name, b) = new_token(two.pg_url), new_token(two.pg_url)
+    ward = {"resourceType": "Location", "id": unique("l"), "name": "Ward A"}
+    assert post(two.gw.url, a, "/fhir/Location", ward).status_code == 201
+    closed = {**ward, "name": "Closed", "status": "inactive"}
+    resp = post(two.gw.url, b, "/fhir/Location", closed)
+    assert resp.status_code == 403, resp.text
+    assert resp.json()["issue"][0]["code"] == "forbidden"
+    assert resp.json()["issue"][0]["expression"] == ["Location.id"]
+    resp = httpx.put(
+        f"{two.gw.url}/fhir/Location/{ward['id']}",
+        content=json.dumps(closed).encode(),
+        headers={"Authorization": f"Bearer {b}", "Content-Type": FHIR},
+        timeout=60,
+    )
+    assert resp.status_code == 403, resp.text
+    # B's own Organization is B's: A may not write it.
+    org = {"resourceType": "Organization", "id": unique("o"), "name": "Clinique B"}
+    assert post(two.gw.url, b, "/fhir/Organization", org).status_code == 201
+    resp = post(two.gw.url, a, "/fhir/Organization", {**org, "name": "Taken"})
+    assert resp.status_code == 403, resp.text
+    doctor = {"resourceType": "Practitioner", "id": unique("pr"), "active": True}
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"resource": closed, "request": {"method": "PUT", "url": f"Location/{ward['id']}"}},
+            {"resource": doctor, "request": {"method": "POST", "url": "Practitioner"}},
+        ],
+    }
+    resp = post(two.gw.url, b, "/fhir", batch)
+    assert [e["response"]["status"] for e in resp.json()["entry"]] == [
+        "403 Forbidden",
+        "201 Created",
+    ]
+    transaction = {**batch, "type": "transaction"}
+    resp = post(two.gw.url, b, "/fhir", transaction)
+    assert resp.status_code == 403, resp.text
+    assert resp.json()["issue"][0]["expression"] == ["Bundle.entry[0].resource.id"]
+    directory = [json.loads(m.value) for m in read_topic(two.broker, two.topics.directory)]
+    assert not any(r["id"] == ward["id"] and r.get("name") == "Closed" for r in directory)
+    assert any(r["id"] == doctor["id"] for r in directory)
+    # The owner still writes it; an admin grant lets B write that one resource only.
+    assert post(two.gw.url, a, "/fhir/Location", {**ward, "name": "Ward A2"}).status_code == 201
+    bad = parcours_cli(two, "grant", b_name, "--resource", "not a reference")
+    assert bad.returncode == 2, bad.stdout
+    done = parcours_cli(two, "grant", b_name, "--resource", f"Location/{ward['id']}")
+    assert done.returncode == 0, done.stderr
+    assert post(two.gw.url, b, "/fhir/Location", closed).status_code == 201
+    other = {"resourceType": "Location", "id": unique("l"), "name": "Ward C"}
+    assert post(two.gw.url, a, "/fhir/Location", other).status_code == 201
+    assert post(two.gw.url, b, "/fhir/Location", {**other, "name": "x"}).status_code == 403
+
+
 def test_revoke_and_expiry_take_effect_at_once(two: Two) -> None:
     name, token = new_token(two.pg_url)
     body = {"resourceType": "Location", "id": unique("l"), "name": "x"}
@@ -279,6 +334,8 @@ def test_revoke_and_expiry_take_effect_at_once(two: Two) -> None:
     created = parcours_cli(two, "token", "create", unique("temp"), "--expires-in", "90d")
     assert created.returncode == 0, created.stderr
     temp = created.stdout.strip()
+    # A Location of its own: `body` belongs to the first integrator.
+    body = {**body, "id": unique("l")}
     assert post(two.gw.url, temp, "/fhir/Location", {**body, "name": "y"}).status_code == 201
     engine = make_engine(two.pg_url)
     with engine.begin() as conn:

@@ -259,7 +259,11 @@ def test_claims_of_a_patient_and_of_its_resources() -> None:
     assert list(claims_of(encounter(), "Bundle.entry[1].resource")) == [
         (("patient", "p1"), "Bundle.entry[1].resource")
     ]
-    assert list(claims_of({"resourceType": "Location", "id": "l"}, "Location")) == []
+    # A resource of no patient is claimed by its Type/id; without an id there is nothing to own.
+    assert list(claims_of({"resourceType": "Location", "id": "l"}, "Location")) == [
+        (("resource", "Location/l"), "Location.id")
+    ]
+    assert list(claims_of({"resourceType": "Location"}, "Location")) == []
 
 
 class FlakyStore:

@@ -94,6 +94,7 @@ def cap_rejections(rejected: list[RejectionRecord]) -> list[RejectionRecord]:
         operation_outcome=operation_outcome(
             [Issue("too-costly", f"{more} more refused entries are not stored", ())]
         ),
+        count=more,
     )
     return [*rejected[:MAX_ISSUES], summary]
 
@@ -192,6 +193,19 @@ class IngestService:
             },
         )
 
+    def _dead_letter_rest(self, source: str, received_at: datetime, refused: int) -> None:
+        """One dead letter that counts a request's refusals beyond the first `MAX_ISSUES`."""
+        more = refused - MAX_ISSUES
+        if more <= 0:
+            return
+        summary = Rejection(
+            400,
+            "more-rejections",
+            [Issue("too-costly", f"… and {more} more refused entries in the same request", ())],
+        )
+        payload = orjson.dumps({"refused": refused, "dead-lettered": MAX_ISSUES, "more": more})
+        self._dead_letter(source, received_at, source, payload, summary)
+
     def reject(
         self, source: str | None, received_at: datetime, rej: Rejection, payload: bytes
     ) -> None:
@@ -242,20 +256,28 @@ class IngestService:
         return refused
 
     def _record_rejected(
-        self, source: str, received_at: datetime, items: Sequence[Item], positions: list[int]
+        self,
+        source: str,
+        received_at: datetime,
+        items: Sequence[Item],
+        positions: list[int],
+        earlier: int = 0,
     ) -> tuple[dict[int, EntryResult], list[RejectionRecord]]:
-        """Results, rejection rows and dead letters of the invalid items at `positions`."""
+        """Results, rejection rows and dead letters of the invalid items at `positions`; the
+        request already refused `earlier` items. Only the first `MAX_ISSUES` refusals of a
+        request are dead-lettered (see `_dead_letter_rest`)."""
         results: dict[int, EntryResult] = {}
         rejected: list[RejectionRecord] = []
-        for pos in positions:
+        for n, pos in enumerate(positions):
             item = items[pos]
             rej = Rejection(
                 item.status, item.reason, item.issues, item.resource_type, item.resource_id
             )
             results[pos] = EntryResult(item, item.status, rej.outcome())
             rejected.append(rejection_record(source, received_at, rej))
-            key = item.key or dead_letter_key(item.raw) or source
-            self._dead_letter(source, received_at, key, payload_of(item), rej)
+            if earlier + n < MAX_ISSUES:
+                key = item.key or dead_letter_key(item.raw) or source
+                self._dead_letter(source, received_at, key, payload_of(item), rej)
             self.metrics.rejections.labels(source, item.reason).inc()
             self.metrics.resources.labels(source, "rejected", item.resource_type or "").inc()
         return results, rejected
@@ -382,11 +404,12 @@ class IngestService:
         if forbidden:
             self._refuse_if_atomic(items, atomic)
             more_results, more_rejected = self._record_rejected(
-                source, received_at, items, forbidden
+                source, received_at, items, forbidden, earlier=len(rejected)
             )
             results.update(more_results)
             rejected += more_rejected
             to_publish = [p for p in to_publish if p not in set(forbidden)]
+        self._dead_letter_rest(source, received_at, len(rejected))
         rejected = cap_rejections(rejected)
 
         acks: list[Ack | Exception] = []

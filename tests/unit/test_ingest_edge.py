@@ -432,3 +432,55 @@ def test_the_resource_limit_follows_the_topic_when_the_broker_says_less() -> Non
     assert publisher.max_resource_bytes() == 4_000_000
     publisher._topic_max_bytes = 1_048_588
     assert publisher.max_resource_bytes() == 1_048_588 - RECORD_OVERHEAD_BYTES
+
+
+class DeadLetterPublisher(AckingPublisher):
+    """Acknowledges everything and keeps the dead letters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dead: list[tuple[bytes, dict[str, str]]] = []
+
+    def dead_letter(self, _key: Any, payload: bytes, headers: dict[str, str]) -> None:
+        self.dead.append((payload, headers))
+
+
+class RecordingStore(FlakyStore):
+    """The ingest log, up, keeping the rejection rows of each request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.rejected: list[Any] = []
+
+    def record(self, source: str, at: Any, published: Any, dup: int, rej: Any) -> None:
+        super().record(source, at, published, dup, rej)
+        self.rejected += rej
+
+
+def test_dead_letters_and_rejection_rows_are_capped_per_request() -> None:
+    import orjson
+
+    from ingest.metrics import IngestMetrics
+    from ingest.outcome import MAX_ISSUES
+    from ingest.service import IngestService
+
+    publisher = DeadLetterPublisher()
+    service = IngestService(None, publisher, IngestMetrics(), ownership=False)  # type: ignore[arg-type]
+    store = RecordingStore()
+    service.store = store  # type: ignore[assignment]
+    bad = [
+        prepare_resource({"resourceType": "Location", "id": f"bad {n}"}, "Location")
+        for n in range(MAX_ISSUES + 150)
+    ]
+    good = prepare_resource({"resourceType": "Location", "id": "good"}, "Location")
+    result = service.ingest("lab", datetime.now(UTC), [*bad, good], atomic=False)
+    assert [e.status for e in result.entries] == [422] * len(bad) + [201]
+    assert len(publisher.sent) == 1
+    assert len(publisher.dead) == MAX_ISSUES + 1
+    payload, headers = publisher.dead[-1]
+    assert headers["reason-code"] == "more-rejections" and "150 more" in headers["reason"]
+    assert orjson.loads(payload)["more"] == 150
+    assert len(store.rejected) == MAX_ISSUES + 1
+    assert store.rejected[-1].reason == "more-rejections"
+    assert sum(r.count for r in store.rejected) == len(bad)

@@ -35,6 +35,7 @@ from starlette.requests import ClientDisconnect
 
 import parcours
 from ingest.auth import Authenticator, RateLimiter
+from ingest.db_waits import bound_database_waits
 from ingest.entries import Item, parse_ndjson, prepare_bundle, prepare_resource
 from ingest.limits import depth_issue
 from ingest.metrics import IngestMetrics
@@ -136,6 +137,7 @@ def fail_fast(engine: Engine, retry_at: list[float], backoff_s: float = DB_BACKO
 
 def create_app(settings: Settings) -> FastAPI:
     """Build the gateway. Kafka and SQL are reached lazily, so it starts with the broker down."""
+    bound_database_waits()
     engine = make_engine(settings.db_url, timeout_s=settings.ingest_db_timeout_s)
     metrics = IngestMetrics()
     publisher = Publisher(settings)

@@ -4,7 +4,9 @@ theirs, revoked and expired tokens, floods, and resources too large for the prod
 
 from __future__ import annotations
 
+import contextlib
 import json
+import select
 import socket
 import subprocess
 import sys
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from ingest.auth import create_token, hash_token
 from parcours.db import make_engine
@@ -33,7 +35,7 @@ from tests.integration.ingest_helpers import (
     run_gateway,
     unique,
 )
-from tests.support import parcours_env
+from tests.support import parcours_env, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -117,6 +119,128 @@ def test_a_black_hole_database_gives_503_and_healthz_still_answers(
             assert httpx.get(f"{gw.url}/fhir/metadata", timeout=5).status_code == 200
             assert httpx.get(f"{gw.url}/healthz", timeout=5).status_code == 503
         assert "Traceback" not in gw.log.read_text(errors="replace")
+
+
+class FreezingProxy:
+    """A TCP proxy to the database that can stop forwarding: while frozen, it still accepts
+    connections and takes every byte (its kernel acknowledges them) but passes nothing on, so
+    pooled connections and new ones alike meet a server that never answers."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(256)
+        self.port = int(self.server.getsockname()[1])
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.closed = threading.Event()
+        self.sockets: list[socket.socket] = []
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def freeze(self) -> None:
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()
+
+    def _wait_flowing(self) -> bool:
+        while not self.flowing.wait(0.2):
+            if self.closed.is_set():
+                return False
+        return not self.closed.is_set()
+
+    def _accept(self) -> None:
+        self.server.settimeout(0.2)
+        while not self.closed.is_set():
+            try:
+                client = self.server.accept()[0]
+            except TimeoutError:
+                continue
+            self.sockets.append(client)
+            thread = threading.Thread(target=self._connect, args=(client,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _connect(self, client: socket.socket) -> None:
+        if not self._wait_flowing():
+            return
+        upstream = socket.create_connection(self.target)
+        self.sockets.append(upstream)
+        for a, b in ((client, upstream), (upstream, client)):
+            thread = threading.Thread(target=self._relay, args=(a, b), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _relay(self, a: socket.socket, b: socket.socket) -> None:
+        while self._wait_flowing():
+            ready, _, _ = select.select([a], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                data = a.recv(65536)
+                if not data or not self._wait_flowing():
+                    break
+                b.sendall(data)
+            except OSError:
+                break
+        for sock in (a, b):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.closed.set()
+        for thread in self.threads:
+            thread.join(5)
+        for sock in [self.server, *self.sockets]:
+            sock.close()
+
+
+def test_a_database_that_stops_answering_behind_pooled_connections(
+    broker: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    _, token = new_token(pg_url)
+    real = make_url(pg_url)
+    proxy = FreezingProxy(real.host or "127.0.0.1", real.port or 5432)
+    try:
+        via_proxy = real.set(host="127.0.0.1", port=proxy.port)
+        env = gateway_env(
+            broker,
+            via_proxy.render_as_string(hide_password=False),
+            topic_prefix,
+            PARCOURS_INGEST_DB_TIMEOUT_S="2",
+        )
+        with run_gateway(env, tmp_path / "gw.log") as gw:
+
+            def attempt(_: int) -> httpx.Response:
+                return post(gw.url, token, "/fhir/Encounter", encounter(unique("e"), unique("p")))
+
+            # Several requests at once: the pool holds several live connections.
+            with ThreadPoolExecutor(8) as pool:
+                warm = list(pool.map(attempt, range(8)))
+            assert {r.status_code for r in warm} == {201}, [r.text for r in warm]
+            proxy.freeze()
+            # The client's own timeouts bound the test: an answer must come.
+            health = httpx.get(f"{gw.url}/healthz", timeout=5)
+            assert health.status_code == 503
+            assert health.json()["database"].startswith("down"), health.text
+            with ThreadPoolExecutor(16) as pool:
+                answers = list(pool.map(attempt, range(16)))
+            assert {r.status_code for r in answers} == {503}, [r.text[:300] for r in answers]
+            assert all(r.headers["retry-after"] for r in answers)
+            assert all(r.json()["issue"][0]["code"] == "transient" for r in answers)
+            assert httpx.get(f"{gw.url}/fhir/metadata", timeout=5).status_code == 200
+            assert httpx.get(f"{gw.url}/healthz", timeout=5).status_code == 503
+            proxy.thaw()
+            wait_until(
+                lambda: attempt(0).status_code == 201, every_s=0.5, what="a 201 after the thaw"
+            )
+            assert httpx.get(f"{gw.url}/healthz", timeout=5).status_code == 200
+        log = gw.log.read_text(errors="replace")
+    finally:
+        proxy.close()
+    assert "Traceback" not in log, log[-3000:]
 
 
 @dataclass

@@ -35,9 +35,11 @@ from parcours.topics import Topics, ensure_topics
 
 log = logging.getLogger(__name__)
 
-# Tables that describe no topic's records: the schema version, the integrators and their tokens,
-# and the identity itself.
-NOT_DATA = frozenset({"alembic_version", "integrators", "topic_identity"})
+# Tables that describe no topic's records: the schema version, the integrators, their tokens,
+# what each owns and was granted (who may write, as the admin set it), and the identity itself.
+NOT_DATA = frozenset(
+    {"alembic_version", "integrators", "ingest_owners", "ingest_grants", "topic_identity"}
+)
 _NO_TOPIC_ID = {"", "AAAAAAAAAAAAAAAAAAAAAA", "00000000-0000-0000-0000-000000000000"}
 
 
@@ -131,7 +133,8 @@ def reset_data(engine: Engine, identity: TopicIdentity | None) -> list[str]:
     """Empty every data table (the dedupe log included), zero the integrators' counters, and
     record `identity` as the topic the (now empty) data belong to. Returns the tables emptied.
 
-    Integrators and their tokens are kept: they say who may write, not what was written.
+    Integrators, their tokens, ownership and grants are kept: they say who may write, not what
+    was written.
     """
     meta = MetaData()
     meta.reflect(engine)

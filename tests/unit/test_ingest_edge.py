@@ -484,3 +484,11 @@ def test_dead_letters_and_rejection_rows_are_capped_per_request() -> None:
     assert len(store.rejected) == MAX_ISSUES + 1
     assert store.rejected[-1].reason == "more-rejections"
     assert sum(r.count for r in store.rejected) == len(bad)
+
+
+def test_database_waits_are_bounded_by_the_connections_statement_timeout() -> None:
+    from ingest.db_waits import MARGIN_S, wait_limit
+
+    dsn = "host=h dbname=d options='-c statement_timeout=2500 -c lock_timeout=2500'"
+    assert wait_limit(dsn) == 2.5 + MARGIN_S
+    assert wait_limit("host=h dbname=d") is None

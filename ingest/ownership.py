@@ -1,7 +1,8 @@
 """Which integrator may write which patient, and which resource of no patient.
 
 - A patient belongs to the integrator that first wrote anything about it (its Patient resource
-  or a resource whose subject it is): that write claims the patient id.
+  or a resource whose subject it is): that write claims the patient id. A Patient merged into
+  another (`link` replaced-by) needs the right to write that other patient too.
 - A resource of no patient (Location, Organization, Practitioner, HealthcareService…) belongs
   to the integrator that first wrote that `Type/id`: a later version from anyone else would
   rename another hospital's ward or close it.
@@ -50,6 +51,18 @@ def claims_of(resource: dict[str, Any], root: str) -> Iterator[tuple[Claim, str]
         yield ("resource", f"{resource['resourceType']}/{resource['id']}"[:MAX_VALUE]), f"{root}.id"
     if resource.get("resourceType") != "Patient":
         return
+    # A merge (link replaced-by) moves this patient's records to the other one: writing it
+    # needs the right to write that one too.
+    links = resource.get("link")
+    for i, link in enumerate(links if isinstance(links, list) else []):
+        if isinstance(link, dict) and link.get("type") == "replaced-by":
+            other = link.get("other")
+            text = other.get("reference") if isinstance(other, dict) else None
+            if isinstance(text, str) and text.startswith("Patient/") and text != f"Patient/{key}":
+                yield (
+                    ("patient", text.removeprefix("Patient/")[:MAX_VALUE]),
+                    (f"{root}.link[{i}].other"),
+                )
     identifiers = resource.get("identifier")
     for i, ident in enumerate(identifiers if isinstance(identifiers, list) else []):
         system = ident.get("system") if isinstance(ident, dict) else None

@@ -613,6 +613,8 @@ def access_cases() -> Iterator[Case]:
         auth=OTHER,
         entries=(201, 403),
     )
+    merged = patient(link=[{"other": {"reference": f"Patient/{pid}"}, "type": "replaced-by"}])
+    yield one("access-other-merge-into", "/fhir/Patient", merged, {403}, auth=OTHER)
     # Writing a Patient does not claim its identifier systems: an unassigned one stays open.
     system = f"urn:oid:1.2.250.1.{uuid.uuid4().int % 10**9}"
     yield one(

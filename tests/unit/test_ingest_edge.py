@@ -259,6 +259,15 @@ def test_claims_of_a_patient_and_of_its_resources() -> None:
     assert list(claims_of(encounter(), "Bundle.entry[1].resource")) == [
         (("patient", "p1"), "Bundle.entry[1].resource")
     ]
+    merged = {
+        "resourceType": "Patient",
+        "id": "p2",
+        "link": [{"other": {"reference": "Patient/p1"}, "type": "replaced-by"}],
+    }
+    assert list(claims_of(merged, "Patient")) == [
+        (("patient", "p2"), "Patient.id"),
+        (("patient", "p1"), "Patient.link[0].other"),
+    ]
     # A resource of no patient is claimed by its Type/id; without an id there is nothing to own.
     assert list(claims_of({"resourceType": "Location", "id": "l"}, "Location")) == [
         (("resource", "Location/l"), "Location.id")

@@ -23,8 +23,8 @@ import parcours
 from ingest import errors, routes
 from ingest.auth import Authenticator, RateLimiter
 from ingest.db_waits import bound_database_waits
+from ingest.fhir_http import fail_fast
 from ingest.gateway import Gateway
-from ingest.http import fail_fast
 from ingest.metrics import IngestMetrics
 from ingest.outcome import BrokerUnavailable
 from ingest.publish import Publisher

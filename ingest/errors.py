@@ -15,8 +15,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from ingest.fhir_http import RETRY_AFTER_S, FhirResponse, endpoint_of
 from ingest.gateway import Gateway
-from ingest.http import RETRY_AFTER_S, FhirResponse, endpoint_of
 from ingest.limits import depth_issue
 from ingest.outcome import (
     BrokerUnavailable,
@@ -26,7 +26,7 @@ from ingest.outcome import (
     operation_outcome,
 )
 
-log = logging.getLogger("ingest.app")
+log = logging.getLogger(__name__)
 
 DATABASE_ERRORS = (
     OperationalError,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine, text
 
 from ingest.auth import Authenticator, RateLimiter
-from ingest.http import DB_BACKOFF_S, HEALTH_BUDGET_S
+from ingest.fhir_http import DB_BACKOFF_S, HEALTH_BUDGET_S
 from ingest.metrics import IngestMetrics
 from ingest.outcome import BrokerUnavailable
 from ingest.publish import Publisher
@@ -41,7 +41,7 @@ class Gateway:
         default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="healthz")
     )
     in_flight: dict[str, Future[str]] = field(default_factory=dict)
-    # Until this monotonic time, requests get 503 at once (see ingest.http.fail_fast).
+    # Until this monotonic time, requests get 503 at once (see ingest.fhir_http.fail_fast).
     db_retry_at: list[float] = field(default_factory=lambda: [0.0])
 
     def database_failed(self) -> None:

@@ -18,8 +18,15 @@ from starlette.concurrency import run_in_threadpool
 
 import parcours
 from ingest.entries import Item, parse_ndjson, prepare_bundle, prepare_resource
+from ingest.fhir_http import (
+    ERROR_DOCS,
+    JSON_TYPES,
+    NDJSON_TYPES,
+    FhirResponse,
+    body_doc,
+    media_type,
+)
 from ingest.gateway import Gateway
-from ingest.http import ERROR_DOCS, JSON_TYPES, NDJSON_TYPES, FhirResponse, body_doc, media_type
 from ingest.openapi import type_name_schema
 from ingest.outcome import DatabaseUnavailable, Issue, Rejection, http_issue
 from ingest.responses import capability_statement, location, message_response, response_bundle

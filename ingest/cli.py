@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -209,6 +210,9 @@ def token_revoke(
 def grant(
     name: Annotated[str, typer.Argument(help="Integrator that receives the right to write.")],
     patient: Annotated[str | None, typer.Option(help="A patient id.")] = None,
+    resource: Annotated[
+        str | None, typer.Option(help="A resource of no patient, as Type/id (Location/ward-a).")
+    ] = None,
     system: Annotated[
         str | None,
         typer.Option(help="An identifier system: its owner if nobody owns it yet, else a grant."),
@@ -218,18 +222,21 @@ def grant(
         typer.Option("--from", help="Everything this integrator owns."),
     ] = None,
 ) -> None:
-    """Let integrator NAME write a patient, an identifier system, or everything another
-    integrator owns. Without a grant, writing another integrator's patient gets 403."""
+    """Let integrator NAME write a patient, a resource of no patient (Location, Organization…),
+    an identifier system, or everything another integrator owns. Without a grant, writing what
+    another integrator owns gets 403."""
     from ingest.ownership import assign_system
     from ingest.ownership import grant as add_grant
 
-    chosen = [
-        (k, v) for k, v in (("patient", patient), ("system", system), ("owner", from_owner)) if v
-    ]
+    given = (("patient", patient), ("resource", resource), ("system", system))
+    chosen = [(k, v) for k, v in (*given, ("owner", from_owner)) if v]
     if len(chosen) != 1:
-        typer.echo("error: give exactly one of --patient, --system, --from", err=True)
+        typer.echo("error: give exactly one of --patient, --resource, --system, --from", err=True)
         raise typer.Exit(2)
     kind, value = chosen[0]
+    if kind == "resource" and not re.fullmatch(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}", value):
+        typer.echo("error: --resource takes Type/id, e.g. Location/ward-a", err=True)
+        raise typer.Exit(2)
     engine = _admin_engine()
     try:
         if kind == "system" and assign_system(engine, name, value):

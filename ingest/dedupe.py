@@ -46,6 +46,9 @@ class RejectionRecord:
     expression: str | None
     diagnostics: str | None
     operation_outcome: dict[str, Any]
+    # How many refusals the row stands for: 1, or the rest of a request's refusals beyond the
+    # rows it may store (see ingest.service.cap_rejections).
+    count: int = 1
 
 
 class IngestStore:
@@ -115,7 +118,7 @@ class IngestStore:
                 .values(
                     accepted_total=it.accepted_total + len(published),
                     duplicate_total=it.duplicate_total + duplicates,
-                    rejected_total=it.rejected_total + len(rejected),
+                    rejected_total=it.rejected_total + sum(r.count for r in rejected),
                     last_seen_at=received_at,
                 )
             )
@@ -136,7 +139,7 @@ class IngestStore:
                     update(it)
                     .where(it.name == source)
                     .values(
-                        rejected_total=it.rejected_total + len(rejected),
+                        rejected_total=it.rejected_total + sum(r.count for r in rejected),
                         last_seen_at=rejected[0].received_at,
                     )
                 )

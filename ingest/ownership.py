@@ -1,11 +1,19 @@
-"""Which integrator may write which patient.
+"""Which integrator may write which patient, and which resource of no patient.
 
-A patient belongs to the integrator that first wrote anything about it (its Patient resource
-or a resource whose subject it is): that write claims the patient id. An identifier system
-(a hospital's IPP namespace, say) belongs to the integrators an admin assigned it to
-(`parcours ingest grant NAME --system S`): once assigned, a Patient carrying an identifier of
-that system can be written only by them. Anyone else gets 403, unless an admin grants them the
-patient, the system, or everything an integrator owns (`--from OWNER`).
+- A patient belongs to the integrator that first wrote anything about it (its Patient resource
+  or a resource whose subject it is): that write claims the patient id. A Patient merged into
+  another (`link` replaced-by) needs the right to write that other patient too.
+- A resource of no patient (Location, Organization, Practitioner, HealthcareService…) belongs
+  to the integrator that first wrote that `Type/id`: a later version from anyone else would
+  rename another hospital's ward or close it.
+- An identifier system (a hospital's IPP namespace, say) belongs to the integrators an admin
+  assigned it to (`parcours ingest grant NAME --system S`): once assigned, a Patient carrying
+  an identifier of that system can be written only by them. Writing a Patient never claims a
+  system: shared namespaces (the national INS, a regional id) appear in every feed, and the
+  first to send one would lock everyone else out. A system nobody was assigned stays open.
+
+Anyone else gets 403, unless an admin grants them the patient, the resource, the system, or
+everything an integrator owns (`--from OWNER`).
 
 Claims and grants are only ever added, so an allowed (integrator, claim) pair is cached for the
 life of the process.
@@ -25,7 +33,9 @@ from parcours.db import upsert
 from parcours.db.ingest_models import IngestGrantRow, IngestOwnerRow
 
 Claim = tuple[str, str]
-KINDS = ("patient", "system", "owner")
+KINDS = ("patient", "resource", "system", "owner")
+# Kinds claimed by the first write; systems are only ever assigned by an admin.
+CLAIMED_BY_WRITING = frozenset({"patient", "resource"})
 MAX_VALUE = 512
 CHUNK = 500
 CACHE_SIZE = 200_000
@@ -37,8 +47,22 @@ def claims_of(resource: dict[str, Any], root: str) -> Iterator[tuple[Claim, str]
     if key:
         where = f"{root}.id" if resource.get("resourceType") == "Patient" else root
         yield ("patient", key[:MAX_VALUE]), where
+    elif resource.get("resourceType") != "Patient" and resource.get("id"):
+        yield ("resource", f"{resource['resourceType']}/{resource['id']}"[:MAX_VALUE]), f"{root}.id"
     if resource.get("resourceType") != "Patient":
         return
+    # A merge (link replaced-by) moves this patient's records to the other one: writing it
+    # needs the right to write that one too.
+    links = resource.get("link")
+    for i, link in enumerate(links if isinstance(links, list) else []):
+        if isinstance(link, dict) and link.get("type") == "replaced-by":
+            other = link.get("other")
+            text = other.get("reference") if isinstance(other, dict) else None
+            if isinstance(text, str) and text.startswith("Patient/") and text != f"Patient/{key}":
+                yield (
+                    ("patient", text.removeprefix("Patient/")[:MAX_VALUE]),
+                    (f"{root}.link[{i}].other"),
+                )
     identifiers = resource.get("identifier")
     for i, ident in enumerate(identifiers if isinstance(identifiers, list) else []):
         system = ident.get("system") if isinstance(ident, dict) else None
@@ -55,14 +79,14 @@ class OwnershipStore:
         self._lock = threading.Lock()
 
     def forbidden(self, source: str, claims: Iterable[Claim]) -> dict[Claim, str]:
-        """The claims `source` may not write, each with its owner. Patients nobody owns yet
-        are claimed for `source` on the way (before anything is published)."""
+        """The claims `source` may not write, each with its owner. Patients and resources
+        nobody owns yet are claimed for `source` on the way (before anything is published)."""
         with self._lock:
             wanted = [c for c in dict.fromkeys(claims) if (source, c) not in self._allowed]
         if not wanted:
             return {}
         owners = self._owners(wanted)
-        free = [c for c in wanted if c not in owners and c[0] == "patient"]
+        free = [c for c in wanted if c not in owners and c[0] in CLAIMED_BY_WRITING]
         if free:
             now = datetime.now(UTC)
             with self.engine.begin() as conn:
@@ -128,7 +152,8 @@ class OwnershipStore:
 
 
 def grant(engine: Engine, integrator: str, kind: str, value: str) -> None:
-    """Let `integrator` write a patient, an identifier system, or all an owner owns."""
+    """Let `integrator` write a patient, a resource (`Type/id`), an identifier system, or all
+    an owner owns."""
     if kind not in KINDS:
         raise ValueError(f"unknown grant kind {kind!r}")
     with engine.begin() as conn:

@@ -115,6 +115,10 @@ class Publisher:
         self._last_ack = 0.0
         # The raw topic's `max.message.bytes`, when the broker tells it.
         self._topic_max_bytes: int | None = None
+        # Bumped whenever the connection to the broker is lost or the broker answers with
+        # another cluster id: what was checked about the broker before may no longer hold.
+        self.epoch = 0
+        self._cluster_id: str | None = None
 
     @property
     def connected(self) -> bool:
@@ -210,6 +214,7 @@ class Publisher:
             producer, self._producer = self._producer, None
             admin, self._admin = self._admin, None
             self._last_failure = time.monotonic()
+            self.epoch += 1
         if producer is not None:
             try:
                 producer.close(timeout=0)
@@ -224,10 +229,11 @@ class Publisher:
     def check(self) -> None:
         """Raise BrokerUnavailable unless the broker answers a metadata request now.
 
-        Called before a request publishes anything (about a millisecond on a live broker), so
-        that a request meets a dead or frozen broker before its first record is sent: a record
-        sent to a frozen broker can still be written when it wakes, after the client got its
-        503, and would then be published twice once the client retries.
+        Called before a request publishes anything or answers "duplicate" (about a millisecond
+        on a live broker), so that a request meets a dead or frozen broker before its first
+        record is sent: a record sent to a frozen broker can still be written when it wakes,
+        after the client got its 503, and would then be published twice once the client
+        retries. A new cluster id bumps `epoch`, as a lost connection does.
         """
         self.producer()
         if not self._probe_lock.acquire(timeout=self.timeout_s):
@@ -240,11 +246,18 @@ class Publisher:
                     request_timeout_ms=int(self.timeout_s * 1000),
                     bootstrap_timeout_ms=int(self.timeout_s * 1000),
                 )
-            self._admin.describe_cluster()
+            cluster = self._admin.describe_cluster()
         except (KafkaError, OSError, ValueError) as exc:
             self._probe_lock.release()
             self._discard()
             raise BrokerUnavailable(f"Kafka did not answer: {exc}") from exc
+        cluster_id = str(cluster.get("cluster_id") or "") if isinstance(cluster, dict) else ""
+        if cluster_id != self._cluster_id:
+            if self._cluster_id is not None:
+                log.warning("the broker's cluster id changed: %s", cluster_id)
+                with self._lock:
+                    self.epoch += 1
+            self._cluster_id = cluster_id
         self._probe_lock.release()
 
     def publish(self, messages: Sequence[Message]) -> list[Ack | Exception]:

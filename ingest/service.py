@@ -37,6 +37,14 @@ from parcours.identity import TopicIdentityError
 
 log = logging.getLogger(__name__)
 
+# How a 403 names what the integrator may not write.
+WHAT = {
+    "patient": "This patient",
+    "resource": "This resource",
+    "system": "This identifier system",
+    "owner": "This integrator's data",
+}
+
 
 @dataclass
 class EntryResult:
@@ -86,6 +94,7 @@ def cap_rejections(rejected: list[RejectionRecord]) -> list[RejectionRecord]:
         operation_outcome=operation_outcome(
             [Issue("too-costly", f"{more} more refused entries are not stored", ())]
         ),
+        count=more,
     )
     return [*rejected[:MAX_ISSUES], summary]
 
@@ -138,11 +147,13 @@ class IngestService:
         publisher: Publisher,
         metrics: IngestMetrics,
         ownership: bool = True,
-        guard: Callable[[], None] | None = None,
+        guard: Callable[[bool], None] | None = None,
     ) -> None:
         self.store = IngestStore(engine)
-        # Raises TopicIdentityError while the broker's raw topic is not the database's.
+        # Raises TopicIdentityError while the broker's raw topic is not the database's; its
+        # argument forces a check now (after the connection to the broker was lost).
         self.guard = guard
+        self._verified_epoch = -1
         self.owners = OwnershipStore(engine) if ownership else None
         self.publisher = publisher
         self.metrics = metrics
@@ -182,6 +193,19 @@ class IngestService:
             },
         )
 
+    def _dead_letter_rest(self, source: str, received_at: datetime, refused: int) -> None:
+        """One dead letter that counts a request's refusals beyond the first `MAX_ISSUES`."""
+        more = refused - MAX_ISSUES
+        if more <= 0:
+            return
+        summary = Rejection(
+            400,
+            "more-rejections",
+            [Issue("too-costly", f"… and {more} more refused entries in the same request", ())],
+        )
+        payload = orjson.dumps({"refused": refused, "dead-lettered": MAX_ISSUES, "more": more})
+        self._dead_letter(source, received_at, source, payload, summary)
+
     def reject(
         self, source: str | None, received_at: datetime, rej: Rejection, payload: bytes
     ) -> None:
@@ -198,8 +222,8 @@ class IngestService:
     def check_ownership(
         self, source: str, items: Sequence[Item], positions: list[int]
     ) -> list[int]:
-        """Refuse (403) each item at `positions` that writes a patient or identifier system
-        that `source` may not write; return their positions."""
+        """Refuse (403) each item at `positions` that writes a patient, a resource or an
+        identifier system that `source` may not write; return their positions."""
         if self.owners is None:
             return []
         needs: dict[int, list[tuple[Claim, str]]] = {}
@@ -219,8 +243,7 @@ class IngestService:
             issues = [
                 Issue(
                     "forbidden",
-                    f"{'This patient' if claim[0] == 'patient' else 'This identifier system'} "
-                    f"belongs to another integrator; an admin can grant access "
+                    f"{WHAT[claim[0]]} belongs to another integrator; an admin can grant access "
                     f"(parcours ingest grant {source} --{claim[0]} …)",
                     (where,),
                 )
@@ -233,32 +256,54 @@ class IngestService:
         return refused
 
     def _record_rejected(
-        self, source: str, received_at: datetime, items: Sequence[Item], positions: list[int]
+        self,
+        source: str,
+        received_at: datetime,
+        items: Sequence[Item],
+        positions: list[int],
+        earlier: int = 0,
     ) -> tuple[dict[int, EntryResult], list[RejectionRecord]]:
-        """Results, rejection rows and dead letters of the invalid items at `positions`."""
+        """Results, rejection rows and dead letters of the invalid items at `positions`; the
+        request already refused `earlier` items. Only the first `MAX_ISSUES` refusals of a
+        request are dead-lettered (see `_dead_letter_rest`)."""
         results: dict[int, EntryResult] = {}
         rejected: list[RejectionRecord] = []
-        for pos in positions:
+        for n, pos in enumerate(positions):
             item = items[pos]
             rej = Rejection(
                 item.status, item.reason, item.issues, item.resource_type, item.resource_id
             )
             results[pos] = EntryResult(item, item.status, rej.outcome())
             rejected.append(rejection_record(source, received_at, rej))
-            key = item.key or dead_letter_key(item.raw) or source
-            self._dead_letter(source, received_at, key, payload_of(item), rej)
+            if earlier + n < MAX_ISSUES:
+                key = item.key or dead_letter_key(item.raw) or source
+                self._dead_letter(source, received_at, key, payload_of(item), rej)
             self.metrics.rejections.labels(source, item.reason).inc()
             self.metrics.resources.labels(source, "rejected", item.resource_type or "").inc()
         return results, rejected
 
+    def _broker_ready(self, rejected: list[RejectionRecord]) -> None:
+        """Raise BrokerUnavailable unless the broker answers now and its raw topic is the one
+        the dedupe log speaks for. The topic is verified again whenever the connection to the
+        broker was lost or its cluster id changed: a broker restarted empty must not be
+        published to, nor answered "duplicate" for, before that check."""
+        try:
+            self.publisher.check()
+            if self.guard is not None:
+                epoch = self.publisher.epoch
+                try:
+                    self.guard(epoch != self._verified_epoch)
+                except TopicIdentityError as exc:
+                    raise BrokerUnavailable(str(exc)) from exc
+                self._verified_epoch = epoch
+        except BrokerUnavailable:
+            self.metrics.broker_up.set(0)
+            if rejected:
+                self.store.record_rejections(cap_rejections(rejected))
+            raise
+
     def _seen(self, keys: list[DedupeKey]) -> set[DedupeKey]:
         """Keys already published: in SQL, or acknowledged and not yet written there."""
-        if self.guard is not None:
-            try:
-                self.guard()
-            except TopicIdentityError as exc:
-                # The dedupe log would speak for records this broker never received.
-                raise BrokerUnavailable(str(exc)) from exc
         self._flush_pending()
         found = self.store.seen(keys) if keys else set()
         with self._pending_lock:
@@ -323,12 +368,12 @@ class IngestService:
     ) -> IngestResult:
         """Publish the valid, new items and say what happened to each.
 
-        Everything that can fail (validation, ownership, the dedupe lookup, the broker probe)
-        runs before the first record is sent; after the broker acknowledged, nothing can turn
-        the answer into an error. Atomic requests (transaction, message, single resource)
-        raise Rejection if any item is invalid or forbidden, and BrokerUnavailable unless
-        every new item was acknowledged. Other requests get per-item statuses; they raise
-        BrokerUnavailable only if nothing got through.
+        Everything that can fail (validation, the broker probe and topic check, the dedupe
+        lookup, ownership) runs before the first record is sent; after the broker
+        acknowledged, nothing can turn the answer into an error. Atomic requests (transaction,
+        message, single resource) raise Rejection if any item is invalid or forbidden, and
+        BrokerUnavailable unless every new item was acknowledged. Other requests get per-item
+        statuses; they raise BrokerUnavailable only if nothing got through.
         """
         self._refuse_if_atomic(items, atomic)
         results, rejected = self._record_rejected(
@@ -346,6 +391,9 @@ class IngestService:
             else:
                 first_pos[item.dedupe_key] = pos
                 candidates.append(pos)
+        if candidates:
+            # Before the dedupe log answers "duplicate" and before anything is published.
+            self._broker_ready(rejected)
         seen = self._seen([items[p].dedupe_key for p in candidates])
         to_publish = [p for p in candidates if items[p].dedupe_key not in seen]
         for pos in candidates:
@@ -356,22 +404,16 @@ class IngestService:
         if forbidden:
             self._refuse_if_atomic(items, atomic)
             more_results, more_rejected = self._record_rejected(
-                source, received_at, items, forbidden
+                source, received_at, items, forbidden, earlier=len(rejected)
             )
             results.update(more_results)
             rejected += more_rejected
             to_publish = [p for p in to_publish if p not in set(forbidden)]
+        self._dead_letter_rest(source, received_at, len(rejected))
         rejected = cap_rejections(rejected)
 
         acks: list[Ack | Exception] = []
         if to_publish:
-            try:
-                self.publisher.check()
-            except BrokerUnavailable:
-                self.metrics.broker_up.set(0)
-                if rejected:
-                    self.store.record_rejections(rejected)
-                raise
             started = time.perf_counter()
             messages = [
                 Message(

@@ -92,7 +92,8 @@ def db_reset(
     ] = False,
 ) -> None:
     """Start clean: empty every data table (pathways, census, forecasts, the gateway's dedupe
-    log…), keep the integrators, and adopt the broker's current raw topic.
+    log…), keep the integrators (tokens, ownership, grants), and adopt the broker's current raw
+    topic.
 
     For a database whose broker lost its data: the feeds are then sent again.
     """

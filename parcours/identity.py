@@ -35,9 +35,11 @@ from parcours.topics import Topics, ensure_topics
 
 log = logging.getLogger(__name__)
 
-# Tables that describe no topic's records: the schema version, the integrators and their tokens,
-# and the identity itself.
-NOT_DATA = frozenset({"alembic_version", "integrators", "topic_identity"})
+# Tables that describe no topic's records: the schema version, the integrators, their tokens,
+# what each owns and was granted (who may write, as the admin set it), and the identity itself.
+NOT_DATA = frozenset(
+    {"alembic_version", "integrators", "ingest_owners", "ingest_grants", "topic_identity"}
+)
 _NO_TOPIC_ID = {"", "AAAAAAAAAAAAAAAAAAAAAA", "00000000-0000-0000-0000-000000000000"}
 
 
@@ -131,7 +133,8 @@ def reset_data(engine: Engine, identity: TopicIdentity | None) -> list[str]:
     """Empty every data table (the dedupe log included), zero the integrators' counters, and
     record `identity` as the topic the (now empty) data belong to. Returns the tables emptied.
 
-    Integrators and their tokens are kept: they say who may write, not what was written.
+    Integrators, their tokens, ownership and grants are kept: they say who may write, not what
+    was written.
     """
     meta = MetaData()
     meta.reflect(engine)
@@ -244,7 +247,9 @@ class TopicGuard:
     The start check cannot see a broker that restarts empty under a running gateway; this guard,
     called before the dedupe lookup, makes the gateway answer 503 instead of "duplicate" for
     resources the new topic never received. A broker that does not answer keeps the last verdict
-    (publishing will fail on its own).
+    (publishing will fail on its own), except for a forced check: a caller that lost its
+    connection to the broker forces one before it trusts the verdict again, and a forced check
+    that cannot reach the broker raises.
     """
 
     def __init__(
@@ -263,29 +268,36 @@ class TopicGuard:
         self._error: TopicIdentityError | None = None
         self._lock = threading.Lock()
 
-    def __call__(self) -> None:
-        """Raise TopicIdentityError if the last check found another topic (or none)."""
+    def __call__(self, force: bool = False) -> None:
+        """Raise TopicIdentityError if the last check found another topic (or none). With
+        `force`, check now, and raise as well if the broker does not answer."""
         with self._lock:
             now = self.clock()
-            if self._checked_at is None or now - self._checked_at >= self.interval_s:
+            if force or self._checked_at is None or now - self._checked_at >= self.interval_s:
                 self._checked_at = now
-                self._refresh()
+                if not self._refresh() and force:
+                    self._checked_at = None
+                    raise TopicIdentityError(
+                        f"Le topic {self.topic} n'a pas pu être vérifié sur le broker. / "
+                        f"The broker's topic {self.topic} could not be verified."
+                    )
             error = self._error
         if error is not None:
             raise error
 
-    def _refresh(self) -> None:
+    def _refresh(self) -> bool:
+        """Compare the broker's topic with the database's; False if the broker did not answer."""
         try:
             current = broker_identity(self.bootstrap, self.topic, timeout_s=3.0)
         except (KafkaError, OSError) as exc:
             log.debug("topic identity not re-checked: %s", exc)
-            return
+            return False
         found = recorded_identity(self.engine, self.topic)
         if found is None:
             if current is not None:
                 record_identity(self.engine, current)
             self._error = None
-            return
+            return True
         recorded, since = found
         if current is None:
             self._error = TopicIdentityError(
@@ -298,3 +310,4 @@ class TopicGuard:
             self._error = TopicIdentityError(mismatch_message(current, recorded, since))
         else:
             self._error = None
+        return True

@@ -85,8 +85,8 @@ class Settings(BaseSettings):
     )
     ingest_ownership: bool = Field(
         default=True,
-        description="Each patient belongs to the integrator that first wrote it (403 for "
-        "others unless granted with `parcours ingest grant`).",
+        description="Each patient, and each resource of no patient, belongs to the integrator "
+        "that first wrote it (403 for others unless granted with `parcours ingest grant`).",
     )
     ingest_publish_timeout_s: float = Field(
         default=10.0, description="How long the gateway waits for Kafka acks before answering 503."

@@ -4,7 +4,9 @@ theirs, revoked and expired tokens, floods, and resources too large for the prod
 
 from __future__ import annotations
 
+import contextlib
 import json
+import select
 import socket
 import subprocess
 import sys
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from ingest.auth import create_token, hash_token
 from parcours.db import make_engine
@@ -33,7 +35,7 @@ from tests.integration.ingest_helpers import (
     run_gateway,
     unique,
 )
-from tests.support import parcours_env
+from tests.support import parcours_env, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -117,6 +119,128 @@ def test_a_black_hole_database_gives_503_and_healthz_still_answers(
             assert httpx.get(f"{gw.url}/fhir/metadata", timeout=5).status_code == 200
             assert httpx.get(f"{gw.url}/healthz", timeout=5).status_code == 503
         assert "Traceback" not in gw.log.read_text(errors="replace")
+
+
+class FreezingProxy:
+    """A TCP proxy to the database that can stop forwarding: while frozen, it still accepts
+    connections and takes every byte (its kernel acknowledges them) but passes nothing on, so
+    pooled connections and new ones alike meet a server that never answers."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(256)
+        self.port = int(self.server.getsockname()[1])
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.closed = threading.Event()
+        self.sockets: list[socket.socket] = []
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def freeze(self) -> None:
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()
+
+    def _wait_flowing(self) -> bool:
+        while not self.flowing.wait(0.2):
+            if self.closed.is_set():
+                return False
+        return not self.closed.is_set()
+
+    def _accept(self) -> None:
+        self.server.settimeout(0.2)
+        while not self.closed.is_set():
+            try:
+                client = self.server.accept()[0]
+            except TimeoutError:
+                continue
+            self.sockets.append(client)
+            thread = threading.Thread(target=self._connect, args=(client,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _connect(self, client: socket.socket) -> None:
+        if not self._wait_flowing():
+            return
+        upstream = socket.create_connection(self.target)
+        self.sockets.append(upstream)
+        for a, b in ((client, upstream), (upstream, client)):
+            thread = threading.Thread(target=self._relay, args=(a, b), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _relay(self, a: socket.socket, b: socket.socket) -> None:
+        while self._wait_flowing():
+            ready, _, _ = select.select([a], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                data = a.recv(65536)
+                if not data or not self._wait_flowing():
+                    break
+                b.sendall(data)
+            except OSError:
+                break
+        for sock in (a, b):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.closed.set()
+        for thread in self.threads:
+            thread.join(5)
+        for sock in [self.server, *self.sockets]:
+            sock.close()
+
+
+def test_a_database_that_stops_answering_behind_pooled_connections(
+    broker: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    _, token = new_token(pg_url)
+    real = make_url(pg_url)
+    proxy = FreezingProxy(real.host or "127.0.0.1", real.port or 5432)
+    try:
+        via_proxy = real.set(host="127.0.0.1", port=proxy.port)
+        env = gateway_env(
+            broker,
+            via_proxy.render_as_string(hide_password=False),
+            topic_prefix,
+            PARCOURS_INGEST_DB_TIMEOUT_S="2",
+        )
+        with run_gateway(env, tmp_path / "gw.log") as gw:
+
+            def attempt(_: int) -> httpx.Response:
+                return post(gw.url, token, "/fhir/Encounter", encounter(unique("e"), unique("p")))
+
+            # Several requests at once: the pool holds several live connections.
+            with ThreadPoolExecutor(8) as pool:
+                warm = list(pool.map(attempt, range(8)))
+            assert {r.status_code for r in warm} == {201}, [r.text for r in warm]
+            proxy.freeze()
+            # The client's own timeouts bound the test: an answer must come.
+            health = httpx.get(f"{gw.url}/healthz", timeout=5)
+            assert health.status_code == 503
+            assert health.json()["database"].startswith("down"), health.text
+            with ThreadPoolExecutor(16) as pool:
+                answers = list(pool.map(attempt, range(16)))
+            assert {r.status_code for r in answers} == {503}, [r.text[:300] for r in answers]
+            assert all(r.headers["retry-after"] for r in answers)
+            assert all(r.json()["issue"][0]["code"] == "transient" for r in answers)
+            assert httpx.get(f"{gw.url}/fhir/metadata", timeout=5).status_code == 200
+            assert httpx.get(f"{gw.url}/healthz", timeout=5).status_code == 503
+            proxy.thaw()
+            wait_until(
+                lambda: attempt(0).status_code == 201, every_s=0.5, what="a 201 after the thaw"
+            )
+            assert httpx.get(f"{gw.url}/healthz", timeout=5).status_code == 200
+        log = gw.log.read_text(errors="replace")
+    finally:
+        proxy.close()
+    assert "Traceback" not in log, log[-3000:]
 
 
 @dataclass
@@ -262,6 +386,61 @@ def test_another_integrators_patient_is_403_until_granted(two: Two) -> None:
     assert post(two.gw.url, b, "/fhir/Patient", deceased).status_code == 201
 
 
+def test_a_resource_of_no_patient_belongs_to_its_first_writer(two: Two) -> None:
+    # Two integrators of their own: the module's pair holds grants from other tests.
+    (_, a), (b_name, b) = new_token(two.pg_url), new_token(two.pg_url)
+    ward = {"resourceType": "Location", "id": unique("l"), "name": "Ward A"}
+    assert post(two.gw.url, a, "/fhir/Location", ward).status_code == 201
+    closed = {**ward, "name": "Closed", "status": "inactive"}
+    resp = post(two.gw.url, b, "/fhir/Location", closed)
+    assert resp.status_code == 403, resp.text
+    assert resp.json()["issue"][0]["code"] == "forbidden"
+    assert resp.json()["issue"][0]["expression"] == ["Location.id"]
+    resp = httpx.put(
+        f"{two.gw.url}/fhir/Location/{ward['id']}",
+        content=json.dumps(closed).encode(),
+        headers={"Authorization": f"Bearer {b}", "Content-Type": FHIR},
+        timeout=60,
+    )
+    assert resp.status_code == 403, resp.text
+    # B's own Organization is B's: A may not write it.
+    org = {"resourceType": "Organization", "id": unique("o"), "name": "Clinique B"}
+    assert post(two.gw.url, b, "/fhir/Organization", org).status_code == 201
+    resp = post(two.gw.url, a, "/fhir/Organization", {**org, "name": "Taken"})
+    assert resp.status_code == 403, resp.text
+    doctor = {"resourceType": "Practitioner", "id": unique("pr"), "active": True}
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"resource": closed, "request": {"method": "PUT", "url": f"Location/{ward['id']}"}},
+            {"resource": doctor, "request": {"method": "POST", "url": "Practitioner"}},
+        ],
+    }
+    resp = post(two.gw.url, b, "/fhir", batch)
+    assert [e["response"]["status"] for e in resp.json()["entry"]] == [
+        "403 Forbidden",
+        "201 Created",
+    ]
+    transaction = {**batch, "type": "transaction"}
+    resp = post(two.gw.url, b, "/fhir", transaction)
+    assert resp.status_code == 403, resp.text
+    assert resp.json()["issue"][0]["expression"] == ["Bundle.entry[0].resource.id"]
+    directory = [json.loads(m.value) for m in read_topic(two.broker, two.topics.directory)]
+    assert not any(r["id"] == ward["id"] and r.get("name") == "Closed" for r in directory)
+    assert any(r["id"] == doctor["id"] for r in directory)
+    # The owner still writes it; an admin grant lets B write that one resource only.
+    assert post(two.gw.url, a, "/fhir/Location", {**ward, "name": "Ward A2"}).status_code == 201
+    bad = parcours_cli(two, "grant", b_name, "--resource", "not a reference")
+    assert bad.returncode == 2, bad.stdout
+    done = parcours_cli(two, "grant", b_name, "--resource", f"Location/{ward['id']}")
+    assert done.returncode == 0, done.stderr
+    assert post(two.gw.url, b, "/fhir/Location", closed).status_code == 201
+    other = {"resourceType": "Location", "id": unique("l"), "name": "Ward C"}
+    assert post(two.gw.url, a, "/fhir/Location", other).status_code == 201
+    assert post(two.gw.url, b, "/fhir/Location", {**other, "name": "x"}).status_code == 403
+
+
 def test_revoke_and_expiry_take_effect_at_once(two: Two) -> None:
     name, token = new_token(two.pg_url)
     body = {"resourceType": "Location", "id": unique("l"), "name": "x"}
@@ -279,6 +458,8 @@ def test_revoke_and_expiry_take_effect_at_once(two: Two) -> None:
     created = parcours_cli(two, "token", "create", unique("temp"), "--expires-in", "90d")
     assert created.returncode == 0, created.stderr
     temp = created.stdout.strip()
+    # A Location of its own: `body` belongs to the first integrator.
+    body = {**body, "id": unique("l")}
     assert post(two.gw.url, temp, "/fhir/Location", {**body, "name": "y"}).status_code == 201
     engine = make_engine(two.pg_url)
     with engine.begin() as conn:

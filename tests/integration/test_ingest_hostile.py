@@ -44,6 +44,8 @@ ACT = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 FORBIDDEN = [chr(c) for c in range(32) if chr(c) not in "\t\r\n"]
 NDJSON = "application/fhir+ndjson"
 BAD = frozenset({400, 422})
+# Case.auth of a request sent with the second integrator's token.
+OTHER = "other"
 
 
 def uid(prefix: str) -> str:
@@ -515,6 +517,121 @@ def envelope_http_cases() -> Iterator[Case]:
     )
 
 
+def of_patient(rtype: str, pid: str) -> dict[str, Any]:
+    """A small valid resource of `rtype` about patient `pid`."""
+    ref = {"reference": f"Patient/{pid}"}
+    code = {"text": "x"}
+    bodies: dict[str, dict[str, Any]] = {
+        "Encounter": encounter(patient=pid),
+        "Observation": {"status": "final", "code": code, "subject": ref},
+        "Condition": {"subject": ref, "code": code},
+        "Procedure": {"status": "completed", "subject": ref},
+        "EpisodeOfCare": {"status": "active", "patient": ref},
+        "Flag": {"status": "active", "code": code, "subject": ref},
+        "ServiceRequest": {"status": "active", "intent": "order", "subject": ref},
+        "AllergyIntolerance": {"patient": ref},
+        "CarePlan": {"status": "active", "intent": "plan", "subject": ref},
+        "Appointment": {
+            "status": "booked",
+            "participant": [{"actor": ref, "status": "accepted"}],
+        },
+    }
+    return {"resourceType": rtype, "id": uid(rtype[:3].lower()), **bodies[rtype]}
+
+
+def access_cases() -> Iterator[Case]:
+    """Two integrators: what one wrote first (a patient, a resource of no patient) is refused
+    to the other with 403; an identifier system nobody was assigned stays open to both."""
+    owned = patient()
+    pid = str(owned["id"])
+    yield one("access-owner-patient", "/fhir/Patient", owned, {201})
+    yield one(
+        "access-other-patient", "/fhir/Patient", {**owned, "active": False}, {403}, auth=OTHER
+    )
+    for rtype in [
+        "Encounter",
+        "Observation",
+        "Condition",
+        "Procedure",
+        "EpisodeOfCare",
+        "Flag",
+        "ServiceRequest",
+        "AllergyIntolerance",
+        "CarePlan",
+        "Appointment",
+    ]:
+        yield one(f"access-owner-{rtype}", f"/fhir/{rtype}", of_patient(rtype, pid), {201})
+        yield one(
+            f"access-other-{rtype}", f"/fhir/{rtype}", of_patient(rtype, pid), {403}, auth=OTHER
+        )
+    reference_data = {
+        "Location": location(),
+        "Organization": {"resourceType": "Organization", "id": uid("o"), "name": "CH A"},
+        "Practitioner": {"resourceType": "Practitioner", "id": uid("pr"), "active": True},
+        "HealthcareService": {"resourceType": "HealthcareService", "id": uid("hs")},
+    }
+    for rtype, resource in reference_data.items():
+        yield one(f"access-owner-{rtype}", f"/fhir/{rtype}", resource, {201})
+        changed = {
+            **resource,
+            **({"status": "inactive"} if rtype == "Location" else {"active": False}),
+        }
+        yield one(f"access-other-{rtype}", f"/fhir/{rtype}", changed, {403}, auth=OTHER)
+    ward = reference_data["Location"]
+    yield one(
+        "access-other-put-location",
+        f"/fhir/Location/{ward['id']}",
+        {**ward, "name": "Closed"},
+        {403},
+        method="PUT",
+        auth=OTHER,
+    )
+    theirs = location()
+    yield one("access-other-own-location", "/fhir/Location", theirs, {201}, auth=OTHER)
+    yield one("access-owner-their-location", "/fhir/Location", {**theirs, "name": "x"}, {403})
+    yield one(
+        "access-other-batch",
+        "/fhir",
+        bundle("batch", entry(of_patient("Encounter", pid)), entry(location())),
+        {200},
+        auth=OTHER,
+        entries=(403, 201),
+    )
+    yield one(
+        "access-other-transaction",
+        "/fhir",
+        bundle("transaction", entry(location()), entry(of_patient("Observation", pid))),
+        {403},
+        auth=OTHER,
+    )
+    yield one(
+        "access-other-import",
+        "/fhir/$import",
+        ndjson(location(), {**ward, "name": "Closed"}),
+        {200},
+        content_type=NDJSON,
+        auth=OTHER,
+        entries=(201, 403),
+    )
+    merged = patient(link=[{"other": {"reference": f"Patient/{pid}"}, "type": "replaced-by"}])
+    yield one("access-other-merge-into", "/fhir/Patient", merged, {403}, auth=OTHER)
+    # Writing a Patient does not claim its identifier systems: an unassigned one stays open.
+    system = f"urn:oid:1.2.250.1.{uuid.uuid4().int % 10**9}"
+    yield one(
+        "access-owner-unassigned-system",
+        "/fhir/Patient",
+        patient(identifier=[{"system": system, "value": "1"}]),
+        {201},
+    )
+    yield one(
+        "access-other-unassigned-system",
+        "/fhir/Patient",
+        patient(identifier=[{"system": system, "value": "2"}]),
+        {201},
+        auth=OTHER,
+    )
+
+
 def valid_cases() -> Iterator[Case]:
     """The documented 2xx: created, then the same again answered as a duplicate."""
     enc = encounter()
@@ -543,6 +660,7 @@ CASES: list[Case] = [
     *entry_field_cases(),
     *identity_cases(),
     *envelope_http_cases(),
+    *access_cases(),
     *valid_cases(),
 ]
 HYPOTHESIS_EXAMPLES = 60  # per generated test below (three of them)
@@ -552,6 +670,7 @@ HYPOTHESIS_EXAMPLES = 60  # per generated test below (three of them)
 class Corpus:
     gw: Gateway
     token: str
+    other: str
     counter: TopicCounter
     rss_start: int
     client: httpx.Client
@@ -562,6 +681,7 @@ def corpus(broker: str, pg_url: str, tmp_path_factory: pytest.TempPathFactory) -
     prefix = f"h{uuid.uuid4().hex[:8]}."
     engine = make_engine(pg_url)
     token = create_token(engine, uid("hostile"))
+    other = create_token(engine, uid("other"))
     engine.dispose()
     env = gateway_env(
         broker,
@@ -583,7 +703,7 @@ def corpus(broker: str, pg_url: str, tmp_path_factory: pytest.TempPathFactory) -
         # Patient data goes to the raw topic, reference data (Location…) to the directory.
         counter = TopicCounter(broker, topics.raw, topics.directory)
         try:
-            yield Corpus(gw, token, counter, rss_bytes(gw.proc.pid), client)
+            yield Corpus(gw, token, other, counter, rss_bytes(gw.proc.pid), client)
         finally:
             counter.close()
 
@@ -594,6 +714,8 @@ def send(corpus: Corpus, case: Case) -> httpx.Response:
         headers["Content-Type"] = case.content_type
     if case.auth == "ok":
         headers["Authorization"] = f"Bearer {corpus.token}"
+    elif case.auth == OTHER:
+        headers["Authorization"] = f"Bearer {corpus.other}"
     elif case.auth is not None:
         headers["Authorization"] = case.auth
     return corpus.client.request(case.method, case.path, content=case.body, headers=headers)
@@ -612,6 +734,7 @@ def judge(corpus: Corpus, resp: httpx.Response) -> int:
 
 
 def test_the_corpus_is_large_enough() -> None:
+    assert len(CASES) >= 400, len(CASES)
     assert len(CASES) + 3 * HYPOTHESIS_EXAMPLES >= 400, len(CASES)
     assert len({c.name for c in CASES}) == len(CASES)
 

@@ -115,6 +115,7 @@ def test_a_new_topic_is_refused_until_the_database_is_reset(
 
     emptied = reset_data(engine, new)
     assert "ingest_log" in emptied and "integrators" not in emptied
+    assert "ingest_owners" not in emptied and "ingest_grants" not in emptied
     assert log_rows(engine) == 0
     with engine.connect() as conn:
         assert conn.execute(select(IntegratorRow.name)).scalars().all() == ["lab"]

@@ -259,7 +259,20 @@ def test_claims_of_a_patient_and_of_its_resources() -> None:
     assert list(claims_of(encounter(), "Bundle.entry[1].resource")) == [
         (("patient", "p1"), "Bundle.entry[1].resource")
     ]
-    assert list(claims_of({"resourceType": "Location", "id": "l"}, "Location")) == []
+    merged = {
+        "resourceType": "Patient",
+        "id": "p2",
+        "link": [{"other": {"reference": "Patient/p1"}, "type": "replaced-by"}],
+    }
+    assert list(claims_of(merged, "Patient")) == [
+        (("patient", "p2"), "Patient.id"),
+        (("patient", "p1"), "Patient.link[0].other"),
+    ]
+    # A resource of no patient is claimed by its Type/id; without an id there is nothing to own.
+    assert list(claims_of({"resourceType": "Location", "id": "l"}, "Location")) == [
+        (("resource", "Location/l"), "Location.id")
+    ]
+    assert list(claims_of({"resourceType": "Location"}, "Location")) == []
 
 
 class FlakyStore:
@@ -428,3 +441,63 @@ def test_the_resource_limit_follows_the_topic_when_the_broker_says_less() -> Non
     assert publisher.max_resource_bytes() == 4_000_000
     publisher._topic_max_bytes = 1_048_588
     assert publisher.max_resource_bytes() == 1_048_588 - RECORD_OVERHEAD_BYTES
+
+
+class DeadLetterPublisher(AckingPublisher):
+    """Acknowledges everything and keeps the dead letters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dead: list[tuple[bytes, dict[str, str]]] = []
+
+    def dead_letter(self, _key: Any, payload: bytes, headers: dict[str, str]) -> None:
+        self.dead.append((payload, headers))
+
+
+class RecordingStore(FlakyStore):
+    """The ingest log, up, keeping the rejection rows of each request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.rejected: list[Any] = []
+
+    def record(self, source: str, at: Any, published: Any, dup: int, rej: Any) -> None:
+        super().record(source, at, published, dup, rej)
+        self.rejected += rej
+
+
+def test_dead_letters_and_rejection_rows_are_capped_per_request() -> None:
+    import orjson
+
+    from ingest.metrics import IngestMetrics
+    from ingest.outcome import MAX_ISSUES
+    from ingest.service import IngestService
+
+    publisher = DeadLetterPublisher()
+    service = IngestService(None, publisher, IngestMetrics(), ownership=False)  # type: ignore[arg-type]
+    store = RecordingStore()
+    service.store = store  # type: ignore[assignment]
+    bad = [
+        prepare_resource({"resourceType": "Location", "id": f"bad {n}"}, "Location")
+        for n in range(MAX_ISSUES + 150)
+    ]
+    good = prepare_resource({"resourceType": "Location", "id": "good"}, "Location")
+    result = service.ingest("lab", datetime.now(UTC), [*bad, good], atomic=False)
+    assert [e.status for e in result.entries] == [422] * len(bad) + [201]
+    assert len(publisher.sent) == 1
+    assert len(publisher.dead) == MAX_ISSUES + 1
+    payload, headers = publisher.dead[-1]
+    assert headers["reason-code"] == "more-rejections" and "150 more" in headers["reason"]
+    assert orjson.loads(payload)["more"] == 150
+    assert len(store.rejected) == MAX_ISSUES + 1
+    assert store.rejected[-1].reason == "more-rejections"
+    assert sum(r.count for r in store.rejected) == len(bad)
+
+
+def test_database_waits_are_bounded_by_the_connections_statement_timeout() -> None:
+    from ingest.db_waits import MARGIN_S, wait_limit
+
+    dsn = "host=h dbname=d options='-c statement_timeout=2500 -c lock_timeout=2500'"
+    assert wait_limit(dsn) == 2.5 + MARGIN_S
+    assert wait_limit("host=h dbname=d") is None

@@ -219,3 +219,75 @@ def test_backtest_of_a_bad_csv_is_one_error_line_naming_the_row(
     missing = forecast([*args[:-1], "lits"], pg_url)
     assert missing.returncode == 2
     assert "no column 'lits' (the header has: date, beds)" in missing.stderr
+
+
+def test_forecast_run_writes_daily_forecasts_of_the_live_census(pg_url: str) -> None:
+    """Thirty days of hourly census give a daily series (occupancy at midnight UTC) forecast 14
+    days ahead beside the hourly one, under the metric `occupancy_daily`."""
+    engine = make_engine(pg_url)
+    ward = "Location/fc-daily-ward"
+    start = pd.Timestamp("2026-03-02T00:00:00Z")
+    hours = pd.date_range(start, periods=24 * 30, freq="h")
+    rng = np.random.default_rng(5)
+    arrivals = rng.poisson(np.where(hours.dayofweek < 5, 0.5, 0.2))
+    leaving = rng.poisson(0.4, len(hours))
+    occupancy = np.maximum(25 + np.cumsum(arrivals - leaving), 0)
+    rows = [
+        {
+            "unit_type": "ward",
+            "unit_id": ward,
+            "hour": h.to_pydatetime(),
+            "hospital_id": "Organization/fc-test",
+            "occupancy": int(occupancy[i]),
+            "admissions": int(arrivals[i]),
+            "discharges": int(leaving[i]),
+            "transfers_in": 0,
+            "transfers_out": 0,
+            "ed_arrivals": 0,
+        }
+        for i, h in enumerate(hours)
+    ]
+    with engine.begin() as conn:
+        upsert(conn, CensusHourlyRow, rows, key=["unit_type", "unit_id", "hour"])
+
+    args = ["run", "--unit-type", "ward", "--horizon", "24", "--folds", "2", "--no-prophet"]
+    result = forecast([*args, "--json"], pg_url)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout)
+    daily = out["occupancy_daily"]
+    assert daily["unit_id"] == ward
+    # The first midnight has no day of flows before it.
+    assert daily["points"] == 29
+    last_midnight = pd.Timestamp("2026-03-31T00:00:00Z")
+    with engine.connect() as conn:
+        series = conn.execute(
+            text(
+                "SELECT freq, horizon, selected_model, history_end FROM forecast_series "
+                "WHERE unit_id = :u AND metric = 'occupancy_daily'"
+            ),
+            {"u": ward},
+        ).one()
+        got = conn.execute(
+            text(
+                "SELECT model, count(*) AS n, min(ds) AS first, max(ds) AS last FROM forecasts "
+                "WHERE unit_id = :u AND metric = 'occupancy_daily' GROUP BY model"
+            ),
+            {"u": ward},
+        ).all()
+        terms = conn.execute(
+            text(
+                "SELECT count(*) FROM forecast_terms "
+                "WHERE unit_id = :u AND metric = 'occupancy_daily' AND model = 'stock_flow'"
+            ),
+            {"u": ward},
+        ).scalar_one()
+    assert (series.freq, series.horizon) == ("D", 14)
+    assert pd.Timestamp(series.history_end) == last_midnight
+    assert {g.model for g in got} == {series.selected_model, "naive", "stock_flow"}
+    for g in got:
+        assert g.n == 14
+        assert pd.Timestamp(g.first) == last_midnight + pd.Timedelta(days=1)
+        assert pd.Timestamp(g.last) == last_midnight + pd.Timedelta(days=14)
+    assert terms == 14
+    # The hourly forecast is still there (one series: its report is the document).
+    assert (out["unit_id"], out["points"]) == (ward, 24 * 30)

@@ -26,8 +26,8 @@ ENSEMBLE_SIZE = 3
 # instead of it.
 SIGNIFICANCE = 2.0
 # The default model, first found among the candidates: the stock–flow model (the census's own
-# dynamics), else the ensemble of the best candidates.
-DEFAULTS = ("stock_flow", ENSEMBLE)
+# dynamics), else the naive forecast (a series without its flows: no structure to trust).
+DEFAULTS = ("stock_flow", "naive")
 
 
 @dataclass(frozen=True)
@@ -235,8 +235,8 @@ def run_backtest(
     its intervals on the other folds, and select a model.
 
     With at least `ENSEMBLE_SIZE` models that forecast every fold, the candidates include the
-    `ensemble` (see `online_ensemble`). The default model (`DEFAULTS`: stock–flow, else the
-    ensemble) is selected unless another beats it significantly over the folds (see `choose`):
+    `ensemble` (see `online_ensemble`). The default model (`DEFAULTS`: stock–flow, else naive)
+    is selected unless another beats it significantly over the folds (see `choose`):
     the model with the lowest backtest error among many is partly the luckiest, and its lead
     shrinks on the weeks that follow. `check` scores that rule on the later folds, each chosen
     from the folds before it (see `selection_check`).

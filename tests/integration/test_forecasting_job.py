@@ -55,9 +55,10 @@ def test_forecast_run_writes_forecasts_and_scores_and_reruns_idempotently(
     assert report["points"] == 105
     candidates = {"stock_flow", "stock_flow_flat", "stock_flow_trend", "auto_ets", "auto_arima"}
     candidates |= {"auto_theta", "prophet", "naive"}
-    assert {a["model"] for a in report["accuracy"]} == candidates | {"seasonal_naive_7"}
+    assert {a["model"] for a in report["accuracy"]} == candidates | {"seasonal_naive_7", "ensemble"}
     selected = report["selected"]
-    assert report["models"][selected]["mase"] <= report["models"]["naive"]["mase"]
+    # Three folds are too few for any model's lead over the stock–flow default to be significant.
+    assert selected == "stock_flow"
     written = sorted({selected, "naive", "stock_flow"})
 
     engine = make_engine(pg_url)
@@ -85,7 +86,7 @@ def test_forecast_run_writes_forecasts_and_scores_and_reruns_idempotently(
         assert r["n"] == 7
         assert r["first"].isoformat() == "2020-07-01T00:00:00+00:00"
         assert r["ordered"]
-    assert len(scores) == 9
+    assert len(scores) == 10
     assert all(s.folds == 3 and 0.0 <= s.coverage <= 1.0 for s in scores)
     assert tuple(chosen) == (selected, 3)
     assert len(terms) == 7
@@ -98,7 +99,7 @@ def test_forecast_run_writes_forecasts_and_scores_and_reruns_idempotently(
         assert count == 7 * len(written)
         assert (
             conn.scalar(text("SELECT count(*) FROM forecast_accuracy WHERE unit_id = 'spf:21'"))
-            == 9
+            == 10
         )
 
 
@@ -196,7 +197,12 @@ def test_backtest_any_census_csv_names_the_selected_model(
         scores = report["models"][name]
         assert {"mae", "rmse", "mase", "coverage"} <= set(scores)
         assert scores["folds"] == 6
-    assert report["models"][selected]["mase"] == min(m["mase"] for m in report["models"].values())
+    # The stock–flow model is the default; another is selected only for a clearly lower error.
+    assert report["models"][selected]["mase"] <= report["models"]["stock_flow"]["mase"]
+    assert "ensemble" in report["models"]
+    check = report["selection_check"]
+    assert check["folds"] == 3
+    assert 0 <= check["coverage"] <= 1 and check["mae_vs_naive"] > 0
     assert report["models"]["stock_flow"]["mae"] < report["models"]["naive"]["mae"]
 
     text_out = forecast([a for a in args if a != "--json"], pg_url)
@@ -289,5 +295,6 @@ def test_forecast_run_writes_daily_forecasts_of_the_live_census(pg_url: str) -> 
         assert pd.Timestamp(g.first) == last_midnight + pd.Timedelta(days=1)
         assert pd.Timestamp(g.last) == last_midnight + pd.Timedelta(days=14)
     assert terms == 14
-    # The hourly forecast is still there (one series: its report is the document).
-    assert (out["unit_id"], out["points"]) == (ward, 24 * 30)
+    # The hourly forecast is still there (other tests' wards may share the database).
+    hourly = {r["unit_id"]: r for r in out.get("series", [out])}
+    assert hourly[ward]["points"] == 24 * 30

@@ -151,3 +151,24 @@ def test_daily_stock_flow_reads_the_hourly_forecast_every_24_hours() -> None:
     assert np.allclose(fc["yhat"], direct["yhat"].iloc[23::24])
     recomposed = fc["now"] - fc["expected_discharges"] + fc["expected_admissions"]
     assert np.allclose(recomposed, fc["yhat"])
+
+
+def test_kaplan_meier_matches_lifelines_and_a_hand_computed_curve() -> None:
+    from lifelines import KaplanMeierFitter
+
+    from forecasting.survival import kaplan_meier
+
+    # Stays 2, 3+, 3, 5, 5, 8+ (+: still going). At 2: 6 at risk, 1 ends → 5/6. At 3: 5 at
+    # risk, 1 ends → × 4/5. At 5: 3 at risk, 2 end → × 1/3. At 8 nothing ends.
+    durations = [2.0, 3.0, 3.0, 5.0, 5.0, 8.0]
+    ended = [True, False, True, True, True, False]
+    times, survival = kaplan_meier(durations, ended)
+    assert list(times) == [0.0, 2.0, 3.0, 5.0, 8.0]
+    assert np.allclose(survival, [1.0, 5 / 6, 2 / 3, 2 / 9, 2 / 9])
+    rng = np.random.default_rng(2)
+    d = np.round(rng.lognormal(3.0, 0.7, 400), 1)
+    e = rng.uniform(size=400) < 0.8
+    times, survival = kaplan_meier(d, e)
+    sf = KaplanMeierFitter().fit(d, event_observed=e).survival_function_
+    assert np.allclose(times, sf.index.to_numpy(dtype=float))
+    assert np.allclose(survival, sf.iloc[:, 0].to_numpy(dtype=float))

@@ -36,8 +36,8 @@ def naive_scale(history: ArrayLike, season: int = 1) -> float:
 
 
 def local_scale(history: ArrayLike, season: int = 1, window: int | None = None) -> float:
-    """How much the series moves lately: the seasonal naive scale of its last `window` points
-    (two weeks of steps by default: 14 daily, 14 × 24 hourly with `season` 24). NaN when too
+    """How much the series moves lately: the seasonal naive scale of its last `window` moves
+    (two weeks by default: 14 daily steps, or 14 × 24 hours with `season` 24). NaN when too
     short."""
     y = np.asarray(history, dtype=float)
     span = window if window is not None else 14 * season

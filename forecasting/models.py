@@ -1,4 +1,5 @@
-"""Forecasting models behind one small interface: Prophet and the naive baselines it must beat.
+"""Forecasting models behind one small interface: StatsForecast, Prophet, the naive baselines and
+the ensemble (mean) of several.
 
 Every model takes a history frame with columns `ds` (timezone-naive UTC timestamps, regular
 frequency) and `y`, and returns a frame `ds, yhat, yhat_lower, yhat_upper` for the next

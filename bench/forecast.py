@@ -4,9 +4,10 @@ simulated territory, beside Prophet alone on the same series and folds.
 The territory is simulated first (not timed): each inpatient stay's ward moves give the hourly
 occupancy of every ward, service and hospital (present at the top of each hour), its arrivals
 and departures, and the stays the stock–flow model learns from. The ED is left out: its boxes
-are not beds. Then, timed, `forecasting.job.run` backtests every candidate on rolling origins,
-selects one per series by MASE and forecasts with calibrated intervals, as `parcours forecast
-run` does; and Prophet alone does the same backtest and forecast.
+are not beds. Then, timed, `forecasting.job.run` backtests the candidates on rolling origins,
+selects one per series and forecasts with calibrated intervals, hourly and daily (the census at
+midnight, 14 days ahead), as `parcours forecast run` does; and Prophet alone does the same
+hourly backtest and forecast.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forecasting.job import SeriesInput, UnitResult, run
+from forecasting.cli import DAILY_METRIC, DAILY_MIN_TRAIN
+from forecasting.job import SeriesInput, UnitResult, daily_inputs, run
 from forecasting.models import ProphetModel
 from forecasting.stockflow import EpisodeStockFlow
 
 START = datetime(2026, 1, 5, tzinfo=UTC)
+# Days ahead of the daily forecast, as `parcours forecast run` (its --daily-horizon).
+DAILY_HORIZON = 14
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class BenchResult:
     prophet_seconds: float
     results: list[UnitResult]
     prophet_results: list[UnitResult]
+    daily_series: int = 0
 
 
 def _naive(at: datetime) -> pd.Timestamp:
@@ -114,33 +119,48 @@ def territory_inputs(days: int, seed: int = 7) -> list[SeriesInput]:
 def run_bench(
     days: int, horizon: int, folds: int, workers: int, full: bool, seed: int = 7
 ) -> BenchResult:
-    """Simulate, then time `parcours forecast run`'s passes on every series (the fast first
-    pass, a refresh of its selections, optionally the full backtest of every candidate) and
-    Prophet alone backtested and forecast on the same series, each over `workers` processes."""
+    """Simulate, then time `parcours forecast run`'s passes on every series, hourly and daily
+    (the fast first pass, a refresh of the hourly selections, optionally the full backtest of
+    every candidate) and Prophet alone backtested and forecast on the same hourly series, each
+    over `workers` processes."""
     inputs = territory_inputs(days, seed)
+    daily = daily_inputs(inputs, DAILY_HORIZON + DAILY_MIN_TRAIN)
     now = datetime.now(UTC)
-    common: dict[str, Any] = {
-        "metric": "occupancy",
-        "horizon": horizon,
-        "freq": "h",
-        "now": now,
-        "folds": folds,
-        "write": False,
-        "workers": workers,
+    common: dict[str, Any] = {"now": now, "folds": folds, "write": False, "workers": workers}
+    hourly_pass: dict[str, Any] = {"metric": "occupancy", "horizon": horizon, "freq": "h"}
+    daily_pass: dict[str, Any] = {
+        "metric": DAILY_METRIC,
+        "horizon": DAILY_HORIZON,
+        "freq": "D",
+        "min_train": DAILY_MIN_TRAIN,
     }
 
-    def timed(**kw: Any) -> tuple[list[UnitResult], float]:
+    def timed(
+        hourly_kw: dict[str, Any], daily_kw: dict[str, Any] | None
+    ) -> tuple[list[UnitResult], float]:
         t0 = time.perf_counter()
-        out = run(None, inputs, **common, **kw)
+        out = run(None, inputs, **common, **hourly_pass, **hourly_kw)
+        if daily_kw is not None and daily:
+            run(None, daily, **common, **daily_pass, **daily_kw)
         return out, time.perf_counter() - t0
 
-    fast, fast_s = timed(mode="fast")
+    fast, fast_s = timed({"mode": "fast"}, {"mode": "fast"})
     previous = {r.unit_id: r.selected for r in fast if r.selected}
-    _, refresh_s = timed(mode="refresh", previous=previous)
-    results, full_s = timed(mode="full") if full else (fast, None)
-    prophet, prophet_s = timed(only=[ProphetModel()])
+    _, refresh_s = timed({"mode": "refresh", "previous": previous}, {"mode": "fast"})
+    results, full_s = timed({"mode": "full"}, {"mode": "full"}) if full else (fast, None)
+    prophet, prophet_s = timed({"only": [ProphetModel()]}, None)
     return BenchResult(
-        len(inputs), days, horizon, folds, fast_s, refresh_s, full_s, prophet_s, results, prophet
+        len(inputs),
+        days,
+        horizon,
+        folds,
+        fast_s,
+        refresh_s,
+        full_s,
+        prophet_s,
+        results,
+        prophet,
+        len(daily),
     )
 
 
@@ -166,7 +186,8 @@ def report(r: BenchResult) -> str:
     head = f"MAE@{lead}h / naive (median)"
     lines = [
         f"forecast bench: {r.series} series (wards, services, hospitals), {r.days} days of "
-        f"hourly history, horizon {r.horizon} h, {r.folds} folds",
+        f"hourly history, horizon {r.horizon} h, {r.folds} folds; and {r.daily_series} daily "
+        f"series {DAILY_HORIZON} days ahead (not for Prophet alone)",
         f"{'':<44} {'seconds':>8} {head:>28} {'80% coverage (median)':>22}",
         f"{'Parcours, first pass (fast candidates)':<44} {r.fast_seconds:8.1f} "
         + (

@@ -1,4 +1,5 @@
-"""Bed-demand forecasting (Prophet) on the census history, with rolling-origin backtests."""
+"""Bed-demand forecasting on the census history: stock–flow, statistical and naive models, chosen
+by rolling-origin backtests, with calibrated intervals."""
 
 
 class ForecastingError(Exception):

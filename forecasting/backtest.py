@@ -15,10 +15,19 @@ import numpy as np
 import pandas as pd
 
 from forecasting import ForecastingError
-from forecasting.metrics import conformal_halfwidths, naive_scale
+from forecasting.metrics import conformal_halfwidths, local_scale, naive_scale
 from forecasting.models import Model, step_of
 
 TARGET_COVERAGE = 0.8
+ENSEMBLE = "ensemble"
+# How many of the best models the ensemble averages.
+ENSEMBLE_SIZE = 3
+# The paired t statistic by which a model must beat the default over the folds to be selected
+# instead of it.
+SIGNIFICANCE = 2.0
+# The default model, first found among the candidates: the stock–flow model (the census's own
+# dynamics), else the naive forecast (a series without its flows: no structure to trust).
+DEFAULTS = ("stock_flow", "naive")
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,23 @@ class Accuracy:
 
 
 @dataclass(frozen=True)
+class SelectionCheck:
+    """The selection rule scored out of sample: on each of the later `folds`, the model chosen
+    from the earlier folds only, its intervals calibrated on them too."""
+
+    folds: int
+    mae: float
+    naive_mae: float
+    coverage: float
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain-data form, with the MAE ratio to naive (None when naive was perfect)."""
+        out: dict[str, object] = asdict(self)
+        out["mae_vs_naive"] = self.mae / self.naive_mae if self.naive_mae > 0 else None
+        return out
+
+
+@dataclass(frozen=True)
 class Backtest:
     """Every model's accuracy on the same folds, the selected model and its residuals."""
 
@@ -58,6 +84,13 @@ class Backtest:
     origins: list[pd.Timestamp]
     window_end: pd.Timestamp
     skipped: dict[str, str] = field(default_factory=dict)
+    # Residuals divided by their fold's local scale, and the local scale at the history's end:
+    # what `calibrate` needs for the forecast after the history.
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    scale_now: float = 1.0
+    # The models the ensemble averages after the history (empty: no ensemble).
+    members: tuple[str, ...] = ()
+    check: SelectionCheck | None = None
 
     def of(self, model: str) -> Accuracy:
         """The accuracy of one model."""
@@ -88,17 +121,103 @@ def calibrate(
     residuals: np.ndarray,
     level: float = TARGET_COVERAGE,
     capacity: float | None = None,
+    scale: float = 1.0,
 ) -> pd.DataFrame:
     """Replace a forecast's interval by the conformal one from backtest `residuals` (folds ×
-    leads), and keep every value within [0, capacity]."""
+    leads, each divided by its fold's local scale) times the series' local `scale` now, and
+    keep every value within [0, capacity]."""
     out = forecast.copy()
     yhat = out["yhat"].to_numpy(dtype=float)
-    half = conformal_halfwidths(residuals[:, : len(yhat)], level)
+    half = conformal_halfwidths(residuals[:, : len(yhat)], level) * scale
     top = np.inf if capacity is None else float(capacity)
     out["yhat"] = np.clip(yhat, 0.0, top)
     out["yhat_lower"] = np.clip(yhat - half, 0.0, top)
     out["yhat_upper"] = np.clip(yhat + half, 0.0, top)
     return out
+
+
+def local_scales(y: np.ndarray, cuts: list[int], season: int) -> tuple[np.ndarray, float]:
+    """The local scale (`metrics.local_scale`) of the history before each fold's origin, and of
+    the whole series. Scales that are missing or below a tenth of their mean get that tenth (a
+    flat fortnight must not make the next interval zero); all 1 when the series never moves."""
+    raw = np.array([local_scale(y[:cut], season) for cut in cuts] + [local_scale(y, season)])
+    positive = raw[np.isfinite(raw) & (raw > 0)]
+    if len(positive) == 0:
+        return np.ones(len(cuts)), 1.0
+    floor = 0.1 * float(positive.mean())
+    fixed = np.where(np.isfinite(raw) & (raw > floor), raw, floor)
+    return fixed[:-1], float(fixed[-1])
+
+
+def online_ensemble(
+    actual: np.ndarray, points: dict[str, np.ndarray], size: int = ENSEMBLE_SIZE
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Fold forecasts of the mean of the `size` models with the lowest MAE on the earlier folds
+    (every model on the first fold), so that each fold's ensemble uses only what was known at
+    its origin; and the members chosen on every fold, for the forecast after the history."""
+    names = list(points)
+
+    def top(k: int) -> list[str]:
+        err = {m: float(np.abs(actual[:k] - points[m][:k]).mean()) for m in names}
+        return sorted(names, key=lambda m: err[m])[:size]
+
+    folds = actual.shape[0]
+    out = np.empty_like(actual, dtype=float)
+    for k in range(folds):
+        members = names if k == 0 else top(k)
+        out[k] = np.mean([points[m][k] for m in members], axis=0)
+    return out, tuple(top(folds))
+
+
+def choose(fold_mae: dict[str, np.ndarray], default: str | None) -> str:
+    """The selected model: the lowest mean fold MAE, unless a `default` is given and the best
+    model's lead over it is not significant (paired t statistic of the fold MAE differences
+    below `SIGNIFICANCE`, or fewer than 3 folds). Ties go to the model listed first."""
+    names = list(fold_mae)
+    best = min(names, key=lambda m: (float(np.mean(fold_mae[m])), names.index(m)))
+    if default is None or best == default:
+        return best
+    diff = fold_mae[best] - fold_mae[default]
+    if len(diff) < 3:
+        return default
+    spread = float(np.std(diff, ddof=1))
+    if spread == 0:
+        return best if diff.mean() < 0 else default
+    t = float(diff.mean()) / (spread / np.sqrt(len(diff)))
+    return best if t < -SIGNIFICANCE else default
+
+
+def selection_check(
+    actual: np.ndarray,
+    points: dict[str, np.ndarray],
+    default: str | None,
+    fold_scale: np.ndarray,
+    level: float = TARGET_COVERAGE,
+) -> SelectionCheck | None:
+    """Score the selection rule on the later half of the folds: at fold k, `choose` sees folds
+    before k only, and the chosen model's interval is calibrated on its residuals there. None
+    without naive among the models or with fewer than 4 folds."""
+    folds = actual.shape[0]
+    if "naive" not in points or folds < 4:
+        return None
+    first = folds // 2
+    errors, naive, inside = [], [], []
+    for k in range(first, folds):
+        fold_mae = {n: np.abs(actual[:k] - p[:k]).mean(axis=1) for n, p in points.items()}
+        name = choose(fold_mae, default)
+        yhat = points[name][k]
+        z = (actual[:k] - points[name][:k]) / fold_scale[:k, None]
+        half = conformal_halfwidths(z, level) * fold_scale[k]
+        lower, upper = np.maximum(yhat - half, 0.0), yhat + half
+        errors.append(np.abs(actual[k] - yhat))
+        naive.append(np.abs(actual[k] - points["naive"][k]))
+        inside.append((actual[k] >= lower) & (actual[k] <= upper))
+    return SelectionCheck(
+        folds=folds - first,
+        mae=float(np.mean(errors)),
+        naive_mae=float(np.mean(naive)),
+        coverage=float(np.mean(inside)),
+    )
 
 
 def run_backtest(
@@ -110,51 +229,71 @@ def run_backtest(
     min_train: int | None = None,
     level: float = TARGET_COVERAGE,
     capacity: float | None = None,
+    ensemble: bool = True,
 ) -> Backtest:
     """Fit every model on each fold's history, score it on the next `horizon` points, calibrate
-    its intervals on the other folds, and select the model with the lowest MASE.
+    its intervals on the other folds, and select a model.
 
-    A model that cannot forecast some fold (too short a history for it, no flows…) is left out
-    and its reason kept in `skipped`."""
+    With at least `ENSEMBLE_SIZE` models that forecast every fold, the candidates include the
+    `ensemble` (see `online_ensemble`). The default model (`DEFAULTS`: stock–flow, else naive)
+    is selected unless another beats it significantly over the folds (see `choose`):
+    the model with the lowest backtest error among many is partly the luckiest, and its lead
+    shrinks on the weeks that follow. `check` scores that rule on the later folds, each chosen
+    from the folds before it (see `selection_check`).
+
+    Intervals are conformal on residuals divided by the local scale of each fold's history
+    (`local_scales`), so that an interval widens when the series moves more, as in an epidemic
+    wave, and narrows when it calms. A model that cannot forecast some fold (too short a history
+    for it, no flows…) is left out and its reason kept in `skipped`."""
     series = series.sort_values("ds").reset_index(drop=True)
     cuts = origins(len(series), horizon, folds, min_train or max(2 * horizon, 10))
     y = series["y"].to_numpy(dtype=float)
     season = mase_season(freq)
     scales = np.array([naive_scale(y[:cut], season) for cut in cuts])
     scale = float(np.nanmean(scales)) if np.isfinite(scales).any() else float("nan")
+    fold_scale, scale_now = local_scales(y, cuts, season)
     actual = np.array([y[cut : cut + horizon] for cut in cuts])
-    accuracy: list[Accuracy] = []
-    residuals: dict[str, np.ndarray] = {}
-    skipped: dict[str, str] = {}
     top = np.inf if capacity is None else float(capacity)
+    points: dict[str, np.ndarray] = {}
+    skipped: dict[str, str] = {}
     for model in models:
-        points, lowers, uppers = [], [], []
         try:
-            for cut in cuts:
-                fc = model.forecast(series.iloc[:cut], horizon, freq)
-                points.append(np.clip(fc["yhat"].to_numpy(dtype=float), 0.0, top))
-                lowers.append(fc["yhat_lower"].to_numpy(dtype=float))
-                uppers.append(fc["yhat_upper"].to_numpy(dtype=float))
+            fcs = [model.forecast(series.iloc[:cut], horizon, freq) for cut in cuts]
         except ForecastingError as exc:
             skipped[model.name] = str(exc)
             continue
-        yhat = np.array(points)
+        points[model.name] = np.array(
+            [np.clip(fc["yhat"].to_numpy(dtype=float), 0.0, top) for fc in fcs]
+        )
+    if not points:
+        raise ForecastingError(
+            "no model could forecast this series: "
+            + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        )
+    members: tuple[str, ...] = ()
+    if ensemble and len(points) >= ENSEMBLE_SIZE:
+        points[ENSEMBLE], members = online_ensemble(actual, dict(points))
+    default = next((d for d in DEFAULTS if d in points), None)
+    accuracy: list[Accuracy] = []
+    residuals: dict[str, np.ndarray] = {}
+    scores: dict[str, np.ndarray] = {}
+    for name, yhat in points.items():
         res = actual - yhat
-        lower, upper = np.array(lowers), np.array(uppers)
-        if len(cuts) > 1:
+        z = res / fold_scale[:, None]
+        lower, upper = np.empty_like(yhat), np.empty_like(yhat)
+        for k in range(len(cuts)):
             # Each fold's interval from the other folds' residuals: out-of-sample coverage.
-            for k in range(len(cuts)):
-                others = np.delete(res, k, axis=0)
-                half = conformal_halfwidths(others, level)
-                lower[k] = np.clip(yhat[k] - half, 0.0, top)
-                upper[k] = np.clip(yhat[k] + half, 0.0, top)
+            others = np.delete(z, k, axis=0) if len(cuts) > 1 else z
+            half = conformal_halfwidths(others, level) * fold_scale[k]
+            lower[k] = np.clip(yhat[k] - half, 0.0, top)
+            upper[k] = np.clip(yhat[k] + half, 0.0, top)
         inside = (actual >= lower) & (actual <= upper)
         nonzero = actual != 0
         err = np.abs(res)
         mae = float(err.mean())
         accuracy.append(
             Accuracy(
-                model=model.name,
+                model=name,
                 horizon=horizon,
                 folds=len(cuts),
                 mae=mae,
@@ -168,23 +307,23 @@ def run_backtest(
                 coverage_by_lead=tuple(float(v) for v in inside.mean(axis=0)),
             )
         )
-        residuals[model.name] = res
-    if not accuracy:
-        raise ForecastingError(
-            "no model could forecast this series: "
-            + "; ".join(f"{k}: {v}" for k, v in skipped.items())
-        )
-    # Ties go to the model listed first (the candidates come simplest-last, stock–flow first).
-    best = min(accuracy, key=lambda a: (a.mase if np.isfinite(a.mase) else np.inf, a.mae))
+        residuals[name] = res
+        scores[name] = z
+    selected = choose({n: np.abs(r).mean(axis=1) for n, r in residuals.items()}, default)
+    check = selection_check(actual, points, default, fold_scale, level)
     step = step_of(freq)
     ds = pd.DatetimeIndex(series["ds"])
     return Backtest(
         accuracy=accuracy,
-        selected=best.model,
+        selected=selected,
         residuals=residuals,
         origins=[pd.Timestamp(ds[cut - 1]) for cut in cuts],
         window_end=pd.Timestamp(ds[cuts[-1] - 1]) + step * horizon,
         skipped=skipped,
+        scores=scores,
+        scale_now=scale_now,
+        members=members,
+        check=check,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -135,18 +136,37 @@ def _report(r: UnitResult) -> dict[str, Any]:
         "models": models,
         "accuracy": [a.as_dict() for a in r.accuracy],
         "skipped": r.skipped,
+        "selection_check": r.check.as_dict() if r.check else None,
     }
 
 
-def _print(results: list[UnitResult], as_json: bool) -> None:
+def _document(results: list[UnitResult]) -> dict[str, Any]:
+    reports = [_report(r) for r in results]
+    if len(reports) == 1:
+        return reports[0]
+    return {"selected": {r["unit_id"]: r["selected"] for r in reports}, "series": reports}
+
+
+def _print(
+    results: list[UnitResult],
+    as_json: bool,
+    more: list[tuple[str, int, list[UnitResult]]] | None = None,
+) -> None:
+    """Print the results of the main metric; `more` are other metrics of the same run (the
+    live census's daily occupancy), under their metric's name."""
     if as_json:
-        reports = [_report(r) for r in results]
-        if len(reports) == 1:
-            typer.echo(json.dumps(reports[0], indent=2))
-        else:
-            doc = {"selected": {r["unit_id"]: r["selected"] for r in reports}, "series": reports}
-            typer.echo(json.dumps(doc, indent=2))
+        doc = _document(results)
+        for metric, _, extra in more or []:
+            doc[metric] = _document(extra)
+        typer.echo(json.dumps(doc, indent=2))
         return
+    _print_text(results)
+    for metric, horizon, extra in more or []:
+        typer.echo(f"{metric}: {len(extra)} series, {horizon} days ahead")
+        _print_text(extra)
+
+
+def _print_text(results: list[UnitResult]) -> None:
     for r in results:
         if r.error:
             typer.echo(f"{r.unit_id}: skipped: {r.error}")
@@ -164,6 +184,28 @@ def _print(results: list[UnitResult], as_json: bool) -> None:
         for name, why in r.skipped.items():
             typer.echo(f"  {name:<16} skipped: {why}")
         typer.echo(f"  selected: {r.selected}")
+        if r.check is not None and r.check.naive_mae > 0:
+            typer.echo(
+                f"  selection check, last {r.check.folds} folds each chosen on the folds before: "
+                f"MAE {r.check.mae / r.check.naive_mae:.2f} × naive, "
+                f"coverage {r.check.coverage:.0%}"
+            )
+
+
+DAILY_METRIC = "occupancy_daily"
+# The shortest history (days) a daily backtest fold of the live census fits on.
+DAILY_MIN_TRAIN = 14
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One metric of a run: its series, step, horizon and shortest backtest training."""
+
+    metric: str
+    step: str
+    horizon: int
+    inputs: list[SeriesInput]
+    min_train: int | None = None
 
 
 def _execute(
@@ -186,13 +228,15 @@ def _execute(
     discharges_col: str | None = None,
     freq: str | None = None,
     capacity: float | None = None,
+    daily_horizon: int = 0,
 ) -> None:
     from forecasting import ForecastingError
-    from forecasting.job import census_inputs, recent_selections, run
+    from forecasting.job import census_inputs, daily_inputs, recent_selections, run
 
     if spf_csv is not None and csv is not None:
         raise _fail("give --csv or --spf-csv, not both")
     engine = None
+    passes: list[_Pass] = []
     try:
         if spf_csv is not None or csv is not None:
             inputs, step = _file_inputs(
@@ -207,21 +251,26 @@ def _execute(
                 freq=freq,
                 capacity=capacity,
             )
+            passes.append(_Pass(metric, step, horizon, inputs))
         else:
             from parcours.db import make_engine
             from parcours.runtime import load_settings
 
             engine = make_engine(load_settings().db_url)
-            step = "h"
             if metric != "occupancy":
                 raise ForecastingError("the live census forecasts occupancy (--metric occupancy)")
             levels = ("hospital", "service", "ward") if unit_type == "all" else (unit_type,)
-            inputs = [
+            hourly = [
                 item for level in levels for item in census_inputs(engine, level, 3 * horizon)
             ]
+            passes.append(_Pass(metric, "h", horizon, hourly))
+            if daily_horizon > 0 and hourly:
+                daily = daily_inputs(hourly, daily_horizon + DAILY_MIN_TRAIN)
+                if daily:
+                    passes.append(_Pass(DAILY_METRIC, "D", daily_horizon, daily, DAILY_MIN_TRAIN))
     except ForecastingError as exc:
         raise _fail(str(exc)) from exc
-    if not inputs:
+    if not passes[0].inputs:
         raise _fail(
             f"no {'ward, service or hospital' if unit_type == 'all' else unit_type} has "
             f"{3 * horizon} hours of census yet; let the stream worker "
@@ -233,33 +282,43 @@ def _execute(
 
         engine = make_engine(load_settings().db_url)
     now = datetime.now(UTC)
-    common: dict[str, Any] = {
-        "metric": metric,
-        "horizon": horizon,
-        "freq": step,
-        "folds": folds,
-        "write": write,
-        "progress": not as_json,
-        "with_prophet": with_prophet,
-        "workers": workers,
-    }
+
+    def common(p: _Pass) -> dict[str, Any]:
+        return {
+            "metric": p.metric,
+            "horizon": p.horizon,
+            "freq": p.step,
+            "folds": folds,
+            "write": write,
+            "progress": not as_json,
+            "with_prophet": with_prophet,
+            "workers": workers,
+            "min_train": p.min_train,
+        }
+
+    outcome: list[tuple[_Pass, list[UnitResult]]] = []
     if write and engine is not None and reselect_hours is not None:
-        # Every series gets a forecast quickly (a refresh of its last selection, or the fast
-        # candidates), then the series without a recent full backtest get one.
-        previous = recent_selections(engine, metric, horizon, now - timedelta(hours=reselect_hours))
-        first = run(engine, inputs, now=now, mode="refresh", previous=previous, **common)
-        pending = [item for item in inputs if item.unit_id not in previous]
-        done = {r.unit_id: r for r in first}
-        if pending:
-            for r in run(engine, pending, now=datetime.now(UTC), mode="full", **common):
-                if not r.error or not done[r.unit_id].accuracy:
-                    done[r.unit_id] = r
-        results = [done[item.unit_id] for item in inputs]
+        # Every series of every metric gets a forecast quickly (a refresh of its last selection,
+        # or the fast candidates), then the series without a recent full backtest get one.
+        since = now - timedelta(hours=reselect_hours)
+        firsts = []
+        for p in passes:
+            previous = recent_selections(engine, p.metric, p.horizon, since)
+            first = run(engine, p.inputs, now=now, mode="refresh", previous=previous, **common(p))
+            firsts.append((previous, {r.unit_id: r for r in first}))
+        for p, (previous, done) in zip(passes, firsts, strict=True):
+            pending = [item for item in p.inputs if item.unit_id not in previous]
+            if pending:
+                for r in run(engine, pending, now=datetime.now(UTC), mode="full", **common(p)):
+                    if not r.error or not done[r.unit_id].accuracy:
+                        done[r.unit_id] = r
+            outcome.append((p, [done[item.unit_id] for item in p.inputs]))
     else:
-        results = run(engine, inputs, now=now, **common)
-    if len(results) == 1 and results[0].error:
+        outcome = [(p, run(engine, p.inputs, now=now, **common(p))) for p in passes]
+    results = outcome[0][1]
+    if len(outcome) == 1 and len(results) == 1 and results[0].error:
         raise _fail(f"{results[0].unit_id}: {results[0].error}")
-    _print(results, as_json)
+    _print(results, as_json, [(p.metric, p.horizon, r) for p, r in outcome[1:]])
 
 
 @forecast_app.command("backtest")
@@ -328,9 +387,18 @@ def run_cmd(
         float | None,
         typer.Option(help="Run again every SECONDS until stopped (a long-running forecaster)."),
     ] = None,
+    daily_horizon: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Days ahead of the daily forecast of the live census (occupancy at midnight "
+            "UTC, metric occupancy_daily); 0: none.",
+        ),
+    ] = 14,
 ) -> None:
     """Backtest, select and forecast every unit; write forecasts, their terms, the selected
-    model and the backtest to SQL."""
+    model and the backtest to SQL. The live census is forecast hourly (`--horizon` hours) and
+    daily (`--daily-horizon` days, metric occupancy_daily)."""
     while True:
         wait = every
         try:
@@ -347,6 +415,7 @@ def run_cmd(
                 with_prophet=with_prophet,
                 workers=workers,
                 reselect_hours=reselect_hours,
+                daily_horizon=daily_horizon if spf_csv is None else 0,
             )
         except typer.Exit as exc:
             # With --every, too little history yet is a reason to wait, not to stop; the census

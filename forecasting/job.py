@@ -19,8 +19,16 @@ from sqlalchemy.engine import Connection
 from tqdm import tqdm
 
 from forecasting import ForecastingError
-from forecasting.backtest import TARGET_COVERAGE, Accuracy, Backtest, calibrate, run_backtest
-from forecasting.models import Model, candidate_models
+from forecasting.backtest import (
+    ENSEMBLE,
+    TARGET_COVERAGE,
+    Accuracy,
+    Backtest,
+    SelectionCheck,
+    calibrate,
+    run_backtest,
+)
+from forecasting.models import Ensemble, Model, candidate_models
 from forecasting.stockflow import TERM_COLUMNS
 from parcours.db import upsert
 from parcours.db.forecast_models import (
@@ -57,6 +65,7 @@ class UnitResult:
     selected: str | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     window: tuple[datetime, datetime] | None = None
+    check: SelectionCheck | None = None
 
 
 def to_naive_utc(series: pd.DataFrame) -> pd.DataFrame:
@@ -159,19 +168,30 @@ def forecast_one(
     freq: str,
     folds: int,
     level: float = TARGET_COVERAGE,
+    min_train: int | None = None,
 ) -> tuple[Backtest, dict[str, pd.DataFrame]]:
     """Backtest every model on one series, then forecast with the selected model, the naive
     baseline and the stock–flow model, each with intervals calibrated on its own backtest."""
     history = to_naive_utc(item.frame)
     bt = run_backtest(
-        history, list(models), horizon, freq, folds, level=level, capacity=item.capacity
+        history,
+        list(models),
+        horizon,
+        freq,
+        folds,
+        min_train=min_train,
+        level=level,
+        capacity=item.capacity,
     )
     keep = {bt.selected, "naive", "stock_flow"}
+    by_name = {m.name: m for m in models}
+    if bt.members:
+        by_name[ENSEMBLE] = Ensemble(tuple(by_name[n] for n in bt.members))
     out: dict[str, pd.DataFrame] = {}
-    for model in models:
-        if model.name in keep and model.name in bt.residuals:
+    for name, model in by_name.items():
+        if name in keep and name in bt.scores:
             raw = model.forecast(history, horizon, freq)
-            out[model.name] = calibrate(raw, bt.residuals[model.name], level, item.capacity)
+            out[name] = calibrate(raw, bt.scores[name], level, item.capacity, bt.scale_now)
     return bt, out
 
 
@@ -188,12 +208,13 @@ def candidates(
     `full`: every candidate. `fast`: all but the slow ones (stock–flow, AutoTheta, naive
     baselines), so that every series has a forecast within a minute. `refresh`: the model the
     last full backtest selected (`previous[unit]`), the stock–flow models and naive, to refit
-    and recalibrate them on the newest data; a series never fully backtested is run `fast`."""
+    and recalibrate them on the newest data; a series never fully backtested, or whose last
+    selection was the ensemble, is run `fast` (its ensemble then averages fast candidates)."""
     every = candidate_models(freq, level, item.stock_flow)
     if mode == "full":
         return every
     chosen = previous.get(item.unit_id) if mode == "refresh" else None
-    if chosen is not None and any(m.name == chosen for m in every):
+    if chosen is not None and chosen != ENSEMBLE and any(m.name == chosen for m in every):
         keep = {chosen, "naive"} | {m.name for m in item.stock_flow}
         return [m for m in every if m.name in keep]
     return [m for m in every if m.name not in SLOW]
@@ -221,12 +242,12 @@ def recent_selections(engine: Engine, metric: str, horizon: int, since: datetime
 
 
 def _forecast_task(
-    args: tuple[SeriesInput, list[Model], int, str, int, float],
+    args: tuple[SeriesInput, list[Model], int, str, int, float, int | None],
 ) -> tuple[Backtest, dict[str, pd.DataFrame]] | str:
     """`forecast_one` in a worker process; a ForecastingError comes back as its message."""
-    item, models, horizon, freq, folds, level = args
+    item, models, horizon, freq, folds, level, min_train = args
     try:
-        return forecast_one(item, models, horizon, freq, folds, level)
+        return forecast_one(item, models, horizon, freq, folds, level, min_train)
     except ForecastingError as exc:
         return str(exc)
 
@@ -248,11 +269,13 @@ def run(
     workers: int = 1,
     mode: str = "full",
     previous: Mapping[str, str] | None = None,
+    min_train: int | None = None,
 ) -> list[UnitResult]:
     """Backtest, select and forecast every series; write the results when `write` (and an
     engine is given), each series as soon as it is done. `only` replaces the candidates (a
     benchmark's peer); `mode` and `previous` choose the candidates (see `candidates`). `workers`
-    > 1 spreads the series over that many processes. A series too
+    > 1 spreads the series over that many processes; `min_train` is the shortest history a
+    backtest fold fits on (see `run_backtest`). A series too
     short for the models is reported, not fatal, so one new ward does not stop the whole job."""
     tasks = []
     for item in series:
@@ -261,7 +284,7 @@ def run(
         )
         if not with_prophet:
             models = [m for m in models if m.name != "prophet"]
-        tasks.append((item, models, horizon, freq, folds, level))
+        tasks.append((item, models, horizon, freq, folds, level, min_train))
     outcomes: Iterable[tuple[Backtest, dict[str, pd.DataFrame]] | str]
     if workers > 1 and len(tasks) > 1:
         outcomes = _pool(workers).map(_forecast_task, tasks)
@@ -353,6 +376,7 @@ def _record(
         selected=bt.selected,
         skipped=bt.skipped,
         window=window,
+        check=bt.check,
     )
 
 
@@ -397,6 +421,20 @@ def census_series(
     return out
 
 
+def daily_census(hourly: pd.DataFrame) -> pd.DataFrame:
+    """The daily census of an hourly occupancy series: `y` is the occupancy at 00:00 UTC of each
+    day, `admissions` and `departures` the flows of the 24 hours before it. Midnights less than a
+    day after the series starts are left out (their flows are incomplete)."""
+    frame = to_naive_utc(hourly)
+    ds = pd.DatetimeIndex(frame["ds"])
+    out = pd.DataFrame({"ds": ds, "y": frame["y"].to_numpy(dtype=float)})
+    for col in ("admissions", "departures"):
+        if col in frame:
+            out[col] = frame[col].rolling(24, min_periods=24).sum().to_numpy()
+    keep = (ds.hour == 0) & (ds - ds[0] >= pd.Timedelta(hours=23))
+    return out[keep].reset_index(drop=True)
+
+
 def census_inputs(
     engine: Engine,
     unit_type: str,
@@ -428,4 +466,30 @@ def census_inputs(
         out.append(
             SeriesInput(unit_id, frame, unit_type, (stock_flow,), caps.get((unit_type, unit_id)))
         )
+    return out
+
+
+def daily_inputs(hourly: Sequence[SeriesInput], min_points: int) -> list[SeriesInput]:
+    """The daily census (`daily_census`) of every hourly series with at least `min_points`
+    days. Its stock–flow model is the hourly one read every 24 hours (`DailyFromHourly`), beside
+    the daily flow forms without and with trend."""
+    from forecasting.stockflow import (
+        DailyFromHourly,
+        EpisodeStockFlow,
+        FlowStockFlow,
+        daily_variants,
+    )
+
+    out = []
+    for item in hourly:
+        days = daily_census(item.frame)
+        if len(days) < min_points:
+            continue
+        models: list[Model] = [
+            DailyFromHourly(m, to_naive_utc(item.frame))
+            for m in item.stock_flow
+            if isinstance(m, EpisodeStockFlow | FlowStockFlow)
+        ]
+        models += daily_variants()[1:]
+        out.append(SeriesInput(item.unit_id, days, item.unit_type, models, item.capacity))
     return out

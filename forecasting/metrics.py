@@ -35,6 +35,15 @@ def naive_scale(history: ArrayLike, season: int = 1) -> float:
     return float(np.mean(np.abs(y[season:] - y[:-season])))
 
 
+def local_scale(history: ArrayLike, season: int = 1, window: int | None = None) -> float:
+    """How much the series moves lately: the seasonal naive scale of its last `window` moves
+    (two weeks by default: 14 daily steps, or 14 × 24 hours with `season` 24). NaN when too
+    short."""
+    y = np.asarray(history, dtype=float)
+    span = window if window is not None else 14 * season
+    return naive_scale(y[-(span + season) :], season)
+
+
 def mase(actual: ArrayLike, forecast: ArrayLike, history: ArrayLike, season: int = 1) -> float:
     """Mean absolute scaled error of `forecast` against `actual`, scaled on `history`.
 

@@ -1,4 +1,5 @@
-"""Forecasting models behind one small interface: Prophet and the naive baselines it must beat.
+"""Forecasting models behind one small interface: StatsForecast, Prophet, the naive baselines and
+the ensemble (mean) of several.
 
 Every model takes a history frame with columns `ds` (timezone-naive UTC timestamps, regular
 frequency) and `y`, and returns a frame `ds, yhat, yhat_lower, yhat_upper` for the next
@@ -221,12 +222,39 @@ def candidate_models(
     freq: str, interval_width: float = 0.8, stock_flow: Sequence[Model] = ()
 ) -> list[Model]:
     """Every candidate the backtest chooses from: the stock–flow models (when the series has its
-    flows or stays), StatsForecast's AutoETS, AutoARIMA and AutoTheta, Prophet, and the naive
-    baselines."""
+    flows or stays), StatsForecast's AutoETS, AutoARIMA and AutoTheta, Prophet for daily series,
+    and the naive baselines.
+
+    Prophet is left out of hourly series: a fit on weeks of hours takes seconds, and on hourly
+    bed occupancy it loses to the naive forecast (see `parcours bench forecast`, which still runs
+    it alone beside the candidates)."""
     models: list[Model] = list(stock_flow)
     models += [
         StatsForecastModel("AutoETS", interval_width),
         StatsForecastModel("AutoARIMA", interval_width),
         StatsForecastModel("AutoTheta", interval_width),
     ]
-    return models + default_models(freq, interval_width)
+    baselines = default_models(freq, interval_width)
+    if step_of(freq) < pd.Timedelta(days=1):
+        baselines = [m for m in baselines if m.name != "prophet"]
+    return models + baselines
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """The mean of its members' forecasts (point, bounds, and the stock–flow terms when every
+    member has them)."""
+
+    members: tuple[Model, ...]
+    name: str = "ensemble"
+
+    def forecast(self, history: pd.DataFrame, horizon: int, freq: str) -> pd.DataFrame:
+        """Forecast with every member and average."""
+        if not self.members:
+            raise ForecastingError("an ensemble needs at least one member")
+        outs = [m.forecast(history, horizon, freq) for m in self.members]
+        out = outs[0][["ds"]].copy()
+        columns = [c for c in outs[0].columns if c != "ds" and all(c in o for o in outs)]
+        for col in columns:
+            out[col] = np.mean([o[col].to_numpy(dtype=float) for o in outs], axis=0)
+        return out

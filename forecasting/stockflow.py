@@ -278,3 +278,28 @@ def daily_variants(interval_width: float = 0.8) -> list[FlowStockFlow]:
         FlowStockFlow(interval_width, rate_days=14, trend_damping=0.0, name="stock_flow_flat"),
         FlowStockFlow(interval_width, trend_damping=1.0, centre=1.0, name="stock_flow_trend"),
     ]
+
+
+@dataclass(frozen=True)
+class DailyFromHourly:
+    """A daily forecast read off an hourly model: the hourly forecast from a daily origin,
+    taken every 24 hours (day 1 is the origin + 24 h), terms included.
+
+    `hourly_history` is the unit's hourly census with its flows (naive UTC `ds`); the model cuts
+    it at each origin, so a backtest fold sees no hour after its origin."""
+
+    hourly: EpisodeStockFlow | FlowStockFlow
+    hourly_history: pd.DataFrame
+    name: str = "stock_flow"
+
+    def forecast(self, history: pd.DataFrame, horizon: int, freq: str) -> pd.DataFrame:
+        """Forecast `horizon` days after the last day of `history`."""
+        if pd.Timedelta(pd.tseries.frequencies.to_offset(freq)) != pd.Timedelta(days=1):
+            raise ForecastingError("the daily stock–flow model forecasts daily series only")
+        origin = pd.Timestamp(history["ds"].iloc[-1])
+        hourly = self.hourly_history
+        past = hourly[hourly["ds"] <= origin].reset_index(drop=True)
+        if past.empty or pd.Timestamp(past["ds"].iloc[-1]) != origin:
+            raise ForecastingError(f"no hourly census at the daily origin {origin}")
+        out = self.hourly.forecast(past, 24 * horizon, "h")
+        return out.iloc[23::24].reset_index(drop=True)

@@ -61,10 +61,25 @@ class StayCurve:
         return float(np.sum(widths * before) + self.survival[-1] * self.tail_mean)
 
 
-def fit_stay_curve(durations: ArrayLike, ended: ArrayLike) -> StayCurve:
-    """Kaplan–Meier fit (lifelines) of stay lengths in hours; `ended` False for open stays."""
-    from lifelines import KaplanMeierFitter
+def kaplan_meier(durations: ArrayLike, ended: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Kaplan–Meier estimate of `S(t)` from durations and whether each ended (False: still
+    going, right-censored): the times (0 and every distinct duration) and the survival just
+    after each, `S(t) = Π over ended durations t_i ≤ t of (1 − d_i / n_i)`, with `d_i` stays
+    ending at `t_i` and `n_i` stays lasting at least `t_i`."""
+    d = np.asarray(durations, dtype=float)
+    e = np.asarray(ended, dtype=bool)
+    order = np.sort(d)
+    times = np.unique(d)
+    at_risk = len(d) - np.searchsorted(order, times, side="left")
+    deaths = np.bincount(np.searchsorted(times, d[e]), minlength=len(times))
+    survival = np.cumprod(1.0 - deaths / at_risk)
+    if times[0] > 0:
+        times, survival = np.r_[0.0, times], np.r_[1.0, survival]
+    return times, survival
 
+
+def fit_stay_curve(durations: ArrayLike, ended: ArrayLike) -> StayCurve:
+    """Kaplan–Meier fit of stay lengths in hours; `ended` False for open stays."""
     d = np.asarray(durations, dtype=float)
     e = np.asarray(ended, dtype=bool)
     keep = np.isfinite(d) & (d >= 0)
@@ -73,10 +88,7 @@ def fit_stay_curve(durations: ArrayLike, ended: ArrayLike) -> StayCurve:
         raise ForecastingError(
             f"only {int(e.sum())} finished stays to learn lengths of stay from; need at least 5"
         )
-    km = KaplanMeierFitter().fit(np.maximum(d, 1e-3), event_observed=e)
-    sf = km.survival_function_
-    times = sf.index.to_numpy(dtype=float)
-    survival = sf.iloc[:, 0].to_numpy(dtype=float)
+    times, survival = kaplan_meier(np.maximum(d, 1e-3), e)
     finished = np.sort(d[e])
     top = finished[int(0.9 * len(finished)) :]
     tail_mean = float(max(np.mean(top) - finished[int(0.9 * len(finished))] + 1.0, 1.0))

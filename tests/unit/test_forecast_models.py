@@ -258,18 +258,23 @@ def test_fast_and_refresh_passes_choose_their_candidates() -> None:
     stays, census = simulated_ward(days=15)
     item = SeriesInput("Location/w", census, "ward", (EpisodeStockFlow(stays),), 30.0)
     full = [m.name for m in candidates(item, "h", 0.8, "full", {})]
+    # Prophet is a candidate for daily series only.
     assert full == [
         "stock_flow",
         "auto_ets",
         "auto_arima",
         "auto_theta",
-        "prophet",
         "naive",
         "seasonal_naive_24",
     ]
+    daily = SeriesInput("Location/w", census, "ward", (), 30.0)
+    assert "prophet" in [m.name for m in candidates(daily, "D", 0.8, "full", {})]
     fast = [m.name for m in candidates(item, "h", 0.8, "fast", {})]
     assert fast == ["stock_flow", "auto_theta", "naive", "seasonal_naive_24"]
-    refresh = [m.name for m in candidates(item, "h", 0.8, "refresh", {"Location/w": "prophet"})]
-    assert refresh == ["stock_flow", "prophet", "naive"]
-    # Never fully backtested: the fast candidates.
+    refresh = [m.name for m in candidates(item, "h", 0.8, "refresh", {"Location/w": "auto_ets"})]
+    assert refresh == ["stock_flow", "auto_ets", "naive"]
+    # Never fully backtested, or last selected the ensemble: the fast candidates.
     assert [m.name for m in candidates(item, "h", 0.8, "refresh", {})] == fast
+    assert [m.name for m in candidates(item, "h", 0.8, "refresh", {"Location/w": "ensemble"})] == (
+        fast
+    )

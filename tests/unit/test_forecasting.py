@@ -67,7 +67,8 @@ def test_prophet_beats_the_naive_forecast_on_a_daily_cycle() -> None:
     scores = {
         a.model: a for a in backtest(series, default_models("h"), horizon=24, freq="h", folds=2)
     }
-    assert set(scores) == {"prophet", "naive", "seasonal_naive_24"}
+    # Three models: the backtest adds their ensemble.
+    assert set(scores) == {"prophet", "naive", "seasonal_naive_24", "ensemble"}
     assert scores["prophet"].mae < scores["naive"].mae
     assert 0.5 <= scores["prophet"].coverage <= 1.0
 

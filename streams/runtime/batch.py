@@ -33,7 +33,7 @@ from streams.core.pathway import (
     transition,
 )
 from streams.core.projection import patient_rows
-from streams.sink.writer import SinkBatch, SinkResult
+from streams.sink.rows import SinkBatch, SinkResult
 
 log = logging.getLogger(__name__)
 

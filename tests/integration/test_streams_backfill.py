@@ -28,10 +28,11 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from bench.territory import expected_counts, territory
 from parcours.db import make_engine
+from parcours.db.bulk import bulk_write
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
 from streams.runtime.batch import BatchProcessor, RawMessage, rules_from_settings
-from streams.sink.writer import SqlSink, bulk_write
+from streams.sink.writer import SqlSink
 from tests.integration.streams_helpers import (
     assert_same_tables,
     count,

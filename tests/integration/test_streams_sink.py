@@ -14,9 +14,11 @@ import pytest
 
 from bench.territory import expected_counts, territory
 from parcours.db import upgrade
+from parcours.db.bulk import bulk_write
 from parcours.settings import Settings
 from streams.runtime.batch import BatchProcessor, RawMessage, rules_from_settings
-from streams.sink.writer import ALERT_COLUMNS, SqlSink, bulk_write
+from streams.sink.rows import ALERT_COLUMNS
+from streams.sink.writer import SqlSink
 from tests.integration.streams_helpers import count, raw_key, rows, snapshot
 from tests.support import fresh_database
 

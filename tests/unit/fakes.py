@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.sink.writer import SinkBatch, SinkResult
+from streams.sink.rows import SinkBatch, SinkResult
 
 
 class NoWrites:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -106,6 +106,10 @@ class RowSink(Protocol):
 
     def write(self, batch: SinkBatch) -> SinkResult:
         """Write one batch's rows in one transaction."""
+        ...
+
+    def refused(self, locations: Sequence[LocationRecorded]) -> None:
+        """Remember Location versions the database refused: later writes skip them."""
         ...
 
 
@@ -429,12 +433,16 @@ class BatchProcessor:
         total.rows += result.rows
         total.alerts.extend(result.alerts)
 
-    @staticmethod
-    def _refuse(part: _Part, reason: str, outcome: BatchOutcome) -> None:
-        """Send the messages of a part the database refused to the dead letters."""
+    def _refuse(self, part: _Part, reason: str, outcome: BatchOutcome) -> None:
+        """Send the messages of a part the database refused to the dead letters; a Location
+        version is remembered as refused, so that it goes there once."""
         if part.location is not None:
             log.error("the database refused a Location: %s", reason)
             raw = outcome.location_raw.get(part.location, [])
+            try:
+                self.sink.refused(part.batch.locations)
+            except Exception as exc:  # then it is dead-lettered again at the next start
+                log.warning("refused Location not recorded: %s", describe_error(exc))
         else:
             assert part.patient is not None
             log.error("the database refused a patient's rows: %s", reason)

@@ -3,6 +3,8 @@ and changed by the Locations of a batch (which re-places the stored periods that
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,7 +36,41 @@ from streams.sink.rows import (
 
 # The `sink_versions` row counting the changes of the Location tree.
 TREE = "locations"
+# The prefix of the `sink_versions` rows naming a Location version the database refused.
+REFUSED = "refused-location:"
 _VERSION = table_of(SinkVersionRow)
+
+log = logging.getLogger(__name__)
+
+
+def refused_name(location: LocationRecorded) -> str:
+    """The `sink_versions` row naming `location`'s version as refused (a hash: ids are long)."""
+    digest = hashlib.sha1(  # nosec B324 - a name, not a secret
+        f"{location.location_id}\x00{location.source.version}".encode(), usedforsecurity=False
+    ).hexdigest()
+    return REFUSED + digest
+
+
+def remember_refused(conn: Connection, locations: Sequence[LocationRecorded]) -> None:
+    """Record that the database refused these Location versions."""
+    rows = [{"name": refused_name(ev), "version": 1} for ev in locations]
+    if rows:
+        upsert(conn, _VERSION, rows, key=["name"])
+
+
+def without_refused(
+    conn: Connection, locations: Sequence[LocationRecorded]
+) -> list[LocationRecorded]:
+    """`locations` but the versions the database refused before: the directory topic is read
+    again at every start, and a refused version must go to the dead letters once."""
+    names = {refused_name(ev): ev for ev in locations}
+    known: set[str] = set()
+    for part in chunks(sorted(names)):
+        found = select(_VERSION.c.name).where(one_of(conn, _VERSION.c.name, part))
+        known.update(conn.scalars(found))
+    if known:
+        log.info("skipped %d Location versions the database refused before", len(known))
+    return [ev for name, ev in names.items() if name not in known]
 
 
 class LocationTree:
@@ -89,6 +125,9 @@ class LocationTree:
         windows: dict[str, Window],
         result: SinkResult,
     ) -> Hierarchy:
+        if not locations:
+            return self.hierarchy
+        locations = without_refused(conn, locations)
         if not locations:
             return self.hierarchy
         rows = {ev.location_id: location_row(ev) for ev in locations}

@@ -37,7 +37,7 @@ from parcours.db.pathway_models import StreamProgressRow
 from streams.core.census import Hierarchy
 from streams.core.events import CanonicalEvent, EncounterRecorded, LocationRecorded
 from streams.sink.census import recompute_hospital
-from streams.sink.locations import LocationTree
+from streams.sink.locations import LocationTree, remember_refused
 from streams.sink.patients import changed_windows, replace_patients, stored_rows
 from streams.sink.rows import SinkBatch, SinkResult, Window, encounter_rows
 
@@ -82,6 +82,12 @@ class SqlSink:
         if rows:
             with self.engine.begin() as conn:
                 conn.execute(table_of(IngestRejectionRow).insert(), list(rows))
+
+    def refused(self, locations: Sequence[LocationRecorded]) -> None:
+        """Record Location versions the database refused, so that `write` skips them from now
+        on (the worker reads the directory topic again at every start)."""
+        with self.engine.begin() as conn:
+            remember_refused(conn, locations)
 
     # --- The batch ----------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from streams.core.pathway import PathwayRules
-from streams.runtime.batch import BatchOutcome, BatchProcessor, RawMessage
+from streams.runtime.batch import BatchOutcome, BatchProcessor, RawMessage, StateValue
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class FoldProcess:
             process.terminate()
 
     def fold(
-        self, messages: list[RawMessage], get_state: Callable[[str], str | None]
+        self, messages: list[RawMessage], get_state: Callable[[str], StateValue | None]
     ) -> BatchOutcome:
         """Fold a batch in the child; `get_state` answers its questions about stored states."""
         self.start()
@@ -179,7 +179,7 @@ class FoldProcesses:
             process.terminate()
 
     def fold(
-        self, messages: list[RawMessage], get_state: Callable[[str], str | None]
+        self, messages: list[RawMessage], get_state: Callable[[str], StateValue | None]
     ) -> BatchOutcome:
         n = len(self.processes)
         shares: list[list[RawMessage]] = [[] for _ in range(n)]

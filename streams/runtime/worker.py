@@ -62,6 +62,7 @@ from streams.runtime.batch import (
     BatchOutcome,
     BatchProcessor,
     RawMessage,
+    StateValue,
     WorkerStopping,
     rules_from_settings,
 )
@@ -96,9 +97,9 @@ class FoldWritePipeline:
 
     def __init__(
         self,
-        fold: Callable[[list[RawMessage], Callable[[str], str | None]], BatchOutcome],
+        fold: Callable[[list[RawMessage], Callable[[str], StateValue | None]], BatchOutcome],
         write: Callable[[BatchOutcome], None],
-        table: Mapping[str, str | None],
+        table: Mapping[str, StateValue | None],
         finish: Callable[[BatchOutcome, list[Message]], Awaitable[None]],
     ) -> None:
         self.fold = fold
@@ -110,12 +111,12 @@ class FoldWritePipeline:
         self.stopping = threading.Event()
         # The states of the batches folded but not finished, oldest first (`outcome.states`:
         # a write drops the patients whose rows were refused).
-        self._layers: list[dict[str, tuple[int, str]]] = []
+        self._layers: list[dict[str, tuple[int, bytes]]] = []
         self._folding: asyncio.Task[None] | None = None
         self._writing: asyncio.Task[bool] | None = None  # True: rows were refused
         self._finishing: list[asyncio.Task[None]] = []
 
-    def get_state(self, pid: str) -> str | None:
+    def get_state(self, pid: str) -> StateValue | None:
         for states in reversed(self._layers):
             found = states.get(pid)
             if found is not None:
@@ -252,9 +253,11 @@ class Worker:
         self.alerts = app.topic(
             topics.alerts, key_type=bytes, value_type=bytes, value_serializer="raw"
         )
-        # Values are `PatientState.to_json()` text: the worker serialises each state once, with
-        # orjson, and Faust's JSON codec only quotes that text for the changelog.
-        self.states = app.Table("pathway-state", default=None, partitions=settings.topic_partitions)
+        # Values are `pack_state` bytes: the worker serialises each state once, and the table
+        # and its changelog hold those bytes as they are.
+        self.states = app.Table(
+            "pathway-state", default=None, partitions=settings.topic_partitions, value_type=bytes
+        )
         self.processor = BatchProcessor(sink, rules_from_settings(settings))
         self.metrics = WorkerMetrics()
         # The changelog records are sent as Faust's table would send them, in its codecs.
@@ -299,7 +302,7 @@ class Worker:
     def dumps_key(self, pid: str) -> bytes:
         return codecs.dumps(self.changelog_topic.key_serializer, pid)
 
-    def dumps_value(self, value: str) -> bytes:
+    def dumps_value(self, value: bytes) -> bytes:
         return codecs.dumps(self.changelog_topic.value_serializer, value)
 
     async def apply(self, outcome: BatchOutcome) -> None:

@@ -119,10 +119,13 @@ def write_hours(
         "transfers_out",
         "ed_arrivals",
     )
+    columns = [ch.c.unit_type, ch.c.unit_id, ch.c.hour, *(ch.c[f] for f in fields)]
     existing = {
-        (r.unit_type, r.unit_id, as_utc(r.hour)): tuple(getattr(r, f) for f in fields)
-        for r in conn.execute(
-            select(ch).where(and_(ch.c.hospital_id == hospital, ch.c.hour >= lo, ch.c.hour <= hi))
+        (unit_type, unit_id, as_utc(hour)): tuple(values)
+        for unit_type, unit_id, hour, *values in conn.execute(
+            select(*columns).where(
+                and_(ch.c.hospital_id == hospital, ch.c.hour >= lo, ch.c.hour <= hi)
+            )
         )
     }
     wanted = {

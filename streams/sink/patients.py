@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import select
@@ -72,15 +73,21 @@ def _period_change(
 
 
 def stored_rows(conn: Connection, ids: list[str]) -> dict[str, dict[tuple[Any, ...], Any]]:
-    """The rows the patient tables hold for `ids`: table attribute → key → row."""
-    stored = {}
+    """The rows the patient tables hold for `ids`: table attribute → key → row (its columns as
+    attributes)."""
+    stored: dict[str, dict[tuple[Any, ...], Any]] = {}
     for model, attr, key in PATIENT_TABLES:
         table = table_of(model)
-        stored[attr] = {
-            tuple(getattr(r, k) for k in key): r
-            for part in chunks(ids)
-            for r in conn.execute(select(table).where(one_of(conn, table.c.patient_id, part)))
-        }
+        found: dict[tuple[Any, ...], Any] = {}
+        for part in chunks(ids):
+            result = conn.execute(select(table).where(one_of(conn, table.c.patient_id, part)))
+            names = list(result.keys())
+            at = [names.index(k) for k in key]
+            for r in result:
+                # A namespace: the comparisons read every column of each row, and a SQLAlchemy
+                # row's attributes cost a microsecond or two each.
+                found[tuple(r[i] for i in at)] = SimpleNamespace(**dict(zip(names, r, strict=True)))
+        stored[attr] = found
     return stored
 
 

@@ -28,13 +28,12 @@ from typing import Any
 
 from streams.core.pathway import PathwayRules
 from streams.runtime.batch import BatchOutcome, BatchProcessor, RawMessage, StateValue
+from streams.runtime.gc_tuning import IDLE_S
 
 log = logging.getLogger(__name__)
 
 # After a batch of at least this many messages, free memory is given back to the system.
 LARGE_BATCH = 1000
-# Seconds without a batch after a large one before a fold process drops its decoded states.
-IDLE_S = 10.0
 
 
 class FoldProcessError(RuntimeError):

@@ -8,6 +8,10 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# Seconds without a large batch after which a worker, and its fold processes, collect their
+# garbage and give the free memory back: a backfill is over.
+IDLE_S = 10.0
+
 # glibc's `mallopt` parameter number of M_ARENA_MAX.
 M_ARENA_MAX = -8
 

@@ -42,6 +42,7 @@ batch not yet finished is left to be replayed from its offsets at the next start
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -66,7 +67,7 @@ from streams.runtime.batch import (
     WorkerStopping,
     rules_from_settings,
 )
-from streams.runtime.gc_tuning import give_back_memory
+from streams.runtime.gc_tuning import IDLE_S, give_back_memory
 from streams.sink.writer import SqlSink
 
 if TYPE_CHECKING:
@@ -276,6 +277,8 @@ class Worker:
         self.pipeline.stopping = self.processor.stopping
         self.directory_loaded = asyncio.Event()
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+        # When the last large batch finished, until the memory is given back (`collect_when_idle`).
+        self.large_batch_at: float | None = None
 
     def register(self) -> None:
         """Declare the handlers, timers and pages on the app."""
@@ -298,6 +301,7 @@ class Worker:
             app.timer(settings.worker_progress_interval_s)(self.report_progress)
         if settings.pathway_timer_interval_s > 0:
             app.timer(settings.pathway_timer_interval_s)(self.pathway_timers)
+        app.timer(1.0)(self.collect_when_idle)
 
     def dumps_key(self, pid: str) -> bytes:
         return codecs.dumps(self.changelog_topic.key_serializer, pid)
@@ -356,6 +360,7 @@ class Worker:
         if len(batch) >= LARGE_BATCH:
             # A backlog's batch leaves hundreds of MB free in the C heap: give it back.
             await asyncio.to_thread(give_back_memory)
+            self.large_batch_at = time.monotonic()
         metrics.batches += 1
         metrics.messages += len(batch)
         metrics.events += outcome.events
@@ -371,6 +376,17 @@ class Worker:
             outcome.rows,
             time.perf_counter() - sent,
         )
+
+    async def collect_when_idle(self) -> None:
+        """After a backfill: collect the garbage and give the free memory back, once."""
+        # The collector runs seldom (`tune_gc`): cycles left by a backfill's batches would stay.
+        if self.large_batch_at is None or time.monotonic() - self.large_batch_at < IDLE_S:
+            return
+        if self.pipeline.busy():
+            return
+        self.large_batch_at = None
+        gc.collect()
+        await asyncio.to_thread(give_back_memory)
 
     def stop_now(self) -> None:
         """On SIGTERM: give up retries, cancel the statement under way, end the folds."""

@@ -65,6 +65,7 @@ from streams.runtime.batch import (
     RawMessage,
     StateValue,
     WorkerStopping,
+    describe_error,
     rules_from_settings,
 )
 from streams.runtime.gc_tuning import IDLE_S, give_back_memory
@@ -378,7 +379,8 @@ class Worker:
         )
 
     async def collect_when_idle(self) -> None:
-        """After a backfill: collect the garbage and give the free memory back, once."""
+        """After a backfill: collect the garbage, give the free memory back and vacuum the
+        tables the backfill rewrote, once."""
         # The collector runs seldom (`tune_gc`): cycles left by a backfill's batches would stay.
         if self.large_batch_at is None or time.monotonic() - self.large_batch_at < IDLE_S:
             return
@@ -387,6 +389,11 @@ class Worker:
         self.large_batch_at = None
         gc.collect()
         await asyncio.to_thread(give_back_memory)
+        async with self.pipeline.lock:
+            try:
+                await asyncio.to_thread(self.sink.vacuum)
+            except Exception as exc:  # the next backfill, or autovacuum, will do it
+                log.warning("tables not vacuumed after the backfill: %s", describe_error(exc))
 
     def stop_now(self) -> None:
         """On SIGTERM: give up retries, cancel the statement under way, end the folds."""

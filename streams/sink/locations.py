@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 def refused_name(location: LocationRecorded) -> str:
     """The `sink_versions` row naming `location`'s version as refused (a hash: ids are long)."""
-    digest = hashlib.sha1(  # nosec B324 - a name, not a secret
+    digest = hashlib.sha1(  # a name, not a secret
         f"{location.location_id}\x00{location.source.version}".encode(), usedforsecurity=False
     ).hexdigest()
     return REFUSED + digest

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # The PostgreSQL advisory lock that sink transactions take in turn (any fixed 64-bit number).
 SINK_LOCK_KEY = 0x70617263  # "parc"
+# The tables whose rows a backfill rewrites most (`vacuum`).
+CHURNED = ("census_hourly", "location_occupancy", "pathway_states", "stays", "stay_locations")
 
 
 class SqlSink:
@@ -88,6 +90,20 @@ class SqlSink:
         on (the worker reads the directory topic again at every start)."""
         with self.engine.begin() as conn:
             remember_refused(conn, locations)
+
+    def vacuum(self) -> None:
+        """Vacuum and analyse the tables a backfill rewrote most, on PostgreSQL: after a backfill
+        their old row versions are reclaimed now, even where autovacuum is off or far behind."""
+        if self.engine.dialect.name != "postgresql":
+            return
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            self._active = conn.connection.dbapi_connection
+            try:
+                for table in CHURNED:
+                    # A fixed table name from the list above: no parameter to bind.
+                    conn.execute(text(f'VACUUM (ANALYZE) "{table}"'))
+            finally:
+                self._active = None
 
     # --- The batch ----------------------------------------------------------------------------
 

@@ -379,17 +379,22 @@ class Worker:
         )
 
     async def collect_when_idle(self) -> None:
-        """After a backfill: collect the garbage, give the free memory back and vacuum the
-        tables the backfill rewrote, once."""
+        """After a backfill: stop the fold processes (the next batch starts them again), collect
+        the garbage, give the free memory back and vacuum the tables the backfill rewrote, once."""
         # The collector runs seldom (`tune_gc`): cycles left by a backfill's batches would stay.
         if self.large_batch_at is None or time.monotonic() - self.large_batch_at < IDLE_S:
             return
         if self.pipeline.busy():
             return
         self.large_batch_at = None
-        gc.collect()
-        await asyncio.to_thread(give_back_memory)
         async with self.pipeline.lock:
+            await self.pipeline.written()
+            if self.folders is not None:
+                # They hold decoded states and a heap the size of a backfill's batches.
+                await asyncio.to_thread(self.folders.stop)
+                log.info("fold processes stopped until the next batch")
+            gc.collect()
+            await asyncio.to_thread(give_back_memory)
             try:
                 await asyncio.to_thread(self.sink.vacuum)
             except Exception as exc:  # the next backfill, or autovacuum, will do it

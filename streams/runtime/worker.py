@@ -37,6 +37,10 @@ is written. A database that cannot answer is waited for, with backoff.
 
 Stopping. On SIGTERM the statement under way is cancelled, the fold processes are ended, and the
 batch not yet finished is left to be replayed from its offsets at the next start.
+
+Idle. Once a backfill is over (no large batch for `IDLE_S`), the worker stops its fold processes
+(the next batch starts them again), collects its garbage, gives free memory back to the system and
+vacuums the tables the backfill rewrote.
 """
 
 from __future__ import annotations

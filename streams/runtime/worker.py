@@ -72,6 +72,7 @@ from streams.runtime.batch import (
     describe_error,
     rules_from_settings,
 )
+from streams.runtime.fold_process import FoldProcesses
 from streams.runtime.gc_tuning import IDLE_S, give_back_memory
 from streams.sink.writer import SqlSink
 
@@ -272,10 +273,8 @@ class Worker:
         # raw partition → the offset after the last message whose batch this worker applied.
         self.applied: dict[int, int] = {}
         fold = self.processor.fold
-        self.folders: Any = None
+        self.folders: FoldProcesses | None = None
         if settings.worker_fold_processes > 0:
-            from streams.runtime.fold_process import FoldProcesses  # it imports this module
-
             self.folders = FoldProcesses(self.processor.rules, settings.worker_fold_processes)
             fold = self.folders.fold
         self.pipeline = FoldWritePipeline(fold, self.processor.write, self.states.data, self.finish)

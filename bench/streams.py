@@ -43,7 +43,7 @@ from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
 from streams.core.fhir_map import MappingError, map_resource
 from streams.runtime.faust_compat import consumed_partitions, ready_at
-from streams.runtime.fold_process import IDLE_S
+from streams.runtime.gc_tuning import IDLE_S
 
 
 @dataclass
@@ -571,9 +571,9 @@ def run_backfill(
                         break
                     time.sleep(0.1)
                 last = time.perf_counter()
-                # Idle: what the worker keeps once the backlog is done (its fold processes
-                # drop their decoded states after `IDLE_S`).
-                for _ in range(int(IDLE_S * 10) + 20):
+                # Idle: what the worker keeps once the backlog is done (it and its fold
+                # processes give their free memory back after `IDLE_S`).
+                for _ in range(int(IDLE_S * 10) + 50):
                     peak = max(peak, rss_mb(proc.pid))
                     time.sleep(0.1)
                 idle = rss_mb(proc.pid)

@@ -27,7 +27,7 @@ from parcours.db.pathway_models import (
 )
 from parcours.db.reference_models import IdentifierIndexRow
 from streams.core.census import BED, HOSPITAL, SERVICE, WARD, Hierarchy, occupancy_at
-from streams.sink.writer import as_utc, period_of, place_of
+from streams.sink.rows import as_utc, period_of, place_of
 
 LEVEL_ORDER = {HOSPITAL: 0, SERVICE: 1, WARD: 2, BED: 3}
 

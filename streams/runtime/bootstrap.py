@@ -13,7 +13,7 @@ from streams.runtime.faust_compat import (
     PromptStopWorker,
     SeekThenResumeTableManager,
 )
-from streams.runtime.worker import register_agents
+from streams.runtime.worker import Worker
 from streams.sink.writer import SqlSink
 
 
@@ -47,7 +47,7 @@ def create_app(settings: Settings) -> ParcoursApp:
         producer_max_batch_size=256 * 1024,
     )
     sink = SqlSink(make_engine(settings.db_url), settings.census_capacity)
-    register_agents(app, topics, sink, settings)
+    Worker(app, topics, sink, settings).register()
     return app
 
 

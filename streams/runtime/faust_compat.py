@@ -2,9 +2,9 @@
 
 These classes patch private methods of faust-streaming, so the module refuses to import with any
 other version than the one they were written and tested against (`FAUST_VERSION`). The worker is
-built from them in `streams.runtime.bootstrap`. The app holds one table, `pathway-state` (patient
-id → `PatientState.to_json()`), co-partitioned with the raw topic, which is keyed by patient; SQL is
-written by `streams.sink.writer` in one transaction per batch.
+built from them in `streams.runtime.bootstrap`. The app holds one table, `pathway-state`
+(patient id → `batch.pack_state(state)`), co-partitioned with the raw topic, which is keyed by
+patient; SQL is written by `streams.sink.writer` in one transaction per batch.
 
 The raw topic is read a batch at a time (`ParcoursApp.batch_handler`), not through a Faust agent:
 Faust's path from the consumer to an agent's stream costs about 100 µs of CPU per message (four

@@ -11,12 +11,13 @@ the stored states of the patients it found; the worker answers (`FoldWritePipeli
 the batches folded but not finished, then its table); the child folds and sends back the outcome.
 The child keeps its decoded states between batches, keyed by the value they came from: a value the
 worker sends back unchanged is not decoded again. It holds nothing else: the worker's table stays
-the state, and a new child starts from it.
+the state, and a new child starts from it. So once a backfill is over the worker stops its fold
+processes (`FoldProcesses.stop`), which gives all their memory back, and the next batch starts
+them again.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import multiprocessing
 import time
@@ -27,14 +28,12 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from streams.core.pathway import PathwayRules
-from streams.runtime.batch import BatchOutcome, BatchProcessor, RawMessage
+from streams.runtime.batch import BatchOutcome, BatchProcessor, RawMessage, StateValue
 
 log = logging.getLogger(__name__)
 
 # After a batch of at least this many messages, free memory is given back to the system.
 LARGE_BATCH = 1000
-# Seconds without a batch after a large one before a fold process drops its decoded states.
-IDLE_S = 10.0
 
 
 class FoldProcessError(RuntimeError):
@@ -47,16 +46,8 @@ def serve(conn: Connection, rules: PathwayRules) -> None:
 
     tune_gc()
     processor = BatchProcessor(sink=None, rules=rules)  # type: ignore[arg-type]  # folds only
-    busy = False  # folded a large batch since the last time it was idle
     while True:
         try:
-            if busy and not conn.poll(IDLE_S):
-                # A backfill is over: its decoded states go, and the memory with them. The
-                # worker's table keeps every state; the next batches decode what they need.
-                processor.forget()
-                gc.collect()
-                give_back_memory()
-                busy = False
             raw = conn.recv()
         except EOFError:
             return
@@ -79,7 +70,6 @@ def serve(conn: Connection, rules: PathwayRules) -> None:
             if len(messages) >= LARGE_BATCH:
                 del outcome, grouped, messages, raw
                 give_back_memory()
-                busy = True
         except EOFError:
             return
         except Exception:
@@ -110,6 +100,8 @@ class FoldProcess:
         log.info("fold process started (pid %s)", self._process.pid)
 
     def stop(self) -> None:
+        """End the child once it has read what was sent (its pipe closes); `fold` starts a new
+        one."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -127,7 +119,7 @@ class FoldProcess:
             process.terminate()
 
     def fold(
-        self, messages: list[RawMessage], get_state: Callable[[str], str | None]
+        self, messages: list[RawMessage], get_state: Callable[[str], StateValue | None]
     ) -> BatchOutcome:
         """Fold a batch in the child; `get_state` answers its questions about stored states."""
         self.start()
@@ -170,6 +162,7 @@ class FoldProcesses:
             process.start()
 
     def stop(self) -> None:
+        """End every child (see `FoldProcess.stop`); the next `fold` starts them again."""
         for process in self.processes:
             process.stop()
 
@@ -179,7 +172,7 @@ class FoldProcesses:
             process.terminate()
 
     def fold(
-        self, messages: list[RawMessage], get_state: Callable[[str], str | None]
+        self, messages: list[RawMessage], get_state: Callable[[str], StateValue | None]
     ) -> BatchOutcome:
         n = len(self.processes)
         shares: list[list[RawMessage]] = [[] for _ in range(n)]

@@ -8,8 +8,15 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# glibc's `mallopt` parameter number of M_ARENA_MAX.
+# Seconds without a large batch after which a worker, and its fold processes, collect their
+# garbage and give the free memory back: a backfill is over.
+IDLE_S = 10.0
+
+# glibc's `mallopt` parameter numbers of M_ARENA_MAX and M_MMAP_THRESHOLD.
 M_ARENA_MAX = -8
+M_MMAP_THRESHOLD = -3
+# Blocks at least this large get pages of their own, given back when freed.
+MMAP_THRESHOLD = 256 * 1024
 
 
 def tune_gc() -> None:
@@ -24,12 +31,16 @@ def tune_gc() -> None:
 
     glibc gives each thread that allocates its own arena, up to eight per core; the worker's
     threads (SQL writes, folds, Faust) each kept a heap of a batch's size. Two arenas are enough.
+    glibc also raises the size from which a block gets pages of its own each time such a block is
+    freed, up to 32 MB: a batch's buffers (pipes, JSON) would then land in the heap between the
+    table's values, and stay there once freed. The size is fixed instead.
     """
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     libc = _libc()
     if libc is not None:
         libc.mallopt(M_ARENA_MAX, 2)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def give_back_memory() -> None:

@@ -37,11 +37,16 @@ is written. A database that cannot answer is waited for, with backoff.
 
 Stopping. On SIGTERM the statement under way is cancelled, the fold processes are ended, and the
 batch not yet finished is left to be replayed from its offsets at the next start.
+
+Idle. Once a backfill is over (no large batch for `IDLE_S`), the worker stops its fold processes
+(the next batch starts them again), collects its garbage, gives free memory back to the system and
+vacuums the tables the backfill rewrote.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -62,10 +67,13 @@ from streams.runtime.batch import (
     BatchOutcome,
     BatchProcessor,
     RawMessage,
+    StateValue,
     WorkerStopping,
+    describe_error,
     rules_from_settings,
 )
-from streams.runtime.gc_tuning import give_back_memory
+from streams.runtime.fold_process import FoldProcesses
+from streams.runtime.gc_tuning import IDLE_S, give_back_memory
 from streams.sink.writer import SqlSink
 
 if TYPE_CHECKING:
@@ -96,9 +104,9 @@ class FoldWritePipeline:
 
     def __init__(
         self,
-        fold: Callable[[list[RawMessage], Callable[[str], str | None]], BatchOutcome],
+        fold: Callable[[list[RawMessage], Callable[[str], StateValue | None]], BatchOutcome],
         write: Callable[[BatchOutcome], None],
-        table: Mapping[str, str | None],
+        table: Mapping[str, StateValue | None],
         finish: Callable[[BatchOutcome, list[Message]], Awaitable[None]],
     ) -> None:
         self.fold = fold
@@ -110,12 +118,12 @@ class FoldWritePipeline:
         self.stopping = threading.Event()
         # The states of the batches folded but not finished, oldest first (`outcome.states`:
         # a write drops the patients whose rows were refused).
-        self._layers: list[dict[str, tuple[int, str]]] = []
+        self._layers: list[dict[str, tuple[int, bytes]]] = []
         self._folding: asyncio.Task[None] | None = None
         self._writing: asyncio.Task[bool] | None = None  # True: rows were refused
         self._finishing: list[asyncio.Task[None]] = []
 
-    def get_state(self, pid: str) -> str | None:
+    def get_state(self, pid: str) -> StateValue | None:
         for states in reversed(self._layers):
             found = states.get(pid)
             if found is not None:
@@ -233,48 +241,100 @@ def progress_row(
     }
 
 
-def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: Settings) -> None:
-    """Declare the topics, the pathway state table, the batch handler and the timers of `app`."""
-    raw = app.topic(topics.raw, key_type=bytes, value_type=bytes, value_serializer="raw")
-    dead = app.topic(topics.deadletter, key_type=bytes, value_type=bytes, value_serializer="raw")
-    alerts = app.topic(topics.alerts, key_type=bytes, value_type=bytes, value_serializer="raw")
-    # Values are `PatientState.to_json()` text: the worker serialises each state once, with
-    # orjson, and Faust's JSON codec only quotes that text for the changelog.
-    states = app.Table("pathway-state", default=None, partitions=settings.topic_partitions)
-    processor = BatchProcessor(sink, rules_from_settings(settings))
-    metrics = WorkerMetrics()
+class Worker:
+    """A stream worker's handlers on its Faust app: the topics, the pathway state table, the batch
+    handler, the directory reader, the timers and the `/metrics` page.
 
-    # The changelog records are sent as Faust's table would send them, in its codecs.
-    changelog_topic = cast(Topic, states.changelog_topic)
+    `register` declares them on the app; the collaborators (the sink, the folder, the pipeline)
+    are built here from the settings, and the fold processes start with the app."""
 
-    def dumps_key(pid: str) -> bytes:
-        return codecs.dumps(changelog_topic.key_serializer, pid)
+    def __init__(self, app: ParcoursApp, topics: Topics, sink: SqlSink, settings: Settings) -> None:
+        self.app = app
+        self.topics = topics
+        self.sink = sink
+        self.settings = settings
+        self.raw = app.topic(topics.raw, key_type=bytes, value_type=bytes, value_serializer="raw")
+        self.dead = app.topic(
+            topics.deadletter, key_type=bytes, value_type=bytes, value_serializer="raw"
+        )
+        self.alerts = app.topic(
+            topics.alerts, key_type=bytes, value_type=bytes, value_serializer="raw"
+        )
+        # Values are `pack_state` bytes: the worker serialises each state once, and the table
+        # and its changelog hold those bytes as they are.
+        self.states = app.Table(
+            "pathway-state", default=None, partitions=settings.topic_partitions, value_type=bytes
+        )
+        self.processor = BatchProcessor(sink, rules_from_settings(settings))
+        self.metrics = WorkerMetrics()
+        # The changelog records are sent as Faust's table would send them, in its codecs.
+        self.changelog_topic = cast(Topic, self.states.changelog_topic)
+        self.known_partition: dict[str, int] = {}
+        # raw partition → the offset after the last message whose batch this worker applied.
+        self.applied: dict[int, int] = {}
+        fold = self.processor.fold
+        self.folders: FoldProcesses | None = None
+        if settings.worker_fold_processes > 0:
+            self.folders = FoldProcesses(self.processor.rules, settings.worker_fold_processes)
+            fold = self.folders.fold
+        self.pipeline = FoldWritePipeline(fold, self.processor.write, self.states.data, self.finish)
+        self.pipeline.stopping = self.processor.stopping
+        self.directory_loaded = asyncio.Event()
+        self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+        # When the last large batch finished, until the memory is given back (`collect_when_idle`).
+        self.large_batch_at: float | None = None
 
-    def dumps_value(value: str) -> bytes:
-        return codecs.dumps(changelog_topic.value_serializer, value)
+    def register(self) -> None:
+        """Declare the handlers, timers and pages on the app."""
+        app, settings = self.app, self.settings
+        if self.folders is not None:
+            # Started with the worker: their imports take a second or two, while the group forms.
+            app.before_start.append(self.folders.start)
+        app.on_stop_requested.append(self.stop_now)
+        app.task(self.follow_directory)
+        if settings.worker_web_port > 0:
 
-    known_partition: dict[str, int] = {}
-    # raw partition → the offset after the last message whose batch this worker applied.
-    applied: dict[int, int] = {}
+            @app.page("/metrics")
+            async def metrics_page(web: Any, request: Any) -> Any:
+                return web.text(self.render_metrics(), content_type="text/plain; version=0.0.4")
 
-    async def apply(outcome: BatchOutcome) -> None:
+        # mode types a receiver as a union of two callables, which mypy cannot match to a method.
+        app.on_partitions_revoked.connect(self.forget_revoked)  # type: ignore[arg-type]
+        app.batch_handler(self.raw, busy=self.pipeline.busy)(self.pathway)
+        if settings.worker_progress_interval_s > 0:
+            app.timer(settings.worker_progress_interval_s)(self.report_progress)
+        if settings.pathway_timer_interval_s > 0:
+            app.timer(settings.pathway_timer_interval_s)(self.pathway_timers)
+        app.timer(1.0)(self.collect_when_idle)
+
+    def dumps_key(self, pid: str) -> bytes:
+        return codecs.dumps(self.changelog_topic.key_serializer, pid)
+
+    def dumps_value(self, value: bytes) -> bytes:
+        return codecs.dumps(self.changelog_topic.value_serializer, value)
+
+    async def apply(self, outcome: BatchOutcome) -> None:
+        """The table, the changelog, the alerts and the dead letters of a written batch."""
+        metrics = self.metrics
         changelog = []
         for pid, (partition, value) in outcome.states.items():
-            partition = known_partition.setdefault(pid, partition)
+            partition = self.known_partition.setdefault(pid, partition)
             # One changelog record per patient per batch, on the partition of its events: the
             # table's own setter would take the partition of whichever event came last.
-            states.data[pid] = value
-            changelog.append((partition, dumps_key(pid), dumps_value(value)))
+            self.states.data[pid] = value
+            changelog.append((partition, self.dumps_key(pid), self.dumps_value(value)))
         # futures of the records sent for this batch
-        sent: list[Any] = await app.send_batched(changelog_topic.get_topic_name(), changelog)
+        sent: list[Any] = await self.app.send_batched(
+            self.changelog_topic.get_topic_name(), changelog
+        )
         for alert_key, alert in outcome.alerts:
-            sent.append(await alerts.send(key=alert_key, value=json.dumps(alert).encode()))
+            sent.append(await self.alerts.send(key=alert_key, value=json.dumps(alert).encode()))
         for raw_key, payload, reason in outcome.rejects:
             stage = dead_letter_stage(reason)
             log.warning("dead-lettered a raw message (%s)", stage)
             metrics.dead_lettered[stage] = metrics.dead_lettered.get(stage, 0) + 1
             sent.append(
-                await dead.send(
+                await self.dead.send(
                     key=raw_key,
                     value=payload,
                     headers={"reason": reason[:2000].encode(), "stage": stage.encode()},
@@ -283,7 +343,7 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
         if outcome.rejects:
             rows = [rejection_row(k, v, r, datetime.now(UTC)) for k, v, r in outcome.rejects]
             try:
-                await asyncio.to_thread(sink.write_rejections, rows)
+                await asyncio.to_thread(self.sink.write_rejections, rows)
             except Exception as exc:  # the dead letters are sent; the page can miss a row
                 log.warning("dead letters not recorded for Feed health: %s", type(exc).__name__)
         # The batch's offsets may be committed as soon as this returns. Faust's flush before a
@@ -293,20 +353,22 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
         # records the producer is still sending.
         await asyncio.shield(asyncio.gather(*sent))
 
-    async def finish(outcome: BatchOutcome, batch: list[Message]) -> None:
+    async def finish(self, outcome: BatchOutcome, batch: list[Message]) -> None:
         """Once SQL holds the batch: the table, topics and acks."""
+        metrics = self.metrics
         sent = time.perf_counter()
-        await apply(outcome)
+        await self.apply(outcome)
         for m in batch:
-            app.consumer.ack(m)
-            applied[m.partition] = max(applied.get(m.partition, 0), m.offset + 1)
+            self.app.consumer.ack(m)
+            self.applied[m.partition] = max(self.applied.get(m.partition, 0), m.offset + 1)
         if len(batch) >= LARGE_BATCH:
             # A backlog's batch leaves hundreds of MB free in the C heap: give it back.
             await asyncio.to_thread(give_back_memory)
+            self.large_batch_at = time.monotonic()
         metrics.batches += 1
         metrics.messages += len(batch)
         metrics.events += outcome.events
-        metrics.db_retries = processor.db_retries
+        metrics.db_retries = self.processor.db_retries
         # A backlog's batches are worth a line each; a live feed's small ones are not.
         log.log(
             logging.INFO if len(batch) >= LARGE_BATCH else logging.DEBUG,
@@ -319,41 +381,46 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
             time.perf_counter() - sent,
         )
 
-    fold = processor.fold
-    folders = None
-    if settings.worker_fold_processes > 0:
-        from streams.runtime.fold_process import FoldProcesses  # it imports this module
+    async def collect_when_idle(self) -> None:
+        """After a backfill: stop the fold processes (the next batch starts them again), collect
+        the garbage, give the free memory back and vacuum the tables the backfill rewrote, once."""
+        # The collector runs seldom (`tune_gc`): cycles left by a backfill's batches would stay.
+        if self.large_batch_at is None or time.monotonic() - self.large_batch_at < IDLE_S:
+            return
+        if self.pipeline.busy():
+            return
+        self.large_batch_at = None
+        async with self.pipeline.lock:
+            await self.pipeline.written()
+            if self.folders is not None:
+                # They hold decoded states and a heap the size of a backfill's batches.
+                await asyncio.to_thread(self.folders.stop)
+                log.info("fold processes stopped until the next batch")
+            gc.collect()
+            await asyncio.to_thread(give_back_memory)
+            try:
+                await asyncio.to_thread(self.sink.vacuum)
+            except Exception as exc:  # the next backfill, or autovacuum, will do it
+                log.warning("tables not vacuumed after the backfill: %s", describe_error(exc))
 
-        folders = FoldProcesses(processor.rules, settings.worker_fold_processes)
-        fold = folders.fold
-        # Started with the worker: their imports take a second or two, while the group forms.
-        app.before_start.append(folders.start)
-    pipeline = FoldWritePipeline(fold, processor.write, states.data, finish)
-    pipeline.stopping = processor.stopping
-
-    def stop_now() -> None:
+    def stop_now(self) -> None:
         """On SIGTERM: give up retries, cancel the statement under way, end the folds."""
-        processor.stopping.set()
-        sink.cancel()
-        if folders is not None:
-            folders.terminate()
+        self.processor.stopping.set()
+        self.sink.cancel()
+        if self.folders is not None:
+            self.folders.terminate()
 
-    app.on_stop_requested.append(stop_now)
-
-    directory_loaded = asyncio.Event()
-
-    @app.task
-    async def follow_directory() -> None:
+    async def follow_directory(self) -> None:
         """Read the directory topic to its end before any patient event, then follow it."""
         while True:
             try:
                 await read_directory(
-                    settings.bootstrap,
-                    topics.directory,
-                    pipeline,
-                    directory_loaded,
-                    metrics,
-                    max(1, settings.worker_batch_size),
+                    self.settings.bootstrap,
+                    self.topics.directory,
+                    self.pipeline,
+                    self.directory_loaded,
+                    self.metrics,
+                    max(1, self.settings.worker_batch_size),
                 )
             except asyncio.CancelledError:
                 raise
@@ -361,77 +428,69 @@ def register_agents(app: ParcoursApp, topics: Topics, sink: SqlSink, settings: S
                 log.warning("directory topic not readable (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(2.0)
 
-    if settings.worker_web_port > 0:
+    def render_metrics(self) -> str:
+        """The `/metrics` page."""
+        self.metrics.db_retries = self.processor.db_retries
+        return self.metrics.render()
 
-        @app.page("/metrics")
-        async def metrics_page(web: Any, request: Any) -> Any:
-            metrics.db_retries = processor.db_retries
-            return web.text(metrics.render(), content_type="text/plain; version=0.0.4")
-
-    # mode types a receiver as a union of two callables, which mypy cannot match to a function.
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-    async def forget_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+    async def forget_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        """Forget the states of the raw partitions taken from this worker."""
         # A revoked partition's patients now belong to another worker. Faust's memory store
         # forgets only the states it recovered from the changelog, not those this worker wrote:
         # its timers would raise alerts on those stale copies and write them back to SQL and to
         # the changelog, over the new owner's. What comes back is recovered from the changelog.
         revoked: set[TP] = args[0]
-        gone = {tp.partition for tp in revoked if tp.topic == raw.get_topic_name()}
-        async with pipeline.lock:
-            await pipeline.written()
-            dropped = forget_partitions(states.data, known_partition, gone)
+        gone = {tp.partition for tp in revoked if tp.topic == self.raw.get_topic_name()}
+        async with self.pipeline.lock:
+            await self.pipeline.written()
+            dropped = forget_partitions(self.states.data, self.known_partition, gone)
             for partition in gone:
-                applied.pop(partition, None)
+                self.applied.pop(partition, None)
         log.info("forgot %d patient states of revoked partitions %s", dropped, sorted(gone))
 
-    @app.batch_handler(raw, busy=pipeline.busy)
-    async def pathway(batch: list[Message]) -> None:
-        if not directory_loaded.is_set():
-            await directory_loaded.wait()
+    async def pathway(self, batch: list[Message]) -> None:
+        """The batch handler of the raw topic: into the pipeline, once the directory is read."""
+        if not self.directory_loaded.is_set():
+            await self.directory_loaded.wait()
         messages = [RawMessage(m.key, m.value, m.partition) for m in batch if m.value is not None]
-        await pipeline.submit(messages, batch)
+        await self.pipeline.submit(messages, batch)
 
-    if settings.worker_progress_interval_s > 0:
-        worker = f"{socket.gethostname()}:{os.getpid()}"
-
-        @app.timer(settings.worker_progress_interval_s)
-        async def report_progress() -> None:
-            """Tell the Feed health page how far this worker is on each of its partitions."""
-            topic = raw.get_topic_name()
-            held = sorted(tp for tp in app.consumer.assignment() if tp.topic == topic)
-            if not held:
-                return
-            now = datetime.now(UTC)
-            try:
-                ends = await app.consumer.highwaters(*held)
-                # Before its first batch on a partition, the worker is where its fetch is: at
-                # the committed offset, unless a fetch is already on its way to the agent.
-                nexts = {
-                    tp: applied[tp.partition]
-                    if tp.partition in applied
-                    else await app.consumer.position(tp)
-                    for tp in held
-                }
-            except Exception as exc:  # a rebalance took a partition away meanwhile
-                log.debug("no progress report this time: %s", exc)
-                return
-            rows = [
-                progress_row(topic, tp.partition, worker, nexts[tp], ends.get(tp), now)
+    async def report_progress(self) -> None:
+        """Tell the Feed health page how far this worker is on each of its partitions."""
+        app = self.app
+        topic = self.raw.get_topic_name()
+        held = sorted(tp for tp in app.consumer.assignment() if tp.topic == topic)
+        if not held:
+            return
+        now = datetime.now(UTC)
+        try:
+            ends = await app.consumer.highwaters(*held)
+            # Before its first batch on a partition, the worker is where its fetch is: at
+            # the committed offset, unless a fetch is already on its way to the agent.
+            nexts = {
+                tp: self.applied[tp.partition]
+                if tp.partition in self.applied
+                else await app.consumer.position(tp)
                 for tp in held
-            ]
-            await asyncio.to_thread(sink.write_progress, rows)
+            }
+        except Exception as exc:  # a rebalance took a partition away meanwhile
+            log.debug("no progress report this time: %s", exc)
+            return
+        rows = [
+            progress_row(topic, tp.partition, self.worker_name, nexts[tp], ends.get(tp), now)
+            for tp in held
+        ]
+        await asyncio.to_thread(self.sink.write_progress, rows)
 
-    if settings.pathway_timer_interval_s > 0:
-
-        @app.timer(settings.pathway_timer_interval_s)
-        async def pathway_timers() -> None:
-            async with pipeline.lock:
-                await pipeline.written()
-                snapshot = [(k, v) for k, v in states.data.items() if v]
-                outcome = await asyncio.to_thread(
-                    processor.tick, snapshot, datetime.now(UTC), settings.topic_partitions
-                )
-                await apply(outcome)
+    async def pathway_timers(self) -> None:
+        """Move every patient's clock to the wall time; write and send the alerts that changed."""
+        async with self.pipeline.lock:
+            await self.pipeline.written()
+            snapshot = [(k, v) for k, v in self.states.data.items() if v]
+            outcome = await asyncio.to_thread(
+                self.processor.tick, snapshot, datetime.now(UTC), self.settings.topic_partitions
+            )
+            await self.apply(outcome)
 
 
 async def read_directory(

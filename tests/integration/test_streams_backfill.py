@@ -7,7 +7,8 @@ messages isolated, a prompt stop, and the ED in the census.
   the Locations first, and no stand-in ward.
 - A batch whose census rewrite deletes more than 50,000 (unit, hour) keys completes.
 - A message the database refuses (a NUL character in a Location name, in an Encounter) goes to
-  the dead letters with its reason, shows on the Feed health page, and the rest is written.
+  the dead letters with its reason, shows on the Feed health page, and the rest is written; a
+  refused Location version goes there once, however often the directory is read again.
 - SIGTERM in the middle of a long batch stops the worker (fold processes included) within 10 s;
   a restart ends equal to a clean run.
 - The ED's hourly occupancy equals a count made here from the fixture.
@@ -28,10 +29,11 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from bench.territory import expected_counts, territory
 from parcours.db import make_engine
+from parcours.db.bulk import bulk_write
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
 from streams.runtime.batch import BatchProcessor, RawMessage, rules_from_settings
-from streams.sink.writer import SqlSink, bulk_write
+from streams.sink.writer import SqlSink
 from tests.integration.streams_helpers import (
     assert_same_tables,
     count,
@@ -209,6 +211,25 @@ def test_what_the_database_refuses_is_dead_lettered_and_the_rest_is_written(
         assert set(rejected) == {r["id"] for r in poison}
         assert all(reason.strip() for reason in rejected.values())
         assert_same_tables(snapshot(clean, topic_prefix), snapshot(db, topic_prefix), "")
+
+
+def test_a_location_the_database_refused_is_dead_lettered_once(
+    pg_url: str, topic_prefix: str
+) -> None:
+    resources = territory(topic_prefix, patients=40, seed=5, days=3, beds_per_ward=4)
+    directory = [r for r in resources if is_directory(r)]
+    ward = poisoned(topic_prefix)[0]
+    with fresh_database(pg_url) as db:
+        # The worker reads the directory topic whole at every start: two starts, two reads.
+        first = fold_and_write(db, raw_messages([*directory, ward]))
+        again = fold_and_write(db, raw_messages([*directory, ward]))
+        assert [json.loads(value)["id"] for _, value, _ in first.rejects] == [ward["id"]]
+        assert again.rejects == []
+        assert count(db, "SELECT count(*) FROM locations WHERE location_id LIKE '%poison%'") == 0
+        # A new version of it is read again (and written, once it is clean).
+        fixed = {**ward, "meta": {"versionId": "2"}, "name": "Ward A"}
+        assert fold_and_write(db, raw_messages([fixed])).rejects == []
+        assert count(db, "SELECT count(*) FROM locations WHERE location_id LIKE '%poison%'") == 1
 
 
 def dead_letters(broker: str, topic: str) -> list[tuple[dict[str, Any], dict[str, bytes]]]:

@@ -14,9 +14,11 @@ import pytest
 
 from bench.territory import expected_counts, territory
 from parcours.db import upgrade
+from parcours.db.bulk import bulk_write
 from parcours.settings import Settings
 from streams.runtime.batch import BatchProcessor, RawMessage, rules_from_settings
-from streams.sink.writer import ALERT_COLUMNS, SqlSink, bulk_write
+from streams.sink.rows import ALERT_COLUMNS
+from streams.sink.writer import SqlSink
 from tests.integration.streams_helpers import count, raw_key, rows, snapshot
 from tests.support import fresh_database
 
@@ -136,3 +138,19 @@ def test_bulk_write_round_trips_awkward_values(pg_url: str, n: int) -> None:
     engine.dispose()
     assert stored_stays == {r["stay_id"]: r for r in stays}
     assert stored_alerts == {r["alert_id"]: r for r in alerts}
+
+
+def test_vacuum_after_a_backfill_visits_every_churned_table(pg_url: str, topic_prefix: str) -> None:
+    from parcours.db import make_engine
+    from streams.sink.writer import CHURNED
+
+    resources = territory(topic_prefix, patients=100, seed=6, days=4, beds_per_ward=4)
+    with fresh_database(pg_url) as db:
+        run(db, messages(resources), 50)
+        engine = make_engine(db)
+        SqlSink(engine).vacuum()
+        engine.dispose()
+        vacuumed = rows(
+            db, "SELECT relname FROM pg_stat_user_tables WHERE vacuum_count > 0 ORDER BY 1"
+        )
+        assert set(CHURNED) <= {name for (name,) in vacuumed}

@@ -32,7 +32,7 @@ def _messages(mixed: bool = False) -> list[RawMessage]:
 
 
 def _fold_all(fold: Any, messages: list[RawMessage], size: int) -> list[BatchOutcome]:
-    table: dict[str, str] = {}
+    table: dict[str, bytes] = {}
     outcomes = []
     for i in range(0, len(messages), size):
         outcome = fold(messages[i : i + size], table.get)
@@ -84,3 +84,21 @@ def test_a_fold_process_that_is_gone_is_an_error() -> None:
             child.fold(messages, lambda pid: None)
     finally:
         child.stop()
+
+
+def test_stopped_fold_processes_start_again_and_fold_as_before() -> None:
+    messages = _messages()
+    rules = rules_from_settings(Settings())
+    here = _fold_all(BatchProcessor(sink=NoWrites(), rules=rules).fold, messages, 97)
+    children = FoldProcesses(rules, 2)
+    try:
+        first = children.fold(messages[:97], lambda pid: None)
+        pids = [p._process.pid for p in children.processes if p._process is not None]
+        children.stop()  # as the worker does once a backfill is over
+        assert all(p._process is None for p in children.processes)
+        again = children.fold(messages[:97], lambda pid: None)
+        restarted = [p._process.pid for p in children.processes if p._process is not None]
+    finally:
+        children.stop()
+    assert pids and restarted and set(restarted).isdisjoint(pids)
+    assert first.states == again.states == here[0].states

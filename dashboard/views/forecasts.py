@@ -264,7 +264,7 @@ if selected in by_model.index:
     st.markdown(coverage_sentence(float(sel["coverage"]), target, L))
 rule = _(
     "Le modèle retenu est le stock–flux (ou la prévision naïve sans flux), sauf si un autre "
-    "modèle fait nettement mieux sur chaque origine."
+    "modèle fait mieux, nettement et régulièrement, sur ces origines."
 )
 if hourly:
     backtest = _(

@@ -22,7 +22,12 @@ MODEL_LABELS = {
     "naive": "Naïve (dernière valeur)",
     "seasonal_naive_24": "Naïve saisonnière (même heure la veille)",
     "seasonal_naive_7": "Naïve saisonnière (même jour la semaine précédente)",
+    "ensemble": "Ensemble (moyenne des trois meilleurs modèles)",
 }
+
+# The whole days of census a unit needs before its daily forecast is written: the default
+# horizon (14 days) to score the backtest on, after 14 to learn from (`forecast run`).
+DAILY_HISTORY_DAYS = 28
 
 LEVEL_LABELS = {
     "hospital": "Hôpitaux",

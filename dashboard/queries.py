@@ -87,6 +87,37 @@ def census_history(
     return _frame(engine, query)
 
 
+def census_at_midnight(
+    engine: Engine, unit_type: str, unit_id: str, since: datetime, until: datetime
+) -> pd.DataFrame:
+    """The patients present in one unit at each 00:00 UTC from `since` to `until` (both
+    included), as the daily forecasts count them: columns `ds` (aware UTC) and `y`.
+
+    The census writes no row for an hour with nothing to count, so a midnight without a row,
+    after the unit's first row, counts zero; midnights before that first row are left out."""
+    c = CensusHourlyRow
+    start, end = (pd.Timestamp(i18n.as_local(t, "UTC")) for t in (since, until))
+    rows = _frame(
+        engine,
+        select(c.hour, c.occupancy)
+        .where(
+            c.unit_type == unit_type,
+            c.unit_id == unit_id,
+            c.hour >= start.to_pydatetime(),
+            c.hour <= end.to_pydatetime(),
+        )
+        .order_by(c.hour),
+    )
+    if rows.empty:
+        return pd.DataFrame({"ds": pd.DatetimeIndex([], tz="UTC"), "y": pd.Series(dtype=float)})
+    hours = pd.to_datetime(rows["hour"], utc=True)
+    midnights = pd.date_range(hours.min().ceil("D"), end.floor("D"), freq="D")
+    counts = pd.Series(rows["occupancy"].astype(float).to_numpy(), index=hours)
+    return pd.DataFrame(
+        {"ds": midnights, "y": counts.reindex(midnights, fill_value=0.0).to_numpy()}
+    )
+
+
 # --- Alerts -------------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ import streamlit as st
 from dashboard import queries
 from dashboard.common import _, engine, lang, local_time, when
 from dashboard.forecast_text import (
+    DAILY_HISTORY_DAYS,
     LEVEL_LABELS,
     accuracy_sentence,
     coverage_sentence,
@@ -33,7 +34,22 @@ st.caption(
     )
 )
 
-series = queries.forecast_series(engine())
+VIEWS = {"hourly": "occupancy", "daily": "occupancy_daily"}
+view = st.radio(
+    _("Pas de temps"),
+    list(VIEWS),
+    format_func=lambda v: _("Horaire, 72 h") if v == "hourly" else _("Journalier, 14 jours"),
+    horizontal=True,
+    key="forecast_view",
+)
+metric = VIEWS[view]
+by_metric = {m: queries.forecast_series(engine(), m) for m in VIEWS.values()}
+# Every series of either step, so that a unit keeps its place when the step changes.
+series = (
+    pd.concat([f for f in by_metric.values() if not f.empty])
+    if any(not f.empty for f in by_metric.values())
+    else by_metric["occupancy"]
+)
 if series.empty:
     st.info(
         _(
@@ -43,6 +59,7 @@ if series.empty:
         )
     )
     st.stop()
+series = series.drop_duplicates("unit_id")
 
 levels = [
     lv for lv in ("hospital", "service", "ward", "departement") if lv in set(series["unit_type"])
@@ -61,15 +78,40 @@ level = st.radio(
 mine = series[series["unit_type"].fillna("") == level]
 names = dict(zip(mine["unit_id"], mine["name"], strict=True))
 unit = st.selectbox(_("Série"), list(names), format_func=lambda u: names[u], key="forecast_unit")
-row = mine[mine["unit_id"] == unit].iloc[0]
+rows = by_metric[metric]
+rows = rows[rows["unit_id"] == unit] if not rows.empty else rows
+if rows.empty:
+    if view == "hourly":
+        st.info(_("Pas de prévision horaire pour cette série."))
+        st.stop()
+    hourly_rows = by_metric["occupancy"]
+    hourly_rows = (
+        hourly_rows[hourly_rows["unit_id"] == unit] if not hourly_rows.empty else hourly_rows
+    )
+    days = int(hourly_rows["history_points"].iloc[0]) // 24 if not hourly_rows.empty else None
+    reason = _(
+        "Pas encore de prévision journalière pour cette série : il faut {need} jours entiers de "
+        "recensement, {learn} pour apprendre et {score} pour vérifier la prévision sur des jours "
+        "que le modèle n'a pas vus.",
+        need=DAILY_HISTORY_DAYS,
+        learn=DAILY_HISTORY_DAYS // 2,
+        score=DAILY_HISTORY_DAYS // 2,
+    )
+    if days is not None and days < DAILY_HISTORY_DAYS:
+        reason += " " + _("Elle en a {n} pour l'instant.", n=days)
+    else:
+        reason += " " + _("Elle apparaîtra au prochain passage du prévisionniste.")
+    st.info(reason)
+    st.stop()
+row = rows.iloc[0]
 freq = str(row["freq"])
 hourly = freq.lower() == "h"
 selected = str(row["selected_model"])
 target = float(row["target_coverage"])
 
-frame = local_time(queries.forecast(engine(), unit), "ds", "run_at", "history_end")
-accuracy = queries.forecast_accuracy(engine(), unit)
-terms = local_time(queries.forecast_terms(engine(), unit), "ds")
+frame = local_time(queries.forecast(engine(), unit, metric), "ds", "run_at", "history_end")
+accuracy = queries.forecast_accuracy(engine(), unit, metric)
+terms = local_time(queries.forecast_terms(engine(), unit, metric), "ds")
 chosen = frame[frame["model"] == selected]
 if chosen.empty:
     st.warning(
@@ -78,6 +120,8 @@ if chosen.empty:
     st.stop()
 
 lead = min(24 if hourly else 7, len(chosen))
+# The leads whose backtest error is told in words: a day ahead, and a week for daily series.
+leads = [min(24, len(chosen))] if hourly else [n for n in (1, 7) if n <= len(chosen)]
 at_lead = chosen.iloc[lead - 1]
 st.subheader(_("Modèle retenu : {model}", model=model_label(selected, L)))
 cols = st.columns(3)
@@ -120,22 +164,32 @@ history_end = pd.Timestamp(row["history_end"])
 axis = alt.Axis(format="%d/%m %Hh" if hourly else "%d/%m", labelAngle=-45)
 layers: list[alt.Chart] = []
 if level in ("hospital", "service", "ward"):
-    since = (history_end - timedelta(days=14)).to_pydatetime()
-    hist = queries.census_history(engine(), level, unit, since=since)
-    if not hist.empty:
-        hours = pd.date_range(pd.to_datetime(hist["hour"], utc=True).min(), history_end, freq="h")
-        occ = (
-            hist.assign(hour=pd.to_datetime(hist["hour"], utc=True))
-            .set_index("hour")["occupancy"]
-            .reindex(hours, fill_value=0)
-        )
-        past = local_time(pd.DataFrame({"ds": hours, "y": occ.to_numpy()}), "ds")
+    if hourly:
+        since = (history_end - timedelta(days=14)).to_pydatetime()
+        hist = queries.census_history(engine(), level, unit, since=since)
+        past = pd.DataFrame({"ds": pd.DatetimeIndex([], tz="UTC"), "y": []})
+        if not hist.empty:
+            hours = pd.date_range(
+                pd.to_datetime(hist["hour"], utc=True).min(), history_end, freq="h"
+            )
+            occ = (
+                hist.assign(hour=pd.to_datetime(hist["hour"], utc=True))
+                .set_index("hour")["occupancy"]
+                .reindex(hours, fill_value=0)
+            )
+            past = pd.DataFrame({"ds": hours, "y": occ.to_numpy()})
+    else:
+        # The census at the same midnights (UTC) as the daily forecast counts.
+        since = (history_end - timedelta(days=28)).to_pydatetime()
+        past = queries.census_at_midnight(engine(), level, unit, since, history_end.to_pydatetime())
+    if not past.empty:
+        past = local_time(past, "ds")
         past["ds"] = past["ds"].dt.tz_localize(None)
         layers.append(
             alt.Chart(past)
-            .mark_line(color="black")
+            .mark_line(color="black", point=not hourly)
             .encode(
-                x=alt.X("ds:T", title=_("Heure"), axis=axis),
+                x=alt.X("ds:T", title=_("Heure") if hourly else _("Date"), axis=axis),
                 y=alt.Y("y:Q", title=_("Lits occupés")),
             )
         )
@@ -171,6 +225,13 @@ st.caption(
         run=when(chosen["run_at"].iloc[0]),
     )
 )
+if not hourly:
+    st.caption(
+        _(
+            "Un point par jour : les patients présents à minuit UTC, soit {hour} heure locale.",
+            hour=when(chosen["history_end"].iloc[0], with_date=False),
+        )
+    )
 
 st.subheader(_("Précision passée"))
 if accuracy.empty:
@@ -182,8 +243,8 @@ window_days = (pd.Timestamp(row["window_end"]) - pd.Timestamp(row["window_start"
 )
 
 
-def mae_at(model: str) -> float | None:
-    """The backtest MAE of `model` at the headline lead (all leads if not stored per lead)."""
+def mae_at(model: str, lead: int) -> float | None:
+    """The backtest MAE of `model` at `lead` (all leads if not stored per lead)."""
     if model not in by_model.index:
         return None
     by_lead = by_model.at[model, "mae_by_lead"]
@@ -192,27 +253,34 @@ def mae_at(model: str) -> float | None:
     return float(by_model.at[model, "mae"])
 
 
-sel_mae = mae_at(selected)
-if sel_mae is not None:
-    st.markdown(accuracy_sentence(window_days, lead, freq, sel_mae, mae_at("naive"), L))
+if selected in by_model.index:
+    for n in leads:
+        sel_mae = mae_at(selected, n)
+        if sel_mae is not None:
+            st.markdown(accuracy_sentence(window_days, n, freq, sel_mae, mae_at("naive", n), L))
     sel = by_model.loc[selected]
     if pd.notna(sel["mase"]):
         st.markdown(mase_sentence(float(sel["mase"]), freq, L))
     st.markdown(coverage_sentence(float(sel["coverage"]), target, L))
+rule = _(
+    "Le modèle retenu est le stock–flux (ou la prévision naïve sans flux), sauf si un autre "
+    "modèle fait mieux, nettement et régulièrement, sur ces origines."
+)
 if hourly:
     backtest = _(
         "Backtest : {folds} origines successives, chaque fois {horizon} heures prévues sans voir "
-        "la suite. Le modèle retenu a le plus petit MASE.",
+        "la suite.",
         folds=int(row["folds"]),
         horizon=int(row["horizon"]),
     )
 else:
     backtest = _(
         "Backtest : {folds} origines successives, chaque fois {horizon} jours prévus sans voir "
-        "la suite. Le modèle retenu a le plus petit MASE.",
+        "la suite.",
         folds=int(row["folds"]),
         horizon=int(row["horizon"]),
     )
+backtest += " " + rule
 st.caption(backtest)
 retained = _("(retenu)")
 table = pd.DataFrame(
@@ -220,9 +288,12 @@ table = pd.DataFrame(
         _("Modèle"): [
             model_label(m, L) + (f" {retained}" if m == selected else "") for m in accuracy["model"]
         ],
-        _("Erreur moyenne {lead} (lits)", lead=lead_phrase(lead, freq, L)): [
-            number(mae_at(m), 1, L) for m in accuracy["model"]
-        ],
+        **{
+            _("Erreur moyenne {lead} (lits)", lead=lead_phrase(n, freq, L)): [
+                number(mae_at(m, n), 1, L) for m in accuracy["model"]
+            ]
+            for n in leads
+        },
         _("Erreur moyenne, tous horizons (lits)"): [number(v, 1, L) for v in accuracy["mae"]],
         _("RMSE (lits)"): [number(v, 1, L) for v in accuracy["rmse"]],
         "MASE": [number(v, 2, L) for v in accuracy["mase"]],

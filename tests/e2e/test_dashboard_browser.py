@@ -24,7 +24,7 @@ from dashboard.accounts import Role, User
 from parcours.broker import free_port
 from parcours.db import make_engine
 from tests.e2e.browser import shot
-from tests.seed import Outlook, Seeded, seed, seed_outlook
+from tests.seed import Outlook, Seeded, seed, seed_daily, seed_outlook
 from tests.support import parcours_env, parcours_process, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -45,6 +45,7 @@ def served(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
     engine = make_engine(pg_url)
     seeded = seed(engine, f"b{uuid.uuid4().hex[:6]}-")
     outlook = seed_outlook(engine, seeded, datetime.now(UTC))
+    seed_daily(engine, seeded)
     users = {role: f"{role.value}-{seeded.prefix}" for role in Role}
     for role, name in users.items():
         # The coordinator follows this test's hospital only: their worklists hold its patients.
@@ -186,6 +187,17 @@ def test_manager(served: Served, browser: Browser) -> None:
         timeout=TIMEOUT
     )
     shot(page, "manager_forecast_ward")
+    # The same ward, 14 days ahead: its daily forecast, selected as the ensemble of three models.
+    page.get_by_text("Journalier, 14 jours", exact=True).click()
+    expect(
+        page.get_by_text("Modèle retenu : Ensemble (moyenne des trois meilleurs modèles)")
+    ).to_be_visible(timeout=TIMEOUT)
+    expect(page.get_by_text("à 7 jours, cette prévision s'est trompée de 2,8 lits")).to_be_visible(
+        timeout=TIMEOUT
+    )
+    expect(page.get_by_text("minuit UTC, soit 01:00 heure locale")).to_be_visible()
+    assert "occupancy_daily" not in page.content()
+    shot(page, "manager_forecast_ward_daily")
     page.close()
     refused(browser, served, Role.MANAGER, roles.page("patient"))
 

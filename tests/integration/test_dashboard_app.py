@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
@@ -14,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard import accounts, roles
 from dashboard.accounts import Role, User
 from parcours.db import make_engine
-from tests.seed import Seeded, seed, seed_outlook
+from tests.seed import Seeded, seed, seed_daily, seed_outlook
 
 # A deprecated call in the dashboard fails these tests rather than flooding a log later.
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("error::DeprecationWarning")]
@@ -313,6 +315,68 @@ def test_forecast_page_in_english_on_the_switch(seeded: Seeded) -> None:
     table = at.dataframe[0].value
     assert table["Model"].tolist() == ["Prophet (selected)", "Naive (last value)"]
     assert {m.label for m in at.metric} >= {"Forecast at 24 h", "80% interval"}
+
+
+def test_forecast_page_daily_view_shows_the_14_days_ahead_beside_the_midnight_census(
+    seeded: Seeded, pg_url: str
+) -> None:
+    seed_daily(make_engine(pg_url), seeded)
+    at = open_page(signed_in(Role.MANAGER), roles.page("previsions"))
+    assert at.radio(key="forecast_view").options == ["Horaire, 72 h", "Journalier, 14 jours"]
+    at.radio(key="forecast_view").set_value("daily").run()
+    at.radio(key="forecast_level").set_value("ward").run()
+    at.selectbox(key="forecast_unit").set_value(seeded.ward_full).run()
+    assert not at.exception, at.exception
+    assert any(
+        h.value == "Modèle retenu : Ensemble (moyenne des trois meilleurs modèles)"
+        for h in at.subheader
+    )
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Prévision à 7 jours"] == "20 lits"
+    assert metrics["Intervalle à 80\u00a0%"] == "17 – 23"
+    text = " ".join(m.value for m in at.markdown)
+    assert (
+        "Sur les 8 dernières semaines, à 1 jour, cette prévision s'est trompée de 1,5 lit en "
+        "moyenne ; la prévision naïve de 2,0." in text
+    )
+    assert "à 7 jours, cette prévision s'est trompée de 2,8 lits en moyenne ; la prévision " in text
+    assert "naïve de 4,4." in text
+    # The ensemble stores no terms: the stock–flow model's breakdown is shown, and said to be its.
+    assert (
+        "À 7 jours : 23 patients présents maintenant, −14 sorties attendues, +7 admissions "
+        "attendues → 16 lits occupés. (décomposition du modèle stock–flux" in text
+    )
+    # Midnight UTC is 01:00 in Paris in November.
+    assert any("minuit UTC, soit 01:00 heure locale" in c.value for c in at.caption)
+    table = at.dataframe[0].value
+    assert table["Modèle"].tolist()[0] == "Ensemble (moyenne des trois meilleurs modèles) (retenu)"
+    assert table["Erreur moyenne à 1 jour (lits)"].tolist()[0] == "1,5"
+    assert table["Erreur moyenne à 7 jours (lits)"].tolist()[0] == "2,8"
+    (chart,) = at.get("vega_lite_chart")
+    assert '"format": "%d/%m"' in chart.proto.spec
+    # The observed line: the census at the two seeded midnights (UTC), as Paris clocks read them.
+    history_name = json.loads(chart.proto.spec)["layer"][0]["data"]["name"]
+    (history,) = [d for d in chart.proto.datasets if d.name == history_name]
+    past = pa.ipc.open_stream(history.data.data).read_pandas()
+    assert past["y"].tolist() == [22, 23]
+    assert [str(t) for t in past["ds"]] == ["2026-11-19 01:00:00", "2026-11-20 01:00:00"]
+    shown = everything_shown(at)
+    assert b"occupancy_daily" not in shown and b"stock_flow" not in shown
+
+
+def test_forecast_page_daily_view_says_why_a_unit_has_no_daily_forecast(seeded: Seeded) -> None:
+    at = open_page(signed_in(Role.MANAGER), roles.page("previsions"))
+    at.radio(key="forecast_view").set_value("daily").run()
+    at.radio(key="forecast_level").set_value("ward").run()
+    at.selectbox(key="forecast_unit").set_value(seeded.ward_full).run()
+    assert not at.exception, at.exception
+    (info,) = at.info
+    assert info.value.startswith("Pas encore de prévision journalière pour cette série")
+    assert "28 jours entiers de recensement" in info.value
+    assert len(at.dataframe) == 0
+    # Back to the hourly view: the same unit's hourly forecast.
+    at.radio(key="forecast_view").set_value("hourly").run()
+    assert any(h.value == "Modèle retenu : Prophet" for h in at.subheader)
 
 
 def test_hospital_sign_in_is_offered_when_oidc_is_configured(seeded: Seeded) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 import pytest
 from sqlalchemy import Engine
 
 from dashboard import queries
-from parcours.db import make_engine
-from tests.seed import Seeded, seed, seed_outlook
+from parcours.db import make_engine, upsert
+from parcours.db.pathway_models import CensusHourlyRow
+from tests.seed import Seeded, seed, seed_daily, seed_outlook
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +74,70 @@ def test_forecast_and_accuracy_best_model_first(seeded: tuple[Engine, Seeded]) -
     terms = queries.forecast_terms(engine, s.ward_full, model="prophet")
     assert len(terms) == 24
     assert (terms["now"] == 21.0).all()
+
+
+def test_daily_forecasts_are_read_apart_from_the_hourly_ones(
+    seeded: tuple[Engine, Seeded],
+) -> None:
+    engine, s = seeded
+    end = seed_daily(engine, s)
+    daily = queries.forecast_series(engine, "occupancy_daily")
+    mine = daily[daily["unit_id"] == s.ward_full].iloc[0]
+    assert (mine["selected_model"], mine["freq"], mine["horizon"]) == ("ensemble", "D", 14)
+    fc = queries.forecast(engine, s.ward_full, "occupancy_daily")
+    assert sorted(fc["model"].unique()) == ["ensemble", "naive", "stock_flow"]
+    assert pd.to_datetime(fc["ds"], utc=True).min() == pd.Timestamp(end) + timedelta(days=1)
+    assert len(queries.forecast_terms(engine, s.ward_full, "occupancy_daily")) == 14
+    accuracy = queries.forecast_accuracy(engine, s.ward_full, "occupancy_daily")
+    assert accuracy["model"].tolist() == ["ensemble", "stock_flow", "naive"]
+    # The hourly reads see none of the daily rows.
+    assert sorted(queries.forecast(engine, s.ward_full)["model"].unique()) == ["naive", "prophet"]
+    hourly = queries.forecast_series(engine)
+    assert hourly[hourly["unit_id"] == s.ward_full]["freq"].tolist() == ["h"]
+
+
+def test_census_at_midnight_counts_a_silent_midnight_as_zero(
+    seeded: tuple[Engine, Seeded],
+) -> None:
+    engine, s = seeded
+    unit = f"Location/{s.prefix}gap"
+    first = datetime(2026, 11, 18, 22, 0, tzinfo=UTC)
+    hours = [first + timedelta(hours=h) for h in range(54)]
+    silent = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
+    with engine.begin() as conn:
+        upsert(
+            conn,
+            CensusHourlyRow,
+            [
+                {
+                    "unit_type": "ward",
+                    "unit_id": unit,
+                    "hour": hour,
+                    "hospital_id": s.hospital,
+                    "occupancy": 10 + hour.day,
+                    "admissions": 0,
+                    "discharges": 0,
+                    "transfers_in": 0,
+                    "transfers_out": 0,
+                    "ed_arrivals": 0,
+                }
+                for hour in hours
+                if hour != silent
+            ],
+            key=["unit_type", "unit_id", "hour"],
+        )
+    got = queries.census_at_midnight(
+        engine, "ward", unit, datetime(2026, 11, 18, tzinfo=UTC), datetime(2026, 11, 21, tzinfo=UTC)
+    )
+    # 18/11 00:00 is before the unit's first row; the rows after 21/11 00:00 are not read.
+    assert [t.isoformat() for t in got["ds"]] == [
+        "2026-11-19T00:00:00+00:00",
+        "2026-11-20T00:00:00+00:00",
+        "2026-11-21T00:00:00+00:00",
+    ]
+    assert got["y"].tolist() == [29.0, 0.0, 31.0]
+    empty = queries.census_at_midnight(engine, "ward", f"{unit}-none", first, silent)
+    assert empty.empty
 
 
 def test_a_unit_s_selected_forecast_with_its_terms_and_the_departures_expected(

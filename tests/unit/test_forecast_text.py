@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+
 from dashboard.forecast_text import (
+    DAILY_HISTORY_DAYS,
     accuracy_sentence,
     coverage_sentence,
     model_label,
@@ -39,3 +42,15 @@ def test_terms_and_coverage_sentences() -> None:
     assert "dans la cible" in coverage_sentence(0.79, 0.8)
     assert model_label("stock_flow").startswith("Stock–flux")
     assert model_label("unknown") == "unknown"
+
+
+def test_the_ensemble_has_a_name_in_both_languages() -> None:
+    assert model_label("ensemble") == "Ensemble (moyenne des trois meilleurs modèles)"
+    assert model_label("ensemble", "en") == "Ensemble (mean of the three best models)"
+
+
+def test_the_daily_history_said_to_be_needed_is_what_the_forecaster_asks() -> None:
+    from forecasting import cli
+
+    default_horizon = inspect.signature(cli.run_cmd).parameters["daily_horizon"].default
+    assert default_horizon + cli.DAILY_MIN_TRAIN == DAILY_HISTORY_DAYS

@@ -45,6 +45,14 @@ def abandon(fd: int) -> None:
         sock.close()
 
 
+def ready_within(fd: int, events: int, limit: float | None) -> bool:
+    """Whether `fd` became ready for `events` within `limit` seconds (None: no bound).
+    `poll`, not `select`: a busy gateway holds descriptors above select's 1024."""
+    poller = select.poll()
+    poller.register(fd, events | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(None if limit is None else int(limit * 1000)))
+
+
 def wait_with_deadline(conn: Any) -> None:
     """psycopg2 wait callback: poll `conn` until its operation completes, giving up when the
     server does not move within the connection's limit."""
@@ -58,9 +66,9 @@ def wait_with_deadline(conn: Any) -> None:
             if state == POLL_OK:
                 return
             if state == POLL_READ:
-                ready = select.select([conn.fileno()], [], [], limit)[0]
+                ready = ready_within(conn.fileno(), select.POLLIN, limit)
             elif state == POLL_WRITE:
-                ready = select.select([], [conn.fileno()], [], limit)[1]
+                ready = ready_within(conn.fileno(), select.POLLOUT, limit)
             else:
                 raise psycopg2.OperationalError(f"bad state from poll: {state}")
         except KeyboardInterrupt:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import select
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -501,3 +503,28 @@ def test_database_waits_are_bounded_by_the_connections_statement_timeout() -> No
     dsn = "host=h dbname=d options='-c statement_timeout=2500 -c lock_timeout=2500'"
     assert wait_limit(dsn) == 2.5 + MARGIN_S
     assert wait_limit("host=h dbname=d") is None
+
+
+def test_database_waits_work_on_descriptors_above_select_limit() -> None:
+    """A busy gateway holds more than 1024 descriptors; the wait must still see its socket."""
+    import resource
+    import socket
+
+    from ingest.db_waits import ready_within
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1500:
+        pytest.skip(f"this machine allows only {hard} descriptors")
+    if soft <= 1500:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+    left, right = socket.socketpair()
+    high = os.dup2(left.fileno(), 1500)
+    try:
+        assert ready_within(high, select.POLLIN, 0.05) is False
+        right.send(b"x")
+        assert ready_within(high, select.POLLIN, 1.0) is True
+    finally:
+        os.close(high)
+        left.close()
+        right.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -102,6 +102,8 @@ ERR_MESSAGE_TYPE = "200"
 ERR_EVENT = "201"
 ERR_VERSION = "203"
 ERR_UNKNOWN_KEY = "204"
+# Application record locked: here, a patient another integrator owns.
+ERR_LOCKED = "206"
 ERR_INTERNAL = "207"
 
 _ID_SAFE = re.compile(r"[^A-Za-z0-9.\-]+")

@@ -44,6 +44,7 @@ from ingest.dedupe import IngestStore, Published, RejectionRecord
 from ingest.entries import canonical_bytes
 from ingest.hl7_map import (
     ERR_INTERNAL,
+    ERR_LOCKED,
     AdtMessage,
     EncounterState,
     Hl7Rejection,
@@ -60,6 +61,7 @@ from ingest.hl7_map import (
 )
 from ingest.hl7_store import CountKey, Hl7Store, ResourceVersion
 from ingest.outcome import BrokerUnavailable, Issue, Rejection
+from ingest.ownership import MAX_VALUE, Claim, OwnershipStore
 from ingest.publish import Ack, Message, Publisher
 from parcours.settings import Settings
 
@@ -234,8 +236,11 @@ class AdtProcessor:
         publisher: Publisher,
         cache_size: int = 200_000,
         publish_locations: bool = True,
+        ownership: bool = True,
     ) -> None:
         self.store = Hl7Store(engine)
+        # The HTTP gateway's rule: a patient belongs to the integrator that first wrote it.
+        self.owners = OwnershipStore(engine) if ownership else None
         self.publish_locations = publish_locations
         self.ingest_store = IngestStore(engine)
         self.publisher = publisher
@@ -397,10 +402,65 @@ class AdtProcessor:
 
     # -- a batch
 
+    def _check_owners(self, pendings: list[Pending]) -> None:
+        """Refuse (AR, ERR on PID-3 or MRG-1) each message about a patient, or carrying an
+        identifier system, that its integrator may not write; free patients are claimed for it
+        on the way, before anything is published."""
+        if self.owners is None:
+            return
+        needs: dict[int, list[tuple[Claim, str, int]]] = {}
+        by_source: dict[str, set[Claim]] = {}
+        for i, p in enumerate(pendings):
+            msg = p.msg
+            if msg is None:
+                continue
+            found: list[tuple[Claim, str, int]] = [
+                (("patient", msg.patient.patient_id[:MAX_VALUE]), "PID", 3)
+            ]
+            found += [
+                (("system", ident.system[:MAX_VALUE]), "PID", 3)
+                for ident in msg.patient.identifiers
+                if ident.system
+            ]
+            if msg.merged_patient is not None:
+                found.append((("patient", msg.merged_patient.patient_id[:MAX_VALUE]), "MRG", 1))
+            needs[i] = found
+            by_source.setdefault(p.integrator, set()).update(c for c, _, _ in found)
+        denied: dict[str, dict[Claim, str]] = {}
+        for source, claims in by_source.items():
+            denied[source] = self.owners.forbidden(source, claims)
+        for i, found in needs.items():
+            p = pendings[i]
+            refused = [(c, seg, f) for c, seg, f in found if c in denied[p.integrator]]
+            if not refused:
+                continue
+            (kind, value), segment, field_no = refused[0]
+            what = "le patient" if kind == "patient" else "le système d'identifiants"
+            p.msg = None
+            p.rejection = Hl7Rejection(
+                "AR",
+                "forbidden",
+                f"{what} {value[:80]} appartient à un autre intégrateur ; un administrateur peut "
+                f"l'accorder (parcours ingest grant {p.integrator} --{kind} {value[:80]})",
+                segment,
+                field_no,
+                error_code=ERR_LOCKED,
+            )
+
     def process(self, pendings: list[Pending]) -> list[Outcome]:
         """Answer every pending message; record NACKs, publish and store the rest."""
         now = datetime.now(UTC)
         counts = self.counts
+        try:
+            self._check_owners(pendings)
+        except Exception as exc:
+            log.exception("could not check who owns the patients")
+            for p in pendings:
+                if p.msg is not None:
+                    p.msg = None
+                    p.rejection = _internal(
+                        f"base de données indisponible: {type(exc).__name__}"
+                    ).rejection
         outcomes: list[Outcome] = [
             Outcome(p.rejection.ack_code, p.rejection) if p.rejection else Outcome("AA")
             for p in pendings
@@ -534,8 +594,9 @@ class AdtProcessor:
             )
             if source is None:
                 continue  # anyone can connect: unknown senders are counted, not stored
+            status = 403 if rej.reason == "forbidden" else 400 if rej.ack_code == "AE" else 422
             outcome = Rejection(
-                400 if rej.ack_code == "AE" else 422,
+                status,
                 rej.reason,
                 [Issue("invalid", rej.text, (rej.location,) if rej.location else ())],
                 resource_type=rtype,
@@ -921,7 +982,12 @@ async def serve_forever(settings: Settings, host: str | None, port: int | None) 
 
     engine = make_engine(settings.db_url)
     publisher = Publisher(settings)
-    processor = AdtProcessor(engine, publisher, publish_locations=settings.mllp_locations)
+    processor = AdtProcessor(
+        engine,
+        publisher,
+        publish_locations=settings.mllp_locations,
+        ownership=settings.ingest_ownership,
+    )
     listener = MllpListener(settings, processor)
     bound = await listener.start(host, port)
     log.info("MLLP listener on %s:%d", host or settings.mllp_host, bound)

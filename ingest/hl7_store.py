@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, Table, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ingest.dedupe import Published
 from ingest.hl7_map import EncounterState
-from parcours.db import upsert
 from parcours.db.hl7_models import (
     Hl7EncounterRow,
     Hl7MessageCountRow,
@@ -25,6 +26,40 @@ from parcours.db.reference_models import IdentifierIndexRow
 CHUNK = 500
 # (integrator, sending facility, trigger, ack code, reason)
 CountKey = tuple[str, str, str, str, str]
+
+
+@lru_cache(maxsize=64)
+def _upsert_statement(
+    dialect: str, table: Table, key: tuple[str, ...], cols: tuple[str, ...]
+) -> Any:
+    """`INSERT … ON CONFLICT (key) DO UPDATE SET cols` (DO NOTHING without cols), built once:
+    building it is a visible share of a batch's CPU."""
+    stmt: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    if cols:
+        return stmt.on_conflict_do_update(
+            index_elements=list(key), set_={c: stmt.excluded[c] for c in cols}
+        )
+    return stmt.on_conflict_do_nothing(index_elements=list(key))
+
+
+def upsert(
+    conn: Any,
+    model: Any,
+    rows: Sequence[Mapping[str, Any]],
+    key: list[str],
+    update: list[str] | None = None,
+) -> None:
+    """`parcours.db.upsert` (insert, or overwrite `update` — by default every non-key column in
+    the rows — on a conflict on `key`), with the statement built once per shape."""
+    if not rows:
+        return
+    table: Table = model.__table__
+    cols = (
+        tuple(update)
+        if update is not None
+        else tuple(c.name for c in table.columns if c.name not in key and c.name in rows[0])
+    )
+    conn.execute(_upsert_statement(conn.dialect.name, table, tuple(key), cols), list(rows))
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,16 @@ timeout to finish a message, or stays silent past the idle timeout, is disconnec
 client sends stops the listener or delays other connections beyond the shared writer.
 
 Messages are parsed in worker processes (`PARCOURS_MLLP_PARSE_PROCESSES`, in chunks of what
-arrived together; 0 parses here), then go, in the order they were read, through one writer thread
-in batches: the stays' histories are updated (pure `hl7_map.apply_adt`), the resulting resources
-published together, then the histories, versions, identifiers, ingest log and counters written to
-SQL in one transaction, then each message answered.
+arrived together; 0 parses here), then go, in the order they were read, in batches through two
+stages, each in its own thread, so that a batch is prepared while the previous one is finished:
+
+1. prepare: owners checked, the stays' histories updated (pure `hl7_map.apply_adt`) and the
+   resulting resources handed to the Kafka producer; the in-memory state moves on at once;
+2. finish: Kafka's acks awaited, then the histories, versions, identifiers, ingest log and
+   counters written to SQL in one transaction, then each message answered.
+
+When a finish fails, its batch and the one prepared on top of it are answered AE, their versions
+are never reused, and the state is read again from SQL.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import hashlib
 import logging
 import multiprocessing
 import ssl
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -38,6 +45,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from kafka.errors import KafkaError
 from sqlalchemy import Engine
 
 from ingest.dedupe import IngestStore, Published, RejectionRecord
@@ -62,7 +70,7 @@ from ingest.hl7_map import (
 from ingest.hl7_store import CountKey, Hl7Store, ResourceVersion
 from ingest.outcome import BrokerUnavailable, Issue, Rejection
 from ingest.ownership import MAX_VALUE, Claim, OwnershipStore
-from ingest.publish import Ack, Message, Publisher
+from ingest.publish import RECORD_ERRORS, Ack, Message, Publisher
 from parcours.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -218,6 +226,21 @@ class _Batch:
     outcomes: dict[int, Outcome] = field(default_factory=dict)
 
 
+@dataclass
+class Prepared:
+    """A batch between `AdtProcessor.prepare` and `AdtProcessor.finish`."""
+
+    pendings: list[Pending]
+    now: datetime
+    outcomes: list[Outcome] = field(default_factory=list)
+    good: list[int] = field(default_factory=list)
+    batch: _Batch | None = None
+    # Per record, what the producer returned for it (a future, or the error that stopped it).
+    sent: list[Any] = field(default_factory=list)
+    producer: Any = None
+    failed: bool = False
+
+
 def _digest(resource: dict[str, Any]) -> str:
     body = {k: v for k, v in resource.items() if k != "meta"}
     return hashlib.sha256(canonical_bytes(body)).hexdigest()
@@ -254,8 +277,8 @@ class AdtProcessor:
         # Versions tried in a batch that failed are never reused: a record may have reached
         # Kafka even though its ack did not come back.
         self._burnt: dict[str, int] = {}
-        # Messages by (integrator, facility, trigger, ACK, reason), flushed with each batch.
-        self.counts: Counter[CountKey] = Counter()
+        # The last prepared batch, which may not be in SQL yet: kept when the caches are cut.
+        self._unstored: _Batch | None = None
 
     # -- caches
 
@@ -263,8 +286,8 @@ class AdtProcessor:
         enc_ids = {p.msg.visit.encounter_id for p in pendings if p.msg and p.msg.visit}
         missing = [e for e in enc_ids if e not in self._encounters]
         if len(self._encounters) + len(missing) > self.cache_size:
-            self._encounters.clear()
-            missing = list(enc_ids)
+            self._encounters = dict(self._unstored.encounters) if self._unstored else {}
+            missing = [e for e in enc_ids if e not in self._encounters]
         if missing:
             self._encounters.update(self.store.encounters(missing))
         for p in pendings:
@@ -284,8 +307,8 @@ class AdtProcessor:
                 keys.update(f"Location/{r['id']}" for r in location_resources(place))
         missing_keys = [k for k in keys if k not in self._resources]
         if len(self._resources) + len(missing_keys) > self.cache_size:
-            self._resources.clear()
-            missing_keys = list(keys)
+            self._resources = dict(self._unstored.resources) if self._unstored else {}
+            missing_keys = [k for k in keys if k not in self._resources]
         if missing_keys:
             self._resources.update(self.store.resources(missing_keys))
 
@@ -447,10 +470,13 @@ class AdtProcessor:
                 error_code=ERR_LOCKED,
             )
 
-    def process(self, pendings: list[Pending]) -> list[Outcome]:
-        """Answer every pending message; record NACKs, publish and store the rest."""
+    def prepare(self, pendings: list[Pending]) -> Prepared:
+        """First half of a batch: check owners, record NACKs, apply the messages to the stays
+        and hand their resources to the producer. The caches take the batch's result at once,
+        so that the next batch can be prepared while this one is acknowledged and stored;
+        `invalidate` undoes that when `finish` fails."""
         now = datetime.now(UTC)
-        counts = self.counts
+        prep = Prepared(pendings, now)
         try:
             self._check_owners(pendings)
         except Exception as exc:
@@ -461,30 +487,24 @@ class AdtProcessor:
                     p.rejection = _internal(
                         f"base de données indisponible: {type(exc).__name__}"
                     ).rejection
-        outcomes: list[Outcome] = [
+        prep.outcomes = [
             Outcome(p.rejection.ack_code, p.rejection) if p.rejection else Outcome("AA")
             for p in pendings
         ]
         nacks = [p for p in pendings if p.msg is None]
-        good = [i for i, p in enumerate(pendings) if p.msg is not None]
+        prep.good = [i for i, p in enumerate(pendings) if p.msg is not None]
         self._record_nacks(nacks, now)
-        if not good:
-            self._count(pendings, outcomes, counts)
-            try:
-                self.store.add_counts(counts, now)
-                counts.clear()
-            except Exception:
-                log.exception("could not store HL7 message counts")
-            return outcomes
+        if not prep.good:
+            return prep
         batch = _Batch()
         try:
-            self._load([pendings[i] for i in good])
+            self._load([pendings[i] for i in prep.good])
         except Exception as exc:
             log.exception("could not read the stays from SQL")
-            for i in good:
-                outcomes[i] = _internal(f"base de données indisponible: {type(exc).__name__}")
-            return outcomes
-        for i in good:
+            for i in prep.good:
+                prep.outcomes[i] = _internal(f"base de données indisponible: {type(exc).__name__}")
+            return prep
+        for i in prep.good:
             mark = (
                 len(batch.records),
                 dict(batch.encounters),
@@ -500,52 +520,10 @@ class AdtProcessor:
                 del batch.records[mark[0] :]
                 batch.encounters, batch.resources, batch.places = mark[1], mark[2], mark[3]
                 del batch.identifiers[mark[4] :]
-                outcomes[i] = _internal(f"erreur interne: {type(exc).__name__}")
-        records = batch.records
-        acks: list[Ack | Exception] = []
-        if records:
-            try:
-                acks = self.publisher.publish([r[0] for r in records])
-            except BrokerUnavailable as exc:
-                acks = [exc] * len(records)
-        if any(isinstance(a, Exception) for a in acks):
-            for key in batch.resources:
-                self._burnt[key] = batch.resources[key].version
-            for enc in batch.encounters.values():
-                self._burnt[f"Encounter/{enc.encounter_id}"] = enc.version
-            for i in good:
-                if outcomes[i].code == "AA":
-                    outcomes[i] = _internal("Kafka n'a pas acquitté; renvoyer le message")
-            self._count(pendings, outcomes, counts)
-            with contextlib.suppress(Exception):
-                self.store.add_counts(counts, now)
-                counts.clear()
-            return outcomes
-        self._count(pendings, outcomes, counts)
-        by_source: dict[str, list[Published]] = {}
-        for (message, dedupe, source), ack in zip(records, acks, strict=True):
-            assert isinstance(ack, Ack)
-            by_source.setdefault(source, []).append(
-                Published(dedupe, message.key.decode(), ack.partition, ack.offset)
-            )
-        try:
-            self.store.commit(
-                now,
-                list(batch.encounters.values()),
-                batch.resources,
-                batch.identifiers,
-                counts,
-                by_source,
-            )
-            counts.clear()
-        except Exception as exc:
-            # Published but not stored: the sender's retry republishes the same versions,
-            # which the pathway ignores as repeats.
-            log.exception("could not store a published batch")
-            return [
-                o if o.code != "AA" else _internal(f"base de données: {type(exc).__name__}")
-                for o in outcomes
-            ]
+                prep.outcomes[i] = _internal(f"erreur interne: {type(exc).__name__}")
+        prep.batch = batch
+        if batch.records:
+            prep.producer, prep.sent = send_all(self.publisher, [r[0] for r in batch.records])
         self._encounters.update(batch.encounters)
         self._resources.update(batch.resources)
         if len(self._places) > self.cache_size or len(self._identifiers) > self.cache_size:
@@ -553,6 +531,111 @@ class AdtProcessor:
             self._identifiers.clear()
         self._places.update(batch.places)
         self._identifiers.update(i[:3] for i in batch.identifiers)
+        self._unstored = batch
+        return prep
+
+    def finish(self, prep: Prepared) -> list[Outcome]:
+        """Second half: wait for Kafka's acks of the batch's records, then store the batch in
+        SQL; returns how to answer each message (AE for all when either fails, and then
+        `prep.failed` is set). Touches no cache, so it can run beside the next `prepare`."""
+        outcomes = prep.outcomes
+        batch = prep.batch
+        counts: Counter[CountKey] = Counter()
+        if batch is None or not batch.records:
+            if batch is not None:
+                # Nothing changed (repeats): answered as they are, stored with the counts.
+                return self._store(prep, counts, {})
+            self._count(prep.pendings, outcomes, counts)
+            try:
+                self.store.add_counts(counts, prep.now)
+            except Exception:
+                log.exception("could not store HL7 message counts")
+            return outcomes
+        acks = wait_all(self.publisher, prep.producer, prep.sent)
+        if any(isinstance(a, Exception) for a in acks):
+            prep.failed = True
+            outcomes = self._failed(prep, "Kafka n'a pas acquitté; renvoyer le message")
+            self._count(prep.pendings, outcomes, counts)
+            with contextlib.suppress(Exception):
+                self.store.add_counts(counts, prep.now)
+            return outcomes
+        by_source: dict[str, list[Published]] = {}
+        for (message, dedupe, source), ack in zip(batch.records, acks, strict=True):
+            assert isinstance(ack, Ack)
+            by_source.setdefault(source, []).append(
+                Published(dedupe, message.key.decode(), ack.partition, ack.offset)
+            )
+        return self._store(prep, counts, by_source)
+
+    def _store(
+        self,
+        prep: Prepared,
+        counts: Counter[CountKey],
+        by_source: dict[str, list[Published]],
+    ) -> list[Outcome]:
+        batch = prep.batch
+        assert batch is not None
+        self._count(prep.pendings, prep.outcomes, counts)
+        try:
+            self.store.commit(
+                prep.now,
+                list(batch.encounters.values()),
+                batch.resources,
+                batch.identifiers,
+                counts,
+                by_source,
+            )
+        except Exception as exc:
+            # Published but not stored: `invalidate` burns the versions, so that the sender's
+            # retry publishes the same content under new ones.
+            log.exception("could not store a published batch")
+            prep.failed = True
+            return self._failed(prep, f"base de données: {type(exc).__name__}")
+        return prep.outcomes
+
+    @staticmethod
+    def _failed(prep: Prepared, text: str) -> list[Outcome]:
+        good = set(prep.good)
+        return [
+            _internal(text) if i in good and o.code == "AA" else o
+            for i, o in enumerate(prep.outcomes)
+        ]
+
+    def invalidate(self, preps: list[Prepared]) -> None:
+        """Forget what these batches put in the caches (their `finish` failed, or was built on
+        one that did): their versions are never reused (a record may have reached Kafka though
+        its ack did not come back), and the stays are read again from SQL."""
+        for prep in preps:
+            if prep.batch is None:
+                continue
+            for key, known in prep.batch.resources.items():
+                self._burnt[key] = max(self._burnt.get(key, 0), known.version)
+            for enc in prep.batch.encounters.values():
+                key = f"Encounter/{enc.encounter_id}"
+                self._burnt[key] = max(self._burnt.get(key, 0), enc.version)
+        self._encounters.clear()
+        self._resources.clear()
+        self._places.clear()
+        self._identifiers.clear()
+        self._unstored = None
+
+    def abandon(self, prep: Prepared) -> list[Outcome]:
+        """How to answer a batch prepared on top of one whose finish failed: AE (counted)."""
+        outcomes = self._failed(prep, "le lot précédent n'a pas abouti; renvoyer le message")
+        counts: Counter[CountKey] = Counter()
+        self._count(prep.pendings, outcomes, counts)
+        try:
+            self.store.add_counts(counts, prep.now)
+        except Exception:
+            log.exception("could not store HL7 message counts")
+        return outcomes
+
+    def process(self, pendings: list[Pending]) -> list[Outcome]:
+        """Prepare and finish one batch (no overlap with another)."""
+        prep = self.prepare(pendings)
+        outcomes = self.finish(prep)
+        if prep.failed:
+            self.invalidate([prep])
         return outcomes
 
     def _count(
@@ -620,6 +703,52 @@ class AdtProcessor:
                 self.ingest_store.record_rejections(records)
             except Exception:
                 log.exception("could not store %d HL7 rejections", len(records))
+
+
+def _answer(pendings: list[Pending], outcomes: list[Outcome]) -> None:
+    for p, o in zip(pendings, outcomes, strict=True):
+        if p.future is not None and not p.future.done():
+            p.future.set_result(o)
+
+
+def send_all(publisher: Publisher, messages: list[Message]) -> tuple[Any, list[Any]]:
+    """Hand every message to the producer (each to its topic, `Topics.for_key`) without waiting;
+    returns the producer and, per message, its future or the error that stopped it."""
+    try:
+        producer = publisher.producer()
+    except BrokerUnavailable as exc:
+        return None, [exc] * len(messages)
+    topic_of = publisher.topics.for_key
+    sent: list[Any] = []
+    for m in messages:
+        try:
+            sent.append(producer.send(topic_of(m.key), value=m.value, key=m.key, headers=m.headers))
+        except (KafkaError, OSError, ValueError) as exc:
+            sent.append(exc)
+    return producer, sent
+
+
+def wait_all(publisher: Publisher, producer: Any, sent: list[Any]) -> list[Ack | Exception]:
+    """Per message `send_all` handed over, its Ack (acks=all) or the error; waits at most the
+    publish timeout in total. After a connection failure the producer is rebuilt."""
+    deadline = time.monotonic() + publisher.timeout_s + 1.0
+    if producer is not None and any(not isinstance(f, Exception) for f in sent):
+        # Sends what lingers at once (and anything handed over since: harmless).
+        with contextlib.suppress(KafkaError):
+            producer.flush(timeout=max(0.0, deadline - time.monotonic()))
+    results: list[Ack | Exception] = []
+    for fut in sent:
+        if isinstance(fut, Exception):
+            results.append(fut)
+            continue
+        try:
+            meta = fut.get(timeout=max(0.01, deadline - time.monotonic()))
+            results.append(Ack(partition=meta.partition, offset=meta.offset))
+        except (KafkaError, OSError, ValueError) as exc:
+            results.append(exc)
+    if any(isinstance(r, Exception) and not isinstance(r, RECORD_ERRORS) for r in results):
+        publisher.reset()
+    return results
 
 
 def _internal(text: str) -> Outcome:
@@ -708,6 +837,7 @@ class MllpListener:
         self.connections = 0
         self.server: asyncio.Server | None = None
         self._writer_task: asyncio.Task[None] | None = None
+        self._finishing: asyncio.Task[bool] | None = None
         self._ack_seq = 0
         self.handled = 0
         self.unrecorded = 0
@@ -744,6 +874,9 @@ class MllpListener:
             self._writer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer_task
+        if self._finishing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._finishing, 15)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -804,7 +937,11 @@ class MllpListener:
                 future.set_result(result)
 
     async def _writer(self) -> None:
-        """Take what is queued (up to MAX_BATCH), process it in a thread, answer each."""
+        """Take what is queued (up to MAX_BATCH) and prepare it in a thread while the previous
+        batch is acknowledged by Kafka and stored (`finish`, in another thread); each message
+        is answered once its batch is finished. A batch prepared on top of one whose finish
+        failed is refused too (AE), and the caches are read again from SQL."""
+        previous: tuple[Prepared, asyncio.Task[bool]] | None = None
         while True:
             try:
                 first = await asyncio.wait_for(self.queue.get(), 2.0)
@@ -820,14 +957,38 @@ class MllpListener:
                         p.rejection = got
                     else:
                         p.msg = got
+            if previous is not None and previous[1].done():
+                if previous[1].result():
+                    self.processor.invalidate([previous[0]])
+                previous = None
             try:
-                outcomes = await asyncio.to_thread(self.processor.process, batch)
+                prep = await asyncio.to_thread(self.processor.prepare, batch)
             except Exception as exc:  # the writer must outlive any failure
                 log.exception("ADT batch failed")
-                outcomes = [_internal(f"erreur interne: {type(exc).__name__}")] * len(batch)
-            for p, o in zip(batch, outcomes, strict=True):
-                if p.future is not None and not p.future.done():
-                    p.future.set_result(o)
+                if previous is not None and await previous[1]:
+                    self.processor.invalidate([previous[0]])
+                previous = None
+                self.processor.invalidate([])
+                _answer(batch, [_internal(f"erreur interne: {type(exc).__name__}")] * len(batch))
+                continue
+            if previous is not None and await previous[1]:
+                self.processor.invalidate([previous[0], prep])
+                previous = None
+                _answer(batch, await asyncio.to_thread(self.processor.abandon, prep))
+                continue
+            previous = (prep, asyncio.create_task(self._finish(prep)))
+            self._finishing = previous[1]
+
+    async def _finish(self, prep: Prepared) -> bool:
+        """Finish a prepared batch in a thread and answer its messages; True if it failed."""
+        try:
+            outcomes = await asyncio.to_thread(self.processor.finish, prep)
+        except Exception as exc:
+            log.exception("ADT batch failed")
+            prep.failed = True
+            outcomes = [_internal(f"erreur interne: {type(exc).__name__}")] * len(prep.pendings)
+        _answer(prep.pendings, outcomes)
+        return prep.failed
 
     def _ack(self, header: MessageHeader, outcome: Outcome) -> bytes:
         self._ack_seq += 1

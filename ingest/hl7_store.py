@@ -216,40 +216,32 @@ class Hl7Store:
 
     @staticmethod
     def _add_counts(conn: Any, counts: Mapping[CountKey, int], now: datetime) -> None:
-        if not counts:
-            return
-        t = Hl7MessageCountRow.__table__
-        keys = [(k, n) for k, n in counts.items() if n]
-        existing: dict[CountKey, int] = {}
-        for key, _ in keys:
-            row = conn.execute(
-                select(t.c.count).where(
-                    t.c.integrator == key[0],
-                    t.c.sending_facility == key[1],
-                    t.c.trigger == key[2],
-                    t.c.ack_code == key[3],
-                    t.c.reason == key[4],
-                )
-            ).first()
-            if row is not None:
-                existing[key] = int(row[0])
-        upsert(
-            conn,
-            Hl7MessageCountRow,
-            [
-                {
-                    "integrator": k[0],
-                    "sending_facility": k[1],
-                    "trigger": k[2],
-                    "ack_code": k[3],
-                    "reason": k[4],
-                    "count": existing.get(k, 0) + n,
-                    "last_at": now,
-                }
-                for k, n in keys
-            ],
-            key=["integrator", "sending_facility", "trigger", "ack_code", "reason"],
-        )
+        rows = [
+            {
+                "integrator": k[0],
+                "sending_facility": k[1],
+                "trigger": k[2],
+                "ack_code": k[3],
+                "reason": k[4],
+                "count": n,
+                "last_at": now,
+            }
+            for k, n in counts.items()
+            if n
+        ]
+        if rows:
+            conn.execute(_count_statement(conn.dialect.name), rows)
+
+
+@lru_cache(maxsize=4)
+def _count_statement(dialect: str) -> Any:
+    """Insert a count, or add it to the stored one."""
+    t: Any = Hl7MessageCountRow.__table__
+    stmt: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(t)
+    return stmt.on_conflict_do_update(
+        index_elements=["integrator", "sending_facility", "trigger", "ack_code", "reason"],
+        set_={"count": t.c.count + stmt.excluded.count, "last_at": stmt.excluded.last_at},
+    )
 
 
 def message_counts(engine: Engine) -> list[dict[str, Any]]:

@@ -211,6 +211,8 @@ class Pending:
     future: asyncio.Future[Outcome] | None
     rejection: Hl7Rejection | None = None
     parsed: asyncio.Future[AdtMessage | Hl7Rejection] | None = None
+    # The Kafka headers every record of this message carries (source, received-at, hl7).
+    record_headers: tuple[tuple[str, bytes], ...] | None = None
 
 
 @dataclass
@@ -323,13 +325,20 @@ class AdtProcessor:
     ) -> None:
         rtype, rid = resource["resourceType"], resource["id"]
         version = resource["meta"]["versionId"]
+        if pending.record_headers is None:
+            pending.record_headers = (
+                ("source", pending.integrator.encode()),
+                ("received-at", pending.received_at.isoformat().encode()),
+                # The message a record comes from: `ADT^A02 <MSH-10>`.
+                ("hl7", f"ADT^{pending.header.trigger} {pending.header.control_id}".encode()),
+            )
+        source, received, origin = pending.record_headers
         headers = [
-            ("source", pending.integrator.encode()),
-            ("received-at", pending.received_at.isoformat().encode()),
+            source,
+            received,
             ("resource-type", rtype.encode()),
             ("version", f"v:{version}".encode()),
-            # The message a record comes from: `ADT^A02 <MSH-10>`.
-            ("hl7", f"ADT^{pending.header.trigger} {pending.header.control_id}".encode()),
+            origin,
         ]
         batch.records.append(
             (
@@ -392,14 +401,13 @@ class AdtProcessor:
                 self._emit(batch, old_patient, old_id, pending)
             survivor: dict[str, Any] | None = patient_resource(patient, 0, replaces=(old_id,))
         else:
-            survivor = patient_resource(patient, 0)
-            known = batch.resources.get(f"Patient/{patient.patient_id}") or self._resources.get(
-                f"Patient/{patient.patient_id}"
+            pkey = f"Patient/{patient.patient_id}"
+            known = batch.resources.get(pkey) or self._resources.get(pkey)
+            # Movements repeat PID; only A08 (and A40) change the patient's record, so a
+            # movement does not drop a merge link an earlier A40 added.
+            survivor = (
+                None if known is not None and msg.trigger != "A08" else patient_resource(patient, 0)
             )
-            if known is not None and msg.trigger != "A08":
-                # Movements repeat PID; only A08 (and A40) change the patient's record, so a
-                # movement does not drop a merge link an earlier A40 added.
-                survivor = None
         if survivor is not None and self._versioned(
             batch, f"Patient/{patient.patient_id}", survivor
         ):

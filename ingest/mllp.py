@@ -7,8 +7,9 @@ One ACK per message, in order, on the connection it came from:
   a repeated message changes nothing and is answered AA at once.
 - AE, with an ERR segment naming the segment and field, when the message cannot be read or
   misses what the mapping needs (and when Kafka did not acknowledge: the sender retries).
-- AR for a message type, trigger or version the listener does not take, and for a sending
-  facility (MSH-4) no integrator is allowed to send (`PARCOURS_MLLP_SENDERS`).
+- AR for a message type, trigger or version the listener does not take, for a sending
+  facility (MSH-4) no integrator is allowed to send (`PARCOURS_MLLP_SENDERS`), and for a
+  patient that belongs to another integrator (`ingest.ownership`, as the gateway's 403).
 
 The connection stays open after a NACK. Bytes outside an MLLP block are skipped; a message larger
 than the limit is answered AE and skipped to its end; a sender that takes longer than the frame
@@ -16,12 +17,14 @@ timeout to finish a message, or stays silent past the idle timeout, is disconnec
 client sends stops the listener or delays other connections beyond the shared writer.
 
 Messages are parsed in worker processes (`PARCOURS_MLLP_PARSE_PROCESSES`, in chunks of what
-arrived together; 0 parses here), then go, in the order they were read, in batches through two
-stages, each in its own thread, so that a batch is prepared while the previous one is finished:
+arrived together; 0 parses here), then go, in the order they were read, in batches through three
+stages, each in its own thread, so that a batch is checked while the one before is prepared and
+the one before that finished:
 
-1. prepare: owners checked, the stays' histories updated (pure `hl7_map.apply_adt`) and the
-   resulting resources handed to the Kafka producer; the in-memory state moves on at once;
-2. finish: Kafka's acks awaited, then the histories, versions, identifiers, ingest log and
+1. check: the patients' owners (the gateway's rule), claimed for the sender when free;
+2. prepare: the stays' histories updated (pure `hl7_map.apply_adt`) and the resulting resources
+   handed to the Kafka producer; the in-memory state moves on at once;
+3. finish: Kafka's acks awaited, then the histories, versions, identifiers, ingest log and
    counters written to SQL in one transaction, then each message answered.
 
 When a finish fails, its batch and the one prepared on top of it are answered AE, their versions
@@ -478,13 +481,10 @@ class AdtProcessor:
                 error_code=ERR_LOCKED,
             )
 
-    def prepare(self, pendings: list[Pending]) -> Prepared:
-        """First half of a batch: check owners, record NACKs, apply the messages to the stays
-        and hand their resources to the producer. The caches take the batch's result at once,
-        so that the next batch can be prepared while this one is acknowledged and stored;
-        `invalidate` undoes that when `finish` fails."""
-        now = datetime.now(UTC)
-        prep = Prepared(pendings, now)
+    def check_owners(self, pendings: list[Pending]) -> None:
+        """Refuse the messages about patients of another integrator (AR); when that cannot be
+        checked, refuse them all (AE, retry). Touches only these messages, so that it can run
+        beside `prepare` and `finish` of earlier batches."""
         try:
             self._check_owners(pendings)
         except Exception as exc:
@@ -495,6 +495,14 @@ class AdtProcessor:
                     p.rejection = _internal(
                         f"base de données indisponible: {type(exc).__name__}"
                     ).rejection
+
+    def prepare(self, pendings: list[Pending]) -> Prepared:
+        """First half of a batch (owners already checked): record NACKs, apply the messages to
+        the stays and hand their resources to the producer. The caches take the batch's result
+        at once, so that the next batch can be prepared while this one is acknowledged and
+        stored; `invalidate` undoes that when `finish` fails."""
+        now = datetime.now(UTC)
+        prep = Prepared(pendings, now)
         prep.outcomes = [
             Outcome(p.rejection.ack_code, p.rejection) if p.rejection else Outcome("AA")
             for p in pendings
@@ -639,7 +647,8 @@ class AdtProcessor:
         return outcomes
 
     def process(self, pendings: list[Pending]) -> list[Outcome]:
-        """Prepare and finish one batch (no overlap with another)."""
+        """Check, prepare and finish one batch (no overlap with another)."""
+        self.check_owners(pendings)
         prep = self.prepare(pendings)
         outcomes = self.finish(prep)
         if prep.failed:
@@ -845,6 +854,9 @@ class MllpListener:
         self.connections = 0
         self.server: asyncio.Server | None = None
         self._writer_task: asyncio.Task[None] | None = None
+        self._collector_task: asyncio.Task[None] | None = None
+        # Batches whose owners were checked, for the writer (one waits while it works).
+        self._checked: asyncio.Queue[list[Pending]] = asyncio.Queue(1)
         self._finishing: asyncio.Task[bool] | None = None
         self._ack_seq = 0
         self.handled = 0
@@ -862,6 +874,7 @@ class MllpListener:
             # Start the workers now, so the first messages do not wait for them.
             await asyncio.get_running_loop().run_in_executor(self._pool, _warm)
         self._writer_task = asyncio.create_task(self._writer())
+        self._collector_task = asyncio.create_task(self._collector())
         self.server = await asyncio.start_server(
             self._serve,
             host or self.settings.mllp_host,
@@ -878,6 +891,10 @@ class MllpListener:
             self.server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 5)
+        if self._collector_task is not None:
+            self._collector_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._collector_task
         if self._writer_task is not None:
             self._writer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -944,18 +961,11 @@ class MllpListener:
             if not future.done():
                 future.set_result(result)
 
-    async def _writer(self) -> None:
-        """Take what is queued (up to MAX_BATCH) and prepare it in a thread while the previous
-        batch is acknowledged by Kafka and stored (`finish`, in another thread); each message
-        is answered once its batch is finished. A batch prepared on top of one whose finish
-        failed is refused too (AE), and the caches are read again from SQL."""
-        previous: tuple[Prepared, asyncio.Task[bool]] | None = None
+    async def _collector(self) -> None:
+        """Take what is queued (up to MAX_BATCH), wait for its parsing, check its owners in a
+        thread, and hand it to the writer: this overlaps the writer's earlier batches."""
         while True:
-            try:
-                first = await asyncio.wait_for(self.queue.get(), 2.0)
-            except TimeoutError:
-                continue
-            batch = [first]
+            batch = [await self.queue.get()]
             while len(batch) < MAX_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             for p in batch:
@@ -965,6 +975,25 @@ class MllpListener:
                         p.rejection = got
                     else:
                         p.msg = got
+            if any(p.msg is not None for p in batch):
+                try:
+                    await asyncio.to_thread(self.processor.check_owners, batch)
+                except Exception as exc:  # the collector must outlive any failure
+                    log.exception("ADT batch failed")
+                    _answer(
+                        batch, [_internal(f"erreur interne: {type(exc).__name__}")] * len(batch)
+                    )
+                    continue
+            await self._checked.put(batch)
+
+    async def _writer(self) -> None:
+        """Prepare each checked batch in a thread while the previous one is acknowledged by
+        Kafka and stored (`finish`, in another thread); each message is answered once its
+        batch is finished. A batch prepared on top of one whose finish failed is refused too
+        (AE), and the caches are read again from SQL."""
+        previous: tuple[Prepared, asyncio.Task[bool]] | None = None
+        while True:
+            batch = await self._checked.get()
             if previous is not None and previous[1].done():
                 if previous[1].result():
                     self.processor.invalidate([previous[0]])

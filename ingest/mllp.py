@@ -129,7 +129,9 @@ class MllpReader:
 
     async def _more(self, timeout: float) -> bool:
         try:
-            chunk = await asyncio.wait_for(self.reader.read(READ_CHUNK), max(timeout, 0.001))
+            # asyncio.timeout, not wait_for: no task per read.
+            async with asyncio.timeout(max(timeout, 0.001)):
+                chunk = await self.reader.read(READ_CHUNK)
         except TimeoutError as exc:
             raise FramingTimeout("timeout") from exc
         if not chunk:
@@ -866,6 +868,8 @@ class MllpListener:
             tuple[bytes, MessageHeader, asyncio.Future[AdtMessage | Hl7Rejection]]
         ] = []
         self._parse_tasks: set[asyncio.Task[None]] = set()
+        # Chunks sent to the workers and not back yet.
+        self._parsing = 0
 
     async def start(self, host: str | None = None, port: int | None = None) -> int:
         """Bind and start serving; returns the port (useful with port 0)."""
@@ -914,23 +918,26 @@ class MllpListener:
     def _parse_later(
         self, payload: bytes, header: MessageHeader
     ) -> asyncio.Future[AdtMessage | Hl7Rejection]:
-        """The future of `payload` parsed, by the worker processes (in chunks of what arrived
-        together) or here when there are none."""
+        """The future of `payload` parsed, by the worker processes or here when there are none.
+
+        Messages go to the workers in chunks: at once while a worker is free, else gathered
+        until one is (each chunk costs a round trip between processes)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AdtMessage | Hl7Rejection] = loop.create_future()
         if self._pool is None:
             future.set_result(parse_one(payload, header, self.tz))
             return future
-        if not self._to_parse:
-            loop.call_soon(self._flush_parse)
         self._to_parse.append((payload, header, future))
         if len(self._to_parse) >= PARSE_CHUNK:
             self._flush_parse()
+        elif len(self._to_parse) == 1 and self._parsing <= self.settings.mllp_parse_processes:
+            loop.call_soon(self._flush_parse)
         return future
 
     def _flush_parse(self) -> None:
         chunk, self._to_parse = self._to_parse, []
         if chunk:
+            self._parsing += 1
             task = asyncio.create_task(self._parse_chunk(chunk))
             self._parse_tasks.add(task)
             task.add_done_callback(self._parse_tasks.discard)
@@ -960,6 +967,9 @@ class MllpListener:
         for (_, _, future), result in zip(chunk, results, strict=True):
             if not future.done():
                 future.set_result(result)
+        self._parsing -= 1
+        if self._to_parse:
+            self._flush_parse()
 
     async def _collector(self) -> None:
         """Take what is queued (up to MAX_BATCH), wait for its parsing, check its owners in a
@@ -1158,20 +1168,30 @@ class MllpListener:
         writer: asyncio.StreamWriter,
         peer: Any,
     ) -> None:
-        """Write each message's ACK, in the order the messages came, as answers arrive."""
+        """Write each message's ACK, in the order the messages came, as answers arrive; the
+        ACKs of messages answered together are written together."""
+        ended = False
         try:
-            while (item := await inflight.get()) is not None:
-                header, future = item
-                outcome = await future
-                self.handled += 1
-                writer.write(self._ack(header, outcome))
+            while not ended:
+                item = await inflight.get()
+                while item is not None:
+                    header, future = item
+                    if not future.done():
+                        await writer.drain()
+                    outcome = await future
+                    self.handled += 1
+                    writer.write(self._ack(header, outcome))
+                    if inflight.empty():
+                        break
+                    item = inflight.get_nowait()
+                ended = item is None
                 await writer.drain()
         except (ConnectionError, OSError, ssl.SSLError) as exc:
             log.info("MLLP connection from %s lost while answering: %s", peer, exc)
             writer.close()
             # Keep taking what the reader hands over until it stops, so it never blocks.
-            while await inflight.get() is not None:
-                pass
+            while not ended:
+                ended = await inflight.get() is None
 
 
 async def serve_forever(settings: Settings, host: str | None, port: int | None) -> None:

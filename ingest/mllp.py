@@ -16,15 +16,14 @@ than the limit is answered AE and skipped to its end; a sender that takes longer
 timeout to finish a message, or stays silent past the idle timeout, is disconnected. Nothing a
 client sends stops the listener or delays other connections beyond the shared writer.
 
-Messages are parsed in worker processes (`PARCOURS_MLLP_PARSE_PROCESSES`, in chunks of what
-arrived together; 0 parses here), then go, in the order they were read, in batches through three
-stages, each in its own thread, so that a batch is checked while the one before is prepared and
-the one before that finished:
+Messages are parsed in worker processes (`PARCOURS_MLLP_PARSE_PROCESSES`, in chunks: at once
+while a worker is free, else what arrived meanwhile; 0 parses here), then go, in the order they
+were read, in batches through two stages, each in its own thread, so that a batch is prepared
+while the previous one is finished:
 
-1. check: the patients' owners (the gateway's rule), claimed for the sender when free;
-2. prepare: the stays' histories updated (pure `hl7_map.apply_adt`) and the resulting resources
-   handed to the Kafka producer; the in-memory state moves on at once;
-3. finish: Kafka's acks awaited, then the histories, versions, identifiers, ingest log and
+1. prepare: owners checked, the stays' histories updated (pure `hl7_map.apply_adt`) and the
+   resulting resources handed to the Kafka producer; the in-memory state moves on at once;
+2. finish: Kafka's acks awaited, then the histories, versions, identifiers, ingest log and
    counters written to SQL in one transaction, then each message answered.
 
 When a finish fails, its batch and the one prepared on top of it are answered AE, their versions
@@ -483,10 +482,13 @@ class AdtProcessor:
                 error_code=ERR_LOCKED,
             )
 
-    def check_owners(self, pendings: list[Pending]) -> None:
-        """Refuse the messages about patients of another integrator (AR); when that cannot be
-        checked, refuse them all (AE, retry). Touches only these messages, so that it can run
-        beside `prepare` and `finish` of earlier batches."""
+    def prepare(self, pendings: list[Pending]) -> Prepared:
+        """First half of a batch: check owners, record NACKs, apply the messages to the stays
+        and hand their resources to the producer. The caches take the batch's result at once,
+        so that the next batch can be prepared while this one is acknowledged and stored;
+        `invalidate` undoes that when `finish` fails."""
+        now = datetime.now(UTC)
+        prep = Prepared(pendings, now)
         try:
             self._check_owners(pendings)
         except Exception as exc:
@@ -497,14 +499,6 @@ class AdtProcessor:
                     p.rejection = _internal(
                         f"base de données indisponible: {type(exc).__name__}"
                     ).rejection
-
-    def prepare(self, pendings: list[Pending]) -> Prepared:
-        """First half of a batch (owners already checked): record NACKs, apply the messages to
-        the stays and hand their resources to the producer. The caches take the batch's result
-        at once, so that the next batch can be prepared while this one is acknowledged and
-        stored; `invalidate` undoes that when `finish` fails."""
-        now = datetime.now(UTC)
-        prep = Prepared(pendings, now)
         prep.outcomes = [
             Outcome(p.rejection.ack_code, p.rejection) if p.rejection else Outcome("AA")
             for p in pendings
@@ -649,8 +643,7 @@ class AdtProcessor:
         return outcomes
 
     def process(self, pendings: list[Pending]) -> list[Outcome]:
-        """Check, prepare and finish one batch (no overlap with another)."""
-        self.check_owners(pendings)
+        """Prepare and finish one batch (no overlap with another)."""
         prep = self.prepare(pendings)
         outcomes = self.finish(prep)
         if prep.failed:
@@ -856,9 +849,6 @@ class MllpListener:
         self.connections = 0
         self.server: asyncio.Server | None = None
         self._writer_task: asyncio.Task[None] | None = None
-        self._collector_task: asyncio.Task[None] | None = None
-        # Batches whose owners were checked, for the writer (one waits while it works).
-        self._checked: asyncio.Queue[list[Pending]] = asyncio.Queue(1)
         self._finishing: asyncio.Task[bool] | None = None
         self._ack_seq = 0
         self.handled = 0
@@ -878,7 +868,6 @@ class MllpListener:
             # Start the workers now, so the first messages do not wait for them.
             await asyncio.get_running_loop().run_in_executor(self._pool, _warm)
         self._writer_task = asyncio.create_task(self._writer())
-        self._collector_task = asyncio.create_task(self._collector())
         self.server = await asyncio.start_server(
             self._serve,
             host or self.settings.mllp_host,
@@ -895,10 +884,6 @@ class MllpListener:
             self.server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 5)
-        if self._collector_task is not None:
-            self._collector_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._collector_task
         if self._writer_task is not None:
             self._writer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -971,11 +956,18 @@ class MllpListener:
         if self._to_parse:
             self._flush_parse()
 
-    async def _collector(self) -> None:
-        """Take what is queued (up to MAX_BATCH), wait for its parsing, check its owners in a
-        thread, and hand it to the writer: this overlaps the writer's earlier batches."""
+    async def _writer(self) -> None:
+        """Take what is queued (up to MAX_BATCH) and prepare it in a thread while the previous
+        batch is acknowledged by Kafka and stored (`finish`, in another thread); each message
+        is answered once its batch is finished. A batch prepared on top of one whose finish
+        failed is refused too (AE), and the caches are read again from SQL."""
+        previous: tuple[Prepared, asyncio.Task[bool]] | None = None
         while True:
-            batch = [await self.queue.get()]
+            try:
+                first = await asyncio.wait_for(self.queue.get(), 2.0)
+            except TimeoutError:
+                continue
+            batch = [first]
             while len(batch) < MAX_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             for p in batch:
@@ -985,25 +977,6 @@ class MllpListener:
                         p.rejection = got
                     else:
                         p.msg = got
-            if any(p.msg is not None for p in batch):
-                try:
-                    await asyncio.to_thread(self.processor.check_owners, batch)
-                except Exception as exc:  # the collector must outlive any failure
-                    log.exception("ADT batch failed")
-                    _answer(
-                        batch, [_internal(f"erreur interne: {type(exc).__name__}")] * len(batch)
-                    )
-                    continue
-            await self._checked.put(batch)
-
-    async def _writer(self) -> None:
-        """Prepare each checked batch in a thread while the previous one is acknowledged by
-        Kafka and stored (`finish`, in another thread); each message is answered once its
-        batch is finished. A batch prepared on top of one whose finish failed is refused too
-        (AE), and the caches are read again from SQL."""
-        previous: tuple[Prepared, asyncio.Task[bool]] | None = None
-        while True:
-            batch = await self._checked.get()
             if previous is not None and previous[1].done():
                 if previous[1].result():
                     self.processor.invalidate([previous[0]])

@@ -102,6 +102,8 @@ ERR_MESSAGE_TYPE = "200"
 ERR_EVENT = "201"
 ERR_VERSION = "203"
 ERR_UNKNOWN_KEY = "204"
+# Application record locked: here, a patient another integrator owns.
+ERR_LOCKED = "206"
 ERR_INTERNAL = "207"
 
 _ID_SAFE = re.compile(r"[^A-Za-z0-9.\-]+")
@@ -972,7 +974,9 @@ def apply_adt(state: EncounterState | None, msg: AdtMessage) -> EncounterState:
 # --- FHIR resources ----------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=65536)
 def _iso(at: datetime) -> str:
+    # A stay's every version writes all its movements' times again.
     return at.isoformat()
 
 
@@ -1207,6 +1211,12 @@ def patient_resource(
 # --- ACK ----------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=64)
+def _ack_table(fs: str, enc: str) -> dict[int, str]:
+    """The characters that would break an ACK's structure (separators, segment ends) → space."""
+    return {ord(ch): " " for ch in (fs, enc[0], enc[1], enc[2], enc[3], "\r", "\n")}
+
+
 def ack_message(
     header: MessageHeader,
     code: str,
@@ -1220,12 +1230,11 @@ def ack_message(
     fs = header.field_separator if header.field_separator not in ("", "\r", "\n") else "|"
     enc = header.encoding_characters if len(header.encoding_characters) >= 4 else "^~\\&"
     comp = enc[0]
+    table = _ack_table(fs, enc)
 
     def clean(value: str) -> str:
         # Values echoed from a message must not break the ACK's own structure.
-        for ch in (fs, comp, enc[1], enc[3], "\r", "\n", enc[2]):
-            value = value.replace(ch, " ")
-        return value[:199]
+        return value.translate(table)[:199]
 
     trigger = clean(header.trigger)
     msh = fs.join(

@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, Table, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ingest.dedupe import Published
 from ingest.hl7_map import EncounterState
-from parcours.db import upsert
 from parcours.db.hl7_models import (
     Hl7EncounterRow,
     Hl7MessageCountRow,
@@ -25,6 +26,40 @@ from parcours.db.reference_models import IdentifierIndexRow
 CHUNK = 500
 # (integrator, sending facility, trigger, ack code, reason)
 CountKey = tuple[str, str, str, str, str]
+
+
+@lru_cache(maxsize=64)
+def _upsert_statement(
+    dialect: str, table: Table, key: tuple[str, ...], cols: tuple[str, ...]
+) -> Any:
+    """`INSERT … ON CONFLICT (key) DO UPDATE SET cols` (DO NOTHING without cols), built once:
+    building it is a visible share of a batch's CPU."""
+    stmt: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    if cols:
+        return stmt.on_conflict_do_update(
+            index_elements=list(key), set_={c: stmt.excluded[c] for c in cols}
+        )
+    return stmt.on_conflict_do_nothing(index_elements=list(key))
+
+
+def upsert(
+    conn: Any,
+    model: Any,
+    rows: Sequence[Mapping[str, Any]],
+    key: list[str],
+    update: list[str] | None = None,
+) -> None:
+    """`parcours.db.upsert` (insert, or overwrite `update` — by default every non-key column in
+    the rows — on a conflict on `key`), with the statement built once per shape."""
+    if not rows:
+        return
+    table: Table = model.__table__
+    cols = (
+        tuple(update)
+        if update is not None
+        else tuple(c.name for c in table.columns if c.name not in key and c.name in rows[0])
+    )
+    conn.execute(_upsert_statement(conn.dialect.name, table, tuple(key), cols), list(rows))
 
 
 @dataclass(frozen=True)
@@ -181,40 +216,32 @@ class Hl7Store:
 
     @staticmethod
     def _add_counts(conn: Any, counts: Mapping[CountKey, int], now: datetime) -> None:
-        if not counts:
-            return
-        t = Hl7MessageCountRow.__table__
-        keys = [(k, n) for k, n in counts.items() if n]
-        existing: dict[CountKey, int] = {}
-        for key, _ in keys:
-            row = conn.execute(
-                select(t.c.count).where(
-                    t.c.integrator == key[0],
-                    t.c.sending_facility == key[1],
-                    t.c.trigger == key[2],
-                    t.c.ack_code == key[3],
-                    t.c.reason == key[4],
-                )
-            ).first()
-            if row is not None:
-                existing[key] = int(row[0])
-        upsert(
-            conn,
-            Hl7MessageCountRow,
-            [
-                {
-                    "integrator": k[0],
-                    "sending_facility": k[1],
-                    "trigger": k[2],
-                    "ack_code": k[3],
-                    "reason": k[4],
-                    "count": existing.get(k, 0) + n,
-                    "last_at": now,
-                }
-                for k, n in keys
-            ],
-            key=["integrator", "sending_facility", "trigger", "ack_code", "reason"],
-        )
+        rows = [
+            {
+                "integrator": k[0],
+                "sending_facility": k[1],
+                "trigger": k[2],
+                "ack_code": k[3],
+                "reason": k[4],
+                "count": n,
+                "last_at": now,
+            }
+            for k, n in counts.items()
+            if n
+        ]
+        if rows:
+            conn.execute(_count_statement(conn.dialect.name), rows)
+
+
+@lru_cache(maxsize=4)
+def _count_statement(dialect: str) -> Any:
+    """Insert a count, or add it to the stored one."""
+    t: Any = Hl7MessageCountRow.__table__
+    stmt: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(t)
+    return stmt.on_conflict_do_update(
+        index_elements=["integrator", "sending_facility", "trigger", "ack_code", "reason"],
+        set_={"count": t.c.count + stmt.excluded.count, "last_at": stmt.excluded.last_at},
+    )
 
 
 def message_counts(engine: Engine) -> list[dict[str, Any]]:

@@ -7,19 +7,27 @@ One ACK per message, in order, on the connection it came from:
   a repeated message changes nothing and is answered AA at once.
 - AE, with an ERR segment naming the segment and field, when the message cannot be read or
   misses what the mapping needs (and when Kafka did not acknowledge: the sender retries).
-- AR for a message type, trigger or version the listener does not take, and for a sending
-  facility (MSH-4) no integrator is allowed to send (`PARCOURS_MLLP_SENDERS`).
+- AR for a message type, trigger or version the listener does not take, for a sending
+  facility (MSH-4) no integrator is allowed to send (`PARCOURS_MLLP_SENDERS`), and for a
+  patient that belongs to another integrator (`ingest.ownership`, as the gateway's 403).
 
 The connection stays open after a NACK. Bytes outside an MLLP block are skipped; a message larger
 than the limit is answered AE and skipped to its end; a sender that takes longer than the frame
 timeout to finish a message, or stays silent past the idle timeout, is disconnected. Nothing a
 client sends stops the listener or delays other connections beyond the shared writer.
 
-Messages are parsed in worker processes (`PARCOURS_MLLP_PARSE_PROCESSES`, in chunks of what
-arrived together; 0 parses here), then go, in the order they were read, through one writer thread
-in batches: the stays' histories are updated (pure `hl7_map.apply_adt`), the resulting resources
-published together, then the histories, versions, identifiers, ingest log and counters written to
-SQL in one transaction, then each message answered.
+Messages are parsed in worker processes (`PARCOURS_MLLP_PARSE_PROCESSES`, in chunks: at once
+while a worker is free, else what arrived meanwhile; 0 parses here), then go, in the order they
+were read, in batches through two stages, each in its own thread, so that a batch is prepared
+while the previous one is finished:
+
+1. prepare: owners checked, the stays' histories updated (pure `hl7_map.apply_adt`) and the
+   resulting resources handed to the Kafka producer; the in-memory state moves on at once;
+2. finish: Kafka's acks awaited, then the histories, versions, identifiers, ingest log and
+   counters written to SQL in one transaction, then each message answered.
+
+When a finish fails, its batch and the one prepared on top of it are answered AE, their versions
+are never reused, and the state is read again from SQL.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import hashlib
 import logging
 import multiprocessing
 import ssl
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -38,12 +47,14 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from kafka.errors import KafkaError
 from sqlalchemy import Engine
 
 from ingest.dedupe import IngestStore, Published, RejectionRecord
 from ingest.entries import canonical_bytes
 from ingest.hl7_map import (
     ERR_INTERNAL,
+    ERR_LOCKED,
     AdtMessage,
     EncounterState,
     Hl7Rejection,
@@ -60,7 +71,8 @@ from ingest.hl7_map import (
 )
 from ingest.hl7_store import CountKey, Hl7Store, ResourceVersion
 from ingest.outcome import BrokerUnavailable, Issue, Rejection
-from ingest.publish import Ack, Message, Publisher
+from ingest.ownership import MAX_VALUE, Claim, OwnershipStore
+from ingest.publish import RECORD_ERRORS, Ack, Message, Publisher
 from parcours.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,7 +128,9 @@ class MllpReader:
 
     async def _more(self, timeout: float) -> bool:
         try:
-            chunk = await asyncio.wait_for(self.reader.read(READ_CHUNK), max(timeout, 0.001))
+            # asyncio.timeout, not wait_for: no task per read.
+            async with asyncio.timeout(max(timeout, 0.001)):
+                chunk = await self.reader.read(READ_CHUNK)
         except TimeoutError as exc:
             raise FramingTimeout("timeout") from exc
         if not chunk:
@@ -201,6 +215,8 @@ class Pending:
     future: asyncio.Future[Outcome] | None
     rejection: Hl7Rejection | None = None
     parsed: asyncio.Future[AdtMessage | Hl7Rejection] | None = None
+    # The Kafka headers every record of this message carries (source, received-at, hl7).
+    record_headers: tuple[tuple[str, bytes], ...] | None = None
 
 
 @dataclass
@@ -214,6 +230,21 @@ class _Batch:
     identifiers: list[tuple[str, str, str, str]] = field(default_factory=list)
     places: set[Any] = field(default_factory=set)
     outcomes: dict[int, Outcome] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """A batch between `AdtProcessor.prepare` and `AdtProcessor.finish`."""
+
+    pendings: list[Pending]
+    now: datetime
+    outcomes: list[Outcome] = field(default_factory=list)
+    good: list[int] = field(default_factory=list)
+    batch: _Batch | None = None
+    # Per record, what the producer returned for it (a future, or the error that stopped it).
+    sent: list[Any] = field(default_factory=list)
+    producer: Any = None
+    failed: bool = False
 
 
 def _digest(resource: dict[str, Any]) -> str:
@@ -234,8 +265,11 @@ class AdtProcessor:
         publisher: Publisher,
         cache_size: int = 200_000,
         publish_locations: bool = True,
+        ownership: bool = True,
     ) -> None:
         self.store = Hl7Store(engine)
+        # The HTTP gateway's rule: a patient belongs to the integrator that first wrote it.
+        self.owners = OwnershipStore(engine) if ownership else None
         self.publish_locations = publish_locations
         self.ingest_store = IngestStore(engine)
         self.publisher = publisher
@@ -249,8 +283,8 @@ class AdtProcessor:
         # Versions tried in a batch that failed are never reused: a record may have reached
         # Kafka even though its ack did not come back.
         self._burnt: dict[str, int] = {}
-        # Messages by (integrator, facility, trigger, ACK, reason), flushed with each batch.
-        self.counts: Counter[CountKey] = Counter()
+        # The last prepared batch, which may not be in SQL yet: kept when the caches are cut.
+        self._unstored: _Batch | None = None
 
     # -- caches
 
@@ -258,8 +292,8 @@ class AdtProcessor:
         enc_ids = {p.msg.visit.encounter_id for p in pendings if p.msg and p.msg.visit}
         missing = [e for e in enc_ids if e not in self._encounters]
         if len(self._encounters) + len(missing) > self.cache_size:
-            self._encounters.clear()
-            missing = list(enc_ids)
+            self._encounters = dict(self._unstored.encounters) if self._unstored else {}
+            missing = [e for e in enc_ids if e not in self._encounters]
         if missing:
             self._encounters.update(self.store.encounters(missing))
         for p in pendings:
@@ -279,8 +313,8 @@ class AdtProcessor:
                 keys.update(f"Location/{r['id']}" for r in location_resources(place))
         missing_keys = [k for k in keys if k not in self._resources]
         if len(self._resources) + len(missing_keys) > self.cache_size:
-            self._resources.clear()
-            missing_keys = list(keys)
+            self._resources = dict(self._unstored.resources) if self._unstored else {}
+            missing_keys = [k for k in keys if k not in self._resources]
         if missing_keys:
             self._resources.update(self.store.resources(missing_keys))
 
@@ -295,13 +329,20 @@ class AdtProcessor:
     ) -> None:
         rtype, rid = resource["resourceType"], resource["id"]
         version = resource["meta"]["versionId"]
+        if pending.record_headers is None:
+            pending.record_headers = (
+                ("source", pending.integrator.encode()),
+                ("received-at", pending.received_at.isoformat().encode()),
+                # The message a record comes from: `ADT^A02 <MSH-10>`.
+                ("hl7", f"ADT^{pending.header.trigger} {pending.header.control_id}".encode()),
+            )
+        source, received, origin = pending.record_headers
         headers = [
-            ("source", pending.integrator.encode()),
-            ("received-at", pending.received_at.isoformat().encode()),
+            source,
+            received,
             ("resource-type", rtype.encode()),
             ("version", f"v:{version}".encode()),
-            # The message a record comes from: `ADT^A02 <MSH-10>`.
-            ("hl7", f"ADT^{pending.header.trigger} {pending.header.control_id}".encode()),
+            origin,
         ]
         batch.records.append(
             (
@@ -364,14 +405,13 @@ class AdtProcessor:
                 self._emit(batch, old_patient, old_id, pending)
             survivor: dict[str, Any] | None = patient_resource(patient, 0, replaces=(old_id,))
         else:
-            survivor = patient_resource(patient, 0)
-            known = batch.resources.get(f"Patient/{patient.patient_id}") or self._resources.get(
-                f"Patient/{patient.patient_id}"
+            pkey = f"Patient/{patient.patient_id}"
+            known = batch.resources.get(pkey) or self._resources.get(pkey)
+            # Movements repeat PID; only A08 (and A40) change the patient's record, so a
+            # movement does not drop a merge link an earlier A40 added.
+            survivor = (
+                None if known is not None and msg.trigger != "A08" else patient_resource(patient, 0)
             )
-            if known is not None and msg.trigger != "A08":
-                # Movements repeat PID; only A08 (and A40) change the patient's record, so a
-                # movement does not drop a merge link an earlier A40 added.
-                survivor = None
         if survivor is not None and self._versioned(
             batch, f"Patient/{patient.patient_id}", survivor
         ):
@@ -397,34 +437,86 @@ class AdtProcessor:
 
     # -- a batch
 
-    def process(self, pendings: list[Pending]) -> list[Outcome]:
-        """Answer every pending message; record NACKs, publish and store the rest."""
+    def _check_owners(self, pendings: list[Pending]) -> None:
+        """Refuse (AR, ERR on PID-3 or MRG-1) each message about a patient, or carrying an
+        identifier system, that its integrator may not write; free patients are claimed for it
+        on the way, before anything is published."""
+        if self.owners is None:
+            return
+        needs: dict[int, list[tuple[Claim, str, int]]] = {}
+        by_source: dict[str, set[Claim]] = {}
+        for i, p in enumerate(pendings):
+            msg = p.msg
+            if msg is None:
+                continue
+            found: list[tuple[Claim, str, int]] = [
+                (("patient", msg.patient.patient_id[:MAX_VALUE]), "PID", 3)
+            ]
+            found += [
+                (("system", ident.system[:MAX_VALUE]), "PID", 3)
+                for ident in msg.patient.identifiers
+                if ident.system
+            ]
+            if msg.merged_patient is not None:
+                found.append((("patient", msg.merged_patient.patient_id[:MAX_VALUE]), "MRG", 1))
+            needs[i] = found
+            by_source.setdefault(p.integrator, set()).update(c for c, _, _ in found)
+        denied: dict[str, dict[Claim, str]] = {}
+        for source, claims in by_source.items():
+            denied[source] = self.owners.forbidden(source, claims)
+        for i, found in needs.items():
+            p = pendings[i]
+            refused = [(c, seg, f) for c, seg, f in found if c in denied[p.integrator]]
+            if not refused:
+                continue
+            (kind, value), segment, field_no = refused[0]
+            what = "le patient" if kind == "patient" else "le système d'identifiants"
+            p.msg = None
+            p.rejection = Hl7Rejection(
+                "AR",
+                "forbidden",
+                f"{what} {value[:80]} appartient à un autre intégrateur ; un administrateur peut "
+                f"l'accorder (parcours ingest grant {p.integrator} --{kind} {value[:80]})",
+                segment,
+                field_no,
+                error_code=ERR_LOCKED,
+            )
+
+    def prepare(self, pendings: list[Pending]) -> Prepared:
+        """First half of a batch: check owners, record NACKs, apply the messages to the stays
+        and hand their resources to the producer. The caches take the batch's result at once,
+        so that the next batch can be prepared while this one is acknowledged and stored;
+        `invalidate` undoes that when `finish` fails."""
         now = datetime.now(UTC)
-        counts = self.counts
-        outcomes: list[Outcome] = [
+        prep = Prepared(pendings, now)
+        try:
+            self._check_owners(pendings)
+        except Exception as exc:
+            log.exception("could not check who owns the patients")
+            for p in pendings:
+                if p.msg is not None:
+                    p.msg = None
+                    p.rejection = _internal(
+                        f"base de données indisponible: {type(exc).__name__}"
+                    ).rejection
+        prep.outcomes = [
             Outcome(p.rejection.ack_code, p.rejection) if p.rejection else Outcome("AA")
             for p in pendings
         ]
         nacks = [p for p in pendings if p.msg is None]
-        good = [i for i, p in enumerate(pendings) if p.msg is not None]
+        prep.good = [i for i, p in enumerate(pendings) if p.msg is not None]
         self._record_nacks(nacks, now)
-        if not good:
-            self._count(pendings, outcomes, counts)
-            try:
-                self.store.add_counts(counts, now)
-                counts.clear()
-            except Exception:
-                log.exception("could not store HL7 message counts")
-            return outcomes
+        if not prep.good:
+            return prep
         batch = _Batch()
         try:
-            self._load([pendings[i] for i in good])
+            self._load([pendings[i] for i in prep.good])
         except Exception as exc:
             log.exception("could not read the stays from SQL")
-            for i in good:
-                outcomes[i] = _internal(f"base de données indisponible: {type(exc).__name__}")
-            return outcomes
-        for i in good:
+            for i in prep.good:
+                prep.outcomes[i] = _internal(f"base de données indisponible: {type(exc).__name__}")
+            return prep
+        for i in prep.good:
             mark = (
                 len(batch.records),
                 dict(batch.encounters),
@@ -440,52 +532,10 @@ class AdtProcessor:
                 del batch.records[mark[0] :]
                 batch.encounters, batch.resources, batch.places = mark[1], mark[2], mark[3]
                 del batch.identifiers[mark[4] :]
-                outcomes[i] = _internal(f"erreur interne: {type(exc).__name__}")
-        records = batch.records
-        acks: list[Ack | Exception] = []
-        if records:
-            try:
-                acks = self.publisher.publish([r[0] for r in records])
-            except BrokerUnavailable as exc:
-                acks = [exc] * len(records)
-        if any(isinstance(a, Exception) for a in acks):
-            for key in batch.resources:
-                self._burnt[key] = batch.resources[key].version
-            for enc in batch.encounters.values():
-                self._burnt[f"Encounter/{enc.encounter_id}"] = enc.version
-            for i in good:
-                if outcomes[i].code == "AA":
-                    outcomes[i] = _internal("Kafka n'a pas acquitté; renvoyer le message")
-            self._count(pendings, outcomes, counts)
-            with contextlib.suppress(Exception):
-                self.store.add_counts(counts, now)
-                counts.clear()
-            return outcomes
-        self._count(pendings, outcomes, counts)
-        by_source: dict[str, list[Published]] = {}
-        for (message, dedupe, source), ack in zip(records, acks, strict=True):
-            assert isinstance(ack, Ack)
-            by_source.setdefault(source, []).append(
-                Published(dedupe, message.key.decode(), ack.partition, ack.offset)
-            )
-        try:
-            self.store.commit(
-                now,
-                list(batch.encounters.values()),
-                batch.resources,
-                batch.identifiers,
-                counts,
-                by_source,
-            )
-            counts.clear()
-        except Exception as exc:
-            # Published but not stored: the sender's retry republishes the same versions,
-            # which the pathway ignores as repeats.
-            log.exception("could not store a published batch")
-            return [
-                o if o.code != "AA" else _internal(f"base de données: {type(exc).__name__}")
-                for o in outcomes
-            ]
+                prep.outcomes[i] = _internal(f"erreur interne: {type(exc).__name__}")
+        prep.batch = batch
+        if batch.records:
+            prep.producer, prep.sent = send_all(self.publisher, [r[0] for r in batch.records])
         self._encounters.update(batch.encounters)
         self._resources.update(batch.resources)
         if len(self._places) > self.cache_size or len(self._identifiers) > self.cache_size:
@@ -493,6 +543,111 @@ class AdtProcessor:
             self._identifiers.clear()
         self._places.update(batch.places)
         self._identifiers.update(i[:3] for i in batch.identifiers)
+        self._unstored = batch
+        return prep
+
+    def finish(self, prep: Prepared) -> list[Outcome]:
+        """Second half: wait for Kafka's acks of the batch's records, then store the batch in
+        SQL; returns how to answer each message (AE for all when either fails, and then
+        `prep.failed` is set). Touches no cache, so it can run beside the next `prepare`."""
+        outcomes = prep.outcomes
+        batch = prep.batch
+        counts: Counter[CountKey] = Counter()
+        if batch is None or not batch.records:
+            if batch is not None:
+                # Nothing changed (repeats): answered as they are, stored with the counts.
+                return self._store(prep, counts, {})
+            self._count(prep.pendings, outcomes, counts)
+            try:
+                self.store.add_counts(counts, prep.now)
+            except Exception:
+                log.exception("could not store HL7 message counts")
+            return outcomes
+        acks = wait_all(self.publisher, prep.producer, prep.sent)
+        if any(isinstance(a, Exception) for a in acks):
+            prep.failed = True
+            outcomes = self._failed(prep, "Kafka n'a pas acquitté; renvoyer le message")
+            self._count(prep.pendings, outcomes, counts)
+            with contextlib.suppress(Exception):
+                self.store.add_counts(counts, prep.now)
+            return outcomes
+        by_source: dict[str, list[Published]] = {}
+        for (message, dedupe, source), ack in zip(batch.records, acks, strict=True):
+            assert isinstance(ack, Ack)
+            by_source.setdefault(source, []).append(
+                Published(dedupe, message.key.decode(), ack.partition, ack.offset)
+            )
+        return self._store(prep, counts, by_source)
+
+    def _store(
+        self,
+        prep: Prepared,
+        counts: Counter[CountKey],
+        by_source: dict[str, list[Published]],
+    ) -> list[Outcome]:
+        batch = prep.batch
+        assert batch is not None
+        self._count(prep.pendings, prep.outcomes, counts)
+        try:
+            self.store.commit(
+                prep.now,
+                list(batch.encounters.values()),
+                batch.resources,
+                batch.identifiers,
+                counts,
+                by_source,
+            )
+        except Exception as exc:
+            # Published but not stored: `invalidate` burns the versions, so that the sender's
+            # retry publishes the same content under new ones.
+            log.exception("could not store a published batch")
+            prep.failed = True
+            return self._failed(prep, f"base de données: {type(exc).__name__}")
+        return prep.outcomes
+
+    @staticmethod
+    def _failed(prep: Prepared, text: str) -> list[Outcome]:
+        good = set(prep.good)
+        return [
+            _internal(text) if i in good and o.code == "AA" else o
+            for i, o in enumerate(prep.outcomes)
+        ]
+
+    def invalidate(self, preps: list[Prepared]) -> None:
+        """Forget what these batches put in the caches (their `finish` failed, or was built on
+        one that did): their versions are never reused (a record may have reached Kafka though
+        its ack did not come back), and the stays are read again from SQL."""
+        for prep in preps:
+            if prep.batch is None:
+                continue
+            for key, known in prep.batch.resources.items():
+                self._burnt[key] = max(self._burnt.get(key, 0), known.version)
+            for enc in prep.batch.encounters.values():
+                key = f"Encounter/{enc.encounter_id}"
+                self._burnt[key] = max(self._burnt.get(key, 0), enc.version)
+        self._encounters.clear()
+        self._resources.clear()
+        self._places.clear()
+        self._identifiers.clear()
+        self._unstored = None
+
+    def abandon(self, prep: Prepared) -> list[Outcome]:
+        """How to answer a batch prepared on top of one whose finish failed: AE (counted)."""
+        outcomes = self._failed(prep, "le lot précédent n'a pas abouti; renvoyer le message")
+        counts: Counter[CountKey] = Counter()
+        self._count(prep.pendings, outcomes, counts)
+        try:
+            self.store.add_counts(counts, prep.now)
+        except Exception:
+            log.exception("could not store HL7 message counts")
+        return outcomes
+
+    def process(self, pendings: list[Pending]) -> list[Outcome]:
+        """Prepare and finish one batch (no overlap with another)."""
+        prep = self.prepare(pendings)
+        outcomes = self.finish(prep)
+        if prep.failed:
+            self.invalidate([prep])
         return outcomes
 
     def _count(
@@ -534,8 +689,9 @@ class AdtProcessor:
             )
             if source is None:
                 continue  # anyone can connect: unknown senders are counted, not stored
+            status = 403 if rej.reason == "forbidden" else 400 if rej.ack_code == "AE" else 422
             outcome = Rejection(
-                400 if rej.ack_code == "AE" else 422,
+                status,
                 rej.reason,
                 [Issue("invalid", rej.text, (rej.location,) if rej.location else ())],
                 resource_type=rtype,
@@ -559,6 +715,52 @@ class AdtProcessor:
                 self.ingest_store.record_rejections(records)
             except Exception:
                 log.exception("could not store %d HL7 rejections", len(records))
+
+
+def _answer(pendings: list[Pending], outcomes: list[Outcome]) -> None:
+    for p, o in zip(pendings, outcomes, strict=True):
+        if p.future is not None and not p.future.done():
+            p.future.set_result(o)
+
+
+def send_all(publisher: Publisher, messages: list[Message]) -> tuple[Any, list[Any]]:
+    """Hand every message to the producer (each to its topic, `Topics.for_key`) without waiting;
+    returns the producer and, per message, its future or the error that stopped it."""
+    try:
+        producer = publisher.producer()
+    except BrokerUnavailable as exc:
+        return None, [exc] * len(messages)
+    topic_of = publisher.topics.for_key
+    sent: list[Any] = []
+    for m in messages:
+        try:
+            sent.append(producer.send(topic_of(m.key), value=m.value, key=m.key, headers=m.headers))
+        except (KafkaError, OSError, ValueError) as exc:
+            sent.append(exc)
+    return producer, sent
+
+
+def wait_all(publisher: Publisher, producer: Any, sent: list[Any]) -> list[Ack | Exception]:
+    """Per message `send_all` handed over, its Ack (acks=all) or the error; waits at most the
+    publish timeout in total. After a connection failure the producer is rebuilt."""
+    deadline = time.monotonic() + publisher.timeout_s + 1.0
+    if producer is not None and any(not isinstance(f, Exception) for f in sent):
+        # Sends what lingers at once (and anything handed over since: harmless).
+        with contextlib.suppress(KafkaError):
+            producer.flush(timeout=max(0.0, deadline - time.monotonic()))
+    results: list[Ack | Exception] = []
+    for fut in sent:
+        if isinstance(fut, Exception):
+            results.append(fut)
+            continue
+        try:
+            meta = fut.get(timeout=max(0.01, deadline - time.monotonic()))
+            results.append(Ack(partition=meta.partition, offset=meta.offset))
+        except (KafkaError, OSError, ValueError) as exc:
+            results.append(exc)
+    if any(isinstance(r, Exception) and not isinstance(r, RECORD_ERRORS) for r in results):
+        publisher.reset()
+    return results
 
 
 def _internal(text: str) -> Outcome:
@@ -647,6 +849,7 @@ class MllpListener:
         self.connections = 0
         self.server: asyncio.Server | None = None
         self._writer_task: asyncio.Task[None] | None = None
+        self._finishing: asyncio.Task[bool] | None = None
         self._ack_seq = 0
         self.handled = 0
         self.unrecorded = 0
@@ -655,6 +858,8 @@ class MllpListener:
             tuple[bytes, MessageHeader, asyncio.Future[AdtMessage | Hl7Rejection]]
         ] = []
         self._parse_tasks: set[asyncio.Task[None]] = set()
+        # Chunks sent to the workers and not back yet.
+        self._parsing = 0
 
     async def start(self, host: str | None = None, port: int | None = None) -> int:
         """Bind and start serving; returns the port (useful with port 0)."""
@@ -683,6 +888,9 @@ class MllpListener:
             self._writer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer_task
+        if self._finishing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._finishing, 15)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -695,23 +903,26 @@ class MllpListener:
     def _parse_later(
         self, payload: bytes, header: MessageHeader
     ) -> asyncio.Future[AdtMessage | Hl7Rejection]:
-        """The future of `payload` parsed, by the worker processes (in chunks of what arrived
-        together) or here when there are none."""
+        """The future of `payload` parsed, by the worker processes or here when there are none.
+
+        Messages go to the workers in chunks: at once while a worker is free, else gathered
+        until one is (each chunk costs a round trip between processes)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AdtMessage | Hl7Rejection] = loop.create_future()
         if self._pool is None:
             future.set_result(parse_one(payload, header, self.tz))
             return future
-        if not self._to_parse:
-            loop.call_soon(self._flush_parse)
         self._to_parse.append((payload, header, future))
         if len(self._to_parse) >= PARSE_CHUNK:
             self._flush_parse()
+        elif len(self._to_parse) == 1 and self._parsing <= self.settings.mllp_parse_processes:
+            loop.call_soon(self._flush_parse)
         return future
 
     def _flush_parse(self) -> None:
         chunk, self._to_parse = self._to_parse, []
         if chunk:
+            self._parsing += 1
             task = asyncio.create_task(self._parse_chunk(chunk))
             self._parse_tasks.add(task)
             task.add_done_callback(self._parse_tasks.discard)
@@ -741,9 +952,16 @@ class MllpListener:
         for (_, _, future), result in zip(chunk, results, strict=True):
             if not future.done():
                 future.set_result(result)
+        self._parsing -= 1
+        if self._to_parse:
+            self._flush_parse()
 
     async def _writer(self) -> None:
-        """Take what is queued (up to MAX_BATCH), process it in a thread, answer each."""
+        """Take what is queued (up to MAX_BATCH) and prepare it in a thread while the previous
+        batch is acknowledged by Kafka and stored (`finish`, in another thread); each message
+        is answered once its batch is finished. A batch prepared on top of one whose finish
+        failed is refused too (AE), and the caches are read again from SQL."""
+        previous: tuple[Prepared, asyncio.Task[bool]] | None = None
         while True:
             try:
                 first = await asyncio.wait_for(self.queue.get(), 2.0)
@@ -759,14 +977,38 @@ class MllpListener:
                         p.rejection = got
                     else:
                         p.msg = got
+            if previous is not None and previous[1].done():
+                if previous[1].result():
+                    self.processor.invalidate([previous[0]])
+                previous = None
             try:
-                outcomes = await asyncio.to_thread(self.processor.process, batch)
+                prep = await asyncio.to_thread(self.processor.prepare, batch)
             except Exception as exc:  # the writer must outlive any failure
                 log.exception("ADT batch failed")
-                outcomes = [_internal(f"erreur interne: {type(exc).__name__}")] * len(batch)
-            for p, o in zip(batch, outcomes, strict=True):
-                if p.future is not None and not p.future.done():
-                    p.future.set_result(o)
+                if previous is not None and await previous[1]:
+                    self.processor.invalidate([previous[0]])
+                previous = None
+                self.processor.invalidate([])
+                _answer(batch, [_internal(f"erreur interne: {type(exc).__name__}")] * len(batch))
+                continue
+            if previous is not None and await previous[1]:
+                self.processor.invalidate([previous[0], prep])
+                previous = None
+                _answer(batch, await asyncio.to_thread(self.processor.abandon, prep))
+                continue
+            previous = (prep, asyncio.create_task(self._finish(prep)))
+            self._finishing = previous[1]
+
+    async def _finish(self, prep: Prepared) -> bool:
+        """Finish a prepared batch in a thread and answer its messages; True if it failed."""
+        try:
+            outcomes = await asyncio.to_thread(self.processor.finish, prep)
+        except Exception as exc:
+            log.exception("ADT batch failed")
+            prep.failed = True
+            outcomes = [_internal(f"erreur interne: {type(exc).__name__}")] * len(prep.pendings)
+        _answer(prep.pendings, outcomes)
+        return prep.failed
 
     def _ack(self, header: MessageHeader, outcome: Outcome) -> bytes:
         self._ack_seq += 1
@@ -899,20 +1141,30 @@ class MllpListener:
         writer: asyncio.StreamWriter,
         peer: Any,
     ) -> None:
-        """Write each message's ACK, in the order the messages came, as answers arrive."""
+        """Write each message's ACK, in the order the messages came, as answers arrive; the
+        ACKs of messages answered together are written together."""
+        ended = False
         try:
-            while (item := await inflight.get()) is not None:
-                header, future = item
-                outcome = await future
-                self.handled += 1
-                writer.write(self._ack(header, outcome))
+            while not ended:
+                item = await inflight.get()
+                while item is not None:
+                    header, future = item
+                    if not future.done():
+                        await writer.drain()
+                    outcome = await future
+                    self.handled += 1
+                    writer.write(self._ack(header, outcome))
+                    if inflight.empty():
+                        break
+                    item = inflight.get_nowait()
+                ended = item is None
                 await writer.drain()
         except (ConnectionError, OSError, ssl.SSLError) as exc:
             log.info("MLLP connection from %s lost while answering: %s", peer, exc)
             writer.close()
             # Keep taking what the reader hands over until it stops, so it never blocks.
-            while await inflight.get() is not None:
-                pass
+            while not ended:
+                ended = await inflight.get() is None
 
 
 async def serve_forever(settings: Settings, host: str | None, port: int | None) -> None:
@@ -921,7 +1173,12 @@ async def serve_forever(settings: Settings, host: str | None, port: int | None) 
 
     engine = make_engine(settings.db_url)
     publisher = Publisher(settings)
-    processor = AdtProcessor(engine, publisher, publish_locations=settings.mllp_locations)
+    processor = AdtProcessor(
+        engine,
+        publisher,
+        publish_locations=settings.mllp_locations,
+        ownership=settings.ingest_ownership,
+    )
     listener = MllpListener(settings, processor)
     bound = await listener.start(host, port)
     log.info("MLLP listener on %s:%d", host or settings.mllp_host, bound)

@@ -7,8 +7,11 @@ is folded.
 
 The simulated territory is one simulation from `start`: its history (30 days by default) goes
 straight to the raw topic as fast as possible, then the same simulation goes on live through the
-gateway. Patients in bed at the end of the history stay the same patients. What was simulated is
-written to `demo.json` in the data folder, and how far the simulation got to
+gateway, except one hospital's ED visits and stays, which its patient administration system sends
+as PAM.fr ADT to the MLLP listener (`parcours ingest mllp`, integrator `demo-simulator` for that
+sending facility). Its stays begun in the history go on as FHIR until they end, so that each stay
+comes by one path. Patients in bed at the end of the history stay the same patients. What was
+simulated is written to `demo.json` in the data folder, and how far the simulation got to
 `simulator-state.json`, so that the next run can continue (same broker) or replay (`--keep`).
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +37,8 @@ from parcours.settings import Settings
 from parcours.supervise import Supervisor
 
 DEMO_INTEGRATOR = "demo-simulator"
+# The hospital whose movements arrive as HL7 v2 ADT over MLLP (the rest of the territory is FHIR).
+DEMO_HL7_HOSPITAL = "clinique-valmy"
 PLAN_FILE = "demo.json"
 SIMULATOR_STATE_FILE = "simulator-state.json"
 # Created once the history is folded: the simulator goes live then, so that the gateway's writes
@@ -53,6 +59,7 @@ class DemoOptions:
     forecast_every_s: float = 600.0
     history_days: float = 30.0
     keep: bool = False
+    hl7: str | None = DEMO_HL7_HOSPITAL
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,44 @@ def wait_http(url: str, timeout_s: float = 60.0) -> None:
             pass
         time.sleep(0.3)
     raise ParcoursError(f"{url} did not answer within {timeout_s:.0f}s; see the log above")
+
+
+def wait_tcp(host: str, port: int, timeout_s: float = 60.0) -> None:
+    """Block until `host:port` accepts a connection, or raise ParcoursError."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise ParcoursError(f"{host}:{port} did not accept connections within {timeout_s:.0f}s")
+
+
+@dataclass(frozen=True)
+class MllpEndpoint:
+    """Where the demo's MLLP listener listens."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def mllp_endpoint(settings: Settings, env: dict[str, str], hospital: str | None) -> MllpEndpoint:
+    """The listener's address (the configured port, else a free one), with the children's
+    environment set for it: the demo's integrator may send as `hospital` (MSH-4), and the
+    Locations come from the FHIR directory, not from PV1-3."""
+    configured = "mllp_port" in settings.model_fields_set or "PARCOURS_MLLP_PORT" in env
+    port = settings.mllp_port if configured else free_port()
+    senders = {k: list(v) for k, v in settings.mllp_senders.items()}
+    if hospital:
+        senders[DEMO_INTEGRATOR] = sorted({*senders.get(DEMO_INTEGRATOR, []), hospital})
+    env["PARCOURS_MLLP_PORT"] = str(port)
+    env["PARCOURS_MLLP_SENDERS"] = json.dumps(senders)
+    env["PARCOURS_MLLP_LOCATIONS"] = "false"
+    return MllpEndpoint(settings.mllp_host, port)
 
 
 def wait_for(
@@ -277,10 +322,11 @@ def run_demo(
     engine = make_engine(settings.db_url)
     try:
         plan = reconcile(engine, bootstrap, data_dir, topics.raw, options, say)
-        banner = _start_services(settings, options, sup, env, exe, bootstrap, redact, say)
+        mllp = mllp_endpoint(settings, env, options.hl7 if options.simulate else None)
+        banner = _start_services(settings, options, sup, env, exe, bootstrap, redact, mllp, say)
         if options.simulate and plan is not None:
             token = create_token(engine, DEMO_INTEGRATOR, rotate=True)
-            banner += _start_simulator(settings, options, sup, env, exe, plan, token, say)
+            banner += _start_simulator(settings, options, sup, env, exe, plan, token, mllp, say)
             if plan.has_history and not plan.skip_history:
                 _wait_history(sup, engine, bootstrap, topics.raw, data_dir, say)
         if options.forecast_every_s > 0:
@@ -303,14 +349,17 @@ def _start_services(
     exe: list[str],
     bootstrap: str,
     redact: Callable[[str], str],
+    mllp: MllpEndpoint,
     say: Say,
 ) -> list[str]:
     gateway = f"http://{settings.ingest_host}:{settings.ingest_port}"
     sup.start("gateway", [*exe, "ingest", "serve"], env)
+    sup.start("mllp listener", [*exe, "ingest", "mllp"], env)
     if settings.worker_web_port:
         env.setdefault("PARCOURS_WORKER_WEB_PORT", str(free_port()))
     sup.start("streams worker", [*exe, "streams", "worker"], env)
     wait_http(f"{gateway}/healthz")
+    wait_tcp(mllp.host, mllp.port)
     banner = [
         f"Kafka (fhir.raw, fhir.deadletter): {bootstrap}"
         + (
@@ -321,6 +370,7 @@ def _start_services(
         ),
         f"Database: {redact(settings.db_url)}",
         f"FHIR gateway: {gateway}/fhir  (OpenAPI: {gateway}/docs)",
+        f"HL7 v2 MLLP listener: {mllp}",
     ]
     if options.dashboard:
         sup.start("dashboard", [*exe, "dashboard"], env)
@@ -356,6 +406,7 @@ def _start_simulator(
     exe: list[str],
     plan: SimulationPlan,
     token: str,
+    mllp: MllpEndpoint,
     say: Say,
 ) -> list[str]:
     data_dir = settings.data_dir.resolve()
@@ -379,6 +430,8 @@ def _start_simulator(
         "--state-file",
         str(data_dir / SIMULATOR_STATE_FILE),
     ]
+    if options.hl7:
+        argv += ["--hl7", options.hl7, "--mllp", str(mllp)]
     if plan.has_history:
         argv += ["--history-until", plan.history_until]
         if plan.skip_history:
@@ -396,10 +449,16 @@ def _start_simulator(
         )
     # The token goes through the environment, not argv, so `ps` does not show it.
     sup.start("simulator", argv, {**env, "PARCOURS_INGEST_TOKEN": token})
-    return [
+    lines = [
         f"Simulator: Dijon-like territory from {plan.start}, live from {plan.history_until} at "
         f"{options.speed:g}x real time, pushing as integrator '{DEMO_INTEGRATOR}'"
     ]
+    if options.hl7:
+        lines.append(
+            f"  {options.hl7}: ED visits and stays begun live sent as PAM.fr ADT over MLLP "
+            f"({mllp}, sending facility {options.hl7})"
+        )
+    return lines
 
 
 def _wait_history(

@@ -7,6 +7,7 @@ import logging
 import re
 import signal
 import sys
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from types import FrameType
@@ -238,7 +239,12 @@ def simulate(
         if hl7 not in known:
             raise typer.BadParameter(f"--hl7: unknown establishment {hl7!r}; one of {known}")
         host, _, port = (mllp or f"{settings.mllp_host}:{settings.mllp_port}").rpartition(":")
-        sink = Hl7Sink(sink, hl7, host or "127.0.0.1", int(port), terr.timezone)
+        hl7_sink = Hl7Sink(sink, hl7, host or "127.0.0.1", int(port), terr.timezone)
+        if history is not None:
+            # The history (sent or not) passes through the observer, so that the stays it began
+            # go on as FHIR and its patients keep their names in PID.
+            history = replace(history, sink=hl7_sink.observe(history.sink), skip=False)
+        sink = hl7_sink
 
     stopping = False
 

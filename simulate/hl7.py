@@ -8,6 +8,12 @@ withdrawn, each with a ZBE movement id. PID-3 carries the patient id as IPP and 
 ward and bed (ids as the FHIR directory gives them), PV1-19 the stay id. Everything else goes to
 the inner sink as FHIR.
 
+With a history (`--history-until`), the history goes to its own sink as FHIR, the hospital's stays
+included; `Hl7Sink.observe(history_sink)` notes which stays and patients it carried. A stay the
+history began goes on as FHIR until it ends, so that one stay's versions never come from two
+numberings (the listener numbers its own); stays that begin live go as ADT. The patients the
+history introduced keep their names and INS in PID.
+
 `adt_for_version` is pure; `Hl7Sink` holds the sent-so-far per stay and the MLLP connection.
 """
 
@@ -66,6 +72,8 @@ class Converter:
     tz: ZoneInfo
     stays: dict[str, StaySent] = field(default_factory=dict)
     patients: dict[str, PatientInfo] = field(default_factory=dict)
+    # Stays of this hospital the history sent as FHIR: they stay FHIR.
+    fhir_stays: set[str] = field(default_factory=set)
     seq: int = 0
 
     def wants(self, resource: dict[str, Any]) -> bool:
@@ -286,11 +294,20 @@ class Hl7Sink:
         self.sender = MllpSender(host, port)
         self.messages = 0
 
+    def observe(self, history_sink: Sink) -> HistoryObserver:
+        """`history_sink`, noting the hospital's stays and the patients the history sends."""
+        return HistoryObserver(history_sink, self.converter)
+
     def send(self, resource: dict[str, Any], valid: bool) -> None:
-        """An ED visit or stay of the hospital → ADT; anything else → the inner sink."""
+        """An ED visit or stay of the hospital begun live → ADT; anything else → the inner
+        sink."""
         if resource.get("resourceType") == "Patient":
             self.converter.remember_patient(resource)
-        if valid and self.converter.wants(resource):
+        if (
+            valid
+            and self.converter.wants(resource)
+            and resource.get("id") not in self.converter.fhir_stays
+        ):
             for message in self.converter.adt_for_version(resource):
                 self.sender.send(message)
                 self.messages += 1
@@ -315,3 +332,32 @@ class Hl7Sink:
         out["hl7_messages"] = self.messages
         out.update({f"hl7_ack_{code}": n for code, n in self.sender.acks.items()})
         return out
+
+
+class HistoryObserver:
+    """The history's sink, unchanged, noting for `Hl7Sink` the hospital's stays it carried (they
+    go on as FHIR) and the patients it introduced (for PID)."""
+
+    def __init__(self, inner: Sink, converter: Converter) -> None:
+        self.inner = inner
+        self.converter = converter
+
+    def send(self, resource: dict[str, Any], valid: bool) -> None:
+        """Note, then pass on."""
+        if resource.get("resourceType") == "Patient":
+            self.converter.remember_patient(resource)
+        elif self.converter.wants(resource):
+            self.converter.fhir_stays.add(str(resource.get("id")))
+        self.inner.send(resource, valid)
+
+    def flush(self) -> None:
+        """Flush the history's sink."""
+        self.inner.flush()
+
+    def close(self) -> None:
+        """Close the history's sink."""
+        self.inner.close()
+
+    def summary(self) -> dict[str, int]:
+        """The history's sink's counts."""
+        return self.inner.summary()

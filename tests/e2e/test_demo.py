@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,6 +60,17 @@ def count(db: Path, table: str) -> int:
         return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
 
+def hl7_acks(db: Path) -> Counter[str]:
+    """ADT messages the demo's hospital sent over MLLP, by ACK code."""
+    with sqlite3.connect(db, timeout=30) as conn:
+        found = conn.execute(
+            "SELECT ack_code, sum(count) FROM hl7_message_counts "
+            "WHERE integrator = 'demo-simulator' AND sending_facility = 'clinique-valmy' "
+            "GROUP BY ack_code"
+        ).fetchall()
+    return Counter({str(code): int(n) for code, n in found})
+
+
 def test_demo_runs_the_whole_pathway_on_sqlite_and_ctrl_c_leaves_no_orphan(
     tmp_path: Path, browser: Browser
 ) -> None:
@@ -99,6 +111,10 @@ def test_demo_runs_the_whole_pathway_on_sqlite_and_ctrl_c_leaves_no_orphan(
             wait_until(
                 lambda: count(db, "ingest_log") > 0, 120, what="live resources via the gateway"
             )
+            # One hospital's live movements come as PAM.fr ADT over MLLP, all acknowledged.
+            wait_until(lambda: hl7_acks(db)["AA"] > 0, 180, what="ADT messages over MLLP")
+            assert set(hl7_acks(db)) == {"AA"}, hl7_acks(db)
+            assert count(db, "hl7_encounters") > 0
             gateway = f"http://127.0.0.1:{ports['INGEST']}"
             assert httpx.get(f"{gateway}/fhir/metadata", timeout=10).status_code == 200
             dash = f"http://127.0.0.1:{ports['DASHBOARD']}"
@@ -134,6 +150,7 @@ def test_demo_runs_the_whole_pathway_on_sqlite_and_ctrl_c_leaves_no_orphan(
             for part in (
                 b"broker",
                 b"ingest\x00serve",
+                b"ingest\x00mllp",
                 b"streams\x00worker",
                 b"dashboard",
                 b"simulate",

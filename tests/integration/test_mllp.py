@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from kafka import KafkaConsumer, TopicPartition
 
 from dashboard.queries import hl7_messages
+from ingest.ownership import grant
 from parcours.broker import free_port
 from parcours.db import make_engine
 from parcours.settings import Settings
@@ -27,7 +28,7 @@ from tests.integration.streams_helpers import count, rows, worker_env
 from tests.support import parcours_env, parcours_process, wait_until
 
 pytestmark = pytest.mark.integration
-SENDERS = json.dumps({"gam-test": ["CHU21"]})
+SENDERS = json.dumps({"gam-test": ["CHU21"], "gam-other": ["CH2"]})
 
 
 @dataclass
@@ -204,6 +205,44 @@ def test_merge_moves_the_stay_to_the_surviving_patient(feed: Feed) -> None:
         timeout_s=60,
         what="no stay left under the merged patient",
     )
+
+
+def test_a_patient_of_another_integrator_is_refused_until_granted(feed: Feed) -> None:
+    ipp, nda, other_nda = f"P{feed.run}", f"N{feed.run}", f"M{feed.run}"
+    c = feed.client()
+    assert ack_code(c.send(adt("A01", ipp=ipp, nda=nda))) == "AA"
+    before = len(feed.raw_records())
+    # Another integrator's feed names the same patient: refused on PID-3, nothing published.
+    intruder = adt("A01", ipp=ipp, nda=other_nda, facility="CH2")
+    ack = c.send(intruder)
+    assert ack_code(ack) == "AR", ack
+    assert err_location(ack) == "PID^1^3^1", ack
+    text = ack.encode("latin-1").decode("utf-8")
+    assert f"le patient {ipp} appartient à un autre intégrateur" in text, text
+    assert "^forbidden^HL70357" in ack and "|206^" in ack, ack
+    # Nor may it merge that patient into one of its own (MRG-1).
+    merge = adt("A40", ipp=f"Q{feed.run}", merged_ipp=ipp, facility="CH2")
+    ack = c.send(merge)
+    assert (ack_code(ack), err_location(ack)) == ("AR", "MRG^1^1^1"), ack
+    assert len(feed.raw_records()) == before
+    engine = make_engine(feed.db)
+    try:
+        refused = rows(
+            feed.db,
+            "SELECT http_status, reason FROM ingest_rejections WHERE source = 'gam-other'",
+        )
+        assert sorted(refused) == [(403, "forbidden"), (403, "forbidden")]
+        table = hl7_messages(engine)
+        row = table[(table["integrator"] == "gam-other") & (table["trigger"] == "A01")].iloc[0]
+        assert row["AR"] == 1 and "forbidden" in row["reasons"]
+        # Once an admin grants it what gam-test owns, the same message goes through.
+        grant(engine, "gam-other", "owner", "gam-test")
+    finally:
+        engine.dispose()
+    assert ack_code(c.send(intruder)) == "AA"
+    c.close()
+    wait_until(lambda: _stay(feed.db, other_nda), timeout_s=90, what="the granted stay")
+    assert _stay(feed.db, other_nda)[0] == ipp  # type: ignore[index]
 
 
 @pytest.mark.parametrize(

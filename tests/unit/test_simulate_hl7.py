@@ -6,7 +6,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ingest.hl7_map import apply_adt, encounter_resource, parse_adt
-from simulate.hl7 import Converter
+from simulate.hl7 import Converter, Hl7Sink
 
 PARIS = ZoneInfo("Europe/Paris")
 
@@ -101,3 +101,66 @@ def test_other_establishments_and_classes_are_not_converted() -> None:
     amb = version(1, "finished", [("ch-test-cardio-b001", "2026-01-05T10:00:00+01:00")])
     amb["class"] = {"code": "AMB"}
     assert not conv.wants(other) and not conv.wants(amb)
+
+
+class ListSink:
+    """Keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, resource: dict[str, Any], valid: bool) -> None:
+        self.sent.append(resource)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def summary(self) -> dict[str, int]:
+        return {"sent": len(self.sent)}
+
+
+class ListSender:
+    """Stands for the MLLP connection: keeps the payloads."""
+
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+
+    def send(self, payload: bytes) -> None:
+        self.payloads.append(payload)
+
+
+def test_stays_the_history_began_go_on_as_fhir_and_new_ones_as_adt_with_its_patients() -> None:
+    live, past = ListSink(), ListSink()
+    sink = Hl7Sink(live, "ch-test", "127.0.0.1", 1, "Europe/Paris")
+    sender = ListSender()
+    sink.sender = sender  # type: ignore[assignment]
+    history = sink.observe(past)
+    patient = {
+        "resourceType": "Patient",
+        "id": "pat-1",
+        "name": [{"family": "Roy", "given": ["Lou"]}],
+        "gender": "female",
+    }
+    a = [("ch-test-cardio-b001", "2026-01-05T10:00:00+01:00")]
+    b = [*a, ("ch-test-med-int-b004", "2026-01-06T09:30:00+01:00")]
+    history.send(patient, True)
+    history.send(version(1, "in-progress", a), True)
+    # The history itself is passed on unchanged, as FHIR.
+    assert [r["resourceType"] for r in past.sent] == ["Patient", "Encounter"]
+
+    # Live: the stay the history began goes on as FHIR (its versions keep one numbering)…
+    moved = version(2, "in-progress", b)
+    sink.send(moved, True)
+    assert live.sent == [moved] and sender.payloads == []
+    # …and a stay begun live goes as ADT, its patient named as the history gave it.
+    new = version(1, "in-progress", b)
+    new["id"] = "stay-2"
+    sink.send(new, True)
+    assert live.sent == [moved]
+    parsed = [parse_adt(p, PARIS) for p in sender.payloads]
+    assert [m.trigger for m in parsed] == ["A01", "A02"]
+    assert {m.visit.encounter_id for m in parsed if m.visit} == {"stay-2"}
+    assert (parsed[0].patient.family, parsed[0].patient.given) == ("Roy", "Lou")

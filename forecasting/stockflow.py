@@ -94,7 +94,8 @@ class EpisodeStockFlow:
     `episodes`: the unit's stays with columns `start`, `end` (naive UTC, `end` NaT while open).
     `los_episodes`: the stays the remaining-length curve is learnt from (the unit's service);
     the unit's own stays when None. Only stays begun within `lookback_days` of the origin teach
-    the curve and the arrival rates, so both follow the recent weeks.
+    the curve and the arrival rates, so both follow the recent weeks. Stays begun before the
+    first departure in the data are left-truncated there (see `forecasting.survival`).
 
     `booked`: the unit's appointments (`start`, `booked_at`, `status`; naive UTC), or None. Those
     booked by the origin and starting within the horizon are known arrivals; those that started
@@ -119,7 +120,15 @@ class EpisodeStockFlow:
             ended = end.notna() & (end <= origin)
             stop = end.where(ended, origin)
             hours = (stop - seen["start"]) / HOUR
-            self._cache[origin] = fit_stay_curve(hours.to_numpy(), ended.to_numpy())
+            # The data begin no later than the first departure they hold: a stay begun before
+            # then was seen only from that length on.
+            first_seen = src.loc[src["end"] <= origin, "end"].min()
+            entry = (
+                ((first_seen - seen["start"]) / HOUR).clip(lower=0.0).to_numpy()
+                if pd.notna(first_seen)
+                else None
+            )
+            self._cache[origin] = fit_stay_curve(hours.to_numpy(), ended.to_numpy(), entry)
         return self._cache[origin]
 
     def forecast(self, history: pd.DataFrame, horizon: int, freq: str) -> pd.DataFrame:

@@ -107,6 +107,22 @@ def test_kaplan_meier_recovers_a_known_lognormal_length_of_stay() -> None:
     assert 0.0 < far < 1.0
 
 
+def test_stays_under_way_when_the_data_begin_enter_the_curve_at_their_length_then() -> None:
+    """Stays begun before the data begin (time 0) are known only if still there at 0: a sample
+    biased toward long stays, unless each enters the curve at its length at 0."""
+    rng = np.random.default_rng(11)
+    start = rng.uniform(-24 * 60, 24 * 5, 40000)
+    length = rng.lognormal(np.log(96.0), 0.6, len(start))
+    seen = start + length > 0
+    start, length = start[seen], length[seen]
+    entry = np.maximum(-start, 0.0)
+    biased = fit_stay_curve(length, np.ones(len(length), dtype=bool))
+    truncated = fit_stay_curve(length, np.ones(len(length), dtype=bool), entry)
+    # The true median is 96 hours: S(96) = 0.5.
+    assert abs(float(truncated.at(96.0)) - 0.5) < 0.03
+    assert float(biased.at(96.0)) > 0.57
+
+
 def test_too_few_finished_stays_is_a_clear_error() -> None:
     with pytest.raises(ForecastingError, match="finished stays"):
         fit_stay_curve([10.0, 20.0, 30.0], [True, False, True])
@@ -325,13 +341,10 @@ SMALL_TERRITORY = (
 )
 
 
-def simulated_hospital(
-    days: int, seed: int
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def simulated_hospital(days: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The inpatient stays, hourly census and admission Appointments (`start`, `booked_at`,
-    final `status`) of the small territory's hospital, from the simulator; and the stays begun
-    after the simulation start. Those begun during the warm-up come from the initial load, which
-    holds only the patients still there at the start: a sample biased toward long stays."""
+    final `status`) of the small territory's hospital, from the simulator. The stays begun
+    during the warm-up come from the initial load, as from a feed's first synchronisation."""
     from datetime import UTC, datetime
 
     from simulate.model import AppointmentRec, Simulation, StayRec
@@ -372,11 +385,11 @@ def simulated_hospital(
     census = pd.DataFrame(
         {"ds": hours, "y": [float(((s <= h) & (e > h)).sum()) for h in hours.to_numpy()]}
     )
-    return episodes, census, booked, episodes[episodes["start"] >= hours[0]]
+    return episodes, census, booked
 
 
 def test_known_demand_makes_the_hospital_forecast_no_worse_at_24_to_72_hours() -> None:
-    episodes, census, booked, los = simulated_hospital(days=56, seed=3)
+    episodes, census, booked = simulated_hospital(days=56, seed=3)
     assert (booked["status"] == "fulfilled").sum() > 100
 
     @dataclass(frozen=True)
@@ -391,11 +404,11 @@ def test_known_demand_makes_the_hospital_forecast_no_worse_at_24_to_72_hours() -
             origin = pd.Timestamp(history["ds"].iloc[-1])
             dropped = booked["status"].isin(["cancelled", "noshow"]) & (booked["start"] <= origin)
             seen = booked[(booked["booked_at"] <= origin) & ~dropped].assign(status="booked")
-            return EpisodeStockFlow(episodes, los, booked=seen).forecast(history, horizon, freq)
+            return EpisodeStockFlow(episodes, booked=seen).forecast(history, horizon, freq)
 
     bt = run_backtest(
         census,
-        [EpisodeStockFlow(episodes, los), AsBookedAtOrigin()],
+        [EpisodeStockFlow(episodes), AsBookedAtOrigin()],
         horizon=72,
         freq="h",
         folds=20,

@@ -14,8 +14,13 @@ from datetime import UTC, datetime
 import pandas as pd
 from sqlalchemy import Engine, or_, select
 
-from parcours.db.pathway_models import LocationOccupancyRow, LocationRow, StayLocationRow
-from streams.core.census import LEVELS, SERVICE, WARD, Hierarchy, Place, Unit
+from parcours.db.pathway_models import (
+    AppointmentRow,
+    LocationOccupancyRow,
+    LocationRow,
+    StayLocationRow,
+)
+from streams.core.census import HOSPITAL, LEVELS, SERVICE, WARD, Hierarchy, Place, Unit
 
 # A service pools its wards' stays for the length-of-stay curve of a ward with fewer stays.
 MIN_OWN_STAYS = 50
@@ -99,6 +104,51 @@ def unit_episodes(
         close(stay)
     return {
         unit: pd.DataFrame(rows, columns=["start", "end"]).astype("datetime64[ns]")
+        for unit, rows in found.items()
+    }
+
+
+BOOKED_COLUMNS = ["start", "booked_at", "status"]
+
+
+def booking_units(
+    hierarchy: Hierarchy, hospital_id: str | None, service_code: str | None, location_id: str | None
+) -> list[Unit]:
+    """The census units an appointment names: its hospital (the referral's performer, else the
+    Organization of its Location), the ward and service of its Location, else the service of its
+    `serviceType` code in that hospital. Empty without a hospital."""
+    place = hierarchy.places.get(location_id) if location_id else None
+    hospital = hospital_id or (place.organization if place else None)
+    if not hospital:
+        return []
+    units = hierarchy.units_of(hospital, location_id) if place else {}
+    service = units.get(SERVICE)
+    if service is None and service_code:
+        service = Unit(SERVICE, f"{hospital}/{service_code}", hospital)
+    found = [Unit(HOSPITAL, hospital, hospital), service, units.get(WARD)]
+    return [u for u in found if u is not None]
+
+
+def unit_bookings(
+    engine: Engine, since: datetime, hierarchy: Hierarchy | None = None
+) -> dict[Unit, pd.DataFrame]:
+    """Appointments (`start`, `booked_at`, `status`) of every unit they name (`booking_units`),
+    for those starting at or after `since`."""
+    hierarchy = hierarchy or load_hierarchy(engine)
+    a = AppointmentRow
+    query = select(
+        a.start_at, a.booked_at, a.status, a.hospital_id, a.service_code, a.location_id
+    ).where(a.start_at >= since)
+    found: dict[Unit, list[tuple[pd.Timestamp, pd.Timestamp, str]]] = defaultdict(list)
+    with engine.connect() as conn:
+        for row in conn.execute(query):
+            units = booking_units(hierarchy, row.hospital_id, row.service_code, row.location_id)
+            for unit in units:
+                found[unit].append((_naive(row.start_at), _naive(row.booked_at), row.status))
+    return {
+        unit: pd.DataFrame(rows, columns=BOOKED_COLUMNS).astype(
+            {"start": "datetime64[ns]", "booked_at": "datetime64[ns]"}
+        )
         for unit, rows in found.items()
     }
 

@@ -442,8 +442,15 @@ def census_inputs(
     lookback: timedelta = timedelta(days=120),
 ) -> list[SeriesInput]:
     """Every unit of `unit_type` with enough hourly occupancy, each with its stay-based
-    stock–flow model (its episodes and length-of-stay pool) and its capacity."""
-    from forecasting.episodes import capacities, load_hierarchy, los_pools, unit_episodes
+    stock–flow model (its episodes, length-of-stay pool and booked appointments) and its
+    capacity."""
+    from forecasting.episodes import (
+        capacities,
+        load_hierarchy,
+        los_pools,
+        unit_bookings,
+        unit_episodes,
+    )
     from forecasting.stockflow import EpisodeStockFlow, FlowStockFlow
 
     series = census_series(engine, "occupancy", unit_type, min_points)
@@ -453,6 +460,7 @@ def census_inputs(
     hierarchy = load_hierarchy(engine)
     episodes = unit_episodes(engine, start - lookback, hierarchy)
     pools = los_pools(episodes, hierarchy)
+    bookings = unit_bookings(engine, start - lookback, hierarchy)
     by_id = {u.unit_id: u for u in episodes if u.unit_type == unit_type}
     caps = capacities(engine)
     out = []
@@ -460,7 +468,7 @@ def census_inputs(
         unit = by_id.get(unit_id)
         stock_flow: Model
         if unit is not None and int(episodes[unit]["end"].notna().sum()) >= 5:
-            stock_flow = EpisodeStockFlow(episodes[unit], pools[unit])
+            stock_flow = EpisodeStockFlow(episodes[unit], pools[unit], bookings.get(unit))
         else:
             stock_flow = FlowStockFlow()
         out.append(

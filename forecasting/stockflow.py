@@ -7,7 +7,9 @@ still there. Two forms of the same model:
   patient in bed at the origin stays `h` more hours with the probability given by the
   remaining-length-of-stay curve of the unit's service at the stay's current length
   (Kaplan–Meier, `forecasting.survival`); arrivals are forecast by hour of week from the recent
-  weeks, each still there at `t + h` with the curve's probability.
+  weeks, each still there at `t + h` with the curve's probability. Known demand (appointments
+  booked by the origin for a start within the horizon) is added arrival by arrival, and the
+  hour-of-week rate then counts only the arrivals that no appointment announced.
 - `FlowStockFlow`, from a census series and its flows (admissions and departures per step,
   as in the Santé publique France files): `y[t+1] = y[t] × (1 − departure rate) + admissions`,
   with the departure rate of the recent steps and the admissions' recent level and trend
@@ -31,6 +33,10 @@ from forecasting.survival import StayCurve, fit_stay_curve
 
 TERM_COLUMNS = ["now", "expected_discharges", "expected_admissions"]
 HOUR = pd.Timedelta(hours=1)
+# Appointment statuses that announce an arrival. A stored appointment whose start has passed is
+# `fulfilled` now but was `booked` at any origin before its start; the stream drops cancelled and
+# no-show appointments (they are retracted).
+KNOWN_STATUSES = frozenset({"booked", "arrived", "checked-in", "pending", "fulfilled"})
 
 
 def _z(width: float) -> float:
@@ -88,10 +94,16 @@ class EpisodeStockFlow:
     `episodes`: the unit's stays with columns `start`, `end` (naive UTC, `end` NaT while open).
     `los_episodes`: the stays the remaining-length curve is learnt from (the unit's service);
     the unit's own stays when None. Only stays begun within `lookback_days` of the origin teach
-    the curve and the arrival rates, so both follow the recent weeks."""
+    the curve and the arrival rates, so both follow the recent weeks. Stays begun before the
+    first departure in the data are left-truncated there (see `forecasting.survival`).
+
+    `booked`: the unit's appointments (`start`, `booked_at`, `status`; naive UTC), or None. Those
+    booked by the origin and starting within the horizon are known arrivals; those that started
+    in the lookback weeks are taken out of the arrivals the hour-of-week rate is learnt from."""
 
     episodes: pd.DataFrame
     los_episodes: pd.DataFrame | None = None
+    booked: pd.DataFrame | None = None
     lookback_days: int = 28
     los_lookback_days: int = 90
     interval_width: float = 0.8
@@ -108,7 +120,15 @@ class EpisodeStockFlow:
             ended = end.notna() & (end <= origin)
             stop = end.where(ended, origin)
             hours = (stop - seen["start"]) / HOUR
-            self._cache[origin] = fit_stay_curve(hours.to_numpy(), ended.to_numpy())
+            # The data begin no later than the first departure they hold: a stay begun before
+            # then was seen only from that length on.
+            first_seen = src.loc[src["end"] <= origin, "end"].min()
+            entry = (
+                ((first_seen - seen["start"]) / HOUR).clip(lower=0.0).to_numpy()
+                if pd.notna(first_seen)
+                else None
+            )
+            self._cache[origin] = fit_stay_curve(hours.to_numpy(), ended.to_numpy(), entry)
         return self._cache[origin]
 
     def forecast(self, history: pd.DataFrame, horizon: int, freq: str) -> pd.DataFrame:
@@ -144,13 +164,17 @@ class EpisodeStockFlow:
         if len(hours) < 24:
             raise ForecastingError("need at least a day of stays to forecast arrivals")
         arrived = start[(start >= hours[0]) & (start < origin)].dt.floor("h")
-        counts = (
-            arrived.value_counts().reindex(hours, fill_value=0).to_numpy(dtype=float)
-            if len(arrived)
-            else np.zeros(len(hours))
-        )
+        counts = _hourly_counts(arrived, hours)
+        known_starts = self.known_arrivals(origin, horizon)
+        if self.booked is not None:
+            # Scheduled arrivals of the past weeks are not part of the unplanned rate.
+            past = self._booked_starts()
+            past = past[(past >= hours[0]) & (past < origin)].dt.floor("h")
+            counts = counts - _hourly_counts(past, hours)
         phase = (hours.dayofweek * 24 + hours.hour).to_numpy()
-        rate = weekly_profile(counts, phase, 168, 24)
+        # The profile is linear in the counts: this is the mean of all arrivals per hour of week
+        # less that of the scheduled ones.
+        rate = np.maximum(weekly_profile(counts, phase, 168, 24), 0.0)
         slots = pd.date_range(origin, periods=horizon, freq="h")
         lam = rate[(slots.dayofweek * 24 + slots.hour).to_numpy()]
         # An arrival during the hour starting at slot j is present at origin + h (h > j) with the
@@ -159,13 +183,49 @@ class EpisodeStockFlow:
         lag = ahead[:, None] - j[None, :] - 0.5
         surv = np.where(lag > 0, curve.at(np.maximum(lag, 0.0)), 0.0)
         arrivals = surv @ lam
+        # Unplanned arrivals are Poisson: their variance is their mean.
+        var = var + arrivals
+        if len(known_starts):
+            # A known arrival at `s` is present at origin + h with the probability of a stay
+            # longer than h − (s − origin) hours.
+            since = ahead[:, None] - ((known_starts - origin) / HOUR).to_numpy(dtype=float)[None, :]
+            p_known = np.where(since > 0, curve.at(np.maximum(since, 0.0)), 0.0)
+            arrivals = arrivals + p_known.sum(axis=1)
+            var = var + (p_known * (1 - p_known)).sum(axis=1)
         mean = np.maximum(remain + arrivals, 0.0)
         terms = {
             "now": np.full(horizon, stock_now),
             "expected_discharges": stock_now - remain,
             "expected_admissions": arrivals,
         }
-        return _frame(history, horizon, freq, mean, var + arrivals, terms, self.interval_width)
+        return _frame(history, horizon, freq, mean, var, terms, self.interval_width)
+
+    def _booked_starts(self) -> pd.Series:
+        b = self.booked
+        if b is None or b.empty:
+            return pd.Series([], dtype="datetime64[ns]")
+        return b.loc[b["status"].isin(KNOWN_STATUSES) & b["start"].notna(), "start"]
+
+    def known_arrivals(self, origin: pd.Timestamp, horizon: int) -> pd.Series:
+        """Starts of the appointments booked by `origin` that begin within `horizon` hours."""
+        b = self.booked
+        if b is None or b.empty:
+            return pd.Series([], dtype="datetime64[ns]")
+        start = b["start"]
+        keep = (
+            b["status"].isin(KNOWN_STATUSES)
+            & (b["booked_at"] <= origin)
+            & (start > origin)
+            & (start < origin + horizon * HOUR)
+        )
+        return start[keep]
+
+
+def _hourly_counts(stamps: pd.Series, hours: pd.DatetimeIndex) -> np.ndarray:
+    """How many of `stamps` (floored to the hour) fall in each of `hours`."""
+    if not len(stamps):
+        return np.zeros(len(hours))
+    return stamps.value_counts().reindex(hours, fill_value=0).to_numpy(dtype=float)
 
 
 def _steps_per_day(freq: str) -> int:

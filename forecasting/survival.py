@@ -5,6 +5,11 @@
 when the curve is fitted are right-censored at their current length, so long stays in progress
 are not mistaken for short ones.
 
+Stays already under way when the data begin (an ADT feed's first synchronisation sends only the
+patients still there) are a sample biased toward long stays. Each such stay enters the curve at
+the length it had when the data began (left truncation, `entry`): it says nothing about the
+stays that ended before.
+
 Beyond the longest stay seen the curve has no information; there the remaining stay is taken
 as exponential with the mean length of the longest tenth of stays, so that a patient far past
 every observed length still leaves, at a plausible pace.
@@ -61,34 +66,47 @@ class StayCurve:
         return float(np.sum(widths * before) + self.survival[-1] * self.tail_mean)
 
 
-def kaplan_meier(durations: ArrayLike, ended: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def kaplan_meier(
+    durations: ArrayLike, ended: ArrayLike, entry: ArrayLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Kaplan–Meier estimate of `S(t)` from durations and whether each ended (False: still
     going, right-censored): the times (0 and every distinct duration) and the survival just
     after each, `S(t) = Π over ended durations t_i ≤ t of (1 − d_i / n_i)`, with `d_i` stays
-    ending at `t_i` and `n_i` stays lasting at least `t_i`."""
+    ending at `t_i` and `n_i` stays at risk then: lasting at least `t_i` and, with `entry` (the
+    length at which each stay was first seen), seen before `t_i`."""
     d = np.asarray(durations, dtype=float)
     e = np.asarray(ended, dtype=bool)
     order = np.sort(d)
     times = np.unique(d)
     at_risk = len(d) - np.searchsorted(order, times, side="left")
+    if entry is not None:
+        # Stays first seen at or after t are not yet at risk at t.
+        entered = np.sort(np.asarray(entry, dtype=float))
+        at_risk = at_risk - (len(entered) - np.searchsorted(entered, times, side="left"))
     deaths = np.bincount(np.searchsorted(times, d[e]), minlength=len(times))
-    survival = np.cumprod(1.0 - deaths / at_risk)
+    survival = np.cumprod(1.0 - deaths / np.maximum(at_risk, np.maximum(deaths, 1)))
     if times[0] > 0:
         times, survival = np.r_[0.0, times], np.r_[1.0, survival]
     return times, survival
 
 
-def fit_stay_curve(durations: ArrayLike, ended: ArrayLike) -> StayCurve:
-    """Kaplan–Meier fit of stay lengths in hours; `ended` False for open stays."""
+def fit_stay_curve(
+    durations: ArrayLike, ended: ArrayLike, entry: ArrayLike | None = None
+) -> StayCurve:
+    """Kaplan–Meier fit of stay lengths in hours; `ended` False for open stays; `entry` the
+    length (hours) at which each stay was first seen, 0 when it was seen from its start."""
     d = np.asarray(durations, dtype=float)
     e = np.asarray(ended, dtype=bool)
     keep = np.isfinite(d) & (d >= 0)
     d, e = d[keep], e[keep]
+    entered = None if entry is None else np.asarray(entry, dtype=float)[keep]
     if e.sum() < 5:
         raise ForecastingError(
             f"only {int(e.sum())} finished stays to learn lengths of stay from; need at least 5"
         )
-    times, survival = kaplan_meier(np.maximum(d, 1e-3), e)
+    times, survival = kaplan_meier(
+        np.maximum(d, 1e-3), e, None if entered is None else np.minimum(entered, d - 1e-6)
+    )
     finished = np.sort(d[e])
     top = finished[int(0.9 * len(finished)) :]
     tail_mean = float(max(np.mean(top) - finished[int(0.9 * len(finished))] + 1.0, 1.0))

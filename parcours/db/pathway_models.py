@@ -9,7 +9,8 @@ leaves the tables exactly as a clean run would. Nothing here is incremented in p
 - `stays`, `stay_locations`: inpatient stays and the ward/bed periods inside them. A stay with no
   `Encounter.location` (Synthea) still gets one `stay_locations` row at hospital level, so the
   census reads one table.
-- `ed_visits`, `community_visits`, `referrals`: the other pathway steps.
+- `ed_visits`, `community_visits`, `referrals`, `appointments`: the other pathway steps (booked
+  appointments are the known demand that forecasting counts among arrivals).
 - `alerts` (+ `alert_audit`, the acknowledgement trail the dashboard writes).
 - `locations`: the Location hierarchy (bed → ward → hospital); `location_occupancy`: live
   occupancy and capacity per bed, ward, service and hospital; `census_hourly`: hourly counts per
@@ -139,6 +140,31 @@ class ReferralRow(Base):
     status: Mapped[str] = mapped_column(String(32))
 
     __table_args__ = (Index("ix_referrals_patient_id", "patient_id"),)
+
+
+class AppointmentRow(Base):
+    """A booked appointment (FHIR Appointment): a scheduled admission or a consultation.
+
+    `hospital_id` is the performer of the referral it is based on; `service_code` its
+    `serviceType`; `location_id` its Location participant. Each is None when the Appointment
+    does not say."""
+
+    __tablename__ = "appointments"
+
+    appointment_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(ID)
+    status: Mapped[str] = mapped_column(String(32))
+    start_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    booked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    based_on: Mapped[str | None] = mapped_column(REF)
+    hospital_id: Mapped[str | None] = mapped_column(REF)
+    service_code: Mapped[str | None] = mapped_column(String(64))
+    location_id: Mapped[str | None] = mapped_column(REF)
+
+    __table_args__ = (
+        Index("ix_appointments_patient_id", "patient_id"),
+        Index("ix_appointments_start_at", "start_at"),
+    )
 
 
 class AlertRow(Base):

@@ -66,6 +66,10 @@ class AppointmentBooked(PatientEvent):
     start: datetime | None = None
     status: str = "booked"
     based_on: str | None = None
+    # Where it takes place, when the Appointment says: its service (serviceType code) and the
+    # Location among its participants.
+    service: str | None = None
+    location: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

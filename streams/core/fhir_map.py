@@ -590,18 +590,19 @@ def map_service_request(resource: dict[str, Any]) -> list[CanonicalEvent]:
 
 
 def map_appointment(resource: dict[str, Any]) -> list[CanonicalEvent]:
-    """A booked Appointment → AppointmentBooked; `at` is when it was booked (created).
+    """A booked Appointment → AppointmentBooked; `at` is when it was booked (created). Its
+    service is the first `serviceType` code, its place the first Location participant.
 
     proposed, pending, waitlist, cancelled, noshow, entered-in-error → ResourceRetracted.
     """
     appt_id = _require_id(resource)
     status = _require_code(resource, "status", APPOINTMENT_STATUSES)
-    patient = None
+    patient = location = None
     for participant in resource.get("participant") or []:
         if isinstance(participant, dict):
-            patient = _reference_of(participant.get("actor"), "Patient")
-            if patient:
-                break
+            actor = participant.get("actor")
+            patient = patient or _reference_of(actor, "Patient")
+            location = location or _reference_of(actor, "Location")
     if not patient:
         raise MappingError("Appointment.participant has no Patient actor")
     src = source_ref(resource)
@@ -621,6 +622,8 @@ def map_appointment(resource: dict[str, Any]) -> list[CanonicalEvent]:
                 start=start,
                 status=status,
                 based_on=_first_reference(resource.get("basedOn"), "ServiceRequest"),
+                service=_first_code(resource.get("serviceType")),
+                location=location,
             )
         ]
     )

@@ -268,6 +268,8 @@ class Appointment:
     start: datetime | None = None
     status: str = "booked"
     based_on: str | None = None
+    service: str | None = None
+    location: str | None = None
 
 
 @dataclass
@@ -779,7 +781,7 @@ def fold(facts: Facts, ev: PatientEvent) -> bool:
             appt = Appointment(appointment_id=ev.appointment_id, booked_at=ev.at)
             facts.appointments.append(appt)
         appt.booked_at, appt.start, appt.status = ev.at, ev.start, ev.status
-        appt.based_on = ev.based_on
+        appt.based_on, appt.service, appt.location = ev.based_on, ev.service, ev.location
     elif isinstance(ev, CommunityVisited):
         visit = _find(facts.community_visits, "encounter_id", ev.encounter_id)
         if visit is None:

@@ -1,9 +1,9 @@
 """Pathway state → SQL rows. Pure: it reads a `PatientState` and the alert outputs of a batch.
 
-The rows are the *whole* derived state of the patient (every stay, period, visit, referral), so
-the sink can replace what it held before; a replay that rebuilds the same state writes the same
-rows. Alerts are the exception: a resolved alert leaves the state, so resolutions come from the
-`AlertResolved` outputs, and alert rows are upserted, never deleted.
+The rows are the *whole* derived state of the patient (every stay, period, visit, referral,
+appointment), so the sink can replace what it held before; a replay that rebuilds the same state
+writes the same rows. Alerts are the exception: a resolved alert leaves the state, so resolutions
+come from the `AlertResolved` outputs, and alert rows are upserted, never deleted.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class PatientRows:
     ed_visits: list[dict[str, Any]] = field(default_factory=list)
     community_visits: list[dict[str, Any]] = field(default_factory=list)
     referrals: list[dict[str, Any]] = field(default_factory=list)
+    appointments: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     # Alerts raised in an earlier batch and resolved in this one: alert id → resolution time.
     resolutions: dict[str, datetime] = field(default_factory=dict)
@@ -126,6 +127,22 @@ def patient_rows(
                 "performer": ref.performer,
                 "authored_at": ref.sent_at,
                 "status": ref.status,
+            }
+        )
+    performers = {ref.referral_id: ref.performer for ref in facts.referrals}
+    for appt in facts.appointments:
+        rows.appointments.append(
+            {
+                "appointment_id": appt.appointment_id,
+                "patient_id": pid,
+                "status": appt.status,
+                "start_at": appt.start,
+                "booked_at": appt.booked_at,
+                "based_on": appt.based_on,
+                # The hospital is the performer of the referral the appointment answers.
+                "hospital_id": performers.get(appt.based_on) if appt.based_on else None,
+                "service_code": appt.service,
+                "location_id": appt.location,
             }
         )
     alerts: dict[str, dict[str, Any]] = {}

@@ -1,6 +1,6 @@
 """A patient's rows: make `stays`, `stay_locations`, `ed_visits`, `community_visits`,
-`referrals`, `pathway_states` and its alerts equal what its state derives, and find the census
-hours that the change moves."""
+`referrals`, `appointments`, `pathway_states` and its alerts equal what its state derives, and
+find the census hours that the change moves."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from parcours.db.bulk import bulk_delete, bulk_update, bulk_write, chunks, one_of, table_of
 from parcours.db.pathway_models import (
     AlertRow,
+    AppointmentRow,
     CommunityVisitRow,
     EdVisitRow,
     PathwayStateRow,
@@ -34,6 +35,7 @@ PATIENT_TABLES: tuple[tuple[Any, str, tuple[str, ...]], ...] = (
     (EdVisitRow, "ed_visits", ("encounter_id",)),
     (CommunityVisitRow, "community_visits", ("encounter_id",)),
     (ReferralRow, "referrals", ("referral_id",)),
+    (AppointmentRow, "appointments", ("appointment_id",)),
 )
 
 

@@ -11,11 +11,13 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
+from forecasting.episodes import unit_bookings
 from forecasting.job import census_inputs, run
 from forecasting.stockflow import EpisodeStockFlow
 from parcours.db import make_engine, upsert
 from parcours.db.forecast_models import ForecastRow, ForecastSeriesRow, ForecastTermRow
 from parcours.db.pathway_models import (
+    AppointmentRow,
     CensusHourlyRow,
     LocationOccupancyRow,
     LocationRow,
@@ -123,13 +125,53 @@ def test_ward_forecast_from_its_stays_with_terms_within_capacity(pg_url: str) ->
             ],
             key=["unit_type", "unit_id"],
         )
+        # Known demand: one appointment in the ward (its Location), one in the hospital's
+        # service (the referral's performer and the serviceType code).
+        soon = census["ds"].iloc[-1] + pd.Timedelta(hours=5)
+        booked_at = aware(census["ds"].iloc[-1] - pd.Timedelta(days=3))
+        upsert(
+            conn,
+            AppointmentRow,
+            [
+                {
+                    "appointment_id": f"{p}rdv-ward",
+                    "patient_id": f"Patient/{p}x",
+                    "status": "booked",
+                    "start_at": aware(soon),
+                    "booked_at": booked_at,
+                    "based_on": None,
+                    "hospital_id": None,
+                    "service_code": None,
+                    "location_id": ward,
+                },
+                {
+                    "appointment_id": f"{p}rdv-service",
+                    "patient_id": f"Patient/{p}y",
+                    "status": "booked",
+                    "start_at": aware(soon),
+                    "booked_at": booked_at,
+                    "based_on": f"{p}sr",
+                    "hospital_id": org,
+                    "service_code": "med",
+                    "location_id": None,
+                },
+            ],
+            key=["appointment_id"],
+        )
 
+    bookings = unit_bookings(engine, aware(census["ds"].iloc[0]) or datetime.now(UTC))
+    per_unit = {(u.unit_type, u.unit_id): len(f) for u, f in bookings.items()}
+    assert per_unit[("hospital", org)] == 2
+    assert per_unit[("service", f"{org}/med")] == 2
+    assert per_unit[("ward", ward)] == 1
     inputs = {i.unit_id: i for i in census_inputs(engine, "ward", 3 * 24)}
     item = inputs[ward]
     assert item.capacity == capacity
     [model] = item.stock_flow
     assert isinstance(model, EpisodeStockFlow)
     assert len(model.episodes) == len(stays)
+    assert model.booked is not None
+    assert list(model.known_arrivals(census["ds"].iloc[-1], 24)) == [soon]
     assert model.episodes["end"].isna().sum() == stays["end"].isna().sum()
 
     [result] = run(

@@ -154,3 +154,53 @@ def test_vacuum_after_a_backfill_visits_every_churned_table(pg_url: str, topic_p
             db, "SELECT relname FROM pg_stat_user_tables WHERE vacuum_count > 0 ORDER BY 1"
         )
         assert set(CHURNED) <= {name for (name,) in vacuumed}
+
+
+def test_a_booked_appointment_reaches_its_table_and_a_cancellation_removes_it(
+    pg_url: str, topic_prefix: str
+) -> None:
+    p = topic_prefix
+    referral = {
+        "resourceType": "ServiceRequest",
+        "id": f"{p}sr",
+        "meta": {"versionId": "1", "lastUpdated": "2026-01-05T17:00:00+01:00"},
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": f"Patient/{p}pat"},
+        "authoredOn": "2026-01-05T16:45:00+01:00",
+        "requester": {"reference": f"Practitioner/{p}gp"},
+        "performer": [{"reference": f"Organization/{p}chu"}],
+    }
+    booked = {
+        "resourceType": "Appointment",
+        "id": f"{p}rdv",
+        "meta": {"versionId": "1", "lastUpdated": "2026-01-06T10:00:00+01:00"},
+        "status": "booked",
+        "created": "2026-01-06T09:55:00+01:00",
+        "start": "2026-01-19T14:00:00+01:00",
+        "basedOn": [{"reference": f"ServiceRequest/{p}sr"}],
+        "serviceType": [{"coding": [{"code": "cardio"}]}],
+        "participant": [{"actor": {"reference": f"Patient/{p}pat"}, "status": "accepted"}],
+    }
+    cancelled = booked | {
+        "meta": {"versionId": "2", "lastUpdated": "2026-01-12T10:00:00+01:00"},
+        "status": "cancelled",
+    }
+    query = (
+        "SELECT appointment_id, patient_id, status, start_at, hospital_id, service_code"
+        " FROM appointments"
+    )
+    with fresh_database(pg_url) as db:
+        # Twice: a replay writes the same single row.
+        run(db, messages([referral, booked, booked]), 2)
+        [(aid, pid, status, start, hospital, service)] = rows(db, query)
+        assert (aid, pid, status, hospital, service) == (
+            f"{p}rdv",
+            f"{p}pat",
+            "booked",
+            f"{p}chu",
+            "cardio",
+        )
+        assert start.isoformat() == "2026-01-19T13:00:00+00:00"
+        run(db, messages([referral, booked, cancelled]), 3)
+        assert rows(db, query) == []

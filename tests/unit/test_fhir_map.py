@@ -211,6 +211,16 @@ def test_appointment_booked_at_creation_for_its_start() -> None:
     assert appt.at == utc("2026-01-06T08:55:00+00:00")
     assert appt.start == utc("2026-01-19T13:00:00+00:00")
     assert appt.based_on == "sr-1"
+    assert appt.service is None and appt.location is None
+
+
+def test_appointment_names_its_service_and_location() -> None:
+    resource = load("appointment_booked")
+    resource["serviceType"] = [{"coding": [{"system": "urn:x", "code": "cardio"}]}]
+    resource["participant"].append({"actor": {"reference": "Location/ward-c1"}})
+    [appt] = map_resource(resource)
+    assert isinstance(appt, AppointmentBooked)
+    assert (appt.service, appt.location, appt.patient_id) == ("cardio", "ward-c1", "pat-1")
 
 
 @pytest.mark.parametrize("status", ["cancelled", "noshow", "entered-in-error", "proposed"])

@@ -5,6 +5,7 @@ the census file loaders on good and bad files."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,22 @@ def test_kaplan_meier_recovers_a_known_lognormal_length_of_stay() -> None:
     # Past the longest stay seen the patient still leaves, at a finite pace.
     far = float(curve.still_there(10_000.0, 24.0))
     assert 0.0 < far < 1.0
+
+
+def test_stays_under_way_when_the_data_begin_enter_the_curve_at_their_length_then() -> None:
+    """Stays begun before the data begin (time 0) are known only if still there at 0: a sample
+    biased toward long stays, unless each enters the curve at its length at 0."""
+    rng = np.random.default_rng(11)
+    start = rng.uniform(-24 * 60, 24 * 5, 40000)
+    length = rng.lognormal(np.log(96.0), 0.6, len(start))
+    seen = start + length > 0
+    start, length = start[seen], length[seen]
+    entry = np.maximum(-start, 0.0)
+    biased = fit_stay_curve(length, np.ones(len(length), dtype=bool))
+    truncated = fit_stay_curve(length, np.ones(len(length), dtype=bool), entry)
+    # The true median is 96 hours: S(96) = 0.5.
+    assert abs(float(truncated.at(96.0)) - 0.5) < 0.03
+    assert float(biased.at(96.0)) > 0.57
 
 
 def test_too_few_finished_stays_is_a_clear_error() -> None:
@@ -278,3 +295,127 @@ def test_fast_and_refresh_passes_choose_their_candidates() -> None:
     assert [m.name for m in candidates(item, "h", 0.8, "refresh", {"Location/w": "ensemble"})] == (
         fast
     )
+
+
+def test_known_arrivals_add_their_stay_curve_and_leave_the_hourly_rate() -> None:
+    stays, census = simulated_ward(days=30)
+    origin = census["ds"].iloc[-1]
+    hour = pd.Timedelta(hours=1)
+    booked = pd.DataFrame(
+        {
+            "start": [
+                origin + 10.5 * hour,
+                origin + 5 * hour,
+                origin + 9 * hour,
+                origin + 80 * hour,
+            ],
+            "booked_at": [origin - 48 * hour, origin + hour, origin - hour, origin - hour],
+            # Booked after the origin, cancelled, beyond the 72 h horizon: not known at the origin.
+            "status": ["booked", "booked", "cancelled", "booked"],
+        }
+    )
+    plain = EpisodeStockFlow(stays)
+    known = EpisodeStockFlow(stays, booked=booked)
+    assert list(known.known_arrivals(origin, 72)) == [origin + 10.5 * hour]
+    before, after = plain.forecast(census, 72, "h"), known.forecast(census, 72, "h")
+    lead = np.arange(1, 73, dtype=float)
+    expected = np.where(lead > 10.5, plain.curve(origin).at(np.maximum(lead - 10.5, 0.0)), 0.0)
+    assert np.allclose(after["expected_admissions"] - before["expected_admissions"], expected)
+    assert np.allclose(after["yhat"] - before["yhat"], expected)
+    assert (after["expected_discharges"] == before["expected_discharges"]).all()
+    # When every past arrival was booked, no unplanned arrival is left to forecast.
+    all_booked = pd.DataFrame(
+        {
+            "start": stays["start"],
+            "booked_at": stays["start"] - 7 * 24 * hour,
+            "status": "fulfilled",
+        }
+    )
+    fc = EpisodeStockFlow(stays, booked=all_booked).forecast(census, 72, "h")
+    assert np.allclose(fc["expected_admissions"], 0.0)
+    assert before["expected_admissions"].iloc[-1] > 10
+
+
+SMALL_TERRITORY = (
+    Path(__file__).resolve().parents[1] / "fixtures" / "simulate" / "small_territory.yaml"
+)
+
+
+def simulated_hospital(days: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The inpatient stays, hourly census and admission Appointments (`start`, `booked_at`,
+    final `status`) of the small territory's hospital, from the simulator. The stays begun
+    during the warm-up come from the initial load, as from a feed's first synchronisation."""
+    from datetime import UTC, datetime
+
+    from simulate.model import AppointmentRec, Simulation, StayRec
+    from simulate.territory import load_territory
+
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    sim = Simulation(load_territory(SMALL_TERRITORY), seed=seed, start=start, days=days)
+    stays: dict[str, StayRec] = {}
+    appts: dict[str, AppointmentRec] = {}
+    for emission in sim.run():
+        rec = emission.record
+        if isinstance(rec, StayRec) and rec.cls == "IMP" and rec.establishment == "ch-test":
+            stays[rec.id] = rec
+        elif isinstance(rec, AppointmentRec) and rec.establishment == "ch-test":
+            appts[rec.id] = rec
+
+    def naive(values: list) -> pd.Series:
+        return pd.Series([pd.NaT if v is None else pd.Timestamp(v) for v in values]).dt.tz_convert(
+            None
+        )
+
+    episodes = pd.DataFrame(
+        {
+            "start": naive([s.start for s in stays.values()]),
+            "end": naive([s.end for s in stays.values()]),
+        }
+    )
+    booked = pd.DataFrame(
+        {
+            "start": naive([a.start for a in appts.values()]),
+            "booked_at": naive([a.created for a in appts.values()]),
+            "status": [a.status for a in appts.values()],
+        }
+    )
+    hours = pd.date_range(pd.Timestamp(start).tz_convert(None), periods=24 * days, freq="h")
+    s = episodes["start"].to_numpy()
+    e = episodes["end"].fillna(pd.Timestamp.max).to_numpy()
+    census = pd.DataFrame(
+        {"ds": hours, "y": [float(((s <= h) & (e > h)).sum()) for h in hours.to_numpy()]}
+    )
+    return episodes, census, booked
+
+
+def test_known_demand_makes_the_hospital_forecast_no_worse_at_24_to_72_hours() -> None:
+    episodes, census, booked = simulated_hospital(days=56, seed=3)
+    assert (booked["status"] == "fulfilled").sum() > 100
+
+    @dataclass(frozen=True)
+    class AsBookedAtOrigin:
+        """The stock–flow model with the appointments as the stream held them at each origin:
+        booked by then; a cancelled or missed one is gone once its start has passed (the
+        simulator cancels at the start), still booked before."""
+
+        name: str = "known_demand"
+
+        def forecast(self, history: pd.DataFrame, horizon: int, freq: str) -> pd.DataFrame:
+            origin = pd.Timestamp(history["ds"].iloc[-1])
+            dropped = booked["status"].isin(["cancelled", "noshow"]) & (booked["start"] <= origin)
+            seen = booked[(booked["booked_at"] <= origin) & ~dropped].assign(status="booked")
+            return EpisodeStockFlow(episodes, booked=seen).forecast(history, horizon, freq)
+
+    bt = run_backtest(
+        census,
+        [EpisodeStockFlow(episodes), AsBookedAtOrigin()],
+        horizon=72,
+        freq="h",
+        folds=20,
+        ensemble=False,
+    )
+    without, with_known = bt.of("stock_flow"), bt.of("known_demand")
+    assert np.mean(with_known.mae_by_lead[23:72]) < np.mean(without.mae_by_lead[23:72])
+    for lead in (24, 48, 72):
+        assert with_known.mae_at(lead) <= without.mae_at(lead)
+    assert 0.7 <= with_known.coverage <= 0.9

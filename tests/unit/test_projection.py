@@ -7,12 +7,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from streams.core.events import (
+    AppointmentBooked,
     CommunityVisited,
     EdArrived,
     EdDeparted,
     PatientAdmitted,
     PatientDischarged,
     PatientTransferred,
+    ReferralSent,
+    ResourceRetracted,
     SourceRef,
 )
 from streams.core.pathway import AlertResolved, transition
@@ -161,3 +164,59 @@ def test_a_record_merged_into_another_patient_keeps_no_rows() -> None:
     assert rows.state["replaced_by"] == "pat-keep"
     # The state survives its JSON round trip with the merge.
     assert type(state).from_json(state.to_json()).facts.replaced_by == "pat-keep"
+
+
+def test_appointments_with_the_hospital_of_their_referral() -> None:
+    state = None
+    for ev in [
+        ReferralSent(
+            patient_id="p",
+            at=t(0),
+            source=SourceRef("ServiceRequest", "r1", "1"),
+            referral_id="r1",
+            performer="h",
+        ),
+        AppointmentBooked(
+            patient_id="p",
+            at=t(1),
+            source=SourceRef("Appointment", "a1", "1"),
+            appointment_id="a1",
+            start=t(200),
+            based_on="r1",
+            service="cardio",
+        ),
+        AppointmentBooked(
+            patient_id="p",
+            at=t(2),
+            source=SourceRef("Appointment", "a2", "1"),
+            appointment_id="a2",
+            start=t(300),
+            location="ward-9",
+        ),
+    ]:
+        state, _ = transition(state, ev)
+    assert state is not None
+    rows = patient_rows(state)
+    assert [
+        (
+            a["appointment_id"],
+            a["status"],
+            a["start_at"],
+            a["booked_at"],
+            a["hospital_id"],
+            a["service_code"],
+            a["location_id"],
+        )
+        for a in rows.appointments
+    ] == [
+        ("a1", "booked", t(200), t(1), "h", "cardio", None),
+        ("a2", "booked", t(300), t(2), None, None, "ward-9"),
+    ]
+    # A cancelled appointment is retracted: its row goes.
+    state, _ = transition(
+        state,
+        ResourceRetracted(
+            patient_id="p", at=t(3), source=SourceRef("Appointment", "a1", "2"), reason="cancelled"
+        ),
+    )
+    assert [a["appointment_id"] for a in patient_rows(state).appointments] == ["a2"]

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from forecasting.job import census_series
 from parcours.db import make_engine, upsert
 from parcours.db.pathway_models import CensusHourlyRow
-from tests.support import parcours_env, parcours_process, wait_until
+from tests.support import fresh_database, parcours_env, parcours_process, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -229,7 +229,13 @@ def test_backtest_of_a_bad_csv_is_one_error_line_naming_the_row(
 
 def test_forecast_run_writes_daily_forecasts_of_the_live_census(pg_url: str) -> None:
     """Thirty days of hourly census give a daily series (occupancy at midnight UTC) forecast 14
-    days ahead beside the hourly one, under the metric `occupancy_daily`."""
+    days ahead beside the hourly one, under the metric `occupancy_daily`. In a database of its
+    own, so that the run's one daily series is this ward's."""
+    with fresh_database(pg_url) as db:
+        _daily_forecasts_of_the_live_census(db)
+
+
+def _daily_forecasts_of_the_live_census(pg_url: str) -> None:
     engine = make_engine(pg_url)
     ward = "Location/fc-daily-ward"
     start = pd.Timestamp("2026-03-02T00:00:00Z")

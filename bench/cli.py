@@ -34,8 +34,10 @@ def bench_streams(
         help="Days of the default territory to simulate as a backlog and replay with one "
         "default worker (the default run: 30); reports peak RSS, dead rows, time to stop.",
     ),
-    patients: int | None = typer.Option(
-        None, help="Instead of --days: patients of a small synthetic territory (~3 msg each)."
+    compact_days: float | None = typer.Option(
+        None,
+        help="Instead of --days: days of the simulator's compact territory (a hospital and a "
+        "clinic: some 700 messages of references and open stays, then about 300 a day).",
     ),
     rate: float = typer.Option(200.0, help="Steady rate (events/s) of the latency run."),
     seconds: float = typer.Option(20.0, help="Length of the latency run."),
@@ -56,7 +58,7 @@ def bench_streams(
 
     settings = Settings()
     url = database_url or settings.database_url
-    if patients is None:
+    if compact_days is None:
         try:
             backfill = run_backfill(
                 days or 30.0,
@@ -71,7 +73,7 @@ def bench_streams(
         return
     try:
         result = run(
-            patients,
+            compact_days,
             rate,
             seconds,
             url,

@@ -1,7 +1,8 @@
 """`parcours bench streams`: raw topic → committed SQL rows, beside a plain aiokafka+json loop.
 
-1. Ours, from a backlog (the default): a synthetic territory (`bench.territory`) is produced to
-   a fresh raw topic, then a real `parcours streams worker` process starts. Its start-up (group
+1. Ours, from a backlog (the default): days of the simulator's compact territory
+   (`simulate.territory.compact_territory`, clean, references included) are produced to a fresh
+   raw topic, then a real `parcours streams worker` process starts. Its start-up (group
    join, table recovery) is measured apart, up to the time its log says it is ready; the clock
    starts there and stops when every pathway and census row of the territory is in SQL. That is
    how the peer reads the topic too. Throughput is messages (and canonical events) per second
@@ -37,10 +38,11 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from bench.territory import expected_counts, territory
 from parcours.db import make_engine, upgrade
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
+from simulate.run import feed
+from simulate.territory import compact_territory
 from streams.core.fhir_map import MappingError, map_resource
 from streams.runtime.faust_compat import consumed_partitions, ready_at
 from streams.runtime.gc_tuning import IDLE_S
@@ -255,8 +257,12 @@ def _bench_setup(
         tmp.cleanup()
 
 
+# The compact territory's runs start on this day (a Monday in winter).
+COMPACT_START = datetime(2026, 1, 5, tzinfo=UTC)
+
+
 def run(
-    patients: int,
+    days: float,
     rate: float,
     latency_seconds: float,
     db_url: str | None,
@@ -280,8 +286,8 @@ def run(
             )
         topics = Topics.from_settings(settings)
         ensure_topics(bootstrap, topics.all(), settings.topic_partitions)
-        resources = territory(prefix, patients)
-        expected = expected_counts(resources)
+        simulated = feed(compact_territory(prefix), 1, COMPACT_START, days, id_prefix=prefix)
+        resources, expected = simulated.resources, simulated.expected
         events = _count_events(resources)
 
         env = dict(os.environ)

@@ -13,9 +13,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from simulate.fhir import FhirWriter
+from simulate.fhir import FhirWriter, message_key
 from simulate.imperfect import Deliverer, Delivery
-from simulate.model import Simulation
+from simulate.model import PatientRec, ReferralRec, Simulation, StayRec, VisitRec
 from simulate.sinks import Sink
 from simulate.territory import Territory
 from simulate.truth import pathway_stats, write_truth
@@ -81,6 +81,72 @@ def deliveries(sim: Simulation, deliverer: Deliverer) -> Iterator[Delivery]:
     for resource in writer.directory_resources(sim.start):
         yield Delivery(sim.start, resource)
     yield from deliverer.run((e.sent_at, writer.resource(e)) for e in sim.run())
+
+
+@dataclass
+class Feed:
+    """A clean run in memory: every message (Kafka key, FHIR resource) in delivery order, and
+    what the SQL tables hold once a worker has read them all (`expected`); the `simulation`
+    holds the ground truth (`simulate.truth`)."""
+
+    messages: list[tuple[str, dict[str, Any]]]
+    expected: dict[str, int]
+    simulation: Simulation
+
+    @property
+    def resources(self) -> list[dict[str, Any]]:
+        """The resources alone, in delivery order."""
+        return [resource for _, resource in self.messages]
+
+
+def feed(
+    territory: Territory,
+    seed: int,
+    start: datetime,
+    days: float,
+    *,
+    id_prefix: str = "",
+    warmup_days: int | None = None,
+) -> Feed:
+    """Simulate [start, start + days) without imperfections (no duplicate, nothing late, nothing
+    invalid) and keep the messages, keyed like `KafkaSink` keys them, with the expected counts:
+    inpatient `stays` (and those `discharged`), `ed_visits`, `community_visits`, `referrals`,
+    `locations` and `patients`, taken from the simulated facts as they were when sent."""
+    sim = Simulation(territory, seed, start, days, warmup_days=warmup_days, id_prefix=id_prefix)
+    writer = FhirWriter(territory, sim.directory)
+    directory = writer.directory_resources(sim.start)
+    messages = [(message_key(r), r) for r in directory]
+    stays: set[str] = set()
+    discharged: set[str] = set()
+    ed_visits: set[str] = set()
+    seen: dict[str, set[str]] = {"visits": set(), "referrals": set(), "patients": set()}
+    for emission in sim.run():
+        rec = emission.record
+        if isinstance(rec, StayRec):
+            if rec.cls == "EMER":
+                ed_visits.add(rec.id)
+            else:
+                stays.add(rec.id)
+                if rec.end is not None:
+                    discharged.add(rec.id)
+        elif isinstance(rec, VisitRec):
+            seen["visits"].add(rec.id)
+        elif isinstance(rec, ReferralRec):
+            seen["referrals"].add(rec.id)
+        elif isinstance(rec, PatientRec):
+            seen["patients"].add(rec.id)
+        resource = writer.resource(emission)
+        messages.append((message_key(resource), resource))
+    expected = {
+        "stays": len(stays),
+        "discharged": len(discharged),
+        "ed_visits": len(ed_visits),
+        "community_visits": len(seen["visits"]),
+        "referrals": len(seen["referrals"]),
+        "locations": sum(1 for r in directory if r["resourceType"] == "Location"),
+        "patients": len(seen["patients"]),
+    }
+    return Feed(messages, expected, sim)
 
 
 def run_simulation(

@@ -404,6 +404,47 @@ def territory_from_dict(data: Mapping[str, Any]) -> Territory:
     return territory
 
 
+def compact_territory(prefix: str = "") -> Territory:
+    """A small territory for tests and quick benchmarks: a hospital with an ED of 6 boxes and
+    five wards, and a clinic with two, 12 GPs. Its winter surge covers the whole year, so that
+    wards (the ED first) go over capacity. Every establishment, ward and bed id starts with
+    `prefix`, like the patient-side ids of a run with `id_prefix=prefix`."""
+    return territory_from_dict(
+        {
+            "name": "Territoire compact",
+            "warmup_days": 7,
+            "establishments": [
+                {
+                    "id": f"{prefix}ch",
+                    "name": "Centre hospitalier compact",
+                    "finess": "210000018",
+                    "kind": "ch",
+                    "ed_daily_arrivals": 50,
+                    "wards": _wards(
+                        [
+                            ("urgences", 6),
+                            ("rea", 6),
+                            ("cardio", 24),
+                            ("med_int", 30),
+                            ("geriatrie", 24),
+                            ("chir_ortho", 24),
+                        ]
+                    ),
+                },
+                {
+                    "id": f"{prefix}clinique",
+                    "name": "Clinique compacte",
+                    "finess": "210000026",
+                    "kind": "clinique",
+                    "wards": _wards([("chir_ortho", 16), ("med", 16)]),
+                },
+            ],
+            "community": {"gps": 12, "home_nursing": 2},
+            "surge": {"enabled": True, "start": "01-01", "end": "12-31"},
+        }
+    )
+
+
 def default_territory() -> Territory:
     """The Dijon-like default territory."""
     return territory_from_dict({})

@@ -5,21 +5,29 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from sqlalchemy import text
 
-from bench.territory import expected_counts, territory
 from ingest.bundle import patient_key, resolve_entries
 from parcours.db import make_engine
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
+from simulate.run import Feed, feed
+from simulate.territory import compact_territory
 from tests.support import parcours_env, parcours_process, wait_until
 
 SYNTHEA = Path("fhir") / "synthea-r4-2019"
+FEED_START = datetime(2026, 1, 5, tzinfo=UTC)
+
+
+def territory_feed(prefix: str, days: float, seed: int) -> Feed:
+    """`days` of the simulator's compact territory, every id starting with `prefix`: its
+    messages in delivery order and the counts they must end with in SQL."""
+    return feed(compact_territory(prefix), seed, FEED_START, days, id_prefix=prefix)
 
 
 def raw_key(resource: dict[str, Any]) -> str:
@@ -195,11 +203,11 @@ def run_to_the_end(
 
 
 def feed_territory(
-    broker: str, prefix: str, partitions: int, patients: int, seed: int
+    broker: str, prefix: str, partitions: int, days: float, seed: int
 ) -> tuple[Topics, dict[str, int], int]:
-    """Create the test's topics and send a synthetic territory to its raw topic: the topics,
-    the counts the territory must end with in SQL, and how many messages were sent."""
+    """Create the test's topics and send `days` of the compact territory to its raw topic: the
+    topics, the counts the territory must end with in SQL, and how many messages were sent."""
     topics = Topics.from_settings(Settings(topic_prefix=prefix))
     ensure_topics(broker, topics.all(), partitions)
-    resources = territory(prefix, patients=patients, seed=seed)
-    return topics, expected_counts(resources), produce(broker, topics.raw, resources)
+    run = territory_feed(prefix, days, seed)
+    return topics, run.expected, produce(broker, topics.raw, run.resources)

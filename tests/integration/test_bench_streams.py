@@ -18,7 +18,7 @@ def test_bench_streams_with_two_workers_prints_its_table_and_summary(
     broker: str, pg_url: str, mode: str
 ) -> None:
     def bench(db: str) -> subprocess.CompletedProcess[str]:
-        args = ["--patients", "60", "--seconds", "2", "--rate", "50", "--workers", "2"]
+        args = ["--compact-days", "0.5", "--seconds", "2", "--rate", "50", "--workers", "2"]
         args += ["--live"] if mode == "live" else []
         return subprocess.run(
             [sys.executable, "-m", "parcours", "bench", "streams", "--database-url", db, *args],

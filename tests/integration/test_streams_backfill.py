@@ -11,7 +11,7 @@ messages isolated, a prompt stop, and the ED in the census.
   refused Location version goes there once, however often the directory is read again.
 - SIGTERM in the middle of a long batch stops the worker (fold processes included) within 10 s;
   a restart ends equal to a clean run.
-- The ED's hourly occupancy equals a count made here from the fixture.
+- The ED's hourly occupancy equals the simulator's ground truth.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from bench.territory import expected_counts, territory
 from parcours.db import make_engine
 from parcours.db.bulk import bulk_write
 from parcours.settings import Settings
-from parcours.topics import Topics, ensure_topics
+from parcours.topics import Topics, ensure_topics, is_directory_key
+from simulate.truth import occupancy_rows
 from streams.runtime.batch import BatchProcessor, RawMessage, rules_from_settings
 from streams.sink.writer import SqlSink
 from tests.integration.streams_helpers import (
@@ -42,6 +42,7 @@ from tests.integration.streams_helpers import (
     rows,
     run_to_the_end,
     snapshot,
+    territory_feed,
     worker_env,
 )
 from tests.support import fresh_database, parcours_process, wait_until
@@ -73,14 +74,14 @@ def topics_for(broker: str, prefix: str, partitions: int) -> Topics:
 
 
 def is_directory(resource: dict[str, Any]) -> bool:
-    return resource["resourceType"] in ("Organization", "Location")
+    return is_directory_key(raw_key(resource))
 
 
 def test_directory_first_places_every_stay_as_a_single_partition_run(
     broker: str, pg_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    resources = territory(topic_prefix, patients=600, seed=11, days=8, beds_per_ward=8)
-    expected = expected_counts(resources)
+    simulated = territory_feed(topic_prefix, days=3, seed=11)
+    resources, expected = simulated.resources, simulated.expected
     directory = [r for r in resources if is_directory(r)]
     patients = [r for r in resources if not is_directory(r)]
 
@@ -121,7 +122,7 @@ def fold_and_write(db_url: str, msgs: list[RawMessage]) -> Any:
 
 
 def test_a_census_rewrite_of_more_than_50000_keys_completes(pg_url: str, topic_prefix: str) -> None:
-    resources = territory(topic_prefix, patients=200, seed=4, days=6, beds_per_ward=6)
+    resources = territory_feed(topic_prefix, days=1, seed=4).resources
     msgs = raw_messages(resources)
     with fresh_database(pg_url) as clean, fresh_database(pg_url) as crowded:
         fold_and_write(clean, msgs)
@@ -201,7 +202,7 @@ def poisoned(prefix: str) -> list[dict[str, Any]]:
 def test_what_the_database_refuses_is_dead_lettered_and_the_rest_is_written(
     pg_url: str, topic_prefix: str
 ) -> None:
-    resources = territory(topic_prefix, patients=150, seed=8, days=5, beds_per_ward=5)
+    resources = territory_feed(topic_prefix, days=1, seed=8).resources
     middle = len(resources) // 2
     poison = poisoned(topic_prefix)
     with fresh_database(pg_url) as clean, fresh_database(pg_url) as db:
@@ -216,7 +217,7 @@ def test_what_the_database_refuses_is_dead_lettered_and_the_rest_is_written(
 def test_a_location_the_database_refused_is_dead_lettered_once(
     pg_url: str, topic_prefix: str
 ) -> None:
-    resources = territory(topic_prefix, patients=40, seed=5, days=3, beds_per_ward=4)
+    resources = territory_feed(topic_prefix, days=0.5, seed=5).resources
     directory = [r for r in resources if is_directory(r)]
     ward = poisoned(topic_prefix)[0]
     with fresh_database(pg_url) as db:
@@ -246,8 +247,8 @@ def dead_letters(broker: str, topic: str) -> list[tuple[dict[str, Any], dict[str
 def test_a_poison_resource_mid_stream_does_not_stop_the_worker(
     broker: str, pg_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    resources = territory(topic_prefix, patients=3600, seed=9, days=20, beds_per_ward=10)
-    expected = expected_counts(resources)
+    simulated = territory_feed(topic_prefix, days=28, seed=9)
+    resources, expected = simulated.resources, simulated.expected
     topics = topics_for(broker, topic_prefix, 4)
     middle = len(resources) // 2
     stream = resources[:middle] + poisoned(topic_prefix) + resources[middle:]
@@ -287,8 +288,8 @@ def test_a_poison_resource_mid_stream_does_not_stop_the_worker(
 def test_sigterm_mid_batch_stops_promptly_and_a_restart_ends_like_a_clean_run(
     broker: str, pg_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    resources = territory(topic_prefix, patients=6000, seed=12, days=30, beds_per_ward=20)
-    expected = expected_counts(resources)
+    simulated = territory_feed(topic_prefix, days=48, seed=12)
+    resources, expected = simulated.resources, simulated.expected
     topics = topics_for(broker, topic_prefix, 4)
     send(broker, [(topics.for_key(raw_key(r)), r) for r in resources])
     with fresh_database(pg_url) as clean, fresh_database(pg_url) as db:
@@ -341,22 +342,20 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
-def test_ed_census_hours_equal_a_count_from_the_fixture(pg_url: str, topic_prefix: str) -> None:
-    resources = territory(topic_prefix, patients=400, seed=13, days=6, beds_per_ward=6)
-    present: dict[tuple[str, int], int] = {}
-    for r in resources:
-        if r["resourceType"] != "Encounter" or r["class"]["code"] != "EMER":
-            continue
-        ward = r["location"][0]["location"]["reference"].removeprefix("Location/")
-        start = datetime.fromisoformat(r["period"]["start"].replace("Z", "+00:00")).timestamp()
-        end = datetime.fromisoformat(r["period"]["end"].replace("Z", "+00:00")).timestamp()
-        # Present at hour H when start <= H < end.
-        first = -int(-start // 3600)
-        for hour in range(first, -int(-end // 3600)):
-            present[(ward, hour)] = present.get((ward, hour), 0) + 1
+def test_ed_census_hours_equal_the_simulators_truth(pg_url: str, topic_prefix: str) -> None:
+    simulated = territory_feed(topic_prefix, days=2, seed=13)
+    # The simulator's own hourly occupancy of its EDs (present at hour H when start <= H < end).
+    present = {
+        (row["ward_id"], int(datetime.fromisoformat(row["hour"]).timestamp()) // 3600): row[
+            "occupancy"
+        ]
+        for row in occupancy_rows(simulated.simulation)
+        if row["service"] == "urgences" and row["occupancy"] > 0
+    }
     assert present and max(present.values()) > 1
+    first = int(simulated.simulation.start.timestamp()) // 3600
     with fresh_database(pg_url) as db:
-        fold_and_write(db, raw_messages(resources))
+        fold_and_write(db, raw_messages(simulated.resources))
         found = {
             (unit, int(hour.timestamp()) // 3600): occupancy
             for unit, hour, occupancy in rows(
@@ -365,6 +364,8 @@ def test_ed_census_hours_equal_a_count_from_the_fixture(pg_url: str, topic_prefi
                 " WHERE unit_type = 'ward' AND unit_id LIKE '%urgences' AND occupancy > 0",
             )
         }
-        # The census stops at the latest time the data reached; compare the hours it covers.
+        # The truth starts with the run; the census stops at the latest time the data reached.
         last = max(hour for _, hour in found)
-        assert found == {k: v for k, v in present.items() if k[1] <= last}
+        assert {k: v for k, v in found.items() if k[1] >= first} == {
+            k: v for k, v in present.items() if k[1] <= last
+        }

@@ -40,7 +40,7 @@ PARTITIONS = 4
 def test_kill_9_mid_stream_then_restart_ends_like_a_clean_run(
     broker: str, pg_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    topics, expected, sent = feed_territory(broker, topic_prefix, PARTITIONS, 3400, seed=11)
+    topics, expected, sent = feed_territory(broker, topic_prefix, PARTITIONS, days=28, seed=11)
     assert sent >= 10_000
 
     with fresh_database(pg_url) as clean_db, fresh_database(pg_url) as killed_db:

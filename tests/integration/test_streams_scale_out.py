@@ -46,7 +46,7 @@ def progress(db: str, topic: str) -> dict[int, tuple[int, int]]:
 def test_a_second_worker_joining_mid_stream_ends_like_one_clean_worker(
     broker: str, pg_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    topics, expected, _ = feed_territory(broker, topic_prefix, PARTITIONS, 2500, seed=5)
+    topics, expected, _ = feed_territory(broker, topic_prefix, PARTITIONS, days=18, seed=5)
 
     with fresh_database(pg_url) as clean_db, fresh_database(pg_url) as shared_db:
         common = {"PARCOURS_TOPIC_PARTITIONS": str(PARTITIONS)}

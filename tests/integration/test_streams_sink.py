@@ -12,14 +12,13 @@ from typing import Any
 
 import pytest
 
-from bench.territory import expected_counts, territory
 from parcours.db import upgrade
 from parcours.db.bulk import bulk_write
 from parcours.settings import Settings
 from streams.runtime.batch import BatchProcessor, RawMessage, rules_from_settings
 from streams.sink.rows import ALERT_COLUMNS
 from streams.sink.writer import SqlSink
-from tests.integration.streams_helpers import count, raw_key, rows, snapshot
+from tests.integration.streams_helpers import count, raw_key, rows, snapshot, territory_feed
 from tests.support import fresh_database
 
 pytestmark = pytest.mark.integration
@@ -45,8 +44,8 @@ def run(db_url: str, msgs: list[RawMessage], batch: int) -> None:
 def test_batches_duplicates_and_late_locations_converge(
     backend: str, pg_url: str, tmp_path: Path, topic_prefix: str
 ) -> None:
-    resources = territory(topic_prefix, patients=300, seed=3, days=6, beds_per_ward=6)
-    expected = expected_counts(resources)
+    simulated = territory_feed(topic_prefix, days=2, seed=3)
+    resources, expected = simulated.resources, simulated.expected
     msgs = messages(resources)
     locations = [m for m in msgs if m.key and m.key.startswith(b"Location/")]
     others = [m for m in msgs if m not in locations]
@@ -144,7 +143,7 @@ def test_vacuum_after_a_backfill_visits_every_churned_table(pg_url: str, topic_p
     from parcours.db import make_engine
     from streams.sink.writer import CHURNED
 
-    resources = territory(topic_prefix, patients=100, seed=6, days=4, beds_per_ward=4)
+    resources = territory_feed(topic_prefix, days=1, seed=6).resources
     with fresh_database(pg_url) as db:
         run(db, messages(resources), 50)
         engine = make_engine(db)

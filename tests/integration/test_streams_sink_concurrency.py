@@ -14,12 +14,17 @@ from typing import Any
 
 import pytest
 
-from bench.territory import territory
 from parcours.db import make_engine
 from parcours.settings import Settings
 from streams.runtime.batch import BatchProcessor, RawMessage, partition_for, rules_from_settings
 from streams.sink.writer import SqlSink
-from tests.integration.streams_helpers import assert_same_tables, count, raw_key, snapshot
+from tests.integration.streams_helpers import (
+    assert_same_tables,
+    count,
+    raw_key,
+    snapshot,
+    territory_feed,
+)
 from tests.support import fresh_database
 
 pytestmark = pytest.mark.integration
@@ -49,14 +54,14 @@ def split(resources: list[dict[str, Any]]) -> tuple[list[RawMessage], list[RawMe
 
 
 def test_two_writers_at_once_end_with_one_writers_census(pg_url: str, topic_prefix: str) -> None:
-    resources = territory(topic_prefix, patients=400, seed=9, days=5, beds_per_ward=8)
+    resources = territory_feed(topic_prefix, days=2, seed=9).resources
     locations, patients = split(resources)
     halves = [
         [m for m in patients if partition_for(m.key.decode(), 2) == half]  # type: ignore[union-attr]
         for half in (0, 1)
     ]
     # Patient ids carry the random topic prefix, so the split varies from run to run (about
-    # 550 to 620 of 1,169 messages each); a quarter each keeps both writers busy.
+    # 540 to 680 of 1,219 messages each); a quarter each keeps both writers busy.
     assert all(len(h) > len(patients) // 4 for h in halves)
 
     with fresh_database(pg_url) as single, fresh_database(pg_url) as shared:
@@ -85,7 +90,7 @@ def test_two_writers_at_once_end_with_one_writers_census(pg_url: str, topic_pref
 def test_a_writer_reads_the_location_tree_that_another_writer_changed(
     pg_url: str, topic_prefix: str
 ) -> None:
-    resources = territory(topic_prefix, patients=150, seed=4, days=4, beds_per_ward=6)
+    resources = territory_feed(topic_prefix, days=1, seed=4).resources
     locations, patients = split(resources)
     early, late = patients[: len(patients) // 2], patients[len(patients) // 2 :]
 

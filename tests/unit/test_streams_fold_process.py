@@ -9,18 +9,17 @@ from typing import Any
 
 import pytest
 
-from bench.territory import territory
 from parcours.settings import Settings
 from streams.runtime.batch import BatchOutcome, BatchProcessor, RawMessage, rules_from_settings
 from streams.runtime.fold_process import FoldProcess, FoldProcessError, FoldProcesses
-from tests.integration.streams_helpers import raw_key
+from tests.integration.streams_helpers import raw_key, territory_feed
 from tests.unit.fakes import NoWrites
 
 
 def _messages(mixed: bool = False) -> list[RawMessage]:
     """The territory's messages, on 3 partitions by key (as a producer puts them), or on any
     partition (`mixed`: a patient's messages in several)."""
-    resources = territory("fold.", patients=120, seed=5, days=4, beds_per_ward=4)
+    resources = territory_feed("fold.", days=1, seed=5).resources
     msgs = [
         RawMessage(raw_key(r).encode(), json.dumps(r).encode(), i % 3 if mixed else 0)
         for i, r in enumerate(resources)

@@ -29,6 +29,7 @@ from dashboard import accounts, queries, roles
 from dashboard.accounts import Role
 from parcours.db import make_engine, upgrade
 from parcours.db.pathway_models import StayRow, StreamProgressRow
+from parcours.timeutil import utc_or_none
 
 
 class BenchError(RuntimeError):
@@ -133,7 +134,7 @@ def time_queries(engine: Engine, runs: int) -> tuple[float, dict[str, float]]:
     with engine.connect() as conn:
         newest = conn.scalar(select(func.max(StayRow.admitted_at)))
     # The territory's clock: the simulated days end before now, the worklists look back from them.
-    at = newest.replace(tzinfo=UTC) if newest is not None and newest.tzinfo is None else newest
+    at = utc_or_none(newest)
     at = at or now
 
     def select1() -> None:

@@ -39,6 +39,7 @@ from parcours.db.pathway_models import (
     StreamProgressRow,
 )
 from parcours.db.reference_models import PendingReferenceRow
+from parcours.timeutil import to_utc
 
 
 def _frame(engine: Engine, query: Executable) -> pd.DataFrame:
@@ -665,10 +666,7 @@ def stream_freshness(progress: pd.DataFrame) -> tuple[int, int]:
 
 
 def _silence(reported_at: datetime, now: datetime) -> timedelta:
-    reported = pd.Timestamp(reported_at)
-    if reported.tzinfo is None:  # SQLite (the demo) hands back naive times; they are UTC
-        reported = reported.tz_localize("UTC")
-    return now - reported.to_pydatetime()
+    return now - to_utc(reported_at)
 
 
 def is_silent(reported_at: datetime, now: datetime, silent_after: timedelta) -> bool:
@@ -770,10 +768,7 @@ def data_age(engine: Engine, now: datetime, hospital_ids: Sequence[str] = ()) ->
         newest = conn.scalar(query)
     if newest is None:
         return None
-    stamp = pd.Timestamp(newest)
-    if stamp.tzinfo is None:  # SQLite gives naive UTC back
-        stamp = stamp.tz_localize("UTC")
-    return now - stamp.to_pydatetime()
+    return now - to_utc(newest)
 
 
 def occupancy_heatmap(engine: Engine, since: datetime, hospital_id: str = "") -> pd.DataFrame:

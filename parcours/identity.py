@@ -31,6 +31,7 @@ from parcours import ParcoursError
 from parcours.db import upsert
 from parcours.db.identity_models import TopicIdentityRow
 from parcours.settings import Settings
+from parcours.timeutil import to_utc
 from parcours.topics import Topics, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def recorded_identity(engine: Engine, topic: str) -> tuple[TopicIdentity, dateti
         ).first()
     if row is None:
         return None
-    at = row.recorded_at if row.recorded_at.tzinfo else row.recorded_at.replace(tzinfo=UTC)
+    at = to_utc(row.recorded_at)
     return TopicIdentity(topic, row.topic_id, row.cluster_id), at
 
 

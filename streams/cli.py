@@ -6,10 +6,12 @@ Human-readable by default; `--json` prints one JSON document (stable keys) for s
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
+
+from parcours.timeutil import TimeFormatError, parse_fhir
 
 pathways_app = typer.Typer(
     help="Care pathways (what the stream worker wrote).", no_args_is_help=True
@@ -118,10 +120,12 @@ def pathways_summary(as_json: JsonOption = False) -> None:
 def parse_at(value: str) -> datetime:
     """An ISO 8601 time; without a zone it is read as UTC."""
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
+        parsed = parse_fhir(value)
+    except TimeFormatError as exc:
         raise typer.BadParameter(f"{value!r} is not an ISO 8601 time") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if parsed is None:
+        raise typer.BadParameter("an ISO 8601 time is needed")
+    return parsed
 
 
 @census_app.command("show")

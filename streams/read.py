@@ -26,6 +26,7 @@ from parcours.db.pathway_models import (
     StayRow,
 )
 from parcours.db.reference_models import IdentifierIndexRow
+from parcours.timeutil import to_utc
 from streams.core.census import BED, HOSPITAL, SERVICE, WARD, Hierarchy, occupancy_at
 from streams.sink.rows import as_utc, period_of, place_of
 
@@ -222,7 +223,7 @@ def census(
             for r in rows
         ]
     else:
-        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+        at = to_utc(at)
         hierarchy = _hierarchy(engine)
         hierarchy.capacity_overrides = capacity or {}
         sl = StayLocationRow.__table__

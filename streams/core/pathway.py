@@ -61,6 +61,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from parcours.timeutil import TimeFormatError, parse_fhir
 from streams.core.events import (
     AppointmentBooked,
     CommunityVisited,
@@ -652,12 +653,10 @@ def _version_rank(version: str) -> tuple[int, Any] | None:
     if version.isdigit():
         return (0, int(version))
     try:
-        parsed = datetime.fromisoformat(version.replace("Z", "+00:00"))
-    except ValueError:
+        parsed = parse_fhir(version)
+    except TimeFormatError:
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return (1, parsed)
+    return None if parsed is None else (1, parsed)
 
 
 def is_older_version(candidate: str, current: str) -> bool:

@@ -63,6 +63,7 @@ from ingest.hl7_map import (
     apply_adt,
     encounter_resource,
     evolve,
+    location_ids,
     location_resources,
     parse_adt,
     patient_resource,
@@ -459,6 +460,14 @@ class AdtProcessor:
             ]
             if msg.merged_patient is not None:
                 found.append((("patient", msg.merged_patient.patient_id[:MAX_VALUE]), "MRG", 1))
+            place = msg.visit.place if msg.visit is not None else None
+            if self.publish_locations and place is not None:
+                # The Locations PV1-3 names are published too: each belongs to its first writer,
+                # as at the gateway.
+                found += [
+                    (("resource", f"Location/{lid}"[:MAX_VALUE]), "PV1", 3)
+                    for lid in location_ids(place).values()
+                ]
             needs[i] = found
             by_source.setdefault(p.integrator, set()).update(c for c, _, _ in found)
         denied: dict[str, dict[Claim, str]] = {}
@@ -470,7 +479,9 @@ class AdtProcessor:
             if not refused:
                 continue
             (kind, value), segment, field_no = refused[0]
-            what = "le patient" if kind == "patient" else "le système d'identifiants"
+            what = {"patient": "le patient", "resource": "le lieu"}.get(
+                kind, "le système d'identifiants"
+            )
             p.msg = None
             p.rejection = Hl7Rejection(
                 "AR",

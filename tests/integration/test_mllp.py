@@ -245,6 +245,26 @@ def test_a_patient_of_another_integrator_is_refused_until_granted(feed: Feed) ->
     assert _stay(feed.db, other_nda)[0] == ipp  # type: ignore[index]
 
 
+def test_a_location_of_another_integrator_is_refused(feed: Feed) -> None:
+    """The Locations PV1-3 names are published with the stay: another integrator's feed may
+    not name (and so rewrite) a ward it did not create first. (gam-other's wards, since another
+    test of this session lets gam-other write what gam-test owns.)"""
+    c = feed.client()
+    first = adt("A01", ipp=f"Q{feed.run}", nda=f"M{feed.run}", facility="CH2", ward="REA")
+    assert ack_code(c.send(first)) == "AA"
+    before = len(feed.raw_records())
+    own = adt("A01", ipp=f"P{feed.run}", nda=f"N{feed.run}", ward="REA")
+    intruder = own.replace(b"|REA^101^1^CHU21|", b"|REA^101^1^CH2|")
+    assert intruder != own
+    ack = c.send(intruder)
+    assert (ack_code(ack), err_location(ack)) == ("AR", "PV1^1^3^1"), ack
+    assert "le lieu Location/CH2" in ack.encode("latin-1").decode("utf-8"), ack
+    assert len(feed.raw_records()) == before
+    # Its own establishment's wards are its own.
+    assert ack_code(c.send(own)) == "AA"
+    c.close()
+
+
 @pytest.mark.parametrize(
     ("message", "code", "where"),
     [

@@ -104,3 +104,18 @@ def test_nothing_is_stitched_when_one_model_serves_every_band() -> None:
     bt = run_backtest(series(), models, horizon=14, freq="D", folds=6, ensemble=False)
     assert {name for _, _, name in bt.selected_by_band} == {"stock_flow"}
     assert stitch({m.name: m.forecast(series(), 14, "D") for m in models}, bt) == {}
+
+
+def test_the_dashboard_says_which_model_serves_which_band() -> None:
+    from dashboard import forecast_text
+
+    assert forecast_text.STITCHED == STITCHED
+    per_lead = ["stock_flow"] * 24 + ["ensemble"] * 48
+    runs = forecast_text.band_runs(per_lead)
+    assert runs == [(1, 24, "stock_flow"), (25, 72, "ensemble")]
+    fr = forecast_text.bands_sentence(runs, "h")
+    assert fr.startswith("Modèle retenu selon l'échéance : 1 à 24 h : Stock–flux")
+    assert "25 à 72 h : Ensemble" in fr
+    en = forecast_text.bands_sentence([(1, 7, "naive"), (8, 14, "auto_ets")], "D", "en")
+    assert en.startswith("Model selected by lead time: 1 to 7 days: ")
+    assert "; 8 to 14 days: " in en

@@ -11,7 +11,7 @@ import pandas as pd
 
 from forecasting.backtest import STITCHED, band_width, bands, calibrate, run_backtest, stitch
 from forecasting.job import SeriesInput, forecast_one
-from forecasting.models import SeasonalNaive
+from forecasting.models import Model, SeasonalNaive
 
 START = pd.Timestamp("2026-01-01")
 
@@ -46,7 +46,7 @@ def series(days: int = 120) -> pd.DataFrame:
     return pd.DataFrame({"ds": ds, "y": truth(ds)})
 
 
-MODELS = [
+MODELS: list[Model] = [
     Biased("stock_flow", near=1.0, far=8.0),
     Biased("far_sighted", near=6.0, far=2.0),
     SeasonalNaive(1),
@@ -100,7 +100,11 @@ def test_the_stitched_forecast_takes_each_band_from_its_model_with_its_interval(
 
 
 def test_nothing_is_stitched_when_one_model_serves_every_band() -> None:
-    models = [Biased("stock_flow", near=1.0, far=1.0), Biased("other", 6.0, 6.0), MODELS[2]]
+    models: list[Model] = [
+        Biased("stock_flow", near=1.0, far=1.0),
+        Biased("other", 6.0, 6.0),
+        MODELS[2],
+    ]
     bt = run_backtest(series(), models, horizon=14, freq="D", folds=6, ensemble=False)
     assert {name for _, _, name in bt.selected_by_band} == {"stock_flow"}
     assert stitch({m.name: m.forecast(series(), 14, "D") for m in models}, bt) == {}

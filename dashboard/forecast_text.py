@@ -25,6 +25,10 @@ MODEL_LABELS = {
     "ensemble": "Ensemble (moyenne des trois meilleurs modèles)",
 }
 
+# The prefix of the model name under which the forecaster stores the forecast stitched from
+# several models, one per band of leads (`selected:stock_flow`, `selected:ensemble`…).
+STITCHED = "selected:"
+
 # The whole days of census a unit needs before its daily forecast is written: the default
 # horizon (14 days) to score the backtest on, after 14 to learn from (`forecast run`).
 DAILY_HISTORY_DAYS = 28
@@ -64,6 +68,42 @@ def lead_phrase(lead: int, freq: str, lang: str = "fr") -> str:
     if lead == 1:
         return translate(lang, "à {n} jour", n=lead)
     return translate(lang, "à {n} jours", n=lead)
+
+
+def band_runs(models: list[str]) -> list[tuple[int, int, str]]:
+    """The model of each lead (1-based, in order) as runs of consecutive leads: `(first, last,
+    model)`."""
+    runs: list[tuple[int, int, str]] = []
+    for lead, model in enumerate(models, start=1):
+        if runs and runs[-1][2] == model:
+            runs[-1] = (runs[-1][0], lead, model)
+        else:
+            runs.append((lead, lead, model))
+    return runs
+
+
+def bands_sentence(runs: list[tuple[int, int, str]], freq: str, lang: str = "fr") -> str:
+    """`Modèle retenu selon l'échéance : 1 à 24 h, … ; 25 à 72 h, …`, the model serving each band
+    of leads."""
+    hourly = freq.lower() == "h"
+    parts = []
+    for first, last, model in runs:
+        name = model_label(model, lang)
+        if hourly:
+            parts.append(
+                translate(lang, "{first} à {last} h : {model}", first=first, last=last, model=name)
+            )
+        else:
+            parts.append(
+                translate(
+                    lang, "{first} à {last} jours : {model}", first=first, last=last, model=name
+                )
+            )
+    return translate(
+        lang,
+        "Modèle retenu selon l'échéance : {bands}.",
+        bands=(" ; " if lang == "fr" else "; ").join(parts),
+    )
 
 
 def window_phrase(days: float, lang: str = "fr") -> str:

@@ -17,6 +17,7 @@ import pandas as pd
 from sqlalchemy import Engine, Executable, and_, func, insert, or_, select, update
 
 from dashboard import i18n
+from dashboard.forecast_text import STITCHED
 from parcours.db.forecast_models import (
     ForecastAccuracyRow,
     ForecastRow,
@@ -441,12 +442,21 @@ def unit_forecast(engine: Engine, unit_id: str, metric: str = "occupancy") -> Un
             conn.scalars(select(t.model).where(t.unit_id == unit_id, t.metric == metric).distinct())
         )
     selected = str(series.selected_model)
-    points = _frame(
+    # The stitched forecast (one model per band of leads), where the forecaster wrote one, else
+    # the selected model's.
+    found = _frame(
         engine,
-        select(f.ds, f.yhat, f.yhat_lower, f.yhat_upper, f.run_at, f.history_end)
-        .where(f.unit_id == unit_id, f.metric == metric, f.model == selected)
+        select(f.model, f.ds, f.yhat, f.yhat_lower, f.yhat_upper, f.run_at, f.history_end)
+        .where(
+            f.unit_id == unit_id,
+            f.metric == metric,
+            (f.model == selected) | f.model.startswith(STITCHED, autoescape=True),
+        )
         .order_by(f.ds),
     )
+    stitched = found["model"].astype(str).str.startswith(STITCHED)
+    points = (found[stitched] if stitched.any() else found).drop(columns="model")
+    points = points.reset_index(drop=True)
     if points.empty:
         return None
     terms_model = _terms_model(selected, models)

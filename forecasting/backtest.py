@@ -28,6 +28,9 @@ SIGNIFICANCE = 2.0
 # The default model, first found among the candidates: the stock–flow model (the census's own
 # dynamics), else the naive forecast (a series without its flows: no structure to trust).
 DEFAULTS = ("stock_flow", "naive")
+# The prefix of the model name under which the stitched forecast is stored, one name per band
+# model (`selected:stock_flow`, `selected:ensemble`…), when the bands chose different models.
+STITCHED = "selected:"
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ class Backtest:
     # The models the ensemble averages after the history (empty: no ensemble).
     members: tuple[str, ...] = ()
     check: SelectionCheck | None = None
+    # The model selected for each band of leads: (first lead, last lead, model), 1-based.
+    selected_by_band: tuple[tuple[int, int, str], ...] = ()
 
     def of(self, model: str) -> Accuracy:
         """The accuracy of one model."""
@@ -114,6 +119,33 @@ def mase_season(freq: str) -> int:
     """The season of the naive forecast MASE is scaled by: a day for hourly series (occupancy
     follows the day's admissions and discharges), one step otherwise."""
     return 24 if step_of(freq) == pd.Timedelta(hours=1) else 1
+
+
+def band_width(freq: str, horizon: int) -> int:
+    """How many leads a selection band spans: a day of hours, a week of days, else the whole
+    horizon."""
+    step = step_of(freq)
+    if step == pd.Timedelta(hours=1):
+        return 24
+    if step == pd.Timedelta(days=1):
+        return 7
+    return horizon
+
+
+def bands(horizon: int, width: int) -> list[tuple[int, int]]:
+    """The bands of leads as 0-based slices [start, stop) of `width` leads each (the last one
+    possibly shorter)."""
+    return [(lo, min(lo + width, horizon)) for lo in range(0, horizon, max(1, width))]
+
+
+def choose_by_band(
+    err: dict[str, np.ndarray], default: str | None, spans: list[tuple[int, int]]
+) -> list[str]:
+    """`choose` within each band: `err` is folds × leads absolute errors per model, and a band's
+    fold MAE is the mean over its leads."""
+    return [
+        choose({n: e[:, lo:hi].mean(axis=1) for n, e in err.items()}, default) for lo, hi in spans
+    ]
 
 
 def calibrate(
@@ -193,30 +225,34 @@ def selection_check(
     default: str | None,
     fold_scale: np.ndarray,
     level: float = TARGET_COVERAGE,
+    spans: list[tuple[int, int]] | None = None,
 ) -> SelectionCheck | None:
-    """Score the selection rule on the later half of the folds: at fold k, `choose` sees folds
-    before k only, and the chosen model's interval is calibrated on its residuals there. None
-    without naive among the models or with fewer than 4 folds."""
+    """Score the selection rule on the later half of the folds: at fold k, `choose_by_band`
+    sees folds before k only, and each band's chosen model's interval is calibrated on its
+    residuals there at the band's leads. `spans` are the bands (default: one over every lead).
+    None without naive among the models or with fewer than 4 folds."""
     folds = actual.shape[0]
     if "naive" not in points or folds < 4:
         return None
+    spans = spans or [(0, actual.shape[1])]
     first = folds // 2
     errors, naive, inside = [], [], []
     for k in range(first, folds):
-        fold_mae = {n: np.abs(actual[:k] - p[:k]).mean(axis=1) for n, p in points.items()}
-        name = choose(fold_mae, default)
-        yhat = points[name][k]
-        z = (actual[:k] - points[name][:k]) / fold_scale[:k, None]
-        half = conformal_halfwidths(z, level) * fold_scale[k]
-        lower, upper = np.maximum(yhat - half, 0.0), yhat + half
-        errors.append(np.abs(actual[k] - yhat))
-        naive.append(np.abs(actual[k] - points["naive"][k]))
-        inside.append((actual[k] >= lower) & (actual[k] <= upper))
+        err = {n: np.abs(actual[:k] - p[:k]) for n, p in points.items()}
+        for (lo, hi), name in zip(spans, choose_by_band(err, default, spans), strict=True):
+            yhat = points[name][k, lo:hi]
+            z = (actual[:k, lo:hi] - points[name][:k, lo:hi]) / fold_scale[:k, None]
+            half = conformal_halfwidths(z, level) * fold_scale[k]
+            lower, upper = np.maximum(yhat - half, 0.0), yhat + half
+            truth = actual[k, lo:hi]
+            errors.append(np.abs(truth - yhat))
+            naive.append(np.abs(truth - points["naive"][k, lo:hi]))
+            inside.append((truth >= lower) & (truth <= upper))
     return SelectionCheck(
         folds=folds - first,
-        mae=float(np.mean(errors)),
-        naive_mae=float(np.mean(naive)),
-        coverage=float(np.mean(inside)),
+        mae=float(np.mean(np.concatenate(errors))),
+        naive_mae=float(np.mean(np.concatenate(naive))),
+        coverage=float(np.mean(np.concatenate(inside))),
     )
 
 
@@ -232,11 +268,12 @@ def run_backtest(
     ensemble: bool = True,
 ) -> Backtest:
     """Fit every model on each fold's history, score it on the next `horizon` points, calibrate
-    its intervals on the other folds, and select a model.
+    its intervals on the other folds, and select a model per band of leads (`band_width`).
 
     With at least `ENSEMBLE_SIZE` models that forecast every fold, the candidates include the
     `ensemble` (see `online_ensemble`). The default model (`DEFAULTS`: stock–flow, else naive)
-    is selected unless another beats it significantly over the folds (see `choose`):
+    is selected in each band unless another beats it significantly there over the folds (see
+    `choose`; `selected` is the first band's model):
     the model with the lowest backtest error among many is partly the luckiest, and its lead
     shrinks on the weeks that follow. `check` scores that rule on the later folds, each chosen
     from the folds before it (see `selection_check`).
@@ -309,13 +346,14 @@ def run_backtest(
         )
         residuals[name] = res
         scores[name] = z
-    selected = choose({n: np.abs(r).mean(axis=1) for n, r in residuals.items()}, default)
-    check = selection_check(actual, points, default, fold_scale, level)
+    spans = bands(horizon, band_width(freq, horizon))
+    chosen = choose_by_band({n: np.abs(r) for n, r in residuals.items()}, default, spans)
+    check = selection_check(actual, points, default, fold_scale, level, spans)
     step = step_of(freq)
     ds = pd.DatetimeIndex(series["ds"])
     return Backtest(
         accuracy=accuracy,
-        selected=selected,
+        selected=chosen[0],
         residuals=residuals,
         origins=[pd.Timestamp(ds[cut - 1]) for cut in cuts],
         window_end=pd.Timestamp(ds[cuts[-1] - 1]) + step * horizon,
@@ -324,7 +362,31 @@ def run_backtest(
         scale_now=scale_now,
         members=members,
         check=check,
+        selected_by_band=tuple(
+            (lo + 1, hi, name) for (lo, hi), name in zip(spans, chosen, strict=True)
+        ),
     )
+
+
+def stitch(
+    forecasts: dict[str, pd.DataFrame],
+    bt: Backtest,
+    level: float = TARGET_COVERAGE,
+    capacity: float | None = None,
+) -> dict[str, pd.DataFrame]:
+    """The published forecast when the bands chose different models: each band's points from
+    its model's raw forecast (`forecasts`), with the conformal interval from that model's scores
+    at the band's leads; one frame (`ds, yhat, yhat_lower, yhat_upper`) per model, named
+    `STITCHED` + model. Empty when one model serves every band."""
+    if len({name for _, _, name in bt.selected_by_band}) <= 1:
+        return {}
+    pieces: dict[str, list[pd.DataFrame]] = {}
+    for first, last, name in bt.selected_by_band:
+        lo, hi = first - 1, last
+        raw = forecasts[name].iloc[lo:hi]
+        part = calibrate(raw, bt.scores[name][:, lo:hi], level, capacity, bt.scale_now)
+        pieces.setdefault(name, []).append(part[["ds", "yhat", "yhat_lower", "yhat_upper"]])
+    return {STITCHED + n: pd.concat(p, ignore_index=True) for n, p in pieces.items()}
 
 
 def backtest(

@@ -129,6 +129,9 @@ def _report(r: UnitResult) -> dict[str, Any]:
         "unit_id": r.unit_id,
         "points": r.points,
         "selected": r.selected,
+        "selected_by_band": [
+            {"leads": [first, last], "model": name} for first, last, name in r.selected_by_band
+        ],
         "selected_mae_vs_naive": (sel / naive if sel is not None and naive else None),
         "forecast_rows": r.forecasts,
         "error": r.error,
@@ -184,6 +187,9 @@ def _print_text(results: list[UnitResult]) -> None:
         for name, why in r.skipped.items():
             typer.echo(f"  {name:<16} skipped: {why}")
         typer.echo(f"  selected: {r.selected}")
+        if len({name for _, _, name in r.selected_by_band}) > 1:
+            bands = ", ".join(f"{a}–{b}: {name}" for a, b, name in r.selected_by_band)
+            typer.echo(f"  selected by band of leads: {bands}")
         if r.check is not None and r.check.naive_mae > 0:
             typer.echo(
                 f"  selection check, last {r.check.folds} folds each chosen on the folds before: "

@@ -27,6 +27,7 @@ from forecasting.backtest import (
     SelectionCheck,
     calibrate,
     run_backtest,
+    stitch,
 )
 from forecasting.models import Ensemble, Model, candidate_models
 from forecasting.stockflow import TERM_COLUMNS
@@ -66,6 +67,7 @@ class UnitResult:
     skipped: dict[str, str] = field(default_factory=dict)
     window: tuple[datetime, datetime] | None = None
     check: SelectionCheck | None = None
+    selected_by_band: tuple[tuple[int, int, str], ...] = ()
 
 
 def to_naive_utc(series: pd.DataFrame) -> pd.DataFrame:
@@ -170,8 +172,9 @@ def forecast_one(
     level: float = TARGET_COVERAGE,
     min_train: int | None = None,
 ) -> tuple[Backtest, dict[str, pd.DataFrame]]:
-    """Backtest every model on one series, then forecast with the selected model, the naive
-    baseline and the stock–flow model, each with intervals calibrated on its own backtest."""
+    """Backtest every model on one series, then forecast with the model of each band, the naive
+    baseline and the stock–flow model, each with intervals calibrated on its own backtest; and,
+    when the bands chose different models, the stitched forecast (`stitch`)."""
     history = to_naive_utc(item.frame)
     bt = run_backtest(
         history,
@@ -183,15 +186,17 @@ def forecast_one(
         level=level,
         capacity=item.capacity,
     )
-    keep = {bt.selected, "naive", "stock_flow"}
+    keep = {name for _, _, name in bt.selected_by_band} | {bt.selected, "naive", "stock_flow"}
     by_name = {m.name: m for m in models}
     if bt.members:
         by_name[ENSEMBLE] = Ensemble(tuple(by_name[n] for n in bt.members))
     out: dict[str, pd.DataFrame] = {}
+    raws: dict[str, pd.DataFrame] = {}
     for name, model in by_name.items():
         if name in keep and name in bt.scores:
-            raw = model.forecast(history, horizon, freq)
-            out[name] = calibrate(raw, bt.scores[name], level, item.capacity, bt.scale_now)
+            raws[name] = model.forecast(history, horizon, freq)
+            out[name] = calibrate(raws[name], bt.scores[name], level, item.capacity, bt.scale_now)
+    out.update(stitch(raws, bt, level, item.capacity))
     return bt, out
 
 
@@ -377,6 +382,7 @@ def _record(
         skipped=bt.skipped,
         window=window,
         check=bt.check,
+        selected_by_band=bt.selected_by_band,
     )
 
 

@@ -14,7 +14,10 @@ from dashboard.common import _, engine, lang, local_time, when
 from dashboard.forecast_text import (
     DAILY_HISTORY_DAYS,
     LEVEL_LABELS,
+    STITCHED,
     accuracy_sentence,
+    band_runs,
+    bands_sentence,
     coverage_sentence,
     lead_phrase,
     mase_sentence,
@@ -112,6 +115,14 @@ target = float(row["target_coverage"])
 frame = local_time(queries.forecast(engine(), unit, metric), "ds", "run_at", "history_end")
 accuracy = queries.forecast_accuracy(engine(), unit, metric)
 terms = local_time(queries.forecast_terms(engine(), unit, metric), "ds")
+# Where the bands of leads chose different models, the published forecast is the stitched one:
+# it stands in for the selected model's own, and a sentence says which model serves which band.
+stitched = frame[frame["model"].str.startswith(STITCHED)].sort_values("ds")
+runs = band_runs([m.removeprefix(STITCHED) for m in stitched["model"]])
+if not stitched.empty:
+    frame = pd.concat(
+        [frame[frame["model"] != selected], stitched.assign(model=selected)], ignore_index=True
+    )
 chosen = frame[frame["model"] == selected]
 if chosen.empty:
     st.warning(
@@ -124,6 +135,8 @@ lead = min(24 if hourly else 7, len(chosen))
 leads = [min(24, len(chosen))] if hourly else [n for n in (1, 7) if n <= len(chosen)]
 at_lead = chosen.iloc[lead - 1]
 st.subheader(_("Modèle retenu : {model}", model=model_label(selected, L)))
+if len(runs) > 1:
+    st.markdown(bands_sentence(runs, freq, L))
 cols = st.columns(3)
 cols[0].metric(
     _("Prévision {lead}", lead=lead_phrase(lead, freq, L)),

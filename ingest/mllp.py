@@ -73,7 +73,7 @@ from ingest.hl7_map import (
 from ingest.hl7_store import CountKey, Hl7Store, ResourceVersion
 from ingest.outcome import BrokerUnavailable, Issue, Rejection
 from ingest.ownership import MAX_VALUE, Claim, OwnershipStore
-from ingest.publish import RECORD_ERRORS, Ack, Message, Publisher
+from ingest.publish import RECORD_ERRORS, Ack, Message, Publisher, collect_acks
 from parcours.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -759,16 +759,7 @@ def wait_all(publisher: Publisher, producer: Any, sent: list[Any]) -> list[Ack |
         # Sends what lingers at once (and anything handed over since: harmless).
         with contextlib.suppress(KafkaError):
             producer.flush(timeout=max(0.0, deadline - time.monotonic()))
-    results: list[Ack | Exception] = []
-    for fut in sent:
-        if isinstance(fut, Exception):
-            results.append(fut)
-            continue
-        try:
-            meta = fut.get(timeout=max(0.01, deadline - time.monotonic()))
-            results.append(Ack(partition=meta.partition, offset=meta.offset))
-        except (KafkaError, OSError, ValueError) as exc:
-            results.append(exc)
+    results = collect_acks(sent, deadline)
     if any(isinstance(r, Exception) and not isinstance(r, RECORD_ERRORS) for r in results):
         publisher.reset()
     return results

@@ -100,6 +100,22 @@ class Ack:
     offset: int
 
 
+def collect_acks(futures: list[Any], deadline: float) -> list[Ack | Exception]:
+    """Each record's Ack, or its error (the send's own, or its future's), waiting until
+    `deadline` (`time.monotonic()`) at the most."""
+    results: list[Ack | Exception] = []
+    for fut in futures:
+        if isinstance(fut, Exception):
+            results.append(fut)
+            continue
+        try:
+            meta = fut.get(timeout=max(0.01, deadline - time.monotonic()))
+            results.append(Ack(partition=meta.partition, offset=meta.offset))
+        except (KafkaError, OSError, ValueError) as exc:
+            results.append(exc)
+    return results
+
+
 class Publisher:
     """A thread-safe, lazily connected producer for the raw and dead-letter topics."""
 
@@ -282,16 +298,7 @@ class Publisher:
         # Each future below reports its own failure.
         with contextlib.suppress(KafkaError):
             producer.flush(timeout=max(0.0, deadline - time.monotonic()))
-        results: list[Ack | Exception] = []
-        for fut in futures:
-            if isinstance(fut, Exception):
-                results.append(fut)
-                continue
-            try:
-                meta = fut.get(timeout=max(0.01, deadline - time.monotonic()))
-                results.append(Ack(partition=meta.partition, offset=meta.offset))
-            except (KafkaError, OSError, ValueError) as exc:
-                results.append(exc)
+        results = collect_acks(futures, deadline)
         if any(isinstance(r, Exception) and not isinstance(r, RECORD_ERRORS) for r in results):
             self._discard()
         elif results:

@@ -568,12 +568,7 @@ class AdtProcessor:
             if batch is not None:
                 # Nothing changed (repeats): answered as they are, stored with the counts.
                 return self._store(prep, counts, {})
-            self._count(prep.pendings, outcomes, counts)
-            try:
-                self.store.add_counts(counts, prep.now)
-            except Exception:
-                log.exception("could not store HL7 message counts")
-            return outcomes
+            return self._counted(prep, outcomes)
         acks = wait_all(self.publisher, prep.producer, prep.sent)
         if any(isinstance(a, Exception) for a in acks):
             prep.failed = True
@@ -645,6 +640,10 @@ class AdtProcessor:
     def abandon(self, prep: Prepared) -> list[Outcome]:
         """How to answer a batch prepared on top of one whose finish failed: AE (counted)."""
         outcomes = self._failed(prep, "le lot précédent n'a pas abouti; renvoyer le message")
+        return self._counted(prep, outcomes)
+
+    def _counted(self, prep: Prepared, outcomes: list[Outcome]) -> list[Outcome]:
+        """`outcomes`, once counted for feed health (a failure to store the counts is logged)."""
         counts: Counter[CountKey] = Counter()
         self._count(prep.pendings, outcomes, counts)
         try:

@@ -573,7 +573,7 @@ def run_backfill(
                     applied = seen.get("parcours_worker_messages_total", 0) + seen.get(
                         "parcours_worker_directory_messages_total", 0
                     )
-                    if applied >= produced:
+                    if applied >= produced and not census_pending(engine):
                         break
                     time.sleep(0.1)
                 last = time.perf_counter()
@@ -626,6 +626,13 @@ def run_backfill(
             batch_size=batch_size,
             database="PostgreSQL" if engine.dialect.name == "postgresql" else "SQLite",
         )
+
+
+def census_pending(engine: Engine) -> bool:
+    """Whether census hours are still left to recompute (`SqlSink`): the replay is done only
+    once the census is."""
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT 1 FROM census_pending LIMIT 1")).first() is not None
 
 
 def _time_to_stop(env: dict[str, str], topics: Topics, log_path: Path, prefix: str) -> float:

@@ -261,6 +261,17 @@ class CensusHourlyRow(Base):
     __table_args__ = (Index("ix_census_hourly_hospital_hour", "hospital_id", "hour"),)
 
 
+class CensusPendingRow(Base):
+    """Hours of one hospital's census that a backlog's batches changed and whose recomputation
+    they left to a later write (`streams.sink.writer.SqlSink`): from `lo` to `hi`."""
+
+    __tablename__ = "census_pending"
+
+    hospital_id: Mapped[str] = mapped_column(REF, primary_key=True)
+    lo: Mapped[datetime] = mapped_column(UTCDateTime)
+    hi: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class SinkVersionRow(Base):
     """How many times an input that sinks cache (`locations`) was changed by any worker."""
 

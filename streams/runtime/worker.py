@@ -82,6 +82,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LARGE_BATCH = 1000  # messages: such a batch is logged at INFO, and memory is given back after it
+# Seconds without a batch after which the census hours a backlog left pending are recomputed.
+CENSUS_IDLE_S = 1.0
 
 
 class FoldWritePipeline:
@@ -134,12 +136,15 @@ class FoldWritePipeline:
         """Whether `submit` would wait for the previous batch's fold."""
         return self._folding is not None and not self._folding.done()
 
-    async def submit(self, messages: list[RawMessage], batch: list[Message]) -> None:
-        """Start folding a batch, once the previous batch's fold is done."""
+    async def submit(
+        self, messages: list[RawMessage], batch: list[Message], backlog: bool = False
+    ) -> None:
+        """Start folding a batch, once the previous batch's fold is done. A `backlog` batch has
+        more messages behind it: it may leave the census to a later write (`SqlSink`)."""
         async with self.lock:
             if self._folding is not None:
                 await self._folding
-            self._folding = self._task(self._fold_then_write(messages, batch))
+            self._folding = self._task(self._fold_then_write(messages, batch, backlog))
 
     async def written(self) -> bool:
         """Wait until every batch submitted is written and finished, with the lock held; True
@@ -153,10 +158,13 @@ class FoldWritePipeline:
         self._finishing = []
         return refused
 
-    async def _fold_then_write(self, messages: list[RawMessage], batch: list[Message]) -> None:
+    async def _fold_then_write(
+        self, messages: list[RawMessage], batch: list[Message], backlog: bool
+    ) -> None:
         outcome = await self._in_thread(self.fold, messages, self.get_state)
         if self._writing is not None and await self._writing:
             outcome = await self._in_thread(self.fold, messages, self.get_state)
+        outcome.sink_batch.backlog = backlog
         while len(self._finishing) > 1:  # at most one batch's topics behind the writes
             await self._finishing[0]
             self._finishing.pop(0)
@@ -283,6 +291,8 @@ class Worker:
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         # When the last large batch finished, until the memory is given back (`collect_when_idle`).
         self.large_batch_at: float | None = None
+        # When the last batch finished (`flush_census_when_idle`).
+        self.batch_at = time.monotonic()
 
     def register(self) -> None:
         """Declare the handlers, timers and pages on the app."""
@@ -306,6 +316,7 @@ class Worker:
         if settings.pathway_timer_interval_s > 0:
             app.timer(settings.pathway_timer_interval_s)(self.pathway_timers)
         app.timer(1.0)(self.collect_when_idle)
+        app.timer(CENSUS_IDLE_S)(self.flush_census_when_idle)
 
     def dumps_key(self, pid: str) -> bytes:
         return codecs.dumps(self.changelog_topic.key_serializer, pid)
@@ -365,6 +376,7 @@ class Worker:
             # A backlog's batch leaves hundreds of MB free in the C heap: give it back.
             await asyncio.to_thread(give_back_memory)
             self.large_batch_at = time.monotonic()
+        self.batch_at = time.monotonic()
         metrics.batches += 1
         metrics.messages += len(batch)
         metrics.events += outcome.events
@@ -402,6 +414,25 @@ class Worker:
                 await asyncio.to_thread(self.sink.vacuum)
             except Exception as exc:  # the next backfill, or autovacuum, will do it
                 log.warning("tables not vacuumed after the backfill: %s", describe_error(exc))
+
+    async def flush_census_when_idle(self) -> None:
+        """Once no batch has come for `CENSUS_IDLE_S`, recompute the census hours that a
+        backlog's batches left pending (`SqlSink`), and send the census alerts that changed."""
+        if not (self.sink.census_pending and self.directory_loaded.is_set()):
+            return
+        if self.pipeline.busy():
+            return
+        if time.monotonic() - self.batch_at < CENSUS_IDLE_S:
+            return
+        async with self.pipeline.lock:
+            await self.pipeline.written()
+            outcome = BatchOutcome()
+            try:
+                await asyncio.to_thread(self.processor.write, outcome)
+            except WorkerStopping:
+                return
+            await self.apply(outcome)
+        log.info("census recomputed after the backlog (%d rows)", outcome.rows)
 
     def stop_now(self) -> None:
         """On SIGTERM: give up retries, cancel the statement under way, end the folds."""
@@ -453,7 +484,25 @@ class Worker:
         if not self.directory_loaded.is_set():
             await self.directory_loaded.wait()
         messages = [RawMessage(m.key, m.value, m.partition) for m in batch if m.value is not None]
-        await self.pipeline.submit(messages, batch)
+        await self.pipeline.submit(messages, batch, self.behind(batch))
+
+    def behind(self, batch: list[Message]) -> bool:
+        """Whether a large batch has more messages behind it on one of its partitions, as far as
+        the consumer's last fetch knows (an end offset it does not know counts as none)."""
+        if len(batch) < LARGE_BATCH:
+            return False
+        last: dict[TP, int] = {}
+        for m in batch:
+            last[m.tp] = max(last.get(m.tp, -1), m.offset)
+        consumer = self.app.consumer
+        for tp, offset in last.items():
+            try:
+                end = consumer.highwater(tp)
+            except Exception:  # the partition was just revoked, or the consumer is stopping
+                end = None
+            if end is not None and end > offset + 1:
+                return True
+        return False
 
     async def report_progress(self) -> None:
         """Tell the Feed health page how far this worker is on each of its partitions."""

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 from parcours.db.bulk import bulk_delete, bulk_write, chunks, one_of, table_of
 from parcours.db.pathway_models import (
     CensusHourlyRow,
+    CensusPendingRow,
     EdVisitRow,
     LocationOccupancyRow,
     StayLocationRow,
@@ -30,7 +31,7 @@ from streams.core.census import (
     live_occupancy,
 )
 from streams.sink.capacity_alerts import capacity_alerts
-from streams.sink.rows import SinkResult, Window, as_utc, period_of
+from streams.sink.rows import SinkResult, Window, as_utc, period_of, widen_window
 
 
 def watermark(conn: Connection, hospital: str) -> datetime | None:
@@ -46,6 +47,25 @@ def watermark(conn: Connection, hospital: str) -> datetime | None:
     ).one()
     known = [as_utc(x) for x in (a, b, c, d) if x is not None]
     return max(known) if known else None  # type: ignore[type-var]
+
+
+def widen_pending(conn: Connection, windows: dict[str, Window]) -> None:
+    """Add `windows` to the hours left pending in `census_pending` (one row per hospital)."""
+    pending: dict[str, Window] = {}
+    take_pending(conn, pending)
+    for hospital, window in windows.items():
+        widen_window(pending, hospital, window.lo, window.hi)
+    rows = [{"hospital_id": h, "lo": w.lo, "hi": w.hi} for h, w in sorted(pending.items())]
+    bulk_write(conn, table_of(CensusPendingRow), rows, key=["hospital_id"])
+
+
+def take_pending(conn: Connection, windows: dict[str, Window]) -> None:
+    """Move the hours left pending in `census_pending` into `windows` (the rows are deleted:
+    the transaction that recomputes them commits both)."""
+    cp = table_of(CensusPendingRow)
+    for hospital, lo, hi in conn.execute(select(cp.c.hospital_id, cp.c.lo, cp.c.hi)).all():
+        widen_window(windows, hospital, lo, hi)
+    conn.execute(delete(cp))
 
 
 def recompute_hospital(

@@ -33,6 +33,8 @@ class SinkBatch:
     patients: list[PatientRows] = field(default_factory=list)
     locations: list[LocationRecorded] = field(default_factory=list)
     encounters: list[EncounterRecorded] = field(default_factory=list)
+    # A batch of a backlog: its census hours may be left to a later write (`SqlSink`).
+    backlog: bool = False
 
 
 @dataclass

@@ -14,15 +14,25 @@ What one `SqlSink.write` does, in one transaction (each job in its own module of
    which open periods were counted) to its latest known time, from the periods now in SQL, and
    write the hours that differ; recompute `location_occupancy` of the hospital; and
    (`capacity_alerts`) recompute the "ward above capacity" alerts from the same periods.
+   A backlog's batch may leave this step to a later write (`census_pending`, below).
 
 The bulk statements themselves (bounded, JSON rows on PostgreSQL) are `parcours.db.bulk`'s.
 Every step rewrites rows as a function of the stored state, so a replayed, duplicated or restarted
 batch leaves the tables as a clean run does. Offsets are committed by the agent after this returns.
+
+**The census of a backlog.** A backlog's batches follow each partition at its own pace, so each
+batch brings periods that reach days back into hours the batch before already counted: recomputed
+at every batch, most of a hospital's recent hours would be rewritten again and again. A batch
+marked `backlog` therefore records the hours it changed in `census_pending` (in its own
+transaction, so nothing is lost to a crash) and leaves step 3 to the first write that is not a
+backlog's, or that comes `census_every_s` after the last recomputation, or to `flush_census` (the
+worker calls it once idle). That write recomputes its own hours and every pending one together.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,7 +46,7 @@ from parcours.db.models import EncounterRow
 from parcours.db.pathway_models import StreamProgressRow
 from streams.core.census import Hierarchy
 from streams.core.events import CanonicalEvent, EncounterRecorded, LocationRecorded
-from streams.sink.census import recompute_hospital
+from streams.sink.census import recompute_hospital, take_pending, widen_pending
 from streams.sink.locations import LocationTree, remember_refused
 from streams.sink.patients import changed_windows, replace_patients, stored_rows
 from streams.sink.rows import SinkBatch, SinkResult, Window, encounter_rows
@@ -47,16 +57,28 @@ log = logging.getLogger(__name__)
 SINK_LOCK_KEY = 0x70617263  # "parc"
 # The tables whose rows a backfill rewrites most (`vacuum`).
 CHURNED = ("census_hourly", "location_occupancy", "pathway_states", "stays", "stay_locations")
+# How long a backlog's batches may leave the census to a later write.
+CENSUS_EVERY_S = 20.0
 
 
 class SqlSink:
     """Writes batches in one transaction each; replaying a batch changes nothing."""
 
-    def __init__(self, engine: Engine, capacity: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        capacity: Mapping[str, int] | None = None,
+        census_every_s: float = CENSUS_EVERY_S,
+    ) -> None:
         self.engine = engine
         self.tree = LocationTree(capacity)
         # The DBAPI connection of the transaction under way (`cancel` interrupts it).
         self._active: Any = None
+        self.census_every_s = census_every_s
+        # When this sink last recomputed the census (monotonic seconds).
+        self.census_at = -float("inf")
+        # Whether `census_pending` may hold hours (at start, another run may have left some).
+        self.census_pending = True
 
     @property
     def hierarchy(self) -> Hierarchy:
@@ -130,6 +152,7 @@ class SqlSink:
         except Exception:
             # The in-memory tree may be ahead of what was rolled back: read it again next time.
             self.tree.forget()
+            self.census_pending = True
             raise
         finally:
             self._active = None
@@ -166,6 +189,19 @@ class SqlSink:
             stored = stored_rows(conn, ids)
             changed_windows(conn, rows, stored, windows)
             result.rows += replace_patients(conn, rows, stored)
+        if batch.backlog and time.monotonic() - self.census_at < self.census_every_s:
+            if windows:
+                widen_pending(conn, windows)
+                self.census_pending = True
+            return result
+        if self.census_pending:
+            take_pending(conn, windows)
+            self.census_pending = False
         for hospital in sorted(windows):
             result.rows += recompute_hospital(conn, hierarchy, hospital, windows[hospital], result)
+        self.census_at = time.monotonic()
         return result
+
+    def flush_census(self) -> SinkResult:
+        """Recompute the census hours that backlog batches left pending, in one transaction."""
+        return self.write(SinkBatch())

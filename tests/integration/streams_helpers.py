@@ -165,7 +165,8 @@ def count(db_url: str, sql: str, **params: Any) -> int:
 
 
 def finished(db: str, expected: dict[str, int]) -> bool:
-    """True once every stay, visit, referral and location of the territory is in SQL."""
+    """True once every stay, visit, referral and location of the territory is in SQL, and the
+    census hours of the backlog are recomputed."""
     return (
         count(db, "SELECT count(*) FROM stays") == expected["stays"]
         and count(db, "SELECT count(*) FROM stays WHERE discharged_at IS NOT NULL")
@@ -174,6 +175,7 @@ def finished(db: str, expected: dict[str, int]) -> bool:
         and count(db, "SELECT count(*) FROM community_visits") == expected["community_visits"]
         and count(db, "SELECT count(*) FROM referrals") == expected["referrals"]
         and count(db, "SELECT count(*) FROM locations") == expected["locations"]
+        and count(db, "SELECT count(*) FROM census_pending") == 0
     )
 
 

@@ -83,6 +83,58 @@ def test_batches_duplicates_and_late_locations_converge(
         assert whole[table] == first[table], table
 
 
+def test_a_backlogs_census_waits_in_sql_and_a_later_write_or_restart_catches_up(
+    pg_url: str, topic_prefix: str
+) -> None:
+    """Backlog batches leave their census hours in `census_pending` (surviving a restart); the
+    next write that is not a backlog's, or `flush_census` after a restart, makes the census what
+    a run that recomputed it at every batch made."""
+    from parcours.db import make_engine
+
+    msgs = messages(territory_feed(topic_prefix, days=2, seed=5).resources)
+    half = len(msgs) // 2
+
+    def backlog(processor: BatchProcessor, part: list[RawMessage], table: dict[str, Any]) -> None:
+        for i in range(0, len(part), 150):
+            outcome = processor.fold(part[i : i + 150], table.get)
+            outcome.sink_batch.backlog = True
+            processor.write(outcome)
+            table.update({pid: value for pid, (_, value) in outcome.states.items()})
+
+    census = "SELECT unit_type, unit_id, hour, occupancy, admissions, discharges FROM census_hourly"
+    pending = "SELECT count(*) FROM census_pending"
+    with fresh_database(pg_url) as a, fresh_database(pg_url) as b, fresh_database(pg_url) as c:
+        run(a, msgs, 150)
+        reference = sorted(rows(a, census))
+        assert count(a, pending) == 0
+
+        rules = rules_from_settings(Settings())
+        # b: a backlog, then a live batch.
+        sink = SqlSink(make_engine(b), census_every_s=3600)
+        table: dict[str, Any] = {}
+        backlog(BatchProcessor(sink, rules), msgs[:-20], table)
+        assert count(b, pending) > 0
+        assert sorted(rows(b, census)) != reference
+        BatchProcessor(sink, rules).process(msgs[-20:], table.get)
+        assert count(b, pending) == 0
+        assert sorted(rows(b, census)) == reference
+
+        # c: a backlog, a stop (a new sink, as after a restart), the rest as a backlog, then
+        # the idle worker's flush.
+        table = {}
+        backlog(
+            BatchProcessor(SqlSink(make_engine(c), census_every_s=3600), rules), msgs[:half], table
+        )
+        assert count(c, pending) > 0
+        restarted = SqlSink(make_engine(c), census_every_s=3600)
+        backlog(BatchProcessor(restarted, rules), msgs[half:], table)
+        assert sorted(rows(c, census)) != reference
+        restarted.flush_census()
+        assert count(c, pending) == 0
+        assert sorted(rows(c, census)) == reference
+        assert snapshot(c, topic_prefix) == snapshot(a, topic_prefix)
+
+
 @pytest.mark.parametrize("n", [1, 500])
 def test_bulk_write_round_trips_awkward_values(pg_url: str, n: int) -> None:
     """Rows written in bulk (as one JSON array on PostgreSQL) store the values as they were."""

@@ -86,6 +86,7 @@ class StayLocationRow(Base):
 
     __table_args__ = (
         Index("ix_stay_locations_hospital_start", "hospital_id", "start_at"),
+        Index("ix_stay_locations_hospital_end", "hospital_id", "end_at"),
         Index("ix_stay_locations_location_id", "location_id"),
         Index("ix_stay_locations_ward_id", "ward_id"),
         Index("ix_stay_locations_patient_id", "patient_id"),
@@ -109,6 +110,7 @@ class EdVisitRow(Base):
     __table_args__ = (
         Index("ix_ed_visits_patient_id", "patient_id"),
         Index("ix_ed_visits_hospital_arrived", "hospital_id", "arrived_at"),
+        Index("ix_ed_visits_hospital_departed", "hospital_id", "departed_at"),
     )
 
 

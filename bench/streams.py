@@ -44,6 +44,7 @@ from parcours.topics import Topics, ensure_topics
 from simulate.run import feed
 from simulate.territory import compact_territory
 from streams.core.fhir_map import MappingError, map_resource
+from streams.read import census_pending
 from streams.runtime.faust_compat import consumed_partitions, ready_at
 from streams.runtime.gc_tuning import IDLE_S
 
@@ -573,6 +574,7 @@ def run_backfill(
                     applied = seen.get("parcours_worker_messages_total", 0) + seen.get(
                         "parcours_worker_directory_messages_total", 0
                     )
+                    # The replay is done once the census of its backlog is.
                     if applied >= produced and not census_pending(engine):
                         break
                     time.sleep(0.1)
@@ -626,13 +628,6 @@ def run_backfill(
             batch_size=batch_size,
             database="PostgreSQL" if engine.dialect.name == "postgresql" else "SQLite",
         )
-
-
-def census_pending(engine: Engine) -> bool:
-    """Whether census hours are still left to recompute (`SqlSink`): the replay is done only
-    once the census is."""
-    with engine.connect() as conn:
-        return conn.execute(text("SELECT 1 FROM census_pending LIMIT 1")).first() is not None
 
 
 def _time_to_stop(env: dict[str, str], topics: Topics, log_path: Path, prefix: str) -> float:

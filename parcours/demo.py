@@ -468,6 +468,8 @@ def _wait_history(
     with a progress bar for the folding."""
     from tqdm import tqdm
 
+    from streams.read import census_pending
+
     state_path = data_dir / SIMULATOR_STATE_FILE
 
     def history_done() -> bool:
@@ -492,7 +494,8 @@ def _wait_history(
         done, _ = folded_share(engine, topic, ends)
         bar.update(done - shown)
         shown = done
-        return done >= total
+        # The forecaster reads the census: the backlog's hours must be recomputed first.
+        return done >= total and not census_pending(engine)
 
     try:
         wait_for(sup, folded, "the history folded by the worker", timeout_s=1800, poll_s=1.0)

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, and_, func, or_, select
 from parcours.db.hl7_models import PatientIdentifierRow
 from parcours.db.pathway_models import (
     AlertRow,
+    CensusPendingRow,
     CommunityVisitRow,
     EdVisitRow,
     LocationOccupancyRow,
@@ -163,6 +164,13 @@ def pathway(engine: Engine, patient_id: str) -> dict[str, Any] | None:
         "referrals": referrals,
         "open_alerts": alerts,
     }
+
+
+def census_pending(engine: Engine) -> bool:
+    """Whether census hours that a backlog's batches changed are still to be recomputed (the
+    worker does it when the backlog ends, every 20 s meanwhile, or once idle)."""
+    with engine.connect() as conn:
+        return conn.execute(select(CensusPendingRow.hospital_id).limit(1)).first() is not None
 
 
 def summary(engine: Engine) -> dict[str, Any]:

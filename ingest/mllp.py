@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import logging
 import multiprocessing
@@ -771,6 +772,8 @@ def _internal(text: str) -> Outcome:
 # --- Parsing beside the listener -----------------------------------------------------------------
 
 PARSE_CHUNK = 128
+# Allocations between two young garbage collections (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 50_000
 _REJECTION_FIELDS = ("ack_code", "reason", "text", "segment", "field_no", "component", "error_code")
 
 
@@ -805,6 +808,18 @@ def parse_many(
 
 def _warm() -> bool:
     return True
+
+
+def tune_gc() -> None:
+    """Fewer cyclic garbage collections, in the listener and its parse workers.
+
+    Each message allocates hundreds of short-lived objects (parsed segments, resources, records,
+    unpickled results), few of them in cycles. With the default thresholds (a young collection
+    every 700 allocations) the collector runs several times per message, and its older
+    collections walk the stays cached in memory: about a third of applying a batch. Objects
+    alive at start-up (modules, settings) are moved out of its way."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
 
 # --- Listener -----------------------------------------------------------------------------------
@@ -898,7 +913,9 @@ class MllpListener:
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn: forking a process that runs Kafka client threads can copy a held lock.
         return ProcessPoolExecutor(
-            self.settings.mllp_parse_processes, mp_context=multiprocessing.get_context("spawn")
+            self.settings.mllp_parse_processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=tune_gc,
         )
 
     def _parse_later(
@@ -1145,20 +1162,28 @@ class MllpListener:
         """Write each message's ACK, in the order the messages came, as answers arrive; the
         ACKs of messages answered together are written together."""
         ended = False
+        # ACKs ready together go out in one write: the transport sends each write at once.
+        ready: list[bytes] = []
         try:
             while not ended:
                 item = await inflight.get()
                 while item is not None:
                     header, future = item
                     if not future.done():
+                        if ready:
+                            writer.write(b"".join(ready))
+                            ready.clear()
                         await writer.drain()
                     outcome = await future
                     self.handled += 1
-                    writer.write(self._ack(header, outcome))
+                    ready.append(self._ack(header, outcome))
                     if inflight.empty():
                         break
                     item = inflight.get_nowait()
                 ended = item is None
+                if ready:
+                    writer.write(b"".join(ready))
+                    ready.clear()
                 await writer.drain()
         except (ConnectionError, OSError, ssl.SSLError) as exc:
             log.info("MLLP connection from %s lost while answering: %s", peer, exc)
@@ -1181,6 +1206,7 @@ async def serve_forever(settings: Settings, host: str | None, port: int | None) 
         ownership=settings.ingest_ownership,
     )
     listener = MllpListener(settings, processor)
+    tune_gc()
     bound = await listener.start(host, port)
     log.info("MLLP listener on %s:%d", host or settings.mllp_host, bound)
     try:

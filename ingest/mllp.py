@@ -18,8 +18,8 @@ client sends stops the listener or delays other connections beyond the shared wr
 
 Messages are parsed in worker processes (`PARCOURS_MLLP_PARSE_PROCESSES`, in chunks: at once
 while a worker is free, else what arrived meanwhile; 0 parses here), then go, in the order they
-were read, in batches through two stages, each in its own thread, so that a batch is prepared
-while the previous one is finished:
+were read, in batches (the messages parsed so far, from the oldest on) through two stages, each
+in its own thread, so that a batch is prepared while the previous one is finished:
 
 1. prepare: owners checked, the stays' histories updated (pure `hl7_map.apply_adt`) and the
    resulting resources handed to the Kafka producer; the in-memory state moves on at once;
@@ -728,6 +728,10 @@ class AdtProcessor:
                 log.exception("could not store %d HL7 rejections", len(records))
 
 
+def _parsed(pending: Pending) -> bool:
+    return pending.parsed is None or pending.parsed.done()
+
+
 def _answer(pendings: list[Pending], outcomes: list[Outcome]) -> None:
     for p, o in zip(pendings, outcomes, strict=True):
         if p.future is not None and not p.future.done():
@@ -975,19 +979,30 @@ class MllpListener:
             self._flush_parse()
 
     async def _writer(self) -> None:
-        """Take what is queued (up to MAX_BATCH) and prepare it in a thread while the previous
-        batch is acknowledged by Kafka and stored (`finish`, in another thread); each message
-        is answered once its batch is finished. A batch prepared on top of one whose finish
-        failed is refused too (AE), and the caches are read again from SQL."""
+        """Take what is queued and parsed (up to MAX_BATCH) and prepare it in a thread while the
+        previous batch is acknowledged by Kafka and stored (`finish`, in another thread); each
+        message is answered once its batch is finished. A batch prepared on top of one whose
+        finish failed is refused too (AE), and the caches are read again from SQL."""
         previous: tuple[Prepared, asyncio.Task[bool]] | None = None
+        # Taken from the queue, in order, and not in a batch yet.
+        waiting: list[Pending] = []
         while True:
-            try:
-                first = await asyncio.wait_for(self.queue.get(), 2.0)
-            except TimeoutError:
-                continue
-            batch = [first]
-            while len(batch) < MAX_BATCH and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
+            if not waiting:
+                try:
+                    waiting.append(await asyncio.wait_for(self.queue.get(), 2.0))
+                except TimeoutError:
+                    continue
+            while len(waiting) < MAX_BATCH and not self.queue.empty():
+                waiting.append(self.queue.get_nowait())
+            # The batch is what is parsed already, from the first message on (waiting for the
+            # first if need be): the workers parse the rest meanwhile, instead of the batch
+            # waiting for its last message while the messages before it sit idle.
+            if waiting[0].parsed is not None:
+                await waiting[0].parsed
+            ready = 1
+            while ready < len(waiting) and _parsed(waiting[ready]):
+                ready += 1
+            batch, waiting = waiting[:ready], waiting[ready:]
             for p in batch:
                 if p.parsed is not None:
                     got = await p.parsed

@@ -351,8 +351,9 @@ def _norm_field(value: Any) -> list[list[list[str]]]:
 class _Segment:
     """1-based access to one parsed segment; never raises on absent fields.
 
-    Fields are flattened to plain lists once, on first use: python-hl7's `extract_field` costs
-    as much per call as parsing a segment, and a message reads some forty values.
+    Values are read by indexing python-hl7's containers as the plain lists they are:
+    its `extract_field` costs as much per call as parsing a segment, and a message reads some
+    forty values.
     """
 
     def __init__(self, segment: Any, esc: str = "\\") -> None:
@@ -369,10 +370,22 @@ class _Segment:
         return found
 
     def get(self, field_no: int, rep: int = 1, comp: int = 1, sub: int = 1) -> str:
-        try:
-            value = self._field(field_no)[rep - 1][comp - 1][sub - 1]
-        except IndexError:
+        segment = self.segment
+        if field_no >= len(segment):
             return ""
+        # python-hl7 nests field → repetition → component → subcomponent, but a part without
+        # the separators of the levels below is kept as its text: that text is the first
+        # element of each level below it.
+        node: Any = list.__getitem__(segment, field_no)
+        for index in (rep, comp, sub):
+            if isinstance(node, str):
+                if index != 1:
+                    return ""
+            elif index > len(node):
+                return ""
+            else:
+                node = list.__getitem__(node, index - 1)
+        value = node if isinstance(node, str) else str(node)
         if self.esc in value and not (self.name == "MSH" and field_no <= 2):
             value = hl7.util.unescape(self.segment, value)
         return value.strip()

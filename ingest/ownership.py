@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_, select, tuple_
+from sqlalchemy import Connection, Engine, and_, or_, select, tuple_
 
 from ingest.bundle import patient_key
 from parcours.db import upsert
@@ -85,9 +85,10 @@ class OwnershipStore:
             wanted = [c for c in dict.fromkeys(claims) if (source, c) not in self._allowed]
         if not wanted:
             return {}
-        owners = self._owners(wanted)
-        free = [c for c in wanted if c not in owners and c[0] in CLAIMED_BY_WRITING]
-        if free:
+        claimable = [c for c in wanted if c[0] in CLAIMED_BY_WRITING]
+        if claimable:
+            # Claim what nobody owns (a claim already made stays as it is), then read who owns
+            # each: a concurrent request of another integrator may have claimed one first.
             now = datetime.now(UTC)
             with self.engine.begin() as conn:
                 upsert(
@@ -95,13 +96,14 @@ class OwnershipStore:
                     IngestOwnerRow,
                     [
                         {"kind": k, "value": v, "integrator": source, "claimed_at": now}
-                        for k, v in free
+                        for k, v in claimable
                     ],
                     key=["kind", "value"],
                     update=[],
                 )
-            # A concurrent request of another integrator may have claimed one first.
-            owners.update(self._owners(free))
+                owners = self._owners(wanted, conn)
+        else:
+            owners = self._owners(wanted)
         others = {c: o for c, o in owners.items() if o != source}
         granted = self._granted(source, others) if others else set()
         denied = {c: o for c, o in others.items() if c not in granted}
@@ -111,18 +113,20 @@ class OwnershipStore:
             self._allowed.update((source, c) for c in wanted if c in owners and c not in denied)
         return denied
 
-    def _owners(self, claims: list[Claim]) -> dict[Claim, str]:
+    def _owners(self, claims: list[Claim], conn: Connection | None = None) -> dict[Claim, str]:
+        if conn is None:
+            with self.engine.connect() as own:
+                return self._owners(claims, own)
         t = IngestOwnerRow.__table__
         found: dict[Claim, str] = {}
-        with self.engine.connect() as conn:
-            for start in range(0, len(claims), CHUNK):
-                chunk = claims[start : start + CHUNK]
-                rows = conn.execute(
-                    select(t.c.kind, t.c.value, t.c.integrator).where(
-                        tuple_(t.c.kind, t.c.value).in_(chunk)
-                    )
+        for start in range(0, len(claims), CHUNK):
+            chunk = claims[start : start + CHUNK]
+            rows = conn.execute(
+                select(t.c.kind, t.c.value, t.c.integrator).where(
+                    tuple_(t.c.kind, t.c.value).in_(chunk)
                 )
-                found.update(((r[0], r[1]), r[2]) for r in rows)
+            )
+            found.update(((r[0], r[1]), r[2]) for r in rows)
         return found
 
     def _granted(self, source: str, owned: dict[Claim, str]) -> set[Claim]:

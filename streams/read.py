@@ -168,7 +168,7 @@ def pathway(engine: Engine, patient_id: str) -> dict[str, Any] | None:
 
 def census_pending(engine: Engine) -> bool:
     """Whether census hours that a backlog's batches changed are still to be recomputed (the
-    worker does it when the backlog ends, every 20 s meanwhile, or once idle)."""
+    worker does it when the backlog ends, every minute meanwhile, or once idle)."""
     with engine.connect() as conn:
         return conn.execute(select(CensusPendingRow.hospital_id).limit(1)).first() is not None
 

@@ -25,8 +25,9 @@ batch brings periods that reach days back into hours the batch before already co
 at every batch, most of a hospital's recent hours would be rewritten again and again. A batch
 marked `backlog` therefore records the hours it changed in `census_pending` (in its own
 transaction, so nothing is lost to a crash) and leaves step 3 to the first write that is not a
-backlog's, or that comes `census_every_s` after the last recomputation, or to `flush_census` (the
-worker calls it once idle). That write recomputes its own hours and every pending one together.
+backlog's, or that comes `census_every_s` (a minute) after the last recomputation, or to
+`flush_census` (the worker calls it once idle). That write recomputes its own hours and every
+pending one together.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ SINK_LOCK_KEY = 0x70617263  # "parc"
 # The tables whose rows a backfill rewrites most (`vacuum`).
 CHURNED = ("census_hourly", "location_occupancy", "pathway_states", "stays", "stay_locations")
 # How long a backlog's batches may leave the census to a later write.
-CENSUS_EVERY_S = 20.0
+CENSUS_EVERY_S = 60.0
 
 
 class SqlSink:
@@ -75,8 +76,9 @@ class SqlSink:
         # The DBAPI connection of the transaction under way (`cancel` interrupts it).
         self._active: Any = None
         self.census_every_s = census_every_s
-        # When this sink last recomputed the census (monotonic seconds).
-        self.census_at = -float("inf")
+        # When this sink last recomputed the census (monotonic seconds); a backlog's first
+        # batches wait for the next recomputation as the later ones do.
+        self.census_at = time.monotonic()
         # Whether `census_pending` may hold hours (at start, another run may have left some).
         self.census_pending = True
 

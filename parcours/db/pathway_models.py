@@ -265,13 +265,14 @@ class CensusHourlyRow(Base):
 
 class CensusPendingRow(Base):
     """Hours of one hospital's census that a backlog's batches changed and whose recomputation
-    they left to a later write (`streams.sink.writer.SqlSink`): from `lo` to `hi`."""
+    they left to a later write (`streams.sink.writer.SqlSink`): from `lo` to `hi`, or none (both
+    null) when only the hospital's live occupancy is to be rewritten."""
 
     __tablename__ = "census_pending"
 
     hospital_id: Mapped[str] = mapped_column(REF, primary_key=True)
-    lo: Mapped[datetime] = mapped_column(UTCDateTime)
-    hi: Mapped[datetime] = mapped_column(UTCDateTime)
+    lo: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    hi: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class SinkVersionRow(Base):

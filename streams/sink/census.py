@@ -31,7 +31,15 @@ from streams.core.census import (
     live_occupancy,
 )
 from streams.sink.capacity_alerts import capacity_alerts
-from streams.sink.rows import SinkResult, Window, as_utc, period_of, widen_window
+from streams.sink.rows import (
+    NEVER_HI,
+    NEVER_LO,
+    SinkResult,
+    Window,
+    as_utc,
+    period_of,
+    widen_window,
+)
 
 
 def watermark(conn: Connection, hospital: str) -> datetime | None:
@@ -50,12 +58,23 @@ def watermark(conn: Connection, hospital: str) -> datetime | None:
 
 
 def widen_pending(conn: Connection, windows: dict[str, Window]) -> None:
-    """Add `windows` to the hours left pending in `census_pending` (one row per hospital)."""
+    """Add `windows` to the hours left pending in `census_pending` (one row per hospital; an
+    empty window, for the live occupancy alone, is stored without hours)."""
     pending: dict[str, Window] = {}
     take_pending(conn, pending)
     for hospital, window in windows.items():
-        widen_window(pending, hospital, window.lo, window.hi)
-    rows = [{"hospital_id": h, "lo": w.lo, "hi": w.hi} for h, w in sorted(pending.items())]
+        if window.lo > window.hi:
+            pending.setdefault(hospital, Window(NEVER_LO, NEVER_HI))
+        else:
+            widen_window(pending, hospital, window.lo, window.hi)
+    rows = [
+        {
+            "hospital_id": h,
+            "lo": w.lo if w.lo <= w.hi else None,
+            "hi": w.hi if w.lo <= w.hi else None,
+        }
+        for h, w in sorted(pending.items())
+    ]
     bulk_write(conn, table_of(CensusPendingRow), rows, key=["hospital_id"])
 
 
@@ -64,7 +83,10 @@ def take_pending(conn: Connection, windows: dict[str, Window]) -> None:
     the transaction that recomputes them commits both)."""
     cp = table_of(CensusPendingRow)
     for hospital, lo, hi in conn.execute(select(cp.c.hospital_id, cp.c.lo, cp.c.hi)).all():
-        widen_window(windows, hospital, lo, hi)
+        if lo is None or hi is None:
+            windows.setdefault(hospital, Window(NEVER_LO, NEVER_HI))
+        else:
+            widen_window(windows, hospital, lo, hi)
     conn.execute(delete(cp))
 
 

@@ -19,12 +19,13 @@ TZ = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
-    """The `census_pending` table: one window of hours per hospital."""
+    """The `census_pending` table: one window of hours per hospital (none: only its live
+    occupancy)."""
     op.create_table(
         "census_pending",
         sa.Column("hospital_id", sa.String(256), primary_key=True),
-        sa.Column("lo", TZ, nullable=False),
-        sa.Column("hi", TZ, nullable=False),
+        sa.Column("lo", TZ, nullable=True),
+        sa.Column("hi", TZ, nullable=True),
     )
 
 

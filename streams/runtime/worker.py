@@ -432,7 +432,8 @@ class Worker:
             except WorkerStopping:
                 return
             await self.apply(outcome)
-        log.info("census recomputed after the backlog (%d rows)", outcome.rows)
+        if outcome.rows:
+            log.info("census recomputed after the backlog (%d rows)", outcome.rows)
 
     def stop_now(self) -> None:
         """On SIGTERM: give up retries, cancel the statement under way, end the folds."""

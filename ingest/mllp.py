@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import hashlib
 import logging
 import multiprocessing
@@ -75,6 +74,7 @@ from ingest.hl7_store import CountKey, Hl7Store, ResourceVersion
 from ingest.outcome import BrokerUnavailable, Issue, Rejection
 from ingest.ownership import MAX_VALUE, Claim, OwnershipStore
 from ingest.publish import RECORD_ERRORS, Ack, Message, Publisher, collect_acks
+from parcours.runtime import collect_seldom
 from parcours.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -776,8 +776,6 @@ def _internal(text: str) -> Outcome:
 # --- Parsing beside the listener -----------------------------------------------------------------
 
 PARSE_CHUNK = 128
-# Allocations between two young garbage collections (CPython's default: 700).
-GC_YOUNG_THRESHOLD = 50_000
 _REJECTION_FIELDS = ("ack_code", "reason", "text", "segment", "field_no", "component", "error_code")
 
 
@@ -812,18 +810,6 @@ def parse_many(
 
 def _warm() -> bool:
     return True
-
-
-def tune_gc() -> None:
-    """Fewer cyclic garbage collections, in the listener and its parse workers.
-
-    Each message allocates hundreds of short-lived objects (parsed segments, resources, records,
-    unpickled results), few of them in cycles. With the default thresholds (a young collection
-    every 700 allocations) the collector runs several times per message, and its older
-    collections walk the stays cached in memory: about a third of applying a batch. Objects
-    alive at start-up (modules, settings) are moved out of its way."""
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
 
 # --- Listener -----------------------------------------------------------------------------------
@@ -919,7 +905,7 @@ class MllpListener:
         return ProcessPoolExecutor(
             self.settings.mllp_parse_processes,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=tune_gc,
+            initializer=collect_seldom,
         )
 
     def _parse_later(
@@ -1221,7 +1207,9 @@ async def serve_forever(settings: Settings, host: str | None, port: int | None) 
         ownership=settings.ingest_ownership,
     )
     listener = MllpListener(settings, processor)
-    tune_gc()
+    # Each message allocates hundreds of short-lived objects, while the stays' histories stay
+    # cached: the collector would walk them several times per message.
+    collect_seldom()
     bound = await listener.start(host, port)
     log.info("MLLP listener on %s:%d", host or settings.mllp_host, bound)
     try:

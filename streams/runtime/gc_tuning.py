@@ -2,9 +2,10 @@
 
 import ctypes
 import ctypes.util
-import gc
 import logging
 from typing import Any
+
+from parcours.runtime import collect_seldom
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,8 @@ def tune_gc() -> None:
     """Make Python's cycle collector, and glibc's allocator, fit a stream worker.
 
     A batch allocates hundreds of thousands of short-lived objects while the heap holds every
-    patient's state. With the default thresholds the collector runs a young collection every 700
-    allocations and, often, walks that whole heap: it took two thirds of the time of the pathway
-    rules. Objects alive at start-up (modules, Faust) are frozen out of its reach, and it runs
-    less often. Memory is still reclaimed: most objects die by reference count, not by the
-    collector.
+    patient's state: with the default thresholds the collector took two thirds of the time of
+    the pathway rules. It runs less often (`collect_seldom`).
 
     glibc gives each thread that allocates its own arena, up to eight per core; the worker's
     threads (SQL writes, folds, Faust) each kept a heap of a batch's size. Two arenas are enough.
@@ -35,8 +33,7 @@ def tune_gc() -> None:
     freed, up to 32 MB: a batch's buffers (pipes, JSON) would then land in the heap between the
     table's values, and stay there once freed. The size is fixed instead.
     """
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    collect_seldom()
     libc = _libc()
     if libc is not None:
         libc.mallopt(M_ARENA_MAX, 2)

@@ -31,15 +31,7 @@ from streams.core.census import (
     live_occupancy,
 )
 from streams.sink.capacity_alerts import capacity_alerts
-from streams.sink.rows import (
-    NEVER_HI,
-    NEVER_LO,
-    SinkResult,
-    Window,
-    as_utc,
-    period_of,
-    widen_window,
-)
+from streams.sink.rows import NEVER_HI, NEVER_LO, SinkResult, Window, as_utc, period_of
 
 
 def watermark(conn: Connection, hospital: str) -> datetime | None:
@@ -63,16 +55,9 @@ def widen_pending(conn: Connection, windows: dict[str, Window]) -> None:
     pending: dict[str, Window] = {}
     take_pending(conn, pending)
     for hospital, window in windows.items():
-        if window.lo > window.hi:
-            pending.setdefault(hospital, Window(NEVER_LO, NEVER_HI))
-        else:
-            widen_window(pending, hospital, window.lo, window.hi)
+        pending.setdefault(hospital, Window(NEVER_LO, NEVER_HI)).widen(window.lo, window.hi)
     rows = [
-        {
-            "hospital_id": h,
-            "lo": w.lo if w.lo <= w.hi else None,
-            "hi": w.hi if w.lo <= w.hi else None,
-        }
+        {"hospital_id": h, "lo": None if w.empty else w.lo, "hi": None if w.empty else w.hi}
         for h, w in sorted(pending.items())
     ]
     bulk_write(conn, table_of(CensusPendingRow), rows, key=["hospital_id"])
@@ -83,10 +68,9 @@ def take_pending(conn: Connection, windows: dict[str, Window]) -> None:
     the transaction that recomputes them commits both)."""
     cp = table_of(CensusPendingRow)
     for hospital, lo, hi in conn.execute(select(cp.c.hospital_id, cp.c.lo, cp.c.hi)).all():
-        if lo is None or hi is None:
-            windows.setdefault(hospital, Window(NEVER_LO, NEVER_HI))
-        else:
-            widen_window(windows, hospital, lo, hi)
+        window = windows.setdefault(hospital, Window(NEVER_LO, NEVER_HI))
+        if lo is not None and hi is not None:
+            window.widen(as_utc(lo), as_utc(hi))
     conn.execute(delete(cp))
 
 

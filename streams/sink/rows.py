@@ -113,6 +113,11 @@ class Window:
     lo: datetime
     hi: datetime
 
+    @property
+    def empty(self) -> bool:
+        """No hour: only the hospital's live occupancy is rewritten."""
+        return self.lo > self.hi
+
     def widen(self, lo: datetime | None, hi: datetime | None = None) -> None:
         if lo is not None and lo < self.lo:
             self.lo = lo

@@ -4,8 +4,9 @@ Every table here is a *projection*: the sink rewrites whole rows derived from th
 pathway state (and, for the census, from the stored stays), so replaying any part of the raw topic
 leaves the tables exactly as a clean run would. Nothing here is incremented in place.
 
-- `pathway_states`: where each patient is on the pathway (`PatientState.view()`, as JSON); the
-  whole state, with its event log, is the Faust table's value.
+- `pathway_states`: where each patient is on the pathway (`PatientState.view()`, as JSON), and
+  the digest of the records below as last written for the patient; the whole state, with its
+  event log, is the Faust table's value.
 - `stays`, `stay_locations`: inpatient stays and the ward/bed periods inside them. A stay with no
   `Encounter.location` (Synthea) still gets one `stay_locations` row at hospital level, so the
   census reads one table.
@@ -43,6 +44,8 @@ class PathwayStateRow(Base):
     patient_id: Mapped[str] = mapped_column(ID, primary_key=True)
     state: Mapped[dict[str, Any]] = mapped_column(JSON)
     last_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The digest of the patient's records as the sink last wrote them (`records_digest`).
+    rows_digest: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class StayRow(Base):

@@ -4,16 +4,62 @@ The rows are the *whole* derived state of the patient (every stay, period, visit
 appointment), so the sink can replace what it held before; a replay that rebuilds the same state
 writes the same rows. Alerts are the exception: a resolved alert leaves the state, so resolutions
 come from the `AlertResolved` outputs, and alert rows are upserted, never deleted.
+
+`row_changes` compares a patient's rows with those its previous state derived. With the digest
+of those (`PatientRows.digest`, which the sink stores beside the rows), the sink knows when the
+stored rows are exactly the previous ones, and then writes the changes without reading them back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
+import orjson
+
 from streams.core.pathway import AlertRaised, AlertResolved, PatientState, to_jsonable
+
+# The tables of a patient's records, as `PatientRows` attributes, and the columns of their keys.
+RECORD_KEYS: dict[str, tuple[str, ...]] = {
+    "stays": ("stay_id",),
+    "periods": ("stay_id", "seq"),
+    "ed_visits": ("encounter_id",),
+    "community_visits": ("encounter_id",),
+    "referrals": ("referral_id",),
+    "appointments": ("appointment_id",),
+}
+Key = tuple[Any, ...]
+
+
+@dataclass
+class RowChanges:
+    """How a patient's records differ from those its previous state derived.
+
+    `base` is the digest of the previous records (None when there was no previous state);
+    per `RECORD_KEYS` attribute, `changed` holds the positions (in `PatientRows`) of the
+    records that are new or differ, `gone` the keys of the previous records no longer
+    derived."""
+
+    base: int | None
+    changed: dict[str, list[int]]
+    gone: dict[str, list[Key]]
+
+
+def _key_getter(columns: tuple[str, ...]) -> Callable[[dict[str, Any]], Key]:
+    if len(columns) == 1:
+        (column,) = columns
+        return lambda row: (row[column],)
+    return itemgetter(*columns)  # type: ignore[return-value]  # a tuple for several columns
+
+
+# The key of a record, per `RECORD_KEYS` attribute.
+KEY_OF: dict[str, Callable[[dict[str, Any]], Key]] = {
+    attr: _key_getter(columns) for attr, columns in RECORD_KEYS.items()
+}
 
 
 @dataclass
@@ -36,6 +82,10 @@ class PatientRows:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     # Alerts raised in an earlier batch and resolved in this one: alert id → resolution time.
     resolutions: dict[str, datetime] = field(default_factory=dict)
+    # `records_digest` of the records above, as derived (before the sink places the periods).
+    digest: int | None = None
+    # The records' changes since the previous state, when the fold knows it.
+    changes: RowChanges | None = None
 
 
 MESSAGES = {
@@ -56,13 +106,49 @@ def patient_rows(
     state: PatientState, alert_outputs: Iterable[AlertRaised | AlertResolved] = ()
 ) -> PatientRows:
     """The SQL rows of one patient, from its state and the alert outputs of this batch."""
+    rows = PatientRows(patient_id=state.patient_id, state=state.view(), last_event_at=state.clock)
+    if state.facts.replaced_by:
+        rows.state = {**rows.state, "replaced_by": state.facts.replaced_by}
+    _add_records(rows, state)
+    _add_alerts(rows, state, alert_outputs)
+    return rows
+
+
+def records_digest(rows: PatientRows) -> int:
+    """A 64-bit digest (signed, as SQL's BIGINT) of the records in `rows`."""
+    data = orjson.dumps([getattr(rows, attr) for attr in RECORD_KEYS])
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
+
+
+def row_changes(before: PatientState | None, after: PatientRows) -> RowChanges:
+    """How `after`'s records differ from those the state `before` derived."""
+    changed: dict[str, list[int]] = {attr: [] for attr in RECORD_KEYS}
+    gone: dict[str, list[Key]] = {attr: [] for attr in RECORD_KEYS}
+    if before is None:
+        for attr in RECORD_KEYS:
+            changed[attr] = list(range(len(getattr(after, attr))))
+        return RowChanges(None, changed, gone)
+    old = PatientRows(patient_id=before.patient_id, state={})
+    _add_records(old, before)
+    if old.digest == after.digest:
+        return RowChanges(old.digest, changed, gone)
+    for attr, key_of in KEY_OF.items():
+        previous = {key_of(r): r for r in getattr(old, attr)}
+        for i, row in enumerate(getattr(after, attr)):
+            if previous.pop(key_of(row), None) != row:
+                changed[attr].append(i)
+        gone[attr] = list(previous)
+    return RowChanges(old.digest, changed, gone)
+
+
+def _add_records(rows: PatientRows, state: PatientState) -> None:
+    """Fill in the records of `state` (none for a Patient merged into another: its stays and
+    visits are that Patient's rows now) and their digest."""
     pid = state.patient_id
     facts = state.facts
-    rows = PatientRows(patient_id=pid, state=state.view(), last_event_at=state.clock)
     if facts.replaced_by:
-        # Merged into another Patient: its stays and visits are that Patient's rows now.
-        rows.state = {**rows.state, "replaced_by": facts.replaced_by}
-        return rows
+        rows.digest = records_digest(rows)
+        return
     for stay in facts.stays:
         rows.stays.append(
             {
@@ -145,6 +231,13 @@ def patient_rows(
                 "location_id": appt.location,
             }
         )
+    rows.digest = records_digest(rows)
+
+
+def _add_alerts(
+    rows: PatientRows, state: PatientState, alert_outputs: Iterable[AlertRaised | AlertResolved]
+) -> None:
+    pid = state.patient_id
     alerts: dict[str, dict[str, Any]] = {}
     resolved: dict[str, datetime] = {}
     for out in alert_outputs:
@@ -165,7 +258,6 @@ def patient_rows(
     rows.alerts = list(alerts.values())
     # Resolutions of alerts raised in an earlier batch: the sink updates their status only.
     rows.resolutions = {aid: at for aid, at in resolved.items() if aid not in alerts}
-    return rows
 
 
 def _alert_row(

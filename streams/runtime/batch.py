@@ -33,7 +33,7 @@ from streams.core.pathway import (
     to_jsonable,
     transition,
 )
-from streams.core.projection import patient_rows
+from streams.core.projection import patient_rows, row_changes
 from streams.sink.rows import SinkBatch, SinkResult
 
 log = logging.getLogger(__name__)
@@ -335,6 +335,7 @@ class BatchProcessor:
                 if state is None or state is before:
                     continue
                 rows = patient_rows(state, alert_outs)
+                rows.changes = row_changes(before, rows)
             except Exception as exc:
                 # A rule that breaks on one patient's messages must not stop everyone's pathway:
                 # they go to the dead letters with the reason, the state stays as it was.

@@ -74,7 +74,7 @@ from streams.runtime.batch import (
 )
 from streams.runtime.fold_process import FoldProcesses
 from streams.runtime.gc_tuning import IDLE_S, give_back_memory
-from streams.sink.writer import SqlSink
+from streams.sink.writer import CENSUS_EVERY_S, SqlSink
 
 if TYPE_CHECKING:
     from streams.runtime.faust_compat import ParcoursApp
@@ -293,6 +293,8 @@ class Worker:
         self.large_batch_at: float | None = None
         # When the last batch finished (`flush_census_when_idle`).
         self.batch_at = time.monotonic()
+        # When the last batch submitted had more messages behind it (None: it had not).
+        self.backlog_at: float | None = None
 
     def register(self) -> None:
         """Declare the handlers, timers and pages on the app."""
@@ -424,6 +426,10 @@ class Worker:
             return
         if time.monotonic() - self.batch_at < CENSUS_IDLE_S:
             return
+        if self.backlog_at is not None and time.monotonic() - self.backlog_at < CENSUS_EVERY_S:
+            # The last batch had more behind it: the next is on its way, and the pause is the
+            # consumer gathering it (a backlog's last batch recomputes the census itself).
+            return
         async with self.pipeline.lock:
             await self.pipeline.written()
             outcome = BatchOutcome()
@@ -485,7 +491,9 @@ class Worker:
         if not self.directory_loaded.is_set():
             await self.directory_loaded.wait()
         messages = [RawMessage(m.key, m.value, m.partition) for m in batch if m.value is not None]
-        await self.pipeline.submit(messages, batch, self.behind(batch))
+        backlog = self.behind(batch)
+        self.backlog_at = time.monotonic() if backlog else None
+        await self.pipeline.submit(messages, batch, backlog)
 
     def behind(self, batch: list[Message]) -> bool:
         """Whether a large batch has more messages behind it on one of its partitions, as far as

@@ -23,7 +23,6 @@ from parcours.db.pathway_models import (
 )
 from streams.core.census import UNKNOWN_HOSPITAL, WARD, Hierarchy
 from streams.core.events import LocationRecorded
-from streams.core.projection import PatientRows
 from streams.sink.rows import (
     NEVER_HI,
     NEVER_LO,
@@ -239,15 +238,17 @@ class LocationTree:
                     windows.setdefault(hospital, Window(NEVER_LO, NEVER_HI))
         return new
 
-    def resolve_places(self, hierarchy: Hierarchy, patients: list[PatientRows]) -> None:
-        """Fill in the hospital, ward and bed of the new periods and ED visits from the tree."""
-        for p in patients:
-            for row in p.periods:
-                hospital, ward, bed = self.resolve(
-                    hierarchy, row.get("hospital_id"), row.get("location_id"), row.get("ward_ref")
-                )
-                row.update(hospital_id=hospital, ward_id=ward, bed_id=bed)
-            for row in p.ed_visits:
-                row["hospital_id"] = row.get("hospital_id") or hierarchy.hospital_of(
-                    row.get("ward_id")
-                )
+    def resolve_places(
+        self,
+        hierarchy: Hierarchy,
+        periods: list[dict[str, Any]],
+        ed_visits: list[dict[str, Any]],
+    ) -> None:
+        """Fill in the hospital, ward and bed of new periods and ED visits from the tree."""
+        for row in periods:
+            hospital, ward, bed = self.resolve(
+                hierarchy, row.get("hospital_id"), row.get("location_id"), row.get("ward_ref")
+            )
+            row.update(hospital_id=hospital, ward_id=ward, bed_id=bed)
+        for row in ed_visits:
+            row["hospital_id"] = row.get("hospital_id") or hierarchy.hospital_of(row.get("ward_id"))

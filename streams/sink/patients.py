@@ -5,6 +5,7 @@ find the census hours that the change moves."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
@@ -24,19 +25,38 @@ from parcours.db.pathway_models import (
     StayRow,
 )
 from streams.core.census import UNKNOWN_HOSPITAL
-from streams.core.projection import PatientRows
+from streams.core.projection import KEY_OF, RECORD_KEYS, Key, PatientRows
 from streams.sink.census import watermark
 from streams.sink.rows import ALERT_COLUMNS, Window, as_utc, widen_window
 
-# The tables that hold a patient's records: (model, `PatientRows` attribute, key columns).
-PATIENT_TABLES: tuple[tuple[Any, str, tuple[str, ...]], ...] = (
-    (StayRow, "stays", ("stay_id",)),
-    (StayLocationRow, "periods", ("stay_id", "seq")),
-    (EdVisitRow, "ed_visits", ("encounter_id",)),
-    (CommunityVisitRow, "community_visits", ("encounter_id",)),
-    (ReferralRow, "referrals", ("referral_id",)),
-    (AppointmentRow, "appointments", ("appointment_id",)),
+# The tables that hold a patient's records: model and `PatientRows` attribute (keys:
+# `RECORD_KEYS`).
+PATIENT_TABLES: tuple[tuple[Any, str], ...] = (
+    (StayRow, "stays"),
+    (StayLocationRow, "periods"),
+    (EdVisitRow, "ed_visits"),
+    (CommunityVisitRow, "community_visits"),
+    (ReferralRow, "referrals"),
+    (AppointmentRow, "appointments"),
 )
+# The records whose stored versions the census needs (the hours they leave or take).
+PLACED = ("periods", "ed_visits")
+
+
+@dataclass
+class PatientWrite:
+    """What a batch changes in the patient tables, per `RECORD_KEYS` attribute: the rows to
+    write unless the stored row at their key is equal (`new`), the stored rows that `new`
+    replaces or that go (`stored`, as namespaces), and the (key, patient) of the stored rows no
+    longer derived (`gone`)."""
+
+    new: dict[str, dict[Key, dict[str, Any]]]
+    stored: dict[str, dict[Key, Any]]
+    gone: dict[str, list[tuple[Key, str]]]
+
+    def placed(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The new periods and ED visits, which the sink places in the Location tree."""
+        return list(self.new["periods"].values()), list(self.new["ed_visits"].values())
 
 
 def _same_row(old: Any, new: Mapping[str, Any]) -> bool:
@@ -74,31 +94,94 @@ def _period_change(
     return [(new["hospital_id"], min(known), max(known))]
 
 
-def stored_rows(conn: Connection, ids: list[str]) -> dict[str, dict[tuple[Any, ...], Any]]:
-    """The rows the patient tables hold for `ids`: table attribute → key → row (its columns as
-    attributes)."""
-    stored: dict[str, dict[tuple[Any, ...], Any]] = {}
-    for model, attr, key in PATIENT_TABLES:
+def plan_write(conn: Connection, patients: list[PatientRows]) -> PatientWrite:
+    """What writing `patients` changes in the patient tables.
+
+    A patient whose stored digest is that of the records its previous state derived (the fold's
+    `RowChanges.base`) has exactly those records in SQL: its changes are written as they are,
+    and only the stored periods and ED visits they replace are read (the census needs them).
+    Any other patient (no changes known, a database restored or written by another run, a
+    replay after a crash) has its rows read back and compared whole."""
+    digests = stored_digests(conn, [p.patient_id for p in patients])
+    trusted = [p for p in patients if _trusted(p, digests)]
+    whole = [p for p in patients if not _trusted(p, digests)]
+    stored = _stored_of_patients(conn, sorted(p.patient_id for p in whole))
+    new: dict[str, dict[Key, dict[str, Any]]] = {attr: {} for attr in RECORD_KEYS}
+    gone: dict[str, list[tuple[Key, str]]] = {attr: [] for attr in RECORD_KEYS}
+    for attr, key_of in KEY_OF.items():
+        for p in whole:
+            for row in getattr(p, attr):
+                new[attr][key_of(row)] = row
+        for p in trusted:
+            assert p.changes is not None
+            rows = getattr(p, attr)
+            for i in p.changes.changed[attr]:
+                new[attr][key_of(rows[i])] = rows[i]
+            gone[attr] += [(k, p.patient_id) for k in p.changes.gone[attr]]
+        gone[attr] += [(k, old.patient_id) for k, old in stored[attr].items() if k not in new[attr]]
+    for attr in PLACED:
+        wanted = set(new[attr]) | {k for k, _ in gone[attr]}
+        missing = [k for k in wanted if k not in stored[attr]]
+        stored[attr].update(_stored_at(conn, attr, missing))
+    return PatientWrite(new, stored, gone)
+
+
+def _trusted(p: PatientRows, digests: Mapping[str, int | None]) -> bool:
+    """Whether SQL holds exactly the records `p`'s previous state derived."""
+    if p.changes is None:
+        return False
+    if p.changes.base is None:
+        return p.patient_id not in digests
+    return digests.get(p.patient_id) == p.changes.base
+
+
+def stored_digests(conn: Connection, ids: list[str]) -> dict[str, int | None]:
+    """`pathway_states.rows_digest` of the patients of `ids` that have a row."""
+    table = table_of(PathwayStateRow)
+    found: dict[str, int | None] = {}
+    for part in chunks(sorted(ids)):
+        query = select(table.c.patient_id, table.c.rows_digest)
+        for pid, digest in conn.execute(query.where(one_of(conn, table.c.patient_id, part))):
+            found[pid] = digest
+    return found
+
+
+def _namespaces(result: Any, key: tuple[str, ...]) -> dict[Key, Any]:
+    names = list(result.keys())
+    at = [names.index(k) for k in key]
+    # Namespaces: the comparisons read every column of each row, and a SQLAlchemy row's
+    # attributes cost a microsecond or two each.
+    return {
+        tuple(r[i] for i in at): SimpleNamespace(**dict(zip(names, r, strict=True))) for r in result
+    }
+
+
+def _stored_of_patients(conn: Connection, ids: list[str]) -> dict[str, dict[Key, Any]]:
+    """The rows the patient tables hold for `ids`: table attribute → key → row."""
+    stored: dict[str, dict[Key, Any]] = {}
+    for model, attr in PATIENT_TABLES:
         table = table_of(model)
-        found: dict[tuple[Any, ...], Any] = {}
+        stored[attr] = {}
         for part in chunks(ids):
             result = conn.execute(select(table).where(one_of(conn, table.c.patient_id, part)))
-            names = list(result.keys())
-            at = [names.index(k) for k in key]
-            for r in result:
-                # A namespace: the comparisons read every column of each row, and a SQLAlchemy
-                # row's attributes cost a microsecond or two each.
-                found[tuple(r[i] for i in at)] = SimpleNamespace(**dict(zip(names, r, strict=True)))
-        stored[attr] = found
+            stored[attr].update(_namespaces(result, RECORD_KEYS[attr]))
     return stored
 
 
-def changed_windows(
-    conn: Connection,
-    patients: list[PatientRows],
-    stored: Mapping[str, Mapping[tuple[Any, ...], Any]],
-    windows: dict[str, Window],
-) -> None:
+def _stored_at(conn: Connection, attr: str, keys: list[Key]) -> dict[Key, Any]:
+    """The stored rows of the table of `attr` at `keys` (its first key column selects)."""
+    model = dict((a, m) for m, a in PATIENT_TABLES)[attr]
+    table = table_of(model)
+    key = RECORD_KEYS[attr]
+    first = table.c[key[0]]
+    found: dict[Key, Any] = {}
+    for part in chunks(sorted({k[0] for k in keys})):
+        found.update(_namespaces(conn.execute(select(table).where(one_of(conn, first, part))), key))
+    wanted = set(keys)
+    return {k: row for k, row in found.items() if k in wanted}
+
+
+def changed_windows(conn: Connection, plan: PatientWrite, windows: dict[str, Window]) -> None:
     """Widen the windows by the hours that the patients' new rows change.
 
     Only the periods and ED visits that differ from the stored ones count, from the point
@@ -113,58 +196,60 @@ def changed_windows(
         touched.add(hospital)
         widen_window(windows, hospital, lo, hi)
 
-    old_periods = dict(stored["periods"])
-    for p in patients:
-        for row in p.periods:
-            old = old_periods.pop((row["stay_id"], row["seq"]), None)
-            for hospital, lo, hi in _period_change(old, row):
-                widen(hospital, lo, hi)
-    for old in old_periods.values():
-        widen(old.hospital_id, old.start_at, old.end_at or old.start_at)
-    old_eds = dict(stored["ed_visits"])
-    for p in patients:
-        for row in p.ed_visits:
-            was = old_eds.pop((row["encounter_id"],), None)
-            now = (row["hospital_id"], row["ward_id"], row["arrived_at"], row["departed_at"])
-            if was is not None and now == (
-                was.hospital_id,
-                was.ward_id,
-                as_utc(was.arrived_at),
-                as_utc(was.departed_at),
-            ):
-                continue
-            # The visit occupies the ED from its arrival to its departure.
-            widen(row["hospital_id"], row["arrived_at"], row["departed_at"])
-            if was is not None:
-                widen(was.hospital_id, was.arrived_at, was.departed_at)
-    for was in old_eds.values():
-        widen(was.hospital_id, was.arrived_at, was.departed_at)
+    old_periods = plan.stored["periods"]
+    for k, row in plan.new["periods"].items():
+        for hospital, lo, hi in _period_change(old_periods.get(k), row):
+            widen(hospital, lo, hi)
+    for k, _ in plan.gone["periods"]:
+        if (old := old_periods.get(k)) is not None:
+            widen(old.hospital_id, old.start_at, old.end_at or old.start_at)
+    old_eds = plan.stored["ed_visits"]
+    for k, row in plan.new["ed_visits"].items():
+        was = old_eds.get(k)
+        now = (row["hospital_id"], row["ward_id"], row["arrived_at"], row["departed_at"])
+        if was is not None and now == (
+            was.hospital_id,
+            was.ward_id,
+            as_utc(was.arrived_at),
+            as_utc(was.departed_at),
+        ):
+            continue
+        # The visit occupies the ED from its arrival to its departure.
+        widen(row["hospital_id"], row["arrived_at"], row["departed_at"])
+        if was is not None:
+            widen(was.hospital_id, was.arrived_at, was.departed_at)
+    for k, _ in plan.gone["ed_visits"]:
+        if (was := old_eds.get(k)) is not None:
+            widen(was.hospital_id, was.arrived_at, was.departed_at)
     for hospital in touched:
         mark = watermark(conn, hospital)
         if mark is not None:
             widen_window(windows, hospital, mark, None)
 
 
-def replace_patients(
-    conn: Connection,
-    patients: list[PatientRows],
-    stored: Mapping[str, Mapping[tuple[Any, ...], Any]],
-) -> int:
-    """Make the patient tables hold `patients`' rows: rows that differ from the stored ones
-    are upserted, rows no longer derived are deleted, equal rows are left alone (most of a
+def replace_patients(conn: Connection, patients: list[PatientRows], plan: PatientWrite) -> int:
+    """Make the patient tables hold `patients`' rows (`plan`): rows that differ from the stored
+    ones are upserted, rows no longer derived are deleted, equal rows are left alone (most of a
     patient's rows do not change when one more event arrives)."""
     written = 0
-    for model, attr, key in PATIENT_TABLES:
+    for model, attr in PATIENT_TABLES:
         table = table_of(model)
-        old = stored[attr]
-        new = {tuple(r[k] for k in key): r for p in patients for r in getattr(p, attr)}
-        changed = [r for k, r in new.items() if not _same_row(old.get(k), r)]
-        gone = [k for k in old if k not in new]
-        bulk_delete(conn, table, gone, key)
+        key = RECORD_KEYS[attr]
+        old = plan.stored[attr]
+        changed = [r for k, r in plan.new[attr].items() if not _same_row(old.get(k), r)]
+        # A stored row goes only from the patient it belongs to: a merge may have given its key
+        # to another patient since.
+        gone = [(*k, pid) for k, pid in plan.gone[attr]]
+        bulk_delete(conn, table, gone, (*key, "patient_id"))
         bulk_write(conn, table, changed, key=list(key))
         written += len(changed) + len(gone)
     states = [
-        {"patient_id": p.patient_id, "state": p.state, "last_event_at": p.last_event_at}
+        {
+            "patient_id": p.patient_id,
+            "state": p.state,
+            "last_event_at": p.last_event_at,
+            "rows_digest": p.digest,
+        }
         for p in patients
     ]
     bulk_write(conn, table_of(PathwayStateRow), states, key=["patient_id"])

@@ -49,7 +49,7 @@ from streams.core.census import Hierarchy
 from streams.core.events import CanonicalEvent, EncounterRecorded, LocationRecorded
 from streams.sink.census import recompute_hospital, take_pending, widen_pending
 from streams.sink.locations import LocationTree, remember_refused
-from streams.sink.patients import changed_windows, replace_patients, stored_rows
+from streams.sink.patients import changed_windows, plan_write, replace_patients
 from streams.sink.rows import SinkBatch, SinkResult, Window, encounter_rows
 
 log = logging.getLogger(__name__)
@@ -183,14 +183,12 @@ class SqlSink:
             bulk_write(conn, table_of(EncounterRow), enc, key=["encounter_id"])
             result.rows += len(enc)
 
-        patients = {p.patient_id: p for p in batch.patients}
+        patients = list({p.patient_id: p for p in batch.patients}.values())
         if patients:
-            ids = sorted(patients)
-            rows = list(patients.values())
-            self.tree.resolve_places(hierarchy, rows)
-            stored = stored_rows(conn, ids)
-            changed_windows(conn, rows, stored, windows)
-            result.rows += replace_patients(conn, rows, stored)
+            plan = plan_write(conn, patients)
+            self.tree.resolve_places(hierarchy, *plan.placed())
+            changed_windows(conn, plan, windows)
+            result.rows += replace_patients(conn, patients, plan)
         if batch.backlog and time.monotonic() - self.census_at < self.census_every_s:
             if windows:
                 widen_pending(conn, windows)

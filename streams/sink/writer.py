@@ -6,9 +6,11 @@ What one `SqlSink.write` does, in one transaction (each job in its own module of
    of the tree (a bed moved to another ward…) re-resolves the stored periods that point there and
    marks their hours for recomputation.
 2. `patients`: per patient touched by the batch, make its rows in `stays`, `stay_locations`,
-   `ed_visits`, `community_visits`, `referrals` equal the rows derived from its new state (read
-   the stored ones, upsert those that differ, delete those no longer derived) and upsert
-   `pathway_states` and its alerts (never touching `acknowledged_by/at`).
+   `ed_visits`, `community_visits`, `referrals`, `appointments` equal the rows derived from its
+   new state (upsert those that differ, delete those no longer derived) and upsert
+   `pathway_states` and its alerts (never touching `acknowledged_by/at`). When `pathway_states`
+   holds the digest of the records the patient's previous state derived, the fold's changes are
+   written as they are; otherwise the stored rows are read back and compared.
 3. `census`: per hospital whose periods or ED visits changed, recompute `census_hourly` for the
    hours from the earliest point where a row changed (or the hospital's old watermark, up to
    which open periods were counted) to its latest known time, from the periods now in SQL, and

@@ -39,6 +39,7 @@ PATIENT_TABLES: tuple[tuple[Any, str], ...] = (
     (ReferralRow, "referrals"),
     (AppointmentRow, "appointments"),
 )
+MODEL_OF = {attr: model for model, attr in PATIENT_TABLES}
 # The records whose stored versions the census needs (the hours they leave or take).
 PLACED = ("periods", "ed_visits")
 
@@ -103,8 +104,10 @@ def plan_write(conn: Connection, patients: list[PatientRows]) -> PatientWrite:
     Any other patient (no changes known, a database restored or written by another run, a
     replay after a crash) has its rows read back and compared whole."""
     digests = stored_digests(conn, [p.patient_id for p in patients])
-    trusted = [p for p in patients if _trusted(p, digests)]
-    whole = [p for p in patients if not _trusted(p, digests)]
+    trusted: list[PatientRows] = []
+    whole: list[PatientRows] = []
+    for p in patients:
+        (trusted if _trusted(p, digests) else whole).append(p)
     stored = _stored_of_patients(conn, sorted(p.patient_id for p in whole))
     new: dict[str, dict[Key, dict[str, Any]]] = {attr: {} for attr in RECORD_KEYS}
     gone: dict[str, list[tuple[Key, str]]] = {attr: [] for attr in RECORD_KEYS}
@@ -170,8 +173,7 @@ def _stored_of_patients(conn: Connection, ids: list[str]) -> dict[str, dict[Key,
 
 def _stored_at(conn: Connection, attr: str, keys: list[Key]) -> dict[Key, Any]:
     """The stored rows of the table of `attr` at `keys` (its first key column selects)."""
-    model = dict((a, m) for m, a in PATIENT_TABLES)[attr]
-    table = table_of(model)
+    table = table_of(MODEL_OF[attr])
     key = RECORD_KEYS[attr]
     first = table.c[key[0]]
     found: dict[Key, Any] = {}

@@ -220,3 +220,60 @@ def test_appointments_with_the_hospital_of_their_referral() -> None:
         ),
     )
     assert [a["appointment_id"] for a in patient_rows(state).appointments] == ["a2"]
+
+
+def test_row_changes_name_what_differs_from_the_previous_state() -> None:
+    """The records an event changes, those it removes, and the digest of the previous ones."""
+    from streams.core.projection import row_changes
+
+    first, _ = transition(None, ADMITTED)
+    rows = patient_rows(first)
+    # No previous state: every record is new.
+    new = row_changes(None, rows)
+    assert new.base is None
+    assert new.changed["stays"] == [0] and new.changed["periods"] == [0]
+    assert all(keys == [] for keys in new.gone.values())
+    # The same state again: nothing changed, and the digest is the stored one.
+    same = row_changes(first, patient_rows(first))
+    assert same.base == rows.digest
+    assert all(i == [] for i in same.changed.values())
+
+    visited, _ = transition(
+        first,
+        CommunityVisited(
+            patient_id="p",
+            at=t(1),
+            source=SourceRef("Encounter", "v1", "1"),
+            encounter_id="v1",
+            class_code="AMB",
+        ),
+    )
+    after_visit = patient_rows(visited)
+    changes = row_changes(first, after_visit)
+    assert changes.base == rows.digest != after_visit.digest
+    assert changes.changed == {
+        "stays": [],
+        "periods": [],
+        "ed_visits": [],
+        "community_visits": [0],
+        "referrals": [],
+        "appointments": [],
+    }
+    # Version 2 of the stay: a move and a discharge change its stay row and its first period,
+    # and add a second one.
+    discharged = visited
+    for ev in STAY[1:]:
+        discharged, _ = transition(discharged, ev)
+    changes = row_changes(visited, patient_rows(discharged))
+    assert (changes.changed["stays"], changes.changed["periods"]) == ([0], [0, 1])
+    assert changes.changed["community_visits"] == []
+    # The visit withdrawn: its record goes.
+    withdrawn, _ = transition(
+        discharged,
+        ResourceRetracted(
+            patient_id="p", at=t(40), source=SourceRef("Encounter", "v1", "2"), reason="cancelled"
+        ),
+    )
+    changes = row_changes(discharged, patient_rows(withdrawn))
+    assert changes.gone["community_visits"] == [("v1",)]
+    assert all(i == [] for i in changes.changed.values())

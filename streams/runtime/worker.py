@@ -74,7 +74,7 @@ from streams.runtime.batch import (
 )
 from streams.runtime.fold_process import FoldProcesses
 from streams.runtime.gc_tuning import IDLE_S, give_back_memory
-from streams.sink.writer import CENSUS_EVERY_S, SqlSink
+from streams.sink.writer import SqlSink
 
 if TYPE_CHECKING:
     from streams.runtime.faust_compat import ParcoursApp
@@ -426,7 +426,8 @@ class Worker:
             return
         if time.monotonic() - self.batch_at < CENSUS_IDLE_S:
             return
-        if self.backlog_at is not None and time.monotonic() - self.backlog_at < CENSUS_EVERY_S:
+        backlog_at = self.backlog_at
+        if backlog_at is not None and time.monotonic() - backlog_at < self.sink.census_every_s:
             # The last batch had more behind it: the next is on its way, and the pause is the
             # consumer gathering it (a backlog's last batch recomputes the census itself).
             return

@@ -70,7 +70,12 @@ def run_gateway(
 
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[ConsumerRecord]:
-    """Every record of `topic` up to its current end (assign + seek: no consumer group)."""
+    """Every record of `topic` (assign + seek: no consumer group).
+
+    The reported end offsets are a floor, not the end: Tansu's is the base offset of a
+    partition's last record batch plus one (`streams.runtime.faust_compat.log_ends`). So the read
+    goes on past them until a fetch comes back empty.
+    """
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
@@ -81,11 +86,13 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Cons
         end = consumer.end_offsets(partitions)
         records: list[ConsumerRecord] = []
         deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
+        while True:
             assert time.monotonic() < deadline, f"could not read {topic} to its end"
-            for batch in consumer.poll(timeout_ms=500).values():
+            fetched = consumer.poll(timeout_ms=500)
+            for batch in fetched.values():
                 records.extend(batch)
-        return records
+            if not fetched and all(consumer.position(tp) >= end[tp] for tp in partitions):
+                return records
     finally:
         consumer.close()
 

@@ -281,16 +281,24 @@ def folded_share(engine: Engine, topic: str, ends: dict[int, int]) -> tuple[int,
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """The end offset of each partition of `topic`."""
+    """The end offset of each partition of `topic`, read from its last records: the broker's
+    answer can fall short of the last record (`log_ends`)."""
+    import asyncio
+
+    from faust.types import TP
     from kafka import KafkaConsumer, TopicPartition
+
+    from streams.runtime.faust_compat import log_ends
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="parcours-demo")
     try:
         parts = consumer.partitions_for_topic(topic) or set()
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+        reported = consumer.end_offsets([TopicPartition(topic, p) for p in parts])
     finally:
         consumer.close()
-    return {tp.partition: int(off) for tp, off in ends.items()}
+    tps = {TP(tp.topic, tp.partition): int(off) for tp, off in reported.items()}
+    ends = asyncio.run(log_ends(bootstrap, list(tps), tps))
+    return {tp.partition: ends.get(tp, 0) for tp in tps}
 
 
 def run_demo(

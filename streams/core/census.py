@@ -34,7 +34,7 @@ neither in its occupancy nor in its capacity, so its percentage is that of its b
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache, cached_property
@@ -407,6 +407,49 @@ def hourly_census(
             rows.append(HourCounts(unit=unit, hour=times[hour], **values))
     rows.sort(key=lambda r: (r.unit.unit_type, r.unit.unit_id, r.hour))
     return rows
+
+
+def census_slices(
+    periods: Iterable[Period],
+    ed_arrivals: Iterable[EdArrival],
+    lo: datetime,
+    hi: datetime,
+    span: timedelta,
+) -> Iterator[tuple[datetime, datetime, list[Period], list[EdArrival]]]:
+    """The hours from `floor_hour(lo)` to `floor_hour(hi)` in consecutive slices of at most
+    `span`, each with what `hourly_census` needs to count it: every period of the stays that
+    reach into the slice, and the ED visits that do. The `hourly_census` of the slices, put
+    together, is that of the whole window; a slice at a time, a window of months never holds all
+    its hours at once.
+
+    Yields (first hour, last hour, periods, ED arrivals) per slice.
+    """
+    stays: dict[str, list[Period]] = defaultdict(list)
+    for p in periods:
+        stays[p.stay_id].append(p)
+    # Each stay's reach: its first start and its last end (None while a period is open).
+    reach: list[tuple[datetime, datetime | None, list[Period]]] = []
+    for ps in stays.values():
+        ends = [p.end for p in ps if p.end is not None]
+        reach.append((min(p.start for p in ps), max(ends) if len(ends) == len(ps) else None, ps))
+    arrivals = list(ed_arrivals)
+    last = floor_hour(hi)
+    start = floor_hour(lo)
+    while start <= last:
+        stop = min(start + span - HOUR, last)
+        end = stop + HOUR
+        yield (
+            start,
+            stop,
+            [
+                p
+                for first, until, ps in reach
+                if first < end and (until is None or until >= start)
+                for p in ps
+            ],
+            [a for a in arrivals if a.at < end and (a.departed is None or a.departed >= start)],
+        )
+        start = end
 
 
 def live_occupancy(

@@ -4,7 +4,7 @@ from the periods and ED visits in SQL."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.engine import Connection
@@ -25,6 +25,7 @@ from streams.core.census import (
     HourCounts,
     Period,
     Unit,
+    census_slices,
     floor_hour,
     hierarchy_units,
     hourly_census,
@@ -32,6 +33,11 @@ from streams.core.census import (
 )
 from streams.sink.capacity_alerts import capacity_alerts
 from streams.sink.rows import NEVER_HI, NEVER_LO, SinkResult, Window, as_utc, period_of
+
+# The hours of a window are recomputed a week at a time: a backlog's window spans weeks or
+# months, and its counts, its stored rows and the rows to write, all held at once, were the
+# worker's largest use of memory.
+SLICE = timedelta(days=7)
 
 
 def watermark(conn: Connection, hospital: str) -> datetime | None:
@@ -120,8 +126,9 @@ def recompute_hospital(
             ).all()
             if r.arrived_at is not None
         ]
-        counts = hourly_census(periods, arrivals, hierarchy, lo, hi, mark)
-        rows_written += write_hours(conn, hospital, lo, floor_hour(hi), counts)
+        for first, last, in_slice, arrived in census_slices(periods, arrivals, lo, hi, SLICE):
+            counts = hourly_census(in_slice, arrived, hierarchy, first, last, mark)
+            rows_written += write_hours(conn, hospital, first, last, counts)
         rows_written += capacity_alerts(conn, hierarchy, periods, window.lo, result)
     rows_written += occupancy(conn, hierarchy, hospital, mark)
     return rows_written

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streams.core.census import (
     EdArrival,
@@ -12,6 +14,7 @@ from streams.core.census import (
     Period,
     Place,
     Unit,
+    census_slices,
     floor_hour,
     hierarchy_units,
     hourly_census,
@@ -337,3 +340,68 @@ def test_a_hospital_is_named_after_its_site_not_a_ward_of_the_same_organization(
         }
     )
     assert tree.name_of(HOSP) == "CHU Dijon"
+
+
+@st.composite
+def _stays(draw: st.DrawFn) -> tuple[list[Period], list[EdArrival]]:
+    """Stays of one to three periods in the CHU's beds and wards (some open), and ED visits."""
+    places = ["b1", "b2", "b4", "w-card", "w-ed", None]
+    periods: list[Period] = []
+    for n in range(draw(st.integers(0, 6))):
+        at = draw(st.floats(-30, 200)).__round__(2)
+        parts = draw(st.integers(1, 3))
+        for seq in range(parts):
+            length = draw(st.one_of(st.none(), st.floats(0, 60))) if seq == parts - 1 else 5.0
+            end = None if length is None else t(at + length)
+            last = seq == parts - 1
+            periods.append(
+                Period(f"s{n}", seq, "org-chu", draw(st.sampled_from(places)), t(at), end, last)
+            )
+            if end is None:
+                break
+            at += length  # type: ignore[operator]
+    arrivals = [
+        EdArrival("org-chu", "w-ed", t(at), None if stay is None else t(at + stay))
+        for at, stay in draw(
+            st.lists(st.tuples(st.floats(-30, 200), st.one_of(st.none(), st.floats(0, 30))))
+        )
+    ]
+    return periods, arrivals
+
+
+@given(
+    _stays(),
+    st.floats(-10, 100),
+    st.floats(0, 150),
+    st.integers(1, 40),
+    st.one_of(st.none(), st.floats(0, 250)),
+)
+def test_the_census_of_its_slices_is_the_census_of_the_window(
+    stays: tuple[list[Period], list[EdArrival]],
+    lo: float,
+    length: float,
+    span_hours: int,
+    watermark: float | None,
+) -> None:
+    periods, arrivals = stays
+    mark = None if watermark is None else t(watermark)
+    whole = hourly_census(periods, arrivals, TREE, t(lo), t(lo + length), mark)
+    sliced = [
+        row
+        for first, last, in_slice, arrived in census_slices(
+            periods, arrivals, t(lo), t(lo + length), timedelta(hours=span_hours)
+        )
+        for row in hourly_census(in_slice, arrived, TREE, first, last, mark)
+    ]
+    key = lambda r: (r.unit.unit_type, r.unit.unit_id, r.hour)  # noqa: E731
+    assert sorted(sliced, key=key) == whole
+
+
+def test_census_slices_cover_the_window_once_and_leave_out_what_ends_before() -> None:
+    periods = [
+        Period("early", 0, "org-chu", "b1", t(0), t(2), True),
+        Period("late", 0, "org-chu", "b2", t(30), None),
+    ]
+    slices = list(census_slices(periods, [], t(0.5), t(47.5), timedelta(hours=24)))
+    assert [(first, last) for first, last, _, _ in slices] == [(t(0), t(23)), (t(24), t(47))]
+    assert [[p.stay_id for p in ps] for _, _, ps, _ in slices] == [["early"], ["late"]]

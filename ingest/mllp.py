@@ -36,14 +36,12 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import multiprocessing
 import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -65,11 +63,11 @@ from ingest.hl7_map import (
     evolve,
     location_ids,
     location_resources,
-    parse_adt,
     patient_resource,
     read_header,
     withdrawn_encounter,
 )
+from ingest.hl7_parsing import ParseWorker, ParseWorkerGone, parse_one, results_of
 from ingest.hl7_store import CountKey, Hl7Store, ResourceVersion
 from ingest.outcome import BrokerUnavailable, Issue, Rejection
 from ingest.ownership import MAX_VALUE, Claim, OwnershipStore
@@ -776,40 +774,6 @@ def _internal(text: str) -> Outcome:
 # --- Parsing beside the listener -----------------------------------------------------------------
 
 PARSE_CHUNK = 128
-_REJECTION_FIELDS = ("ack_code", "reason", "text", "segment", "field_no", "component", "error_code")
-
-
-def parse_one(payload: bytes, header: MessageHeader, tz: tzinfo) -> AdtMessage | Hl7Rejection:
-    """`parse_adt`, with any refusal (or reader bug) returned as an Hl7Rejection."""
-    try:
-        return parse_adt(payload, tz, header)
-    except Hl7Rejection as exc:
-        return exc
-    except Exception as exc:  # any reader bug is this message's AE, not a crash
-        log.exception("unexpected error reading an HL7 message")
-        return Hl7Rejection(
-            "AE", "unparsable", f"message illisible: {type(exc).__name__}", "MSH", 0, 0, "100"
-        )
-
-
-def parse_many(
-    payloads: list[bytes], headers: list[MessageHeader], tz_name: str
-) -> list[tuple[str, Any]]:
-    """Parse a chunk in a worker process; refusals travel as their fields (an exception with
-    dataclass fields does not survive pickling)."""
-    tz = ZoneInfo(tz_name)
-    out: list[tuple[str, Any]] = []
-    for payload, header in zip(payloads, headers, strict=True):
-        got = parse_one(payload, header, tz)
-        if isinstance(got, Hl7Rejection):
-            out.append(("err", tuple(getattr(got, f) for f in _REJECTION_FIELDS)))
-        else:
-            out.append(("ok", got))
-    return out
-
-
-def _warm() -> bool:
-    return True
 
 
 # --- Listener -----------------------------------------------------------------------------------
@@ -859,7 +823,7 @@ class MllpListener:
         self._ack_seq = 0
         self.handled = 0
         self.unrecorded = 0
-        self._pool: ProcessPoolExecutor | None = None
+        self._workers: list[ParseWorker] = []
         self._to_parse: list[
             tuple[bytes, MessageHeader, asyncio.Future[AdtMessage | Hl7Rejection]]
         ] = []
@@ -869,10 +833,11 @@ class MllpListener:
 
     async def start(self, host: str | None = None, port: int | None = None) -> int:
         """Bind and start serving; returns the port (useful with port 0)."""
-        if self.settings.mllp_parse_processes > 0:
-            self._pool = self._new_pool()
-            # Start the workers now, so the first messages do not wait for them.
-            await asyncio.get_running_loop().run_in_executor(self._pool, _warm)
+        # The workers start now, so that the first messages do not wait for them.
+        for _ in range(self.settings.mllp_parse_processes):
+            worker = ParseWorker(self.settings.timezone)
+            await worker.start()
+            self._workers.append(worker)
         self._writer_task = asyncio.create_task(self._writer())
         self.server = await asyncio.start_server(
             self._serve,
@@ -897,16 +862,8 @@ class MllpListener:
         if self._finishing is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._finishing, 15)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        # spawn: forking a process that runs Kafka client threads can copy a held lock.
-        return ProcessPoolExecutor(
-            self.settings.mllp_parse_processes,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=collect_seldom,
-        )
+        for worker in self._workers:
+            await worker.stop()
 
     def _parse_later(
         self, payload: bytes, header: MessageHeader
@@ -917,7 +874,7 @@ class MllpListener:
         until one is (each chunk costs a round trip between processes)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AdtMessage | Hl7Rejection] = loop.create_future()
-        if self._pool is None:
+        if not self._workers:
             future.set_result(parse_one(payload, header, self.tz))
             return future
         self._to_parse.append((payload, header, future))
@@ -941,28 +898,37 @@ class MllpListener:
         payloads = [c[0] for c in chunk]
         headers = [c[1] for c in chunk]
         results: list[AdtMessage | Hl7Rejection]
+        # The worker with the fewest chunks under way.
+        worker = min(self._workers, key=ParseWorker.load, default=None)
+        failed = False
         try:
-            assert self._pool is not None
-            raw = await asyncio.get_running_loop().run_in_executor(
-                self._pool, parse_many, payloads, headers, self.settings.timezone
-            )
-            results = [
-                r if kind == "ok" else Hl7Rejection(*r)  # type: ignore[misc]
-                for kind, r in raw
-            ]
+            if worker is None:
+                raise ParseWorkerGone("no parse worker is running (one is starting)")
+            results = results_of(await worker.parse(payloads, headers))
         except Exception:
-            # A worker process died (or the pool is shut): parse here, and start a new pool.
             log.exception("HL7 parse worker failed; parsing in the listener meanwhile")
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._new_pool()
             results = [parse_one(p, h, self.tz) for p, h in zip(payloads, headers, strict=True)]
+            failed = True
         for (_, _, future), result in zip(chunk, results, strict=True):
             if not future.done():
                 future.set_result(result)
         self._parsing -= 1
         if self._to_parse:
             self._flush_parse()
+        if failed and worker is not None and worker in self._workers:
+            await self._replace(worker)
+
+    async def _replace(self, worker: ParseWorker) -> None:
+        """Stop a parse worker that failed and start another in its place."""
+        self._workers.remove(worker)
+        await worker.stop()
+        replacement = ParseWorker(self.settings.timezone)
+        try:
+            await replacement.start()
+        except Exception:
+            log.exception("could not start an HL7 parse worker; parsing in the listener")
+            return
+        self._workers.append(replacement)
 
     async def _writer(self) -> None:
         """Take what is queued and parsed (up to MAX_BATCH) and prepare it in a thread while the

@@ -1,10 +1,9 @@
 """Parsing HL7 messages beside the MLLP listener, in worker processes.
 
 A `ParseWorker` is one child process joined to the listener by a socket pair that the listener's
-event loop reads and writes itself: a chunk goes out, its results come back, with no thread of the
-listener in between. (Through `concurrent.futures.ProcessPoolExecutor`, a chunk went through a
-feeder thread and a result thread, each waiting for the interpreter lock that the listener's
-batch threads hold most of the time: a round trip took two to three times the parse itself.)
+event loop reads and writes itself: a chunk goes out, its results come back, and no thread of the
+listener stands in between. A worker that dies fails the chunks it holds at once (its socket
+closes), so the listener can parse them itself and start another.
 
 On the socket, each way, a chunk is an 8-byte length and a pickle.
 """

@@ -42,7 +42,10 @@ def parse_fhir(value: object) -> datetime | None:
         raise TimeFormatError(f"{value!r} is not a FHIR dateTime") from exc
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError as exc:  # 9999-12-31T23:00:00-14:00 is after the last UTC year
+        raise TimeFormatError(f"{value!r} is out of range") from exc
 
 
 def to_utc(value: datetime) -> datetime:

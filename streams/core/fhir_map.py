@@ -98,6 +98,10 @@ NUBC_SYSTEM = "http://www.nubc.org/patient-discharge"
 DIED = "exp"
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Care happens between these instants. A time outside them (year 1, year 9999: valid FHIR) is a
+# mistake or an attack, and would make the census count every hour from or up to it.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 class MappingError(StreamsError):
@@ -121,10 +125,16 @@ def _time(resource: dict[str, Any], *path: str) -> datetime | None:
     node: Any = resource
     for name in path:
         node = node.get(name) if isinstance(node, dict) else None
+    element = f"{resource.get('resourceType')}.{'.'.join(path)}"
     try:
-        return parse_time(node)
+        at = parse_time(node)
     except MappingError as exc:
-        raise MappingError(f"{resource.get('resourceType')}.{'.'.join(path)}: {exc}") from exc
+        raise MappingError(f"{element}: {exc}") from exc
+    if at is not None and not EARLIEST <= at < LATEST:
+        raise MappingError(
+            f"{element}: {node!r} is outside the years {EARLIEST.year}–{LATEST.year - 1}"
+        )
+    return at
 
 
 def reference_id(ref: dict[str, Any] | None) -> str | None:

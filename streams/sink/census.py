@@ -38,6 +38,9 @@ from streams.sink.rows import NEVER_HI, NEVER_LO, SinkResult, Window, as_utc, pe
 # months, and its counts, its stored rows and the rows to write, all held at once, were the
 # worker's largest use of memory.
 SLICE = timedelta(days=7)
+# How far past the worker's clock census hours are counted (the demo's simulator runs ahead of
+# the clock, 60 times faster).
+HORIZON = timedelta(days=30)
 
 
 def watermark(conn: Connection, hospital: str) -> datetime | None:
@@ -86,16 +89,23 @@ def recompute_hospital(
     hospital: str,
     window: Window,
     result: SinkResult,
+    horizon: datetime | None = None,
 ) -> int:
     """Recompute the hospital's census hours in `window` (up to its watermark), its capacity
-    alerts from the window's start and its live occupancy; returns the rows written."""
+    alerts from the window's start and its live occupancy; returns the rows written.
+
+    No hour after `horizon` is counted: a time far in the future (a feed's mistake, or an
+    attack) would otherwise have every open stay counted up to it, hour by hour."""
     sl, ed = table_of(StayLocationRow), table_of(EdVisitRow)
-    mark = watermark(conn, hospital)
+    known = watermark(conn, hospital)
+    mark = min(known, horizon) if known is not None and horizon is not None else known
     rows_written = 0
     periods: list[Period] = []
     if window.lo <= window.hi:
         lo = floor_hour(window.lo)
         hi = max(window.hi, mark) if mark else window.hi
+        if horizon is not None:
+            hi = min(hi, horizon)
         overlapping = (
             select(sl.c.stay_id)
             .where(sl.c.hospital_id == hospital)
@@ -130,7 +140,7 @@ def recompute_hospital(
             counts = hourly_census(in_slice, arrived, hierarchy, first, last, mark)
             rows_written += write_hours(conn, hospital, first, last, counts)
         rows_written += capacity_alerts(conn, hierarchy, periods, window.lo, result)
-    rows_written += occupancy(conn, hierarchy, hospital, mark)
+    rows_written += occupancy(conn, hierarchy, hospital, known)
     return rows_written
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, text
@@ -49,7 +50,7 @@ from parcours.db.models import EncounterRow
 from parcours.db.pathway_models import StreamProgressRow
 from streams.core.census import Hierarchy
 from streams.core.events import CanonicalEvent, EncounterRecorded, LocationRecorded
-from streams.sink.census import recompute_hospital, take_pending, widen_pending
+from streams.sink.census import HORIZON, recompute_hospital, take_pending, widen_pending
 from streams.sink.locations import LocationTree, remember_refused
 from streams.sink.patients import changed_windows, plan_write, replace_patients
 from streams.sink.rows import SinkBatch, SinkResult, Window, encounter_rows
@@ -199,8 +200,11 @@ class SqlSink:
         if self.census_pending:
             take_pending(conn, windows)
             self.census_pending = False
+        horizon = datetime.now(UTC) + HORIZON
         for hospital in sorted(windows):
-            result.rows += recompute_hospital(conn, hierarchy, hospital, windows[hospital], result)
+            result.rows += recompute_hospital(
+                conn, hierarchy, hospital, windows[hospital], result, horizon
+            )
         self.census_at = time.monotonic()
         return result
 

@@ -7,6 +7,7 @@ end the same: this is what makes replays and restarts converge.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -321,3 +322,53 @@ def test_a_booked_appointment_reaches_its_table_and_a_cancellation_removes_it(
         assert start.isoformat() == "2026-01-19T13:00:00+00:00"
         run(db, messages([referral, booked, cancelled]), 3)
         assert rows(db, query) == []
+
+
+def test_times_far_off_are_dead_lettered_or_kept_out_of_the_census(
+    pg_url: str, topic_prefix: str
+) -> None:
+    """A year 9999 is refused with the element named; a plausible but far-off discharge (2098)
+    is kept, but no census hour is counted beyond the horizon past the clock, so the open stay
+    beside it is not counted hour by hour up to 2098."""
+    from parcours.db import make_engine
+
+    p = topic_prefix
+
+    def stay(eid: str, patient: str, period: dict[str, str], status: str) -> dict[str, Any]:
+        return {
+            "resourceType": "Encounter",
+            "id": f"{p}{eid}",
+            "meta": {"versionId": "1", "lastUpdated": period["start"]},
+            "status": status,
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+            "subject": {"reference": f"Patient/{p}{patient}"},
+            "serviceProvider": {"reference": f"Organization/{p}chu"},
+            "period": period,
+        }
+
+    still_in = stay("e1", "a", {"start": "2026-03-01T08:00:00Z"}, "in-progress")
+    far_off = stay(
+        "e2", "b", {"start": "2026-03-02T08:00:00Z", "end": "2098-12-31T10:00:00Z"}, "finished"
+    )
+    absurd = stay(
+        "e3", "c", {"start": "2026-03-02T09:00:00Z", "end": "9999-12-31T23:00:00-14:00"}, "finished"
+    )
+    ancient = stay("e4", "d", {"start": "0001-01-01T00:00:00Z"}, "in-progress")
+    with fresh_database(pg_url) as db:
+        processor = BatchProcessor(SqlSink(make_engine(db)), rules_from_settings(Settings()))
+        outcome = processor.process(messages([still_in, far_off, absurd, ancient]), {}.get)
+        reasons = sorted(reason for _, _, reason in outcome.rejects)
+        assert len(reasons) == 2
+        assert "Encounter.period.end" in reasons[0] + reasons[1]
+        assert "Encounter.period.start" in reasons[0] + reasons[1]
+        stays = rows(db, "SELECT stay_id FROM stays ORDER BY stay_id")
+        assert stays == [(f"{p}e1",), (f"{p}e2",)]
+        [(first, last, hours)] = rows(
+            db,
+            "SELECT min(hour), max(hour), count(DISTINCT hour) FROM census_hourly"
+            f" WHERE hospital_id = '{p}chu'",
+        )
+        assert first.isoformat() == "2026-03-01T08:00:00+00:00"
+        horizon = datetime.now(UTC) + timedelta(days=31)
+        assert last < horizon
+        assert hours <= (horizon - first) / timedelta(hours=1)

@@ -336,6 +336,10 @@ def _patched(name: str, path: list[str | int], value: Any) -> dict[str, Any]:
         ("episode_of_care_home", ["status"], "done", "EpisodeOfCare.status"),
         ("location_ward", ["status"], "closed", "Location.status"),
         ("encounter_emer", ["class"], "EMER", "malformed Encounter"),
+        ("encounter_emer", ["period", "start"], "0001-01-01T00:00:00Z", "Encounter.period.start"),
+        ("encounter_emer", ["period", "end"], "9999-12-31T23:00:00Z", "years 1900–2099"),
+        ("encounter_emer", ["period", "end"], "9999-12-31T23:00:00-14:00", "out of range"),
+        ("appointment_booked", ["start"], "2100-01-01T00:00:00Z", "Appointment.start"),
     ],
 )
 def test_unmappable_resources_are_refused_with_a_reason(

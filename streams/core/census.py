@@ -415,41 +415,48 @@ def census_slices(
     lo: datetime,
     hi: datetime,
     span: timedelta,
+    stored: Iterable[datetime] = (),
 ) -> Iterator[tuple[datetime, datetime, list[Period], list[EdArrival]]]:
-    """The hours from `floor_hour(lo)` to `floor_hour(hi)` in consecutive slices of at most
-    `span`, each with what `hourly_census` needs to count it: every period of the stays that
-    reach into the slice, and the ED visits that do. The `hourly_census` of the slices, put
-    together, is that of the whole window; a slice at a time, a window of months never holds all
-    its hours at once.
+    """The hours from `floor_hour(lo)` to `floor_hour(hi)` in consecutive slices of `span` (the
+    last one shorter), each with what `hourly_census` needs to count it: every period of the
+    stays that reach into the slice, and the ED visits that do. The `hourly_census` of the
+    slices, put together, is that of the whole window; a slice at a time, a window of months
+    never holds all its hours at once.
 
-    Yields (first hour, last hour, periods, ED arrivals) per slice.
+    Only the slices that something reaches into, or that hold one of the `stored` hours (rows
+    that may have to go), are given: a window of decades with a few stays costs a few slices.
+    Yields (first hour, last hour, periods, ED arrivals) per slice, in order.
     """
+    first_hour, last_hour = floor_hour(lo), floor_hour(hi)
+    if last_hour < first_hour:
+        return
+    count = (last_hour - first_hour) // span + 1
+
+    def reach(start: datetime, until: datetime | None) -> range:
+        """The slices from the one holding `start` to the one holding `until` (None: open)."""
+        if start >= last_hour + HOUR or (until is not None and until < first_hour):
+            return range(0)
+        a = max(0, (floor_hour(start) - first_hour) // span)
+        b = count - 1 if until is None else min(count - 1, (floor_hour(until) - first_hour) // span)
+        return range(a, b + 1)
+
     stays: dict[str, list[Period]] = defaultdict(list)
     for p in periods:
         stays[p.stay_id].append(p)
-    # Each stay's reach: its first start and its last end (None while a period is open).
-    reach: list[tuple[datetime, datetime | None, list[Period]]] = []
+    stays_in: dict[int, list[Period]] = defaultdict(list)
     for ps in stays.values():
         ends = [p.end for p in ps if p.end is not None]
-        reach.append((min(p.start for p in ps), max(ends) if len(ends) == len(ps) else None, ps))
-    arrivals = list(ed_arrivals)
-    last = floor_hour(hi)
-    start = floor_hour(lo)
-    while start <= last:
-        stop = min(start + span - HOUR, last)
-        end = stop + HOUR
-        yield (
-            start,
-            stop,
-            [
-                p
-                for first, until, ps in reach
-                if first < end and (until is None or until >= start)
-                for p in ps
-            ],
-            [a for a in arrivals if a.at < end and (a.departed is None or a.departed >= start)],
-        )
-        start = end
+        until = max(ends) if len(ends) == len(ps) else None
+        for k in reach(min(p.start for p in ps), until):
+            stays_in[k] += ps
+    arrivals_in: dict[int, list[EdArrival]] = defaultdict(list)
+    for arrival in ed_arrivals:
+        for k in reach(arrival.at, arrival.departed):
+            arrivals_in[k].append(arrival)
+    held = {(h - first_hour) // span for h in stored if first_hour <= h <= last_hour}
+    for k in sorted(stays_in.keys() | arrivals_in.keys() | held):
+        start = first_hour + k * span
+        yield start, min(start + span - HOUR, last_hour), stays_in[k], arrivals_in[k]
 
 
 def live_occupancy(

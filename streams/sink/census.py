@@ -17,6 +17,7 @@ from parcours.db.pathway_models import (
     LocationOccupancyRow,
     StayLocationRow,
 )
+from parcours.timeutil import to_utc
 from streams.core.census import (
     HOSPITAL,
     HOUR,
@@ -136,7 +137,17 @@ def recompute_hospital(
             ).all()
             if r.arrived_at is not None
         ]
-        for first, last, in_slice, arrived in census_slices(periods, arrivals, lo, hi, SLICE):
+        ch = table_of(CensusHourlyRow)
+        stored = [
+            to_utc(h)
+            for (h,) in conn.execute(
+                select(ch.c.hour)
+                .distinct()
+                .where(and_(ch.c.hospital_id == hospital, ch.c.hour >= lo, ch.c.hour <= hi))
+            )
+        ]
+        slices = census_slices(periods, arrivals, lo, hi, SLICE, stored)
+        for first, last, in_slice, arrived in slices:
             counts = hourly_census(in_slice, arrived, hierarchy, first, last, mark)
             rows_written += write_hours(conn, hospital, first, last, counts)
         rows_written += capacity_alerts(conn, hierarchy, periods, window.lo, result)

@@ -397,11 +397,32 @@ def test_the_census_of_its_slices_is_the_census_of_the_window(
     assert sorted(sliced, key=key) == whole
 
 
-def test_census_slices_cover_the_window_once_and_leave_out_what_ends_before() -> None:
+def test_census_slices_are_those_something_reaches_or_that_hold_stored_hours() -> None:
     periods = [
         Period("early", 0, "org-chu", "b1", t(0), t(2), True),
-        Period("late", 0, "org-chu", "b2", t(30), None),
+        Period("late", 0, "org-chu", "b2", t(72), t(74), True),
+        Period("open", 0, "org-chu", "b4", t(50), None),
     ]
-    slices = list(census_slices(periods, [], t(0.5), t(47.5), timedelta(hours=24)))
-    assert [(first, last) for first, last, _, _ in slices] == [(t(0), t(23)), (t(24), t(47))]
-    assert [[p.stay_id for p in ps] for _, _, ps, _ in slices] == [["early"], ["late"]]
+    arrivals = [EdArrival("org-chu", "w-ed", t(1), t(3))]
+    slices = list(census_slices(periods, arrivals, t(0.5), t(119.5), timedelta(hours=24), [t(30)]))
+    # Day 1 holds a stored hour only; days 2 to 4 are reached by the open stay.
+    assert [(first, last) for first, last, _, _ in slices] == [
+        (t(0), t(23)),
+        (t(24), t(47)),
+        (t(48), t(71)),
+        (t(72), t(95)),
+        (t(96), t(119)),
+    ]
+    assert [sorted(p.stay_id for p in ps) for _, _, ps, _ in slices] == [
+        ["early"],
+        [],
+        ["open"],
+        ["late", "open"],
+        ["open"],
+    ]
+    assert [len(a) for _, _, _, a in slices] == [1, 0, 0, 0, 0]
+    # Without the stored hour and the open stay, the days nothing reaches are left out.
+    closed = periods[:2]
+    assert [
+        first for first, _, _, _ in census_slices(closed, [], t(0), t(119), timedelta(hours=24))
+    ] == [t(0), t(72)]

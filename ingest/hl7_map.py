@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import hl7
 
+from ingest.invariants import FIRST_YEAR, LAST_YEAR
 from ingest.outcome import IngestError
 
 # --- Vocabulary -----------------------------------------------------------------------------------
@@ -311,6 +312,8 @@ def parse_ts(value: str, tz: tzinfo) -> datetime | None:
     if not m:
         raise ValueError(f"{value!r} is not an HL7 TS (YYYYMMDDHHMMSS[±ZZZZ])")
     year, month, day, hour, minute, second, frac, offset = m.groups()
+    if not FIRST_YEAR <= int(year) <= LAST_YEAR:
+        raise ValueError(f"{value!r} is outside the years {FIRST_YEAR}–{LAST_YEAR}")
     micro = int((frac or "0").ljust(6, "0")[:6])
     naive = datetime(  # noqa: DTZ001 - the zone is attached just below
         int(year),

@@ -1,6 +1,7 @@
 """Pure: FHIR R4 core invariants that the fhir.resources models do not check.
 
-- per-1: a Period's start is not after its end (also Appointment and Slot start/end);
+- per-1: a Period's start is not after its end (also Appointment and Slot start/end), and
+  neither lies outside 1900–2099 (valid FHIR, but no care happens in year 1 or 9999);
 - dom-2 / dom-3: a contained resource contains nothing and is referenced from its container;
 - ref-1: a local reference (`#id`) points at a contained resource;
 - a literal `Type/id` reference carries a valid id, since the id becomes a Kafka key and SQL key.
@@ -26,6 +27,9 @@ _DATETIME = re.compile(
     r"(Z|[+-]\d{2}:\d{2})?)?)?)?$"
 )
 WIDEN = timedelta(hours=14)
+# Care happens in these years (as the stream worker reads them); a Period or an Appointment
+# outside them (year 1, year 9999: valid FHIR) is refused.
+FIRST_YEAR, LAST_YEAR = 1900, 2099
 _LITERAL_REF = re.compile(r"^([A-Z][A-Za-z]+)/([^/?#]*)(?:/_history/[^/?#]+)?$")
 
 
@@ -57,7 +61,7 @@ def _bounds(value: str, widen: bool = True) -> tuple[datetime, datetime] | None:
             pad = WIDEN if widen else timedelta(0)
             return first - pad, last + pad
         moment = datetime.fromisoformat(f"{year}-{month}-{day}T{hour}:{minute}:{second or '00'}")
-    except ValueError:
+    except (ValueError, OverflowError):  # not a date, or one at the end of the calendar
         return None
     if zone is None:
         moment = moment.replace(tzinfo=UTC)
@@ -67,9 +71,12 @@ def _bounds(value: str, widen: bool = True) -> tuple[datetime, datetime] | None:
         if zone == "Z"
         else timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])) * (1 if zone[0] == "+" else -1)
     )
-    moment = moment.replace(tzinfo=UTC) - offset
-    # Fractions of a second are not parsed: the latest instant is the next whole second.
-    return moment, moment + timedelta(seconds=1)
+    try:
+        moment = moment.replace(tzinfo=UTC) - offset
+        # Fractions of a second are not parsed: the latest instant is the next whole second.
+        return moment, moment + timedelta(seconds=1)
+    except OverflowError:  # past the end of the calendar in UTC
+        return None
 
 
 def _walk(node: Any, path: str) -> Iterator[tuple[Any, str]]:
@@ -93,13 +100,31 @@ def _walk(node: Any, path: str) -> Iterator[tuple[Any, str]]:
         first = False
 
 
+def _far_off(value: Any) -> bool:
+    """A date or time whose year is outside FIRST_YEAR–LAST_YEAR."""
+    year = value[:4] if isinstance(value, str) else ""
+    return year.isdigit() and not FIRST_YEAR <= int(year) <= LAST_YEAR
+
+
 def period_issues(resource: dict[str, Any], root: str) -> list[Issue]:
-    """per-1: every object with string `start` and `end` has start ≤ end."""
+    """per-1: every object with string `start` and `end` has start ≤ end; and neither is
+    outside the years FIRST_YEAR–LAST_YEAR."""
     issues = []
     for node, where in _walk(resource, root):
+        issues += [
+            Issue(
+                "value",
+                f"{node[key]!r} is outside the years {FIRST_YEAR}–{LAST_YEAR}",
+                (f"{where}.{key}",),
+            )
+            for key in ("start", "end")
+            if _far_off(node.get(key))
+        ]
         start, end = node.get("start"), node.get("end")
         if not (isinstance(start, str) and isinstance(end, str)):
             continue
+        if _far_off(start) or _far_off(end):
+            continue  # refused above
         dates = "T" not in start and "T" not in end
         lo, hi = _bounds(start, widen=not dates), _bounds(end, widen=not dates)
         if lo is None or hi is None:
@@ -248,6 +273,8 @@ def _suspect(resource: dict[str, Any]) -> bool:
                 if literal and not ID_PATTERN.match(literal.group(2)):
                     return True
             start, end = node.get("start"), node.get("end")
+            if _far_off(start) or _far_off(end):
+                return True
             if isinstance(start, str) and isinstance(end, str):
                 dates = "T" not in start and "T" not in end
                 lo, hi = _bounds(start, widen=not dates), _bounds(end, widen=not dates)

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.auth import create_token
+from ingest.invariants import FIRST_YEAR, LAST_YEAR
 from parcours.db import make_engine
 from parcours.settings import Settings
 from parcours.topics import Topics
@@ -800,7 +801,9 @@ def test_random_text_in_a_location(corpus: Corpus, text: str, field: str) -> Non
     end=st.datetimes(timezones=st.just(__import__("datetime").UTC)),
     btype=st.sampled_from(["batch", "transaction"]),
 )
-def test_random_periods_follow_per_1(corpus: Corpus, start: Any, end: Any, btype: str) -> None:
+def test_random_periods_follow_per_1_within_the_years_of_care(
+    corpus: Corpus, start: Any, end: Any, btype: str
+) -> None:
     period = {
         "start": start.isoformat(timespec="seconds"),
         "end": end.isoformat(timespec="seconds"),
@@ -809,7 +812,9 @@ def test_random_periods_follow_per_1(corpus: Corpus, start: Any, end: Any, btype
         corpus, one("period", "/fhir", bundle(btype, entry(encounter(period=period))), set())
     )
     published = judge(corpus, resp)
-    ok = start.replace(microsecond=0) <= end.replace(microsecond=0)
+    ok = start.replace(microsecond=0) <= end.replace(microsecond=0) and all(
+        FIRST_YEAR <= d.year <= LAST_YEAR for d in (start, end)
+    )
     assert published == (1 if ok else 0), resp.text[:500]
 
 

@@ -359,6 +359,17 @@ def test_ts_without_offset_is_read_in_the_territory_zone() -> None:
         parse_ts("2026-07-01", PARIS)
 
 
+@pytest.mark.parametrize("at", ["00010101000000", "99991231230000"])
+def test_a_time_outside_the_years_of_care_is_an_ae_naming_its_field(at: str) -> None:
+    with pytest.raises(ValueError, match="outside the years 1900–2099"):
+        parse_ts(at, PARIS)
+    payload = adt("A01", at=at)
+    with pytest.raises(Hl7Rejection) as refused:
+        parse_adt(payload, PARIS, read_header(payload))
+    assert (refused.value.ack_code, refused.value.reason) == ("AE", "invalid-ts")
+    assert (refused.value.segment, refused.value.field_no) == ("MSH", 7)
+
+
 @pytest.mark.parametrize("charset", ["8859/1", "UNICODE UTF-8"])
 def test_msh18_character_sets_are_honoured(charset: str) -> None:
     raw = adt("A01", charset=charset, given="Jérôme")

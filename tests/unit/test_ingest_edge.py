@@ -111,6 +111,25 @@ def test_per_1(start: str, end: str, refused: bool) -> None:
         assert expressions(issues) == ["Encounter.period.start"]
 
 
+@pytest.mark.parametrize(
+    ("period", "refused"),
+    [
+        ({"start": "0001-01-01T00:00:00Z"}, ["Encounter.period.start"]),
+        ({"start": "2026-01-01", "end": "9999-12-31"}, ["Encounter.period.end"]),
+        (
+            {"start": "1899", "end": "2100-01-01"},
+            ["Encounter.period.start", "Encounter.period.end"],
+        ),
+        ({"start": "1900-01-01", "end": "2099-12-31T23:59:59+01:00"}, []),
+    ],
+)
+def test_care_times_outside_1900_2099_are_refused(
+    period: dict[str, str], refused: list[str]
+) -> None:
+    resource = {"resourceType": "Encounter", "period": period}
+    assert sorted(expressions(invariant_issues(resource, "Encounter"))) == sorted(refused)
+
+
 def test_dom_3_ref_1_and_reference_ids() -> None:
     loc = {"resourceType": "Location", "id": "l1"}
     assert expressions(invariant_issues(encounter(contained=[loc]), "Encounter")) == [

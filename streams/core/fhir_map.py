@@ -125,15 +125,12 @@ def _time(resource: dict[str, Any], *path: str) -> datetime | None:
     node: Any = resource
     for name in path:
         node = node.get(name) if isinstance(node, dict) else None
-    element = f"{resource.get('resourceType')}.{'.'.join(path)}"
     try:
         at = parse_time(node)
+        if at is not None and not EARLIEST <= at < LATEST:
+            raise MappingError(f"{node!r} is outside the years {EARLIEST.year}–{LATEST.year - 1}")
     except MappingError as exc:
-        raise MappingError(f"{element}: {exc}") from exc
-    if at is not None and not EARLIEST <= at < LATEST:
-        raise MappingError(
-            f"{element}: {node!r} is outside the years {EARLIEST.year}–{LATEST.year - 1}"
-        )
+        raise MappingError(f"{resource.get('resourceType')}.{'.'.join(path)}: {exc}") from exc
     return at
 
 

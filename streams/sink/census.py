@@ -36,7 +36,7 @@ from streams.sink.capacity_alerts import capacity_alerts
 from streams.sink.rows import NEVER_HI, NEVER_LO, SinkResult, Window, as_utc, period_of
 
 # The hours of a window are recomputed a week at a time: a backlog's window spans weeks or
-# months, and its counts, its stored rows and the rows to write, all held at once, were the
+# months, and its counts, its stored rows and the rows to write, held all at once, would be the
 # worker's largest use of memory.
 SLICE = timedelta(days=7)
 # How far past the worker's clock census hours are counted (the demo's simulator runs ahead of

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import multiprocessing
 import pickle  # nosec B403: only between the listener and its own child process
+import signal
 import socket
+import subprocess  # nosec B404: starts this interpreter, see ParseWorker.start
+import sys
 from datetime import tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -82,6 +84,14 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
     return bytes(buf)
 
 
+def serve_fd(fd: str, tz_name: str) -> None:
+    """The child's entry point: `serve` on the socket its parent passed as descriptor `fd`.
+    Ctrl-C reaches the whole process group: the child leaves it to the listener, and ends when
+    the listener closes the socket."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    serve(socket.socket(fileno=int(fd)), tz_name)
+
+
 def serve(sock: socket.socket, tz_name: str) -> None:
     """The child's loop: parse each chunk received, until the socket closes."""
     collect_seldom()
@@ -112,15 +122,20 @@ class ParseWorker:
         )
 
     async def start(self) -> None:
-        """Start the process (spawned: forking a process that runs Kafka client threads can
-        copy a held lock) and connect to it."""
+        """Start the process and connect to it. It is a new interpreter that imports this module
+        alone (not forked: forking a process that runs Kafka client threads can copy a held
+        lock; nor `multiprocessing`'s spawn, which first runs the parent's main script again)."""
         ours, theirs = socket.socketpair()
-        context = multiprocessing.get_context("spawn")
-        self._process = context.Process(
-            target=serve, args=(theirs, self.tz_name), name="parcours-hl7-parse", daemon=True
-        )
-        await asyncio.to_thread(self._process.start)
-        theirs.close()
+        code = "import sys; from ingest.hl7_parsing import serve_fd; serve_fd(*sys.argv[1:])"
+        try:
+            # The child's own argv: the socket's descriptor and the territory's zone.
+            self._process = await asyncio.to_thread(
+                subprocess.Popen,  # nosec B603: this interpreter, fixed code, no shell
+                [sys.executable, "-c", code, str(theirs.fileno()), self.tz_name],
+                pass_fds=(theirs.fileno(),),
+            )
+        finally:
+            theirs.close()
         reader, self._writer = await asyncio.open_connection(sock=ours)
         self._reader_task = asyncio.create_task(self._read(reader))
 
@@ -183,6 +198,8 @@ class ParseWorker:
             await asyncio.gather(self._reader_task, return_exceptions=True)
         process = self._process
         if process is not None:
-            await asyncio.to_thread(process.join, 5)
-            if process.is_alive():
+            try:
+                await asyncio.to_thread(process.wait, 5)
+            except subprocess.TimeoutExpired:
                 process.kill()
+                await asyncio.to_thread(process.wait)

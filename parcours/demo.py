@@ -280,6 +280,12 @@ def folded_share(engine: Engine, topic: str, ends: dict[int, int]) -> tuple[int,
     return sum(min(done.get(p, 0), end) for p, end in ends.items()), total
 
 
+def census_horizon_days(speed: float) -> float:
+    """The census horizon (days past the clock) for a simulator `speed` times faster than the
+    clock: what it simulates in two days of running, and at least the default 30 days."""
+    return max(30.0, 2.0 * speed)
+
+
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     """The end offset of each partition of `topic`, read from its last records: the broker's
     answer can fall short of the last record (`log_ends`)."""
@@ -315,6 +321,7 @@ def run_demo(
     env = dict(os.environ)
     env["PARCOURS_DATA_DIR"] = str(data_dir)
     env["DATABASE_URL"] = settings.db_url
+    env.setdefault("PARCOURS_CENSUS_HORIZON_DAYS", f"{census_horizon_days(options.speed):g}")
     exe = [sys.executable, "-m", "parcours"]
 
     if not settings.kafka_bootstrap_servers:

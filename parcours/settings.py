@@ -198,6 +198,12 @@ class Settings(BaseSettings):
         description="Territory config: capacity per ward/service/hospital id, overriding the count "
         'of active beds (JSON, e.g. {"ward-cardio": 24}).',
     )
+    census_horizon_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="Days past the clock up to which the census counts hours: a time further "
+        "on (a feed's mistake) would have every open stay counted hour by hour up to it.",
+    )
 
     @property
     def bootstrap(self) -> str:

@@ -5,6 +5,8 @@ Nothing connects at import time; `create_app` builds the app and `run_worker` ru
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from parcours.db import make_engine
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
@@ -46,7 +48,11 @@ def create_app(settings: Settings) -> ParcoursApp:
         # `send_batched` fills producer batches of this size (Faust's default is 16 kB).
         producer_max_batch_size=256 * 1024,
     )
-    sink = SqlSink(make_engine(settings.db_url), settings.census_capacity)
+    sink = SqlSink(
+        make_engine(settings.db_url),
+        settings.census_capacity,
+        horizon=timedelta(days=settings.census_horizon_days),
+    )
     Worker(app, topics, sink, settings).register()
     return app
 

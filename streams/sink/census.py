@@ -39,8 +39,8 @@ from streams.sink.rows import NEVER_HI, NEVER_LO, SinkResult, Window, as_utc, pe
 # months, and its counts, its stored rows and the rows to write, held all at once, would be the
 # worker's largest use of memory.
 SLICE = timedelta(days=7)
-# How far past the worker's clock census hours are counted (the demo's simulator runs ahead of
-# the clock, 60 times faster).
+# How far past the worker's clock census hours are counted, unless the settings say otherwise
+# (`census_horizon_days`; the demo's simulator runs ahead of the clock).
 HORIZON = timedelta(days=30)
 
 

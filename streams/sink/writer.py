@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, text
@@ -73,8 +73,11 @@ class SqlSink:
         engine: Engine,
         capacity: Mapping[str, int] | None = None,
         census_every_s: float = CENSUS_EVERY_S,
+        horizon: timedelta = HORIZON,
     ) -> None:
         self.engine = engine
+        # No census hour later than this past the clock is counted (`recompute_hospital`).
+        self.horizon = horizon
         self.tree = LocationTree(capacity)
         # The DBAPI connection of the transaction under way (`cancel` interrupts it).
         self._active: Any = None
@@ -200,7 +203,7 @@ class SqlSink:
         if self.census_pending:
             take_pending(conn, windows)
             self.census_pending = False
-        horizon = datetime.now(UTC) + HORIZON
+        horizon = datetime.now(UTC) + self.horizon
         for hospital in sorted(windows):
             result.rows += recompute_hospital(
                 conn, hierarchy, hospital, windows[hospital], result, horizon

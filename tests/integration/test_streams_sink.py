@@ -324,8 +324,9 @@ def test_a_booked_appointment_reaches_its_table_and_a_cancellation_removes_it(
         assert rows(db, query) == []
 
 
+@pytest.mark.parametrize("horizon_days", [None, 5])
 def test_times_far_off_are_dead_lettered_or_kept_out_of_the_census(
-    pg_url: str, topic_prefix: str
+    pg_url: str, topic_prefix: str, horizon_days: int | None
 ) -> None:
     """A year 9999 is refused with the element named; a plausible but far-off discharge (2098)
     is kept, but no census hour is counted beyond the horizon past the clock, so the open stay
@@ -355,7 +356,12 @@ def test_times_far_off_are_dead_lettered_or_kept_out_of_the_census(
     )
     ancient = stay("e4", "d", {"start": "0001-01-01T00:00:00Z"}, "in-progress")
     with fresh_database(pg_url) as db:
-        processor = BatchProcessor(SqlSink(make_engine(db)), rules_from_settings(Settings()))
+        sink = (
+            SqlSink(make_engine(db))
+            if horizon_days is None
+            else SqlSink(make_engine(db), horizon=timedelta(days=horizon_days))
+        )
+        processor = BatchProcessor(sink, rules_from_settings(Settings()))
         outcome = processor.process(messages([still_in, far_off, absurd, ancient]), {}.get)
         reasons = sorted(reason for _, _, reason in outcome.rejects)
         assert len(reasons) == 2
@@ -369,6 +375,6 @@ def test_times_far_off_are_dead_lettered_or_kept_out_of_the_census(
             f" WHERE hospital_id = '{p}chu'",
         )
         assert first.isoformat() == "2026-03-01T08:00:00+00:00"
-        horizon = datetime.now(UTC) + timedelta(days=31)
+        horizon = datetime.now(UTC) + timedelta(days=(horizon_days or 30) + 1)
         assert last < horizon
         assert hours <= (horizon - first) / timedelta(hours=1)

@@ -15,6 +15,7 @@ from parcours.demo import (
     PLAN_FILE,
     SIMULATOR_STATE_FILE,
     DemoOptions,
+    census_horizon_days,
     new_plan,
     read_plan,
 )
@@ -148,3 +149,9 @@ def test_the_stored_plan_extends_to_where_the_simulation_got(tmp_path: Path) -> 
     assert read_plan(tmp_path) == plan
     (tmp_path / PLAN_FILE).write_text("{not json")
     assert read_plan(tmp_path) is None
+
+
+def test_the_demo_census_horizon_covers_two_days_of_its_simulator() -> None:
+    assert census_horizon_days(60) == 120
+    assert census_horizon_days(600) == 1200
+    assert census_horizon_days(1) == 30

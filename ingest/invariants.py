@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ingest.outcome import Issue
+from parcours.timeutil import EARLIEST_CARE, LATEST_CARE
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 # FHIR date, dateTime and instant: a year, then optional month, day, time and zone.
@@ -27,9 +28,9 @@ _DATETIME = re.compile(
     r"(Z|[+-]\d{2}:\d{2})?)?)?)?$"
 )
 WIDEN = timedelta(hours=14)
-# Care happens in these years (as the stream worker reads them); a Period or an Appointment
-# outside them (year 1, year 9999: valid FHIR) is refused.
-FIRST_YEAR, LAST_YEAR = 1900, 2099
+# The years of care (`parcours.timeutil.EARLIEST_CARE`): a Period or an Appointment outside them
+# is refused.
+FIRST_YEAR, LAST_YEAR = EARLIEST_CARE.year, LATEST_CARE.year - 1
 _LITERAL_REF = re.compile(r"^([A-Z][A-Za-z]+)/([^/?#]*)(?:/_history/[^/?#]+)?$")
 
 

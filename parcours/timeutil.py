@@ -19,6 +19,13 @@ class TimeFormatError(ValueError):
     """Text that is not a FHIR date, dateTime or instant."""
 
 
+# Care happens between these instants. A time outside them (year 1, year 9999: valid FHIR and
+# HL7) is a mistake or an attack, and would make the census count every hour from or up to it:
+# the gateway, the MLLP listener and the stream worker refuse it.
+EARLIEST_CARE = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST_CARE = datetime(2100, 1, 1, tzinfo=UTC)
+
+
 def parse_fhir(value: object) -> datetime | None:
     """A FHIR date/dateTime/instant as an aware datetime (None for None or '').
 

@@ -440,11 +440,8 @@ def census_slices(
         b = count - 1 if until is None else min(count - 1, (floor_hour(until) - first_hour) // span)
         return range(a, b + 1)
 
-    stays: dict[str, list[Period]] = defaultdict(list)
-    for p in periods:
-        stays[p.stay_id].append(p)
     stays_in: dict[int, list[Period]] = defaultdict(list)
-    for ps in stays.values():
+    for ps in _by_stay(periods):
         ends = [p.end for p in ps if p.end is not None]
         until = max(ends) if len(ends) == len(ps) else None
         for k in reach(min(p.start for p in ps), until):

@@ -28,7 +28,7 @@ from parcours.fhir_codes import (
     LOCATION_STATUSES,
     SERVICE_REQUEST_STATUSES,
 )
-from parcours.timeutil import TimeFormatError, parse_fhir
+from parcours.timeutil import EARLIEST_CARE, LATEST_CARE, TimeFormatError, parse_fhir
 from streams import StreamsError
 from streams.core.events import (
     AppointmentBooked,
@@ -98,10 +98,6 @@ NUBC_SYSTEM = "http://www.nubc.org/patient-discharge"
 DIED = "exp"
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Care happens between these instants. A time outside them (year 1, year 9999: valid FHIR) is a
-# mistake or an attack, and would make the census count every hour from or up to it.
-EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
-LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 class MappingError(StreamsError):
@@ -127,8 +123,10 @@ def _time(resource: dict[str, Any], *path: str) -> datetime | None:
         node = node.get(name) if isinstance(node, dict) else None
     try:
         at = parse_time(node)
-        if at is not None and not EARLIEST <= at < LATEST:
-            raise MappingError(f"{node!r} is outside the years {EARLIEST.year}–{LATEST.year - 1}")
+        if at is not None and not EARLIEST_CARE <= at < LATEST_CARE:
+            raise MappingError(
+                f"{node!r} is outside the years {EARLIEST_CARE.year}–{LATEST_CARE.year - 1}"
+            )
     except MappingError as exc:
         raise MappingError(f"{resource.get('resourceType')}.{'.'.join(path)}: {exc}") from exc
     return at

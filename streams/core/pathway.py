@@ -1307,6 +1307,22 @@ def transition(
     changes `state`, and reads no clock; time-based alerts are evaluated at the patient's clock,
     the latest event time seen (`check_timers` moves it on between events).
     """
+    return _transition(state, event, rules, every_output=True)
+
+
+def advance(
+    state: PatientState | None, event: PatientEvent, rules: PathwayRules = DEFAULT_RULES
+) -> tuple[PatientState, list[AlertRaised | AlertResolved]]:
+    """`transition`'s state, with only its alert outputs (what the stream worker keeps): the
+    records changed, the stage and the place are not compared, which is most of the cost of the
+    outputs."""
+    new, outputs = _transition(state, event, rules, every_output=False)
+    return new, [o for o in outputs if isinstance(o, AlertRaised | AlertResolved)]
+
+
+def _transition(
+    state: PatientState | None, event: PatientEvent, rules: PathwayRules, every_output: bool
+) -> tuple[PatientState, list[Output]]:
     if state is None:
         state = PatientState(patient_id=event.patient_id)
     if event.patient_id != state.patient_id:
@@ -1374,6 +1390,8 @@ def transition(
     new.pending = pending
     new.clock = clock
     _derive(new, facts, rules)
+    if not every_output:
+        return _compact(new, rules), _alert_diff(state, new)
     removable = (
         {
             (kind, event.source.resource_id)

@@ -29,9 +29,9 @@ from streams.core.pathway import (
     AlertResolved,
     PathwayRules,
     PatientState,
+    advance,
     check_timers,
     to_jsonable,
-    transition,
 )
 from streams.core.projection import patient_rows, row_changes
 from streams.sink.rows import SinkBatch, SinkResult
@@ -328,10 +328,8 @@ class BatchProcessor:
                 before = self._state(pid, stored.get(pid))
                 state = before
                 for pev in patient_events:
-                    state, outputs = transition(state, pev, self.rules)
-                    alert_outs.extend(
-                        o for o in outputs if isinstance(o, AlertRaised | AlertResolved)
-                    )
+                    state, alerts = advance(state, pev, self.rules)
+                    alert_outs.extend(alerts)
                 if state is None or state is before:
                     continue
                 rows = patient_rows(state, alert_outs)

@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from streams.core.events import (
@@ -27,8 +27,11 @@ from streams.core.events import (
     SourceRef,
 )
 from streams.core.pathway import (
+    AlertRaised,
+    AlertResolved,
     PathwayRules,
     PatientState,
+    advance,
     check_timers,
     invariant_violations,
     output_to_json,
@@ -313,3 +316,27 @@ def test_compacting_history_changes_nothing_for_a_feed_in_order(
         kept.bed,
         kept.alerts.keys(),
     )
+
+
+@SETTINGS
+@given(
+    versions=st.lists(resource_version(), min_size=1, max_size=10),
+    data=st.data(),
+)
+def test_advance_is_transition_with_only_its_alert_outputs(
+    versions: list[list[PatientEvent]], data: st.DataObject
+) -> None:
+    events = [ev for group in versions for ev in group]
+    arrival = data.draw(st.permutations(events + data.draw(st.lists(st.sampled_from(events)))))
+    rules = PathwayRules(history_horizon=timedelta(days=data.draw(st.sampled_from([5, 120]))))
+    full: PatientState | None = None
+    lean: PatientState | None = None
+    raised = 0
+    for ev in arrival:
+        full, outputs = transition(full, ev, rules)
+        lean, alerts = advance(lean, ev, rules)
+        assert lean == full
+        assert alerts == [o for o in outputs if isinstance(o, AlertRaised | AlertResolved)]
+        raised += len(alerts)
+    # Hypothesis shows the share of examples with alerts in its statistics.
+    event(f"alert outputs: {'some' if raised else 'none'}")

@@ -103,6 +103,9 @@ class PathwayRules:
     # An ED visit belongs to the stay that starts while the patient is in the ED or this soon
     # after the departure (Synthea starts the IMP encounter at the ED arrival).
     ed_admission_link: timedelta = timedelta(hours=6)
+    # An ED visit with no departure yet belongs only to a stay that starts this soon after its
+    # arrival (boarders wait for a bed for hours, not for weeks).
+    ed_open_link: timedelta = timedelta(hours=72)
     # A booked appointment holds a referral or follow-up alert until its start plus this margin.
     appointment_grace: timedelta = timedelta(days=1)
     history_horizon: timedelta = timedelta(days=120)
@@ -847,6 +850,7 @@ def settle(facts: Facts, rules: PathwayRules = DEFAULT_RULES) -> None:
         if episode.end_implied:
             episode.ended_at, episode.end_implied = None, False
 
+    _merge_movements(facts)
     died = facts.died_at
     stays = sorted(facts.stays, key=lambda s: (s.admitted_at, s.stay_id))
     # A patient is in one stay at a time: the next admission, or death, ends a stay still open.
@@ -866,22 +870,27 @@ def settle(facts: Facts, rules: PathwayRules = DEFAULT_RULES) -> None:
             if episode.is_open and episode.started_at <= died:
                 episode.ended_at, episode.end_implied = died, True
 
+    # A stay's partOf that names one of the patient's ED visits links the two; a stay that is
+    # part of no other encounter (or of itself) is linked to the ED visit of its hospital that it
+    # starts during, or soon after.
     named = {s.from_ed_encounter: s for s in stays if s.from_ed_encounter}
+    unlinked = [s for s in stays if s.from_ed_encounter in (None, s.stay_id)]
     claimed: set[str] = set()
     for visit in sorted(facts.ed_visits, key=lambda v: (v.arrived_at, v.encounter_id)):
         led_to: Stay | None = named.get(visit.encounter_id)
         if led_to is None:
             limit = (
-                None if visit.departed_at is None else visit.departed_at + rules.ed_admission_link
+                visit.arrived_at + rules.ed_open_link
+                if visit.departed_at is None
+                else visit.departed_at + rules.ed_admission_link
             )
             led_to = next(
                 (
                     s
-                    for s in stays
-                    if s.admitted_at >= visit.arrived_at
-                    and (limit is None or s.admitted_at <= limit)
+                    for s in unlinked
+                    if visit.arrived_at <= s.admitted_at <= limit
                     and s.stay_id not in claimed
-                    and s.from_ed_encounter is None
+                    and (visit.hospital is None or s.hospital in (None, visit.hospital))
                 ),
                 None,
             )
@@ -949,6 +958,58 @@ def settle(facts: Facts, rules: PathwayRules = DEFAULT_RULES) -> None:
             and stay.admitted_at - previous.discharged_at <= rules.readmission
         ):
             stay.readmission_of = previous.stay_id
+
+
+def _merge_movements(facts: Facts) -> None:
+    """Make each stay that is part of another of the patient's stays a movement of it: its
+    places become spells of that stay, and it is no stay of its own.
+
+    FR Core (and other national profiles) send a venue as one inpatient Encounter and each
+    movement inside it (a ward, then another) as an Encounter whose `partOf` names the venue's.
+    A movement of a movement belongs to the venue at the top; a cycle of partOf is left as it
+    is. A movement whose venue has not arrived yet is a stay until it does."""
+    by_id = {s.stay_id: s for s in facts.stays}
+    venue_of = {s.stay_id: v for s in facts.stays if (v := _venue(s, by_id)) is not None}
+    if not venue_of:
+        return
+    for stay in sorted((by_id[sid] for sid in venue_of), key=lambda s: (s.admitted_at, s.stay_id)):
+        venue = venue_of[stay.stay_id]
+        end = venue.discharged_at
+        spells = [
+            LocationSpell(
+                start=max(spell.start, venue.admitted_at),
+                location=spell.location,
+                ward=spell.ward,
+                bed=spell.bed,
+                until=spell.end,
+            )
+            for spell in stay.locations
+            if (end is None or spell.start < end) and (spell.location or spell.ward or spell.bed)
+        ]
+        starts = {spell.start for spell in spells}
+        venue.locations = [s for s in venue.locations if s.start not in starts] + spells
+        _normalise_spells(venue)
+    facts.stays = [s for s in facts.stays if s.stay_id not in venue_of]
+
+
+def _parent(stay: Stay, by_id: Mapping[str, Stay]) -> Stay | None:
+    ref = stay.from_ed_encounter
+    return None if ref is None or ref == stay.stay_id else by_id.get(ref)
+
+
+def _venue(stay: Stay, by_id: Mapping[str, Stay]) -> Stay | None:
+    """The stay at the top of `stay`'s chain of partOf (None: no parent stay, or a cycle)."""
+    seen = {stay.stay_id}
+    top = _parent(stay, by_id)
+    while top is not None:
+        if top.stay_id in seen:
+            return None
+        seen.add(top.stay_id)
+        parent = _parent(top, by_id)
+        if parent is None:
+            return top
+        top = parent
+    return None
 
 
 RECORD_TIMES: dict[str, str] = {

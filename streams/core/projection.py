@@ -149,6 +149,8 @@ def _add_records(rows: PatientRows, state: PatientState) -> None:
     if facts.replaced_by:
         rows.digest = records_digest(rows)
         return
+    # The ED visit each stay followed (`settle` links them).
+    led_by = {v.stay_id: v.encounter_id for v in facts.ed_visits if v.stay_id}
     for stay in facts.stays:
         rows.stays.append(
             {
@@ -159,7 +161,7 @@ def _add_records(rows: PatientRows, state: PatientState) -> None:
                 "discharged_at": stay.discharged_at,
                 "disposition": stay.disposition,
                 "admit_source": stay.admit_source,
-                "from_ed_encounter": stay.from_ed_encounter,
+                "from_ed_encounter": led_by.get(stay.stay_id),
                 "los_hours": stay.los_hours,
             }
         )

@@ -75,15 +75,26 @@ STAYS = {
         "enc-po-ed",
         "rehab",
     ),
-    # classHistory: EMER until 01:00Z, then IMP; the stay starts where the ED part ends.
+    # classHistory: EMER until 01:00Z, then IMP; the stay starts where the ED part ends, and
+    # follows that ED visit (same id).
     "enc-ch": (
         "pat-classhist",
         "2026-02-21T01:00:00+00:00",
         "2026-02-23T13:00:00+00:00",
         60.0,
         None,
+        "enc-ch",
+        None,
+    ),
+    # FR Core: a venue, and one Encounter per ward movement partOf it (not stays of their own).
+    "enc-venue": (
+        "pat-venue",
+        "2026-03-10T07:00:00+00:00",
+        "2026-03-14T09:00:00+00:00",
+        98.0,
         None,
         None,
+        "home",
     ),
     # Sent before its hospital (with the opt-in): 09:00+01:00 → next day 09:00+01:00.
     "enc-early-imp": (
@@ -120,6 +131,11 @@ DST_PERIODS = [
     ("loc-ward-med", "2026-03-28T21:00:00+00:00", "2026-03-29T00:30:00+00:00"),
     ("loc-ward-surg", "2026-03-29T00:30:00+00:00", "2026-03-29T02:30:00+00:00"),
 ]
+# The venue's ward periods: its movements', the venue's own place (the site) replaced.
+VENUE_PERIODS = [
+    ("loc-ward-med", "2026-03-10T07:00:00+00:00", "2026-03-12T13:00:00+00:00"),
+    ("loc-ward-surg", "2026-03-12T13:00:00+00:00", "2026-03-14T09:00:00+00:00"),
+]
 SYNTHEA_FOLDER = {
     # Synthea's names: patient files sort before the information files, which must go first.
     "Abel_Offsets_0001.json": "patient_offsets.json",
@@ -127,6 +143,7 @@ SYNTHEA_FOLDER = {
     "Carl_Lien_0003.json": "patient_ed_partof.json",
     "Dora_Classe_0004.json": "patient_classhistory.json",
     "Emile_Garde_0005.json": "patient_keep.json",
+    "Fanny_Venue_0006.json": "patient_venue.json",
     "hospitalInformation1764950400000.json": "hospitalInformation.json",
     "practitionerInformation1764950400000.json": "practitionerInformation.json",
 }
@@ -188,8 +205,8 @@ def test_the_conformance_corpus_gives_the_hand_counted_pathways(
                 timeout=120,
             )
             assert pushed.returncode == 0, pushed.stdout + pushed.stderr
-            # 6 + 2 information resources, 4 + 2 + 3 + 2 + 2 patient resources.
-            assert "accepted: 21" in pushed.stdout and "rejected: 0" in pushed.stdout
+            # 6 + 2 information resources, 4 + 2 + 3 + 2 + 2 + 4 patient resources.
+            assert "accepted: 25" in pushed.stdout and "rejected: 0" in pushed.stdout
 
             # The same hospital Bundle again: every conditional create finds its resource.
             again = client.post("/fhir", content=load("hospitalInformation.json"), headers=FHIR)
@@ -359,6 +376,12 @@ def test_the_conformance_corpus_gives_the_hand_counted_pathways(
             "ORDER BY seq",
         )
         assert [(w, utc(s), utc(e)) for w, s, e in periods] == DST_PERIODS
+        periods = rows(
+            db,
+            "SELECT ward_id, start_at, end_at FROM stay_locations WHERE stay_id = 'enc-venue' "
+            "ORDER BY seq",
+        )
+        assert [(w, utc(s), utc(e)) for w, s, e in periods] == VENUE_PERIODS
         # The hospital of every stay: the Organization its serviceProvider names.
         hospitals = dict(rows(db, "SELECT stay_id, hospital_id FROM stays"))
         assert hospitals == {

@@ -46,6 +46,7 @@ from streams.core.pathway import (
     output_to_json,
     transition,
 )
+from streams.core.projection import patient_rows, row_changes
 
 P = "pat-1"
 T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
@@ -501,6 +502,83 @@ def test_synthea_ed_visit_is_linked_to_the_stay_that_starts_with_it() -> None:
     assert (visit_ed.admitted, visit_ed.stay_id) == (True, "s1")
     state, _ = run(seq(ed("e2", d(10), d(10.1)), stay("s2", d(12), d(13))), state)
     assert state.facts.ed_visits[1].admitted is False
+
+
+def test_an_ed_visit_is_linked_only_to_a_stay_of_its_own_hospital() -> None:
+    elsewhere = [
+        replace(ev, hospital="clinique") if isinstance(ev, PatientAdmitted) else ev
+        for ev in stay("s1", h(2), d(1))
+    ]
+    state, _ = run(seq(ed("e1", h(0), h(1)), elsewhere))
+    [visit_ed] = state.facts.ed_visits
+    assert (visit_ed.admitted, visit_ed.stay_id) == (False, None)
+
+
+def test_an_ed_visit_still_open_is_not_linked_to_a_stay_weeks_later() -> None:
+    state, _ = run(seq(ed("e1", h(0)), stay("s1", d(20), d(22))))
+    assert state.facts.ed_visits[0].stay_id is None
+    state, _ = run(seq(ed("e2", d(30)), stay("s2", d(31), d(33))), state)
+    assert state.facts.ed_visits[1].stay_id == "s2"
+
+
+def test_a_stay_part_of_itself_is_linked_by_time_like_any_other() -> None:
+    state, _ = run(seq(ed("e1", h(0), h(1)), stay("s1", h(2), d(1), from_ed="s1")))
+    assert state.facts.ed_visits[0].stay_id == "s1"
+    assert len(state.stays) == 1
+
+
+def test_movements_part_of_a_venue_are_its_ward_spells_not_stays() -> None:
+    """FR Core: the venue is one Encounter, each movement inside it another, partOf the venue."""
+    venue = stay("venue", h(0), d(4), ward="hospital", bed=None)
+    ward_a = stay("mvt-a", h(0), d(2), ward="ward-a", bed="bed-a1", from_ed="venue")
+    ward_b = stay("mvt-b", d(2), d(4), ward="ward-b", bed="bed-b7", from_ed="venue")
+    expected = [(h(0), d(2), "ward-a", "bed-a1"), (d(2), d(4), "ward-b", "bed-b7")]
+    # Whatever the order they come in, and whether the venue comes first or last.
+    for order in ([venue, ward_a, ward_b], [ward_b, ward_a, venue], [ward_a, venue, ward_b]):
+        state, _ = run(seq(*order))
+        [only] = state.stays
+        assert only.stay_id == "venue"
+        assert (only.admitted_at, only.discharged_at, only.ended_by) == (h(0), d(4), "discharge")
+        assert [(s.start, s.end, s.ward, s.bed) for s in only.locations] == expected
+        assert state.facts.ed_visits == [] and invariant_violations(state) == []
+
+
+def test_a_movement_still_open_holds_the_bed_of_its_venue() -> None:
+    venue = stay("venue", h(0), ward="hospital", bed=None)
+    moved = stay("mvt-a", h(1), ward="ward-a", bed="bed-a1", from_ed="venue")
+    state, _ = run(seq(venue, moved))
+    [only] = state.stays
+    assert (state.stay_id, state.ward, state.bed) == ("venue", "ward-a", "bed-a1")
+    assert [(s.start, s.end, s.ward) for s in only.locations] == [
+        (h(0), h(1), "hospital"),
+        (h(1), None, "ward-a"),
+    ]
+
+
+def test_a_movement_whose_venue_is_an_ed_visit_stays_a_stay_linked_to_it() -> None:
+    state, _ = run(seq(ed("e1", h(0), h(3)), stay("s1", h(3), d(1), from_ed="e1")))
+    assert [s.stay_id for s in state.stays] == ["s1"]
+    assert state.facts.ed_visits[0].stay_id == "s1"
+
+
+def test_a_cycle_of_part_of_merges_nothing() -> None:
+    state, _ = run(
+        seq(
+            stay("a", h(0), h(5), from_ed="b"),
+            stay("b", h(6), h(9), ward="ward-b", bed="bed-b1", from_ed="a"),
+        )
+    )
+    assert [s.stay_id for s in state.stays] == ["a", "b"]
+
+
+def test_a_movement_that_arrives_before_its_venue_is_a_stay_until_the_venue_comes() -> None:
+    before, _ = run(stay("mvt-a", h(1), d(2), from_ed="venue"))
+    assert [s.stay_id for s in before.stays] == ["mvt-a"]
+    state, _ = run(stay("venue", h(0), d(2), ward="hospital", bed=None), before)
+    assert [s.stay_id for s in state.stays] == ["venue"]
+    # The sink deletes the stay row the movement had.
+    changes = row_changes(before, patient_rows(state))
+    assert changes.gone["stays"] == [("mvt-a",)]
 
 
 # --- Alerts --------------------------------------------------------------------------------------

@@ -8,6 +8,37 @@ ENCOUNTER_CLASSES = frozenset(
     # v3 ActEncounterCode (http://terminology.hl7.org/CodeSystem/v3-ActCode).
     {"AMB", "EMER", "FLD", "HH", "IMP", "ACUTE", "NONAC", "OBSENC", "PRENC", "SS", "VR"}
 )
+V2_PATIENT_CLASS = "http://terminology.hl7.org/CodeSystem/v2-0004"
+# Encounter.class codes that feeds send from other code systems, and the ActEncounterCode each
+# means: HL7 v2 patient classes (PV1-2, table 0004), and the words of older Synthea output.
+V2_PATIENT_CLASSES = {"E": "EMER", "I": "IMP", "O": "AMB", "P": "PRENC", "R": "AMB", "B": "IMP"}
+ENCOUNTER_CLASS_WORDS = {
+    "inpatient": "IMP",
+    "emergency": "EMER",
+    "ambulatory": "AMB",
+    "outpatient": "AMB",
+    "wellness": "AMB",
+    "urgentcare": "AMB",
+    "home": "HH",
+    "virtual": "VR",
+}
+
+
+def encounter_class(coding: object) -> str | None:
+    """The v3 ActEncounterCode that an Encounter.class Coding means, whatever system it names
+    (None when it means none that Parcours knows)."""
+    if not isinstance(coding, dict):
+        return None
+    code = coding.get("code")
+    if not isinstance(code, str):
+        return None
+    if coding.get("system") == V2_PATIENT_CLASS:
+        return V2_PATIENT_CLASSES.get(code)
+    if code in ENCOUNTER_CLASSES:
+        return code
+    return ENCOUNTER_CLASS_WORDS.get(code.lower())
+
+
 ENCOUNTER_STATUSES = frozenset(
     {
         "planned",

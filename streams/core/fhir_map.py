@@ -21,12 +21,12 @@ from typing import Any
 
 from parcours.fhir_codes import (
     APPOINTMENT_STATUSES,
-    ENCOUNTER_CLASSES,
     ENCOUNTER_LOCATION_STATUSES,
     ENCOUNTER_STATUSES,
     EPISODE_OF_CARE_STATUSES,
     LOCATION_STATUSES,
     SERVICE_REQUEST_STATUSES,
+    encounter_class,
 )
 from parcours.timeutil import EARLIEST_CARE, LATEST_CARE, TimeFormatError, parse_fhir
 from streams import StreamsError
@@ -329,9 +329,12 @@ def map_encounter(resource: dict[str, Any]) -> list[CanonicalEvent]:
     """
     enc_id = _require_id(resource)
     patient = _patient_of(resource, "subject")
-    class_code = (resource.get("class") or {}).get("code")
-    if class_code not in ENCOUNTER_CLASSES:
-        raise MappingError(f"Encounter.class.code {class_code!r} is not an R4 ActEncounterCode")
+    class_code = encounter_class(resource.get("class"))
+    if class_code is None:
+        raise MappingError(
+            f"Encounter.class.code {(resource.get('class') or {}).get('code')!r} is not an "
+            "R4 ActEncounterCode (nor an HL7 v2 patient class)"
+        )
     status = resource.get("status")
     if status not in ENCOUNTER_STATUSES:
         raise MappingError(f"Encounter.status {status!r} is not an R4 encounter status")
@@ -478,7 +481,7 @@ def _ed_class_history(
     for i, entry in enumerate(resource.get("classHistory") or []):
         if not isinstance(entry, dict):
             raise MappingError(f"Encounter.classHistory[{i}] is not an object")
-        code = (entry.get("class") or {}).get("code")
+        code = encounter_class(entry.get("class"))
         period_start = _time(entry, "period", "start")
         if code in ED_CLASSES and period_start is not None:
             ed_start = period_start if ed_start is None else min(ed_start, period_start)

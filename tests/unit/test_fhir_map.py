@@ -119,6 +119,36 @@ def test_home_and_virtual_encounters_are_community_visits(code: str) -> None:
     assert [v.class_code for v in visits] == [code]
 
 
+V2_CLASS = "http://terminology.hl7.org/CodeSystem/v2-0004"
+
+
+@pytest.mark.parametrize(
+    ("klass", "kind"),
+    [
+        ({"system": V2_CLASS, "code": "I"}, PatientAdmitted),
+        ({"system": V2_CLASS, "code": "E"}, EdArrived),
+        ({"system": V2_CLASS, "code": "O"}, CommunityVisited),
+        ({"code": "inpatient"}, PatientAdmitted),
+        ({"code": "emergency"}, EdArrived),
+        ({"code": "ambulatory"}, CommunityVisited),
+        ({"system": "http://example.org/local-classes", "code": "IMP"}, PatientAdmitted),
+    ],
+)
+def test_classes_of_other_systems_that_feeds_send_are_read(
+    klass: dict[str, str], kind: type
+) -> None:
+    resource = load("encounter_imp_transfers") | {"class": klass}
+    assert any(isinstance(ev, kind) for ev in map_resource(resource))
+
+
+@pytest.mark.parametrize(
+    "klass", [{"system": V2_CLASS, "code": "N"}, {"system": "http://example.org/x", "code": "Z"}]
+)
+def test_a_class_that_means_nothing_known_names_the_element(klass: dict[str, str]) -> None:
+    with pytest.raises(MappingError, match=r"Encounter\.class\.code"):
+        map_resource(load("encounter_imp_transfers") | {"class": klass})
+
+
 @pytest.mark.parametrize("status", ["cancelled", "entered-in-error", "planned"])
 def test_encounters_that_did_not_happen_retract(status: str) -> None:
     resource = load("encounter_cancelled") | {"status": status}

@@ -42,6 +42,8 @@ def test_every_mapped_type_is_an_r4_resource_type() -> None:
 
 def test_valid_encounter_passes() -> None:
     assert validate_resource(encounter(), "Encounter") == (0, "", [])
+    v2_inpatient = {"system": "http://terminology.hl7.org/CodeSystem/v2-0004", "code": "I"}
+    assert validate_resource(encounter(**{"class": v2_inpatient}), "Encounter") == (0, "", [])
 
 
 @pytest.mark.parametrize(
@@ -58,6 +60,19 @@ def test_valid_encounter_passes() -> None:
         (encounter(bogus=1), 422, "Encounter.bogus"),
         (encounter(status="done"), 422, "Encounter.status"),
         ({k: v for k, v in encounter().items() if k != "class"}, 422, "Encounter.class"),
+        (
+            encounter(
+                **{
+                    "class": {
+                        "system": "http://terminology.hl7.org/CodeSystem/v2-0004",
+                        "code": "Z",
+                    }
+                }
+            ),
+            422,
+            "Encounter.class.code",
+        ),
+        (encounter(**{"class": {"code": "WARD"}}), 422, "Encounter.class.code"),
         (encounter(resourceType="Patient"), 400, "Patient.resourceType"),
         (encounter(id="has space"), 422, "Encounter.id"),
         ({"id": "x"}, 400, "Encounter.resourceType"),

@@ -32,7 +32,8 @@ turn in the pipeline like a raw batch.
 
 Errors are data. A message the rules cannot map or fold, or whose rows the database refuses, goes
 to the dead-letter topic with its reason, is recorded for the Feed health page
-(`ingest_rejections`, source `stream-worker`) and counted on `/metrics`; the rest of its batch
+(`ingest_rejections`, under the integrator its headers name, else `stream-worker`) and counted
+on `/metrics`; the rest of its batch
 is written. A database that cannot answer is waited for, with backoff.
 
 Stopping. On SIGTERM the statement under way is cancelled, the fold processes are ended, and the
@@ -53,7 +54,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -326,8 +327,9 @@ class Worker:
     def dumps_value(self, value: bytes) -> bytes:
         return codecs.dumps(self.changelog_topic.value_serializer, value)
 
-    async def apply(self, outcome: BatchOutcome) -> None:
-        """The table, the changelog, the alerts and the dead letters of a written batch."""
+    async def apply(self, outcome: BatchOutcome, batch: Sequence[Message] = ()) -> None:
+        """The table, the changelog, the alerts and the dead letters of a written batch (each
+        dead letter carries the headers that say who sent its message, from `batch`)."""
         metrics = self.metrics
         changelog = []
         for pid, (partition, value) in outcome.states.items():
@@ -342,6 +344,7 @@ class Worker:
         )
         for alert_key, alert in outcome.alerts:
             sent.append(await self.alerts.send(key=alert_key, value=json.dumps(alert).encode()))
+        origin = senders(batch) if outcome.rejects else {}
         for raw_key, payload, reason in outcome.rejects:
             stage = dead_letter_stage(reason)
             log.warning("dead-lettered a raw message (%s)", stage)
@@ -350,11 +353,19 @@ class Worker:
                 await self.dead.send(
                     key=raw_key,
                     value=payload,
-                    headers={"reason": reason[:2000].encode(), "stage": stage.encode()},
+                    headers={
+                        **origin.get(payload, {}),
+                        "reason": reason[:2000].encode(),
+                        "stage": stage.encode(),
+                    },
                 )
             )
         if outcome.rejects:
-            rows = [rejection_row(k, v, r, datetime.now(UTC)) for k, v, r in outcome.rejects]
+            now = datetime.now(UTC)
+            rows = [
+                rejection_row(k, v, r, now, origin.get(v, {}).get("source"))
+                for k, v, r in outcome.rejects
+            ]
             try:
                 await asyncio.to_thread(self.sink.write_rejections, rows)
             except Exception as exc:  # the dead letters are sent; the page can miss a row
@@ -370,7 +381,7 @@ class Worker:
         """Once SQL holds the batch: the table, topics and acks."""
         metrics = self.metrics
         sent = time.perf_counter()
-        await self.apply(outcome)
+        await self.apply(outcome, batch)
         for m in batch:
             self.app.consumer.ack(m)
             self.applied[m.partition] = max(self.applied.get(m.partition, 0), m.offset + 1)
@@ -671,8 +682,33 @@ def dead_letter_stage(reason: str) -> str:
     return head if head in ("sql", "pathway") else "mapping"
 
 
-def rejection_row(key: bytes | None, payload: bytes, reason: str, now: datetime) -> dict[str, Any]:
-    """An `ingest_rejections` row for a message the worker dead-lettered (no HTTP status: 0)."""
+# The headers the gateway and the MLLP listener put on a raw message that say who sent it; the
+# worker copies them onto the message's dead letter.
+ORIGIN_HEADERS = ("source", "received-at", "resource-type", "version")
+
+
+def senders(batch: Sequence[Message]) -> dict[bytes, dict[str, bytes]]:
+    """The origin headers of each message of `batch` that has some, by payload."""
+    found: dict[bytes, dict[str, bytes]] = {}
+    for m in batch:
+        headers = m.headers.items() if isinstance(m.headers, Mapping) else (m.headers or ())
+        kept = {
+            str(k): bytes(v) for k, v in headers if k in ORIGIN_HEADERS and isinstance(v, bytes)
+        }
+        if kept and m.value is not None:
+            found[m.value] = kept
+    return found
+
+
+def rejection_row(
+    key: bytes | None,
+    payload: bytes,
+    reason: str,
+    now: datetime,
+    source: bytes | None = None,
+) -> dict[str, Any]:
+    """An `ingest_rejections` row for a message the worker dead-lettered (no HTTP status: 0),
+    under the integrator that sent it when its headers say so."""
     kind = rid = None
     try:
         resource = json.loads(payload)
@@ -689,7 +725,7 @@ def rejection_row(key: bytes | None, payload: bytes, reason: str, now: datetime)
         return text.replace("\x00", "") if text else text
 
     return {
-        "source": "stream-worker",
+        "source": clean(source.decode("utf-8", "replace")[:64]) if source else "stream-worker",
         "received_at": now,
         "http_status": 0,
         "reason": f"worker-{dead_letter_stage(reason)}",

@@ -330,6 +330,40 @@ def test_the_conformance_corpus_gives_the_hand_counted_pathways(
                 tail = log.read_text()[-2000:]
                 raise AssertionError(f"{exc}; in SQL: {found}; worker: {tail}") from exc
 
+            # Valid FHIR that the worker cannot place (a class of a code system it does not
+            # know): acknowledged, then dead-lettered under the integrator that sent it.
+            odd = {
+                "resourceType": "Encounter",
+                "id": "enc-odd-class",
+                "status": "finished",
+                "class": {"system": "urn:example:local-classes", "code": "Z"},
+                "subject": {"reference": "Patient/pat-offsets"},
+                "period": {"start": "2026-03-01T08:00:00Z", "end": "2026-03-01T09:00:00Z"},
+            }
+            sent = client.post("/fhir/Encounter", content=json.dumps(odd), headers=FHIR)
+            assert sent.status_code == 201, sent.text
+
+            def odd_shown() -> bool:
+                alive()
+                return (
+                    count(
+                        db,
+                        "SELECT count(*) FROM ingest_rejections WHERE source = :s "
+                        "AND resource_id = 'enc-odd-class' AND reason = 'worker-mapping'",
+                        s=SOURCE,
+                    )
+                    == 1
+                )
+
+            wait_until(odd_shown, timeout_s=60, what="the dead letter on the sender's Feed health")
+        [dead] = [
+            m for m in read_topic(broker, topics.deadletter) if b"enc-odd-class" in (m.value or b"")
+        ]
+        headers = dict(dead.headers)
+        assert headers["source"] == SOURCE.encode()
+        assert headers["resource-type"] == b"Encounter"
+        assert b"Encounter.class.code" in headers["reason"]
+
         stays = {
             r[0]: (r[1], utc(r[2]), utc(r[3]), round(r[4], 6), r[5], r[6], r[7])
             for r in rows(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -17,6 +18,7 @@ from streams.runtime.worker import (
     dead_letter_stage,
     progress_row,
     rejection_row,
+    senders,
 )
 
 
@@ -92,6 +94,7 @@ def test_a_dead_letter_becomes_a_feed_health_row_without_nul() -> None:
     assert row["resource_id"] == "wx"
     assert "\u0000" not in row["diagnostics"]
     assert rejection_row(b"p1", b"not json", "not valid JSON: x", now)["resource_id"] == "p1"
+    assert rejection_row(b"p1", b"{}", "x", now, b"samu-21")["source"] == "samu-21"
     assert dead_letter_stage("pathway: KeyError: x") == "pathway"
     assert dead_letter_stage("Encounter.status 'done' is not…") == "mapping"
 
@@ -113,3 +116,13 @@ def test_lag_never_counts_from_an_end_short_of_what_was_applied() -> None:
     assert row["highwater"] == 153_887
     assert row["lag"] == 0
     assert progress_row("fhir.raw", 0, "w", 10, 15, now)["lag"] == 5
+
+
+def test_a_dead_letter_keeps_the_headers_that_say_who_sent_it() -> None:
+    listed = SimpleNamespace(
+        value=b"a", headers=[("source", b"lab-1"), ("received-at", b"t"), ("other", b"x")]
+    )
+    mapped = SimpleNamespace(value=b"b", headers={"source": b"gp-2"})
+    bare = SimpleNamespace(value=b"c", headers=None)
+    found = senders([listed, mapped, bare])  # type: ignore[list-item]
+    assert found == {b"a": {"source": b"lab-1", "received-at": b"t"}, b"b": {"source": b"gp-2"}}

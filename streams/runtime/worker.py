@@ -33,8 +33,7 @@ turn in the pipeline like a raw batch.
 Errors are data. A message the rules cannot map or fold, or whose rows the database refuses, goes
 to the dead-letter topic with its reason, is recorded for the Feed health page
 (`ingest_rejections`, under the integrator its headers name, else `stream-worker`) and counted
-on `/metrics`; the rest of its batch
-is written. A database that cannot answer is waited for, with backoff.
+on `/metrics`; the rest of its batch is written. A database that cannot answer is waited for, with backoff.
 
 Stopping. On SIGTERM the statement under way is cancelled, the fold processes are ended, and the
 batch not yet finished is left to be replayed from its offsets at the next start.

@@ -1,8 +1,9 @@
 """`parcours ingest push`: send Bundle JSON and NDJSON files to the gateway (or straight to Kafka).
 
-Files become requests: a Bundle file is posted as it is (a transaction stays a transaction), a
-single-resource file goes to `/fhir/{type}`, and NDJSON is cut into `$import` requests below the
-gateway's size limit. The summary counts resources: accepted, duplicates, rejected by reason.
+Files become requests: a Bundle file is posted as it is (a transaction stays a transaction), unless
+it is over the gateway's size limit (`split_bundle`); a single-resource file goes to
+`/fhir/{type}`, and NDJSON is cut into `$import` requests below the gateway's size limit. The
+summary counts resources: accepted, duplicates, rejected by reason.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import orjson
 
+from ingest.bundle import resolve_entries
 from ingest.entries import (
     MAX_RESOURCE_BYTES,
     Item,
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
     from ingest.references import ReferenceResolver
 
 NDJSON_SUFFIXES = (".ndjson", ".jsonl")
+# Bundle types that `push` may send in parts when one is over the gateway's body limit.
+SPLITTABLE = ("transaction", "batch")
 MAX_RETRIES = 5
 # Answers that say "later": Kafka or the database unavailable, or this integrator's rate.
 RETRIED = (429, 503)
@@ -46,6 +50,8 @@ class PushRequest:
     body: bytes
     count: int
     type_name: str | None = None
+    # One of the parts of a Bundle over the gateway's body limit (`split_bundle`).
+    parts: bool = False
 
 
 @dataclass
@@ -102,10 +108,45 @@ def plan_file(path: Path, max_body_bytes: int) -> Iterator[PushRequest]:
         yield PushRequest(path, "resource", data, 1, "Resource")
         return
     if isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
-        yield PushRequest(path, "bundle", data, max(1, len(doc.get("entry") or [])))
+        if len(data) <= max_body_bytes or doc.get("type") not in SPLITTABLE:
+            yield PushRequest(path, "bundle", data, max(1, len(doc.get("entry") or [])))
+            return
+        for part in split_bundle(doc, max_body_bytes):
+            yield PushRequest(path, "bundle", part, len(orjson.loads(part)["entry"]), parts=True)
     else:
         rtype = doc.get("resourceType") if isinstance(doc, dict) else None
         yield PushRequest(path, "resource", data, 1, str(rtype or "Resource"))
+
+
+# A body must leave room for what the gateway reads around its resources.
+PART_MARGIN = 4096
+
+
+def split_bundle(doc: dict[str, Any], max_body_bytes: int) -> Iterator[bytes]:
+    """A transaction or batch Bundle over the gateway's body limit, as several Bundles of the same
+    type, each under it, with its entries in their order (a patient's Bundle begins with its
+    Patient). `urn:uuid` references between entries become `Type/id` first, as the gateway would
+    make them, so that each part stands alone; each part of a transaction is all-or-nothing on
+    its own. An entry larger than the limit goes alone (the gateway answers 413 for it)."""
+    entries = doc.get("entry") or []
+    resources = resolve_entries(doc)
+    limit = max_body_bytes - PART_MARGIN
+    part: list[bytes] = []
+    size = 0
+    head = orjson.dumps({"resourceType": "Bundle", "type": doc["type"], "entry": []})[:-3]
+
+    def body() -> bytes:
+        return head + b"[" + b",".join(part) + b"]}"
+
+    for entry, resource in zip(entries, resources, strict=True):
+        one = orjson.dumps({**entry, "resource": resource})
+        if part and size + len(one) + 1 > limit:
+            yield body()
+            part, size = [], 0
+        part.append(one)
+        size += len(one) + 1
+    if part:
+        yield body()
 
 
 def count_response(req: PushRequest, status: int, body: Any, summary: Summary) -> None:

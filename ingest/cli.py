@@ -112,6 +112,14 @@ def push(
         typer.echo(f"error: no such file: {', '.join(missing)}", err=True)
         raise typer.Exit(2)
     requests = [r for f in push_order(files) for r in plan_file(f, settings.ingest_max_body_bytes)]
+    split = sorted({r.path.name for r in requests if r.parts})
+    if split:
+        typer.echo(
+            f"note: {len(split)} Bundle(s) over PARCOURS_INGEST_MAX_BODY_BYTES "
+            f"({settings.ingest_max_body_bytes} bytes) go in parts, each all-or-nothing on its "
+            f"own: {', '.join(split[:5])}{' …' if len(split) > 5 else ''}",
+            err=True,
+        )
     total = sum(r.count for r in requests)
     bar = tqdm(total=total, unit="res", desc="push", file=sys.stderr)
     try:

@@ -18,7 +18,7 @@ from parcours.db import make_engine
 from parcours.settings import Settings
 from parcours.topics import Topics
 from tests.integration.ingest_helpers import gateway_env, read_topic, run_gateway
-from tests.support import parcours_env
+from tests.support import fresh_database, parcours_env
 
 pytestmark = pytest.mark.integration
 SHARED_TYPES = ("Organization", "Practitioner")
@@ -52,8 +52,29 @@ def expected_from_files(paths: list[Path]) -> tuple[int, dict[tuple[str, str], s
     return entries, keys
 
 
+# The default body limit, and one below seven of the 24 files (1.3–3.0 MB), which `push` then
+# sends in parts.
+@pytest.mark.parametrize("max_body", [None, 1_000_000])
 def test_all_synthea_bundles_land_exactly_once_keyed_by_patient(
-    broker: str, pg_url: str, topic_prefix: str, shared_data: Path, tmp_path: Path
+    broker: str,
+    pg_url: str,
+    topic_prefix: str,
+    shared_data: Path,
+    tmp_path: Path,
+    max_body: int | None,
+) -> None:
+    # The gateway remembers what it published: each run needs a database of its own.
+    with fresh_database(pg_url) as db:
+        _land_exactly_once(broker, db, topic_prefix, shared_data, tmp_path, max_body)
+
+
+def _land_exactly_once(
+    broker: str,
+    pg_url: str,
+    topic_prefix: str,
+    shared_data: Path,
+    tmp_path: Path,
+    max_body: int | None,
 ) -> None:
     paths = sorted((shared_data / "fhir" / "synthea-r4-2019").glob("*.json"))
     assert len(paths) == 24
@@ -63,15 +84,19 @@ def test_all_synthea_bundles_land_exactly_once_keyed_by_patient(
     source = f"synthea-{uuid.uuid4().hex[:6]}"
     engine = make_engine(pg_url)
     token = create_token(engine, source)
-    with run_gateway(gateway_env(broker, pg_url, topic_prefix), tmp_path / "gw.log") as gw:
+    limit = {} if max_body is None else {"PARCOURS_INGEST_MAX_BODY_BYTES": str(max_body)}
+    env = gateway_env(broker, pg_url, topic_prefix, **limit)
+    with run_gateway(env, tmp_path / "gw.log") as gw:
         push = subprocess.run(
             [sys.executable, "-m", "parcours", "ingest", "push", *map(str, paths)],
-            env=parcours_env(PARCOURS_INGEST_URL=gw.url, PARCOURS_INGEST_TOKEN=token),
+            env=parcours_env(PARCOURS_INGEST_URL=gw.url, PARCOURS_INGEST_TOKEN=token, **limit),
             capture_output=True,
             text=True,
             timeout=280,
         )
         assert push.returncode == 0, push.stderr[-3000:] + gw.log_tail()
+    too_big = [p.name for p in paths if max_body is not None and p.stat().st_size > max_body]
+    assert (f"note: {len(too_big)} Bundle(s)" in push.stderr) == bool(too_big), push.stderr
     summary = push.stdout.splitlines()
     assert summary[:3] == [
         f"accepted: {len(expected)}",

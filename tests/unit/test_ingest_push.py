@@ -128,3 +128,56 @@ def test_a_synthea_folder_is_pushed_information_first(tmp_path: Path) -> None:
         "Zoe_Last_1.json",
     ]
     assert push_order([single]) == [single]
+
+
+def _patient_bundle(btype: str, encounters: int) -> dict[str, object]:
+    entries: list[dict[str, object]] = [
+        {
+            "fullUrl": "urn:uuid:p1",
+            "resource": {"resourceType": "Patient", "name": [{"family": "Grand"}]},
+            "request": {"method": "POST", "url": "Patient"},
+        }
+    ]
+    for i in range(encounters):
+        entries.append(
+            {
+                "fullUrl": f"urn:uuid:e{i}",
+                "resource": {
+                    "resourceType": "Encounter",
+                    "id": f"e{i}",
+                    "status": "finished",
+                    "subject": {"reference": "urn:uuid:p1"},
+                    "text": {"status": "generated", "div": "x" * 300},
+                },
+                "request": {"method": "POST", "url": "Encounter"},
+            }
+        )
+    return {"resourceType": "Bundle", "type": btype, "entry": entries}
+
+
+def test_a_bundle_over_the_limit_goes_in_parts_that_stand_alone(tmp_path: Path) -> None:
+    big = tmp_path / "Grand_Patient.json"
+    big.write_text(json.dumps(_patient_bundle("transaction", 40)))
+    assert big.stat().st_size > 12_000
+    parts = list(plan_file(big, 12_000))
+    assert len(parts) >= 2 and all(p.parts and len(p.body) <= 12_000 for p in parts)
+    bodies = [json.loads(p.body) for p in parts]
+    assert {b["type"] for b in bodies} == {"transaction"}
+    assert [p.count for p in parts] == [len(b["entry"]) for b in bodies]
+    resources = [e["resource"] for b in bodies for e in b["entry"]]
+    # Every entry, in order, the Patient first with the id its fullUrl gave it; the references
+    # between parts are Type/id.
+    assert [r.get("id") for r in resources] == ["p1", *[f"e{i}" for i in range(40)]]
+    assert {r["subject"]["reference"] for r in resources[1:]} == {"Patient/p1"}
+    assert all(e["request"]["method"] == "POST" for b in bodies for e in b["entry"])
+
+
+def test_a_bundle_within_the_limit_or_of_another_type_goes_whole(tmp_path: Path) -> None:
+    small = tmp_path / "small.json"
+    small.write_bytes(json.dumps(_patient_bundle("transaction", 2)).encode())
+    [whole] = plan_file(small, 12_000)
+    assert (whole.body, whole.parts) == (small.read_bytes(), False)
+    collection = tmp_path / "collection.json"
+    collection.write_bytes(json.dumps(_patient_bundle("collection", 40)).encode())
+    [whole] = plan_file(collection, 12_000)
+    assert whole.body == collection.read_bytes()

@@ -33,7 +33,8 @@ turn in the pipeline like a raw batch.
 Errors are data. A message the rules cannot map or fold, or whose rows the database refuses, goes
 to the dead-letter topic with its reason, is recorded for the Feed health page
 (`ingest_rejections`, under the integrator its headers name, else `stream-worker`) and counted
-on `/metrics`; the rest of its batch is written. A database that cannot answer is waited for, with backoff.
+on `/metrics`; the rest of its batch is written. A database that cannot answer is waited for,
+with backoff.
 
 Stopping. On SIGTERM the statement under way is cancelled, the fold processes are ended, and the
 batch not yet finished is left to be replayed from its offsets at the next start.
@@ -57,6 +58,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequen
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
+import orjson
 from faust import Topic
 from faust.serializers import codecs
 from faust.types import TP, Message
@@ -361,11 +363,11 @@ class Worker:
             )
         if outcome.rejects:
             now = datetime.now(UTC)
-            rows = [
-                rejection_row(k, v, r, now, origin.get(v, {}).get("source"))
-                for k, v, r in outcome.rejects
-            ]
             try:
+                rows = [
+                    rejection_row(k, v, r, now, origin.get(v, {}).get("source"))
+                    for k, v, r in outcome.rejects
+                ]
                 await asyncio.to_thread(self.sink.write_rejections, rows)
             except Exception as exc:  # the dead letters are sent; the page can miss a row
                 log.warning("dead letters not recorded for Feed health: %s", type(exc).__name__)
@@ -710,18 +712,22 @@ def rejection_row(
     under the integrator that sent it when its headers say so."""
     kind = rid = None
     try:
-        resource = json.loads(payload)
+        # orjson: nesting too deep for the json module's recursion is a plain error here.
+        resource = orjson.loads(payload)
         if isinstance(resource, dict):
             kind = str(resource.get("resourceType") or "")[:64] or None
             rid = str(resource.get("id") or "")[:128] or None
-    except ValueError:
+    except Exception:  # whatever the payload is, its row is written
         pass
     if rid is None and key:
         rid = key.decode("utf-8", "replace")[:128]
 
     def clean(text: str | None) -> str | None:
-        # PostgreSQL text refuses NUL, which is what put some of these messages here.
-        return text.replace("\x00", "") if text else text
+        # PostgreSQL text refuses NUL and lone surrogates, which is what put some of these
+        # messages here.
+        if not text:
+            return text
+        return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
     return {
         "source": clean(source.decode("utf-8", "replace")[:64]) if source else "stream-worker",

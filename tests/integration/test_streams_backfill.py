@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -233,13 +234,42 @@ def test_a_location_the_database_refused_is_dead_lettered_once(
         assert count(db, "SELECT count(*) FROM locations WHERE location_id LIKE '%poison%'") == 1
 
 
+def _resource_or_none(value: bytes) -> dict[str, Any]:
+    try:
+        found = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+# Raw records no gateway would let through: JSON nested deeper than any parser's default limit,
+# and a lone surrogate in an id (PostgreSQL's text refuses it).
+RAW_POISON = [
+    (
+        b"deep-patient",
+        b'{"resourceType":"Patient","id":"deep","x":' + b"[" * 3000 + b"]" * 3000 + b"}",
+    ),
+    (b"surrogate-patient", b'{"resourceType":"Encounter","id":"\\ud800x","status":"finished"}'),
+]
+
+
+def send_raw(broker: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=broker, acks="all")
+    try:
+        for key, value in records:
+            producer.send(topic, key=key, value=value)
+        producer.flush()
+    finally:
+        producer.close()
+
+
 def dead_letters(broker: str, topic: str) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
     consumer = KafkaConsumer(bootstrap_servers=broker, consumer_timeout_ms=3000)
     try:
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         consumer.assign(tps)
         consumer.seek_to_beginning()
-        return [(json.loads(r.value), dict(r.headers)) for r in consumer]
+        return [(_resource_or_none(r.value), dict(r.headers)) for r in consumer]
     finally:
         consumer.close()
 
@@ -254,6 +284,7 @@ def test_a_poison_resource_mid_stream_does_not_stop_the_worker(
     stream = resources[:middle] + poisoned(topic_prefix) + resources[middle:]
     assert len(stream) > 10_000
     send(broker, [(topics.for_key(raw_key(r)), r) for r in stream])
+    send_raw(broker, topics.raw, RAW_POISON)
     with fresh_database(pg_url) as db:
         log = tmp_path / "worker.log"
         with parcours_process(
@@ -262,25 +293,24 @@ def test_a_poison_resource_mid_stream_does_not_stop_the_worker(
 
             def done() -> bool:
                 assert proc.poll() is None, log.read_text()[-3000:]
-                return (
-                    finished(db, expected)
-                    and count(
-                        db, "SELECT count(*) FROM ingest_rejections WHERE source = 'stream-worker'"
-                    )
-                    >= 2
-                )
+                return finished(db, expected) and count(
+                    db, "SELECT count(*) FROM ingest_rejections WHERE source = 'stream-worker'"
+                ) >= 2 + len(RAW_POISON)
 
-            wait_until(done, timeout_s=180, what="every pathway and two dead letters")
+            wait_until(done, timeout_s=180, what="every pathway and four dead letters")
             assert proc.poll() is None
-        ids = {r["id"]: h for r, h in dead_letters(broker, topics.deadletter)}
+        found = dead_letters(broker, topics.deadletter)
+        ids = {r["id"]: h for r, h in found if "id" in r}
         assert {r["id"] for r in poisoned(topic_prefix)} <= set(ids)
-        assert all(h.get("reason") for h in ids.values())
+        assert all(h.get("reason") for _, h in found)
+        assert len(found) == len(poisoned(topic_prefix)) + len(RAW_POISON)
         shown = rows(
             db,
             "SELECT resource_id, reason, diagnostics FROM ingest_rejections"
             " WHERE source = 'stream-worker' ORDER BY resource_id",
         )
-        assert {r[0] for r in shown} == {r["id"] for r in poisoned(topic_prefix)}
+        assert {r["id"] for r in poisoned(topic_prefix)} | {"deep-patient"} <= {r[0] for r in shown}
+        assert len(shown) == len(poisoned(topic_prefix)) + len(RAW_POISON)
         assert all(r[2] for r in shown)
         assert count(db, "SELECT count(*) FROM locations WHERE location_id LIKE '%poison%'") == 0
 

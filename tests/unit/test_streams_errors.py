@@ -126,3 +126,16 @@ def test_a_dead_letter_keeps_the_headers_that_say_who_sent_it() -> None:
     bare = SimpleNamespace(value=b"c", headers=None)
     found = senders([listed, mapped, bare])  # type: ignore[list-item]
     assert found == {b"a": {"source": b"lab-1", "received-at": b"t"}, b"b": {"source": b"gp-2"}}
+
+
+def test_a_feed_health_row_is_made_of_any_payload() -> None:
+    now = datetime(2026, 3, 2, tzinfo=UTC)
+    deep = b'{"resourceType":"Patient","id":"d","x":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    assert (
+        rejection_row(b"deep-patient", deep, "not valid JSON", now)["resource_id"] == "deep-patient"
+    )
+    lone = b'{"resourceType":"Encounter","id":"\\ud800x"}'
+    row = rejection_row(b"k", lone, "bad \ud800 reason", now, b"feed-\xff")
+    for value in row.values():
+        if isinstance(value, str):
+            value.encode("utf-8")  # what PostgreSQL's text takes

@@ -12,6 +12,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from parcours.fhir_refs import reference_to
+
 PATIENT_FIELDS = ("subject", "patient", "beneficiary")
 
 
@@ -63,26 +65,20 @@ def resolve_entries(bundle: dict[str, Any], in_place: bool = False) -> list[dict
 
 def patient_key(resource: dict[str, Any]) -> str | None:
     """The patient id a resource belongs to: its own id for a Patient, else subject/patient/
-    beneficiary, else (Appointment) a participant actor that references a Patient. None for
-    resources of no single patient."""
+    beneficiary, else (Appointment) the first participant actor that references a Patient. None
+    for resources of no single patient. References are read as the stream mapping reads them
+    (`parcours.fhir_refs.reference_to`): an absolute URL names the same patient as `Patient/id`."""
     if resource.get("resourceType") == "Patient":
         return str(resource["id"]) if resource.get("id") else None
     for name in PATIENT_FIELDS:
-        text = _reference(resource.get(name))
-        if text.startswith("Patient/"):
-            return text.removeprefix("Patient/").split("/", 1)[0]
-        if text.startswith("urn:uuid:"):
-            return text.removeprefix("urn:uuid:")
+        found = reference_to(resource.get(name), "Patient")
+        if found:
+            return found
     # An Appointment names its patient among its participants, next to practitioners.
     for participant in resource.get("participant") or []:
-        text = _reference(participant.get("actor") if isinstance(participant, dict) else None)
-        if text.startswith("Patient/"):
-            return text.removeprefix("Patient/").split("/", 1)[0]
+        found = reference_to(
+            participant.get("actor") if isinstance(participant, dict) else None, "Patient"
+        )
+        if found:
+            return found
     return None
-
-
-def _reference(ref: Any) -> str:
-    """The `reference` string of a Reference, or ''."""
-    if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
-        return str(ref["reference"])
-    return ""

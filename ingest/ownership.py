@@ -31,6 +31,7 @@ from sqlalchemy import Connection, Engine, and_, or_, select, tuple_
 from ingest.bundle import patient_key
 from parcours.db import upsert
 from parcours.db.ingest_models import IngestGrantRow, IngestOwnerRow
+from parcours.fhir_refs import reference_to
 
 Claim = tuple[str, str]
 KINDS = ("patient", "resource", "system", "owner")
@@ -56,13 +57,9 @@ def claims_of(resource: dict[str, Any], root: str) -> Iterator[tuple[Claim, str]
     links = resource.get("link")
     for i, link in enumerate(links if isinstance(links, list) else []):
         if isinstance(link, dict) and link.get("type") == "replaced-by":
-            other = link.get("other")
-            text = other.get("reference") if isinstance(other, dict) else None
-            if isinstance(text, str) and text.startswith("Patient/") and text != f"Patient/{key}":
-                yield (
-                    ("patient", text.removeprefix("Patient/")[:MAX_VALUE]),
-                    (f"{root}.link[{i}].other"),
-                )
+            other = reference_to(link.get("other"), "Patient")
+            if other and other != key:
+                yield ("patient", other[:MAX_VALUE]), f"{root}.link[{i}].other"
     identifiers = resource.get("identifier")
     for i, ident in enumerate(identifiers if isinstance(identifiers, list) else []):
         system = ident.get("system") if isinstance(ident, dict) else None

@@ -54,6 +54,7 @@ from ingest.service import EntryResult, IngestResult, IngestService
 from parcours.db import upsert
 from parcours.db.ingest_models import IngestLogRow
 from parcours.db.reference_models import IdentifierIndexRow, PendingReferenceRow
+from parcours.fhir_refs import reference_to
 
 log = logging.getLogger(__name__)
 
@@ -502,10 +503,9 @@ def replaced_by(resource: Mapping[str, Any]) -> str | None:
     """The id of the Patient that replaces this one (`link` of type replaced-by), if any."""
     for link in resource.get("link") or []:
         if isinstance(link, dict) and link.get("type") == "replaced-by":
-            other = link.get("other")
-            text = other.get("reference") if isinstance(other, dict) else None
-            if isinstance(text, str) and text.startswith("Patient/"):
-                return text.removeprefix("Patient/")
+            other = reference_to(link.get("other"), "Patient")
+            if other:
+                return other
     return None
 
 

@@ -28,6 +28,7 @@ from parcours.fhir_codes import (
     SERVICE_REQUEST_STATUSES,
     encounter_class,
 )
+from parcours.fhir_refs import reference_to
 from parcours.timeutil import EARLIEST_CARE, LATEST_CARE, TimeFormatError, parse_fhir
 from streams import StreamsError
 from streams.core.events import (
@@ -140,25 +141,9 @@ def reference_id(ref: dict[str, Any] | None) -> str | None:
     return text.rsplit("/", 1)[-1].removeprefix("urn:uuid:")
 
 
-def _reference_of(ref: Any, *types: str) -> str | None:
-    """The id of `ref` when it points to one of `types` (`Type/id`, or a bare urn:uuid)."""
-    if not isinstance(ref, dict) or not isinstance(ref.get("reference"), str):
-        return None
-    text: str = ref["reference"]
-    if text.startswith("urn:uuid:"):
-        return text.removeprefix("urn:uuid:")
-    parts = text.split("/")
-    # Absolute references end with Type/id (possibly followed by _history/version).
-    if "_history" in parts:
-        parts = parts[: parts.index("_history")]
-    if len(parts) >= 2 and parts[-2] in types and parts[-1]:
-        return parts[-1]
-    return None
-
-
 def _patient_of(resource: dict[str, Any], element: str) -> str:
     """The patient id `resource.<element>` references; MappingError when it does not."""
-    patient = _reference_of(resource.get(element), "Patient")
+    patient = reference_to(resource.get(element), "Patient")
     if not patient:
         raise MappingError(f"{resource.get('resourceType')}.{element} does not reference a Patient")
     return patient
@@ -192,7 +177,7 @@ def _first_reference(refs: Any, *types: str) -> str | None:
     if isinstance(refs, dict):
         refs = [refs]
     for ref in refs or []:
-        found = _reference_of(ref, *types)
+        found = reference_to(ref, *types)
         if found:
             return found
     return None
@@ -283,7 +268,7 @@ def _moves(resource: dict[str, Any], start: datetime) -> list[_Move]:
             raise MappingError(f"Encounter.location[{i}].status {status!r} is not an R4 code")
         if status not in LOCATION_ENTRY_OCCUPIED:
             continue
-        loc = _reference_of(entry.get("location"), "Location")
+        loc = reference_to(entry.get("location"), "Location")
         if not loc:
             # A place not known yet (a reference by identifier, or one the gateway could not
             # resolve) must not drop the visit or the stay: it is counted where the hospital is
@@ -341,7 +326,7 @@ def map_encounter(resource: dict[str, Any]) -> list[CanonicalEvent]:
     src = source_ref(resource)
     start = _time(resource, "period", "start")
     end = _time(resource, "period", "end")
-    provider = _reference_of(resource.get("serviceProvider"), "Organization")
+    provider = reference_to(resource.get("serviceProvider"), "Organization")
     recorded = EncounterRecorded(
         patient_id=patient,
         encounter_id=enc_id,
@@ -527,7 +512,7 @@ def _inpatient_events(
             ward=first.ward if first else None,
             bed=(first.bed or (first.location if first.ward is None else None)) if first else None,
             admit_source=admit_source,
-            from_ed_encounter=_reference_of(resource.get("partOf"), "Encounter"),
+            from_ed_encounter=reference_to(resource.get("partOf"), "Encounter"),
             service=service,
             based_on=_first_reference(resource.get("basedOn"), "ServiceRequest"),
         )
@@ -563,7 +548,7 @@ def map_service_request(resource: dict[str, Any]) -> list[CanonicalEvent]:
     sr_id = _require_id(resource)
     patient = _patient_of(resource, "subject")
     status = _require_code(resource, "status", SERVICE_REQUEST_STATUSES)
-    requester = _reference_of(resource.get("requester"), "Practitioner", "PractitionerRole")
+    requester = reference_to(resource.get("requester"), "Practitioner", "PractitionerRole")
     if requester is None:
         return []
     src = source_ref(resource)
@@ -609,8 +594,8 @@ def map_appointment(resource: dict[str, Any]) -> list[CanonicalEvent]:
     for participant in resource.get("participant") or []:
         if isinstance(participant, dict):
             actor = participant.get("actor")
-            patient = patient or _reference_of(actor, "Patient")
-            location = location or _reference_of(actor, "Location")
+            patient = patient or reference_to(actor, "Patient")
+            location = location or reference_to(actor, "Location")
     if not patient:
         raise MappingError("Appointment.participant has no Patient actor")
     src = source_ref(resource)
@@ -688,7 +673,7 @@ def map_patient(resource: dict[str, Any]) -> list[CanonicalEvent]:
         events.append(PatientDied(patient_id=patient, at=died_at, source=src))
     replaced_by = next(
         (
-            _reference_of(link.get("other"), "Patient")
+            reference_to(link.get("other"), "Patient")
             for link in resource.get("link") or []
             if isinstance(link, dict) and link.get("type") == "replaced-by"
         ),
@@ -715,11 +700,11 @@ def map_location(resource: dict[str, Any]) -> list[CanonicalEvent]:
             location_id=loc_id,
             name=resource.get("name"),
             physical_type=_first_code(resource.get("physicalType")),
-            part_of=_reference_of(resource.get("partOf"), "Location"),
+            part_of=reference_to(resource.get("partOf"), "Location"),
             status=status,
             service_code=_first_code(service),
             service_name=_first_display(service),
-            organization=_reference_of(resource.get("managingOrganization"), "Organization"),
+            organization=reference_to(resource.get("managingOrganization"), "Organization"),
             source=source_ref(resource),
             extra={"operational_status": (resource.get("operationalStatus") or {}).get("code")}
             if resource.get("operationalStatus")

@@ -335,6 +335,25 @@ def test_another_integrators_patient_is_403_until_granted(two: Two) -> None:
     resp = post(two.gw.url, b, "/fhir/Encounter", denied_enc)
     assert resp.status_code == 403, resp.text
     assert resp.json()["issue"][0]["code"] == "forbidden"
+    # The same patient named the ways the stream worker reads it: still that patient.
+    for form in (
+        f"http://elsewhere.example/fhir/Patient/{pid}",
+        f"https://x.example/Patient/{pid}/_history/3",
+        f"any/Patient/{pid}",
+    ):
+        sideways = encounter(unique("e"), "x", subject={"reference": form})
+        resp = post(two.gw.url, b, "/fhir/Encounter", sideways)
+        assert resp.status_code == 403, (form, resp.text)
+    merge_into = {
+        "resourceType": "Patient",
+        "id": unique("p"),
+        "link": [
+            {"type": "replaced-by", "other": {"reference": f"http://h.example/Patient/{pid}"}}
+        ],
+    }
+    resp = post(two.gw.url, b, "/fhir/Patient", merge_into)
+    assert resp.status_code == 403, resp.text
+    assert resp.json()["issue"][0]["expression"] == ["Patient.link[0].other"]
     deceased = {"resourceType": "Patient", "id": pid, "deceasedBoolean": True}
     resp = post(two.gw.url, b, "/fhir/Patient", deceased)
     assert resp.status_code == 403

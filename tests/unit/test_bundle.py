@@ -78,3 +78,23 @@ def _refs(node: object) -> list[str]:
     if isinstance(node, list):
         return [x for v in node for x in _refs(v)]
     return []
+
+
+def test_a_patient_named_by_an_absolute_url_is_that_patient() -> None:
+    for form in (
+        "http://h.example/fhir/Patient/p1",
+        "https://x/Patient/p1/_history/2",
+        "a/Patient/p1",
+    ):
+        encounter = {"resourceType": "Encounter", "id": "e", "subject": {"reference": form}}
+        assert patient_key(encounter) == "p1"
+    appointment = {
+        "resourceType": "Appointment",
+        "participant": [
+            {"actor": {"reference": "Practitioner/dr"}},
+            {"actor": {"reference": "http://h.example/Patient/p2"}},
+            {"actor": {"reference": "Patient/p3"}},
+        ],
+    }
+    # The first Patient actor, as the stream mapping reads it.
+    assert patient_key(appointment) == "p2"

@@ -469,13 +469,27 @@ class AdtProcessor:
                 ]
             needs[i] = found
             by_source.setdefault(p.integrator, set()).update(c for c, _, _ in found)
-        denied: dict[str, dict[Claim, str]] = {}
-        for source, claims in by_source.items():
-            denied[source] = self.owners.forbidden(source, claims)
+        denied = {source: self.owners.forbidden(source, c) for source, c in by_source.items()}
+        self._refuse_foreign(pendings, needs, denied)
+        # What nobody owns is claimed by the messages that go on (a refused one claims nothing);
+        # one that another integrator claimed first meanwhile is refused after all.
+        kept: dict[str, set[Claim]] = {}
+        for i, found in needs.items():
+            if pendings[i].msg is not None:
+                kept.setdefault(pendings[i].integrator, set()).update(c for c, _, _ in found)
+        lost = {source: self.owners.claim(source, c) for source, c in kept.items()}
+        self._refuse_foreign(pendings, needs, lost)
+
+    @staticmethod
+    def _refuse_foreign(
+        pendings: list[Pending],
+        needs: dict[int, list[tuple[Claim, str, int]]],
+        denied: Mapping[str, Mapping[Claim, str]],
+    ) -> None:
         for i, found in needs.items():
             p = pendings[i]
-            refused = [(c, seg, f) for c, seg, f in found if c in denied[p.integrator]]
-            if not refused:
+            refused = [(c, seg, f) for c, seg, f in found if c in denied.get(p.integrator, {})]
+            if p.msg is None or not refused:
                 continue
             (kind, value), segment, field_no = refused[0]
             what = {"patient": "le patient", "resource": "le lieu"}.get(

@@ -76,39 +76,56 @@ class OwnershipStore:
         self._lock = threading.Lock()
 
     def forbidden(self, source: str, claims: Iterable[Claim]) -> dict[Claim, str]:
-        """The claims `source` may not write, each with its owner. Patients and resources
-        nobody owns yet are claimed for `source` on the way (before anything is published)."""
+        """The claims `source` may not write (another integrator owns them and granted nothing),
+        each with its owner. Reads only: what nobody owns is claimed by `claim`, once the caller
+        knows what it will publish, so that a refused request claims nothing."""
         with self._lock:
             wanted = [c for c in dict.fromkeys(claims) if (source, c) not in self._allowed]
         if not wanted:
             return {}
-        claimable = [c for c in wanted if c[0] in CLAIMED_BY_WRITING]
-        if claimable:
-            # Claim what nobody owns (a claim already made stays as it is), then read who owns
-            # each: a concurrent request of another integrator may have claimed one first.
-            now = datetime.now(UTC)
-            with self.engine.begin() as conn:
-                upsert(
-                    conn,
-                    IngestOwnerRow,
-                    [
-                        {"kind": k, "value": v, "integrator": source, "claimed_at": now}
-                        for k, v in claimable
-                    ],
-                    key=["kind", "value"],
-                    update=[],
-                )
-                owners = self._owners(wanted, conn)
-        else:
-            owners = self._owners(wanted)
-        others = {c: o for c, o in owners.items() if o != source}
-        granted = self._granted(source, others) if others else set()
-        denied = {c: o for c, o in others.items() if c not in granted}
+        owners = self._owners(wanted)
+        denied = self._denied(source, owners)
         with self._lock:
             if len(self._allowed) > CACHE_SIZE:
                 self._allowed.clear()
             self._allowed.update((source, c) for c in wanted if c in owners and c not in denied)
         return denied
+
+    def claim(self, source: str, claims: Iterable[Claim]) -> dict[Claim, str]:
+        """Claim for `source` the patients and resources of `claims` that nobody owns (before
+        anything is published); returns those another integrator claimed first meanwhile (a
+        concurrent request), which `source` may not write after all."""
+        with self._lock:
+            wanted = [
+                c
+                for c in dict.fromkeys(claims)
+                if c[0] in CLAIMED_BY_WRITING and (source, c) not in self._allowed
+            ]
+        if not wanted:
+            return {}
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            # A claim already made stays as it is; then read who owns each.
+            upsert(
+                conn,
+                IngestOwnerRow,
+                [
+                    {"kind": k, "value": v, "integrator": source, "claimed_at": now}
+                    for k, v in wanted
+                ],
+                key=["kind", "value"],
+                update=[],
+            )
+            owners = self._owners(wanted, conn)
+        lost = self._denied(source, owners)
+        with self._lock:
+            self._allowed.update((source, c) for c in wanted if c in owners and c not in lost)
+        return lost
+
+    def _denied(self, source: str, owners: dict[Claim, str]) -> dict[Claim, str]:
+        others = {c: o for c, o in owners.items() if o != source}
+        granted = self._granted(source, others) if others else set()
+        return {c: o for c, o in others.items() if c not in granted}
 
     def _owners(self, claims: list[Claim], conn: Connection | None = None) -> dict[Claim, str]:
         if conn is None:

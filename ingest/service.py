@@ -220,10 +220,12 @@ class IngestService:
                 log.warning("could not store a rejection: %s", type(exc).__name__)
 
     def check_ownership(
-        self, source: str, items: Sequence[Item], positions: list[int]
+        self, source: str, items: Sequence[Item], positions: list[int], atomic: bool
     ) -> list[int]:
         """Refuse (403) each item at `positions` that writes a patient, a resource or an
-        identifier system that `source` may not write; return their positions."""
+        identifier system that `source` may not write; return their positions. Then the
+        patients and resources nobody owns are claimed for `source`, unless the request is
+        all-or-nothing and something was refused (then nothing will be published)."""
         if self.owners is None:
             return []
         needs: dict[int, list[tuple[Claim, str]]] = {}
@@ -235,9 +237,24 @@ class IngestService:
         wanted = {claim for found in needs.values() for claim, _ in found}
         if not wanted:
             return []
-        denied = self.owners.forbidden(source, wanted)
-        if not denied:
-            return []
+        refused = self._refuse(source, items, needs, self.owners.forbidden(source, wanted))
+        if refused and atomic:
+            return refused
+        kept = {claim for pos, found in needs.items() if pos not in refused for claim, _ in found}
+        lost = self.owners.claim(source, kept)
+        if lost:
+            refused += self._refuse(
+                source, items, {p: f for p, f in needs.items() if p not in refused}, lost
+            )
+        return refused
+
+    @staticmethod
+    def _refuse(
+        source: str,
+        items: Sequence[Item],
+        needs: dict[int, list[tuple[Claim, str]]],
+        denied: dict[Claim, str],
+    ) -> list[int]:
         refused = []
         for pos, found in needs.items():
             issues = [
@@ -400,7 +417,7 @@ class IngestService:
             if items[pos].dedupe_key in seen:
                 results[pos] = EntryResult(items[pos], 200)
         # A duplicate changes nothing, so only what would be published needs ownership.
-        forbidden = self.check_ownership(source, items, to_publish)
+        forbidden = self.check_ownership(source, items, to_publish, atomic)
         if forbidden:
             self._refuse_if_atomic(items, atomic)
             more_results, more_rejected = self._record_rejected(

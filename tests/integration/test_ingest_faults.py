@@ -322,6 +322,43 @@ def test_client_disconnects_are_one_log_line_each(two: Two) -> None:
     assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
 
 
+def test_a_refused_request_claims_nothing(two: Two) -> None:
+    (_, a), (_, b) = two.a, two.b
+    theirs = unique("p")
+    assert (
+        post(two.gw.url, a, "/fhir/Patient", {"resourceType": "Patient", "id": theirs}).status_code
+        == 201
+    )
+    new_patient, new_encounter = unique("p"), unique("e")
+    # A transaction that writes another integrator's patient is refused whole...
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+            for r in (
+                {"resourceType": "Patient", "id": new_patient},
+                encounter(new_encounter, new_patient),
+                encounter(unique("e"), theirs),
+            )
+        ],
+    }
+    resp = post(two.gw.url, b, "/fhir", bundle)
+    assert resp.status_code == 403, resp.text
+    # ...and leaves the patient and Encounter it named free for whoever writes them first.
+    assert (
+        post(
+            two.gw.url, a, "/fhir/Patient", {"resourceType": "Patient", "id": new_patient}
+        ).status_code
+        == 201
+    )
+    assert (
+        post(two.gw.url, a, "/fhir/Encounter", encounter(new_encounter, new_patient)).status_code
+        == 201
+    )
+    assert new_patient in raw_ids(two)
+
+
 def test_another_integrators_patient_is_403_until_granted(two: Two) -> None:
     (a_name, a), (b_name, b) = two.a, two.b
     pid = unique("p")

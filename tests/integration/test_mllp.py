@@ -225,6 +225,9 @@ def test_a_patient_of_another_integrator_is_refused_until_granted(feed: Feed) ->
     ack = c.send(merge)
     assert (ack_code(ack), err_location(ack)) == ("AR", "MRG^1^1^1"), ack
     assert len(feed.raw_records()) == before
+    # A refused message claims nothing: its own new patient stays free.
+    free = "SELECT count(*) FROM ingest_owners WHERE kind = 'patient' AND value = :v"
+    assert count(feed.db, free, v=f"Q{feed.run}") == 0
     engine = make_engine(feed.db)
     try:
         refused = rows(

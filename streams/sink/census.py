@@ -4,6 +4,7 @@ from the periods and ED visits in SQL."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, delete, func, or_, select
@@ -42,6 +43,9 @@ SLICE = timedelta(days=7)
 # How far past the worker's clock census hours are counted, unless the settings say otherwise
 # (`census_horizon_days`; the demo's simulator runs ahead of the clock).
 HORIZON = timedelta(days=30)
+# How long before the worker's clock a stay or ED visit still open is counted, unless the settings
+# say otherwise (`census_open_days`).
+OPEN_SPAN = timedelta(days=730)
 
 
 def watermark(conn: Connection, hospital: str) -> datetime | None:
@@ -91,12 +95,15 @@ def recompute_hospital(
     window: Window,
     result: SinkResult,
     horizon: datetime | None = None,
+    open_since: datetime | None = None,
 ) -> int:
     """Recompute the hospital's census hours in `window` (up to its watermark), its capacity
     alerts from the window's start and its live occupancy; returns the rows written.
 
     No hour after `horizon` is counted: a time far in the future (a feed's mistake, or an
-    attack) would otherwise have every open stay counted up to it, hour by hour."""
+    attack) would otherwise have every open stay counted up to it, hour by hour. Likewise a
+    stay or ED visit still open is counted from `open_since` at the earliest: one open since
+    1901 would be counted for every hour since."""
     sl, ed = table_of(StayLocationRow), table_of(EdVisitRow)
     known = watermark(conn, hospital)
     mark = min(known, horizon) if known is not None and horizon is not None else known
@@ -117,6 +124,11 @@ def recompute_hospital(
             period_of(r)
             for r in conn.execute(select(sl).where(sl.c.stay_id.in_(overlapping))).all()
         ]
+        if open_since is not None:
+            periods = [
+                replace(p, start=open_since) if p.end is None and p.start < open_since else p
+                for p in periods
+            ]
         # ED visits that overlap the window: arrivals in it are counted, and every visit
         # occupies the ED while it lasts.
         arrivals = [
@@ -137,6 +149,11 @@ def recompute_hospital(
             ).all()
             if r.arrived_at is not None
         ]
+        if open_since is not None:
+            arrivals = [
+                replace(a, at=open_since) if a.departed is None and a.at < open_since else a
+                for a in arrivals
+            ]
         ch = table_of(CensusHourlyRow)
         stored = [
             to_utc(h)

@@ -50,7 +50,13 @@ from parcours.db.models import EncounterRow
 from parcours.db.pathway_models import StreamProgressRow
 from streams.core.census import Hierarchy
 from streams.core.events import CanonicalEvent, EncounterRecorded, LocationRecorded
-from streams.sink.census import HORIZON, recompute_hospital, take_pending, widen_pending
+from streams.sink.census import (
+    HORIZON,
+    OPEN_SPAN,
+    recompute_hospital,
+    take_pending,
+    widen_pending,
+)
 from streams.sink.locations import LocationTree, remember_refused
 from streams.sink.patients import changed_windows, plan_write, replace_patients
 from streams.sink.rows import SinkBatch, SinkResult, Window, encounter_rows
@@ -74,10 +80,13 @@ class SqlSink:
         capacity: Mapping[str, int] | None = None,
         census_every_s: float = CENSUS_EVERY_S,
         horizon: timedelta = HORIZON,
+        open_span: timedelta = OPEN_SPAN,
     ) -> None:
         self.engine = engine
-        # No census hour later than this past the clock is counted (`recompute_hospital`).
+        # No census hour later than this past the clock is counted, and no hour of a stay still
+        # open earlier than this before it (`recompute_hospital`).
         self.horizon = horizon
+        self.open_span = open_span
         self.tree = LocationTree(capacity)
         # The DBAPI connection of the transaction under way (`cancel` interrupts it).
         self._active: Any = None
@@ -203,10 +212,16 @@ class SqlSink:
         if self.census_pending:
             take_pending(conn, windows)
             self.census_pending = False
-        horizon = datetime.now(UTC) + self.horizon
+        now = datetime.now(UTC)
         for hospital in sorted(windows):
             result.rows += recompute_hospital(
-                conn, hierarchy, hospital, windows[hospital], result, horizon
+                conn,
+                hierarchy,
+                hospital,
+                windows[hospital],
+                result,
+                horizon=now + self.horizon,
+                open_since=now - self.open_span,
             )
         self.census_at = time.monotonic()
         return result

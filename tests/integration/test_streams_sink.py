@@ -378,3 +378,59 @@ def test_times_far_off_are_dead_lettered_or_kept_out_of_the_census(
         horizon = datetime.now(UTC) + timedelta(days=(horizon_days or 30) + 1)
         assert last < horizon
         assert hours <= (horizon - first) / timedelta(hours=1)
+
+
+def test_a_stay_open_since_long_ago_is_counted_from_the_open_span_only(
+    pg_url: str, topic_prefix: str
+) -> None:
+    """An in-progress stay that began in 1901 (valid, and inside the years of care) keeps its
+    admission time, but the census counts it only over the open span before the clock: not
+    hour by hour for 125 years. A closed stay of any age is counted whole."""
+    from parcours.db import make_engine
+
+    p = topic_prefix
+
+    def encounter(eid: str, patient: str, klass: str, period: dict[str, str]) -> dict[str, Any]:
+        return {
+            "resourceType": "Encounter",
+            "id": f"{p}{eid}",
+            "meta": {"versionId": "1"},
+            "status": "finished" if "end" in period else "in-progress",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": klass},
+            "subject": {"reference": f"Patient/{p}{patient}"},
+            "serviceProvider": {"reference": f"Organization/{p}chu"},
+            "period": period,
+        }
+
+    open_stay = encounter("s1", "a", "IMP", {"start": "1901-01-01T00:00:00Z"})
+    open_ed = encounter("v1", "b", "EMER", {"start": "1950-06-01T00:00:00Z"})
+    old_closed = encounter(
+        "s2", "c", "IMP", {"start": "1985-05-01T08:00:00Z", "end": "1985-05-03T08:00:00Z"}
+    )
+    span = timedelta(days=10)
+    with fresh_database(pg_url) as db:
+        sink = SqlSink(make_engine(db), open_span=span)
+        processor = BatchProcessor(sink, rules_from_settings(Settings()))
+        outcome = processor.process(messages([open_stay, open_ed, old_closed]), {}.get)
+        assert outcome.rejects == []
+        assert (
+            rows(db, "SELECT admitted_at FROM stays WHERE stay_id = :s", s=f"{p}s1")[0][0].year
+            == 1901
+        )
+        since = datetime.now(UTC) - span - timedelta(hours=1)
+        [(before, total)] = rows(
+            db,
+            "SELECT count(*) FILTER (WHERE hour < :since AND hour > '1986-01-01'), count(*)"
+            f" FROM census_hourly WHERE hospital_id = '{p}chu'",
+            since=since,
+        )
+        # Nothing of the open ones before the span; the 1985 stay's two days are there.
+        assert before == 0
+        [(old,)] = rows(
+            db,
+            f"SELECT count(DISTINCT hour) FROM census_hourly WHERE hospital_id = '{p}chu'"
+            " AND hour < '1986-01-01'",
+        )
+        assert 48 <= old <= 50
+        # Two units (hospital and ED) at most, per hour of the span and the horizon after it.
+        assert total <= old * 2 + 3 * (span + timedelta(days=31)) / timedelta(hours=1)

@@ -35,7 +35,8 @@ from typing import Any, TypeVar
 import hl7
 
 from ingest.invariants import FIRST_YEAR, LAST_YEAR
-from ingest.outcome import IngestError
+from ingest.outcome import FORBIDDEN_CHARS, IngestError
+from parcours.timeutil import EARLIEST_CARE, LATEST_CARE
 
 # --- Vocabulary -----------------------------------------------------------------------------------
 
@@ -327,8 +328,14 @@ def parse_ts(value: str, tz: tzinfo) -> datetime | None:
     if offset:
         sign = 1 if offset[0] == "+" else -1
         delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
-        return naive.replace(tzinfo=timezone(sign * delta))
-    return naive.replace(tzinfo=tz)
+        at = naive.replace(tzinfo=timezone(sign * delta))
+    else:
+        at = naive.replace(tzinfo=tz)
+    # The instant, as the stream worker checks it: 1 January 1900 at midnight in Paris is still
+    # 1899 in UTC.
+    if not EARLIEST_CARE <= at < LATEST_CARE:
+        raise ValueError(f"{value!r} is outside the years {FIRST_YEAR}–{LAST_YEAR}")
+    return at
 
 
 def _norm_rep(rep: Any) -> list[list[str]]:
@@ -391,6 +398,17 @@ class _Segment:
         value = node if isinstance(node, str) else str(node)
         if self.esc in value and not (self.name == "MSH" and field_no <= 2):
             value = hl7.util.unescape(self.segment, value)
+        bad = FORBIDDEN_CHARS.search(value)
+        if bad is not None:
+            # As at the FHIR gateway: no control character (raw, or escaped as \X00\) reaches
+            # a resource, SQL's text or the dead letters' readers.
+            raise _ae(
+                "invalid-character",
+                f"caractère de contrôle U+{ord(bad.group()):04X} interdit",
+                self.name,
+                field_no,
+                code=ERR_DATA_TYPE,
+            )
         return value.strip()
 
     def reps(self, field_no: int) -> int:

@@ -359,7 +359,7 @@ def test_ts_without_offset_is_read_in_the_territory_zone() -> None:
         parse_ts("2026-07-01", PARIS)
 
 
-@pytest.mark.parametrize("at", ["00010101000000", "99991231230000"])
+@pytest.mark.parametrize("at", ["00010101000000", "99991231230000", "19000101000000"])
 def test_a_time_outside_the_years_of_care_is_an_ae_naming_its_field(at: str) -> None:
     with pytest.raises(ValueError, match="outside the years 1900–2099"):
         parse_ts(at, PARIS)
@@ -402,6 +402,10 @@ def test_msh18_mismatch_is_refused_at_msh18() -> None:
         (adt("A01", version="2.2"), "AR", "MSH-12"),
         (adt("A01", message_type="ORM"), "AR", "MSH-9"),
         (adt("A40", ipp="X1", merged_ipp="X1"), "AE", "MRG-1"),
+        # Control characters, escaped or raw, as the FHIR gateway refuses them.
+        (adt("A01", ipp="IPP\\X00\\1"), "AE", "PID-3"),
+        (adt("A01", ward="CAR\\X07\\DIO"), "AE", "PV1-3"),
+        (adt("A01", family="MAR\x01TIN"), "AE", "PID-5"),
     ],
 )
 def test_invalid_messages_name_the_segment_and_field(raw: bytes, ack: str, where: str) -> None:

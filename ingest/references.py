@@ -509,6 +509,24 @@ def replaced_by(resource: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _merges_back(pid: str, own: Mapping[str, str], lookup: Lookup, steps: int = 32) -> bool:
+    """Whether following merges from `own[pid]` (this request's, then the recorded ones) comes
+    back to `pid`."""
+    current = own[pid]
+    for _ in range(steps):
+        if current == pid:
+            return True
+        nxt = own.get(current)
+        if nxt is None:
+            found = lookup({IdentifierKey("Patient", MERGED_SYSTEM, current)})
+            ids = next(iter(found.values()), set())
+            if len(ids) != 1:
+                return False
+            nxt = next(iter(ids))
+        current = nxt
+    return False
+
+
 def apply_merges(items: Sequence[Item], lookup: Lookup) -> dict[str, str]:
     """Point the Bundle's references to a merged Patient at the Patient that replaced it, so the
     merged records make one pathway. Merges come from the Bundle (a Patient whose `link` says
@@ -520,6 +538,28 @@ def apply_merges(items: Sequence[Item], lookup: Lookup) -> dict[str, str]:
             target = replaced_by(it.resource)
             if target and target != it.resource_id:
                 own[str(it.resource_id)] = target
+    for it in items:
+        pid = str(it.resource_id)
+        if it.resource_type == "Patient" and pid in own and _merges_back(pid, own, lookup):
+            # A loop of merges would leave each patient replaced by another, and no pathway.
+            link = next(
+                i
+                for i, x in enumerate(it.resource.get("link") or [])  # type: ignore[union-attr]
+                if isinstance(x, dict) and x.get("type") == "replaced-by"
+            )
+            it.reject(
+                422,
+                "merge-loop",
+                [
+                    Issue(
+                        "business-rule",
+                        f"Patient/{own[pid]} is already merged into Patient/{pid} (directly or "
+                        "through others): merging it back would make a loop",
+                        (f"{it.root or 'Patient'}.link[{link}].other",),
+                    )
+                ],
+            )
+            del own[pid]
     others = {
         it.key
         for it in items

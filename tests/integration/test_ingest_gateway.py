@@ -465,3 +465,36 @@ def test_push_direct_writes_to_kafka_with_the_same_rules(env: Env, tmp_path: Pat
     assert dict(msg.headers)["source"] == b"nightly-export"
     # The direct path shares the dedupe memory: the gateway now sees it as a duplicate.
     assert post(env, "/fhir/Encounter", good).status_code == 200
+
+
+def test_a_merge_back_into_a_merged_patient_is_refused(env: Env) -> None:
+    a, b, c = unique("p"), unique("p"), unique("p")
+
+    def merged(pid: str, into: str) -> dict[str, object]:
+        link = {"type": "replaced-by", "other": {"reference": f"Patient/{into}"}}
+        return {"resourceType": "Patient", "id": pid, "link": [link]}
+
+    for pid in (a, b, c):
+        assert post(env, "/fhir/Patient", {"resourceType": "Patient", "id": pid}).status_code == 201
+    assert post(env, "/fhir/Patient", merged(b, a)).status_code == 201
+    assert post(env, "/fhir/Patient", merged(c, b)).status_code == 201
+    # a ← b ← c: merging a into c (or into b) closes a loop that would leave no pathway.
+    for into in (c, b):
+        refused = post(env, "/fhir/Patient", merged(a, into))
+        assert refused.status_code == 422, refused.text  # type: ignore[attr-defined]
+        assert issue_expressions(refused) == ["Patient.link[0].other"]
+    # In one Bundle, the second of two merges into each other is refused.
+    d, e = unique("p"), unique("p")
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"resource": r, "request": {"method": "PUT", "url": f"Patient/{r['id']}"}}
+            for r in (merged(d, e), merged(e, d))
+        ],
+    }
+    answer = post(env, "/fhir", batch).json()  # type: ignore[attr-defined]
+    assert sorted(x["response"]["status"] for x in answer["entry"]) == [
+        "201 Created",
+        "422 Unprocessable Entity",
+    ]

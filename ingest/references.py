@@ -361,7 +361,7 @@ def resolve_bundle(
                     Issue(
                         "multiple-matches",
                         f"{label}: {' & '.join(k.text() for k in criteria.keys)}"
-                        f" matches {len(matches)} resources ({', '.join(sorted(matches))}); "
+                        f" matches {len(matches)} resources{_shown(it.resource_type, matches)}; "
                         "a conditional "
                         + ("create" if kind == "create" else "update")
                         + " needs at most one",
@@ -449,7 +449,8 @@ def resolve_bundle(
                 Issue(
                     "multiple-matches",
                     f"{label}: conditional reference {text!r} matches "
-                    f"{len(matches)} resources ({', '.join(sorted(matches))}); it must match one",
+                    f"{len(matches)} resources{_shown(criteria.resource_type, matches)}; "
+                    "it must match one",
                     (f"{expr}.reference",),
                 )
             )
@@ -507,6 +508,14 @@ def replaced_by(resource: Mapping[str, Any]) -> str | None:
             if other:
                 return other
     return None
+
+
+def _shown(resource_type: str | None, ids: Iterable[str]) -> str:
+    """The ids of the matches, for a message: only of directory resources (wards, hospitals,
+    practitioners), never of patients or their records, which may be another integrator's."""
+    if resource_type not in DIRECTORY_TYPES:
+        return ""
+    return f" ({', '.join(sorted(ids))})"
 
 
 def _merges_back(pid: str, own: Mapping[str, str], lookup: Lookup, steps: int = 32) -> bool:

@@ -289,3 +289,39 @@ def test_a_reference_by_identifier_only_gets_its_target_when_one_matches() -> No
     assert loc.resource["managingOrganization"]["identifier"]["value"] == "org-1"
     # No match: a logical reference is valid FHIR and is left as it is.
     assert "reference" not in loc.resource["partOf"]
+
+
+def test_two_matching_patients_are_not_named_in_the_error() -> None:
+    """They may be another integrator's: the message counts them, and names no id."""
+    ins = "urn:oid:1.2.250.1.213.1.4.8"
+    index = FakeIndex([("Patient", ins, "123", "theirs-a"), ("Patient", ins, "123", "theirs-b")])
+    body = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Patient",
+                    "identifier": [{"system": ins, "value": "123"}],
+                },
+                "request": {
+                    "method": "POST",
+                    "url": "Patient",
+                    "ifNoneExist": f"identifier={ins}|123",
+                },
+            },
+            {
+                "resource": {
+                    "resourceType": "Encounter",
+                    "status": "finished",
+                    "class": {"code": "AMB"},
+                    "subject": {"reference": f"Patient?identifier={ins}|123"},
+                },
+                "request": {"method": "POST", "url": "Encounter"},
+            },
+        ],
+    }
+    prepared, _ = resolve(body, index)
+    texts = [i.diagnostics for item in prepared.items for i in item.issues]
+    assert any("2 resources" in t for t in texts), texts
+    assert not any("theirs" in t for t in texts), texts

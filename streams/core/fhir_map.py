@@ -157,8 +157,17 @@ def _first_code(concept: Any) -> str | None:
         return None
     for coding in concept.get("coding") or []:
         if isinstance(coding, dict) and coding.get("code"):
-            return str(coding["code"])
+            return _code(coding["code"])
     return None
+
+
+# The longest code kept (the width of the SQL columns that hold codes): a longer one is cut, not
+# left to the database to refuse with the rest of its patient's rows.
+CODE_MAX = 64
+
+
+def _code(value: Any) -> str:
+    return str(value)[:CODE_MAX]
 
 
 def _first_display(concept: Any) -> str | None:
@@ -219,12 +228,12 @@ def discharge_disposition(hospitalization: Any) -> str | None:
     codings = [c for c in concept.get("coding") or [] if isinstance(c, dict) and c.get("code")]
     for coding in codings:
         if coding.get("system") == HL7_DISCHARGE_SYSTEM:
-            return str(coding["code"])
+            return _code(coding["code"])
     for coding in codings:
         if coding.get("system") == NUBC_SYSTEM:
             code = str(coding["code"])
-            return NUBC_TO_HL7.get(code, f"nubc:{code}")
-    return str(codings[0]["code"]) if codings else None
+            return NUBC_TO_HL7.get(code) or _code(f"nubc:{code}")
+    return _code(codings[0]["code"]) if codings else None
 
 
 def _numbered(events: list[PatientEvent]) -> list[CanonicalEvent]:
@@ -699,7 +708,8 @@ def map_location(resource: dict[str, Any]) -> list[CanonicalEvent]:
         LocationRecorded(
             location_id=loc_id,
             name=resource.get("name"),
-            physical_type=_first_code(resource.get("physicalType")),
+            # Location types are codes of two or three letters (si, wa, ro, bd…).
+            physical_type=(_first_code(resource.get("physicalType")) or "")[:16] or None,
             part_of=reference_to(resource.get("partOf"), "Location"),
             status=status,
             service_code=_first_code(service),

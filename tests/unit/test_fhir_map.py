@@ -554,3 +554,16 @@ def test_a_place_not_known_yet_keeps_the_stay_and_its_hospital(reference: Any) -
     (admitted,) = [e for e in events if isinstance(e, PatientAdmitted)]
     assert admitted.at == parse_time(resource["period"]["start"])
     assert admitted.hospital == resource["serviceProvider"]["reference"].split("/")[-1]
+
+
+def test_codes_longer_than_the_columns_are_cut_not_left_to_sql() -> None:
+    resource = load("encounter_imp_transfers")
+    resource["hospitalization"] = {
+        "admitSource": {"coding": [{"code": "a" * 100}]},
+        "dischargeDisposition": {"coding": [{"system": "urn:x", "code": "d" * 300}]},
+    }
+    events = map_resource(resource)
+    admitted = next(ev for ev in events if isinstance(ev, PatientAdmitted))
+    discharged = next(ev for ev in events if isinstance(ev, PatientDischarged))
+    assert admitted.admit_source == "a" * 64
+    assert discharged.disposition == "d" * 64

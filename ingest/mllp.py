@@ -459,6 +459,12 @@ class AdtProcessor:
             ]
             if msg.merged_patient is not None:
                 found.append((("patient", msg.merged_patient.patient_id[:MAX_VALUE]), "MRG", 1))
+            if msg.visit is not None and msg.visit.encounter_id:
+                # The stay of this visit number (PV1-19) is another integrator's if it wrote it
+                # first, whatever patient this message names.
+                found.append(
+                    (("resource", f"Encounter/{msg.visit.encounter_id}"[:MAX_VALUE]), "PV1", 19)
+                )
             place = msg.visit.place if msg.visit is not None else None
             if self.publish_locations and place is not None:
                 # The Locations PV1-3 names are published too: each belongs to its first writer,
@@ -492,9 +498,10 @@ class AdtProcessor:
             if p.msg is None or not refused:
                 continue
             (kind, value), segment, field_no = refused[0]
-            what = {"patient": "le patient", "resource": "le lieu"}.get(
-                kind, "le système d'identifiants"
-            )
+            what = {
+                "patient": "le patient",
+                "resource": "le lieu" if value.startswith("Location/") else "le séjour",
+            }.get(kind, "le système d'identifiants")
             p.msg = None
             p.rejection = Hl7Rejection(
                 "AR",

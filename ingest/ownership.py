@@ -38,6 +38,8 @@ KINDS = ("patient", "resource", "system", "owner")
 # Kinds claimed by the first write; systems are only ever assigned by an admin.
 CLAIMED_BY_WRITING = frozenset({"patient", "resource"})
 MAX_VALUE = 512
+# Patient records whose SQL rows (stays, visits, referrals, appointments) are keyed by their id.
+ROW_KEYED = frozenset({"Encounter", "Appointment", "ServiceRequest", "EpisodeOfCare"})
 CHUNK = 500
 CACHE_SIZE = 200_000
 
@@ -48,6 +50,13 @@ def claims_of(resource: dict[str, Any], root: str) -> Iterator[tuple[Claim, str]
     if key:
         where = f"{root}.id" if resource.get("resourceType") == "Patient" else root
         yield ("patient", key[:MAX_VALUE]), where
+        if resource.get("resourceType") in ROW_KEYED and resource.get("id"):
+            # Its SQL rows are keyed by its id alone: another integrator's resource of the same
+            # id, for one of its own patients, would take them over.
+            yield (
+                ("resource", f"{resource['resourceType']}/{resource['id']}"[:MAX_VALUE]),
+                f"{root}.id",
+            )
     elif resource.get("resourceType") != "Patient" and resource.get("id"):
         yield ("resource", f"{resource['resourceType']}/{resource['id']}"[:MAX_VALUE]), f"{root}.id"
     if resource.get("resourceType") != "Patient":

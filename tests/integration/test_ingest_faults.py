@@ -372,6 +372,13 @@ def test_another_integrators_patient_is_403_until_granted(two: Two) -> None:
     resp = post(two.gw.url, b, "/fhir/Encounter", denied_enc)
     assert resp.status_code == 403, resp.text
     assert resp.json()["issue"][0]["code"] == "forbidden"
+    # Another integrator's Encounter id, for a patient of its own: its stay would be taken over.
+    resp = post(two.gw.url, a, "/fhir/Encounter", encounter(unique("e"), pid))
+    assert resp.status_code == 201
+    first_id = resp.json()["id"]
+    resp = post(two.gw.url, b, "/fhir/Encounter", encounter(first_id, unique("p")))
+    assert resp.status_code == 403, resp.text
+    assert resp.json()["issue"][0]["expression"] == ["Encounter.id"]
     # The same patient named the ways the stream worker reads it: still that patient.
     for form in (
         f"http://elsewhere.example/fhir/Patient/{pid}",

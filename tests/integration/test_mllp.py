@@ -225,6 +225,10 @@ def test_a_patient_of_another_integrator_is_refused_until_granted(feed: Feed) ->
     ack = c.send(merge)
     assert (ack_code(ack), err_location(ack)) == ("AR", "MRG^1^1^1"), ack
     assert len(feed.raw_records()) == before
+    # Nor may it write, for a patient of its own, the stay of gam-test's visit number (PV1-19).
+    ack = c.send(adt("A01", ipp=f"R{feed.run}", nda=nda, facility="CH2"))
+    assert (ack_code(ack), err_location(ack)) == ("AR", "PV1^1^19^1"), ack
+    assert len(feed.raw_records()) == before
     # A refused message claims nothing: its own new patient stays free.
     free = "SELECT count(*) FROM ingest_owners WHERE kind = 'patient' AND value = :v"
     assert count(feed.db, free, v=f"Q{feed.run}") == 0
@@ -234,10 +238,10 @@ def test_a_patient_of_another_integrator_is_refused_until_granted(feed: Feed) ->
             feed.db,
             "SELECT http_status, reason FROM ingest_rejections WHERE source = 'gam-other'",
         )
-        assert sorted(refused) == [(403, "forbidden"), (403, "forbidden")]
+        assert sorted(refused) == [(403, "forbidden")] * 3
         table = hl7_messages(engine)
         row = table[(table["integrator"] == "gam-other") & (table["trigger"] == "A01")].iloc[0]
-        assert row["AR"] == 1 and "forbidden" in row["reasons"]
+        assert row["AR"] == 2 and "forbidden" in row["reasons"]
         # Once an admin grants it what gam-test owns, the same message goes through.
         grant(engine, "gam-other", "owner", "gam-test")
     finally:

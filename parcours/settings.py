@@ -204,11 +204,12 @@ class Settings(BaseSettings):
         description="Days past the clock up to which the census counts hours: a time further "
         "on (a feed's mistake) would have every open stay counted hour by hour up to it.",
     )
-    census_open_days: float = Field(
+    census_lookback_days: float = Field(
         default=730.0,
         gt=0,
-        description="Days before the clock from which the census counts a stay or ED visit "
-        "still open: one open since 1901 (a feed's mistake) would be counted hour by hour since.",
+        description="Days before the clock from which the census counts a stay or ED visit that "
+        "began earlier and is still open, or ended since: one from 1901 (a feed's mistake) would "
+        "be counted hour by hour since. Older stays that ended before then are counted whole.",
     )
 
     @property

@@ -52,7 +52,7 @@ def create_app(settings: Settings) -> ParcoursApp:
         make_engine(settings.db_url),
         settings.census_capacity,
         horizon=timedelta(days=settings.census_horizon_days),
-        open_span=timedelta(days=settings.census_open_days),
+        lookback=timedelta(days=settings.census_lookback_days),
     )
     Worker(app, topics, sink, settings).register()
     return app

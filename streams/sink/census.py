@@ -43,9 +43,9 @@ SLICE = timedelta(days=7)
 # How far past the worker's clock census hours are counted, unless the settings say otherwise
 # (`census_horizon_days`; the demo's simulator runs ahead of the clock).
 HORIZON = timedelta(days=30)
-# How long before the worker's clock a stay or ED visit still open is counted, unless the settings
-# say otherwise (`census_open_days`).
-OPEN_SPAN = timedelta(days=730)
+# How long before the worker's clock a stay or ED visit that began earlier, and is still open or
+# ended since, is counted, unless the settings say otherwise (`census_lookback_days`).
+LOOKBACK = timedelta(days=730)
 
 
 def watermark(conn: Connection, hospital: str) -> datetime | None:
@@ -95,15 +95,16 @@ def recompute_hospital(
     window: Window,
     result: SinkResult,
     horizon: datetime | None = None,
-    open_since: datetime | None = None,
+    counted_from: datetime | None = None,
 ) -> int:
     """Recompute the hospital's census hours in `window` (up to its watermark), its capacity
     alerts from the window's start and its live occupancy; returns the rows written.
 
     No hour after `horizon` is counted: a time far in the future (a feed's mistake, or an
     attack) would otherwise have every open stay counted up to it, hour by hour. Likewise a
-    stay or ED visit still open is counted from `open_since` at the earliest: one open since
-    1901 would be counted for every hour since."""
+    stay or ED visit that began before `counted_from`, and is still open or ended after it, is
+    counted from `counted_from` on (as if admitted then): one open since 1901 would be counted
+    for every hour since. One that ended before it is counted whole, however old."""
     sl, ed = table_of(StayLocationRow), table_of(EdVisitRow)
     known = watermark(conn, hospital)
     mark = min(known, horizon) if known is not None and horizon is not None else known
@@ -124,9 +125,9 @@ def recompute_hospital(
             period_of(r)
             for r in conn.execute(select(sl).where(sl.c.stay_id.in_(overlapping))).all()
         ]
-        if open_since is not None:
+        if counted_from is not None:
             periods = [
-                replace(p, start=open_since) if p.end is None and p.start < open_since else p
+                replace(p, start=counted_from) if p.start < counted_from < (p.end or hi) else p
                 for p in periods
             ]
         # ED visits that overlap the window: arrivals in it are counted, and every visit
@@ -149,9 +150,9 @@ def recompute_hospital(
             ).all()
             if r.arrived_at is not None
         ]
-        if open_since is not None:
+        if counted_from is not None:
             arrivals = [
-                replace(a, at=open_since) if a.departed is None and a.at < open_since else a
+                replace(a, at=counted_from) if a.at < counted_from < (a.departed or hi) else a
                 for a in arrivals
             ]
         ch = table_of(CensusHourlyRow)

@@ -52,7 +52,7 @@ from streams.core.census import Hierarchy
 from streams.core.events import CanonicalEvent, EncounterRecorded, LocationRecorded
 from streams.sink.census import (
     HORIZON,
-    OPEN_SPAN,
+    LOOKBACK,
     recompute_hospital,
     take_pending,
     widen_pending,
@@ -80,13 +80,13 @@ class SqlSink:
         capacity: Mapping[str, int] | None = None,
         census_every_s: float = CENSUS_EVERY_S,
         horizon: timedelta = HORIZON,
-        open_span: timedelta = OPEN_SPAN,
+        lookback: timedelta = LOOKBACK,
     ) -> None:
         self.engine = engine
-        # No census hour later than this past the clock is counted, and no hour of a stay still
-        # open earlier than this before it (`recompute_hospital`).
+        # No census hour later than this past the clock is counted, and no hour earlier than
+        # `lookback` before it of a stay that goes on past that (`recompute_hospital`).
         self.horizon = horizon
-        self.open_span = open_span
+        self.lookback = lookback
         self.tree = LocationTree(capacity)
         # The DBAPI connection of the transaction under way (`cancel` interrupts it).
         self._active: Any = None
@@ -221,7 +221,7 @@ class SqlSink:
                 windows[hospital],
                 result,
                 horizon=now + self.horizon,
-                open_since=now - self.open_span,
+                counted_from=now - self.lookback,
             )
         self.census_at = time.monotonic()
         return result

@@ -380,12 +380,12 @@ def test_times_far_off_are_dead_lettered_or_kept_out_of_the_census(
         assert hours <= (horizon - first) / timedelta(hours=1)
 
 
-def test_a_stay_open_since_long_ago_is_counted_from_the_open_span_only(
+def test_a_stay_from_long_ago_is_counted_over_the_lookback_only(
     pg_url: str, topic_prefix: str
 ) -> None:
-    """An in-progress stay that began in 1901 (valid, and inside the years of care) keeps its
-    admission time, but the census counts it only over the open span before the clock: not
-    hour by hour for 125 years. A closed stay of any age is counted whole."""
+    """A stay that began in 1901 (valid, and inside the years of care), in progress or ended two
+    days ago, keeps its admission time, but the census counts it only over the lookback before
+    the clock: not hour by hour for 125 years. A stay that ended long ago is counted whole."""
     from parcours.db import make_engine
 
     p = topic_prefix
@@ -407,11 +407,13 @@ def test_a_stay_open_since_long_ago_is_counted_from_the_open_span_only(
     old_closed = encounter(
         "s2", "c", "IMP", {"start": "1985-05-01T08:00:00Z", "end": "1985-05-03T08:00:00Z"}
     )
+    lately = (datetime.now(UTC) - timedelta(days=2)).isoformat()
+    long_closed = encounter("s3", "d", "IMP", {"start": "1901-01-01T00:00:00Z", "end": lately})
     span = timedelta(days=10)
     with fresh_database(pg_url) as db:
-        sink = SqlSink(make_engine(db), open_span=span)
+        sink = SqlSink(make_engine(db), lookback=span)
         processor = BatchProcessor(sink, rules_from_settings(Settings()))
-        outcome = processor.process(messages([open_stay, open_ed, old_closed]), {}.get)
+        outcome = processor.process(messages([open_stay, open_ed, old_closed, long_closed]), {}.get)
         assert outcome.rejects == []
         assert (
             rows(db, "SELECT admitted_at FROM stays WHERE stay_id = :s", s=f"{p}s1")[0][0].year
@@ -424,7 +426,7 @@ def test_a_stay_open_since_long_ago_is_counted_from_the_open_span_only(
             f" FROM census_hourly WHERE hospital_id = '{p}chu'",
             since=since,
         )
-        # Nothing of the open ones before the span; the 1985 stay's two days are there.
+        # Nothing of the 1901 and 1950 ones before the span; the 1985 stay's two days are there.
         assert before == 0
         [(old,)] = rows(
             db,

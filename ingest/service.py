@@ -416,8 +416,9 @@ class IngestService:
         for pos in candidates:
             if items[pos].dedupe_key in seen:
                 results[pos] = EntryResult(items[pos], 200)
-        # A duplicate changes nothing, so only what would be published needs ownership.
-        forbidden = self.check_ownership(source, items, to_publish, atomic)
+        # A duplicate changes nothing, but answering it 200 when the resource is another
+        # integrator's would tell the sender what that integrator holds: it needs ownership too.
+        forbidden = self.check_ownership(source, items, candidates, atomic)
         if forbidden:
             self._refuse_if_atomic(items, atomic)
             more_results, more_rejected = self._record_rejected(

@@ -371,6 +371,10 @@ def test_another_integrators_patient_is_403_until_granted(two: Two) -> None:
     denied_enc = encounter(unique("e"), pid)
     resp = post(two.gw.url, b, "/fhir/Encounter", denied_enc)
     assert resp.status_code == 403, resp.text
+    # An exact copy of what the other integrator sent is refused too: a 200 "duplicate" would
+    # confirm a guess about its patients.
+    copy = post(two.gw.url, b, "/fhir/Patient", {"resourceType": "Patient", "id": pid})
+    assert copy.status_code == 403, copy.text
     assert resp.json()["issue"][0]["code"] == "forbidden"
     # Another integrator's Encounter id, for a patient of its own: its stay would be taken over.
     resp = post(two.gw.url, a, "/fhir/Encounter", encounter(unique("e"), pid))

@@ -446,7 +446,7 @@ def test_push_direct_writes_to_kafka_with_the_same_rules(env: Env, tmp_path: Pat
             "push",
             "--direct",
             "--source",
-            "nightly-export",
+            env.source,
             str(feed),
         ],
         env=parcours_env(
@@ -462,8 +462,9 @@ def test_push_direct_writes_to_kafka_with_the_same_rules(env: Env, tmp_path: Pat
     assert run.stdout.splitlines()[:3] == ["accepted: 1", "duplicates: 0", "rejected: 1"]
     (msg,) = raw_by_id(env, str(good["id"]), str(bad["id"]))
     assert msg.key == pid.encode()
-    assert dict(msg.headers)["source"] == b"nightly-export"
-    # The direct path shares the dedupe memory: the gateway now sees it as a duplicate.
+    assert dict(msg.headers)["source"] == env.source.encode()
+    # The direct path shares the dedupe memory: the gateway now sees it as a duplicate (from
+    # the same integrator; another would be refused, as for any write of that patient).
     assert post(env, "/fhir/Encounter", good).status_code == 200
 
 

@@ -714,11 +714,11 @@ def rejection_row(
     try:
         # orjson: nesting too deep for the json module's recursion is a plain error here.
         resource = orjson.loads(payload)
-        if isinstance(resource, dict):
-            kind = str(resource.get("resourceType") or "")[:64] or None
-            rid = str(resource.get("id") or "")[:128] or None
-    except Exception:  # whatever the payload is, its row is written
-        pass
+    except orjson.JSONDecodeError:  # whatever the payload is, its row is written
+        resource = None
+    if isinstance(resource, dict):
+        kind = str(resource.get("resourceType") or "")[:64] or None
+        rid = str(resource.get("id") or "")[:128] or None
     if rid is None and key:
         rid = key.decode("utf-8", "replace")[:128]
 

@@ -277,9 +277,14 @@ def test_claims_of_a_patient_and_of_its_resources() -> None:
         (("patient", "p1"), "Patient.id"),
         (("system", "urn:oid:1.2.3"), "Patient.identifier[0].system"),
     ]
+    # A stay belongs to its patient's integrator, and by its own id to its first writer (its
+    # SQL rows are keyed by that id).
     assert list(claims_of(encounter(), "Bundle.entry[1].resource")) == [
-        (("patient", "p1"), "Bundle.entry[1].resource")
+        (("patient", "p1"), "Bundle.entry[1].resource"),
+        (("resource", f"Encounter/{encounter()['id']}"), "Bundle.entry[1].resource.id"),
     ]
+    observation = {"resourceType": "Observation", "id": "o", "subject": {"reference": "Patient/p1"}}
+    assert list(claims_of(observation, "Observation")) == [(("patient", "p1"), "Observation")]
     merged = {
         "resourceType": "Patient",
         "id": "p2",

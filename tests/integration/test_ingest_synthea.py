@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,25 +53,19 @@ def expected_from_files(paths: list[Path]) -> tuple[int, dict[tuple[str, str], s
     return entries, keys
 
 
+@pytest.fixture
+def db(pg_url: str) -> Iterator[str]:
+    """The gateway remembers what it published: each run needs a database of its own."""
+    with fresh_database(pg_url) as url:
+        yield url
+
+
 # The default body limit, and one below seven of the 24 files (1.3–3.0 MB), which `push` then
 # sends in parts.
 @pytest.mark.parametrize("max_body", [None, 1_000_000])
 def test_all_synthea_bundles_land_exactly_once_keyed_by_patient(
     broker: str,
-    pg_url: str,
-    topic_prefix: str,
-    shared_data: Path,
-    tmp_path: Path,
-    max_body: int | None,
-) -> None:
-    # The gateway remembers what it published: each run needs a database of its own.
-    with fresh_database(pg_url) as db:
-        _land_exactly_once(broker, db, topic_prefix, shared_data, tmp_path, max_body)
-
-
-def _land_exactly_once(
-    broker: str,
-    pg_url: str,
+    db: str,
     topic_prefix: str,
     shared_data: Path,
     tmp_path: Path,
@@ -82,10 +77,10 @@ def _land_exactly_once(
     assert entries == 6938 and len(expected) == 6910  # the data README's counts
 
     source = f"synthea-{uuid.uuid4().hex[:6]}"
-    engine = make_engine(pg_url)
+    engine = make_engine(db)
     token = create_token(engine, source)
     limit = {} if max_body is None else {"PARCOURS_INGEST_MAX_BODY_BYTES": str(max_body)}
-    env = gateway_env(broker, pg_url, topic_prefix, **limit)
+    env = gateway_env(broker, db, topic_prefix, **limit)
     with run_gateway(env, tmp_path / "gw.log") as gw:
         push = subprocess.run(
             [sys.executable, "-m", "parcours", "ingest", "push", *map(str, paths)],

@@ -111,8 +111,8 @@ def plan_file(path: Path, max_body_bytes: int) -> Iterator[PushRequest]:
         if len(data) <= max_body_bytes or doc.get("type") not in SPLITTABLE:
             yield PushRequest(path, "bundle", data, max(1, len(doc.get("entry") or [])))
             return
-        for part in split_bundle(doc, max_body_bytes):
-            yield PushRequest(path, "bundle", part, len(orjson.loads(part)["entry"]), parts=True)
+        for part, count in split_bundle(doc, max_body_bytes):
+            yield PushRequest(path, "bundle", part, count, parts=True)
     else:
         rtype = doc.get("resourceType") if isinstance(doc, dict) else None
         yield PushRequest(path, "resource", data, 1, str(rtype or "Resource"))
@@ -122,12 +122,13 @@ def plan_file(path: Path, max_body_bytes: int) -> Iterator[PushRequest]:
 PART_MARGIN = 4096
 
 
-def split_bundle(doc: dict[str, Any], max_body_bytes: int) -> Iterator[bytes]:
+def split_bundle(doc: dict[str, Any], max_body_bytes: int) -> Iterator[tuple[bytes, int]]:
     """A transaction or batch Bundle over the gateway's body limit, as several Bundles of the same
     type, each under it, with its entries in their order (a patient's Bundle begins with its
     Patient). `urn:uuid` references between entries become `Type/id` first, as the gateway would
     make them, so that each part stands alone; each part of a transaction is all-or-nothing on
-    its own. An entry larger than the limit goes alone (the gateway answers 413 for it)."""
+    its own. An entry larger than the limit goes alone (the gateway answers 413 for it). Each
+    part comes with its number of entries."""
     entries = doc.get("entry") or []
     resources = resolve_entries(doc)
     limit = max_body_bytes - PART_MARGIN
@@ -135,8 +136,8 @@ def split_bundle(doc: dict[str, Any], max_body_bytes: int) -> Iterator[bytes]:
     size = 0
     head = orjson.dumps({"resourceType": "Bundle", "type": doc["type"], "entry": []})[:-3]
 
-    def body() -> bytes:
-        return head + b"[" + b",".join(part) + b"]}"
+    def body() -> tuple[bytes, int]:
+        return head + b"[" + b",".join(part) + b"]}", len(part)
 
     for entry, resource in zip(entries, resources, strict=True):
         one = orjson.dumps({**entry, "resource": resource})

@@ -502,11 +502,17 @@ def _valid(items: Sequence[Item], index: int) -> bool:
 
 def replaced_by(resource: Mapping[str, Any]) -> str | None:
     """The id of the Patient that replaces this one (`link` of type replaced-by), if any."""
-    for link in resource.get("link") or []:
+    found = replacing_link(resource)
+    return found[1] if found else None
+
+
+def replacing_link(resource: Mapping[str, Any]) -> tuple[int, str] | None:
+    """(position in `link`, Patient id) of the link that says which Patient replaces this one."""
+    for i, link in enumerate(resource.get("link") or []):
         if isinstance(link, dict) and link.get("type") == "replaced-by":
             other = reference_to(link.get("other"), "Patient")
             if other:
-                return other
+                return i, other
     return None
 
 
@@ -551,11 +557,7 @@ def apply_merges(items: Sequence[Item], lookup: Lookup) -> dict[str, str]:
         pid = str(it.resource_id)
         if it.resource_type == "Patient" and pid in own and _merges_back(pid, own, lookup):
             # A loop of merges would leave each patient replaced by another, and no pathway.
-            link = next(
-                i
-                for i, x in enumerate(it.resource.get("link") or [])  # type: ignore[union-attr]
-                if isinstance(x, dict) and x.get("type") == "replaced-by"
-            )
+            link, _ = replacing_link(it.resource or {}) or (0, "")
             it.reject(
                 422,
                 "merge-loop",

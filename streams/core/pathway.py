@@ -179,6 +179,8 @@ class Stay:
     hospital: str | None = None
     service: str | None = None
     admit_source: str | None = None
+    # The Encounter its `partOf` names: one of the patient's ED visits, which it then followed;
+    # another stay, of which it is then a movement (`_merge_movements`); or none known yet.
     from_ed_encounter: str | None = None
     based_on: str | None = None
     discharged_at: datetime | None = None

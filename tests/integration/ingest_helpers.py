@@ -114,3 +114,19 @@ def encounter(eid: str, patient: str, **over: object) -> dict[str, object]:
     }
     res.update(over)
     return res
+
+
+def transaction(entries: list[dict[str, object]], btype: str = "transaction") -> dict[str, object]:
+    """A Bundle of `btype` that PUTs each resource at its Type/id."""
+    return {
+        "resourceType": "Bundle",
+        "type": btype,
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{r['id']}",
+                "resource": r,
+                "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
+            }
+            for r in entries
+        ],
+    }

@@ -33,6 +33,7 @@ from tests.integration.ingest_helpers import (
     gateway_env,
     read_topic,
     run_gateway,
+    transaction,
     unique,
 )
 from tests.support import parcours_env, wait_until
@@ -322,36 +323,30 @@ def test_client_disconnects_are_one_log_line_each(two: Two) -> None:
     assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
 
 
+def written_patient(two: Two, token: str, pid: str | None = None) -> str:
+    """A new Patient written by the integrator of `token` (201); its id."""
+    pid = pid or unique("p")
+    resp = post(two.gw.url, token, "/fhir/Patient", {"resourceType": "Patient", "id": pid})
+    assert resp.status_code == 201, resp.text
+    return pid
+
+
 def test_a_refused_request_claims_nothing(two: Two) -> None:
     (_, a), (_, b) = two.a, two.b
-    theirs = unique("p")
-    assert (
-        post(two.gw.url, a, "/fhir/Patient", {"resourceType": "Patient", "id": theirs}).status_code
-        == 201
-    )
+    theirs = written_patient(two, a)
     new_patient, new_encounter = unique("p"), unique("e")
     # A transaction that writes another integrator's patient is refused whole...
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
-            for r in (
-                {"resourceType": "Patient", "id": new_patient},
-                encounter(new_encounter, new_patient),
-                encounter(unique("e"), theirs),
-            )
-        ],
-    }
+    bundle = transaction(
+        [
+            {"resourceType": "Patient", "id": new_patient},
+            encounter(new_encounter, new_patient),
+            encounter(unique("e"), theirs),
+        ]
+    )
     resp = post(two.gw.url, b, "/fhir", bundle)
     assert resp.status_code == 403, resp.text
     # ...and leaves the patient and Encounter it named free for whoever writes them first.
-    assert (
-        post(
-            two.gw.url, a, "/fhir/Patient", {"resourceType": "Patient", "id": new_patient}
-        ).status_code
-        == 201
-    )
+    written_patient(two, a, new_patient)
     assert (
         post(two.gw.url, a, "/fhir/Encounter", encounter(new_encounter, new_patient)).status_code
         == 201
@@ -361,11 +356,7 @@ def test_a_refused_request_claims_nothing(two: Two) -> None:
 
 def test_another_integrators_patient_is_403_until_granted(two: Two) -> None:
     (a_name, a), (b_name, b) = two.a, two.b
-    pid = unique("p")
-    assert (
-        post(two.gw.url, a, "/fhir/Patient", {"resourceType": "Patient", "id": pid}).status_code
-        == 201
-    )
+    pid = written_patient(two, a)
     assert post(two.gw.url, a, "/fhir/Encounter", encounter(unique("e"), pid)).status_code == 201
 
     denied_enc = encounter(unique("e"), pid)

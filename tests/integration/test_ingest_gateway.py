@@ -25,6 +25,7 @@ from tests.integration.ingest_helpers import (
     gateway_env,
     read_topic,
     run_gateway,
+    transaction,
     unique,
 )
 from tests.support import parcours_env, wait_until
@@ -228,21 +229,6 @@ def test_error_codes_name_the_failing_element_and_are_recorded(env: Env) -> None
     headers = dict(invalid_period[0].headers)
     assert b"Encounter.period.start" in headers["reason"]
     assert headers["reason-code"] == b"invalid-resource"
-
-
-def transaction(entries: list[dict[str, object]], btype: str = "transaction") -> dict[str, object]:
-    return {
-        "resourceType": "Bundle",
-        "type": btype,
-        "entry": [
-            {
-                "fullUrl": f"urn:uuid:{r['id']}",
-                "resource": r,
-                "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
-            }
-            for r in entries
-        ],
-    }
 
 
 def test_transaction_is_all_or_nothing(env: Env) -> None:
@@ -486,15 +472,7 @@ def test_a_merge_back_into_a_merged_patient_is_refused(env: Env) -> None:
         assert issue_expressions(refused) == ["Patient.link[0].other"]
     # In one Bundle, the second of two merges into each other is refused.
     d, e = unique("p"), unique("p")
-    batch = {
-        "resourceType": "Bundle",
-        "type": "batch",
-        "entry": [
-            {"resource": r, "request": {"method": "PUT", "url": f"Patient/{r['id']}"}}
-            for r in (merged(d, e), merged(e, d))
-        ],
-    }
-    answer = post(env, "/fhir", batch).json()  # type: ignore[attr-defined]
+    answer = post(env, "/fhir", transaction([merged(d, e), merged(e, d)], "batch")).json()  # type: ignore[attr-defined]
     assert sorted(x["response"]["status"] for x in answer["entry"]) == [
         "201 Created",
         "422 Unprocessable Entity",

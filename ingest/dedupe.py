@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, tuple_, update
+from sqlalchemy import Engine, insert, select, update
 
 from parcours.db import upsert
+from parcours.db.bulk import keyed
 from parcours.db.ingest_models import IngestLogRow, IngestRejectionRow, IntegratorRow
 
 DedupeKey = tuple[str, str, str]
@@ -59,17 +60,15 @@ class IngestStore:
 
     def seen(self, keys: Iterable[DedupeKey]) -> set[DedupeKey]:
         """The keys already published (by any gateway process, before or after a restart)."""
-        wanted = list(dict.fromkeys(keys))
+        wanted = set(keys)
         found: set[DedupeKey] = set()
         t = IngestLogRow.__table__
-        cols = tuple_(t.c.resource_type, t.c.resource_id, t.c.version)
+        cols = (t.c.resource_type, t.c.resource_id, t.c.version)
         with self.engine.connect() as conn:
-            for start in range(0, len(wanted), CHUNK):
-                chunk = wanted[start : start + CHUNK]
-                rows = conn.execute(
-                    select(t.c.resource_type, t.c.resource_id, t.c.version).where(cols.in_(chunk))
-                )
-                found.update((r[0], r[1], r[2]) for r in rows)
+            # By resource (all its versions), then the versions asked for.
+            for where in keyed(t, ("resource_type", "resource_id"), {k[:2] for k in wanted}):
+                rows = conn.execute(select(*cols).where(where))
+                found.update(key for r in rows if (key := (r[0], r[1], r[2])) in wanted)
         return found
 
     def record(

@@ -26,10 +26,11 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, or_, select, tuple_
+from sqlalchemy import Connection, Engine, select
 
 from ingest.bundle import patient_key
 from parcours.db import upsert
+from parcours.db.bulk import keyed
 from parcours.db.ingest_models import IngestGrantRow, IngestOwnerRow
 from parcours.fhir_refs import reference_to
 
@@ -40,7 +41,6 @@ CLAIMED_BY_WRITING = frozenset({"patient", "resource"})
 MAX_VALUE = 512
 # Patient records whose SQL rows (stays, visits, referrals, appointments) are keyed by their id.
 ROW_KEYED = frozenset({"Encounter", "Appointment", "ServiceRequest", "EpisodeOfCare"})
-CHUNK = 500
 CACHE_SIZE = 200_000
 
 
@@ -142,37 +142,20 @@ class OwnershipStore:
                 return self._owners(claims, own)
         t = IngestOwnerRow.__table__
         found: dict[Claim, str] = {}
-        for start in range(0, len(claims), CHUNK):
-            chunk = claims[start : start + CHUNK]
-            rows = conn.execute(
-                select(t.c.kind, t.c.value, t.c.integrator).where(
-                    tuple_(t.c.kind, t.c.value).in_(chunk)
-                )
-            )
+        for where in keyed(t, ("kind", "value"), claims):
+            rows = conn.execute(select(t.c.kind, t.c.value, t.c.integrator).where(where))
             found.update(((r[0], r[1]), r[2]) for r in rows)
         return found
 
     def _granted(self, source: str, owned: dict[Claim, str]) -> set[Claim]:
         g = IngestGrantRow.__table__
-        claims = list(owned)
         owner_names = sorted(set(owned.values()))
+        wanted = [*owned, *(("owner", name) for name in owner_names)]
+        grants: set[Claim] = set()
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(g.c.kind, g.c.value).where(
-                    g.c.integrator == source,
-                    or_(
-                        and_(g.c.kind == "owner", g.c.value.in_(owner_names)),
-                        tuple_(g.c.kind, g.c.value).in_(claims[:CHUNK]),
-                    ),
-                )
-            )
-            grants = {(r[0], r[1]) for r in rows}
-            for start in range(CHUNK, len(claims), CHUNK):
-                chunk = claims[start : start + CHUNK]
+            for where in keyed(g, ("kind", "value"), wanted):
                 rows = conn.execute(
-                    select(g.c.kind, g.c.value).where(
-                        g.c.integrator == source, tuple_(g.c.kind, g.c.value).in_(chunk)
-                    )
+                    select(g.c.kind, g.c.value).where(g.c.integrator == source, where)
                 )
                 grants.update((r[0], r[1]) for r in rows)
         return {c for c, owner in owned.items() if c in grants or ("owner", owner) in grants}

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, String, Table, and_, any_, bindparam, delete, tuple_
+from sqlalchemy import JSON, String, Table, and_, any_, bindparam, delete
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
@@ -37,6 +37,21 @@ def one_of(conn: Connection, column: Any, values: Sequence[Any]) -> ColumnElemen
     if conn.dialect.name == "postgresql":
         return column == any_(bindparam(None, list(values), type_=ARRAY(String)))  # type: ignore[no-any-return]
     return column.in_(list(values))  # type: ignore[no-any-return]
+
+
+def keyed(table: Table, key: Sequence[str], keys: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
+    """Conditions that together match the rows whose `key` columns equal one of `keys`, each
+    one the key's index can answer: the keys grouped by all their columns but the last, which
+    becomes an `IN` list of at most 500 values. (A row-value `IN` is a full scan on SQLite.)"""
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for k in keys:
+        groups.setdefault(tuple(k[:-1]), []).append(k[-1])
+    for prefix, lasts in groups.items():
+        for part in chunks(list(dict.fromkeys(lasts)), 500):
+            yield and_(
+                *(table.c[c] == v for c, v in zip(key[:-1], prefix, strict=True)),
+                table.c[key[-1]].in_(list(part)),
+            )
 
 
 def table_of(model: Any) -> Table:
@@ -133,17 +148,18 @@ def bulk_delete(
     key: Sequence[str],
 ) -> None:
     """Delete the rows of `table` whose `key` columns are one of `keys`, in bounded statements:
-    on PostgreSQL the keys travel as one JSON array per statement, elsewhere as `IN` lists."""
+    on PostgreSQL the keys travel as one JSON array per statement (or an array for a one-column
+    key), elsewhere as an `IN` list (one column) or one statement per key."""
     if not keys:
         return
-    if len(key) == 1 or not json_rows(conn):
-        size = KEYS_PER_STATEMENT if len(key) == 1 else 500
-        for part in chunks(keys, size):
-            if len(key) == 1:
-                clause = one_of(conn, table.c[key[0]], [k[0] for k in part])
-            else:
-                clause = tuple_(*(table.c[k] for k in key)).in_(list(part))
-            conn.execute(delete(table).where(clause))
+    if len(key) == 1:
+        for part in chunks(keys):
+            conn.execute(delete(table).where(one_of(conn, table.c[key[0]], [k[0] for k in part])))
+        return
+    if not json_rows(conn):
+        # One statement run for each key (executemany), which the key's index answers.
+        statement = delete(table).where(and_(*(table.c[k] == bindparam(f"k_{k}") for k in key)))
+        conn.execute(statement, [{f"k_{c}": v for c, v in zip(key, k, strict=True)} for k in keys])
         return
     # Table and column names come from the models; the rows are one bound JSON parameter.
     matches = " AND ".join(f't."{k}" = v."{k}"' for k in key)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,10 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 
 from parcours.db import make_engine, upgrade, upsert
+from parcours.db.bulk import bulk_delete, keyed
+from parcours.db.ingest_models import IngestOwnerRow
 from parcours.db.models import EncounterRow
+from parcours.db.pathway_models import CensusHourlyRow
 from parcours.db.tables import Base
 
 pytestmark = pytest.mark.integration
@@ -69,3 +72,76 @@ def test_upsert_is_idempotent_and_updates(backend: str, pg_url: str, tmp_path: P
         )
     assert count == 1
     assert status == "finished"
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_keyed_lookups_and_deletes_match_exactly(backend: str, pg_url: str, tmp_path: Path) -> None:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'k.db'}"
+        upgrade(url)
+    else:
+        url = pg_url
+    engine = make_engine(url)
+    owners = IngestOwnerRow.__table__
+    census = CensusHourlyRow.__table__
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    claims = [(kind, f"v{i}") for kind in ("patient", "resource") for i in range(1200)]
+    hours = [("ward", f"W{w}", now + timedelta(hours=h)) for w in range(3) for h in range(700)]
+    counts = dict.fromkeys(("occupancy", "admissions", "discharges"), 1) | dict.fromkeys(
+        ("transfers_in", "transfers_out", "ed_arrivals"), 0
+    )
+    with engine.begin() as conn:
+        upsert(
+            conn,
+            owners,  # type: ignore[arg-type]
+            [{"kind": k, "value": v, "integrator": "a", "claimed_at": now} for k, v in claims],
+            key=["kind", "value"],
+        )
+        upsert(
+            conn,
+            census,  # type: ignore[arg-type]
+            [
+                {"unit_type": t, "unit_id": u, "hour": h, "hospital_id": "H", **counts}
+                for t, u, h in hours
+            ],
+            key=["unit_type", "unit_id", "hour"],
+        )
+    # Asked: every third patient claim, one resource claim, and claims nobody made.
+    wanted = [*claims[:1200:3], ("resource", "v7"), ("patient", "nobody"), ("system", "v1")]
+    with engine.connect() as conn:
+        found = {
+            (r[0], r[1])
+            for where in keyed(owners, ("kind", "value"), wanted)
+            for r in conn.execute(select(owners.c.kind, owners.c.value).where(where))
+        }
+    assert found == {*claims[:1200:3], ("resource", "v7")}
+    gone = hours[::2]
+    with engine.begin() as conn:
+        bulk_delete(conn, census, gone, ("unit_type", "unit_id", "hour"))
+    with engine.connect() as conn:
+        left = {
+            (r[0], r[1], r[2])
+            for r in conn.execute(select(census.c.unit_type, census.c.unit_id, census.c.hour))
+        }
+    assert left == set(hours[1::2])
+
+
+def test_keyed_lookups_use_the_primary_key_on_sqlite(tmp_path: Path) -> None:
+    # SQLite answers a row-value IN with a scan of the whole table, which grows with the history.
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    owners = IngestOwnerRow.__table__
+    wanted = [("patient", "a"), ("patient", "b"), ("resource", "Location/x")]
+    with engine.connect() as conn:
+        for where in keyed(owners, ("kind", "value"), wanted):
+            sql = str(
+                select(owners.c.integrator)
+                .where(where)
+                .compile(engine, compile_kwargs={"literal_binds": True})
+            )
+            plan = " ".join(
+                str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")
+            )
+            assert "SEARCH ingest_owners USING" in plan, plan
+            assert "SCAN ingest_owners" not in plan, plan

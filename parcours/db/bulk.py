@@ -39,7 +39,7 @@ def one_of(conn: Connection, column: Any, values: Sequence[Any]) -> ColumnElemen
     return column.in_(list(values))  # type: ignore[no-any-return]
 
 
-def keyed(table: Table, key: Sequence[str], keys: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
+def keyed(table: Any, key: Sequence[str], keys: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
     """Conditions that together match the rows whose `key` columns equal one of `keys`, each
     one the key's index can answer: the keys grouped by all their columns but the last, which
     becomes an `IN` list of at most 500 values. (A row-value `IN` is a full scan on SQLite.)"""

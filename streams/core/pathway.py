@@ -682,6 +682,46 @@ def _find(items: list[Any], attr: str, key: str) -> Any:
     return None
 
 
+class _Records:
+    """Finds the record of an id in the lists of the facts a replay folds, with one dict per
+    list: a long log (thousands of stays) is folded in linear time, not quadratic. A list that
+    was replaced, or grew other than through `added`, is read again."""
+
+    def __init__(self) -> None:
+        self._maps: dict[int, tuple[list[Any], dict[str, Any], int]] = {}
+
+    def find(self, items: list[Any], attr: str, key: str) -> Any:
+        entry = self._maps.get(id(items))
+        if entry is None or entry[0] is not items or entry[2] != len(items):
+            found: dict[str, Any] = {}
+            for item in items:
+                found.setdefault(getattr(item, attr), item)
+            entry = (items, found, len(items))
+            self._maps[id(items)] = entry
+        return entry[1].get(key)
+
+    def added(self, items: list[Any], attr: str, item: Any) -> None:
+        entry = self._maps.get(id(items))
+        if entry is not None and entry[0] is items and entry[2] == len(items) - 1:
+            entry[1].setdefault(getattr(item, attr), item)
+            self._maps[id(items)] = (items, entry[1], len(items))
+
+
+class _Scan:
+    """`_Records` without the dicts, for the few events folded outside a replay."""
+
+    @staticmethod
+    def find(items: list[Any], attr: str, key: str) -> Any:
+        return _find(items, attr, key)
+
+    @staticmethod
+    def added(items: list[Any], attr: str, item: Any) -> None:
+        return None
+
+
+_SCAN = _Scan()
+
+
 def _normalise_spells(stay: Stay) -> None:
     """Sort the spells; each ends where the next begins, the last at the discharge."""
     stay.locations.sort(key=lambda s: s.start)
@@ -708,18 +748,22 @@ def _close_stay(stay: Stay, at: datetime, ended_by: str, disposition: str | None
     _normalise_spells(stay)
 
 
-def _admit(facts: Facts, ev: PatientAdmitted) -> None:
-    stay = _find(facts.stays, "stay_id", ev.stay_id)
+def _admit(facts: Facts, ev: PatientAdmitted, records: _Records | _Scan) -> None:
+    stay = records.find(facts.stays, "stay_id", ev.stay_id)
     if stay is None:
         stay = Stay(stay_id=ev.stay_id, admitted_at=ev.at)
+        later = bool(facts.stays) and facts.stays[-1].admitted_at > ev.at
         facts.stays.append(stay)
+        records.added(facts.stays, "stay_id", stay)
+        if later:
+            facts.stays.sort(key=_admitted_at)
     else:
         # An admission event comes with the whole new version of its stay, which says again how
         # the stay went on: start over (the base may hold what an older version said).
         stay.discharged_at = stay.disposition = stay.ended_by = None
         stay.locations = []
-    stay.admitted_at = ev.at
-    facts.stays.sort(key=lambda s: s.admitted_at)
+        stay.admitted_at = ev.at
+        facts.stays.sort(key=_admitted_at)
     stay.hospital = ev.hospital
     stay.service = ev.service
     stay.admit_source = ev.admit_source
@@ -731,8 +775,12 @@ def _admit(facts: Facts, ev: PatientAdmitted) -> None:
     _normalise_spells(stay)
 
 
-def _transfer(facts: Facts, ev: PatientTransferred) -> bool:
-    stay: Stay | None = _find(facts.stays, "stay_id", ev.stay_id)
+def _admitted_at(stay: Stay) -> datetime:
+    return stay.admitted_at
+
+
+def _transfer(facts: Facts, ev: PatientTransferred, records: _Records | _Scan) -> bool:
+    stay: Stay | None = records.find(facts.stays, "stay_id", ev.stay_id)
     if stay is None or ev.at < stay.admitted_at:
         return False
     if stay.discharged_at is not None and ev.at >= stay.discharged_at:
@@ -747,8 +795,8 @@ def _transfer(facts: Facts, ev: PatientTransferred) -> bool:
     return True
 
 
-def _discharge(facts: Facts, ev: PatientDischarged) -> bool:
-    stay: Stay | None = _find(facts.stays, "stay_id", ev.stay_id)
+def _discharge(facts: Facts, ev: PatientDischarged, records: _Records | _Scan) -> bool:
+    stay: Stay | None = records.find(facts.stays, "stay_id", ev.stay_id)
     if stay is None or ev.at < stay.admitted_at:
         return False
     # The stay's own discharge wins over an end a death or the next admission implied.
@@ -765,7 +813,7 @@ def _retract(facts: Facts, ev: ResourceRetracted) -> None:
         setattr(facts, attr, [r for r in items if getattr(r, id_attr) != rid])
 
 
-def fold(facts: Facts, ev: PatientEvent) -> bool:
+def fold(facts: Facts, ev: PatientEvent, records: _Records | _Scan = _SCAN) -> bool:
     """Apply one event to the records of `facts`, in place. False when the event could not
     apply (a transfer after the discharge of its stay, a discharge of an unknown stay…).
 
@@ -773,57 +821,62 @@ def fold(facts: Facts, ev: PatientEvent) -> bool:
     are not made here but by `settle`, from all the records, so they do not depend on the
     order the records were folded in."""
     if isinstance(ev, ReferralSent):
-        ref = _find(facts.referrals, "referral_id", ev.referral_id)
+        ref = records.find(facts.referrals, "referral_id", ev.referral_id)
         if ref is None:
             ref = Referral(referral_id=ev.referral_id, sent_at=ev.at)
             facts.referrals.append(ref)
+            records.added(facts.referrals, "referral_id", ref)
         ref.sent_at, ref.status = ev.at, ev.status
         ref.requester, ref.performer = ev.requester, ev.performer
     elif isinstance(ev, AppointmentBooked):
-        appt = _find(facts.appointments, "appointment_id", ev.appointment_id)
+        appt = records.find(facts.appointments, "appointment_id", ev.appointment_id)
         if appt is None:
             appt = Appointment(appointment_id=ev.appointment_id, booked_at=ev.at)
             facts.appointments.append(appt)
+            records.added(facts.appointments, "appointment_id", appt)
         appt.booked_at, appt.start, appt.status = ev.at, ev.start, ev.status
         appt.based_on, appt.service, appt.location = ev.based_on, ev.service, ev.location
     elif isinstance(ev, CommunityVisited):
-        visit = _find(facts.community_visits, "encounter_id", ev.encounter_id)
+        visit = records.find(facts.community_visits, "encounter_id", ev.encounter_id)
         if visit is None:
             visit = CommunityVisit(encounter_id=ev.encounter_id, start=ev.at, class_code="")
             facts.community_visits.append(visit)
+            records.added(facts.community_visits, "encounter_id", visit)
         visit.start, visit.class_code, visit.end = ev.at, ev.class_code, ev.end
         visit.provider, visit.based_on = ev.provider, ev.based_on
     elif isinstance(ev, HomeCareStarted):
-        episode = _find(facts.home_care, "episode_id", ev.episode_id)
+        episode = records.find(facts.home_care, "episode_id", ev.episode_id)
         if episode is None:
             episode = HomeCare(episode_id=ev.episode_id, started_at=ev.at)
             facts.home_care.append(episode)
+            records.added(facts.home_care, "episode_id", episode)
         episode.started_at, episode.care_type = ev.at, ev.care_type
     elif isinstance(ev, HomeCareEnded):
-        episode = _find(facts.home_care, "episode_id", ev.episode_id)
+        episode = records.find(facts.home_care, "episode_id", ev.episode_id)
         if episode is None:
             return False
         episode.ended_at, episode.end_implied = ev.at, False
     elif isinstance(ev, EdArrived):
-        visit = _find(facts.ed_visits, "encounter_id", ev.encounter_id)
+        visit = records.find(facts.ed_visits, "encounter_id", ev.encounter_id)
         if visit is None:
             visit = EdVisit(encounter_id=ev.encounter_id, arrived_at=ev.at)
             facts.ed_visits.append(visit)
+            records.added(facts.ed_visits, "encounter_id", visit)
         visit.arrived_at, visit.hospital, visit.ward = ev.at, ev.hospital, ev.ward
         visit.based_on = ev.based_on
     elif isinstance(ev, EdDeparted):
-        visit = _find(facts.ed_visits, "encounter_id", ev.encounter_id)
+        visit = records.find(facts.ed_visits, "encounter_id", ev.encounter_id)
         if visit is None or ev.at < visit.arrived_at:
             return False
         visit.departed_at, visit.departure_implied = ev.at, False
         visit.reported_admitted = ev.admitted
         visit.disposition = ev.disposition
     elif isinstance(ev, PatientAdmitted):
-        _admit(facts, ev)
+        _admit(facts, ev, records)
     elif isinstance(ev, PatientTransferred):
-        return _transfer(facts, ev)
+        return _transfer(facts, ev, records)
     elif isinstance(ev, PatientDischarged):
-        return _discharge(facts, ev)
+        return _discharge(facts, ev, records)
     elif isinstance(ev, PatientDied):
         facts.died_at = ev.at if facts.died_at is None else min(facts.died_at, ev.at)
     elif isinstance(ev, PatientReplaced):
@@ -1064,7 +1117,8 @@ def replay(
     """The facts that `log` (sorted) folds to over a copy of `base`, and the events that did
     not apply."""
     facts = copy_facts(base)
-    rejected = [ev for ev in log if not fold(facts, ev)]
+    records = _Records()
+    rejected = [ev for ev in log if not fold(facts, ev, records)]
     _trim(facts, rules)
     settle(facts, rules)
     return facts, rejected
@@ -1381,6 +1435,98 @@ def advance(
     outputs."""
     new, outputs = _transition(state, event, rules, every_output=False)
     return new, [o for o in outputs if isinstance(o, AlertRaised | AlertResolved)]
+
+
+# A log at least this long is replayed once for all the late events of a batch (`advance_all`):
+# replaying it at each of them made a patient with thousands of resources sent out of order
+# stall the worker (every replay folds the whole log).
+LATE_BATCH_LOG = 64
+
+
+def advance_all(
+    state: PatientState | None,
+    events: Iterable[PatientEvent],
+    rules: PathwayRules = DEFAULT_RULES,
+    late_batch_log: int = LATE_BATCH_LOG,
+) -> tuple[PatientState | None, list[AlertRaised | AlertResolved]]:
+    """`advance` over `events` in turn, except that when a new resource comes out of order onto
+    a log of at least `late_batch_log` events, it and the new resources after it are folded in
+    together, with one replay. The state is the one `advance` one event at a time would give;
+    the alerts raised and resolved in between are not reported (only the change over the lot)."""
+    alerts: list[AlertRaised | AlertResolved] = []
+    late: dict[str, list[PatientEvent]] = {}
+    for event in events:
+        if state is not None and (late or _late(state, event, late_batch_log)):
+            if _joins(state, event, late):
+                late.setdefault(_resource_key(event.source), []).append(event)
+                continue
+            state, more = _fold_late(state, late, rules)
+            alerts.extend(more)
+            late = {}
+        state, more = advance(state, event, rules)
+        alerts.extend(more)
+    if late:
+        assert state is not None
+        state, more = _fold_late(state, late, rules)
+        alerts.extend(more)
+    return state, alerts
+
+
+def _late(state: PatientState, event: PatientEvent, long_log: int) -> bool:
+    """Whether `event` is a new resource that `advance` would fold by replaying a long log."""
+    return (
+        len(state.log) >= long_log
+        and _joins(state, event, {})
+        and (
+            (bool(state.log) and event_order(event) <= event_order(state.log[-1]))
+            or _has_implied_ends(state.facts)
+        )
+    )
+
+
+def _joins(
+    state: PatientState, event: PatientEvent, late: Mapping[str, list[PatientEvent]]
+) -> bool:
+    """Whether `event` can be folded with the `late` ones: a part of a resource the state has no
+    version or pending part of, and the same version as the late parts of it if any."""
+    if event.patient_id != state.patient_id or isinstance(event, ResourceRetracted):
+        return False
+    key = _resource_key(event.source)
+    if key in state.versions or any(k.startswith(f"{key}@") for k in state.pending):
+        return False
+    parts = late.get(key)
+    return parts is None or (
+        parts[0].source.version == event.source.version and all(p.part != event.part for p in parts)
+    )
+
+
+def _fold_late(
+    state: PatientState, late: Mapping[str, list[PatientEvent]], rules: PathwayRules
+) -> tuple[PatientState, list[AlertRaised | AlertResolved]]:
+    """Fold the complete versions of `late` into `state` with one replay; the parts of versions
+    still incomplete go through `advance` (they wait in `pending`)."""
+    complete = [parts for parts in late.values() if len(parts) >= max(parts[0].parts, 1)]
+    alerts: list[AlertRaised | AlertResolved] = []
+    if complete:
+        new_events = [ev for parts in complete for ev in parts]
+        log = sorted([*state.log, *new_events], key=event_order)
+        facts, _ = replay(state.base, log, rules)
+        new = shallow_copy(state)
+        new.log = log
+        new.versions = {
+            **state.versions,
+            **{_resource_key(p[0].source): p[0].source.version for p in complete},
+        }
+        new.clock = max([ev.at for ev in new_events] + ([state.clock] if state.clock else []))
+        _derive(new, facts, rules)
+        alerts = [o for o in _alert_diff(state, new) if isinstance(o, AlertRaised | AlertResolved)]
+        state = _compact(new, rules)
+    for parts in late.values():
+        if len(parts) < max(parts[0].parts, 1):
+            for ev in parts:
+                state, more = advance(state, ev, rules)
+                alerts.extend(more)
+    return state, alerts
 
 
 def _transition(

@@ -29,7 +29,7 @@ from streams.core.pathway import (
     AlertResolved,
     PathwayRules,
     PatientState,
-    advance,
+    advance_all,
     check_timers,
     to_jsonable,
 )
@@ -326,10 +326,7 @@ class BatchProcessor:
             alert_outs: list[AlertRaised | AlertResolved] = []
             try:
                 before = self._state(pid, stored.get(pid))
-                state = before
-                for pev in patient_events:
-                    state, alerts = advance(state, pev, self.rules)
-                    alert_outs.extend(alerts)
+                state, alert_outs = advance_all(before, patient_events, self.rules)
                 if state is None or state is before:
                     continue
                 rows = patient_rows(state, alert_outs)

@@ -7,10 +7,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ingest.bundle import resolve_entries
+from streams.core import pathway
 from streams.core.events import (
     AppointmentBooked,
     CommunityVisited,
@@ -1107,3 +1109,45 @@ def test_an_ed_encounter_that_becomes_a_stay() -> None:
     )
     assert visit_ed.departed_at == s1.admitted_at == datetime(2026, 1, 12, 12, 0, tzinfo=UTC)
     assert not any(isinstance(o, RecordRemoved) for o in out)
+
+
+def test_a_batch_of_stays_sent_out_of_order_is_folded_in_linear_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A feed that sends one patient's 1,000 stays newest first: `advance` alone replays the whole
+    # log at each of them (half a million folds); `advance_all` folds the batch once.
+    stays = 1000
+    events: list[PatientEvent] = []
+    for i in reversed(range(stays)):
+        src = SourceRef("Encounter", f"s{i}", "1")
+        events += [
+            PatientAdmitted(
+                patient_id=P, at=d(i), source=src, stay_id=f"s{i}", ward="w", part=1, parts=2
+            ),
+            PatientDischarged(
+                patient_id=P,
+                at=d(i) + timedelta(hours=6),
+                source=src,
+                stay_id=f"s{i}",
+                disposition="home",
+                part=2,
+                parts=2,
+            ),
+        ]
+    folded = 0
+    real_fold = pathway.fold
+
+    def counting_fold(*args: Any, **kwargs: Any) -> bool:
+        nonlocal folded
+        folded += 1
+        return real_fold(*args, **kwargs)
+
+    monkeypatch.setattr(pathway, "fold", counting_fold)
+    first, _ = pathway.advance_all(None, events[:200], PathwayRules(max_records=5000))
+    folded = 0
+    state, _ = pathway.advance_all(first, events[200:], PathwayRules(max_records=5000))
+    assert state is not None
+    assert len(state.stays) == stays
+    assert [s.stay_id for s in state.stays] == [f"s{i}" for i in range(stays)]
+    # One replay of the whole log, and the few events before the first late one.
+    assert folded <= 2 * len(events)

@@ -10,6 +10,9 @@ One ACK per message, in order, on the connection it came from:
 - AR for a message type, trigger or version the listener does not take, for a sending
   facility (MSH-4) no integrator is allowed to send (`PARCOURS_MLLP_SENDERS`), and for a
   patient that belongs to another integrator (`ingest.ownership`, as the gateway's 403).
+- AE on MRG-1 for an A40 that merges a patient into one already merged into it, directly or
+  through others (the gateway's `merge-loop`: merges from A40s and from FHIR feeds are recorded
+  in the same table, the gateway's identifier index).
 
 The connection stays open after a NACK. Bytes outside an MLLP block are skipped; a message larger
 than the limit is answered AE and skipped to its end; a sender that takes longer than the frame
@@ -53,6 +56,7 @@ from ingest.entries import canonical_bytes
 from ingest.hl7_map import (
     ERR_INTERNAL,
     ERR_LOCKED,
+    ERR_UNKNOWN_KEY,
     AdtMessage,
     EncounterState,
     Hl7Rejection,
@@ -72,6 +76,8 @@ from ingest.hl7_store import CountKey, Hl7Store, ResourceVersion
 from ingest.outcome import BrokerUnavailable, Issue, Rejection
 from ingest.ownership import MAX_VALUE, Claim, OwnershipStore
 from ingest.publish import RECORD_ERRORS, Ack, Message, Publisher, collect_acks
+from ingest.references import IdentifierIndex, merged_into
+from parcours.fhir_refs import merge_loops
 from parcours.runtime import collect_seldom
 from parcours.settings import Settings
 
@@ -229,6 +235,8 @@ class _Batch:
     # (system, value, patient id, integrator)
     identifiers: list[tuple[str, str, str, str]] = field(default_factory=list)
     places: set[Any] = field(default_factory=set)
+    # A40 merges: merged patient id → (surviving patient id, integrator)
+    merges: dict[str, tuple[str, str]] = field(default_factory=dict)
     outcomes: dict[int, Outcome] = field(default_factory=dict)
 
 
@@ -270,6 +278,8 @@ class AdtProcessor:
         self.store = Hl7Store(engine)
         # The HTTP gateway's rule: a patient belongs to the integrator that first wrote it.
         self.owners = OwnershipStore(engine) if ownership else None
+        # The merges recorded so far, by A40s and by FHIR feeds (`Patient.link` replaced-by).
+        self.index = IdentifierIndex(engine)
         self.publish_locations = publish_locations
         self.ingest_store = IngestStore(engine)
         self.publisher = publisher
@@ -404,6 +414,7 @@ class AdtProcessor:
             if self._versioned(batch, f"Patient/{old_id}", old_patient):
                 self._emit(batch, old_patient, old_id, pending)
             survivor: dict[str, Any] | None = patient_resource(patient, 0, replaces=(old_id,))
+            batch.merges[old_id] = (patient.patient_id, pending.integrator)
         else:
             pkey = f"Patient/{patient.patient_id}"
             known = batch.resources.get(pkey) or self._resources.get(pkey)
@@ -513,6 +524,39 @@ class AdtProcessor:
                 error_code=ERR_LOCKED,
             )
 
+    def _check_merges(self, pendings: list[Pending]) -> None:
+        """Refuse (AE, ERR on MRG-1) an A40 that merges a patient into one already merged into
+        it, directly or through others, by earlier messages of this batch, the batch before it
+        (maybe not stored yet) or what SQL recorded (A40s and FHIR feeds alike)."""
+        merges: dict[str, str] = {}
+        unstored = self._unstored.merges if self._unstored is not None else {}
+
+        def replacement(pid: str) -> str | None:
+            if pid in merges:
+                return merges[pid]
+            if pid in unstored:
+                return unstored[pid][0]
+            return merged_into(self.index.lookup, pid)
+
+        for p in pendings:
+            msg = p.msg
+            if msg is None or msg.merged_patient is None:
+                continue
+            merged, into = msg.merged_patient.patient_id, msg.patient.patient_id
+            if not merge_loops(merged, into, replacement):
+                merges[merged] = into
+                continue
+            p.msg = None
+            p.rejection = Hl7Rejection(
+                "AE",
+                "merge-loop",
+                f"le patient {into[:80]} est déjà fusionné dans le patient {merged[:80]} "
+                "(directement ou par d'autres) : les fusionner ferait une boucle",
+                "MRG",
+                1,
+                error_code=ERR_UNKNOWN_KEY,
+            )
+
     def prepare(self, pendings: list[Pending]) -> Prepared:
         """First half of a batch: check owners, record NACKs, apply the messages to the stays
         and hand their resources to the producer. The caches take the batch's result at once,
@@ -522,8 +566,9 @@ class AdtProcessor:
         prep = Prepared(pendings, now)
         try:
             self._check_owners(pendings)
+            self._check_merges(pendings)
         except Exception as exc:
-            log.exception("could not check who owns the patients")
+            log.exception("could not check who owns the patients, or their merges")
             for p in pendings:
                 if p.msg is not None:
                     p.msg = None
@@ -554,6 +599,7 @@ class AdtProcessor:
                 dict(batch.resources),
                 set(batch.places),
                 len(batch.identifiers),
+                dict(batch.merges),
             )
             try:
                 self._apply(batch, pendings[i])
@@ -563,6 +609,7 @@ class AdtProcessor:
                 del batch.records[mark[0] :]
                 batch.encounters, batch.resources, batch.places = mark[1], mark[2], mark[3]
                 del batch.identifiers[mark[4] :]
+                batch.merges = mark[5]
                 prep.outcomes[i] = _internal(f"erreur interne: {type(exc).__name__}")
         prep.batch = batch
         if batch.records:
@@ -622,6 +669,7 @@ class AdtProcessor:
                 batch.identifiers,
                 counts,
                 by_source,
+                batch.merges,
             )
         except Exception as exc:
             # Published but not stored: `invalidate` burns the versions, so that the sender's
@@ -719,7 +767,14 @@ class AdtProcessor:
             )
             if source is None:
                 continue  # anyone can connect: unknown senders are counted, not stored
-            status = 403 if rej.reason == "forbidden" else 400 if rej.ack_code == "AE" else 422
+            # The gateway's statuses: 400 a message that cannot be read (AE), 422 a merge loop
+            # (a rule, as the gateway's) and what the listener does not take (AR).
+            if rej.reason == "forbidden":
+                status = 403
+            elif rej.ack_code == "AR" or rej.reason == "merge-loop":
+                status = 422
+            else:
+                status = 400
             outcome = Rejection(
                 status,
                 rej.reason,

@@ -207,6 +207,50 @@ def test_merge_moves_the_stay_to_the_surviving_patient(feed: Feed) -> None:
     )
 
 
+def test_a_merge_back_is_refused_on_mrg1_and_publishes_nothing(feed: Feed) -> None:
+    """A40 X into Y, then Y into X (directly, or through a chain of earlier A40s) would leave
+    each patient replaced by another: refused (AE on MRG-1) as the gateway's `merge-loop`."""
+    x, y = f"X{feed.run}", f"Y{feed.run}"
+    c = feed.client()
+    assert ack_code(c.send(adt("A40", ipp=y, merged_ipp=x, ins=None))) == "AA"
+    before = len(feed.raw_records())
+    back = adt("A40", ipp=x, merged_ipp=y, ins=None, control_id=f"LOOP{feed.run}")
+    ack = c.send(back)
+    assert (ack_code(ack), err_location(ack)) == ("AE", "MRG^1^1^1"), ack
+    assert "^merge-loop^HL70357" in ack, ack
+    assert len(feed.raw_records()) == before
+    # The connection stays open.
+    assert ack_code(c.send(adt("A08", ipp=y, nda=f"N{feed.run}", ins=None))) == "AA"
+
+    # Through a chain: A into B, B into C; then C into A is a loop, C into a new D is not.
+    a, b, cc, d = (f"{p}{feed.run}" for p in "ABCD")
+    assert ack_code(c.send(adt("A40", ipp=b, merged_ipp=a, ins=None))) == "AA"
+    assert ack_code(c.send(adt("A40", ipp=cc, merged_ipp=b, ins=None))) == "AA"
+    before = len(feed.raw_records())
+    ack = c.send(adt("A40", ipp=a, merged_ipp=cc, ins=None))
+    assert (ack_code(ack), err_location(ack)) == ("AE", "MRG^1^1^1"), ack
+    assert len(feed.raw_records()) == before
+    assert ack_code(c.send(adt("A40", ipp=d, merged_ipp=cc, ins=None))) == "AA"
+    c.close()
+
+    # Counted and listed in feed health with its reason, and dead-lettered.
+    refused = rows(
+        feed.db,
+        "SELECT http_status, reason, expression FROM ingest_rejections WHERE resource_id = :c",
+        c=f"LOOP{feed.run}",
+    )
+    assert refused == [(422, "merge-loop", "MRG-1")]
+    engine = make_engine(feed.db)
+    try:
+        table = hl7_messages(engine)
+    finally:
+        engine.dispose()
+    row = table[(table["integrator"] == "gam-test") & (table["trigger"] == "A40")].iloc[0]
+    assert row["AE"] >= 2 and "merge-loop" in row["reasons"]
+    dead = _dead_letters(feed.broker, feed.topics.deadletter)
+    assert sum(h.get("reason-code") == b"merge-loop" for h in dead) == 2
+
+
 def test_a_patient_of_another_integrator_is_refused_until_granted(feed: Feed) -> None:
     ipp, nda, other_nda = f"P{feed.run}", f"N{feed.run}", f"M{feed.run}"
     c = feed.client()

@@ -17,7 +17,9 @@ One ACK per message, in order, on the connection it came from:
 The connection stays open after a NACK. Bytes outside an MLLP block are skipped; a message larger
 than the limit is answered AE and skipped to its end; a sender that takes longer than the frame
 timeout to finish a message, or stays silent past the idle timeout, is disconnected. Nothing a
-client sends stops the listener or delays other connections beyond the shared writer.
+client sends stops the listener or delays other connections beyond the shared writer. When every
+connection is taken, a new one closes the connection idle longest (never one reading a message or
+owing ACKs), so that idle connections cannot lock real senders out.
 
 Messages are parsed in worker processes (`PARCOURS_MLLP_PARSE_PROCESSES`, in chunks: at once
 while a worker is free, else what arrived meanwhile; 0 parses here), then go, in the order they
@@ -131,6 +133,8 @@ class MllpReader:
         self.idle_timeout_s = idle_timeout_s
         self.buffer = bytearray()
         self.skipped = 0
+        # Between the start of a block and its end: the sender is in the middle of a message.
+        self.in_frame = False
 
     async def _more(self, timeout: float) -> bool:
         try:
@@ -146,6 +150,7 @@ class MllpReader:
 
     async def next_frame(self) -> Frame | None:
         """The next block, or None at the end of the stream."""
+        self.in_frame = False
         loop = asyncio.get_running_loop()
         # Wait for the start of a block.
         while True:
@@ -158,6 +163,7 @@ class MllpReader:
             self.buffer.clear()
             if not await self._more(self.idle_timeout_s):
                 return None
+        self.in_frame = True
         deadline = loop.time() + self.frame_timeout_s
         head = b""
         oversized = False
@@ -877,6 +883,31 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
+@dataclass(eq=False)
+class Connection:
+    """One open MLLP connection, as the listener sees it when it must make room for another."""
+
+    peer: Any
+    writer: asyncio.StreamWriter
+    mllp: MllpReader
+    # Loop time of its last ACK, else of its opening: bytes outside a block are no activity.
+    idle_since: float
+    # Messages read and not answered yet.
+    unanswered: int = 0
+
+    @property
+    def busy(self) -> bool:
+        """In the middle of a message, or owed ACKs: never closed to make room."""
+        return self.mllp.in_frame or self.unanswered > 0
+
+
+def idlest(connections: list[Connection], now: float, min_idle_s: float) -> Connection | None:
+    """The connection idle longest, if it has been idle at least `min_idle_s` (else None); a
+    busy one never is. The first opened wins a tie."""
+    idle = [c for c in connections if not c.busy and now - c.idle_since >= min_idle_s]
+    return min(idle, key=lambda c: c.idle_since, default=None)
+
+
 class MllpListener:
     """The asyncio server: connections, framing, ACKs; a writer thread does the I/O."""
 
@@ -892,7 +923,8 @@ class MllpListener:
         self.senders = sender_map(settings.mllp_senders)
         self.clock = clock
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
-        self.connections = 0
+        # In the order they were opened.
+        self.open_connections: list[Connection] = []
         self.server: asyncio.Server | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._finishing: asyncio.Task[bool] | None = None
@@ -1149,25 +1181,50 @@ class MllpListener:
         header, future = self.submit(payload, oversized)
         return header, await future
 
+    def _make_room(self, peer: Any, now: float) -> bool:
+        """Whether a new connection from `peer` may be served: there is room, or the connection
+        idle longest (for at least `mllp_evict_idle_s`) is closed to make some."""
+        if len(self.open_connections) < self.settings.mllp_max_connections:
+            return True
+        victim = idlest(self.open_connections, now, self.settings.mllp_evict_idle_s)
+        if victim is None:
+            log.warning(
+                "MLLP connection from %s refused: %d open, none idle",
+                peer,
+                len(self.open_connections),
+            )
+            return False
+        log.warning(
+            "MLLP connection from %s closed after %.0f s idle, to make room for %s",
+            victim.peer,
+            now - victim.idle_since,
+            peer,
+        )
+        self.open_connections.remove(victim)
+        # Its reader then meets the end of the stream, and its `_serve` ends as for any close.
+        victim.writer.close()
+        return True
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        if self.connections >= self.settings.mllp_max_connections:
-            log.warning("MLLP connection from %s refused: %d open", peer, self.connections)
+        now = asyncio.get_running_loop().time()
+        if not self._make_room(peer, now):
             writer.close()
             return
-        self.connections += 1
         mllp = MllpReader(
             reader,
             self.settings.mllp_max_message_bytes,
             self.settings.mllp_frame_timeout_s,
             self.settings.mllp_idle_timeout_s,
         )
+        conn = Connection(peer, writer, mllp, now)
+        self.open_connections.append(conn)
         # Most senders wait for each ACK; one that sends ahead gets its ACKs in order, with at
         # most MAX_IN_FLIGHT messages read before their ACK is written.
         inflight: asyncio.Queue[tuple[MessageHeader, asyncio.Future[Outcome]] | None] = (
             asyncio.Queue(MAX_IN_FLIGHT)
         )
-        acks = asyncio.create_task(self._write_acks(inflight, writer, peer))
+        acks = asyncio.create_task(self._write_acks(inflight, conn))
         try:
             while True:
                 try:
@@ -1177,6 +1234,7 @@ class MllpListener:
                     break
                 if got is None:
                     break
+                conn.unanswered += 1
                 await inflight.put(self.submit(got.payload, got.oversized))
         except (ConnectionError, OSError, ssl.SSLError) as exc:
             log.info("MLLP connection from %s lost: %s", peer, exc)
@@ -1187,7 +1245,8 @@ class MllpListener:
                 await inflight.put(None)
             with contextlib.suppress(Exception):
                 await acks
-            self.connections -= 1
+            if conn in self.open_connections:
+                self.open_connections.remove(conn)
             if mllp.skipped:
                 log.info(
                     "MLLP connection from %s: %d bytes outside blocks skipped", peer, mllp.skipped
@@ -1199,14 +1258,22 @@ class MllpListener:
     async def _write_acks(
         self,
         inflight: asyncio.Queue[tuple[MessageHeader, asyncio.Future[Outcome]] | None],
-        writer: asyncio.StreamWriter,
-        peer: Any,
+        conn: Connection,
     ) -> None:
         """Write each message's ACK, in the order the messages came, as answers arrive; the
         ACKs of messages answered together are written together."""
+        writer, peer = conn.writer, conn.peer
+        loop = asyncio.get_running_loop()
         ended = False
         # ACKs ready together go out in one write: the transport sends each write at once.
         ready: list[bytes] = []
+
+        def write_ready() -> None:
+            writer.write(b"".join(ready))
+            conn.unanswered -= len(ready)
+            conn.idle_since = loop.time()
+            ready.clear()
+
         try:
             while not ended:
                 item = await inflight.get()
@@ -1214,8 +1281,7 @@ class MllpListener:
                     header, future = item
                     if not future.done():
                         if ready:
-                            writer.write(b"".join(ready))
-                            ready.clear()
+                            write_ready()
                         await writer.drain()
                     outcome = await future
                     self.handled += 1
@@ -1225,8 +1291,7 @@ class MllpListener:
                     item = inflight.get_nowait()
                 ended = item is None
                 if ready:
-                    writer.write(b"".join(ready))
-                    ready.clear()
+                    write_ready()
                 await writer.drain()
         except (ConnectionError, OSError, ssl.SSLError) as exc:
             log.info("MLLP connection from %s lost while answering: %s", peer, exc)

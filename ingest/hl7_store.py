@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ingest.dedupe import Published
 from ingest.hl7_map import EncounterState
+from ingest.references import MERGED_SYSTEM
 from parcours.db.hl7_models import (
     Hl7EncounterRow,
     Hl7MessageCountRow,
@@ -122,10 +123,13 @@ class Hl7Store:
         identifiers: Sequence[tuple[str, str, str, str]],
         counts: Mapping[CountKey, int],
         published: Mapping[str, Sequence[Published]] | None = None,
+        merges: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
         """Store what a batch changed, in one transaction: the stays, versions, identifiers,
-        counts (added to the stored ones) and, per integrator, the records Kafka acknowledged in
-        `ingest_log` with the integrator's counters, as the HTTP gateway records its own."""
+        counts (added to the stored ones), per integrator the records Kafka acknowledged in
+        `ingest_log` with the integrator's counters, as the HTTP gateway records its own, and
+        the A40 merges (merged id → (surviving id, integrator)) where the gateway records its
+        own."""
         with self.engine.begin() as conn:
             for source, records in (published or {}).items():
                 log_rows = [
@@ -197,6 +201,19 @@ class Hl7Store:
                     "recorded_at": now,
                 }
                 for sys_, v, p, src in unique
+            ]
+            # The gateway's merge rows: a FHIR feed's records for the merged patient follow the
+            # merge, and neither side accepts a merge back (`merge-loop`).
+            index_rows += [
+                {
+                    "resource_type": "Patient",
+                    "system": MERGED_SYSTEM,
+                    "value": merged,
+                    "resource_id": into,
+                    "source": src[:64],
+                    "recorded_at": now,
+                }
+                for merged, (into, src) in (merges or {}).items()
             ]
             for start in range(0, len(index_rows), CHUNK):
                 upsert(

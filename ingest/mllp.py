@@ -10,11 +10,16 @@ One ACK per message, in order, on the connection it came from:
 - AR for a message type, trigger or version the listener does not take, for a sending
   facility (MSH-4) no integrator is allowed to send (`PARCOURS_MLLP_SENDERS`), and for a
   patient that belongs to another integrator (`ingest.ownership`, as the gateway's 403).
+- AE on MRG-1 for an A40 that merges a patient into one already merged into it, directly or
+  through others (the gateway's `merge-loop`: merges from A40s and from FHIR feeds are recorded
+  in the same table, the gateway's identifier index).
 
 The connection stays open after a NACK. Bytes outside an MLLP block are skipped; a message larger
 than the limit is answered AE and skipped to its end; a sender that takes longer than the frame
 timeout to finish a message, or stays silent past the idle timeout, is disconnected. Nothing a
-client sends stops the listener or delays other connections beyond the shared writer.
+client sends stops the listener or delays other connections beyond the shared writer. When every
+connection is taken, a new one closes the connection idle longest (never one reading a message or
+owing ACKs), so that idle connections cannot lock real senders out.
 
 Messages are parsed in worker processes (`PARCOURS_MLLP_PARSE_PROCESSES`, in chunks: at once
 while a worker is free, else what arrived meanwhile; 0 parses here), then go, in the order they
@@ -53,6 +58,7 @@ from ingest.entries import canonical_bytes
 from ingest.hl7_map import (
     ERR_INTERNAL,
     ERR_LOCKED,
+    ERR_UNKNOWN_KEY,
     AdtMessage,
     EncounterState,
     Hl7Rejection,
@@ -72,6 +78,8 @@ from ingest.hl7_store import CountKey, Hl7Store, ResourceVersion
 from ingest.outcome import BrokerUnavailable, Issue, Rejection
 from ingest.ownership import MAX_VALUE, Claim, OwnershipStore
 from ingest.publish import RECORD_ERRORS, Ack, Message, Publisher, collect_acks
+from ingest.references import IdentifierIndex, merged_into
+from parcours.fhir_refs import merge_loops
 from parcours.runtime import collect_seldom
 from parcours.settings import Settings
 
@@ -125,6 +133,8 @@ class MllpReader:
         self.idle_timeout_s = idle_timeout_s
         self.buffer = bytearray()
         self.skipped = 0
+        # Between the start of a block and its end: the sender is in the middle of a message.
+        self.in_frame = False
 
     async def _more(self, timeout: float) -> bool:
         try:
@@ -140,6 +150,7 @@ class MllpReader:
 
     async def next_frame(self) -> Frame | None:
         """The next block, or None at the end of the stream."""
+        self.in_frame = False
         loop = asyncio.get_running_loop()
         # Wait for the start of a block.
         while True:
@@ -152,6 +163,7 @@ class MllpReader:
             self.buffer.clear()
             if not await self._more(self.idle_timeout_s):
                 return None
+        self.in_frame = True
         deadline = loop.time() + self.frame_timeout_s
         head = b""
         oversized = False
@@ -229,6 +241,8 @@ class _Batch:
     # (system, value, patient id, integrator)
     identifiers: list[tuple[str, str, str, str]] = field(default_factory=list)
     places: set[Any] = field(default_factory=set)
+    # A40 merges: merged patient id → (surviving patient id, integrator)
+    merges: dict[str, tuple[str, str]] = field(default_factory=dict)
     outcomes: dict[int, Outcome] = field(default_factory=dict)
 
 
@@ -270,6 +284,8 @@ class AdtProcessor:
         self.store = Hl7Store(engine)
         # The HTTP gateway's rule: a patient belongs to the integrator that first wrote it.
         self.owners = OwnershipStore(engine) if ownership else None
+        # The merges recorded so far, by A40s and by FHIR feeds (`Patient.link` replaced-by).
+        self.index = IdentifierIndex(engine)
         self.publish_locations = publish_locations
         self.ingest_store = IngestStore(engine)
         self.publisher = publisher
@@ -404,6 +420,7 @@ class AdtProcessor:
             if self._versioned(batch, f"Patient/{old_id}", old_patient):
                 self._emit(batch, old_patient, old_id, pending)
             survivor: dict[str, Any] | None = patient_resource(patient, 0, replaces=(old_id,))
+            batch.merges[old_id] = (patient.patient_id, pending.integrator)
         else:
             pkey = f"Patient/{patient.patient_id}"
             known = batch.resources.get(pkey) or self._resources.get(pkey)
@@ -513,6 +530,39 @@ class AdtProcessor:
                 error_code=ERR_LOCKED,
             )
 
+    def _check_merges(self, pendings: list[Pending]) -> None:
+        """Refuse (AE, ERR on MRG-1) an A40 that merges a patient into one already merged into
+        it, directly or through others, by earlier messages of this batch, the batch before it
+        (maybe not stored yet) or what SQL recorded (A40s and FHIR feeds alike)."""
+        merges: dict[str, str] = {}
+        unstored = self._unstored.merges if self._unstored is not None else {}
+
+        def replacement(pid: str) -> str | None:
+            if pid in merges:
+                return merges[pid]
+            if pid in unstored:
+                return unstored[pid][0]
+            return merged_into(self.index.lookup, pid)
+
+        for p in pendings:
+            msg = p.msg
+            if msg is None or msg.merged_patient is None:
+                continue
+            merged, into = msg.merged_patient.patient_id, msg.patient.patient_id
+            if not merge_loops(merged, into, replacement):
+                merges[merged] = into
+                continue
+            p.msg = None
+            p.rejection = Hl7Rejection(
+                "AE",
+                "merge-loop",
+                f"le patient {into[:80]} est déjà fusionné dans le patient {merged[:80]} "
+                "(directement ou par d'autres) : les fusionner ferait une boucle",
+                "MRG",
+                1,
+                error_code=ERR_UNKNOWN_KEY,
+            )
+
     def prepare(self, pendings: list[Pending]) -> Prepared:
         """First half of a batch: check owners, record NACKs, apply the messages to the stays
         and hand their resources to the producer. The caches take the batch's result at once,
@@ -522,8 +572,9 @@ class AdtProcessor:
         prep = Prepared(pendings, now)
         try:
             self._check_owners(pendings)
+            self._check_merges(pendings)
         except Exception as exc:
-            log.exception("could not check who owns the patients")
+            log.exception("could not check who owns the patients, or their merges")
             for p in pendings:
                 if p.msg is not None:
                     p.msg = None
@@ -554,6 +605,7 @@ class AdtProcessor:
                 dict(batch.resources),
                 set(batch.places),
                 len(batch.identifiers),
+                dict(batch.merges),
             )
             try:
                 self._apply(batch, pendings[i])
@@ -563,6 +615,7 @@ class AdtProcessor:
                 del batch.records[mark[0] :]
                 batch.encounters, batch.resources, batch.places = mark[1], mark[2], mark[3]
                 del batch.identifiers[mark[4] :]
+                batch.merges = mark[5]
                 prep.outcomes[i] = _internal(f"erreur interne: {type(exc).__name__}")
         prep.batch = batch
         if batch.records:
@@ -622,6 +675,7 @@ class AdtProcessor:
                 batch.identifiers,
                 counts,
                 by_source,
+                batch.merges,
             )
         except Exception as exc:
             # Published but not stored: `invalidate` burns the versions, so that the sender's
@@ -719,7 +773,14 @@ class AdtProcessor:
             )
             if source is None:
                 continue  # anyone can connect: unknown senders are counted, not stored
-            status = 403 if rej.reason == "forbidden" else 400 if rej.ack_code == "AE" else 422
+            # The gateway's statuses: 400 a message that cannot be read (AE), 422 a merge loop
+            # (a rule, as the gateway's) and what the listener does not take (AR).
+            if rej.reason == "forbidden":
+                status = 403
+            elif rej.ack_code == "AR" or rej.reason == "merge-loop":
+                status = 422
+            else:
+                status = 400
             outcome = Rejection(
                 status,
                 rej.reason,
@@ -822,6 +883,31 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
+@dataclass(eq=False)
+class Connection:
+    """One open MLLP connection, as the listener sees it when it must make room for another."""
+
+    peer: Any
+    writer: asyncio.StreamWriter
+    mllp: MllpReader
+    # Loop time of its last ACK, else of its opening: bytes outside a block are no activity.
+    idle_since: float
+    # Messages read and not answered yet.
+    unanswered: int = 0
+
+    @property
+    def busy(self) -> bool:
+        """In the middle of a message, or owed ACKs: never closed to make room."""
+        return self.mllp.in_frame or self.unanswered > 0
+
+
+def idlest(connections: list[Connection], now: float, min_idle_s: float) -> Connection | None:
+    """The connection idle longest, if it has been idle at least `min_idle_s` (else None); a
+    busy one never is. The first opened wins a tie."""
+    idle = [c for c in connections if not c.busy and now - c.idle_since >= min_idle_s]
+    return min(idle, key=lambda c: c.idle_since, default=None)
+
+
 class MllpListener:
     """The asyncio server: connections, framing, ACKs; a writer thread does the I/O."""
 
@@ -837,7 +923,8 @@ class MllpListener:
         self.senders = sender_map(settings.mllp_senders)
         self.clock = clock
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
-        self.connections = 0
+        # In the order they were opened.
+        self.open_connections: list[Connection] = []
         self.server: asyncio.Server | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._finishing: asyncio.Task[bool] | None = None
@@ -1094,25 +1181,50 @@ class MllpListener:
         header, future = self.submit(payload, oversized)
         return header, await future
 
+    def _make_room(self, peer: Any, now: float) -> bool:
+        """Whether a new connection from `peer` may be served: there is room, or the connection
+        idle longest (for at least `mllp_evict_idle_s`) is closed to make some."""
+        if len(self.open_connections) < self.settings.mllp_max_connections:
+            return True
+        victim = idlest(self.open_connections, now, self.settings.mllp_evict_idle_s)
+        if victim is None:
+            log.warning(
+                "MLLP connection from %s refused: %d open, none idle",
+                peer,
+                len(self.open_connections),
+            )
+            return False
+        log.warning(
+            "MLLP connection from %s closed after %.0f s idle, to make room for %s",
+            victim.peer,
+            now - victim.idle_since,
+            peer,
+        )
+        self.open_connections.remove(victim)
+        # Its reader then meets the end of the stream, and its `_serve` ends as for any close.
+        victim.writer.close()
+        return True
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        if self.connections >= self.settings.mllp_max_connections:
-            log.warning("MLLP connection from %s refused: %d open", peer, self.connections)
+        now = asyncio.get_running_loop().time()
+        if not self._make_room(peer, now):
             writer.close()
             return
-        self.connections += 1
         mllp = MllpReader(
             reader,
             self.settings.mllp_max_message_bytes,
             self.settings.mllp_frame_timeout_s,
             self.settings.mllp_idle_timeout_s,
         )
+        conn = Connection(peer, writer, mllp, now)
+        self.open_connections.append(conn)
         # Most senders wait for each ACK; one that sends ahead gets its ACKs in order, with at
         # most MAX_IN_FLIGHT messages read before their ACK is written.
         inflight: asyncio.Queue[tuple[MessageHeader, asyncio.Future[Outcome]] | None] = (
             asyncio.Queue(MAX_IN_FLIGHT)
         )
-        acks = asyncio.create_task(self._write_acks(inflight, writer, peer))
+        acks = asyncio.create_task(self._write_acks(inflight, conn))
         try:
             while True:
                 try:
@@ -1122,6 +1234,7 @@ class MllpListener:
                     break
                 if got is None:
                     break
+                conn.unanswered += 1
                 await inflight.put(self.submit(got.payload, got.oversized))
         except (ConnectionError, OSError, ssl.SSLError) as exc:
             log.info("MLLP connection from %s lost: %s", peer, exc)
@@ -1132,7 +1245,8 @@ class MllpListener:
                 await inflight.put(None)
             with contextlib.suppress(Exception):
                 await acks
-            self.connections -= 1
+            if conn in self.open_connections:
+                self.open_connections.remove(conn)
             if mllp.skipped:
                 log.info(
                     "MLLP connection from %s: %d bytes outside blocks skipped", peer, mllp.skipped
@@ -1144,14 +1258,22 @@ class MllpListener:
     async def _write_acks(
         self,
         inflight: asyncio.Queue[tuple[MessageHeader, asyncio.Future[Outcome]] | None],
-        writer: asyncio.StreamWriter,
-        peer: Any,
+        conn: Connection,
     ) -> None:
         """Write each message's ACK, in the order the messages came, as answers arrive; the
         ACKs of messages answered together are written together."""
+        writer, peer = conn.writer, conn.peer
+        loop = asyncio.get_running_loop()
         ended = False
         # ACKs ready together go out in one write: the transport sends each write at once.
         ready: list[bytes] = []
+
+        def write_ready() -> None:
+            writer.write(b"".join(ready))
+            conn.unanswered -= len(ready)
+            conn.idle_since = loop.time()
+            ready.clear()
+
         try:
             while not ended:
                 item = await inflight.get()
@@ -1159,8 +1281,7 @@ class MllpListener:
                     header, future = item
                     if not future.done():
                         if ready:
-                            writer.write(b"".join(ready))
-                            ready.clear()
+                            write_ready()
                         await writer.drain()
                     outcome = await future
                     self.handled += 1
@@ -1170,8 +1291,7 @@ class MllpListener:
                     item = inflight.get_nowait()
                 ended = item is None
                 if ready:
-                    writer.write(b"".join(ready))
-                    ready.clear()
+                    write_ready()
                 await writer.drain()
         except (ConnectionError, OSError, ssl.SSLError) as exc:
             log.info("MLLP connection from %s lost while answering: %s", peer, exc)

@@ -54,7 +54,7 @@ from ingest.service import EntryResult, IngestResult, IngestService
 from parcours.db import upsert
 from parcours.db.ingest_models import IngestLogRow
 from parcours.db.reference_models import IdentifierIndexRow, PendingReferenceRow
-from parcours.fhir_refs import reference_to
+from parcours.fhir_refs import merge_loops, reference_to
 
 log = logging.getLogger(__name__)
 
@@ -524,22 +524,11 @@ def _shown(resource_type: str | None, ids: Iterable[str]) -> str:
     return f" ({', '.join(sorted(ids))})"
 
 
-def _merges_back(pid: str, own: Mapping[str, str], lookup: Lookup, steps: int = 32) -> bool:
-    """Whether following merges from `own[pid]` (this request's, then the recorded ones) comes
-    back to `pid`."""
-    current = own[pid]
-    for _ in range(steps):
-        if current == pid:
-            return True
-        nxt = own.get(current)
-        if nxt is None:
-            found = lookup({IdentifierKey("Patient", MERGED_SYSTEM, current)})
-            ids = next(iter(found.values()), set())
-            if len(ids) != 1:
-                return False
-            nxt = next(iter(ids))
-        current = nxt
-    return False
+def merged_into(lookup: Lookup, patient_id: str) -> str | None:
+    """The Patient a recorded merge says replaced `patient_id` (None when none, or several)."""
+    found = lookup({IdentifierKey("Patient", MERGED_SYSTEM, patient_id)})
+    ids = next(iter(found.values()), set())
+    return next(iter(ids)) if len(ids) == 1 else None
 
 
 def apply_merges(items: Sequence[Item], lookup: Lookup) -> dict[str, str]:
@@ -553,9 +542,13 @@ def apply_merges(items: Sequence[Item], lookup: Lookup) -> dict[str, str]:
             target = replaced_by(it.resource)
             if target and target != it.resource_id:
                 own[str(it.resource_id)] = target
+
+    def replacement(pid: str) -> str | None:
+        return own.get(pid) or merged_into(lookup, pid)
+
     for it in items:
         pid = str(it.resource_id)
-        if it.resource_type == "Patient" and pid in own and _merges_back(pid, own, lookup):
+        if it.resource_type == "Patient" and pid in own and merge_loops(pid, own[pid], replacement):
             # A loop of merges would leave each patient replaced by another, and no pathway.
             link, _ = replacing_link(it.resource or {}) or (0, "")
             it.reject(

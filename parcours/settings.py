@@ -116,6 +116,11 @@ class Settings(BaseSettings):
         default=600.0, description="A connection silent this long is closed."
     )
     mllp_max_connections: int = Field(default=64, description="Concurrent MLLP connections.")
+    mllp_evict_idle_s: float = Field(
+        default=5.0,
+        description="When every connection is taken, a new one closes the connection idle "
+        "longest (no message being read, no ACK owed) if it has been idle this long.",
+    )
     mllp_locations: bool = Field(
         default=True,
         description="Publish the Location hierarchy PV1-3 names; turn off when the "

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +20,11 @@ from hypothesis import strategies as st
 from kafka import KafkaConsumer, TopicPartition
 
 from dashboard.queries import hl7_messages
+from ingest.mllp import AdtProcessor, MllpListener
 from ingest.ownership import grant
+from ingest.publish import Publisher
 from parcours.broker import free_port
-from parcours.db import make_engine
+from parcours.db import make_engine, upgrade
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
 from tests.hl7_messages import MllpClient, ack_code, adt, err_location
@@ -207,6 +211,50 @@ def test_merge_moves_the_stay_to_the_surviving_patient(feed: Feed) -> None:
     )
 
 
+def test_a_merge_back_is_refused_on_mrg1_and_publishes_nothing(feed: Feed) -> None:
+    """A40 X into Y, then Y into X (directly, or through a chain of earlier A40s) would leave
+    each patient replaced by another: refused (AE on MRG-1) as the gateway's `merge-loop`."""
+    x, y = f"X{feed.run}", f"Y{feed.run}"
+    c = feed.client()
+    assert ack_code(c.send(adt("A40", ipp=y, merged_ipp=x, ins=None))) == "AA"
+    before = len(feed.raw_records())
+    back = adt("A40", ipp=x, merged_ipp=y, ins=None, control_id=f"LOOP{feed.run}")
+    ack = c.send(back)
+    assert (ack_code(ack), err_location(ack)) == ("AE", "MRG^1^1^1"), ack
+    assert "^merge-loop^HL70357" in ack, ack
+    assert len(feed.raw_records()) == before
+    # The connection stays open.
+    assert ack_code(c.send(adt("A08", ipp=y, nda=f"N{feed.run}", ins=None))) == "AA"
+
+    # Through a chain: A into B, B into C; then C into A is a loop, C into a new D is not.
+    a, b, cc, d = (f"{p}{feed.run}" for p in "ABCD")
+    assert ack_code(c.send(adt("A40", ipp=b, merged_ipp=a, ins=None))) == "AA"
+    assert ack_code(c.send(adt("A40", ipp=cc, merged_ipp=b, ins=None))) == "AA"
+    before = len(feed.raw_records())
+    ack = c.send(adt("A40", ipp=a, merged_ipp=cc, ins=None))
+    assert (ack_code(ack), err_location(ack)) == ("AE", "MRG^1^1^1"), ack
+    assert len(feed.raw_records()) == before
+    assert ack_code(c.send(adt("A40", ipp=d, merged_ipp=cc, ins=None))) == "AA"
+    c.close()
+
+    # Counted and listed in feed health with its reason, and dead-lettered.
+    refused = rows(
+        feed.db,
+        "SELECT http_status, reason, expression FROM ingest_rejections WHERE resource_id = :c",
+        c=f"LOOP{feed.run}",
+    )
+    assert refused == [(422, "merge-loop", "MRG-1")]
+    engine = make_engine(feed.db)
+    try:
+        table = hl7_messages(engine)
+    finally:
+        engine.dispose()
+    row = table[(table["integrator"] == "gam-test") & (table["trigger"] == "A40")].iloc[0]
+    assert row["AE"] >= 2 and "merge-loop" in row["reasons"]
+    dead = _dead_letters(feed.broker, feed.topics.deadletter)
+    assert sum(h.get("reason-code") == b"merge-loop" for h in dead) == 2
+
+
 def test_a_patient_of_another_integrator_is_refused_until_granted(feed: Feed) -> None:
     ipp, nda, other_nda = f"P{feed.run}", f"N{feed.run}", f"M{feed.run}"
     c = feed.client()
@@ -330,6 +378,122 @@ def test_framing_garbage_and_oversized_messages_do_not_stop_the_listener(feed: F
     assert any(
         h.get("reason-code") == b"too-large" and h.get("stage") == b"ingest-mllp" for h in dead
     )
+
+
+@pytest.fixture
+def small_listener(
+    broker: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> Iterator[tuple[int, Path]]:
+    """`parcours ingest mllp` alone, with room for 3 connections, making room by closing any
+    idle one; its port and log."""
+    topics = Topics.from_settings(Settings(topic_prefix=topic_prefix))
+    ensure_topics(broker, topics.all(), 4)
+    port = free_port()
+    env = worker_env(
+        broker,
+        pg_url,
+        topic_prefix,
+        PARCOURS_MLLP_PORT=str(port),
+        PARCOURS_MLLP_SENDERS=SENDERS,
+        PARCOURS_MLLP_MAX_CONNECTIONS="3",
+        PARCOURS_MLLP_EVICT_IDLE_S="0",
+        PARCOURS_LOG_LEVEL="INFO",
+    )
+    log = tmp_path / "mllp.log"
+    with parcours_process(["ingest", "mllp"], env, log) as listener:
+        # Not `_port_open`: a probe would take one of the 3 connections for a while.
+        wait_until(lambda: "MLLP listener on" in log.read_text(), timeout_s=60, what="the port")
+        yield port, log
+        assert listener.poll() is None, log.read_text()[-3000:]
+
+
+def test_idle_connections_do_not_lock_a_real_sender_out(small_listener: tuple[int, Path]) -> None:
+    """A sender that opens every connection the listener allows and sends nothing: the next
+    real sender gets in, in the place of the connection idle longest."""
+    port, log = small_listener
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(3)]
+    try:
+        run = uuid.uuid4().hex[:6]
+        c = MllpClient("127.0.0.1", port)
+        assert ack_code(c.send(adt("A01", ipp=f"P{run}", nda=f"N{run}"))) == "AA"
+        c.close()
+        # The first one opened was idle longest: closed by the listener.
+        assert idle[0].recv(1) == b""
+        evicted = f"127.0.0.1', {idle[0].getsockname()[1]})"
+        wait_until(lambda: evicted in log.read_text(), timeout_s=30, what="the eviction logged")
+        line = next(x for x in log.read_text().splitlines() if evicted in x)
+        assert " WARNING ingest.mllp: " in line and "to make room" in line, line
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_connection_reading_a_message_is_never_closed_to_make_room(
+    broker: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    db = f"sqlite:///{tmp_path / 'room.db'}"
+    upgrade(db)
+    settings = Settings(
+        database_url=db,
+        kafka_bootstrap_servers=broker,
+        topic_prefix=topic_prefix,
+        mllp_senders=json.loads(SENDERS),
+        mllp_max_connections=2,
+        mllp_evict_idle_s=0,
+        mllp_parse_processes=0,
+        mllp_locations=False,
+    )
+    ensure_topics(broker, Topics.from_settings(settings).all(), 2)
+    run = uuid.uuid4().hex[:6]
+    first = b"\x0b" + adt("A01", ipp=f"A{run}", nda=f"A{run}") + b"\x1c\r"
+    second = b"\x0b" + adt("A01", ipp=f"C{run}", nda=f"C{run}") + b"\x1c\r"
+
+    async def scenario() -> list[str]:
+        engine = make_engine(db)
+        publisher = Publisher(settings)
+        listener = MllpListener(settings, AdtProcessor(engine, publisher, publish_locations=False))
+        port = await listener.start("127.0.0.1", 0)
+
+        async def until(probe: Callable[[], bool], what: str) -> None:
+            deadline = time.monotonic() + 30
+            while not probe():
+                assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                await asyncio.sleep(0.01)
+
+        def busy() -> int:
+            return sum(c.busy for c in listener.open_connections)
+
+        try:
+            # A: the oldest connection, in the middle of a message; B: idle.
+            a_r, a_w = await asyncio.open_connection("127.0.0.1", port)
+            a_w.write(first[:50])
+            await until(lambda: busy() == 1, "A reading its message")
+            b_r, _b_w = await asyncio.open_connection("127.0.0.1", port)
+            await until(lambda: len(listener.open_connections) == 2, "B open")
+            # C takes B's place, not A's.
+            c_r, c_w = await asyncio.open_connection("127.0.0.1", port)
+            assert await asyncio.wait_for(b_r.read(), 20) == b""
+            # With A and C both in the middle of a message, D finds no room.
+            c_w.write(second[:50])
+            await until(lambda: busy() == 2, "C reading its message")
+            d_r, _d_w = await asyncio.open_connection("127.0.0.1", port)
+            assert await asyncio.wait_for(d_r.read(), 20) == b""
+            # A and C finish their messages on their connections.
+            a_w.write(first[50:])
+            c_w.write(second[50:])
+            acks = [
+                (await asyncio.wait_for(r.readuntil(b"\x1c\r"), 30)).decode("latin-1")
+                for r in (a_r, c_r)
+            ]
+            a_w.close()
+            c_w.close()
+            return acks
+        finally:
+            await listener.stop()
+            await asyncio.to_thread(publisher.close)
+            engine.dispose()
+
+    assert [ack_code(a) for a in asyncio.run(scenario())] == ["AA", "AA"]
 
 
 GARBAGE = st.lists(

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from ingest.mllp import Frame, FramingTimeout, MllpReader
+from ingest.mllp import Connection, Frame, FramingTimeout, MllpReader, idlest
 
 
 def frames(chunks: list[bytes], max_bytes: int = 100) -> list[Frame]:
@@ -59,3 +59,33 @@ def test_a_slow_sender_times_out() -> None:
 
     with pytest.raises(FramingTimeout):
         asyncio.run(go())
+
+
+def test_a_full_listener_makes_room_only_by_closing_an_idle_connection() -> None:
+    """The connection idle longest goes, if idle long enough; one reading a message or owed
+    ACKs never does, however long ago it began."""
+
+    async def go() -> None:
+        async def connection(
+            idle_since: float, data: bytes = b"", unanswered: int = 0
+        ) -> Connection:
+            reader = asyncio.StreamReader()
+            reader.feed_data(data)
+            mllp = MllpReader(reader, 100, frame_timeout_s=5, idle_timeout_s=5)
+            if data:
+                # Reads the start of a block and waits for the rest.
+                task = asyncio.create_task(mllp.next_frame())
+                while not mllp.in_frame:
+                    await asyncio.sleep(0)
+                task.cancel()
+            return Connection(("127.0.0.1", 1), None, mllp, idle_since, unanswered)  # type: ignore[arg-type]
+
+        reading = await connection(0.0, b"\x0bMSH|half")
+        owed = await connection(1.0, unanswered=1)
+        idle_a, idle_b = await connection(5.0), await connection(3.0)
+        assert reading.busy and owed.busy and not idle_a.busy
+        assert idlest([reading, owed, idle_a, idle_b], now=10.0, min_idle_s=5.0) is idle_b
+        assert idlest([reading, owed, idle_a, idle_b], now=7.0, min_idle_s=5.0) is None
+        assert idlest([reading, owed], now=100.0, min_idle_s=0.0) is None
+
+    asyncio.run(go())

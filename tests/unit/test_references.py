@@ -15,6 +15,7 @@ from ingest.references import (
     parse_criteria,
     resolve_bundle,
 )
+from parcours.fhir_refs import merge_loops
 
 SYN = "https://github.com/synthetichealth/synthea"
 NPI = "http://hl7.org/fhir/sid/us-npi"
@@ -325,3 +326,21 @@ def test_two_matching_patients_are_not_named_in_the_error() -> None:
     texts = [i.diagnostics for item in prepared.items for i in item.issues]
     assert any("2 resources" in t for t in texts), texts
     assert not any("theirs" in t for t in texts), texts
+
+
+@pytest.mark.parametrize(
+    ("merged", "into", "recorded", "loops"),
+    [
+        ("a", "b", {}, False),
+        ("a", "a", {}, True),
+        ("a", "b", {"b": "a"}, True),
+        ("a", "c", {"c": "b", "b": "a"}, True),
+        ("a", "c", {"c": "b", "b": "d"}, False),
+        # A loop elsewhere in the records is followed no further than the chain limit.
+        ("a", "b", {"b": "c", "c": "b"}, False),
+    ],
+)
+def test_a_merge_loops_when_the_merges_from_its_target_come_back(
+    merged: str, into: str, recorded: dict[str, str], loops: bool
+) -> None:
+    assert merge_loops(merged, into, recorded.get) is loops

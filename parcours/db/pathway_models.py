@@ -231,6 +231,16 @@ class LocationRow(Base):
     source_version: Mapped[str] = mapped_column(String(128))
 
 
+class OrganizationRow(Base):
+    """A FHIR Organization as last recorded: the name of a hospital known by its Organization."""
+
+    __tablename__ = "organizations"
+
+    organization_id: Mapped[str] = mapped_column(REF, primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(256))
+    source_version: Mapped[str] = mapped_column(String(128))
+
+
 class LocationOccupancyRow(Base):
     """Live occupancy of one unit: patients in it now (open stay periods) and its capacity."""
 

@@ -142,6 +142,8 @@ class Hierarchy:
 
     places: Mapping[str, Place] = field(default_factory=dict)
     capacity_overrides: Mapping[str, int] = field(default_factory=dict)
+    # Organization id → name: the name of a hospital that no Location names.
+    organizations: Mapping[str, str | None] = field(default_factory=dict)
     _units: dict[tuple[str, str | None, str | None], dict[str, Unit | None]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -246,7 +248,9 @@ class Hierarchy:
                 (p for p in mine if p.physical_type in ("si", "bu") and not p.part_of),
                 next((p for p in mine if not p.part_of), None),
             )
-        return found.name if found else None
+        if found is not None and found.name:
+            return found.name
+        return self.organizations.get(unit.unit_id) if unit.unit_type == HOSPITAL else None
 
     @cached_property
     def _index(self) -> tuple[dict[str, int], dict[str, list[str]]]:

@@ -208,6 +208,22 @@ class LocationRecorded:
         return type(self).__name__
 
 
+@dataclass(frozen=True)
+class OrganizationRecorded:
+    """An Organization was created or changed: a hospital known by its Organization id (the
+    Encounter's serviceProvider, a site Location's managingOrganization) is shown by its name.
+    Keyed by `Organization/<id>`."""
+
+    organization_id: str
+    name: str | None
+    source: SourceRef
+
+    @property
+    def kind(self) -> str:
+        """The event's name."""
+        return type(self).__name__
+
+
 # --- Walking skeleton: a plain record of every Encounter version ---------------------------------
 
 
@@ -234,7 +250,7 @@ class EncounterRecorded:
         return asdict(self)
 
 
-CanonicalEvent = PatientEvent | LocationRecorded | EncounterRecorded
+CanonicalEvent = PatientEvent | LocationRecorded | OrganizationRecorded | EncounterRecorded
 
 
 # --- JSON round trip of patient events (the pathway state stores its event log) ------------------

@@ -41,6 +41,7 @@ from streams.core.events import (
     HomeCareEnded,
     HomeCareStarted,
     LocationRecorded,
+    OrganizationRecorded,
     PatientAdmitted,
     PatientDied,
     PatientDischarged,
@@ -170,6 +171,15 @@ def _code(value: Any) -> str:
     return str(value)[:CODE_MAX]
 
 
+# The longest name kept (the width of the SQL columns that hold names).
+NAME_MAX = 256
+
+
+def _name(value: Any) -> str | None:
+    """A name as people read it, cut to what SQL keeps; None for anything but text."""
+    return value.strip()[:NAME_MAX] or None if isinstance(value, str) else None
+
+
 def _first_display(concept: Any) -> str | None:
     if isinstance(concept, list):
         concept = concept[0] if concept else None
@@ -177,9 +187,9 @@ def _first_display(concept: Any) -> str | None:
         return None
     for coding in concept.get("coding") or []:
         if isinstance(coding, dict) and coding.get("display"):
-            return str(coding["display"])
+            return _name(str(coding["display"]))
     text = concept.get("text")
-    return str(text) if text else None
+    return _name(str(text)) if text else None
 
 
 def _first_reference(refs: Any, *types: str) -> str | None:
@@ -707,7 +717,7 @@ def map_location(resource: dict[str, Any]) -> list[CanonicalEvent]:
     return [
         LocationRecorded(
             location_id=loc_id,
-            name=resource.get("name"),
+            name=_name(resource.get("name")),
             # Location types are codes of two or three letters (si, wa, ro, bd…).
             physical_type=(_first_code(resource.get("physicalType")) or "")[:16] or None,
             part_of=reference_to(resource.get("partOf"), "Location"),
@@ -723,9 +733,21 @@ def map_location(resource: dict[str, Any]) -> list[CanonicalEvent]:
     ]
 
 
+def map_organization(resource: dict[str, Any]) -> list[CanonicalEvent]:
+    """An Organization → OrganizationRecorded (its id and name), keyed by `Organization/<id>`."""
+    return [
+        OrganizationRecorded(
+            organization_id=_require_id(resource),
+            name=_name(resource.get("name")),
+            source=source_ref(resource),
+        )
+    ]
+
+
 MAPPERS: dict[str, Callable[[dict[str, Any]], list[CanonicalEvent]]] = {
     "Encounter": map_encounter,
     "Location": map_location,
+    "Organization": map_organization,
     "ServiceRequest": map_service_request,
     "Appointment": map_appointment,
     "EpisodeOfCare": map_episode_of_care,

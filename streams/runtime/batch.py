@@ -22,7 +22,13 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from parcours.settings import Settings
 from parcours.topics import partition_of_key
-from streams.core.events import CanonicalEvent, EncounterRecorded, LocationRecorded, PatientEvent
+from streams.core.events import (
+    CanonicalEvent,
+    EncounterRecorded,
+    LocationRecorded,
+    OrganizationRecorded,
+    PatientEvent,
+)
 from streams.core.fhir_map import MappingError, map_resource
 from streams.core.pathway import (
     AlertRaised,
@@ -164,6 +170,7 @@ class BatchOutcome:
     sink_batch: SinkBatch = field(default_factory=SinkBatch)
     raw_of: dict[str, list[RawMessage]] = field(default_factory=dict)
     location_raw: dict[str, list[RawMessage]] = field(default_factory=dict)
+    organization_raw: list[RawMessage] = field(default_factory=list)
     refused: bool = False  # the database refused some patients' rows
     rules_s: float = 0.0  # decoding and folding
     sql_s: float = 0.0  # the SQL transaction
@@ -310,6 +317,9 @@ class BatchProcessor:
                 elif isinstance(ev, LocationRecorded):
                     batch.locations.append(ev)
                     outcome.location_raw.setdefault(ev.location_id, []).append(msg)
+                elif isinstance(ev, OrganizationRecorded):
+                    batch.organizations.append(ev)
+                    outcome.organization_raw.append(msg)
                 elif isinstance(ev, EncounterRecorded):
                     batch.encounters.append(ev)
                     found = raw_of.setdefault(ev.patient_id, [])
@@ -398,6 +408,8 @@ class BatchProcessor:
             encounters.setdefault(enc.patient_id, []).append(enc)
         # The tree first: the patients' rows are placed in it.
         places = [_Part(SinkBatch(locations=evs), location=lid) for lid, evs in by_location.items()]
+        if batch.organizations:
+            places.append(_Part(SinkBatch(organizations=batch.organizations)))
         people = [
             _Part(
                 SinkBatch(patients=[p], encounters=encounters.pop(p.patient_id, [])), p.patient_id
@@ -466,8 +478,10 @@ class BatchProcessor:
                 self.sink.refused(part.batch.locations)
             except Exception as exc:  # then it is dead-lettered again at the next start
                 log.warning("refused Location not recorded: %s", describe_error(exc))
+        elif part.patient is None:
+            log.error("the database refused the batch's Organizations: %s", reason)
+            raw = outcome.organization_raw
         else:
-            assert part.patient is not None
             log.error("the database refused a patient's rows: %s", reason)
             outcome.refused = True
             outcome.states.pop(part.patient, None)
@@ -487,7 +501,8 @@ class _Refused(Exception):
 
 @dataclass
 class _Part:
-    """What the database may refuse on its own: one Location, or one patient's rows."""
+    """What the database may refuse on its own: one Location, one patient's rows, or (neither
+    named) the batch's Organizations."""
 
     batch: SinkBatch
     patient: str | None = None

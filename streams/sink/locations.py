@@ -18,11 +18,12 @@ from parcours.db.pathway_models import (
     EdVisitRow,
     LocationOccupancyRow,
     LocationRow,
+    OrganizationRow,
     SinkVersionRow,
     StayLocationRow,
 )
-from streams.core.census import UNKNOWN_HOSPITAL, WARD, Hierarchy
-from streams.core.events import LocationRecorded
+from streams.core.census import HOSPITAL, UNKNOWN_HOSPITAL, WARD, Hierarchy, Unit
+from streams.core.events import LocationRecorded, OrganizationRecorded
 from streams.sink.rows import (
     NEVER_HI,
     NEVER_LO,
@@ -85,8 +86,10 @@ class LocationTree:
     def load(self, conn: Connection) -> Hierarchy:
         """(Re)read the Location tree from SQL."""
         rows = conn.execute(select(table_of(LocationRow))).mappings().all()
+        org = table_of(OrganizationRow)
+        names = dict(conn.execute(select(org.c.organization_id, org.c.name)).all())
         self.hierarchy = Hierarchy(
-            {r["location_id"]: place_of(dict(r)) for r in rows}, self.capacity
+            {r["location_id"]: place_of(dict(r)) for r in rows}, self.capacity, names
         )
         self._tree_version = conn.scalar(select(_VERSION.c.version).where(_VERSION.c.name == TREE))
         self._loaded = True
@@ -117,6 +120,37 @@ class LocationTree:
         ward = hierarchy.units_of(hospital, location, ward_ref)[WARD]
         return hospital, ward.unit_id if ward else None, hierarchy.bed_of(location)
 
+    def apply_organizations(
+        self, conn: Connection, organizations: Sequence[OrganizationRecorded], result: SinkResult
+    ) -> Hierarchy:
+        """Store the Organizations of a batch; the hospitals they name take their names, on the
+        board too."""
+        if not organizations:
+            return self.hierarchy
+        rows = {
+            ev.organization_id: {
+                "organization_id": ev.organization_id,
+                "name": ev.name,
+                "source_version": ev.source.version,
+            }
+            for ev in organizations
+        }
+        bulk_write(conn, table_of(OrganizationRow), list(rows.values()), key=["organization_id"])
+        result.rows += len(rows)
+        old = self.hierarchy
+        names = {oid: row["name"] for oid, row in rows.items()}
+        if all(old.organizations.get(oid, "") == name for oid, name in names.items()):
+            return old
+        new = Hierarchy(old.places, self.capacity, {**old.organizations, **names})
+        self.hierarchy = new
+        self.changed(conn)
+        named = [
+            {"unit_type": HOSPITAL, "unit_id": oid, "name": new.name_of(Unit(HOSPITAL, oid, oid))}
+            for oid in names
+        ]
+        bulk_update(conn, table_of(LocationOccupancyRow), named, key=["unit_type", "unit_id"])
+        return new
+
     def apply(
         self,
         conn: Connection,
@@ -138,7 +172,7 @@ class LocationTree:
             return old
         places = dict(old.places)
         places.update({lid: place_of(rows[lid]) for lid in changed})
-        new = Hierarchy(places, self.capacity)
+        new = Hierarchy(places, self.capacity, old.organizations)
         self.hierarchy = new
         self.changed(conn)
         # Periods pointing at a changed place (or at a bed of a changed ward) resolve anew.

@@ -9,7 +9,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from streams.core.census import Period, Place
-from streams.core.events import CanonicalEvent, EncounterRecorded, LocationRecorded
+from streams.core.events import (
+    CanonicalEvent,
+    EncounterRecorded,
+    LocationRecorded,
+    OrganizationRecorded,
+)
 from streams.core.projection import PatientRows
 
 ALERT_MUTABLE = ("alert_type", "patient_id", "unit_id", "status", "raised_at", "resolved_at")
@@ -32,6 +37,7 @@ class SinkBatch:
 
     patients: list[PatientRows] = field(default_factory=list)
     locations: list[LocationRecorded] = field(default_factory=list)
+    organizations: list[OrganizationRecorded] = field(default_factory=list)
     encounters: list[EncounterRecorded] = field(default_factory=list)
     # A batch of a backlog: its census hours may be left to a later write (`SqlSink`).
     backlog: bool = False

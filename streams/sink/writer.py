@@ -49,7 +49,12 @@ from parcours.db.ingest_models import IngestRejectionRow
 from parcours.db.models import EncounterRow
 from parcours.db.pathway_models import StreamProgressRow
 from streams.core.census import Hierarchy
-from streams.core.events import CanonicalEvent, EncounterRecorded, LocationRecorded
+from streams.core.events import (
+    CanonicalEvent,
+    EncounterRecorded,
+    LocationRecorded,
+    OrganizationRecorded,
+)
 from streams.sink.census import (
     HORIZON,
     LOOKBACK,
@@ -152,6 +157,7 @@ class SqlSink:
             events = list(batch)
             batch = SinkBatch(
                 locations=[e for e in events if isinstance(e, LocationRecorded)],
+                organizations=[e for e in events if isinstance(e, OrganizationRecorded)],
                 encounters=[e for e in events if isinstance(e, EncounterRecorded)],
             )
         try:
@@ -191,6 +197,7 @@ class SqlSink:
     def _write(self, conn: Connection, batch: SinkBatch) -> SinkResult:
         result = SinkResult()
         windows: dict[str, Window] = {}
+        self.tree.apply_organizations(conn, batch.organizations, result)
         hierarchy = self.tree.apply(conn, batch.locations, windows, result)
 
         enc = encounter_rows(batch.encounters)

@@ -436,3 +436,68 @@ def test_a_stay_from_long_ago_is_counted_over_the_lookback_only(
         assert 48 <= old <= 50
         # Two units (hospital and ED) at most, per hour of the span and the horizon after it.
         assert total <= old * 2 + 3 * (span + timedelta(days=31)) / timedelta(hours=1)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_hospital_known_only_by_its_organization_is_shown_by_its_name(
+    backend: str, pg_url: str, tmp_path: Path, topic_prefix: str
+) -> None:
+    """Older Synthea sends no Location: the stay names its hospital by the Organization
+    (serviceProvider). The board shows the Organization's name, whether it came before the stay
+    or after it, and a later version renames it."""
+    from contextlib import nullcontext
+
+    from parcours.db import make_engine
+
+    p = topic_prefix
+
+    def organization(oid: str, name: str, version: str) -> dict[str, Any]:
+        return {
+            "resourceType": "Organization",
+            "id": f"{p}{oid}",
+            "meta": {"versionId": version},
+            "name": name,
+        }
+
+    def stay(eid: str, patient: str, oid: str) -> dict[str, Any]:
+        return {
+            "resourceType": "Encounter",
+            "id": f"{p}{eid}",
+            "meta": {"versionId": "1"},
+            "status": "in-progress",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+            "subject": {"reference": f"Patient/{p}{patient}"},
+            "serviceProvider": {"reference": f"Organization/{p}{oid}"},
+            "period": {"start": (datetime.now(UTC) - timedelta(hours=5)).isoformat()},
+        }
+
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'o.db'}"
+        upgrade(url)
+        database: Any = nullcontext(url)
+    else:
+        database = fresh_database(pg_url)
+    names = "SELECT unit_id, name FROM location_occupancy WHERE unit_type = 'hospital'"
+    with database as db:
+        processor = BatchProcessor(SqlSink(make_engine(db)), rules_from_settings(Settings()))
+        table: dict[str, Any] = {}
+        for batch in (
+            [organization("chu", "CHU de Rivemont", "1"), stay("s1", "a", "chu")],
+            [stay("s2", "b", "ch")],
+            [organization("ch", "Centre hospitalier de Belleau", "1")],
+        ):
+            outcome = processor.process(messages(batch), table.get)
+            assert outcome.rejects == []
+            table.update({pid: value for pid, (_, value) in outcome.states.items()})
+        assert dict(rows(db, names)) == {
+            f"{p}chu": "CHU de Rivemont",
+            f"{p}ch": "Centre hospitalier de Belleau",
+        }
+        # A new version renames it; a sink started afresh reads the names back from SQL.
+        outcome = processor.process(
+            messages([organization("ch", "CH de Belleau-sur-Mer", "2")]), table.get
+        )
+        assert dict(rows(db, names))[f"{p}ch"] == "CH de Belleau-sur-Mer"
+        fresh = BatchProcessor(SqlSink(make_engine(db)), rules_from_settings(Settings()))
+        fresh.process(messages([stay("s3", "c", "ch")]), {}.get)
+        assert dict(rows(db, names))[f"{p}ch"] == "CH de Belleau-sur-Mer"

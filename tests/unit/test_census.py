@@ -426,3 +426,15 @@ def test_census_slices_are_those_something_reaches_or_that_hold_stored_hours() -
     assert [
         first for first, _, _, _ in census_slices(closed, [], t(0), t(119), timedelta(hours=24))
     ] == [t(0), t(72)]
+
+
+def test_a_hospital_no_location_names_takes_its_organizations_name() -> None:
+    tree = Hierarchy(
+        places=TREE.places,
+        organizations={"org-chu": "CHU (Organization)", "org-ch": "CH de Belleau", "w": "Ward?"},
+    )
+    # The site Location's name first; else the Organization's; only for hospitals.
+    assert tree.name_of(HOSP) == "CHU"
+    assert tree.name_of(Unit("hospital", "org-ch", "org-ch")) == "CH de Belleau"
+    assert tree.name_of(Unit("ward", "w", "org-ch")) is None
+    assert tree.name_of(Unit("hospital", "nobody", "nobody")) is None

@@ -22,6 +22,7 @@ from streams.core.events import (
     HomeCareEnded,
     HomeCareStarted,
     LocationRecorded,
+    OrganizationRecorded,
     PatientAdmitted,
     PatientDied,
     PatientDischarged,
@@ -567,3 +568,21 @@ def test_codes_longer_than_the_columns_are_cut_not_left_to_sql() -> None:
     discharged = next(ev for ev in events if isinstance(ev, PatientDischarged))
     assert admitted.admit_source == "a" * 64
     assert discharged.disposition == "d" * 64
+
+
+def test_an_organization_gives_its_name_cut_to_what_sql_keeps() -> None:
+    [named] = map_resource(
+        {"resourceType": "Organization", "id": "ch1", "meta": {"versionId": "2"}, "name": " CH "}
+    )
+    assert isinstance(named, OrganizationRecorded)
+    assert (named.organization_id, named.name, named.source.resource_type) == (
+        "ch1",
+        "CH",
+        "Organization",
+    )
+    [long] = map_resource({"resourceType": "Organization", "id": "ch2", "name": "x" * 300})
+    assert isinstance(long, OrganizationRecorded) and long.name == "x" * 256
+    [odd] = map_resource({"resourceType": "Organization", "id": "ch3", "name": ["not", "text"]})
+    assert isinstance(odd, OrganizationRecorded) and odd.name is None
+    with pytest.raises(MappingError, match="id"):
+        map_resource({"resourceType": "Organization", "name": "no id"})

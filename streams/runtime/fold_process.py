@@ -206,6 +206,8 @@ def merge_outcomes(outcomes: list[BatchOutcome]) -> BatchOutcome:
             merged.location_raw.setdefault(lid, []).extend(raw)
         merged.sink_batch.patients.extend(o.sink_batch.patients)
         merged.sink_batch.locations.extend(o.sink_batch.locations)
+        merged.sink_batch.organizations.extend(o.sink_batch.organizations)
+        merged.organization_raw.extend(o.organization_raw)
         merged.sink_batch.encounters.extend(o.sink_batch.encounters)
         merged.rules_s = max(merged.rules_s, o.rules_s)
     return merged

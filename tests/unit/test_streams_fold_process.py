@@ -61,15 +61,17 @@ def test_the_fold_processes_fold_as_the_worker_does(processes: int, mixed: bool)
         by_patient = {p.patient_id: p for p in b.sink_batch.patients}
         assert by_patient == {p.patient_id: p for p in a.sink_batch.patients}
         assert len(by_patient) == len(b.sink_batch.patients)
-        for part in ("locations", "encounters"):
+        for part in ("locations", "organizations", "encounters"):
             mine, theirs = getattr(b.sink_batch, part), getattr(a.sink_batch, part)
             assert sorted(mine, key=repr) == sorted(theirs, key=repr)
+        assert len(b.organization_raw) == len(a.organization_raw)
         # The raw messages of each patient are the worker's own objects again.
         assert b.raw_of.keys() == a.raw_of.keys()
         for pid, raw in b.raw_of.items():
             assert [m.value for m in raw] == [m.value for m in a.raw_of[pid]]
             assert all(any(m is n for n in messages) for m in raw)
     assert any(r[1] == b"{not json" for o in there for r in o.rejects)
+    assert sum(len(o.sink_batch.organizations) for o in there) == 4  # the territory's hospitals
 
 
 def test_a_fold_process_that_is_gone_is_an_error() -> None:

@@ -10,7 +10,7 @@ daylight-saving change is 2 hours long.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -26,11 +26,12 @@ EARLIEST_CARE = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST_CARE = datetime(2100, 1, 1, tzinfo=UTC)
 
 
-def parse_fhir(value: object) -> datetime | None:
+def parse_fhir(value: object, zone: tzinfo = UTC) -> datetime | None:
     """A FHIR date/dateTime/instant as an aware datetime (None for None or '').
 
     A year or year-month (allowed by FHIR dateTime) is read as its first day; a date, which
-    carries no zone, as midnight UTC. A time without a zone breaks FHIR's rule and is read as UTC.
+    carries no zone, as its midnight in `zone` (the territory's, where it was written). A time
+    without a zone breaks FHIR's rule and is read as UTC.
     The result is in UTC: every instant then shares the one `UTC` object, which pickles and
     compares faster than an offset object per value.
     """
@@ -48,7 +49,11 @@ def parse_fhir(value: object) -> datetime | None:
     except ValueError as exc:
         raise TimeFormatError(f"{value!r} is not a FHIR dateTime") from exc
     if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
+        local = zone if len(text) == 10 else UTC
+        try:
+            return parsed.replace(tzinfo=local).astimezone(UTC)
+        except OverflowError as exc:  # 0001-01-01 in a zone east of UTC
+            raise TimeFormatError(f"{value!r} is out of range") from exc
     try:
         return parsed.astimezone(UTC)
     except OverflowError as exc:  # 9999-12-31T23:00:00-14:00 is after the last UTC year

@@ -16,7 +16,8 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from contextvars import ContextVar
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from parcours.fhir_codes import (
@@ -109,11 +110,16 @@ class MappingError(StreamsError):
 # --- Small readers -------------------------------------------------------------------------------
 
 
+# The zone in which `map_resource` reads a date without a time (the territory's).
+_DATE_ZONE: ContextVar[tzinfo] = ContextVar("date_zone", default=UTC)
+
+
 def parse_time(value: str | None) -> datetime | None:
     """A FHIR dateTime/instant as an aware datetime (`parcours.timeutil.parse_fhir`); a date-only
-    value is midnight UTC. Raises MappingError on text that is not a FHIR date or time."""
+    value is its midnight in the zone `map_resource` was given. Raises MappingError on text that
+    is not a FHIR date or time."""
     try:
-        return parse_fhir(value)
+        return parse_fhir(value, _DATE_ZONE.get())
     except TimeFormatError as exc:
         raise MappingError(str(exc)) from exc
 
@@ -755,8 +761,9 @@ MAPPERS: dict[str, Callable[[dict[str, Any]], list[CanonicalEvent]]] = {
 }
 
 
-def map_resource(resource: dict[str, Any]) -> list[CanonicalEvent]:
+def map_resource(resource: dict[str, Any], date_zone: tzinfo = UTC) -> list[CanonicalEvent]:
     """Any FHIR resource → canonical events (an empty list for types with no pathway meaning).
+    A date without a time (FHIR allows one in a dateTime) is its midnight in `date_zone`.
 
     Raises MappingError with a reason a person can act on when the resource cannot be mapped.
     """
@@ -765,11 +772,14 @@ def map_resource(resource: dict[str, Any]) -> list[CanonicalEvent]:
     mapper = MAPPERS.get(resource["resourceType"])
     if mapper is None:
         return []
+    token = _DATE_ZONE.set(date_zone)
     try:
         return mapper(resource)
     except (AttributeError, TypeError) as exc:
         # A malformed element (a string where FHIR has an object…) must dead-letter, not crash.
         raise MappingError(f"malformed {resource['resourceType']}: {exc}") from exc
+    finally:
+        _DATE_ZONE.reset(token)
 
 
 def patient_events(events: list[CanonicalEvent]) -> list[PatientEvent]:

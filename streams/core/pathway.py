@@ -110,6 +110,8 @@ class PathwayRules:
     appointment_grace: timedelta = timedelta(days=1)
     history_horizon: timedelta = timedelta(days=120)
     max_records: int = 200
+    # The territory's zone: a FHIR date without a time is its midnight there.
+    timezone: str = "UTC"
 
     def los_threshold(self, service: str | None, ward: str | None) -> timedelta:
         """The p90 length of stay that applies to a stay of `service` in `ward`."""

@@ -13,7 +13,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Protocol
 
 import orjson
@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from parcours.settings import Settings
+from parcours.timeutil import zone
 from parcours.topics import partition_of_key
 from streams.core.events import (
     CanonicalEvent,
@@ -131,6 +132,7 @@ def rules_from_settings(settings: Settings) -> PathwayRules:
         readmission=timedelta(days=settings.alert_readmission_days),
         los_p90={k: timedelta(days=v) for k, v in settings.alert_los_p90_days.items()},
         los_p90_default=timedelta(days=settings.alert_los_p90_default_days),
+        timezone=settings.timezone,
     )
 
 
@@ -177,9 +179,10 @@ class BatchOutcome:
 
 
 def decode_batch(
-    messages: Iterable[tuple[bytes | None, bytes]],
+    messages: Iterable[tuple[bytes | None, bytes]], date_zone: tzinfo = UTC
 ) -> tuple[list[CanonicalEvent], list[tuple[bytes | None, bytes, str]]]:
-    """Map raw (key, payload) messages to events; failures come back with their reason."""
+    """Map raw (key, payload) messages to events (a date without a time is its midnight in
+    `date_zone`); failures come back with their reason."""
     events: list[CanonicalEvent] = []
     rejects: list[tuple[bytes | None, bytes, str]] = []
     for key, payload in messages:
@@ -189,7 +192,7 @@ def decode_batch(
             rejects.append((key, payload, f"not valid JSON: {exc}"))
             continue
         try:
-            events.extend(map_resource(resource))
+            events.extend(map_resource(resource, date_zone))
         except (ValueError, MappingError) as exc:
             rejects.append((key, payload, str(exc)))
         except Exception as exc:
@@ -301,10 +304,11 @@ class BatchProcessor:
         """Decode a batch and group its patient events by patient, in offset order."""
         outcome = BatchOutcome()
         grouped = Grouped()
+        date_zone = zone(self.rules.timezone)
         raw_of = outcome.raw_of
         batch = outcome.sink_batch
         for msg in messages:
-            events, rejects = decode_batch([(msg.key, msg.value)])
+            events, rejects = decode_batch([(msg.key, msg.value)], date_zone)
             outcome.rejects.extend(rejects)
             outcome.events += len(events)
             for ev in events:

@@ -95,6 +95,7 @@ def test_synthea_bundles_end_in_sql_with_the_counts_of_the_files(
     resources = synthea_resources(shared_data)
     expected = expected_from_bundles(resources)
     assert len(expected["stays"]) == 126 and expected["ed"] == 77  # the data README's counts
+    organizations = len({r["id"] for r in resources if r["resourceType"] == "Organization"})
     produce(broker, topics.raw, resources)
 
     with fresh_database(pg_url) as db:
@@ -110,6 +111,7 @@ def test_synthea_bundles_end_in_sql_with_the_counts_of_the_files(
                     and count(db, "SELECT count(*) FROM community_visits") == expected["community"]
                     and count(db, "SELECT count(*) FROM pathway_states")
                     == len(expected["patients"])
+                    and count(db, "SELECT count(*) FROM organizations") == organizations
                     # The census hours a backlog left are recomputed once the worker is idle.
                     and count(db, "SELECT count(*) FROM census_pending") == 0
                 )
@@ -132,6 +134,13 @@ def test_synthea_bundles_end_in_sql_with_the_counts_of_the_files(
             assert hospital_rows > 0
             assert admissions == len(expected["stays"])
             assert ed_arrivals == expected["ed"]
+            # No Location either: each hospital is named after its Organization.
+            unnamed = count(
+                db,
+                "SELECT count(*) FROM location_occupancy WHERE unit_type = 'hospital'"
+                " AND name IS NULL",
+            )
+            assert unnamed == 0
             clean = snapshot(db, "")
 
             # The same input a second time changes nothing.

@@ -9,6 +9,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -328,10 +329,39 @@ def test_version_falls_back_to_last_updated_then_a_content_hash() -> None:
     assert map_resource(resource)[0].source.version != first
 
 
-def test_dates_without_a_time_are_midnight_utc() -> None:
+def test_dates_without_a_time_are_midnight_utc_unless_a_zone_is_given() -> None:
     assert parse_time("2026-01-12") == datetime(2026, 1, 12, tzinfo=UTC)
     assert parse_time("2026") == datetime(2026, 1, 1, tzinfo=UTC)
     assert parse_time("2026-01-12T08:15:00Z") == datetime(2026, 1, 12, 8, 15, tzinfo=UTC)
+
+
+def test_a_stay_given_by_dates_starts_and_ends_at_midnight_in_the_territory() -> None:
+    paris = ZoneInfo("Europe/Paris")
+    stay = {
+        "resourceType": "Encounter",
+        "id": "s-dates",
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "subject": {"reference": "Patient/p-dates"},
+        # Winter, then summer time: 23:00 and 22:00 UTC the day before.
+        "period": {"start": "2026-03-20", "end": "2026-04-02"},
+    }
+    events = map_resource(stay, paris)
+    admitted = next(ev for ev in events if isinstance(ev, PatientAdmitted))
+    discharged = next(ev for ev in events if isinstance(ev, PatientDischarged))
+    assert admitted.at == datetime(2026, 3, 19, 23, tzinfo=UTC)
+    assert discharged.at == datetime(2026, 4, 1, 22, tzinfo=UTC)
+    # A time, with its offset, is that instant whatever the zone; without a zone given, UTC.
+    stay["status"] = "in-progress"
+
+    def admitted_at(zone: ZoneInfo | None = None) -> datetime:
+        events = map_resource(stay, zone) if zone else map_resource(stay)
+        return next(ev.at for ev in events if isinstance(ev, PatientAdmitted))
+
+    stay["period"] = {"start": "2026-03-20T10:00:00+01:00"}
+    assert admitted_at(paris) == datetime(2026, 3, 20, 9, tzinfo=UTC)
+    stay["period"] = {"start": "2026-03-20"}
+    assert admitted_at() == datetime(2026, 3, 20, tzinfo=UTC)
 
 
 # --- Refusals: each names the element, so the dead letter says what to fix -----------------------

@@ -3,7 +3,9 @@
 The dedupe memory is the `ingest_log` table, so it survives a restart and is shared by every
 gateway process. The order is check → publish → record: a resource is recorded only after the
 broker acknowledged it, so a crash in between can at worst publish it twice (downstream is
-idempotent), never lose it.
+idempotent), never lose it. Each `v:` version (the integrator's `meta.versionId`) is stored with
+the digest of what it holds, so that a resend of that version with other content is told apart
+from a retry.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class Published:
     kafka_key: str
     partition: int
     offset: int
+    # `ingest.entries.content_digest` of a `v:` version; None for `h:` versions, whose name
+    # is already a hash of their content.
+    digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,17 +63,20 @@ class IngestStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def seen(self, keys: Iterable[DedupeKey]) -> set[DedupeKey]:
-        """The keys already published (by any gateway process, before or after a restart)."""
+    def seen(self, keys: Iterable[DedupeKey]) -> dict[DedupeKey, str | None]:
+        """The keys already published (by any gateway process, before or after a restart),
+        each with the digest of the content published under it (None for `h:` versions and
+        for rows stored before digests were kept)."""
         wanted = set(keys)
-        found: set[DedupeKey] = set()
+        found: dict[DedupeKey, str | None] = {}
         t = IngestLogRow.__table__
-        cols = (t.c.resource_type, t.c.resource_id, t.c.version)
+        cols = (t.c.resource_type, t.c.resource_id, t.c.version, t.c.digest)
         with self.engine.connect() as conn:
             # By resource (all its versions), then the versions asked for.
             for where in keyed(t, ("resource_type", "resource_id"), {k[:2] for k in wanted}):
-                rows = conn.execute(select(*cols).where(where))
-                found.update(key for r in rows if (key := (r[0], r[1], r[2])) in wanted)
+                for r in conn.execute(select(*cols).where(where)):
+                    if (key := (r[0], r[1], r[2])) in wanted:
+                        found[key] = r[3]
         return found
 
     def record(
@@ -79,8 +87,8 @@ class IngestStore:
         duplicates: int,
         rejected: Sequence[RejectionRecord],
     ) -> None:
-        """Store published keys and rejections and bump the source's counters, in one
-        transaction."""
+        """Store published keys (with their digests) and rejections and bump the source's
+        counters, in one transaction."""
         t = IngestLogRow.__table__
         rows = [
             {
@@ -92,6 +100,7 @@ class IngestStore:
                 "received_at": received_at,
                 "partition": p.partition,
                 "offset": p.offset,
+                "digest": p.digest,
             }
             for p in published
         ]

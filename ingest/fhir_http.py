@@ -45,6 +45,7 @@ ERROR_DOCS: dict[int | str, dict[str, Any]] = {
         401: "missing, unknown, revoked or expired bearer token",
         403: "a patient, resource or identifier system of another integrator",
         404: "unknown resource type",
+        409: "a meta.versionId already received for this resource with other content",
         408: "the body did not arrive in time",
         413: "body or resource too large",
         415: "unsupported Content-Type",

@@ -51,7 +51,8 @@ ERROR_DOCS: dict[int | str, dict[str, Any]] = {
         415: "unsupported Content-Type",
         422: "breaks the R4 definition or one of its invariants",
         429: "too many requests from this integrator; see Retry-After",
-        503: "Kafka or the database unavailable; see Retry-After",
+        503: "Kafka or the database unavailable, or the same version being published by "
+        "another request; see Retry-After",
     }.items()
 }
 

@@ -17,10 +17,10 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from ingest.bundle import patient_key
-from ingest.dedupe import DedupeKey, IngestStore, Published, RejectionRecord
+from ingest.dedupe import DedupeKey, IngestStore, Published, RejectionRecord, VersionBusy
 from ingest.entries import Item
 from ingest.metrics import IngestMetrics
 from ingest.outcome import (
@@ -28,6 +28,7 @@ from ingest.outcome import (
     BrokerUnavailable,
     Issue,
     Rejection,
+    http_issue,
     operation_outcome,
     safe_text,
 )
@@ -44,6 +45,8 @@ WHAT = {
     "system": "This identifier system",
     "owner": "This integrator's data",
 }
+# A request that met another one publishing the same version retries after this (seconds).
+BUSY_RETRY_AFTER_S = 1
 
 
 @dataclass
@@ -241,9 +244,10 @@ class IngestService:
     def reject(
         self, source: str | None, received_at: datetime, rej: Rejection, payload: bytes
     ) -> None:
-        """Record a refused request: SQL row, dead letter (raw payload + reason), counters."""
+        """Record a refused request: SQL row, dead letter (raw payload + reason), counters.
+        Refusals that are not about content (`rej.record` false) are only counted."""
         self.metrics.rejections.labels(source or "unknown", rej.reason).inc()
-        if source is not None:
+        if source is not None and rej.record:
             # Anonymous requests are neither stored nor dead-lettered: anyone could flood them.
             self._dead_letter(source, received_at, source, payload, rej)
             try:
@@ -366,7 +370,12 @@ class IngestService:
         """Keys already published, with their digests: in SQL, or acknowledged and not yet
         written there."""
         self._flush_pending()
-        found = self.store.seen(keys) if keys else {}
+        return self._stored(keys)
+
+    def _stored(
+        self, keys: list[DedupeKey], conn: Connection | None = None
+    ) -> dict[DedupeKey, str | None]:
+        found = self.store.seen(keys, conn) if keys else {}
         with self._pending_lock:
             found.update({k: self._pending_keys[k] for k in keys if k in self._pending_keys})
         return found
@@ -393,11 +402,13 @@ class IngestService:
         published: list[Published],
         duplicates: int,
         rejected: list[RejectionRecord],
+        conn: Connection | None = None,
     ) -> None:
-        """Write what was published; never raises, since the broker already acknowledged it
-        and the answer must be a 2xx. What SQL does not take is kept and retried."""
+        """Write what was published (on `conn`, which holds its versions, when given); never
+        raises, since the broker already acknowledged it and the answer must be a 2xx. What
+        SQL does not take is kept and retried."""
         try:
-            self.store.record(source, received_at, published, duplicates, rejected)
+            self.store.record(source, received_at, published, duplicates, rejected, conn=conn)
         except Exception as exc:
             log.error(
                 "could not write %d published keys to the ingest log (%s); kept in memory "
@@ -487,7 +498,73 @@ class IngestService:
             results.update(more_results)
             rejected += more_rejected
             to_publish = [p for p in to_publish if p not in set(refused)]
-        return self._publish(source, received_at, items, to_publish, results, rejected, atomic)
+
+        # Versions the integrator named are held from the last look at the log to their
+        # record, so that two requests never both publish one version with two contents.
+        versioned = [items[p].dedupe_key for p in to_publish if items[p].digest]
+        try:
+            with self.store.versions_locked(versioned) as conn:
+                if versioned:
+                    to_publish = self._recheck(
+                        source, received_at, items, to_publish, results, rejected, atomic, conn
+                    )
+                return self._publish(
+                    source, received_at, items, to_publish, results, rejected, atomic, conn
+                )
+        except VersionBusy as exc:
+            log.info("versions busy: %s", exc)
+            raise Rejection(
+                503,
+                "version-busy",
+                [
+                    http_issue(
+                        "Retry-After",
+                        "lock-error",
+                        "Une autre requête publie en ce moment la même version d'une de ces "
+                        "ressources (même meta.versionId) ; rien n'a été publié, renvoyez la "
+                        "requête. / Another request is publishing the same version of one of "
+                        "these resources (same meta.versionId); nothing was published, retry.",
+                    )
+                ],
+                headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
+                record=False,
+            ) from exc
+
+    def _recheck(
+        self,
+        source: str,
+        received_at: datetime,
+        items: Sequence[Item],
+        to_publish: list[int],
+        results: dict[int, EntryResult],
+        rejected: list[RejectionRecord],
+        atomic: bool,
+        conn: Connection | None,
+    ) -> list[int]:
+        """What is still to publish once its versions are held: another request may have
+        published one of them since the first look (a duplicate, or a conflict)."""
+        keys = [items[p].dedupe_key for p in to_publish if items[p].digest]
+        stored = self._stored(keys, conn)
+        if not stored:
+            return to_publish
+        late: list[int] = []
+        for pos in to_publish:
+            key = items[pos].dedupe_key
+            if key not in stored:
+                continue
+            if conflicting(items[pos], stored[key]):
+                version_conflict(items[pos])
+                late.append(pos)
+            else:
+                results[pos] = EntryResult(items[pos], 200)
+        if late:
+            self._refuse_if_atomic(items, atomic)
+            more_results, more_rejected = self._record_rejected(
+                source, received_at, items, late, earlier=len(rejected)
+            )
+            results.update(more_results)
+            rejected += more_rejected
+        return [p for p in to_publish if items[p].dedupe_key not in stored]
 
     def _publish(
         self,
@@ -498,8 +575,10 @@ class IngestService:
         results: dict[int, EntryResult],
         rejected: list[RejectionRecord],
         atomic: bool,
+        conn: Connection | None,
     ) -> IngestResult:
-        """Publish the items at `to_publish`, record them and give every item's result."""
+        """Publish the items at `to_publish`, record them (on `conn` when the versions are
+        held through it) and give every item's result."""
         self._dead_letter_rest(source, received_at, len(rejected))
         rejected = cap_rejections(rejected)
         acks: list[Ack | Exception] = []
@@ -558,7 +637,7 @@ class IngestService:
         duplicates = sum(1 for r in results.values() if r.status == 200)
         # Acknowledged records are remembered even when others failed, so a retry of the same
         # request publishes only what is missing.
-        self._record_published(source, received_at, published, duplicates, rejected)
+        self._record_published(source, received_at, published, duplicates, rejected, conn)
         self.metrics.broker_up.set(0 if failed else 1)
         tally = Counter(
             ("accepted" if r.status == 201 else "duplicate", r.item.resource_type or "")

@@ -6,15 +6,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from ingest.auth import create_token
+from ingest.dedupe import IngestStore, VersionBusy
 from parcours.db import make_engine
 from parcours.settings import Settings
 from parcours.topics import Topics
@@ -266,6 +270,60 @@ def test_a_changed_version_refuses_the_whole_transaction_naming_the_entry(env: E
     assert issue["expression"] == ["Bundle.entry[1].resource.meta.versionId"]
     assert raw_by_id(env, str(fresh["id"])) == []
     assert published_bodies(env, eid) == [first]
+
+
+def test_concurrent_writes_of_one_version_with_other_contents_get_one_2xx(env: Env) -> None:
+    pid = unique("p")
+    pairs = [
+        (versioned(eid, pid, "1"), versioned(eid, pid, "1", status="finished"))
+        for eid in (unique("e") for _ in range(8))
+    ]
+    requests = [resource for pair in pairs for resource in pair]
+    barrier = threading.Barrier(len(requests))
+
+    def send(resource: dict[str, object]) -> int:
+        with env.gw.client(env.token) as client:
+            content = json.dumps(resource)
+            barrier.wait()
+            path = f"/fhir/Encounter/{resource['id']}"
+            return client.put(path, content=content, headers={"Content-Type": FHIR}).status_code
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        statuses = list(pool.map(send, requests))
+    published = published_bodies(env, *(str(a["id"]) for a, _ in pairs))
+    for n, (a, b) in enumerate(pairs):
+        answers = statuses[2 * n : 2 * n + 2]
+        # One of the two got 201 and is what the topic holds; the other was refused (409, or
+        # 503 when it waited too long for the first), never told 2xx.
+        assert sorted(answers)[0] == 201 and sorted(answers)[1] in (409, 503), answers
+        winner = a if answers[0] == 201 else b
+        assert [r for r in published if r["id"] == a["id"]] == [winner]
+
+
+def test_a_version_is_held_by_one_writer_at_a_time(env: Env) -> None:
+    """The advisory locks that keep two gateway processes from publishing one version twice."""
+    engine = make_engine(env.pg_url, timeout_s=0.5)
+    store = IngestStore(engine)
+    key = ("Encounter", unique("e"), "v:1")
+
+    def take(keys: list[tuple[str, str, str]]) -> str:
+        with store.versions_locked(keys) as conn:
+            assert conn is not None
+        return "held"
+
+    try:
+        with ThreadPoolExecutor(1) as other:
+            with store.versions_locked([key]) as conn:
+                assert conn is not None
+                with pytest.raises(VersionBusy):
+                    other.submit(take, [("Encounter", unique("e"), "v:1"), key]).result()
+                assert other.submit(take, [("Encounter", unique("e"), "v:1")]).result() == "held"
+                # Recording what was published commits the transaction, which lets them go.
+                store.record(env.source, datetime.now(UTC), [], 0, [], conn=conn)
+                assert other.submit(take, [key]).result() == "held"
+            assert other.submit(take, [key]).result() == "held"
+    finally:
+        engine.dispose()
 
 
 def test_a_merge_resends_versioned_records_without_refusing_them(env: Env) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import select
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -307,11 +309,19 @@ class FlakyStore:
     def __init__(self) -> None:
         self.down = True
         self.rows: dict[tuple[str, str, str], str | None] = {}
+        self.locked: list[list[tuple[str, str, str]]] = []
 
-    def seen(self, keys: Any) -> dict[tuple[str, str, str], str | None]:
+    def seen(self, keys: Any, _conn: Any = None) -> dict[tuple[str, str, str], str | None]:
         return {k: self.rows[k] for k in keys if k in self.rows}
 
-    def record(self, _source: str, _at: Any, published: Any, _dup: int, _rej: Any) -> None:
+    @contextmanager
+    def versions_locked(self, keys: Any) -> Iterator[None]:
+        self.locked.append(list(keys))
+        yield None
+
+    def record(
+        self, _source: str, _at: Any, published: Any, _dup: int, _rej: Any, conn: Any = None
+    ) -> None:
         if self.down:
             raise ConnectionError("database gone")
         self.rows.update({p.key: p.digest for p in published})
@@ -420,6 +430,7 @@ def test_a_version_received_with_other_content_is_409_and_not_published() -> Non
     now = datetime.now(UTC)
     first = prepare_resource(versioned_location(name="A"), "Location")
     assert service.ingest("lab", now, [first], atomic=True).entries[0].status == 201
+    assert store.locked == [[first.dedupe_key]]
     again = prepare_resource(versioned_location(name="A"), "Location")
     assert service.ingest("lab", now, [again], atomic=True).entries[0].status == 200
     changed = prepare_resource(versioned_location(name="B"), "Location")
@@ -450,6 +461,57 @@ def test_a_version_acknowledged_but_not_yet_stored_keeps_its_digest() -> None:
     with pytest.raises(Rejection) as caught:
         service.ingest("lab", now, [changed], atomic=True)
     assert caught.value.status == 409
+
+
+class LateStore(FlakyStore):
+    """An ingest log where another request records the version between the first look and
+    the lock: the look under the lock must see it."""
+
+    def __init__(self, late: dict[tuple[str, str, str], str]) -> None:
+        super().__init__()
+        self.down = False
+        self.late = late
+
+    @contextmanager
+    def versions_locked(self, keys: Any) -> Iterator[None]:
+        self.rows.update(self.late)
+        yield None
+
+
+def test_a_version_published_meanwhile_is_seen_under_the_lock() -> None:
+    from ingest.entries import content_digest
+
+    service, _, publisher = conflict_service()
+    now = datetime.now(UTC)
+    same = prepare_resource(versioned_location(name="A"), "Location")
+    other = content_digest(versioned_location(name="B"))
+    service.store = LateStore({same.dedupe_key: same.digest})
+    assert service.ingest("lab", now, [same], atomic=True).entries[0].status == 200
+    service.store = LateStore({same.dedupe_key: other})
+    with pytest.raises(Rejection) as caught:
+        service.ingest(
+            "lab", now, [prepare_resource(versioned_location(name="A"), "Location")], True
+        )
+    assert caught.value.status == 409
+    service.store = LateStore({same.dedupe_key: other})
+    fresh = prepare_resource({"resourceType": "Location", "id": "l-new"}, "Location")
+    late = prepare_resource(versioned_location(name="A"), "Location")
+    result = service.ingest("lab", now, [fresh, late], atomic=False)
+    assert [e.status for e in result.entries] == [201, 409]
+    assert publisher.sent == [fresh.value]
+
+
+def test_process_locks_are_taken_whole_or_not_at_all() -> None:
+    from ingest.dedupe import KeyLocks, VersionBusy
+
+    locks = KeyLocks()
+    with locks.hold([1, 2], wait_s=0):
+        with locks.hold([3], wait_s=0):
+            pass
+        with pytest.raises(VersionBusy), locks.hold([3, 2], wait_s=0):
+            pass
+    with locks.hold([3, 2], wait_s=0):
+        pass
 
 
 JSON_VALUES = st.recursive(
@@ -580,7 +642,9 @@ class RecordingStore(FlakyStore):
         self.down = False
         self.rejected: list[Any] = []
 
-    def record(self, source: str, at: Any, published: Any, dup: int, rej: Any) -> None:
+    def record(
+        self, source: str, at: Any, published: Any, dup: int, rej: Any, conn: Any = None
+    ) -> None:
         super().record(source, at, published, dup, rej)
         self.rejected += rej
 

@@ -5,8 +5,9 @@ state (`ingest.gateway.Gateway`) and connects nothing at import; the endpoints l
 Order of checks for a write: bearer token (401) → rate (429) → resource type (404) → media type
 (415) → size (413) and body timeout (408) → JSON (400) → depth, characters, FHIR validation and
 invariants (400/413/422) → broker probe and topic check (503) → dedupe → ownership (403) →
-publish with acks=all (503 if Kafka does not acknowledge) → 201/200. Every error body is an
-OperationOutcome.
+version conflict (409) → the integrator's versions held, then looked up again (503 if another
+request holds them too long) → publish with acks=all (503 if Kafka does not acknowledge) →
+record → 201/200. Every error body is an OperationOutcome.
 """
 
 from __future__ import annotations

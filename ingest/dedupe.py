@@ -3,18 +3,25 @@
 The dedupe memory is the `ingest_log` table, so it survives a restart and is shared by every
 gateway process. The order is check → publish → record: a resource is recorded only after the
 broker acknowledged it, so a crash in between can at worst publish it twice (downstream is
-idempotent), never lose it.
+idempotent), never lose it. Each `v:` version (the integrator's `meta.versionId`) is stored with
+the digest of what it holds, so that a resend of that version with other content is told apart
+from a retry; `versions_locked` keeps two requests from publishing one version at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import hashlib
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, text, update
+from sqlalchemy.exc import DBAPIError
 
+from ingest.outcome import IngestError
 from parcours.db import upsert
 from parcours.db.bulk import keyed
 from parcours.db.ingest_models import IngestLogRow, IngestRejectionRow, IntegratorRow
@@ -22,6 +29,14 @@ from parcours.db.ingest_models import IngestLogRow, IngestRejectionRow, Integrat
 DedupeKey = tuple[str, str, str]
 # Keep IN lists short enough for every driver and planner.
 CHUNK = 500
+# How PostgreSQL ends a wait for advisory locks that stay held: lock_not_available
+# (lock_timeout), deadlock_detected, and query_canceled (statement_timeout, which the gateway's
+# engine sets equal to lock_timeout: the statement does nothing but wait for the locks).
+BUSY_CODES = frozenset({"55P03", "40P01", "57014"})
+# In order: the ids arrive sorted, so two requests never wait on each other in a cycle.
+LOCK_VERSIONS = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ids AS bigint[])) AS u(k)")
+# How long a process waits for its own locks where the database has no advisory locks.
+LOCAL_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +47,48 @@ class Published:
     kafka_key: str
     partition: int
     offset: int
+    # `ingest.entries.content_digest` of a `v:` version; None for `h:` versions, whose name
+    # is already a hash of their content.
+    digest: str | None = None
+
+
+class VersionBusy(IngestError):
+    """Another request is publishing one of these versions and did not finish in time."""
+
+
+def lock_id(key: DedupeKey) -> int:
+    """A signed 64-bit advisory lock id for a resource version."""
+    name = "\x1f".join(("parcours-ingest-version", *key)).encode()
+    return int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
+
+
+class KeyLocks:
+    """This process's locks on lock ids, for databases without advisory locks (SQLite, a
+    single process). A set of ids is taken whole or not at all, so holders never wait on each
+    other in a cycle."""
+
+    def __init__(self) -> None:
+        self._held: set[int] = set()
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, ids: Iterable[int], wait_s: float) -> Iterator[None]:
+        """Hold `ids` for the block; VersionBusy after `wait_s` if another holder keeps one."""
+        wanted = set(ids)
+        with self._changed:
+            if not self._changed.wait_for(lambda: not self._held & wanted, timeout=wait_s):
+                raise VersionBusy(f"{len(wanted)} version(s) still held after {wait_s:g} s")
+            self._held |= wanted
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._held -= wanted
+                self._changed.notify_all()
+
+
+# One per process: every store of the process shares it.
+LOCAL_LOCKS = KeyLocks()
 
 
 @dataclass(frozen=True)
@@ -55,21 +112,69 @@ class RejectionRecord:
 class IngestStore:
     """SQL access of the gateway (sync; called from worker threads)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, lock_wait_s: float = LOCAL_WAIT_S) -> None:
         self.engine = engine
+        self.lock_wait_s = lock_wait_s
 
-    def seen(self, keys: Iterable[DedupeKey]) -> set[DedupeKey]:
-        """The keys already published (by any gateway process, before or after a restart)."""
+    def seen(
+        self, keys: Iterable[DedupeKey], conn: Connection | None = None
+    ) -> dict[DedupeKey, str | None]:
+        """The keys already published (by any gateway process, before or after a restart),
+        each with the digest of the content published under it (None for `h:` versions and
+        for rows stored before digests were kept). Read on `conn` when given."""
         wanted = set(keys)
-        found: set[DedupeKey] = set()
+        if not wanted:
+            return {}
+        if conn is None:
+            with self.engine.connect() as own:
+                return self._seen(own, wanted)
+        return self._seen(conn, wanted)
+
+    @staticmethod
+    def _seen(conn: Connection, wanted: set[DedupeKey]) -> dict[DedupeKey, str | None]:
+        found: dict[DedupeKey, str | None] = {}
         t = IngestLogRow.__table__
-        cols = (t.c.resource_type, t.c.resource_id, t.c.version)
-        with self.engine.connect() as conn:
-            # By resource (all its versions), then the versions asked for.
-            for where in keyed(t, ("resource_type", "resource_id"), {k[:2] for k in wanted}):
-                rows = conn.execute(select(*cols).where(where))
-                found.update(key for r in rows if (key := (r[0], r[1], r[2])) in wanted)
+        cols = (t.c.resource_type, t.c.resource_id, t.c.version, t.c.digest)
+        # By resource (all its versions), then the versions asked for.
+        for where in keyed(t, ("resource_type", "resource_id"), {k[:2] for k in wanted}):
+            for r in conn.execute(select(*cols).where(where)):
+                if (key := (r[0], r[1], r[2])) in wanted:
+                    found[key] = r[3]
         return found
+
+    @contextlib.contextmanager
+    def versions_locked(self, keys: Iterable[DedupeKey]) -> Iterator[Connection | None]:
+        """Hold the versions `keys` against every other writer of them (any gateway process,
+        `push --direct`) for the block: between the last look at the ingest log and the
+        record of what was published, nobody else publishes them.
+
+        On PostgreSQL, transaction-level advisory locks on a connection yielded to the block:
+        `record(…, conn=)` commits it, which releases them (as does the end of the block). On
+        other databases, this process's own locks, and None is yielded. Raises VersionBusy when
+        another holder keeps one for longer than the lock timeout (the engine's
+        `lock_timeout`, else `lock_wait_s`)."""
+        ids = sorted({lock_id(k) for k in keys})
+        if not ids:
+            yield None
+            return
+        if self.engine.dialect.name != "postgresql":
+            with LOCAL_LOCKS.hold(ids, self.lock_wait_s):
+                yield None
+            return
+        with self.engine.connect() as conn:
+            try:
+                for start in range(0, len(ids), CHUNK):
+                    conn.execute(LOCK_VERSIONS, {"ids": ids[start : start + CHUNK]})
+            except DBAPIError as exc:
+                if getattr(exc.orig, "pgcode", None) in BUSY_CODES:
+                    raise VersionBusy(f"{len(ids)} version(s) held by another request") from exc
+                raise
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction():
+                    with contextlib.suppress(Exception):
+                        conn.rollback()
 
     def record(
         self,
@@ -78,9 +183,27 @@ class IngestStore:
         published: Sequence[Published],
         duplicates: int,
         rejected: Sequence[RejectionRecord],
+        conn: Connection | None = None,
     ) -> None:
-        """Store published keys and rejections and bump the source's counters, in one
-        transaction."""
+        """Store published keys (with their digests) and rejections and bump the source's
+        counters, in one transaction: on `conn` (from `versions_locked`), which it commits,
+        else on a connection of its own."""
+        if conn is None:
+            with self.engine.begin() as own:
+                self._record(own, source, received_at, published, duplicates, rejected)
+        else:
+            self._record(conn, source, received_at, published, duplicates, rejected)
+            conn.commit()
+
+    @staticmethod
+    def _record(
+        conn: Connection,
+        source: str,
+        received_at: datetime,
+        published: Sequence[Published],
+        duplicates: int,
+        rejected: Sequence[RejectionRecord],
+    ) -> None:
         t = IngestLogRow.__table__
         rows = [
             {
@@ -92,35 +215,35 @@ class IngestStore:
                 "received_at": received_at,
                 "partition": p.partition,
                 "offset": p.offset,
+                "digest": p.digest,
             }
             for p in published
         ]
-        with self.engine.begin() as conn:
-            for start in range(0, len(rows), CHUNK):
-                # A concurrent request may have published the same version: keep the first row.
-                upsert(
-                    conn,
-                    t,  # type: ignore[arg-type]
-                    rows[start : start + CHUNK],
-                    key=["resource_type", "resource_id", "version"],
-                    update=[],
-                )
-            if rejected:
-                conn.execute(
-                    insert(IngestRejectionRow.__table__),  # type: ignore[arg-type]
-                    [_rejection_row(r) for r in rejected],
-                )
-            it = IntegratorRow
-            conn.execute(
-                update(it)
-                .where(it.name == source)
-                .values(
-                    accepted_total=it.accepted_total + len(published),
-                    duplicate_total=it.duplicate_total + duplicates,
-                    rejected_total=it.rejected_total + sum(r.count for r in rejected),
-                    last_seen_at=received_at,
-                )
+        for start in range(0, len(rows), CHUNK):
+            # A concurrent request may have published the same version: keep the first row.
+            upsert(
+                conn,
+                t,  # type: ignore[arg-type]
+                rows[start : start + CHUNK],
+                key=["resource_type", "resource_id", "version"],
+                update=[],
             )
+        if rejected:
+            conn.execute(
+                insert(IngestRejectionRow.__table__),  # type: ignore[arg-type]
+                [_rejection_row(r) for r in rejected],
+            )
+        it = IntegratorRow
+        conn.execute(
+            update(it)
+            .where(it.name == source)
+            .values(
+                accepted_total=it.accepted_total + len(published),
+                duplicate_total=it.duplicate_total + duplicates,
+                rejected_total=it.rejected_total + sum(r.count for r in rejected),
+                last_seen_at=received_at,
+            )
+        )
 
     def record_rejections(self, rejected: Sequence[RejectionRecord]) -> None:
         """Store rejections of a request that published nothing (counters included)."""

@@ -46,6 +46,9 @@ class Item:
     key: str = ""
     version: str = ""
     value: bytes = b""
+    # What a `v:` version holds (`content_digest` of the resource as the integrator sent it);
+    # empty for `h:` versions, whose name is already their content's hash.
+    digest: str = ""
     # FHIRPath of the resource in its request (`Bundle.entry[2].resource`, `Encounter`).
     root: str = ""
 
@@ -67,6 +70,26 @@ class Item:
 def canonical_bytes(resource: dict[str, Any]) -> bytes:
     """Compact JSON with sorted keys: equal content gives equal bytes (and hash)."""
     return orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+
+
+# Elements that name or date a version rather than say what it holds.
+_NOT_CONTENT = ("versionId", "lastUpdated")
+
+
+def content_digest(resource: dict[str, Any]) -> str:
+    """SHA-256 of what a resource version holds: the resource without its `id` and the
+    `meta.versionId` and `meta.lastUpdated` that name and date the version (both are in its
+    key or may be stamped again at each send). Two sends of one version with the same digest
+    are one version; with different digests, two."""
+    body = {k: v for k, v in resource.items() if k != "id"}
+    meta = body.get("meta")
+    if isinstance(meta, dict):
+        rest = {k: v for k, v in meta.items() if k not in _NOT_CONTENT}
+        if rest:
+            body["meta"] = rest
+        else:
+            del body["meta"]
+    return hashlib.sha256(canonical_bytes(body)).hexdigest()
 
 
 def content_id(resource: dict[str, Any]) -> str:
@@ -91,6 +114,14 @@ def finalise(item: Item, resource: dict[str, Any]) -> None:
         f"v:{version_id}" if version_id else f"h:{hashlib.sha256(value).hexdigest()[:40]}"
     )
     item.value = value
+
+
+def as_sent(item: Item) -> None:
+    """Remember what a valid `v:` item holds as the integrator sent it (`Item.digest`), before
+    the gateway resolves its conditional references or moves it to a merged patient: a resend
+    of the same version must match it whatever the gateway has learnt since."""
+    if item.resource is not None and item.version.startswith("v:"):
+        item.digest = content_digest(item.resource)
 
 
 def describe(item: Item, body: Any, expected_type: str | None) -> None:
@@ -161,6 +192,7 @@ def prepare_resource(
     elif not resource.get("id"):
         resource["id"] = content_id(resource)
     finalise(item, resource)
+    as_sent(item)
     item.root = rtype
     size_issue(item, max_resource_bytes, rtype)
     return item
@@ -312,7 +344,7 @@ def _conflict_issues(items: list[Item], entries: list[dict[str, Any]]) -> None:
     """bdl-7 and one content per resource version: a later entry that repeats an earlier
     fullUrl, or gives other content for the same (type, id, version), is refused."""
     full_urls: dict[tuple[str, str], int] = {}
-    contents: dict[tuple[str, str, str], tuple[int, bytes]] = {}
+    contents: dict[tuple[str, str, str], tuple[int, str | bytes]] = {}
     for item in items:
         if not item.valid:
             continue
@@ -337,7 +369,7 @@ def _conflict_issues(items: list[Item], entries: list[dict[str, Any]]) -> None:
                 continue
             full_urls[key] = item.index
         seen = contents.get(item.dedupe_key)
-        if seen is not None and seen[1] != item.value:
+        if seen is not None and seen[1] != (item.digest or item.value):
             item.reject(
                 400,
                 "conflicting-entries",
@@ -351,7 +383,7 @@ def _conflict_issues(items: list[Item], entries: list[dict[str, Any]]) -> None:
                 ],
             )
             continue
-        contents.setdefault(item.dedupe_key, (item.index, item.value))
+        contents.setdefault(item.dedupe_key, (item.index, item.digest or item.value))
 
 
 def prepare_bundle(body: Any, max_resource_bytes: int = MAX_RESOURCE_BYTES) -> PreparedBundle:
@@ -457,6 +489,7 @@ def prepare_bundle(body: Any, max_resource_bytes: int = MAX_RESOURCE_BYTES) -> P
             describe(item, raw, None)
         else:
             finalise(item, resolved[index])
+            as_sent(item)
             size_issue(item, max_resource_bytes, root)
         items.append(item)
     _conflict_issues(items, entries)
@@ -487,4 +520,28 @@ def parse_ndjson(data: bytes, max_resource_bytes: int = MAX_RESOURCE_BYTES) -> l
                 for i in item.issues
             ]
         items.append(item)
+    _line_conflicts(items)
     return items
+
+
+def _line_conflicts(items: list[Item]) -> None:
+    """One content per resource version in an NDJSON file too: a later line that gives other
+    content for the same (type, id, versionId) is refused, as in a Bundle."""
+    first: dict[tuple[str, str, str], tuple[int, str]] = {}
+    for item in items:
+        if not item.valid or not item.digest:
+            continue
+        seen = first.setdefault(item.dedupe_key, (item.index, item.digest))
+        if seen[1] != item.digest:
+            item.reject(
+                400,
+                "conflicting-entries",
+                [
+                    Issue(
+                        "conflict",
+                        f"line {item.index}: line {seen[0]} gives other content for "
+                        f"{item.resource_type}/{item.resource_id} in the same version",
+                        (f"{item.root}.meta.versionId",),
+                    )
+                ],
+            )

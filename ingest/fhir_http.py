@@ -45,12 +45,14 @@ ERROR_DOCS: dict[int | str, dict[str, Any]] = {
         401: "missing, unknown, revoked or expired bearer token",
         403: "a patient, resource or identifier system of another integrator",
         404: "unknown resource type",
+        409: "a meta.versionId already received for this resource with other content",
         408: "the body did not arrive in time",
         413: "body or resource too large",
         415: "unsupported Content-Type",
         422: "breaks the R4 definition or one of its invariants",
         429: "too many requests from this integrator; see Retry-After",
-        503: "Kafka or the database unavailable; see Retry-After",
+        503: "Kafka or the database unavailable, or the same version being published by "
+        "another request; see Retry-After",
     }.items()
 }
 

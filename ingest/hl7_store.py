@@ -142,6 +142,7 @@ class Hl7Store:
                         "received_at": now,
                         "partition": p.partition,
                         "offset": p.offset,
+                        "digest": p.digest,
                     }
                     for p in records
                 ]

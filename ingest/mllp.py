@@ -54,7 +54,7 @@ from kafka.errors import KafkaError
 from sqlalchemy import Engine
 
 from ingest.dedupe import IngestStore, Published, RejectionRecord
-from ingest.entries import canonical_bytes
+from ingest.entries import canonical_bytes, content_digest
 from ingest.hl7_map import (
     ERR_INTERNAL,
     ERR_LOCKED,
@@ -235,7 +235,8 @@ class Pending:
 class _Batch:
     """What processing a batch produced, before it is published and stored."""
 
-    records: list[tuple[Message, tuple[str, str, str], str]] = field(default_factory=list)
+    # (record, dedupe key, integrator, content digest as the gateway computes it)
+    records: list[tuple[Message, tuple[str, str, str], str, str]] = field(default_factory=list)
     encounters: dict[str, EncounterState] = field(default_factory=dict)
     resources: dict[str, ResourceVersion] = field(default_factory=dict)
     # (system, value, patient id, integrator)
@@ -365,6 +366,9 @@ class AdtProcessor:
                 Message(key=key.encode(), value=canonical_bytes(resource), headers=headers),
                 (rtype, rid, f"v:{version}"),
                 pending.integrator,
+                # In the ingest log, so that a FHIR resend of this version with other content
+                # gets the gateway's 409 rather than a duplicate's 200.
+                content_digest(resource),
             )
         )
 
@@ -651,10 +655,10 @@ class AdtProcessor:
                 self.store.add_counts(counts, prep.now)
             return outcomes
         by_source: dict[str, list[Published]] = {}
-        for (message, dedupe, source), ack in zip(batch.records, acks, strict=True):
+        for (message, dedupe, source, digest), ack in zip(batch.records, acks, strict=True):
             assert isinstance(ack, Ack)
             by_source.setdefault(source, []).append(
-                Published(dedupe, message.key.decode(), ack.partition, ack.offset)
+                Published(dedupe, message.key.decode(), ack.partition, ack.offset, digest)
             )
         return self._store(prep, counts, by_source)
 

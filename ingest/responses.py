@@ -115,7 +115,8 @@ def capability_statement(
                 "documentation": (
                     "Write-only gateway: resources are validated (R4), deduplicated on "
                     "(type, id, meta.versionId or content hash) and published to Kafka keyed "
-                    f"by patient. Request bodies up to {max_body_bytes} bytes{resource_limit}, "
+                    "by patient; a meta.versionId already received with other content gets "
+                    f"409. Request bodies up to {max_body_bytes} bytes{resource_limit}, "
                     f"JSON nested at most {MAX_DEPTH} levels; strings without control "
                     "characters; per-1, dom-2, dom-3 and ref-1 enforced."
                 ),

@@ -17,10 +17,10 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from ingest.bundle import patient_key
-from ingest.dedupe import DedupeKey, IngestStore, Published, RejectionRecord
+from ingest.dedupe import DedupeKey, IngestStore, Published, RejectionRecord, VersionBusy
 from ingest.entries import Item
 from ingest.metrics import IngestMetrics
 from ingest.outcome import (
@@ -28,6 +28,7 @@ from ingest.outcome import (
     BrokerUnavailable,
     Issue,
     Rejection,
+    http_issue,
     operation_outcome,
     safe_text,
 )
@@ -44,6 +45,8 @@ WHAT = {
     "system": "This identifier system",
     "owner": "This integrator's data",
 }
+# A request that met another one publishing the same version retries after this (seconds).
+BUSY_RETRY_AFTER_S = 1
 
 
 @dataclass
@@ -68,12 +71,44 @@ class IngestResult:
 
 def merge_status(items: Sequence[Item]) -> int:
     """The HTTP status of a refused atomic Bundle: 403 if an entry writes what the integrator
-    may not, 413 if one is too large, 400 if one is malformed, else 422."""
+    may not, 409 if one gives other content for a version already received, 413 if one is too
+    large, 400 if one is malformed, else 422."""
     statuses = {i.status for i in items}
-    for status in (403, 413, 400):
+    for status in (403, 409, 413, 400):
         if status in statuses:
             return status
     return 422
+
+
+def conflicting(item: Item, stored: str | None) -> bool:
+    """True when `item` gives other content for an integrator's version already published
+    with `stored` as its digest. A version stored without digest (an `h:` one, or one stored
+    before digests were kept) conflicts with nothing."""
+    return bool(item.digest) and stored is not None and stored != item.digest
+
+
+def version_conflict(item: Item) -> None:
+    """Refuse (409) an item that gives other content for a version already received: FHIR's
+    answer to a version conflict that no If-Match header asked about (a 412 would say that a
+    precondition of the request failed)."""
+    version = item.version.removeprefix("v:")
+    what = f"{item.resource_type}/{item.resource_id}"
+    item.reject(
+        409,
+        "version-conflict",
+        [
+            Issue(
+                "conflict",
+                f"La version {version!r} de {what} a déjà été reçue avec un autre contenu ; "
+                "ce contenu n'a pas été publié. Envoyez-le comme une nouvelle version (un autre "
+                "meta.versionId), ou sans meta.versionId. / Version "
+                f"{version!r} of {what} was already received with other content; this content "
+                "was not published. Send it as a new version (another meta.versionId), or "
+                "without meta.versionId.",
+                (f"{item.root or item.resource_type}.meta.versionId",),
+            )
+        ],
+    )
 
 
 def cap_rejections(rejected: list[RejectionRecord]) -> list[RejectionRecord]:
@@ -160,7 +195,7 @@ class IngestService:
         # Records the broker acknowledged but SQL did not take (the database failed in
         # between): kept here, answered as duplicates, and written on a later request.
         self._pending: list[tuple[str, datetime, list[Published], int]] = []
-        self._pending_keys: set[DedupeKey] = set()
+        self._pending_keys: dict[DedupeKey, str | None] = {}
         self._pending_lock = threading.Lock()
 
     def _headers(self, source: str, received_at: datetime, item: Item) -> list[tuple[str, bytes]]:
@@ -209,9 +244,10 @@ class IngestService:
     def reject(
         self, source: str | None, received_at: datetime, rej: Rejection, payload: bytes
     ) -> None:
-        """Record a refused request: SQL row, dead letter (raw payload + reason), counters."""
+        """Record a refused request: SQL row, dead letter (raw payload + reason), counters.
+        Refusals that are not about content (`rej.record` false) are only counted."""
         self.metrics.rejections.labels(source or "unknown", rej.reason).inc()
-        if source is not None:
+        if source is not None and rej.record:
             # Anonymous requests are neither stored nor dead-lettered: anyone could flood them.
             self._dead_letter(source, received_at, source, payload, rej)
             try:
@@ -220,12 +256,18 @@ class IngestService:
                 log.warning("could not store a rejection: %s", type(exc).__name__)
 
     def check_ownership(
-        self, source: str, items: Sequence[Item], positions: list[int], atomic: bool
+        self,
+        source: str,
+        items: Sequence[Item],
+        positions: list[int],
+        atomic: bool,
+        unclaimed: Sequence[int] = (),
     ) -> list[int]:
         """Refuse (403) each item at `positions` that writes a patient, a resource or an
         identifier system that `source` may not write; return their positions. Then the
-        patients and resources nobody owns are claimed for `source`, unless the request is
-        all-or-nothing and something was refused (then nothing will be published)."""
+        patients and resources nobody owns are claimed for `source`, except by the items at
+        `unclaimed` (to be refused for another reason), and not at all when the request is
+        all-or-nothing and something was or will be refused (then nothing will be published)."""
         if self.owners is None:
             return []
         needs: dict[int, list[tuple[Claim, str]]] = {}
@@ -238,9 +280,14 @@ class IngestService:
         if not wanted:
             return []
         refused = self._refuse(source, items, needs, self.owners.forbidden(source, wanted))
-        if refused and atomic:
+        if (refused or unclaimed) and atomic:
             return refused
-        kept = {claim for pos, found in needs.items() if pos not in refused for claim, _ in found}
+        kept = {
+            claim
+            for pos, found in needs.items()
+            if pos not in refused and pos not in unclaimed
+            for claim, _ in found
+        }
         lost = self.owners.claim(source, kept)
         if lost:
             refused += self._refuse(
@@ -319,12 +366,18 @@ class IngestService:
                 self.store.record_rejections(cap_rejections(rejected))
             raise
 
-    def _seen(self, keys: list[DedupeKey]) -> set[DedupeKey]:
-        """Keys already published: in SQL, or acknowledged and not yet written there."""
+    def _seen(self, keys: list[DedupeKey]) -> dict[DedupeKey, str | None]:
+        """Keys already published, with their digests: in SQL, or acknowledged and not yet
+        written there."""
         self._flush_pending()
-        found = self.store.seen(keys) if keys else set()
+        return self._stored(keys)
+
+    def _stored(
+        self, keys: list[DedupeKey], conn: Connection | None = None
+    ) -> dict[DedupeKey, str | None]:
+        found = self.store.seen(keys, conn) if keys else {}
         with self._pending_lock:
-            found.update(k for k in keys if k in self._pending_keys)
+            found.update({k: self._pending_keys[k] for k in keys if k in self._pending_keys})
         return found
 
     def _flush_pending(self) -> None:
@@ -339,7 +392,8 @@ class IngestService:
                     self._pending[:0] = pending[n:]
                 return
             with self._pending_lock:
-                self._pending_keys.difference_update(p.key for p in entry[2])
+                for p in entry[2]:
+                    self._pending_keys.pop(p.key, None)
 
     def _record_published(
         self,
@@ -348,11 +402,13 @@ class IngestService:
         published: list[Published],
         duplicates: int,
         rejected: list[RejectionRecord],
+        conn: Connection | None = None,
     ) -> None:
-        """Write what was published; never raises, since the broker already acknowledged it
-        and the answer must be a 2xx. What SQL does not take is kept and retried."""
+        """Write what was published (on `conn`, which holds its versions, when given); never
+        raises, since the broker already acknowledged it and the answer must be a 2xx. What
+        SQL does not take is kept and retried."""
         try:
-            self.store.record(source, received_at, published, duplicates, rejected)
+            self.store.record(source, received_at, published, duplicates, rejected, conn=conn)
         except Exception as exc:
             log.error(
                 "could not write %d published keys to the ingest log (%s); kept in memory "
@@ -363,7 +419,7 @@ class IngestService:
             if published:
                 with self._pending_lock:
                     self._pending.append((source, received_at, published, duplicates))
-                    self._pending_keys.update(p.key for p in published)
+                    self._pending_keys.update({p.key: p.digest for p in published})
 
     @staticmethod
     def _refuse_if_atomic(items: Sequence[Item], atomic: bool) -> None:
@@ -371,9 +427,11 @@ class IngestService:
         invalid = [i for i in items if not i.valid]
         if atomic and invalid:
             issues = [issue for i in invalid for issue in i.issues]
-            first = invalid[0]
+            status = merge_status(invalid)
+            # The reason of the first entry refused with the status the request gets.
+            first = next((i for i in invalid if i.status == status), invalid[0])
             raise Rejection(
-                merge_status(invalid),
+                status,
                 first.reason,
                 issues,
                 resource_type=first.resource_type if len(items) == 1 else "Bundle",
@@ -386,18 +444,20 @@ class IngestService:
         """Publish the valid, new items and say what happened to each.
 
         Everything that can fail (validation, the broker probe and topic check, the dedupe
-        lookup, ownership) runs before the first record is sent; after the broker
-        acknowledged, nothing can turn the answer into an error. Atomic requests (transaction,
-        message, single resource) raise Rejection if any item is invalid or forbidden, and
-        BrokerUnavailable unless every new item was acknowledged. Other requests get per-item
-        statuses; they raise BrokerUnavailable only if nothing got through.
+        lookup, ownership, version conflicts) runs before the first record is sent; after the
+        broker acknowledged, nothing can turn the answer into an error. Atomic requests
+        (transaction, message, single resource) raise Rejection if any item is invalid,
+        forbidden or conflicts with a version already received, and BrokerUnavailable unless
+        every new item was acknowledged. Other requests get per-item statuses; they raise
+        BrokerUnavailable only if nothing got through.
         """
         self._refuse_if_atomic(items, atomic)
         results, rejected = self._record_rejected(
             source, received_at, items, [p for p, i in enumerate(items) if not i.valid]
         )
 
-        # The same version twice in one request is published once.
+        # The same version twice in one request is published once (prepare_bundle and
+        # parse_ndjson refused a second content for it).
         first_pos: dict[DedupeKey, int] = {}
         candidates: list[int] = []
         for pos, item in enumerate(items):
@@ -411,25 +471,116 @@ class IngestService:
         if candidates:
             # Before the dedupe log answers "duplicate" and before anything is published.
             self._broker_ready(rejected)
-        seen = self._seen([items[p].dedupe_key for p in candidates])
-        to_publish = [p for p in candidates if items[p].dedupe_key not in seen]
+        stored = self._seen([items[p].dedupe_key for p in candidates])
+        to_publish: list[int] = []
+        conflicts: list[int] = []
         for pos in candidates:
-            if items[pos].dedupe_key in seen:
+            key = items[pos].dedupe_key
+            if key not in stored:
+                to_publish.append(pos)
+            elif conflicting(items[pos], stored[key]):
+                conflicts.append(pos)
+            else:
                 results[pos] = EntryResult(items[pos], 200)
-        # A duplicate changes nothing, but answering it 200 when the resource is another
-        # integrator's would tell the sender what that integrator holds: it needs ownership too.
-        forbidden = self.check_ownership(source, items, candidates, atomic)
-        if forbidden:
+        # A duplicate changes nothing, but answering it 200 (or 409) when the resource is
+        # another integrator's would tell the sender what that integrator holds: it needs
+        # ownership too, and a 403 comes first.
+        forbidden = self.check_ownership(source, items, candidates, atomic, unclaimed=conflicts)
+        for pos in conflicts:
+            if pos not in forbidden:
+                version_conflict(items[pos])
+        refused = sorted({*forbidden, *conflicts})
+        if refused:
             self._refuse_if_atomic(items, atomic)
             more_results, more_rejected = self._record_rejected(
-                source, received_at, items, forbidden, earlier=len(rejected)
+                source, received_at, items, refused, earlier=len(rejected)
             )
             results.update(more_results)
             rejected += more_rejected
-            to_publish = [p for p in to_publish if p not in set(forbidden)]
+            to_publish = [p for p in to_publish if p not in set(refused)]
+
+        # Versions the integrator named are held from the last look at the log to their
+        # record, so that two requests never both publish one version with two contents.
+        versioned = [items[p].dedupe_key for p in to_publish if items[p].digest]
+        try:
+            with self.store.versions_locked(versioned) as conn:
+                if versioned:
+                    to_publish = self._recheck(
+                        source, received_at, items, to_publish, results, rejected, atomic, conn
+                    )
+                return self._publish(
+                    source, received_at, items, to_publish, results, rejected, atomic, conn
+                )
+        except VersionBusy as exc:
+            log.info("versions busy: %s", exc)
+            raise Rejection(
+                503,
+                "version-busy",
+                [
+                    http_issue(
+                        "Retry-After",
+                        "lock-error",
+                        "Une autre requête publie en ce moment la même version d'une de ces "
+                        "ressources (même meta.versionId) ; rien n'a été publié, renvoyez la "
+                        "requête. / Another request is publishing the same version of one of "
+                        "these resources (same meta.versionId); nothing was published, retry.",
+                    )
+                ],
+                headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
+                record=False,
+            ) from exc
+
+    def _recheck(
+        self,
+        source: str,
+        received_at: datetime,
+        items: Sequence[Item],
+        to_publish: list[int],
+        results: dict[int, EntryResult],
+        rejected: list[RejectionRecord],
+        atomic: bool,
+        conn: Connection | None,
+    ) -> list[int]:
+        """What is still to publish once its versions are held: another request may have
+        published one of them since the first look (a duplicate, or a conflict)."""
+        keys = [items[p].dedupe_key for p in to_publish if items[p].digest]
+        stored = self._stored(keys, conn)
+        if not stored:
+            return to_publish
+        late: list[int] = []
+        for pos in to_publish:
+            key = items[pos].dedupe_key
+            if key not in stored:
+                continue
+            if conflicting(items[pos], stored[key]):
+                version_conflict(items[pos])
+                late.append(pos)
+            else:
+                results[pos] = EntryResult(items[pos], 200)
+        if late:
+            self._refuse_if_atomic(items, atomic)
+            more_results, more_rejected = self._record_rejected(
+                source, received_at, items, late, earlier=len(rejected)
+            )
+            results.update(more_results)
+            rejected += more_rejected
+        return [p for p in to_publish if items[p].dedupe_key not in stored]
+
+    def _publish(
+        self,
+        source: str,
+        received_at: datetime,
+        items: Sequence[Item],
+        to_publish: list[int],
+        results: dict[int, EntryResult],
+        rejected: list[RejectionRecord],
+        atomic: bool,
+        conn: Connection | None,
+    ) -> IngestResult:
+        """Publish the items at `to_publish`, record them (on `conn` when the versions are
+        held through it) and give every item's result."""
         self._dead_letter_rest(source, received_at, len(rejected))
         rejected = cap_rejections(rejected)
-
         acks: list[Ack | Exception] = []
         if to_publish:
             started = time.perf_counter()
@@ -458,7 +609,11 @@ class IngestService:
         for pos, ack in zip(to_publish, acks, strict=True):
             item = items[pos]
             if isinstance(ack, Ack):
-                published.append(Published(item.dedupe_key, item.key, ack.partition, ack.offset))
+                published.append(
+                    Published(
+                        item.dedupe_key, item.key, ack.partition, ack.offset, item.digest or None
+                    )
+                )
                 results[pos] = EntryResult(item, 201)
             elif isinstance(ack, RECORD_ERRORS):
                 # The broker refused this record for what it is (its size): retrying cannot
@@ -482,7 +637,7 @@ class IngestService:
         duplicates = sum(1 for r in results.values() if r.status == 200)
         # Acknowledged records are remembered even when others failed, so a retry of the same
         # request publishes only what is missing.
-        self._record_published(source, received_at, published, duplicates, rejected)
+        self._record_published(source, received_at, published, duplicates, rejected, conn)
         self.metrics.broker_up.set(0 if failed else 1)
         tally = Counter(
             ("accepted" if r.status == 201 else "duplicate", r.item.resource_type or "")

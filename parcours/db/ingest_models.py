@@ -3,7 +3,8 @@
 - `integrators`: one row per feed (GP software, lab, SAMU…), its hashed bearer token and running
   counters the feed-health page reads.
 - `ingest_log`: one row per resource version published to the raw topic. Its key
-  (type, id, version) is the gateway's dedupe memory, so it survives restarts.
+  (type, id, version) is the gateway's dedupe memory, so it survives restarts; the digest of a
+  `v:` version's content tells a retry from other content sent under the same versionId.
 - `ingest_rejections`: every refused request or entry, with the OperationOutcome sent back.
 - `ingest_owners`: which integrator owns a patient (claimed by its first write) or an
   identifier system (assigned by an admin); `ingest_grants`: who else may write them.
@@ -51,6 +52,10 @@ class IngestLogRow(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     partition: Mapped[int] = mapped_column(Integer)
     offset: Mapped[int] = mapped_column(BigInteger)
+    # SHA-256 (hex) of what a `v:` version holds (`ingest.entries.content_digest`). None for
+    # `h:` versions (their name is their hash) and for rows stored before it was kept: a
+    # resend of those versions is a duplicate whatever it holds.
+    digest: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (Index("ix_ingest_log_source_received_at", "source", "received_at"),)
 

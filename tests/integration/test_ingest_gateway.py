@@ -6,15 +6,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from ingest.auth import create_token
+from ingest.dedupe import IngestStore, VersionBusy
 from parcours.db import make_engine
 from parcours.settings import Settings
 from parcours.topics import Topics
@@ -138,9 +142,8 @@ def test_create_then_resend_is_a_duplicate_published_once_with_headers(env: Env)
         )
         assert put.status_code == 201, put.text
         assert put.headers["etag"] == 'W/"2"'
-        v2_changed = {**v2, "status": "cancelled"}
         put_again = client.put(
-            f"/fhir/Encounter/{eid}", content=json.dumps(v2_changed), headers={"Content-Type": FHIR}
+            f"/fhir/Encounter/{eid}", content=json.dumps(v2), headers={"Content-Type": FHIR}
         )
         assert put_again.status_code == 200
 
@@ -154,6 +157,193 @@ def test_create_then_resend_is_a_duplicate_published_once_with_headers(env: Env)
         assert headers["received-at"].decode().endswith("+00:00")
     versions = sorted(dict(m.headers)["version"] for m in messages)
     assert versions[0].startswith(b"h:") and versions[1] == b"v:2"
+
+
+def versioned(eid: str, pid: str, version: str, **over: object) -> dict[str, object]:
+    """An Encounter carrying the integrator's own `meta.versionId`."""
+    return encounter(eid, pid, meta={"versionId": version}, **over)
+
+
+def put(env: Env, resource: dict[str, object]) -> object:
+    with env.gw.client(env.token) as client:
+        return client.put(
+            f"/fhir/{resource['resourceType']}/{resource['id']}",
+            content=json.dumps(resource),
+            headers={"Content-Type": FHIR},
+        )
+
+
+def conflict_issue(outcome: dict[str, object]) -> dict[str, object]:
+    """The one issue of a version conflict's OperationOutcome, checked for what it must say."""
+    assert outcome["resourceType"] == "OperationOutcome", outcome
+    (issue,) = outcome["issue"]  # type: ignore[misc]
+    assert issue["code"] == "conflict", issue
+    assert issue["details"]["coding"][0]["code"] == "version-conflict", issue
+    # In French first: send a new versionId, or none.
+    assert "nouvelle version" in issue["diagnostics"], issue
+    assert "meta.versionId" in issue["diagnostics"], issue
+    return issue  # type: ignore[no-any-return]
+
+
+def published_bodies(env: Env, *ids: str) -> list[dict[str, object]]:
+    return [json.loads(m.value) for m in raw_by_id(env, *ids)]  # type: ignore[attr-defined]
+
+
+def test_same_version_same_content_is_a_duplicate_published_once(env: Env) -> None:
+    eid, pid = unique("e"), unique("p")
+    first = versioned(eid, pid, "1")
+    assert put(env, first).status_code == 201  # type: ignore[attr-defined]
+    assert put(env, first).status_code == 200  # type: ignore[attr-defined]
+    assert post(env, "/fhir/Encounter", first).status_code == 200  # type: ignore[attr-defined]
+    # meta.lastUpdated is when the version was made, not what it holds: the same version.
+    stamped = {**first, "meta": {"versionId": "1", "lastUpdated": "2026-01-12T08:00:00+00:00"}}
+    assert put(env, stamped).status_code == 200  # type: ignore[attr-defined]
+    assert published_bodies(env, eid) == [first]
+
+
+def test_same_version_other_content_is_409_naming_meta_version_id(env: Env) -> None:
+    eid, pid = unique("e"), unique("p")
+    first = versioned(eid, pid, "1")
+    assert put(env, first).status_code == 201  # type: ignore[attr-defined]
+    changed = versioned(eid, pid, "1", status="finished")
+    refused = put(env, changed)
+    assert refused.status_code == 409, refused.text  # type: ignore[attr-defined]
+    assert conflict_issue(refused.json())["expression"] == ["Encounter.meta.versionId"]  # type: ignore[attr-defined]
+    refused = post(env, "/fhir/Encounter", changed)
+    assert refused.status_code == 409, refused.text  # type: ignore[attr-defined]
+    assert published_bodies(env, eid) == [first]
+
+    engine = make_engine(env.pg_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT http_status, expression FROM ingest_rejections "
+                "WHERE source = :s AND reason = 'version-conflict' AND resource_id = :i"
+            ),
+            {"s": env.source, "i": eid},
+        ).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [(409, "Encounter.meta.versionId")] * 2
+
+    # What the answer says to do works: a new versionId, or none (the content hash).
+    assert put(env, versioned(eid, pid, "2", status="finished")).status_code == 201  # type: ignore[attr-defined]
+    assert put(env, encounter(eid, pid, status="cancelled")).status_code == 201  # type: ignore[attr-defined]
+    # And the first content under its version is still a duplicate.
+    assert put(env, first).status_code == 200  # type: ignore[attr-defined]
+    assert len(raw_by_id(env, eid)) == 3
+
+
+def test_a_changed_version_in_a_batch_or_import_gets_its_own_409(env: Env) -> None:
+    eid, pid = unique("e"), unique("p")
+    first = versioned(eid, pid, "1")
+    assert put(env, first).status_code == 201  # type: ignore[attr-defined]
+    fresh, changed = encounter(unique("e"), pid), versioned(eid, pid, "1", status="finished")
+    answer = post(env, "/fhir", transaction([fresh, changed], btype="batch"))
+    assert answer.status_code == 200, answer.text  # type: ignore[attr-defined]
+    entries = answer.json()["entry"]  # type: ignore[attr-defined]
+    assert [e["response"]["status"] for e in entries] == ["201 Created", "409 Conflict"]
+    issue = conflict_issue(entries[1]["response"]["outcome"])
+    assert issue["expression"] == ["Bundle.entry[1].resource.meta.versionId"]
+    answer = post(env, "/fhir", transaction([first], btype="batch"))
+    assert answer.json()["entry"][0]["response"]["status"] == "200 OK"  # type: ignore[attr-defined]
+
+    other = encounter(unique("e"), pid)
+    lines = [json.dumps(other), json.dumps(changed)]
+    answer = post(env, "/fhir/$import", "\n".join(lines).encode(), ctype="application/fhir+ndjson")
+    entries = answer.json()["entry"]  # type: ignore[attr-defined]
+    assert [e["response"]["status"] for e in entries] == ["201 Created", "409 Conflict"]
+    assert conflict_issue(entries[1]["response"]["outcome"])["expression"] == [
+        "Encounter.meta.versionId"
+    ]
+    assert published_bodies(env, eid) == [first]
+    assert len(raw_by_id(env, str(fresh["id"]), str(other["id"]))) == 2
+
+
+def test_a_changed_version_refuses_the_whole_transaction_naming_the_entry(env: Env) -> None:
+    eid, pid = unique("e"), unique("p")
+    first = versioned(eid, pid, "1")
+    assert put(env, first).status_code == 201  # type: ignore[attr-defined]
+    fresh, changed = encounter(unique("e"), pid), versioned(eid, pid, "1", status="finished")
+    refused = post(env, "/fhir", transaction([fresh, changed]))
+    assert refused.status_code == 409, refused.text  # type: ignore[attr-defined]
+    issue = conflict_issue(refused.json())  # type: ignore[attr-defined]
+    assert issue["expression"] == ["Bundle.entry[1].resource.meta.versionId"]
+    assert raw_by_id(env, str(fresh["id"])) == []
+    assert published_bodies(env, eid) == [first]
+
+
+def test_concurrent_writes_of_one_version_with_other_contents_get_one_2xx(env: Env) -> None:
+    pid = unique("p")
+    pairs = [
+        (versioned(eid, pid, "1"), versioned(eid, pid, "1", status="finished"))
+        for eid in (unique("e") for _ in range(8))
+    ]
+    requests = [resource for pair in pairs for resource in pair]
+    barrier = threading.Barrier(len(requests))
+
+    def send(resource: dict[str, object]) -> int:
+        with env.gw.client(env.token) as client:
+            content = json.dumps(resource)
+            barrier.wait()
+            path = f"/fhir/Encounter/{resource['id']}"
+            return client.put(path, content=content, headers={"Content-Type": FHIR}).status_code
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        statuses = list(pool.map(send, requests))
+    published = published_bodies(env, *(str(a["id"]) for a, _ in pairs))
+    for n, (a, b) in enumerate(pairs):
+        answers = statuses[2 * n : 2 * n + 2]
+        # One of the two got 201 and is what the topic holds; the other was refused (409, or
+        # 503 when it waited too long for the first), never told 2xx.
+        assert sorted(answers)[0] == 201 and sorted(answers)[1] in (409, 503), answers
+        winner = a if answers[0] == 201 else b
+        assert [r for r in published if r["id"] == a["id"]] == [winner]
+
+
+def test_a_version_is_held_by_one_writer_at_a_time(env: Env) -> None:
+    """The advisory locks that keep two gateway processes from publishing one version twice."""
+    engine = make_engine(env.pg_url, timeout_s=0.5)
+    store = IngestStore(engine)
+    key = ("Encounter", unique("e"), "v:1")
+
+    def take(keys: list[tuple[str, str, str]]) -> str:
+        with store.versions_locked(keys) as conn:
+            assert conn is not None
+        return "held"
+
+    try:
+        with ThreadPoolExecutor(1) as other:
+            with store.versions_locked([key]) as conn:
+                assert conn is not None
+                with pytest.raises(VersionBusy):
+                    other.submit(take, [("Encounter", unique("e"), "v:1"), key]).result()
+                assert other.submit(take, [("Encounter", unique("e"), "v:1")]).result() == "held"
+                # Recording what was published commits the transaction, which lets them go.
+                store.record(env.source, datetime.now(UTC), [], 0, [], conn=conn)
+                assert other.submit(take, [key]).result() == "held"
+            assert other.submit(take, [key]).result() == "held"
+    finally:
+        engine.dispose()
+
+
+def test_a_merge_resends_versioned_records_without_refusing_them(env: Env) -> None:
+    """What a merged patient received is sent again by the gateway itself: its references
+    changed, but that is no integrator's conflict."""
+    old, new = unique("p"), unique("p")
+    assert put(env, {"resourceType": "Patient", "id": new}).status_code == 201  # type: ignore[attr-defined]
+    assert put(env, {"resourceType": "Patient", "id": old}).status_code == 201  # type: ignore[attr-defined]
+    eid = unique("e")
+    assert put(env, versioned(eid, old, "1")).status_code == 201  # type: ignore[attr-defined]
+    link = {"type": "replaced-by", "other": {"reference": f"Patient/{new}"}}
+    merged = {"resourceType": "Patient", "id": old, "link": [link]}
+    assert put(env, merged).status_code == 201  # type: ignore[attr-defined]
+    engine = make_engine(env.pg_url)
+    with engine.connect() as conn:
+        refused = conn.execute(
+            text("SELECT count(*) FROM ingest_rejections WHERE resource_id = :e"), {"e": eid}
+        ).scalar_one()
+    engine.dispose()
+    assert refused == 0
 
 
 def test_error_codes_name_the_failing_element_and_are_recorded(env: Env) -> None:

@@ -652,6 +652,48 @@ def valid_cases() -> Iterator[Case]:
     )
 
 
+def version_cases() -> Iterator[Case]:
+    """One content per integrator version: the same again is a duplicate, other content under
+    it is a 409 wherever it comes (alone, in a batch, a transaction or an NDJSON line)."""
+    lid = uid("l")
+    v1 = location(id=lid, meta={"versionId": "1"}, name="a")
+    changed = {**v1, "name": "b"}
+    yield one("version-first", "/fhir/Location", v1, {201})
+    yield one("version-same-again", "/fhir/Location", v1, {200})
+    stamped = {**v1, "meta": {"versionId": "1", "lastUpdated": "2026-01-12T08:00:00+00:00"}}
+    yield one("version-same-restamped", "/fhir/Location", stamped, {200})
+    yield one("version-other-content", "/fhir/Location", changed, {409})
+    yield one(
+        "version-other-content-put",
+        f"/fhir/Location/{lid}",
+        changed,
+        {409},
+        method="PUT",
+    )
+    yield one(
+        "version-other-content-batch",
+        "/fhir",
+        bundle("batch", entry(location()), entry(changed)),
+        {200},
+        entries=(201, 409),
+    )
+    yield one(
+        "version-other-content-transaction",
+        "/fhir",
+        bundle("transaction", entry(location()), entry(changed)),
+        {409},
+    )
+    yield one(
+        "version-other-content-import",
+        "/fhir/$import",
+        ndjson(location(), changed, v1),
+        {200},
+        content_type=NDJSON,
+        entries=(201, 409, 400),
+    )
+    yield one("version-next", "/fhir/Location", {**changed, "meta": {"versionId": "2"}}, {201})
+
+
 CASES: list[Case] = [
     *control_character_cases(),
     *odd_json_cases(),
@@ -663,6 +705,7 @@ CASES: list[Case] = [
     *envelope_http_cases(),
     *access_cases(),
     *valid_cases(),
+    *version_cases(),
 ]
 HYPOTHESIS_EXAMPLES = 60  # per generated test below (three of them)
 

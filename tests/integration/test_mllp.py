@@ -156,6 +156,14 @@ def test_admission_transfers_out_of_order_repeat_and_discharge(feed: Feed) -> No
     # The stay's versions were published keyed by the patient, like the HTTP gateway's.
     keys = {k for k, h in feed.raw_records() if h.get("resource-type") == b"Encounter"}
     assert keys == {ipp.encode()}
+    # Each version is in the gateway's ingest log with what it holds, so that a FHIR resend of
+    # it with other content is refused (409), not taken for a duplicate.
+    logged = rows(
+        feed.db,
+        "SELECT digest FROM ingest_log WHERE resource_type = 'Encounter' AND resource_id = :n",
+        n=nda,
+    )
+    assert len(logged) >= 4 and all(r[0] and len(r[0]) == 64 for r in logged), logged
     assert (
         count(feed.db, "SELECT count(*) FROM patient_identifiers WHERE patient_id = :p", p=ipp) == 2
     )

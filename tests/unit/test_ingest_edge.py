@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import select
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -306,15 +308,23 @@ class FlakyStore:
 
     def __init__(self) -> None:
         self.down = True
-        self.rows: set[tuple[str, str, str]] = set()
+        self.rows: dict[tuple[str, str, str], str | None] = {}
+        self.locked: list[list[tuple[str, str, str]]] = []
 
-    def seen(self, keys: Any) -> set[tuple[str, str, str]]:
-        return {k for k in keys if k in self.rows}
+    def seen(self, keys: Any, _conn: Any = None) -> dict[tuple[str, str, str], str | None]:
+        return {k: self.rows[k] for k in keys if k in self.rows}
 
-    def record(self, _source: str, _at: Any, published: Any, _dup: int, _rej: Any) -> None:
+    @contextmanager
+    def versions_locked(self, keys: Any) -> Iterator[None]:
+        self.locked.append(list(keys))
+        yield None
+
+    def record(
+        self, _source: str, _at: Any, published: Any, _dup: int, _rej: Any, conn: Any = None
+    ) -> None:
         if self.down:
             raise ConnectionError("database gone")
-        self.rows.update(p.key for p in published)
+        self.rows.update({p.key: p.digest for p in published})
 
     def record_rejections(self, _rejected: Any) -> None:
         if self.down:
@@ -358,6 +368,150 @@ def test_after_the_broker_acknowledged_the_answer_is_2xx_and_a_retry_publishes_n
     third = prepare_resource(encounter(id="e-pending"), "Encounter")
     assert service.ingest("lab", now, [third], atomic=True).entries[0].status == 200
     assert item.dedupe_key in store.rows and not service._pending_keys
+
+
+def versioned_location(version: str = "1", **over: Any) -> dict[str, Any]:
+    return {"resourceType": "Location", "id": "l-v", "meta": {"versionId": version}, **over}
+
+
+def test_what_a_version_holds_leaves_out_its_name_and_date() -> None:
+    from ingest.entries import content_digest
+
+    base = versioned_location(name="A")
+    same = [
+        {**base, "meta": {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00Z"}},
+        {**base, "meta": {"versionId": "7"}},
+        {k: v for k, v in base.items() if k != "meta"},
+        {**base, "id": "other"},
+    ]
+    assert {content_digest(r) for r in same} == {content_digest(base)}
+    other = [
+        {**base, "name": "B"},
+        {**base, "meta": {"versionId": "1", "tag": [{"code": "x"}]}},
+    ]
+    assert content_digest(base) not in {content_digest(r) for r in other}
+    # Only the integrator's versions carry a digest: an h: version is named by its content.
+    assert prepare_resource(base, "Location").digest == content_digest(base)
+    assert prepare_resource({"resourceType": "Location", "name": "A"}, "Location").digest == ""
+
+
+def test_an_ndjson_file_gives_one_content_per_version() -> None:
+    lines = [
+        versioned_location(name="A"),
+        versioned_location(name="B"),
+        versioned_location(name="A"),
+    ]
+    items = parse_ndjson(b"\n".join(json.dumps(r).encode() for r in lines))
+    assert [i.status for i in items] == [0, 400, 0]
+    assert items[1].reason == "conflicting-entries"
+    assert [e for i in items[1].issues for e in i.expression] == ["Location.meta.versionId"]
+    # meta.lastUpdated stamped again at each send is the same version.
+    stamped = versioned_location(
+        name="A", meta={"versionId": "1", "lastUpdated": "2026-01-01T00:00:00Z"}
+    )
+    items = parse_ndjson(b"\n".join(json.dumps(r).encode() for r in (lines[0], stamped)))
+    assert all(i.valid for i in items)
+
+
+def conflict_service() -> tuple[Any, FlakyStore, AckingPublisher]:
+    from ingest.metrics import IngestMetrics
+    from ingest.service import IngestService
+
+    publisher = AckingPublisher()
+    service = IngestService(None, publisher, IngestMetrics(), ownership=False)  # type: ignore[arg-type]
+    store = FlakyStore()
+    store.down = False
+    service.store = store  # type: ignore[assignment]
+    return service, store, publisher
+
+
+def test_a_version_received_with_other_content_is_409_and_not_published() -> None:
+    service, store, publisher = conflict_service()
+    now = datetime.now(UTC)
+    first = prepare_resource(versioned_location(name="A"), "Location")
+    assert service.ingest("lab", now, [first], atomic=True).entries[0].status == 201
+    assert store.locked == [[first.dedupe_key]]
+    again = prepare_resource(versioned_location(name="A"), "Location")
+    assert service.ingest("lab", now, [again], atomic=True).entries[0].status == 200
+    changed = prepare_resource(versioned_location(name="B"), "Location")
+    with pytest.raises(Rejection) as caught:
+        service.ingest("lab", now, [changed], atomic=True)
+    assert caught.value.status == 409 and caught.value.reason == "version-conflict"
+    assert [e for i in caught.value.issues for e in i.expression] == ["Location.meta.versionId"]
+    # Not atomic (batch, $import): that entry alone.
+    fresh = prepare_resource({"resourceType": "Location", "id": "l-new"}, "Location")
+    changed = prepare_resource(versioned_location(name="B"), "Location")
+    result = service.ingest("lab", now, [fresh, changed], atomic=False)
+    assert [e.status for e in result.entries] == [201, 409]
+    assert len(publisher.sent) == 2
+    # A version stored without digest (before digests were kept) stays a duplicate.
+    store.rows[first.dedupe_key] = None
+    changed = prepare_resource(versioned_location(name="B"), "Location")
+    assert service.ingest("lab", now, [changed], atomic=True).entries[0].status == 200
+    assert len(publisher.sent) == 2
+
+
+def test_a_version_acknowledged_but_not_yet_stored_keeps_its_digest() -> None:
+    service, store, _ = conflict_service()
+    store.down = True
+    now = datetime.now(UTC)
+    first = prepare_resource(versioned_location(name="A"), "Location")
+    assert service.ingest("lab", now, [first], atomic=True).entries[0].status == 201
+    changed = prepare_resource(versioned_location(name="B"), "Location")
+    with pytest.raises(Rejection) as caught:
+        service.ingest("lab", now, [changed], atomic=True)
+    assert caught.value.status == 409
+
+
+class LateStore(FlakyStore):
+    """An ingest log where another request records the version between the first look and
+    the lock: the look under the lock must see it."""
+
+    def __init__(self, late: dict[tuple[str, str, str], str]) -> None:
+        super().__init__()
+        self.down = False
+        self.late = late
+
+    @contextmanager
+    def versions_locked(self, keys: Any) -> Iterator[None]:
+        self.rows.update(self.late)
+        yield None
+
+
+def test_a_version_published_meanwhile_is_seen_under_the_lock() -> None:
+    from ingest.entries import content_digest
+
+    service, _, publisher = conflict_service()
+    now = datetime.now(UTC)
+    same = prepare_resource(versioned_location(name="A"), "Location")
+    other = content_digest(versioned_location(name="B"))
+    service.store = LateStore({same.dedupe_key: same.digest})
+    assert service.ingest("lab", now, [same], atomic=True).entries[0].status == 200
+    service.store = LateStore({same.dedupe_key: other})
+    with pytest.raises(Rejection) as caught:
+        service.ingest(
+            "lab", now, [prepare_resource(versioned_location(name="A"), "Location")], True
+        )
+    assert caught.value.status == 409
+    service.store = LateStore({same.dedupe_key: other})
+    fresh = prepare_resource({"resourceType": "Location", "id": "l-new"}, "Location")
+    late = prepare_resource(versioned_location(name="A"), "Location")
+    result = service.ingest("lab", now, [fresh, late], atomic=False)
+    assert [e.status for e in result.entries] == [201, 409]
+    assert publisher.sent == [fresh.value]
+
+
+def test_process_locks_are_taken_whole_or_not_at_all() -> None:
+    from ingest.dedupe import KeyLocks, VersionBusy
+
+    locks = KeyLocks()
+    with locks.hold([1, 2], wait_s=0):
+        with locks.hold([3], wait_s=0):
+            pass
+        with pytest.raises(VersionBusy), locks.hold([3, 2], wait_s=0):
+            pass
+    with locks.hold([3, 2], wait_s=0):
+        pass
 
 
 JSON_VALUES = st.recursive(
@@ -488,7 +642,9 @@ class RecordingStore(FlakyStore):
         self.down = False
         self.rejected: list[Any] = []
 
-    def record(self, source: str, at: Any, published: Any, dup: int, rej: Any) -> None:
+    def record(
+        self, source: str, at: Any, published: Any, dup: int, rej: Any, conn: Any = None
+    ) -> None:
         super().record(source, at, published, dup, rej)
         self.rejected += rej
 

@@ -33,7 +33,10 @@ other criteria are refused with a message that says so.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -45,11 +48,13 @@ from urllib.parse import unquote
 
 import orjson
 from kafka import KafkaConsumer, TopicPartition
-from sqlalchemy import Engine, Table, and_, select, update
+from sqlalchemy import Engine, Table, and_, select, text, update
+from sqlalchemy.exc import DBAPIError
 
+from ingest.dedupe import BUSY_CODES, LOCAL_WAIT_S
 from ingest.entries import Item, PreparedBundle, finalise, prepare_resource
 from ingest.metrics import IngestMetrics
-from ingest.outcome import Issue
+from ingest.outcome import Issue, Rejection, http_issue
 from ingest.service import EntryResult, IngestResult, IngestService
 from parcours.db import upsert
 from parcours.db.ingest_models import IngestLogRow
@@ -779,6 +784,58 @@ class IdentifierIndex:
             ]
 
 
+# The advisory lock every gateway process takes around a merge of Patients (PostgreSQL), and this
+# process's own lock elsewhere.
+MERGE_LOCK_ID = int.from_bytes(
+    hashlib.sha256(b"parcours-ingest-merges").digest()[:8], "big", signed=True
+)
+_LOCAL_MERGE_LOCK = threading.Lock()
+MERGE_RETRY_AFTER_S = 1
+
+
+@contextlib.contextmanager
+def merges_locked(engine: Engine, wait_s: float = LOCAL_WAIT_S) -> Iterator[None]:
+    """Hold the lock of Patient merges for the block: at most one request merges at a time.
+    Merges are rare; a request that waits longer than the database's lock timeout (or `wait_s`)
+    is answered 503 with Retry-After, having published nothing."""
+    busy = Rejection(
+        503,
+        "merge-busy",
+        [
+            http_issue(
+                "Retry-After",
+                "lock-error",
+                "Une autre requête fusionne des patients en ce moment ; rien n'a été publié, "
+                "renvoyez la requête. / Another request is merging patients; nothing was "
+                "published, retry.",
+            )
+        ],
+        headers={"Retry-After": str(MERGE_RETRY_AFTER_S)},
+        record=False,
+    )
+    if engine.dialect.name != "postgresql":
+        if not _LOCAL_MERGE_LOCK.acquire(timeout=wait_s):
+            raise busy
+        try:
+            yield
+        finally:
+            _LOCAL_MERGE_LOCK.release()
+        return
+    with engine.connect() as conn:
+        try:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MERGE_LOCK_ID})
+        except DBAPIError as exc:
+            if getattr(exc.orig, "pgcode", None) in BUSY_CODES:
+                raise busy from exc
+            raise
+        try:
+            yield
+        finally:
+            # The end of the transaction releases the lock.
+            with contextlib.suppress(Exception):
+                conn.rollback()
+
+
 class ReferenceResolver:
     """Resolves a Bundle against the identifier index, publishes through the ingest service,
     then records what it learnt (identifiers accepted, references deferred)."""
@@ -819,7 +876,36 @@ class ReferenceResolver:
         context: str = "bundle",
     ) -> IngestResult:
         """`service.ingest` for items (a Bundle's, one resource, NDJSON lines) whose conditional
-        references, creates (`requests[i].ifNoneExist`) and updates are resolved first."""
+        references, creates (`requests[i].ifNoneExist`) and updates are resolved first.
+
+        Items that merge Patients hold the merge lock from the check for a loop to the record
+        of the merge: two opposite merges sent at once cannot both pass (the second sees the
+        first's record and is refused `merge-loop`)."""
+        merging = any(
+            it.resource_type == "Patient"
+            and it.resource is not None
+            and replacing_link(it.resource)
+            for it in items
+        )
+        if not merging:
+            return self._ingest_items(
+                service, source, received_at, items, atomic, requests, context
+            )
+        with merges_locked(self.index.engine):
+            return self._ingest_items(
+                service, source, received_at, items, atomic, requests, context
+            )
+
+    def _ingest_items(
+        self,
+        service: IngestService,
+        source: str,
+        received_at: datetime,
+        items: Sequence[Item],
+        atomic: bool,
+        requests: Mapping[int, Any] | None,
+        context: str,
+    ) -> IngestResult:
         merges = apply_merges(items, self.index.lookup)
         resolution = resolve_bundle(
             items,

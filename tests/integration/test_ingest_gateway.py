@@ -644,6 +644,30 @@ def test_push_direct_writes_to_kafka_with_the_same_rules(env: Env, tmp_path: Pat
     assert post(env, "/fhir/Encounter", good).status_code == 200
 
 
+def test_two_opposite_merges_sent_at_once_are_not_both_accepted(env: Env) -> None:
+    """The check for a loop and the record of the merge are one step under the merge lock."""
+
+    def merged(pid: str, into: str) -> dict[str, object]:
+        link = {"type": "replaced-by", "other": {"reference": f"Patient/{into}"}}
+        return {"resourceType": "Patient", "id": pid, "link": [link]}
+
+    pairs = [(unique("p"), unique("p")) for _ in range(6)]
+    for a, b in pairs:
+        for pid in (a, b):
+            body = {"resourceType": "Patient", "id": pid}
+            assert post(env, "/fhir/Patient", body).status_code == 201  # type: ignore[attr-defined]
+
+    def send(start: threading.Barrier, pid: str, into: str) -> int:
+        start.wait()
+        return int(post(env, "/fhir/Patient", merged(pid, into)).status_code)  # type: ignore[attr-defined]
+
+    for a, b in pairs:
+        start = threading.Barrier(2)
+        with ThreadPoolExecutor(2) as pool:
+            statuses = sorted(pool.map(send, (start, start), (a, b), (b, a)))
+        assert statuses == [201, 422], (a, b, statuses)
+
+
 def test_a_merge_back_into_a_merged_patient_is_refused(env: Env) -> None:
     a, b, c = unique("p"), unique("p"), unique("p")
 

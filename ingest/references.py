@@ -946,7 +946,7 @@ class ReferenceResolver:
         """Send again, to the Patient that replaced it, what each merged Patient received before
         the merge (read back from the raw topic), so its records join that Patient's pathway.
         The stream worker drops them from the replaced Patient's own pathway. Returns how many
-        records were sent (versions already sent are answered as duplicates)."""
+        records were sent (those already re-sent for this merge are answered as duplicates)."""
         log_t = cast(Table, IngestLogRow.__table__)
         sent = 0
         for old, new in sorted(merges.items()):
@@ -971,9 +971,12 @@ class ReferenceResolver:
                     if ref["reference"] == f"Patient/{old}":
                         ref["reference"] = f"Patient/{new}"
                 item = prepare_resource(resource, None, index=len(items))
-                # The gateway's own resend of a version it published: its references changed,
-                # not what the integrator said, so it is compared with nothing (a versioned
-                # one is answered as a duplicate, as it was before digests were kept).
+                # The gateway's own resend of a version it published, under the replacing
+                # Patient: its references changed, not what the integrator said. It is known by
+                # its content, as a record without versionId is (its versionId stays in `meta`
+                # for the worker): under its own key it would be answered as a duplicate, and
+                # the record would leave the merged Patient's pathway without joining the other.
+                item.version = f"h:{hashlib.sha256(item.value).hexdigest()[:40]}"
                 item.digest = ""
                 if item.valid and item.key == new:
                     items.append(item)

@@ -344,6 +344,13 @@ def test_a_merge_resends_versioned_records_without_refusing_them(env: Env) -> No
         ).scalar_one()
     engine.dispose()
     assert refused == 0
+    # The versioned Encounter joins the replacing Patient's pathway: sent again under its key,
+    # with its versionId, once (the merge sent again re-sends nothing).
+    assert put(env, merged).status_code == 200  # type: ignore[attr-defined]
+    sent = [json.loads(m.value) for m in raw_by_id(env, eid)]  # type: ignore[attr-defined]
+    assert sorted((r["subject"]["reference"], r["meta"]["versionId"]) for r in sent) == sorted(
+        [(f"Patient/{old}", "1"), (f"Patient/{new}", "1")]
+    )
 
 
 def test_error_codes_name_the_failing_element_and_are_recorded(env: Env) -> None:

@@ -887,11 +887,7 @@ class ReferenceResolver:
             and replacing_link(it.resource)
             for it in items
         )
-        if not merging:
-            return self._ingest_items(
-                service, source, received_at, items, atomic, requests, context
-            )
-        with merges_locked(self.index.engine):
+        with merges_locked(self.index.engine) if merging else contextlib.nullcontext():
             return self._ingest_items(
                 service, source, received_at, items, atomic, requests, context
             )

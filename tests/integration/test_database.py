@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -85,8 +86,12 @@ def test_keyed_lookups_and_deletes_match_exactly(backend: str, pg_url: str, tmp_
     owners = IngestOwnerRow.__table__
     census = CensusHourlyRow.__table__
     now = datetime(2026, 3, 1, tzinfo=UTC)
-    claims = [(kind, f"v{i}") for kind in ("patient", "resource") for i in range(1200)]
-    hours = [("ward", f"W{w}", now + timedelta(hours=h)) for w in range(3) for h in range(700)]
+    # The PostgreSQL database is shared with other tests: this one's keys are its own.
+    tag = uuid.uuid4().hex[:8]
+    claims = [(kind, f"{tag}-{i}") for kind in ("patient", "resource") for i in range(1200)]
+    hours = [
+        ("ward", f"{tag}-W{w}", now + timedelta(hours=h)) for w in range(3) for h in range(700)
+    ]
     counts = dict.fromkeys(("occupancy", "admissions", "discharges"), 1) | dict.fromkeys(
         ("transfers_in", "transfers_out", "ed_arrivals"), 0
     )
@@ -101,27 +106,36 @@ def test_keyed_lookups_and_deletes_match_exactly(backend: str, pg_url: str, tmp_
             conn,
             census,  # type: ignore[arg-type]
             [
-                {"unit_type": t, "unit_id": u, "hour": h, "hospital_id": "H", **counts}
+                {"unit_type": t, "unit_id": u, "hour": h, "hospital_id": tag, **counts}
                 for t, u, h in hours
             ],
             key=["unit_type", "unit_id", "hour"],
         )
     # Asked: every third patient claim, one resource claim, and claims nobody made.
-    wanted = [*claims[:1200:3], ("resource", "v7"), ("patient", "nobody"), ("system", "v1")]
+    wanted = [
+        *claims[:1200:3],
+        ("resource", f"{tag}-7"),
+        ("patient", f"{tag}-nobody"),
+        ("system", f"{tag}-1"),
+    ]
     with engine.connect() as conn:
         found = {
             (r[0], r[1])
             for where in keyed(owners, ("kind", "value"), wanted)
             for r in conn.execute(select(owners.c.kind, owners.c.value).where(where))
         }
-    assert found == {*claims[:1200:3], ("resource", "v7")}
+    assert found == {*claims[:1200:3], ("resource", f"{tag}-7")}
     gone = hours[::2]
     with engine.begin() as conn:
         bulk_delete(conn, census, gone, ("unit_type", "unit_id", "hour"))
     with engine.connect() as conn:
         left = {
             (r[0], r[1], r[2])
-            for r in conn.execute(select(census.c.unit_type, census.c.unit_id, census.c.hour))
+            for r in conn.execute(
+                select(census.c.unit_type, census.c.unit_id, census.c.hour).where(
+                    census.c.hospital_id == tag
+                )
+            )
         }
     assert left == set(hours[1::2])
 

@@ -178,6 +178,14 @@ class BatchOutcome:
     sql_s: float = 0.0  # the SQL transaction
 
 
+# Why a record without a value is refused: Kafka's tombstone deletes a key of a compacted topic,
+# and the raw topic takes resources (a withdrawal is a version with its status).
+EMPTY_RECORD = (
+    "empty record (a Kafka tombstone): the raw topic takes FHIR resources; to withdraw one, send"
+    " its new version (status entered-in-error or cancelled)"
+)
+
+
 def decode_batch(
     messages: Iterable[tuple[bytes | None, bytes]], date_zone: tzinfo = UTC
 ) -> tuple[list[CanonicalEvent], list[tuple[bytes | None, bytes, str]]]:
@@ -186,6 +194,9 @@ def decode_batch(
     events: list[CanonicalEvent] = []
     rejects: list[tuple[bytes | None, bytes, str]] = []
     for key, payload in messages:
+        if not payload:
+            rejects.append((key, payload, EMPTY_RECORD))
+            continue
         try:
             resource = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:

@@ -503,7 +503,8 @@ class Worker:
         """The batch handler of the raw topic: into the pipeline, once the directory is read."""
         if not self.directory_loaded.is_set():
             await self.directory_loaded.wait()
-        messages = [RawMessage(m.key, m.value, m.partition) for m in batch if m.value is not None]
+        # A record without a value (a tombstone) reads as empty: it goes to the dead letters.
+        messages = [RawMessage(m.key, m.value or b"", m.partition) for m in batch]
         backlog = self.behind(batch)
         self.backlog_at = time.monotonic() if backlog else None
         await self.pipeline.submit(messages, batch, backlog)

@@ -243,17 +243,19 @@ def _resource_or_none(value: bytes) -> dict[str, Any]:
 
 
 # Raw records no gateway would let through: JSON nested deeper than any parser's default limit,
-# and a lone surrogate in an id (PostgreSQL's text refuses it).
-RAW_POISON = [
+# a lone surrogate in an id (PostgreSQL's text refuses it), and a record without a value (a
+# tombstone).
+RAW_POISON: list[tuple[bytes, bytes | None]] = [
     (
         b"deep-patient",
         b'{"resourceType":"Patient","id":"deep","x":' + b"[" * 3000 + b"]" * 3000 + b"}",
     ),
     (b"surrogate-patient", b'{"resourceType":"Encounter","id":"\\ud800x","status":"finished"}'),
+    (b"tombstone-patient", None),
 ]
 
 
-def send_raw(broker: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+def send_raw(broker: str, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
     producer = KafkaProducer(bootstrap_servers=broker, acks="all")
     try:
         for key, value in records:

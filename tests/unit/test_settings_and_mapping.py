@@ -68,10 +68,13 @@ def test_bad_encounters_are_refused_with_the_element(
 
 def test_decode_batch_splits_good_from_bad() -> None:
     good = (FIXTURES / "encounter_emer.json").read_bytes()
-    events, rejects = decode_batch([(b"pat-1", good), (b"k", b"[1,"), (b"k", b'{"a":1}')])
+    events, rejects = decode_batch(
+        [(b"pat-1", good), (b"k", b"[1,"), (b"k", b'{"a":1}'), (b"gone", b"")]
+    )
     assert len([ev for ev in events if isinstance(ev, EncounterRecorded)]) == 1
-    assert [r[0] for r in rejects] == [b"k", b"k"]
+    assert [r[0] for r in rejects] == [b"k", b"k", b"gone"]
     assert "resourceType" in rejects[1][2]
+    assert "tombstone" in rejects[2][2]
 
 
 def test_alert_thresholds_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

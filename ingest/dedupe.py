@@ -53,7 +53,8 @@ class Published:
 
 
 class VersionBusy(IngestError):
-    """Another request is publishing one of these versions and did not finish in time."""
+    """Another request holds one of these locks (versions it is publishing, or the merge lock)
+    and did not finish in time."""
 
 
 def lock_id(key: DedupeKey) -> int:
@@ -89,6 +90,41 @@ class KeyLocks:
 
 # One per process: every store of the process shares it.
 LOCAL_LOCKS = KeyLocks()
+
+
+@contextlib.contextmanager
+def locks_held(
+    engine: Engine, lock_ids: Iterable[int], wait_s: float = LOCAL_WAIT_S
+) -> Iterator[Connection | None]:
+    """Hold `lock_ids` against every other holder for the block.
+
+    On PostgreSQL, transaction-level advisory locks on a connection yielded to the block:
+    committing it (`IngestStore.record(…, conn=)`) releases them, as does the end of the block.
+    On other databases, this process's own locks, and None is yielded. Raises VersionBusy when
+    another holder keeps one for longer than the lock timeout (the engine's `lock_timeout`,
+    else `wait_s`)."""
+    ids = sorted(set(lock_ids))
+    if not ids:
+        yield None
+        return
+    if engine.dialect.name != "postgresql":
+        with LOCAL_LOCKS.hold(ids, wait_s):
+            yield None
+        return
+    with engine.connect() as conn:
+        try:
+            for start in range(0, len(ids), CHUNK):
+                conn.execute(LOCK_VERSIONS, {"ids": ids[start : start + CHUNK]})
+        except DBAPIError as exc:
+            if getattr(exc.orig, "pgcode", None) in BUSY_CODES:
+                raise VersionBusy(f"{len(ids)} lock(s) held by another request") from exc
+            raise
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction():
+                with contextlib.suppress(Exception):
+                    conn.rollback()
 
 
 @dataclass(frozen=True)
@@ -146,35 +182,9 @@ class IngestStore:
     def versions_locked(self, keys: Iterable[DedupeKey]) -> Iterator[Connection | None]:
         """Hold the versions `keys` against every other writer of them (any gateway process,
         `push --direct`) for the block: between the last look at the ingest log and the
-        record of what was published, nobody else publishes them.
-
-        On PostgreSQL, transaction-level advisory locks on a connection yielded to the block:
-        `record(…, conn=)` commits it, which releases them (as does the end of the block). On
-        other databases, this process's own locks, and None is yielded. Raises VersionBusy when
-        another holder keeps one for longer than the lock timeout (the engine's
-        `lock_timeout`, else `lock_wait_s`)."""
-        ids = sorted({lock_id(k) for k in keys})
-        if not ids:
-            yield None
-            return
-        if self.engine.dialect.name != "postgresql":
-            with LOCAL_LOCKS.hold(ids, self.lock_wait_s):
-                yield None
-            return
-        with self.engine.connect() as conn:
-            try:
-                for start in range(0, len(ids), CHUNK):
-                    conn.execute(LOCK_VERSIONS, {"ids": ids[start : start + CHUNK]})
-            except DBAPIError as exc:
-                if getattr(exc.orig, "pgcode", None) in BUSY_CODES:
-                    raise VersionBusy(f"{len(ids)} version(s) held by another request") from exc
-                raise
-            try:
-                yield conn
-            finally:
-                if conn.in_transaction():
-                    with contextlib.suppress(Exception):
-                        conn.rollback()
+        record of what was published, nobody else publishes them (`locks_held`)."""
+        with locks_held(self.engine, [lock_id(k) for k in keys], self.lock_wait_s) as conn:
+            yield conn
 
     def record(
         self,

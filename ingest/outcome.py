@@ -151,6 +151,18 @@ class Rejection(IngestError):
         return operation_outcome(self.issues, self.reason)
 
 
+def busy_rejection(reason: str, diagnostics: str, retry_after_s: int) -> Rejection:
+    """503 with Retry-After for a request that waited too long for a lock another request
+    holds: nothing was published; counted, neither stored nor dead-lettered."""
+    return Rejection(
+        503,
+        reason,
+        [http_issue("Retry-After", "lock-error", diagnostics)],
+        headers={"Retry-After": str(retry_after_s)},
+        record=False,
+    )
+
+
 class BrokerUnavailable(IngestError):
     """Kafka did not acknowledge in time; the client should retry later (HTTP 503)."""
 

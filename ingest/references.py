@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import threading
 import time
 import uuid
 from collections import defaultdict
@@ -48,13 +47,12 @@ from urllib.parse import unquote
 
 import orjson
 from kafka import KafkaConsumer, TopicPartition
-from sqlalchemy import Engine, Table, and_, select, text, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Engine, Table, and_, select, update
 
-from ingest.dedupe import BUSY_CODES, LOCAL_WAIT_S
+from ingest.dedupe import VersionBusy, locks_held
 from ingest.entries import Item, PreparedBundle, finalise, prepare_resource
 from ingest.metrics import IngestMetrics
-from ingest.outcome import Issue, Rejection, http_issue
+from ingest.outcome import Issue, busy_rejection
 from ingest.service import EntryResult, IngestResult, IngestService
 from parcours.db import upsert
 from parcours.db.ingest_models import IngestLogRow
@@ -789,51 +787,25 @@ class IdentifierIndex:
 MERGE_LOCK_ID = int.from_bytes(
     hashlib.sha256(b"parcours-ingest-merges").digest()[:8], "big", signed=True
 )
-_LOCAL_MERGE_LOCK = threading.Lock()
 MERGE_RETRY_AFTER_S = 1
 
 
 @contextlib.contextmanager
-def merges_locked(engine: Engine, wait_s: float = LOCAL_WAIT_S) -> Iterator[None]:
-    """Hold the lock of Patient merges for the block: at most one request merges at a time.
-    Merges are rare; a request that waits longer than the database's lock timeout (or `wait_s`)
-    is answered 503 with Retry-After, having published nothing."""
-    busy = Rejection(
-        503,
-        "merge-busy",
-        [
-            http_issue(
-                "Retry-After",
-                "lock-error",
-                "Une autre requête fusionne des patients en ce moment ; rien n'a été publié, "
-                "renvoyez la requête. / Another request is merging patients; nothing was "
-                "published, retry.",
-            )
-        ],
-        headers={"Retry-After": str(MERGE_RETRY_AFTER_S)},
-        record=False,
-    )
-    if engine.dialect.name != "postgresql":
-        if not _LOCAL_MERGE_LOCK.acquire(timeout=wait_s):
-            raise busy
-        try:
+def merges_locked(engine: Engine) -> Iterator[None]:
+    """Hold the lock of Patient merges for the block (`locks_held`): at most one request
+    merges at a time. Merges are rare; a request that waits longer than the lock timeout is
+    answered 503 with Retry-After, having published nothing."""
+    try:
+        with locks_held(engine, [MERGE_LOCK_ID]):
             yield
-        finally:
-            _LOCAL_MERGE_LOCK.release()
-        return
-    with engine.connect() as conn:
-        try:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MERGE_LOCK_ID})
-        except DBAPIError as exc:
-            if getattr(exc.orig, "pgcode", None) in BUSY_CODES:
-                raise busy from exc
-            raise
-        try:
-            yield
-        finally:
-            # The end of the transaction releases the lock.
-            with contextlib.suppress(Exception):
-                conn.rollback()
+    except VersionBusy as exc:
+        raise busy_rejection(
+            "merge-busy",
+            "Une autre requête fusionne des patients en ce moment ; rien n'a été publié, "
+            "renvoyez la requête. / Another request is merging patients; nothing was "
+            "published, retry.",
+            MERGE_RETRY_AFTER_S,
+        ) from exc
 
 
 class ReferenceResolver:

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,7 +28,7 @@ from ingest.outcome import (
     BrokerUnavailable,
     Issue,
     Rejection,
-    http_issue,
+    busy_rejection,
     operation_outcome,
     safe_text,
 )
@@ -85,6 +85,28 @@ def conflicting(item: Item, stored: str | None) -> bool:
     with `stored` as its digest. A version stored without digest (an `h:` one, or one stored
     before digests were kept) conflicts with nothing."""
     return bool(item.digest) and stored is not None and stored != item.digest
+
+
+def split_stored(
+    items: Sequence[Item],
+    positions: Sequence[int],
+    stored: Mapping[DedupeKey, str | None],
+    results: dict[int, EntryResult],
+) -> tuple[list[int], list[int]]:
+    """Of the items at `positions`: those not published yet, and those that give other content
+    for a version published before (`conflicting`). The others are duplicates, answered 200
+    in `results`."""
+    new: list[int] = []
+    conflicts: list[int] = []
+    for pos in positions:
+        key = items[pos].dedupe_key
+        if key not in stored:
+            new.append(pos)
+        elif conflicting(items[pos], stored[key]):
+            conflicts.append(pos)
+        else:
+            results[pos] = EntryResult(items[pos], 200)
+    return new, conflicts
 
 
 def version_conflict(item: Item) -> None:
@@ -472,16 +494,7 @@ class IngestService:
             # Before the dedupe log answers "duplicate" and before anything is published.
             self._broker_ready(rejected)
         stored = self._seen([items[p].dedupe_key for p in candidates])
-        to_publish: list[int] = []
-        conflicts: list[int] = []
-        for pos in candidates:
-            key = items[pos].dedupe_key
-            if key not in stored:
-                to_publish.append(pos)
-            elif conflicting(items[pos], stored[key]):
-                conflicts.append(pos)
-            else:
-                results[pos] = EntryResult(items[pos], 200)
+        to_publish, conflicts = split_stored(items, candidates, stored, results)
         # A duplicate changes nothing, but answering it 200 (or 409) when the resource is
         # another integrator's would tell the sender what that integrator holds: it needs
         # ownership too, and a 403 comes first.
@@ -513,21 +526,13 @@ class IngestService:
                 )
         except VersionBusy as exc:
             log.info("versions busy: %s", exc)
-            raise Rejection(
-                503,
+            raise busy_rejection(
                 "version-busy",
-                [
-                    http_issue(
-                        "Retry-After",
-                        "lock-error",
-                        "Une autre requête publie en ce moment la même version d'une de ces "
-                        "ressources (même meta.versionId) ; rien n'a été publié, renvoyez la "
-                        "requête. / Another request is publishing the same version of one of "
-                        "these resources (same meta.versionId); nothing was published, retry.",
-                    )
-                ],
-                headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
-                record=False,
+                "Une autre requête publie en ce moment la même version d'une de ces "
+                "ressources (même meta.versionId) ; rien n'a été publié, renvoyez la "
+                "requête. / Another request is publishing the same version of one of "
+                "these resources (same meta.versionId); nothing was published, retry.",
+                BUSY_RETRY_AFTER_S,
             ) from exc
 
     def _recheck(
@@ -547,16 +552,9 @@ class IngestService:
         stored = self._stored(keys, conn)
         if not stored:
             return to_publish
-        late: list[int] = []
-        for pos in to_publish:
-            key = items[pos].dedupe_key
-            if key not in stored:
-                continue
-            if conflicting(items[pos], stored[key]):
-                version_conflict(items[pos])
-                late.append(pos)
-            else:
-                results[pos] = EntryResult(items[pos], 200)
+        to_publish, late = split_stored(items, to_publish, stored, results)
+        for pos in late:
+            version_conflict(items[pos])
         if late:
             self._refuse_if_atomic(items, atomic)
             more_results, more_rejected = self._record_rejected(
@@ -564,7 +562,7 @@ class IngestService:
             )
             results.update(more_results)
             rejected += more_rejected
-        return [p for p in to_publish if items[p].dedupe_key not in stored]
+        return to_publish
 
     def _publish(
         self,

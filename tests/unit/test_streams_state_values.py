@@ -4,6 +4,7 @@ older changelogs (JSON text, a JSON string record, a JSON object) still read."""
 from __future__ import annotations
 
 import json
+import zlib
 from datetime import UTC, datetime
 
 from streams.core.events import PatientAdmitted, SourceRef
@@ -40,3 +41,4 @@ def test_the_values_of_older_changelogs_still_read() -> None:
     assert unpack_state(json.dumps(text).encode()) == state  # a JSON string record
     assert unpack_state(text.encode()) == state
     assert unpack_state(state.to_dict()) == state
+    assert unpack_state(zlib.compress(text.encode(), 1)) == state  # deflated, as they were

@@ -42,7 +42,7 @@ class FoldProcessError(RuntimeError):
 
 def serve(conn: Connection, rules: PathwayRules) -> None:
     """The child's loop: one batch per message received, until the pipe closes."""
-    from streams.runtime.gc_tuning import give_back_memory, tune_gc
+    from streams.runtime.gc_tuning import collector_paused, give_back_memory, tune_gc
 
     tune_gc()
     processor = BatchProcessor(sink=None, rules=rules)  # type: ignore[arg-type]  # folds only
@@ -51,29 +51,38 @@ def serve(conn: Connection, rules: PathwayRules) -> None:
             raw = conn.recv()
         except EOFError:
             return
-        try:
-            started = time.perf_counter()
-            messages = [RawMessage(*m) for m in raw]
-            outcome, grouped = processor.group(messages)
-            conn.send(("states", list(grouped.events)))
-            stored = conn.recv()
-            processor.fold_grouped(outcome, grouped, stored)
-            outcome.rules_s = time.perf_counter() - started
-            # The worker has the messages: send their positions, not their bytes.
-            position = {id(m): i for i, m in enumerate(messages)}
-            raw_of = {pid: [position[id(m)] for m in ms] for pid, ms in outcome.raw_of.items()}
-            location_raw = {
-                lid: [position[id(m)] for m in ms] for lid, ms in outcome.location_raw.items()
-            }
-            outcome.raw_of, outcome.location_raw = {}, {}
-            conn.send(("outcome", (outcome, raw_of, location_raw)))
-            if len(messages) >= LARGE_BATCH:
-                del outcome, grouped, messages, raw
-                give_back_memory()
-        except EOFError:
-            return
-        except Exception:
-            conn.send(("error", traceback.format_exc()))
+        with collector_paused():
+            if not _fold_one(conn, processor, raw):
+                return
+        if len(raw) >= LARGE_BATCH:
+            del raw
+            give_back_memory()
+
+
+def _fold_one(conn: Connection, processor: BatchProcessor, raw: list[Any]) -> bool:
+    """Fold one batch received from the worker and send back its outcome; False once the
+    worker's end of the pipe is closed."""
+    try:
+        started = time.perf_counter()
+        messages = [RawMessage(*m) for m in raw]
+        outcome, grouped = processor.group(messages)
+        conn.send(("states", list(grouped.events)))
+        stored = conn.recv()
+        processor.fold_grouped(outcome, grouped, stored)
+        outcome.rules_s = time.perf_counter() - started
+        # The worker has the messages: send their positions, not their bytes.
+        position = {id(m): i for i, m in enumerate(messages)}
+        raw_of = {pid: [position[id(m)] for m in ms] for pid, ms in outcome.raw_of.items()}
+        location_raw = {
+            lid: [position[id(m)] for m in ms] for lid, ms in outcome.location_raw.items()
+        }
+        outcome.raw_of, outcome.location_raw = {}, {}
+        conn.send(("outcome", (outcome, raw_of, location_raw)))
+    except EOFError:
+        return False
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+    return True
 
 
 class FoldProcess:

@@ -2,7 +2,10 @@
 
 import ctypes
 import ctypes.util
+import gc
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from parcours.runtime import collect_seldom
@@ -38,6 +41,22 @@ def tune_gc() -> None:
     if libc is not None:
         libc.mallopt(M_ARENA_MAX, 2)
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cycle collector off while a fold process folds a batch, on again after.
+
+    A batch's young objects include its largest containers (the messages, the decoded states,
+    the outcome), which each young collection traverses again: with the collector on, a 30-day
+    backfill spent about a sixth of its fold time in collections. Nearly everything a batch
+    allocates dies by reference count; what is left in cycles is collected once the collector
+    is on again."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def give_back_memory() -> None:

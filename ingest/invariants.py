@@ -19,9 +19,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ingest.outcome import Issue
+from parcours.fhir_refs import FHIR_ID
 from parcours.timeutil import EARLIEST_CARE, LATEST_CARE
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+ID_PATTERN = FHIR_ID
 # FHIR date, dateTime and instant: a year, then optional month, day, time and zone.
 _DATETIME = re.compile(
     r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?"

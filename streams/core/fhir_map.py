@@ -30,7 +30,13 @@ from parcours.fhir_codes import (
     encounter_class,
 )
 from parcours.fhir_refs import pathway_patient, reference_to
-from parcours.timeutil import EARLIEST_CARE, LATEST_CARE, TimeFormatError, parse_fhir
+from parcours.timeutil import (
+    EARLIEST_CARE,
+    LATEST_CARE,
+    TimeFormatError,
+    outside_care_years,
+    parse_fhir,
+)
 from streams import StreamsError
 from streams.core.events import (
     AppointmentBooked,
@@ -131,7 +137,9 @@ def _time(resource: dict[str, Any], *path: str) -> datetime | None:
         node = node.get(name) if isinstance(node, dict) else None
     try:
         at = parse_time(node)
-        if at is not None and not EARLIEST_CARE <= at < LATEST_CARE:
+        # The year as written, as the gateway refuses it (`outside_care_years`); a time of
+        # 2099 with an offset west of UTC is an instant of 2100 and stays accepted.
+        if at is not None and outside_care_years(node):
             raise MappingError(
                 f"{node!r} is outside the years {EARLIEST_CARE.year}–{LATEST_CARE.year - 1}"
             )

@@ -222,6 +222,11 @@ def test_what_the_worker_reads_is_accepted(env: Env) -> None:
     resp = post(env, "/fhir/Encounter", by_url)
     assert resp.status_code == 201, resp.text[:1000]
     env.accept("encounters", by_url["id"])
+    # A time of the first year of care that is an instant of 1899 in UTC: the worker bounds
+    # the year as written, as the gateway does.
+    early = encounter(ref(pid), period={"start": "1900-01-01T00:30:00+01:00"})
+    assert post(env, "/fhir/Encounter", early).status_code == 201
+    env.accept("encounters", early["id"])
     # A conditional reference to the patient, resolved within the transaction.
     other = uid("p")
     cond = encounter({"reference": f"Patient?identifier=urn:oid:1.2.250.1.71.4.2.7|{other}"})

@@ -226,3 +226,25 @@ def test_the_gateway_refuses_exactly_what_the_worker_dead_letters(ref: str, kind
     assert item.valid == (folded is not None), (ref, item.issues)
     if folded is not None:
         assert folded == {item.key}
+
+
+TIMES = st.builds(
+    "{}-{:02d}-{:02d}T{:02d}:{:02d}:{:02d}{}".format,
+    st.sampled_from([1899, 1900, 2026, 2099, 2100]),
+    st.sampled_from([1, 12]),
+    st.sampled_from([1, 31]),
+    st.sampled_from([0, 12, 23]),
+    st.sampled_from([0, 30, 59]),
+    st.sampled_from([0, 59, 60]),
+    st.sampled_from(["Z", "+14:00", "-12:00", "+01:00", "-01:00"]),
+) | st.sampled_from(["1899-12-31", "1900-01-01", "2099-12-31", "2100-01-01", "1900", "2099"])
+
+
+@given(start=TIMES)
+def test_the_gateway_refuses_exactly_the_care_times_the_worker_dead_letters(start: str) -> None:
+    from ingest.validate import validate_resource
+
+    resource = encounter({"reference": "Patient/p1"})
+    resource["period"] = {"start": start}
+    status, _, issues = validate_resource(resource, "Encounter")
+    assert (status == 0) == (worker(resource) is not None), (start, issues)

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from parcours.fhir_refs import reference_to
+from parcours.fhir_refs import pathway_patient, reference_to
 
 PATIENT_FIELDS = ("subject", "patient", "beneficiary")
 
@@ -67,9 +67,14 @@ def patient_key(resource: dict[str, Any]) -> str | None:
     """The patient id a resource belongs to: its own id for a Patient, else subject/patient/
     beneficiary, else (Appointment) the first participant actor that references a Patient. None
     for resources of no single patient. References are read as the stream mapping reads them
-    (`parcours.fhir_refs.reference_to`): an absolute URL names the same patient as `Patient/id`."""
+    (`parcours.fhir_refs.reference_to`): an absolute URL names the same patient as `Patient/id`.
+    For the types the worker folds onto a pathway, it is the patient the worker folds them under
+    (`parcours.fhir_refs.pathway_patient`), so key, owner and pathway agree."""
     if resource.get("resourceType") == "Patient":
         return str(resource["id"]) if resource.get("id") else None
+    folded = pathway_patient(resource)
+    if folded is not None:
+        return folded.patient_id
     for name in PATIENT_FIELDS:
         found = reference_to(resource.get(name), "Patient")
         if found:

@@ -18,6 +18,7 @@ from ingest.bundle import patient_key, resolve_entries
 from ingest.limits import depth_issue, may_hold_controls, text_issues, too_deep
 from ingest.outcome import Issue, Rejection, clip, escape_controls
 from ingest.validate import ID_PATTERN, is_resource_type, validate_resource
+from parcours.fhir_refs import pathway_patient
 
 BUNDLE_TYPES = ("transaction", "batch", "message", "collection")
 # A transaction and a message are one unit: one bad entry rejects the whole Bundle.
@@ -114,6 +115,22 @@ def finalise(item: Item, resource: dict[str, Any]) -> None:
         f"v:{version_id}" if version_id else f"h:{hashlib.sha256(value).hexdigest()[:40]}"
     )
     item.value = value
+
+
+def refuse_unusable_patient(item: Item) -> None:
+    """Refuse (422 `patient-reference`) a valid item of a type the stream worker folds onto a
+    patient's pathway when it names no patient the worker can read: the worker would
+    dead-letter it after the 2xx. Run once references are final (`urn:uuid`, conditional and
+    merged-patient references resolved). The rule is the worker's own
+    (`parcours.fhir_refs.pathway_patient`)."""
+    if not item.valid or item.resource is None:
+        return
+    found = pathway_patient(item.resource)
+    if found is None or found.patient_id is not None:
+        return
+    root = item.root or str(item.resource_type)
+    issue = Issue("value", clip(found.problem), (f"{root}.{found.element}",))
+    item.reject(422, "patient-reference", [issue])
 
 
 def as_sent(item: Item) -> None:

@@ -109,6 +109,8 @@ ERR_LOCKED = "206"
 ERR_INTERNAL = "207"
 
 _ID_SAFE = re.compile(r"[^A-Za-z0-9.\-]+")
+# HL7 v2's null value (2.5, section 2.5.3): the field has no value.
+HL7_NULL = '""'
 _TS = re.compile(
     r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?([+-]\d{4})?$",
 )
@@ -409,7 +411,11 @@ class _Segment:
                 field_no,
                 code=ERR_DATA_TYPE,
             )
-        return value.strip()
+        value = value.strip()
+        # `""` is HL7's null ("no value; delete the one held"), not a value: read as text, a
+        # PID-3 or PV1-19 of `""` would make one patient, or one stay, of every message that
+        # sends it.
+        return "" if value == HL7_NULL else value
 
     def reps(self, field_no: int) -> int:
         """How many repetitions field `field_no` has (0 when empty)."""

@@ -1,7 +1,8 @@
 """Pure: FHIR R4 core invariants that the fhir.resources models do not check.
 
 - per-1: a Period's start is not after its end (also Appointment and Slot start/end), and
-  neither lies outside 1900–2099 (valid FHIR, but no care happens in year 1 or 9999);
+  neither, nor any other care time the stream worker reads, lies outside 1900–2099 (valid FHIR,
+  but no care happens in year 1 or 9999) or at a leap second (no instant the worker can read);
 - dom-2 / dom-3: a contained resource contains nothing and is referenced from its container;
 - ref-1: a local reference (`#id`) points at a contained resource;
 - a literal `Type/id` reference carries a valid id, since the id becomes a Kafka key and SQL key.
@@ -19,9 +20,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ingest.outcome import Issue
-from parcours.timeutil import EARLIEST_CARE, LATEST_CARE
+from parcours.fhir_refs import FHIR_ID
+from parcours.timeutil import EARLIEST_CARE, LATEST_CARE, outside_care_years
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+ID_PATTERN = FHIR_ID
 # FHIR date, dateTime and instant: a year, then optional month, day, time and zone.
 _DATETIME = re.compile(
     r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?"
@@ -102,24 +104,46 @@ def _walk(node: Any, path: str) -> Iterator[tuple[Any, str]]:
 
 
 def _far_off(value: Any) -> bool:
-    """A date or time whose year is outside FIRST_YEAR–LAST_YEAR."""
-    year = value[:4] if isinstance(value, str) else ""
-    return year.isdigit() and not FIRST_YEAR <= int(year) <= LAST_YEAR
+    """A date or time whose year is outside FIRST_YEAR–LAST_YEAR (the worker's rule)."""
+    return outside_care_years(value)
+
+
+# The times the stream worker reads as care times (besides Period and Appointment start/end):
+# it dead-letters a resource whose time it reads is outside the years of care or no instant.
+CARE_TIMES = ("start", "end", "authoredOn", "occurrenceDateTime", "created", "deceasedDateTime")
+
+
+def _no_instant(value: Any) -> bool:
+    """A dateTime with a time that names no instant: second 60 (a leap second, which FHIR's
+    pattern lets through but no clock of the worker can place)."""
+    found = _DATETIME.match(value) if isinstance(value, str) else None
+    return found is not None and found.group(6) == "60"
 
 
 def period_issues(resource: dict[str, Any], root: str) -> list[Issue]:
-    """per-1: every object with string `start` and `end` has start ≤ end; and neither is
-    outside the years FIRST_YEAR–LAST_YEAR."""
+    """per-1: every object with string `start` and `end` has start ≤ end; and neither, nor any
+    other care time (`CARE_TIMES`, `meta.lastUpdated`), is outside the years
+    FIRST_YEAR–LAST_YEAR or a leap second."""
     issues = []
     for node, where in _walk(resource, root):
+        keys = ("lastUpdated",) if where.endswith(".meta") else CARE_TIMES
         issues += [
             Issue(
                 "value",
                 f"{node[key]!r} is outside the years {FIRST_YEAR}–{LAST_YEAR}",
                 (f"{where}.{key}",),
             )
-            for key in ("start", "end")
+            for key in keys
             if _far_off(node.get(key))
+        ]
+        issues += [
+            Issue(
+                "value",
+                f"{node[key]!r} names no instant (a leap second: second 60)",
+                (f"{where}.{key}",),
+            )
+            for key in keys
+            if _no_instant(node.get(key))
         ]
         start, end = node.get("start"), node.get("end")
         if not (isinstance(start, str) and isinstance(end, str)):
@@ -274,8 +298,10 @@ def _suspect(resource: dict[str, Any]) -> bool:
                 if literal and not ID_PATTERN.match(literal.group(2)):
                     return True
             start, end = node.get("start"), node.get("end")
-            if _far_off(start) or _far_off(end):
-                return True
+            for key in (*CARE_TIMES, "lastUpdated"):
+                value = node.get(key)
+                if _far_off(value) or _no_instant(value):
+                    return True
             if isinstance(start, str) and isinstance(end, str):
                 dates = "T" not in start and "T" not in end
                 lo, hi = _bounds(start, widen=not dates), _bounds(end, widen=not dates)

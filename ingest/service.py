@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine
 
 from ingest.bundle import patient_key
 from ingest.dedupe import DedupeKey, IngestStore, Published, RejectionRecord, VersionBusy
-from ingest.entries import Item
+from ingest.entries import Item, refuse_unusable_patient
 from ingest.metrics import IngestMetrics
 from ingest.outcome import (
     MAX_ISSUES,
@@ -473,6 +473,8 @@ class IngestService:
         every new item was acknowledged. Other requests get per-item statuses; they raise
         BrokerUnavailable only if nothing got through.
         """
+        for item in items:
+            refuse_unusable_patient(item)
         self._refuse_if_atomic(items, atomic)
         results, rejected = self._record_rejected(
             source, received_at, items, [p for p, i in enumerate(items) if not i.valid]

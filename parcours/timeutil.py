@@ -26,6 +26,15 @@ EARLIEST_CARE = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST_CARE = datetime(2100, 1, 1, tzinfo=UTC)
 
 
+def outside_care_years(value: object) -> bool:
+    """A FHIR date or time whose year, as written, is outside EARLIEST_CARE–LATEST_CARE. The
+    year as written, not the instant: the gateway and the worker must agree on
+    `2099-12-31T23:30:00-01:00` (an instant of 2100) and on a date the worker reads at midnight
+    in the territory's zone (`1900-01-01` in Paris is an instant of 1899)."""
+    year = value[:4] if isinstance(value, str) else ""
+    return year.isdigit() and not EARLIEST_CARE.year <= int(year) < LATEST_CARE.year
+
+
 def parse_fhir(value: object, zone: tzinfo = UTC) -> datetime | None:
     """A FHIR date/dateTime/instant as an aware datetime (None for None or '').
 

@@ -29,8 +29,14 @@ from parcours.fhir_codes import (
     SERVICE_REQUEST_STATUSES,
     encounter_class,
 )
-from parcours.fhir_refs import reference_to
-from parcours.timeutil import EARLIEST_CARE, LATEST_CARE, TimeFormatError, parse_fhir
+from parcours.fhir_refs import pathway_patient, reference_to
+from parcours.timeutil import (
+    EARLIEST_CARE,
+    LATEST_CARE,
+    TimeFormatError,
+    outside_care_years,
+    parse_fhir,
+)
 from streams import StreamsError
 from streams.core.events import (
     AppointmentBooked,
@@ -131,7 +137,9 @@ def _time(resource: dict[str, Any], *path: str) -> datetime | None:
         node = node.get(name) if isinstance(node, dict) else None
     try:
         at = parse_time(node)
-        if at is not None and not EARLIEST_CARE <= at < LATEST_CARE:
+        # The year as written, as the gateway refuses it (`outside_care_years`); a time of
+        # 2099 with an offset west of UTC is an instant of 2100 and stays accepted.
+        if at is not None and outside_care_years(node):
             raise MappingError(
                 f"{node!r} is outside the years {EARLIEST_CARE.year}–{LATEST_CARE.year - 1}"
             )
@@ -148,12 +156,15 @@ def reference_id(ref: dict[str, Any] | None) -> str | None:
     return text.rsplit("/", 1)[-1].removeprefix("urn:uuid:")
 
 
-def _patient_of(resource: dict[str, Any], element: str) -> str:
-    """The patient id `resource.<element>` references; MappingError when it does not."""
-    patient = reference_to(resource.get(element), "Patient")
-    if not patient:
-        raise MappingError(f"{resource.get('resourceType')}.{element} does not reference a Patient")
-    return patient
+def _patient_of(resource: dict[str, Any]) -> str:
+    """The patient the resource is folded under (`parcours.fhir_refs.pathway_patient`, the rule
+    the gateway refuses by); MappingError naming the element when it names none."""
+    found = pathway_patient(resource)
+    if found is None or found.patient_id is None:
+        raise MappingError(
+            found.problem if found else f"{resource.get('resourceType')} has no patient element"
+        )
+    return found.patient_id
 
 
 def _first_code(concept: Any) -> str | None:
@@ -338,7 +349,7 @@ def map_encounter(resource: dict[str, Any]) -> list[CanonicalEvent]:
     - cancelled, entered-in-error, planned, unknown: ResourceRetracted (it did not happen).
     """
     enc_id = _require_id(resource)
-    patient = _patient_of(resource, "subject")
+    patient = _patient_of(resource)
     class_code = encounter_class(resource.get("class"))
     if class_code is None:
         raise MappingError(
@@ -571,7 +582,7 @@ def map_service_request(resource: dict[str, Any]) -> list[CanonicalEvent]:
     maps to nothing. draft, revoked, entered-in-error, unknown → ResourceRetracted.
     """
     sr_id = _require_id(resource)
-    patient = _patient_of(resource, "subject")
+    patient = _patient_of(resource)
     status = _require_code(resource, "status", SERVICE_REQUEST_STATUSES)
     requester = reference_to(resource.get("requester"), "Practitioner", "PractitionerRole")
     if requester is None:
@@ -615,14 +626,11 @@ def map_appointment(resource: dict[str, Any]) -> list[CanonicalEvent]:
     """
     appt_id = _require_id(resource)
     status = _require_code(resource, "status", APPOINTMENT_STATUSES)
-    patient = location = None
+    patient = _patient_of(resource)
+    location = None
     for participant in resource.get("participant") or []:
         if isinstance(participant, dict):
-            actor = participant.get("actor")
-            patient = patient or reference_to(actor, "Patient")
-            location = location or reference_to(actor, "Location")
-    if not patient:
-        raise MappingError("Appointment.participant has no Patient actor")
+            location = location or reference_to(participant.get("actor"), "Location")
     src = source_ref(resource)
     start = _time(resource, "start")
     at = _time(resource, "created") or _time(resource, "meta", "lastUpdated") or start
@@ -650,7 +658,7 @@ def map_appointment(resource: dict[str, Any]) -> list[CanonicalEvent]:
 def map_episode_of_care(resource: dict[str, Any]) -> list[CanonicalEvent]:
     """An EpisodeOfCare (home care) → HomeCareStarted, and HomeCareEnded once finished."""
     episode_id = _require_id(resource)
-    patient = _patient_of(resource, "patient")
+    patient = _patient_of(resource)
     status = _require_code(resource, "status", EPISODE_OF_CARE_STATUSES)
     src = source_ref(resource)
     start = _time(resource, "period", "start")

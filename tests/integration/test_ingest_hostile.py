@@ -320,6 +320,29 @@ def invariant_cases() -> Iterator[Case]:
         yield one(
             f"reference-id-{n}", "/fhir/Encounter", encounter(subject={"reference": ref}), {422}
         )
+    # A leap second (no instant the worker can read) and a care time of no care year are
+    # refused wherever the worker reads them; a year of care with any offset is accepted.
+    yield one(
+        "leap-second", "/fhir/Encounter", encounter(period={"start": "2016-12-31T23:59:60Z"}), {422}
+    )
+    yield one(
+        "authored-1850",
+        "/fhir/ServiceRequest",
+        {
+            "resourceType": "ServiceRequest",
+            "status": "active",
+            "intent": "order",
+            "subject": {"reference": "Patient/hostile-p"},
+            "authoredOn": "1850-01-01",
+        },
+        {422},
+    )
+    yield one(
+        "start-2099-west",
+        "/fhir/Encounter",
+        encounter(period={"start": "2099-12-31T23:30:00-01:00"}),
+        {201},
+    )
     done = encounter(status="done")
     yield one("done-single", "/fhir/Encounter", done, {422})
     yield one("done-in-collection", "/fhir/Bundle", bundle("collection", {"resource": done}), {422})

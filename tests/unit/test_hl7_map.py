@@ -395,6 +395,10 @@ def test_msh18_mismatch_is_refused_at_msh18() -> None:
         (adt("A01", patient_class="Z"), "AE", "PV1-2"),
         (adt("A01", ward=""), "AE", "PV1-3"),
         (adt("A01", ipp="", ins=None), "AE", "PID-3"),
+        # HL7's null value and blanks are no identifier.
+        (adt("A01", ipp='""', ins=None), "AE", "PID-3"),
+        (adt("A01", ipp="   ", ins=None), "AE", "PID-3"),
+        (adt("A01", nda='""'), "AE", "PV1-19"),
         (adt("A01", action="MAYBE"), "AE", "ZBE-4"),
         (adt("A01", at="20261301"), "AE", "MSH-7"),
         (adt("A01", control_id=" "), "AE", "MSH-10"),
@@ -413,6 +417,14 @@ def test_invalid_messages_name_the_segment_and_field(raw: bytes, ack: str, where
         parse(raw)
     assert err.value.ack_code == ack
     assert err.value.location == where
+
+
+def test_a_null_ipp_does_not_make_one_patient_of_everyone_who_sends_it() -> None:
+    first = parse(adt("A01", ipp='""', ins="2850475123456"))
+    second = parse(adt("A01", ipp='""', ins="1850475123457"))
+    assert first.patient.patient_id == "2850475123456"
+    assert second.patient.patient_id == "1850475123457"
+    assert [i.value for i in first.patient.identifiers] == ["2850475123456"]
 
 
 def test_ack_echoes_the_control_id_and_carries_err() -> None:

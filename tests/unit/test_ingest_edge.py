@@ -132,6 +132,43 @@ def test_care_times_outside_1900_2099_are_refused(
     assert sorted(expressions(invariant_issues(resource, "Encounter"))) == sorted(refused)
 
 
+@pytest.mark.parametrize(
+    ("resource", "refused"),
+    [
+        # A leap second: FHIR's pattern lets second 60 through, no clock of the worker reads it.
+        (
+            {"resourceType": "Encounter", "period": {"start": "2016-12-31T23:59:60Z"}},
+            ["Encounter.period.start"],
+        ),
+        (
+            {"resourceType": "ServiceRequest", "authoredOn": "2016-12-31T23:59:60+01:00"},
+            ["ServiceRequest.authoredOn"],
+        ),
+        # The other care times the worker reads are bounded like a Period.
+        (
+            {"resourceType": "ServiceRequest", "authoredOn": "1850-01-01"},
+            ["ServiceRequest.authoredOn"],
+        ),
+        ({"resourceType": "Appointment", "created": "2100-01-01"}, ["Appointment.created"]),
+        (
+            {"resourceType": "Patient", "deceasedDateTime": "0001-01-01"},
+            ["Patient.deceasedDateTime"],
+        ),
+        (
+            {"resourceType": "Encounter", "meta": {"lastUpdated": "1850-01-01T00:00:00Z"}},
+            ["Encounter.meta.lastUpdated"],
+        ),
+        # A birth date is no care time; a second 59 is a second.
+        ({"resourceType": "Patient", "birthDate": "1850-01-01"}, []),
+        ({"resourceType": "Encounter", "period": {"start": "2016-12-31T23:59:59Z"}}, []),
+    ],
+)
+def test_care_times_the_worker_reads_are_instants_of_the_years_of_care(
+    resource: dict[str, Any], refused: list[str]
+) -> None:
+    assert expressions(invariant_issues(resource, resource["resourceType"])) == refused
+
+
 def test_dom_3_ref_1_and_reference_ids() -> None:
     loc = {"resourceType": "Location", "id": "l1"}
     assert expressions(invariant_issues(encounter(contained=[loc]), "Encounter")) == [

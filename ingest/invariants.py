@@ -111,6 +111,8 @@ def _far_off(value: Any) -> bool:
 # The times the stream worker reads as care times (besides Period and Appointment start/end):
 # it dead-letters a resource whose time it reads is outside the years of care or no instant.
 CARE_TIMES = ("start", "end", "authoredOn", "occurrenceDateTime", "created", "deceasedDateTime")
+# Every key `_suspect` looks at as a time: most objects hold none of them.
+_TIME_KEYS = frozenset((*CARE_TIMES, "lastUpdated"))
 
 
 def _no_instant(value: Any) -> bool:
@@ -298,10 +300,11 @@ def _suspect(resource: dict[str, Any]) -> bool:
                 if literal and not ID_PATTERN.match(literal.group(2)):
                     return True
             start, end = node.get("start"), node.get("end")
-            for key in (*CARE_TIMES, "lastUpdated"):
-                value = node.get(key)
-                if _far_off(value) or _no_instant(value):
-                    return True
+            if not _TIME_KEYS.isdisjoint(node):
+                for key in _TIME_KEYS.intersection(node):
+                    value = node[key]
+                    if _far_off(value) or _no_instant(value):
+                        return True
             if isinstance(start, str) and isinstance(end, str):
                 dates = "T" not in start and "T" not in end
                 lo, hi = _bounds(start, widen=not dates), _bounds(end, widen=not dates)

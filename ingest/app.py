@@ -34,6 +34,7 @@ from ingest.service import IngestService
 from ingest.validate import warm_up
 from parcours.db import make_engine
 from parcours.identity import TopicGuard
+from parcours.runtime import collect_seldom
 from parcours.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,10 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(warm_up)
-        # Validation allocates many short-lived objects; moving everything loaded at startup
-        # (modules, model classes) out of the collector's reach makes each full collection
-        # cheaper.
+        # Validation allocates many short-lived objects: everything loaded at startup (modules,
+        # model classes) is moved out of the collector's reach, and it runs seldom.
         gc.collect()
-        gc.freeze()
+        collect_seldom()
         # A broker that is down at startup gives 503s, not a crash.
         try:
             await run_in_threadpool(publisher.producer)

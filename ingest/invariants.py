@@ -129,24 +129,15 @@ def period_issues(resource: dict[str, Any], root: str) -> list[Issue]:
     issues = []
     for node, where in _walk(resource, root):
         keys = ("lastUpdated",) if where.endswith(".meta") else CARE_TIMES
-        issues += [
-            Issue(
-                "value",
-                f"{node[key]!r} is outside the years {FIRST_YEAR}–{LAST_YEAR}",
-                (f"{where}.{key}",),
-            )
-            for key in keys
-            if _far_off(node.get(key))
-        ]
-        issues += [
-            Issue(
-                "value",
-                f"{node[key]!r} names no instant (a leap second: second 60)",
-                (f"{where}.{key}",),
-            )
-            for key in keys
-            if _no_instant(node.get(key))
-        ]
+        for check, problem in (
+            (_far_off, f"is outside the years {FIRST_YEAR}–{LAST_YEAR}"),
+            (_no_instant, "names no instant (a leap second: second 60)"),
+        ):
+            issues += [
+                Issue("value", f"{node[key]!r} {problem}", (f"{where}.{key}",))
+                for key in keys
+                if check(node.get(key))
+            ]
         start, end = node.get("start"), node.get("end")
         if not (isinstance(start, str) and isinstance(end, str)):
             continue

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import pickle  # nosec B403: only between the worker and its own fold processes
 import time
 import traceback
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from typing import Any
 
 from streams.core.pathway import PathwayRules
 from streams.runtime.batch import BatchOutcome, BatchProcessor, RawMessage, StateValue
+from streams.runtime.gc_tuning import collector_paused
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class FoldProcessError(RuntimeError):
 
 def serve(conn: Connection, rules: PathwayRules) -> None:
     """The child's loop: one batch per message received, until the pipe closes."""
-    from streams.runtime.gc_tuning import collector_paused, give_back_memory, tune_gc
+    from streams.runtime.gc_tuning import give_back_memory, tune_gc
 
     tune_gc()
     processor = BatchProcessor(sink=None, rules=rules)  # type: ignore[arg-type]  # folds only
@@ -83,6 +85,15 @@ def _fold_one(conn: Connection, processor: BatchProcessor, raw: list[Any]) -> bo
     except Exception:
         conn.send(("error", traceback.format_exc()))
     return True
+
+
+def receive(conn: Connection) -> Any:
+    """What the fold process sent, unpickled with the cycle collector paused: an outcome holds a
+    batch's rows (hundreds of thousands of dicts and lists), and the young collections its
+    unpickling set off in the worker made it half again as long."""
+    data = conn.recv_bytes()
+    with collector_paused():
+        return pickle.loads(data)  # nosec B301: sent by our own fold process
 
 
 class FoldProcess:
@@ -136,10 +147,10 @@ class FoldProcess:
         assert conn is not None
         try:
             conn.send([(m.key, m.value, m.partition) for m in messages])
-            kind, payload = conn.recv()
+            kind, payload = receive(conn)
             if kind == "states":
                 conn.send({pid: get_state(pid) for pid in payload})
-                kind, payload = conn.recv()
+                kind, payload = receive(conn)
         except (EOFError, OSError) as exc:
             raise FoldProcessError(f"the fold process is gone: {exc!r}") from exc
         if kind != "outcome":

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ingest.outcome import Issue
-from parcours.fhir_refs import FHIR_ID
+from parcours.fhir_refs import FHIR_ID, PATIENT_ELEMENTS
 from parcours.timeutil import EARLIEST_CARE, LATEST_CARE, outside_care_years
 
 ID_PATTERN = FHIR_ID
@@ -115,6 +115,18 @@ CARE_TIMES = ("start", "end", "authoredOn", "occurrenceDateTime", "created", "de
 _TIME_KEYS = frozenset((*CARE_TIMES, "lastUpdated"))
 
 
+# The types whose care times the stream worker reads. In them every `CARE_TIMES` element is a
+# FHIR date, dateTime or instant, which JSON writes as a string; the R4B models take a number
+# there (as seconds since 1970), and the worker then dead-letters the resource. In other types
+# `start` and `end` may be integers (MolecularSequence.variant).
+TIMED_TYPES = frozenset((*PATIENT_ELEMENTS, "Patient"))
+
+
+def _not_text(value: Any) -> bool:
+    """A date or time that JSON does not write as a string (a number, a boolean, an object)."""
+    return value is not None and not isinstance(value, str)
+
+
 def _no_instant(value: Any) -> bool:
     """A dateTime with a time that names no instant: second 60 (a leap second, which FHIR's
     pattern lets through but no clock of the worker can place)."""
@@ -127,12 +139,15 @@ def period_issues(resource: dict[str, Any], root: str) -> list[Issue]:
     other care time (`CARE_TIMES`, `meta.lastUpdated`), is outside the years
     FIRST_YEAR–LAST_YEAR or a leap second."""
     issues = []
+    checks: list[tuple[Callable[[Any], bool], str]] = [
+        (_far_off, f"is outside the years {FIRST_YEAR}–{LAST_YEAR}"),
+        (_no_instant, "names no instant (a leap second: second 60)"),
+    ]
+    if resource.get("resourceType") in TIMED_TYPES:
+        checks.append((_not_text, "is not a FHIR date or time: JSON writes them as strings"))
     for node, where in _walk(resource, root):
         keys = ("lastUpdated",) if where.endswith(".meta") else CARE_TIMES
-        for check, problem in (
-            (_far_off, f"is outside the years {FIRST_YEAR}–{LAST_YEAR}"),
-            (_no_instant, "names no instant (a leap second: second 60)"),
-        ):
+        for check, problem in checks:
             issues += [
                 Issue("value", f"{node[key]!r} {problem}", (f"{where}.{key}",))
                 for key in keys
@@ -279,6 +294,7 @@ def _suspect(resource: dict[str, Any]) -> bool:
     walks that name elements run only for the few resources that need them."""
     if "contained" in resource:
         return True
+    timed = resource.get("resourceType") in TIMED_TYPES
     stack: list[Any] = [resource]
     while stack:
         node = stack.pop()
@@ -294,7 +310,7 @@ def _suspect(resource: dict[str, Any]) -> bool:
             if not _TIME_KEYS.isdisjoint(node):
                 for key in _TIME_KEYS.intersection(node):
                     value = node[key]
-                    if _far_off(value) or _no_instant(value):
+                    if _far_off(value) or _no_instant(value) or (timed and _not_text(value)):
                         return True
             if isinstance(start, str) and isinstance(end, str):
                 dates = "T" not in start and "T" not in end

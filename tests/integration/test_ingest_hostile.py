@@ -337,6 +337,8 @@ def invariant_cases() -> Iterator[Case]:
         },
         {422},
     )
+    # A number where a time is due: the R4B models take it (as seconds since 1970).
+    yield one("start-a-number", "/fhir/Encounter", encounter(period={"start": 20260301}), {422})
     yield one(
         "start-2099-west",
         "/fhir/Encounter",

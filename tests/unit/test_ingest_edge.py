@@ -158,6 +158,14 @@ def test_care_times_outside_1900_2099_are_refused(
             {"resourceType": "Encounter", "meta": {"lastUpdated": "1850-01-01T00:00:00Z"}},
             ["Encounter.meta.lastUpdated"],
         ),
+        # A number where a time is due (the R4B models read it as seconds since 1970).
+        ({"resourceType": "Encounter", "period": {"start": 20260301}}, ["Encounter.period.start"]),
+        (
+            {"resourceType": "ServiceRequest", "authoredOn": 1700000000},
+            ["ServiceRequest.authoredOn"],
+        ),
+        # In a type whose care times the worker does not read, `start` may be an integer.
+        ({"resourceType": "MolecularSequence", "variant": [{"start": 5, "end": 9}]}, []),
         # A birth date is no care time; a second 59 is a second.
         ({"resourceType": "Patient", "birthDate": "1850-01-01"}, []),
         ({"resourceType": "Encounter", "period": {"start": "2016-12-31T23:59:59Z"}}, []),

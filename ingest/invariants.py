@@ -103,11 +103,6 @@ def _walk(node: Any, path: str) -> Iterator[tuple[Any, str]]:
         first = False
 
 
-def _far_off(value: Any) -> bool:
-    """A date or time whose year is outside FIRST_YEAR–LAST_YEAR (the worker's rule)."""
-    return outside_care_years(value)
-
-
 # The times the stream worker reads as care times (besides Period and Appointment start/end):
 # it dead-letters a resource whose time it reads is outside the years of care or no instant.
 CARE_TIMES = ("start", "end", "authoredOn", "occurrenceDateTime", "created", "deceasedDateTime")
@@ -140,7 +135,7 @@ def period_issues(resource: dict[str, Any], root: str) -> list[Issue]:
     FIRST_YEAR–LAST_YEAR or a leap second."""
     issues = []
     checks: list[tuple[Callable[[Any], bool], str]] = [
-        (_far_off, f"is outside the years {FIRST_YEAR}–{LAST_YEAR}"),
+        (outside_care_years, f"is outside the years {FIRST_YEAR}–{LAST_YEAR}"),
         (_no_instant, "names no instant (a leap second: second 60)"),
     ]
     if resource.get("resourceType") in TIMED_TYPES:
@@ -156,7 +151,7 @@ def period_issues(resource: dict[str, Any], root: str) -> list[Issue]:
         start, end = node.get("start"), node.get("end")
         if not (isinstance(start, str) and isinstance(end, str)):
             continue
-        if _far_off(start) or _far_off(end):
+        if outside_care_years(start) or outside_care_years(end):
             continue  # refused above
         dates = "T" not in start and "T" not in end
         lo, hi = _bounds(start, widen=not dates), _bounds(end, widen=not dates)
@@ -310,7 +305,9 @@ def _suspect(resource: dict[str, Any]) -> bool:
             if not _TIME_KEYS.isdisjoint(node):
                 for key in _TIME_KEYS.intersection(node):
                     value = node[key]
-                    if _far_off(value) or _no_instant(value) or (timed and _not_text(value)):
+                    if outside_care_years(value) or _no_instant(value):
+                        return True
+                    if timed and _not_text(value):
                         return True
             if isinstance(start, str) and isinstance(end, str):
                 dates = "T" not in start and "T" not in end

@@ -177,7 +177,12 @@ def test_manager(served: Served, browser: Browser) -> None:
         assert s.patient not in page.content(), spec.url_path
     # The forecast of a ward: its chosen model and its accuracy in words.
     visit(page, roles.page("previsions"), "manager_previsions")
+    # Choosing the level reruns the page, and the list keeps its label: opening it before the
+    # rerun has drawn the wards' list would type into the hospitals' list that is replaced.
+    unit_box = page.get_by_role("combobox", name="Série")
+    shown = unit_box.input_value()
     page.get_by_text("Unités de soins", exact=True).click()
+    expect(unit_box).not_to_have_value(shown, timeout=TIMEOUT)
     # The list holds every series of the session's database: type to filter it.
     page.get_by_label("Série").click()
     page.keyboard.type(f"{s.prefix}Cardiologie")

@@ -36,7 +36,6 @@ import hl7
 
 from ingest.invariants import FIRST_YEAR, LAST_YEAR
 from ingest.outcome import FORBIDDEN_CHARS, IngestError
-from parcours.timeutil import EARLIEST_CARE, LATEST_CARE
 
 # --- Vocabulary -----------------------------------------------------------------------------------
 
@@ -333,10 +332,13 @@ def parse_ts(value: str, tz: tzinfo) -> datetime | None:
         at = naive.replace(tzinfo=timezone(sign * delta))
     else:
         at = naive.replace(tzinfo=tz)
-    # The instant, as the stream worker checks it: 1 January 1900 at midnight in Paris is still
-    # 1899 in UTC.
-    if not EARLIEST_CARE <= at < LATEST_CARE:
-        raise ValueError(f"{value!r} is outside the years {FIRST_YEAR}–{LAST_YEAR}")
+        local = at.utcoffset()
+        if local is not None and local.seconds % 60:
+            # Before 1911 Paris kept its mean solar time (+00:09:21): a FHIR offset has no
+            # seconds, so the time keeps its wall clock with the offset's whole minutes.
+            at = naive.replace(tzinfo=timezone(timedelta(minutes=local // timedelta(minutes=1))))
+    # The year as written is checked above, as the gateway and the stream worker check it: the
+    # FHIR time keeps this offset, so `20991231233000-0100` (an instant of 2100) is read alike.
     return at
 
 

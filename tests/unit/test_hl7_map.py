@@ -27,6 +27,7 @@ from ingest.hl7_map import (
     withdrawn_encounter,
 )
 from ingest.validate import validate_resource
+from parcours.timeutil import outside_care_years
 from streams.core.fhir_map import map_resource
 from tests.hl7_messages import INS_OID, adt
 
@@ -359,7 +360,7 @@ def test_ts_without_offset_is_read_in_the_territory_zone() -> None:
         parse_ts("2026-07-01", PARIS)
 
 
-@pytest.mark.parametrize("at", ["00010101000000", "99991231230000", "19000101000000"])
+@pytest.mark.parametrize("at", ["00010101000000", "99991231230000", "18991231230000"])
 def test_a_time_outside_the_years_of_care_is_an_ae_naming_its_field(at: str) -> None:
     with pytest.raises(ValueError, match="outside the years 1900–2099"):
         parse_ts(at, PARIS)
@@ -368,6 +369,18 @@ def test_a_time_outside_the_years_of_care_is_an_ae_naming_its_field(at: str) -> 
         parse_adt(payload, PARIS, read_header(payload))
     assert (refused.value.ack_code, refused.value.reason) == ("AE", "invalid-ts")
     assert (refused.value.segment, refused.value.field_no) == ("MSH", 7)
+
+
+@pytest.mark.parametrize("at", ["20991231233000-0100", "19000101000000"])
+def test_the_years_of_care_are_read_as_written_as_at_the_gateway(at: str) -> None:
+    """The year as written bounds a time, as the gateway and the worker bound a FHIR time: these
+    are instants of 2100 and 1899 in UTC, and accepted with the offset they were written in."""
+    instant = parse_ts(at, PARIS)
+    assert instant is not None and instant.astimezone(UTC).year in (1899, 2100)
+    written = encounter_resource(run(adt("A01", at=at)))["period"]["start"]
+    assert written[:4] == at[:4]
+    assert not outside_care_years(written)
+    assert validate_resource(encounter_resource(run(adt("A01", at=at))))[0] == 0
 
 
 @pytest.mark.parametrize("charset", ["8859/1", "UNICODE UTF-8"])

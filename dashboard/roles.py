@@ -22,24 +22,73 @@ class PageSpec:
 
 
 PAGES: tuple[PageSpec, ...] = (
-    PageSpec("lits", "bed_board.py", "Tableau des lits", "🛏️", "Hôpital", frozenset({M, A})),
-    PageSpec("previsions", "forecasts.py", "Prévisions", "📈", "Hôpital", frozenset({M, A})),
     PageSpec(
-        "indicateurs",
-        "indicators.py",
-        "Indicateurs du parcours",
-        "📊",
+        "lits", "bed_board.py", "Tableau des lits", ":material/bed:", "Hôpital", frozenset({M, A})
+    ),
+    PageSpec(
+        "previsions",
+        "forecasts.py",
+        "Prévisions",
+        ":material/trending_up:",
         "Hôpital",
         frozenset({M, A}),
     ),
     PageSpec(
-        "listes", "worklists.py", "Listes de travail", "📋", "Coordination", frozenset({C, A})
+        "indicateurs",
+        "indicators.py",
+        "Indicateurs du parcours",
+        ":material/monitoring:",
+        "Hôpital",
+        frozenset({M, A}),
     ),
-    PageSpec("alertes", "alerts.py", "Alertes", "🔔", "Coordination", frozenset({C, A})),
-    PageSpec("patient", "pathways.py", "Parcours patient", "🧭", "Coordination", frozenset({C, A})),
-    PageSpec("flux", "feed_health.py", "État des flux", "📡", "Intégration", frozenset({N, A})),
-    PageSpec("utilisateurs", "users.py", "Utilisateurs", "👥", "Administration", frozenset({A})),
-    PageSpec("journal", "audit.py", "Journal des accès", "🔎", "Administration", frozenset({A})),
+    PageSpec(
+        "listes",
+        "worklists.py",
+        "Listes de travail",
+        ":material/checklist:",
+        "Coordination",
+        frozenset({C, A}),
+    ),
+    PageSpec(
+        "alertes",
+        "alerts.py",
+        "Alertes",
+        ":material/notifications:",
+        "Coordination",
+        frozenset({C, A}),
+    ),
+    PageSpec(
+        "patient",
+        "pathways.py",
+        "Parcours patient",
+        ":material/route:",
+        "Coordination",
+        frozenset({C, A}),
+    ),
+    PageSpec(
+        "flux",
+        "feed_health.py",
+        "État des flux",
+        ":material/sensors:",
+        "Intégration",
+        frozenset({N, A}),
+    ),
+    PageSpec(
+        "utilisateurs",
+        "users.py",
+        "Utilisateurs",
+        ":material/group:",
+        "Administration",
+        frozenset({A}),
+    ),
+    PageSpec(
+        "journal",
+        "audit.py",
+        "Journal des accès",
+        ":material/manage_search:",
+        "Administration",
+        frozenset({A}),
+    ),
 )
 
 

@@ -19,7 +19,7 @@ from dashboard.common import _, current_user, engine, role_label, settings
 VIEWS = Path(__file__).resolve().parent / "views"
 
 # An emoji: Streamlit draws it locally, where a Material icon would be fetched from the internet.
-st.set_page_config(page_title="Parcours", page_icon="🏥", layout="wide")
+st.set_page_config(page_title="Parcours", page_icon=":material/local_hospital:", layout="wide")
 
 
 def oidc_configured() -> bool:
@@ -173,7 +173,7 @@ st.session_state["pages"] = pages
 # lists only the role's pages.
 current = st.navigation(list(pages.values()), position="hidden")
 with st.sidebar:
-    st.markdown("### 🏥 Parcours")
+    st.markdown("### :material/local_hospital: Parcours")
     section = None
     for spec in mine:
         if spec.section != section:

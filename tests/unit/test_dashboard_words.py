@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
+from streamlit.string_util import validate_material_icon
 
 from dashboard import i18n, labels, roles
 from dashboard.accounts import Role
@@ -90,3 +91,16 @@ def test_french_numbers_dates_and_local_times() -> None:
 )
 def test_each_role_has_its_pages(role: Role, pages: list[str]) -> None:
     assert [p.url_path for p in roles.allowed(role)] == pages
+
+
+def test_icons_come_from_the_font_streamlit_serves() -> None:
+    """Menu icons are Material Symbols, which Streamlit serves itself: an emoji needs a colour
+    emoji font on the workstation, and shows as an empty box on the many that have none."""
+    app = (Path(roles.__file__).parent / "streamlit_app.py").read_text(encoding="utf-8")
+    icons = [p.icon for p in roles.PAGES] + re.findall(r":material/[a-z_]+:", app)
+    assert len(icons) > len(roles.PAGES)
+    for icon in icons:
+        assert validate_material_icon(icon) == icon
+    emoji = re.compile("[\U0001f300-\U0001faff\u2600-\u27bf]")
+    assert not emoji.search(app)
+    assert not any(emoji.search(p.icon) for p in roles.PAGES)

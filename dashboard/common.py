@@ -38,6 +38,12 @@ def lang() -> str:
     return chosen if isinstance(chosen, str) and chosen in i18n.languages() else i18n.DEFAULT
 
 
+def chart(figure: Any) -> None:
+    """Show an Altair chart across the page, its numbers and dates written in the session's
+    language."""
+    st.altair_chart(figure.configure(locale=i18n.chart_locale(lang())), width="stretch")
+
+
 def _(message: str, **values: Any) -> str:
     """`message` (written in French) in the session's language, `{fields}` filled."""
     return i18n.translate(lang(), message, **values)

@@ -18,10 +18,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pandas as pd
-from babel.dates import format_datetime
+from babel.dates import format_datetime, get_day_names, get_month_names
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
-from babel.numbers import format_decimal, format_percent
+from babel.numbers import format_decimal, format_percent, get_decimal_symbol, get_group_symbol
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 DEFAULT = "fr"
@@ -67,6 +67,34 @@ def number(lang: str, value: float | None, digits: int = 0) -> str:
         return EMPTY
     pattern = "#,##0" + ("." + "0" * digits if digits else "")
     return format_decimal(value, format=pattern, locale=babel_locale(lang))
+
+
+@cache
+def chart_locale(lang: str) -> dict[str, Any]:
+    """Vega's number and time locale for `lang` (charts' axes and tooltips): in French a
+    decimal comma, a narrow space between thousands, French month and day names."""
+    loc = babel_locale(lang)
+    # Vega counts days from Sunday, Babel from Monday.
+    days = [get_day_names("wide", locale=loc)[(i + 6) % 7] for i in range(7)]
+    short_days = [get_day_names("abbreviated", locale=loc)[(i + 6) % 7] for i in range(7)]
+    return {
+        "number": {
+            "decimal": get_decimal_symbol(loc),
+            "thousands": get_group_symbol(loc),
+            "grouping": [3],
+            "currency": ["", "\u00a0€"],
+        },
+        "time": {
+            "dateTime": "%A %e %B %Y, %X",
+            "date": "%d/%m/%Y",
+            "time": "%H:%M:%S",
+            "periods": ["AM", "PM"],
+            "days": days,
+            "shortDays": short_days,
+            "months": [get_month_names("wide", locale=loc)[m] for m in range(1, 13)],
+            "shortMonths": [get_month_names("abbreviated", locale=loc)[m] for m in range(1, 13)],
+        },
+    }
 
 
 def percent(lang: str, value: float | None) -> str:

@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import queries
-from dashboard.common import _, engine, now, number, percent, settings, when
+from dashboard.common import _, chart, engine, now, number, percent, settings, when
 from dashboard.forecast_text import model_label
 
 HISTORY = timedelta(days=7)
@@ -256,7 +256,7 @@ def show(level: str, unit: str, name: str, occupied: float | None, capacity: flo
     if history.empty and forecast is None:
         st.caption(_("Pas encore d'historique horaire."))
         return
-    st.altair_chart(band_chart(history, forecast, capacity, at, tz), width="stretch")
+    chart(band_chart(history, forecast, capacity, at, tz))
     if forecast is None:
         return
     st.caption(

@@ -16,6 +16,7 @@ from dashboard.common import (
     REFRESH,
     Col,
     _,
+    chart,
     engine,
     now,
     number,
@@ -85,7 +86,7 @@ def drill(frame: pd.DataFrame, level: str, key: str) -> str | None:
     if frame.empty:
         st.caption(_("Aucune unité à ce niveau."))
         return None
-    st.altair_chart(coloured_bars(frame, label), width="stretch")
+    chart(coloured_bars(frame, label))
     shown = frame.reset_index(drop=True)
     event = st.dataframe(
         _styled(shown),
@@ -266,7 +267,7 @@ heat = week_heat(hour_now - timedelta(days=7), settings().timezone)
 if heat.empty:
     st.caption(_("Pas encore d'historique horaire."))
 else:
-    chart = (
+    heatmap = (
         alt.Chart(heat)
         .mark_rect()
         .encode(
@@ -293,4 +294,4 @@ else:
         )
         .properties(height=max(150, 22 * heat["unit"].nunique()))
     )
-    st.altair_chart(chart, width="stretch")
+    chart(heatmap)

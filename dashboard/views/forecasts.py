@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import queries
-from dashboard.common import _, engine, lang, local_time, when
+from dashboard.common import _, chart, engine, lang, local_time, when
 from dashboard.forecast_text import (
     DAILY_HISTORY_DAYS,
     LEVEL_LABELS,
@@ -228,7 +228,7 @@ line = (
         strokeDash=alt.condition(alt.datum.model == "naive", alt.value([4, 4]), alt.value([1, 0])),
     )
 )
-st.altair_chart(alt.layer(*layers, band, line), width="stretch")
+chart(alt.layer(*layers, band, line))
 st.caption(
     _(
         "Zone ombrée : intervalle de prévision à {p} du modèle retenu. Dernière donnée : {end} ; "

@@ -10,7 +10,7 @@ import streamlit as st
 
 from dashboard import queries
 from dashboard.accounts import Role
-from dashboard.common import _, engine, now, number, require, word
+from dashboard.common import _, chart, engine, now, number, require, word
 from dashboard.labels import ALERT_TYPES
 from dashboard.views.shared import stale_warning
 
@@ -41,16 +41,16 @@ counts = pd.DataFrame(
 if counts.empty:
     st.caption(_("Aucune alerte ouverte."))
 else:
-    st.altair_chart(
+    chart(
         alt.Chart(counts)
         .mark_bar()
         .encode(
-            y=alt.Y("type:N", sort="-x", title=None),
-            x=alt.X("n:Q", title=_("Alertes ouvertes")),
+            y=alt.Y("type:N", sort="-x", title=None, axis=alt.Axis(labelLimit=320)),
+            # A count: whole numbers on the axis, however few the alerts.
+            x=alt.X("n:Q", title=_("Alertes ouvertes"), axis=alt.Axis(format="d", tickMinStep=1)),
             tooltip=[
                 alt.Tooltip("type:N", title=_("Type")),
                 alt.Tooltip("n:Q", title=_("Alertes ouvertes")),
             ],
-        ),
-        width="stretch",
+        )
     )

@@ -11,7 +11,7 @@ import streamlit as st
 
 from dashboard import accounts, queries
 from dashboard.accounts import Role
-from dashboard.common import Col, _, engine, now, require, settings, table, when, word
+from dashboard.common import Col, _, chart, engine, now, require, settings, table, when, word
 from dashboard.common import hospital_names as known_hospitals
 from dashboard.common import places as known_places
 from dashboard.labels import ALERT_STATUS, ALERT_TYPES, STAGES
@@ -219,7 +219,7 @@ if bars or points:
             .mark_point(size=120, filled=True, shape="diamond")
             .encode(x=x, y=y, color=alt.Color("kind:N", title=_("Étape")), tooltip=tooltip)
         )
-    st.altair_chart(alt.layer(*layers).properties(height=300), width="stretch")
+    chart(alt.layer(*layers).properties(height=300))
 else:
     st.caption(_("Aucun événement daté pour ce patient."))
 

@@ -175,6 +175,11 @@ def test_manager(served: Served, browser: Browser) -> None:
     for spec in roles.allowed(Role.MANAGER):
         visit(page, spec, f"manager_{spec.url_path}")
         assert s.patient not in page.content(), spec.url_path
+    # The open alerts are counted in whole numbers, on an axis written in French.
+    visit(page, roles.page("indicateurs"), "manager_indicateurs")
+    counts = page.get_by_role("img").filter(has_text="Alertes ouvertes")
+    expect(counts).to_contain_text("Pas de suivi", timeout=TIMEOUT)
+    assert not re.search(r"\d[.,]\d", counts.text_content() or "")
     # The forecast of a ward: its chosen model and its accuracy in words.
     visit(page, roles.page("previsions"), "manager_previsions")
     # Choosing the level reruns the page, and the list keeps its label: opening it before the

@@ -104,3 +104,13 @@ def test_icons_come_from_the_font_streamlit_serves() -> None:
     emoji = re.compile("[\U0001f300-\U0001faff\u2600-\u27bf]")
     assert not emoji.search(app)
     assert not any(emoji.search(p.icon) for p in roles.PAGES)
+
+
+def test_charts_write_numbers_and_dates_in_the_language_chosen() -> None:
+    fr, en = i18n.chart_locale("fr"), i18n.chart_locale("en")
+    assert (fr["number"]["decimal"], en["number"]["decimal"]) == (",", ".")
+    assert fr["number"]["thousands"].isspace() and en["number"]["thousands"] == ","
+    # Vega's weeks start on Sunday.
+    assert fr["time"]["days"][:2] == ["dimanche", "lundi"]
+    assert en["time"]["days"][0] == "Sunday"
+    assert fr["time"]["months"][1] == "février" and len(fr["time"]["shortMonths"]) == 12

@@ -49,6 +49,11 @@ def _(message: str, **values: Any) -> str:
     return i18n.translate(lang(), message, **values)
 
 
+def _n(singular: str, plural: str, n: int, **values: Any) -> str:
+    """The singular or plural message (written in French) for `n`, in the session's language."""
+    return i18n.translate_plural(lang(), singular, plural, n, **values)
+
+
 def current_user() -> User | None:
     """The signed-in user of this browser session, if any."""
     user = st.session_state.get("user")

@@ -56,6 +56,17 @@ def translate(lang: str, message: str, **values: Any) -> str:
     return text.format(**values) if values else text
 
 
+def translate_plural(lang: str, singular: str, plural: str, n: int, **values: Any) -> str:
+    """The form of `n` in `lang` (`singular` and `plural` written in French, where 0 and 1 take
+    the singular), with `{n}` and `{name}` fields filled."""
+    cat = catalogue(lang)
+    if isinstance(cat, gettext.GNUTranslations):
+        text = cat.ngettext(singular, plural, n)
+    else:
+        text = singular if n <= 1 else plural
+    return text.format(n=n, **values)
+
+
 def babel_locale(lang: str) -> str:
     """The Babel locale whose number and date formats `lang` uses."""
     return BABEL_LOCALE.get(lang, lang)

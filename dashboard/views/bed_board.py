@@ -16,6 +16,7 @@ from dashboard.common import (
     REFRESH,
     Col,
     _,
+    _n,
     chart,
     engine,
     now,
@@ -133,10 +134,12 @@ def departures_today(col: Any, unit_ids: list[str], at: datetime) -> None:
     col.metric(
         _("Sorties attendues d'ici minuit"),
         number(gone),
-        help=_(
+        help=_n(
             "Patients présents dont la sortie est attendue avant minuit, selon la prévision "
-            "stock–flux de {n} unité(s) sur {total}.",
-            n=len(covered),
+            "stock–flux de {n} unité sur {total}.",
+            "Patients présents dont la sortie est attendue avant minuit, selon la prévision "
+            "stock–flux de {n} unités sur {total}.",
+            len(covered),
             total=len(unit_ids),
         ),
     )
@@ -182,7 +185,12 @@ def board() -> None:
     if not full_wards.empty:
         names = full_wards["name"].fillna(full_wards["unit_id"]).tolist()
         st.warning(
-            _("{n} unité(s) pleine(s) ou au-delà : {names}", n=len(names), names=", ".join(names))
+            _n(
+                "{n} unité pleine ou au-delà : {names}",
+                "{n} unités pleines ou au-delà : {names}",
+                len(names),
+                names=", ".join(names),
+            )
         )
     st.caption(_("Mis à jour : {at}", at=when(top["as_of"].max())))
     if hospitals_frame.empty:

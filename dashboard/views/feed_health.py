@@ -10,7 +10,7 @@ import streamlit as st
 
 from dashboard import queries
 from dashboard.accounts import Role
-from dashboard.common import REFRESH, Col, _, engine, lang, now, number, require, table
+from dashboard.common import REFRESH, Col, _, _n, engine, lang, now, number, require, table
 
 require(Role.INTEGRATOR, Role.ADMIN)
 st.title(_("État des flux"))
@@ -29,11 +29,14 @@ def streams(at: datetime) -> None:
     silent, behind = queries.stream_freshness(progress)
     if silent:
         st.warning(
-            _(
-                "{n} partition(s) sans rapport de leur traitement : le tableau des lits et les "
+            _n(
+                "{n} partition sans rapport de son traitement : le tableau des lits et les "
                 "alertes s'arrêtent là. Vérifiez que `parcours streams worker` tourne et joint "
                 "Kafka et la base (son journal dit pourquoi il s'est arrêté).",
-                n=silent,
+                "{n} partitions sans rapport de leur traitement : le tableau des lits et les "
+                "alertes s'arrêtent là. Vérifiez que `parcours streams worker` tourne et joint "
+                "Kafka et la base (son journal dit pourquoi il s'est arrêté).",
+                silent,
             )
         )
     elif behind:

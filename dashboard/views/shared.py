@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import queries
-from dashboard.common import _, engine, number
+from dashboard.common import _, _n, engine, number
 
 
 def occupancy_level(rate: float | None) -> str:
@@ -35,10 +35,12 @@ def stale_warning(at: datetime) -> None:
     silent, behind = queries.stream_freshness(queries.stream_progress(engine(), at))
     if silent:
         st.warning(
-            _(
-                "Le traitement de {n} partition(s) ne donne plus de nouvelles : ce tableau peut "
+            _n(
+                "Le traitement de {n} partition ne donne plus de nouvelles : ce tableau peut "
                 "ne pas être à jour. La page État des flux dit laquelle et quoi vérifier.",
-                n=silent,
+                "Le traitement de {n} partitions ne donne plus de nouvelles : ce tableau peut "
+                "ne pas être à jour. La page État des flux dit lesquelles et quoi vérifier.",
+                silent,
             )
         )
     elif behind:

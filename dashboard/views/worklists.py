@@ -12,6 +12,7 @@ from dashboard.accounts import Role
 from dashboard.common import (
     Col,
     _,
+    _n,
     engine,
     now,
     open_patient,
@@ -76,7 +77,7 @@ def with_places(frame: pd.DataFrame, ward_col: str | None = None) -> pd.DataFram
 
 def worklist(frame: pd.DataFrame, columns: list[Col], key: str, empty: str) -> None:
     """The list, and the patient whose row is clicked opened."""
-    st.caption(_("{n} patient(s)", n=len(frame)))
+    st.caption(_n("{n} patient", "{n} patients", len(frame)))
     if frame.empty:
         st.success(_(empty))
         return

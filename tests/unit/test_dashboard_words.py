@@ -25,9 +25,12 @@ def messages_in_code() -> set[str]:
     for _file, _line, msg, _comments, _ctx in extract_from_dir(
         str(DASHBOARD),
         method_map=[("**.py", "python")],
-        keywords={"_": None, "Col": (2,), "translate": (2,), "AccountError": None},
+        keywords={"_": None, "_n": (1, 2), "Col": (2,), "translate": (2,), "AccountError": None},
     ):
-        found.add(msg if isinstance(msg, str) else next(m for m in msg if m))
+        if isinstance(msg, tuple) and len(msg) == 2 and all(msg):
+            found.update(msg)  # a singular and its plural
+        else:
+            found.add(msg if isinstance(msg, str) else next(m for m in msg if m))
     for words in (
         labels.ALERT_TYPES,
         labels.ALERT_STATUS,
@@ -46,11 +49,47 @@ def messages_in_code() -> set[str]:
 
 def test_every_message_has_an_english_translation() -> None:
     with (i18n.LOCALE_DIR / "en" / "LC_MESSAGES" / "messages.po").open("rb") as f:
-        english = {m.id for m in read_po(f) if m.id and m.string}
+        english: set[str] = set()
+        for m in read_po(f):
+            # A plural message names its singular and plural, each with its English form.
+            ids = (m.id,) if isinstance(m.id, str) else m.id
+            forms = (m.string,) if isinstance(m.string, str) else m.string
+            if all(ids) and all(forms):
+                english.update(ids)
     assert sorted(messages_in_code() - english) == []
     assert i18n.translate("en", "Tableau des lits") == "Bed board"
     assert i18n.translate("fr", "Tableau des lits") == "Tableau des lits"
     assert i18n.languages() == ["fr", "en"]
+
+
+@pytest.mark.parametrize(
+    ("lang", "n", "shown"),
+    [
+        ("fr", 0, "0 patient"),
+        ("fr", 1, "1 patient"),
+        ("fr", 2, "2 patients"),
+        ("en", 0, "0 patients"),
+        ("en", 1, "1 patient"),
+        ("en", 3, "3 patients"),
+    ],
+)
+def test_counts_take_the_plural_of_the_language(lang: str, n: int, shown: str) -> None:
+    """French writes 0 and 1 in the singular, English only 1."""
+    assert i18n.translate_plural(lang, "{n} patient", "{n} patients", n) == shown
+    full = i18n.translate_plural(
+        lang,
+        "{n} unité pleine ou au-delà : {names}",
+        "{n} unités pleines ou au-delà : {names}",
+        n,
+        names="Cardiologie",
+    )
+    expected = {
+        ("fr", False): f"{n} unité pleine ou au-delà : Cardiologie",
+        ("fr", True): f"{n} unités pleines ou au-delà : Cardiologie",
+        ("en", False): f"{n} ward at or above capacity: Cardiologie",
+        ("en", True): f"{n} wards at or above capacity: Cardiologie",
+    }
+    assert full == expected[(lang, shown.endswith("s"))]
 
 
 def test_messages_are_words_for_people_not_codes() -> None:

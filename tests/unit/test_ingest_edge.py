@@ -237,6 +237,15 @@ def test_dom_3_counts_canonical_and_uri_references_to_a_contained_resource() -> 
     assert status == 422 and expressions(issues) == ["PlanDefinition.contained[0]"]
 
 
+def test_a_put_without_an_id_is_told_so() -> None:
+    body = {k: v for k, v in encounter().items() if k != "id"}
+    item = prepare_resource(body, "Encounter", url_id="e9")
+    assert (item.status, item.reason) == (400, "id-mismatch")
+    (issue,) = item.issues
+    assert issue.expression == ("Encounter.id",)
+    assert issue.diagnostics == "The resource has no id; a PUT needs the URL id 'e9'"
+
+
 def test_codes_are_checked_in_nested_resources() -> None:
     done = encounter(status="done")
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": done}]}

@@ -246,6 +246,14 @@ def test_a_put_without_an_id_is_told_so() -> None:
     assert issue.diagnostics == "The resource has no id; a PUT needs the URL id 'e9'"
 
 
+def test_an_r4_type_that_r4b_withdrew_is_not_called_unknown() -> None:
+    status, reason, issues = validate_resource({"resourceType": "MedicinalProduct", "id": "m"})
+    assert (status, reason) == (400, "unknown-type")
+    assert "R4B withdrew" in issues[0].diagnostics
+    _, _, issues = validate_resource({"resourceType": "Frobnicator"})
+    assert issues[0].diagnostics == "'Frobnicator' is not an R4 resource type"
+
+
 def test_codes_are_checked_in_nested_resources() -> None:
     done = encounter(status="done")
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": done}]}

@@ -199,8 +199,12 @@ def prepare_resource(
                 [
                     Issue(
                         "invalid",
-                        f"id {resource.get('id')!r} does not match the URL id "
-                        f"{clip(escape_controls(repr(url_id)), 80)}",
+                        (
+                            f"id {resource['id']!r} does not match the URL id "
+                            if resource.get("id")
+                            else "The resource has no id; a PUT needs the URL id "
+                        )
+                        + clip(escape_controls(repr(url_id)), 80),
                         (f"{rtype}.id",),
                     )
                 ],

@@ -191,6 +191,27 @@ def _references(node: Any, path: str) -> Iterator[tuple[str, str]]:
                     stack.append((value, f"{where}[{i}]", False))
 
 
+def _local_targets(node: Any) -> set[str]:
+    """The ids that `#id` strings under `node` name ("" for `#`, the container itself).
+
+    dom-3 counts a reference, and also a canonical, uri or url (`definitionCanonical: "#a1"`,
+    `answerValueSet: "#vs1"`), so every string of that form counts, contained resources
+    included: they may name each other.
+    """
+    found: set[str] = set()
+    stack: list[Any] = [node]
+    while stack:
+        current = stack.pop()
+        values = current.values() if isinstance(current, dict) else current
+        for value in values:
+            if isinstance(value, str):
+                if value.startswith("#"):
+                    found.add(value[1:])
+            elif isinstance(value, dict | list):
+                stack.append(value)
+    return found
+
+
 def reference_issues(resource: dict[str, Any], root: str) -> list[Issue]:
     """ref-1, dom-2, dom-3 and the id of literal references."""
     issues: list[Issue] = []
@@ -200,7 +221,7 @@ def reference_issues(resource: dict[str, Any], root: str) -> list[Issue]:
         c["id"] for c in contained if isinstance(c, dict) and isinstance(c.get("id"), str)
     }
     refs = list(_references(resource, root))
-    local = {ref[1:] for ref, _ in refs if ref.startswith("#")}
+    local = _local_targets(resource)
     for ref, where in refs:
         if ref.startswith("#") and ref != "#" and ref[1:] not in contained_ids:
             issues.append(
@@ -230,7 +251,7 @@ def reference_issues(resource: dict[str, Any], root: str) -> list[Issue]:
                 Issue("invariant", "dom-2: a contained resource contains nothing", (where,))
             )
         cid = child.get("id")
-        refers_back = any(ref == "#" for ref, _ in _references(child, where))
+        refers_back = "" in _local_targets(child)
         if isinstance(cid, str) and cid not in local and not refers_back:
             issues.append(
                 Issue(
@@ -320,8 +341,17 @@ def _suspect(resource: dict[str, Any]) -> bool:
     return False
 
 
+_CONTAINED_PATH = re.compile(r"\.contained\[\d+\]$")
+
+
 def invariant_issues(resource: dict[str, Any], root: str) -> list[Issue]:
-    """Every invariant issue of `resource` itself (nested resources are not entered)."""
+    """Every invariant issue of `resource` itself (nested resources are not entered).
+
+    The references of a contained resource (at `….contained[i]`) were checked with its
+    container's, in whose scope FHIR reads their `#id`: they are not checked again here.
+    """
     if not _suspect(resource):
         return []
+    if _CONTAINED_PATH.search(root):
+        return period_issues(resource, root)
     return period_issues(resource, root) + reference_issues(resource, root)

@@ -30,7 +30,7 @@ from ingest.gateway import Gateway
 from ingest.openapi import type_name_schema
 from ingest.outcome import DatabaseUnavailable, Issue, Rejection, http_issue
 from ingest.responses import capability_statement, location, message_response, response_bundle
-from ingest.validate import is_resource_type
+from ingest.validate import is_resource_type, unknown_type_text
 
 router = APIRouter()
 
@@ -198,7 +198,7 @@ def check_type(type_name: str) -> None:
             [
                 Issue(
                     "not-supported",
-                    f"{type_name!r} is not an R4 resource type",
+                    unknown_type_text(type_name),
                     ("resourceType",),
                     location=("http.url",),
                 )

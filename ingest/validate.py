@@ -123,6 +123,43 @@ def is_resource_type(name: str) -> bool:
     return name in resource_types()
 
 
+# R4 types that R4B (whose definitions validate every resource here) withdrew: valid R4, which
+# the gateway cannot check, so it refuses them saying so rather than calling them unknown.
+WITHDRAWN_IN_R4B = frozenset(
+    {
+        "EffectEvidenceSynthesis",
+        "MedicinalProduct",
+        "MedicinalProductAuthorization",
+        "MedicinalProductContraindication",
+        "MedicinalProductIndication",
+        "MedicinalProductIngredient",
+        "MedicinalProductInteraction",
+        "MedicinalProductManufactured",
+        "MedicinalProductPackaged",
+        "MedicinalProductPharmaceutical",
+        "MedicinalProductUndesirableEffect",
+        "RiskEvidenceSynthesis",
+        "SubstanceNucleicAcid",
+        "SubstancePolymer",
+        "SubstanceProtein",
+        "SubstanceReferenceInformation",
+        "SubstanceSourceMaterial",
+        "SubstanceSpecification",
+    }
+)
+
+
+def unknown_type_text(name: str) -> str:
+    """Why `name` (not a resource type `is_resource_type` knows) is refused."""
+    shown = clip(escape_controls(repr(name)), 80)
+    if name in WITHDRAWN_IN_R4B:
+        return (
+            f"{shown} is an R4 resource type that R4B withdrew; the gateway validates with the "
+            "R4B definitions and does not accept it"
+        )
+    return f"{shown} is not an R4 resource type"
+
+
 def fhirpath(root: str, loc: tuple[int | str, ...]) -> str:
     """A pydantic error location as a FHIRPath expression: `Encounter.location[0].period`."""
     path = root
@@ -259,7 +296,7 @@ def validate_resource(
             [
                 Issue(
                     "not-supported",
-                    f"{clip(escape_controls(repr(rtype)), 80)} is not an R4 resource type",
+                    unknown_type_text(rtype),
                     (f"{base}.resourceType",),
                 )
             ],

@@ -690,20 +690,12 @@ def map_patient(resource: dict[str, Any]) -> list[CanonicalEvent]:
     """A Patient → PatientDied when deceased; PatientReplaced when its `link` says another Patient
     replaced it (a merge); nothing otherwise.
 
-    `deceasedBoolean: true` carries no time: meta.lastUpdated stands for it.
+    `deceasedBoolean: true` carries no time: meta.lastUpdated stands for it. Without one, a
+    record another replaced still gives its merge (its pathway moves to the survivor, whose own
+    record says the death); any other is dead-lettered.
     """
     patient = _require_id(resource)
     src = source_ref(resource)
-    died_at = _time(resource, "deceasedDateTime")
-    if died_at is None and resource.get("deceasedBoolean") is True:
-        died_at = _time(resource, "meta", "lastUpdated")
-        if died_at is None:
-            raise MappingError(
-                "Patient.deceasedBoolean is true but no time is known (meta.lastUpdated)"
-            )
-    events: list[PatientEvent] = []
-    if died_at is not None:
-        events.append(PatientDied(patient_id=patient, at=died_at, source=src))
     replaced_by = next(
         (
             reference_to(link.get("other"), "Patient")
@@ -712,7 +704,18 @@ def map_patient(resource: dict[str, Any]) -> list[CanonicalEvent]:
         ),
         None,
     )
-    if replaced_by and replaced_by != patient:
+    merged = bool(replaced_by) and replaced_by != patient
+    died_at = _time(resource, "deceasedDateTime")
+    if died_at is None and resource.get("deceasedBoolean") is True:
+        died_at = _time(resource, "meta", "lastUpdated")
+        if died_at is None and not merged:
+            raise MappingError(
+                "Patient.deceasedBoolean is true but no time is known (meta.lastUpdated)"
+            )
+    events: list[PatientEvent] = []
+    if died_at is not None:
+        events.append(PatientDied(patient_id=patient, at=died_at, source=src))
+    if merged and replaced_by:
         # A merge: this record's pathway moves to the Patient that replaced it.
         at = _time(resource, "meta", "lastUpdated") or EPOCH
         events.append(

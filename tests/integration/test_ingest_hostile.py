@@ -310,6 +310,29 @@ def invariant_cases() -> Iterator[Case]:
         ),
         {422},
     )
+    # A contained resource's `#id` names a sibling in its container's scope (the R4 spec's
+    # CarePlan and Claim examples), and dom-3 counts a canonical `#id` (its PlanDefinitions).
+    org = {"resourceType": "Organization", "id": "o1", "name": "CHU"}
+    yield one(
+        "ref-1-contained-sibling",
+        "/fhir/Encounter",
+        encounter(
+            contained=[{**contained, "managingOrganization": {"reference": "#o1"}}, org],
+            location=[{"location": {"reference": "#l1"}}],
+        ),
+        {201},
+    )
+    yield one(
+        "dom-3-canonical",
+        "/fhir/PlanDefinition",
+        {
+            "resourceType": "PlanDefinition",
+            "status": "active",
+            "contained": [{"resourceType": "ActivityDefinition", "id": "a1", "status": "active"}],
+            "action": [{"title": "x", "definitionCanonical": "#a1"}],
+        },
+        {201},
+    )
     yield one(
         "ref-1-dangling",
         "/fhir/Encounter",

@@ -293,6 +293,21 @@ def test_deceased_boolean_uses_last_updated_and_alive_patient_gives_nothing() ->
         map_resource(resource)
 
 
+def test_a_merged_record_deceased_without_a_time_still_moves_to_its_survivor() -> None:
+    """The merge is what the worker needs of a replaced record (its pathway moves to the
+    survivor, whose own record says the death): an untimed death does not dead-letter it,
+    which would leave its stays counted twice."""
+    resource = {
+        "resourceType": "Patient",
+        "id": "pat-old",
+        "deceasedBoolean": True,
+        "link": [{"other": {"reference": "Patient/pat-keep"}, "type": "replaced-by"}],
+    }
+    [replaced] = map_resource(resource)
+    assert type(replaced).__name__ == "PatientReplaced"
+    assert (replaced.patient_id, replaced.replaced_by) == ("pat-old", "pat-keep")
+
+
 def test_locations_are_recorded_with_their_service_and_parent() -> None:
     [ward] = map_resource(load("location_ward"))
     [bed] = map_resource(load("location_bed"))

@@ -198,6 +198,62 @@ def test_dom_3_ref_1_and_reference_ids() -> None:
     assert invariant_issues(absolute, "Encounter") == []
 
 
+def test_contained_resources_refer_to_each_other_in_their_containers_scope() -> None:
+    """FHIR's `#id` inside a contained resource names another contained resource of the same
+    container (the spec's CarePlan, Claim and List examples do it): no ref-1 there."""
+    org = {"resourceType": "Organization", "id": "o1", "name": "CHU"}
+    ward = {"resourceType": "Location", "id": "l1", "managingOrganization": {"reference": "#o1"}}
+    stay = encounter(contained=[ward, org], location=[{"location": {"reference": "#l1"}}])
+    assert validate_resource(stay) == (0, "", [])
+    dangling = {**ward, "managingOrganization": {"reference": "#nowhere"}}
+    status, reason, issues = validate_resource(
+        encounter(contained=[dangling], location=[{"location": {"reference": "#l1"}}])
+    )
+    assert (status, reason) == (422, "invariant")
+    assert expressions(issues) == ["Encounter.contained[0].managingOrganization.reference"]
+
+
+def test_dom_3_counts_canonical_and_uri_references_to_a_contained_resource() -> None:
+    """dom-3 counts `#id` in a canonical or uri (PlanDefinition.action.definitionCanonical,
+    Questionnaire.item.answerValueSet), as the spec's PlanDefinition examples send them."""
+    activity = {"resourceType": "ActivityDefinition", "id": "a1", "status": "active"}
+    plan = {
+        "resourceType": "PlanDefinition",
+        "status": "active",
+        "contained": [activity],
+        "action": [{"title": "x", "definitionCanonical": "#a1"}],
+    }
+    assert validate_resource(plan) == (0, "", [])
+    answers = {"resourceType": "ValueSet", "id": "vs1", "status": "active"}
+    form = {
+        "resourceType": "Questionnaire",
+        "status": "active",
+        "contained": [answers],
+        "item": [{"linkId": "1", "type": "choice", "answerValueSet": "#vs1"}],
+    }
+    assert validate_resource(form) == (0, "", [])
+    unused = {**plan, "action": [{"title": "x"}]}
+    status, _, issues = validate_resource(unused)
+    assert status == 422 and expressions(issues) == ["PlanDefinition.contained[0]"]
+
+
+def test_a_put_without_an_id_is_told_so() -> None:
+    body = {k: v for k, v in encounter().items() if k != "id"}
+    item = prepare_resource(body, "Encounter", url_id="e9")
+    assert (item.status, item.reason) == (400, "id-mismatch")
+    (issue,) = item.issues
+    assert issue.expression == ("Encounter.id",)
+    assert issue.diagnostics == "The resource has no id; a PUT needs the URL id 'e9'"
+
+
+def test_an_r4_type_that_r4b_withdrew_is_not_called_unknown() -> None:
+    status, reason, issues = validate_resource({"resourceType": "MedicinalProduct", "id": "m"})
+    assert (status, reason) == (400, "unknown-type")
+    assert "R4B withdrew" in issues[0].diagnostics
+    _, _, issues = validate_resource({"resourceType": "Frobnicator"})
+    assert issues[0].diagnostics == "'Frobnicator' is not an R4 resource type"
+
+
 def test_codes_are_checked_in_nested_resources() -> None:
     done = encounter(status="done")
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": done}]}

@@ -92,16 +92,20 @@ def sign_in(browser: Browser, served: Served, role: Role, path: str = "") -> Pag
     return page
 
 
-def pick_row(page: Page, grid: Locator, text: str) -> None:
+def pick_row(grid: Locator, text: str) -> None:
     """Click the row of `grid` that shows `text`: the grid paints on a canvas, so the click goes
     to the row's position, read from the cell's place in the grid's accessible table."""
     cell = grid.locator("td[role=gridcell]").filter(has_text=re.compile(f"^{re.escape(text)}$"))
     expect(cell).to_be_attached(timeout=TIMEOUT)
     row = int(str(cell.get_attribute("data-testid")).rsplit("-", 1)[1])
-    grid.scroll_into_view_if_needed()
-    box = grid.bounding_box()
-    assert box is not None
-    page.mouse.click(box["x"] + 15, box["y"] + 35 + 35 * row + 18)
+    click_row(grid, row)
+
+
+def click_row(grid: Locator, row: int) -> None:
+    """Click the selector of the grid's row `row` (0 is the first under the header). A locator
+    click waits for the grid to stop moving and to be what receives the click: charts above it
+    still drawing push it down the page."""
+    grid.click(position={"x": 15, "y": 35 + 35 * row + 18})
 
 
 def visit(page: Page, spec: roles.PageSpec, shot_name: str) -> None:
@@ -160,7 +164,7 @@ def test_manager(served: Served, browser: Browser) -> None:
     expect(departures.get_by_test_id("stMetricValue")).not_to_have_text("—")
     shot(page, "manager_bed_board")
     # A click on the hospital's row shows its last days beside the forecast band.
-    pick_row(page, page.get_by_test_id("stDataFrame").first, served.outlook.name)
+    pick_row(page.get_by_test_id("stDataFrame").first, served.outlook.name)
     expect(page.get_by_text(f"{served.outlook.name} : occupation et prévision")).to_be_visible(
         timeout=TIMEOUT
     )
@@ -227,10 +231,7 @@ def test_coordinator_acknowledges_an_alert_and_opens_a_pathway(
     expect(grid.get_by_text(s.patient)).to_be_attached(timeout=TIMEOUT)
     shot(page, "coordinator_worklists")
     # A click on the row's selector opens the patient's pathway (canvas grid: by position).
-    grid.scroll_into_view_if_needed()
-    box = grid.bounding_box()
-    assert box is not None
-    page.mouse.click(box["x"] + 15, box["y"] + 35 + 18)
+    click_row(grid, 0)
     expect(page.get_by_role("heading", name=f"Patient {s.patient}")).to_be_visible(timeout=TIMEOUT)
     shot(page, "coordinator_worklist_opens_patient")
 

@@ -71,11 +71,20 @@ def served(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         yield Served(url, seeded, outlook, users)
 
 
+def settled(page: Page) -> None:
+    """Wait for the end of the script run under way. Call it once something only that run draws
+    is visible (it has begun): what the page shows then is that run's, whole."""
+    expect(page.get_by_test_id("stApp")).to_have_attribute(
+        "data-test-script-state", "notRunning", timeout=TIMEOUT
+    )
+
+
 def sign_in(browser: Browser, served: Served, role: Role, path: str = "") -> Page:
     page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="fr-FR")
     page.goto(f"{served.url}/{path}")
     expect(page.get_by_role("heading", name="Connexion à Parcours")).to_be_visible(timeout=TIMEOUT)
     # Nothing about patients before signing in.
+    settled(page)
     assert served.seeded.patient not in page.content()
     page.get_by_label("Identifiant").fill(served.users[role])
     page.get_by_label("Mot de passe").fill(PASSWORD)
@@ -83,28 +92,30 @@ def sign_in(browser: Browser, served: Served, role: Role, path: str = "") -> Pag
     return page
 
 
-def pick_row(page: Page, grid: Locator, text: str) -> None:
+def pick_row(grid: Locator, text: str) -> None:
     """Click the row of `grid` that shows `text`: the grid paints on a canvas, so the click goes
     to the row's position, read from the cell's place in the grid's accessible table."""
     cell = grid.locator("td[role=gridcell]").filter(has_text=re.compile(f"^{re.escape(text)}$"))
     expect(cell).to_be_attached(timeout=TIMEOUT)
     row = int(str(cell.get_attribute("data-testid")).rsplit("-", 1)[1])
-    grid.scroll_into_view_if_needed()
-    box = grid.bounding_box()
-    assert box is not None
-    page.mouse.click(box["x"] + 15, box["y"] + 35 + 35 * row + 18)
+    click_row(grid, row)
+
+
+def click_row(grid: Locator, row: int) -> None:
+    """Click the selector of the grid's row `row` (0 is the first under the header). A locator
+    click waits for the grid to stop moving and to be what receives the click: charts above it
+    still drawing push it down the page."""
+    grid.click(position={"x": 15, "y": 35 + 35 * row + 18})
 
 
 def visit(page: Page, spec: roles.PageSpec, shot_name: str) -> None:
     page.get_by_test_id("stSidebar").get_by_role("link", name=spec.title).click()
-    # The forecasts page's content (and title) belongs to the forecasting pages.
-    title = None if spec.url_path == "previsions" else spec.title
-    heading = page.get_by_test_id("stMain").get_by_role("heading", level=1, name=title)
-    expect(heading.first).to_be_visible(timeout=TIMEOUT)
-    if title is None:
-        expect(page).to_have_url(
-            f"{page.url.split('/', 3)[0]}//{page.url.split('/', 3)[2]}/previsions"
-        )
+    # The page's own title: any title would match the page being left, until the new one runs.
+    heading = page.get_by_test_id("stMain").get_by_role(
+        "heading", level=1, name=spec.title, exact=True
+    )
+    expect(heading).to_be_visible(timeout=TIMEOUT)
+    settled(page)
     expect(page.get_by_text("Accès refusé")).to_have_count(0)
     shot(page, shot_name)
     written_for_people(page.get_by_test_id("stMain").inner_text(), spec.url_path)
@@ -133,6 +144,7 @@ def refused(browser: Browser, served: Served, role: Role, spec: roles.PageSpec) 
     page = sign_in(browser, served, role, spec.url_path)
     expect(page.get_by_text("Accès refusé").first).to_be_visible(timeout=TIMEOUT)
     expect(page.get_by_text("Demandez à un administrateur").first).to_be_visible()
+    settled(page)
     assert served.seeded.patient not in page.content()
     shot(page, f"{role.value}_refused_{spec.url_path}")
     page.close()
@@ -152,7 +164,7 @@ def test_manager(served: Served, browser: Browser) -> None:
     expect(departures.get_by_test_id("stMetricValue")).not_to_have_text("—")
     shot(page, "manager_bed_board")
     # A click on the hospital's row shows its last days beside the forecast band.
-    pick_row(page, page.get_by_test_id("stDataFrame").first, served.outlook.name)
+    pick_row(page.get_by_test_id("stDataFrame").first, served.outlook.name)
     expect(page.get_by_text(f"{served.outlook.name} : occupation et prévision")).to_be_visible(
         timeout=TIMEOUT
     )
@@ -206,6 +218,7 @@ def test_manager(served: Served, browser: Browser) -> None:
         timeout=TIMEOUT
     )
     expect(page.get_by_text("minuit UTC, soit 01:00 heure locale")).to_be_visible()
+    settled(page)
     assert "occupancy_daily" not in page.content()
     shot(page, "manager_forecast_ward_daily")
     page.close()
@@ -223,10 +236,7 @@ def test_coordinator_acknowledges_an_alert_and_opens_a_pathway(
     expect(grid.get_by_text(s.patient)).to_be_attached(timeout=TIMEOUT)
     shot(page, "coordinator_worklists")
     # A click on the row's selector opens the patient's pathway (canvas grid: by position).
-    grid.scroll_into_view_if_needed()
-    box = grid.bounding_box()
-    assert box is not None
-    page.mouse.click(box["x"] + 15, box["y"] + 35 + 18)
+    click_row(grid, 0)
     expect(page.get_by_role("heading", name=f"Patient {s.patient}")).to_be_visible(timeout=TIMEOUT)
     shot(page, "coordinator_worklist_opens_patient")
 
@@ -272,6 +282,7 @@ def test_integrator(served: Served, browser: Browser) -> None:
     expect(page.get_by_text("1 partition sans rapport de son traitement")).to_be_visible(
         timeout=TIMEOUT
     )
+    settled(page)
     shot(page, "integrator_feed_health")
     assert served.seeded.patient not in page.content()
     page.close()

@@ -50,13 +50,15 @@ def test_kill_9_mid_stream_then_restart_ends_like_a_clean_run(
         )
         run_to_the_end(env, clean_db, expected, tmp_path / "clean.log", "the clean run")
 
-        # Small batches: many transactions, so that the kill lands between two of them.
+        # Small batches: many transactions, so that the kill lands between two of them. INFO
+        # logs: a failure shows how the restarted worker recovered (`recovery_lines`).
         env = worker_env(
             broker,
             killed_db,
             topic_prefix,
             PARCOURS_STREAMS_APP_ID=f"{topic_prefix}killed",
             PARCOURS_WORKER_BATCH_SIZE="250",
+            PARCOURS_LOG_LEVEL="INFO",
             **common,
         )
         log = tmp_path / "killed.log"
@@ -93,6 +95,7 @@ def test_kill_9_mid_stream_then_restart_ends_like_a_clean_run(
 
         clean = snapshot(clean_db, topic_prefix)
         killed = snapshot(killed_db, topic_prefix)
+    recovered = recovery_lines(tmp_path / "restarted.log")
 
     assert stays_at_kill < expected["stays"], "the kill came after the end: nothing was tested"
     # The comparison means something: the territory fills the census and overflows some wards.
@@ -102,7 +105,16 @@ def test_kill_9_mid_stream_then_restart_ends_like_a_clean_run(
         clean,
         killed,
         f"after kill -9 and restart (restarted worker done in time: {in_time}, "
-        f"records left uncommitted: {left})",
+        f"records left uncommitted: {left}); its recovery:\n{recovered}",
     )
-    assert in_time
-    assert left == 0, f"{left} raw records were never committed by the restarted worker"
+    assert in_time, recovered
+    assert left == 0, (
+        f"{left} raw records were never committed by the restarted worker\n{recovered}"
+    )
+
+
+def recovery_lines(log: Path) -> str:
+    """The lines of a worker's INFO log that say how it recovered: the changelog's ends, the
+    seeks, the partitions it consumed, the messages it dropped, and any warning or error."""
+    keep = ("ends at", "Seek stream", "Worker ready", "dropped", "rebalancing", "WARNING", "ERROR")
+    return "\n".join(line for line in log.read_text().splitlines() if any(k in line for k in keep))

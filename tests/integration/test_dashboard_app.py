@@ -424,6 +424,26 @@ def test_feed_health_names_the_element_at_fault(seeded: Seeded) -> None:
     assert any(s.startswith("aucun rapport depuis") for s in progress["État"])
 
 
+def test_feed_health_counts_hl7_messages_and_their_refusals(seeded: Seeded, pg_url: str) -> None:
+    sender = f"{seeded.prefix}hl7"
+    rows = [("AA", "", 5), ("AE", "unknown patient", 2), ("AR", "sender not allowed", 1)]
+    with make_engine(pg_url).begin() as conn:
+        for code, reason, n in rows:
+            conn.execute(
+                text(
+                    "INSERT INTO hl7_message_counts VALUES "
+                    "(:i, 'clinique-valmy', 'A01', :c, :r, :n, :at)"
+                ),
+                {"i": sender, "c": code, "r": reason, "n": n, "at": datetime.now(UTC)},
+            )
+    at = signed_in(Role.INTEGRATOR)
+    hl7 = next(d.value for d in at.dataframe if "Établissement émetteur" in d.value.columns)
+    mine = hl7[hl7["Émetteur"] == sender].iloc[0]
+    assert mine["Messages"] == 8
+    assert (mine["Acceptés (AA)"], mine["Erreurs (AE)"], mine["Refusés (AR)"]) == (5, 2, 1)
+    assert mine["Motifs des refus"] == "unknown patient (2), sender not allowed (1)"
+
+
 def test_indicators_are_counts_only(seeded: Seeded) -> None:
     at = open_page(signed_in(Role.MANAGER), roles.page("indicateurs"))
     labels = {m.label for m in at.metric}

@@ -703,8 +703,12 @@ def progress_status(
     if lag is None or pd.isna(lag):
         return i18n.translate(lang, "démarrage")
     if lag > 0:
-        return i18n.translate(
-            lang, "rattrapage : {n} messages à appliquer", n=i18n.number(lang, int(lag))
+        return i18n.translate_plural(
+            lang,
+            "rattrapage : {count} message à appliquer",
+            "rattrapage : {count} messages à appliquer",
+            int(lag),
+            count=i18n.number(lang, int(lag)),
         )
     return i18n.translate(lang, "à jour")
 

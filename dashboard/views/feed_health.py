@@ -41,10 +41,13 @@ def streams(at: datetime) -> None:
         )
     elif behind:
         st.info(
-            _(
-                "Rattrapage en cours : {n} messages reçus ne sont pas encore "
+            _n(
+                "Rattrapage en cours : {count} message reçu n'est pas encore "
                 "sur le tableau des lits.",
-                n=number(behind),
+                "Rattrapage en cours : {count} messages reçus ne sont pas encore "
+                "sur le tableau des lits.",
+                behind,
+                count=number(behind),
             )
         )
     else:

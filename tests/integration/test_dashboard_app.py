@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
+import streamlit as st
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
@@ -136,6 +137,48 @@ def test_bed_board_drills_down_and_warns_about_the_full_ward(seeded: Seeded) -> 
     for frame in at.dataframe:
         for column in frame.value.columns:
             assert "_" not in column, column
+
+
+def vega_lite_specs(at: AppTest) -> list[dict[str, Any]]:
+    """The Vega-Lite specs of the charts a page shows."""
+    found: list[dict[str, Any]] = []
+
+    def walk(node: object) -> None:
+        spec = getattr(getattr(node, "proto", None), "spec", None)
+        if isinstance(spec, str) and spec.startswith("{"):
+            found.append(json.loads(spec))
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return found
+
+
+def test_bed_board_heat_map_has_one_cell_per_ward_and_hour(seeded: Seeded, pg_url: str) -> None:
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    with make_engine(pg_url).begin() as conn:
+        for h in range(1, 25):
+            conn.execute(
+                text(
+                    "INSERT INTO census_hourly (unit_type, unit_id, hour, hospital_id, occupancy, "
+                    "admissions, discharges, transfers_in, transfers_out, ed_arrivals) "
+                    "VALUES ('ward', :w, :at, :h, :n, 0, 0, 0, 0, 0)"
+                ),
+                {
+                    "w": seeded.ward_full,
+                    "at": hour - timedelta(hours=h),
+                    "h": seeded.hospital,
+                    "n": h,
+                },
+            )
+    # The page keeps the week's cells a few minutes: read this test's.
+    st.cache_data.clear()
+    at = signed_in(Role.MANAGER)
+    heat = next(
+        s for s in vega_lite_specs(at) if s.get("encoding", {}).get("y", {}).get("title") == "Unité"
+    )
+    # Without the hour as time unit, each cell spans the whole week and the last hour hides it.
+    assert heat["encoding"]["x"]["timeUnit"] == "yearmonthdatehours"
 
 
 def outlook_of(unit: str, name: str, occupied: float, capacity: float, lang: str = "fr") -> Any:

@@ -287,7 +287,8 @@ else:
                 title=_("Heure"),
                 axis=alt.Axis(format="%d/%m %Hh", labelAngle=-45),
             ),
-            y=alt.Y("unit:N", title=_("Unité")),
+            # Every ward named in full: a hidden or cut label leaves a row nobody can read.
+            y=alt.Y("unit:N", title=_("Unité"), axis=alt.Axis(labelLimit=400, labelOverlap=False)),
             color=alt.Color(
                 "rate:Q",
                 title=_("Taux d'occupation"),

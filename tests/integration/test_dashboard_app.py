@@ -179,6 +179,9 @@ def test_bed_board_heat_map_has_one_cell_per_ward_and_hour(seeded: Seeded, pg_ur
     )
     # Without the hour as time unit, each cell spans the whole week and the last hour hides it.
     assert heat["encoding"]["x"]["timeUnit"] == "yearmonthdatehours"
+    # Every row's ward is named, in full: none hidden as overlapping, none cut short.
+    axis = heat["encoding"]["y"]["axis"]
+    assert axis["labelOverlap"] is False and axis["labelLimit"] >= 400
 
 
 def outlook_of(unit: str, name: str, occupied: float, capacity: float, lang: str = "fr") -> Any:

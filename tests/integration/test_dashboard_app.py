@@ -328,6 +328,14 @@ def test_forecast_page_shows_the_selected_model_and_its_accuracy_in_words(
     assert not at.exception, at.exception
     assert any(h.value == "Modèle retenu : Prophet" for h in at.subheader)
     assert any("intervalle de prévision à 80" in c.value for c in at.caption)
+    # The legend names each model in full.
+    colors = [
+        layer["encoding"]["color"]
+        for spec in vega_lite_specs(at)
+        for layer in spec.get("layer", [])
+        if layer.get("encoding", {}).get("color", {}).get("title") == "Prévision"
+    ]
+    assert colors and colors[0]["legend"]["labelLimit"] >= 600
     text = " ".join(m.value for m in at.markdown)
     assert "Sur les 8 dernières semaines, à 24 h, cette prévision s'est trompée de 3,1 lits" in text
     assert "la prévision naïve de 4,7" in text

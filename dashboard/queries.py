@@ -8,7 +8,7 @@ and the pathway totals come from `streams.read`, which the `parcours pathways` c
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -703,8 +703,12 @@ def progress_status(
     if lag is None or pd.isna(lag):
         return i18n.translate(lang, "démarrage")
     if lag > 0:
-        return i18n.translate(
-            lang, "rattrapage : {n} messages à appliquer", n=i18n.number(lang, int(lag))
+        return i18n.translate_plural(
+            lang,
+            "rattrapage : {count} message à appliquer",
+            "rattrapage : {count} messages à appliquer",
+            int(lag),
+            count=i18n.number(lang, int(lag)),
         )
     return i18n.translate(lang, "à jour")
 
@@ -784,11 +788,12 @@ def data_age(engine: Engine, now: datetime, hospital_ids: Sequence[str] = ()) ->
 def occupancy_heatmap(engine: Engine, since: datetime, hospital_id: str = "") -> pd.DataFrame:
     """Hourly occupancy of every ward since `since`, with its capacity and rate.
 
-    Columns: unit_id, name, hour, occupancy, capacity, rate (hours with no row are absent).
+    Columns: unit_id, hospital_id, name, hour, occupancy, capacity, rate (hours with no row are
+    absent).
     """
     c, occ = CensusHourlyRow, LocationOccupancyRow
     query = (
-        select(c.unit_id, occ.name, c.hour, c.occupancy, occ.capacity)
+        select(c.unit_id, occ.hospital_id, occ.name, c.hour, c.occupancy, occ.capacity)
         .join(occ, and_(occ.unit_type == c.unit_type, occ.unit_id == c.unit_id))
         .where(c.unit_type == "ward", c.hour >= since)
         .order_by(c.unit_id, c.hour)
@@ -798,6 +803,25 @@ def occupancy_heatmap(engine: Engine, since: datetime, hospital_id: str = "") ->
     frame = _frame(engine, query)
     frame["rate"] = frame["occupancy"] / frame["capacity"].where(frame["capacity"] > 0)
     return frame
+
+
+def ward_labels(frame: pd.DataFrame, hospital_names: Mapping[str, str]) -> pd.Series:
+    """One label per ward of `frame` (columns unit_id, hospital_id, name): its name, followed by
+    its hospital's when wards of several hospitals share that name (« Cardiologie · Clinique
+    Drevon »), and by its id when that is not enough; its id when it has no name. A chart with
+    one row per label then never draws two wards on one row."""
+
+    def distinct(labels: pd.Series, more: pd.Series) -> pd.Series:
+        wards = pd.DataFrame({"unit_id": frame["unit_id"], "label": labels}).drop_duplicates()
+        shared = set(wards["label"][wards["label"].duplicated(keep=False)])
+        return pd.Series(
+            [f"{lab} · {m}" if lab in shared else lab for lab, m in zip(labels, more, strict=True)],
+            index=frame.index,
+        )
+
+    names = frame["name"].where(frame["name"].notna(), frame["unit_id"]).astype(str)
+    hospitals = frame["hospital_id"].map(lambda h: hospital_names.get(h, h)).astype(str)
+    return distinct(distinct(names, hospitals), frame["unit_id"].astype(str))
 
 
 # --- Worklists for coordinators -----------------------------------------------------------------

@@ -391,9 +391,11 @@ def _start_services(
         sup.start("dashboard", [*exe, "dashboard"], env)
         dash = f"http://{settings.dashboard_host}:{settings.dashboard_port}"
         wait_http(f"{dash}/_stcore/health")
+        accounts = _demo_accounts(settings)
         banner.append(f"Dashboard: {dash}")
-        banner += _demo_accounts(settings)
-        say(f"Tableau de bord / dashboard: {dash}")
+        banner += accounts
+        # Now, not only in the banner once the history is folded: the dashboard answers already.
+        say("\n  ".join([f"Tableau de bord / dashboard: {dash}", *accounts]))
     return banner
 
 

@@ -293,6 +293,8 @@ class Hl7Sink:
         self.converter = Converter(hospital, ZoneInfo(timezone))
         self.sender = MllpSender(host, port)
         self.messages = 0
+        # Patients sent to `inner` that it may still hold in its buffer (the gateway's batches).
+        self.unflushed_patients: set[str] = set()
 
     def observe(self, history_sink: Sink) -> HistoryObserver:
         """`history_sink`, noting the hospital's stays and the patients the history sends."""
@@ -303,20 +305,31 @@ class Hl7Sink:
         sink."""
         if resource.get("resourceType") == "Patient":
             self.converter.remember_patient(resource)
+            self.unflushed_patients.add(str(resource.get("id")))
         if (
             valid
             and self.converter.wants(resource)
             and resource.get("id") not in self.converter.fhir_stays
         ):
+            patient = str(resource["subject"]["reference"]).removeprefix("Patient/")
+            if patient in self.unflushed_patients:
+                # The listener records the patient of an ADT as this integrator's version 1: the
+                # FHIR Patient must reach the gateway first, or the gateway refuses it (409).
+                self.flush_inner()
             for message in self.converter.adt_for_version(resource):
                 self.sender.send(message)
                 self.messages += 1
             return
         self.inner.send(resource, valid)
 
+    def flush_inner(self) -> None:
+        """Push out what the inner sink holds."""
+        self.inner.flush()
+        self.unflushed_patients.clear()
+
     def flush(self) -> None:
         """Flush the inner sink and wait for the outstanding ACKs."""
-        self.inner.flush()
+        self.flush_inner()
         self.sender.drain()
 
     def close(self) -> None:

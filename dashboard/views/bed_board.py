@@ -19,6 +19,7 @@ from dashboard.common import (
     _n,
     chart,
     engine,
+    hospital_names,
     now,
     number,
     percent,
@@ -261,7 +262,7 @@ def week_heat(since: datetime, tz: str) -> pd.DataFrame:
     heat = queries.occupancy_heatmap(engine(), since)
     return pd.DataFrame(
         {
-            "unit": heat["name"].fillna(heat["unit_id"]),
+            "unit": queries.ward_labels(heat, hospital_names()),
             # Naive local time: the chart shows it as the ward clock reads it, whatever the browser.
             "local": pd.to_datetime(heat["hour"], utc=True).dt.tz_convert(tz).dt.tz_localize(None),
             "occupancy": heat["occupancy"],
@@ -279,12 +280,15 @@ else:
         alt.Chart(heat)
         .mark_rect()
         .encode(
+            # One cell per hour: without the time unit, each rect spans the whole axis and the
+            # last hour paints over the week.
             x=alt.X(
-                "local:T",
+                "yearmonthdatehours(local):T",
                 title=_("Heure"),
                 axis=alt.Axis(format="%d/%m %Hh", labelAngle=-45),
             ),
-            y=alt.Y("unit:N", title=_("Unité")),
+            # Every ward named in full: a hidden or cut label leaves a row nobody can read.
+            y=alt.Y("unit:N", title=_("Unité"), axis=alt.Axis(labelLimit=400, labelOverlap=False)),
             color=alt.Color(
                 "rate:Q",
                 title=_("Taux d'occupation"),
@@ -295,7 +299,9 @@ else:
             ),
             tooltip=[
                 alt.Tooltip("unit:N", title=_("Unité")),
-                alt.Tooltip("local:T", title=_("Heure"), format="%d/%m/%Y %H:%M"),
+                alt.Tooltip(
+                    "yearmonthdatehours(local):T", title=_("Heure"), format="%d/%m/%Y %H:%M"
+                ),
                 alt.Tooltip("occupancy:Q", title=_("Lits occupés")),
                 alt.Tooltip("rate:Q", title=_("Taux d'occupation"), format=".0%"),
             ],

@@ -41,10 +41,13 @@ def streams(at: datetime) -> None:
         )
     elif behind:
         st.info(
-            _(
-                "Rattrapage en cours : {n} messages reçus ne sont pas encore "
+            _n(
+                "Rattrapage en cours : {count} message reçu n'est pas encore "
                 "sur le tableau des lits.",
-                n=number(behind),
+                "Rattrapage en cours : {count} messages reçus ne sont pas encore "
+                "sur le tableau des lits.",
+                behind,
+                count=number(behind),
             )
         )
     else:
@@ -117,9 +120,11 @@ def health(hours: int) -> None:
                 Col("integrator", "Émetteur"),
                 Col("sending_facility", "Établissement émetteur"),
                 Col("trigger", "Événement"),
-                Col("ack_code", "Réponse"),
-                Col("reason", "Motif"),
-                Col("count", "Nombre", "int"),
+                Col("messages", "Messages", "int"),
+                Col("AA", "Acceptés (AA)", "int"),
+                Col("AE", "Erreurs (AE)", "int"),
+                Col("AR", "Refusés (AR)", "int"),
+                Col("reasons", "Motifs des refus"),
                 Col("last_at", "Dernier message", "time"),
             ],
         )

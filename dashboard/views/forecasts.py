@@ -224,7 +224,12 @@ line = (
     .encode(
         x="ds:T",
         y="yhat:Q",
-        color=alt.Color("modèle:N", title=_("Prévision")),
+        # Below the chart, in full: the models' names are long, and a cut one names none.
+        color=alt.Color(
+            "modèle:N",
+            title=_("Prévision"),
+            legend=alt.Legend(orient="bottom", direction="vertical", labelLimit=600),
+        ),
         strokeDash=alt.condition(alt.datum.model == "naive", alt.value([4, 4]), alt.value([1, 0])),
     )
 )

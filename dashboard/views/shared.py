@@ -45,8 +45,10 @@ def stale_warning(at: datetime) -> None:
         )
     elif behind:
         st.caption(
-            _(
-                "Rattrapage en cours : {n} messages reçus ne sont pas encore pris en compte.",
-                n=number(behind),
+            _n(
+                "Rattrapage en cours : {count} message reçu n'est pas encore pris en compte.",
+                "Rattrapage en cours : {count} messages reçus ne sont pas encore pris en compte.",
+                behind,
+                count=number(behind),
             )
         )

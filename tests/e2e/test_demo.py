@@ -104,6 +104,8 @@ def test_demo_runs_the_whole_pathway_on_sqlite_and_ctrl_c_leaves_no_orphan(
             banner = log.read_text()
             for role in ("coordinator", "manager", "integrator", "admin"):
                 assert re.search(rf"^\s+{role}: \S{{12,}}$", banner, re.M), role
+            # They are given as soon as the dashboard answers, not once the history is folded.
+            assert banner.index("admin: ") < banner.index("Historique dans le broker"), banner
             # Simulator → gateway → Kafka → worker → SQL: the territory and stays land.
             wait_until(lambda: count(db, "stays") > 0, 120, what="stays in SQL")
             wait_until(lambda: count(db, "location_occupancy") > 0, 60, what="occupancy")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
+import streamlit as st
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
@@ -136,6 +137,51 @@ def test_bed_board_drills_down_and_warns_about_the_full_ward(seeded: Seeded) -> 
     for frame in at.dataframe:
         for column in frame.value.columns:
             assert "_" not in column, column
+
+
+def vega_lite_specs(at: AppTest) -> list[dict[str, Any]]:
+    """The Vega-Lite specs of the charts a page shows."""
+    found: list[dict[str, Any]] = []
+
+    def walk(node: object) -> None:
+        spec = getattr(getattr(node, "proto", None), "spec", None)
+        if isinstance(spec, str) and spec.startswith("{"):
+            found.append(json.loads(spec))
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return found
+
+
+def test_bed_board_heat_map_has_one_cell_per_ward_and_hour(seeded: Seeded, pg_url: str) -> None:
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    with make_engine(pg_url).begin() as conn:
+        for h in range(1, 25):
+            conn.execute(
+                text(
+                    "INSERT INTO census_hourly (unit_type, unit_id, hour, hospital_id, occupancy, "
+                    "admissions, discharges, transfers_in, transfers_out, ed_arrivals) "
+                    "VALUES ('ward', :w, :at, :h, :n, 0, 0, 0, 0, 0)"
+                ),
+                {
+                    "w": seeded.ward_full,
+                    "at": hour - timedelta(hours=h),
+                    "h": seeded.hospital,
+                    "n": h,
+                },
+            )
+    # The page keeps the week's cells a few minutes: read this test's.
+    st.cache_data.clear()
+    at = signed_in(Role.MANAGER)
+    heat = next(
+        s for s in vega_lite_specs(at) if s.get("encoding", {}).get("y", {}).get("title") == "Unité"
+    )
+    # Without the hour as time unit, each cell spans the whole week and the last hour hides it.
+    assert heat["encoding"]["x"]["timeUnit"] == "yearmonthdatehours"
+    # Every row's ward is named, in full: none hidden as overlapping, none cut short.
+    axis = heat["encoding"]["y"]["axis"]
+    assert axis["labelOverlap"] is False and axis["labelLimit"] >= 400
 
 
 def outlook_of(unit: str, name: str, occupied: float, capacity: float, lang: str = "fr") -> Any:
@@ -282,6 +328,14 @@ def test_forecast_page_shows_the_selected_model_and_its_accuracy_in_words(
     assert not at.exception, at.exception
     assert any(h.value == "Modèle retenu : Prophet" for h in at.subheader)
     assert any("intervalle de prévision à 80" in c.value for c in at.caption)
+    # The legend names each model in full.
+    colors = [
+        layer["encoding"]["color"]
+        for spec in vega_lite_specs(at)
+        for layer in spec.get("layer", [])
+        if layer.get("encoding", {}).get("color", {}).get("title") == "Prévision"
+    ]
+    assert colors and colors[0]["legend"]["labelLimit"] >= 600
     text = " ".join(m.value for m in at.markdown)
     assert "Sur les 8 dernières semaines, à 24 h, cette prévision s'est trompée de 3,1 lits" in text
     assert "la prévision naïve de 4,7" in text
@@ -422,6 +476,26 @@ def test_feed_health_names_the_element_at_fault(seeded: Seeded) -> None:
     assert "Encounter.status" in set(rejected["Élément en faute"])
     progress = next(t for t in tables if "Partition" in t.columns)
     assert any(s.startswith("aucun rapport depuis") for s in progress["État"])
+
+
+def test_feed_health_counts_hl7_messages_and_their_refusals(seeded: Seeded, pg_url: str) -> None:
+    sender = f"{seeded.prefix}hl7"
+    rows = [("AA", "", 5), ("AE", "unknown patient", 2), ("AR", "sender not allowed", 1)]
+    with make_engine(pg_url).begin() as conn:
+        for code, reason, n in rows:
+            conn.execute(
+                text(
+                    "INSERT INTO hl7_message_counts VALUES "
+                    "(:i, 'clinique-valmy', 'A01', :c, :r, :n, :at)"
+                ),
+                {"i": sender, "c": code, "r": reason, "n": n, "at": datetime.now(UTC)},
+            )
+    at = signed_in(Role.INTEGRATOR)
+    hl7 = next(d.value for d in at.dataframe if "Établissement émetteur" in d.value.columns)
+    mine = hl7[hl7["Émetteur"] == sender].iloc[0]
+    assert mine["Messages"] == 8
+    assert (mine["Acceptés (AA)"], mine["Erreurs (AE)"], mine["Refusés (AR)"]) == (5, 2, 1)
+    assert mine["Motifs des refus"] == "unknown patient (2), sender not allowed (1)"
 
 
 def test_indicators_are_counts_only(seeded: Seeded) -> None:

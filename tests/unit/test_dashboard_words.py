@@ -25,7 +25,14 @@ def messages_in_code() -> set[str]:
     for _file, _line, msg, _comments, _ctx in extract_from_dir(
         str(DASHBOARD),
         method_map=[("**.py", "python")],
-        keywords={"_": None, "_n": (1, 2), "Col": (2,), "translate": (2,), "AccountError": None},
+        keywords={
+            "_": None,
+            "_n": (1, 2),
+            "Col": (2,),
+            "translate": (2,),
+            "translate_plural": (2, 3),
+            "AccountError": None,
+        },
     ):
         if isinstance(msg, tuple) and len(msg) == 2 and all(msg):
             found.update(msg)  # a singular and its plural

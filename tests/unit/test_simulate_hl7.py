@@ -164,3 +164,54 @@ def test_stays_the_history_began_go_on_as_fhir_and_new_ones_as_adt_with_its_pati
     assert [m.trigger for m in parsed] == ["A01", "A02"]
     assert {m.visit.encounter_id for m in parsed if m.visit} == {"stay-2"}
     assert (parsed[0].patient.family, parsed[0].patient.given) == ("Roy", "Lou")
+
+
+class BatchingSink(ListSink):
+    """Holds what it is sent until flushed, like the gateway's batches; notes when it posts."""
+
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.log = log
+        self.held: list[dict[str, Any]] = []
+
+    def send(self, resource: dict[str, Any], valid: bool) -> None:
+        self.held.append(resource)
+
+    def flush(self) -> None:
+        self.sent += self.held
+        self.log += [f"fhir {r['resourceType']}/{r['id']}" for r in self.held]
+        self.held = []
+
+
+class LoggingSender:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def send(self, payload: bytes) -> None:
+        self.log.append(f"adt {parse_adt(payload, PARIS).trigger}")
+
+
+def test_a_patient_new_live_reaches_the_gateway_before_its_first_adt() -> None:
+    """The listener records the patient of an ADT as the integrator's version 1: a FHIR Patient
+    still in the gateway sink's batch would then arrive second and be refused as a conflict."""
+    log: list[str] = []
+    live = BatchingSink(log)
+    sink = Hl7Sink(live, "ch-test", "127.0.0.1", 1, "Europe/Paris")
+    sink.sender = LoggingSender(log)  # type: ignore[assignment]
+    sink.send({"resourceType": "Patient", "id": "pat-1", "gender": "male"}, True)
+    sink.send(
+        version(1, "in-progress", [("ch-test-cardio-b001", "2026-01-05T10:00:00+01:00")]), True
+    )
+    assert log == ["fhir Patient/pat-1", "adt A01"]
+    # Later movements of a patient already sent do not flush the batch again.
+    sink.send({"resourceType": "Patient", "id": "pat-2", "gender": "male"}, True)
+    moved = version(
+        2,
+        "in-progress",
+        [
+            ("ch-test-cardio-b001", "2026-01-05T10:00:00+01:00"),
+            ("ch-test-med-int-b004", "2026-01-06T09:30:00+01:00"),
+        ],
+    )
+    sink.send(moved, True)
+    assert log == ["fhir Patient/pat-1", "adt A01", "adt A02"]

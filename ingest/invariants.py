@@ -264,25 +264,27 @@ def reference_issues(resource: dict[str, Any], root: str) -> list[Issue]:
     return issues
 
 
-def nested_resources(resource: dict[str, Any], root: str) -> Iterator[tuple[dict[str, Any], str]]:
+def nested_resources(
+    resource: dict[str, Any], root: str
+) -> Iterator[tuple[dict[str, Any], str, bool]]:
     """The resources inside `resource` (contained, Bundle.entry.resource, Parameters), at any
-    depth, each with its FHIRPath."""
+    depth, each with its FHIRPath and whether it is a contained resource."""
     stack: list[tuple[dict[str, Any], str]] = [(resource, root)]
     while stack:
         current, where = stack.pop()
         for i, child in enumerate(_as_list(current.get("contained"))):
             if isinstance(child, dict):
                 path = f"{where}.contained[{i}]"
-                yield child, path
+                yield child, path, True
                 stack.append((child, path))
         for i, entry in enumerate(_as_list(current.get("entry"))):
             child = entry.get("resource") if isinstance(entry, dict) else None
             if isinstance(child, dict):
                 path = f"{where}.entry[{i}].resource"
-                yield child, path
+                yield child, path, False
                 stack.append((child, path))
         for child, path in _parameter_resources(current, where):
-            yield child, path
+            yield child, path, False
             stack.append((child, path))
 
 
@@ -341,17 +343,14 @@ def _suspect(resource: dict[str, Any]) -> bool:
     return False
 
 
-_CONTAINED_PATH = re.compile(r"\.contained\[\d+\]$")
-
-
-def invariant_issues(resource: dict[str, Any], root: str) -> list[Issue]:
+def invariant_issues(resource: dict[str, Any], root: str, contained: bool = False) -> list[Issue]:
     """Every invariant issue of `resource` itself (nested resources are not entered).
 
-    The references of a contained resource (at `….contained[i]`) were checked with its
-    container's, in whose scope FHIR reads their `#id`: they are not checked again here.
+    The references of a `contained` resource were checked with its container's, in whose scope
+    FHIR reads their `#id`: they are not checked again here.
     """
     if not _suspect(resource):
         return []
-    if _CONTAINED_PATH.search(root):
+    if contained:
         return period_issues(resource, root)
     return period_issues(resource, root) + reference_issues(resource, root)

@@ -341,11 +341,11 @@ def validate_resource(
 def rule_issues(resource: dict[str, Any], base: str) -> tuple[int, str, list[Issue]]:
     """Codes and invariants of a structurally valid resource and of every resource nested in
     it (contained, Bundle entries): an Encounter `done` is refused wherever it sits."""
-    found = [(resource, base), *nested_resources(resource, base)]
-    issues = [i for res, where in found for i in check_codes(res, where)]
+    found = [(resource, base, False), *nested_resources(resource, base)]
+    issues = [i for res, where, _ in found for i in check_codes(res, where)]
     if issues:
         return 422, "invalid-code", issues[:MAX_ISSUES]
-    issues = [i for res, where in found for i in invariant_issues(res, where)]
+    issues = [i for res, where, inner in found for i in invariant_issues(res, where, inner)]
     if issues:
         return 422, "invariant", issues[:MAX_ISSUES]
     return 0, "", []

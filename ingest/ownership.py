@@ -24,9 +24,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, and_, bindparam, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ingest.bundle import patient_key
 from parcours.db import upsert
@@ -42,6 +44,37 @@ MAX_VALUE = 512
 # Patient records whose SQL rows (stays, visits, referrals, appointments) are keyed by their id.
 ROW_KEYED = frozenset({"Encounter", "Appointment", "ServiceRequest", "EpisodeOfCare"})
 CACHE_SIZE = 200_000
+# Most values of one kind a lookup names.
+VALUES_PER_KIND = 500
+
+
+@lru_cache(maxsize=32)
+def _owners_query(kinds: tuple[str, ...]) -> Any:
+    """`SELECT kind, value, integrator … WHERE (kind = k1 AND value IN :v0) OR …`, one term per
+    kind (each answered by the primary key), built once per set of kinds: building a statement
+    costs more than running it."""
+    t = IngestOwnerRow.__table__
+    return select(t.c.kind, t.c.value, t.c.integrator).where(
+        or_(
+            *(
+                and_(t.c.kind == kind, t.c.value.in_(bindparam(f"v{i}", expanding=True)))
+                for i, kind in enumerate(kinds)
+            )
+        )
+    )
+
+
+@lru_cache(maxsize=4)
+def _claim_statement(dialect: str) -> Any:
+    """`INSERT … ON CONFLICT DO NOTHING RETURNING kind, value`: the rows it returns are the
+    claims this insert made."""
+    t = IngestOwnerRow.__table__
+    insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert(t)
+        .on_conflict_do_nothing(index_elements=["kind", "value"])
+        .returning(t.c.kind, t.c.value)
+    )
 
 
 def claims_of(resource: dict[str, Any], root: str) -> Iterator[tuple[Claim, str]]:
@@ -114,18 +147,19 @@ class OwnershipStore:
             return {}
         now = datetime.now(UTC)
         with self.engine.begin() as conn:
-            # A claim already made stays as it is; then read who owns each.
-            upsert(
-                conn,
-                IngestOwnerRow,
+            # A claim already made stays as it is: what the insert returns is claimed now, and
+            # only the rest (claimed by someone meanwhile) is read back.
+            made = conn.execute(
+                _claim_statement(conn.dialect.name),
                 [
                     {"kind": k, "value": v, "integrator": source, "claimed_at": now}
                     for k, v in wanted
                 ],
-                key=["kind", "value"],
-                update=[],
             )
-            owners = self._owners(wanted, conn)
+            owners = {(r[0], r[1]): source for r in made}
+            rest = [c for c in wanted if c not in owners]
+            if rest:
+                owners.update(self._owners(rest, conn))
         lost = self._denied(source, owners)
         with self._lock:
             self._allowed.update((source, c) for c in wanted if c in owners and c not in lost)
@@ -140,10 +174,17 @@ class OwnershipStore:
         if conn is None:
             with self.engine.connect() as own:
                 return self._owners(claims, own)
-        t = IngestOwnerRow.__table__
+        by_kind: dict[str, list[str]] = {}
+        for kind, value in claims:
+            by_kind.setdefault(kind, []).append(value)
+        kinds = tuple(sorted(by_kind))
         found: dict[Claim, str] = {}
-        for where in keyed(t, ("kind", "value"), claims):
-            rows = conn.execute(select(t.c.kind, t.c.value, t.c.integrator).where(where))
+        for start in range(0, max(len(v) for v in by_kind.values()), VALUES_PER_KIND):
+            params = {
+                f"v{i}": by_kind[kind][start : start + VALUES_PER_KIND]
+                for i, kind in enumerate(kinds)
+            }
+            rows = conn.execute(_owners_query(kinds), params)
             found.update(((r[0], r[1]), r[2]) for r in rows)
         return found
 

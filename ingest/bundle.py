@@ -29,11 +29,18 @@ def _walk_references(node: Any) -> Iterator[dict[str, Any]]:
             yield from _walk_references(item)
 
 
+def _url_key(url: str) -> str:
+    """`url` as fullUrls are matched: a `urn:uuid:` or `urn:oid:` in lower case."""
+    return url.lower() if url[:4].lower() == "urn:" else url
+
+
 def resolve_entries(bundle: dict[str, Any], in_place: bool = False) -> list[dict[str, Any]]:
     """The Bundle's resources, each with an id and with `urn:uuid` references rewritten.
 
     An entry without `resource.id` gets the uuid of its `urn:uuid:` fullUrl, or a new uuid.
-    References to a fullUrl of the same Bundle become `Type/id`; others are left as they are.
+    References to a fullUrl of the same Bundle become `Type/id`; others are left as they are. A
+    `urn:` reference matches its fullUrl whatever the case (a UUID or OID is read alike in
+    either case).
     The input is not modified, unless `in_place` (the gateway owns the JSON it just parsed, and
     copying every resource costs a fifth of validating it).
     """
@@ -49,7 +56,7 @@ def resolve_entries(bundle: dict[str, Any], in_place: bool = False) -> list[dict
             else:
                 resource["id"] = str(uuid.uuid4())
         if isinstance(full_url, str) and "resourceType" in resource:
-            by_full_url[full_url] = f"{resource['resourceType']}/{resource['id']}"
+            by_full_url[_url_key(full_url)] = f"{resource['resourceType']}/{resource['id']}"
         resources.append(resource)
     # Bundles whose fullUrls are already `Type/id` (or absent) have nothing to rewrite: skip the
     # walk through every element, which costs a tenth of validating the resource.
@@ -57,7 +64,7 @@ def resolve_entries(bundle: dict[str, Any], in_place: bool = False) -> list[dict
         return resources
     for resource in resources:
         for ref in _walk_references(resource):
-            target = by_full_url.get(ref["reference"])
+            target = by_full_url.get(_url_key(ref["reference"]))
             if target is not None:
                 ref["reference"] = target
     return resources

@@ -5,6 +5,8 @@
   but no care happens in year 1 or 9999) or at a leap second (no instant the worker can read);
 - dom-2 / dom-3: a contained resource contains nothing and is referenced from its container;
 - ref-1: a local reference (`#id`) points at a contained resource;
+- a Reference's `type`, when it names a resource type, is the type its literal reference names
+  ("both SHALL be consistent", R4 Reference.type);
 - a literal `Type/id` reference carries a valid id, since the id becomes a Kafka key and SQL key.
 
 Each issue names its element. Nested resources (contained, Bundle entries, Parameters) are
@@ -34,6 +36,12 @@ WIDEN = timedelta(hours=14)
 # is refused.
 FIRST_YEAR, LAST_YEAR = EARLIEST_CARE.year, LATEST_CARE.year - 1
 _LITERAL_REF = re.compile(r"^([A-Z][A-Za-z]+)/([^/?#]*)(?:/_history/[^/?#]+)?$")
+# The type a literal reference names: `Type/id`, or an absolute URL ending in `Type/id`, either
+# possibly followed by `/_history/version`.
+_REFERENCED_TYPE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/[^/?#]+(?:/_history/[^/?#]+)?$")
+ABSTRACT_TYPES = ("Resource", "DomainResource")
+# `Reference.type` naming a resource type: `Patient`, or the core StructureDefinition's URL.
+_TYPE_NAME = re.compile(r"^(?:http://hl7\.org/fhir/StructureDefinition/)?([A-Z][A-Za-z]+)$")
 
 
 def _bounds(value: str, widen: bool = True) -> tuple[datetime, datetime] | None:
@@ -168,9 +176,10 @@ def period_issues(resource: dict[str, Any], root: str) -> list[Issue]:
     return issues
 
 
-def _references(node: Any, path: str) -> Iterator[tuple[str, str]]:
-    """Every `reference` string of one resource with its element path; its contained
-    resources are part of it, other nested resources (Bundle entries) are not."""
+def _references(node: Any, path: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """Every `reference` string of one resource with its element path and the Reference that
+    holds it; its contained resources are part of it, other nested resources (Bundle entries)
+    are not."""
     stack: list[tuple[Any, str, bool]] = [(node, path, True)]
     while stack:
         current, where, top = stack.pop()
@@ -179,7 +188,7 @@ def _references(node: Any, path: str) -> Iterator[tuple[str, str]]:
                 continue
             ref = current.get("reference")
             if isinstance(ref, str):
-                yield ref, f"{where}.reference"
+                yield ref, f"{where}.reference", current
             for key, value in current.items():
                 if key == "contained" and top and isinstance(value, list):
                     stack.extend((c, f"{where}.contained[{i}]", True) for i, c in enumerate(value))
@@ -212,6 +221,19 @@ def _local_targets(node: Any) -> set[str]:
     return found
 
 
+def _type_mismatch(ref: str, declared: Any) -> str | None:
+    """The type `ref` names when `declared` (a Reference.type) names another resource type;
+    None when they agree or either says no resource type (a logical model's URI, a local or
+    `urn:uuid` reference)."""
+    if not isinstance(declared, str):
+        return None
+    named = _TYPE_NAME.match(declared)
+    target = _REFERENCED_TYPE.search(ref)
+    if named is None or target is None or named.group(1) in (target.group(1), *ABSTRACT_TYPES):
+        return None
+    return target.group(1)
+
+
 def reference_issues(resource: dict[str, Any], root: str) -> list[Issue]:
     """ref-1, dom-2, dom-3 and the id of literal references."""
     issues: list[Issue] = []
@@ -222,7 +244,17 @@ def reference_issues(resource: dict[str, Any], root: str) -> list[Issue]:
     }
     refs = list(_references(resource, root))
     local = _local_targets(resource)
-    for ref, where in refs:
+    for ref, where, holder in refs:
+        mismatch = _type_mismatch(ref, holder.get("type"))
+        if mismatch:
+            issues.append(
+                Issue(
+                    "invariant",
+                    f"Reference.type {holder['type'][:120]!r} is not the type its reference "
+                    f"names ({mismatch}): both must agree",
+                    (f"{where.removesuffix('.reference')}.type",),
+                )
+            )
         if ref.startswith("#") and ref != "#" and ref[1:] not in contained_ids:
             issues.append(
                 Issue(
@@ -323,6 +355,8 @@ def _suspect(resource: dict[str, Any]) -> bool:
                     return True
                 literal = _LITERAL_REF.match(ref)
                 if literal and not ID_PATTERN.match(literal.group(2)):
+                    return True
+                if "type" in node and _type_mismatch(ref, node["type"]):
                     return True
             start, end = node.get("start"), node.get("end")
             if not _TIME_KEYS.isdisjoint(node):

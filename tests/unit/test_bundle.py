@@ -34,6 +34,24 @@ def test_urn_uuid_references_become_type_and_id() -> None:
     assert [patient_key(r) for r in (patient, encounter)] == ["p1", "p1"]
 
 
+def test_urn_uuid_references_match_their_full_url_whatever_the_case() -> None:
+    upper = "urn:uuid:9A1B2C3D-0000-4000-8000-00000000000A"
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": upper, "resource": {"resourceType": "Patient"}},
+            {
+                "fullUrl": "urn:uuid:e2",
+                "resource": {"resourceType": "Encounter", "subject": {"reference": upper.lower()}},
+            },
+        ],
+    }
+    patient, encounter = resolve_entries(bundle)
+    assert encounter["subject"]["reference"] == f"Patient/{patient['id']}"
+    assert patient_key(encounter) == patient_key(patient) == upper.removeprefix("urn:uuid:")
+
+
 def test_an_appointment_is_keyed_by_its_patient_participant() -> None:
     appointment = {
         "resourceType": "Appointment",

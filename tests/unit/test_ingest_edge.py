@@ -198,6 +198,31 @@ def test_dom_3_ref_1_and_reference_ids() -> None:
     assert invariant_issues(absolute, "Encounter") == []
 
 
+def test_reference_type_must_agree_with_the_type_the_reference_names() -> None:
+    """R4 Reference.type: with a literal reference, "both SHALL be consistent"."""
+    wrong = encounter(subject={"reference": "Patient/p1", "type": "Group"})
+    status, reason, issues = validate_resource(wrong)
+    assert (status, reason) == (422, "invariant")
+    assert expressions(issues) == ["Encounter.subject.type"]
+    assert "(Patient)" in issues[0].diagnostics
+    core_url = "http://hl7.org/fhir/StructureDefinition/Group"
+    absolute = encounter(subject={"reference": "http://x.org/fhir/Patient/p1", "type": core_url})
+    assert expressions(invariant_issues(absolute, "Encounter")) == ["Encounter.subject.type"]
+    for agreeing in (
+        {"reference": "Patient/p1", "type": "Patient"},
+        {
+            "reference": "Patient/p1/_history/3",
+            "type": "http://hl7.org/fhir/StructureDefinition/Patient",
+        },
+        {"reference": "http://x.org/fhir/Patient/p1", "type": "Patient"},
+        # Nothing to compare: an identifier only, a logical model's URI, an abstract type.
+        {"identifier": {"value": "1"}, "type": "Patient"},
+        {"reference": "Patient/p1", "type": "http://example.org/LogicalModel"},
+        {"reference": "Patient/p1", "type": "Resource"},
+    ):
+        assert invariant_issues(encounter(subject=agreeing), "Encounter") == [], agreeing
+
+
 def test_contained_resources_refer_to_each_other_in_their_containers_scope() -> None:
     """FHIR's `#id` inside a contained resource names another contained resource of the same
     container (the spec's CarePlan, Claim and List examples do it): no ref-1 there."""

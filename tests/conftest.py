@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from parcours.broker import EmbeddedBroker, free_port
+from parcours.db import upgrade
 from tests.support import fresh_database
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -47,6 +48,16 @@ def pg_url() -> Iterator[str]:
     """URL of a fresh, migrated PostgreSQL database for this session."""
     with fresh_database(os.environ.get("PARCOURS_TEST_DATABASE_URL", DEFAULT_PG)) as url:
         yield url
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def db_url(request: pytest.FixtureRequest, pg_url: str, tmp_path: Path) -> str:
+    """A migrated database of each kind: the session's PostgreSQL, then a new SQLite file."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+        upgrade(url)
+        return url
+    return pg_url
 
 
 @pytest.fixture

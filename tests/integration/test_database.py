@@ -38,17 +38,11 @@ def test_migrations_run_on_sqlite_and_are_rerunnable(tmp_path: Path) -> None:
     assert diff == []
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_upsert_is_idempotent_and_updates(backend: str, pg_url: str, tmp_path: Path) -> None:
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'u.db'}"
-        upgrade(url)
-    else:
-        url = pg_url
-    engine = make_engine(url)
+def test_upsert_is_idempotent_and_updates(db_url: str) -> None:
+    engine = make_engine(db_url)
     table = EncounterRow.__table__
     row = {
-        "encounter_id": f"up-{backend}",
+        "encounter_id": f"up-{engine.dialect.name}-{uuid.uuid4().hex[:8]}",
         "patient_id": "p",
         "class_code": "IMP",
         "status": "in-progress",
@@ -75,14 +69,8 @@ def test_upsert_is_idempotent_and_updates(backend: str, pg_url: str, tmp_path: P
     assert status == "finished"
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_keyed_lookups_and_deletes_match_exactly(backend: str, pg_url: str, tmp_path: Path) -> None:
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'k.db'}"
-        upgrade(url)
-    else:
-        url = pg_url
-    engine = make_engine(url)
+def test_keyed_lookups_and_deletes_match_exactly(db_url: str) -> None:
+    engine = make_engine(db_url)
     owners = IngestOwnerRow.__table__
     census = CensusHourlyRow.__table__
     now = datetime(2026, 3, 1, tzinfo=UTC)

@@ -4,24 +4,13 @@ lookups of more values than one statement names."""
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
-
-import pytest
 
 from ingest.ownership import VALUES_PER_KIND, OwnershipStore, grant
-from parcours.db import make_engine, upgrade
+from parcours.db import make_engine
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_claims_of_two_processes_and_large_lookups(
-    backend: str, pg_url: str, tmp_path: Path
-) -> None:
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'owners.db'}"
-        upgrade(url)
-    else:
-        url = pg_url
-    engine = make_engine(url)
+def test_claims_of_two_processes_and_large_lookups(db_url: str) -> None:
+    engine = make_engine(db_url)
     tag = uuid.uuid4().hex[:8]
     # Two stores are two processes (each with its own cache of allowed claims).
     first, second = OwnershipStore(engine), OwnershipStore(engine)

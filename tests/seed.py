@@ -348,7 +348,9 @@ def seed_outlook(engine: Engine, s: Seeded, now: datetime) -> Outlook:
     72 h stock–flow forecast from the current hour: 29 present, a third of a departure and a
     quarter of an admission per hour (at 24 h: −8, +6 → 27 beds, between 24 and 30)."""
     origin = now.replace(minute=0, second=0, microsecond=0)
-    out = Outlook(hospital=s.hospital, name=f"{s.prefix}CHU", origin=origin)
+    # Named as hospitals are, at length: a chart that cuts names short shows it.
+    name = f"{s.prefix}CHU Dijon Bourgogne, hôpital François Mitterrand"
+    out = Outlook(hospital=s.hospital, name=name, origin=origin)
     with engine.begin() as conn:
         upsert(
             conn,

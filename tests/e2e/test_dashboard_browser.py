@@ -108,6 +108,12 @@ def click_row(grid: Locator, row: int) -> None:
     grid.click(position={"x": 15, "y": 35 + 35 * row + 18})
 
 
+def axis_label(chart: Locator, text: str) -> Locator:
+    """The label `text`, whole, among the texts of a chart (Vega draws them in SVG; a label too
+    long for its room is drawn cut, ending in « … »)."""
+    return chart.locator("text").filter(has_text=re.compile(f"^{re.escape(text)}$"))
+
+
 def visit(page: Page, spec: roles.PageSpec, shot_name: str) -> None:
     page.get_by_test_id("stSidebar").get_by_role("link", name=spec.title).click()
     # The page's own title: any title would match the page being left, until the new one runs.
@@ -162,6 +168,9 @@ def test_manager(served: Served, browser: Browser) -> None:
     # Today's departures, read from the hospital's forecast made this hour.
     departures = page.get_by_test_id("stMetric").filter(has_text="Sorties attendues d'ici minuit")
     expect(departures.get_by_test_id("stMetricValue")).not_to_have_text("—")
+    # The establishments' chart names each one in full on its axis, not « …CHU Dijon Bourg… ».
+    bars = page.get_by_test_id("stVegaLiteChart").first
+    expect(axis_label(bars, served.outlook.name)).to_have_count(1, timeout=TIMEOUT)
     shot(page, "manager_bed_board")
     # A click on the hospital's row shows its last days beside the forecast band.
     pick_row(page.get_by_test_id("stDataFrame").first, served.outlook.name)

@@ -173,10 +173,7 @@ def readable(frame: pd.DataFrame, columns: Sequence[Col]) -> pd.DataFrame:
                 [number(v) for v in numbers] if numbers.isna().any() else numbers.astype("int64")
             )
         else:
-            out[label] = [
-                i18n.EMPTY if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v)
-                for v in values
-            ]
+            out[label] = [i18n.text(v) for v in values]
     return out.reset_index(drop=True)
 
 

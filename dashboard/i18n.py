@@ -108,6 +108,15 @@ def chart_locale(lang: str) -> dict[str, Any]:
     }
 
 
+def text(value: Any) -> str:
+    """A stored text as a table shows it; a dash when there is none, missing or blank (an HL7
+    v2 sender with no refusal has an empty list of reasons)."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return EMPTY
+    written = str(value)
+    return written if written.strip() else EMPTY
+
+
 def percent(lang: str, value: float | None) -> str:
     """A ratio as a percentage (92 %); a dash when missing."""
     if value is None or pd.isna(value):

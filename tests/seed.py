@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
+from dashboard.forecast_text import MODEL_LABELS
 from parcours.db import upsert
 from parcours.db.forecast_models import (
     ForecastAccuracyRow,
@@ -348,7 +349,9 @@ def seed_outlook(engine: Engine, s: Seeded, now: datetime) -> Outlook:
     72 h stock–flow forecast from the current hour: 29 present, a third of a departure and a
     quarter of an admission per hour (at 24 h: −8, +6 → 27 beds, between 24 and 30)."""
     origin = now.replace(minute=0, second=0, microsecond=0)
-    out = Outlook(hospital=s.hospital, name=f"{s.prefix}CHU", origin=origin)
+    # Named as hospitals are, at length: a chart that cuts names short shows it.
+    name = f"{s.prefix}CHU Dijon Bourgogne, hôpital François Mitterrand"
+    out = Outlook(hospital=s.hospital, name=name, origin=origin)
     with engine.begin() as conn:
         upsert(
             conn,
@@ -552,3 +555,35 @@ def seed_daily(engine: Engine, s: Seeded) -> datetime:
             key=["unit_id", "metric", "model", "horizon"],
         )
     return end
+
+
+def seed_every_model_scored(engine: Engine, s: Seeded) -> list[str]:
+    """Add to the full ward's daily backtest (`seed_daily`) the scores of every other model the
+    dashboard names, each behind the ensemble: more rows than a table shows before it scrolls
+    (ten). Returns every model of that backtest."""
+    models = list(MODEL_LABELS)
+    added = [m for m in models if m not in {"ensemble", "naive", "stock_flow"}]
+    with engine.begin() as conn:
+        upsert(
+            conn,
+            ForecastAccuracyRow,
+            [
+                {
+                    "unit_id": s.ward_full,
+                    "metric": "occupancy_daily",
+                    "model": model,
+                    "horizon": 14,
+                    "folds": 4,
+                    "mae": 3.0 + i / 10,
+                    "rmse": 3.9 + i / 10,
+                    "mape": 0.1,
+                    "coverage": 0.8,
+                    "mase": 0.8 + i / 100,
+                    "mae_by_lead": [3.0 + i / 10] * 14,
+                    "computed_at": T0,
+                }
+                for i, model in enumerate(added)
+            ],
+            key=["unit_id", "metric", "model", "horizon"],
+        )
+    return models

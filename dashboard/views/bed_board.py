@@ -57,8 +57,10 @@ def coloured_bars(frame: pd.DataFrame, label: str) -> alt.Chart:
         alt.Chart(data)
         .mark_bar()
         .encode(
-            # The section heading names the level: no axis title to clip on a short chart.
-            y=alt.Y("unit:N", sort="-x", title=None),
+            # The section heading names the level: no axis title to clip on a short chart. Each
+            # unit named in full (« CHU Dijon Bourgogne », not « CHU Dijon Bourg… »): Streamlit's
+            # chart theme cuts axis labels at 100 px.
+            y=alt.Y("unit:N", sort="-x", title=None, axis=alt.Axis(labelLimit=400)),
             x=alt.X("rate:Q", title=_("Taux d'occupation"), axis=alt.Axis(format="%")),
             color=alt.Color("level:N", scale=scale, title=_("Niveau")),
             tooltip=[

@@ -320,4 +320,6 @@ table = pd.DataFrame(
         ],
     }
 )
-st.dataframe(table, hide_index=True)
+# Every model's row at once (one per candidate, about ten): Streamlit's default height stops at ten
+# rows and scrolls the rest, and a row out of sight is a model nobody compares.
+st.dataframe(table, hide_index=True, height="content")

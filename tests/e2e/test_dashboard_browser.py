@@ -24,7 +24,7 @@ from dashboard.accounts import Role, User
 from parcours.broker import free_port
 from parcours.db import make_engine
 from tests.e2e.browser import shot
-from tests.seed import Outlook, Seeded, seed, seed_daily, seed_outlook
+from tests.seed import Outlook, Seeded, seed, seed_daily, seed_every_model_scored, seed_outlook
 from tests.support import parcours_env, parcours_process, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -38,6 +38,8 @@ class Served:
     seeded: Seeded
     outlook: Outlook
     users: dict[Role, str]
+    # The models of the full ward's daily backtest.
+    scored: list[str]
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +48,7 @@ def served(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
     seeded = seed(engine, f"b{uuid.uuid4().hex[:6]}-")
     outlook = seed_outlook(engine, seeded, datetime.now(UTC))
     seed_daily(engine, seeded)
+    scored = seed_every_model_scored(engine, seeded)
     users = {role: f"{role.value}-{seeded.prefix}" for role in Role}
     for role, name in users.items():
         # The coordinator follows this test's hospital only: their worklists hold its patients.
@@ -68,7 +71,7 @@ def served(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         wait_until(healthy, 60, what="the Streamlit server")
         # Streamlit's metrics endpoint answers anyone: the dashboard hides it.
         assert httpx.get(f"{url}/_stcore/metrics", timeout=10).status_code == 404
-        yield Served(url, seeded, outlook, users)
+        yield Served(url, seeded, outlook, users, scored)
 
 
 def settled(page: Page) -> None:
@@ -106,6 +109,17 @@ def click_row(grid: Locator, row: int) -> None:
     click waits for the grid to stop moving and to be what receives the click: charts above it
     still drawing push it down the page."""
     grid.click(position={"x": 15, "y": 35 + 35 * row + 18})
+
+
+def axis_label(chart: Locator, text: str) -> Locator:
+    """The label `text`, whole, among the texts of a chart (Vega draws them in SVG; a label too
+    long for its room is drawn cut, ending in « … »)."""
+    return chart.locator("text").filter(has_text=re.compile(f"^{re.escape(text)}$"))
+
+
+def scrolls_inside(grid: Locator) -> bool:
+    """Whether a table's rows overflow its height (the grid scrolls them in its own scroller)."""
+    return bool(grid.locator(".dvn-scroller").evaluate("e => e.scrollHeight > e.clientHeight"))
 
 
 def visit(page: Page, spec: roles.PageSpec, shot_name: str) -> None:
@@ -162,6 +176,9 @@ def test_manager(served: Served, browser: Browser) -> None:
     # Today's departures, read from the hospital's forecast made this hour.
     departures = page.get_by_test_id("stMetric").filter(has_text="Sorties attendues d'ici minuit")
     expect(departures.get_by_test_id("stMetricValue")).not_to_have_text("—")
+    # The establishments' chart names each one in full on its axis, not « …CHU Dijon Bourg… ».
+    bars = page.get_by_test_id("stVegaLiteChart").first
+    expect(axis_label(bars, served.outlook.name)).to_have_count(1, timeout=TIMEOUT)
     shot(page, "manager_bed_board")
     # A click on the hospital's row shows its last days beside the forecast band.
     pick_row(page.get_by_test_id("stDataFrame").first, served.outlook.name)
@@ -221,6 +238,12 @@ def test_manager(served: Served, browser: Browser) -> None:
     settled(page)
     assert "occupancy_daily" not in page.content()
     shot(page, "manager_forecast_ward_daily")
+    # Every model's backtest row in sight at once: the table holds them all, without a scrollbar.
+    scores = page.get_by_test_id("stDataFrame").filter(has_text="Erreur moyenne à 7 jours")
+    expect(scores.locator("td[data-testid^='glide-cell-0-']")).to_have_count(
+        len(served.scored), timeout=TIMEOUT
+    )
+    assert not scrolls_inside(scores)
     page.close()
     refused(browser, served, Role.MANAGER, roles.page("patient"))
 

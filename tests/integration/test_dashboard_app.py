@@ -480,22 +480,31 @@ def test_feed_health_names_the_element_at_fault(seeded: Seeded) -> None:
 
 def test_feed_health_counts_hl7_messages_and_their_refusals(seeded: Seeded, pg_url: str) -> None:
     sender = f"{seeded.prefix}hl7"
-    rows = [("AA", "", 5), ("AE", "unknown patient", 2), ("AR", "sender not allowed", 1)]
+    # A01 had refusals; every A03 was accepted (AA is counted with an empty reason).
+    rows = [
+        ("A01", "AA", "", 5),
+        ("A01", "AE", "unknown patient", 2),
+        ("A01", "AR", "sender not allowed", 1),
+        ("A03", "AA", "", 4),
+    ]
+    now = datetime.now(UTC)
     with make_engine(pg_url).begin() as conn:
-        for code, reason, n in rows:
+        for trigger, code, reason, n in rows:
             conn.execute(
                 text(
                     "INSERT INTO hl7_message_counts VALUES "
-                    "(:i, 'clinique-valmy', 'A01', :c, :r, :n, :at)"
+                    "(:i, 'clinique-valmy', :t, :c, :r, :n, :at)"
                 ),
-                {"i": sender, "c": code, "r": reason, "n": n, "at": datetime.now(UTC)},
+                {"i": sender, "t": trigger, "c": code, "r": reason, "n": n, "at": now},
             )
     at = signed_in(Role.INTEGRATOR)
     hl7 = next(d.value for d in at.dataframe if "Établissement émetteur" in d.value.columns)
-    mine = hl7[hl7["Émetteur"] == sender].iloc[0]
-    assert mine["Messages"] == 8
-    assert (mine["Acceptés (AA)"], mine["Erreurs (AE)"], mine["Refusés (AR)"]) == (5, 2, 1)
-    assert mine["Motifs des refus"] == "unknown patient (2), sender not allowed (1)"
+    mine = hl7[hl7["Émetteur"] == sender].set_index("Événement")
+    assert mine.at["A01", "Messages"] == 8
+    assert tuple(mine.loc["A01", ["Acceptés (AA)", "Erreurs (AE)", "Refusés (AR)"]]) == (5, 2, 1)
+    assert mine.at["A01", "Motifs des refus"] == "unknown patient (2), sender not allowed (1)"
+    # No refusal: a dash, as every empty cell of the dashboard, not a blank.
+    assert (mine.at["A03", "Messages"], mine.at["A03", "Motifs des refus"]) == (4, "—")
 
 
 def test_indicators_are_counts_only(seeded: Seeded) -> None:

@@ -7,6 +7,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
@@ -124,6 +125,16 @@ def test_french_numbers_dates_and_local_times() -> None:
     assert i18n.whens("en", column[:1], "Europe/Paris") == ["5 Dec 2026 09:06"]
     assert i18n.duration("fr", 3.5) == "3 h 30"
     assert i18n.duration("fr", 60) == "2,5 j"
+
+
+def test_a_table_writes_a_dash_where_there_is_no_text() -> None:
+    # An HL7 v2 sender with nothing refused has an empty list of reasons, not a missing one.
+    assert [i18n.text(v) for v in ("", "  ", None, float("nan"), pd.NA)] == ["—"] * 5
+    assert [i18n.text(v) for v in ("A01", 0, "unknown patient (2)")] == [
+        "A01",
+        "0",
+        "unknown patient (2)",
+    ]
 
 
 @pytest.mark.parametrize(

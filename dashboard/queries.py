@@ -309,7 +309,9 @@ def forecast(engine: Engine, unit_id: str, metric: str = "occupancy") -> pd.Data
 
 
 def forecast_accuracy(engine: Engine, unit_id: str, metric: str = "occupancy") -> pd.DataFrame:
-    """Backtest scores of every model on one unit, best (lowest MASE, then MAE) first."""
+    """Backtest scores of every model on one unit, best (lowest MASE, then MAE) first: those of
+    the latest backtest's horizon (rows of another horizon, from runs before the horizon was
+    changed, would give a model twice)."""
     a = ForecastAccuracyRow
     frame = _frame(
         engine,
@@ -329,8 +331,10 @@ def forecast_accuracy(engine: Engine, unit_id: str, metric: str = "occupancy") -
     )
     if frame.empty:
         return frame
+    latest = frame.loc[pd.to_datetime(frame["computed_at"], utc=True).idxmax(), "horizon"]
+    frame = frame[frame["horizon"] == latest]
     order = frame["mase"].fillna(float("inf"))
-    frame = frame.assign(_order=order).sort_values(["horizon", "_order", "mae"])
+    frame = frame.assign(_order=order).sort_values(["_order", "mae"])
     return frame.drop(columns="_order").reset_index(drop=True)
 
 

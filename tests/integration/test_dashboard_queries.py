@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 
 from dashboard import queries
 from parcours.db import make_engine, upsert
+from parcours.db.forecast_models import ForecastAccuracyRow
 from parcours.db.pathway_models import CensusHourlyRow
 from tests.seed import Seeded, seed, seed_daily, seed_outlook
 
@@ -90,6 +91,30 @@ def test_daily_forecasts_are_read_apart_from_the_hourly_ones(
     assert len(queries.forecast_terms(engine, s.ward_full, "occupancy_daily")) == 14
     accuracy = queries.forecast_accuracy(engine, s.ward_full, "occupancy_daily")
     assert accuracy["model"].tolist() == ["ensemble", "stock_flow", "naive"]
+    # Scores of an earlier run with another horizon stay stored: only the latest run's show,
+    # one row per model.
+    before = pd.Timestamp(accuracy["computed_at"].max()).to_pydatetime() - timedelta(days=3)
+    with engine.begin() as conn:
+        upsert(
+            conn,
+            ForecastAccuracyRow,
+            [
+                {
+                    **{k: v for k, v in r.items() if k != "model"},
+                    "unit_id": s.ward_full,
+                    "metric": "occupancy_daily",
+                    "model": r["model"],
+                    "horizon": 7,
+                    "mae": 0.1,
+                    "computed_at": before,
+                }
+                for r in accuracy.to_dict("records")
+            ],
+            key=["unit_id", "metric", "model", "horizon"],
+        )
+    again = queries.forecast_accuracy(engine, s.ward_full, "occupancy_daily")
+    assert again["model"].tolist() == ["ensemble", "stock_flow", "naive"]
+    assert set(again["horizon"]) == {14}
     # The hourly reads see none of the daily rows.
     assert sorted(queries.forecast(engine, s.ward_full)["model"].unique()) == ["naive", "prophet"]
     hourly = queries.forecast_series(engine)

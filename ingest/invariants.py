@@ -223,9 +223,9 @@ def _local_targets(node: Any) -> set[str]:
 
 def _type_mismatch(ref: str, declared: Any) -> str | None:
     """The type `ref` names when `declared` (a Reference.type) names another resource type;
-    None when they agree or either says no resource type (a logical model's URI, a local or
-    `urn:uuid` reference)."""
-    if not isinstance(declared, str):
+    None when they agree or either says no resource type (a logical model's URI, a local,
+    `urn:uuid` or conditional reference)."""
+    if not isinstance(declared, str) or "?" in ref:
         return None
     named = _TYPE_NAME.match(declared)
     target = _REFERENCED_TYPE.search(ref)

@@ -174,6 +174,8 @@ class OwnershipStore:
         if conn is None:
             with self.engine.connect() as own:
                 return self._owners(claims, own)
+        if not claims:
+            return {}
         by_kind: dict[str, list[str]] = {}
         for kind, value in claims:
             by_kind.setdefault(kind, []).append(value)

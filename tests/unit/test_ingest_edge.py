@@ -219,6 +219,8 @@ def test_reference_type_must_agree_with_the_type_the_reference_names() -> None:
         {"identifier": {"value": "1"}, "type": "Patient"},
         {"reference": "Patient/p1", "type": "http://example.org/LogicalModel"},
         {"reference": "Patient/p1", "type": "Resource"},
+        # A conditional reference names its type before the `?`, whatever its criteria hold.
+        {"reference": "Practitioner?identifier=http://x.org/Patient/1", "type": "Practitioner"},
     ):
         assert invariant_issues(encounter(subject=agreeing), "Encounter") == [], agreeing
 

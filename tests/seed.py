@@ -5,10 +5,12 @@ Ids carry a per-call prefix so several tests can share the session database.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from dashboard.forecast_text import MODEL_LABELS
 from parcours.db import upsert
@@ -528,23 +530,18 @@ def seed_daily(engine: Engine, s: Seeded) -> datetime:
             ],
             key=["unit_id", "metric", "model", "ds"],
         )
-        upsert(
+        daily_scores(
             conn,
-            ForecastAccuracyRow,
+            s,
             [
                 {
-                    "unit_id": s.ward_full,
-                    "metric": "occupancy_daily",
                     "model": model,
-                    "horizon": 14,
-                    "folds": 4,
                     "mae": mae,
                     "rmse": mae * 1.3,
                     "mape": 0.08,
                     "coverage": coverage,
                     "mase": mase,
                     "mae_by_lead": [at1] + [mae] * 5 + [at7] + [mae] * 7,
-                    "computed_at": T0,
                 }
                 for model, mae, at1, at7, coverage, mase in (
                     ("ensemble", 2.5, 1.5, 2.8, 0.79, 0.7),
@@ -552,9 +549,29 @@ def seed_daily(engine: Engine, s: Seeded) -> datetime:
                     ("stock_flow", 2.7, 1.6, 3.0, 0.8, 0.75),
                 )
             ],
-            key=["unit_id", "metric", "model", "horizon"],
         )
     return end
+
+
+def daily_scores(conn: Connection, s: Seeded, scores: Iterable[dict[str, Any]]) -> None:
+    """Store backtest scores of the full ward's daily series: each row names its model and its
+    scores, and may give another horizon (14 days) or computation time (T0)."""
+    upsert(
+        conn,
+        ForecastAccuracyRow,
+        [
+            {
+                "unit_id": s.ward_full,
+                "metric": "occupancy_daily",
+                "horizon": 14,
+                "folds": 4,
+                "computed_at": T0,
+                **row,
+            }
+            for row in scores
+        ],
+        key=["unit_id", "metric", "model", "horizon"],
+    )
 
 
 def seed_every_model_scored(engine: Engine, s: Seeded) -> list[str]:
@@ -564,26 +581,20 @@ def seed_every_model_scored(engine: Engine, s: Seeded) -> list[str]:
     models = list(MODEL_LABELS)
     added = [m for m in models if m not in {"ensemble", "naive", "stock_flow"}]
     with engine.begin() as conn:
-        upsert(
+        daily_scores(
             conn,
-            ForecastAccuracyRow,
+            s,
             [
                 {
-                    "unit_id": s.ward_full,
-                    "metric": "occupancy_daily",
                     "model": model,
-                    "horizon": 14,
-                    "folds": 4,
                     "mae": 3.0 + i / 10,
                     "rmse": 3.9 + i / 10,
                     "mape": 0.1,
                     "coverage": 0.8,
                     "mase": 0.8 + i / 100,
                     "mae_by_lead": [3.0 + i / 10] * 14,
-                    "computed_at": T0,
                 }
                 for i, model in enumerate(added)
             ],
-            key=["unit_id", "metric", "model", "horizon"],
         )
     return models

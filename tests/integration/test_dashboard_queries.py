@@ -11,9 +11,8 @@ from sqlalchemy import Engine
 
 from dashboard import queries
 from parcours.db import make_engine, upsert
-from parcours.db.forecast_models import ForecastAccuracyRow
 from parcours.db.pathway_models import CensusHourlyRow
-from tests.seed import Seeded, seed, seed_daily, seed_outlook
+from tests.seed import Seeded, daily_scores, seed, seed_daily, seed_outlook
 
 pytestmark = pytest.mark.integration
 
@@ -95,22 +94,13 @@ def test_daily_forecasts_are_read_apart_from_the_hourly_ones(
     # one row per model.
     before = pd.Timestamp(accuracy["computed_at"].max()).to_pydatetime() - timedelta(days=3)
     with engine.begin() as conn:
-        upsert(
+        daily_scores(
             conn,
-            ForecastAccuracyRow,
+            s,
             [
-                {
-                    **{k: v for k, v in r.items() if k != "model"},
-                    "unit_id": s.ward_full,
-                    "metric": "occupancy_daily",
-                    "model": r["model"],
-                    "horizon": 7,
-                    "mae": 0.1,
-                    "computed_at": before,
-                }
+                {**r, "horizon": 7, "mae": 0.1, "computed_at": before}
                 for r in accuracy.to_dict("records")
             ],
-            key=["unit_id", "metric", "model", "horizon"],
         )
     again = queries.forecast_accuracy(engine, s.ward_full, "occupancy_daily")
     assert again["model"].tolist() == ["ensemble", "stock_flow", "naive"]

@@ -859,7 +859,16 @@ def _internal(text: str) -> Outcome:
 
 # --- Parsing beside the listener -----------------------------------------------------------------
 
-PARSE_CHUNK = 128
+PARSE_CHUNK_MIN = 32
+PARSE_CHUNK_MAX = 128
+
+
+def parse_chunk_size(unparsed: int) -> int:
+    """How many messages to gather into a chunk while the parse processes still have `unparsed`
+    messages to parse: as many, within PARSE_CHUNK_MIN and PARSE_CHUNK_MAX. The processes cannot
+    start a new chunk before they are through those, so a smaller one would only wait there, and
+    each chunk costs a round trip and gives the listener a smaller batch."""
+    return min(PARSE_CHUNK_MAX, max(PARSE_CHUNK_MIN, unparsed))
 
 
 # --- Listener -----------------------------------------------------------------------------------
@@ -940,8 +949,9 @@ class MllpListener:
             tuple[bytes, MessageHeader, asyncio.Future[AdtMessage | Hl7Rejection]]
         ] = []
         self._parse_tasks: set[asyncio.Task[None]] = set()
-        # Chunks sent to the workers and not back yet.
+        # Chunks, and messages, sent to the workers and not back yet.
         self._parsing = 0
+        self._unparsed = 0
 
     async def start(self, host: str | None = None, port: int | None = None) -> int:
         """Bind and start serving; returns the port (useful with port 0)."""
@@ -983,14 +993,15 @@ class MllpListener:
         """The future of `payload` parsed, by the worker processes or here when there are none.
 
         Messages go to the workers in chunks: at once while a worker is free, else gathered
-        until one is (each chunk costs a round trip between processes)."""
+        until one is, or until the chunk is as large as what the workers have yet to parse
+        (`parse_chunk_size`)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AdtMessage | Hl7Rejection] = loop.create_future()
         if not self._workers:
             future.set_result(parse_one(payload, header, self.tz))
             return future
         self._to_parse.append((payload, header, future))
-        if len(self._to_parse) >= PARSE_CHUNK:
+        if len(self._to_parse) >= parse_chunk_size(self._unparsed):
             self._flush_parse()
         elif len(self._to_parse) == 1 and self._parsing <= self.settings.mllp_parse_processes:
             loop.call_soon(self._flush_parse)
@@ -1000,6 +1011,7 @@ class MllpListener:
         chunk, self._to_parse = self._to_parse, []
         if chunk:
             self._parsing += 1
+            self._unparsed += len(chunk)
             task = asyncio.create_task(self._parse_chunk(chunk))
             self._parse_tasks.add(task)
             task.add_done_callback(self._parse_tasks.discard)
@@ -1025,6 +1037,7 @@ class MllpListener:
             if not future.done():
                 future.set_result(result)
         self._parsing -= 1
+        self._unparsed -= len(chunk)
         if self._to_parse:
             self._flush_parse()
         if failed and worker is not None and worker in self._workers:

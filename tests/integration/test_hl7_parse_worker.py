@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -14,7 +15,7 @@ import pytest
 
 from ingest.hl7_map import read_header
 from ingest.hl7_parsing import ParseWorker, ParseWorkerGone, parse_many
-from ingest.mllp import AdtProcessor, MllpListener
+from ingest.mllp import PARSE_CHUNK_MAX, PARSE_CHUNK_MIN, AdtProcessor, MllpListener
 from ingest.publish import Publisher
 from parcours.db import make_engine, upgrade
 from parcours.settings import Settings
@@ -63,9 +64,7 @@ def test_a_dead_worker_fails_its_chunks_instead_of_hanging() -> None:
     asyncio.run(scenario())
 
 
-def test_the_listener_answers_through_a_worker_death_and_starts_another(
-    broker: str, topic_prefix: str, tmp_path: Path
-) -> None:
+def _listener_settings(broker: str, topic_prefix: str, tmp_path: Path) -> Settings:
     db = f"sqlite:///{tmp_path / 'hl7.db'}"
     upgrade(db)
     settings = Settings(
@@ -76,31 +75,74 @@ def test_the_listener_answers_through_a_worker_death_and_starts_another(
         mllp_senders={"gam-test": ["CHU21"]},
     )
     ensure_topics(broker, Topics.from_settings(settings).all(), 2)
-    engine = make_engine(db)
+    return settings
+
+
+def _run_listener(settings: Settings, scenario: Callable[[MllpListener], Awaitable[None]]) -> None:
+    """Run `scenario` against a started listener with one parse worker."""
+    engine = make_engine(settings.database_url)
     publisher = Publisher(settings)
 
-    async def scenario() -> None:
+    async def main() -> None:
         listener = MllpListener(settings, AdtProcessor(engine, publisher, publish_locations=False))
         await listener.start("127.0.0.1", 0)
         try:
-            first = await listener.handle(adt("A01", ipp="W1", nda="WN1", movement="WM1"))
-            assert first[1].code == "AA"
-            (dead,) = listener._workers
-            assert dead.pid is not None
-            os.kill(dead.pid, signal.SIGKILL)
-            second = await asyncio.wait_for(
-                listener.handle(adt("A01", ipp="W2", nda="WN2", movement="WM2")), 60
-            )
-            assert second[1].code == "AA"
-            (alive,) = listener._workers
-            assert alive is not dead and alive.pid != dead.pid
-            third = await listener.handle(adt("A01", ipp="W3", nda="WN3", movement="WM3"))
-            assert third[1].code == "AA"
+            await scenario(listener)
         finally:
             await listener.stop()
 
     try:
-        asyncio.run(scenario())
+        asyncio.run(main())
     finally:
         publisher.close()
         engine.dispose()
+
+
+def test_the_listener_answers_through_a_worker_death_and_starts_another(
+    broker: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    async def scenario(listener: MllpListener) -> None:
+        first = await listener.handle(adt("A01", ipp="W1", nda="WN1", movement="WM1"))
+        assert first[1].code == "AA"
+        (dead,) = listener._workers
+        assert dead.pid is not None
+        os.kill(dead.pid, signal.SIGKILL)
+        second = await asyncio.wait_for(
+            listener.handle(adt("A01", ipp="W2", nda="WN2", movement="WM2")), 60
+        )
+        assert second[1].code == "AA"
+        (alive,) = listener._workers
+        assert alive is not dead and alive.pid != dead.pid
+        third = await listener.handle(adt("A01", ipp="W3", nda="WN3", movement="WM3"))
+        assert third[1].code == "AA"
+
+    _run_listener(_listener_settings(broker, topic_prefix, tmp_path), scenario)
+
+
+def test_a_burst_goes_to_the_worker_in_chunks_that_grow_with_its_backlog(
+    broker: str, topic_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes: list[int] = []
+    parse = ParseWorker.parse
+
+    async def counted(self: ParseWorker, payloads: list[bytes], headers: list) -> list:
+        sizes.append(len(payloads))
+        return await parse(self, payloads, headers)
+
+    monkeypatch.setattr(ParseWorker, "parse", counted)
+
+    async def scenario(listener: MllpListener) -> None:
+        # 300 messages arrive within one turn of the event loop, before any chunk comes back.
+        answers = [
+            listener.submit(adt("A01", ipp=f"B{i}", nda=f"BN{i}", movement=f"BM{i}"))[1]
+            for i in range(300)
+        ]
+        outcomes = await asyncio.wait_for(asyncio.gather(*answers), 120)
+        assert [o.code for o in outcomes] == ["AA"] * 300
+
+    _run_listener(_listener_settings(broker, topic_prefix, tmp_path), scenario)
+    # A chunk is sent once it is as large as what the worker has yet to parse (at least
+    # PARSE_CHUNK_MIN, at most PARSE_CHUNK_MAX): 32 with nothing sent, 32, 64, then 128; the
+    # rest (44) leaves on the loop's next turn.
+    assert (PARSE_CHUNK_MIN, PARSE_CHUNK_MAX) == (32, 128)
+    assert sizes == [32, 32, 64, 128, 44]

@@ -6,7 +6,16 @@ import asyncio
 
 import pytest
 
-from ingest.mllp import Connection, Frame, FramingTimeout, MllpReader, idlest
+from ingest.mllp import (
+    PARSE_CHUNK_MAX,
+    PARSE_CHUNK_MIN,
+    Connection,
+    Frame,
+    FramingTimeout,
+    MllpReader,
+    idlest,
+    parse_chunk_size,
+)
 
 
 def frames(chunks: list[bytes], max_bytes: int = 100) -> list[Frame]:
@@ -89,3 +98,9 @@ def test_a_full_listener_makes_room_only_by_closing_an_idle_connection() -> None
         assert idlest([reading, owed], now=100.0, min_idle_s=0.0) is None
 
     asyncio.run(go())
+
+
+def test_a_parse_chunk_is_as_large_as_the_backlog_before_it_within_bounds() -> None:
+    assert parse_chunk_size(0) == PARSE_CHUNK_MIN
+    assert parse_chunk_size(PARSE_CHUNK_MIN + 5) == PARSE_CHUNK_MIN + 5
+    assert parse_chunk_size(10 * PARSE_CHUNK_MAX) == PARSE_CHUNK_MAX

@@ -301,25 +301,51 @@ else:
 backtest += " " + rule
 st.caption(backtest)
 retained = _("(retenu)")
-table = pd.DataFrame(
-    {
-        _("Modèle"): [
-            model_label(m, L) + (f" {retained}" if m == selected else "") for m in accuracy["model"]
-        ],
-        **{
-            _("Erreur moyenne {lead} (lits)", lead=lead_phrase(n, freq, L)): [
-                number(mae_at(m, n), 1, L) for m in accuracy["model"]
-            ]
-            for n in leads
-        },
-        _("Erreur moyenne, tous horizons (lits)"): [number(v, 1, L) for v in accuracy["mae"]],
-        _("RMSE (lits)"): [number(v, 1, L) for v in accuracy["rmse"]],
-        "MASE": [number(v, 2, L) for v in accuracy["mase"]],
-        _("Couverture de l'intervalle à {p}", p=percent(target, L)): [
-            percent(v, L) for v in accuracy["coverage"]
-        ],
-    }
-)
+# Short headings, so that the seven columns fit beside the sidebar; each says the rest on hover.
+errors = {
+    _("Erreur {lead}", lead=lead_phrase(n, freq, L)): (
+        [number(mae_at(m, n), 1, L) for m in accuracy["model"]],
+        _(
+            "Écart moyen, en lits, entre la prévision {lead} et ce qui a été observé.",
+            lead=lead_phrase(n, freq, L),
+        ),
+    )
+    for n in leads
+}
+columns: dict[str, tuple[list[str], str | None]] = {
+    _("Modèle"): (
+        [model_label(m, L) + (f" {retained}" if m == selected else "") for m in accuracy["model"]],
+        None,
+    ),
+    **errors,
+    _("Erreur moyenne"): (
+        [number(v, 1, L) for v in accuracy["mae"]],
+        _("Écart moyen, en lits, sur tous les horizons prévus."),
+    ),
+    "RMSE": (
+        [number(v, 1, L) for v in accuracy["rmse"]],
+        _("Racine de l'écart quadratique moyen, en lits : les grosses erreurs y pèsent plus."),
+    ),
+    "MASE": (
+        [number(v, 2, L) for v in accuracy["mase"]],
+        _("Écart moyen rapporté à celui de la prévision naïve : sous 1, le modèle fait mieux."),
+    ),
+    _("Couverture {p}", p=percent(target, L)): (
+        [percent(v, L) for v in accuracy["coverage"]],
+        _("Part des valeurs observées tombées dans l'intervalle à {p}.", p=percent(target, L)),
+    ),
+}
+table = pd.DataFrame({name: values for name, (values, _help) in columns.items()})
 # Every model's row at once (one per candidate, about ten): Streamlit's default height stops at ten
 # rows and scrolls the rest, and a row out of sight is a model nobody compares.
-st.dataframe(table, hide_index=True, height="content")
+st.dataframe(
+    table,
+    hide_index=True,
+    height="content",
+    column_config={
+        name: st.column_config.TextColumn(name, help=text)
+        for name, (_values, text) in columns.items()
+        if text
+    },
+)
+st.caption(_("Erreurs en lits ; survolez le titre d'une colonne pour ce qu'elle mesure."))

@@ -118,8 +118,13 @@ def axis_label(chart: Locator, text: str) -> Locator:
 
 
 def scrolls_inside(grid: Locator) -> bool:
-    """Whether a table's rows overflow its height (the grid scrolls them in its own scroller)."""
-    return bool(grid.locator(".dvn-scroller").evaluate("e => e.scrollHeight > e.clientHeight"))
+    """Whether a table's rows overflow its height, or its columns its width (the grid scrolls
+    them in its own scroller)."""
+    return bool(
+        grid.locator(".dvn-scroller").evaluate(
+            "e => e.scrollHeight > e.clientHeight || e.scrollWidth > e.clientWidth"
+        )
+    )
 
 
 def visit(page: Page, spec: roles.PageSpec, shot_name: str) -> None:
@@ -239,10 +244,12 @@ def test_manager(served: Served, browser: Browser) -> None:
     assert "occupancy_daily" not in page.content()
     shot(page, "manager_forecast_ward_daily")
     # Every model's backtest row in sight at once: the table holds them all, without a scrollbar.
-    scores = page.get_by_test_id("stDataFrame").filter(has_text="Erreur moyenne à 7 jours")
+    scores = page.get_by_test_id("stDataFrame").filter(has_text="Erreur à 7 jours")
     expect(scores.locator("td[data-testid^='glide-cell-0-']")).to_have_count(
         len(served.scored), timeout=TIMEOUT
     )
+    scores.scroll_into_view_if_needed()
+    shot(page, "manager_forecast_accuracy")
     assert not scrolls_inside(scores)
     page.close()
     refused(browser, served, Role.MANAGER, roles.page("patient"))

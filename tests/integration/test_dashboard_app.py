@@ -404,8 +404,14 @@ def test_forecast_page_daily_view_shows_the_14_days_ahead_beside_the_midnight_ce
     assert any("minuit UTC, soit 01:00 heure locale" in c.value for c in at.caption)
     table = at.dataframe[0].value
     assert table["Modèle"].tolist()[0] == "Ensemble (moyenne des trois meilleurs modèles) (retenu)"
-    assert table["Erreur moyenne à 1 jour (lits)"].tolist()[0] == "1,5"
-    assert table["Erreur moyenne à 7 jours (lits)"].tolist()[0] == "2,8"
+    assert table["Erreur à 1 jour"].tolist()[0] == "1,5"
+    assert table["Erreur à 7 jours"].tolist()[0] == "2,8"
+    # Short headings; what each measures, in beds, shows on hover.
+    config = json.loads(at.dataframe[0].proto.columns)
+    assert config["Erreur à 7 jours"]["help"] == (
+        "Écart moyen, en lits, entre la prévision à 7 jours et ce qui a été observé."
+    )
+    assert "lits" in config["RMSE"]["help"]
     (chart,) = at.get("vega_lite_chart")
     assert '"format": "%d/%m"' in chart.proto.spec
     # The observed line: the census at the two seeded midnights (UTC), as Paris clocks read them.

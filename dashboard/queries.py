@@ -699,11 +699,8 @@ def progress_status(
     silent = _silence(reported_at, now)
     if silent > silent_after:
         minutes = int(silent.total_seconds() // 60)
-        return i18n.translate(
-            lang,
-            "aucun rapport depuis {minutes} min : son traitement (stream worker) tourne-t-il ?",
-            minutes=minutes,
-        )
+        # The warning above the table says what to check.
+        return i18n.translate(lang, "aucun rapport depuis {minutes} min", minutes=minutes)
     if lag is None or pd.isna(lag):
         return i18n.translate(lang, "démarrage")
     if lag > 0:

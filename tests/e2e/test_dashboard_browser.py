@@ -127,6 +127,16 @@ def scrolls_inside(grid: Locator) -> bool:
     )
 
 
+def wide_tables(page: Page) -> list[str]:
+    """The headings of the tables in sight whose columns overflow their width (the grid then
+    scrolls them sideways, and the last columns are out of sight)."""
+    wide = []
+    for grid in page.get_by_test_id("stDataFrame").filter(visible=True).all():
+        if grid.locator(".dvn-scroller").evaluate("e => e.scrollWidth > e.clientWidth"):
+            wide.append(grid.locator("th").first.inner_text())
+    return wide
+
+
 def visit(page: Page, spec: roles.PageSpec, shot_name: str) -> None:
     page.get_by_test_id("stSidebar").get_by_role("link", name=spec.title).click()
     # The page's own title: any title would match the page being left, until the new one runs.
@@ -138,6 +148,7 @@ def visit(page: Page, spec: roles.PageSpec, shot_name: str) -> None:
     expect(page.get_by_text("Accès refusé")).to_have_count(0)
     shot(page, shot_name)
     written_for_people(page.get_by_test_id("stMain").inner_text(), spec.url_path)
+    assert not wide_tables(page), (spec.url_path, wide_tables(page))
 
 
 # Icon names Streamlit writes as text for its Material icon font (the expander's arrow).

@@ -434,10 +434,13 @@ def _index(message: Any) -> dict[str, _Segment]:
     esc = getattr(message, "esc", "\\") or "\\"
     out: dict[str, _Segment] = {}
     for seg in message:
-        if seg:
-            name = str(list.__getitem__(list.__getitem__(seg, 0), 0))
-            if name not in out:
-                out[name] = _Segment(seg, esc)
+        if not seg:
+            continue
+        head = list.__getitem__(seg, 0)
+        # A segment of blanks is parsed as its text alone.
+        name = (head if isinstance(head, str) else str(list.__getitem__(head, 0))).strip()
+        if name and name not in out:
+            out[name] = _Segment(seg, esc)
     return out
 
 
@@ -638,6 +641,30 @@ def _visit_info(
     )
 
 
+_SEGMENT_ENDS = re.compile(r"[\r\n]+")
+
+
+def _check_encoding_characters(raw: bytes) -> None:
+    """AE on MSH-2 unless it holds the component, repetition, escape and subcomponent
+    separators (and, from v2.7, the truncation character), each once and none of them the
+    field separator MSH-1. MSH is ASCII in every character set, so it is read before decoding."""
+    start = raw.lstrip(b"\r\n\x0b ")
+    if len(start) < 4:
+        return  # too short to hold MSH-2: the parse says what is wrong
+    field_sep = start[3:4]
+    chars = start[4:].split(field_sep, 1)[0].split(b"\r", 1)[0].split(b"\n", 1)[0]
+    if len(chars) not in (4, 5) or len(set(chars)) != len(chars) or field_sep in chars:
+        shown = chars[:8].decode("latin-1")
+        raise _ae(
+            "invalid-encoding-characters",
+            f"caractères d'encodage « {shown} » invalides : MSH-2 en donne quatre, tous "
+            "différents et autres que le séparateur de champs (^~\\& d'ordinaire)",
+            "MSH",
+            2,
+            ERR_DATA_TYPE,
+        )
+
+
 def parse_adt(raw: bytes, tz: tzinfo, header: MessageHeader | None = None) -> AdtMessage:
     """Parse and check one ADT message (the MLLP block's payload); `header` is `read_header(raw)`
     when the caller already has it.
@@ -654,12 +681,20 @@ def parse_adt(raw: bytes, tz: tzinfo, header: MessageHeader | None = None) -> Ad
             0,
             ERR_SEGMENT_SEQUENCE,
         )
+    _check_encoding_characters(raw)
     text = decode(raw, header.charset)
+    if "\n" in text or "\r\r" in text:
+        # A segment ends with CR; engines also end them with LF or CRLF, or leave blank lines.
+        text = "\r".join(s for s in _SEGMENT_ENDS.split(text) if s.strip())
     try:
-        message = hl7.parse(text.replace("\n", "\r") if "\n" in text else text)
+        message = hl7.parse(text)
     except Exception as exc:  # python-hl7 raises several types on malformed text
         raise _ae(
-            "unparsable", f"message illisible: {exc}", "MSH", 0, ERR_SEGMENT_SEQUENCE
+            "unparsable",
+            f"message illisible: {exc or type(exc).__name__}",
+            "MSH",
+            0,
+            ERR_SEGMENT_SEQUENCE,
         ) from exc
     segments = _index(message)
     msh = _one(segments, "MSH", True)

@@ -423,6 +423,10 @@ def test_msh18_mismatch_is_refused_at_msh18() -> None:
         (adt("A01", ipp="IPP\\X00\\1"), "AE", "PID-3"),
         (adt("A01", ward="CAR\\X07\\DIO"), "AE", "PV1-3"),
         (adt("A01", family="MAR\x01TIN"), "AE", "PID-5"),
+        # MSH-2 gives four separators, each once, none of them MSH-1's.
+        (adt("A01").replace(b"MSH|^~\\&", b"MSH|^^~\\&", 1), "AE", "MSH-2"),
+        (adt("A01").replace(b"MSH|^~\\&", b"MSH|^~|&", 1), "AE", "MSH-2"),
+        (adt("A01").replace(b"MSH|^~\\&", b"MSH||", 1), "AE", "MSH-2"),
     ],
 )
 def test_invalid_messages_name_the_segment_and_field(raw: bytes, ack: str, where: str) -> None:
@@ -430,6 +434,21 @@ def test_invalid_messages_name_the_segment_and_field(raw: bytes, ack: str, where
         parse(raw)
     assert err.value.ack_code == ack
     assert err.value.location == where
+
+
+@pytest.mark.parametrize(
+    "ends",
+    [b"\r\n", b"\n", b"\r\r", b"\r\n\r\n", b"\r \r"],
+    ids=["crlf", "lf", "blank-line", "crlf-blank-line", "blank-segment"],
+)
+def test_segments_ended_otherwise_than_by_cr_read_as_with_cr(ends: bytes) -> None:
+    raw = adt("A01", ipp="CRLF1", nda="CRLFN1")
+    assert parse(raw.replace(b"\r", ends)) == parse(raw)
+
+
+def test_a_version_27_truncation_character_in_msh2_is_allowed() -> None:
+    raw = adt("A01", ipp="TRUNC1")
+    assert parse(raw.replace(b"MSH|^~\\&", b"MSH|^~\\&#", 1)).patient.patient_id == "TRUNC1"
 
 
 def test_a_null_ipp_does_not_make_one_patient_of_everyone_who_sends_it() -> None:

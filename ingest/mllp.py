@@ -760,7 +760,8 @@ class AdtProcessor:
             if rej is None:
                 continue
             source = p.integrator if p.integrator != UNKNOWN_SENDER else None
-            rtype = f"ADT^{p.header.trigger}" if p.header.trigger else "HL7v2"
+            kind = p.header.message_code or "ADT"
+            rtype = f"{kind}^{p.header.trigger}" if p.header.trigger else "HL7v2"
             self.publisher.dead_letter(
                 (source or UNKNOWN_SENDER).encode(),
                 p.payload,

@@ -345,6 +345,7 @@ def test_a_location_of_another_integrator_is_refused(feed: Feed) -> None:
         (adt("A01", message_type="ORU"), "AR", "MSH^1^9^1"),
         (adt("A01", facility="INCONNU"), "AR", "MSH^1^4^1"),
         (b"PID|||1", "AE", "MSH^1"),
+        (adt("A01").replace(b"MSH|^~\\&", b"MSH|^^~\\&", 1), "AE", "MSH^1^2^1"),
     ],
 )
 def test_invalid_messages_get_a_nack_and_publish_nothing(
@@ -360,6 +361,20 @@ def test_invalid_messages_get_a_nack_and_publish_nothing(
     c.close()
     # Only the A08's new Patient was published.
     assert len(feed.raw_records()) - before == 1
+
+
+def test_a_refused_message_of_another_type_is_listed_under_its_own_type(feed: Feed) -> None:
+    c = feed.client()
+    message = adt("A01", message_type="ORU", control_id=f"ORU{feed.run}")
+    ack = c.send(message.replace(b"ADT_A01", b"ORU_R01").replace(b"ORU^A01", b"ORU^R01"))
+    c.close()
+    assert ack_code(ack) == "AR", ack
+    refused = rows(
+        feed.db,
+        "SELECT resource_type, reason FROM ingest_rejections WHERE resource_id = :c",
+        c=f"ORU{feed.run}",
+    )
+    assert refused == [("ORU^R01", "unsupported-type")]
 
 
 def test_framing_garbage_and_oversized_messages_do_not_stop_the_listener(feed: Feed) -> None:

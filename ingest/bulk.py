@@ -27,6 +27,7 @@ from ingest.entries import (
     prepare_bundle,
     prepare_resource,
 )
+from ingest.limits import repeated_name_issue
 from ingest.outcome import BrokerUnavailable, Issue, Rejection, outcome_reason
 from ingest.service import IngestService
 
@@ -204,13 +205,23 @@ def push_http(
     return summary
 
 
+def loads_body(req: PushRequest) -> Any:
+    """A Bundle's or a resource's JSON; Rejection (400) when an object gives a name twice."""
+    body = orjson.loads(req.body)
+    root = body.get("resourceType") if isinstance(body, dict) else None
+    repeated = repeated_name_issue(req.body, root if isinstance(root, str) else "Resource")
+    if repeated is not None:
+        raise Rejection(400, "invalid-json", [repeated])
+    return body
+
+
 def items_of(
     req: PushRequest, max_resource_bytes: int = MAX_RESOURCE_BYTES
 ) -> tuple[list[Item], bool]:
     """Validated items of a request, and whether it is all-or-nothing (for --direct)."""
     if req.kind == "ndjson":
         return parse_ndjson(req.body, max_resource_bytes), False
-    body = orjson.loads(req.body)
+    body = loads_body(req)
     if req.kind == "bundle":
         prepared = prepare_bundle(body, max_resource_bytes)
         return prepared.items, prepared.atomic
@@ -233,7 +244,7 @@ def push_direct(
         received_at = datetime.now(UTC)
         try:
             if req.kind == "bundle" and resolver is not None:
-                body = orjson.loads(req.body)
+                body = loads_body(req)
                 prepared = prepare_bundle(body, max_resource_bytes)
                 result = resolver.ingest_bundle(service, source, received_at, prepared, body)
             else:

@@ -15,7 +15,13 @@ from typing import Any
 import orjson
 
 from ingest.bundle import patient_key, resolve_entries
-from ingest.limits import depth_issue, may_hold_controls, text_issues, too_deep
+from ingest.limits import (
+    depth_issue,
+    may_hold_controls,
+    repeated_name_issue,
+    text_issues,
+    too_deep,
+)
 from ingest.outcome import Issue, Rejection, clip, escape_controls
 from ingest.validate import ID_PATTERN, is_resource_type, validate_resource
 from parcours.fhir_refs import pathway_patient
@@ -534,7 +540,13 @@ def parse_ndjson(data: bytes, max_resource_bytes: int = MAX_RESOURCE_BYTES) -> l
             )
             items.append(item)
             continue
-        item = prepare_resource(body, None, index=number, max_resource_bytes=max_resource_bytes)
+        kind = body.get("resourceType") if isinstance(body, dict) else None
+        repeated = repeated_name_issue(line, kind if isinstance(kind, str) else f"line[{number}]")
+        if repeated is not None:
+            item = Item(index=number, resource=None, raw=line.decode("utf-8", "replace"))
+            item.reject(400, "invalid-json", [repeated])
+        else:
+            item = prepare_resource(body, None, index=number, max_resource_bytes=max_resource_bytes)
         if item.issues:
             item.issues = [
                 Issue(i.code, f"line {number}: {i.diagnostics}", i.expression, i.severity)

@@ -4,11 +4,14 @@ FHIR strings may not hold Unicode code points below 32 other than tab, carriage 
 feed (R4 §2.1.0.4: `[ \\r\\n\\t\\S]+`). A NUL that slips through is refused by PostgreSQL's text
 types far downstream, so it is refused here, naming the element. JSON nested deeper than
 `MAX_DEPTH` is refused before any recursive code (the R4B models, reference rewriting) sees it.
-Both walks are iterative: depth alone cannot make them fail.
+Both walks are iterative: depth alone cannot make them fail. An object that gives one name
+twice is refused too (FHIR JSON: names SHALL NOT repeat): a parser keeps one of the values and
+drops the other without a word.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -71,6 +74,54 @@ def depth_issue(root: str, limit: int = MAX_DEPTH) -> Issue:
         f"JSON nested more than {limit} levels deep; the gateway refuses deeper structures",
         (root,),
     )
+
+
+class _Repeats(dict[str, Any]):
+    """A JSON object that gives the name `repeated` more than once."""
+
+    repeated = ""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    out = _Repeats(pairs)
+    seen: set[str] = set()
+    for key, _value in pairs:
+        if key in seen:
+            out.repeated = key
+            break
+        seen.add(key)
+    return out
+
+
+def repeated_name_issue(raw: bytes | str, root: str) -> Issue | None:
+    """The issue of the first object of this JSON text (valid, as a faster parser found it)
+    that gives a name twice, naming its element (`Patient.name[0].family`,
+    `Bundle.entry[2].resource.status`); None when no name repeats."""
+    try:
+        doc = json.loads(raw, object_pairs_hook=_object)
+    except (ValueError, RecursionError):
+        return None  # left to the checks of depth and syntax
+    stack: list[tuple[Any, str]] = [(doc, root)]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, _Repeats):
+            where = _child(path, node.repeated)
+            return Issue(
+                "structure",
+                f"Le nom {escape_controls(repr(node.repeated))[:80]} est donné deux fois dans "
+                "le même objet JSON : FHIR l'interdit, et l'une des deux valeurs serait perdue. "
+                "/ The name is given twice in one JSON object: FHIR forbids it, and one of "
+                "the values would be lost.",
+                (where,),
+            )
+        if isinstance(node, dict):
+            stack.extend((v, _child(path, k)) for k, v in reversed(list(node.items())))
+        elif isinstance(node, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(node))))
+    return None
 
 
 def _child(path: str, key: str) -> str:

@@ -27,6 +27,7 @@ from ingest.fhir_http import (
     media_type,
 )
 from ingest.gateway import Gateway
+from ingest.limits import repeated_name_issue
 from ingest.openapi import type_name_schema
 from ingest.outcome import DatabaseUnavailable, Issue, Rejection, http_issue
 from ingest.responses import capability_statement, location, message_response, response_bundle
@@ -172,9 +173,9 @@ async def read_body(
 
 
 def parse_json(body: bytes, expected: str) -> Any:
-    """The body as JSON, or 400 saying where it breaks."""
+    """The body as JSON, or 400 saying where it breaks (or which name it gives twice)."""
     try:
-        return orjson.loads(body)
+        doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         where = (
             f" at line {exc.lineno} column {exc.colno}"
@@ -187,6 +188,10 @@ def parse_json(body: bytes, expected: str) -> Any:
             [Issue("structure", f"The body is not valid JSON{where}: {exc}", (expected,))],
             resource_type=expected,
         ) from exc
+    repeated = repeated_name_issue(body, expected)
+    if repeated is not None:
+        raise Rejection(400, "invalid-json", [repeated], resource_type=expected)
+    return doc
 
 
 def check_type(type_name: str) -> None:

@@ -220,6 +220,36 @@ def invalid_json_cases() -> Iterator[Case]:
     )
 
 
+def twice(resource: dict[str, Any], name: str, other: str) -> bytes:
+    """`resource` as JSON, its `name` given a second time with the value `other`."""
+    body = body_of(resource)
+    first = body_of({name: resource[name]})[1:-1]
+    return body.replace(first, first + b", " + body_of({name: other})[1:-1], 1)
+
+
+def repeated_name_cases() -> Iterator[Case]:
+    """An object that gives a name twice: FHIR JSON forbids it, and a parser would keep one of
+    the values without a word."""
+    yield one("twice-gender", "/fhir/Patient", twice(patient(gender="male"), "gender", "x"), {400})
+    yield one("twice-type", "/fhir/Patient", twice(patient(), "resourceType", "Location"), {400})
+    for btype in ("transaction", "batch"):
+        body = body_of(bundle(btype, entry(location()), entry(patient(gender="male"))))
+        yield one(
+            f"twice-in-{btype}",
+            "/fhir",
+            body.replace(b'"gender": "male"', b'"gender": "male", "gender": "female"'),
+            {400},
+        )
+    yield one(
+        "twice-import-line",
+        "/fhir/$import",
+        ndjson(patient(), twice(patient(gender="male"), "gender", "female"), patient()),
+        {200},
+        content_type=NDJSON,
+        entries=(201, 400, 201),
+    )
+
+
 def depth_cases() -> Iterator[Case]:
     """Deep structures: refused with 400 before any recursive code, never a 500."""
     for levels in (20, 40, 126, 300):
@@ -746,6 +776,7 @@ CASES: list[Case] = [
     *control_character_cases(),
     *odd_json_cases(),
     *invalid_json_cases(),
+    *repeated_name_cases(),
     *depth_cases(),
     *invariant_cases(),
     *entry_field_cases(),
@@ -864,6 +895,26 @@ def test_random_json_is_refused_or_accepted_exactly(corpus: Corpus, value: Any, 
     ctype = NDJSON if path.endswith("$import") else "application/fhir+json"
     case = Case("random", path, json.dumps(value).encode(), frozenset(), content_type=ctype)
     judge(corpus, send(corpus, case))
+
+
+def test_a_name_given_twice_is_refused_naming_its_element(corpus: Corpus) -> None:
+    single = twice(patient(name=[{"family": "Dupont"}]), "name", "x")
+    inner = body_of(patient(name=[{"family": "Dupont"}])).replace(
+        b'"family": "Dupont"', b'"family": "Dupont", "family": "Durand"'
+    )
+    listed = body_of(bundle("batch", entry(location()), {"resource": {}, "request": {}}))
+    in_bundle = listed.replace(b'{"resource": {}', b'{"resource": ' + inner, 1)
+    for case, where in [
+        (one("twice-name", "/fhir/Patient", single, {400}), "Patient.name"),
+        (one("twice-family", "/fhir/Patient", inner, {400}), "Patient.name[0].family"),
+        (one("twice-entry", "/fhir", in_bundle, {400}), "Bundle.entry[1].resource.name[0].family"),
+    ]:
+        resp = send(corpus, case)
+        assert resp.status_code == 400, resp.text[:1000]
+        judge(corpus, resp)
+        (issue,) = resp.json()["issue"]
+        assert issue["expression"] == [where]
+        assert "deux fois" in issue["diagnostics"]
 
 
 @settings(

@@ -9,6 +9,7 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from ingest.entries import parse_ndjson, prepare_bundle, prepare_resource
+from ingest.limits import repeated_name_issue
 from ingest.outcome import Rejection, outcome_reason
 from ingest.responses import capability_statement
 from ingest.validate import (
@@ -191,6 +192,30 @@ def test_ndjson_lines_are_numbered() -> None:
     assert items[0].valid
     assert items[1].reason == "invalid-json" and "line 3" in items[1].issues[0].diagnostics
     assert items[2].issues[0].expression == ("Encounter.status",)
+
+
+def test_an_ndjson_line_that_gives_a_name_twice_is_refused_alone() -> None:
+    twice = json.dumps(encounter()).replace('"status": ', '"status": "planned", "status": ', 1)
+    items = parse_ndjson(b"\n".join([json.dumps(encounter()).encode(), twice.encode()]))
+    assert items[0].valid
+    assert items[1].reason == "invalid-json" and items[1].status == 400
+    assert items[1].issues[0].expression == ("Encounter.status",)
+    assert "line 2" in items[1].issues[0].diagnostics
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('{"resourceType": "Patient", "a": 1}', None),
+        ('{"a": 1, "a": 1}', "Patient.a"),
+        ('{"x": [{}, {"y": {"z": 1, "z": 2}}]}', "Patient.x[1].y.z"),
+        ('{"x": {"a b": 1, "a b": 2}}', "Patient.x['a b']"),
+        ('[{"k": 1}, {"k": 1, "k": 2}]', "Patient[1].k"),
+    ],
+)
+def test_the_first_name_given_twice_is_named_by_its_path(text: str, where: str | None) -> None:
+    issue = repeated_name_issue(text.encode(), "Patient")
+    assert (issue.expression[0] if issue else None) == where
 
 
 def test_capability_statement_is_valid_r4() -> None:

@@ -178,6 +178,31 @@ class IngestStore:
                     found[key] = r[3]
         return found
 
+    def current_versions(
+        self, resources: Iterable[tuple[str, str]], conn: Connection | None = None
+    ) -> dict[tuple[str, str], str]:
+        """The version published last of each (type, id) that has one: the one received last
+        (of one request, the one Kafka acknowledged last). Read on `conn` when given."""
+        wanted = set(resources)
+        if not wanted:
+            return {}
+        if conn is None:
+            with self.engine.connect() as own:
+                return self._current(own, wanted)
+        return self._current(conn, wanted)
+
+    @staticmethod
+    def _current(conn: Connection, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        t = IngestLogRow.__table__
+        cols = (t.c.resource_type, t.c.resource_id, t.c.version, t.c.received_at, t.c.offset)
+        latest: dict[tuple[str, str], tuple[Any, int, str]] = {}
+        for where in keyed(t, ("resource_type", "resource_id"), wanted):
+            for r in conn.execute(select(*cols).where(where)):
+                key, order = (r[0], r[1]), (r[3], r[4], r[2])
+                if key in wanted and (key not in latest or order > latest[key]):
+                    latest[key] = order
+        return {key: order[2] for key, order in latest.items()}
+
     @contextlib.contextmanager
     def versions_locked(self, keys: Iterable[DedupeKey]) -> Iterator[Connection | None]:
         """Hold the versions `keys` against every other writer of them (any gateway process,

@@ -58,6 +58,9 @@ class Item:
     digest: str = ""
     # FHIRPath of the resource in its request (`Bundle.entry[2].resource`, `Encounter`).
     root: str = ""
+    # The version an `If-Match` header or `request.ifMatch` names (`3` of `W/"3"`, or `*`): the
+    # item is published only if it is the resource's current version (`*`: any version).
+    if_match: str | None = None
 
     @property
     def valid(self) -> bool:
@@ -311,6 +314,42 @@ def _envelope_checks(body: Any) -> None:
         )
 
 
+def etag_value(text: str) -> str | None:
+    """The version an ETag names (`W/"3"`, `"3"` or `3` → `3`; `*` → `*`); None when `text`
+    is not an ETag."""
+    tag = text.strip()
+    if tag == "*":
+        return tag
+    tag = tag.removeprefix("W/")
+    if len(tag) >= 2 and tag[0] == tag[-1] == '"':
+        tag = tag[1:-1]
+    if not tag or any(c.isspace() or c in '",*' for c in tag):
+        return None
+    return tag
+
+
+def if_match_issue(item: Item, code: str, text: str) -> Issue:
+    """An issue about the item's If-Match, naming where it was given: its entry's
+    `request.ifMatch`, or the HTTP header (`location` `http.If-Match`, as FHIR names headers)."""
+    if item.root.startswith("Bundle.entry["):
+        return Issue(code, text, (f"{item.root.removesuffix('.resource')}.request.ifMatch",))
+    return Issue(code, text, location=("http.If-Match",))
+
+
+def set_if_match(item: Item, text: str) -> None:
+    """Give `item` the version `text` (an If-Match ETag) names, or refuse it 400 when `text`
+    is not an ETag."""
+    tag = etag_value(text)
+    if tag is not None:
+        item.if_match = tag
+        return
+    message = (
+        f"If-Match {clip(escape_controls(repr(text)), 80)} is not an ETag: give the version as "
+        'W/"3" (or * for any version)'
+    )
+    item.reject(400, "invalid-request", [if_match_issue(item, "value", message)])
+
+
 _PLAIN_REQUEST_KEYS = frozenset({"method", "url", "ifNoneExist", "ifMatch", "ifNoneMatch"})
 
 
@@ -518,6 +557,10 @@ def prepare_bundle(body: Any, max_resource_bytes: int = MAX_RESOURCE_BYTES) -> P
             finalise(item, resolved[index])
             as_sent(item)
             size_issue(item, max_resource_bytes, root)
+            request = entry.get("request") if btype in ("transaction", "batch") else None
+            if_match = request.get("ifMatch") if isinstance(request, dict) else None
+            if item.valid and isinstance(if_match, str):
+                set_if_match(item, if_match)
         items.append(item)
     _conflict_issues(items, entries)
     return PreparedBundle(btype, items, header)

@@ -181,6 +181,7 @@ REASON_PHRASES = {
     403: "Forbidden",
     408: "Request Timeout",
     409: "Conflict",
+    412: "Precondition Failed",
     413: "Payload Too Large",
     415: "Unsupported Media Type",
     422: "Unprocessable Entity",

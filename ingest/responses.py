@@ -90,7 +90,8 @@ def capability_statement(
             {
                 "type": name,
                 "interaction": [{"code": "create"}, {"code": "update"}],
-                "versioning": "versioned",
+                # If-Match on update is honoured (412 when it names another version).
+                "versioning": "versioned-update",
                 "updateCreate": True,
                 "documentation": (
                     "Mapped to pathway events downstream."

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 import parcours
-from ingest.entries import Item, parse_ndjson, prepare_bundle, prepare_resource
+from ingest.entries import Item, parse_ndjson, prepare_bundle, prepare_resource, set_if_match
 from ingest.fhir_http import (
     ERROR_DOCS,
     JSON_TYPES,
@@ -351,10 +351,12 @@ async def put_resource(
     gw: GatewayDep,
     source: Source,
 ) -> Response:
-    """The body's id must equal the URL id."""
+    """The body's id must equal the URL id. With `If-Match: W/"n"`, published only if `n` is
+    the resource's current version (else 412)."""
     check_type(type_name)
     body = await read_body(request, gw, JSON_TYPES, type_name)
     received_at: datetime = request.state.received_at
+    if_match = request.headers.get("if-match")
 
     def work() -> Response:
         item = prepare_resource(
@@ -363,6 +365,8 @@ async def put_resource(
             url_id=resource_id,
             max_resource_bytes=gw.publisher.max_resource_bytes(),
         )
+        if item.valid and if_match is not None:
+            set_if_match(item, if_match)
         return single(gw, source, received_at, item)
 
     return answered(request, gw, source, "update", await run_in_threadpool(work))

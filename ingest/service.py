@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine
 
 from ingest.bundle import patient_key
 from ingest.dedupe import DedupeKey, IngestStore, Published, RejectionRecord, VersionBusy
-from ingest.entries import Item, refuse_unusable_patient
+from ingest.entries import Item, if_match_issue, refuse_unusable_patient
 from ingest.metrics import IngestMetrics
 from ingest.outcome import (
     MAX_ISSUES,
@@ -71,10 +71,11 @@ class IngestResult:
 
 def merge_status(items: Sequence[Item]) -> int:
     """The HTTP status of a refused atomic Bundle: 403 if an entry writes what the integrator
-    may not, 409 if one gives other content for a version already received, 413 if one is too
-    large, 400 if one is malformed, else 422."""
+    may not, 409 if one gives other content for a version already received, 412 if one's
+    If-Match names another version than its resource's, 413 if one is too large, 400 if one
+    is malformed, else 422."""
     statuses = {i.status for i in items}
-    for status in (403, 409, 413, 400):
+    for status in (403, 409, 412, 413, 400):
         if status in statuses:
             return status
     return 422
@@ -131,6 +132,39 @@ def version_conflict(item: Item) -> None:
             )
         ],
     )
+
+
+def guard_key(item: Item) -> DedupeKey:
+    """The lock key of a resource whose update an If-Match guards (no version is named `*`)."""
+    return (item.resource_type or "", item.resource_id or "", "*")
+
+
+def precondition_holds(item: Item, current: str | None) -> bool:
+    """Whether `item`'s If-Match names `current`, the version its resource is at (`v:3` is
+    `W/"3"`; `*` names any version, not none)."""
+    if item.if_match == "*":
+        return current is not None
+    return current is not None and current.startswith("v:") and current[2:] == item.if_match
+
+
+def precondition_failed(item: Item, current: str | None) -> None:
+    """Refuse (412) an item whose If-Match does not name its resource's current version."""
+    what = f"{item.resource_type}/{item.resource_id}"
+    if current is None:
+        now_fr, now_en = "n'a encore aucune version", "has no version yet"
+    elif current.startswith("v:"):
+        now_fr = now_en = f'W/"{current[2:]}"'
+        now_fr, now_en = f"est à la version {now_fr}", f"is at version {now_en}"
+    else:
+        now_fr = "est à une version sans meta.versionId"
+        now_en = "is at a version without meta.versionId"
+    message = (
+        f"If-Match {item.if_match!r} : {what} {now_fr} ; rien n'a été publié. Relisez la "
+        "ressource et fondez la mise à jour sur sa version actuelle. / "
+        f"If-Match {item.if_match!r}: {what} {now_en}; nothing was published. Read the "
+        "resource again and base the update on its current version."
+    )
+    item.reject(412, "precondition-failed", [if_match_issue(item, "conflict", message)])
 
 
 def cap_rejections(rejected: list[RejectionRecord]) -> list[RejectionRecord]:
@@ -515,12 +549,19 @@ class IngestService:
             to_publish = [p for p in to_publish if p not in set(refused)]
 
         # Versions the integrator named are held from the last look at the log to their
-        # record, so that two requests never both publish one version with two contents.
+        # record, so that two requests never both publish one version with two contents; the
+        # resources an If-Match guards, so that two updates of the same version never both
+        # pass.
         versioned = [items[p].dedupe_key for p in to_publish if items[p].digest]
+        guarded = [guard_key(items[p]) for p in to_publish if items[p].if_match is not None]
         try:
-            with self.store.versions_locked(versioned) as conn:
+            with self.store.versions_locked(versioned + guarded) as conn:
                 if versioned:
                     to_publish = self._recheck(
+                        source, received_at, items, to_publish, results, rejected, atomic, conn
+                    )
+                if guarded:
+                    to_publish = self._preconditions(
                         source, received_at, items, to_publish, results, rejected, atomic, conn
                     )
                 return self._publish(
@@ -565,6 +606,38 @@ class IngestService:
             results.update(more_results)
             rejected += more_rejected
         return to_publish
+
+    def _preconditions(
+        self,
+        source: str,
+        received_at: datetime,
+        items: Sequence[Item],
+        to_publish: list[int],
+        results: dict[int, EntryResult],
+        rejected: list[RejectionRecord],
+        atomic: bool,
+        conn: Connection | None,
+    ) -> list[int]:
+        """What is still to publish once each If-Match is compared with the version its
+        resource is at (412 for the others)."""
+        guarded = [p for p in to_publish if items[p].if_match is not None]
+        current = self.store.current_versions((items[p].dedupe_key[:2] for p in guarded), conn)
+        failed = [
+            p
+            for p in guarded
+            if not precondition_holds(items[p], current.get(items[p].dedupe_key[:2]))
+        ]
+        if not failed:
+            return to_publish
+        for pos in failed:
+            precondition_failed(items[pos], current.get(items[pos].dedupe_key[:2]))
+        self._refuse_if_atomic(items, atomic)
+        more_results, more_rejected = self._record_rejected(
+            source, received_at, items, failed, earlier=len(rejected)
+        )
+        results.update(more_results)
+        rejected += more_rejected
+        return [p for p in to_publish if p not in set(failed)]
 
     def _publish(
         self,

@@ -300,6 +300,96 @@ def test_concurrent_writes_of_one_version_with_other_contents_get_one_2xx(env: E
         assert [r for r in published if r["id"] == a["id"]] == [winner]
 
 
+def put_if(env: Env, resource: dict[str, object], if_match: str) -> object:
+    with env.gw.client(env.token) as client:
+        return client.put(
+            f"/fhir/{resource['resourceType']}/{resource['id']}",
+            content=json.dumps(resource),
+            headers={"Content-Type": FHIR, "If-Match": if_match},
+        )
+
+
+def precondition_issue(outcome: dict[str, object]) -> dict[str, object]:
+    """The one issue of a failed If-Match, checked for what it must say."""
+    (issue,) = outcome["issue"]  # type: ignore[misc]
+    assert issue["code"] == "conflict", issue
+    assert issue["details"]["coding"][0]["code"] == "precondition-failed", issue
+    assert "Relisez la ressource" in issue["diagnostics"], issue
+    return issue  # type: ignore[no-any-return]
+
+
+def test_an_update_whose_if_match_is_not_the_current_version_gets_412(env: Env) -> None:
+    eid, pid = unique("e"), unique("p")
+    assert put_if(env, versioned(eid, pid, "1"), "*").status_code == 412  # type: ignore[attr-defined]
+    assert put(env, versioned(eid, pid, "1")).status_code == 201  # type: ignore[attr-defined]
+    second = versioned(eid, pid, "2", status="finished")
+    answer = put_if(env, second, 'W/"1"')
+    assert answer.status_code == 201, answer.text  # type: ignore[attr-defined]
+    assert answer.headers["ETag"] == 'W/"2"'  # type: ignore[attr-defined]
+    # Its retry is the version already received, not a stale update.
+    assert put_if(env, second, 'W/"1"').status_code == 200  # type: ignore[attr-defined]
+    # An update based on version 1, now that 2 is current, is refused and publishes nothing.
+    stale = put_if(env, versioned(eid, pid, "3", status="cancelled"), 'W/"1"')
+    assert stale.status_code == 412, stale.text  # type: ignore[attr-defined]
+    issue = precondition_issue(stale.json())  # type: ignore[attr-defined]
+    assert issue["location"] == ["http.If-Match"]
+    assert 'W/"2"' in issue["diagnostics"]
+    assert put_if(env, versioned(eid, pid, "3"), '"2"').status_code == 201  # type: ignore[attr-defined]
+    assert put_if(env, versioned(eid, pid, "4"), "*").status_code == 201  # type: ignore[attr-defined]
+    assert [r["meta"]["versionId"] for r in published_bodies(env, eid)] == ["1", "2", "3", "4"]  # type: ignore[index]
+    # Not an ETag: 400 naming the header.
+    bad = put_if(env, versioned(eid, pid, "5"), 'W/"a b"')
+    assert bad.status_code == 400, bad.text  # type: ignore[attr-defined]
+    assert bad.json()["issue"][0]["location"] == ["http.If-Match"]  # type: ignore[attr-defined]
+
+
+def test_a_stale_if_match_in_a_bundle_names_its_entry(env: Env) -> None:
+    eid, pid = unique("e"), unique("p")
+    assert put(env, versioned(eid, pid, "1")).status_code == 201  # type: ignore[attr-defined]
+    assert put(env, versioned(eid, pid, "2")).status_code == 201  # type: ignore[attr-defined]
+    fresh = encounter(unique("e"), pid)
+    stale = versioned(eid, pid, "3", status="finished")
+    bundle = transaction([fresh, stale])
+    bundle["entry"][1]["request"] = {"method": "PUT", "url": f"Encounter/{eid}", "ifMatch": 'W/"1"'}  # type: ignore[index]
+    refused = post(env, "/fhir", bundle)
+    assert refused.status_code == 412, refused.text  # type: ignore[attr-defined]
+    issue = precondition_issue(refused.json())  # type: ignore[attr-defined]
+    assert issue["expression"] == ["Bundle.entry[1].request.ifMatch"]
+    assert raw_by_id(env, str(fresh["id"])) == []
+    bundle["type"] = "batch"
+    answer = post(env, "/fhir", bundle)
+    entries = answer.json()["entry"]  # type: ignore[attr-defined]
+    assert [e["response"]["status"] for e in entries] == ["201 Created", "412 Precondition Failed"]
+    bundle["entry"][1]["request"]["ifMatch"] = 'W/"2"'  # type: ignore[index]
+    answer = post(env, "/fhir", bundle)
+    entries = answer.json()["entry"]  # type: ignore[attr-defined]
+    assert [e["response"]["status"] for e in entries] == ["200 OK", "201 Created"]
+    assert [r["meta"]["versionId"] for r in published_bodies(env, eid)] == ["1", "2", "3"]  # type: ignore[index]
+
+
+def test_concurrent_updates_of_one_version_let_one_through(env: Env) -> None:
+    eid, pid = unique("e"), unique("p")
+    assert put(env, versioned(eid, pid, "1")).status_code == 201  # type: ignore[attr-defined]
+    updates = [versioned(eid, pid, f"2-{n}", status="finished") for n in range(6)]
+    barrier = threading.Barrier(len(updates))
+
+    def send(resource: dict[str, object]) -> int:
+        with env.gw.client(env.token) as client:
+            content = json.dumps(resource)
+            barrier.wait()
+            headers = {"Content-Type": FHIR, "If-Match": 'W/"1"'}
+            return client.put(
+                f"/fhir/Encounter/{eid}", content=content, headers=headers
+            ).status_code
+
+    with ThreadPoolExecutor(len(updates)) as pool:
+        statuses = list(pool.map(send, updates))
+    # One update of version 1 got through; the others were refused (412, or 503 when one
+    # waited too long for the first), never told 2xx.
+    assert sorted(statuses)[0] == 201 and all(s in (412, 503) for s in sorted(statuses)[1:])
+    assert len(published_bodies(env, eid)) == 2
+
+
 def test_a_version_is_held_by_one_writer_at_a_time(env: Env) -> None:
     """The advisory locks that keep two gateway processes from publishing one version twice."""
     engine = make_engine(env.pg_url, timeout_s=0.5)

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from ingest.entries import parse_ndjson, prepare_bundle, prepare_resource
+from ingest.entries import etag_value, parse_ndjson, prepare_bundle, prepare_resource
 from ingest.limits import repeated_name_issue
 from ingest.outcome import Rejection, outcome_reason
 from ingest.responses import capability_statement
+from ingest.service import precondition_holds
 from ingest.validate import (
     MAPPED_TYPES,
     model_types_from_fhir_resources,
@@ -246,3 +247,41 @@ def test_entries_that_are_not_objects_are_refused_not_crashing() -> None:
         "required",
         None,
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "tag"),
+    [
+        ('W/"3"', "3"),
+        ('"3"', "3"),
+        ("3", "3"),
+        (" * ", "*"),
+        ('W/""', None),
+        ("W/", None),
+        ('W/"a b"', None),
+        ('"a"b"', None),
+        ("1,2", None),
+        ("", None),
+    ],
+)
+def test_an_if_match_names_one_version_or_any(text: str, tag: str | None) -> None:
+    assert etag_value(text) == tag
+
+
+@pytest.mark.parametrize(
+    ("if_match", "current", "holds"),
+    [
+        ("3", "v:3", True),
+        ("3", "v:4", False),
+        ("3", None, False),
+        ("3", "h:3", False),
+        ("*", "h:abc", True),
+        ("*", None, False),
+    ],
+)
+def test_an_if_match_holds_only_on_the_current_version(
+    if_match: str, current: str | None, holds: bool
+) -> None:
+    item = prepare_resource(encounter(), "Encounter")
+    item.if_match = if_match
+    assert precondition_holds(item, current) is holds

@@ -153,8 +153,8 @@ def precondition_failed(item: Item, current: str | None) -> None:
     if current is None:
         now_fr, now_en = "n'a encore aucune version", "has no version yet"
     elif current.startswith("v:"):
-        now_fr = now_en = f'W/"{current[2:]}"'
-        now_fr, now_en = f"est à la version {now_fr}", f"is at version {now_en}"
+        tag = f'W/"{current[2:]}"'
+        now_fr, now_en = f"est à la version {tag}", f"is at version {tag}"
     else:
         now_fr = "est à une version sans meta.versionId"
         now_en = "is at a version without meta.versionId"
@@ -540,12 +540,7 @@ class IngestService:
                 version_conflict(items[pos])
         refused = sorted({*forbidden, *conflicts})
         if refused:
-            self._refuse_if_atomic(items, atomic)
-            more_results, more_rejected = self._record_rejected(
-                source, received_at, items, refused, earlier=len(rejected)
-            )
-            results.update(more_results)
-            rejected += more_rejected
+            self._refuse_more(source, received_at, items, refused, results, rejected, atomic)
             to_publish = [p for p in to_publish if p not in set(refused)]
 
         # Versions the integrator named are held from the last look at the log to their
@@ -599,12 +594,7 @@ class IngestService:
         for pos in late:
             version_conflict(items[pos])
         if late:
-            self._refuse_if_atomic(items, atomic)
-            more_results, more_rejected = self._record_rejected(
-                source, received_at, items, late, earlier=len(rejected)
-            )
-            results.update(more_results)
-            rejected += more_rejected
+            self._refuse_more(source, received_at, items, late, results, rejected, atomic)
         return to_publish
 
     def _preconditions(
@@ -631,13 +621,27 @@ class IngestService:
             return to_publish
         for pos in failed:
             precondition_failed(items[pos], current.get(items[pos].dedupe_key[:2]))
+        self._refuse_more(source, received_at, items, failed, results, rejected, atomic)
+        return [p for p in to_publish if p not in set(failed)]
+
+    def _refuse_more(
+        self,
+        source: str,
+        received_at: datetime,
+        items: Sequence[Item],
+        refused: list[int],
+        results: dict[int, EntryResult],
+        rejected: list[RejectionRecord],
+        atomic: bool,
+    ) -> None:
+        """Record the items at `refused`, found wanting after the first checks, with the rest
+        (an atomic request is refused whole instead)."""
         self._refuse_if_atomic(items, atomic)
         more_results, more_rejected = self._record_rejected(
-            source, received_at, items, failed, earlier=len(rejected)
+            source, received_at, items, refused, earlier=len(rejected)
         )
         results.update(more_results)
         rejected += more_rejected
-        return [p for p in to_publish if p not in set(failed)]
 
     def _publish(
         self,

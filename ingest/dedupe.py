@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -159,12 +159,16 @@ class IngestStore:
         each with the digest of the content published under it (None for `h:` versions and
         for rows stored before digests were kept). Read on `conn` when given."""
         wanted = set(keys)
-        if not wanted:
-            return {}
+        return self._read(self._seen, wanted, conn) if wanted else {}
+
+    def _read(
+        self, read: Callable[[Connection, Any], Any], wanted: Any, conn: Connection | None
+    ) -> Any:
+        """`read(conn, wanted)`, on a connection of its own when `conn` is None."""
         if conn is None:
             with self.engine.connect() as own:
-                return self._seen(own, wanted)
-        return self._seen(conn, wanted)
+                return read(own, wanted)
+        return read(conn, wanted)
 
     @staticmethod
     def _seen(conn: Connection, wanted: set[DedupeKey]) -> dict[DedupeKey, str | None]:
@@ -184,12 +188,7 @@ class IngestStore:
         """The version published last of each (type, id) that has one: the one received last
         (of one request, the one Kafka acknowledged last). Read on `conn` when given."""
         wanted = set(resources)
-        if not wanted:
-            return {}
-        if conn is None:
-            with self.engine.connect() as own:
-                return self._current(own, wanted)
-        return self._current(conn, wanted)
+        return self._read(self._current, wanted, conn) if wanted else {}
 
     @staticmethod
     def _current(conn: Connection, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], str]:

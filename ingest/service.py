@@ -551,12 +551,8 @@ class IngestService:
         guarded = [guard_key(items[p]) for p in to_publish if items[p].if_match is not None]
         try:
             with self.store.versions_locked(versioned + guarded) as conn:
-                if versioned:
+                if versioned or guarded:
                     to_publish = self._recheck(
-                        source, received_at, items, to_publish, results, rejected, atomic, conn
-                    )
-                if guarded:
-                    to_publish = self._preconditions(
                         source, received_at, items, to_publish, results, rejected, atomic, conn
                     )
                 return self._publish(
@@ -584,44 +580,31 @@ class IngestService:
         atomic: bool,
         conn: Connection | None,
     ) -> list[int]:
-        """What is still to publish once its versions are held: another request may have
-        published one of them since the first look (a duplicate, or a conflict)."""
+        """What is still to publish once its versions and guarded resources are held: another
+        request may have published one of the versions since the first look (a duplicate, or
+        a conflict), and each If-Match is compared with the version its resource is at (412
+        for the others)."""
         keys = [items[p].dedupe_key for p in to_publish if items[p].digest]
-        stored = self._stored(keys, conn)
-        if not stored:
-            return to_publish
-        to_publish, late = split_stored(items, to_publish, stored, results)
-        for pos in late:
-            version_conflict(items[pos])
-        if late:
-            self._refuse_more(source, received_at, items, late, results, rejected, atomic)
-        return to_publish
-
-    def _preconditions(
-        self,
-        source: str,
-        received_at: datetime,
-        items: Sequence[Item],
-        to_publish: list[int],
-        results: dict[int, EntryResult],
-        rejected: list[RejectionRecord],
-        atomic: bool,
-        conn: Connection | None,
-    ) -> list[int]:
-        """What is still to publish once each If-Match is compared with the version its
-        resource is at (412 for the others)."""
+        stored = self._stored(keys, conn) if keys else {}
+        if stored:
+            to_publish, late = split_stored(items, to_publish, stored, results)
+            for pos in late:
+                version_conflict(items[pos])
+            if late:
+                self._refuse_more(source, received_at, items, late, results, rejected, atomic)
         guarded = [p for p in to_publish if items[p].if_match is not None]
+        if not guarded:
+            return to_publish
         current = self.store.current_versions((items[p].dedupe_key[:2] for p in guarded), conn)
         failed = [
             p
             for p in guarded
             if not precondition_holds(items[p], current.get(items[p].dedupe_key[:2]))
         ]
-        if not failed:
-            return to_publish
         for pos in failed:
             precondition_failed(items[pos], current.get(items[pos].dedupe_key[:2]))
-        self._refuse_more(source, received_at, items, failed, results, rejected, atomic)
+        if failed:
+            self._refuse_more(source, received_at, items, failed, results, rejected, atomic)
         return [p for p in to_publish if p not in set(failed)]
 
     def _refuse_more(

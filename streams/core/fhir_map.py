@@ -29,7 +29,7 @@ from parcours.fhir_codes import (
     SERVICE_REQUEST_STATUSES,
     encounter_class,
 )
-from parcours.fhir_refs import pathway_patient, reference_to
+from parcours.fhir_refs import FHIR_ID, pathway_patient, reference_to
 from parcours.timeutil import (
     EARLIEST_CARE,
     LATEST_CARE,
@@ -223,7 +223,19 @@ def _require_id(resource: dict[str, Any]) -> str:
     rid = resource.get("id")
     if not rid:
         raise MappingError(f"{resource.get('resourceType')}.id is missing")
-    return str(rid)
+    # The id becomes an SQL key and is shown on the dashboard: what the gateway accepts only.
+    if not isinstance(rid, str) or not FHIR_ID.match(rid):
+        raise MappingError(
+            f"{resource.get('resourceType')}.id {_shown(rid)} is not a FHIR id"
+            " (1 to 64 letters, digits, '-' or '.')"
+        )
+    return rid
+
+
+def _shown(value: Any) -> str:
+    """`value` as a reason shows it: repr, control characters escaped, at most 80 characters."""
+    text = ascii(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _require_code(resource: dict[str, Any], element: str, allowed: frozenset[str]) -> str:
@@ -780,17 +792,55 @@ def map_resource(resource: dict[str, Any], date_zone: tzinfo = UTC) -> list[Cano
     """
     if not isinstance(resource, dict) or "resourceType" not in resource:
         raise MappingError("not a FHIR resource: resourceType is missing")
-    mapper = MAPPERS.get(resource["resourceType"])
+    rtype = resource["resourceType"]
+    if not isinstance(rtype, str):
+        raise MappingError(f"not a FHIR resource: resourceType {_shown(rtype)} is not a string")
+    mapper = MAPPERS.get(rtype)
     if mapper is None:
         return []
     token = _DATE_ZONE.set(date_zone)
     try:
-        return mapper(resource)
+        events = mapper(resource)
+        _check_storable(events, rtype)
+        return events
     except (AttributeError, TypeError) as exc:
         # A malformed element (a string where FHIR has an object…) must dead-letter, not crash.
-        raise MappingError(f"malformed {resource['resourceType']}: {exc}") from exc
+        raise MappingError(f"malformed {rtype}: {exc}") from exc
     finally:
         _DATE_ZONE.reset(token)
+
+
+# The width of the SQL columns that hold ids and references. Codes and names are cut to their
+# columns' widths on the way (`CODE_MAX`, `NAME_MAX`); the names are wider than an id.
+STORED_ID_MAX = 128
+_NAME_FIELDS = frozenset({"name", "service_name"})
+
+
+def _check_storable(events: list[CanonicalEvent], rtype: str) -> None:
+    """MappingError when an event holds text SQL cannot store: a NUL character (PostgreSQL's
+    text refuses it) or an id wider than its column. Found here, the resource alone goes to
+    the dead letters; found by the database, every message of its patient in the batch would."""
+    for ev in events:
+        for name, value in ev.__dict__.items():
+            kind = value.__class__
+            if kind is str:
+                if len(value) > STORED_ID_MAX or "\x00" in value:
+                    _check_text(rtype, name, value)
+            elif kind is SourceRef:
+                _check_text(rtype, "id", value.resource_id)
+                _check_text(rtype, "version", value.version)
+            elif kind is dict:
+                for key, text in value.items():
+                    if isinstance(text, str):
+                        _check_text(rtype, key, text)
+
+
+def _check_text(rtype: str, name: str, text: str) -> None:
+    if "\x00" in text:
+        raise MappingError(f"{rtype}: the {name} {_shown(text)} holds a NUL character (U+0000)")
+    limit = NAME_MAX if name in _NAME_FIELDS else STORED_ID_MAX
+    if len(text) > limit:
+        raise MappingError(f"{rtype}: the {name} {_shown(text)} is longer than {limit} characters")
 
 
 def patient_events(events: list[CanonicalEvent]) -> list[PatientEvent]:

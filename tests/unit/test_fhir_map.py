@@ -416,6 +416,28 @@ def _patched(name: str, path: list[str | int], value: Any) -> dict[str, Any]:
         ("encounter_emer", ["period", "end"], "9999-12-31T23:00:00Z", "years 1900–2099"),
         ("encounter_emer", ["period", "end"], "9999-12-31T23:00:00-14:00", "out of range"),
         ("appointment_booked", ["start"], "2100-01-01T00:00:00Z", "Appointment.start"),
+        # What SQL cannot store is refused here, for this resource alone.
+        ("encounter_emer", ["id"], "e\x00x", "Encounter.id 'e\\x00x' is not a FHIR id"),
+        ("encounter_emer", ["id"], "e\x1b[31m", "is not a FHIR id"),
+        ("encounter_emer", ["id"], "e" * 65, "is not a FHIR id"),
+        ("encounter_emer", ["id"], 12, "Encounter.id 12 is not a FHIR id"),
+        ("location_ward", ["id"], "w\x00", "Location.id"),
+        ("location_ward", ["name"], "Ward\x00A", "the name 'Ward\\x00A' holds a NUL"),
+        ("encounter_emer", ["serviceProvider"], {"reference": "Organization/o\x00"}, "NUL"),
+        ("encounter_emer", ["serviceProvider"], {"reference": "Organization/" + "o" * 129}, "128"),
+        ("encounter_emer", ["meta", "versionId"], "1\x00", "the version '1\\x00' holds a NUL"),
+        (
+            "encounter_emer",
+            ["hospitalization"],
+            {"dischargeDisposition": {"coding": [{"code": "home\x00"}]}},
+            "the disposition 'home\\x00' holds a NUL",
+        ),
+        (
+            "encounter_imp_transfers",
+            ["location", 0, "location"],
+            {"reference": "Location/b\x00"},
+            "holds a NUL",
+        ),
     ],
 )
 def test_unmappable_resources_are_refused_with_a_reason(
@@ -425,10 +447,18 @@ def test_unmappable_resources_are_refused_with_a_reason(
         map_resource(_patched(name, path, value))
 
 
-@pytest.mark.parametrize("payload", [[], "Encounter", {"id": "x"}, None])
+@pytest.mark.parametrize(
+    "payload", [[], "Encounter", {"id": "x"}, None, {"resourceType": ["Encounter"]}]
+)
 def test_non_resources_are_refused(payload: Any) -> None:
     with pytest.raises(MappingError, match="resourceType"):
         map_resource(payload)
+
+
+def test_a_nul_where_nothing_is_stored_is_not_refused() -> None:
+    resource = load("encounter_emer")
+    resource["identifier"] = [{"system": "urn:x", "value": "v\x00"}]
+    assert kinds(map_resource(resource)) == ["EncounterRecorded", "EdArrived", "EdDeparted"]
 
 
 # --- The real Synthea bundles --------------------------------------------------------------------

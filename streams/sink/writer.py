@@ -124,10 +124,10 @@ class SqlSink:
 
     def write_rejections(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Record messages the worker dead-lettered (`IngestRejectionRow` fields) for the Feed
-        health page."""
+        health page; a row whose `dedupe_key` is there already (a replay) is left as it is."""
         if rows:
             with self.engine.begin() as conn:
-                conn.execute(table_of(IngestRejectionRow).insert(), list(rows))
+                upsert(conn, IngestRejectionRow, rows, key=["dedupe_key"], update=[])
 
     def refused(self, locations: Sequence[LocationRecorded]) -> None:
         """Record Location versions the database refused, so that `write` skips them from now

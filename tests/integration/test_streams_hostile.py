@@ -208,6 +208,9 @@ def test_hostile_raw_records_are_dead_lettered_and_the_rest_is_folded_once(
     ]
     records = valid_before + hostile_records + valid_after + burst
     send(broker, topics.raw, records)
+    # Read whole at every worker start: dead-lettered at each, recorded once.
+    closed = {**ward(f"{p}closed"), "status": "closed"}
+    send(broker, topics.directory, [rec(closed, f"Location/{p}closed".encode())])
 
     def folded(db: str) -> bool:
         return (
@@ -228,7 +231,7 @@ def test_hostile_raw_records_are_dead_lettered_and_the_rest_is_folded_once(
 
             def done() -> bool:
                 assert proc.poll() is None, log.read_text()[-3000:]
-                return folded(db) and len(dead_letters(broker, topics.deadletter)) >= len(corpus)
+                return folded(db) and len(dead_letters(broker, topics.deadletter)) > len(corpus)
 
             wait_until(done, timeout_s=120, what="the valid records and the dead letters")
             first = {
@@ -238,14 +241,15 @@ def test_hostile_raw_records_are_dead_lettered_and_the_rest_is_folded_once(
             assert proc.poll() is None
 
         found = dead_letters(broker, topics.deadletter)
-        assert len(found) == len(corpus), [reason for _, reason in found]
+        assert len(found) == len(corpus) + 1, [reason for _, reason in found]
         by_value = {value: reason for value, reason in found}
         for _, value, expected in corpus:
             assert expected in by_value[value], (value[:80], by_value[value])
+        assert "Location.status 'closed'" in by_value[json.dumps(closed).encode()]
         shown = rows(
             db, "SELECT source, diagnostics FROM ingest_rejections ORDER BY source, diagnostics"
         )
-        assert len(shown) == len(corpus)
+        assert len(shown) == len(corpus) + 1
         assert all(diagnostics for _, diagnostics in shown)
         assert first == {"ed_visits": 5, "community_visits": 1, "stays": 2, "stay_locations": 2}
         assert count(db, "SELECT count(*) FROM locations WHERE location_id LIKE :p", p=f"{p}%") == 3
@@ -264,3 +268,6 @@ def test_hostile_raw_records_are_dead_lettered_and_the_rest_is_folded_once(
             assert folded(db)
         again = {table: count(db, f"SELECT count(*) FROM {table}") for table in first}
         assert again == first
+        # Every hostile record was dead-lettered again; Feed health shows each once.
+        assert len(dead_letters(broker, topics.deadletter)) == 2 * (len(corpus) + 1)
+        assert count(db, "SELECT count(*) FROM ingest_rejections") == len(corpus) + 1

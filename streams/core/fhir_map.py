@@ -26,7 +26,9 @@ from parcours.fhir_codes import (
     ENCOUNTER_STATUSES,
     EPISODE_OF_CARE_STATUSES,
     LOCATION_STATUSES,
+    RESOURCE_TYPES,
     SERVICE_REQUEST_STATUSES,
+    WITHDRAWN_IN_R4B,
     encounter_class,
 )
 from parcours.fhir_refs import FHIR_ID, pathway_patient, reference_to
@@ -785,7 +787,7 @@ MAPPERS: dict[str, Callable[[dict[str, Any]], list[CanonicalEvent]]] = {
 
 
 def map_resource(resource: dict[str, Any], date_zone: tzinfo = UTC) -> list[CanonicalEvent]:
-    """Any FHIR resource → canonical events (an empty list for types with no pathway meaning).
+    """Any FHIR resource → canonical events (an empty list for R4 types with no pathway meaning).
     A date without a time (FHIR allows one in a dateTime) is its midnight in `date_zone`.
 
     Raises MappingError with a reason a person can act on when the resource cannot be mapped.
@@ -797,6 +799,8 @@ def map_resource(resource: dict[str, Any], date_zone: tzinfo = UTC) -> list[Cano
         raise MappingError(f"not a FHIR resource: resourceType {_shown(rtype)} is not a string")
     mapper = MAPPERS.get(rtype)
     if mapper is None:
+        if rtype not in RESOURCE_TYPES and rtype not in WITHDRAWN_IN_R4B:
+            raise MappingError(f"resourceType {_shown(rtype)} is not an R4 resource type")
         return []
     token = _DATE_ZONE.set(date_zone)
     try:

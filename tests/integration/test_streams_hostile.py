@@ -72,6 +72,7 @@ def hostile(p: str, pid: str) -> list[tuple[bytes | None, bytes, str]]:
         (key, json.dumps("x" * 100_000).encode(), "resourceType is missing"),
         (key, b'{"id": "x"}', "resourceType is missing"),
         (key, b'{"resourceType": ["Encounter"], "id": "x"}', "is not a string"),
+        (key, b'{"resourceType": "Foo", "id": "x"}', "is not an R4 resource type"),
         (key, b'{"resourceType":"Encounter","x":' + b"[" * 10_000 + b"]" * 10_000 + b"}", "depth"),
         (key, bad("nul", id="e\u0000x"), "is not a FHIR id"),
         (key, bad("ctl", id="e\u0001\u001b[31m"), "is not a FHIR id"),

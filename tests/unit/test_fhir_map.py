@@ -323,6 +323,8 @@ def test_locations_are_recorded_with_their_service_and_parent() -> None:
 
 def test_types_without_pathway_meaning_map_to_nothing() -> None:
     assert map_resource({"resourceType": "Observation", "id": "o"}) == []
+    # Valid R4 that R4B withdrew: nothing either.
+    assert map_resource({"resourceType": "MedicinalProduct", "id": "m"}) == []
 
 
 def test_patient_event_json_round_trip() -> None:
@@ -448,7 +450,16 @@ def test_unmappable_resources_are_refused_with_a_reason(
 
 
 @pytest.mark.parametrize(
-    "payload", [[], "Encounter", {"id": "x"}, None, {"resourceType": ["Encounter"]}]
+    "payload",
+    [
+        [],
+        "Encounter",
+        {"id": "x"},
+        None,
+        {"resourceType": ["Encounter"]},
+        {"resourceType": "Foo", "id": "x"},
+        {"resourceType": "encounter", "id": "x"},
+    ],
 )
 def test_non_resources_are_refused(payload: Any) -> None:
     with pytest.raises(MappingError, match="resourceType"):

@@ -103,7 +103,7 @@ def hostile(p: str, pid: str) -> list[tuple[bytes | None, bytes, str]]:
         (
             key,
             bad("leap", period=period("2026-03-01T08:00:00Z", "2026-03-01T23:59:60Z")),
-            "period.end",
+            "a leap second",
         ),
         (
             key,

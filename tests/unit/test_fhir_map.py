@@ -418,6 +418,8 @@ def _patched(name: str, path: list[str | int], value: Any) -> dict[str, Any]:
         ("encounter_emer", ["period", "end"], "9999-12-31T23:00:00Z", "years 1900–2099"),
         ("encounter_emer", ["period", "end"], "9999-12-31T23:00:00-14:00", "out of range"),
         ("appointment_booked", ["start"], "2100-01-01T00:00:00Z", "Appointment.start"),
+        ("encounter_emer", ["period", "end"], "2026-01-12T23:59:60Z", "a leap second"),
+        ("encounter_emer", ["period", "start"], "2026-02-30", "is not a FHIR dateTime"),
         # What SQL cannot store is refused here, for this resource alone.
         ("encounter_emer", ["id"], "e\x00x", "Encounter.id 'e\\x00x' is not a FHIR id"),
         ("encounter_emer", ["id"], "e\x1b[31m", "is not a FHIR id"),

@@ -63,7 +63,12 @@ from streams.sink.census import (
     widen_pending,
 )
 from streams.sink.locations import LocationTree, remember_refused
-from streams.sink.patients import changed_windows, plan_write, replace_patients
+from streams.sink.patients import (
+    changed_windows,
+    plan_write,
+    refuse_merge_loops,
+    replace_patients,
+)
 from streams.sink.rows import SinkBatch, SinkResult, Window, encounter_rows
 
 log = logging.getLogger(__name__)
@@ -207,6 +212,7 @@ class SqlSink:
 
         patients = list({p.patient_id: p for p in batch.patients}.values())
         if patients:
+            refuse_merge_loops(conn, patients)
             plan = plan_write(conn, patients)
             self.tree.resolve_places(hierarchy, *plan.placed())
             changed_windows(conn, plan, windows)

@@ -13,9 +13,12 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from parcours.db import make_engine
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
-from tests.integration.streams_helpers import count, rows, uncommitted, worker_env
+from streams.runtime.batch import BatchProcessor, RawMessage, rules_from_settings
+from streams.sink.writer import SqlSink
+from tests.integration.streams_helpers import count, raw_key, rows, uncommitted, worker_env
 from tests.support import fresh_database, parcours_process, wait_until
 
 pytestmark = pytest.mark.integration
@@ -296,3 +299,58 @@ def test_hostile_raw_records_are_dead_lettered_and_the_rest_is_folded_once(
         # Every hostile record was dead-lettered again; Feed health shows each once.
         assert len(dead_letters(broker, topics.deadletter)) == 2 * (len(corpus) + 1)
         assert count(db, "SELECT count(*) FROM ingest_rejections") == len(corpus) + 1
+
+
+def test_a_merge_loop_written_past_the_gateway_is_dead_lettered_and_keeps_the_pathway(
+    db_url: str, topic_prefix: str
+) -> None:
+    p = topic_prefix
+    a, b, c = f"{p}a", f"{p}b", f"{p}c"
+
+    def patient(pid: str, into: str, at: str) -> dict[str, Any]:
+        return {
+            "resourceType": "Patient",
+            "id": pid,
+            "meta": {"lastUpdated": at},
+            "link": [{"type": "replaced-by", "other": {"reference": f"Patient/{into}"}}],
+        }
+
+    def day(n: int) -> dict[str, str]:
+        return period(f"2026-03-0{n}T08:00:00Z", f"2026-03-0{n}T09:00:00Z")
+
+    processor = BatchProcessor(SqlSink(make_engine(db_url)), rules_from_settings(Settings()))
+    states: dict[str, Any] = {}
+
+    def fold(*resources: dict[str, Any]) -> list[str]:
+        msgs = [RawMessage(raw_key(r).encode(), json.dumps(r).encode()) for r in resources]
+        outcome = processor.process(msgs, states.get)
+        states.update({pid: value for pid, (_, value) in outcome.states.items()})
+        return [reason for _, _, reason in outcome.rejects]
+
+    def visits() -> dict[str, int]:
+        found = rows(
+            db_url,
+            "SELECT patient_id, count(*) FROM ed_visits WHERE patient_id LIKE :p GROUP BY 1",
+            p=f"{p}%",
+        )
+        return {pid: n for pid, n in found}
+
+    assert fold(encounter(f"{p}e1", a, period=day(1)), encounter(f"{p}e2", b, period=day(2))) == []
+    assert fold(encounter(f"{p}e3", c, period=day(3))) == []
+    # a merged into b (its records are b's to send again): a's pathway goes.
+    assert fold(patient(a, b, "2026-03-05T00:00:00Z")) == []
+    assert visits() == {b: 1, c: 1}
+    # b merged back into a: refused, and b keeps its pathway.
+    reasons = fold(patient(b, a, "2026-03-05T00:00:01Z"))
+    assert len(reasons) == 1 and f"Patient {b} replaced-by {a}" in reasons[0], reasons
+    assert fold(encounter(f"{p}e4", b, period=day(4))) == []
+    assert visits() == {b: 2, c: 1}
+    # The database refuses a patient's rows as a whole: b's other records of the batch that
+    # holds the merge go to the dead letters with it, under the same reason.
+    reasons = fold(encounter(f"{p}e5", b, period=day(5)), patient(b, a, "2026-03-05T00:00:02Z"))
+    assert len(reasons) == 2 and all("merge loop" in r for r in reasons), reasons
+    assert visits() == {b: 2, c: 1}
+    # Within one batch, c into b and b into c: the first is kept, the second refused.
+    reasons = fold(patient(c, b, "2026-03-06T00:00:00Z"), patient(b, c, "2026-03-06T00:00:01Z"))
+    assert len(reasons) == 1 and f"Patient {b} replaced-by {c}" in reasons[0], reasons
+    assert visits() == {b: 2}

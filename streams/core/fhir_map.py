@@ -294,6 +294,12 @@ def _retracted(patient: str, at: datetime | None, src: SourceRef, reason: str) -
 # --- Encounter -----------------------------------------------------------------------------------
 
 
+# The most moves one Encounter may give. The pathway places each move among the stay's others
+# (a stay of n moves costs about n² steps, every version of it), and no stay moves that often:
+# one with more is a feed's mistake, and would hold the worker for minutes.
+MAX_MOVES = 1000
+
+
 @dataclasses.dataclass(frozen=True)
 class _Move:
     at: datetime
@@ -336,6 +342,11 @@ def _moves(resource: dict[str, Any], start: datetime) -> list[_Move]:
             slot["other"] = slot["other"] or loc
         if until is not None and (slot["until"] is None or until > slot["until"]):
             slot["until"] = until
+    if len(grouped) > MAX_MOVES:
+        raise MappingError(
+            f"Encounter.location holds {len(grouped)} moves (entries active or completed, by"
+            f" start); a stay is read with at most {MAX_MOVES}"
+        )
     moves = []
     for at in sorted(grouped):
         slot = grouped[at]

@@ -35,6 +35,7 @@ from streams.core.events import (
     patient_event_to_json,
 )
 from streams.core.fhir_map import (
+    MAX_MOVES,
     MappingError,
     discharge_disposition,
     map_resource,
@@ -674,3 +675,28 @@ def test_an_organization_gives_its_name_cut_to_what_sql_keeps() -> None:
     assert isinstance(odd, OrganizationRecorded) and odd.name is None
     with pytest.raises(MappingError, match="id"):
         map_resource({"resourceType": "Organization", "name": "no id"})
+
+
+def test_a_stay_of_more_moves_than_any_stay_makes_is_refused() -> None:
+    resource = load("encounter_imp_transfers")
+    start = parse_time(resource["period"]["start"])
+    assert start is not None
+
+    def moves(n: int) -> list[dict[str, Any]]:
+        return [
+            {
+                "location": {"reference": f"Location/w{i % 7}"},
+                "status": "completed",
+                "physicalType": {"coding": [{"code": "wa"}]},
+                "period": {"start": (start + timedelta(minutes=i)).isoformat()},
+            }
+            for i in range(n)
+        ]
+
+    resource["period"]["end"] = (start + timedelta(days=2)).isoformat()
+    resource["location"] = moves(MAX_MOVES)
+    transfers = [ev for ev in map_resource(resource) if isinstance(ev, PatientTransferred)]
+    assert len(transfers) == MAX_MOVES - 1
+    resource["location"] = moves(MAX_MOVES + 1)
+    with pytest.raises(MappingError, match=f"holds {MAX_MOVES + 1} moves"):
+        map_resource(resource)

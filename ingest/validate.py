@@ -27,6 +27,7 @@ from ingest.limits import (
 )
 from ingest.outcome import MAX_ISSUES, Issue, clip, escape_controls
 from parcours import fhir_codes as codes
+from parcours.fhir_codes import RESOURCE_TYPES, WITHDRAWN_IN_R4B
 
 # Mapped downstream by streams/ (docs/FHIR_PROFILE.md); every other R4 type is published raw.
 MAPPED_TYPES: tuple[str, ...] = (
@@ -42,36 +43,6 @@ MAPPED_TYPES: tuple[str, ...] = (
     "Condition",
 )
 
-# Every concrete resource type of the R4B models, listed here because finding them by importing
-# each model takes seconds. tests/unit/test_ingest_validate.py checks it against fhir.resources.
-_RESOURCE_TYPE_NAMES = """
-    Account ActivityDefinition AdministrableProductDefinition AdverseEvent AllergyIntolerance
-    Appointment AppointmentResponse AuditEvent Basic Binary BiologicallyDerivedProduct
-    BodyStructure Bundle CapabilityStatement CarePlan CareTeam CatalogEntry ChargeItem
-    ChargeItemDefinition Citation Claim ClaimResponse ClinicalImpression ClinicalUseDefinition
-    CodeSystem Communication CommunicationRequest CompartmentDefinition Composition ConceptMap
-    Condition Consent Contract Coverage CoverageEligibilityRequest CoverageEligibilityResponse
-    DetectedIssue Device DeviceDefinition DeviceMetric DeviceRequest DeviceUseStatement
-    DiagnosticReport DocumentManifest DocumentReference Encounter Endpoint EnrollmentRequest
-    EnrollmentResponse EpisodeOfCare EventDefinition Evidence EvidenceReport EvidenceVariable
-    ExampleScenario ExplanationOfBenefit FamilyMemberHistory Flag Goal GraphDefinition Group
-    GuidanceResponse HealthcareService ImagingStudy Immunization ImmunizationEvaluation
-    ImmunizationRecommendation ImplementationGuide Ingredient InsurancePlan Invoice Library
-    Linkage List Location ManufacturedItemDefinition Measure MeasureReport Media Medication
-    MedicationAdministration MedicationDispense MedicationKnowledge MedicationRequest
-    MedicationStatement MedicinalProductDefinition MessageDefinition MessageHeader
-    MolecularSequence NamingSystem NutritionOrder NutritionProduct Observation
-    ObservationDefinition OperationDefinition OperationOutcome Organization
-    OrganizationAffiliation PackagedProductDefinition Parameters Patient PaymentNotice
-    PaymentReconciliation Person PlanDefinition Practitioner PractitionerRole Procedure
-    Provenance Questionnaire QuestionnaireResponse RegulatedAuthorization RelatedPerson
-    RequestGroup ResearchDefinition ResearchElementDefinition ResearchStudy ResearchSubject
-    RiskAssessment Schedule SearchParameter ServiceRequest Slot Specimen SpecimenDefinition
-    StructureDefinition StructureMap Subscription SubscriptionStatus SubscriptionTopic Substance
-    SubstanceDefinition SupplyDelivery SupplyRequest Task TerminologyCapabilities TestReport
-    TestScript ValueSet VerificationResult VisionPrescription
-"""
-RESOURCE_TYPES: frozenset[str] = frozenset(_RESOURCE_TYPE_NAMES.split())
 KNOWN_CLASS_SYSTEMS = frozenset(
     {"http://terminology.hl7.org/CodeSystem/v3-ActCode", codes.V2_PATIENT_CLASS}
 )
@@ -121,32 +92,6 @@ def warm_up(types: tuple[str, ...] = (*MAPPED_TYPES, "Bundle")) -> None:
 def is_resource_type(name: str) -> bool:
     """True for a concrete R4 resource type name."""
     return name in resource_types()
-
-
-# R4 types that R4B (whose definitions validate every resource here) withdrew: valid R4, which
-# the gateway cannot check, so it refuses them saying so rather than calling them unknown.
-WITHDRAWN_IN_R4B = frozenset(
-    {
-        "EffectEvidenceSynthesis",
-        "MedicinalProduct",
-        "MedicinalProductAuthorization",
-        "MedicinalProductContraindication",
-        "MedicinalProductIndication",
-        "MedicinalProductIngredient",
-        "MedicinalProductInteraction",
-        "MedicinalProductManufactured",
-        "MedicinalProductPackaged",
-        "MedicinalProductPharmaceutical",
-        "MedicinalProductUndesirableEffect",
-        "RiskEvidenceSynthesis",
-        "SubstanceNucleicAcid",
-        "SubstancePolymer",
-        "SubstanceProtein",
-        "SubstanceReferenceInformation",
-        "SubstanceSourceMaterial",
-        "SubstanceSpecification",
-    }
-)
 
 
 def unknown_type_text(name: str) -> str:

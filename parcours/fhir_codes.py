@@ -100,3 +100,61 @@ OBSERVATION_STATUSES = frozenset(
 )
 LOCATION_STATUSES = frozenset({"active", "suspended", "inactive"})
 ADMINISTRATIVE_GENDERS = frozenset({"male", "female", "other", "unknown"})
+
+
+# Every concrete resource type of the R4B models, listed here because finding them by importing
+# each model takes seconds (and the stream worker imports none). tests/unit/test_ingest_validate.py
+# checks it against fhir.resources.
+_RESOURCE_TYPE_NAMES = """
+    Account ActivityDefinition AdministrableProductDefinition AdverseEvent AllergyIntolerance
+    Appointment AppointmentResponse AuditEvent Basic Binary BiologicallyDerivedProduct
+    BodyStructure Bundle CapabilityStatement CarePlan CareTeam CatalogEntry ChargeItem
+    ChargeItemDefinition Citation Claim ClaimResponse ClinicalImpression ClinicalUseDefinition
+    CodeSystem Communication CommunicationRequest CompartmentDefinition Composition ConceptMap
+    Condition Consent Contract Coverage CoverageEligibilityRequest CoverageEligibilityResponse
+    DetectedIssue Device DeviceDefinition DeviceMetric DeviceRequest DeviceUseStatement
+    DiagnosticReport DocumentManifest DocumentReference Encounter Endpoint EnrollmentRequest
+    EnrollmentResponse EpisodeOfCare EventDefinition Evidence EvidenceReport EvidenceVariable
+    ExampleScenario ExplanationOfBenefit FamilyMemberHistory Flag Goal GraphDefinition Group
+    GuidanceResponse HealthcareService ImagingStudy Immunization ImmunizationEvaluation
+    ImmunizationRecommendation ImplementationGuide Ingredient InsurancePlan Invoice Library
+    Linkage List Location ManufacturedItemDefinition Measure MeasureReport Media Medication
+    MedicationAdministration MedicationDispense MedicationKnowledge MedicationRequest
+    MedicationStatement MedicinalProductDefinition MessageDefinition MessageHeader
+    MolecularSequence NamingSystem NutritionOrder NutritionProduct Observation
+    ObservationDefinition OperationDefinition OperationOutcome Organization
+    OrganizationAffiliation PackagedProductDefinition Parameters Patient PaymentNotice
+    PaymentReconciliation Person PlanDefinition Practitioner PractitionerRole Procedure
+    Provenance Questionnaire QuestionnaireResponse RegulatedAuthorization RelatedPerson
+    RequestGroup ResearchDefinition ResearchElementDefinition ResearchStudy ResearchSubject
+    RiskAssessment Schedule SearchParameter ServiceRequest Slot Specimen SpecimenDefinition
+    StructureDefinition StructureMap Subscription SubscriptionStatus SubscriptionTopic Substance
+    SubstanceDefinition SupplyDelivery SupplyRequest Task TerminologyCapabilities TestReport
+    TestScript ValueSet VerificationResult VisionPrescription
+"""
+RESOURCE_TYPES: frozenset[str] = frozenset(_RESOURCE_TYPE_NAMES.split())
+
+# R4 types that R4B (whose definitions validate every resource here) withdrew: valid R4, which
+# the gateway cannot check, so it refuses them saying so rather than calling them unknown.
+WITHDRAWN_IN_R4B = frozenset(
+    {
+        "EffectEvidenceSynthesis",
+        "MedicinalProduct",
+        "MedicinalProductAuthorization",
+        "MedicinalProductContraindication",
+        "MedicinalProductIndication",
+        "MedicinalProductIngredient",
+        "MedicinalProductInteraction",
+        "MedicinalProductManufactured",
+        "MedicinalProductPackaged",
+        "MedicinalProductPharmaceutical",
+        "MedicinalProductUndesirableEffect",
+        "RiskEvidenceSynthesis",
+        "SubstanceNucleicAcid",
+        "SubstancePolymer",
+        "SubstanceProtein",
+        "SubstanceReferenceInformation",
+        "SubstanceSourceMaterial",
+        "SubstanceSpecification",
+    }
+)

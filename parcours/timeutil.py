@@ -56,6 +56,9 @@ def parse_fhir(value: object, zone: tzinfo = UTC) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError as exc:
+        if text[16:19] == ":60" and text[10:11] == "T":
+            # FHIR's pattern lets a leap second through; no instant of Python's clock is one.
+            raise TimeFormatError(f"{value!r} names no instant (a leap second: second 60)") from exc
         raise TimeFormatError(f"{value!r} is not a FHIR dateTime") from exc
     if parsed.tzinfo is None:
         local = zone if len(text) == 10 else UTC

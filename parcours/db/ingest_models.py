@@ -5,7 +5,9 @@
 - `ingest_log`: one row per resource version published to the raw topic. Its key
   (type, id, version) is the gateway's dedupe memory, so it survives restarts; the digest of a
   `v:` version's content tells a retry from other content sent under the same versionId.
-- `ingest_rejections`: every refused request or entry, with the OperationOutcome sent back.
+- `ingest_rejections`: every refused request or entry, with the OperationOutcome sent back, and
+  every message the stream worker dead-lettered, once (`dedupe_key`: a replay, or the directory
+  read again at each start, records it again under the same key).
 - `ingest_owners`: which integrator owns a patient (claimed by its first write) or an
   identifier system (assigned by an admin); `ingest_grants`: who else may write them.
 """
@@ -75,8 +77,13 @@ class IngestRejectionRow(Base):
     expression: Mapped[str | None] = mapped_column(String(512))
     diagnostics: Mapped[str | None] = mapped_column(Text)
     operation_outcome: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The stream worker's rows: a digest of the message and the reason (the gateway's: none).
+    dedupe_key: Mapped[str | None] = mapped_column(String(64))
 
-    __table_args__ = (Index("ix_ingest_rejections_source_received_at", "source", "received_at"),)
+    __table_args__ = (
+        Index("ix_ingest_rejections_source_received_at", "source", "received_at"),
+        Index("ux_ingest_rejections_dedupe_key", "dedupe_key", unique=True),
+    )
 
 
 class IngestOwnerRow(Base):

@@ -136,6 +136,12 @@ class Episode:
     capacity: int
 
 
+# The most levels of `partOf` climbed from a place (a site, building, wing, floor, ward, room and
+# bed are seven). Past them a chain is a feed's mistake; climbing it whole for every place would
+# cost the square of its length.
+MAX_LEVELS = 32
+
+
 @dataclass
 class Hierarchy:
     """The Location tree plus capacity overrides from the territory config."""
@@ -154,7 +160,12 @@ class Hierarchy:
     def _climb(self, location_id: str | None) -> list[Place]:
         chain: list[Place] = []
         seen: set[str] = set()
-        while location_id and location_id in self.places and location_id not in seen:
+        while (
+            location_id
+            and location_id in self.places
+            and location_id not in seen
+            and len(chain) < MAX_LEVELS
+        ):
             seen.add(location_id)
             place = self.places[location_id]
             chain.append(place)
@@ -187,6 +198,8 @@ class Hierarchy:
         for place in chain:
             if place.organization:
                 return place.organization
+        if len(chain) == MAX_LEVELS:
+            return None  # a chain climbed only in part: its top is not known
         top = chain[-1] if chain else None
         if top is not None and top.physical_type in ("si", "bu"):
             return top.location_id

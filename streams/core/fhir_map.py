@@ -26,10 +26,12 @@ from parcours.fhir_codes import (
     ENCOUNTER_STATUSES,
     EPISODE_OF_CARE_STATUSES,
     LOCATION_STATUSES,
+    RESOURCE_TYPES,
     SERVICE_REQUEST_STATUSES,
+    WITHDRAWN_IN_R4B,
     encounter_class,
 )
-from parcours.fhir_refs import pathway_patient, reference_to
+from parcours.fhir_refs import FHIR_ID, pathway_patient, reference_to
 from parcours.timeutil import (
     EARLIEST_CARE,
     LATEST_CARE,
@@ -223,7 +225,19 @@ def _require_id(resource: dict[str, Any]) -> str:
     rid = resource.get("id")
     if not rid:
         raise MappingError(f"{resource.get('resourceType')}.id is missing")
-    return str(rid)
+    # The id becomes an SQL key and is shown on the dashboard: what the gateway accepts only.
+    if not isinstance(rid, str) or not FHIR_ID.match(rid):
+        raise MappingError(
+            f"{resource.get('resourceType')}.id {_shown(rid)} is not a FHIR id"
+            " (1 to 64 letters, digits, '-' or '.')"
+        )
+    return rid
+
+
+def _shown(value: Any) -> str:
+    """`value` as a reason shows it: repr, control characters escaped, at most 80 characters."""
+    text = ascii(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _require_code(resource: dict[str, Any], element: str, allowed: frozenset[str]) -> str:
@@ -280,6 +294,12 @@ def _retracted(patient: str, at: datetime | None, src: SourceRef, reason: str) -
 # --- Encounter -----------------------------------------------------------------------------------
 
 
+# The most moves one Encounter may give. The pathway places each move among the stay's others
+# (a stay of n moves costs about n² steps, every version of it), and no stay moves that often:
+# one with more is a feed's mistake, and would hold the worker for minutes.
+MAX_MOVES = 1000
+
+
 @dataclasses.dataclass(frozen=True)
 class _Move:
     at: datetime
@@ -322,6 +342,11 @@ def _moves(resource: dict[str, Any], start: datetime) -> list[_Move]:
             slot["other"] = slot["other"] or loc
         if until is not None and (slot["until"] is None or until > slot["until"]):
             slot["until"] = until
+    if len(grouped) > MAX_MOVES:
+        raise MappingError(
+            f"Encounter.location holds {len(grouped)} moves (entries active or completed, by"
+            f" start); a stay is read with at most {MAX_MOVES}"
+        )
     moves = []
     for at in sorted(grouped):
         slot = grouped[at]
@@ -773,24 +798,64 @@ MAPPERS: dict[str, Callable[[dict[str, Any]], list[CanonicalEvent]]] = {
 
 
 def map_resource(resource: dict[str, Any], date_zone: tzinfo = UTC) -> list[CanonicalEvent]:
-    """Any FHIR resource → canonical events (an empty list for types with no pathway meaning).
+    """Any FHIR resource → canonical events (an empty list for R4 types with no pathway meaning).
     A date without a time (FHIR allows one in a dateTime) is its midnight in `date_zone`.
 
     Raises MappingError with a reason a person can act on when the resource cannot be mapped.
     """
     if not isinstance(resource, dict) or "resourceType" not in resource:
         raise MappingError("not a FHIR resource: resourceType is missing")
-    mapper = MAPPERS.get(resource["resourceType"])
+    rtype = resource["resourceType"]
+    if not isinstance(rtype, str):
+        raise MappingError(f"not a FHIR resource: resourceType {_shown(rtype)} is not a string")
+    mapper = MAPPERS.get(rtype)
     if mapper is None:
+        if rtype not in RESOURCE_TYPES and rtype not in WITHDRAWN_IN_R4B:
+            raise MappingError(f"resourceType {_shown(rtype)} is not an R4 resource type")
         return []
     token = _DATE_ZONE.set(date_zone)
     try:
-        return mapper(resource)
+        events = mapper(resource)
+        _check_storable(events, rtype)
+        return events
     except (AttributeError, TypeError) as exc:
         # A malformed element (a string where FHIR has an object…) must dead-letter, not crash.
-        raise MappingError(f"malformed {resource['resourceType']}: {exc}") from exc
+        raise MappingError(f"malformed {rtype}: {exc}") from exc
     finally:
         _DATE_ZONE.reset(token)
+
+
+# The width of the SQL columns that hold ids and references. Codes and names are cut to their
+# columns' widths on the way (`CODE_MAX`, `NAME_MAX`); the names are wider than an id.
+STORED_ID_MAX = 128
+_NAME_FIELDS = frozenset({"name", "service_name"})
+
+
+def _check_storable(events: list[CanonicalEvent], rtype: str) -> None:
+    """MappingError when an event holds text SQL cannot store: a NUL character (PostgreSQL's
+    text refuses it) or an id wider than its column. Found here, the resource alone goes to
+    the dead letters; found by the database, every message of its patient in the batch would."""
+    for ev in events:
+        for name, value in ev.__dict__.items():
+            kind = value.__class__
+            if kind is str:
+                if len(value) > STORED_ID_MAX or "\x00" in value:
+                    _check_text(rtype, name, value)
+            elif kind is SourceRef:
+                _check_text(rtype, "id", value.resource_id)
+                _check_text(rtype, "version", value.version)
+            elif kind is dict:
+                for key, text in value.items():
+                    if isinstance(text, str):
+                        _check_text(rtype, key, text)
+
+
+def _check_text(rtype: str, name: str, text: str) -> None:
+    if "\x00" in text:
+        raise MappingError(f"{rtype}: the {name} {_shown(text)} holds a NUL character (U+0000)")
+    limit = NAME_MAX if name in _NAME_FIELDS else STORED_ID_MAX
+    if len(text) > limit:
+        raise MappingError(f"{rtype}: the {name} {_shown(text)} is longer than {limit} characters")
 
 
 def patient_events(events: list[CanonicalEvent]) -> list[PatientEvent]:

@@ -14,6 +14,7 @@ from streams.runtime.faust_compat import (
     ParcoursApp,
     PromptStopWorker,
     SeekThenResumeTableManager,
+    tolerate_header_keys,
 )
 from streams.runtime.worker import Worker
 from streams.sink.writer import SqlSink
@@ -60,6 +61,7 @@ def create_app(settings: Settings) -> ParcoursApp:
 
 def run_worker(settings: Settings) -> None:
     """Run a stream worker until SIGINT/SIGTERM."""
+    tolerate_header_keys()
     topics = Topics.from_settings(settings)
     ensure_topics(settings.bootstrap, topics.all(), settings.topic_partitions)
     (settings.data_dir / "streams").mkdir(parents=True, exist_ok=True)

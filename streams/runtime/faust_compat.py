@@ -23,16 +23,20 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from functools import partial
 from typing import Any, cast
 
+import aiokafka
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.consumer import fetcher as aiokafka_fetcher
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.group import LeaveGroupRequest
+from aiokafka.record.default_records import DefaultRecordBatch, _DefaultRecordBatchPy
+from aiokafka.record.memory_records import _MemoryRecordsPy
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -46,6 +50,12 @@ if faust.__version__ != FAUST_VERSION:
     raise ImportError(
         f"streams.runtime.faust_compat overrides faust-streaming {FAUST_VERSION} internals; "
         f"faust {faust.__version__} is installed"
+    )
+AIOKAFKA_VERSION = "0.14.0"
+if aiokafka.__version__ != AIOKAFKA_VERSION:
+    raise ImportError(
+        f"streams.runtime.faust_compat reads aiokafka {AIOKAFKA_VERSION}'s record batches "
+        f"(`TolerantRecords`); aiokafka {aiokafka.__version__} is installed"
     )
 if not hasattr(GroupCoordinator, "_maybe_leave_group"):
     raise ImportError(
@@ -302,6 +312,102 @@ class FetchThread(aiokafka_driver.AIOKafkaConsumerThread):
             timeout=timeout,
             max_records=max_records,
         )
+
+
+class _ReplacingText(bytes):
+    """A header key's bytes whose `decode` puts U+FFFD for what is not UTF-8."""
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return bytes.decode(self, encoding, "replace")
+
+
+class _ReplacingBuffer(bytearray):
+    """A record batch's buffer whose slices are `_ReplacingText`: aiokafka's Python reader
+    decodes a header key as a slice of its buffer (keys and values it copies with `bytes()`)."""
+
+    def __getitem__(self, index: Any) -> Any:
+        found = super().__getitem__(index)
+        return _ReplacingText(found) if isinstance(index, slice) else found
+
+
+class _ReplacingBatch(_DefaultRecordBatchPy):
+    """aiokafka's Python reader of a record batch, with header keys decoded leniently."""
+
+    def __init__(self, buffer: bytes | bytearray | memoryview) -> None:
+        super().__init__(buffer)
+        self._buffer = _ReplacingBuffer(buffer)
+
+    def _maybe_uncompress(self) -> None:
+        super()._maybe_uncompress()
+        if not isinstance(self._buffer, _ReplacingBuffer):
+            self._buffer = _ReplacingBuffer(self._buffer)
+
+
+class _TolerantBatch:
+    """One record batch: its records as aiokafka's C reader reads them, up to one whose header
+    key is not UTF-8, from which `_ReplacingBatch` reads the rest. Its other attributes are the
+    C reader's."""
+
+    def __init__(self, batch: Any, data: memoryview) -> None:
+        self._batch = batch
+        self._data = data
+        self._records: Iterator[Any] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._batch, name)
+
+    def _read(self) -> Iterator[Any]:
+        read = 0
+        try:
+            for record in self._batch:
+                yield record
+                read += 1
+        except UnicodeDecodeError:
+            log.warning("a record's header key is not UTF-8; read with U+FFFD in its place")
+            for i, record in enumerate(_ReplacingBatch(self._data)):
+                if i >= read:
+                    yield record
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._records is None:
+            self._records = self._read()
+        return self._records
+
+    def __next__(self) -> Any:
+        return next(iter(self))
+
+
+class TolerantRecords:
+    """The records of one fetched partition (aiokafka's `MemoryRecords`), each batch read by
+    aiokafka's C reader, except that a record whose header key is not UTF-8 is read with U+FFFD
+    in place of the bytes that are not.
+
+    Kafka does not check header keys, and aiokafka's reader decodes them strictly: one such
+    record, sent by any client, raised in the consumer's fetch at every start, and the worker
+    never read its partition again. Its key and value are read as sent, so the worker folds or
+    dead-letters it like any other. Installed by `tolerate_header_keys`.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._slices = _MemoryRecordsPy(data)
+
+    def size_in_bytes(self) -> int:
+        return self._slices.size_in_bytes()
+
+    def has_next(self) -> bool:
+        return self._slices.has_next()
+
+    def next_batch(self) -> Any:
+        data = self._slices._next_slice
+        batch = self._slices.next_batch()
+        if data is None or not isinstance(batch, DefaultRecordBatch):
+            return batch  # none, or a legacy (v0/v1) batch, which has no headers
+        return _TolerantBatch(batch, data)
+
+
+def tolerate_header_keys() -> None:
+    """Make every consumer of this process read fetched records with `TolerantRecords`."""
+    aiokafka_fetcher.MemoryRecords = TolerantRecords  # type: ignore[misc,assignment]
 
 
 # While a batch handler is busy, how often the consumer asks again whether it can take the batch.

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -730,6 +731,12 @@ def rejection_row(
             return text
         return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
+    # The same message dead-lettered again (a replay, the directory read at the next start, by
+    # every worker) is the same row.
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (source or b"", key or b"", payload, reason.encode("utf-8", "replace")):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
     return {
         "source": clean(source.decode("utf-8", "replace")[:64]) if source else "stream-worker",
         "received_at": now,
@@ -740,4 +747,5 @@ def rejection_row(
         "expression": None,
         "diagnostics": clean(reason[:2000]),
         "operation_outcome": {},
+        "dedupe_key": digest.hexdigest(),
     }

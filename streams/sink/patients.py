@@ -24,6 +24,8 @@ from parcours.db.pathway_models import (
     StayLocationRow,
     StayRow,
 )
+from parcours.fhir_refs import merge_loops
+from streams import StreamsError
 from streams.core.census import UNKNOWN_HOSPITAL
 from streams.core.projection import KEY_OF, RECORD_KEYS, Key, PatientRows
 from streams.sink.census import watermark
@@ -227,6 +229,42 @@ def changed_windows(conn: Connection, plan: PatientWrite, windows: dict[str, Win
         mark = watermark(conn, hospital)
         if mark is not None:
             widen_window(windows, hospital, mark, None)
+
+
+class MergeLoop(StreamsError):
+    """Patients whose merges (Patient.link replaced-by) go round in a loop: the writer refuses
+    their rows, and their messages go to the dead letters with this reason."""
+
+
+def refuse_merge_loops(conn: Connection, patients: list[PatientRows]) -> None:
+    """Raise MergeLoop when a patient of `patients` is merged into one that, through the merges
+    of this batch and those SQL holds, is merged back into it. Each patient of a loop would give
+    its pathway to another, and none would be left. The gateway refuses such a merge; one
+    written to Kafka past it is refused here."""
+    batch = {p.patient_id: p.state.get("replaced_by") for p in patients}
+    merges = {pid: into for pid, into in batch.items() if isinstance(into, str)}
+    if not merges:
+        return
+    stored: dict[str, str | None] = {}
+    ps = PathwayStateRow.__table__
+
+    def replaced_by(pid: str) -> str | None:
+        if pid in batch:
+            return batch[pid]
+        if pid not in stored:
+            state = conn.execute(select(ps.c.state).where(ps.c.patient_id == pid)).scalar()
+            into = state.get("replaced_by") if isinstance(state, dict) else None
+            stored[pid] = into if isinstance(into, str) else None
+        return stored[pid]
+
+    loops = [(pid, into) for pid, into in merges.items() if merge_loops(pid, into, replaced_by)]
+    if loops:
+        raise MergeLoop(
+            "; ".join(
+                f"Patient {pid} replaced-by {into}, which is merged back into {pid}: a merge loop"
+                for pid, into in loops
+            )
+        )
 
 
 def replace_patients(conn: Connection, patients: list[PatientRows], plan: PatientWrite) -> int:

@@ -63,7 +63,12 @@ from streams.sink.census import (
     widen_pending,
 )
 from streams.sink.locations import LocationTree, remember_refused
-from streams.sink.patients import changed_windows, plan_write, replace_patients
+from streams.sink.patients import (
+    changed_windows,
+    plan_write,
+    refuse_merge_loops,
+    replace_patients,
+)
 from streams.sink.rows import SinkBatch, SinkResult, Window, encounter_rows
 
 log = logging.getLogger(__name__)
@@ -124,10 +129,10 @@ class SqlSink:
 
     def write_rejections(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Record messages the worker dead-lettered (`IngestRejectionRow` fields) for the Feed
-        health page."""
+        health page; a row whose `dedupe_key` is there already (a replay) is left as it is."""
         if rows:
             with self.engine.begin() as conn:
-                conn.execute(table_of(IngestRejectionRow).insert(), list(rows))
+                upsert(conn, IngestRejectionRow, rows, key=["dedupe_key"], update=[])
 
     def refused(self, locations: Sequence[LocationRecorded]) -> None:
         """Record Location versions the database refused, so that `write` skips them from now
@@ -207,6 +212,7 @@ class SqlSink:
 
         patients = list({p.patient_id: p for p in batch.patients}.values())
         if patients:
+            refuse_merge_loops(conn, patients)
             plan = plan_write(conn, patients)
             self.tree.resolve_places(hierarchy, *plan.placed())
             changed_windows(conn, plan, windows)

@@ -438,3 +438,34 @@ def test_a_hospital_no_location_names_takes_its_organizations_name() -> None:
     assert tree.name_of(Unit("hospital", "org-ch", "org-ch")) == "CH de Belleau"
     assert tree.name_of(Unit("ward", "w", "org-ch")) is None
     assert tree.name_of(Unit("hospital", "nobody", "nobody")) is None
+
+
+def test_a_part_of_chain_longer_than_any_building_is_climbed_only_so_far() -> None:
+    from streams.core.census import MAX_LEVELS
+
+    # bed → room → ward → floor → building → site (its Organization): read whole.
+    kinds = ["bd", "ro", "wa", "lvl", "bu", "si"]
+    tree = {
+        f"p{i}": Place(
+            f"p{i}",
+            kind,
+            part_of=f"p{i + 1}" if i + 1 < len(kinds) else None,
+            organization="chu" if kind == "si" else None,
+        )
+        for i, kind in enumerate(kinds)
+    }
+    assert Hierarchy(tree).hospital_of("p0") == "chu"
+    assert Hierarchy(tree).ward_of("p0") == "p2"
+    # A chain of 10,000 places (each one's partOf the next) is a feed's mistake: climbing it
+    # whole from each of its places would take the square of its length.
+    n = 10_000
+    chain = {f"c{i}": Place(f"c{i}", "wa", part_of=f"c{i + 1}") for i in range(n)}
+    chain[f"c{n - 1}"] = Place(f"c{n - 1}", "si", organization="far")
+    hierarchy = Hierarchy(chain)
+    assert len(hierarchy._climb("c0")) == MAX_LEVELS
+    assert hierarchy.hospital_of("c0") is None
+    assert hierarchy.hospital_of(f"c{n - 5}") == "far"
+    assert hierarchy.ward_of("c0") == "c0"
+    # A loop is climbed once round.
+    loop = {"a": Place("a", "wa", part_of="b"), "b": Place("b", "wa", part_of="a")}
+    assert [p.location_id for p in Hierarchy(loop)._climb("a")] == ["a", "b"]

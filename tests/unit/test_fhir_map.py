@@ -35,6 +35,7 @@ from streams.core.events import (
     patient_event_to_json,
 )
 from streams.core.fhir_map import (
+    MAX_MOVES,
     MappingError,
     discharge_disposition,
     map_resource,
@@ -323,6 +324,8 @@ def test_locations_are_recorded_with_their_service_and_parent() -> None:
 
 def test_types_without_pathway_meaning_map_to_nothing() -> None:
     assert map_resource({"resourceType": "Observation", "id": "o"}) == []
+    # Valid R4 that R4B withdrew: nothing either.
+    assert map_resource({"resourceType": "MedicinalProduct", "id": "m"}) == []
 
 
 def test_patient_event_json_round_trip() -> None:
@@ -416,6 +419,30 @@ def _patched(name: str, path: list[str | int], value: Any) -> dict[str, Any]:
         ("encounter_emer", ["period", "end"], "9999-12-31T23:00:00Z", "years 1900–2099"),
         ("encounter_emer", ["period", "end"], "9999-12-31T23:00:00-14:00", "out of range"),
         ("appointment_booked", ["start"], "2100-01-01T00:00:00Z", "Appointment.start"),
+        ("encounter_emer", ["period", "end"], "2026-01-12T23:59:60Z", "a leap second"),
+        ("encounter_emer", ["period", "start"], "2026-02-30", "is not a FHIR dateTime"),
+        # What SQL cannot store is refused here, for this resource alone.
+        ("encounter_emer", ["id"], "e\x00x", "Encounter.id 'e\\x00x' is not a FHIR id"),
+        ("encounter_emer", ["id"], "e\x1b[31m", "is not a FHIR id"),
+        ("encounter_emer", ["id"], "e" * 65, "is not a FHIR id"),
+        ("encounter_emer", ["id"], 12, "Encounter.id 12 is not a FHIR id"),
+        ("location_ward", ["id"], "w\x00", "Location.id"),
+        ("location_ward", ["name"], "Ward\x00A", "the name 'Ward\\x00A' holds a NUL"),
+        ("encounter_emer", ["serviceProvider"], {"reference": "Organization/o\x00"}, "NUL"),
+        ("encounter_emer", ["serviceProvider"], {"reference": "Organization/" + "o" * 129}, "128"),
+        ("encounter_emer", ["meta", "versionId"], "1\x00", "the version '1\\x00' holds a NUL"),
+        (
+            "encounter_emer",
+            ["hospitalization"],
+            {"dischargeDisposition": {"coding": [{"code": "home\x00"}]}},
+            "the disposition 'home\\x00' holds a NUL",
+        ),
+        (
+            "encounter_imp_transfers",
+            ["location", 0, "location"],
+            {"reference": "Location/b\x00"},
+            "holds a NUL",
+        ),
     ],
 )
 def test_unmappable_resources_are_refused_with_a_reason(
@@ -425,10 +452,27 @@ def test_unmappable_resources_are_refused_with_a_reason(
         map_resource(_patched(name, path, value))
 
 
-@pytest.mark.parametrize("payload", [[], "Encounter", {"id": "x"}, None])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        [],
+        "Encounter",
+        {"id": "x"},
+        None,
+        {"resourceType": ["Encounter"]},
+        {"resourceType": "Foo", "id": "x"},
+        {"resourceType": "encounter", "id": "x"},
+    ],
+)
 def test_non_resources_are_refused(payload: Any) -> None:
     with pytest.raises(MappingError, match="resourceType"):
         map_resource(payload)
+
+
+def test_a_nul_where_nothing_is_stored_is_not_refused() -> None:
+    resource = load("encounter_emer")
+    resource["identifier"] = [{"system": "urn:x", "value": "v\x00"}]
+    assert kinds(map_resource(resource)) == ["EncounterRecorded", "EdArrived", "EdDeparted"]
 
 
 # --- The real Synthea bundles --------------------------------------------------------------------
@@ -631,3 +675,28 @@ def test_an_organization_gives_its_name_cut_to_what_sql_keeps() -> None:
     assert isinstance(odd, OrganizationRecorded) and odd.name is None
     with pytest.raises(MappingError, match="id"):
         map_resource({"resourceType": "Organization", "name": "no id"})
+
+
+def test_a_stay_of_more_moves_than_any_stay_makes_is_refused() -> None:
+    resource = load("encounter_imp_transfers")
+    start = parse_time(resource["period"]["start"])
+    assert start is not None
+
+    def moves(n: int) -> list[dict[str, Any]]:
+        return [
+            {
+                "location": {"reference": f"Location/w{i % 7}"},
+                "status": "completed",
+                "physicalType": {"coding": [{"code": "wa"}]},
+                "period": {"start": (start + timedelta(minutes=i)).isoformat()},
+            }
+            for i in range(n)
+        ]
+
+    resource["period"]["end"] = (start + timedelta(days=2)).isoformat()
+    resource["location"] = moves(MAX_MOVES)
+    transfers = [ev for ev in map_resource(resource) if isinstance(ev, PatientTransferred)]
+    assert len(transfers) == MAX_MOVES - 1
+    resource["location"] = moves(MAX_MOVES + 1)
+    with pytest.raises(MappingError, match=f"holds {MAX_MOVES + 1} moves"):
+        map_resource(resource)

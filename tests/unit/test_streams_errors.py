@@ -99,6 +99,21 @@ def test_a_dead_letter_becomes_a_feed_health_row_without_nul() -> None:
     assert dead_letter_stage("Encounter.status 'done' is not…") == "mapping"
 
 
+def test_a_message_dead_lettered_again_is_the_same_feed_health_row() -> None:
+    now, later = datetime(2026, 3, 2, tzinfo=UTC), datetime(2026, 3, 3, tzinfo=UTC)
+    key = rejection_row(b"p1", b"{}", "x", now, b"samu-21")["dedupe_key"]
+    assert rejection_row(b"p1", b"{}", "x", later, b"samu-21")["dedupe_key"] == key
+    others = [
+        rejection_row(b"p1", b"{}", "x", now)["dedupe_key"],
+        rejection_row(b"p2", b"{}", "x", now, b"samu-21")["dedupe_key"],
+        rejection_row(b"p1", b"{ }", "x", now, b"samu-21")["dedupe_key"],
+        rejection_row(b"p1", b"{}", "y", now, b"samu-21")["dedupe_key"],
+        rejection_row(b"p", b"1{}", "x", now, b"samu-21")["dedupe_key"],
+    ]
+    assert len({key, *others}) == 6
+    assert all(len(k) <= 64 for k in others)
+
+
 def test_metrics_render_in_prometheus_text() -> None:
     metrics = WorkerMetrics()
     metrics.messages = 12

@@ -100,10 +100,20 @@ def repeated_name_issue(raw: bytes | str, root: str) -> Issue | None:
     """The issue of the first object of this JSON text (valid, as a faster parser found it)
     that gives a name twice, naming its element (`Patient.name[0].family`,
     `Bundle.entry[2].resource.status`); None when no name repeats."""
+    repeats: list[_Repeats] = []
+
+    def read(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = _object(pairs)
+        if isinstance(obj, _Repeats):
+            repeats.append(obj)
+        return obj
+
     try:
-        doc = json.loads(raw, object_pairs_hook=_object)
+        doc = json.loads(raw, object_pairs_hook=read)
     except (ValueError, RecursionError):
         return None  # left to the checks of depth and syntax
+    if not repeats:
+        return None
     stack: list[tuple[Any, str]] = [(doc, root)]
     while stack:
         node, path = stack.pop()

@@ -128,8 +128,8 @@ def scrolls_inside(grid: Locator) -> bool:
 
 
 def wide_tables(page: Page) -> list[str]:
-    """The headings of the tables in sight whose columns overflow their width (the grid then
-    scrolls them sideways, and the last columns are out of sight)."""
+    """The first headings of the page's tables whose columns overflow their width (the grid
+    then scrolls them sideways, and the last columns are out of sight)."""
     wide = []
     for grid in page.get_by_test_id("stDataFrame").filter(visible=True).all():
         if grid.locator(".dvn-scroller").evaluate("e => e.scrollWidth > e.clientWidth"):
@@ -148,7 +148,6 @@ def visit(page: Page, spec: roles.PageSpec, shot_name: str) -> None:
     expect(page.get_by_text("Accès refusé")).to_have_count(0)
     shot(page, shot_name)
     written_for_people(page.get_by_test_id("stMain").inner_text(), spec.url_path)
-    assert not wide_tables(page), (spec.url_path, wide_tables(page))
 
 
 # Icon names Streamlit writes as text for its Material icon font (the expander's arrow).
@@ -326,6 +325,9 @@ def test_integrator(served: Served, browser: Browser) -> None:
     settled(page)
     shot(page, "integrator_feed_health")
     assert served.seeded.patient not in page.content()
+    # The processing table's columns, short by design, all fit (tables of free text, the
+    # rejections' diagnostics, may scroll).
+    assert "Topic" not in wide_tables(page)
     page.close()
     refused(browser, served, Role.INTEGRATOR, roles.page("alertes"))
 

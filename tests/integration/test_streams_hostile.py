@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from parcours.db import make_engine
 from parcours.settings import Settings
 from parcours.topics import Topics, ensure_topics
 from streams.runtime.batch import BatchProcessor, RawMessage, rules_from_settings
 from streams.sink.writer import SqlSink
+from tests.integration.ingest_helpers import read_topic
 from tests.integration.streams_helpers import count, raw_key, rows, uncommitted, worker_env
 from tests.support import fresh_database, parcours_process, wait_until
 
@@ -145,14 +146,7 @@ def send(broker: str, topic: str, records: list[Record]) -> dict[int, int]:
 
 def dead_letters(broker: str, topic: str) -> list[tuple[bytes, str]]:
     """(value, reason) of every dead letter."""
-    consumer = KafkaConsumer(bootstrap_servers=broker, consumer_timeout_ms=3000)
-    try:
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(tps)
-        consumer.seek_to_beginning()
-        return [(r.value or b"", dict(r.headers)["reason"].decode()) for r in consumer]
-    finally:
-        consumer.close()
+    return [(r.value or b"", dict(r.headers)["reason"].decode()) for r in read_topic(broker, topic)]
 
 
 def test_hostile_raw_records_are_dead_lettered_and_the_rest_is_folded_once(

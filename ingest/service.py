@@ -541,7 +541,8 @@ class IngestService:
         refused = sorted({*forbidden, *conflicts})
         if refused:
             self._refuse_more(source, received_at, items, refused, results, rejected, atomic)
-            to_publish = [p for p in to_publish if p not in set(refused)]
+            dropped = set(refused)
+            to_publish = [p for p in to_publish if p not in dropped]
 
         # Versions the integrator named are held from the last look at the log to their
         # record, so that two requests never both publish one version with two contents; the
@@ -596,16 +597,15 @@ class IngestService:
         if not guarded:
             return to_publish
         current = self.store.current_versions((items[p].dedupe_key[:2] for p in guarded), conn)
-        failed = [
-            p
-            for p in guarded
-            if not precondition_holds(items[p], current.get(items[p].dedupe_key[:2]))
-        ]
+        at = {p: current.get(items[p].dedupe_key[:2]) for p in guarded}
+        failed = [p for p in guarded if not precondition_holds(items[p], at[p])]
+        if not failed:
+            return to_publish
         for pos in failed:
-            precondition_failed(items[pos], current.get(items[pos].dedupe_key[:2]))
-        if failed:
-            self._refuse_more(source, received_at, items, failed, results, rejected, atomic)
-        return [p for p in to_publish if p not in set(failed)]
+            precondition_failed(items[pos], at[pos])
+        self._refuse_more(source, received_at, items, failed, results, rejected, atomic)
+        dropped = set(failed)
+        return [p for p in to_publish if p not in dropped]
 
     def _refuse_more(
         self,
